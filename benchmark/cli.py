@@ -1,0 +1,51 @@
+"""The `dermbench` command line. Each command lives in the module that owns its concern and
+adds itself through a `register(subparsers)` function listed in COMMAND_MODULES."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rich.console import Console
+
+from dermbench.errors import DermbenchError
+
+COMMAND_MODULES = (
+    "dermbench.runner",
+)
+
+console = Console()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dermbench", description="Skin-tone fairness benchmark for skin-lesion classifiers."
+    )
+    from dermbench import __version__
+
+    parser.add_argument("--version", action="version", version=f"dermbench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except DermbenchError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: rerun the same command to resume from the last checkpoint")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

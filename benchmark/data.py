@@ -1,0 +1,201 @@
+"""The data model: sample tables, in-memory splits, and the dataset plugin interface.
+
+A dataset yields one pandas sample table over all its rows (every split), with at least
+REQUIRED_COLUMNS. Images for a table are a uint8 array (n, H, W, 3), usually a memory-mapped
+cache (`dermbench.cache`), so training never decodes a file twice.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+
+from dermbench.errors import DataError
+from dermbench.groups import add_group_columns
+
+REQUIRED_COLUMNS = ("sample_id", "image", "label", "fst", "tone_source", "domain", "split")
+TONE_SOURCES = ("annotated", "ita", "detector", "generated")
+DOMAINS = ("clinical", "dermoscopic")
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """One test set of a protocol: `dataset`'s rows whose split is `split`, reported as `name`."""
+
+    name: str
+    dataset: str
+    split: str = "test"
+
+
+@dataclass
+class Split:
+    """Samples ready for a model: the table (row i describes images[i]) and the pixels."""
+
+    name: str
+    table: pd.DataFrame
+    images: np.ndarray
+    classes: tuple[str, ...]
+    masks: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.table) != len(self.images):
+            raise DataError(f"split {self.name!r}: {len(self.table)} table rows but {len(self.images)} images")
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            raise DataError(
+                f"split {self.name!r}: images must be uint8 (n, H, W, 3), got {self.images.dtype} {self.images.shape}"
+            )
+        self.table = self.table.reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def labels(self) -> np.ndarray:
+        if "label" not in self.table:
+            raise DataError(f"split {self.name!r} carries no labels (test labels are kept from plugins)")
+        return self.table["label"].to_numpy(dtype=np.int64)
+
+    def subset(self, index: np.ndarray) -> Split:
+        """Rows `index` (positions or a boolean mask) as a new split."""
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        masks = None if self.masks is None else self.masks[index]
+        return replace(self, table=self.table.iloc[index].reset_index(drop=True), images=self.images[index], masks=masks)
+
+    def without_labels(self) -> Split:
+        """The split as plugins see it at prediction time: no label column."""
+        return replace(self, table=self.table.drop(columns=["label"], errors="ignore"))
+
+    @staticmethod
+    def concat(name: str, splits: list[Split]) -> Split:
+        """Pool splits (e.g. real + synthetic); all must share the classes and image size."""
+        if not splits:
+            raise DataError(f"cannot pool zero splits into {name!r}")
+        classes = splits[0].classes
+        for s in splits[1:]:
+            if s.classes != classes:
+                raise DataError(f"cannot pool {s.name!r} into {name!r}: classes {s.classes} != {classes}")
+            if s.images.shape[1:] != splits[0].images.shape[1:]:
+                raise DataError(
+                    f"cannot pool {s.name!r} into {name!r}: image shape {s.images.shape[1:]} "
+                    f"!= {splits[0].images.shape[1:]}"
+                )
+        masks = None
+        if all(s.masks is not None for s in splits):
+            masks = np.concatenate([s.masks for s in splits])
+        table = pd.concat([s.table for s in splits], ignore_index=True)
+        images = np.concatenate([np.asarray(s.images) for s in splits])
+        return Split(name=name, table=table, images=images, classes=classes, masks=masks)
+
+
+def validate_table(table: pd.DataFrame, *, source: str) -> pd.DataFrame:
+    """Check the columns every sample table needs and derive the group columns."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{source}: sample table lacks column(s) {', '.join(missing)}")
+    dup = table["sample_id"][table["sample_id"].duplicated()]
+    if len(dup):
+        raise DataError(f"{source}: duplicate sample_id(s) {', '.join(map(str, dup.unique()[:5]))}")
+    bad_tone = set(table["tone_source"].dropna().unique()) - set(TONE_SOURCES)
+    if bad_tone:
+        raise DataError(f"{source}: unknown tone_source value(s) {sorted(bad_tone)}; expected {TONE_SOURCES}")
+    return add_group_columns(table)
+
+
+class Dataset(ABC):
+    """A dataset plugin. Subclasses set the class attributes and implement `table`.
+
+    `root` is the folder holding the dataset as published; `options` are the dataset's
+    settings from the config (`data.options`), e.g. which diagnoses count as malignant.
+    """
+
+    name: ClassVar[str]
+    tasks: ClassVar[tuple[str, ...]] = ("malignant",)
+    requires_root: ClassVar[bool] = True
+    #: test sets evaluated when a run trains on this dataset
+    protocol: ClassVar[tuple[TestSet, ...]] = ()
+
+    def __init__(self, root: Path | None = None, **options) -> None:
+        if self.requires_root and root is None:
+            raise DataError(
+                f"dataset {self.name!r} needs its files: pass --data-root DIR (holding {self.name}/) "
+                f"or set DERMBENCH_DATA; `dermbench data check {self.name}` tells what is missing"
+            )
+        self.root = Path(root) if root is not None else None
+        self.options = options
+
+    @abstractmethod
+    def table(self, task: str) -> pd.DataFrame:
+        """Every row of the dataset (all splits) with REQUIRED_COLUMNS; labels encoded 0..K-1."""
+
+    @abstractmethod
+    def classes(self, task: str) -> tuple[str, ...]:
+        """Class names for `task`, in label order."""
+
+    def images(self, table: pd.DataFrame, *, size: int) -> tuple[np.ndarray, dict[int, str]]:
+        """Pixels for `table`'s rows, decoded and resized once into the image cache.
+
+        Returns the (n, size, size, 3) uint8 array and {row position: reason} for rows whose
+        image could not be read (their pixels are zero and must not be used).
+        """
+        from dermbench.cache import load_images
+
+        return load_images(self.root, table["image"].tolist(), size=size)
+
+    def check_task(self, task: str) -> None:
+        if task not in self.tasks:
+            from dermbench.errors import unknown_name
+
+            raise unknown_name(f"task of dataset {self.name!r}", task, self.tasks)
+
+    def load(self, *, task: str, split: str, image_size: int, name: str | None = None) -> Split:
+        """The rows of `split` with their images.
+
+        Unreadable images stop the run, or with `on_error: skip` are dropped and counted in
+        `Split.meta["excluded"]`, so the run record says how many were lost and why.
+        """
+        self.check_task(task)
+        table = validate_table(self.table(task), source=f"dataset {self.name!r}")
+        rows = table[table["split"] == split].reset_index(drop=True)
+        if rows.empty:
+            have = sorted(table["split"].unique())
+            raise DataError(f"dataset {self.name!r} has no rows in split {split!r} (splits: {have})")
+        images, failures = self.images(rows, size=image_size)
+        excluded: dict[str, int] = dict(table.attrs.get("excluded", {}))
+        if failures:
+            if self.options.get("on_error", "stop") != "skip":
+                first = sorted(failures.items())[:5]
+                detail = "; ".join(f"{rows['image'].iloc[i]}: {why}" for i, why in first)
+                raise DataError(
+                    f"dataset {self.name!r}: {len(failures)} unreadable image(s) under {self.root} ({detail}). "
+                    "Fix or remove them, or set data.on_error=skip to drop and count them."
+                )
+            for why in failures.values():
+                key = f"unreadable image: {why.split(':')[0]}"
+                excluded[key] = excluded.get(key, 0) + 1
+            keep = np.array([i not in failures for i in range(len(rows))])
+            rows, images = rows[keep].reset_index(drop=True), images[keep]
+        return Split(
+            name=name or split, table=rows, images=images, classes=self.classes(task), meta={"excluded": excluded}
+        )
+
+
+def data_root(dataset: str, configured: str | None) -> Path | None:
+    """Where `dataset` lives: the configured root's `<dataset>/` folder, else $DERMBENCH_DATA/<dataset>."""
+    base = configured or os.environ.get("DERMBENCH_DATA")
+    if not base:
+        return None
+    base_path = Path(base).expanduser()
+    return base_path / dataset if (base_path / dataset).is_dir() else base_path

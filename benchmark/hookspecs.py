@@ -1,0 +1,37 @@
+"""The plugin contract: hooks a method implements. Every hook takes keyword arguments.
+
+A method only implements what it changes; the built-in ERM method supplies `fit` and
+`predict` with trylast=True, so any other method's `fit`/`predict` wins, and `fit`
+wrappers (wrapper=True) run around whichever `fit` answers.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "dermbench"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def dermbench_method_defaults(profile: str) -> dict:
+    """The method's settings for `profile` ("tiny" or "paper"), as a nested dict merged into
+    the run config. A method's own hyperparameters go under a key with its name, e.g.
+    {"fairquantize": {"beta": 1.0}}; it may also set shared sections such as "train"."""
+
+
+@hookspec
+def augment(ctx, train):
+    """Extra training samples as a `dermbench.data.Split` (same classes and image size as
+    `train`), or None. Results of every method are pooled with the real training split."""
+
+
+@hookspec(firstresult=True)
+def fit(ctx, model, train, val):
+    """Train `model` on `train` (selecting on `val`) and return the trained model."""
+
+
+@hookspec(firstresult=True)
+def predict(ctx, model, split):
+    """Class probabilities, a float array (n, K), for every sample of `split` (no labels)."""

@@ -1,0 +1,1 @@
+"""Built-in datasets, each a `dermbench.data.Dataset` subclass registered by name."""

@@ -1,0 +1,1 @@
+"""Built-in bias-mitigation methods, each a pluggy plugin (see dermbench.hookspecs)."""
