@@ -13,6 +13,9 @@ from dermbench.errors import DermbenchError
 
 COMMAND_MODULES = (
     "dermbench.runner",
+    "dermbench.catalog",
+    "dermbench.scaffold",
+    "dermbench.sweep",
 )
 
 console = Console()

@@ -1,0 +1,52 @@
+"""`dermbench list methods|datasets`: what can be selected, where it comes from, which hooks."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from dermbench.errors import DermbenchError
+from dermbench.plugins import dataset_refs, hooks_of, load_target, method_refs
+
+
+def methods_table(local: tuple[str, ...] = ()) -> Table:
+    table = Table(title="methods")
+    for col in ("name", "hooks", "package", "version", "source"):
+        table.add_column(col)
+    for name, ref in sorted(method_refs(local).items()):
+        try:
+            hooks = ", ".join(hooks_of(load_target(ref.target))) or "(none)"
+        except DermbenchError as exc:
+            hooks = f"[red]cannot load: {exc}[/]"
+        table.add_row(name, hooks, ref.package, ref.version, ref.source)
+    return table
+
+
+def datasets_table(local: tuple[str, ...] = ()) -> Table:
+    table = Table(title="datasets")
+    for col in ("name", "tasks", "needs files", "package", "version", "source"):
+        table.add_column(col)
+    for name, ref in sorted(dataset_refs(local).items()):
+        try:
+            cls = load_target(ref.target)
+            tasks, needs = ", ".join(cls.tasks), "yes" if cls.requires_root else "no"
+        except DermbenchError as exc:
+            tasks, needs = f"[red]cannot load: {exc}[/]", "?"
+        table.add_row(name, tasks, needs, ref.package, ref.version, ref.source)
+    return table
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    local = tuple(args.plugin or ())
+    table = methods_table(local) if args.what == "methods" else datasets_table(local)
+    Console(width=max(Console().width, 120)).print(table)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("list", help="list the methods or datasets that can be selected")
+    p.add_argument("what", choices=("methods", "datasets"))
+    p.add_argument("--plugin", action="append", metavar="MODULE:OBJECT", help="also load this plugin")
+    p.set_defaults(func=cmd_list)

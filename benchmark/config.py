@@ -1,0 +1,161 @@
+"""Run configuration: YAML defaults, profiles, method defaults, a user file and --set overrides.
+
+Precedence, lowest first: profiles/base.yaml < profiles/<profile>.yaml < the selected methods'
+`dermbench_method_defaults(profile)` < the user's --config file < --set key.sub=value < explicit
+CLI flags (--seed, --device, ...). Only keys that exist in the merged defaults may be set; a
+typo names the closest valid key. YAML is read with yaml.safe_load only.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dermbench.errors import ConfigError, closest
+
+PROFILES = ("tiny", "paper")
+#: keys whose value may hold any sub-keys (validated by the dataset or method that reads them)
+FREE_FORM = {("data", "options")}
+#: keys that do not change results, so they stay out of the run id
+NOT_IN_RUN_ID = (("out",), ("device",), ("data", "root"), ("train", "num_workers"))
+
+
+def load_yaml(path: Path) -> dict:
+    """A YAML mapping from `path`, with errors that name the file and line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def _packaged_profile(name: str) -> dict:
+    text = resources.files("dermbench").joinpath("profiles", f"{name}.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text) or {}
+
+
+def merge(base: dict, override: dict, *, strict: bool, where: str, path: tuple[str, ...] = ()) -> dict:
+    """Deep-merge `override` into a copy of `base`. With strict=True an unknown key is a
+    ConfigError naming it and the closest known key, and a value of the wrong type is refused."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        key_path = (*path, str(key))
+        dotted = ".".join(key_path)
+        if key not in out:
+            if strict and path not in FREE_FORM:
+                guess = closest(str(key), [str(k) for k in out])
+                hint = f"; did you mean {'.'.join((*path, guess))!r}?" if guess else ""
+                raise ConfigError(f"unknown setting {dotted!r} in {where}{hint}")
+            out[key] = copy.deepcopy(value)
+            continue
+        current = out[key]
+        if isinstance(current, dict) and key_path not in FREE_FORM:
+            if not isinstance(value, dict):
+                raise ConfigError(f"setting {dotted!r} in {where} must be a mapping, got {value!r}")
+            out[key] = merge(current, value, strict=strict, where=where, path=key_path)
+        else:
+            if strict:
+                _check_type(dotted, current, value, where)
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_type(dotted: str, current: Any, value: Any, where: str) -> None:
+    if current is None or value is None:
+        return
+    numeric = (int, float)
+    if isinstance(current, bool) or isinstance(value, bool):
+        ok = isinstance(current, bool) == isinstance(value, bool) or isinstance(value, str)
+    elif isinstance(current, numeric):
+        ok = isinstance(value, numeric)
+    elif isinstance(current, str):
+        ok = isinstance(value, (str, int, float))  # e.g. eval.threshold "youden" -> 0.5
+    else:
+        ok = isinstance(value, type(current)) or isinstance(value, (list, float, int, str))
+    if not ok:
+        raise ConfigError(f"setting {dotted!r} in {where}: expected a value like {current!r}, got {value!r}")
+
+
+def parse_set(item: str) -> dict:
+    """'train.lr=0.01' -> {"train": {"lr": 0.01}}; the value is read as YAML (numbers, lists, null)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"bad --set {item!r}: expected KEY.SUB=VALUE, e.g. train.lr=0.01")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"bad --set {item!r}: value is not valid YAML ({exc})") from exc
+    nested: dict = value
+    for part in reversed(key.strip().split(".")):
+        if not part:
+            raise ConfigError(f"bad --set {item!r}: empty key part")
+        nested = {part: nested}
+    return nested
+
+
+def resolve(
+    *,
+    file: Path | None = None,
+    sets: list[str] = (),
+    flags: dict | None = None,
+    method_defaults=None,
+) -> dict:
+    """The fully resolved config.
+
+    `method_defaults(method, profile) -> list[dict]` supplies the selected methods' defaults
+    (the harness passes a function that asks the plugin manager), so validation knows every
+    key a method adds.
+    """
+    base = _packaged_profile("base")
+    user = load_yaml(file) if file else {}
+    overrides = [parse_set(s) for s in sets]
+    head = merge(base, user, strict=False, where="")
+    for o in overrides:
+        head = merge(head, o, strict=False, where="")
+    head.update({k: v for k, v in (flags or {}).items() if v is not None})
+    profile = head.get("profile")
+    if profile not in PROFILES:
+        guess = closest(str(profile), PROFILES)
+        raise ConfigError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}" + (f"; did you mean {guess!r}?" if guess else ""))
+
+    config = merge(base, _packaged_profile(profile), strict=True, where=f"profile {profile!r}")
+    if method_defaults is not None:
+        for defaults in method_defaults(head["method"], profile):
+            config = merge(config, defaults, strict=False, where="method defaults")
+    if user:
+        config = merge(config, user, strict=True, where=f"config file {file}")
+    for item, o in zip(sets, overrides):
+        config = merge(config, o, strict=True, where=f"--set {item}")
+    config = merge(config, {k: v for k, v in (flags or {}).items() if v is not None}, strict=True, where="command line")
+    return config
+
+
+def run_id(config: dict) -> str:
+    """A readable id whose suffix is a hash of every setting that can change results."""
+    hashed = copy.deepcopy(config)
+    for path in NOT_IN_RUN_ID:
+        node = hashed
+        for part in path[:-1]:
+            node = node.get(part, {})
+        node.pop(path[-1], None)
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    method = str(config["method"]).replace("+", "-")
+    return f"{method}_{config['dataset']}_s{config['seed']}_{digest}"
+
+
+def dump(config: dict) -> str:
+    return yaml.safe_dump(config, sort_keys=False)

@@ -1,0 +1,48 @@
+"""Scoring one test set: per-sample predictions and the metrics.json `eval` entry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dermbench.data import Split
+from dermbench.groups import group_schemes
+
+
+def threshold_from_validation(rule, y_val: np.ndarray, prob_val: np.ndarray) -> float | None:
+    """The decision threshold on P(class 1), chosen on validation by `rule` (binary tasks);
+    multi-class tasks predict the argmax and have none."""
+    if prob_val.shape[1] != 2:
+        return None
+    from dermbench.thresholds import choose_threshold
+
+    return float(choose_threshold(y_true=y_val, y_prob=prob_val[:, 1], rule=rule))
+
+
+def predictions_table(split: Split, prob: np.ndarray, threshold: float | None) -> pd.DataFrame:
+    """One row per sample: id, label, class probabilities, prediction and the group columns."""
+    pred = (prob[:, 1] >= threshold).astype(int) if threshold is not None else prob.argmax(1)
+    out = pd.DataFrame({"sample_id": split.table["sample_id"].to_numpy(), "label": split.labels})
+    for k in range(prob.shape[1]):
+        out[f"prob_{k}"] = prob[:, k]
+    out["pred"] = pred
+    for col in ("tone3", "tone2", "fst", "sex", "tone_source"):
+        if col in split.table:
+            out[col] = split.table[col].to_numpy()
+    return out
+
+
+def evaluate_split(split: Split, prob: np.ndarray, *, threshold: float | None, cfg: dict) -> tuple[dict, pd.DataFrame]:
+    """The `eval` entry for `split` (DESIGN.md §4) and its per-sample predictions."""
+    from dermbench.metrics import fairness_report
+
+    y_prob = prob[:, 1] if prob.shape[1] == 2 else prob
+    report = fairness_report(
+        y_true=split.labels, y_prob=y_prob, groups=group_schemes(split.table), threshold=threshold,
+        n_boot=int(cfg["eval"]["n_boot"]), seed=int(cfg["seed"]), class_names=list(split.classes),
+    )
+    report["tone_source"] = {str(k): int(v) for k, v in split.table["tone_source"].value_counts(dropna=False).items()}
+    dataset_excluded = split.meta.get("excluded") or {}
+    if dataset_excluded:
+        report.setdefault("excluded", {})["dataset"] = dict(dataset_excluded)
+    return report, predictions_table(split, prob, threshold)

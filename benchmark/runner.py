@@ -1,0 +1,242 @@
+"""`dermbench run`: resolve the config, train through the plugin hooks, evaluate every test set
+of the protocol, and write the run record."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from dermbench import config as configuration
+from dermbench.context import RunContext, choose_device
+from dermbench.data import Split, TestSet, data_root
+from dermbench.errors import DataError, DermbenchError
+from dermbench.plugins import make_dataset, make_manager
+from dermbench.records import RunDir, environment, write_json, write_text
+
+
+@dataclass
+class RunResult:
+    run_dir: RunDir
+    metrics: dict
+    reused: bool
+
+
+def method_defaults_from_plugins(local: tuple[str, ...]):
+    """The callback config.resolve uses to ask the selected methods for their defaults."""
+
+    def defaults(method: str, profile: str) -> list[dict]:
+        pm, _ = make_manager(method, local)
+        return [d for d in reversed(pm.hook.dermbench_method_defaults(profile=profile)) if d]
+
+    return defaults
+
+
+def resolve_config(*, file=None, sets=(), flags=None, local: tuple[str, ...] = ()) -> dict:
+    return configuration.resolve(file=file, sets=list(sets), flags=flags, method_defaults=method_defaults_from_plugins(local))
+
+
+class DatasetPool:
+    """Dataset instances by name, each built once per run."""
+
+    def __init__(self, cfg: dict, local: tuple[str, ...]) -> None:
+        self.cfg, self.local, self._made = cfg, local, {}
+
+    def get(self, name: str):
+        if name not in self._made:
+            data = self.cfg["data"]
+            options = {**data["options"], "on_error": data["on_error"]}
+            self._made[name] = make_dataset(name, root=data_root(name, data["root"]), options=options, local=self.local)
+        return self._made[name]
+
+    def load(self, name: str, split: str, as_name: str | None = None) -> Split:
+        data = self.cfg["data"]
+        return self.get(name).load(task=self.cfg["task"], split=split, image_size=data["image_size"], name=as_name)
+
+
+def test_sets(cfg: dict, train_dataset) -> list[TestSet]:
+    protocol = list(train_dataset.protocol) or [TestSet(train_dataset.name, train_dataset.name, "test")]
+    chosen = cfg["data"]["test_sets"]
+    if chosen is None:
+        return protocol
+    by_name = {t.name: t for t in protocol}
+    out = []
+    for name in chosen:
+        out.append(by_name.get(name, TestSet(name, name, "test")))
+    return out
+
+
+def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = False, console: Console | None = None) -> RunResult:
+    """Train and evaluate one config; a finished run with the same id is reused unless `force`."""
+    console = console or Console()
+    started = time.perf_counter()
+    run_id = configuration.run_id(cfg)
+    run = RunDir(Path(cfg["out"]), run_id)
+    if run.done and not force:
+        console.print(f"[green]finished run found[/] {run.path} (same config and seed); use --force to redo it")
+        return RunResult(run, run.metrics(), reused=True)
+    if force:
+        run.reset()
+    resuming = (run.path / "work" / "checkpoints").exists()
+    pm, loaded = make_manager(cfg["method"], local)
+    device = choose_device(cfg["device"])
+    torch.manual_seed(cfg["seed"])
+    np.random.seed(cfg["seed"] % (2**32))
+    run.path.mkdir(parents=True, exist_ok=True)
+    write_text(run.file("config.yaml"), configuration.dump(cfg))
+    plugins = {p.name: p.ref.version for p in loaded}
+    write_json(run.file("plugins.json"), {p.name: {"version": p.ref.version, "package": p.ref.package, "source": p.ref.source}
+                                          for p in loaded})
+    write_json(run.file("environment.json"), {**environment(), "device": str(device)})
+    ctx = RunContext(config=cfg, device=device, work_dir=run.path / "work", cache_dir=run.path / "work" / "cache",
+                     console=console, log=run.append_log)
+    ctx.say(f"{'resuming' if resuming else 'starting'} run [bold]{run_id}[/]: method {cfg['method']}, dataset "
+            f"{cfg['dataset']}, task {cfg['task']}, seed {cfg['seed']}, profile {cfg['profile']}, device {device}")
+
+    datasets = DatasetPool(cfg, local)
+    train_dataset = datasets.get(cfg["dataset"])
+    train = datasets.load(cfg["dataset"], "train")
+    val = datasets.load(cfg["dataset"], "val")
+    extra = [s for s in pm.hook.augment(ctx=ctx, train=train) if s is not None]
+    if extra:
+        ctx.say(f"augmentation added {sum(len(s) for s in extra)} training samples")
+        train = Split.concat("train+augment", [train, *extra])
+    model = ctx.create_model(train.num_classes)
+    model = pm.hook.fit(ctx=ctx, model=model, train=train, val=val)
+    if model is None:
+        raise DermbenchError(f"method {cfg['method']!r}: no plugin's fit returned a model")
+    _save_weights(model, run.file("model.safetensors"))
+
+    from dermbench.evaluate import evaluate_split, threshold_from_validation
+
+    val_prob = _predict(pm, ctx, model, val)
+    threshold = threshold_from_validation(cfg["eval"]["threshold"], val.labels, val_prob)
+    evaluations, skipped = {}, {}
+    for test in test_sets(cfg, train_dataset):
+        try:
+            split = datasets.load(test.dataset, test.split, as_name=test.name)
+        except DataError as exc:
+            if test.dataset == cfg["dataset"]:
+                raise
+            skipped[test.name] = str(exc)
+            ctx.say(f"[yellow]skipped test set {test.name}[/]: {exc}")
+            continue
+        prob = _predict(pm, ctx, model, split)
+        evaluations[test.name], predictions = evaluate_split(split, prob, threshold=threshold, cfg=cfg)
+        write_text(run.file(f"predictions/{test.name}.csv"), predictions.to_csv(index=False))
+    if not evaluations:
+        raise DermbenchError("no test set could be evaluated: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    metrics = {
+        "run_id": run_id, "method": cfg["method"], "dataset": cfg["dataset"], "task": cfg["task"], "seed": cfg["seed"],
+        "profile": cfg["profile"], "config": cfg, "plugins": plugins, "device": str(device),
+        "timing": {"total_s": round(time.perf_counter() - started, 2), "resumed": resuming},
+        "threshold_rule": cfg["eval"]["threshold"], "skipped_test_sets": skipped,
+        "train_history": getattr(model, "train_history", None), "eval": evaluations,
+    }
+    write_json(run.file("metrics.json"), metrics)
+    run.mark_done()
+    ctx.say(f"run finished in {metrics['timing']['total_s']:.1f} s; record in {run.path}")
+    return RunResult(run, metrics, reused=False)
+
+
+def _predict(pm, ctx: RunContext, model, split: Split) -> np.ndarray:
+    prob = pm.hook.predict(ctx=ctx, model=model, split=split.without_labels())
+    prob = np.asarray(prob, dtype=np.float64)
+    if prob.shape != (len(split), split.num_classes):
+        raise DermbenchError(
+            f"method {ctx.config['method']!r}: predict returned shape {prob.shape} for {split.name!r}, "
+            f"expected ({len(split)}, {split.num_classes})"
+        )
+    return prob
+
+
+def _save_weights(model, path: Path) -> None:
+    if not isinstance(model, torch.nn.Module):
+        return
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(_untie(state), str(tmp))
+    tmp.replace(path)
+
+
+def _untie(state: dict) -> dict:
+    """safetensors refuses tensors sharing memory; store shared ones as copies."""
+    seen, out = set(), {}
+    for k, v in state.items():
+        ptr = v.data_ptr()
+        out[k] = v.clone() if ptr in seen and v.numel() else v
+        seen.add(ptr)
+    return out
+
+
+def summary_table(metrics: dict, *, scheme: str = "tone3") -> list[Table]:
+    """One rich table per test set: overall and per-group metrics, then the gaps."""
+    tables = []
+    for name, ev in metrics["eval"].items():
+        t = Table(title=f"{name} (n={ev['n']}, threshold {ev['threshold']:.3f}, tones: "
+                        f"{', '.join(f'{k} {v}' for k, v in ev.get('tone_source', {}).items())})")
+        for col in ("group", "n", "acc", "bacc", "tpr", "tnr", "f1", "auc"):
+            t.add_column(col, justify="right" if col != "group" else "left")
+        rows = [("overall", ev["overall"])] + list(ev["groups"].get(scheme, {}).items())
+        for label, m in rows:
+            t.add_row(str(label), *[_fmt(m.get(k)) for k in ("n", "acc", "bacc", "tpr", "tnr", "f1", "auc")])
+        fair = ev["fairness"].get(scheme, {})
+        if fair:
+            t.caption = (f"{scheme} gaps: EOpp0 {_fmt(fair.get('eopp0'))}  EOpp1 {_fmt(fair.get('eopp1'))}  "
+                         f"EOdd {_fmt(fair.get('eodd'))}  AUC gap {_fmt(fair.get('gap_auc'))}")
+        tables.append(t)
+    return tables
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, (int, np.integer)):
+        return str(v)
+    return f"{v:.3f}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    console = Console()
+    local = tuple(args.plugin or ())
+    flags = {"method": args.method, "dataset": args.dataset, "seed": args.seed, "profile": args.profile,
+             "device": args.device, "out": args.out, "task": args.task}
+    if args.data_root:
+        args.set = [*(args.set or []), f"data.root={args.data_root}"]
+    cfg = resolve_config(file=args.config, sets=args.set or (), flags=flags, local=local)
+    result = run_experiment(cfg, local=local, force=args.force, console=console)
+    for table in summary_table(result.metrics):
+        console.print(table)
+    skipped = result.metrics.get("skipped_test_sets") or {}
+    for name, why in skipped.items():
+        console.print(f"[yellow]skipped[/] {name}: {why}")
+    timing = result.metrics["timing"]["total_s"]
+    console.print(f"{'reused' if result.reused else 'ran'} {result.run_dir.path} — run time {timing:.1f} s")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="train and evaluate one method on one dataset (default: erm on synthderm)")
+    p.add_argument("--method", help="method name, or several joined by + (e.g. dermdiff+fairquantize)")
+    p.add_argument("--dataset", help="training dataset (its protocol decides the test sets)")
+    p.add_argument("--task", help="task of the dataset (default malignant)")
+    p.add_argument("--config", type=Path, help="YAML file of settings")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=0.01")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--profile", help="tiny (CPU, minutes) or paper (the method paper's settings)")
+    p.add_argument("--device", help="auto, cpu, cuda or mps")
+    p.add_argument("--out", help="directory for run records (default runs/)")
+    p.add_argument("--data-root", help="folder holding one sub-folder per dataset (default $DERMBENCH_DATA)")
+    p.add_argument("--plugin", action="append", metavar="MODULE:OBJECT", help="load a method plugin from a module")
+    p.add_argument("--force", action="store_true", help="redo a run even if a finished record exists")
+    p.set_defaults(func=cmd_run)

@@ -1,0 +1,290 @@
+"""The reusable ERM trainer. Methods call it through `ctx.train_model` (MFD trains its teacher
+with it, FairQuantize retrains with it) and extend it through small callbacks.
+
+Every epoch ends with a checkpoint (model, optimiser, schedule, RNG state, best-so-far), so a
+killed run resumes where it stopped and gives the same result as an uninterrupted one: batch
+order and augmentation depend only on (run seed, epoch), never on how long the process lived.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from dermbench.context import RunContext, seed_for
+from dermbench.data import Split
+from dermbench.errors import ConfigError, DermbenchError
+from dermbench.losses import make_loss
+from dermbench.models import input_stats
+
+#: extra_loss(model, batch, logits) -> a scalar added to the task loss (MFD's MMD term, ...)
+ExtraLoss = Callable[[nn.Module, dict, torch.Tensor], torch.Tensor]
+#: after_step(model) runs after each optimiser step (FairQuantize re-freezes quantised weights)
+AfterStep = Callable[[nn.Module], None]
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor
+    y: torch.Tensor | None
+    index: torch.Tensor
+    group: torch.Tensor  # tone3 index 0/1/2, or -1 when unknown
+
+
+def _group_codes(split: Split) -> np.ndarray:
+    if "tone3" not in split.table:
+        return np.full(len(split), -1, dtype=np.int64)
+    return split.table["tone3"].map({"A": 0, "B": 1, "C": 2}).fillna(-1).to_numpy(dtype=np.int64)
+
+
+class Normaliser:
+    """uint8 NHWC batches -> normalised float NCHW tensors on the device, with optional augmentation."""
+
+    def __init__(self, model: nn.Module, device: torch.device, channels_last: bool) -> None:
+        mean, std = input_stats(model)
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
+        self.device = device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, images: np.ndarray, augment: str = "none", gen: torch.Generator | None = None) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float()
+        if augment != "none":
+            x = augment_batch(x, augment, gen)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=self.memory_format)
+
+
+def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """Random flips (and for "standard" 90-degree rotations and brightness/contrast jitter),
+    drawn per sample from `gen` on the CPU so results do not depend on the device."""
+    if kind not in ("flip", "standard"):
+        raise ConfigError(f"train.augment must be none, flip or standard, got {kind!r}")
+    n = x.shape[0]
+    r = torch.rand(n, 4, generator=gen).to(x.device)
+    x = torch.where((r[:, 0] < 0.5).view(n, 1, 1, 1), x.flip(3), x)
+    x = torch.where((r[:, 1] < 0.5).view(n, 1, 1, 1), x.flip(2), x)
+    if kind == "standard":
+        if x.shape[2] == x.shape[3]:
+            x = torch.where((r[:, 2] < 0.5).view(n, 1, 1, 1), x.transpose(2, 3), x)
+        scale = (0.8 + 0.4 * r[:, 3]).view(n, 1, 1, 1)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - mean) * scale + mean).clamp(0, 255)
+    return x
+
+
+def epoch_order(train: Split, sampler: str, gen: torch.Generator) -> np.ndarray:
+    """Sample positions for one epoch: a permutation, or draws balanced over labels or label x tone."""
+    n = len(train)
+    if sampler == "none":
+        return torch.randperm(n, generator=gen).numpy()
+    if sampler == "class":
+        keys = train.labels
+    elif sampler == "group":
+        keys = train.labels * 4 + (_group_codes(train) + 1)
+    else:
+        raise ConfigError(f"train.sampler must be none, class or group, got {sampler!r}")
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    weights = torch.from_numpy(1.0 / counts[inverse])
+    return torch.multinomial(weights, n, replacement=True, generator=gen).numpy()
+
+
+def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    kind = cfg["optimizer"]
+    if kind == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"] and cfg["momentum"] > 0,
+            weight_decay=cfg["weight_decay"],
+        )
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    raise ConfigError(f"train.optimizer must be sgd, adam or adamw, got {kind!r}")
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: dict) -> torch.optim.lr_scheduler.LRScheduler:
+    kind = cfg["schedule"]
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg["epochs"]))
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg["step_size"], gamma=cfg["gamma"])
+    if kind == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    raise ConfigError(f"train.schedule must be cosine, step or none, got {kind!r}")
+
+
+def _autocast(ctx: RunContext, cfg: dict):
+    if ctx.device.type == "cuda" and cfg.get("amp", True):
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(ctx.device.type, enabled=False)
+
+
+def predict_proba(ctx: RunContext, model: nn.Module, split: Split, *, batch_size: int | None = None) -> np.ndarray:
+    """Softmax probabilities (n, K) for every sample of `split`, in order."""
+    cfg = ctx.config["train"]
+    batch_size = batch_size or max(cfg["batch_size"], 64)
+    model.eval()
+    norm = Normaliser(model, ctx.device, _channels_last(ctx, cfg))
+    outs = []
+    with torch.no_grad(), _autocast(ctx, cfg):
+        for start in range(0, len(split), batch_size):
+            logits = model(norm(split.images[start : start + batch_size]))
+            outs.append(F.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros((0, split.num_classes))
+
+
+def _channels_last(ctx: RunContext, cfg: dict) -> bool:
+    return ctx.device.type == "cuda" and bool(cfg.get("channels_last", True))
+
+
+def validation_score(metric: str, y: np.ndarray, prob: np.ndarray) -> float:
+    """Higher is better: AUC (one-vs-rest macro for K > 2), accuracy, balanced accuracy or -loss."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    pred = prob.argmax(1)
+    if metric == "acc":
+        return float((pred == y).mean())
+    if metric == "bacc":
+        return float(balanced_accuracy_score(y, pred))
+    if metric == "loss":
+        return float(np.log(np.clip(prob[np.arange(len(y)), y], 1e-12, 1)).mean())
+    if metric == "auc":
+        present = np.unique(y)
+        if len(present) < 2:
+            return float((pred == y).mean())
+        if prob.shape[1] == 2:
+            return float(roc_auc_score(y, prob[:, 1]))
+        sub = prob[:, present] / prob[:, present].sum(1, keepdims=True)
+        return float(roc_auc_score(y, sub, multi_class="ovr", labels=present))
+    raise ConfigError(f"train.select_metric must be auc, acc, bacc or loss, got {metric!r}")
+
+
+def train_model(
+    ctx: RunContext,
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    *,
+    name: str = "erm",
+    settings: dict | None = None,
+    loss_fn: nn.Module | None = None,
+    extra_loss: ExtraLoss | None = None,
+    after_step: AfterStep | None = None,
+) -> nn.Module:
+    """Train `model` on `train`, keep the epoch with the best validation score, return it.
+
+    `settings` overrides keys of the config's `train` section for this call only (e.g. a
+    method's retraining schedule); `name` keys the checkpoint so one run can train several
+    models (teacher, student) and resume each.
+    """
+    cfg = {**ctx.config["train"], **(settings or {})}
+    if len(train) == 0:
+        raise DermbenchError(f"training split {train.name!r} is empty")
+    if len(val) == 0:
+        raise DermbenchError(f"validation split {val.name!r} is empty; it is needed to choose the epoch")
+    model.to(ctx.device)
+    if _channels_last(ctx, cfg):
+        model.to(memory_format=torch.channels_last)
+    loss_fn = (loss_fn or make_loss(cfg, train.num_classes)).to(ctx.device)
+    optimizer = make_optimizer(model, cfg)
+    schedule = make_schedule(optimizer, cfg)
+    scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.get("amp", True)
+                                  and not torch.cuda.is_bf16_supported())
+    norm = Normaliser(model, ctx.device, _channels_last(ctx, cfg))
+    labels = torch.from_numpy(train.labels)
+    groups = torch.from_numpy(_group_codes(train))
+    val_y = val.labels
+    ckpt_path = ctx.work_dir / "checkpoints" / f"{name}.pt"
+    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "best_state": None, "history": []}
+    if ckpt_path.exists():
+        state = _restore(ckpt_path, model, optimizer, schedule, scaler)
+        ctx.say(f"[cyan]resuming[/] {name} from its checkpoint after epoch {state['epoch']}")
+    epochs, bs = int(cfg["epochs"]), int(cfg["batch_size"])
+    steps = math.ceil(len(train) / bs)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=ctx.console, transient=False, disable=not ctx.console.is_terminal) as bar:
+        task = bar.add_task(f"train {name}", total=epochs * steps, completed=state["epoch"] * steps, info="")
+        for epoch in range(state["epoch"], epochs):
+            gen = torch.Generator().manual_seed(seed_for(ctx.seed, f"{name}-epoch-{epoch}"))
+            order = epoch_order(train, cfg["sampler"], gen)
+            model.train()
+            running = 0.0
+            for step in range(steps):
+                idx = order[step * bs : (step + 1) * bs]
+                if len(idx) == 0:
+                    continue
+                batch = Batch(
+                    x=norm(train.images[idx], cfg["augment"], gen),
+                    y=labels[idx].to(ctx.device), index=torch.from_numpy(idx), group=groups[idx].to(ctx.device),
+                )
+                with _autocast(ctx, cfg):
+                    logits = model(batch.x)
+                    loss = loss_fn(logits.float(), batch.y)
+                    if extra_loss is not None:
+                        loss = loss + extra_loss(model, batch, logits)
+                if not torch.isfinite(loss):
+                    raise DermbenchError(
+                        f"training {name}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                        f"(lr {optimizer.param_groups[0]['lr']:.3g}); lower train.lr, or check the inputs"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                if after_step is not None:
+                    after_step(model)
+                running += float(loss.detach())
+                bar.update(task, advance=1, info=f"epoch {epoch + 1}/{epochs} loss {running / (step + 1):.4f}")
+            schedule.step()
+            score = validation_score(cfg["select_metric"], val_y, predict_proba(ctx, model, val))
+            state["history"].append({"epoch": epoch + 1, "loss": running / steps, f"val_{cfg['select_metric']}": score})
+            if score > state["best_score"]:
+                state.update(best_score=score, best_epoch=epoch + 1,
+                             best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            state["epoch"] = epoch + 1
+            bar.update(task, info=f"epoch {epoch + 1}/{epochs} val {cfg['select_metric']} {score:.4f}")
+            ctx.say(f"{name} epoch {epoch + 1}/{epochs}: loss {running / steps:.4f}, val {cfg['select_metric']} {score:.4f}")
+            _save(ckpt_path, model, optimizer, schedule, scaler, state)
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    ctx.say(f"{name}: best val {cfg['select_metric']} {state['best_score']:.4f} at epoch {state['best_epoch']}")
+    model.train_history = state["history"]  # type: ignore[attr-defined]
+    return model
+
+
+def _save(path, model, optimizer, schedule, scaler, state) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+        "scaler": scaler.state_dict(), "state": state, "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _restore(path, model, optimizer, schedule, scaler) -> dict:
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["schedule"])
+    scaler.load_state_dict(payload["scaler"])
+    torch.set_rng_state(payload["torch_rng"])
+    if payload.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    return copy.deepcopy(payload["state"])
