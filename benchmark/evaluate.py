@@ -42,6 +42,8 @@ def evaluate_split(split: Split, prob: np.ndarray, *, threshold: float | None, c
         n_boot=int(cfg["eval"]["n_boot"]), seed=int(cfg["seed"]), class_names=list(split.classes),
     )
     report["tone_source"] = {str(k): int(v) for k, v in split.table["tone_source"].value_counts(dropna=False).items()}
+    if "tone_estimation" in split.meta:
+        report["tone_estimation"] = split.meta["tone_estimation"]
     dataset_excluded = split.meta.get("excluded") or {}
     if dataset_excluded:
         report.setdefault("excluded", {})["dataset"] = dict(dataset_excluded)

@@ -29,6 +29,15 @@ BUILTIN_METHODS: dict[str, str] = {
 }
 BUILTIN_DATASETS: dict[str, str] = {
     "synthderm": "dermbench.datasets.synthderm:SynthDerm",
+    "fitz17k": "dermbench.datasets.fitz17k:Fitz17k",
+    "ddi": "dermbench.datasets.ddi:DDI",
+    "derm7pt-derm": "dermbench.datasets.derm7pt:Derm7ptDerm",
+    "derm7pt-clinic": "dermbench.datasets.derm7pt:Derm7ptClinic",
+    "mclass-derm": "dermbench.datasets.mclass:MClassDerm",
+    "mclass-clinic": "dermbench.datasets.mclass:MClassClinic",
+    "isic2018": "dermbench.datasets.isic:ISIC2018",
+    "isic2019": "dermbench.datasets.isic:ISIC2019",
+    "pad-ufes-20": "dermbench.datasets.pad_ufes:PadUfes20",
 }
 
 
@@ -47,6 +56,12 @@ def _autoload_enabled() -> bool:
     return os.environ.get("DERMBENCH_DISABLE_PLUGIN_AUTOLOAD", "") not in ("1", "true", "yes")
 
 
+def _is_dataset(obj: Any) -> bool:
+    from dermbench.data import Dataset
+
+    return inspect.isclass(obj) and issubclass(obj, Dataset)
+
+
 def _dermbench_version() -> str:
     from dermbench import __version__
 
@@ -63,6 +78,8 @@ def _refs(group: str, builtins: dict[str, str], local: tuple[str, ...]) -> dict[
             )
     for target in local:
         obj = load_target(target)
+        if _is_dataset(obj) != (group == DATASET_GROUP):
+            continue
         name = plugin_name(obj, target)
         package, ver = _package_of(obj)
         refs[name] = PluginRef(name, target, "--plugin", package, ver)

@@ -21,6 +21,7 @@ from dermbench.data import Split, TestSet, data_root
 from dermbench.errors import DataError, DermbenchError
 from dermbench.plugins import make_dataset, make_manager
 from dermbench.records import RunDir, environment, write_json, write_text
+from dermbench.tone import fill_missing_tones
 
 
 @dataclass
@@ -129,6 +130,8 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
             skipped[test.name] = str(exc)
             ctx.say(f"[yellow]skipped test set {test.name}[/]: {exc}")
             continue
+        split = fill_missing_tones(split, source=cfg["data"]["tone"], detector=cfg["data"]["tone_detector"],
+                                   device=ctx.device)
         prob = _predict(pm, ctx, model, split)
         evaluations[test.name], predictions = evaluate_split(split, prob, threshold=threshold, cfg=cfg)
         write_text(run.file(f"predictions/{test.name}.csv"), predictions.to_csv(index=False))

@@ -204,8 +204,8 @@ def train_model(
     scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.get("amp", True)
                                   and not torch.cuda.is_bf16_supported())
     norm = Normaliser(model, ctx.device, _channels_last(ctx, cfg))
-    labels = torch.from_numpy(train.labels)
-    groups = torch.from_numpy(_group_codes(train))
+    labels = torch.tensor(train.labels)
+    groups = torch.tensor(_group_codes(train))
     val_y = val.labels
     ckpt_path = ctx.work_dir / "checkpoints" / f"{name}.pt"
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "best_state": None, "history": []}

@@ -1,0 +1,75 @@
+"""Config resolution: precedence, validation messages, run ids."""
+
+import pytest
+
+from dermbench import config as c
+from dermbench.errors import ConfigError
+
+
+def method_defaults(method, profile):
+    return [{"mymethod": {"beta": 1.0 if profile == "tiny" else 0.33}, "train": {"epochs": 3}}]
+
+
+def test_precedence_profile_method_file_set_flags(tmp_path):
+    f = tmp_path / "cfg.yaml"
+    f.write_text("train:\n  lr: 0.5\n  epochs: 4\nmymethod:\n  beta: 2.0\n")
+    cfg = c.resolve(file=f, sets=["train.lr=0.25"], flags={"seed": 7}, method_defaults=method_defaults)
+    assert cfg["train"]["lr"] == 0.25  # --set beats the file
+    assert cfg["train"]["epochs"] == 4  # the file beats method defaults (3)
+    assert cfg["mymethod"]["beta"] == 2.0
+    assert cfg["seed"] == 7
+    paper = c.resolve(flags={"profile": "paper"}, method_defaults=method_defaults)
+    assert paper["mymethod"]["beta"] == 0.33 and paper["model"]["backbone"] == "vgg11_bn"
+    assert paper["train"]["epochs"] == 3  # method defaults beat the profile
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("train.lrr=1", "did you mean 'train.lr'"),
+        ("trian.lr=1", "did you mean 'train'"),
+        ("mymethod.betta=1", "did you mean 'mymethod.beta'"),
+        ("train.epochs=abc", "expected a value like"),
+        ("train=3", "must be a mapping"),
+        ("train.lr", "expected KEY.SUB=VALUE"),
+    ],
+)
+def test_bad_settings_name_the_key(item, message):
+    with pytest.raises(ConfigError, match=message):
+        c.resolve(sets=[item], method_defaults=method_defaults)
+
+
+def test_yaml_typo_names_the_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("train:\n  lr: [0.1\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        c.resolve(file=f)
+    f.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        c.resolve(file=f)
+    f.write_text("train:\n  optimiser: sgd\n")
+    with pytest.raises(ConfigError, match=r"unknown setting 'train.optimiser' in config file .*did you mean 'train.optimizer'"):
+        c.resolve(file=f)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        c.resolve(file=tmp_path / "missing.yaml")
+
+
+def test_unknown_profile_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'paper'"):
+        c.resolve(flags={"profile": "papr"})
+
+
+def test_set_values_are_yaml():
+    cfg = c.resolve(sets=["train.focal_alpha=[0.3, 0.4, 0.9]", "model.pretrained=null", "data.options={split_rule: x}"])
+    assert cfg["train"]["focal_alpha"] == [0.3, 0.4, 0.9]
+    assert cfg["model"]["pretrained"] is None
+    assert cfg["data"]["options"] == {"split_rule": "x"}  # free-form section
+
+
+def test_run_id_hashes_results_relevant_settings_only():
+    base = c.resolve()
+    assert c.run_id(base) == c.run_id(c.resolve())
+    assert c.run_id(base) != c.run_id(c.resolve(flags={"seed": 1}))
+    assert c.run_id(base) != c.run_id(c.resolve(sets=["train.lr=0.1"]))
+    assert c.run_id(base) == c.run_id(c.resolve(flags={"out": "elsewhere", "device": "cpu"}))
+    assert c.run_id(base).startswith("erm_synthderm_s0_")

@@ -1,0 +1,133 @@
+"""End-to-end runs on tiny SynthDerm: records, idempotence, determinism, resume, errors."""
+
+import json
+
+import pytest
+import torch
+
+import dermbench.train as train_module
+from dermbench.cli import main
+from dermbench.errors import DermbenchError
+from dermbench.runner import resolve_config, run_experiment
+
+TINY = [
+    "data.image_size=16",
+    "data.options={n_train: 240, n_val: 80, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}",
+    "model.backbone=test_resnet",
+    "train.batch_size=32",
+    "eval.n_boot=20",
+]
+
+
+def tiny_config(out, *extra, epochs=2, **flags):
+    return resolve_config(sets=[*TINY, f"train.epochs={epochs}", *extra],
+                          flags={"out": str(out), "device": "cpu", **flags})
+
+
+def eval_numbers(metrics):
+    return json.dumps(metrics["eval"], sort_keys=True)
+
+
+def test_record_has_every_file_and_the_documented_shape(tmp_path):
+    result = run_experiment(tiny_config(tmp_path))
+    run = result.run_dir.path
+    for name in ("config.yaml", "plugins.json", "environment.json", "metrics.json", "model.safetensors", "log.txt",
+                 "done", "predictions/synthderm.csv", "predictions/synthderm-ddi.csv",
+                 "predictions/synthderm-dermoscopic.csv"):
+        assert (run / name).exists(), name
+    assert not (run / "work" / "checkpoints").exists()
+    m = json.loads((run / "metrics.json").read_text())
+    for key in ("run_id", "method", "dataset", "task", "seed", "profile", "config", "plugins", "eval"):
+        assert key in m
+    ev = m["eval"]["synthderm"]
+    assert ev["n"] == 80 and 0 < ev["threshold"] < 1
+    assert set(ev["groups"]["tone3"]) <= {"A", "B", "C"}
+    for metric in ("n", "acc", "tpr", "tnr", "fpr", "auc", "f1"):
+        assert metric in ev["overall"]
+    for gap in ("eopp0", "eopp1", "eodd"):
+        assert gap in ev["fairness"]["tone3"] and gap in ev["fairness"]["tone2"]
+    assert ev["tone_source"] == {"annotated": 80}
+
+
+def test_repeated_command_reuses_the_finished_run(tmp_path, capsys):
+    args = ["run", "--out", str(tmp_path), "--device", "cpu", *sum([["--set", s] for s in TINY], []),
+            "--set", "train.epochs=1"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "ran " in first and "run time" in first
+    (record,) = tmp_path.glob("*/metrics.json")
+    before = record.stat().st_mtime_ns
+    assert main(args) == 0
+    second = capsys.readouterr().out
+    assert "finished run found" in second
+    assert record.stat().st_mtime_ns == before
+    assert main([*args, "--force"]) == 0
+    assert "finished run found" not in capsys.readouterr().out
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path):
+    a = run_experiment(tiny_config(tmp_path / "a")).metrics
+    b = run_experiment(tiny_config(tmp_path / "b")).metrics
+    assert eval_numbers(a) == eval_numbers(b)
+    c = run_experiment(tiny_config(tmp_path / "c", seed=1)).metrics
+    assert eval_numbers(a) != eval_numbers(c)
+
+
+def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
+    reference = run_experiment(tiny_config(tmp_path / "ref", epochs=3)).metrics
+    real_score = train_module.validation_score
+    calls = {"n": 0}
+
+    def killed_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # epoch 2 has trained but not been checkpointed
+            raise KeyboardInterrupt
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "validation_score", killed_in_epoch_two)
+    cfg = tiny_config(tmp_path / "run", epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg)
+    (ckpt,) = (tmp_path / "run").glob("*/work/checkpoints/erm.pt")
+    assert torch.load(ckpt, weights_only=False)["state"]["epoch"] == 1
+    monkeypatch.setattr(train_module, "validation_score", real_score)
+    resumed = run_experiment(cfg)
+    assert resumed.metrics["timing"]["resumed"] is True
+    assert eval_numbers(resumed.metrics) == eval_numbers(reference)
+
+
+NAN_PLUGIN = '''
+import torch
+from dermbench.hookspecs import hookimpl
+name = "nanloss"
+
+@hookimpl
+def fit(ctx, model, train, val):
+    return ctx.train_model(model, train, val, name="nanloss",
+                           extra_loss=lambda model, batch, logits: torch.tensor(float("nan")))
+'''
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "nanplugin.py").write_text(NAN_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = resolve_config(sets=[*TINY, "train.epochs=1"], flags={"out": str(tmp_path), "device": "cpu", "method": "nanloss"},
+                         local=("nanplugin",))
+    with pytest.raises(DermbenchError, match=r"loss became nan at epoch 1, step 1"):
+        run_experiment(cfg, local=("nanplugin",))
+
+
+def test_unknown_names_fail_with_the_closest_match(tmp_path, capsys):
+    assert main(["run", "--dataset", "synthdem", "--out", str(tmp_path)]) == 2
+    assert "did you mean 'synthderm'" in capsys.readouterr().out.lower()
+    assert main(["run", "--method", "fairquantise", "--out", str(tmp_path)]) == 2
+    assert "unknown method 'fairquantise'" in capsys.readouterr().out
+    assert main(["run", "--set", "model.backbone=resnet181", "--out", str(tmp_path), "--device", "cpu",
+                 *sum([["--set", s] for s in TINY[:2]], [])]) == 2
+    assert "did you mean 'resnet18" in capsys.readouterr().out.lower()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_requested_without_a_gpu(tmp_path, capsys):
+    assert main(["run", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "sees no CUDA GPU" in capsys.readouterr().out
