@@ -16,6 +16,10 @@ COMMAND_MODULES = (
     "dermbench.catalog",
     "dermbench.scaffold",
     "dermbench.sweep",
+    "dermbench.leaderboard",
+    "dermbench.report",
+    "dermbench.datacli",
+    "dermbench.tone",
 )
 
 console = Console()

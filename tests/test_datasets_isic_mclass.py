@@ -1,0 +1,171 @@
+"""MClass, ISIC 2018 Task 3 test, ISIC 2019 and PAD-UFES-20 loaders on fake trees."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import dermbench.splits as splits_module
+from dermbench.data import validate_table
+from dermbench.datasets.isic import ISIC2018, ISIC2019, UNK_EXCLUDED
+from dermbench.datasets.mclass import MClassClinic, MClassDerm
+from dermbench.datasets.pad_ufes import PadUfes20
+from dermbench.errors import ConfigError, DataError
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setattr(splits_module, "committed_dir", lambda: tmp_path / "no-committed-splits")
+    monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "cache"))
+
+
+# ----- MClass ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls, folder, domain", [(MClassDerm, "MClassD", "dermoscopic"), (MClassClinic, "MClassND", "clinical")])
+def test_mclass_reads_its_folder(make_mclass, cls, folder, domain):
+    tree = make_mclass()
+    table = cls(tree.root).table("malignant")
+    assert len(table) == 10
+    assert table["label"].tolist() == [1, 1] + [0] * 8
+    assert table["image"].iloc[0].startswith(f"{folder}/{folder.replace('Class', 'Class')}")
+    assert set(table["domain"]) == {domain} and set(table["split"]) == {"test"}
+    assert set(table["tone_source"]) == {"ita"} and table["fst"].isna().all()
+    assert table.attrs["notes"] == {
+        "images listed (the published benchmark has 100)": 10,
+        "melanomas listed (the published benchmark has 20)": 2,
+    }
+    assert cls(tree.root).load(task="malignant", split="test", image_size=8).images.shape == (10, 8, 8, 3)
+
+
+def test_mclass_at_published_size_has_no_notes(make_mclass):
+    table = MClassDerm(make_mclass(n=100, melanomas=20).root).table("malignant")
+    assert len(table) == 100 and int(table["label"].sum()) == 20 and table.attrs["notes"] == {}
+
+
+def test_mclass_label_spellings_and_unknown_label(make_mclass):
+    tree = make_mclass()
+    labels = tree.root / "MClassD" / "labels.csv"
+    frame = pd.read_csv(labels)
+    frame["label"] = ["MEL", "1", "NV", "naevus", "Nevus", "0", "nevus", "nevus", "nevus", "maybe"]
+    frame.to_csv(labels, index=False)
+    with pytest.raises(DataError, match=r"labels\.csv: column 'label'.*line 11: 'maybe'"):
+        MClassDerm(tree.root).table("malignant")
+    table = MClassDerm(tree.root, on_error="skip").table("malignant")
+    assert table["label"].tolist() == [1, 1] + [0] * 7
+    assert table.attrs["excluded"] == {"unknown label": 1}
+
+
+# ----- ISIC 2018 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_folder", [False, True])
+def test_isic2018_diagnoses_and_malignant(make_isic2018, in_folder):
+    tree = make_isic2018(in_folder=in_folder)  # 14 rows, diagnoses cycling MEL, NV, BCC, AKIEC, BKL, DF, VASC
+    dataset = ISIC2018(tree.root)
+    diagnosis = dataset.table("diagnosis")
+    assert dataset.classes("diagnosis") == ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+    assert diagnosis["label"].tolist() == [i % 7 for i in range(14)]
+    assert diagnosis["image"].iloc[0] == "ISIC2018_Task3_Test_Input/ISIC_0034524.jpg"
+    malignant = dataset.table("malignant")
+    assert malignant["label"].tolist() == [int(i % 7 in (0, 2, 3)) for i in range(14)]
+    assert set(malignant["split"]) == {"test"} and set(malignant["domain"]) == {"dermoscopic"}
+    assert ISIC2018(tree.root, malignant=["MEL"]).table("malignant")["label"].sum() == 2
+
+
+def test_isic2018_not_one_hot_row_is_named(make_isic2018):
+    tree = make_isic2018()
+    csv = tree.root / "ISIC2018_Task3_Test_GroundTruth.csv"
+    frame = pd.read_csv(csv, dtype=str)
+    frame.loc[5, "NV"] = "1.0"
+    frame.to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"GroundTruth\.csv: column 'MEL,NV,BCC,AKIEC,BKL,DF,VASC'.*line 7: '0\.0,1\.0,0\.0,0\.0,0\.0,1\.0,0\.0'"):
+        ISIC2018(tree.root).table("diagnosis")
+    assert len(ISIC2018(tree.root, on_error="skip").table("diagnosis")) == 13
+
+
+def test_isic2018_bad_malignant_option(make_isic2018):
+    with pytest.raises(ConfigError, match="among MEL, NV, BCC, AKIEC"):
+        ISIC2018(make_isic2018().root, malignant=["AK"])
+
+
+# ----- ISIC 2019 ------------------------------------------------------------------------------
+
+
+def test_isic2019_table_sex_and_downsampled_names(make_isic2019):
+    tree = make_isic2019()  # 48 rows; diagnosis (i // 2) % 8; sex female, male, "" cycling
+    dataset = ISIC2019(tree.root)
+    table = dataset.table("diagnosis")
+    assert dataset.classes("diagnosis") == ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
+    assert np.bincount(table["label"]).tolist() == [6] * 8
+    assert table["sex"].tolist() == ["female", "male", None] * 16
+    assert table["image"].iloc[3] == "ISIC_2019_Training_Input/ISIC_0000003_downsampled.jpg"
+    assert int(dataset.table("malignant")["label"].sum()) == 24  # MEL, BCC, AK, SCC
+    groups = validate_table(table, source="isic2019")
+    assert groups["tone3"].isna().all()
+
+
+def test_isic2019_default_split_is_the_fairquantize_rule(make_isic2019):
+    tree = make_isic2019()
+    table = ISIC2019(tree.root).table("diagnosis")
+    assert table["split"].value_counts().to_dict() == {"train": 28, "val": 10, "test": 10}
+    for split in ("train", "val", "test"):
+        assert set(table.loc[table["split"] == split, "label"]) == set(range(8))
+    info = json.loads((tree.root / "splits" / "isic2019-fairquantize.json").read_text())
+    assert (info["seed"], info["stratify"], info["fractions"]) == (4242, ["diagnosis"], [0.6, 0.2, 0.2])
+
+
+def test_isic2019_standard_rule_keeps_lesions_together(make_isic2019):
+    tree = make_isic2019()
+    table = ISIC2019(tree.root, split_rule="standard").table("malignant")
+    lesions = tree.meta.set_index("image").loc[table["sample_id"], "lesion_id"].to_numpy()
+    frame = pd.DataFrame({"lesion": lesions, "split": table["split"].to_numpy()})
+    named = frame[frame["lesion"].notna() & (frame["lesion"] != "")]
+    assert (named.groupby("lesion")["split"].nunique() == 1).all()
+    assert set(frame["split"]) == {"train", "val", "test"}
+
+
+def test_isic2019_unk_rows_are_left_out_and_counted(make_isic2019):
+    tree = make_isic2019()
+    csv = tree.root / "ISIC_2019_Training_GroundTruth.csv"
+    frame = pd.read_csv(csv, dtype=str)
+    frame.loc[0, ["MEL", "UNK"]] = ["0.0", "1.0"]
+    frame.to_csv(csv, index=False)
+    table = ISIC2019(tree.root).table("diagnosis")
+    assert len(table) == 47 and table.attrs["excluded"] == {UNK_EXCLUDED: 1}
+
+
+def test_isic2019_unknown_sex_value_is_named(make_isic2019):
+    tree = make_isic2019()
+    csv = tree.root / "ISIC_2019_Training_Metadata.csv"
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    frame.loc[2, "sex"] = "unknown-ish"
+    frame.to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"Metadata\.csv: column 'sex'.*line 4: 'unknown-ish'"):
+        ISIC2019(tree.root).table("malignant")
+
+
+def test_isic2019_needs_its_metadata_file(make_isic2019):
+    tree = make_isic2019()
+    (tree.root / "ISIC_2019_Training_Metadata.csv").unlink()
+    with pytest.raises(DataError, match=r"ISIC_2019_Training_Metadata\.csv not found"):
+        ISIC2019(tree.root).table("malignant")
+
+
+# ----- PAD-UFES-20 ----------------------------------------------------------------------------
+
+
+def test_pad_ufes_table(make_pad_ufes):
+    tree = make_pad_ufes()  # 24 rows, diagnostic cycling ACK..SEK, fitspatrick empty every 6th row
+    dataset = PadUfes20(tree.root)
+    table = dataset.table("diagnosis")
+    assert table["label"].tolist() == [i % 6 for i in range(24)]
+    assert int(dataset.table("malignant")["label"].sum()) == 12  # BCC, MEL, SCC
+    assert int(table["fst"].isna().sum()) == 4
+    assert table["fst"].dropna().astype(int).tolist() == [1 + i % 6 for i in range(24) if i % 6 != 5]
+    assert table["image"].iloc[1].startswith("images/imgs_part_2/PAT_100_1001_501")
+    assert table["sex"].iloc[:3].tolist() == ["female", "male", "female"] and table["sex"].iloc[5] is None
+    assert table.attrs["notes"] == {"fst unknown (fitspatrick empty): kept, tone missing": 4}
+    patients = tree.meta["patient_id"].to_numpy()
+    assert (pd.DataFrame({"p": patients, "s": table["split"]}).groupby("p")["s"].nunique() == 1).all()
