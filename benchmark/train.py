@@ -57,7 +57,7 @@ class Normaliser:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: np.ndarray, augment: str = "none", gen: torch.Generator | None = None) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
+        x = torch.from_numpy(np.array(images)).to(self.device, non_blocking=True)  # a copy: caches are read-only
         x = x.permute(0, 3, 1, 2).float()
         if augment != "none":
             x = augment_batch(x, augment, gen)
