@@ -77,7 +77,8 @@ class RunContext:
 
         torch.manual_seed(seed_for(self.seed, seed_name))
         m = self.config["model"]
-        return create_backbone(m["backbone"], num_classes=num_classes, pretrained=m["pretrained"], drop_rate=m["drop_rate"])
+        return create_backbone(m["backbone"], num_classes=num_classes, pretrained=m["pretrained"], drop_rate=m["drop_rate"],
+                               image_size=self.config["data"]["image_size"])
 
     def train_model(self, model, train, val, **kwargs):
         """The reusable ERM trainer (dermbench.train.train_model) bound to this run."""

@@ -164,7 +164,9 @@ class Dataset(ABC):
         """The rows of `split` with their images.
 
         Unreadable images stop the run, or with `on_error: skip` are dropped and counted in
-        `Split.meta["excluded"]`, so the run record says how many were lost and why.
+        `Split.meta["excluded"]`, so the run record says how many were lost and why. Rows the
+        loader excluded before splitting (`table.attrs["excluded"]`) are dataset-wide counts,
+        kept apart in `Split.meta["dataset_excluded"]`.
         """
         self.check_task(task)
         table = validate_table(self.table(task), source=f"dataset {self.name!r}")
@@ -173,7 +175,7 @@ class Dataset(ABC):
             have = sorted(table["split"].unique())
             raise DataError(f"dataset {self.name!r} has no rows in split {split!r} (splits: {have})")
         images, failures = self.images(rows, size=image_size)
-        excluded: dict[str, int] = dict(table.attrs.get("excluded", {}))
+        excluded: dict[str, int] = {}
         if failures:
             if self.options.get("on_error", "stop") != "skip":
                 first = sorted(failures.items())[:5]
@@ -188,7 +190,8 @@ class Dataset(ABC):
             keep = np.array([i not in failures for i in range(len(rows))])
             rows, images = rows[keep].reset_index(drop=True), images[keep]
         return Split(
-            name=name or split, table=rows, images=images, classes=self.classes(task), meta={"excluded": excluded}
+            name=name or split, table=rows, images=images, classes=self.classes(task),
+            meta={"excluded": excluded, "dataset_excluded": dict(table.attrs.get("excluded", {}))},
         )
 
 

@@ -28,9 +28,13 @@ def closest(name: str, known: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
-def unknown_name(kind: str, name: str, known: Iterable[str]) -> UnknownNameError:
-    """An error for an unknown `kind` name listing the known ones and the closest match."""
+def unknown_name(kind: str, name: str, known: Iterable[str], *, max_listed: int = 40) -> UnknownNameError:
+    """An error for an unknown `kind` name listing the known ones (at most `max_listed`) and
+    the closest match."""
     known = sorted(known)
     guess = closest(name, known)
     hint = f" Did you mean {guess!r}?" if guess else ""
-    return UnknownNameError(f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(known)}")
+    listed = ", ".join(known[:max_listed])
+    if len(known) > max_listed:
+        listed += f", ... ({len(known) - max_listed} more)"
+    return UnknownNameError(f"unknown {kind} {name!r}.{hint} Known {kind}s: {listed}")

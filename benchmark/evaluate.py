@@ -44,7 +44,9 @@ def evaluate_split(split: Split, prob: np.ndarray, *, threshold: float | None, c
     report["tone_source"] = {str(k): int(v) for k, v in split.table["tone_source"].value_counts(dropna=False).items()}
     if "tone_estimation" in split.meta:
         report["tone_estimation"] = split.meta["tone_estimation"]
-    dataset_excluded = split.meta.get("excluded") or {}
-    if dataset_excluded:
-        report.setdefault("excluded", {})["dataset"] = dict(dataset_excluded)
+    excluded = report.setdefault("excluded", {})
+    if split.meta.get("excluded"):
+        excluded["images"] = dict(split.meta["excluded"])
+    if split.meta.get("dataset_excluded"):
+        excluded["dataset (all splits)"] = dict(split.meta["dataset_excluded"])
     return report, predictions_table(split, prob, threshold)

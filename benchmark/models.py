@@ -27,8 +27,21 @@ def _offline_hub():
             os.environ["HF_HUB_OFFLINE"] = saved
 
 
-def create_backbone(name: str, *, num_classes: int, pretrained: bool | str = False, drop_rate: float = 0.0) -> nn.Module:
-    """A timm classifier with `num_classes` outputs.
+def _create(name: str, *, pretrained: bool, image_size: int | None, **kwargs) -> nn.Module:
+    """timm.create_model, telling models with a fixed input size (ViTs) the run's image size;
+    convolutional models take any size and refuse the argument."""
+    if image_size is not None:
+        try:
+            return timm.create_model(name, pretrained=pretrained, img_size=image_size, **kwargs)
+        except TypeError:
+            pass
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def create_backbone(
+    name: str, *, num_classes: int, pretrained: bool | str = False, drop_rate: float = 0.0, image_size: int | None = None
+) -> nn.Module:
+    """A timm classifier with `num_classes` outputs for `image_size` inputs.
 
     pretrained: False (random init), True (timm's local cache, never the network), or a path
     to a .safetensors/.pth/.pt state dict; the classifier head is re-initialised when its
@@ -40,14 +53,14 @@ def create_backbone(name: str, *, num_classes: int, pretrained: bool | str = Fal
     if pretrained is True:
         try:
             with _offline_hub():
-                return timm.create_model(name, pretrained=True, **kwargs)
+                return _create(name, pretrained=True, image_size=image_size, **kwargs)
         except Exception as exc:  # timm raises several kinds on a cache miss
             raise DermbenchError(
                 f"pretrained weights for {name!r} are not in the local timm/Hugging Face cache and the run is offline "
                 f"({type(exc).__name__}: {exc}). Download them once on a connected machine, or set "
                 "model.pretrained to the path of a weights file."
             ) from exc
-    model = timm.create_model(name, pretrained=False, **kwargs)
+    model = _create(name, pretrained=False, image_size=image_size, **kwargs)
     if pretrained in (False, None, "", "false"):
         return model
     load_weights(model, Path(str(pretrained)).expanduser())

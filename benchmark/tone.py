@@ -341,7 +341,8 @@ def load_detector(path: Path | str | None) -> ToneDetector:
 
     info = read_detector_info(path)
     folder = Path(path).expanduser()
-    model = create_backbone(info["backbone"], num_classes=len(TONE3), pretrained=False)
+    model = create_backbone(info["backbone"], num_classes=len(TONE3), pretrained=False,
+                            image_size=info.get("image_size"))
     try:
         state = load_file(str(folder / WEIGHTS_FILE))
         model.load_state_dict(state, strict=True)

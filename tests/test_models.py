@@ -1,0 +1,45 @@
+"""Backbones by timm name, and weights from a local file or a clear offline error."""
+
+import pytest
+import timm
+import torch
+
+from dermbench.errors import ConfigError, DermbenchError, UnknownNameError
+from dermbench.models import create_backbone
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", "resnext101_32x8d", "vit_base_patch16_224"])
+def test_named_backbones_build_for_the_run_image_size(name):
+    model = create_backbone(name, num_classes=3, image_size=64).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+
+
+def test_weights_from_a_local_file_keep_the_backbone_and_reset_a_mismatched_head(tmp_path):
+    from safetensors.torch import save_file
+
+    source = timm.create_model("test_resnet", pretrained=False, num_classes=1000)
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model = create_backbone("test_resnet", num_classes=2, pretrained=str(path))
+    src, got = source.state_dict(), model.state_dict()
+    stem = next(k for k in src if k.endswith("weight") and src[k].ndim == 4)
+    assert torch.equal(src[stem], got[stem])
+    assert got["fc.weight"].shape == (2, src["fc.weight"].shape[1])
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "weights.pth")
+    assert torch.equal(create_backbone("test_resnet", num_classes=2, pretrained=str(tmp_path / "weights.pth"))
+                       .state_dict()[stem], src[stem])
+
+
+def test_bad_weights_and_names_are_clear(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="does not exist"):
+        create_backbone("test_resnet", num_classes=2, pretrained=str(tmp_path / "nope.pth"))
+    torch.save({"unrelated": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match="holds no tensor matching"):
+        create_backbone("test_resnet", num_classes=2, pretrained=str(tmp_path / "other.pth"))
+    with pytest.raises(UnknownNameError, match="Did you mean 'resnet18'"):
+        create_backbone("resnet181", num_classes=2)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch"))
+    with pytest.raises(DermbenchError, match="not in the local timm/Hugging Face cache and the run is offline"):
+        create_backbone("resnet18", num_classes=2, pretrained=True)
