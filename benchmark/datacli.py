@@ -313,7 +313,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if args.name != "fitz17k":
         raise DataError(
             f"only fitz17k can be fetched (its CSV lists image URLs); get {args.name!r} from its official page "
-            "as described in docs/README-datasets.md"
+            "as described in the Datasets section of README.md"
         )
     from dermbench.datasets.fitz17k import Fitz17k
     from dermbench.fetch import fetch_fitz17k

@@ -1,7 +1,7 @@
 """Per-group performance, fairness gaps and bootstrap confidence intervals.
 
 `fairness_report` builds the `eval` entry of metrics.json (DESIGN.md §4). Researchers quote
-these numbers, so every definition is fixed here and in docs/README-metrics.md, and the tests
+these numbers, so every definition is fixed here and in docs/metrics.md, and the tests
 pin each one against scikit-learn, fairlearn or a hand-computed example.
 
 Predictions
@@ -698,7 +698,7 @@ def fairness_report(*, y_true: Any, y_prob: Any, groups: Mapping[str, Any] | pd.
         per_class (multi-class only) {overall: {support, tpr, tnr, fpr, precision, f1, auc}, groups: ...},
         and with n_boot > 0: ci, mirroring overall / groups / fairness with [lo, hi] leaves
         (None where the value is None), and bootstrap {n_boot, seed, level, method, resampling}.
-    The metric and gap conventions are in this module's docstring and docs/README-metrics.md.
+    The metric and gap conventions are in this module's docstring and docs/metrics.md.
     """
     n_boot = _check_int("n_boot", n_boot, 0)
     seed = _check_int("seed", seed, 0)

@@ -358,7 +358,7 @@ class TableDataset(Dataset):
         raise DataError(
             f"dataset {self.name!r}: metadata file not found: no {looked} in {self.root} or its sub-folders "
             f"{subs}. Expected layout: "
-            f"{self.layout}. See docs/README-datasets.md, and run `dermbench data check {self.name} --root DIR`."
+            f"{self.layout}. See the Datasets section of README.md, and run `dermbench data check {self.name} --root DIR`."
         )
 
     def present(self) -> bool:

@@ -12,7 +12,7 @@ came from:
   F1 on that set are stored next to its weights in detector.json and copied into every split
   it annotates (`Split.meta["tone_estimation"]`), so a report shows how far to trust it.
 
-Commands: `dermbench tone train` and `dermbench tone annotate` (see docs/README-tone.md).
+Commands: `dermbench tone train` and `dermbench tone annotate` (see docs/tone.md).
 """
 
 from __future__ import annotations

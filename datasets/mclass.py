@@ -2,7 +2,7 @@
 100 dermoscopic (MClass-D) and 100 clinical (MClass-ND) images, 20 melanomas and 80 nevi each.
 
 The benchmark is distributed as images plus a ground-truth list, so dermbench expects this
-layout (documented in docs/README-datasets.md):
+layout (documented in the Datasets section of README.md):
 
     <root>/MClassD/labels.csv     columns image,label; label melanoma or nevus
     <root>/MClassD/<image files>  the 100 dermoscopic images
