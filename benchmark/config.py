@@ -22,8 +22,10 @@ from dermbench.errors import ConfigError, closest
 PROFILES = ("tiny", "paper")
 #: keys whose value may hold any sub-keys (validated by the dataset or method that reads them)
 FREE_FORM = {("data", "options")}
-#: keys that do not change results, so they stay out of the run id
-NOT_IN_RUN_ID = (("out",), ("device",), ("data", "root"), ("train", "num_workers"))
+#: keys that do not change results, so they stay out of the run id. The device does change
+#: them (mixed precision and channels-last on CUDA), so the runner stores the resolved device
+#: type in the config before the id is taken.
+NOT_IN_RUN_ID = (("out",), ("data", "root"), ("train", "num_workers"))
 
 
 def load_yaml(path: Path) -> dict:
@@ -68,26 +70,34 @@ def merge(base: dict, override: dict, *, strict: bool, where: str, path: tuple[s
                 raise ConfigError(f"setting {dotted!r} in {where} must be a mapping, got {value!r}")
             out[key] = merge(current, value, strict=strict, where=where, path=key_path)
         else:
-            if strict:
-                _check_type(dotted, current, value, where)
-            out[key] = copy.deepcopy(value)
+            out[key] = copy.deepcopy(_checked(dotted, current, value, where) if strict else value)
     return out
 
 
-def _check_type(dotted: str, current: Any, value: Any, where: str) -> None:
+def _checked(dotted: str, current: Any, value: Any, where: str) -> Any:
+    """`value` if it fits the setting's default `current`, converted where YAML is too literal
+    (it reads 1e-3 as a string); otherwise a ConfigError naming the setting."""
     if current is None or value is None:
-        return
-    numeric = (int, float)
+        return value
     if isinstance(current, bool) or isinstance(value, bool):
         ok = isinstance(current, bool) == isinstance(value, bool) or isinstance(value, str)
-    elif isinstance(current, numeric):
-        ok = isinstance(value, numeric)
+    elif isinstance(current, float):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float))
+    elif isinstance(current, int):
+        ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        value = int(value) if ok else value
     elif isinstance(current, str):
         ok = isinstance(value, (str, int, float))  # e.g. eval.threshold "youden" -> 0.5
     else:
         ok = isinstance(value, type(current)) or isinstance(value, (list, float, int, str))
     if not ok:
         raise ConfigError(f"setting {dotted!r} in {where}: expected a value like {current!r}, got {value!r}")
+    return value
 
 
 def parse_set(item: str) -> dict:

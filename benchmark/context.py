@@ -48,6 +48,7 @@ class RunContext:
     console: Console = field(default_factory=Console)
     schemes: tuple[str, ...] = ("tone3", "tone2", "fst")
     log: Any = None  # a callable(str) that appends to the run log
+    trained: set[str] = field(default_factory=set)  # names given to train_model in this run
 
     @property
     def seed(self) -> int:
@@ -69,7 +70,9 @@ class RunContext:
     def say(self, message: str) -> None:
         self.console.print(message, highlight=False)
         if self.log is not None:
-            self.log(message)
+            from rich.text import Text
+
+            self.log(Text.from_markup(message).plain)
 
     def create_model(self, num_classes: int, *, seed_name: str = "model-init"):
         """The configured backbone, initialised from a seed derived from the run seed."""

@@ -22,6 +22,8 @@ from dermbench.groups import add_group_columns
 REQUIRED_COLUMNS = ("sample_id", "image", "label", "fst", "tone_source", "domain", "split")
 TONE_SOURCES = ("annotated", "ita", "detector", "generated")
 DOMAINS = ("clinical", "dermoscopic")
+#: the columns a plugin's `predict` sees
+PREDICT_COLUMNS = ("sample_id", "image", "fst", "tone_source", "domain", "tone3", "tone2", "sex")
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,11 @@ class Split:
         return replace(self, table=self.table.iloc[index].reset_index(drop=True), images=self.images[index], masks=masks)
 
     def without_labels(self) -> Split:
-        """The split as plugins see it at prediction time: no label column."""
-        return replace(self, table=self.table.drop(columns=["label"], errors="ignore"))
+        """The split as plugins see it at prediction time: identity, image path, domain and the
+        sensitive attributes only. Every other column (the label, a dataset's diagnosis text,
+        SynthDerm's generative parameters) could give the label away."""
+        keep = [c for c in PREDICT_COLUMNS if c in self.table]
+        return replace(self, table=self.table[keep].copy())
 
     @staticmethod
     def concat(name: str, splits: list[Split]) -> Split:

@@ -194,7 +194,8 @@ def config_variant(config: Any) -> str:
     """A short hash of the config up to seed: runs with equal variants are seeds of one experiment.
 
     Like the run id, it leaves out settings that do not change results (NOT_IN_RUN_ID: output
-    folder, device, data root, workers); unlike it, it also leaves out the seed.
+    folder, data root, workers); unlike it, it also leaves out the seed. The device type stays:
+    CUDA runs (mixed precision) are a different experiment from CPU runs.
     """
     stripped = copy.deepcopy(config) if isinstance(config, dict) else {}
     for path in (*NOT_IN_RUN_ID, ("seed",)):

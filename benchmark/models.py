@@ -15,16 +15,21 @@ from dermbench.errors import ConfigError, DermbenchError, unknown_name
 
 @contextmanager
 def _offline_hub():
-    """Make the Hugging Face hub fail fast instead of trying the network on a cache miss."""
-    saved = os.environ.get("HF_HUB_OFFLINE")
+    """Make the Hugging Face hub fail fast instead of trying the network on a cache miss.
+    huggingface_hub reads HF_HUB_OFFLINE once at import, so the module constant is set too."""
+    from huggingface_hub import constants
+
+    saved_env, saved_flag = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
     os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        if saved is None:
+        constants.HF_HUB_OFFLINE = saved_flag
+        if saved_env is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
-            os.environ["HF_HUB_OFFLINE"] = saved
+            os.environ["HF_HUB_OFFLINE"] = saved_env
 
 
 def _create(name: str, *, pretrained: bool, image_size: int | None, **kwargs) -> nn.Module:

@@ -73,6 +73,11 @@ def _refs(group: str, builtins: dict[str, str], local: tuple[str, ...]) -> dict[
     if _autoload_enabled():
         for ep in entry_points(group=group):
             dist = ep.dist
+            if ep.name in builtins:
+                raise DermbenchError(
+                    f"the installed package {dist.name if dist else '?'} registers a {group} plugin named "
+                    f"{ep.name!r}, which is a built-in name; rename it (or set DERMBENCH_DISABLE_PLUGIN_AUTOLOAD=1)"
+                )
             refs[ep.name] = PluginRef(
                 ep.name, ep.value, "entry point", dist.name if dist else "?", dist.version if dist else "?"
             )
@@ -81,6 +86,8 @@ def _refs(group: str, builtins: dict[str, str], local: tuple[str, ...]) -> dict[
         if _is_dataset(obj) != (group == DATASET_GROUP):
             continue
         name = plugin_name(obj, target)
+        if name in builtins:
+            raise DermbenchError(f"--plugin {target} is named {name!r}, which is a built-in name; give it another name")
         package, ver = _package_of(obj)
         refs[name] = PluginRef(name, target, "--plugin", package, ver)
     return refs
@@ -102,8 +109,9 @@ def load_target(target: str) -> Any:
     module_name, _, attr = target.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise DermbenchError(f"cannot import plugin module {module_name!r} ({target}): {exc}") from exc
+    except Exception as exc:  # a plugin's import may fail in any way; name it instead of a traceback
+        raise DermbenchError(f"cannot import plugin module {module_name!r} ({target}): "
+                             f"{type(exc).__name__}: {exc}") from exc
     for part in filter(None, attr.split(".")):
         try:
             obj = getattr(obj, part)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -79,6 +78,8 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
     """Train and evaluate one config; a finished run with the same id is reused unless `force`."""
     console = console or Console()
     started = time.perf_counter()
+    device = choose_device(cfg["device"])
+    cfg = {**cfg, "device": device.type}  # results depend on it (AMP, channels-last): part of the run id
     run_id = configuration.run_id(cfg)
     run = RunDir(Path(cfg["out"]), run_id)
     if run.done and not force:
@@ -88,7 +89,6 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
         run.reset()
     resuming = (run.path / "work" / "checkpoints").exists()
     pm, loaded = make_manager(cfg["method"], local)
-    device = choose_device(cfg["device"])
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"] % (2**32))
     run.path.mkdir(parents=True, exist_ok=True)
@@ -106,6 +106,7 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
     train_dataset = datasets.get(cfg["dataset"])
     train = datasets.load(cfg["dataset"], "train")
     val = datasets.load(cfg["dataset"], "val")
+    tests, skipped = load_test_sets(cfg, datasets, train_dataset, ctx)  # before training, so problems show early
     extra = [s for s in pm.hook.augment(ctx=ctx, train=train) if s is not None]
     if extra:
         ctx.say(f"augmentation added {sum(len(s) for s in extra)} training samples")
@@ -120,23 +121,11 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
 
     val_prob = _predict(pm, ctx, model, val)
     threshold = threshold_from_validation(cfg["eval"]["threshold"], val.labels, val_prob)
-    evaluations, skipped = {}, {}
-    for test in test_sets(cfg, train_dataset):
-        try:
-            split = datasets.load(test.dataset, test.split, as_name=test.name)
-        except DataError as exc:
-            if test.dataset == cfg["dataset"]:
-                raise
-            skipped[test.name] = str(exc)
-            ctx.say(f"[yellow]skipped test set {test.name}[/]: {exc}")
-            continue
-        split = fill_missing_tones(split, source=cfg["data"]["tone"], detector=cfg["data"]["tone_detector"],
-                                   device=ctx.device)
+    evaluations = {}
+    for name, split in tests.items():
         prob = _predict(pm, ctx, model, split)
-        evaluations[test.name], predictions = evaluate_split(split, prob, threshold=threshold, cfg=cfg)
-        write_text(run.file(f"predictions/{test.name}.csv"), predictions.to_csv(index=False))
-    if not evaluations:
-        raise DermbenchError("no test set could be evaluated: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        evaluations[name], predictions = evaluate_split(split, prob, threshold=threshold, cfg=cfg)
+        write_text(run.file(f"predictions/{name}.csv"), predictions.to_csv(index=False))
     metrics = {
         "run_id": run_id, "method": cfg["method"], "dataset": cfg["dataset"], "task": cfg["task"], "seed": cfg["seed"],
         "profile": cfg["profile"], "config": cfg, "plugins": plugins, "device": str(device),
@@ -148,6 +137,33 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
     run.mark_done()
     ctx.say(f"run finished in {metrics['timing']['total_s']:.1f} s; record in {run.path}")
     return RunResult(run, metrics, reused=False)
+
+
+def load_test_sets(cfg: dict, datasets: DatasetPool, train_dataset, ctx: RunContext) -> tuple[dict[str, Split], dict]:
+    """The protocol's test splits, with tones filled where the dataset has none, and the ones
+    skipped with the reason: an external test set that is absent or lacks the run's task is
+    listed, never silently dropped; a problem with the training dataset's own test split stops."""
+    loaded, skipped = {}, {}
+    for test in test_sets(cfg, train_dataset):
+        own = test.dataset == cfg["dataset"]
+        try:
+            dataset = datasets.get(test.dataset)
+            if cfg["task"] not in dataset.tasks:
+                if own:
+                    dataset.check_task(cfg["task"])
+                raise DataError(f"dataset {test.dataset!r} has no task {cfg['task']!r} (tasks: {', '.join(dataset.tasks)})")
+            split = datasets.load(test.dataset, test.split, as_name=test.name)
+        except DataError as exc:
+            if own:
+                raise
+            skipped[test.name] = str(exc)
+            ctx.say(f"[yellow]skipped test set {test.name}[/]: {exc}")
+            continue
+        loaded[test.name] = fill_missing_tones(split, source=cfg["data"]["tone"], detector=cfg["data"]["tone_detector"],
+                                               device=ctx.device)
+    if not loaded:
+        raise DermbenchError("no test set could be evaluated: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    return loaded, skipped
 
 
 def _predict(pm, ctx: RunContext, model, split: Split) -> np.ndarray:
@@ -186,7 +202,8 @@ def summary_table(metrics: dict, *, scheme: str = "tone3") -> list[Table]:
     """One rich table per test set: overall and per-group metrics, then the gaps."""
     tables = []
     for name, ev in metrics["eval"].items():
-        t = Table(title=f"{name} (n={ev['n']}, threshold {ev['threshold']:.3f}, tones: "
+        threshold = "argmax" if ev["threshold"] is None else f"{ev['threshold']:.3f}"
+        t = Table(title=f"{name} (n={ev['n']}, threshold {threshold}, tones: "
                         f"{', '.join(f'{k} {v}' for k, v in ev.get('tone_source', {}).items())})")
         for col in ("group", "n", "acc", "bacc", "tpr", "tnr", "f1", "auc"):
             t.add_column(col, justify="right" if col != "group" else "left")
@@ -215,7 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     flags = {"method": args.method, "dataset": args.dataset, "seed": args.seed, "profile": args.profile,
              "device": args.device, "out": args.out, "task": args.task}
     if args.data_root:
-        args.set = [*(args.set or []), f"data.root={args.data_root}"]
+        args.set = [*(args.set or []), f"data.root={json.dumps(args.data_root)}"]  # JSON is YAML: quoted as is
     cfg = resolve_config(file=args.config, sets=args.set or (), flags=flags, local=local)
     result = run_experiment(cfg, local=local, force=args.force, console=console)
     for table in summary_table(result.metrics):

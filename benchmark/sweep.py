@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table

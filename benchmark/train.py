@@ -1,9 +1,12 @@
 """The reusable ERM trainer. Methods call it through `ctx.train_model` (MFD trains its teacher
 with it, FairQuantize retrains with it) and extend it through small callbacks.
 
-Every epoch ends with a checkpoint (model, optimiser, schedule, RNG state, best-so-far), so a
-killed run resumes where it stopped and gives the same result as an uninterrupted one: batch
-order and augmentation depend only on (run seed, epoch), never on how long the process lived.
+Every epoch ends with a checkpoint (model, optimiser, schedule, torch RNG state, best-so-far),
+so a killed run resumes where it stopped and, on the CPU, gives the same result as an
+uninterrupted one: batch order and augmentation depend only on (run seed, epoch), never on how
+long the process lived. Plugins that need randomness use `ctx.rng(name)`, which is seeded the
+same way; the global numpy/random state is not checkpointed. On CUDA, cuDNN's kernel choice
+can make repeated runs differ slightly.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 
 from dermbench.context import RunContext, seed_for
@@ -191,6 +201,12 @@ def train_model(
     models (teacher, student) and resume each.
     """
     cfg = {**ctx.config["train"], **(settings or {})}
+    if name in ctx.trained:
+        raise DermbenchError(
+            f"train_model was called twice with name {name!r} in one run; give each training its own "
+            "name, which keys its resume checkpoint"
+        )
+    ctx.trained.add(name)
     if len(train) == 0:
         raise DermbenchError(f"training split {train.name!r} is empty")
     if len(val) == 0:

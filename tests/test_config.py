@@ -71,5 +71,13 @@ def test_run_id_hashes_results_relevant_settings_only():
     assert c.run_id(base) == c.run_id(c.resolve())
     assert c.run_id(base) != c.run_id(c.resolve(flags={"seed": 1}))
     assert c.run_id(base) != c.run_id(c.resolve(sets=["train.lr=0.1"]))
-    assert c.run_id(base) == c.run_id(c.resolve(flags={"out": "elsewhere", "device": "cpu"}))
+    assert c.run_id(base) == c.run_id(c.resolve(flags={"out": "elsewhere"}, sets=["data.root=/data"]))
+    assert c.run_id(c.resolve(flags={"device": "cpu"})) != c.run_id(c.resolve(flags={"device": "cuda"}))
     assert c.run_id(base).startswith("erm_synthderm_s0_")
+
+
+def test_numbers_are_read_as_numbers_and_integers_stay_integers():
+    cfg = c.resolve(sets=["train.lr=1e-3", "train.epochs=3.0"])
+    assert cfg["train"]["lr"] == 0.001 and isinstance(cfg["train"]["epochs"], int)
+    with pytest.raises(ConfigError, match=r"'train.epochs'.*expected a value like 6, got 2.7"):
+        c.resolve(sets=["train.epochs=2.7"])

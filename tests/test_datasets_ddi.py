@@ -57,7 +57,8 @@ def test_rgba_and_large_images_load(make_ddi):
     tree = make_ddi()
     split = DDI(tree.root).load(task="malignant", split="test", image_size=8)
     assert split.images.shape == (12, 8, 8, 3)
-    assert split.meta["excluded"] == {TONE2_EXCLUDED: 4}
+    assert split.meta["excluded"] == {}  # every image decoded
+    assert split.meta["dataset_excluded"] == {TONE2_EXCLUDED: 4}
     # the transparent corner of an RGBA image is composited on white, not black
     assert split.images[1].max() > 200
 

@@ -349,10 +349,12 @@ def test_runs_differing_in_more_than_seed_are_separate_rows(tmp_path):
     other = copy.deepcopy(CONFIG)
     other["train"]["lr"] = 0.01
     moved = copy.deepcopy(CONFIG)
-    moved.update(out="elsewhere", device="cuda")
+    moved.update(out="elsewhere")
     moved["data"]["root"] = "/data"
     assert config_variant({**CONFIG, "seed": 5}) == config_variant(CONFIG) == config_variant(moved)
     assert config_variant(other) != config_variant(CONFIG)
+    # CUDA runs (mixed precision) are a different experiment from CPU runs
+    assert config_variant({**CONFIG, "device": "cuda"}) != config_variant({**CONFIG, "device": "cpu"})
     for seed in (0, 1):
         write_run(tmp_path, make_record("erm", seed))
         write_run(tmp_path, make_record("erm", seed, config=other))

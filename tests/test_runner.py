@@ -41,7 +41,7 @@ def test_record_has_every_file_and_the_documented_shape(tmp_path):
         assert key in m
     ev = m["eval"]["synthderm"]
     assert ev["n"] == 80 and 0 < ev["threshold"] < 1
-    assert set(ev["groups"]["tone3"]) <= {"A", "B", "C"}
+    assert set(ev["groups"]["tone3"]) == {"A", "B", "C"}
     for metric in ("n", "acc", "tpr", "tnr", "fpr", "auc", "f1"):
         assert metric in ev["overall"]
     for gap in ("eopp0", "eopp1", "eodd"):
@@ -90,8 +90,16 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
         run_experiment(cfg)
     (ckpt,) = (tmp_path / "run").glob("*/work/checkpoints/erm.pt")
     assert torch.load(ckpt, weights_only=False)["state"]["epoch"] == 1
-    monkeypatch.setattr(train_module, "validation_score", real_score)
+    resumed_calls = []
+
+    def counted(*args, **kwargs):
+        resumed_calls.append(1)
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "validation_score", counted)
     resumed = run_experiment(cfg)
+    assert len(resumed_calls) == 2  # epochs 2 and 3 only: epoch 1 came from the checkpoint
+    assert "resuming erm from its checkpoint after epoch 1" in (resumed.run_dir.path / "log.txt").read_text()
     assert resumed.metrics["timing"]["resumed"] is True
     assert eval_numbers(resumed.metrics) == eval_numbers(reference)
 
@@ -131,3 +139,54 @@ def test_unknown_names_fail_with_the_closest_match(tmp_path, capsys):
 def test_cuda_requested_without_a_gpu(tmp_path, capsys):
     assert main(["run", "--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "sees no CUDA GPU" in capsys.readouterr().out
+
+
+SPY_PLUGIN = '''
+from dermbench.hookspecs import hookimpl
+name = "spy"
+SEEN = []
+
+@hookimpl
+def predict(ctx, model, split):
+    SEEN.append((split.name, sorted(split.table.columns)))
+    return ctx.predict_proba(model, split)
+'''
+
+
+def test_predict_never_sees_labels_and_the_threshold_comes_from_validation(tmp_path, monkeypatch):
+    from dermbench.evaluate import threshold_from_validation
+
+    (tmp_path / "spyplugin.py").write_text(SPY_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import spyplugin
+
+    cfg = resolve_config(sets=[*TINY, "train.epochs=1"], flags={"out": str(tmp_path), "device": "cpu", "method": "spy"},
+                         local=("spyplugin",))
+    result = run_experiment(cfg, local=("spyplugin",))
+    seen = dict(spyplugin.SEEN)
+    assert set(seen) == {"val", "synthderm", "synthderm-ddi", "synthderm-dermoscopic"}
+    for columns in seen.values():
+        # no label, and none of SynthDerm's generative parameters (severity, border, ...)
+        assert set(columns) <= {"sample_id", "image", "fst", "tone_source", "domain", "tone3", "tone2", "sex"}
+    # the recorded threshold is the one the validation predictions give
+    from dermbench.runner import DatasetPool
+
+    val = DatasetPool(cfg, ()).load("synthderm", "val")
+    from safetensors.torch import load_file
+
+    from dermbench.context import RunContext
+
+    ctx = RunContext(config=result.metrics["config"], device=torch.device("cpu"), work_dir=tmp_path / "w",
+                     cache_dir=tmp_path / "c")
+    model = ctx.create_model(2)
+    model.load_state_dict(load_file(str(result.run_dir.file("model.safetensors"))))
+    expected = threshold_from_validation(cfg["eval"]["threshold"], val.labels, ctx.predict_proba(model, val))
+    assert result.metrics["eval"]["synthderm"]["threshold"] == expected
+    assert 0 < expected < 1
+
+
+def test_missing_external_tasks_are_skipped_before_training(tmp_path):
+    cfg = tiny_config(tmp_path, "data.test_sets=[synthderm, nosuchset]", epochs=1)
+    with pytest.raises(DermbenchError, match="unknown dataset 'nosuchset'"):
+        run_experiment(cfg)
+    assert not list(tmp_path.glob("*/work/checkpoints"))  # it failed before training
