@@ -135,7 +135,10 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
     }
     write_json(run.file("metrics.json"), metrics)
     run.mark_done()
-    ctx.say(f"run finished in {metrics['timing']['total_s']:.1f} s; record in {run.path}")
+    from dermbench.report import write_report
+
+    report = write_report(run.path)  # derived from the record, so written after `done`
+    ctx.say(f"run finished in {metrics['timing']['total_s']:.1f} s; record in {run.path}, report in {report.name}")
     return RunResult(run, metrics, reused=False)
 
 

@@ -33,7 +33,7 @@ def test_record_has_every_file_and_the_documented_shape(tmp_path):
     run = result.run_dir.path
     for name in ("config.yaml", "plugins.json", "environment.json", "metrics.json", "model.safetensors", "log.txt",
                  "done", "predictions/synthderm.csv", "predictions/synthderm-ddi.csv",
-                 "predictions/synthderm-dermoscopic.csv"):
+                 "predictions/synthderm-dermoscopic.csv", "report.md"):
         assert (run / name).exists(), name
     assert not (run / "work" / "checkpoints").exists()
     m = json.loads((run / "metrics.json").read_text())

@@ -14,7 +14,7 @@ from dermbench.context import RunContext
 from dermbench.datasets.synthderm import SynthDerm
 from dermbench.runner import resolve_config
 
-N_TRAIN, N_VAL = 512, 64
+N_TRAIN, N_VAL = 1024, 64
 
 
 def _setup(tmp_path: Path):
@@ -36,6 +36,7 @@ def test_tiny_profile_training_throughput(benchmark, tmp_path):
 
     def harness_epoch():
         shutil.rmtree(ctx.work_dir, ignore_errors=True)  # no resume: train the epoch for real
+        ctx.trained.clear()
         ctx.train_model(ctx.create_model(2), train, val, name="bench")
 
     def bare_epoch():
