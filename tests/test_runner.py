@@ -190,3 +190,45 @@ def test_missing_external_tasks_are_skipped_before_training(tmp_path):
     with pytest.raises(DermbenchError, match="unknown dataset 'nosuchset'"):
         run_experiment(cfg)
     assert not list(tmp_path.glob("*/work/checkpoints"))  # it failed before training
+
+
+SLOW_PLUGIN = '''
+import time
+from dermbench.hookspecs import hookimpl
+name = "slowerm"
+
+@hookimpl
+def fit(ctx, model, train, val):
+    # ERM, slowed down so a test can kill the process between two checkpoints
+    return ctx.train_model(model, train, val, name="slowerm", after_step=lambda model: time.sleep(0.05))
+'''
+
+
+def test_a_killed_process_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "slowplugin.py").write_text(SLOW_PLUGIN)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+    def command(out):
+        return [sys.executable, "-m", "dermbench.cli", "run", "--plugin", "slowplugin", "--method", "slowerm",
+                "--device", "cpu", "--out", str(out), *sum([["--set", s] for s in TINY], []), "--set", "train.epochs=4"]
+
+    subprocess.run(command(tmp_path / "ref"), env=env, check=True, capture_output=True)
+    process = subprocess.Popen(command(tmp_path / "run"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "run").glob("*/work/checkpoints/slowerm.pt")):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)  # no cleanup of any kind
+    process.wait()
+    (run_dir,) = (tmp_path / "run").iterdir()
+    assert not (run_dir / "done").exists()
+    subprocess.run(command(tmp_path / "run"), env=env, check=True, capture_output=True)
+    assert "resuming slowerm from its checkpoint" in (run_dir / "log.txt").read_text()
+    (reference,) = (tmp_path / "ref").glob("*/metrics.json")
+    assert eval_numbers(json.loads((run_dir / "metrics.json").read_text())) == eval_numbers(json.loads(reference.read_text()))
