@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
@@ -380,14 +381,14 @@ class TableDataset(Dataset):
 
     # ----- subclass hooks ----------------------------------------------------------------
 
+    @abstractmethod
     def read(self) -> pd.DataFrame:
         """Metadata to records: one row per sample with sample_id, image, fst, tone_source and
         (official splits) split, plus whatever `encode` needs. Bad values go through a RowChecker."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode(self, records: pd.DataFrame, task: str) -> tuple[np.ndarray, tuple[str, ...]]:
         """(labels 0..K-1 for every record, class names) for `task`."""
-        raise NotImplementedError
 
     def checker(self, path: Path, frame: pd.DataFrame) -> RowChecker:
         return RowChecker(path, len(frame), self.options["on_error"])
