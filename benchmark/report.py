@@ -363,6 +363,30 @@ def tone_source_text(counts: Any) -> str:
     return "; ".join(parts) or "not recorded"
 
 
+def tone_estimation_text(estimation: Any) -> str | None:
+    """How far to trust estimated tones: the estimator and its measured accuracy, or None when
+    every tone of the test set was annotated."""
+    if not isinstance(estimation, dict) or not estimation.get("n_estimated"):
+        return None
+    n = fmt_count(estimation["n_estimated"])
+    if estimation.get("source") == "detector":
+        d = estimation.get("detector") or {}
+        f1 = d.get("per_tone_f1") or {}
+        f1_text = ", ".join(f"{k} {fmt(v)}" for k, v in f1.items()) if isinstance(f1, dict) else MISSING
+        text = (f"tones of {n} samples predicted by the tone detector {d.get('path', MISSING)} "
+                f"({d.get('backbone', MISSING)}, trained on {d.get('trained_on', MISSING)}); on "
+                f"{d.get('evaluated_on', MISSING)} it scored accuracy {fmt(d.get('accuracy'))}, per-tone F1 {f1_text}")
+    else:
+        unresolved = estimation.get("n_unresolved")
+        text = (f"tones of {n} samples estimated by ITA ({estimation.get('method', MISSING)}"
+                + (f"; {fmt_count(unresolved)} had too little skin to estimate" if unresolved else "") + ")")
+    agreement = estimation.get("agreement_on_annotated")
+    if isinstance(agreement, dict) and agreement.get("tone3_accuracy") is not None:
+        text += (f"; on this set's {fmt_count(agreement.get('n'))} annotated samples the estimate matches tone3 "
+                 f"{fmt(agreement['tone3_accuracy'])} of the time")
+    return text
+
+
 def _test_set_report(run_dir: Path, record: dict[str, Any], name: str, test_eval: dict[str, Any]) -> TestSetReport:
     """One test set's section: summary, per-group tables, fairness, confusion matrices, exclusions, flags."""
     section = TestSetReport(name)
@@ -373,6 +397,9 @@ def _test_set_report(run_dir: Path, record: dict[str, Any], name: str, test_eval
         f"{fmt(threshold, 4) if threshold is not None else 'none (argmax)'}",
         f"tone source: {tone_source_text(test_eval.get('tone_source'))}",
     ]
+    estimation = tone_estimation_text(test_eval.get("tone_estimation"))
+    if estimation:
+        section.summary.append(estimation)
     for scheme in ordered_schemes(list(test_eval.get("groups", {}))):
         section.group_tables[scheme] = _group_table(test_eval, scheme)
     section.fairness, section.fairness_notes = _fairness_table(test_eval)

@@ -27,6 +27,8 @@ def test_fitz17k_protocol_end_to_end(make_data_home, tmp_path, monkeypatch, caps
     derm = metrics["eval"]["derm7pt-derm"]
     assert derm["tone_source"].get("ita", 0) > 0
     assert derm["tone_estimation"]["source"] == "ita"
+    report = (record.parent / "report.md").read_text()
+    assert "estimated by ITA" in report  # the report says how the Derm7pt tones were obtained
     # DDI annotates tone3 only: its "34" (B) cannot be placed light or dark and is counted out of tone2
     ddi = metrics["eval"]["ddi"]
     assert "fst" not in ddi["groups"]

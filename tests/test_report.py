@@ -362,3 +362,18 @@ def test_report_of_a_record_made_by_the_metrics_module(tmp_path):
     assert tone3.loc["C", "n"] == str(len(part))
     counts = {r["group"]: r for r in binary_counts(section.confusion["tone3"]).to_dict("records")}
     assert int(counts["C"]["TP"]) == int(((part["label"] == 1) & (part["pred"] == 1)).sum())
+
+
+def test_estimated_tones_say_how_far_to_trust_them():
+    from dermbench.report import tone_estimation_text
+
+    assert tone_estimation_text({"source": "annotated", "n_missing": 0, "n_estimated": 0}) is None
+    ita = tone_estimation_text({"source": "ita", "n_estimated": 250, "n_unresolved": 3, "method": "border frame (20% of the side)",
+                                "agreement_on_annotated": {"n": 40, "tone3_accuracy": 0.625}})
+    assert "250 samples estimated by ITA" in ita and "3 had too little skin" in ita and "0.625" in ita
+    detector = tone_estimation_text({
+        "source": "detector", "n_estimated": 100,
+        "detector": {"path": "/d", "backbone": "resnet18", "trained_on": "fitz17k", "evaluated_on": "ddi",
+                     "accuracy": 0.61, "per_tone_f1": {"A": 0.7, "B": 0.5, "C": 0.55}}})
+    assert "predicted by the tone detector /d" in detector and "accuracy 0.610" in detector
+    assert "A 0.700, B 0.500, C 0.550" in detector
