@@ -200,6 +200,55 @@ class Dataset(ABC):
         )
 
 
+#: every option some dataset class declares: one `data.options` serves all datasets of a run
+KNOWN_OPTIONS: set[str] = {"on_error"}
+
+
+def is_known_option(key: str) -> bool:
+    """Whether `key` is an option of any built-in dataset (importing them to be sure)."""
+    if key not in KNOWN_OPTIONS:
+        import importlib
+
+        from dermbench.plugins import BUILTIN_DATASETS
+
+        for target in BUILTIN_DATASETS.values():
+            importlib.import_module(target.partition(":")[0])
+    return key in KNOWN_OPTIONS
+
+
+def select_options(dataset: str, options: dict, defaults: dict) -> dict:
+    """`dataset`'s options from a run's shared `data.options`, over its `defaults`.
+
+    One `data.options` serves every dataset of a run (the training set and the test sets): a
+    flat key applies to each dataset that has that option and is ignored by the others; a
+    section named after a dataset (`{ddi: {on_error: skip}}`) applies to it alone and wins
+    over flat keys; a key that no dataset knows is an error naming the closest option.
+    """
+    from dermbench.errors import ConfigError, closest
+    from dermbench.plugins import dataset_refs
+
+    def unknown(key: str) -> ConfigError:
+        guess = closest(key, defaults) or closest(key, KNOWN_OPTIONS)
+        hint = f" Did you mean {guess!r}?" if guess else ""
+        return ConfigError(f"dataset {dataset!r} has no option {key!r}.{hint} Its options: {', '.join(sorted(defaults))}")
+
+    section = options.get(dataset, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"data.options.{dataset} must be a mapping of options, got {section!r}")
+    chosen = {}
+    for key, value in options.items():
+        if key in defaults:
+            chosen[key] = value
+        elif key != dataset and not (isinstance(value, dict) and key in dataset_refs()):
+            if not is_known_option(key):
+                raise unknown(key)
+    for key, value in section.items():
+        if key not in defaults:
+            raise unknown(key)
+        chosen[key] = value
+    return {**defaults, **chosen}
+
+
 def data_root(dataset: str, configured: str | None) -> Path | None:
     """Where `dataset` lives: the configured root's `<dataset>/` folder, else $DERMBENCH_DATA/<dataset>."""
     base = configured or os.environ.get("DERMBENCH_DATA")

@@ -28,8 +28,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from dermbench.data import Dataset
-from dermbench.errors import ConfigError, DataError, closest
+from dermbench.data import KNOWN_OPTIONS, Dataset, select_options
+from dermbench.errors import ConfigError, DataError
 
 #: class names of the binary `malignant` task, shared by every dataset so test sets line up
 MALIGNANT_CLASSES = ("benign", "malignant")
@@ -216,27 +216,7 @@ class FileIndex:
         return "/".join(found), changed
 
 
-#: option names of every TableDataset subclass defined so far (filled by __init_subclass__)
-_OPTION_NAMES: set[str] = {"on_error"}
 SPLIT_OPTIONS = ("split_rule", "split_dir", "split_mismatch")
-
-
-def _is_option_of_some_dataset(key: str) -> bool:
-    """Whether `key` is an option of any built-in dataset (importing them to be sure)."""
-    if key not in _OPTION_NAMES:
-        import importlib
-
-        from dermbench.plugins import BUILTIN_DATASETS
-
-        for target in BUILTIN_DATASETS.values():
-            importlib.import_module(target.partition(":")[0])
-    return key in _OPTION_NAMES
-
-
-def _is_dataset_name(key: str) -> bool:
-    from dermbench.plugins import dataset_refs
-
-    return key in dataset_refs()
 
 
 def check_choice(dataset: str, option: str, value: Any, choices: Sequence[str]) -> str:
@@ -287,9 +267,9 @@ class TableDataset(Dataset):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _OPTION_NAMES.update(cls.option_defaults)
+        KNOWN_OPTIONS.update(cls.option_defaults)
         if cls.split_rules:
-            _OPTION_NAMES.update(SPLIT_OPTIONS)
+            KNOWN_OPTIONS.update(SPLIT_OPTIONS)
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -300,39 +280,13 @@ class TableDataset(Dataset):
         return defaults
 
     def _resolve_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Merge the config's `data.options` over the defaults.
-
-        One `data.options` serves every dataset of a run (the training set and the test
-        sets), so a flat key applies to each dataset that has that option and is ignored by
-        the others, and a section named after a dataset (`{ddi: {on_error: skip}}`) applies
-        to that dataset only and wins over flat keys. A key no dataset knows is an error.
-        """
-        defaults = self.defaults()
-        section = options.get(self.name, {})
-        if not isinstance(section, dict):
-            raise ConfigError(f"data.options.{self.name} must be a mapping of options, got {section!r}")
-        chosen: dict[str, Any] = {}
-        for key, value in options.items():
-            if key in defaults:
-                chosen[key] = value
-            elif key != self.name and not (isinstance(value, dict) and _is_dataset_name(key)):
-                if not _is_option_of_some_dataset(key):
-                    self._unknown_option(key, defaults)
-        for key, value in section.items():
-            if key not in defaults:
-                self._unknown_option(key, defaults)
-            chosen[key] = value
-        resolved = {**defaults, **chosen}
+        """The config's shared `data.options` over the defaults (see data.select_options), checked."""
+        resolved = select_options(self.name, options, self.defaults())
         check_choice(self.name, "on_error", resolved["on_error"], ON_ERROR)
         if self.split_rules:
             check_choice(self.name, "split_rule", resolved["split_rule"], tuple(self.split_rules))
             check_choice(self.name, "split_mismatch", resolved["split_mismatch"], ("error", "resplit"))
         return resolved
-
-    def _unknown_option(self, key: str, defaults: dict[str, Any]) -> None:
-        guess = closest(key, defaults) or closest(key, _OPTION_NAMES)
-        hint = f" Did you mean {guess!r}?" if guess else ""
-        raise ConfigError(f"dataset {self.name!r} has no option {key!r}.{hint} Its options: {', '.join(sorted(defaults))}")
 
     def _candidates(self) -> tuple[str, ...]:
         return (self.metadata, *self.metadata_alternatives)

@@ -79,15 +79,9 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from dermbench.data import Dataset, Split, TestSet
-from dermbench.errors import ConfigError, DataError, closest
-from dermbench.tables import (
-    _OPTION_NAMES,
-    ON_ERROR,
-    _is_dataset_name,
-    _is_option_of_some_dataset,
-    check_choice,
-)
+from dermbench.data import KNOWN_OPTIONS, Dataset, Split, TestSet, select_options
+from dermbench.errors import DataError
+from dermbench.tables import ON_ERROR, check_choice
 
 __all__ = [
     "BALANCED_TONE_MIX",
@@ -980,39 +974,7 @@ DEFAULT_OPTIONS = {
     "on_error": "stop",
 }
 _IMAGE_REF = re.compile(r"^synthderm://([a-z_]+)/(\d+)$")
-_OPTION_NAMES.update(DEFAULT_OPTIONS)  # so table datasets sharing a run's data.options accept ours
-
-
-def _own_options(options: dict) -> dict:
-    """This dataset's options from a run's shared `data.options`.
-
-    As for the table datasets: flat keys of other datasets and other datasets' sections are
-    ignored, a `synthderm:` section wins over flat keys, and a key no dataset knows is an error.
-    """
-    section = options.get("synthderm", {})
-    if not isinstance(section, dict):
-        raise ConfigError(f"data.options.synthderm must be a mapping of options, got {section!r}")
-    chosen = {}
-    for key, value in options.items():
-        if key in DEFAULT_OPTIONS:
-            chosen[key] = value
-        elif key == "synthderm" or (isinstance(value, dict) and _is_dataset_name(key)):
-            continue
-        elif not _is_option_of_some_dataset(key):
-            _unknown_option(key)
-    for key, value in section.items():
-        if key not in DEFAULT_OPTIONS:
-            _unknown_option(key)
-        chosen[key] = value
-    return chosen
-
-
-def _unknown_option(key: str) -> None:
-    guess = closest(key, DEFAULT_OPTIONS)
-    hint = f" Did you mean {guess!r}?" if guess else ""
-    raise ConfigError(
-        f"dataset 'synthderm' has no option {key!r}.{hint} Its options: {', '.join(DEFAULT_OPTIONS)}"
-    )
+KNOWN_OPTIONS.update(DEFAULT_OPTIONS)  # so table datasets sharing a run's data.options accept ours
 
 
 def split_seed(data_seed: int, split: str) -> int:
@@ -1034,7 +996,7 @@ class SynthDerm(Dataset):
     )
 
     def __init__(self, root=None, **options) -> None:
-        merged = {**DEFAULT_OPTIONS, **_own_options(options)}
+        merged = select_options(self.name, options, DEFAULT_OPTIONS)
         for spec in SPLITS.values():
             merged[spec.option] = _count(merged[spec.option], spec.option, minimum=1)
         merged["data_seed"] = _count(merged["data_seed"], "data_seed")
