@@ -33,3 +33,21 @@ def test_fitz17k_protocol_end_to_end(make_data_home, tmp_path, monkeypatch, caps
     ddi = metrics["eval"]["ddi"]
     assert "fst" not in ddi["groups"]
     assert sum(ddi["excluded"]["tone2"].values()) == ddi["groups"]["tone3"]["B"]["n"]
+
+
+def test_multiclass_task_skips_test_sets_without_it(make_data_home, tmp_path, monkeypatch, capsys):
+    home = make_data_home(n_fitz=300, include=("ddi",), size=16)
+    monkeypatch.setenv("DERMBENCH_DATA", str(home))
+    monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "runs"
+    code = main(["run", "--dataset", "fitz17k", "--task", "partition3", "--out", str(out), "--device", "cpu",
+                 "--set", "data.image_size=16", "--set", "model.backbone=test_resnet", "--set", "train.epochs=1",
+                 "--set", "eval.n_boot=0"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "threshold argmax" in printed.replace("\n", " ")
+    (record,) = out.glob("erm_fitz17k_s0_*/metrics.json")
+    metrics = json.loads(record.read_text())
+    assert set(metrics["eval"]) == {"fitz17k"}
+    assert metrics["eval"]["fitz17k"]["threshold"] is None and metrics["eval"]["fitz17k"]["task"] == "multiclass"
+    assert "has no task 'partition3'" in metrics["skipped_test_sets"]["ddi"]
