@@ -166,7 +166,8 @@ def _resolve_all(
         paths.append(str(path))
         try:
             st = path.stat()
-            stats.append([st.st_size, st.st_mtime_ns])
+            # ctime and inode change when a file is replaced even if size and mtime are kept (cp -p, rsync -a)
+            stats.append([st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
         except OSError:
             stats.append(None)  # missing now; appearing later changes the key
     return paths, failures, stats
@@ -182,10 +183,12 @@ def _cache_key(root: Path | None, files: Sequence[str], size: int, stats: Sequen
         "root": root_text,
         "size": size,
         "n": len(files),
+        "max_image_pixels": Image.MAX_IMAGE_PIXELS,  # a raised limit must retry cached "bomb" failures
     }
     digest.update(json.dumps(header, sort_keys=True).encode())
     for rel, st in zip(files, stats, strict=True):
-        digest.update(json.dumps([rel, st]).encode())
+        name = rel if root is not None else str(Path(rel).expanduser().resolve())  # relative to the cwd otherwise
+        digest.update(json.dumps([name, st]).encode())
         digest.update(b"\n")
     return f"{digest.hexdigest()[:40]}-{size}px"
 

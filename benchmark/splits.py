@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from dermbench.errors import DataError
+from dermbench.records import write_text
 from dermbench.tables import read_csv, sha256_file
 
 SPLITS = ("train", "val", "test")
@@ -244,8 +245,9 @@ def write_split(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dermbench_version": __version__,
     }
-    frame.to_csv(csv, index=False, lineterminator="\n")
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    # atomic, CSV first: a reader finds a split only once its .json (with the checksum) exists
+    write_text(csv, frame.to_csv(index=False, lineterminator="\n"))
+    write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return csv
 
 
@@ -276,6 +278,7 @@ def resolve_split(
     user_dir: Path | None,
     on_mismatch: str = "error",
     create: bool = True,
+    refuse_create: str | None = None,
     announce: Callable[[str], None] = _announce,
 ) -> pd.Series:
     """The split of every record from the first stored split whose checksum matches the metadata.
@@ -309,6 +312,12 @@ def resolve_split(
                 f"to make a fresh split in {user_dir} (results are then not comparable with the standard split)."
             )
         announce(f"[yellow]warning:[/] {message}; making a fresh split in {user_dir} (not the standard split)")
+    if refuse_create:
+        raise DataError(
+            f"dataset {dataset!r}: no split file for rule {rule.name!r} matches {metadata_path.name} yet, and "
+            f"{refuse_create}. A split made now would depend on that; make it once from the whole metadata with "
+            f"on_error=stop: `dermbench data split {dataset}`"
+        )
     assignment = rule.apply(records)
     path = write_split(
         assignment,

@@ -414,6 +414,7 @@ class TableDataset(Dataset):
                 from dermbench.splits import resolve_split
 
                 rule = self.split_rules[self.options["split_rule"]]
+                dropped = sum(self.problems.values())
                 self._splits[create] = resolve_split(
                     records,
                     dataset=self.name,
@@ -422,6 +423,7 @@ class TableDataset(Dataset):
                     user_dir=self.split_dir(),
                     on_mismatch=self.options["split_mismatch"],
                     create=create,
+                    refuse_create=f"{dropped} metadata row(s) were dropped under on_error=skip" if dropped else None,
                 )
         return self._splits[create]
 

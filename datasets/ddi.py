@@ -36,8 +36,8 @@ class DDI(TableDataset):
         path = self.metadata_path()
         frame = read_csv(path, required=COLUMNS)
         check = self.checker(path, frame)
-        require_unique(frame["DDI_ID"], path=path, column="DDI_ID")
-        require_unique(frame["DDI_file"], path=path, column="DDI_file")
+        for column in ("DDI_ID", "DDI_file"):  # blanks are flagged below, not reported as duplicates
+            require_unique(frame[column][frame[column] != ""], path=path, column=column)
         for column in ("DDI_ID", "DDI_file"):
             check.flag((frame[column] == "").to_numpy(), reason=f"empty {column}", column=column,
                        values=frame[column], expected="a value")

@@ -261,9 +261,13 @@ def test_bad_fitzpatrick_value_names_file_line_and_value(make_fitz17k):
     _rewrite(csv, f"{first.md5hash},1,", f"{first.md5hash},7,")
     with pytest.raises(DataError, match=r"fitzpatrick17k\.csv: column 'fitzpatrick_scale'.*line 2: '7'"):
         Fitz17k(tree.root).table("malignant")
-    table = Fitz17k(tree.root, on_error="skip").table("malignant")
+    skipping = Fitz17k(tree.root, on_error="skip")
+    table = skipping.samples("malignant", create_split=False)
     assert len(table) == 56
     assert table.attrs["excluded"] == {"bad fitzpatrick_scale": 1}
+    # a split made from what is left would depend on the dropped row: it must come from clean metadata
+    with pytest.raises(DataError, match=r"1 metadata row\(s\) were dropped under on_error=skip.*dermbench data split fitz17k"):
+        skipping.table("malignant")
 
 
 def test_unknown_partition_value_is_named(make_fitz17k):
