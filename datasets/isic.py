@@ -158,7 +158,7 @@ class ISIC2019(_ISIC):
         sex = frame["sex"].str.lower()
         check.flag(~sex.isin((*SEXES, "")).to_numpy(), reason="unknown sex", column="sex", values=frame["sex"],
                    expected="female, male or empty")
-        self.absorb(check)
+        # not absorbed here: `read` counts the ground-truth rows these bad metadata rows actually drop
         images = frame["image"].to_numpy()
         sexes = {i: (s if s in SEXES else None) for i, s in zip(images, sex)}
         return sexes, dict(zip(images, frame["lesion_id"])), set(images[check.bad])
@@ -189,5 +189,8 @@ class ISIC2019(_ISIC):
                 "diagnosis": diagnosis,
             }
         )
-        keep = check.keep & ~unknown & ~images.isin(bad_meta).to_numpy()
+        dropped_for_sex = check.keep & ~unknown & images.isin(bad_meta).to_numpy()
+        if dropped_for_sex.any():
+            self.problems["unknown sex"] = self.problems.get("unknown sex", 0) + int(dropped_for_sex.sum())
+        keep = check.keep & ~unknown & ~dropped_for_sex
         return records[keep].reset_index(drop=True)

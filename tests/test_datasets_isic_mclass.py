@@ -169,3 +169,17 @@ def test_pad_ufes_table(make_pad_ufes):
     assert table.attrs["notes"] == {"fst unknown (fitspatrick empty): kept, tone missing": 4}
     patients = tree.meta["patient_id"].to_numpy()
     assert (pd.DataFrame({"p": patients, "s": table["split"]}).groupby("p")["s"].nunique() == 1).all()
+
+
+def test_isic2019_unknown_sex_counts_only_ground_truth_rows_it_drops(make_isic2019):
+    tree = make_isic2019()
+    meta_path = tree.root / "ISIC_2019_Training_Metadata.csv"
+    meta = pd.read_csv(meta_path, dtype=str, keep_default_na=False)
+    meta.loc[0, "sex"] = "unknownx"  # an image in the ground truth: dropped and counted
+    extra = meta.iloc[[1]].copy()
+    extra["image"], extra["sex"] = "ISIC_9999999", "unknownx"  # metadata only: nothing to drop, not counted
+    pd.concat([meta, extra]).to_csv(meta_path, index=False)
+    dataset = ISIC2019(tree.root, on_error="skip")
+    records = dataset.records()
+    assert len(records) == 47 and "ISIC_0000000" not in set(records["sample_id"])
+    assert dataset.problems == {"unknown sex": 1}
