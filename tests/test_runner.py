@@ -232,3 +232,14 @@ def test_a_killed_process_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_pat
     assert "resuming slowerm from its checkpoint" in (run_dir / "log.txt").read_text()
     (reference,) = (tmp_path / "ref").glob("*/metrics.json")
     assert eval_numbers(json.loads((run_dir / "metrics.json").read_text())) == eval_numbers(json.loads(reference.read_text()))
+
+
+def test_sweep_runs_the_grid_once(tmp_path, capsys):
+    args = ["sweep", "--methods", "erm", "--datasets", "synthderm", "--seeds", "0", "1", "--out", str(tmp_path),
+            "--device", "cpu", *sum([["--set", s] for s in TINY], []), "--set", "train.epochs=1"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert first.count("│ ran ") == 2
+    assert len(list(tmp_path.glob("erm_synthderm_s*/done"))) == 2
+    assert main(args) == 0  # idempotent: the same run ids are found, nothing is retrained
+    assert capsys.readouterr().out.count("│ reused ") == 2
