@@ -87,32 +87,15 @@ _OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
 
 def read_fitz17k_csv(csv_path: Path) -> list[tuple[str, str]]:
     """(md5hash, url) per image in CSV order, one entry per distinct md5hash."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DataError(f"Fitzpatrick17k CSV not found: {csv_path}")
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-            if missing:
-                raise DataError(
-                    f"{csv_path}: not a Fitzpatrick17k CSV, lacks column(s) {', '.join(missing)} "
-                    f"(found: {', '.join(columns) or 'none'})"
-                )
-            reader.fieldnames = columns
-            rows: dict[str, str] = {}
-            for line, row in enumerate(reader, start=2):
-                md5 = (row.get("md5hash") or "").strip().lower()
-                url = (row.get("url") or "").strip()
-                if not md5:
-                    raise DataError(f"{csv_path}, line {line}: empty md5hash")
-                if md5 not in rows or (not rows[md5] and url):
-                    rows[md5] = url
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{csv_path}: not a UTF-8 text CSV ({exc})") from exc
-    except csv.Error as exc:
-        raise DataError(f"{csv_path}: malformed CSV ({exc})") from exc
+    from dermbench.tables import read_csv  # the loaders' CSV reader: same checks, same messages
+
+    frame = read_csv(Path(csv_path), required=REQUIRED_COLUMNS)
+    rows: dict[str, str] = {}
+    for line, md5, url in zip(range(2, len(frame) + 2), frame["md5hash"].str.lower(), frame["url"]):
+        if not md5:
+            raise DataError(f"{csv_path}, line {line}: empty md5hash")
+        if md5 not in rows or (not rows[md5] and url):
+            rows[md5] = url
     return list(rows.items())
 
 
