@@ -10,6 +10,8 @@ import numpy as np
 from rich.console import Console
 
 from dermbench.errors import DermbenchError
+from dermbench.plugins import make_manager
+from dermbench.runner import resolve_config, run_experiment
 
 #: a run small enough for a unit test: SynthDerm at 16 px, a few hundred images, one epoch
 TINY_SETTINGS = [
@@ -27,9 +29,6 @@ def check_method(method: str, *, out: Path, plugins: tuple[str, ...] = (), sets:
 
     Raises DermbenchError describing the first broken promise.
     """
-    from dermbench.plugins import make_manager
-    from dermbench.runner import resolve_config, run_experiment
-
     pm, loaded = make_manager(method, plugins)
     for profile in ("tiny", "paper"):
         for defaults in pm.hook.dermbench_method_defaults(profile=profile):

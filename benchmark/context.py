@@ -1,8 +1,8 @@
-"""The run context handed to every hook: settings, device, seeded RNGs, directories, trainer."""
+"""The run context handed to every hook: settings, device, seeded RNGs, directories, the
+reusable trainer and data access. What a plugin author needs besides `hookspecs`."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,8 +10,16 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from rich.text import Text
 
-from dermbench.errors import ConfigError
+from dermbench.data.model import Split
+from dermbench.data.pool import DatasetPool
+from dermbench.errors import ConfigError, DermbenchError
+from dermbench.seeds import seed_for
+from dermbench.train.models import create_backbone
+from dermbench.train.trainer import predict_proba, train_model
+
+__all__ = ["RunContext", "choose_device", "seed_for"]
 
 
 def choose_device(requested: str) -> torch.device:
@@ -31,12 +39,6 @@ def choose_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def seed_for(seed: int, name: str) -> int:
-    """A stable 63-bit seed for the stream `name` of a run seeded with `seed`."""
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 @dataclass
 class RunContext:
     """What a hook may use. Plugins never see test labels: the harness owns evaluation."""
@@ -46,8 +48,8 @@ class RunContext:
     work_dir: Path
     cache_dir: Path
     console: Console = field(default_factory=Console)
-    schemes: tuple[str, ...] = ("tone3", "tone2", "fst")
     log: Any = None  # a callable(str) that appends to the run log
+    datasets: DatasetPool | None = None  # the run's datasets, for `load_split`
     trained: set[str] = field(default_factory=set)  # names given to train_model in this run
 
     @property
@@ -70,26 +72,26 @@ class RunContext:
     def say(self, message: str) -> None:
         self.console.print(message, highlight=False)
         if self.log is not None:
-            from rich.text import Text
-
             self.log(Text.from_markup(message).plain)
 
     def create_model(self, num_classes: int, *, seed_name: str = "model-init"):
         """The configured backbone, initialised from a seed derived from the run seed."""
-        from dermbench.models import create_backbone
-
         torch.manual_seed(seed_for(self.seed, seed_name))
         m = self.config["model"]
         return create_backbone(m["backbone"], num_classes=num_classes, pretrained=m["pretrained"], drop_rate=m["drop_rate"],
                                image_size=self.config["data"]["image_size"])
 
     def train_model(self, model, train, val, **kwargs):
-        """The reusable ERM trainer (dermbench.train.train_model) bound to this run."""
-        from dermbench.train import train_model
-
+        """The reusable ERM trainer (dermbench.train.trainer.train_model) bound to this run."""
         return train_model(self, model, train, val, **kwargs)
 
     def predict_proba(self, model, split, **kwargs) -> np.ndarray:
-        from dermbench.train import predict_proba
-
         return predict_proba(self, model, split, **kwargs)
+
+    def load_split(self, dataset: str, split: str, *, image_size: int, with_masks: bool = False) -> Split:
+        """`dataset`'s `split` at `image_size` px through the shared image cache (a diffusion
+        model trains at 256-512 px while the classifier sees 64-224 px); with `with_masks`, the
+        lesion masks too (an error naming the dataset when it has none)."""
+        if self.datasets is None:
+            raise DermbenchError("this context has no datasets attached (it was not made by the runner)")
+        return self.datasets.load(dataset, split, image_size=image_size, with_masks=with_masks)

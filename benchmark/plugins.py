@@ -17,7 +17,7 @@ from typing import Any
 
 import pluggy
 
-from dermbench import hookspecs
+from dermbench import __version__, hookspecs
 from dermbench.errors import DermbenchError, unknown_name
 
 METHOD_GROUP = "dermbench.methods"
@@ -57,19 +57,15 @@ def _autoload_enabled() -> bool:
 
 
 def _is_dataset(obj: Any) -> bool:
-    from dermbench.data import Dataset
-
-    return inspect.isclass(obj) and issubclass(obj, Dataset)
-
-
-def _dermbench_version() -> str:
-    from dermbench import __version__
-
-    return __version__
+    """Whether `obj` subclasses `dermbench.data.Dataset`, read from its MRO: the data layer sits
+    above this module (it asks it for dataset names), so this module cannot import it."""
+    return inspect.isclass(obj) and any(
+        (c.__module__, c.__qualname__) == ("dermbench.data.model", "Dataset") for c in obj.__mro__
+    )
 
 
 def _refs(group: str, builtins: dict[str, str], local: tuple[str, ...]) -> dict[str, PluginRef]:
-    refs = {n: PluginRef(n, t, "builtin", "dermbench", _dermbench_version()) for n, t in builtins.items()}
+    refs = {n: PluginRef(n, t, "builtin", "dermbench", __version__) for n, t in builtins.items()}
     if _autoload_enabled():
         for ep in entry_points(group=group):
             dist = ep.dist
@@ -188,7 +184,7 @@ def make_manager(method: str, local: tuple[str, ...] = ()) -> tuple[pluggy.Plugi
 
 
 def make_dataset(name: str, *, root, options: dict, local: tuple[str, ...] = ()):
-    """Instantiate dataset `name` (a `dermbench.data.Dataset` subclass)."""
+    """Instantiate dataset `name` (a `dermbench.data.model.Dataset` subclass)."""
     refs = dataset_refs(local)
     if name not in refs:
         raise unknown_name("dataset", name, refs)

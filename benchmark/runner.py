@@ -3,8 +3,6 @@ of the protocol, and write the run record."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +10,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
+from safetensors.torch import save_file
 
 from dermbench import config as configuration
 from dermbench.context import RunContext, choose_device
-from dermbench.data import Split, TestSet, data_root
+from dermbench.data.model import Split, TestSet
+from dermbench.data.pool import DatasetPool
 from dermbench.errors import DataError, DermbenchError
-from dermbench.plugins import make_dataset, make_manager
-from dermbench.records import RunDir, environment, write_json, write_text
+from dermbench.evaluation.evaluate import evaluate_split, threshold_from_validation
+from dermbench.files import write_json, write_text
+from dermbench.plugins import make_manager
+from dermbench.results.records import RunDir, environment
+from dermbench.results.report import write_report
 from dermbench.tone import fill_missing_tones
 
 
@@ -42,24 +44,6 @@ def method_defaults_from_plugins(local: tuple[str, ...]):
 
 def resolve_config(*, file=None, sets=(), flags=None, local: tuple[str, ...] = ()) -> dict:
     return configuration.resolve(file=file, sets=list(sets), flags=flags, method_defaults=method_defaults_from_plugins(local))
-
-
-class DatasetPool:
-    """Dataset instances by name, each built once per run."""
-
-    def __init__(self, cfg: dict, local: tuple[str, ...]) -> None:
-        self.cfg, self.local, self._made = cfg, local, {}
-
-    def get(self, name: str):
-        if name not in self._made:
-            data = self.cfg["data"]
-            options = {**data["options"], "on_error": data["on_error"]}
-            self._made[name] = make_dataset(name, root=data_root(name, data["root"]), options=options, local=self.local)
-        return self._made[name]
-
-    def load(self, name: str, split: str, as_name: str | None = None) -> Split:
-        data = self.cfg["data"]
-        return self.get(name).load(task=self.cfg["task"], split=split, image_size=data["image_size"], name=as_name)
 
 
 def test_sets(cfg: dict, train_dataset) -> list[TestSet]:
@@ -97,12 +81,12 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
     write_json(run.file("plugins.json"), {p.name: {"version": p.ref.version, "package": p.ref.package, "source": p.ref.source}
                                           for p in loaded})
     write_json(run.file("environment.json"), {**environment(), "device": str(device)})
+    datasets = DatasetPool(cfg, local)
     ctx = RunContext(config=cfg, device=device, work_dir=run.path / "work", cache_dir=run.path / "work" / "cache",
-                     console=console, log=run.append_log)
+                     console=console, log=run.append_log, datasets=datasets)
     ctx.say(f"{'resuming' if resuming else 'starting'} run [bold]{run_id}[/]: method {cfg['method']}, dataset "
             f"{cfg['dataset']}, task {cfg['task']}, seed {cfg['seed']}, profile {cfg['profile']}, device {device}")
 
-    datasets = DatasetPool(cfg, local)
     train_dataset = datasets.get(cfg["dataset"])
     train = datasets.load(cfg["dataset"], "train")
     val = datasets.load(cfg["dataset"], "val")
@@ -117,7 +101,6 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
         raise DermbenchError(f"method {cfg['method']!r}: no plugin's fit returned a model")
     _save_weights(model, run.file("model.safetensors"))
 
-    from dermbench.evaluate import evaluate_split, threshold_from_validation
 
     val_prob = _predict(pm, ctx, model, val)
     threshold = threshold_from_validation(cfg["eval"]["threshold"], val.labels, val_prob)
@@ -135,7 +118,6 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
     }
     write_json(run.file("metrics.json"), metrics)
     run.mark_done()
-    from dermbench.report import write_report
 
     report = write_report(run.path)  # derived from the record, so written after `done`
     ctx.say(f"run finished in {metrics['timing']['total_s']:.1f} s; record in {run.path}, report in {report.name}")
@@ -183,7 +165,6 @@ def _predict(pm, ctx: RunContext, model, split: Split) -> np.ndarray:
 def _save_weights(model, path: Path) -> None:
     if not isinstance(model, torch.nn.Module):
         return
-    from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_suffix(".tmp")
@@ -201,65 +182,3 @@ def _untie(state: dict) -> dict:
     return out
 
 
-def summary_table(metrics: dict, *, scheme: str = "tone3") -> list[Table]:
-    """One rich table per test set: overall and per-group metrics, then the gaps."""
-    tables = []
-    for name, ev in metrics["eval"].items():
-        threshold = "argmax" if ev["threshold"] is None else f"{ev['threshold']:.3f}"
-        t = Table(title=f"{name} (n={ev['n']}, threshold {threshold}, tones: "
-                        f"{', '.join(f'{k} {v}' for k, v in ev.get('tone_source', {}).items())})")
-        for col in ("group", "n", "acc", "bacc", "tpr", "tnr", "f1", "auc"):
-            t.add_column(col, justify="right" if col != "group" else "left")
-        rows = [("overall", ev["overall"])] + list(ev["groups"].get(scheme, {}).items())
-        for label, m in rows:
-            t.add_row(str(label), *[_fmt(m.get(k)) for k in ("n", "acc", "bacc", "tpr", "tnr", "f1", "auc")])
-        fair = ev["fairness"].get(scheme, {})
-        if fair:
-            t.caption = (f"{scheme} gaps: EOpp0 {_fmt(fair.get('eopp0'))}  EOpp1 {_fmt(fair.get('eopp1'))}  "
-                         f"EOdd {_fmt(fair.get('eodd'))}  AUC gap {_fmt(fair.get('gap_auc'))}")
-        tables.append(t)
-    return tables
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, (int, np.integer)):
-        return str(v)
-    return f"{v:.3f}"
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    console = Console()
-    local = tuple(args.plugin or ())
-    flags = {"method": args.method, "dataset": args.dataset, "seed": args.seed, "profile": args.profile,
-             "device": args.device, "out": args.out, "task": args.task}
-    if args.data_root:
-        args.set = [*(args.set or []), f"data.root={json.dumps(args.data_root)}"]  # JSON is YAML: quoted as is
-    cfg = resolve_config(file=args.config, sets=args.set or (), flags=flags, local=local)
-    result = run_experiment(cfg, local=local, force=args.force, console=console)
-    for table in summary_table(result.metrics):
-        console.print(table)
-    skipped = result.metrics.get("skipped_test_sets") or {}
-    for name, why in skipped.items():
-        console.print(f"[yellow]skipped[/] {name}: {why}")
-    timing = result.metrics["timing"]["total_s"]
-    console.print(f"{'reused' if result.reused else 'ran'} {result.run_dir.path} — run time {timing:.1f} s")
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("run", help="train and evaluate one method on one dataset (default: erm on synthderm)")
-    p.add_argument("--method", help="method name, or several joined by + (e.g. dermdiff+fairquantize)")
-    p.add_argument("--dataset", help="training dataset (its protocol decides the test sets)")
-    p.add_argument("--task", help="task of the dataset (default malignant)")
-    p.add_argument("--config", type=Path, help="YAML file of settings")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=0.01")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--profile", help="tiny (CPU, minutes) or paper (the method paper's settings)")
-    p.add_argument("--device", help="auto, cpu, cuda or mps")
-    p.add_argument("--out", help="directory for run records (default runs/)")
-    p.add_argument("--data-root", help="folder holding one sub-folder per dataset (default $DERMBENCH_DATA)")
-    p.add_argument("--plugin", action="append", metavar="MODULE:OBJECT", help="load a method plugin from a module")
-    p.add_argument("--force", action="store_true", help="redo a run even if a finished record exists")
-    p.set_defaults(func=cmd_run)

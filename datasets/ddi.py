@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dermbench.tables import MALIGNANT_CLASSES, TableDataset, parse_bool, parse_int, read_csv, require_unique
+from dermbench.data.metadata import read_csv
+from dermbench.data.tables import MALIGNANT_CLASSES, TableDataset, parse_bool, parse_int, require_unique
 
 COLUMNS = ("DDI_ID", "DDI_file", "skin_tone", "malignant", "disease")
 TONE3 = {12: "A", 34: "B", 56: "C"}

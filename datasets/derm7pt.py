@@ -22,8 +22,9 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from dermbench.data.metadata import read_csv
+from dermbench.data.tables import MALIGNANT_CLASSES, TableDataset, match_patterns, require_unique
 from dermbench.errors import ConfigError, DataError
-from dermbench.tables import MALIGNANT_CLASSES, TableDataset, match_patterns, read_csv, require_unique
 
 META = "meta/meta.csv"
 INDEX_FILES = {"train": "meta/train_indexes.csv", "val": "meta/valid_indexes.csv", "test": "meta/test_indexes.csv"}

@@ -7,7 +7,7 @@ url_alphanum) and `<root>/images/<md5hash>.jpg` (what `dermbench data fetch fitz
 Tone: `fitzpatrick_scale` (or `fitzpatrick_centaur` with option fst_column); -1 means the
 annotators could not tell: the sample is kept with a missing tone, counted in
 attrs["notes"], and never guessed. There is no official split, so the standard one is made
-once by `dermbench.splits` (rule "standard": 70/15/15 stratified by three_partition_label x
+once by `dermbench.data.splits` (rule "standard": 70/15/15 stratified by three_partition_label x
 fitzpatrick_scale, seed 17) and the FairPrune/FairQuantize papers' rule is available as
 "fairquantize" (60/20/20 stratified by the 114 labels, random_state 4242).
 """
@@ -19,15 +19,15 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from dermbench.data import TestSet
-from dermbench.splits import SplitRule
-from dermbench.tables import (
+from dermbench.data.metadata import read_csv
+from dermbench.data.model import TestSet
+from dermbench.data.splits import SplitRule
+from dermbench.data.tables import (
     MALIGNANT_CLASSES,
     TableDataset,
     check_choice,
     label_codes,
     parse_int,
-    read_csv,
     require_unique,
 )
 

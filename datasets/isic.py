@@ -25,16 +25,10 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from dermbench.data.metadata import read_csv
+from dermbench.data.splits import SplitRule
+from dermbench.data.tables import MALIGNANT_CLASSES, RowChecker, TableDataset, label_codes, require_unique
 from dermbench.errors import ConfigError
-from dermbench.splits import SplitRule
-from dermbench.tables import (
-    MALIGNANT_CLASSES,
-    RowChecker,
-    TableDataset,
-    label_codes,
-    read_csv,
-    require_unique,
-)
 
 ISIC2018_CLASSES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 ISIC2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")

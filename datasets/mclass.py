@@ -20,7 +20,8 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from dermbench.tables import MALIGNANT_CLASSES, TableDataset, read_csv, require_unique
+from dermbench.data.metadata import read_csv
+from dermbench.data.tables import MALIGNANT_CLASSES, TableDataset, require_unique
 
 MELANOMA = frozenset({"melanoma", "mel", "1"})
 NEVUS = frozenset({"nevus", "naevus", "nv", "0"})

@@ -20,9 +20,10 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from dermbench.data.metadata import read_csv
+from dermbench.data.splits import SplitRule
+from dermbench.data.tables import MALIGNANT_CLASSES, TableDataset, label_codes, parse_int, require_unique
 from dermbench.errors import ConfigError
-from dermbench.splits import SplitRule
-from dermbench.tables import MALIGNANT_CLASSES, TableDataset, label_codes, parse_int, read_csv, require_unique
 
 DIAGNOSES = ("ACK", "BCC", "MEL", "NEV", "SCC", "SEK")
 SEXES = {"female": "female", "male": "male"}

@@ -70,7 +70,6 @@ from __future__ import annotations
 import math
 import numbers
 import re
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -79,9 +78,10 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from dermbench.data import KNOWN_OPTIONS, Dataset, Split, TestSet, select_options
+from dermbench.data.model import KNOWN_OPTIONS, Dataset, Split, TestSet, select_options
+from dermbench.data.tables import ON_ERROR, check_choice
 from dermbench.errors import DataError
-from dermbench.tables import ON_ERROR, check_choice
+from dermbench.seeds import split_seed, stream_rng
 
 __all__ = [
     "BALANCED_TONE_MIX",
@@ -305,10 +305,6 @@ def _stratified_normal(rng: np.random.Generator, cells: np.ndarray) -> np.ndarra
 # ---------------------------------------------------------------------------------------
 # Scene sampling (cheap: O(n) small arrays)
 # ---------------------------------------------------------------------------------------
-def _rng(seed: int, stream: int, *extra: int) -> np.random.Generator:
-    return np.random.default_rng([seed, stream, *extra])
-
-
 def _quota(n: int, weights: np.ndarray) -> np.ndarray:
     """Integer counts summing to n, proportional to weights (largest remainder)."""
     raw = np.asarray(weights, dtype=float) * n
@@ -327,7 +323,7 @@ def _composition(n: int, seed: int, mix: np.ndarray, malignant_rate: float) -> t
     label = np.concatenate(
         [np.r_[np.ones(m, np.int64), np.zeros(c - m, np.int64)] for c, m in zip(per_tone, malignant)]
     )
-    order = _rng(seed, _S_COMPOSITION).permutation(n)
+    order = stream_rng(seed, _S_COMPOSITION).permutation(n)
     return fst[order], label[order]
 
 
@@ -363,7 +359,7 @@ def _radius_table(
 def _sample_skin(seed: int, fst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ITA (degrees) and CIELAB skin colour per image, from the FST's ITA range."""
     n, t = len(fst), fst - 1
-    rs = _rng(seed, _S_SKIN)
+    rs = stream_rng(seed, _S_SKIN)
     lo = np.array([r[0] for r in ITA_RANGES])[t] + ITA_MARGIN
     hi = np.array([r[1] for r in ITA_RANGES])[t] - ITA_MARGIN
     ita = rs.uniform(lo, hi)
@@ -382,7 +378,7 @@ def _sample_lesion(
 ) -> tuple[dict, dict]:
     """Severity, ABCD features, shape and colours of each lesion: (table columns, render arrays)."""
     n = len(fst)
-    rl = _rng(seed, _S_LESION)
+    rl = stream_rng(seed, _S_LESION)
     severity = _stratified_normal(rl, fst * 2 + label) + SEVERITY_SEPARATION * label
     eps = rl.standard_normal((4, n))
     eps[:3] *= 1.0 + (DARK_SKIN_FEATURE_NOISE / FEATURE_NOISE) * _darkness(ita)
@@ -406,7 +402,7 @@ def _sample_lesion(
     centre = 0.5 + rl.uniform(-jitter, jitter, size=(n, 2))
     blotch_angle = rl.uniform(-np.pi, np.pi, size=n)
     edge = (0.025 * (1.0 - 0.6 * border)) * (DERMOSCOPIC_ZOOM if dermoscopic else 1.0)
-    r_table = _radius_table(_rng(seed, _S_SHAPE), diameter / 2, asymmetry, border)
+    r_table = _radius_table(stream_rng(seed, _S_SHAPE), diameter / 2, asymmetry, border)
 
     columns = {
         "severity": severity,
@@ -437,7 +433,7 @@ def _sample_lesion(
 
 def _sample_fields(seed: int, n: int, ita: np.ndarray, skin_lab: np.ndarray) -> dict:
     """Size-independent noise grids (texture, variegation x2, erythema; fine field) and skin colours."""
-    rf = _rng(seed, _S_FIELDS)
+    rf = stream_rng(seed, _S_FIELDS)
     skin_lin = lab_to_linear_rgb(skin_lab)
     return {
         "skin": skin_lin.astype(np.float32),
@@ -467,7 +463,7 @@ def _sample_artifacts(
 ) -> tuple[dict, dict]:
     """Which images get hair, ink, a ruler or a backdrop, and their geometry and colours."""
     n = len(fst)
-    ra = _rng(seed, _S_ARTIFACTS)
+    ra = stream_rng(seed, _S_ARTIFACTS)
     u = ra.random((4, n))
     has_hair = u[0] < HAIR_RATE[domain]
     has_marker = u[1] < _marker_probability(fst, label, MARKER_RATE[domain], spurious)
@@ -559,7 +555,7 @@ def _sample_artifacts(
 
 def _sample_acquisition(seed: int, n: int, dermoscopic: bool) -> tuple[dict, dict]:
     """Exposure, white balance, light gradient, vignetting; dermoscopic field of view and network."""
-    rg = _rng(seed, _S_LIGHT)
+    rg = stream_rng(seed, _S_LIGHT)
     exposure = rg.uniform(*EXPOSURE_RANGE, n)
     gradient = rg.uniform(-LIGHT_GRADIENT, LIGHT_GRADIENT, (n, 2))
     vignette = rg.uniform(0.0, VIGNETTE, n)
@@ -913,7 +909,7 @@ def render(
     for chunk, start in enumerate(range(0, n, RENDER_CHUNK)):
         sl = slice(start, min(start + RENDER_CHUNK, n))
         part = {k: v[sl] for k, v in scenes.arrays.items()}
-        rng = _rng(scenes.seed, _S_PIXELS, size, chunk)
+        rng = stream_rng(scenes.seed, _S_PIXELS, size, chunk)
         images[sl], masks[sl] = _render_chunk(
             part, size, rng, dermoscopic=scenes.dermoscopic, lesion=lesion, artifacts=artifacts
         )
@@ -975,11 +971,6 @@ DEFAULT_OPTIONS = {
 }
 _IMAGE_REF = re.compile(r"^synthderm://([a-z_]+)/(\d+)$")
 KNOWN_OPTIONS.update(DEFAULT_OPTIONS)  # so table datasets sharing a run's data.options accept ours
-
-
-def split_seed(data_seed: int, split: str) -> int:
-    """The generator seed of one split: from data_seed and the split's name only."""
-    return int(np.random.SeedSequence([data_seed, zlib.crc32(split.encode())]).generate_state(1)[0])
 
 
 class SynthDerm(Dataset):

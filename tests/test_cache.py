@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dermbench import cache
-from dermbench.cache import cache_root, clear_cache, load_images
-from dermbench.data import Dataset
+from dermbench.data import cache
+from dermbench.data.cache import cache_root, clear_cache, load_images
+from dermbench.data.images import decode_image
+from dermbench.data.model import Dataset
 from dermbench.errors import ConfigError, DataError
-from dermbench.images import decode_image
 
 SIZE = 8
 

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-import dermbench.fetch as fetch_module
-import dermbench.splits as splits_module
+import dermbench.cli.data as data_cli
+import dermbench.data.splits as splits_module
 from dermbench.cli import main
+from dermbench.data.fetch import FetchResult
 from dermbench.datasets.ddi import TONE2_EXCLUDED
-from dermbench.fetch import FetchResult
 
 
 @pytest.fixture(autouse=True)
@@ -178,7 +178,7 @@ def test_fetch_calls_the_downloader_and_lists_failures(make_fitz17k, monkeypatch
         calls.append((csv_path, out_dir, kwargs))
         return FetchResult(downloaded=50, skipped_existing=5, failed=[("abc", "http://x/abc.jpg", "HTTP 404")])
 
-    monkeypatch.setattr(fetch_module, "fetch_fitz17k", fake_fetch)
+    monkeypatch.setattr(data_cli, "fetch_fitz17k", fake_fetch)  # the name the command calls
     assert main(["data", "fetch", "fitz17k", "--root", str(tree.root), "--concurrency", "2", "--no-progress"]) == 1
     assert calls == [(tree.root / "fitzpatrick17k.csv", tree.root / "images",
                       {"concurrency": 2, "retries": 3, "timeout": 30.0, "progress": False})]

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from dermbench.data import validate_table
+from dermbench.data.model import validate_table
 from dermbench.datasets.ddi import DDI, TONE2_EXCLUDED
 from dermbench.errors import ConfigError, DataError
 

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import dermbench.splits as splits_module
-from dermbench.data import REQUIRED_COLUMNS, validate_table
+import dermbench.data.splits as splits_module
+from dermbench.data.metadata import sha256_file
+from dermbench.data.model import REQUIRED_COLUMNS, validate_table
+from dermbench.data.splits import write_split
 from dermbench.datasets.fitz17k import Fitz17k
 from dermbench.errors import ConfigError, DataError, UnknownNameError
-from dermbench.splits import write_split
-from dermbench.tables import sha256_file
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import dermbench.splits as splits_module
-from dermbench.data import validate_table
+import dermbench.data.splits as splits_module
+from dermbench.data.model import validate_table
 from dermbench.datasets.isic import ISIC2018, ISIC2019, UNK_EXCLUDED
 from dermbench.datasets.mclass import MClassClinic, MClassDerm
 from dermbench.datasets.pad_ufes import PadUfes20

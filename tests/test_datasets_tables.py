@@ -5,11 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dermbench.data.metadata import read_csv
+from dermbench.data.splits import make_split, sklearn_split
+from dermbench.data.tables import FileIndex, RowChecker, parse_bool
 from dermbench.datasets.ddi import DDI
 from dermbench.datasets.fitz17k import Fitz17k
 from dermbench.errors import ConfigError, DataError
-from dermbench.splits import make_split, sklearn_split
-from dermbench.tables import FileIndex, RowChecker, parse_bool, read_csv
 
 # ----- read_csv -------------------------------------------------------------------------------
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dermbench.data.fetch import USER_AGENT, FetchResult, fetch_fitz17k, read_fitz17k_csv
 from dermbench.errors import DataError
-from dermbench.fetch import USER_AGENT, FetchResult, fetch_fitz17k, read_fitz17k_csv
 
 COLUMNS = [
     "md5hash",

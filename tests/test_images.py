@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from dermbench.data.images import ImageError, decode_image, resolve_under_root
 from dermbench.errors import DataError
-from dermbench.images import ImageError, decode_image, resolve_under_root
 
 
 def _quadrants(h: int = 12, w: int = 20) -> np.ndarray:

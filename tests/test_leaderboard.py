@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dermbench.leaderboard import (
+from dermbench.results.leaderboard import (
     HIGHER,
     LOWER,
     RecordError,
@@ -467,8 +467,8 @@ def test_pareto_front():
 
 
 def test_records_made_by_the_metrics_module_aggregate(tmp_path):
-    """collect reads the eval entries dermbench.metrics.fairness_report writes (CIs, pairs, dict flags)."""
-    from dermbench.metrics import fairness_report
+    """collect reads the eval entries dermbench.evaluation.metrics.fairness_report writes (CIs, pairs, dict flags)."""
+    from dermbench.evaluation.metrics import fairness_report
 
     rng = np.random.default_rng(0)
     eodds = []

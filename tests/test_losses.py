@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dermbench.errors import ConfigError
-from dermbench.losses import FocalLoss, focal_alpha_vector, make_loss
+from dermbench.train.losses import FocalLoss, focal_alpha_vector, make_loss
 
 
 def test_binary_focal_matches_hand_computation():

@@ -1,4 +1,4 @@
-"""dermbench.metrics: every metric against scikit-learn / fairlearn / torchmetrics, the gap
+"""dermbench.evaluation.metrics: every metric against scikit-learn / fairlearn / torchmetrics, the gap
 conventions on hand-computed examples, edge cases, input errors and the bootstrap."""
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from fairlearn.metrics import (
 from sklearn import metrics as skm
 from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
 
+from dermbench.data.groups import sex_from_values
 from dermbench.errors import DermbenchError
-from dermbench.groups import sex_from_values
-from dermbench.metrics import (
+from dermbench.evaluation.metrics import (
     FAIRNESS,
     GAPS,
     METRICS,
@@ -33,10 +33,10 @@ from dermbench.metrics import (
     MetricInputError,
     _bootstrap,
     _make_slice,
-    _rng,
     fairness_report,
     prepare_inputs,
 )
+from dermbench.seeds import spawned_rng
 
 TOL = 1e-9
 
@@ -519,8 +519,8 @@ def test_bootstrap_matches_explicit_resamples():
     for inp_kwargs, mask in (({"y_true": y, "y_prob": p}, g == "B"), ({"y_true": yc, "y_prob": prob}, gc == "A")):
         inp = prepare_inputs(**inp_kwargs)
         sl = _make_slice(inp, np.flatnonzero(mask))
-        boot = _bootstrap(inp, sl, 12, _rng(7, "tone3", "B"))
-        draws = _rng(7, "tone3", "B").integers(0, sl.m, size=(12, sl.m))  # one chunk: the same stream
+        boot = _bootstrap(inp, sl, 12, spawned_rng(7, "tone3", "B"))
+        draws = spawned_rng(7, "tone3", "B").integers(0, sl.m, size=(12, sl.m))  # one chunk: the same stream
         for b in range(12):
             rows = sl.idx[draws[b]]
             yt, yp = inp.y[rows], inp.pred[rows]

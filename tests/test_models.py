@@ -5,7 +5,7 @@ import timm
 import torch
 
 from dermbench.errors import ConfigError, DermbenchError, UnknownNameError
-from dermbench.models import create_backbone
+from dermbench.train.models import create_backbone
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", "resnext101_32x8d", "vit_base_patch16_224"])

@@ -13,8 +13,8 @@ import pytest
 from rich.console import Console
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_score, roc_auc_score
 
-from dermbench.leaderboard import RecordError
-from dermbench.report import (
+from dermbench.results.leaderboard import RecordError
+from dermbench.results.report import (
     binary_counts,
     build_report,
     confusion_by_group,
@@ -340,9 +340,9 @@ def test_multiclass_report_shows_full_matrices(tmp_path):
 
 
 def test_report_of_a_record_made_by_the_metrics_module(tmp_path):
-    """The report reads what dermbench.metrics.fairness_report writes (CIs, group pairs, dict flags)."""
-    from dermbench.groups import group_schemes
-    from dermbench.metrics import fairness_report
+    """The report reads what dermbench.evaluation.metrics.fairness_report writes (CIs, group pairs, dict flags)."""
+    from dermbench.data.groups import group_schemes
+    from dermbench.evaluation.metrics import fairness_report
 
     table = predictions(n_per_group=40, seed=1)
     test_eval = fairness_report(y_true=table["label"].to_numpy(), y_prob=table["prob_1"].to_numpy(),
@@ -365,7 +365,7 @@ def test_report_of_a_record_made_by_the_metrics_module(tmp_path):
 
 
 def test_estimated_tones_say_how_far_to_trust_them():
-    from dermbench.report import tone_estimation_text
+    from dermbench.results.report import tone_estimation_text
 
     assert tone_estimation_text({"source": "annotated", "n_missing": 0, "n_estimated": 0}) is None
     ita = tone_estimation_text({"source": "ita", "n_estimated": 250, "n_unresolved": 3, "method": "border frame (20% of the side)",

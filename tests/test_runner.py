@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import dermbench.train as train_module
+import dermbench.train.trainer as train_module
 from dermbench.cli import main
 from dermbench.errors import DermbenchError
 from dermbench.runner import resolve_config, run_experiment
@@ -154,7 +154,7 @@ def predict(ctx, model, split):
 
 
 def test_predict_never_sees_labels_and_the_threshold_comes_from_validation(tmp_path, monkeypatch):
-    from dermbench.evaluate import threshold_from_validation
+    from dermbench.evaluation.evaluate import threshold_from_validation
 
     (tmp_path / "spyplugin.py").write_text(SPY_PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -169,7 +169,7 @@ def test_predict_never_sees_labels_and_the_threshold_comes_from_validation(tmp_p
         # no label, and none of SynthDerm's generative parameters (severity, border, ...)
         assert set(columns) <= {"sample_id", "image", "fst", "tone_source", "domain", "tone3", "tone2", "sex"}
     # the recorded threshold is the one the validation predictions give
-    from dermbench.runner import DatasetPool
+    from dermbench.data.pool import DatasetPool
 
     val = DatasetPool(cfg, ()).load("synthderm", "val")
     from safetensors.torch import load_file

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from dermbench.cli import main
+from dermbench.cli.scaffold import scaffold
 from dermbench.errors import DermbenchError
-from dermbench.scaffold import scaffold
 
 
 def test_scaffolded_plugin_installs_and_passes_its_conformance_test(tmp_path, capsys):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from dermbench.data import REQUIRED_COLUMNS, Split
+from dermbench.data.model import REQUIRED_COLUMNS, Split
 from dermbench.datasets import synthderm as sd
 from dermbench.errors import ConfigError, DataError
 

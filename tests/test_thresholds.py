@@ -1,4 +1,4 @@
-"""dermbench.thresholds: rule parsing, Youden's J and fixed-TPR thresholds (validation only)."""
+"""dermbench.evaluation.thresholds: rule parsing, Youden's J and fixed-TPR thresholds (validation only)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from dermbench.errors import ConfigError, DermbenchError
-from dermbench.metrics import MetricInputError, fairness_report
-from dermbench.thresholds import ThresholdRule, ThresholdRuleError, choose_threshold, parse_rule
+from dermbench.evaluation.metrics import MetricInputError, fairness_report
+from dermbench.evaluation.thresholds import ThresholdRule, ThresholdRuleError, choose_threshold, parse_rule
 
 
 @pytest.mark.parametrize(

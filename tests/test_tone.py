@@ -14,15 +14,9 @@ from sklearn.metrics import f1_score
 from dermbench.cli import main
 from dermbench.datasets.synthderm import BALANCED_TONE_MIX, MASK_CLASSES, SynthDerm, generate
 from dermbench.errors import ConfigError, DataError, DermbenchError
-from dermbench.tone import (
-    ITA_THRESHOLDS,
-    fill_missing_tones,
-    fst_from_ita,
-    ita_from_lab,
-    ita_of_images,
-    load_detector,
-    tone_split,
-)
+from dermbench.tone import fill_missing_tones
+from dermbench.tone.detector import load_detector, tone_split
+from dermbench.tone.ita import ITA_THRESHOLDS, fst_from_ita, ita_from_lab, ita_of_images
 
 SKIN = MASK_CLASSES.index("skin")
 OPTIONS = {"n_train": 240, "n_val": 60, "n_test": 20, "n_test_ddi": 90, "n_test_dermoscopic": 20}
@@ -215,7 +209,7 @@ def test_fill_by_ita_estimates_only_the_missing_rows(ddi_like):
 
 
 def test_fill_by_ita_on_a_plain_split_uses_the_border_and_keeps_tone3_only_rows():
-    from dermbench.data import Split
+    from dermbench.data.model import Split
 
     colours = [(236, 200, 180), (198, 134, 96), (96, 60, 42), (224, 172, 140), (150, 96, 62)]
     images = np.stack([skin_with_lesion((40, 30, 30), (8, 24, 8, 24)) for _ in colours])

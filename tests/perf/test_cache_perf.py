@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dermbench import cache
-from dermbench.cache import load_images
-from dermbench.images import decode_image
+from dermbench.data import cache
+from dermbench.data.cache import load_images
+from dermbench.data.images import decode_image
 
 N_IMAGES, SOURCE_PX, SIZE, BATCH = 500, 256, 64, 64
 _results: dict[str, float] = {}

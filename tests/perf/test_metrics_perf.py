@@ -27,7 +27,7 @@ from fairlearn.metrics import (
 )
 from sklearn import metrics as skm
 
-from dermbench.metrics import ECE_BINS, fairness_report
+from dermbench.evaluation.metrics import ECE_BINS, fairness_report
 
 N, N_BOOT, FAIRLEARN_BOOT = 100_000, 1_000, 3
 _results: dict[str, float] = {}

@@ -4,7 +4,7 @@ Generating 64x64 images (pixels, masks and the latent table) on ONE core must re
 >= 2,000 images/s, asserted on the benchmark statistics (min of the rounds: the least
 noisy). The baseline, measured in the same session on the same images, is what a
 file-backed dataset pays: decoding the same number of 64x64 PNG files with Pillow
-(`dermbench.images.decode_image`, the project's loader). One core: numpy's elementwise
+(`dermbench.data.images.decode_image`, the project's loader). One core: numpy's elementwise
 work is single-threaded, and threadpoolctl limits the BLAS pool used by the noise
 upsampling to one thread.
 """
@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
+from dermbench.data.images import decode_image
 from dermbench.datasets.synthderm import generate
-from dermbench.images import decode_image
 
 N_IMAGES, SIZE = 1000, 64
 TARGET_PER_S = 2000

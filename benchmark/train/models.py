@@ -8,6 +8,8 @@ from pathlib import Path
 
 import timm
 import torch
+from huggingface_hub import constants
+from safetensors.torch import load_file
 from torch import nn
 
 from dermbench.errors import ConfigError, DermbenchError, unknown_name
@@ -17,8 +19,6 @@ from dermbench.errors import ConfigError, DermbenchError, unknown_name
 def _offline_hub():
     """Make the Hugging Face hub fail fast instead of trying the network on a cache miss.
     huggingface_hub reads HF_HUB_OFFLINE once at import, so the module constant is set too."""
-    from huggingface_hub import constants
-
     saved_env, saved_flag = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
     os.environ["HF_HUB_OFFLINE"] = "1"
     constants.HF_HUB_OFFLINE = True
@@ -77,8 +77,6 @@ def load_weights(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise ConfigError(f"model.pretrained: weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -30,7 +30,11 @@ from http.client import HTTPException
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
 from dermbench import __version__
+from dermbench.data.metadata import read_csv
 from dermbench.errors import DataError
 
 USER_AGENT = f"dermbench/{__version__} (Fitzpatrick17k image fetcher; research use)"
@@ -87,8 +91,6 @@ _OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
 
 def read_fitz17k_csv(csv_path: Path) -> list[tuple[str, str]]:
     """(md5hash, url) per image in CSV order, one entry per distinct md5hash."""
-    from dermbench.tables import read_csv  # the loaders' CSV reader: same checks, same messages
-
     frame = read_csv(Path(csv_path), required=REQUIRED_COLUMNS)
     rows: dict[str, str] = {}
     for line, md5, url in zip(range(2, len(frame) + 2), frame["md5hash"].str.lower(), frame["url"]):
@@ -175,8 +177,6 @@ def fetch_fitz17k(
 def _progress_bar(enabled: bool):
     if not enabled:
         return None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
         TextColumn("{task.description}"),

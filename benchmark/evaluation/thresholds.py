@@ -1,6 +1,6 @@
 """Decision thresholds for binary tasks, chosen on the validation split (never on test).
 
-A threshold t means: predict class 1 when P(class 1) >= t (the rule dermbench.metrics uses).
+A threshold t means: predict class 1 when P(class 1) >= t (the rule dermbench.evaluation.metrics uses).
 Rules:
     a number in [0, 1] (or its string, e.g. "0.5"): that threshold;
     "youden": the threshold maximising Youden's J = TPR - FPR on the validation data;
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from dermbench.errors import ConfigError
-from dermbench.metrics import MetricInputError, prepare_inputs
+from dermbench.evaluation.metrics import MetricInputError, prepare_inputs
 
 RULE_HELP = 'a number in [0, 1] such as 0.5, "youden", or "tpr@0.9" (also "tpr@90%")'
 _TPR_RULE = re.compile(r"^tpr@\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(%?)$")

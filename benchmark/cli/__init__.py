@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 from rich.console import Console
 
+from dermbench import __version__
 from dermbench.errors import DermbenchError
 
 COMMAND_MODULES = (
-    "dermbench.runner",
-    "dermbench.catalog",
-    "dermbench.scaffold",
-    "dermbench.sweep",
-    "dermbench.leaderboard",
-    "dermbench.report",
-    "dermbench.datacli",
-    "dermbench.tone",
+    "dermbench.cli.run",
+    "dermbench.cli.listing",
+    "dermbench.cli.scaffold",
+    "dermbench.cli.sweep",
+    "dermbench.cli.leaderboard",
+    "dermbench.cli.report",
+    "dermbench.cli.data",
+    "dermbench.cli.tone",
 )
 
 console = Console()
@@ -29,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dermbench", description="Skin-tone fairness benchmark for skin-lesion classifiers."
     )
-    from dermbench import __version__
 
     parser.add_argument("--version", action="version", version=f"dermbench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -53,6 +52,3 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[yellow]interrupted[/]: rerun the same command to resume from the last checkpoint")
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

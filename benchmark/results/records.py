@@ -4,47 +4,19 @@ directory either holds a finished run or one that the same command resumes."""
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import sys
-import tempfile
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+import torch
+
+from dermbench import __version__
+from dermbench.files import write_text
 
 DONE = "done"
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_default(value: Any):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return None if np.isnan(value) else float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot store {type(value).__name__} in a run record")
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n")
 
 
 class RunDir:
@@ -83,9 +55,6 @@ class RunDir:
 
 def environment() -> dict:
     """What a reader needs to reproduce the run."""
-    import torch
-
-    from dermbench import __version__
 
     env = {
         "dermbench": __version__,
@@ -98,8 +67,6 @@ def environment() -> dict:
     }
     for pkg in ("timm", "numpy", "pandas", "scikit-learn", "fairlearn", "diffusers", "peft"):
         try:
-            from importlib.metadata import version
-
             env[pkg] = version(pkg)
         except Exception:
             env[pkg] = None

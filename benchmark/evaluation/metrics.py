@@ -44,7 +44,6 @@ per-sample feature matrix, and AUC from weighted rank sums, so no Python loop ru
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
@@ -54,8 +53,9 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from dermbench.data.groups import GROUP_ORDER
 from dermbench.errors import DermbenchError
-from dermbench.groups import GROUP_ORDER
+from dermbench.seeds import spawned_rng
 
 METRICS = ("n", "acc", "bacc", "precision", "tpr", "tnr", "fpr", "f1", "auc", "ece")
 #: fairness gaps, lower is better
@@ -403,13 +403,6 @@ def _point(inp: _Inputs, sl: _Slice) -> dict[str, np.ndarray]:
     return _rates(_counts(sl, np.ones((sl.m, 1)), inp.k), inp.task)
 
 
-def _rng(seed: int, *tags: str) -> np.random.Generator:
-    """An independent, reproducible stream per (seed, scheme, group): adding a scheme or
-    a group elsewhere never changes another group's resamples."""
-    key = tuple(zlib.crc32(t.encode("utf-8")) for t in tags)
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
-
-
 def _bootstrap(inp: _Inputs, sl: _Slice, n_boot: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Metrics of n_boot resamples (with replacement, size m) of the slice, in chunks."""
     m = sl.m
@@ -721,7 +714,7 @@ def fairness_report(*, y_true: Any, y_prob: Any, groups: Mapping[str, Any] | pd.
     per_class["overall"] = _per_class_block(r_all)
     _flag_group(inp, r_all, "overall", flags, min_group_n, min_class_n)
     if boot_on:
-        b_all = _bootstrap(inp, overall_slice, n_boot, _rng(seed, "\x00overall"))
+        b_all = _bootstrap(inp, overall_slice, n_boot, spawned_rng(seed, "\x00overall"))
         ci["overall"] = _ci_block(METRICS[1:], b_all, report["overall"], "overall", flags, n_boot)
 
     report["groups"], report["fairness"], report["excluded"] = {}, {}, {}
@@ -740,7 +733,7 @@ def fairness_report(*, y_true: Any, y_prob: Any, groups: Mapping[str, Any] | pd.
             per_class["groups"][scheme][name] = _per_class_block(r)
             _flag_group(inp, r, where, flags, min_group_n, min_class_n)
             if boot_on:
-                b = _bootstrap(inp, sl, n_boot, _rng(seed, scheme, name))
+                b = _bootstrap(inp, sl, n_boot, spawned_rng(seed, scheme, name))
                 boots.append(b)
                 ci["groups"][scheme][name] = _ci_block(METRICS[1:], b, blocks[name], where, flags, n_boot)
         report["groups"][scheme] = blocks

@@ -16,6 +16,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,13 +29,17 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch import nn
 
-from dermbench.context import RunContext, seed_for
-from dermbench.data import Split
+from dermbench.data.model import Split
 from dermbench.errors import ConfigError, DermbenchError
-from dermbench.losses import make_loss
-from dermbench.models import input_stats
+from dermbench.seeds import seed_for
+from dermbench.train.losses import make_loss
+from dermbench.train.models import input_stats
+
+if TYPE_CHECKING:  # the context sits above the trainer; it is only named in annotations
+    from dermbench.context import RunContext
 
 #: extra_loss(model, batch, logits) -> a scalar added to the task loss (MFD's MMD term, ...)
 ExtraLoss = Callable[[nn.Module, dict, torch.Tensor], torch.Tensor]
@@ -162,8 +167,6 @@ def _channels_last(ctx: RunContext, cfg: dict) -> bool:
 
 def validation_score(metric: str, y: np.ndarray, prob: np.ndarray) -> float:
     """Higher is better: AUC (one-vs-rest macro for K > 2), accuracy, balanced accuracy or -loss."""
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-
     pred = prob.argmax(1)
     if metric == "acc":
         return float((pred == y).mean())

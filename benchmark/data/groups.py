@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dermbench.errors import DataError
+
 TONE3 = ("A", "B", "C")
 TONE2 = ("light", "dark")
 SEX = ("female", "male")
@@ -45,8 +47,6 @@ def sex_from_values(values: pd.Series, *, where: str = "sex") -> pd.Series:
     their meaning differs between datasets (FairQuantize's ISIC-2019 loader uses female = 0), so
     the dataset must map them itself. Any other value is a DataError naming it and `where`.
     """
-    from dermbench.errors import DataError
-
     out = []
     for value in values:
         if value is None or (not isinstance(value, str) and pd.isna(value)):

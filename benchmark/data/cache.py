@@ -34,9 +34,11 @@ from pathlib import Path
 import numpy as np
 import PIL
 from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from dermbench.data.images import ImageError, RootResolver, decode_image
 from dermbench.errors import ConfigError, DataError
-from dermbench.images import ImageError, RootResolver, decode_image
 
 #: bump when decoding/resizing changes pixels, so old entries are not reused
 CACHE_VERSION = 1
@@ -317,7 +319,7 @@ def _decode_all(
 def _pool_context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context(START_METHOD)
     if ctx.get_start_method() == "forkserver":
-        ctx.set_forkserver_preload(["dermbench.cache"])  # workers start with the decoder imported
+        ctx.set_forkserver_preload(["dermbench.data.cache"])  # workers start with the decoder imported
     return ctx
 
 
@@ -405,9 +407,6 @@ class _LazyProgress:
 
     def tick(self) -> None:
         if self._bar is None and time.perf_counter() - self.started >= PROGRESS_AFTER_S:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
             self._bar = Progress(
                 TextColumn("caching images"),
                 BarColumn(),

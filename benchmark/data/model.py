@@ -2,11 +2,12 @@
 
 A dataset yields one pandas sample table over all its rows (every split), with at least
 REQUIRED_COLUMNS. Images for a table are a uint8 array (n, H, W, 3), usually a memory-mapped
-cache (`dermbench.cache`), so training never decodes a file twice.
+cache (`dermbench.data.cache`), so training never decodes a file twice.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
@@ -16,8 +17,10 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from dermbench.errors import DataError
-from dermbench.groups import add_group_columns
+from dermbench.data.cache import load_images
+from dermbench.data.groups import add_group_columns
+from dermbench.errors import ConfigError, DataError, closest, unknown_name
+from dermbench.plugins import BUILTIN_DATASETS, dataset_refs
 
 REQUIRED_COLUMNS = ("sample_id", "image", "label", "fst", "tone_source", "domain", "split")
 TONE_SOURCES = ("annotated", "ita", "detector", "generated")
@@ -155,14 +158,10 @@ class Dataset(ABC):
         Returns the (n, size, size, 3) uint8 array and {row position: reason} for rows whose
         image could not be read (their pixels are zero and must not be used).
         """
-        from dermbench.cache import load_images
-
         return load_images(self.root, table["image"].tolist(), size=size)
 
     def check_task(self, task: str) -> None:
         if task not in self.tasks:
-            from dermbench.errors import unknown_name
-
             raise unknown_name(f"task of dataset {self.name!r}", task, self.tasks)
 
     def load(self, *, task: str, split: str, image_size: int, name: str | None = None) -> Split:
@@ -207,9 +206,6 @@ KNOWN_OPTIONS: set[str] = {"on_error"}
 def is_known_option(key: str) -> bool:
     """Whether `key` is an option of any built-in dataset (importing them to be sure)."""
     if key not in KNOWN_OPTIONS:
-        import importlib
-
-        from dermbench.plugins import BUILTIN_DATASETS
 
         for target in BUILTIN_DATASETS.values():
             importlib.import_module(target.partition(":")[0])
@@ -224,9 +220,6 @@ def select_options(dataset: str, options: dict, defaults: dict) -> dict:
     section named after a dataset (`{ddi: {on_error: skip}}`) applies to it alone and wins
     over flat keys; a key that no dataset knows is an error naming the closest option.
     """
-    from dermbench.errors import ConfigError, closest
-    from dermbench.plugins import dataset_refs
-
     def unknown(key: str) -> ConfigError:
         guess = closest(key, defaults) or closest(key, KNOWN_OPTIONS)
         hint = f" Did you mean {guess!r}?" if guess else ""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dermbench.data import Split
-from dermbench.groups import group_schemes
+from dermbench.data.groups import group_schemes
+from dermbench.data.model import Split
+from dermbench.evaluation.metrics import fairness_report
+from dermbench.evaluation.thresholds import choose_threshold
 
 
 def threshold_from_validation(rule, y_val: np.ndarray, prob_val: np.ndarray) -> float | None:
@@ -14,7 +16,6 @@ def threshold_from_validation(rule, y_val: np.ndarray, prob_val: np.ndarray) -> 
     multi-class tasks predict the argmax and have none."""
     if prob_val.shape[1] != 2:
         return None
-    from dermbench.thresholds import choose_threshold
 
     return float(choose_threshold(y_true=y_val, y_prob=prob_val[:, 1], rule=rule))
 
@@ -34,8 +35,6 @@ def predictions_table(split: Split, prob: np.ndarray, threshold: float | None) -
 
 def evaluate_split(split: Split, prob: np.ndarray, *, threshold: float | None, cfg: dict) -> tuple[dict, pd.DataFrame]:
     """The `eval` entry for `split` (DESIGN.md §4) and its per-sample predictions."""
-    from dermbench.metrics import fairness_report
-
     y_prob = prob[:, 1] if prob.shape[1] == 2 else prob
     report = fairness_report(
         y_true=split.labels, y_prob=y_prob, groups=group_schemes(split.table), threshold=threshold,

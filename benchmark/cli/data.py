@@ -24,11 +24,18 @@ from typing import Any
 import pandas as pd
 import yaml
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 
-from dermbench.data import Dataset, data_root, validate_table
-from dermbench.errors import ConfigError, DataError
-from dermbench.tables import USABLE_STATUS, TableDataset
+from dermbench.data.fetch import fetch_fitz17k
+from dermbench.data.images import decode_image
+from dermbench.data.metadata import sha256_file
+from dermbench.data.model import Dataset, data_root, validate_table
+from dermbench.data.splits import find_split_file, write_split
+from dermbench.data.tables import USABLE_STATUS, TableDataset
+from dermbench.datasets.fitz17k import Fitz17k
+from dermbench.errors import ConfigError, DataError, unknown_name
+from dermbench.plugins import dataset_refs, load_target
 
 console = Console()
 #: how many problem files `data check` lists per kind (all are counted)
@@ -72,12 +79,8 @@ def open_dataset(
 ) -> Dataset:
     """Instantiate dataset `name` with its root resolved; `defaults` (for the real datasets)
     are overridden by the user's `options`."""
-    from dermbench.plugins import dataset_refs, load_target
-
     refs = dataset_refs()
     if name not in refs:
-        from dermbench.errors import unknown_name
-
         raise unknown_name("dataset", name, refs)
     cls = load_target(refs[name].target)
     root = resolve_root(name, root_arg) if getattr(cls, "requires_root", True) else None
@@ -144,8 +147,6 @@ def summary_counts(dataset: Dataset) -> dict[str, Any]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Every known dataset and whether its metadata is found under the data root."""
-    from dermbench.plugins import dataset_refs, load_target
-
     table = Table(title="datasets")
     for column in ("name", "tasks", "root", "found"):
         table.add_column(column)
@@ -168,8 +169,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _decode_all(root: Path, files: list[str], workers: int | None) -> dict[str, str]:
     """{file: reason} for every file `decode_image` refuses."""
-    from dermbench.images import decode_image
-
     def one(relative: str) -> tuple[str, str | None]:
         try:
             decode_image(root / relative, CHECK_DECODE_SIZE)
@@ -181,8 +180,6 @@ def _decode_all(root: Path, files: list[str], workers: int | None) -> dict[str, 
     failures: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         if len(files) > 200:
-            from rich.progress import track
-
             results = track(pool.map(one, files), total=len(files), description="decoding images", console=console)
         else:
             results = pool.map(one, files)
@@ -315,8 +312,6 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             f"only fitz17k can be fetched (its CSV lists image URLs); get {args.name!r} from its official page "
             "as described in the Datasets section of README.md"
         )
-    from dermbench.datasets.fitz17k import Fitz17k
-    from dermbench.fetch import fetch_fitz17k
 
     root = resolve_root(args.name, args.root)
     if root is None:
@@ -358,9 +353,6 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_split(args: argparse.Namespace) -> int:
     """Make (or confirm) the split file of a dataset without an official split."""
-    from dermbench.splits import find_split_file, write_split
-    from dermbench.tables import sha256_file
-
     extra = {"split_rule": args.rule} if args.rule else {}
     dataset = open_dataset(args.name, args.root, {**parse_options(args.option), **extra})
     if not isinstance(dataset, TableDataset) or not dataset.split_rules:

@@ -8,7 +8,6 @@ recorded predictions (binary tasks: the `pred` column, made with the validation-
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from dermbench.leaderboard import DONE_MARKER, METRICS_FILE, RecordError, point_value, read_record
+from dermbench.results.leaderboard import DONE_MARKER, METRICS_FILE, RecordError, point_value, read_record
 
 REPORT_FILE = "report.md"
 GROUP_METRICS = ("n", "acc", "bacc", "tpr", "tnr", "f1", "auc", "ece")
@@ -570,20 +569,3 @@ def write_report(run_dir: str | Path, output: str | Path | None = None,
     return path
 
 
-def run_report(args: argparse.Namespace) -> int:
-    """The `dermbench report` command."""
-    console = Console()
-    path = write_report(args.run_dir, args.output, console)
-    console.print(f"wrote {path}", highlight=False)
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `dermbench report` to the CLI."""
-    parser = subparsers.add_parser(
-        "report", help="per-tone report of one run (terminal and RUN_DIR/report.md)",
-        description="Print one run's per-group metrics, fairness gaps (with CIs when recorded), per-group "
-                    "confusion matrices, exclusions, flags and tone sources, and write them to report.md.")
-    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory, e.g. runs/<run_id>")
-    parser.add_argument("--output", type=Path, default=None, help=f"markdown path (default: RUN_DIR/{REPORT_FILE})")
-    parser.set_defaults(func=run_report)

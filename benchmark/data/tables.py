@@ -3,8 +3,7 @@
 Every published dataset is a metadata CSV (or a few) plus image files. The loaders differ
 only in column names and value spellings, so the strict parts live here once:
 
-- `read_csv`: UTF-8 only, every value kept as a stripped string, and a `DataError` naming
-  the file for a missing, empty, non-UTF-8 or malformed file and for missing columns.
+- `read_csv` (in `dermbench.data.metadata`): strict UTF-8 CSV reading.
 - `RowChecker`: a bad value in a row (an unknown label, a boolean spelled "maybe") either
   stops with an error naming the file, column, line and value, or (on_error=skip) drops the
   row and counts it by reason. Nothing is dropped without a count.
@@ -17,9 +16,8 @@ only in column names and value spellings, so the strict parts live here once:
 
 from __future__ import annotations
 
-import io
+import fnmatch
 import os
-import warnings
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
@@ -28,7 +26,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from dermbench.data import KNOWN_OPTIONS, Dataset, select_options
+import dermbench.data.images as images
+from dermbench.data.model import KNOWN_OPTIONS, Dataset, select_options
+from dermbench.data.splits import describe_split, resolve_split
 from dermbench.errors import ConfigError, DataError
 
 #: class names of the binary `malignant` task, shared by every dataset so test sets line up
@@ -41,61 +41,6 @@ FALSE_WORDS = frozenset({"false", "f", "no", "n", "0", "0.0"})
 USABLE_STATUS = ("ok", "case")
 #: columns a loader may add to the sample table besides REQUIRED_COLUMNS
 EXTRA_COLUMNS = ("tone3", "sex")
-
-
-def read_csv(path: Path, *, required: Iterable[str] = ()) -> pd.DataFrame:
-    """Read a metadata CSV as stripped strings, failing clearly on anything malformed.
-
-    Only UTF-8 (with or without a byte-order mark) is accepted: every supported release is
-    UTF-8, so another encoding means the file was re-saved by some tool and its text values
-    may have changed; the error says so instead of guessing an encoding.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}, line {line}); "
-            "the published file is UTF-8, so re-download it or re-save it as UTF-8"
-        ) from exc
-    if not text.strip():
-        raise DataError(f"{path}: the file is empty (expected a CSV header and rows)")
-    try:
-        with warnings.catch_warnings():
-            # rows longer than the header: pandas would drop fields (or shift them into an index)
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False, index_col=False)
-    except pd.errors.ParserWarning as exc:
-        raise DataError(f"{path}: malformed CSV: {_longest_row(text)}") from exc
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: malformed CSV: {exc}") from exc
-    frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(frame.columns)})"
-        )
-    if frame.empty:
-        raise DataError(f"{path}: the file has a header but no rows")
-    for column in frame.columns:
-        frame[column] = frame[column].astype(str).str.strip()
-    return frame.reset_index(drop=True)
-
-
-def _longest_row(text: str) -> str:
-    """Which line has more fields than the header (for the error message)."""
-    import csv
-
-    rows = csv.reader(io.StringIO(text))
-    header = len(next(rows, []))
-    for number, row in enumerate(rows, start=2):
-        if len(row) > header:
-            return f"line {number} has {len(row)} fields but the header has {header}"
-    return "a row has more fields than the header"
 
 
 def require_unique(values: pd.Series, *, path: Path, column: str) -> None:
@@ -120,17 +65,6 @@ def parse_int(values: pd.Series, allowed: Sequence[int]) -> tuple[np.ndarray, np
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
     ok = np.isin(numbers, np.asarray(allowed, dtype=float))
     return np.where(ok, numbers, np.nan), ~ok
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (pins a split file to the metadata it was made from)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class RowChecker:
@@ -233,7 +167,7 @@ class TableDataset(Dataset):
     Subclasses set `metadata` (the main CSV, relative to the release folder; alternatives in
     `metadata_alternatives`), `domain`, `layout` (one line for error messages) and implement
     `read` (metadata to records) and `encode` (records to labels for a task). Datasets without
-    an official split set `split_rules` (see `dermbench.splits`).
+    an official split set `split_rules` (see `dermbench.data.splits`).
     """
 
     metadata: ClassVar[str]
@@ -371,8 +305,6 @@ class TableDataset(Dataset):
         return self._records
 
     def _resolve_images(self, records: pd.DataFrame) -> pd.DataFrame:
-        import dermbench.images as images
-
         # RootResolver resolves each folder once (resolve_under_root per file is ~0.4 ms)
         resolver = getattr(images, "RootResolver", None)
         resolve = resolver(self.root) if resolver else (lambda rel: images.resolve_under_root(self.root, rel))
@@ -411,8 +343,6 @@ class TableDataset(Dataset):
             if not self.split_rules:
                 self._splits[create] = records["split"]
             else:
-                from dermbench.splits import resolve_split
-
                 rule = self.split_rules[self.options["split_rule"]]
                 dropped = sum(self.problems.values())
                 self._splits[create] = resolve_split(
@@ -431,7 +361,6 @@ class TableDataset(Dataset):
         """One line on where this dataset's split comes from (for `dermbench data check`)."""
         if not self.split_rules:
             return "official split of the release"
-        from dermbench.splits import describe_split
 
         rule = self.split_rules[self.options["split_rule"]]
         return describe_split(
@@ -507,6 +436,4 @@ def label_codes(values: pd.Series, classes: Sequence[str]) -> np.ndarray:
 
 def match_patterns(values: Iterable[str], patterns: Sequence[str]) -> set[str]:
     """The values matched by any shell-style pattern ("melanoma*") in `patterns`."""
-    import fnmatch
-
     return {v for v in values for p in patterns if fnmatch.fnmatchcase(v, p)}

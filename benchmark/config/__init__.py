@@ -46,7 +46,7 @@ def load_yaml(path: Path) -> dict:
 
 
 def _packaged_profile(name: str) -> dict:
-    text = resources.files("dermbench").joinpath("profiles", f"{name}.yaml").read_text(encoding="utf-8")
+    text = resources.files("dermbench.config").joinpath("profiles", f"{name}.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text) or {}
 
 

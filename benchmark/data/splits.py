@@ -18,14 +18,18 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
+from sklearn.model_selection import train_test_split
 
+from dermbench import __version__
+from dermbench.data.metadata import read_csv, sha256_file
 from dermbench.errors import DataError
-from dermbench.records import write_text
-from dermbench.tables import read_csv, sha256_file
+from dermbench.files import write_text
 
 SPLITS = ("train", "val", "test")
 UNASSIGNED = "unassigned"
@@ -33,9 +37,7 @@ UNASSIGNED = "unassigned"
 
 def committed_dir() -> Path:
     """The folder of committed split files (shipped inside the package)."""
-    import dermbench.datasets
-
-    return Path(dermbench.datasets.__file__).parent / "splits"
+    return Path(str(resources.files("dermbench.datasets").joinpath("splits")))
 
 
 @dataclass(frozen=True)
@@ -134,8 +136,6 @@ def sklearn_split(
 ) -> pd.Series:
     """The FairPrune/FairQuantize papers' procedure: `train_test_split` the test share off,
     stratified and with `random_state=seed`, then split the rest into train and val the same way."""
-    from sklearn.model_selection import train_test_split
-
     shares = _check_fractions(fractions)
     labels = _keys(table, stratify) if stratify else None
     index = np.arange(len(table))
@@ -217,8 +217,6 @@ def write_split(
     sha256: str,
 ) -> Path:
     """Write the split CSV and its JSON description; returns the CSV path."""
-    from dermbench import __version__
-
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -252,8 +250,6 @@ def write_split(
 
 
 def _announce(message: str) -> None:
-    from rich.console import Console
-
     Console(stderr=True).print(message, highlight=False, soft_wrap=True)
 
 

@@ -14,7 +14,6 @@ committed records alone:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import difflib
 import hashlib
@@ -22,7 +21,6 @@ import json
 import math
 import os
 import re
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ import pandas as pd
 
 from dermbench.config import NOT_IN_RUN_ID
 from dermbench.errors import DataError
-from dermbench.records import DONE
+from dermbench.results.records import DONE
 
 METRICS_FILE = "metrics.json"
 DONE_MARKER = DONE
@@ -89,7 +87,7 @@ class RunScan:
 # --------------------------------------------------------------------------- collect
 
 
-def _display_path(path: Path) -> str:
+def display_path(path: Path) -> str:
     """A path as shown in generated files: relative to the working directory when inside it, posix."""
     absolute = Path(os.path.abspath(path))
     try:
@@ -242,7 +240,7 @@ def collect(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     was already read, ignored).
     """
     scan = scan_runs(run_dirs)
-    roots = ", ".join(_display_path(Path(r)) for r in run_dirs)
+    roots = ", ".join(display_path(Path(r)) for r in run_dirs)
     if not scan.finished:
         extra = f"; {len(scan.unfinished)} unfinished run director(ies) without a `done` marker ignored" \
             if scan.unfinished else ""
@@ -255,13 +253,13 @@ def collect(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
         path = run_dir / METRICS_FILE
         record = read_record(path)
         if record["run_id"] in seen:
-            duplicates.append(_display_path(run_dir))
+            duplicates.append(display_path(run_dir))
             continue
         seen[record["run_id"]] = run_dir
         base = {
             "run_id": record["run_id"], "method": record["method"], "dataset": record["dataset"],
             "task": record["task"], "seed": record["seed"], "profile": record["profile"],
-            "variant": config_variant(record.get("config")), "record": _display_path(run_dir),
+            "variant": config_variant(record.get("config")), "record": display_path(run_dir),
         }
         skipped = record.get("skipped_test_sets") or {}
         runs.append({**base, "skipped": {str(k): str(v) for k, v in skipped.items()}})
@@ -270,7 +268,7 @@ def collect(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     order = ["dataset", "task", "test_set", "method", "profile", "variant", "seed", "run_id"]
     frame = pd.DataFrame(rows).sort_values(order, kind="stable").reset_index(drop=True)
     frame.attrs["runs"] = runs
-    frame.attrs["unfinished"] = [_display_path(p) for p in scan.unfinished]
+    frame.attrs["unfinished"] = [display_path(p) for p in scan.unfinished]
     frame.attrs["duplicates"] = duplicates
     return frame
 
@@ -557,6 +555,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> set[int]:
 
 def plot_protocol(stats: pd.DataFrame, dataset: str, task: str, path: Path, scheme: str = "tone3") -> None:
     """Overall AUC against EOdd per test set (one panel each), error bars = sd over seeds, Pareto front marked."""
+    # matplotlib is imported only when a plot is drawn: it is heavy and most commands never plot
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -673,60 +672,3 @@ def write_outputs(outputs: Sequence[ProtocolOutput], out_dir: Path) -> list[Path
     return written
 
 
-def run_leaderboard(args: argparse.Namespace) -> int:
-    """The `dermbench leaderboard` command: regenerate, or with --check compare and fail when stale."""
-    roots = [Path(p) for p in (args.runs or [DEFAULT_RUNS])]
-    out_dir = Path(args.out)
-    if args.check and not any(root.is_dir() and scan_runs([root]).finished for root in roots):
-        return _check_without_records(roots, out_dir)
-    frame = collect(roots)
-    root_names = [_display_path(r) for r in roots]
-    outputs = build_outputs(frame, root_names, _display_path(out_dir))
-    runs = frame.attrs["runs"]
-    print(f"collected {len(runs)} finished run(s) from {', '.join(root_names)}")
-    if frame.attrs["unfinished"]:
-        shown = ", ".join(frame.attrs["unfinished"][:5]) + (" ..." if len(frame.attrs["unfinished"]) > 5 else "")
-        print(f"ignored {len(frame.attrs['unfinished'])} unfinished run director(ies) (no `done` marker): {shown}")
-    if frame.attrs["duplicates"]:
-        print(f"ignored {len(frame.attrs['duplicates'])} duplicate record(s) of an already read run id: "
-              + ", ".join(frame.attrs["duplicates"]))
-    if args.check:
-        diffs = check_outputs(outputs, out_dir)
-        if diffs:
-            sys.stdout.write("".join(diffs))
-            print(f"leaderboard is stale: {len(diffs)} file(s) differ from the records; "
-                  f"regenerate with `{regenerate_command(root_names, _display_path(out_dir))}`")
-            return 1
-        print(f"leaderboard is current ({len(outputs)} protocol(s); markdown and CSV compared, PNG not)")
-        return 0
-    for path in write_outputs(outputs, out_dir):
-        print(f"wrote {_display_path(path)}")
-    return 0
-
-
-def _check_without_records(roots: Sequence[Path], out_dir: Path) -> int:
-    """--check with no finished records: current only if no generated leaderboard exists either."""
-    where = ", ".join(_display_path(r) for r in roots)
-    stale = generated_markdown(out_dir)
-    if stale:
-        for path in stale:
-            print(f"{_display_path(path)}: generated leaderboard, but no finished run records under {where}")
-        return 1
-    print(f"no finished run records under {where} and no generated leaderboard in {_display_path(out_dir)}: "
-          "nothing to check")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `dermbench leaderboard` to the CLI."""
-    parser = subparsers.add_parser(
-        "leaderboard", help="aggregate run records into leaderboards (markdown, CSV, plot)",
-        description="Aggregate finished run records (mean ± sd over seeds) into one markdown table, CSV and "
-                    "AUC-vs-EOdd plot per protocol (train dataset + task).")
-    parser.add_argument("--runs", nargs="+", metavar="DIR", default=None,
-                        help=f"directories searched recursively for run records (default: {DEFAULT_RUNS.as_posix()})")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR",
-                        help=f"where the leaderboards go (default: {DEFAULT_OUT.as_posix()})")
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 with a diff when the committed markdown/CSV are stale")
-    parser.set_defaults(func=run_leaderboard)

@@ -1,0 +1,77 @@
+"""`dermbench run`: one method on one dataset, then a table per test set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from dermbench.runner import resolve_config, run_experiment
+
+
+def summary_table(metrics: dict, *, scheme: str = "tone3") -> list[Table]:
+    """One rich table per test set: overall and per-group metrics, then the gaps."""
+    tables = []
+    for name, ev in metrics["eval"].items():
+        threshold = "argmax" if ev["threshold"] is None else f"{ev['threshold']:.3f}"
+        t = Table(title=f"{name} (n={ev['n']}, threshold {threshold}, tones: "
+                        f"{', '.join(f'{k} {v}' for k, v in ev.get('tone_source', {}).items())})")
+        for col in ("group", "n", "acc", "bacc", "tpr", "tnr", "f1", "auc"):
+            t.add_column(col, justify="right" if col != "group" else "left")
+        rows = [("overall", ev["overall"])] + list(ev["groups"].get(scheme, {}).items())
+        for label, m in rows:
+            t.add_row(str(label), *[_fmt(m.get(k)) for k in ("n", "acc", "bacc", "tpr", "tnr", "f1", "auc")])
+        fair = ev["fairness"].get(scheme, {})
+        if fair:
+            t.caption = (f"{scheme} gaps: EOpp0 {_fmt(fair.get('eopp0'))}  EOpp1 {_fmt(fair.get('eopp1'))}  "
+                         f"EOdd {_fmt(fair.get('eodd'))}  AUC gap {_fmt(fair.get('gap_auc'))}")
+        tables.append(t)
+    return tables
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, (int, np.integer)):
+        return str(v)
+    return f"{v:.3f}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    console = Console()
+    local = tuple(args.plugin or ())
+    flags = {"method": args.method, "dataset": args.dataset, "seed": args.seed, "profile": args.profile,
+             "device": args.device, "out": args.out, "task": args.task}
+    if args.data_root:
+        args.set = [*(args.set or []), f"data.root={json.dumps(args.data_root)}"]  # JSON is YAML: quoted as is
+    cfg = resolve_config(file=args.config, sets=args.set or (), flags=flags, local=local)
+    result = run_experiment(cfg, local=local, force=args.force, console=console)
+    for table in summary_table(result.metrics):
+        console.print(table)
+    skipped = result.metrics.get("skipped_test_sets") or {}
+    for name, why in skipped.items():
+        console.print(f"[yellow]skipped[/] {name}: {why}")
+    timing = result.metrics["timing"]["total_s"]
+    console.print(f"{'reused' if result.reused else 'ran'} {result.run_dir.path} — run time {timing:.1f} s")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="train and evaluate one method on one dataset (default: erm on synthderm)")
+    p.add_argument("--method", help="method name, or several joined by + (e.g. dermdiff+fairquantize)")
+    p.add_argument("--dataset", help="training dataset (its protocol decides the test sets)")
+    p.add_argument("--task", help="task of the dataset (default malignant)")
+    p.add_argument("--config", type=Path, help="YAML file of settings")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=0.01")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--profile", help="tiny (CPU, minutes) or paper (the method paper's settings)")
+    p.add_argument("--device", help="auto, cpu, cuda or mps")
+    p.add_argument("--out", help="directory for run records (default runs/)")
+    p.add_argument("--data-root", help="folder holding one sub-folder per dataset (default $DERMBENCH_DATA)")
+    p.add_argument("--plugin", action="append", metavar="MODULE:OBJECT", help="load a method plugin from a module")
+    p.add_argument("--force", action="store_true", help="redo a run even if a finished record exists")
+    p.set_defaults(func=cmd_run)

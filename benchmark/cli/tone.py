@@ -1,0 +1,96 @@
+"""`dermbench tone train|annotate`: the tone detector and tone estimates for datasets without labels."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from dermbench.files import write_text
+from dermbench.runner import resolve_config
+from dermbench.tone.detector import DETECTOR_FILE, DETECTOR_SETTINGS, _fmt, load_detector, train_detector
+from dermbench.tone.filling import annotate_dataset
+
+
+def _config(args: argparse.Namespace, extra_sets: list[str]) -> dict:
+    sets = [*extra_sets, *(args.set or [])]
+    if args.data_root:
+        sets.append(f"data.root={args.data_root}")
+    flags = {"dataset": args.dataset, "device": args.device, "seed": getattr(args, "seed", None)}
+    return resolve_config(sets=sets, flags=flags, local=tuple(args.plugin or ()))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    sets = list(DETECTOR_SETTINGS)
+    if args.backbone:
+        sets.append(f"model.backbone={args.backbone}")
+    if args.epochs is not None:
+        sets.append(f"train.epochs={args.epochs}")
+    if args.image_size is not None:
+        sets.append(f"data.image_size={args.image_size}")
+    cfg = _config(args, sets)
+    out = Path(args.out or f"detectors/tone3-{cfg['dataset']}-{cfg['model']['backbone']}")
+    info = train_detector(cfg, out=out, eval_dataset=args.eval_dataset, eval_split=args.eval_split,
+                          force=args.force, local=tuple(args.plugin or ()), console=Console())
+    Console().print(f"wrote {out / DETECTOR_FILE}: accuracy {info['accuracy']:.3f}, balanced accuracy "
+                    f"{info['balanced_accuracy']:.3f} on {info['evaluated_on']} (n={info['n']})")
+    return 0
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+
+    detector = load_detector(args.detector)
+    cfg = _config(args, [f"data.image_size={int(detector.info['image_size'])}"])
+    frame = annotate_dataset(cfg, detector, splits=args.split, local=tuple(args.plugin or ()))
+    out = Path(args.out or f"tones_{cfg['dataset']}.csv")
+    write_text(out, frame.to_csv(index=False))
+    console = Console()
+    console.print(f"wrote {len(frame)} rows to {out} (tone_source=detector). Detector: accuracy "
+                  f"{detector.info['accuracy']:.3f} on {detector.info['evaluated_on']} (n={detector.info['n']}), F1 "
+                  + ", ".join(f"{k} {_fmt(v)}" for k, v in detector.info["per_tone_f1"].items()))
+    has = frame["tone3_annotated"].notna()
+    if has.any():
+        agree = (frame.loc[has, "tone3"] == frame.loc[has, "tone3_annotated"]).mean()
+        agree_ita = (frame.loc[has, "tone3_ita"] == frame.loc[has, "tone3_annotated"]).mean()
+        console.print(f"on the {int(has.sum())} rows with an annotated tone: detector agrees {agree:.3f}, ITA {agree_ita:.3f}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="folder holding one sub-folder per dataset (default $DERMBENCH_DATA)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=0.01")
+    p.add_argument("--device", help="auto, cpu, cuda or mps")
+    p.add_argument("--plugin", action="append", metavar="MODULE:OBJECT", help="load a dataset plugin from a module")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tone", help="estimate skin tone for datasets without tone labels (ITA, tone detector)")
+    tone_sub = p.add_subparsers(dest="tone_command", metavar="{train,annotate}")
+
+    def usage(_args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=usage)
+
+    t = tone_sub.add_parser("train", help="train a tone3 detector on a dataset with FST labels and score it")
+    t.add_argument("--dataset", default="fitz17k", help="training dataset with annotated FST (default fitz17k)")
+    t.add_argument("--backbone", help="timm model name (default: model.backbone of the config)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--image-size", type=int)
+    t.add_argument("--eval-dataset", default="ddi", help="dataset with ground-truth tone to score on (default ddi)")
+    t.add_argument("--eval-split", default="test", help="its split to score on (default test)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--out", help="detector folder (default detectors/tone3-DATASET-BACKBONE)")
+    t.add_argument("--force", action="store_true", help="replace a detector already in --out")
+    _common(t)
+    t.set_defaults(func=cmd_train)
+
+    a = tone_sub.add_parser("annotate", help="write detector tone3 and ITA for every sample of a dataset")
+    a.add_argument("--detector", required=True, help="detector folder made by `dermbench tone train`")
+    a.add_argument("--dataset", required=True, help="dataset to annotate")
+    a.add_argument("--split", action="append", help="only this split (repeatable; default every split)")
+    a.add_argument("--out", help="CSV file (default tones_DATASET.csv)")
+    _common(a)
+    a.set_defaults(func=cmd_annotate)

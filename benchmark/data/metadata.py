@@ -1,0 +1,81 @@
+"""Reading published metadata files: a strict CSV reader and file checksums.
+
+`read_csv` keeps every value as a stripped string and raises a `DataError` naming the file
+for a missing, empty, non-UTF-8 or malformed file and for missing columns. `sha256_file` pins
+split files and run ids to the exact metadata they were made from.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from dermbench.errors import DataError
+
+
+def read_csv(path: Path, *, required: Iterable[str] = ()) -> pd.DataFrame:
+    """Read a metadata CSV as stripped strings, failing clearly on anything malformed.
+
+    Only UTF-8 (with or without a byte-order mark) is accepted: every supported release is
+    UTF-8, so another encoding means the file was re-saved by some tool and its text values
+    may have changed; the error says so instead of guessing an encoding.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}, line {line}); "
+            "the published file is UTF-8, so re-download it or re-save it as UTF-8"
+        ) from exc
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty (expected a CSV header and rows)")
+    try:
+        with warnings.catch_warnings():
+            # rows longer than the header: pandas would drop fields (or shift them into an index)
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False, index_col=False)
+    except pd.errors.ParserWarning as exc:
+        raise DataError(f"{path}: malformed CSV: {_longest_row(text)}") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: malformed CSV: {exc}") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(frame.columns)})"
+        )
+    if frame.empty:
+        raise DataError(f"{path}: the file has a header but no rows")
+    for column in frame.columns:
+        frame[column] = frame[column].astype(str).str.strip()
+    return frame.reset_index(drop=True)
+
+
+def _longest_row(text: str) -> str:
+    """Which line has more fields than the header (for the error message)."""
+    rows = csv.reader(io.StringIO(text))
+    header = len(next(rows, []))
+    for number, row in enumerate(rows, start=2):
+        if len(row) > header:
+            return f"line {number} has {len(row)} fields but the header has {header}"
+    return "a row has more fields than the header"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (pins a split file to the metadata it was made from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
