@@ -1,5 +1,8 @@
-"""The `dermbench` command line. Each command lives in the module that owns its concern and
-adds itself through a `register(subparsers)` function listed in COMMAND_MODULES."""
+"""The `dermbench` command line: one module per command group, each adding itself through a
+`register(subparsers)` function listed in COMMAND_MODULES.
+
+The top layer: it may import anything in dermbench, and nothing imports it.
+"""
 
 from __future__ import annotations
 

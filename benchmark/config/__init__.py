@@ -4,6 +4,9 @@ Precedence, lowest first: profiles/base.yaml < profiles/<profile>.yaml < the sel
 `dermbench_method_defaults(profile)` < the user's --config file < --set key.sub=value < explicit
 CLI flags (--seed, --device, ...). Only keys that exist in the merged defaults may be set; a
 typo names the closest valid key. YAML is read with yaml.safe_load only.
+
+Owns settings resolution, the packaged profiles (profiles/*.yaml) and the run id. Imports only
+`dermbench.errors`.
 """
 
 from __future__ import annotations
