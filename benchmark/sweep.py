@@ -34,7 +34,7 @@ def run_sweep(configs: list[dict], *, local=(), force=False, use_ray=False, cons
             done.append(_run_one(cfg, local, force))
         return done
     try:
-        import ray  # optional (the `ray` extra), imported only for --ray
+        import ray  # noqa: PLC0415 - optional (the `ray` extra), imported only for --ray
     except ImportError as exc:
         raise DermbenchError("--ray needs Ray: pip install 'dermbench[ray]'") from exc
     ray.init(ignore_reinit_error=True)

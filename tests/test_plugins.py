@@ -143,6 +143,7 @@ def test_entry_point_discovery_and_autoload_switch(tmp_path, monkeypatch):
     assert "groupbalanced" not in method_refs()
 
 
+@pytest.mark.slow  # starts subprocesses
 def test_third_party_plugin_through_the_cli(tmp_path):
     site = tmp_path / "site"
     _fake_distribution(site, "acme", "1.2.3", "acme_plugin")

@@ -204,6 +204,7 @@ def fit(ctx, model, train, val):
 '''
 
 
+@pytest.mark.slow  # starts subprocesses
 def test_a_killed_process_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):
     import os
     import signal

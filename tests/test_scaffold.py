@@ -11,6 +11,7 @@ from dermbench.cli.scaffold import scaffold
 from dermbench.errors import DermbenchError
 
 
+@pytest.mark.slow  # starts subprocesses
 def test_scaffolded_plugin_installs_and_passes_its_conformance_test(tmp_path, capsys):
     assert main(["new-method", "toneaware", "--dir", str(tmp_path)]) == 0
     root = tmp_path / "dermbench-toneaware"
