@@ -35,9 +35,10 @@ class RunResult:
 def method_defaults_from_plugins(local: tuple[str, ...]):
     """The callback config.resolve uses to ask the selected methods for their defaults."""
 
-    def defaults(method: str, profile: str) -> list[dict]:
+    def defaults(method: str, profile: str) -> list[tuple[str, dict]]:
         pm, _ = make_manager(method, local)
-        return [d for d in reversed(pm.hook.dermbench_method_defaults(profile=profile)) if d]
+        impls = pm.hook.dermbench_method_defaults.get_hookimpls()  # registration order: ERM first
+        return [(impl.plugin_name, d) for impl in impls if (d := impl.function(profile=profile))]
 
     return defaults
 

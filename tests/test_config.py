@@ -7,7 +7,7 @@ from dermbench.errors import ConfigError
 
 
 def method_defaults(method, profile):
-    return [{"mymethod": {"beta": 1.0 if profile == "tiny" else 0.33}, "train": {"epochs": 3}}]
+    return [("mymethod", {"mymethod": {"beta": 1.0 if profile == "tiny" else 0.33}, "train": {"epochs": 3}})]
 
 
 def test_precedence_profile_method_file_set_flags(tmp_path):
@@ -81,3 +81,22 @@ def test_numbers_are_read_as_numbers_and_integers_stay_integers():
     assert cfg["train"]["lr"] == 0.001 and isinstance(cfg["train"]["epochs"], int)
     with pytest.raises(ConfigError, match=r"'train.epochs'.*expected a value like 6, got 2.7"):
         c.resolve(sets=["train.epochs=2.7"])
+
+
+@pytest.mark.parametrize(
+    ("defaults", "message"),
+    [
+        ({"train": {"epoch": 10}}, "unknown setting 'train.epoch' in the defaults of method 'mymethod'; did you mean 'train.epochs'"),
+        ({"trian": {"epochs": 10}}, "unknown setting 'trian' in the defaults of method 'mymethod'; did you mean 'train'"),
+        ({"othermethod": {"beta": 1}}, "a method's own settings go under its name, 'mymethod'"),
+        ({"train": {"epochs": "many"}}, "expected a value like"),
+    ],
+)
+def test_method_defaults_merge_strictly_into_shared_sections(defaults, message):
+    with pytest.raises(ConfigError, match=message):
+        c.resolve(method_defaults=lambda method, profile: [("mymethod", defaults)])
+
+
+def test_a_methods_own_section_is_free():
+    cfg = c.resolve(method_defaults=lambda method, profile: [("mymethod", {"mymethod": {"any": {"nested": [1, 2]}}})])
+    assert cfg["mymethod"] == {"any": {"nested": [1, 2]}}

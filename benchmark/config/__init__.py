@@ -129,9 +129,9 @@ def resolve(
 ) -> dict:
     """The fully resolved config.
 
-    `method_defaults(method, profile) -> list[dict]` supplies the selected methods' defaults
-    (the harness passes a function that asks the plugin manager), so validation knows every
-    key a method adds.
+    `method_defaults(method, profile) -> list[(plugin name, dict)]` supplies the selected
+    methods' defaults (the harness passes a function that asks the plugin manager), so
+    validation knows every key a method adds.
     """
     base = _packaged_profile("base")
     user = load_yaml(file) if file else {}
@@ -147,13 +147,33 @@ def resolve(
 
     config = merge(base, _packaged_profile(profile), strict=True, where=f"profile {profile!r}")
     if method_defaults is not None:
-        for defaults in method_defaults(head["method"], profile):
-            config = merge(config, defaults, strict=False, where="method defaults")
+        for method, defaults in method_defaults(head["method"], profile):
+            config = merge_method_defaults(config, defaults, method=method)
     if user:
         config = merge(config, user, strict=True, where=f"config file {file}")
     for item, o in zip(sets, overrides):
         config = merge(config, o, strict=True, where=f"--set {item}")
     config = merge(config, {k: v for k, v in (flags or {}).items() if v is not None}, strict=True, where="command line")
+    return config
+
+
+def merge_method_defaults(config: dict, defaults: dict, *, method: str) -> dict:
+    """Merge one method's defaults. Its own section, named after it, is free (the method defines
+    those keys); shared sections merge strictly, so a plugin's `{"train": {"epoch": 10}}` is an
+    error naming `train.epochs` instead of a setting nothing reads."""
+    where = f"the defaults of method {method!r}"
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{where} must be a mapping of settings, not {type(defaults).__name__}")
+    for key, value in defaults.items():
+        if key == method:
+            config = merge(config, {key: value}, strict=False, where=where)
+        elif key in config:
+            config = merge(config, {key: value}, strict=True, where=where)
+        else:
+            guess = closest(str(key), [str(k) for k in config])
+            hint = f"; did you mean {guess!r}?" if guess else ""
+            raise ConfigError(f"unknown setting {key!r} in {where}{hint} (a method's own settings go under "
+                              f"its name, {method!r})")
     return config
 
 
