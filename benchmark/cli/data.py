@@ -83,8 +83,8 @@ def open_dataset(
     if name not in refs:
         raise unknown_name("dataset", name, refs)
     cls = load_target(refs[name].target)
-    root = resolve_root(name, root_arg) if getattr(cls, "requires_root", True) else None
-    if getattr(cls, "requires_root", True) and root is None:
+    root = resolve_root(name, root_arg) if cls.requires_root else None
+    if cls.requires_root and root is None:
         raise DataError(f"dataset {name!r}: pass --root DIR (the folder holding it) or set DERMBENCH_DATA")
     if issubclass(cls, TableDataset):
         options = {**(defaults or {}), **options}
@@ -152,8 +152,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         table.add_column(column)
     for name, ref in sorted(dataset_refs().items()):
         cls = load_target(ref.target)
-        tasks = ", ".join(getattr(cls, "tasks", ()))
-        if not getattr(cls, "requires_root", True):
+        tasks = ", ".join(cls.tasks)
+        if not cls.requires_root:
             table.add_row(name, tasks, "(embedded)", "yes")
             continue
         base = Path(args.root).expanduser() if args.root else None

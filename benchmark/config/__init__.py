@@ -27,7 +27,9 @@ PROFILES = ("tiny", "paper")
 FREE_FORM = {("data", "options")}
 #: keys that do not change results, so they stay out of the run id. The device does change
 #: them (mixed precision and channels-last on CUDA), so the runner stores the resolved device
-#: type in the config before the id is taken.
+#: type in the config before the id is taken. `train.num_workers` is no setting any more (the
+#: image cache made loader workers pointless); it is still dropped because older records
+#: (the committed ones among them) carry it, and their ids and config variants must not move.
 NOT_IN_RUN_ID = (("out",), ("data", "root"), ("train", "num_workers"))
 
 

@@ -306,8 +306,7 @@ class TableDataset(Dataset):
 
     def _resolve_images(self, records: pd.DataFrame) -> pd.DataFrame:
         # RootResolver resolves each folder once (resolve_under_root per file is ~0.4 ms)
-        resolver = getattr(images, "RootResolver", None)
-        resolve = resolver(self.root) if resolver else (lambda rel: images.resolve_under_root(self.root, rel))
+        resolve = images.RootResolver(self.root)
         index = FileIndex(self.root)
         status, actual = [], []
         for listed in records["image"].astype(str):
