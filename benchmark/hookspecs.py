@@ -23,7 +23,7 @@ def dermbench_method_defaults(profile: str) -> dict:
 
 @hookspec
 def augment(ctx, train):
-    """Extra training samples as a `dermbench.data.model.Split` (same classes and image size as
+    """Extra training samples as a `dermbench.data.Split` (same classes and image size as
     `train`), or None. Results of every method are pooled with the real training split."""
 
 

@@ -184,7 +184,7 @@ def make_manager(method: str, local: tuple[str, ...] = ()) -> tuple[pluggy.Plugi
 
 
 def make_dataset(name: str, *, root, options: dict, local: tuple[str, ...] = ()):
-    """Instantiate dataset `name` (a `dermbench.data.model.Dataset` subclass)."""
+    """Instantiate dataset `name` (a `dermbench.data.Dataset` subclass)."""
     refs = dataset_refs(local)
     if name not in refs:
         raise unknown_name("dataset", name, refs)

@@ -1,1 +1,1 @@
-"""Built-in datasets, each a `dermbench.data.model.Dataset` subclass registered by name."""
+"""Built-in datasets, each a `dermbench.data.Dataset` subclass registered by name."""

@@ -60,7 +60,7 @@ def fit(ctx, model, train, val):
 
 # Optional hooks:
 # @hookimpl
-# def augment(ctx, train):  -> a dermbench.data.model.Split of extra samples, or None
+# def augment(ctx, train):  -> a dermbench.data.Split of extra samples, or None
 # @hookimpl
 # def predict(ctx, model, split):  -> numpy array (n, num_classes) of probabilities
 '''
