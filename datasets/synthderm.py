@@ -92,7 +92,6 @@ __all__ = [
     "SynthBatch",
     "SynthDerm",
     "generate",
-    "ita_to_fst",
     "lab_to_linear_rgb",
     "render",
     "sample_scenes",
@@ -271,12 +270,6 @@ def _srgb_lut() -> np.ndarray:
     v = np.linspace(0.0, 1.0, LUT_SIZE)
     srgb = np.where(v <= 0.0031308, 12.92 * v, 1.055 * np.power(v, 1 / 2.4) - 0.055)
     return np.round(srgb * 255.0).astype(np.uint8)
-
-
-def ita_to_fst(ita: np.ndarray) -> np.ndarray:
-    """FST 1..6 from ITA degrees, by the thresholds this dataset draws skin from."""
-    edges = np.array([-30.0, 10.0, 28.0, 41.0, 55.0])  # VI | V | IV | III | II | I
-    return 6 - np.searchsorted(edges, np.asarray(ita, dtype=float), side="left")
 
 
 def _darkness(ita: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 from dermbench.data.model import REQUIRED_COLUMNS, Split
 from dermbench.datasets import synthderm as sd
 from dermbench.errors import ConfigError, DataError
+from dermbench.tone.ita import fst_from_ita
 
 SMALL = dict(n_train=200, n_val=60, n_test=80, n_test_ddi=60, n_test_dermoscopic=60)
 
@@ -79,8 +80,8 @@ def test_skin_colour_follows_the_ita_thresholds(batch):
     table = batch.table
     ita = np.degrees(np.arctan2(table["skin_l"] - 50, table["skin_b"]))
     assert np.allclose(ita, table["ita"])
-    assert np.array_equal(sd.ita_to_fst(table["ita"]), table["fst"].to_numpy())
-    assert list(sd.ita_to_fst([60, 50, 30, 20, 0, -40])) == [1, 2, 3, 4, 5, 6]
+    assert np.array_equal(fst_from_ita(table["ita"]), table["fst"].to_numpy())
+    assert list(fst_from_ita([60, 50, 30, 20, 0, -40])) == [1, 2, 3, 4, 5, 6]
 
 
 def test_lesion_features_differ_by_label_but_overlap():
