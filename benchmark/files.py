@@ -1,4 +1,5 @@
-"""Atomic file writes that survive a crash of the machine, not only of the process.
+"""Atomic file writes that survive a crash of the machine, not only of the process, and JSON
+reading that names the file at fault.
 
 Each write goes to a uniquely named temporary file in the target's folder, is flushed and
 fsynced, renamed over the target, and the folder is fsynced so the rename itself is durable.
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+
+from dermbench.errors import DataError
 
 
 def fsync_dir(folder: Path) -> None:
@@ -68,3 +71,11 @@ def _json_default(value: Any):
 def write_json(path: Path, data: Any) -> None:
     """`data` as indented JSON (NaN refused), written atomically and durably."""
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in `path`; a DataError naming the file when it cannot be read or parsed."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read it as JSON ({exc})") from exc

@@ -29,7 +29,7 @@ from sklearn.model_selection import train_test_split
 from dermbench import __version__
 from dermbench.data.metadata import read_csv, sha256_file
 from dermbench.errors import DataError
-from dermbench.files import write_text
+from dermbench.files import read_json, write_text
 
 SPLITS = ("train", "val", "test")
 UNASSIGNED = "unassigned"
@@ -197,10 +197,7 @@ def find_split_file(directory: Path | None, dataset: str, rule: str) -> SplitFil
         return None
     if not meta_path.is_file():
         raise DataError(f"{csv} has no {meta_path.name} beside it (the checksum of the metadata it was made from)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{meta_path}: not valid JSON ({exc})") from exc
+    meta = read_json(meta_path)
     if not isinstance(meta, dict) or "sha256" not in meta:
         raise DataError(f"{meta_path}: expected a JSON object with a 'sha256' key")
     return SplitFile(csv, meta)
