@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+import dermbench.cli.data as data_cli
 from dermbench.data.images import ImageError, decode_image, resolve_under_root
 from dermbench.errors import DataError
 
@@ -207,6 +208,7 @@ def test_corrupt_png_names_the_file(tmp_path: Path) -> None:
         decode_image(tmp_path / "bad.png")
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow still warns; we refuse
 @pytest.mark.parametrize(("w", "h"), [(15, 10), (40, 40)])  # warning range (>limit), error range (>2*limit)
 def test_decompression_bomb_names_limit_and_file(tmp_path: Path, monkeypatch, w: int, h: int) -> None:
     Image.new("RGB", (w, h)).save(tmp_path / "bomb.png")
@@ -216,6 +218,30 @@ def test_decompression_bomb_names_limit_and_file(tmp_path: Path, monkeypatch, w:
     text = str(info.value)
     assert info.value.reason == "decompression bomb"
     assert "MAX_IMAGE_PIXELS=100" in text and str(tmp_path / "bomb.png") in text
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_guards_hold_under_the_data_check_thread_pool(tmp_path: Path, monkeypatch) -> None:
+    """`dermbench data check` decodes in threads: the pixel limit and the refusal of truncated
+    files must hold in every round, whatever the interleaving (the old warnings-based guard let
+    about 3 runs in 10 pass an oversized image)."""
+    good, big, cut = [], [], []
+    for i in range(24):
+        Image.new("RGB", (20, 20), (i, 0, 0)).save(tmp_path / f"good{i}.png")
+        Image.new("RGB", (130, 100)).save(tmp_path / f"big{i}.png")  # 13,000 px: Pillow's warning range
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (0, i, 0)).save(buf, format="JPEG")
+        (tmp_path / f"cut{i}.jpg").write_bytes(buf.getvalue()[:300])
+        good.append(f"good{i}.png"), big.append(f"big{i}.png"), cut.append(f"cut{i}.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # a user's global setting must not leak in
+    files = [f for trio in zip(good, big, cut) for f in trio]
+    for _ in range(5):
+        failures = data_cli._decode_all(tmp_path, files, workers=8)
+        assert {f: failures.get(f) for f in big} == dict.fromkeys(big, "decompression bomb")
+        assert {f: failures.get(f) for f in cut} == dict.fromkeys(cut, "corrupt or truncated image")
+        assert not set(good) & set(failures)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True, "the caller's setting is restored"
 
 
 def test_image_under_the_limit_is_fine(tmp_path: Path, monkeypatch) -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import numbers
 import os
-import warnings
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
@@ -86,8 +88,10 @@ class RootResolver:
 def decode_image(path: Path, size: int | None = None) -> np.ndarray:
     """Decode `path` fully into uint8 (H, W, 3) RGB; with `size`, resize+centre-crop to size x size.
 
-    Raises ImageError for a missing, non-image, truncated/corrupt or oversized file. Pillow's
-    Image.MAX_IMAGE_PIXELS limit stays in force (its warning is turned into an error too).
+    Raises ImageError for a missing, non-image, truncated/corrupt or oversized file. An image
+    with more pixels than Pillow's Image.MAX_IMAGE_PIXELS is refused from its header: an
+    explicit count rather than Pillow's warning, because turning a warning into an error
+    (`warnings.catch_warnings`) is not thread-safe and `dermbench data check` decodes in threads.
     """
     path = Path(path)
     if size is not None:
@@ -97,26 +101,20 @@ def decode_image(path: Path, size: int | None = None) -> np.ndarray:
     if not path.is_file():
         raise ImageError("missing file" if not path.exists() else "not a regular file", path)
     limit = Image.MAX_IMAGE_PIXELS
-    previous_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a partial image must fail, never pad with grey
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if size is not None:
-                    img.draft(None, (size, size))  # JPEG: decode at a reduced DCT scale, shorter side >= size
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                rgb = _to_rgb(img, path)
-                if size is not None:
-                    rgb = _resize_center_crop(rgb, size)
-                array = np.array(rgb, dtype=np.uint8)  # writable, owns its memory
+        with _no_truncated_images(), Image.open(path) as img:
+            _check_pixels(img, path, limit)  # from the header, before any pixel is decoded
+            if size is not None:
+                img.draft(None, (size, size))  # JPEG: decode at a reduced DCT scale, shorter side >= size
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img, path)
+            if size is not None:
+                rgb = _resize_center_crop(rgb, size)
+            array = np.array(rgb, dtype=np.uint8)  # writable, owns its memory
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(
-            "decompression bomb",
-            path,
-            f"{exc}; Pillow's limit Image.MAX_IMAGE_PIXELS={limit} pixels guards against memory exhaustion",
-        ) from exc
+        # Pillow's own check (at twice the limit, or a warning a caller's filter made an error)
+        raise ImageError("decompression bomb", path, _bomb_detail(str(exc), limit)) from exc
     except UnidentifiedImageError as exc:
         raise ImageError("not an image", path, "Pillow cannot identify the file format") from exc
     except ImageError:
@@ -124,11 +122,45 @@ def decode_image(path: Path, size: int | None = None) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as exc:
         # Pillow reports truncated data as OSError and malformed structures as the others
         raise ImageError("corrupt or truncated image", path, f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous_truncated
     if array.ndim != 3 or array.shape[2] != 3:
         raise ImageError("unexpected decoded shape", path, str(array.shape))
     return array
+
+
+_truncation_lock = threading.Lock()
+_truncation_users = 0
+_truncation_saved = False
+
+
+@contextmanager
+def _no_truncated_images() -> Iterator[None]:
+    """Pillow's LOAD_TRUNCATED_IMAGES is False while any thread decodes (a partial image must
+    fail, never be padded with grey); the caller's own setting is restored when the last one ends.
+    A plain save/set/restore per call would let one thread restore True while another decodes."""
+    global _truncation_users, _truncation_saved
+    with _truncation_lock:
+        if _truncation_users == 0:
+            _truncation_saved = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        _truncation_users += 1
+    try:
+        yield
+    finally:
+        with _truncation_lock:
+            _truncation_users -= 1
+            if _truncation_users == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _truncation_saved
+
+
+def _bomb_detail(what: str, limit: int | None) -> str:
+    return f"{what}; Pillow's limit Image.MAX_IMAGE_PIXELS={limit} pixels guards against memory exhaustion"
+
+
+def _check_pixels(img: Image.Image, path: Path, limit: int | None) -> None:
+    width, height = img.size
+    if limit is not None and width * height > limit:
+        raise ImageError("decompression bomb", path,
+                         _bomb_detail(f"the image has {width * height} pixels ({width} x {height})", limit))
 
 
 def _to_rgb(img: Image.Image, path: Path) -> Image.Image:
