@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dermbench.cli import main
+from dermbench.evaluation.metrics import fairness_report
 from dermbench.results.leaderboard import (
     HIGHER,
     LOWER,
-    RecordError,
     aggregate,
     best_rows,
     build_outputs,
@@ -23,6 +24,7 @@ from dermbench.results.leaderboard import (
     format_cell,
     pareto_front,
 )
+from dermbench.results.records import Fairness, RecordError
 
 TEST_SETS = {"synthderm": 600, "synthderm-ddi": 210, "synthderm-dermoscopic": 300}
 CONFIG = {"method": "erm", "dataset": "synthderm", "task": "malignant", "seed": 0, "profile": "tiny",
@@ -42,12 +44,14 @@ def _group(rng: np.random.Generator, n: int, acc: float, prevalence: float = 0.3
 
 
 def _fairness(groups: dict[str, dict]) -> dict:
+    """A fairness block with every recorded key; values computed from the groups or made up."""
     tpr = [g["tpr"] for g in groups.values()]
     tnr = [g["tnr"] for g in groups.values()]
     fpr = [g["fpr"] for g in groups.values()]
     auc = [g["auc"] for g in groups.values()]
     acc = [g["acc"] for g in groups.values()]
-    return {"eopp0": max(tnr) - min(tnr), "eopp1": max(tpr) - min(tpr),
+    return {**dict.fromkeys(Fairness.__struct_fields__), "groups": list(groups),
+            "eopp0": max(tnr) - min(tnr), "eopp1": max(tpr) - min(tpr),
             "eodd": (max(tpr) - min(tpr) + max(fpr) - min(fpr)) / 2, "eodd_net": 0.02, "eodd_fairlearn": 0.1,
             "dp_diff": 0.05, "worst_acc": min(acc), "gap_acc": max(acc) - min(acc), "worst_auc": min(auc),
             "gap_auc": max(auc) - min(auc), "worst_f1": 0.6, "gap_f1": 0.1, "gap_fnr": max(tpr) - min(tpr),
@@ -67,16 +71,18 @@ def make_record(method: str, seed: int, *, profile: str = "tiny", dataset: str =
         tone2 = {"light": _group(rng, n // 2, tone3["A"]["acc"]), "dark": _group(rng, n // 3, tone3["C"]["acc"])}
         overall = _group(rng, n, tone3["B"]["acc"])
         evals[test_set] = {
-            "n": n, "threshold": 0.4213, "task": "binary",
-            "tone_source": {"annotated": n, "ita": 0, "detector": 0}, "overall": overall,
+            "task": "binary", "n": n, "threshold": 0.4213, "classes": ["benign", "malignant"], "overall": overall,
             "groups": {"tone3": tone3, "tone2": tone2},
             "fairness": {"tone3": _fairness(tone3), "tone2": _fairness(tone2)},
             "excluded": {"tone2": {"tone2 unresolved (FST III-IV from tone3 B)": n - n // 2 - n // 3}}, "flags": [],
+            "missing": {"overall": {}, "groups": {}, "fairness": {}},
+            "tone_source": {"annotated": n, "ita": 0, "detector": 0},
         }
     return {"run_id": f"{method.replace('+', '-')}_{dataset}_s{seed}_{profile}_{config_variant(cfg)}",
             "method": method, "dataset": dataset, "task": task, "seed": seed, "profile": profile, "config": cfg,
             "plugins": {m: "0.1.0" for m in method.split("+")}, "device": "cpu",
-            "timing": {"total_s": 41.3}, "skipped_test_sets": {}, "eval": evals}
+            "timing": {"total_s": 41.3, "resumed": False}, "threshold_rule": "youden", "skipped_test_sets": {},
+            "train_history": [{"epoch": 1, "loss": 0.4, "val_auc": 0.8}], "eval": evals}
 
 
 def write_run(root: Path, record: dict, *, done: bool = True, name: str | None = None) -> Path:
@@ -101,8 +107,6 @@ def standard_records(root: Path, reverse: bool = False) -> Path:
 
 
 def cli(argv: list[str]) -> int:
-    from dermbench.cli import main
-
     return main(argv)
 
 
@@ -210,11 +214,13 @@ def test_malformed_json_names_the_file(tmp_path):
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda r: r.pop("seed"), "missing key(s) seed"),
-    (lambda r: r.update(seed="0"), "'seed' must be an integer"),
+    (lambda r: r.pop("seed"), "$: Object missing required field `seed`"),
+    (lambda r: r.update(seed="0"), "$.seed: Expected `int`, got `str`"),
     (lambda r: r["eval"]["synthderm"]["groups"]["tone3"]["A"].update(auc="0.9"),
-     "eval.synthderm.groups.tone3.A.auc must be a number or null"),
-    (lambda r: r["eval"].update(synthderm=[1, 2]), "eval.synthderm must be an object"),
+     "$.eval.synthderm.groups.tone3.A.auc: Expected `int | float | null`, got `str`"),
+    (lambda r: r["eval"].update(synthderm=[1, 2]), "$.eval.synthderm: Expected `object`, got `array`"),
+    (lambda r: r["eval"]["synthderm-ddi"]["fairness"]["tone2"].update(eodd="high"),
+     "$.eval.synthderm-ddi.fairness.tone2.eodd: Expected `float | null`, got `str`"),
 ])
 def test_malformed_record_names_file_and_key(tmp_path, edit, message):
     record = make_record("erm", 0)
@@ -468,8 +474,6 @@ def test_pareto_front():
 
 def test_records_made_by_the_metrics_module_aggregate(tmp_path):
     """collect reads the eval entries dermbench.evaluation.metrics.fairness_report writes (CIs, pairs, dict flags)."""
-    from dermbench.evaluation.metrics import fairness_report
-
     rng = np.random.default_rng(0)
     eodds = []
     for seed in (0, 1):

@@ -34,6 +34,7 @@ from dermbench.evaluation.metrics import (
     _bootstrap,
     _make_slice,
     fairness_report,
+    ordered_groups,
     prepare_inputs,
 )
 from dermbench.seeds import spawned_rng
@@ -594,6 +595,18 @@ def test_sex_normaliser():
         sex_from_values(pd.Series(["x"]))
     with pytest.raises(DermbenchError, match="numeric codes"):
         sex_from_values(pd.Series([0, 1]))
+
+
+def test_group_order_is_the_one_of_data_groups():
+    """Records and reports list groups in GROUP_ORDER, then other labels numerically or alphabetically."""
+    assert ordered_groups("tone3", ["C", "A", "B"]) == ["A", "B", "C"]
+    assert ordered_groups("tone2", ["dark", "light"]) == ["light", "dark"]
+    assert ordered_groups("fst", ["6", "1", "3"]) == ["1", "3", "6"]
+    assert ordered_groups("tone3", ["C", "unknown", "A"]) == ["A", "C", "unknown"]
+    assert ordered_groups("site", ["10", "9", "2"]) == ["2", "9", "10"]
+    assert ordered_groups("site", ["trunk", "face"]) == ["face", "trunk"]
+    report = fairness_report(y_true=[0, 1] * 6, y_prob=[0.2, 0.8] * 6, groups={"tone3": ["C", "B", "A"] * 4})
+    assert list(report["groups"]["tone3"]) == ["A", "B", "C"]
 
 
 def test_exported_names():

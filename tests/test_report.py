@@ -7,21 +7,25 @@ import json
 import re
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pandas as pd
 import pytest
 from rich.console import Console
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_score, roc_auc_score
 
-from dermbench.results.leaderboard import RecordError
+from dermbench.cli import main
+from dermbench.data.groups import group_schemes
+from dermbench.evaluation.metrics import fairness_report
+from dermbench.results.records import Fairness, RecordError, ToneEstimation, write_record
 from dermbench.results.report import (
     binary_counts,
     build_report,
     confusion_by_group,
-    find_ci,
     overall_confusion,
     read_predictions,
     render_markdown,
+    tone_estimation_text,
     write_report,
 )
 
@@ -58,6 +62,26 @@ def group_metrics(table: pd.DataFrame) -> dict:
             "ece": float(abs(s.mean() - y.mean())), "positives": pos, "negatives": neg}
 
 
+def fairness_block(groups: list[str], **values) -> dict:
+    """A fairness block with every recorded key (null where the test gives no value)."""
+    return {**dict.fromkeys(Fairness.__struct_fields__), "groups": groups, **values}
+
+
+def eval_entry(n: int, *, task: str = "binary", threshold: float | None = None, classes: list[str], **parts) -> dict:
+    """One test set's `eval` entry with the blocks every record has (empty unless given)."""
+    return {"task": task, "n": n, "threshold": threshold, "classes": classes, "overall": {}, "groups": {},
+            "fairness": {}, "excluded": {}, "flags": [], "missing": {"overall": {}, "groups": {}, "fairness": {}},
+            "tone_source": {}, **parts}
+
+
+def record_dict(evals: dict, **top) -> dict:
+    """A whole metrics.json as the runner builds it."""
+    return {"run_id": "erm_synthderm_s0_0123456789ab", "method": "erm", "dataset": "synthderm",
+            "task": "malignant", "seed": 0, "profile": "tiny", "config": {"method": "erm", "seed": 0},
+            "plugins": {"erm": "0.1.0"}, "device": "cpu", "timing": {"total_s": 37.25, "resumed": False},
+            "threshold_rule": "youden", "skipped_test_sets": {}, "train_history": None, "eval": evals, **top}
+
+
 def make_run(root: Path, table: pd.DataFrame | None = None, *, done: bool = True, test_set: str = "synthderm",
              extra_eval: dict | None = None) -> Path:
     """A run directory as the harness writes it, with metrics computed from its own predictions."""
@@ -71,27 +95,24 @@ def make_run(root: Path, table: pd.DataFrame | None = None, *, done: bool = True
         fpr = [m["fpr"] for m in metrics.values() if m["fpr"] is not None]
         auc = [m["auc"] for m in metrics.values() if m["auc"] is not None]
         names = list(metrics)
-        fairness[scheme] = {"groups": names, "eopp0": max(tnr) - min(tnr), "eopp1": max(tpr) - min(tpr),
-                            "eopp1_groups": [names[0], names[-1]],
-                            "eodd": (max(tpr) - min(tpr) + max(fpr) - min(fpr)) / 2,
-                            "worst_auc": min(auc), "worst_auc_group": names[-1], "gap_auc": max(auc) - min(auc)}
-    test_eval = {
-        "n": len(table), "threshold": THRESHOLD, "task": "binary",
-        "tone_source": {"annotated": len(table), "ita": 0, "detector": 0},
-        "overall": group_metrics(table), "groups": groups, "fairness": fairness,
-        "excluded": {"tone2": {"tone2 unresolved": 0}, "sex": {"no sex recorded": len(table)}},
-        "flags": [{"where": "tone3/C", "code": "small_group", "message": "n = 12 < 30: too few samples to trust"}],
-        "missing": {"overall": {}, "groups": {"tone3": {"C": {"auc": "only one class present"}}}, "fairness": {}},
-        "ci": {"fairness": {"tone3": {"eodd": [0.051, 0.234]}}},
+        fairness[scheme] = fairness_block(names, eopp0=max(tnr) - min(tnr), eopp1=max(tpr) - min(tpr),
+                                          eopp1_groups=[names[0], names[-1]],
+                                          eodd=(max(tpr) - min(tpr) + max(fpr) - min(fpr)) / 2,
+                                          worst_auc=min(auc), worst_auc_group=names[-1], gap_auc=max(auc) - min(auc))
+    test_eval = eval_entry(
+        len(table), threshold=THRESHOLD, classes=["benign", "malignant"],
+        tone_source={"annotated": len(table), "ita": 0, "detector": 0},
+        overall=group_metrics(table), groups=groups, fairness=fairness,
+        excluded={"tone2": {"tone2 unresolved": 0}, "sex": {"no sex recorded": len(table)}},
+        flags=[{"where": "tone3/C", "code": "small_group", "message": "n = 12 < 30: too few samples to trust"}],
+        missing={"overall": {}, "groups": {"tone3": {"C": {"auc": "only one class present"}}}, "fairness": {}},
+        ci={"overall": {}, "groups": {}, "fairness": {"tone3": {"eodd": [0.051, 0.234]}}},
         **(extra_eval or {}),
-    }
-    record = {"run_id": "erm_synthderm_s0_0123456789ab", "method": "erm", "dataset": "synthderm",
-              "task": "malignant", "seed": 0, "profile": "tiny", "config": {"method": "erm", "seed": 0},
-              "plugins": {"erm": "0.1.0"}, "device": "cpu", "timing": {"total_s": 37.25},
-              "skipped_test_sets": {"isic2018": "no data under /data/isic2018"}, "eval": {test_set: test_eval}}
+    )
+    record = record_dict({test_set: test_eval}, skipped_test_sets={"isic2018": "no data under /data/isic2018"})
     run_dir = root / record["run_id"]
     (run_dir / "predictions").mkdir(parents=True)
-    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2))
+    write_record(run_dir, record)
     table.to_csv(run_dir / "predictions" / f"{test_set}.csv", index=False)
     if done:
         (run_dir / "done").write_text("2025-01-01T00:00:00\n")
@@ -232,15 +253,6 @@ def test_fairness_gaps_show_recorded_confidence_intervals(tmp_path):
     assert "[0.051, 0.234]" in terminal_text(run_dir)
 
 
-def test_find_ci_accepts_the_documented_places():
-    ev = {"fairness": {"tone3": {"eodd": 0.1, "eopp1": {"value": 0.2, "ci": [0.1, 0.3]}, "ci": {"eopp0": [0, 0.1]}}},
-          "ci": {"tone2": {"eodd": {"lo": 0.01, "hi": 0.2}}}}
-    assert find_ci(ev, "tone3", "eopp1") == (0.1, 0.3)
-    assert find_ci(ev, "tone3", "eopp0") == (0.0, 0.1)
-    assert find_ci(ev, "tone2", "eodd") == (0.01, 0.2)
-    assert find_ci(ev, "tone3", "eodd") is None
-
-
 def test_unfinished_run_is_reported_with_a_warning(tmp_path):
     run_dir = make_run(tmp_path, done=False)
     assert "unfinished" in render_markdown(build_report(run_dir))
@@ -272,11 +284,10 @@ def test_many_classes_omit_the_matrices(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "predictions").mkdir(parents=True)
     table.to_csv(run_dir / "predictions" / "fitz17k.csv", index=False)
-    record = {"run_id": "mc", "method": "erm", "dataset": "fitz17k", "task": "partition", "seed": 0,
-              "profile": "tiny", "eval": {"fitz17k": {"n": 24, "threshold": None, "task": "multiclass",
-                                                      "tone_source": {"ita": 24}, "overall": {"acc": 0.1},
-                                                      "groups": {}, "fairness": {}}}}
-    (run_dir / "metrics.json").write_text(json.dumps(record))
+    record = record_dict({"fitz17k": eval_entry(24, task="multiclass", classes=[str(i) for i in range(k)],
+                                                tone_source={"ita": 24}, overall={"acc": 0.1})},
+                         run_id="mc", dataset="fitz17k", task="partition")
+    write_record(run_dir, record)
     (run_dir / "done").write_text("")
     markdown = render_markdown(build_report(run_dir))
     assert "12 classes: confusion matrices omitted" in markdown
@@ -294,8 +305,6 @@ def test_report_errors_name_the_path(tmp_path):
 
 
 def test_report_command(tmp_path, capsys):
-    from dermbench.cli import main
-
     run_dir = make_run(tmp_path)
     output = tmp_path / "out" / "r.md"
     assert main(["report", str(run_dir), "--output", str(output)]) == 0
@@ -329,11 +338,10 @@ def test_multiclass_report_shows_full_matrices(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "predictions").mkdir(parents=True)
     table.to_csv(run_dir / "predictions" / "ddi.csv", index=False)
-    record = {"run_id": "mc3", "method": "erm", "dataset": "isic2019", "task": "diagnosis", "seed": 0,
-              "profile": "tiny", "eval": {"ddi": {"n": 6, "threshold": None, "task": "multiclass",
-                                                  "classes": ["nevus", "melanoma", "bcc"], "overall": {"acc": 0.667},
-                                                  "groups": {}, "fairness": {}}}}
-    (run_dir / "metrics.json").write_text(json.dumps(record))
+    record = record_dict({"ddi": eval_entry(6, task="multiclass", classes=["nevus", "melanoma", "bcc"],
+                                            overall={"acc": 0.667})},
+                         run_id="mc3", dataset="isic2019", task="diagnosis")
+    write_record(run_dir, record)
     markdown = render_markdown(build_report(run_dir))
     rows = {r[0]: r[1:] for r in _md_rows(markdown, "#### tone3 = C")}
     assert rows == {"true nevus": ["0", "1", "0"], "true melanoma": ["0", "1", "0"], "true bcc": ["0", "0", "0"]}
@@ -341,9 +349,6 @@ def test_multiclass_report_shows_full_matrices(tmp_path):
 
 def test_report_of_a_record_made_by_the_metrics_module(tmp_path):
     """The report reads what dermbench.evaluation.metrics.fairness_report writes (CIs, group pairs, dict flags)."""
-    from dermbench.data.groups import group_schemes
-    from dermbench.evaluation.metrics import fairness_report
-
     table = predictions(n_per_group=40, seed=1)
     test_eval = fairness_report(y_true=table["label"].to_numpy(), y_prob=table["prob_1"].to_numpy(),
                                 groups=group_schemes(table), threshold=THRESHOLD, n_boot=50, seed=0,
@@ -365,15 +370,19 @@ def test_report_of_a_record_made_by_the_metrics_module(tmp_path):
 
 
 def test_estimated_tones_say_how_far_to_trust_them():
-    from dermbench.results.report import tone_estimation_text
+    def estimation(**fields) -> ToneEstimation:
+        return msgspec.convert(fields, ToneEstimation)
 
-    assert tone_estimation_text({"source": "annotated", "n_missing": 0, "n_estimated": 0}) is None
-    ita = tone_estimation_text({"source": "ita", "n_estimated": 250, "n_unresolved": 3, "method": "border frame (20% of the side)",
-                                "agreement_on_annotated": {"n": 40, "tone3_accuracy": 0.625}})
+    assert tone_estimation_text(estimation(source="annotated", n_missing=0, n_estimated=0)) is None
+    assert tone_estimation_text(None) is None
+    ita = tone_estimation_text(estimation(source="ita", n_missing=253, n_estimated=250, n_unresolved=3,
+                                          method="border frame (20% of the side)",
+                                          agreement_on_annotated={"n": 40, "tone3_accuracy": 0.625}))
     assert "250 samples estimated by ITA" in ita and "3 had too little skin" in ita and "0.625" in ita
-    detector = tone_estimation_text({
-        "source": "detector", "n_estimated": 100,
-        "detector": {"path": "/d", "backbone": "resnet18", "trained_on": "fitz17k", "evaluated_on": "ddi",
-                     "accuracy": 0.61, "per_tone_f1": {"A": 0.7, "B": 0.5, "C": 0.55}}})
+    detector = tone_estimation_text(estimation(
+        source="detector", n_missing=100, n_estimated=100,
+        detector={"path": "/d", "backbone": "resnet18", "trained_on": "fitz17k", "evaluated_on": "ddi", "n": 300,
+                  "accuracy": 0.61, "balanced_accuracy": 0.6, "per_tone_f1": {"A": 0.7, "B": 0.5, "C": 0.55},
+                  "per_tone_n": {"A": 100, "B": 100, "C": 100}}))
     assert "predicted by the tone detector /d" in detector and "accuracy 0.610" in detector
     assert "A 0.700, B 0.500, C 0.550" in detector

@@ -6,39 +6,32 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from dermbench.results.formatting import fmt
+from dermbench.results.records import METRICS_FILE, Record, read_record
 from dermbench.runner import resolve_config, run_experiment
 
 
-def summary_table(metrics: dict, *, scheme: str = "tone3") -> list[Table]:
+def summary_table(record: Record, *, scheme: str = "tone3") -> list[Table]:
     """One rich table per test set: overall and per-group metrics, then the gaps."""
     tables = []
-    for name, ev in metrics["eval"].items():
-        threshold = "argmax" if ev["threshold"] is None else f"{ev['threshold']:.3f}"
-        t = Table(title=f"{name} (n={ev['n']}, threshold {threshold}, tones: "
-                        f"{', '.join(f'{k} {v}' for k, v in ev.get('tone_source', {}).items())})")
+    for name, ev in record.eval.items():
+        threshold = "argmax" if ev.threshold is None else fmt(ev.threshold)
+        t = Table(title=f"{name} (n={ev.n}, threshold {threshold}, tones: "
+                        f"{', '.join(f'{k} {v}' for k, v in ev.tone_source.items())})")
         for col in ("group", "n", "acc", "bacc", "tpr", "tnr", "f1", "auc"):
             t.add_column(col, justify="right" if col != "group" else "left")
-        rows = [("overall", ev["overall"])] + list(ev["groups"].get(scheme, {}).items())
+        rows = [("overall", ev.overall)] + list(ev.groups.get(scheme, {}).items())
         for label, m in rows:
-            t.add_row(str(label), *[_fmt(m.get(k)) for k in ("n", "acc", "bacc", "tpr", "tnr", "f1", "auc")])
-        fair = ev["fairness"].get(scheme, {})
-        if fair:
-            t.caption = (f"{scheme} gaps: EOpp0 {_fmt(fair.get('eopp0'))}  EOpp1 {_fmt(fair.get('eopp1'))}  "
-                         f"EOdd {_fmt(fair.get('eodd'))}  AUC gap {_fmt(fair.get('gap_auc'))}")
+            t.add_row(str(label), *[fmt(m.get(k)) for k in ("n", "acc", "bacc", "tpr", "tnr", "f1", "auc")])
+        fair = ev.fairness.get(scheme)
+        if fair is not None:
+            t.caption = (f"{scheme} gaps: EOpp0 {fmt(fair.eopp0)}  EOpp1 {fmt(fair.eopp1)}  "
+                         f"EOdd {fmt(fair.eodd)}  AUC gap {fmt(fair.gap_auc)}")
         tables.append(t)
     return tables
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, (int, np.integer)):
-        return str(v)
-    return f"{v:.3f}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -50,13 +43,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.set = [*(args.set or []), f"data.root={json.dumps(args.data_root)}"]  # JSON is YAML: quoted as is
     cfg = resolve_config(file=args.config, sets=args.set or (), flags=flags, local=local)
     result = run_experiment(cfg, local=local, force=args.force, console=console)
-    for table in summary_table(result.metrics):
+    record = read_record(result.run_dir.path / METRICS_FILE)
+    for table in summary_table(record):
         console.print(table)
-    skipped = result.metrics.get("skipped_test_sets") or {}
-    for name, why in skipped.items():
+    for name, why in record.skipped_test_sets.items():
         console.print(f"[yellow]skipped[/] {name}: {why}")
-    timing = result.metrics["timing"]["total_s"]
-    console.print(f"{'reused' if result.reused else 'ran'} {result.run_dir.path} — run time {timing:.1f} s")
+    console.print(f"{'reused' if result.reused else 'ran'} {result.run_dir.path} — run time {record.timing.total_s:.1f} s")
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from dermbench.config.checks import check_values
 from dermbench.errors import ConfigError, closest
 
 PROFILES = ("tiny", "paper")
@@ -156,6 +157,7 @@ def resolve(
     for item, o in zip(sets, overrides):
         config = merge(config, o, strict=True, where=f"--set {item}")
     config = merge(config, {k: v for k, v in (flags or {}).items() if v is not None}, strict=True, where="command line")
+    check_values(config)
     return config
 
 
@@ -179,15 +181,26 @@ def merge_method_defaults(config: dict, defaults: dict, *, method: str) -> dict:
     return config
 
 
-def run_id(config: dict) -> str:
-    """A readable id whose suffix is a hash of every setting that can change results."""
-    hashed = copy.deepcopy(config)
-    for path in NOT_IN_RUN_ID:
+def settings_digest(config: dict, *, leave_out: tuple[tuple[str, ...], ...] = (), algorithm: str = "sha256",
+                    length: int = 12) -> str:
+    """A hex hash of every setting that can change results: the config without NOT_IN_RUN_ID
+    and `leave_out`, as sorted JSON. One function, so the run id and the leaderboard's grouping
+    of seeds (leave_out seed) strip and serialise alike; the algorithm and length stay
+    parameters because both ids are already in committed files (run ids, leaderboard CSVs)."""
+    hashed = copy.deepcopy(config) if isinstance(config, dict) else {}
+    for path in (*NOT_IN_RUN_ID, *leave_out):
         node = hashed
         for part in path[:-1]:
-            node = node.get(part, {})
-        node.pop(path[-1], None)
-    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:12]
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    text = json.dumps(hashed, sort_keys=True, default=str)
+    return hashlib.new(algorithm, text.encode("utf-8")).hexdigest()[:length]
+
+
+def run_id(config: dict) -> str:
+    """A readable id whose suffix is a hash of every setting that can change results."""
+    digest = settings_digest(config)
     method = str(config["method"]).replace("+", "-")
     return f"{method}_{config['dataset']}_s{config['seed']}_{digest}"
 

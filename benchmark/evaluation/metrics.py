@@ -44,7 +44,7 @@ per-sample feature matrix, and AUC from weighted rank sums, so no Python loop ru
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
@@ -216,15 +216,18 @@ def _canonical_label(value: Any) -> str:
     return str(value)
 
 
-def _order(scheme: str, names: list[str]) -> list[str]:
-    """A stable, readable group order: the scheme's known order, numeric, else alphabetical."""
-    known = GROUP_ORDER.get(scheme)
-    if known and set(names) <= set(known):
-        return [g for g in known if g in names]
+def ordered_groups(scheme: str, names: Iterable[str]) -> list[str]:
+    """A scheme's groups in their natural order (data.groups.GROUP_ORDER: A, B, C; light, dark;
+    FST 1-6), then any other label, numerically when all are numbers, else alphabetically.
+    Records and reports list groups in this one order."""
+    names = list(dict.fromkeys(names))
+    known = [g for g in GROUP_ORDER.get(scheme, ()) if g in names]
+    rest = sorted(g for g in names if g not in known)
     try:
-        return sorted(names, key=float)
+        rest = sorted(rest, key=float)
     except ValueError:
-        return sorted(names)
+        pass
+    return known + rest
 
 
 def _group_codes(scheme: str, values: Any, n: int) -> tuple[np.ndarray, list[str]]:
@@ -234,7 +237,7 @@ def _group_codes(scheme: str, values: Any, n: int) -> tuple[np.ndarray, list[str
         raise MetricInputError(f"groups[{scheme!r}] must hold one label per sample ({n}); got shape {arr.shape}")
     raw_codes, uniques = pd.factorize(pd.Series(arr, dtype=object), use_na_sentinel=True)
     canon = [_canonical_label(u) for u in uniques]
-    names = _order(scheme, sorted(set(canon)))
+    names = ordered_groups(scheme, canon)
     position = {name: i for i, name in enumerate(names)}
     lookup = np.array([position[c] for c in canon] + [-1], dtype=np.int64)  # index -1 -> missing
     return lookup[raw_codes], names

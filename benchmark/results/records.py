@@ -1,22 +1,422 @@
-"""Run directories: every file is written atomically and the `done` marker comes last, so a
-directory either holds a finished run or one that the same command resumes."""
+"""Run directories and the run record, `metrics.json`: one module writes it and reads it back.
+
+A run directory is written file by file, atomically, and the `done` marker comes last, so a
+directory either holds a finished run or one that the same command resumes.
+
+The record's shape is the `Record` struct below (DESIGN.md §4), typed with msgspec so that a
+reader gets the shape the writer wrote or a `RecordError` that names the file and the field
+path (e.g. `$.eval.synthderm.groups.tone3.A.auc`). Open-ended levels (test sets, schemes,
+groups, metric names, exclusion reasons) are `dict[str, ...]` with precise value types; fixed
+blocks (fairness gaps with their `<gap>_groups` pair, flags, CIs, bootstrap settings, tone
+estimation) are structs.
+
+Schema versions:
+    1   the shape written since the record existed. Records written before the
+        `schema_version` field was added (e.g. those committed in leaderboards/records) have
+        no such field and are read as version 1. A record with a newer version than
+        SCHEMA_VERSION is refused with a RecordError: this dermbench cannot know its shape.
+Extending the record means adding a field here (optional, so older records still read);
+renaming or changing a field means a new schema version.
+"""
 
 from __future__ import annotations
 
-import json
 import platform
+import re
 import shutil
 import sys
+import types
+import typing
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any, Literal, Union
 
+import msgspec
+import numpy as np
 import torch
 
 from dermbench import __version__
+from dermbench.errors import DataError
 from dermbench.files import write_text
 
 DONE = "done"
+METRICS_FILE = "metrics.json"
+#: the version new records are written with, and the newest this module reads
+SCHEMA_VERSION = 1
+
+
+class RecordError(DataError):
+    """A missing, malformed or unusable run record; the message names the file (and the field)."""
+
+
+# --------------------------------------------------------------------------- the schema
+
+#: a metric value: counts are integers, rates floats, undefined values null
+Number = int | float | None
+#: {METRIC: value} for one group or overall (n, acc, bacc, precision, tpr, tnr, fpr, f1, auc,
+#: ece; binary tasks add positives and negatives)
+MetricBlock = dict[str, Number]
+#: a bootstrap percentile interval [low, high]; null where the value is undefined
+Interval = tuple[float, float] | None
+
+
+class _Struct(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Base of the record's structs. A field with a default is optional and left out of the
+    JSON when it has its default; an unknown field is an error, so nothing is dropped silently."""
+
+
+class Timing(_Struct):
+    total_s: float
+    resumed: bool
+
+
+class Fairness(_Struct):
+    """One scheme's gaps (lower is better) and worst-group values. With more than two groups a
+    gap is that of the worst pair, named in `<gap>_groups`; `<worst>_group` names the group.
+    Undefined values are null (the reason is in `missing.fairness`)."""
+
+    groups: list[str]
+    eopp0: float | None
+    eopp0_groups: list[str] | None
+    eopp1: float | None
+    eopp1_groups: list[str] | None
+    eodd: float | None
+    eodd_groups: list[str] | None
+    eodd_net: float | None
+    eodd_net_groups: list[str] | None
+    eodd_fairlearn: float | None
+    eodd_fairlearn_groups: list[str] | None
+    dp_diff: float | None
+    dp_diff_groups: list[str] | None
+    gap_acc: float | None
+    gap_acc_groups: list[str] | None
+    gap_auc: float | None
+    gap_auc_groups: list[str] | None
+    gap_f1: float | None
+    gap_f1_groups: list[str] | None
+    gap_fnr: float | None
+    gap_fnr_groups: list[str] | None
+    worst_acc: float | None
+    worst_acc_group: str | None
+    worst_auc: float | None
+    worst_auc_group: str | None
+    worst_f1: float | None
+    worst_f1_group: str | None
+    worst_fnr: float | None
+    worst_fnr_group: str | None
+
+    def value(self, name: str) -> float | None:
+        """A gap or worst value by name (None for an unknown name)."""
+        return getattr(self, name, None) if name in FAIRNESS_VALUES else None
+
+    def which(self, name: str) -> list[str] | None:
+        """The groups a gap or worst value refers to: the worst pair, or the one worst group."""
+        if name not in FAIRNESS_VALUES:
+            return None
+        pair = getattr(self, f"{name}_groups", None)
+        if pair is not None:
+            return pair
+        single = getattr(self, f"{name}_group", None)
+        return [single] if single is not None else None
+
+
+#: the numeric fields of Fairness, in record order
+FAIRNESS_VALUES = tuple(f for f in Fairness.__struct_fields__ if f != "groups" and not f.endswith(("_groups", "_group")))
+
+
+class Flag(_Struct):
+    """Something to distrust, e.g. where "tone3/C", code "small_group"."""
+
+    where: str
+    code: str
+    message: str
+
+
+class Missing(_Struct):
+    """Why values are null: {metric: reason} overall, per scheme and group, per scheme's gaps."""
+
+    overall: dict[str, str]
+    groups: dict[str, dict[str, dict[str, str]]]
+    fairness: dict[str, dict[str, str]]
+
+
+class ClassRates(_Struct):
+    """One-vs-rest rates per class (multi-class tasks), in class order."""
+
+    support: list[int]
+    tpr: list[float | None]
+    tnr: list[float | None]
+    fpr: list[float | None]
+    precision: list[float | None]
+    f1: list[float | None]
+    auc: list[float | None]
+
+
+class PerClass(_Struct):
+    overall: ClassRates
+    groups: dict[str, dict[str, ClassRates]]
+
+
+class Intervals(_Struct):
+    """Bootstrap CIs mirroring overall / groups / fairness."""
+
+    overall: dict[str, Interval]
+    groups: dict[str, dict[str, dict[str, Interval]]]
+    fairness: dict[str, dict[str, Interval]]
+
+
+class Bootstrap(_Struct):
+    n_boot: int
+    seed: int
+    level: float
+    method: str
+    resampling: str
+
+
+class ToneAgreement(_Struct):
+    """How an estimator's tones match the test set's own annotated ones."""
+
+    n: int
+    n_no_skin: int | None = None
+    n_fst: int | None = None
+    fst_exact: float | None = None
+    fst_within_one: float | None = None
+    tone3_accuracy: float | None = None
+
+
+class DetectorInfo(_Struct):
+    """The tone detector used and its scores from its detector.json (null where not recorded)."""
+
+    path: str
+    backbone: str | None
+    trained_on: str | None
+    evaluated_on: str | None
+    n: int | None
+    accuracy: float | None
+    balanced_accuracy: float | None
+    per_tone_f1: dict[str, float | None] | None
+    per_tone_n: dict[str, int] | None
+
+
+class ToneEstimation(_Struct):
+    """Where tones were estimated (source "annotated", "ita" or "detector") and how far to trust them."""
+
+    source: str
+    n_missing: int
+    n_estimated: int
+    n_unresolved: int | None = None
+    method: str | None = None
+    thresholds: dict[str, str] | None = None
+    note: str | None = None
+    detector: DetectorInfo | None = None
+    agreement_on_annotated: ToneAgreement | None = None
+
+
+class TestSetEval(_Struct, kw_only=True):
+    """One test set's result (fairness_report's output plus the tone facts the runner adds).
+
+    `excluded` is nested: {SCHEME: {reason: count}} for samples left out of that scheme (a
+    sample can leave tone2 but not tone3), plus "images": {reason: count} for samples the
+    split dropped and "dataset (all splits)": {reason: count} for rows the loader dropped.
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    task: Literal["binary", "multiclass"]
+    n: int
+    threshold: float | None
+    classes: list[str]
+    overall: MetricBlock
+    groups: dict[str, dict[str, MetricBlock]]
+    fairness: dict[str, Fairness]
+    excluded: dict[str, dict[str, int]]
+    flags: list[Flag]
+    missing: Missing
+    per_class: PerClass | None = None
+    ci: Intervals | None = None
+    bootstrap: Bootstrap | None = None
+    tone_source: dict[str, int]
+    tone_estimation: ToneEstimation | None = None
+
+
+class Synthetic(_Struct):
+    """Synthetic training samples `augment` added (absent when none): how many, per plugin, and per
+    tone3 group ("unknown" for none) and class name."""
+
+    n: int
+    by_plugin: dict[str, int]
+    by_group_label: dict[str, dict[str, int]]
+
+
+class Record(_Struct, kw_only=True):
+    """metrics.json: one run's identity, settings and results per test set."""
+
+    schema_version: int
+    run_id: str
+    method: str
+    dataset: str
+    task: str
+    seed: int
+    profile: str
+    config: dict[str, Any]
+    plugins: dict[str, str]
+    device: str
+    timing: Timing
+    threshold_rule: str | int | float
+    skipped_test_sets: dict[str, str]
+    train_history: list[dict[str, Any]] | None  # per epoch; the keys depend on the method's fit
+    eval: dict[str, TestSetEval]
+    synthetic: Synthetic | None = None
+
+
+# --------------------------------------------------------------------------- writing and reading
+
+
+def _enc_hook(value: Any) -> Any:
+    """numpy scalars and arrays, and paths, as JSON values (what the runner's dict may hold)."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise NotImplementedError(f"cannot store {type(value).__name__} in a run record")
+
+
+def to_record(data: Record | dict[str, Any], *, where: str = "run record") -> Record:
+    """`data` checked against the schema; a dict without `schema_version` gets the current one."""
+    if isinstance(data, Record):
+        return data
+    data = {"schema_version": SCHEMA_VERSION, **data}
+    try:
+        builtins = msgspec.json.decode(msgspec.json.encode(data, enc_hook=_enc_hook))
+    except (NotImplementedError, TypeError) as exc:
+        raise RecordError(f"{where}: {exc}") from None
+    try:
+        return msgspec.convert(builtins, Record)
+    except msgspec.ValidationError as exc:
+        raise RecordError(f"{where}: {_explain(exc, builtins)}") from None
+
+
+def encode_record(record: Record) -> bytes:
+    """The record as indented JSON text (non-finite floats become null), with a final newline."""
+    return msgspec.json.format(msgspec.json.encode(record), indent=2) + b"\n"
+
+
+def as_json_values(record: Record) -> dict[str, Any]:
+    """The record as the plain dicts, lists and numbers its JSON holds (intervals as lists)."""
+    return msgspec.json.decode(msgspec.json.encode(record))
+
+
+def write_record(run_dir: str | Path, record: Record | dict[str, Any]) -> Record:
+    """Check `record` against the schema and write it as `<run_dir>/metrics.json` (atomically)."""
+    path = Path(run_dir) / METRICS_FILE
+    typed = to_record(record, where=str(path))
+    write_text(path, encode_record(typed).decode("utf-8"))
+    return typed
+
+
+def read_record(path: str | Path) -> Record:
+    """Load and validate one metrics.json (a file, or a run directory holding one).
+
+    A record without `schema_version` is version 1; every problem is a RecordError naming the
+    file and, for a malformed record, the path of the field at fault.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise RecordError(f"{path}: missing (a finished run must hold {METRICS_FILE})") from None
+    except OSError as exc:
+        raise RecordError(f"{path}: cannot read ({exc})") from None
+    try:
+        raw = msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise RecordError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise RecordError(f"{path}: expected a JSON object (a run record), got {type(raw).__name__}")
+    found = raw.setdefault("schema_version", 1)
+    if isinstance(found, bool) or not isinstance(found, int) or found < 1:
+        raise RecordError(f"{path}: $.schema_version: expected a positive integer, got {found!r}")
+    if found > SCHEMA_VERSION:
+        raise RecordError(f"{path}: $.schema_version: record has schema version {found}, newer than the "
+                          f"version {SCHEMA_VERSION} this dermbench ({__version__}) reads; upgrade dermbench")
+    try:
+        return msgspec.convert(raw, Record)
+    except msgspec.ValidationError as exc:
+        raise RecordError(f"{path}: {_explain(exc, raw)}") from None
+
+
+# --------------------------------------------------------------------------- error paths
+
+_AT = re.compile(r"^(?P<message>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.S)
+_STEP = re.compile(r"\.(?P<field>[A-Za-z_][A-Za-z0-9_]*)|\[(?P<index>\d+)\]|\[\.\.\.\]")
+
+
+def _explain(exc: BaseException, data: Any) -> str:
+    """msgspec's message with its path made concrete: msgspec writes a dict key as `[...]`;
+    here it becomes the key, found by validating each entry of that dict."""
+    match = _AT.match(str(exc))
+    message = match.group("message") if match else str(exc)
+    path = match.group("path") if match else None
+    if not path:
+        return f"$: {message}"
+    return f"{_concrete_path(path, data)}: {message}"
+
+
+def _concrete_path(path: str, data: Any) -> str:
+    out, node, kind = "$", data, Record
+    for step in _STEP.finditer(path[1:]):
+        kind = _container(kind)
+        if step.group("field") is not None:
+            name = step.group("field")
+            out += f".{name}"
+            hints = typing.get_type_hints(kind) if isinstance(kind, type) and issubclass(kind, msgspec.Struct) else {}
+            kind = hints.get(name, Any)
+            node = node.get(name) if isinstance(node, dict) else None
+        elif step.group("index") is not None:
+            i = int(step.group("index"))
+            out += f"[{i}]"
+            args = typing.get_args(kind)
+            kind = (args[i] if typing.get_origin(kind) is tuple and i < len(args) else args[0]) if args else Any
+            node = node[i] if isinstance(node, list) and i < len(node) else None
+        else:
+            value_kind = typing.get_args(kind)[1] if typing.get_origin(kind) is dict else Any
+            key = _failing_key(node, value_kind)
+            out += f".{key}" if key is not None and re.fullmatch(r"[A-Za-z0-9_+-]+", key) else f"[{key!r}]"
+            node, kind = (node.get(key) if isinstance(node, dict) else None), value_kind
+    return out
+
+
+def _container(kind: Any) -> Any:
+    """The struct, dict, list or tuple member of an optional/union type (the one a path descends into)."""
+    if typing.get_origin(kind) in (Union, types.UnionType):
+        for member in typing.get_args(kind):
+            if member is not type(None):
+                return member
+    return kind
+
+
+def _failing_key(node: Any, value_kind: Any) -> str | None:
+    """The first key of `node` whose value does not fit `value_kind` (msgspec checks in order)."""
+    if not isinstance(node, dict):
+        return None
+    for key, value in node.items():
+        try:
+            msgspec.convert(value, value_kind)
+        except msgspec.ValidationError:
+            return str(key)
+    return None
+
+
+# --------------------------------------------------------------------------- run directories
 
 
 class RunDir:
@@ -49,8 +449,13 @@ class RunDir:
         shutil.rmtree(self.path / "work" / "checkpoints", ignore_errors=True)
         write_text(self.path / DONE, datetime.now(timezone.utc).isoformat() + "\n")
 
-    def metrics(self) -> dict:
-        return json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))
+    def write_record(self, record: Record | dict[str, Any]) -> dict[str, Any]:
+        """Write metrics.json (checked against the schema); returns it as plain JSON values."""
+        return as_json_values(write_record(self.path, record))
+
+    def metrics(self) -> dict[str, Any]:
+        """metrics.json as plain JSON values, read through the typed reader."""
+        return as_json_values(read_record(self.path / METRICS_FILE))
 
 
 def environment() -> dict:

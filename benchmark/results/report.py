@@ -8,11 +8,9 @@ recorded predictions (binary tasks: the `pred` column, made with the validation-
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,19 +18,29 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from dermbench.results.leaderboard import DONE_MARKER, METRICS_FILE, RecordError, point_value, read_record
+from dermbench.data.groups import SCHEMES
+from dermbench.evaluation.metrics import ordered_groups
+from dermbench.results.formatting import MISSING, fmt, fmt_count
+from dermbench.results.records import (
+    DONE,
+    FAIRNESS_VALUES,
+    METRICS_FILE,
+    Missing,
+    Record,
+    RecordError,
+    TestSetEval,
+    ToneEstimation,
+    read_record,
+)
 
 REPORT_FILE = "report.md"
 GROUP_METRICS = ("n", "acc", "bacc", "tpr", "tnr", "f1", "auc", "ece")
+#: the order fairness rows are shown in (paired gaps and worst values side by side)
 FAIRNESS_ORDER = ("eopp0", "eopp1", "eodd", "eodd_net", "eodd_fairlearn", "dp_diff", "worst_acc", "gap_acc",
                   "worst_auc", "gap_auc", "worst_f1", "gap_f1", "gap_fnr", "worst_fnr")
-SCHEME_ORDER = ("tone3", "tone2", "fst", "sex")
-GROUP_ORDER = {"tone3": ("A", "B", "C"), "tone2": ("light", "dark"), "fst": ("1", "2", "3", "4", "5", "6"),
-               "sex": ("female", "male")}
 TONE_SOURCE_LABELS = {"annotated": "annotated", "ita": "ITA", "detector": "detector"}
 MAX_MATRIX_CLASSES = 10
 ALL = "all"
-MISSING = "–"
 
 
 @dataclass
@@ -66,75 +74,9 @@ class RunReport:
 # --------------------------------------------------------------------------- values
 
 
-def fmt(value: Any, decimals: int = 3) -> str:
-    """A metric for display: integers (and integral counts) as is, floats with fixed decimals, null as a dash."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return MISSING
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        text = f"{float(value):.{decimals}f}"
-        return text[1:] if text.startswith("-") and float(text) == 0 else text
-    return str(value)
-
-
-def fmt_count(value: Any) -> str:
-    """A sample count: 600.0 shows as 600."""
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return fmt(value)
-
-
-def _interval(value: Any) -> tuple[float, float] | None:
-    """A confidence interval as (low, high) from [lo, hi] or {lo/low, hi/high}; None otherwise."""
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        low, high = value
-    elif isinstance(value, dict):
-        low = value.get("lo", value.get("low", value.get("lower")))
-        high = value.get("hi", value.get("high", value.get("upper")))
-    else:
-        return None
-    if isinstance(low, (int, float)) and isinstance(high, (int, float)):
-        return float(low), float(high)
-    return None
-
-
-def find_ci(test_eval: dict[str, Any], scheme: str, key: str) -> tuple[float, float] | None:
-    """The bootstrap CI of fairness metric `key`, wherever the record keeps it.
-
-    Accepted places: fairness[scheme][key + "_ci"], fairness[scheme]["ci"][key],
-    eval["ci"][scheme][key], eval["ci"]["fairness"][scheme][key], or the value itself as
-    {"value", "ci"}. Absent everywhere: None.
-    """
-    fair = test_eval.get("fairness", {}).get(scheme, {})
-    candidates = [fair.get(f"{key}_ci"), (fair.get("ci") or {}).get(key) if isinstance(fair.get("ci"), dict) else None]
-    top = test_eval.get("ci")
-    if isinstance(top, dict):
-        for holder in (top.get(scheme), (top.get("fairness") or {}).get(scheme) if isinstance(top.get("fairness"), dict)
-                       else None):
-            if isinstance(holder, dict):
-                candidates.append(holder.get(key))
-    value = fair.get(key)
-    if isinstance(value, dict):
-        candidates.append(value.get("ci"))
-        candidates.append(value)
-    for candidate in candidates:
-        interval = _interval(candidate)
-        if interval is not None:
-            return interval
-    return None
-
-
-def ordered_groups(scheme: str, groups: Sequence[str]) -> list[str]:
-    """Groups in their natural order (A, B, C; light, dark; FST 1-6), then the rest sorted."""
-    standard = [g for g in GROUP_ORDER.get(scheme, ()) if g in groups]
-    return standard + sorted(g for g in groups if g not in standard)
-
-
 def ordered_schemes(schemes: Sequence[str]) -> list[str]:
-    return [s for s in SCHEME_ORDER if s in schemes] + sorted(s for s in schemes if s not in SCHEME_ORDER)
+    """Schemes in the standard order (tone3, tone2, fst, sex), then any other sorted."""
+    return [s for s in SCHEMES if s in schemes] + sorted(s for s in schemes if s not in SCHEMES)
 
 
 # --------------------------------------------------------------------------- predictions and confusion matrices
@@ -236,198 +178,135 @@ def _labels_and_preds(table: pd.DataFrame, class_names: Sequence[str],
     return labels, preds
 
 
-def class_names_for(test_eval: dict[str, Any], task: str, table: pd.DataFrame) -> list[str]:
-    """Class names from the record when it has them; "benign"/"malignant" for the binary malignant task."""
-    for key in ("classes", "class_names"):
-        if isinstance(test_eval.get(key), list) and test_eval[key]:
-            return [str(c) for c in test_eval[key]]
+def class_names_for(test_eval: TestSetEval, table: pd.DataFrame) -> list[str]:
+    """The record's class names; a predictions table with another number of classes is an error."""
     prob_columns = [c for c in table.columns if str(c).startswith("prob_")]
-    k = len(prob_columns) or int(max(table["label"].max(), table.get("pred", table["label"]).max()) + 1)
-    if k == 2 and task == "malignant":
-        return ["benign", "malignant"]
-    return [str(i) for i in range(k)]
+    if prob_columns and len(prob_columns) != len(test_eval.classes):
+        raise RecordError(f"{len(prob_columns)} prob_ columns but the record names {len(test_eval.classes)} classes")
+    return list(test_eval.classes)
 
 
 # --------------------------------------------------------------------------- building the report
 
 
-def _group_table(test_eval: dict[str, Any], scheme: str) -> pd.DataFrame:
+def _group_table(test_eval: TestSetEval, scheme: str) -> pd.DataFrame:
     """Rows: the scheme's groups then "all"; columns: n, acc, bacc, tpr, tnr, f1, auc, ece."""
-    groups = test_eval.get("groups", {}).get(scheme, {})
-    rows = []
-    for group in ordered_groups(scheme, list(groups)):
-        metrics = groups[group]
-        rows.append({"group": group, **{m: fmt(point_value(metrics.get(m))) if m != "n"
-                                        else fmt_count(metrics.get(m)) for m in GROUP_METRICS}})
-    overall = test_eval.get("overall", {})
-    rows.append({"group": ALL, **{m: fmt(point_value(overall.get(m))) if m != "n"
-                                  else fmt_count(overall.get(m, test_eval.get("n"))) for m in GROUP_METRICS}})
-    return pd.DataFrame(rows)
+    groups = test_eval.groups.get(scheme, {})
+    rows = [("group", group, groups[group]) for group in ordered_groups(scheme, groups)]
+    rows.append(("group", ALL, test_eval.overall))
+    return pd.DataFrame([{"group": label, **{m: fmt_count(metrics.get(m)) if m == "n" else fmt(metrics.get(m))
+                                             for m in GROUP_METRICS}} for _, label, metrics in rows])
 
 
-def _which_groups(fair: dict[str, Any], key: str) -> str:
-    """The groups a gap or worst value refers to (`<key>_groups` pair or `<key>_group`), e.g. " (A–C)"."""
-    pair = fair.get(f"{key}_groups")
-    if isinstance(pair, list) and pair:
-        return f" ({'–'.join(map(str, pair))})"
-    single = fair.get(f"{key}_group")
-    return f" ({single})" if isinstance(single, str) else ""
-
-
-def _fairness_table(test_eval: dict[str, Any]) -> tuple[pd.DataFrame | None, list[str]]:
+def _fairness_table(test_eval: TestSetEval) -> tuple[pd.DataFrame | None, list[str]]:
     """Fairness metrics (rows) by scheme (columns): `value [low, high] (groups)`, the CI where recorded."""
-    fairness = test_eval.get("fairness", {})
-    schemes = ordered_schemes([s for s, v in fairness.items() if isinstance(v, dict) and v])
+    schemes = ordered_schemes(list(test_eval.fairness))
     if not schemes:
         return None, []
-    keys: list[str] = []
-    notes: list[str] = []
-    for scheme in schemes:
-        fair = fairness[scheme]
-        if isinstance(fair.get("groups"), list):
-            notes.append(f"{scheme} groups compared: {', '.join(map(str, fair['groups']))}")
-        for key, value in fair.items():
-            scalar = point_value(value)
-            if key in ("ci", "groups") or key.endswith(("_ci", "_groups", "_group")):
-                continue
-            if (isinstance(scalar, (int, float)) and not isinstance(scalar, bool)) or scalar is None:
-                if key not in keys:
-                    keys.append(key)
-            else:
-                notes.append(f"{scheme} {key}: {scalar}")
-    keys = [k for k in FAIRNESS_ORDER if k in keys] + sorted(k for k in keys if k not in FAIRNESS_ORDER)
+    notes = [f"{scheme} groups compared: {', '.join(test_eval.fairness[scheme].groups)}" for scheme in schemes]
+    keys = [k for k in FAIRNESS_ORDER if k in FAIRNESS_VALUES] + [k for k in FAIRNESS_VALUES if k not in FAIRNESS_ORDER]
+    intervals = test_eval.ci.fairness if test_eval.ci is not None else {}
     rows = []
     for key in keys:
         row = {"metric": key}
         for scheme in schemes:
-            fair = fairness[scheme]
-            cell = fmt(point_value(fair.get(key)))
-            interval = find_ci(test_eval, scheme, key)
-            if interval is not None and cell != MISSING:
-                cell += f" [{fmt(interval[0])}, {fmt(interval[1])}]"
-            row[scheme] = cell + (_which_groups(fair, key) if cell != MISSING else "")
+            fair = test_eval.fairness[scheme]
+            value = fair.value(key)
+            cell = fmt(value)
+            interval = intervals.get(scheme, {}).get(key)
+            if value is not None:
+                if interval is not None:
+                    cell += f" [{fmt(interval[0])}, {fmt(interval[1])}]"
+                which = fair.which(key)
+                cell += f" ({'–'.join(which)})" if which else ""
+            row[scheme] = cell
         rows.append(row)
     return pd.DataFrame(rows), notes
 
 
-def _flag_text(flag: Any) -> str:
-    """A flag as one line: `where: message (code)` for the metrics' dict flags, or the text itself."""
-    if isinstance(flag, dict):
-        where = flag.get("where")
-        message = flag.get("message") or flag.get("code") or ""
-        code = f" ({flag['code']})" if flag.get("code") and flag.get("message") else ""
-        return f"{where}: {message}{code}" if where else f"{message}{code}"
-    return str(flag)
-
-
-def _missing_lines(missing: Any) -> list[str]:
+def _missing_lines(missing: Missing) -> list[str]:
     """Why values are null, from the record's `missing` block: `where metric: reason`."""
-    if not isinstance(missing, dict):
-        return []
-    lines = []
-
-    def walk(prefix: str, node: Any) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(f"{prefix}/{key}" if prefix else str(key), value)
-            else:
-                lines.append(f"{prefix} {key}: {value}" if prefix else f"{key}: {value}")
-
-    for section in ("overall", "groups", "fairness"):
-        if isinstance(missing.get(section), dict):
-            walk("" if section == "groups" else section, missing[section])
+    lines = [f"overall {metric}: {reason}" for metric, reason in missing.overall.items()]
+    for scheme, groups in missing.groups.items():
+        for group, reasons in groups.items():
+            lines += [f"{scheme}/{group} {metric}: {reason}" for metric, reason in reasons.items()]
+    for scheme, reasons in missing.fairness.items():
+        lines += [f"fairness/{scheme} {key}: {reason}" for key, reason in reasons.items()]
     return lines
 
 
-def _excluded_lines(excluded: Any) -> list[str]:
-    """`excluded` as lines; accepts {scheme: {reason: count}} and the flat {reason: count}."""
-    if not isinstance(excluded, dict):
-        return []
-    lines = []
-    for key, value in excluded.items():
-        if isinstance(value, dict):
-            lines += [f"{key}: {reason}: {count}" for reason, count in value.items()]
-        else:
-            lines.append(f"{key}: {value}")
-    return lines
-
-
-def tone_source_text(counts: Any) -> str:
+def tone_source_text(counts: dict[str, int]) -> str:
     """Tone sources with counts and shares, e.g. `annotated 400 (80.0%); ITA 100 (20.0%)`."""
-    if not isinstance(counts, dict) or not counts:
-        return "not recorded"
-    total = sum(v for v in counts.values() if isinstance(v, (int, float))) or 1
-    parts = [f"{TONE_SOURCE_LABELS.get(k, k)} {fmt_count(v)} ({100 * v / total:.1f}%)"
-             for k, v in counts.items() if isinstance(v, (int, float)) and v]
+    total = sum(counts.values()) or 1
+    parts = [f"{TONE_SOURCE_LABELS.get(k, k)} {v} ({100 * v / total:.1f}%)" for k, v in counts.items() if v]
     return "; ".join(parts) or "not recorded"
 
 
-def tone_estimation_text(estimation: Any) -> str | None:
+def tone_estimation_text(estimation: ToneEstimation | None) -> str | None:
     """How far to trust estimated tones: the estimator and its measured accuracy, or None when
     every tone of the test set was annotated."""
-    if not isinstance(estimation, dict) or not estimation.get("n_estimated"):
+    if estimation is None or not estimation.n_estimated:
         return None
-    n = fmt_count(estimation["n_estimated"])
-    if estimation.get("source") == "detector":
-        d = estimation.get("detector") or {}
-        f1 = d.get("per_tone_f1") or {}
-        f1_text = ", ".join(f"{k} {fmt(v)}" for k, v in f1.items()) if isinstance(f1, dict) else MISSING
-        text = (f"tones of {n} samples predicted by the tone detector {d.get('path', MISSING)} "
-                f"({d.get('backbone', MISSING)}, trained on {d.get('trained_on', MISSING)}); on "
-                f"{d.get('evaluated_on', MISSING)} it scored accuracy {fmt(d.get('accuracy'))}, per-tone F1 {f1_text}")
+    n = estimation.n_estimated
+    d = estimation.detector
+    if estimation.source == "detector" and d is not None:
+        f1 = ", ".join(f"{k} {fmt(v)}" for k, v in d.per_tone_f1.items()) if d.per_tone_f1 else MISSING
+        text = (f"tones of {n} samples predicted by the tone detector {d.path} "
+                f"({d.backbone or MISSING}, trained on {d.trained_on or MISSING}); on "
+                f"{d.evaluated_on or MISSING} it scored accuracy {fmt(d.accuracy)}, per-tone F1 {f1}")
     else:
-        unresolved = estimation.get("n_unresolved")
-        text = (f"tones of {n} samples estimated by ITA ({estimation.get('method', MISSING)}"
-                + (f"; {fmt_count(unresolved)} had too little skin to estimate" if unresolved else "") + ")")
-    agreement = estimation.get("agreement_on_annotated")
-    if isinstance(agreement, dict) and agreement.get("tone3_accuracy") is not None:
-        text += (f"; on this set's {fmt_count(agreement.get('n'))} annotated samples the estimate matches tone3 "
-                 f"{fmt(agreement['tone3_accuracy'])} of the time")
+        unresolved = estimation.n_unresolved
+        text = (f"tones of {n} samples estimated by ITA ({estimation.method or MISSING}"
+                + (f"; {unresolved} had too little skin to estimate" if unresolved else "") + ")")
+    agreement = estimation.agreement_on_annotated
+    if agreement is not None and agreement.tone3_accuracy is not None:
+        text += (f"; on this set's {agreement.n} annotated samples the estimate matches tone3 "
+                 f"{fmt(agreement.tone3_accuracy)} of the time")
     return text
 
 
-def _test_set_report(run_dir: Path, record: dict[str, Any], name: str, test_eval: dict[str, Any]) -> TestSetReport:
+def _test_set_report(run_dir: Path, name: str, test_eval: TestSetEval) -> TestSetReport:
     """One test set's section: summary, per-group tables, fairness, confusion matrices, exclusions, flags."""
     section = TestSetReport(name)
-    threshold = test_eval.get("threshold")
-    threshold = threshold if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) else None
+    threshold = test_eval.threshold
     section.summary = [
-        f"n = {fmt_count(test_eval.get('n'))}; task {test_eval.get('task', MISSING)}; decision threshold "
+        f"n = {test_eval.n}; task {test_eval.task}; decision threshold "
         f"{fmt(threshold, 4) if threshold is not None else 'none (argmax)'}",
-        f"tone source: {tone_source_text(test_eval.get('tone_source'))}",
+        f"tone source: {tone_source_text(test_eval.tone_source)}",
     ]
-    estimation = tone_estimation_text(test_eval.get("tone_estimation"))
+    estimation = tone_estimation_text(test_eval.tone_estimation)
     if estimation:
         section.summary.append(estimation)
-    for scheme in ordered_schemes(list(test_eval.get("groups", {}))):
+    for scheme in ordered_schemes(list(test_eval.groups)):
         section.group_tables[scheme] = _group_table(test_eval, scheme)
     section.fairness, section.fairness_notes = _fairness_table(test_eval)
-    section.excluded = _excluded_lines(test_eval.get("excluded"))
-    section.flags = [_flag_text(f) for f in test_eval.get("flags") or []]
-    section.missing = _missing_lines(test_eval.get("missing"))
-    _add_confusion(section, run_dir / "predictions" / f"{name}.csv", record, test_eval, threshold)
+    section.excluded = [f"{key}: {reason}: {count}" for key, reasons in test_eval.excluded.items()
+                        for reason, count in reasons.items()]
+    section.flags = [f"{f.where}: {f.message} ({f.code})" for f in test_eval.flags]
+    section.missing = _missing_lines(test_eval.missing)
+    _add_confusion(section, run_dir / "predictions" / f"{name}.csv", test_eval)
     return section
 
 
-def _add_confusion(section: TestSetReport, path: Path, record: dict[str, Any], test_eval: dict[str, Any],
-                   threshold: float | None) -> None:
+def _add_confusion(section: TestSetReport, path: Path, test_eval: TestSetEval) -> None:
     """Fill the section's confusion matrices from the predictions CSV (or say why there are none)."""
     if not path.is_file():
         section.confusion_notes.append(f"no {path.parent.name}/{path.name}: confusion matrices unavailable")
         return
     table = read_predictions(path)
-    names = class_names_for(test_eval, record["task"], table)
-    if len(names) > MAX_MATRIX_CLASSES:
-        section.confusion_notes.append(f"{len(names)} classes: confusion matrices omitted (more than "
-                                       f"{MAX_MATRIX_CLASSES}); see {path.parent.name}/{path.name}")
-        return
-    mismatches = threshold_mismatches(table, threshold)
-    if mismatches:
-        section.confusion_notes.append(f"warning: {mismatches} row(s) of {path.name} have a `pred` that disagrees "
-                                       f"with prob_1 >= {fmt(threshold, 4)}")
+    threshold = test_eval.threshold
     try:
+        names = class_names_for(test_eval, table)
+        if len(names) > MAX_MATRIX_CLASSES:
+            section.confusion_notes.append(f"{len(names)} classes: confusion matrices omitted (more than "
+                                           f"{MAX_MATRIX_CLASSES}); see {path.parent.name}/{path.name}")
+            return
+        mismatches = threshold_mismatches(table, threshold)
+        if mismatches:
+            section.confusion_notes.append(f"warning: {mismatches} row(s) of {path.name} have a `pred` that "
+                                           f"disagrees with prob_1 >= {fmt(threshold, 4)}")
         section.confusion_all = overall_confusion(table, names, threshold)
-        for scheme in ordered_schemes([s for s in SCHEME_ORDER if s in table]):
+        for scheme in ordered_schemes([s for s in SCHEMES if s in table]):
             matrices, missing = confusion_by_group(table, scheme, names, threshold)
             section.confusion[scheme] = matrices
             if missing:
@@ -442,24 +321,22 @@ def build_report(run_dir: str | Path) -> RunReport:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RecordError(f"run directory {run_dir} does not exist")
-    record = read_record(run_dir / METRICS_FILE)
+    record: Record = read_record(run_dir / METRICS_FILE)
     notes = []
-    if not (run_dir / DONE_MARKER).is_file():
-        notes.append(f"warning: no `{DONE_MARKER}` marker: this run is unfinished and its record may be incomplete")
-    for name, reason in (record.get("skipped_test_sets") or {}).items():
+    if not (run_dir / DONE).is_file():
+        notes.append(f"warning: no `{DONE}` marker: this run is unfinished and its record may be incomplete")
+    for name, reason in record.skipped_test_sets.items():
         notes.append(f"skipped test set {name}: {reason}")
-    plugins = record.get("plugins") or {}
-    plugin_text = ", ".join(f"{k} {v.get('version') if isinstance(v, dict) else v}" for k, v in plugins.items())
-    timing = record.get("timing") or {}
+    plugin_text = ", ".join(f"{name} {version}" for name, version in record.plugins.items())
     header = pd.DataFrame([
-        ("run id", record["run_id"]), ("method", record["method"]), ("train dataset", record["dataset"]),
-        ("task", record["task"]), ("seed", str(record["seed"])), ("profile", record["profile"]),
-        ("device", str(record.get("device", MISSING))), ("plugins", plugin_text or MISSING),
-        ("threshold rule", str(record.get("threshold_rule", MISSING))),
-        ("total time", f"{fmt(timing.get('total_s'), 1)} s" if timing.get("total_s") is not None else MISSING),
+        ("run id", record.run_id), ("method", record.method), ("train dataset", record.dataset),
+        ("task", record.task), ("seed", str(record.seed)), ("profile", record.profile),
+        ("device", record.device), ("plugins", plugin_text or MISSING),
+        ("threshold rule", str(record.threshold_rule)),
+        ("total time", f"{fmt(record.timing.total_s, 1)} s"),
     ], columns=["field", "value"])
-    sections = [_test_set_report(run_dir, record, name, test_eval) for name, test_eval in record["eval"].items()]
-    return RunReport(run_dir, record["run_id"], header, notes, sections)
+    sections = [_test_set_report(run_dir, name, test_eval) for name, test_eval in record.eval.items()]
+    return RunReport(run_dir, record.run_id, header, notes, sections)
 
 
 # --------------------------------------------------------------------------- rendering
