@@ -117,7 +117,7 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
         "threshold_rule": cfg["eval"]["threshold"], "skipped_test_sets": skipped,
         "train_history": getattr(model, "train_history", None), "eval": evaluations,
     }
-    write_json(run.file("metrics.json"), metrics)
+    metrics = run.write_record(metrics)  # checked against the record schema (results/records.py)
     run.mark_done()
 
     report = write_report(run.path)  # derived from the record, so written after `done`
