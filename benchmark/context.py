@@ -34,8 +34,16 @@ def choose_device(requested: str) -> torch.device:
         raise ConfigError("device 'cuda' was requested but torch sees no CUDA GPU; use --device auto or cpu")
     if requested == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device 'mps' was requested but this machine has no MPS backend")
-    if requested not in ("cpu", "cuda", "mps") and not requested.startswith("cuda:"):
-        raise ConfigError(f"device must be auto, cpu, cuda or mps, got {requested!r}")
+    if requested.startswith("cuda:"):
+        index = requested.partition(":")[2]
+        if not index.isdigit():
+            raise ConfigError(f"device {requested!r}: expected cuda:N with N a GPU number, e.g. cuda:0")
+        count = torch.cuda.device_count()
+        if int(index) >= count:
+            raise ConfigError(f"device {requested!r} does not exist: torch sees {count} CUDA GPU(s)"
+                              + (f" (cuda:0 to cuda:{count - 1})" if count else "; use --device auto or cpu"))
+    elif requested not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {requested!r}")
     return torch.device(requested)
 
 
