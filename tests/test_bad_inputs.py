@@ -54,3 +54,11 @@ def test_a_gpu_that_does_not_exist_is_named(tmp_path, capsys):
 def test_a_malformed_device_is_named(tmp_path, capsys):
     assert main(["run", "--device", "cuda:x", "--out", str(tmp_path)]) == 2
     assert "expected cuda:N" in capsys.readouterr().out
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path, capsys):
+    config = tmp_path / "my.yaml"
+    config.write_bytes("train:\n  lr: 0.01  # r\u00e9glage\n".encode("latin-1"))
+    assert main(["run", "--config", str(config), "--out", str(tmp_path / "runs")]) == 2
+    out = capsys.readouterr().out
+    assert f"config file {config} is not UTF-8 text" in out.replace("\n", "") and "byte 0xe9" in out
