@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from safetensors.torch import save_file
 
 from dermbench import config as configuration
 from dermbench.context import RunContext, choose_device
@@ -23,6 +22,7 @@ from dermbench.plugins import make_manager
 from dermbench.results.records import RunDir, environment
 from dermbench.results.report import write_report
 from dermbench.tone import fill_missing_tones
+from dermbench.train.weights import save_weights
 
 
 @dataclass
@@ -164,22 +164,9 @@ def _predict(pm, ctx: RunContext, model, split: Split) -> np.ndarray:
 
 
 def _save_weights(model, path: Path) -> None:
-    if not isinstance(model, torch.nn.Module):
-        return
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(_untie(state), str(tmp))
-    tmp.replace(path)
-
-
-def _untie(state: dict) -> dict:
-    """safetensors refuses tensors sharing memory; store shared ones as copies."""
-    seen, out = set(), {}
-    for k, v in state.items():
-        ptr = v.data_ptr()
-        out[k] = v.clone() if ptr in seen and v.numel() else v
-        seen.add(ptr)
-    return out
+    """model.safetensors, through the trainer's shared saver; a method whose fit returns something
+    other than a torch module (its own predict knows how to use it) has no weights file."""
+    if isinstance(model, torch.nn.Module):
+        save_weights(model, path)
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from sklearn.metrics import confusion_matrix, f1_score
 
 from dermbench import __version__
@@ -26,6 +26,7 @@ from dermbench.errors import ConfigError, DataError, DermbenchError
 from dermbench.files import write_json
 from dermbench.train.models import create_backbone
 from dermbench.train.trainer import predict_proba, train_model
+from dermbench.train.weights import save_weights as _save_weights
 
 
 def known_fst(table: pd.DataFrame) -> np.ndarray:
@@ -194,13 +195,6 @@ def load_detector(path: Path | str | None) -> ToneDetector:
                         f"{info['backbone']!r}: {exc}") from exc
     model.eval()
     return ToneDetector(path=folder, info=info, model=model)
-
-
-def _save_weights(model, path: Path) -> None:
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path)
 
 
 def _carve_val(ctx, train: Split, fraction: float = 0.15) -> tuple[Split, Split]:

@@ -1,5 +1,14 @@
 """The reusable ERM trainer. Methods call it through `ctx.train_model` (MFD trains its teacher
-with it, FairQuantize retrains with it) and extend it through small callbacks.
+with it, FairQuantize retrains with it) and extend it through small callbacks, documented in
+docs/trainer.md:
+
+- `loss(logits, batch)` replaces the configured task loss (GroupDRO's group-weighted loss);
+- `groups="tone3" | "tone2" | "fst" | "sex"` chooses the scheme of the per-sample group ids
+  in `batch.group` (index into `group_names(scheme)`, -1 when unknown);
+- `state=` an object with state_dict()/load_state_dict() that is saved in the checkpoint, so a
+  method's own running state (GroupDRO's group weights) resumes exactly;
+- `extra_loss(model, batch, logits)` adds a term to the loss (MFD's MMD term);
+- `after_step(model)` runs after each optimiser step (FairQuantize re-freezes weights).
 
 Every epoch ends with a checkpoint (model, optimiser, schedule, torch RNG state, best-so-far),
 so a killed run resumes where it stopped and, on the CPU, gives the same result as an
@@ -13,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -32,33 +40,59 @@ from rich.progress import (
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch import nn
 
+from dermbench.data.groups import GROUP_ORDER, SCHEMES, group_schemes
 from dermbench.data.model import Split
-from dermbench.errors import ConfigError, DermbenchError
+from dermbench.errors import ConfigError, DermbenchError, unknown_name
 from dermbench.seeds import seed_for
+from dermbench.train.checkpoint import Stateful, check_plain, load_checkpoint, save_checkpoint
 from dermbench.train.losses import make_loss
 from dermbench.train.models import input_stats
 
 if TYPE_CHECKING:  # the context sits above the trainer; it is only named in annotations
     from dermbench.context import RunContext
 
+
+@dataclass
+class Batch:
+    """One training step's samples, as the loss callbacks see them."""
+
+    x: torch.Tensor  # normalised (and augmented) images, NCHW on the device
+    y: torch.Tensor | None  # labels on the device
+    index: torch.Tensor  # positions of the samples in the training split
+    group: torch.Tensor  # index into group_names(scheme) on the device, -1 when unknown
+    scheme: str = "tone3"  # the group scheme of `group`
+
+
+#: loss(logits, batch) -> the scalar training loss, replacing the configured one (logits are float32)
+TaskLoss = Callable[[torch.Tensor, Batch], torch.Tensor]
 #: extra_loss(model, batch, logits) -> a scalar added to the task loss (MFD's MMD term, ...)
-ExtraLoss = Callable[[nn.Module, dict, torch.Tensor], torch.Tensor]
+ExtraLoss = Callable[[nn.Module, Batch, torch.Tensor], torch.Tensor]
 #: after_step(model) runs after each optimiser step (FairQuantize re-freezes quantised weights)
 AfterStep = Callable[[nn.Module], None]
 
 
-@dataclass
-class Batch:
-    x: torch.Tensor
-    y: torch.Tensor | None
-    index: torch.Tensor
-    group: torch.Tensor  # tone3 index 0/1/2, or -1 when unknown
+def group_names(scheme: str) -> tuple[str, ...]:
+    """The groups of `scheme` in the order of their ids: tone3 A/B/C, tone2 light/dark,
+    fst "1".."6", sex female/male (see dermbench.data.groups)."""
+    if scheme not in SCHEMES:
+        raise unknown_name("group scheme", scheme, SCHEMES)
+    return GROUP_ORDER[scheme]
 
 
-def _group_codes(split: Split) -> np.ndarray:
-    if "tone3" not in split.table:
+def group_codes(split: Split, scheme: str = "tone3") -> np.ndarray:
+    """Each sample's group id under `scheme` (its index in group_names(scheme)), -1 when the
+    dataset does not know it (a missing column, a missing value, DDI's FST III-IV under tone2)."""
+    ids = {g: i for i, g in enumerate(group_names(scheme))}
+    values = group_schemes(split.table[[scheme]]).get(scheme) if scheme in split.table else None
+    if values is None:
         return np.full(len(split), -1, dtype=np.int64)
-    return split.table["tone3"].map({"A": 0, "B": 1, "C": 2}).fillna(-1).to_numpy(dtype=np.int64)
+    return np.array([ids.get(v, -1) for v in values], dtype=np.int64)
+
+
+def configured_loss(cfg: dict, num_classes: int, device: torch.device) -> TaskLoss:
+    """The task loss the `train` config section names (cross-entropy or focal), as a TaskLoss."""
+    criterion = make_loss(cfg, num_classes).to(device)
+    return lambda logits, batch: criterion(logits, batch.y)
 
 
 class Normaliser:
@@ -106,7 +140,7 @@ def epoch_order(train: Split, sampler: str, gen: torch.Generator) -> np.ndarray:
     if sampler == "class":
         keys = train.labels
     elif sampler == "group":
-        keys = train.labels * 4 + (_group_codes(train) + 1)
+        keys = train.labels * 4 + (group_codes(train, "tone3") + 1)
     else:
         raise ConfigError(f"train.sampler must be none, class or group, got {sampler!r}")
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
@@ -193,7 +227,9 @@ def train_model(
     *,
     name: str = "erm",
     settings: dict | None = None,
-    loss_fn: nn.Module | None = None,
+    loss: TaskLoss | None = None,
+    groups: str = "tone3",
+    state: Stateful | None = None,
     extra_loss: ExtraLoss | None = None,
     after_step: AfterStep | None = None,
 ) -> nn.Module:
@@ -202,6 +238,13 @@ def train_model(
     `settings` overrides keys of the config's `train` section for this call only (e.g. a
     method's retraining schedule); `name` keys the checkpoint so one run can train several
     models (teacher, student) and resume each.
+
+    Extension points for methods: `loss(logits, batch)` computes the training loss instead of
+    the configured one (`logits` are float32, `batch` a `Batch`); `groups` is the scheme of
+    `batch.group` (tone3, tone2, fst or sex); `state` (state_dict/load_state_dict, holding only
+    tensors and plain data) is checkpointed every epoch and restored on resume, so the method's
+    running state continues exactly; `extra_loss(model, batch, logits)` is added to the loss;
+    `after_step(model)` runs after every optimiser step.
     """
     cfg = {**ctx.config["train"], **(settings or {})}
     if name in ctx.trained:
@@ -217,27 +260,31 @@ def train_model(
     model.to(ctx.device)
     if _channels_last(ctx, cfg):
         model.to(memory_format=torch.channels_last)
-    loss_fn = (loss_fn or make_loss(cfg, train.num_classes)).to(ctx.device)
+    task_loss = loss if loss is not None else configured_loss(cfg, train.num_classes, ctx.device)
     optimizer = make_optimizer(model, cfg)
     schedule = make_schedule(optimizer, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.get("amp", True)
                                   and not torch.cuda.is_bf16_supported())
     norm = Normaliser(model, ctx.device, _channels_last(ctx, cfg))
     labels = torch.tensor(train.labels)
-    groups = torch.tensor(_group_codes(train))
+    group_ids = torch.tensor(group_codes(train, groups))
+    if (loss is not None or extra_loss is not None) and not (group_ids >= 0).any():
+        ctx.say(f"[yellow]warning[/]: training {name}: no training sample has a known {groups} group")
+    if state is not None:
+        check_plain(state.state_dict(), f"training {name}: state.state_dict()")
     val_y = val.labels
     ckpt_path = ctx.work_dir / "checkpoints" / f"{name}.pt"
-    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "best_state": None, "history": []}
+    progress = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "best_state": None, "history": []}
     if ckpt_path.exists():
-        state = _restore(ckpt_path, model, optimizer, schedule, scaler)
-        ctx.say(f"[cyan]resuming[/] {name} from its checkpoint after epoch {state['epoch']}")
+        progress = _restore(ckpt_path, model, optimizer, schedule, scaler, state)
+        ctx.say(f"[cyan]resuming[/] {name} from its checkpoint after epoch {progress['epoch']}")
     epochs, bs = int(cfg["epochs"]), int(cfg["batch_size"])
     steps = math.ceil(len(train) / bs)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=ctx.console, transient=False, disable=not ctx.console.is_terminal) as bar:
-        task = bar.add_task(f"train {name}", total=epochs * steps, completed=state["epoch"] * steps, info="")
-        for epoch in range(state["epoch"], epochs):
+        task = bar.add_task(f"train {name}", total=epochs * steps, completed=progress["epoch"] * steps, info="")
+        for epoch in range(progress["epoch"], epochs):
             gen = torch.Generator().manual_seed(seed_for(ctx.seed, f"{name}-epoch-{epoch}"))
             order = epoch_order(train, cfg["sampler"], gen)
             model.train()
@@ -248,61 +295,76 @@ def train_model(
                     continue
                 batch = Batch(
                     x=norm(train.images[idx], cfg["augment"], gen),
-                    y=labels[idx].to(ctx.device), index=torch.from_numpy(idx), group=groups[idx].to(ctx.device),
+                    y=labels[idx].to(ctx.device), index=torch.from_numpy(idx), group=group_ids[idx].to(ctx.device),
+                    scheme=groups,
                 )
                 with _autocast(ctx, cfg):
                     logits = model(batch.x)
-                    loss = loss_fn(logits.float(), batch.y)
+                    value = task_loss(logits.float(), batch)
+                    if loss is not None:
+                        _check_scalar(value, f"training {name}: loss(logits, batch)")
                     if extra_loss is not None:
-                        loss = loss + extra_loss(model, batch, logits)
-                if not torch.isfinite(loss):
+                        value = value + extra_loss(model, batch, logits)
+                if not torch.isfinite(value):
                     raise DermbenchError(
-                        f"training {name}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                        f"training {name}: loss became {value.item()} at epoch {epoch + 1}, step {step + 1} "
                         f"(lr {optimizer.param_groups[0]['lr']:.3g}); lower train.lr, or check the inputs"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                scaler.scale(value).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 if after_step is not None:
                     after_step(model)
-                running += float(loss.detach())
+                running += float(value.detach())
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{epochs} loss {running / (step + 1):.4f}")
             schedule.step()
             score = validation_score(cfg["select_metric"], val_y, predict_proba(ctx, model, val))
-            state["history"].append({"epoch": epoch + 1, "loss": running / steps, f"val_{cfg['select_metric']}": score})
-            if score > state["best_score"]:
-                state.update(best_score=score, best_epoch=epoch + 1,
-                             best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-            state["epoch"] = epoch + 1
+            progress["history"].append({"epoch": epoch + 1, "loss": running / steps, f"val_{cfg['select_metric']}": score})
+            if score > progress["best_score"]:
+                progress.update(best_score=score, best_epoch=epoch + 1,
+                                best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            progress["epoch"] = epoch + 1
             bar.update(task, info=f"epoch {epoch + 1}/{epochs} val {cfg['select_metric']} {score:.4f}")
             ctx.say(f"{name} epoch {epoch + 1}/{epochs}: loss {running / steps:.4f}, val {cfg['select_metric']} {score:.4f}")
-            _save(ckpt_path, model, optimizer, schedule, scaler, state)
-    if state["best_state"] is not None:
-        model.load_state_dict(state["best_state"])
-    ctx.say(f"{name}: best val {cfg['select_metric']} {state['best_score']:.4f} at epoch {state['best_epoch']}")
-    model.train_history = state["history"]  # type: ignore[attr-defined]
+            _save(ckpt_path, model, optimizer, schedule, scaler, progress, state, name)
+    if progress["best_state"] is not None:
+        model.load_state_dict(progress["best_state"])
+    ctx.say(f"{name}: best val {cfg['select_metric']} {progress['best_score']:.4f} at epoch {progress['best_epoch']}")
+    model.train_history = progress["history"]  # type: ignore[attr-defined]
     return model
 
 
-def _save(path, model, optimizer, schedule, scaler, state) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
+def _check_scalar(value: object, where: str) -> None:
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise DermbenchError(f"{where} must return a scalar tensor, got {shape}")
+
+
+def _save(path, model, optimizer, schedule, scaler, progress: dict, state: Stateful | None, name: str) -> None:
+    method_state = None
+    if state is not None:
+        method_state = state.state_dict()
+        check_plain(method_state, f"training {name}: state.state_dict()")
+    save_checkpoint(path, {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-        "scaler": scaler.state_dict(), "state": state, "torch_rng": torch.get_rng_state(),
+        "scaler": scaler.state_dict(), "state": progress, "method_state": method_state,
+        "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    })
 
 
-def _restore(path, model, optimizer, schedule, scaler) -> dict:
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+def _restore(path, model, optimizer, schedule, scaler, state: Stateful | None) -> dict:
+    payload = load_checkpoint(path)
+    if state is not None and payload.get("method_state") is None:
+        raise DermbenchError(f"checkpoint {path} holds no method state, but this training keeps one; "
+                             "delete it to train this model from scratch")
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     schedule.load_state_dict(payload["schedule"])
     scaler.load_state_dict(payload["scaler"])
+    if state is not None:
+        state.load_state_dict(payload["method_state"])
     torch.set_rng_state(payload["torch_rng"])
     if payload.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["cuda_rng"])

@@ -1,0 +1,86 @@
+"""Resume checkpoints are read without running code, and written atomically."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from dermbench.cli import main
+from dermbench.errors import DermbenchError
+from dermbench.train import trainer
+from dermbench.train.checkpoint import load_checkpoint, save_checkpoint
+
+TINY = [
+    "data.image_size=16",
+    "data.options={n_train: 240, n_val: 80, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}",
+    "model.backbone=test_resnet",
+    "train.batch_size=32",
+    "eval.n_boot=0",
+    "train.epochs=2",
+]
+
+
+class Planted:
+    """What a hostile run folder could hold: unpickling it makes a folder (it could do anything)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.makedirs, (self.marker,)
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused_and_a_normal_one_resumes(tmp_path, monkeypatch, capsys):
+    args = ["run", "--out", str(tmp_path / "runs"), "--device", "cpu", *sum([["--set", s] for s in TINY], [])]
+    real_score, calls = trainer.validation_score, []
+
+    def killed_in_epoch_two(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_score(*a, **kw)
+
+    monkeypatch.setattr(trainer, "validation_score", killed_in_epoch_two)
+    assert main(args) == 130  # interrupted after the epoch-1 checkpoint
+    monkeypatch.setattr(trainer, "validation_score", real_score)
+    (ckpt,) = (tmp_path / "runs").glob("*/work/checkpoints/erm.pt")
+    genuine = tmp_path / "genuine.pt"
+    shutil.copy(ckpt, genuine)
+    assert not list(ckpt.parent.glob("*.tmp"))
+
+    marker = tmp_path / "code-ran"
+    payload = torch.load(genuine, weights_only=True)
+    torch.save({**payload, "state": {**payload["state"], "extra": Planted(marker)}}, ckpt)
+    capsys.readouterr()
+    assert main(args) == 2
+    out = capsys.readouterr().out
+    assert "error:" in out and "Traceback" not in out
+    assert "erm.pt holds objects other than tensors and plain data" in out.replace("\n", "")
+    assert not marker.exists()
+    torch.load(ckpt, weights_only=False)  # what the refusal prevents
+    assert marker.exists()
+
+    shutil.copy(genuine, ckpt)
+    assert main(args) == 0
+    assert "resuming erm from its checkpoint after epoch 1" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "m.pt"
+    save_checkpoint(path, {"state": {"epoch": 1}, "rng": torch.get_rng_state()})
+    real_save = torch.save
+
+    def crash(obj, fh, *a, **kw):
+        fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"state": {"epoch": 2}})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint(path)["state"] == {"epoch": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["m.pt"]  # no temporary file left behind
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(DermbenchError, match=r"m\.pt cannot be read"):
+        load_checkpoint(path)
