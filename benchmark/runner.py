@@ -92,10 +92,7 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
     train = datasets.load(cfg["dataset"], "train")
     val = datasets.load(cfg["dataset"], "val")
     tests, skipped = load_test_sets(cfg, datasets, train_dataset, ctx)  # before training, so problems show early
-    extra = [s for s in pm.hook.augment(ctx=ctx, train=train) if s is not None]
-    if extra:
-        ctx.say(f"augmentation added {sum(len(s) for s in extra)} training samples")
-        train = Split.concat("train+augment", [train, *extra])
+    train, synthetic = datasets.augment(pm, ctx, train)  # checked per plugin; counted per tone3 x label
     model = ctx.create_model(train.num_classes)
     model = pm.hook.fit(ctx=ctx, model=model, train=train, val=val)
     if model is None:
@@ -116,6 +113,7 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
         "timing": {"total_s": round(time.perf_counter() - started, 2), "resumed": resuming},
         "threshold_rule": cfg["eval"]["threshold"], "skipped_test_sets": skipped,
         "train_history": getattr(model, "train_history", None), "eval": evaluations,
+        "synthetic": synthetic,
     }
     metrics = run.write_record(metrics)  # checked against the record schema (results/records.py)
     run.mark_done()

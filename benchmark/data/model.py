@@ -2,7 +2,9 @@
 
 A dataset yields one pandas sample table over all its rows (every split), with at least
 REQUIRED_COLUMNS. Images for a table are a uint8 array (n, H, W, 3), usually a memory-mapped
-cache (`dermbench.data.cache`), so training never decodes a file twice.
+cache (`dermbench.data.cache`), so training never decodes a file twice. Pooled splits
+(real + synthetic) keep their parts as they are (`dermbench.data.lazy.ConcatArray`), so
+memory-mapped parts stay on disk.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import pandas as pd
 
 from dermbench.data.cache import load_images
 from dermbench.data.groups import add_group_columns
+from dermbench.data.lazy import ConcatArray, concat_rows
 from dermbench.errors import ConfigError, DataError, closest, unknown_name
 from dermbench.plugins import BUILTIN_DATASETS, dataset_refs
 
 REQUIRED_COLUMNS = ("sample_id", "image", "label", "fst", "tone_source", "domain", "split")
 TONE_SOURCES = ("annotated", "ita", "detector", "generated")
-DOMAINS = ("clinical", "dermoscopic")
+#: what `Split.images` / `Split.masks` may be: an array (often a read-only memmap) or a lazy concatenation
+ImageArray = np.ndarray | ConcatArray
 #: the columns a plugin's `predict` sees
 PREDICT_COLUMNS = ("sample_id", "image", "fst", "tone_source", "domain", "tone3", "tone2", "sex")
 
@@ -40,13 +44,17 @@ class TestSet:
 
 @dataclass
 class Split:
-    """Samples ready for a model: the table (row i describes images[i]) and the pixels."""
+    """Samples ready for a model: the table (row i describes images[i]) and the pixels.
+
+    `images` is uint8 (n, H, W, 3) and `masks`, when the dataset has them, (n, H, W) class
+    ids; either may be a `ConcatArray`, which indexes like an array without holding its rows.
+    """
 
     name: str
     table: pd.DataFrame
-    images: np.ndarray
+    images: ImageArray
     classes: tuple[str, ...]
-    masks: np.ndarray | None = None
+    masks: ImageArray | None = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -55,6 +63,11 @@ class Split:
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
             raise DataError(
                 f"split {self.name!r}: images must be uint8 (n, H, W, 3), got {self.images.dtype} {self.images.shape}"
+            )
+        if self.masks is not None and tuple(self.masks.shape) != tuple(self.images.shape[:3]):
+            raise DataError(
+                f"split {self.name!r}: masks have shape {tuple(self.masks.shape)}, expected "
+                f"{tuple(self.images.shape[:3])} to match the images"
             )
         self.table = self.table.reset_index(drop=True)
 
@@ -88,7 +101,11 @@ class Split:
 
     @staticmethod
     def concat(name: str, splits: list[Split]) -> Split:
-        """Pool splits (e.g. real + synthetic); all must share the classes and image size."""
+        """Pool splits (e.g. real + synthetic); all must share the classes and image size.
+
+        The pixels are not copied: the result's images (and masks, when every part has them)
+        are a `ConcatArray` over the parts, so memory-mapped parts stay memory-mapped.
+        """
         if not splits:
             raise DataError(f"cannot pool zero splits into {name!r}")
         classes = splits[0].classes
@@ -102,9 +119,9 @@ class Split:
                 )
         masks = None
         if all(s.masks is not None for s in splits):
-            masks = np.concatenate([s.masks for s in splits])
+            masks = concat_rows([s.masks for s in splits])
         table = pd.concat([s.table for s in splits], ignore_index=True)
-        images = np.concatenate([np.asarray(s.images) for s in splits])
+        images = concat_rows([s.images for s in splits])
         return Split(name=name, table=table, images=images, classes=classes, masks=masks)
 
 
@@ -206,7 +223,6 @@ KNOWN_OPTIONS: set[str] = {"on_error"}
 def is_known_option(key: str) -> bool:
     """Whether `key` is an option of any built-in dataset (importing them to be sure)."""
     if key not in KNOWN_OPTIONS:
-
         for target in BUILTIN_DATASETS.values():
             importlib.import_module(target.partition(":")[0])
     return key in KNOWN_OPTIONS

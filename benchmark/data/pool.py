@@ -1,9 +1,22 @@
-"""The datasets of one run, each built once, and the splits they load."""
+"""The datasets of one run, each built once, and the splits they load.
+
+A split at another image size (a diffusion model trains at 256-512 px while the classifier
+sees 64-224 px) goes through the same caches as the run's own splits: a file dataset's
+decoded-image cache keys its entries by size, so a second size is a second entry and asking
+again maps the existing one; SynthDerm keeps each (split, size) it rendered.
+"""
 
 from __future__ import annotations
 
-from dermbench.data.model import Split, data_root
-from dermbench.errors import DataError
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pluggy
+
+from dermbench.data.augment import augment_splits, describe_synthetic, synthetic_counts
+from dermbench.data.model import Dataset, ImageArray, Split, data_root
+from dermbench.errors import ConfigError, DataError
 from dermbench.plugins import make_dataset
 
 
@@ -11,9 +24,10 @@ class DatasetPool:
     """Dataset instances by name, each built once per run."""
 
     def __init__(self, cfg: dict, local: tuple[str, ...]) -> None:
-        self.cfg, self.local, self._made = cfg, local, {}
+        self.cfg, self.local = cfg, local
+        self._made: dict[str, Dataset] = {}
 
-    def get(self, name: str):
+    def get(self, name: str) -> Dataset:
         if name not in self._made:
             data = self.cfg["data"]
             options = {**data["options"], "on_error": data["on_error"]}
@@ -22,9 +36,44 @@ class DatasetPool:
 
     def load(self, name: str, split: str, *, image_size: int | None = None, with_masks: bool = False,
              as_name: str | None = None) -> Split:
-        """`name`'s `split` at `image_size` px (default: the run's `data.image_size`)."""
-        size = int(image_size or self.cfg["data"]["image_size"])
+        """`name`'s `split` at `image_size` px (default: the run's `data.image_size`).
+
+        With `with_masks`, the split's lesion masks come too, at the same size as the images;
+        a dataset without masks is a DataError naming it and the split.
+        """
+        size = self.cfg["data"]["image_size"] if image_size is None else image_size
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ConfigError(f"image size must be a positive integer, got {size!r}")
+        size = int(size)
         loaded = self.get(name).load(task=self.cfg["task"], split=split, image_size=size, name=as_name)
-        if with_masks and loaded.masks is None:
-            raise DataError(f"dataset {name!r} has no lesion masks for split {split!r}")
+        if not with_masks:
+            return loaded
+        if loaded.masks is None:
+            raise DataError(
+                f"dataset {name!r} has no lesion masks (asked for split {split!r} with masks); "
+                "use a dataset that has them, such as synthderm"
+            )
+        if tuple(loaded.masks.shape) != (len(loaded), size, size):
+            loaded = replace(loaded, masks=resize_masks(loaded.masks, size))
         return loaded
+
+    def augment(self, pm: pluggy.PluginManager, ctx: Any, train: Split) -> tuple[Split, dict | None]:
+        """`train` pooled with what the methods' `augment` hooks return (checked, not copied),
+        and the counts for the run record (None when nothing was added), also said in the log."""
+        extra = augment_splits(pm, ctx=ctx, train=train)
+        counts = synthetic_counts(extra)
+        if counts is None:
+            return train, None
+        ctx.say(describe_synthetic(counts))
+        return Split.concat("train+augment", [train, *extra.values()]), counts
+
+
+def resize_masks(masks: ImageArray, size: int) -> np.ndarray:
+    """(n, h, w) class-id masks at (n, size, size), nearest neighbour: ids must not blend."""
+    n, h, w = masks.shape
+    rows = np.minimum(((np.arange(size) + 0.5) * h / size).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(size) + 0.5) * w / size).astype(np.int64), w - 1)
+    out = np.empty((n, size, size), dtype=masks.dtype)
+    for start in range(0, n, 256):  # bounded memory for memory-mapped masks
+        out[start : start + 256] = np.asarray(masks[start : start + 256])[:, rows][:, :, cols]
+    return out
