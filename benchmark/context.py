@@ -98,8 +98,9 @@ class RunContext:
 
     def load_split(self, dataset: str, split: str, *, image_size: int, with_masks: bool = False) -> Split:
         """`dataset`'s `split` at `image_size` px through the shared image cache (a diffusion
-        model trains at 256-512 px while the classifier sees 64-224 px); with `with_masks`, the
-        lesion masks too (an error naming the dataset when it has none)."""
+        model trains at 256-512 px while the classifier sees 64-224 px): each size is decoded
+        once, later calls map the cached pixels. With `with_masks`, the lesion masks too, at
+        the same size (a DataError naming the dataset and split when it has none)."""
         if self.datasets is None:
             raise DermbenchError("this context has no datasets attached (it was not made by the runner)")
         return self.datasets.load(dataset, split, image_size=image_size, with_masks=with_masks)
