@@ -23,7 +23,7 @@ from fairlearn.metrics import (
 from sklearn import metrics as skm
 from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
 
-from dermbench.data.groups import sex_from_values
+from dermbench.data.groups import ordered_groups
 from dermbench.errors import DermbenchError
 from dermbench.evaluation.metrics import (
     FAIRNESS,
@@ -34,7 +34,6 @@ from dermbench.evaluation.metrics import (
     _bootstrap,
     _make_slice,
     fairness_report,
-    ordered_groups,
     prepare_inputs,
 )
 from dermbench.seeds import spawned_rng
@@ -586,15 +585,6 @@ def test_bootstrap_reports_resamples_where_a_metric_is_undefined():
     assert undefined and any(f["message"].startswith("auc is undefined in") for f in undefined)
     lo, hi = rep["ci"]["groups"]["tone3"]["A"]["auc"]
     assert lo <= hi
-
-
-def test_sex_normaliser():
-    values = pd.Series(["Female", "m", " MALE ", None, "unknown", np.nan, "F"])
-    assert sex_from_values(values).tolist() == ["female", "male", "male", None, None, None, "female"]
-    with pytest.raises(DermbenchError, match="unknown sex value 'x'"):
-        sex_from_values(pd.Series(["x"]))
-    with pytest.raises(DermbenchError, match="numeric codes"):
-        sex_from_values(pd.Series([0, 1]))
 
 
 def test_group_order_is_the_one_of_data_groups():

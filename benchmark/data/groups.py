@@ -8,10 +8,10 @@ tone3 ("12"/"34"/"56"), so its "34" (= B) has no tone2 and is excluded from tone
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
-
-from dermbench.errors import DataError
 
 TONE3 = ("A", "B", "C")
 TONE2 = ("light", "dark")
@@ -19,8 +19,6 @@ SEX = ("female", "male")
 SCHEMES = ("tone3", "tone2", "fst", "sex")
 #: the order reports list a scheme's groups in (other labels are sorted)
 GROUP_ORDER = {"tone3": TONE3, "tone2": TONE2, "fst": ("1", "2", "3", "4", "5", "6"), "sex": SEX}
-_SEX_WORDS = {"female": "female", "f": "female", "woman": "female", "male": "male", "m": "male", "man": "male"}
-_SEX_UNKNOWN = {"", "unknown", "unk", "na", "n/a", "nan", "none", "missing", "other"}
 
 
 def tone3_from_fst(fst: pd.Series) -> pd.Series:
@@ -40,28 +38,18 @@ def tone2_from_tone3(tone3: pd.Series) -> pd.Series:
     return tone3.map({"A": "light", "C": "dark"}).astype(object).where(lambda s: s.notna(), None)
 
 
-def sex_from_values(values: pd.Series, *, where: str = "sex") -> pd.Series:
-    """Normalise a dataset's sex column to "female" / "male" (None when missing or unknown).
-
-    Accepts the spellings datasets use (female/male, F/M, any case). Numeric codes are refused:
-    their meaning differs between datasets (FairQuantize's ISIC-2019 loader uses female = 0), so
-    the dataset must map them itself. Any other value is a DataError naming it and `where`.
-    """
-    out = []
-    for value in values:
-        if value is None or (not isinstance(value, str) and pd.isna(value)):
-            out.append(None)
-            continue
-        if not isinstance(value, str):
-            raise DataError(f"{where}: sex value {value!r} is not text; map numeric codes to 'female'/'male' first")
-        word = value.strip().lower()
-        if word in _SEX_UNKNOWN:
-            out.append(None)
-        elif word in _SEX_WORDS:
-            out.append(_SEX_WORDS[word])
-        else:
-            raise DataError(f"{where}: unknown sex value {value!r}; expected female/male (or F/M), or empty for unknown")
-    return pd.Series(out, index=values.index, dtype=object)
+def ordered_groups(scheme: str, names: Iterable[str]) -> list[str]:
+    """A scheme's groups in their natural order (data.groups.GROUP_ORDER: A, B, C; light, dark;
+    FST 1-6), then any other label, numerically when all are numbers, else alphabetically.
+    Records and reports list groups in this one order."""
+    names = list(dict.fromkeys(names))
+    known = [g for g in GROUP_ORDER.get(scheme, ()) if g in names]
+    rest = sorted(g for g in names if g not in known)
+    try:
+        rest = sorted(rest, key=float)
+    except ValueError:
+        pass
+    return known + rest
 
 
 def add_group_columns(table: pd.DataFrame) -> pd.DataFrame:

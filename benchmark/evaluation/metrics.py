@@ -44,7 +44,7 @@ per-sample feature matrix, and AUC from weighted rank sums, so no Python loop ru
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from dermbench.data.groups import GROUP_ORDER
+from dermbench.data.groups import ordered_groups
 from dermbench.errors import DermbenchError
 from dermbench.seeds import spawned_rng
 
@@ -214,20 +214,6 @@ def _canonical_label(value: Any) -> str:
     if isinstance(value, np.generic):
         value = value.item()
     return str(value)
-
-
-def ordered_groups(scheme: str, names: Iterable[str]) -> list[str]:
-    """A scheme's groups in their natural order (data.groups.GROUP_ORDER: A, B, C; light, dark;
-    FST 1-6), then any other label, numerically when all are numbers, else alphabetically.
-    Records and reports list groups in this one order."""
-    names = list(dict.fromkeys(names))
-    known = [g for g in GROUP_ORDER.get(scheme, ()) if g in names]
-    rest = sorted(g for g in names if g not in known)
-    try:
-        rest = sorted(rest, key=float)
-    except ValueError:
-        pass
-    return known + rest
 
 
 def _group_codes(scheme: str, values: Any, n: int) -> tuple[np.ndarray, list[str]]:

@@ -18,8 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from dermbench.data.groups import SCHEMES
-from dermbench.evaluation.metrics import ordered_groups
+from dermbench.data.groups import SCHEMES, ordered_groups
 from dermbench.results.formatting import MISSING, fmt, fmt_count
 from dermbench.results.records import (
     DONE,
