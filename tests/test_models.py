@@ -3,9 +3,11 @@
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 
 from dermbench.errors import ConfigError, DermbenchError, UnknownNameError
 from dermbench.train.models import create_backbone
+from dermbench.train.weights import save_weights
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", "resnext101_32x8d", "vit_base_patch16_224"])
@@ -50,3 +52,27 @@ def test_bad_weights_and_names_are_clear(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch"))
     with pytest.raises(DermbenchError, match="not in the local timm/Hugging Face cache and the run is offline"):
         create_backbone("resnet18", num_classes=2, pretrained=True)
+
+
+class Tied(torch.nn.Module):
+    """A model whose head shares its weight with the embedding (tied weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(4, 3, bias=False)
+        self.head = torch.nn.Linear(4, 3, bias=False)
+        self.head.weight = self.embed.weight
+
+
+def test_save_weights_writes_a_loadable_file_with_tied_weights(tmp_path):
+    model = Tied()
+    path = tmp_path / "model.safetensors"
+    save_weights(model, path)
+    loaded = load_file(str(path))
+    assert set(loaded) == {"embed.weight", "head.weight"}
+    assert torch.equal(loaded["head.weight"], model.embed.weight.detach())
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temporary file left
+    source = timm.create_model("test_resnet", pretrained=False, num_classes=2)
+    save_weights(source, path)  # replaces the file; the result loads as pretrained weights
+    model = create_backbone("test_resnet", num_classes=2, pretrained=str(path))
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), model.state_dict().values()))

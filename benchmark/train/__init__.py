@@ -1,6 +1,5 @@
-"""Training: the reusable ERM trainer (checkpoints, exact resume, callbacks for methods),
-losses, backbones from timm, and weight files.
+"""Training: backbones (models), losses, the reusable trainer and its extension API for methods
+(trainer; see docs/trainer.md), resume checkpoints (checkpoint) and the weights-file saver (weights).
 
-Imports data/ and the bottom layer (errors, files, seeds) only; the run context is named in
-annotations alone, because the context sits above the trainer and binds it to a run.
-"""
+This layer sits below the run context: it may import data/, errors, files and seeds, and names
+`dermbench.context.RunContext` only for type annotations."""
