@@ -13,7 +13,7 @@ from rich.console import Console
 
 from dermbench import config as configuration
 from dermbench.context import RunContext, choose_device
-from dermbench.data.model import Split, TestSet
+from dermbench.data.model import Split, TestSet, split_exclusions
 from dermbench.data.pool import DatasetPool
 from dermbench.errors import DataError, DermbenchError
 from dermbench.evaluation.evaluate import evaluate_split, threshold_from_validation
@@ -59,13 +59,25 @@ def test_sets(cfg: dict, train_dataset) -> list[TestSet]:
     return out
 
 
+def data_fingerprints(cfg: dict, datasets: DatasetPool) -> dict[str, dict | None]:
+    """{dataset: content fingerprint} for the training dataset and every test set's dataset.
+    The training dataset and test sets named in data.test_sets must be readable (their error
+    stops the run); an unreadable protocol default is None, and is skipped later with its reason."""
+    train_dataset = datasets.get(cfg["dataset"])
+    used = [cfg["dataset"], *(t.dataset for t in test_sets(cfg, train_dataset))]
+    named = set(used) if cfg["data"]["test_sets"] is not None else {cfg["dataset"]}
+    return datasets.fingerprints(used, required=named)
+
+
 def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = False, console: Console | None = None) -> RunResult:
     """Train and evaluate one config; a finished run with the same id is reused unless `force`."""
     console = console or Console()
     started = time.perf_counter()
     device = choose_device(cfg["device"])
     cfg = {**cfg, "device": device.type}  # results depend on it (AMP, channels-last): part of the run id
-    run_id = configuration.run_id(cfg)
+    datasets = DatasetPool(cfg, local)
+    fingerprint = data_fingerprints(cfg, datasets)  # the data is part of the run id: read before the id
+    run_id = configuration.run_id(cfg, {name: fp and fp["digest"] for name, fp in fingerprint.items()})
     run = RunDir(Path(cfg["out"]), run_id)
     if run.done and not force:
         console.print(f"[green]finished run found[/] {run.path} (same config and seed); use --force to redo it")
@@ -82,7 +94,6 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
     write_json(run.file("plugins.json"), {p.name: {"version": p.ref.version, "package": p.ref.package, "source": p.ref.source}
                                           for p in loaded})
     write_json(run.file("environment.json"), {**environment(), "device": str(device)})
-    datasets = DatasetPool(cfg, local)
     ctx = RunContext(config=cfg, device=device, work_dir=run.path / "work", cache_dir=run.path / "work" / "cache",
                      console=console, log=run.append_log, datasets=datasets)
     ctx.say(f"{'resuming' if resuming else 'starting'} run [bold]{run_id}[/]: method {cfg['method']}, dataset "
@@ -91,6 +102,10 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
     train_dataset = datasets.get(cfg["dataset"])
     train = datasets.load(cfg["dataset"], "train")
     val = datasets.load(cfg["dataset"], "val")
+    excluded = split_exclusions({"train": train, "val": val})  # test sets count theirs in `eval`
+    for where, reasons in excluded.items():
+        for reason, count in reasons.items():
+            ctx.say(f"[yellow]excluded from {where}[/]: {count} sample(s), {reason}")
     tests, skipped = load_test_sets(cfg, datasets, train_dataset, ctx)  # before training, so problems show early
     train, synthetic = datasets.augment(pm, ctx, train)  # checked per plugin; counted per tone3 x label
     model = ctx.create_model(train.num_classes)
@@ -113,7 +128,7 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
         "timing": {"total_s": round(time.perf_counter() - started, 2), "resumed": resuming},
         "threshold_rule": cfg["eval"]["threshold"], "skipped_test_sets": skipped,
         "train_history": getattr(model, "train_history", None), "eval": evaluations,
-        "synthetic": synthetic,
+        "synthetic": synthetic, "excluded": excluded, "data_fingerprint": fingerprint,
     }
     metrics = run.write_record(metrics)  # checked against the record schema (results/records.py)
     run.mark_done()
@@ -125,9 +140,11 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
 
 def load_test_sets(cfg: dict, datasets: DatasetPool, train_dataset, ctx: RunContext) -> tuple[dict[str, Split], dict]:
     """The protocol's test splits, with tones filled where the dataset has none, and the ones
-    skipped with the reason: an external test set that is absent or lacks the run's task is
-    listed, never silently dropped; a problem with the training dataset's own test split stops."""
+    skipped with the reason: an external protocol default that is absent or lacks the run's task
+    is listed, never silently dropped. A problem with the training dataset's own test split, or
+    with a test set the user named in data.test_sets, stops the run with its reason."""
     loaded, skipped = {}, {}
+    named = cfg["data"]["test_sets"] is not None
     for test in test_sets(cfg, train_dataset):
         own = test.dataset == cfg["dataset"]
         try:
@@ -140,6 +157,9 @@ def load_test_sets(cfg: dict, datasets: DatasetPool, train_dataset, ctx: RunCont
         except DataError as exc:
             if own:
                 raise
+            if named:
+                raise DataError(f"test set {test.name!r}, named in data.test_sets, cannot be evaluated: {exc} "
+                                "(leave it out of data.test_sets to run without it)") from exc
             skipped[test.name] = str(exc)
             ctx.say(f"[yellow]skipped test set {test.name}[/]: {exc}")
             continue

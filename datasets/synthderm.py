@@ -78,7 +78,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from dermbench.data.model import KNOWN_OPTIONS, Dataset, Split, TestSet, select_options
+from dermbench.data.model import KNOWN_OPTIONS, Dataset, Split, TestSet, content_digest, select_options
 from dermbench.data.tables import ON_ERROR, check_choice
 from dermbench.errors import DataError
 from dermbench.seeds import split_seed, stream_rng
@@ -87,6 +87,7 @@ __all__ = [
     "BALANCED_TONE_MIX",
     "DDI_MALIGNANT_RATE",
     "FITZ17K_TONE_MIX",
+    "GENERATOR_VERSION",
     "MASK_CLASSES",
     "Scenes",
     "SynthBatch",
@@ -936,6 +937,9 @@ def generate(
 # ---------------------------------------------------------------------------------------
 # The dataset plugin
 # ---------------------------------------------------------------------------------------
+#: the generator's version, part of every SynthDerm fingerprint (and so of run ids): bump it with
+#: any change that alters a generated sample (pixels, masks or table) for the same options
+GENERATOR_VERSION = 1
 @dataclass(frozen=True)
 class _SplitSpec:
     option: str
@@ -994,6 +998,17 @@ class SynthDerm(Dataset):
     def classes(self, task: str) -> tuple[str, ...]:
         self.check_task(task)
         return ("benign", "malignant")
+
+    def fingerprint(self) -> dict:
+        """The data is a function of the generator and its options (split sizes, data_seed,
+        spurious), so those are its content; on_error changes nothing generated and is left out."""
+        content = {
+            "dataset": self.name,
+            "kind": "generated",
+            "generator": GENERATOR_VERSION,
+            "options": {k: v for k, v in self.options.items() if k != "on_error"},
+        }
+        return {**content, "digest": content_digest(content)}
 
     def scenes(self, split: str) -> Scenes:
         """The sampled (pixel-free) scenes of one split, cached."""

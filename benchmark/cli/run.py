@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from dermbench.results.formatting import fmt
 from dermbench.results.records import METRICS_FILE, Record, read_record
@@ -34,6 +35,23 @@ def summary_table(record: Record, *, scheme: str = "tone3") -> list[Table]:
     return tables
 
 
+def exclusion_lines(record: Record) -> list[str]:
+    """Every count of samples left out, training and validation first, then per test set, so a
+    summary never hides dropped data (e.g. unreadable images under data.on_error=skip)."""
+    run_level = record.excluded or {}
+    lines = []
+    for key, reasons in run_level.items():
+        where = key if key in ("train", "val") else f"{record.dataset}, {key}"
+        lines += [f"from {where}: {count} sample(s), {reason}" for reason, count in reasons.items() if count]
+    for name, ev in record.eval.items():
+        for key, reasons in ev.excluded.items():
+            if run_level.get(key) == reasons:
+                continue  # the training dataset's own pre-split count, said above
+            where = name if key == "images" else f"{name}, {key}"
+            lines += [f"from {where}: {count} sample(s), {reason}" for reason, count in reasons.items() if count]
+    return lines
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     console = Console()
     local = tuple(args.plugin or ())
@@ -48,6 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(table)
     for name, why in record.skipped_test_sets.items():
         console.print(f"[yellow]skipped[/] {name}: {why}")
+    for line in exclusion_lines(record):
+        console.print(Text.assemble(("excluded ", "yellow"), line))
     console.print(f"{'reused' if result.reused else 'ran'} {result.run_dir.path} — run time {record.timing.total_s:.1f} s")
     return 0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -201,9 +202,18 @@ def settings_digest(config: dict, *, leave_out: tuple[tuple[str, ...], ...] = ()
     return hashlib.new(algorithm, text.encode("utf-8")).hexdigest()[:length]
 
 
-def run_id(config: dict) -> str:
-    """A readable id whose suffix is a hash of every setting that can change results."""
-    digest = settings_digest(config)
+#: where the data fingerprint goes in the hashed material (a space, so no setting can be named so)
+DATA_KEY = "data fingerprint"
+
+
+def run_id(config: dict, fingerprint: Mapping[str, str | None] | None = None) -> str:
+    """A readable id whose suffix is a hash of every setting that can change results and of the
+    data: `fingerprint` is {dataset: content digest, or None when unreadable} for every dataset
+    the run uses (the runner's data_fingerprints), so the same settings on changed data are
+    another run, while the same data under another root is the same run. Without a fingerprint
+    the id covers the settings alone (tools that compare configs, not runs)."""
+    material = config if fingerprint is None else {**config, DATA_KEY: dict(sorted(fingerprint.items()))}
+    digest = settings_digest(material)
     method = str(config["method"]).replace("+", "-")
     return f"{method}_{config['dataset']}_s{config['seed']}_{digest}"
 

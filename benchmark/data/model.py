@@ -9,12 +9,15 @@ memory-mapped parts stay on disk.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -31,6 +34,32 @@ TONE_SOURCES = ("annotated", "ita", "detector", "generated")
 ImageArray = np.ndarray | ConcatArray
 #: the columns a plugin's `predict` sees
 PREDICT_COLUMNS = ("sample_id", "image", "fst", "tone_source", "domain", "tone3", "tone2", "sex")
+#: the key of a split's rows that the dataset's loader left out before splitting (see Dataset.load)
+ALL_SPLITS = "dataset (all splits)"
+
+
+def content_digest(content: dict[str, Any]) -> str:
+    """Hex SHA-256 of `content` as sorted JSON: the same description gives the same digest anywhere."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def image_list(root: Path | None, images: Iterable[str]) -> dict[str, Any]:
+    """The image files as content: count, total bytes and a SHA-256 over (relative path, byte size)
+    in order. Paths stay relative to `root`, so the same files under another root match; a
+    missing file counts with size -1, so a file appearing or vanishing changes the digest."""
+    digest = hashlib.sha256()
+    n = total = 0
+    for rel in images:
+        rel = str(rel)
+        path = Path(root) / rel if root is not None else Path(rel)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = -1
+        digest.update(f"{rel}\t{size}\n".encode())
+        n += 1
+        total += max(size, 0)
+    return {"n": n, "bytes": total, "sha256": digest.hexdigest()}
 
 
 @dataclass(frozen=True)
@@ -125,6 +154,19 @@ class Split:
         return Split(name=name, table=table, images=images, classes=classes, masks=masks)
 
 
+def split_exclusions(splits: dict[str, Split]) -> dict[str, dict[str, int]]:
+    """{split name: {reason: count}} for every split given (empty when nothing was dropped), plus
+    ALL_SPLITS for rows the loader dropped before splitting, when there were any. The run record
+    keeps this for training and validation, which no test-set entry reports."""
+    out: dict[str, dict[str, int]] = {name: dict(split.meta.get("excluded", {})) for name, split in splits.items()}
+    before: dict[str, int] = {}
+    for split in splits.values():
+        before.update(split.meta.get("dataset_excluded", {}))
+    if before:
+        out[ALL_SPLITS] = before
+    return out
+
+
 def validate_table(table: pd.DataFrame, *, source: str) -> pd.DataFrame:
     """Check the columns every sample table needs and derive the group columns."""
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
@@ -176,6 +218,21 @@ class Dataset(ABC):
         image could not be read (their pixels are zero and must not be used).
         """
         return load_images(self.root, table["image"].tolist(), size=size)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the data is, not where it lives, with its `digest`: part of the run id, so a run
+        is reused only on the same data. This default describes the sample table of the first
+        task and the image files (relative paths and sizes); file datasets and SynthDerm say more
+        precisely what their content is. A DataError means the data cannot be read."""
+        table = self.table(self.tasks[0])
+        rows = table[[c for c in REQUIRED_COLUMNS if c in table]].to_csv(index=False, lineterminator="\n")
+        content = {
+            "dataset": self.name,
+            "kind": "table",
+            "table_sha256": hashlib.sha256(rows.encode("utf-8")).hexdigest(),
+            "images": image_list(self.root, table["image"].astype(str)),
+        }
+        return {**content, "digest": content_digest(content)}
 
     def check_task(self, task: str) -> None:
         if task not in self.tasks:

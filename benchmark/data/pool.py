@@ -8,6 +8,7 @@ again maps the existing one; SynthDerm keeps each (split, size) it rendered.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -33,6 +34,24 @@ class DatasetPool:
             options = {**data["options"], "on_error": data["on_error"]}
             self._made[name] = make_dataset(name, root=data_root(name, data["root"]), options=options, local=self.local)
         return self._made[name]
+
+    def fingerprints(self, names: Iterable[str], *, required: Collection[str]) -> dict[str, dict[str, Any] | None]:
+        """The content fingerprint of each dataset in `names` (see Dataset.fingerprint) that has
+        the run's task; the others play no part in the run. A dataset in `required` that cannot
+        be read stops here with its DataError; any other is None: its test set is skipped later,
+        with the reason, and appearing later changes the fingerprint (so the run id)."""
+        out: dict[str, dict[str, Any] | None] = {}
+        for name in dict.fromkeys(names):
+            try:
+                dataset = self.get(name)
+                if self.cfg["task"] not in dataset.tasks:
+                    continue
+                out[name] = dataset.fingerprint()
+            except DataError:
+                if name in required:
+                    raise
+                out[name] = None
+        return out
 
     def load(self, name: str, split: str, *, image_size: int | None = None, with_masks: bool = False,
              as_name: str | None = None) -> Split:

@@ -262,6 +262,26 @@ def _align(found: SplitFile, records: pd.DataFrame) -> pd.Series:
     return pd.Series(mapped.to_numpy(dtype=object), index=records.index, name="split")
 
 
+def _stored_split(
+    dataset: str, rule: SplitRule, sha: str, user_dir: Path | None
+) -> tuple[SplitFile | None, SplitFile | None]:
+    """(the first stored split made from metadata with checksum `sha`, the first stale one)."""
+    stale: SplitFile | None = None
+    for directory in (committed_dir(), user_dir):
+        found = find_split_file(directory, dataset, rule.name)
+        if found is None:
+            continue
+        if found.sha256 == sha:
+            return found, stale
+        stale = stale or found
+    return None, stale
+
+
+def split_in_use(*, dataset: str, rule: SplitRule, metadata_path: Path, user_dir: Path | None) -> SplitFile | None:
+    """The stored split a run of `dataset`/`rule` reads (see resolve_split), or None when none matches."""
+    return _stored_split(dataset, rule, sha256_file(metadata_path), user_dir)[0]
+
+
 def resolve_split(
     records: pd.DataFrame,
     *,
@@ -282,14 +302,9 @@ def resolve_split(
     records get "unassigned".
     """
     sha = sha256_file(metadata_path)
-    stale: SplitFile | None = None
-    for directory in (committed_dir(), user_dir):
-        found = find_split_file(directory, dataset, rule.name)
-        if found is None:
-            continue
-        if found.sha256 == sha:
-            return _align(found, records)
-        stale = stale or found
+    found, stale = _stored_split(dataset, rule, sha, user_dir)
+    if found is not None:
+        return _align(found, records)
     if not create:
         return pd.Series(UNASSIGNED, index=records.index, name="split", dtype=object)
     if user_dir is None:

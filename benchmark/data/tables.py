@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 import dermbench.data.images as images
-from dermbench.data.model import KNOWN_OPTIONS, Dataset, select_options
-from dermbench.data.splits import describe_split, resolve_split
+from dermbench.data.metadata import sha256_file
+from dermbench.data.model import KNOWN_OPTIONS, Dataset, content_digest, image_list, select_options
+from dermbench.data.splits import describe_split, resolve_split, split_in_use
 from dermbench.errors import ConfigError, DataError
 
 #: class names of the binary `malignant` task, shared by every dataset so test sets line up
@@ -355,6 +356,31 @@ class TableDataset(Dataset):
                     refuse_create=f"{dropped} metadata row(s) were dropped under on_error=skip" if dropped else None,
                 )
         return self._splits[create]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The release's content, independent of where it lies: the SHA-256 of every metadata file,
+        the checksum of the split file in use (none for an official split, which the metadata
+        holds), and the image list (paths relative to the release folder, byte sizes). A fixed
+        CSV row, another split or other image files give another digest; a copy elsewhere the same."""
+        records = self.records()
+        self.splits()  # makes the split file when none exists yet, as loading would
+        split: dict[str, Any] = {"official": True}
+        if self.split_rules:
+            rule = self.split_rules[self.options["split_rule"]]
+            used = split_in_use(dataset=self.name, rule=rule, metadata_path=self.metadata_path(),
+                                user_dir=self.split_dir())
+            if used is None:  # splits() above returned, so one matches: only a file removed since
+                raise DataError(f"dataset {self.name!r}: the split file of rule {rule.name!r} vanished while reading it")
+            split = {"rule": rule.name, "file": used.csv.name, "sha256": sha256_file(used.csv)}
+        assert self.root is not None
+        content = {
+            "dataset": self.name,
+            "kind": "files",
+            "metadata": {rel: sha256_file(self.root / rel) for rel, exists in self.expected_files() if exists},
+            "split": split,
+            "images": image_list(self.root, records["image"].astype(str)),
+        }
+        return {**content, "digest": content_digest(content)}
 
     def split_status(self) -> str:
         """One line on where this dataset's split comes from (for `dermbench data check`)."""

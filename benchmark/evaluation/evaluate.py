@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from dermbench.data.groups import group_schemes
-from dermbench.data.model import Split
+from dermbench.data.model import ALL_SPLITS, Split
 from dermbench.evaluation.metrics import fairness_report
 from dermbench.evaluation.thresholds import choose_threshold
 
@@ -47,5 +47,5 @@ def evaluate_split(split: Split, prob: np.ndarray, *, threshold: float | None, c
     if split.meta.get("excluded"):
         excluded["images"] = dict(split.meta["excluded"])
     if split.meta.get("dataset_excluded"):
-        excluded["dataset (all splits)"] = dict(split.meta["dataset_excluded"])
+        excluded[ALL_SPLITS] = dict(split.meta["dataset_excluded"])
     return report, predictions_table(split, prob, threshold)

@@ -268,6 +268,12 @@ class Record(_Struct, kw_only=True):
     train_history: list[dict[str, Any]] | None  # per epoch; the keys depend on the method's fit
     eval: dict[str, TestSetEval]
     synthetic: Synthetic | None = None
+    #: samples dropped from training and validation, {"train"|"val": {reason: count}} (empty: none),
+    #: and "dataset (all splits)" for rows the training dataset's loader dropped before splitting
+    excluded: dict[str, dict[str, int]] | None = None
+    #: {dataset: its content fingerprint (with "digest"), or null when it could not be read}, for
+    #: every dataset the run used; the digests are part of the run id
+    data_fingerprint: dict[str, dict[str, Any] | None] | None = None
 
 
 # --------------------------------------------------------------------------- writing and reading

@@ -68,6 +68,8 @@ class RunReport:
     header: pd.DataFrame
     notes: list[str]
     test_sets: list[TestSetReport]
+    #: samples left out of training and validation ("train: reason: count"); test sets list their own
+    excluded: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- values
@@ -335,7 +337,16 @@ def build_report(run_dir: str | Path) -> RunReport:
         ("total time", f"{fmt(record.timing.total_s, 1)} s"),
     ], columns=["field", "value"])
     sections = [_test_set_report(run_dir, name, test_eval) for name, test_eval in record.eval.items()]
-    return RunReport(run_dir, record.run_id, header, notes, sections)
+    return RunReport(run_dir, record.run_id, header, notes, sections, excluded=_run_exclusions(record))
+
+
+def _run_exclusions(record: Record) -> list[str]:
+    """Training and validation exclusions as lines; a record from before they were kept says so,
+    rather than "none", since it cannot tell."""
+    if record.excluded is None:
+        return ["not recorded (a record written before training and validation exclusions were kept)"]
+    return [f"{where}: {reason}: {count}" for where, reasons in record.excluded.items()
+            for reason, count in reasons.items()]
 
 
 # --------------------------------------------------------------------------- rendering
@@ -367,6 +378,7 @@ def render_markdown(report: RunReport) -> str:
     lines = [f"# Run report: `{report.run_id}`", "", _markdown(report.header)]
     if report.notes:
         lines += ["", *[f"- {n}" for n in report.notes]]
+    lines += ["", "## Excluded from training and validation", ""] + ([f"- {e}" for e in report.excluded] or ["- none"])
     for section in report.test_sets:
         lines += ["", f"## Test set `{section.name}`", "", *[f"- {s}" for s in section.summary]]
         for scheme, table in section.group_tables.items():
@@ -411,6 +423,8 @@ def print_report(report: RunReport, console: Console) -> None:
     console.print(_rich_table(report.header, align_right=False))
     for note in report.notes:
         _note(console, note)
+    if report.excluded:
+        _note(console, "excluded from training and validation: " + "; ".join(report.excluded))
     for section in report.test_sets:
         console.rule(Text(f"test set {section.name}", style="bold"))
         for line in section.summary:
