@@ -1,11 +1,13 @@
 """The local sweep: a failing run is a counted failure with its reason, the other runs still go,
 and the command exits 1; Ray's GPU request per run, decided without a GPU."""
 
+import sys
+
 import pytest
 
 import dermbench.sweep as sweep_module
 from dermbench.cli import main
-from dermbench.errors import ConfigError
+from dermbench.errors import ConfigError, DermbenchError
 from dermbench.sweep import FAILED, RAN, SweepSummary, gpus_per_task, run_sweep
 
 TINY = [
@@ -94,3 +96,9 @@ def test_ray_tasks_get_absolute_paths_that_leave_the_run_id_alone(tmp_path, monk
     assert moved["out"] == str(tmp_path / "runs") and moved["data"] == {"root": str(tmp_path / "data"), "size": 16}
     assert run_id(moved) == run_id(cfg)
     assert sweep_module._with_absolute_paths({**cfg, "data": {"root": None}})["data"] == {"root": None}
+
+
+def test_ray_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(DermbenchError, match=r"--ray needs Ray: pip install 'dermbench\[ray\]'"):
+        run_sweep([{"method": "erm", "dataset": "synthderm", "seed": 0, "device": "cpu"}], use_ray=True)

@@ -4,6 +4,7 @@ failed runs counted. Needs the `ray` extra (`tox -e ray`); skipped without it.""
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -92,6 +93,8 @@ def cluster():
             yield plugins
         finally:
             ray.shutdown()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+            shutil.rmtree(plugins, ignore_errors=True)
 
 
 def configs(out, *, methods=("erm",), seeds=(0, 1), epochs=1, local=()):
