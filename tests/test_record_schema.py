@@ -171,12 +171,14 @@ def test_every_committed_record_reads_as_version_1_and_keeps_its_content():
         assert record.schema_version == 1
         assert json.loads(encode_record(record)) == {"schema_version": 1, **raw}
         # the shared settings digest keeps run ids and leaderboard variants as committed
-        assert run_id(record.config) == record.run_id == path.parent.name
+        digests = {name: fp and fp["digest"] for name, fp in (record.data_fingerprint or {}).items()}
+        assert run_id(record.config, digests) == record.run_id == path.parent.name
         assert config_variant(record.config) in variants
 
 
 def test_schema_is_documented_in_the_struct_order():
-    """Field order is the order the runner writes (schema_version first, synthetic last)."""
+    """Field order is the order the runner writes: schema_version first, then the fields every
+    record has, then the optional ones added since (so older records still read)."""
     fields = Record.__struct_fields__
-    assert fields[0] == "schema_version" and fields[-2:] == ("eval", "synthetic")
+    assert fields[0] == "schema_version" and fields.index("eval") < fields.index("synthetic")
     assert msgspec.json.decode(encode_record(read_record(sorted(COMMITTED.glob(f"*/{METRICS_FILE}"))[0])))
