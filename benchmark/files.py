@@ -4,20 +4,77 @@ reading that names the file at fault.
 Each write goes to a uniquely named temporary file in the target's folder, is flushed and
 fsynced, renamed over the target, and the folder is fsynced so the rename itself is durable.
 A reader therefore sees the old file or the new one, never a torn one.
+
+A write that fails because the folder is read-only, not ours, or on a full disk becomes a
+`StorageError` naming the file and what to do, not an OSError traceback; any other OSError is
+left as it is. `exclusive_lock` is the OS lock one run folder is worked on under.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from dermbench.errors import DataError
+from dermbench.errors import DataError, DermbenchError
+
+try:
+    import fcntl
+except ImportError:  # POSIX only: without it (Windows) exclusive_lock does not lock
+    fcntl = None  # type: ignore[assignment]
+
+
+class StorageError(DermbenchError):
+    """A run file could not be written because of where it goes (permissions, a read-only file
+    system, a full disk or quota); the message names the path and what to do."""
+
+
+#: errno -> (what happened, what to do): the OSErrors a user fixes by writing elsewhere or freeing space
+_ELSEWHERE = "choose an output folder you can write to (for runs: --out)"
+_SPACE = ("free some space or choose another output folder, then rerun the same command "
+          "(an unfinished run resumes from its last checkpoint)")
+_STORAGE_ERRNOS = {
+    errno.EACCES: ("permission denied", f"{_ELSEWHERE} or fix its permissions"),
+    errno.EPERM: ("operation not permitted", f"{_ELSEWHERE} or fix its permissions"),
+    errno.EROFS: ("the file system is read-only", _ELSEWHERE),
+    errno.ENOSPC: ("no space left on the device", _SPACE),
+    errno.EDQUOT: ("disk quota exceeded", _SPACE),
+}
+
+
+def storage_error(exc: OSError, path: Path | str) -> StorageError | None:
+    """A StorageError naming `path` for a permission, read-only or full-disk `exc`; None for others."""
+    known = _STORAGE_ERRNOS.get(exc.errno) if exc.errno is not None else None
+    if known is None:
+        return None
+    what, todo = known
+    return StorageError(f"cannot write {path}: {what}; {todo}")
+
+
+@contextlib.contextmanager
+def storage_errors(path: Path | str) -> Iterator[None]:
+    """Turn a permission, read-only or full-disk OSError raised inside the block into a StorageError
+    naming `path`; other OSErrors pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        error = storage_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def make_dirs(folder: Path) -> None:
+    """`folder` and its parents (mkdir -p), with a StorageError naming it when it cannot be made."""
+    with storage_errors(folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -34,21 +91,70 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+#: the suffix of write_atomic's temporary files (`.<name>.<random>.tmp`); one left behind
+#: means a process died while writing
+TMP_SUFFIX = ".tmp"
+
+
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write(fh)` on a temporary file beside `path`, then durably rename it to `path`."""
+    """Call `write(fh)` on a temporary file beside `path`, then durably rename it to `path`.
+
+    The temporary name is unique (mkstemp), so two processes writing the same file never share
+    one; a failure removes it and leaves `path` as it was. Permission, read-only and full-disk
+    failures are StorageErrors naming `path`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    make_dirs(path.parent)
+    with storage_errors(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     fsync_dir(path.parent)
+
+
+#: flock errnos that mean "this file system cannot lock", not "someone holds the lock"
+_NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive OS lock (flock) on the file `path` for the block, waiting while another
+    process holds it.
+
+    The kernel drops a flock when its holder exits, even on SIGKILL, so a killed run leaves no
+    stale lock, and the lock file itself is kept (deleting it would let a waiter and a newcomer
+    lock two different files). The holder writes its pid into the file; `on_wait(pid)` is called
+    once, with that pid as text ("unknown" if not yet written), before blocking. Where the OS or
+    file system has no flock (Windows, some network mounts) the block runs unlocked.
+    """
+    path = Path(path)
+    make_dirs(path.parent)
+    with storage_errors(path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait(os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                if exc.errno not in _NO_LOCKING:
+                    raise
+        with storage_errors(path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_text(path: Path, text: str) -> None:

@@ -3,6 +3,7 @@ of the protocol, and write the run record."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,10 @@ from dermbench.data.model import Split, TestSet, split_exclusions
 from dermbench.data.pool import DatasetPool
 from dermbench.errors import DataError, DermbenchError
 from dermbench.evaluation.evaluate import evaluate_split, threshold_from_validation
-from dermbench.files import write_json, write_text
+from dermbench.files import storage_errors, write_json, write_text
 from dermbench.plugins import make_manager
-from dermbench.results.records import RunDir, environment
-from dermbench.results.report import write_report
+from dermbench.results.records import CHECKPOINTS, RecordError, RunDir, environment
+from dermbench.results.report import REPORT_FILE, write_report
 from dermbench.tone import fill_missing_tones
 from dermbench.train.weights import save_weights
 
@@ -70,7 +71,26 @@ def data_fingerprints(cfg: dict, datasets: DatasetPool) -> dict[str, dict | None
 
 
 def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = False, console: Console | None = None) -> RunResult:
-    """Train and evaluate one config; a finished run with the same id is reused unless `force`."""
+    """Train and evaluate one config; a finished run with the same id is reused unless `force`.
+
+    A run folder is worked on by one process at a time, under an OS lock on `<run>/.lock`
+    (released by the kernel even when the process is killed). A second process with the same
+    config and --out says which process (pid) it waits for, waits, and then reuses the run the
+    first one finished (or resumes it, if the first one stopped early). A finished run is reused
+    without taking the lock.
+
+    Damage found at the start: a finished run whose metrics.json does not read stops with an
+    error naming the file and --force (nothing is redone behind the user's back); an unfinished
+    run whose resume checkpoint does not load is set aside as `<run>.damaged-<UTC time>` (kept for
+    inspection, logged) and trained again from scratch, so a sweep is not stopped by it.
+    """
+    with contextlib.ExitStack() as locks:  # the run's lock, released however the run ends
+        return _run_experiment(cfg, local=local, force=force, console=console, locks=locks)
+
+
+def _run_experiment(cfg: dict, *, local: tuple[str, ...], force: bool, console: Console | None,
+                    locks: contextlib.ExitStack) -> RunResult:
+    """run_experiment's body; it enters the run folder's lock into `locks`."""
     console = console or Console()
     started = time.perf_counter()
     device = choose_device(cfg["device"])
@@ -80,15 +100,30 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
     run_id = configuration.run_id(cfg, {name: fp and fp["digest"] for name, fp in fingerprint.items()})
     run = RunDir(Path(cfg["out"]), run_id)
     if run.done and not force:
-        console.print(f"[green]finished run found[/] {run.path} (same config and seed); use --force to redo it")
-        return RunResult(run, run.metrics(), reused=True)
+        try:
+            return _reuse(run, run.metrics(), console)
+        except RecordError:
+            pass  # looked at again under the lock (a --force run elsewhere may be replacing it)
+    locks.enter_context(run.lock(on_wait=lambda pid: console.print(
+        f"[yellow]run {run_id} is in progress in another process (pid {pid})[/]; waiting for it to finish "
+        "(Ctrl-C stops waiting; the same command later reuses or resumes the run)")))
+    if run.done and not force:  # finished by the process waited for
+        return _reuse(run, run.finished_metrics(), console)  # a damaged record: an error naming it and --force
     if force:
         run.reset()
-    resuming = (run.path / "work" / "checkpoints").exists()
+    set_aside = None
+    if (damage := run.damaged_checkpoint()) is not None:
+        aside = run.set_aside(str(damage))
+        set_aside = f"{damage}. The unfinished run was set aside as {aside} and starts again from scratch"
+        console.print(f"[yellow]damaged checkpoint[/]: {set_aside}")
+    run.remove_temporaries()  # left by a process killed mid-write; nobody else writes here now
+    resuming = (run.path / CHECKPOINTS).exists()
     pm, loaded = make_manager(cfg["method"], local)
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"] % (2**32))
-    run.path.mkdir(parents=True, exist_ok=True)
+    run.create()
+    if set_aside is not None:
+        run.append_log(f"damaged checkpoint: {set_aside}")
     write_text(run.file("config.yaml"), configuration.dump(cfg))
     plugins = {p.name: p.ref.version for p in loaded}
     write_json(run.file("plugins.json"), {p.name: {"version": p.ref.version, "package": p.ref.package, "source": p.ref.source}
@@ -133,9 +168,15 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
     metrics = run.write_record(metrics)  # checked against the record schema (results/records.py)
     run.mark_done()
 
-    report = write_report(run.path)  # derived from the record, so written after `done`
+    with storage_errors(run.file(REPORT_FILE)):  # the run is finished even if this fails; `dermbench report` redoes it
+        report = write_report(run.path)  # derived from the record, so written after `done`
     ctx.say(f"run finished in {metrics['timing']['total_s']:.1f} s; record in {run.path}, report in {report.name}")
     return RunResult(run, metrics, reused=False)
+
+
+def _reuse(run: RunDir, metrics: dict, console: Console) -> RunResult:
+    console.print(f"[green]finished run found[/] {run.path} (same config and seed); use --force to redo it")
+    return RunResult(run, metrics, reused=True)
 
 
 def load_test_sets(cfg: dict, datasets: DatasetPool, train_dataset, ctx: RunContext) -> tuple[dict[str, Split], dict]:

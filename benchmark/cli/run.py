@@ -85,5 +85,6 @@ def register(sub) -> None:
     p.add_argument("--out", help="directory for run records (default runs/)")
     p.add_argument("--data-root", help="folder holding one sub-folder per dataset (default $DERMBENCH_DATA)")
     p.add_argument("--plugin", action="append", metavar="MODULE:OBJECT", help="load a method plugin from a module")
-    p.add_argument("--force", action="store_true", help="redo a run even if a finished record exists")
+    p.add_argument("--force", action="store_true", help="redo a run even if a finished record exists (also the way past a damaged "
+                   "metrics.json): the run folder is emptied first")
     p.set_defaults(func=cmd_run)

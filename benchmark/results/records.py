@@ -27,6 +27,8 @@ import shutil
 import sys
 import types
 import typing
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
@@ -37,11 +39,16 @@ import numpy as np
 import torch
 
 from dermbench import __version__
-from dermbench.errors import DataError
-from dermbench.files import write_text
+from dermbench.errors import DataError, DermbenchError
+from dermbench.files import TMP_SUFFIX, exclusive_lock, make_dirs, storage_errors, write_text
+from dermbench.train.checkpoint import load_checkpoint
 
 DONE = "done"
 METRICS_FILE = "metrics.json"
+#: the OS lock file of a run folder (RunDir.lock)
+LOCK_FILE = ".lock"
+#: where the trainer keeps resume checkpoints inside a run folder
+CHECKPOINTS = Path("work") / "checkpoints"
 #: the version new records are written with, and the newest this module reads
 SCHEMA_VERSION = 1
 
@@ -426,7 +433,12 @@ def _failing_key(node: Any, value_kind: Any) -> str | None:
 
 
 class RunDir:
-    """One run's directory, `<out>/<run_id>/`."""
+    """One run's directory, `<out>/<run_id>/`.
+
+    Who may change it: one process at a time, the one holding `lock()`; a finished run (`done`
+    present) is only read. `done` is written last, after metrics.json, so a folder with a record
+    but no `done` (a crash or a full disk in between) is unfinished: it is resumed, never reused.
+    """
 
     def __init__(self, out: Path, run_id: str) -> None:
         self.run_id = run_id
@@ -439,21 +451,75 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def lock(self, on_wait: Callable[[str], None] | None = None) -> AbstractContextManager[None]:
+        """The OS lock on `<run>/.lock` (files.exclusive_lock): held while a process works on the
+        run; `on_wait(pid)` is called before waiting for another process that holds it."""
+        return exclusive_lock(self.path / LOCK_FILE, on_wait)
+
+    def create(self) -> None:
+        """Make the folder; a StorageError names it when that is impossible (read-only, full)."""
+        make_dirs(self.path)
+
+    def _entries(self) -> list[Path]:
+        """Everything in the folder but the lock file, which stays while its lock may be held."""
+        return [p for p in self.path.iterdir() if p.name != LOCK_FILE] if self.path.is_dir() else []
+
     def reset(self) -> None:
-        """Forget everything (for --force)."""
-        if self.path.exists():
-            shutil.rmtree(self.path)
+        """Forget everything (for --force); `done` goes first, so the run never looks finished
+        with half its files gone. The lock file stays: the caller holds its lock."""
+        (self.path / DONE).unlink(missing_ok=True)
+        for entry in self._entries():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def damaged_checkpoint(self) -> DermbenchError | None:
+        """The error of the first resume checkpoint that cannot be loaded (damaged, not a
+        checkpoint, or refused by weights_only loading), or None when all load."""
+        folder = self.path / CHECKPOINTS
+        for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
+            try:
+                load_checkpoint(path)
+            except DermbenchError as exc:
+                return exc
+        return None
+
+    def set_aside(self, why: str) -> Path:
+        """Move the folder's content (all but the lock file) to `<run>.damaged-<UTC time>/`, so the
+        run starts again from scratch with nothing deleted; `why` goes into that folder's log."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
+        with storage_errors(aside):
+            aside.mkdir(parents=True)
+            for entry in self._entries():
+                entry.rename(aside / entry.name)
+            with open(aside / "log.txt", "a", encoding="utf-8") as fh:
+                fh.write(f"{_stamp()} set aside: {why}\n")
+        return aside
+
+    def remove_temporaries(self) -> None:
+        """Delete temporary files a killed process left mid-write (`.<name>.<random>.tmp`); only
+        the lock holder may, since another writer's temporaries would look the same."""
+        for tmp in self.path.rglob(f".*{TMP_SUFFIX}") if self.path.is_dir() else []:
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
 
     def append_log(self, message: str) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        with open(self.path / "log.txt", "a", encoding="utf-8") as fh:
-            fh.write(f"{stamp} {message}\n")
+        log = self.path / "log.txt"
+        make_dirs(self.path)
+        with storage_errors(log), open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"{_stamp()} {message}\n")
 
     def mark_done(self) -> None:
-        """Written last: a run without it is unfinished; drop the resume checkpoints."""
-        shutil.rmtree(self.path / "work" / "checkpoints", ignore_errors=True)
+        """Written last: a run without it is unfinished. The resume checkpoints are dropped after
+        it, so a crash in between costs only disk space, never a retraining."""
         write_text(self.path / DONE, datetime.now(timezone.utc).isoformat() + "\n")
+        shutil.rmtree(self.path / CHECKPOINTS, ignore_errors=True)
 
     def write_record(self, record: Record | dict[str, Any]) -> dict[str, Any]:
         """Write metrics.json (checked against the schema); returns it as plain JSON values."""
@@ -462,6 +528,20 @@ class RunDir:
     def metrics(self) -> dict[str, Any]:
         """metrics.json as plain JSON values, read through the typed reader."""
         return as_json_values(read_record(self.path / METRICS_FILE))
+
+    def finished_metrics(self) -> dict[str, Any]:
+        """A finished run's record; a RecordError naming the damaged or missing file and --force
+        when it does not read (reusing it would hand back nothing, redoing it silently would hide
+        the damage)."""
+        try:
+            return self.metrics()
+        except RecordError as exc:
+            raise RecordError(f"the finished run {self.path} (it has a `{DONE}` marker) has a damaged record: "
+                              f"{exc}. Rerun with --force to redo this run (its folder is replaced)") from None
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def environment() -> dict:
