@@ -29,9 +29,18 @@ def augment(ctx, train):
 
 @hookspec(firstresult=True)
 def fit(ctx, model, train, val):
-    """Train `model` on `train` (selecting on `val`) and return the trained model."""
+    """Train `model` on `train` (selecting on `val`) and return the trained model: a torch
+    nn.Module, or anything else if the same plugin implements `predict` to use it. None is
+    refused (it would let ERM's fit answer under this method's name); an exception other than
+    DermbenchError is reported as a PluginError naming the plugin and the hook."""
 
 
 @hookspec(firstresult=True)
 def predict(ctx, model, split):
-    """Class probabilities, a float array (n, K), for every sample of `split` (no labels)."""
+    """Class probabilities, a float array (n, K), for every sample of `split` (no labels): finite,
+    in [0, 1], each row summing to 1, for binary tasks too. None is refused.
+
+    Before training the harness calls `predict` on a few validation samples with the untrained
+    model, so a wrong shape fails in seconds. A method whose predict needs a fitted model (e.g.
+    its fit returns a different kind of model) opts out with the plugin attribute
+    `predict_needs_fit = True`."""

@@ -4,14 +4,23 @@ Methods and datasets come from three places: built-ins, entry points of installe
 distributions (groups `dermbench.methods` and `dermbench.datasets`; off when
 DERMBENCH_DISABLE_PLUGIN_AUTOLOAD=1), and `--plugin module:object` references. Only the
 methods a run selects are imported, and every run gets a fresh manager.
+
+The manager traces its hooks (`HookTrace`): which plugin answered `fit` and `predict`, which
+`fit` wrappers ran, whose `augment` returned samples. A plain `fit`/`predict` that returns None
+is refused at once (pluggy would otherwise fall through to ERM's and the record would name a
+method that never ran), and an exception other than DermbenchError escaping a hook becomes a
+`PluginError` naming the plugin and the hook.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points, packages_distributions, version
 from typing import Any
 
@@ -23,6 +32,8 @@ from dermbench.errors import DermbenchError, unknown_name
 METHOD_GROUP = "dermbench.methods"
 DATASET_GROUP = "dermbench.datasets"
 HOOK_NAMES = ("dermbench_method_defaults", "augment", "fit", "predict")
+#: hooks where pluggy takes the first non-None answer: None from a plain implementation is refused
+FIRSTRESULT_HOOKS = ("fit", "predict")
 
 BUILTIN_METHODS: dict[str, str] = {
     "erm": "dermbench.methods.erm",
@@ -124,10 +135,17 @@ def plugin_name(obj: Any, target: str) -> str:
     return target.replace(":", ".").rsplit(".", 1)[-1].lower()
 
 
+@functools.cache
+def _distributions_by_package(search_path: tuple[str, ...]) -> dict[str, list[str]]:
+    """packages_distributions() for one sys.path: it reads every installed distribution's file
+    list (seconds), and a run asks for each --plugin target more than once."""
+    return packages_distributions()
+
+
 def _package_of(obj: Any) -> tuple[str, str]:
     module = inspect.getmodule(obj)
     top = (module.__name__ if module else "").split(".")[0]
-    dists = packages_distributions().get(top, [])
+    dists = _distributions_by_package(tuple(sys.path)).get(top, [])
     if dists:
         return dists[0], version(dists[0])
     return top or "?", str(getattr(module, "__version__", "local"))
@@ -152,6 +170,152 @@ def parse_method_spec(spec: str) -> list[str]:
     return names
 
 
+class PluginError(DermbenchError):
+    """A plugin broke the hook contract: it raised (the original exception is `__cause__`, whose
+    traceback the CLI prints under --verbose) or returned what its hook cannot accept."""
+
+    def __init__(self, message: str, *, plugin: str, hook: str) -> None:
+        super().__init__(message)
+        self.plugin, self.hook = plugin, hook
+
+    def __reduce__(self) -> tuple:
+        """Picklable with its keyword arguments (a sweep's worker process sends errors back)."""
+        return (_plugin_error, (str(self), self.plugin, self.hook))
+
+
+def _plugin_error(message: str, plugin: str, hook: str) -> PluginError:
+    return PluginError(message, plugin=plugin, hook=hook)
+
+
+@dataclass
+class HookCall:
+    """One call of a hook: who answered, who returned None, which wrappers ran."""
+
+    hook: str
+    answered: list[str] = field(default_factory=list)  # plain implementations with a non-None result, in call order
+    returned_none: list[str] = field(default_factory=list)
+    wrappers: list[str] = field(default_factory=list)  # in the order they finished: innermost first
+    result_types: dict[str, type] = field(default_factory=dict)  # what each answer and wrapper returned
+
+    @property
+    def answer(self) -> str | None:
+        """The plugin whose result a firstresult hook returned."""
+        return self.answered[0] if self.answered else None
+
+
+@dataclass
+class HookTrace:
+    """The latest call of each hook. A caller starts a call with `begin`; calls nobody began (the
+    data layer calls each `augment` implementation itself) accumulate into one."""
+
+    calls: dict[str, HookCall] = field(default_factory=dict)
+
+    def begin(self, hook: str) -> HookCall:
+        self.calls[hook] = HookCall(hook)
+        return self.calls[hook]
+
+    def current(self, hook: str) -> HookCall:
+        return self.calls.setdefault(hook, HookCall(hook))
+
+
+class Manager(pluggy.PluginManager):
+    """A PluginManager that remembers the plugins a run selected and traces their hooks."""
+
+    def __init__(self, selected: list[str]) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.selected = list(selected)
+        self.trace = HookTrace()
+
+
+def _plugin_failed(exc: Exception, plugin: str, hook: str) -> PluginError:
+    err = PluginError(f"plugin {plugin!r} failed in {hook}: {type(exc).__name__}: {exc}", plugin=plugin, hook=hook)
+    err.__cause__ = exc
+    return err
+
+
+def _traced_plain(function: Callable[..., Any], trace: HookTrace, plugin: str, hook: str) -> Callable[..., Any]:
+    """`function` reporting its result to `trace`; None from a firstresult hook is refused here,
+    before pluggy moves on to the next implementation (ERM's, which would then train for it)."""
+
+    @functools.wraps(function)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = function(*args, **kwargs)
+        except DermbenchError:
+            raise
+        except Exception as exc:  # a plugin may fail in any way: name it instead of a bare traceback
+            raise _plugin_failed(exc, plugin, hook) from exc
+        call = trace.current(hook)
+        if result is None:
+            call.returned_none.append(plugin)
+            if hook in FIRSTRESULT_HOOKS:
+                raise PluginError(returned_none_message(plugin, hook), plugin=plugin, hook=hook)
+        else:
+            call.answered.append(plugin)
+            call.result_types[plugin] = type(result)
+        return result
+
+    return traced
+
+
+def _traced_wrapper(function: Callable[..., Generator], trace: HookTrace, plugin: str, hook: str,
+                    *, new_style: bool) -> Callable[..., Generator]:
+    """A `wrapper=True` (or old-style hookwrapper) generator, delegated to with `yield from` so
+    pluggy's send/throw reach it unchanged; its failures are named like a plain hook's. A
+    new-style wrapper's return value is the hook's result: None from it is refused too."""
+
+    @functools.wraps(function)
+    def traced(*args: Any, **kwargs: Any) -> Generator:
+        try:
+            result = yield from function(*args, **kwargs)
+        except DermbenchError:
+            raise
+        except Exception as exc:
+            raise _plugin_failed(exc, plugin, hook) from exc
+        call = trace.current(hook)
+        call.wrappers.append(plugin)
+        if new_style:
+            if result is None and hook in FIRSTRESULT_HOOKS:
+                raise PluginError(f"method plugin {plugin!r}: its {hook} wrapper returned None; a wrapper must "
+                                  f"return the result (the value its `yield` gave it, or its edited form)",
+                                  plugin=plugin, hook=hook)
+            call.result_types[plugin] = type(result)
+        return result
+
+    return traced
+
+
+def returned_none_message(plugin: str, hook: str) -> str:
+    what = "the trained model" if hook == "fit" else "class probabilities"
+    return (f"method plugin {plugin!r}: its {hook} returned None; pluggy would fall back to another plugin's "
+            f"{hook} (ERM's) and the record would carry {plugin!r} for a method that did not run. {hook} must "
+            f"return {what}")
+
+
+def _trace_hooks(pm: Manager) -> None:
+    """Replace every registered implementation's function by its traced form (pluggy calls
+    `hook_impl.function(*args)`; argument names were read at registration, so they stay)."""
+    for hook in HOOK_NAMES:
+        for impl in getattr(pm.hook, hook).get_hookimpls():
+            if impl.wrapper or impl.hookwrapper:
+                traced = _traced_wrapper(impl.function, pm.trace, impl.plugin_name, hook, new_style=impl.wrapper)
+            else:
+                traced = _traced_plain(impl.function, pm.trace, impl.plugin_name, hook)
+            impl.function = traced  # type: ignore[misc]
+
+
+def predict_needs_fit(pm: pluggy.PluginManager) -> list[str]:
+    """The plugins whose `predict` needs a fitted model (attribute `predict_needs_fit = True`):
+    the harness then skips its check of `predict` on the untrained model before training."""
+    return [impl.plugin_name for impl in pm.hook.predict.get_hookimpls()
+            if getattr(impl.plugin, "predict_needs_fit", False) is True]
+
+
+def implementers(pm: pluggy.PluginManager, hook: str) -> list[str]:
+    """Plugins with a plain (non-wrapper) implementation of `hook`."""
+    return [impl.plugin_name for impl in getattr(pm.hook, hook).get_hookimpls() if not (impl.wrapper or impl.hookwrapper)]
+
+
 @dataclass
 class LoadedPlugin:
     name: str
@@ -159,14 +323,15 @@ class LoadedPlugin:
     obj: Any
 
 
-def make_manager(method: str, local: tuple[str, ...] = ()) -> tuple[pluggy.PluginManager, list[LoadedPlugin]]:
-    """A fresh manager with ERM (the fallback fit/predict) and the methods in `method`."""
+def make_manager(method: str, local: tuple[str, ...] = ()) -> tuple[Manager, list[LoadedPlugin]]:
+    """A fresh manager with ERM (the fallback fit/predict) and the methods in `method`, its
+    hooks traced (see `HookTrace`)."""
     refs = method_refs(local)
     names = parse_method_spec(method)
     for name in names:
         if name not in refs:
             raise unknown_name("method", name, refs)
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm = Manager(names)
     pm.add_hookspecs(hookspecs)
     loaded: list[LoadedPlugin] = []
     for name in ["erm", *[n for n in names if n != "erm"]]:
@@ -180,6 +345,7 @@ def make_manager(method: str, local: tuple[str, ...] = ()) -> tuple[pluggy.Plugi
         pm.register(obj, name=name)
         loaded.append(LoadedPlugin(name, ref, obj))
     pm.check_pending()
+    _trace_hooks(pm)
     return pm, loaded
 
 

@@ -4,6 +4,7 @@ produces a record quietly."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -47,18 +48,199 @@ def test_bad_settings_stop_before_any_data_is_loaded(tmp_path, capsys, setting, 
 @pytest.mark.skipif(torch.cuda.device_count() > 1, reason="needs a machine with at most one GPU")
 def test_a_gpu_that_does_not_exist_is_named(tmp_path, capsys):
     assert main(["run", "--device", "cuda:1", "--out", str(tmp_path)]) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "device 'cuda:1' does not exist" in out and f"sees {torch.cuda.device_count()} CUDA GPU" in out
 
 
 def test_a_malformed_device_is_named(tmp_path, capsys):
     assert main(["run", "--device", "cuda:x", "--out", str(tmp_path)]) == 2
-    assert "expected cuda:N" in capsys.readouterr().out
+    assert "expected cuda:N" in capsys.readouterr().err
 
 
 def test_a_config_file_that_is_not_utf8_is_named(tmp_path, capsys):
     config = tmp_path / "my.yaml"
     config.write_bytes("train:\n  lr: 0.01  # r\u00e9glage\n".encode("latin-1"))
     assert main(["run", "--config", str(config), "--out", str(tmp_path / "runs")]) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert f"config file {config} is not UTF-8 text" in out.replace("\n", "") and "byte 0xe9" in out
+
+
+# --------------------------------------------------------------------------- plugins that break the hook contract
+
+BAD_PLUGINS = '''
+import numpy as np
+
+from dermbench.hookspecs import hookimpl
+
+
+class NoneFit:
+    name = "nonefit"
+
+    @hookimpl
+    def fit(self, ctx, model, train, val):
+        return None  # pluggy would fall through to ERM's fit
+
+
+class NonePredict:
+    name = "nonepredict"
+
+    @hookimpl
+    def predict(self, ctx, model, split):
+        return None
+
+
+class Unnormalised:
+    name = "unnormalised"
+
+    @hookimpl
+    def predict(self, ctx, model, split):
+        return np.full((len(split), 2), 0.3)  # binary rows summing to 0.6: ECE would be wrong, quietly
+
+
+class NanPredict:
+    name = "nanpredict"
+
+    @hookimpl
+    def predict(self, ctx, model, split):
+        return np.full((len(split), 2), np.nan)
+
+
+class Negative:
+    name = "negative"
+
+    @hookimpl
+    def predict(self, ctx, model, split):
+        return np.tile([1.5, -0.5], (len(split), 1))  # sums to 1, but not probabilities
+
+
+class WrongShape:
+    name = "wrongshape"
+
+    @hookimpl
+    def predict(self, ctx, model, split):
+        return np.full((len(split), 3), 1 / 3)
+
+
+class LateUnnormalised:
+    """Opts out of the check before training: its predict is only checked on real splits."""
+    name = "lateunnormalised"
+    predict_needs_fit = True
+
+    @hookimpl
+    def fit(self, ctx, model, train, val):
+        return model
+
+    @hookimpl
+    def predict(self, ctx, model, split):
+        return np.full((len(split), 2), 0.3)
+
+
+class NotAModel:
+    name = "notamodel"
+
+    @hookimpl
+    def fit(self, ctx, model, train, val):
+        return {"weights": [1.0, 2.0]}
+
+
+class Raises:
+    name = "raises"
+
+    @hookimpl
+    def fit(self, ctx, model, train, val):
+        raise ValueError("learning rate schedule has no steps")
+'''
+
+#: a run that reaches the hooks fast: a few samples, one test set
+HOOK_RUN = [*FAST, "--set", "train.epochs=1", "--set", "eval.n_boot=0", "--set", "data.test_sets=[synthderm]",
+            "--set", "data.options={n_train: 40, n_val: 20, n_test: 20}"]
+
+
+BAD_CLASSES = {"nonefit": "NoneFit", "nonepredict": "NonePredict", "unnormalised": "Unnormalised",
+               "nanpredict": "NanPredict", "negative": "Negative", "wrongshape": "WrongShape",
+               "lateunnormalised": "LateUnnormalised", "notamodel": "NotAModel", "raises": "Raises"}
+
+
+@pytest.fixture
+def bad_plugins(tmp_path, monkeypatch) -> str:
+    """The module holding BAD_PLUGINS, named after the test so each test imports its own."""
+    module = "badplugins_" + re.sub(r"\W", "_", tmp_path.name)
+    (tmp_path / f"{module}.py").write_text(BAD_PLUGINS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return module
+
+
+def _run_bad(method: str, module: str, out, *extra: str) -> int:
+    plugin = ["--plugin", f"{module}:{BAD_CLASSES[method]}"]
+    return main([*extra, "run", "--method", method, *plugin, *HOOK_RUN, "--out", str(out)])
+
+
+def test_a_plugin_whose_fit_returns_none_is_refused_not_replaced_by_erm(tmp_path, bad_plugins, capsys):
+    out = tmp_path / "runs"
+    assert _run_bad("nonefit", bad_plugins, out) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "method plugin 'nonefit': its fit returned None" in err
+    assert not list(out.glob("*/metrics.json")), "no record for a method that did not run"
+    assert not list(out.glob("*/model.safetensors")), "ERM's fit must not train in its place"
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        ("nonepredict", r"method plugin 'nonepredict': its predict returned None"),
+        ("unnormalised", r"method plugin 'unnormalised': predict on '[^']*val[^']*'.* a sum other than 1 \(tolerance 0.001\) in 4 of 4 row\(s\)"),
+        ("nanpredict", r"method plugin 'nanpredict': predict on .* a non-finite value \(nan or inf\) in 4 of 4"),
+        ("negative", r"method plugin 'negative': predict on .* a value outside \[0, 1\] in 4 of 4"),
+        ("wrongshape", r"method plugin 'wrongshape': predict on .* returned shape \(4, 3\), expected \(4, 2\)"),
+    ],
+)
+def test_a_bad_predict_stops_the_run_before_training(tmp_path, bad_plugins, capsys, method, message):
+    out = tmp_path / "runs"
+    assert _run_bad(method, bad_plugins, out) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert re.search(message, err), err
+    assert "before training" in err and "predict_needs_fit" in err
+    assert not list(out.glob("*/model.safetensors")), "the check runs before training"
+
+
+def test_predict_needs_fit_skips_the_early_check_and_the_split_is_named(tmp_path, bad_plugins, capsys):
+    assert _run_bad("lateunnormalised", bad_plugins, tmp_path / "runs") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert re.search(r"method plugin 'lateunnormalised': predict on '[^']*val[^']*' returned rows that are not "
+                     r"probabilities: a sum other than 1 .* in 20 of 20 row\(s\)", err), err
+    assert "before training" not in err
+
+
+def test_a_fit_that_returns_no_model_is_named(tmp_path, bad_plugins, capsys):
+    assert _run_bad("notamodel", bad_plugins, tmp_path / "runs") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "method plugin 'notamodel': its fit returned dict, not a torch nn.Module" in err
+    assert "must implement predict" in err
+
+
+def test_a_plugin_exception_names_plugin_and_hook_traceback_only_with_verbose(tmp_path, bad_plugins, capsys):
+    assert _run_bad("raises", bad_plugins, tmp_path / "runs") == 2
+    captured = capsys.readouterr()
+    err = " ".join(captured.err.split())
+    assert "plugin 'raises' failed in fit: ValueError: learning rate schedule has no steps" in err
+    assert "Traceback" not in captured.err + captured.out and "--verbose" in err
+    assert _run_bad("raises", bad_plugins, tmp_path / "runs", "--verbose") == 2
+    captured = capsys.readouterr()
+    assert "Traceback" in captured.err and "badplugins_" in captured.err  # the plugin's own frames
+    assert "plugin 'raises' failed in fit" in " ".join(captured.err.split())
+
+
+def test_errors_go_to_stderr_and_json_summary_to_stdout(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["run", *FAST, "--out", str(out), "--set", "train.epochs=0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "'train.epochs' must be >= 1, got 0" in captured.err
+    assert main(["run", "--json", *HOOK_RUN, "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)  # nothing but the JSON on stdout
+    assert summary["reused"] is False and summary["run_id"].startswith("erm_synthderm_s0_")
+    assert summary["hooks"] == {"fit": "erm", "fit_wrappers": [], "predict": "erm", "augment": []}
+    assert set(summary["eval"]) == {"synthderm"} and summary["eval"]["synthderm"]["n"] == 20
+    record = json.loads((out / summary["run_id"] / "metrics.json").read_text())
+    assert record["hooks"] == summary["hooks"]
+    assert "ran " in captured.err  # the human summary still shows, on stderr

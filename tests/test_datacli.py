@@ -73,17 +73,17 @@ def test_summary_table_and_on_error_stop_option(make_fitz17k, capsys):
     out = capsys.readouterr().out
     assert "fitz17k: 56 samples" in out and "excluded 1: missing image file" in out
     assert main(["data", "summary", "fitz17k", "--root", str(tree.root), "--option", "on_error=stop"]) == 2
-    assert "1 row(s)" in capsys.readouterr().out
+    assert "1 row(s)" in capsys.readouterr().err
 
 
 def test_without_a_root_the_error_says_how_to_give_one(capsys):
     assert main(["data", "summary", "ddi", "--json"]) == 2
-    assert "pass --root DIR" in capsys.readouterr().out
+    assert "pass --root DIR" in capsys.readouterr().err
 
 
 def test_unknown_dataset_name_suggests_the_closest(capsys, tmp_path):
     assert main(["data", "check", "fitz17", "--root", str(tmp_path)]) == 2
-    assert "Did you mean 'fitz17k'" in capsys.readouterr().out
+    assert "Did you mean 'fitz17k'" in capsys.readouterr().err
 
 
 # ----- check ----------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def test_split_command_writes_confirms_and_refuses_stale(make_fitz17k, capsys):
     text = (tree.root / "fitzpatrick17k.csv").read_text()
     (tree.root / "fitzpatrick17k.csv").write_text(text.replace(",psoriasis,", ",eczema,", 1))
     assert main(["data", "split", "fitz17k", *root]) == 2
-    assert "pass --force" in capsys.readouterr().out
+    assert "pass --force" in capsys.readouterr().err
     assert main(["data", "split", "fitz17k", *root, "--force"]) == 0
 
 
@@ -164,7 +164,7 @@ def test_split_command_rule_and_out(make_fitz17k, tmp_path, capsys):
 
 def test_split_command_refuses_official_splits(make_ddi, capsys):
     assert main(["data", "split", "ddi", "--root", str(make_ddi().root)]) == 2
-    assert "uses the split it was published with" in capsys.readouterr().out
+    assert "uses the split it was published with" in capsys.readouterr().err
 
 
 # ----- fetch ----------------------------------------------------------------------------------
@@ -189,9 +189,9 @@ def test_fetch_calls_the_downloader_and_lists_failures(make_fitz17k, monkeypatch
 
 def test_fetch_without_csv_or_for_other_datasets(tmp_path, capsys):
     assert main(["data", "fetch", "fitz17k", "--root", str(tmp_path)]) == 2
-    assert "github.com/mattgroh/fitzpatrick17k" in capsys.readouterr().out
+    assert "github.com/mattgroh/fitzpatrick17k" in capsys.readouterr().err
     assert main(["data", "fetch", "ddi", "--root", str(tmp_path)]) == 2
-    assert "only fitz17k can be fetched" in capsys.readouterr().out
+    assert "only fitz17k can be fetched" in capsys.readouterr().err
 
 
 # ----- list -----------------------------------------------------------------------------------

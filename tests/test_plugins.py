@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dermbench.errors import DermbenchError, UnknownNameError
-from dermbench.plugins import make_manager, method_refs, parse_method_spec
+from dermbench.plugins import PluginError, make_manager, method_refs, parse_method_spec
 
 WRAPPERS = '''
 from dermbench.hookspecs import hookimpl
@@ -53,6 +53,36 @@ class Silent:
         return model
 
 silent = Silent()
+
+class Lazy:
+    """A method whose fit and predict return None: pluggy would ask ERM instead."""
+    name = "lazy"
+    @hookimpl
+    def fit(self, ctx, model, train, val):
+        CALLS.append("fit:lazy")
+        return None
+    @hookimpl
+    def predict(self, ctx, model, split):
+        return None
+
+lazy = Lazy()
+
+class Broken:
+    """A fit wrapper that fails after the inner fit, and one that forgets to return."""
+    name = "broken"
+    @hookimpl(wrapper=True)
+    def fit(self, ctx, model, train, val):
+        model = yield
+        raise KeyError("missing layer")
+
+class Forgetful:
+    name = "forgetful"
+    @hookimpl(wrapper=True)
+    def fit(self, ctx, model, train, val):
+        yield
+
+broken = Broken()
+forgetful = Forgetful()
 '''
 
 
@@ -68,7 +98,8 @@ def plugin_module(tmp_path, monkeypatch):
     sys.modules.pop("tagplugins", None)
 
 
-LOCAL = ("tagplugins:alpha", "tagplugins:beta", "tagplugins:trainer", "tagplugins:silent")
+LOCAL = ("tagplugins:alpha", "tagplugins:beta", "tagplugins:trainer", "tagplugins:silent", "tagplugins:lazy",
+         "tagplugins:broken", "tagplugins:forgetful")
 
 
 def test_erm_is_the_fallback_fit(plugin_module):
@@ -94,6 +125,39 @@ def test_composition_order_wrappers_and_pooled_augment(plugin_module):
     assert sorted(pm.hook.augment(ctx=None, train=None)) == ["extra-alpha", "extra-beta"]
     defaults = pm.hook.dermbench_method_defaults(profile="tiny")
     assert {"alpha": {"strength": 1}} in defaults and {"beta": {"strength": 1}} in defaults
+
+
+def test_the_trace_names_who_answered_and_wrappers_keep_working(plugin_module):
+    pm, _ = make_manager("trainer+alpha+beta", LOCAL)
+    call = pm.trace.begin("fit")
+    assert pm.hook.fit(ctx=None, model="m", train=None, val=None) == "beta(alpha(trained))"
+    assert (call.answer, call.wrappers, call.returned_none) == ("trainer", ["alpha", "beta"], [])
+    pm.hook.augment(ctx=None, train=None)
+    assert sorted(pm.trace.calls["augment"].answered) == ["alpha", "beta"]
+
+
+def test_a_none_from_a_method_is_refused_before_erm_answers(plugin_module):
+    pm, _ = make_manager("lazy", LOCAL)
+
+    class Ctx:
+        def train_model(self, *args, **kw):
+            raise AssertionError("ERM's fit must not run for a method whose fit returned None")
+
+    with pytest.raises(PluginError, match="method plugin 'lazy': its fit returned None") as info:
+        pm.hook.fit(ctx=Ctx(), model="m", train=None, val=None)
+    assert (info.value.plugin, info.value.hook) == ("lazy", "fit")
+    with pytest.raises(PluginError, match="method plugin 'lazy': its predict returned None"):
+        pm.hook.predict(ctx=Ctx(), model="m", split=None)
+
+
+def test_wrapper_failures_name_the_wrapper(plugin_module):
+    pm, _ = make_manager("trainer+broken", LOCAL)
+    with pytest.raises(PluginError, match="plugin 'broken' failed in fit: KeyError: 'missing layer'") as info:
+        pm.hook.fit(ctx=None, model="m", train=None, val=None)
+    assert isinstance(info.value.__cause__, KeyError)  # the CLI prints its traceback under --verbose
+    pm, _ = make_manager("trainer+forgetful", LOCAL)
+    with pytest.raises(PluginError, match="method plugin 'forgetful': its fit wrapper returned None"):
+        pm.hook.fit(ctx=None, model="m", train=None, val=None)
 
 
 def test_unknown_and_malformed_method_names(plugin_module):

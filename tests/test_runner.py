@@ -127,18 +127,18 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
 
 def test_unknown_names_fail_with_the_closest_match(tmp_path, capsys):
     assert main(["run", "--dataset", "synthdem", "--out", str(tmp_path)]) == 2
-    assert "did you mean 'synthderm'" in capsys.readouterr().out.lower()
+    assert "did you mean 'synthderm'" in capsys.readouterr().err.lower()
     assert main(["run", "--method", "fairquantise", "--out", str(tmp_path)]) == 2
-    assert "unknown method 'fairquantise'" in capsys.readouterr().out
+    assert "unknown method 'fairquantise'" in capsys.readouterr().err
     assert main(["run", "--set", "model.backbone=resnet181", "--out", str(tmp_path), "--device", "cpu",
                  *sum([["--set", s] for s in TINY[:2]], [])]) == 2
-    assert "did you mean 'resnet18" in capsys.readouterr().out.lower()
+    assert "did you mean 'resnet18" in capsys.readouterr().err.lower()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_requested_without_a_gpu(tmp_path, capsys):
     assert main(["run", "--device", "cuda", "--out", str(tmp_path)]) == 2
-    assert "sees no CUDA GPU" in capsys.readouterr().out
+    assert "sees no CUDA GPU" in capsys.readouterr().err
 
 
 SPY_PLUGIN = '''

@@ -355,9 +355,9 @@ def test_cli_refuses_to_score_on_training_data_or_to_overwrite(detector_dir, cap
     base = ["tone", "train", "--dataset", "synthderm", "--backbone", "test_resnet", "--device", "cpu",
             "--set", OPTIONS_SET]
     assert main([*base, "--eval-dataset", "synthderm", "--eval-split", "train", "--out", str(detector_dir)]) == 2
-    assert "cannot be scored" in capsys.readouterr().out
+    assert "cannot be scored" in capsys.readouterr().err
     assert main([*base, "--eval-dataset", "synthderm", "--eval-split", "test", "--out", str(detector_dir)]) == 2
-    assert "--force" in capsys.readouterr().out
+    assert "--force" in capsys.readouterr().err
 
 
 def test_an_interrupted_training_with_other_settings_is_not_resumed(tmp_path, capsys):
@@ -367,4 +367,4 @@ def test_an_interrupted_training_with_other_settings_is_not_resumed(tmp_path, ca
     args = ["tone", "train", "--dataset", "synthderm", "--eval-dataset", "synthderm", "--eval-split", "test_ddi",
             "--device", "cpu", "--out", str(out), "--set", OPTIONS_SET]
     assert main(args) == 2
-    assert "interrupted detector training with other settings" in capsys.readouterr().out
+    assert "interrupted detector training with other settings" in capsys.readouterr().err

@@ -2,17 +2,24 @@
 `register(subparsers)` function listed in COMMAND_MODULES.
 
 The top layer: it may import anything in dermbench, and nothing imports it.
+
+Errors go to stderr (a command's results to stdout, so scripts can read them): a DermbenchError
+as one line; a plugin's own exception (a PluginError's cause) with its traceback only under
+`dermbench --verbose`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import traceback
 
 from rich.console import Console
+from rich.markup import escape
 
 from dermbench import __version__
 from dermbench.errors import DermbenchError
+from dermbench.plugins import PluginError
 
 COMMAND_MODULES = (
     "dermbench.cli.run",
@@ -26,6 +33,8 @@ COMMAND_MODULES = (
 )
 
 console = Console()
+#: errors and interruptions: stderr, so stdout holds only what a command produces
+err_console = Console(stderr=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     parser.add_argument("--version", action="version", version=f"dermbench {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="on a plugin's failure, print its Python traceback too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
@@ -49,9 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DermbenchError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        report_error(exc, verbose=args.verbose)
         return 2
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: rerun the same command to resume from the last checkpoint")
+        err_console.print("[yellow]interrupted[/]: rerun the same command to resume from the last checkpoint")
         return 130
+
+
+def report_error(exc: DermbenchError, *, verbose: bool) -> None:
+    """One line on stderr; for a plugin that raised, its traceback under --verbose (a harness
+    error's message says all there is, a plugin's traceback is for its author)."""
+    cause = exc.__cause__ if isinstance(exc, PluginError) else None
+    if verbose and cause is not None:
+        err_console.print("".join(traceback.format_exception(cause)), end="", markup=False, highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)  # a plugin's text is not markup
+    if cause is not None and not verbose:
+        err_console.print("(run `dermbench --verbose ...` to see the plugin's traceback)", highlight=False, markup=False)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -11,8 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from dermbench.results.formatting import fmt
-from dermbench.results.records import METRICS_FILE, Record, read_record
-from dermbench.runner import resolve_config, run_experiment
+from dermbench.results.records import METRICS_FILE, Record, as_json_values, read_record
+from dermbench.runner import RunResult, resolve_config, run_experiment
 
 
 def summary_table(record: Record, *, scheme: str = "tone3") -> list[Table]:
@@ -52,8 +53,17 @@ def exclusion_lines(record: Record) -> list[str]:
     return lines
 
 
+def json_summary(result: RunResult, record: Record) -> dict:
+    """What `dermbench run --json` prints: the run's identity, where its record is, whether it was
+    reused, which plugin answered each hook, and the eval block of metrics.json as written."""
+    values = as_json_values(record)
+    keys = ("run_id", "method", "dataset", "task", "seed", "profile", "device", "hooks", "skipped_test_sets", "eval")
+    return {"path": str(result.run_dir.path), "metrics_file": str(result.run_dir.path / METRICS_FILE),
+            "reused": result.reused, **{k: values.get(k) for k in keys}}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    console = Console()
+    console = Console(stderr=True) if args.json else Console()  # --json: stdout holds the JSON alone
     local = tuple(args.plugin or ())
     flags = {"method": args.method, "dataset": args.dataset, "seed": args.seed, "profile": args.profile,
              "device": args.device, "out": args.out, "task": args.task}
@@ -69,6 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in exclusion_lines(record):
         console.print(Text.assemble(("excluded ", "yellow"), line))
     console.print(f"{'reused' if result.reused else 'ran'} {result.run_dir.path} — run time {record.timing.total_s:.1f} s")
+    if args.json:
+        sys.stdout.write(json.dumps(json_summary(result, record), indent=2) + "\n")
     return 0
 
 
@@ -87,4 +99,6 @@ def register(sub) -> None:
     p.add_argument("--plugin", action="append", metavar="MODULE:OBJECT", help="load a method plugin from a module")
     p.add_argument("--force", action="store_true", help="redo a run even if a finished record exists (also the way past a damaged "
                    "metrics.json): the run folder is emptied first")
+    p.add_argument("--json", action="store_true",
+                   help="print the run's summary as JSON on stdout (progress and tables go to stderr)")
     p.set_defaults(func=cmd_run)

@@ -256,6 +256,17 @@ class Synthetic(_Struct):
     by_group_label: dict[str, dict[str, int]]
 
 
+class Hooks(_Struct):
+    """Which plugin answered each hook: the plain `fit` and `predict` implementations whose result
+    was used, the `fit` wrappers that ran (innermost first), and the plugins whose `augment`
+    returned a result (not None). A method that is really ERM shows here as "fit": "erm"."""
+
+    fit: str | None
+    fit_wrappers: list[str]
+    predict: str | None
+    augment: list[str]
+
+
 class Record(_Struct, kw_only=True):
     """metrics.json: one run's identity, settings and results per test set."""
 
@@ -281,6 +292,9 @@ class Record(_Struct, kw_only=True):
     #: {dataset: its content fingerprint (with "digest"), or null when it could not be read}, for
     #: every dataset the run used; the digests are part of the run id
     data_fingerprint: dict[str, dict[str, Any] | None] | None = None
+    #: which plugin answered fit and predict, the fit wrappers that ran, whose augment answered
+    #: (absent in records written before it was added)
+    hooks: Hooks | None = None
 
 
 # --------------------------------------------------------------------------- writing and reading
