@@ -18,6 +18,7 @@ from dermbench.data.model import Split, TestSet, split_exclusions
 from dermbench.data.pool import DatasetPool
 from dermbench.errors import DataError, DermbenchError
 from dermbench.evaluation.evaluate import evaluate_split, threshold_from_validation
+from dermbench.evaluation.thresholds import parse_rule
 from dermbench.files import storage_errors, write_json, write_text
 from dermbench.plugins import HookCall, Manager, PluginError, implementers, make_manager, predict_needs_fit
 from dermbench.results.records import CHECKPOINTS, RecordError, RunDir, environment
@@ -94,6 +95,7 @@ def _run_experiment(cfg: dict, *, local: tuple[str, ...], force: bool, console: 
     console = console or Console()
     started = time.perf_counter()
     device = choose_device(cfg["device"])
+    parse_rule(cfg["eval"]["threshold"])  # a bad rule stops now, not after training
     cfg = {**cfg, "device": device.type}  # results depend on it (AMP, channels-last): part of the run id
     datasets = DatasetPool(cfg, local)
     fingerprint = data_fingerprints(cfg, datasets)  # the data is part of the run id: read before the id

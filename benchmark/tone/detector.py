@@ -23,7 +23,7 @@ from dermbench.data.groups import TONE3, add_group_columns
 from dermbench.data.model import Split
 from dermbench.data.pool import DatasetPool
 from dermbench.errors import ConfigError, DataError, DermbenchError
-from dermbench.files import write_json
+from dermbench.files import read_json, write_json
 from dermbench.train.models import create_backbone
 from dermbench.train.trainer import predict_proba, train_model
 from dermbench.train.weights import save_weights as _save_weights
@@ -166,10 +166,7 @@ def read_detector_info(path: Path | str | None) -> dict:
     for f in (info_path, weights):
         if not f.is_file():
             raise DataError(f"{folder} is not a tone detector: {f.name} is missing (made by `dermbench tone train`)")
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read tone detector record {info_path}: {exc}") from exc
+    info = read_json(info_path)
     if not isinstance(info, dict):
         raise DataError(f"tone detector record {info_path} must hold a JSON object")
     missing = [k for k in _REQUIRED_INFO if k not in info]
