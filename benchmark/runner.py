@@ -19,10 +19,10 @@ from dermbench.data.pool import DatasetPool
 from dermbench.errors import DataError, DermbenchError
 from dermbench.evaluation.evaluate import evaluate_split, threshold_from_validation
 from dermbench.evaluation.thresholds import parse_rule
-from dermbench.files import storage_errors, write_json, write_text
+from dermbench.files import write_json, write_text
 from dermbench.plugins import HookCall, Manager, PluginError, implementers, make_manager, predict_needs_fit
 from dermbench.results.records import CHECKPOINTS, RecordError, RunDir, environment
-from dermbench.results.report import REPORT_FILE, write_report
+from dermbench.results.report import write_report
 from dermbench.tone import fill_missing_tones
 from dermbench.train.weights import save_weights
 
@@ -174,8 +174,7 @@ def _run_experiment(cfg: dict, *, local: tuple[str, ...], force: bool, console: 
     metrics = run.write_record(metrics)  # checked against the record schema (results/records.py)
     run.mark_done()
 
-    with storage_errors(run.file(REPORT_FILE)):  # the run is finished even if this fails; `dermbench report` redoes it
-        report = write_report(run.path)  # derived from the record, so written after `done`
+    report = write_report(run.path)  # derived from the record, so written after `done`; `dermbench report` redoes it
     ctx.say(f"run finished in {metrics['timing']['total_s']:.1f} s; record in {run.path}, report in {report.name}")
     return RunResult(run, metrics, reused=False)
 

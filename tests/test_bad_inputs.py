@@ -244,3 +244,24 @@ def test_errors_go_to_stderr_and_json_summary_to_stdout(tmp_path, capsys):
     record = json.loads((out / summary["run_id"] / "metrics.json").read_text())
     assert record["hooks"] == summary["hooks"]
     assert "ran " in captured.err  # the human summary still shows, on stderr
+
+
+def test_a_full_disk_while_building_the_image_cache_is_named(tmp_path, monkeypatch):
+    import errno
+
+    import numpy as np
+    from PIL import Image
+
+    from dermbench.data import cache
+    from dermbench.files import StorageError
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", full)
+    with pytest.raises(StorageError, match="no space left") as info:
+        cache.load_images(tmp_path, ["a.png"], size=8, cache_dir=tmp_path / "cache", workers=1)
+    assert str(tmp_path / "cache") in str(info.value)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_dir() and p.name.startswith(".tmp-")]

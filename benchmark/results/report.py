@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dermbench.data.groups import SCHEMES, ordered_groups
+from dermbench.files import write_text
 from dermbench.results.formatting import MISSING, fmt, fmt_count
 from dermbench.results.records import (
     DONE,
@@ -454,8 +455,7 @@ def write_report(run_dir: str | Path, output: str | Path | None = None,
     if console is not None:
         print_report(report, console)
     path = Path(output) if output else Path(run_dir) / REPORT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_markdown(report), encoding="utf-8")
+    write_text(path, render_markdown(report))  # atomic, and a full disk or read-only folder is named
     return path
 
 
