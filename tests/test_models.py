@@ -10,7 +10,11 @@ from dermbench.train.models import create_backbone
 from dermbench.train.weights import save_weights
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", "resnext101_32x8d", "vit_base_patch16_224"])
+HEAVY = pytest.mark.slow  # ~100 M parameters each: seconds to build on two cores
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", pytest.param("resnext101_32x8d", marks=HEAVY),
+                                  pytest.param("vit_base_patch16_224", marks=HEAVY)])
 def test_named_backbones_build_for_the_run_image_size(name):
     model = create_backbone(name, num_classes=3, image_size=64).eval()
     with torch.no_grad():
