@@ -253,7 +253,7 @@ def test_a_full_disk_while_building_the_image_cache_is_named(tmp_path, monkeypat
     from PIL import Image
 
     from dermbench.data import cache
-    from dermbench.files import StorageError
+    from dermbench.errors import DataError
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
 
@@ -261,7 +261,7 @@ def test_a_full_disk_while_building_the_image_cache_is_named(tmp_path, monkeypat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(np.lib.format, "open_memmap", full)
-    with pytest.raises(StorageError, match="no space left") as info:
+    with pytest.raises(DataError, match="cannot write the image cache under .*No space left") as info:
         cache.load_images(tmp_path, ["a.png"], size=8, cache_dir=tmp_path / "cache", workers=1)
     assert str(tmp_path / "cache") in str(info.value)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_dir() and p.name.startswith(".tmp-")]

@@ -39,7 +39,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dermbench.data.images import ImageError, RootResolver, decode_image
 from dermbench.errors import ConfigError, DataError
-from dermbench.files import storage_errors
 
 #: bump when decoding/resizing changes pixels, so old entries are not reused
 CACHE_VERSION = 1
@@ -240,22 +239,7 @@ def _build(
     workers: int,
     root: Path | None,
 ) -> BuildInfo:
-    """Decode every file into a temporary entry, in parallel, then rename it into place; a full
-    disk or a read-only cache folder is a StorageError naming the entry."""
-    with storage_errors(entry):
-        return _build_entry(entry, files, paths, early_failures, size=size, workers=workers, root=root)
-
-
-def _build_entry(
-    entry: Path,
-    files: Sequence[str],
-    paths: Sequence[str | None],
-    early_failures: dict[int, str],
-    *,
-    size: int,
-    workers: int,
-    root: Path | None,
-) -> BuildInfo:
+    """Decode every file into a temporary entry, in parallel, then rename it into place."""
     start = time.perf_counter()
     n = len(files)
     entry.parent.mkdir(parents=True, exist_ok=True)
