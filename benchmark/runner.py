@@ -3,7 +3,6 @@ of the protocol, and write the run record."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ from dermbench.errors import DataError, DermbenchError
 from dermbench.evaluation.evaluate import evaluate_split, threshold_from_validation
 from dermbench.evaluation.thresholds import parse_rule
 from dermbench.files import write_json, write_text
-from dermbench.plugins import HookCall, Manager, PluginError, implementers, make_manager, predict_needs_fit
+from dermbench.hookchecks import check_model, check_predict_before_fit, hooks_answered, predict_checked
+from dermbench.plugins import make_manager
 from dermbench.results.records import CHECKPOINTS, RecordError, RunDir, environment
 from dermbench.results.report import write_report
 from dermbench.tone import fill_missing_tones
@@ -85,13 +85,6 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
     run whose resume checkpoint does not load is set aside as `<run>.damaged-<UTC time>` (kept for
     inspection, logged) and trained again from scratch, so a sweep is not stopped by it.
     """
-    with contextlib.ExitStack() as locks:  # the run's lock, released however the run ends
-        return _run_experiment(cfg, local=local, force=force, console=console, locks=locks)
-
-
-def _run_experiment(cfg: dict, *, local: tuple[str, ...], force: bool, console: Console | None,
-                    locks: contextlib.ExitStack) -> RunResult:
-    """run_experiment's body; it enters the run folder's lock into `locks`."""
     console = console or Console()
     started = time.perf_counter()
     device = choose_device(cfg["device"])
@@ -106,11 +99,19 @@ def _run_experiment(cfg: dict, *, local: tuple[str, ...], force: bool, console: 
             return _reuse(run, run.metrics(), console)
         except RecordError:
             pass  # looked at again under the lock (a --force run elsewhere may be replacing it)
-    locks.enter_context(run.lock(on_wait=lambda pid: console.print(
-        f"[yellow]run {run_id} is in progress in another process (pid {pid})[/]; waiting for it to finish "
-        "(Ctrl-C stops waiting; the same command later reuses or resumes the run)")))
-    if run.done and not force:  # finished by the process waited for
-        return _reuse(run, run.finished_metrics(), console)  # a damaged record: an error naming it and --force
+    waiting = (f"[yellow]run {run_id} is in progress in another process (pid {{}})[/]; waiting for it to finish "
+               "(Ctrl-C stops waiting; the same command later reuses or resumes the run)")
+    with run.lock(on_wait=lambda pid: console.print(waiting.format(pid))):  # released however the run ends
+        if run.done and not force:  # finished by the process waited for
+            return _reuse(run, run.finished_metrics(), console)  # a damaged record: an error naming it and --force
+        return _execute(run, cfg, datasets, fingerprint, device=device, local=local, force=force, console=console,
+                        started=started)
+
+
+def _execute(run: RunDir, cfg: dict, datasets: DatasetPool, fingerprint: dict, *, device: torch.device,
+             local: tuple[str, ...], force: bool, console: Console, started: float) -> RunResult:
+    """Train and evaluate under the run's lock, and write the record; `done` comes last."""
+    run_id = run.run_id
     if force:
         run.reset()
     set_aside = None
@@ -154,12 +155,11 @@ def _run_experiment(cfg: dict, *, local: tuple[str, ...], force: bool, console: 
     check_model(pm, model, fit_call)
     _save_weights(model, run.file("model.safetensors"))
 
-
-    val_prob = _predict(pm, ctx, model, val)
+    val_prob = predict_checked(pm, ctx, model, val)
     threshold = threshold_from_validation(cfg["eval"]["threshold"], val.labels, val_prob)
     evaluations = {}
     for name, split in tests.items():
-        prob = _predict(pm, ctx, model, split)
+        prob = predict_checked(pm, ctx, model, split)
         evaluations[name], predictions = evaluate_split(split, prob, threshold=threshold, cfg=cfg)
         write_text(run.file(f"predictions/{name}.csv"), predictions.to_csv(index=False))
     metrics = {
@@ -214,103 +214,6 @@ def load_test_sets(cfg: dict, datasets: DatasetPool, train_dataset, ctx: RunCont
     if not loaded:
         raise DermbenchError("no test set could be evaluated: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     return loaded, skipped
-
-
-#: how far a probability may stray outside [0, 1] (float rounding)
-PROB_RANGE_TOL = 1e-6
-#: how far a row of probabilities may sum from 1 (float16 outputs round to about 1e-3 per row)
-PROB_SUM_TOL = 1e-3
-#: validation samples `predict` sees with the untrained model before training
-PRECHECK_SAMPLES = 4
-
-
-def _predict(pm: Manager, ctx: RunContext, model, split: Split, *, when: str = "") -> np.ndarray:
-    """`predict`'s answer for `split`, checked to be one probability row per sample (any task);
-    an error names the plugin that answered and the split."""
-    call = pm.trace.begin("predict")
-    raw = pm.hook.predict(ctx=ctx, model=model, split=split.without_labels())  # None or an exception: PluginError
-    return check_probabilities(raw, plugin=call.answer or "?", split=split, when=when)
-
-
-def check_probabilities(raw, *, plugin: str, split: Split, when: str = "") -> np.ndarray:
-    """`raw` as a float64 (n, K) array of finite values in [0, 1] whose rows sum to 1: anything
-    else would give wrong AUC/ECE without an error, so it stops the run."""
-    where = f"method plugin {plugin!r}: predict on {split.name!r}{when}"
-    if isinstance(raw, torch.Tensor):
-        raw = raw.detach().to("cpu", torch.float64).numpy()
-    try:
-        prob = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise PluginError(f"{where} returned {type(raw).__name__}, not an array of class probabilities ({exc})",
-                          plugin=plugin, hook="predict") from None
-    expected = (len(split), split.num_classes)
-    if prob.shape != expected:
-        raise PluginError(f"{where} returned shape {prob.shape}, expected {expected} (samples, classes)",
-                          plugin=plugin, hook="predict")
-    if len(prob) == 0:
-        return prob
-    problems = [
-        (~np.isfinite(prob).all(1), "a non-finite value (nan or inf)"),
-        (((prob < -PROB_RANGE_TOL) | (prob > 1 + PROB_RANGE_TOL)).any(1), "a value outside [0, 1]"),
-        (np.abs(prob.sum(1) - 1.0) > PROB_SUM_TOL, f"a sum other than 1 (tolerance {PROB_SUM_TOL:g})"),
-    ]
-    for bad, what in problems:
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise PluginError(
-                f"{where} returned rows that are not probabilities: {what} in {int(bad.sum())} of {len(prob)} "
-                f"row(s), e.g. row {row}: {np.array2string(prob[row], precision=4)} (sum {prob[row].sum():.4g}). "
-                "predict must return class probabilities (e.g. a softmax), one row per sample",
-                plugin=plugin, hook="predict")
-    return prob
-
-
-def check_predict_before_fit(pm: Manager, ctx: RunContext, model, val: Split) -> None:
-    """Run `predict` on a few validation samples with the untrained model, so a wrong shape, a
-    None or non-probabilities stop the run before training instead of after it. A plugin whose
-    predict needs a fitted model opts out with `predict_needs_fit = True`. The model's train/eval
-    modes are restored: a method's fit may rely on a fresh model being in training mode."""
-    if opted_out := predict_needs_fit(pm):
-        ctx.say(f"predict not checked before training: {', '.join(opted_out)} sets predict_needs_fit")
-        return
-    sample = val.subset(np.arange(min(PRECHECK_SAMPLES, len(val))))
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
-    if modes:
-        model.to(ctx.device)  # where fit puts it anyway; predict runs on the run's device
-    when = f" (checked before training, on {len(sample)} validation sample(s) with the untrained model)"
-    try:
-        _predict(pm, ctx, model, sample, when=when)
-    except PluginError as exc:
-        hint = "" if when in str(exc) else when
-        raise PluginError(f"{exc}{hint}; a method whose predict needs a trained model sets predict_needs_fit = True "
-                          "on its plugin", plugin=exc.plugin, hook=exc.hook) from exc.__cause__
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def check_model(pm: Manager, model, call: HookCall) -> None:
-    """`fit` must return a torch nn.Module, unless a plugin that returned something else also
-    implements `predict` (it knows how to use its own kind of model)."""
-    if isinstance(model, torch.nn.Module):
-        return
-    producers = [p for p in [call.answer, *call.wrappers] if p is not None]
-    others = [p for p in producers if not issubclass(call.result_types.get(p, type(model)), torch.nn.Module)]
-    if set(others) & set(implementers(pm, "predict")) - {"erm"}:
-        return
-    culprit = others[0] if others else (producers[-1] if producers else "?")
-    raise PluginError(
-        f"method plugin {culprit!r}: its fit returned {type(model).__name__}, not a torch nn.Module; a method "
-        "whose fit returns another kind of model must implement predict too, to use it", plugin=culprit, hook="fit")
-
-
-def hooks_answered(pm: Manager) -> dict:
-    """metrics.json "hooks": which plugin answered fit and predict, the fit wrappers that ran
-    and the plugins whose augment returned a result."""
-    calls = pm.trace.calls
-    fit, predict, augment = (calls.get(h) for h in ("fit", "predict", "augment"))
-    return {"fit": fit.answer if fit else None, "fit_wrappers": list(fit.wrappers) if fit else [],
-            "predict": predict.answer if predict else None, "augment": list(augment.answered) if augment else []}
 
 
 def _save_weights(model, path: Path) -> None:
