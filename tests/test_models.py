@@ -9,7 +9,6 @@ from dermbench.errors import ConfigError, DermbenchError, UnknownNameError
 from dermbench.train.models import create_backbone
 from dermbench.train.weights import save_weights
 
-
 HEAVY = pytest.mark.slow  # ~100 M parameters each: seconds to build on two cores
 
 
