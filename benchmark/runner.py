@@ -92,7 +92,7 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
     cfg = {**cfg, "device": device.type}  # results depend on it (AMP, channels-last): part of the run id
     datasets = DatasetPool(cfg, local)
     fingerprint = data_fingerprints(cfg, datasets)  # the data is part of the run id: read before the id
-    run_id = configuration.run_id(cfg, {name: fp and fp["digest"] for name, fp in fingerprint.items()})
+    run_id = configuration.run_id(cfg, configuration.data_digests(fingerprint))
     run = RunDir(Path(cfg["out"]), run_id)
     if run.done and not force:
         try:

@@ -361,6 +361,9 @@ def test_runs_differing_in_more_than_seed_are_separate_rows(tmp_path):
     assert config_variant(other) != config_variant(CONFIG)
     # CUDA runs (mixed precision) are a different experiment from CPU runs
     assert config_variant({**CONFIG, "device": "cuda"}) != config_variant({**CONFIG, "device": "cpu"})
+    # the same settings on other data are another experiment; the same data is not
+    assert config_variant(CONFIG, {"synthderm": "aa"}) == config_variant({**CONFIG, "seed": 5}, {"synthderm": "aa"})
+    assert config_variant(CONFIG, {"synthderm": "aa"}) != config_variant(CONFIG, {"synthderm": "bb"})
     for seed in (0, 1):
         write_run(tmp_path, make_record("erm", seed))
         write_run(tmp_path, make_record("erm", seed, config=other))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dermbench.config import run_id
+from dermbench.config import data_digests, run_id
 from dermbench.evaluation.metrics import fairness_report
 from dermbench.results.leaderboard import config_variant
 from dermbench.results.records import (
@@ -171,9 +171,9 @@ def test_every_committed_record_reads_as_version_1_and_keeps_its_content():
         assert record.schema_version == 1
         assert json.loads(encode_record(record)) == {"schema_version": 1, **raw}
         # the shared settings digest keeps run ids and leaderboard variants as committed
-        digests = {name: fp and fp["digest"] for name, fp in (record.data_fingerprint or {}).items()}
+        digests = data_digests(record.data_fingerprint)
         assert run_id(record.config, digests) == record.run_id == path.parent.name
-        assert config_variant(record.config) in variants
+        assert config_variant(record.config, digests) in variants
 
 
 def test_schema_is_documented_in_the_struct_order():

@@ -206,6 +206,11 @@ def settings_digest(config: dict, *, leave_out: tuple[tuple[str, ...], ...] = ()
 DATA_KEY = "data fingerprint"
 
 
+def data_digests(fingerprints: Mapping[str, Mapping[str, Any] | None]) -> dict[str, str | None]:
+    """{dataset: digest} from the full fingerprints a run records ({dataset: {"digest", ...} or None})."""
+    return {name: fp["digest"] if fp is not None else None for name, fp in fingerprints.items()}
+
+
 def run_id(config: dict, fingerprint: Mapping[str, str | None] | None = None) -> str:
     """A readable id whose suffix is a hash of every setting that can change results and of the
     data: `fingerprint` is {dataset: content digest, or None when unreadable} for every dataset

@@ -18,7 +18,7 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dermbench.config import settings_digest
+from dermbench.config import DATA_KEY, data_digests, settings_digest
 from dermbench.data.groups import GROUP_ORDER
 from dermbench.results.formatting import DECIMALS, MISSING, fmt
 from dermbench.results.records import (
     DONE,
     FAIRNESS_VALUES,
     METRICS_FILE,
+    Record,
     RecordError,
     TestSetEval,
     read_record,
@@ -115,15 +116,26 @@ def scan_runs(roots: Sequence[str | Path]) -> RunScan:
     return scan
 
 
-def config_variant(config: dict[str, Any]) -> str:
-    """A short hash of the config up to seed: runs with equal variants are seeds of one experiment.
+def config_variant(config: dict[str, Any], fingerprint: Mapping[str, str | None] | None = None) -> str:
+    """A short hash of the config and the data up to seed: runs with equal variants are seeds of
+    one experiment.
 
-    Like the run id (the same stripping, dermbench.config.settings_digest), it leaves out
-    settings that do not change results (output folder, data root, workers); unlike it, it also
-    leaves out the seed. The device type stays: CUDA runs (mixed precision) are a different
-    experiment from CPU runs. sha1, 8 hex digits: the variants in committed leaderboard CSVs.
+    Like the run id (the same stripping, dermbench.config.settings_digest, and the same data
+    fingerprint digests), it leaves out settings that do not change results (output folder,
+    data root, workers); unlike it, it also leaves out the seed. Runs with the same settings on
+    different data (a fixed CSV) are different experiments, never pooled as seeds. The device
+    type stays: CUDA runs (mixed precision) are a different experiment from CPU runs.
+    sha1, 8 hex digits.
     """
-    return settings_digest(config, leave_out=(("seed",),), algorithm="sha1", length=8)
+    material = config if fingerprint is None else {**config, DATA_KEY: dict(sorted(fingerprint.items()))}
+    return settings_digest(material, leave_out=(("seed",),), algorithm="sha1", length=8)
+
+
+def record_variant(record: Record) -> str:
+    """`config_variant` of a record, with the data fingerprints it stores."""
+    if record.data_fingerprint is None:  # a record from before data fingerprints
+        return config_variant(record.config)
+    return config_variant(record.config, data_digests(record.data_fingerprint))
 
 
 def _number(value: float | None) -> float:
@@ -174,7 +186,7 @@ def collect(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
         seen[record.run_id] = run_dir
         base = {
             "run_id": record.run_id, "method": record.method, "dataset": record.dataset, "task": record.task,
-            "seed": record.seed, "profile": record.profile, "variant": config_variant(record.config),
+            "seed": record.seed, "profile": record.profile, "variant": record_variant(record),
             "record": display_path(run_dir),
         }
         runs.append({**base, "skipped": dict(record.skipped_test_sets)})
