@@ -96,6 +96,17 @@ def fsync_dir(folder: Path) -> None:
 TMP_SUFFIX = ".tmp"
 
 
+def _file_mode() -> int:
+    """0666 less the process umask: the mode `open()` would give a new file (read once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+#: the mode of files written atomically (mkstemp alone would make them owner-only)
+FILE_MODE = _file_mode()
+
+
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Call `write(fh)` on a temporary file beside `path`, then durably rename it to `path`.
 
@@ -108,6 +119,7 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     with storage_errors(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         try:
+            os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; a run's files are shared like any other
             with os.fdopen(fd, "wb") as fh:
                 write(fh)
                 fh.flush()
@@ -163,6 +175,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def _json_default(value: Any):
+    if isinstance(value, np.bool_):
+        return bool(value)
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.floating):

@@ -64,8 +64,10 @@ def check_probabilities(raw, *, plugin: str, split: Split, when: str = "") -> np
 def check_predict_before_fit(pm: Manager, ctx: RunContext, model, val: Split) -> None:
     """Run `predict` on a few validation samples with the untrained model, so a wrong shape, a
     None or non-probabilities stop the run before training instead of after it. A plugin whose
-    predict needs a fitted model opts out with `predict_needs_fit = True`. The model's train/eval
-    modes are restored: a method's fit may rely on a fresh model being in training mode."""
+    predict needs a fitted model opts out with `predict_needs_fit = True`. The check leaves no
+    trace: the model's weights and buffers (a predict that forgets eval() updates BatchNorm
+    statistics), its train/eval modes and torch's global RNG state are put back, so training
+    starts exactly as it would without the check."""
     if opted_out := predict_needs_fit(pm):
         ctx.say(f"predict not checked before training: {', '.join(opted_out)} sets predict_needs_fit")
         return
@@ -73,6 +75,8 @@ def check_predict_before_fit(pm: Manager, ctx: RunContext, model, val: Split) ->
     modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
     if modes:
         model.to(ctx.device)  # where fit puts it anyway; predict runs on the run's device
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()} if modes else None
+    rng = torch.get_rng_state()
     when = f" (checked before training, on {len(sample)} validation sample(s) with the untrained model)"
     try:
         predict_checked(pm, ctx, model, sample, when=when)
@@ -81,6 +85,9 @@ def check_predict_before_fit(pm: Manager, ctx: RunContext, model, val: Split) ->
         raise PluginError(f"{exc}{hint}; a method whose predict needs a trained model sets predict_needs_fit = True "
                           "on its plugin", plugin=exc.plugin, hook=exc.hook) from exc.__cause__
     finally:
+        torch.set_rng_state(rng)
+        if state is not None:
+            model.load_state_dict(state)
         for module, training in modes:
             module.training = training
 

@@ -3,6 +3,7 @@ of the protocol, and write the run record."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from dermbench.plugins import make_manager
 from dermbench.results.records import CHECKPOINTS, RecordError, RunDir, environment
 from dermbench.results.report import write_report
 from dermbench.tone import fill_missing_tones
+from dermbench.tone.detector import detector_fingerprint
 from dermbench.train.weights import save_weights
 
 
@@ -61,14 +63,24 @@ def test_sets(cfg: dict, train_dataset) -> list[TestSet]:
     return out
 
 
+#: per-sample predictions of each test set, one CSV each, in the run folder
+PREDICTIONS = "predictions"
+#: the fingerprint entry of the tone detector (a space, so no dataset can be named so)
+DETECTOR_KEY = "tone detector"
+
+
 def data_fingerprints(cfg: dict, datasets: DatasetPool) -> dict[str, dict | None]:
-    """{dataset: content fingerprint} for the training dataset and every test set's dataset.
+    """{dataset: content fingerprint} for the training dataset and every test set's dataset, and
+    for the tone detector when `data.tone` is "detector".
     The training dataset and test sets named in data.test_sets must be readable (their error
     stops the run); an unreadable protocol default is None, and is skipped later with its reason."""
     train_dataset = datasets.get(cfg["dataset"])
     used = [cfg["dataset"], *(t.dataset for t in test_sets(cfg, train_dataset))]
     named = set(used) if cfg["data"]["test_sets"] is not None else {cfg["dataset"]}
-    return datasets.fingerprints(used, required=named)
+    fingerprints = datasets.fingerprints(used, required=named)
+    if cfg["data"]["tone"] == "detector":  # it assigns the test rows' tone groups: part of the data
+        fingerprints[DETECTOR_KEY] = detector_fingerprint(cfg["data"]["tone_detector"])
+    return fingerprints
 
 
 def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = False, console: Console | None = None) -> RunResult:
@@ -155,13 +167,14 @@ def _execute(run: RunDir, cfg: dict, datasets: DatasetPool, fingerprint: dict, *
     check_model(pm, model, fit_call)
     _save_weights(model, run.file("model.safetensors"))
 
+    shutil.rmtree(run.file(PREDICTIONS), ignore_errors=True)  # an earlier attempt's, maybe of a test set now skipped
     val_prob = predict_checked(pm, ctx, model, val)
     threshold = threshold_from_validation(cfg["eval"]["threshold"], val.labels, val_prob)
     evaluations = {}
     for name, split in tests.items():
         prob = predict_checked(pm, ctx, model, split)
         evaluations[name], predictions = evaluate_split(split, prob, threshold=threshold, cfg=cfg)
-        write_text(run.file(f"predictions/{name}.csv"), predictions.to_csv(index=False))
+        write_text(run.file(f"{PREDICTIONS}/{name}.csv"), predictions.to_csv(index=False))
     metrics = {
         "run_id": run_id, "method": cfg["method"], "dataset": cfg["dataset"], "task": cfg["task"], "seed": cfg["seed"],
         "profile": cfg["profile"], "config": cfg, "plugins": plugins, "device": str(device),

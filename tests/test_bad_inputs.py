@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -265,3 +266,101 @@ def test_a_full_disk_while_building_the_image_cache_is_named(tmp_path, monkeypat
         cache.load_images(tmp_path, ["a.png"], size=8, cache_dir=tmp_path / "cache", workers=1)
     assert str(tmp_path / "cache") in str(info.value)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_dir() and p.name.startswith(".tmp-")]
+
+
+def test_run_files_get_the_mode_a_plain_open_would_give(tmp_path):
+    """mkstemp makes owner-only files; records in a shared results folder must stay readable."""
+    import os
+
+    from dermbench.files import write_text
+
+    mask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "metrics.json", "{}")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~0o022
+
+
+def test_a_retrained_tone_detector_in_the_same_folder_is_another_run(tmp_path):
+    """With data.tone=detector the detector assigns test rows' tone groups: its files are data."""
+    import json
+
+    from dermbench.data.pool import DatasetPool
+    from dermbench.runner import data_fingerprints, resolve_config
+
+    folder = tmp_path / "detector"
+    folder.mkdir()
+    info = {"backbone": "resnet18", "image_size": 32, "classes": ["A", "B", "C"], "trained_on": "fitz17k",
+            "evaluated_on": "ddi:test", "accuracy": 0.7, "per_tone_f1": {"A": 0.7, "B": 0.6, "C": 0.5}, "n": 10}
+    (folder / "detector.json").write_text(json.dumps(info))
+    (folder / "model.safetensors").write_bytes(b"weights one")
+    cfg = resolve_config(sets=["data.tone=detector", f"data.tone_detector={folder}"], flags={"device": "cpu"})
+    first = data_fingerprints(cfg, DatasetPool(cfg, ()))
+    (folder / "model.safetensors").write_bytes(b"weights two")
+    second = data_fingerprints(cfg, DatasetPool(cfg, ()))
+    assert first["synthderm"] == second["synthderm"]
+    assert first["tone detector"]["digest"] != second["tone detector"]["digest"]
+    no_detector = resolve_config(flags={"device": "cpu"})
+    assert "tone detector" not in data_fingerprints(no_detector, DatasetPool(no_detector, ()))
+
+
+def test_the_default_fingerprint_covers_every_task_and_column(tmp_path):
+    import pandas as pd
+
+    from dermbench.data import Dataset
+
+    class TwoTasks(Dataset):
+        name, tasks, requires_root = "twotasks", ("malignant", "diagnosis"), False
+        labels = [0, 1]
+
+        def table(self, task):
+            return pd.DataFrame({"sample_id": ["a", "b"], "image": ["a.png", "b.png"],
+                                 "label": self.labels if task == "diagnosis" else [0, 1], "fst": [1, 5],
+                                 "tone_source": "annotated", "domain": "clinical", "split": "train", "sex": ["f", "m"]})
+
+        def classes(self, task):
+            return ("x", "y")
+
+    base = TwoTasks().fingerprint()["digest"]
+    relabelled = TwoTasks()
+    relabelled.labels = [1, 0]  # a fix in the second task only
+    assert relabelled.fingerprint()["digest"] != base
+    resexed = TwoTasks()
+    resexed.table = lambda task: TwoTasks.table(resexed, task).assign(sex=["m", "m"])
+    assert resexed.fingerprint()["digest"] != base
+
+
+def test_checking_predict_before_fit_leaves_the_model_and_rng_as_they_were():
+    """A plugin predict that forgets eval() would update BatchNorm statistics from validation
+    samples; the check must leave no trace."""
+    import numpy as np
+    import pandas as pd
+    from torch import nn
+
+    from dermbench import hookspecs
+    from dermbench.context import RunContext
+    from dermbench.data import Split
+    from dermbench.hookchecks import check_predict_before_fit
+    from dermbench.hookspecs import hookimpl
+    from dermbench.plugins import Manager, _trace_hooks
+
+    class NoEval:
+        @hookimpl
+        def predict(self, ctx, model, split):
+            x = torch.from_numpy(np.asarray(split.images, dtype=np.float32)).permute(0, 3, 1, 2)
+            return torch.softmax(model(x), 1).detach().numpy()
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pm = Manager(["noeval"])
+    pm.add_hookspecs(hookspecs)
+    pm.register(NoEval(), name="noeval")
+    _trace_hooks(pm)
+    table = pd.DataFrame({"sample_id": [f"s{i}" for i in range(6)], "label": [0, 1] * 3})
+    val = Split("val", table, np.random.default_rng(0).integers(0, 255, (6, 8, 8, 3), dtype=np.uint8), ("b", "m"))
+    ctx = RunContext(config={"seed": 0}, device=torch.device("cpu"), work_dir=Path("."), cache_dir=Path("."))
+    rng = torch.get_rng_state()
+    check_predict_before_fit(pm, ctx, model, val)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state()) and model.training

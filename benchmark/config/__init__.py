@@ -211,14 +211,19 @@ def data_digests(fingerprints: Mapping[str, Mapping[str, Any] | None]) -> dict[s
     return {name: fp["digest"] if fp is not None else None for name, fp in fingerprints.items()}
 
 
+def with_data(config: dict, fingerprint: Mapping[str, str | None] | None) -> dict:
+    """The material the run id (and the leaderboard variant) hash: the config and, when given,
+    the data's digests ({dataset: digest}) under a key no setting can have."""
+    return config if fingerprint is None else {**config, DATA_KEY: dict(sorted(fingerprint.items()))}
+
+
 def run_id(config: dict, fingerprint: Mapping[str, str | None] | None = None) -> str:
     """A readable id whose suffix is a hash of every setting that can change results and of the
     data: `fingerprint` is {dataset: content digest, or None when unreadable} for every dataset
     the run uses (the runner's data_fingerprints), so the same settings on changed data are
     another run, while the same data under another root is the same run. Without a fingerprint
     the id covers the settings alone (tools that compare configs, not runs)."""
-    material = config if fingerprint is None else {**config, DATA_KEY: dict(sorted(fingerprint.items()))}
-    digest = settings_digest(material)
+    digest = settings_digest(with_data(config, fingerprint))
     method = str(config["method"]).replace("+", "-")
     return f"{method}_{config['dataset']}_s{config['seed']}_{digest}"
 

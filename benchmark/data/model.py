@@ -221,16 +221,17 @@ class Dataset(ABC):
 
     def fingerprint(self) -> dict[str, Any]:
         """What the data is, not where it lives, with its `digest`: part of the run id, so a run
-        is reused only on the same data. This default describes the sample table of the first
-        task and the image files (relative paths and sizes); file datasets and SynthDerm say more
-        precisely what their content is. A DataError means the data cannot be read."""
-        table = self.table(self.tasks[0])
-        rows = table[[c for c in REQUIRED_COLUMNS if c in table]].to_csv(index=False, lineterminator="\n")
+        is reused only on the same data. This default describes the sample table of every task,
+        all its columns (labels, tones, sex...), and the image files (relative paths and sizes);
+        file datasets and SynthDerm say more precisely what their content is. A DataError means
+        the data cannot be read."""
+        tables = {task: self.table(task) for task in self.tasks}
         content = {
             "dataset": self.name,
             "kind": "table",
-            "table_sha256": hashlib.sha256(rows.encode("utf-8")).hexdigest(),
-            "images": image_list(self.root, table["image"].astype(str)),
+            "table_sha256": {task: hashlib.sha256(table.to_csv(index=False, lineterminator="\n").encode("utf-8"))
+                             .hexdigest() for task, table in tables.items()},
+            "images": image_list(self.root, tables[self.tasks[0]]["image"].astype(str)),
         }
         return {**content, "digest": content_digest(content)}
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dermbench.config import DATA_KEY, data_digests, settings_digest
+from dermbench.config import data_digests, settings_digest, with_data
 from dermbench.data.groups import GROUP_ORDER
 from dermbench.results.formatting import DECIMALS, MISSING, fmt
 from dermbench.results.records import (
@@ -127,8 +127,7 @@ def config_variant(config: dict[str, Any], fingerprint: Mapping[str, str | None]
     type stays: CUDA runs (mixed precision) are a different experiment from CPU runs.
     sha1, 8 hex digits.
     """
-    material = config if fingerprint is None else {**config, DATA_KEY: dict(sorted(fingerprint.items()))}
-    return settings_digest(material, leave_out=(("seed",),), algorithm="sha1", length=8)
+    return settings_digest(with_data(config, fingerprint), leave_out=(("seed",),), algorithm="sha1", length=8)
 
 
 def record_variant(record: Record) -> str:

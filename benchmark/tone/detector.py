@@ -20,7 +20,8 @@ from sklearn.metrics import confusion_matrix, f1_score
 from dermbench import __version__
 from dermbench.context import RunContext, choose_device
 from dermbench.data.groups import TONE3, add_group_columns
-from dermbench.data.model import Split
+from dermbench.data.metadata import sha256_file
+from dermbench.data.model import Split, content_digest
 from dermbench.data.pool import DatasetPool
 from dermbench.errors import ConfigError, DataError, DermbenchError
 from dermbench.files import read_json, write_json
@@ -150,6 +151,16 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
         y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out[start : start + RESIZE_CHUNK] = y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out
+
+
+def detector_fingerprint(path: Path | str | None) -> dict:
+    """What a detector is (its record and weights, not where they live), with its `digest`: the
+    detector assigns the tone groups of every unannotated test row, so a run reads it as data
+    and a retrained detector in the same folder is another run."""
+    read_detector_info(path)  # a missing or bad folder is an error naming it
+    folder = Path(path).expanduser()
+    content = {"kind": "tone detector", **{name: sha256_file(folder / name) for name in (DETECTOR_FILE, WEIGHTS_FILE)}}
+    return {**content, "digest": content_digest(content)}
 
 
 def read_detector_info(path: Path | str | None) -> dict:
