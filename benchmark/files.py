@@ -174,7 +174,9 @@ def write_text(path: Path, text: str) -> None:
     write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
-def _json_default(value: Any):
+def to_json_value(value: Any) -> Any:
+    """numpy scalars and arrays, and paths, as JSON values (NaN as null); a TypeError for anything
+    else. The one conversion for every JSON file a run writes (records, configs, detector info)."""
     if isinstance(value, np.bool_):
         return bool(value)
     if isinstance(value, np.integer):
@@ -190,7 +192,7 @@ def _json_default(value: Any):
 
 def write_json(path: Path, data: Any) -> None:
     """`data` as indented JSON (NaN refused), written atomically and durably."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n")
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=to_json_value, allow_nan=False) + "\n")
 
 
 def read_json(path: Path) -> Any:

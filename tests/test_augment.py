@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from dermbench.conformance import TINY_SETTINGS
 from dermbench.context import RunContext
 from dermbench.data.augment import _checked, augment_splits, synthetic_counts
 from dermbench.data.model import Split
@@ -73,14 +74,7 @@ class Other:
         return generated(train, 4)
 '''
 LOCAL = ("synthplug:Synth", "synthplug:Other")
-TINY = [
-    "data.image_size=16",
-    "data.options={n_train: 240, n_val: 80, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}",
-    "model.backbone=test_resnet",
-    "train.batch_size=32",
-    "train.epochs=1",
-    "eval.n_boot=0",
-]
+TINY = TINY_SETTINGS
 
 
 @pytest.fixture

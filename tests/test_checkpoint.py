@@ -7,18 +7,12 @@ import pytest
 import torch
 
 from dermbench.cli import main
+from dermbench.conformance import TINY_SETTINGS
 from dermbench.errors import DermbenchError
 from dermbench.train import trainer
 from dermbench.train.checkpoint import load_checkpoint, save_checkpoint
 
-TINY = [
-    "data.image_size=16",
-    "data.options={n_train: 240, n_val: 80, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}",
-    "model.backbone=test_resnet",
-    "train.batch_size=32",
-    "eval.n_boot=0",
-    "train.epochs=2",
-]
+TINY = [*TINY_SETTINGS, "train.epochs=2"]  # later settings win
 
 
 class Planted:

@@ -10,14 +10,12 @@ import pytest
 import torch
 
 from dermbench.cli import main
+from dermbench.conformance import TINY_SETTINGS
 from dermbench.train import trainer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 TINY = [
-    "data.image_size=16",
-    "data.options={n_train: 240, n_val: 80, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}",
-    "model.backbone=test_resnet",
-    "train.batch_size=32",
+    *TINY_SETTINGS,  # later settings win
     "eval.n_boot=20",
     "train.epochs=3",
     "groupdro.eta=0.5",  # large enough that the weights move visibly in three tiny epochs

@@ -7,16 +7,11 @@ import torch
 
 import dermbench.train.trainer as train_module
 from dermbench.cli import main
+from dermbench.conformance import TINY_SETTINGS
 from dermbench.errors import DermbenchError
 from dermbench.runner import resolve_config, run_experiment
 
-TINY = [
-    "data.image_size=16",
-    "data.options={n_train: 240, n_val: 80, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}",
-    "model.backbone=test_resnet",
-    "train.batch_size=32",
-    "eval.n_boot=20",
-]
+TINY = [*TINY_SETTINGS, "eval.n_boot=20"]  # later settings win
 
 
 def tiny_config(out, *extra, epochs=2, **flags):

@@ -7,16 +7,11 @@ import pytest
 
 import dermbench.sweep as sweep_module
 from dermbench.cli import main
+from dermbench.conformance import TINY_SETTINGS
 from dermbench.errors import ConfigError, DermbenchError
 from dermbench.sweep import FAILED, RAN, SweepSummary, gpus_per_task, run_sweep
 
-TINY = [
-    "data.image_size=16",
-    "data.options={n_train: 240, n_val: 80, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}",
-    "model.backbone=test_resnet",
-    "train.batch_size=32",
-    "eval.n_boot=20",
-]
+TINY = [*TINY_SETTINGS, "eval.n_boot=20"]  # later settings win
 
 FAIL_PLUGIN = '''
 from dermbench.errors import DermbenchError

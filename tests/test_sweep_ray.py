@@ -14,17 +14,12 @@ import torch
 ray = pytest.importorskip("ray")
 
 from dermbench.cli import main  # noqa: E402 - after the skip, so a missing Ray skips before importing torch
+from dermbench.conformance import TINY_SETTINGS  # noqa: E402
 from dermbench.sweep import FAILED, RAN, run_sweep, sweep_configs  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts a Ray cluster and trains several tiny models
 
-TINY = [
-    "data.image_size=16",
-    "data.options={n_train: 240, n_val: 80, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}",
-    "model.backbone=test_resnet",
-    "train.batch_size=32",
-    "eval.n_boot=20",
-]
+TINY = [*TINY_SETTINGS, "eval.n_boot=20"]  # later settings win
 
 # ERM whose first attempt kills its own worker (SIGKILL: no cleanup, no exception) at the first
 # step of epoch 2, when the epoch-1 checkpoint exists; the marker file makes only one attempt die.

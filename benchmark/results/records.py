@@ -35,12 +35,11 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import msgspec
-import numpy as np
 import torch
 
 from dermbench import __version__
 from dermbench.errors import DataError, DermbenchError
-from dermbench.files import TMP_SUFFIX, exclusive_lock, make_dirs, storage_errors, write_text
+from dermbench.files import TMP_SUFFIX, exclusive_lock, make_dirs, storage_errors, to_json_value, write_text
 from dermbench.train.checkpoint import load_checkpoint
 
 DONE = "done"
@@ -300,29 +299,14 @@ class Record(_Struct, kw_only=True):
 # --------------------------------------------------------------------------- writing and reading
 
 
-def _enc_hook(value: Any) -> Any:
-    """numpy scalars and arrays, and paths, as JSON values (what the runner's dict may hold)."""
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise NotImplementedError(f"cannot store {type(value).__name__} in a run record")
-
-
 def to_record(data: Record | dict[str, Any], *, where: str = "run record") -> Record:
     """`data` checked against the schema; a dict without `schema_version` gets the current one."""
     if isinstance(data, Record):
         return data
     data = {"schema_version": SCHEMA_VERSION, **data}
     try:
-        builtins = msgspec.json.decode(msgspec.json.encode(data, enc_hook=_enc_hook))
-    except (NotImplementedError, TypeError) as exc:
+        builtins = msgspec.json.decode(msgspec.json.encode(data, enc_hook=to_json_value))
+    except TypeError as exc:
         raise RecordError(f"{where}: {exc}") from None
     try:
         return msgspec.convert(builtins, Record)
