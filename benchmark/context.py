@@ -17,6 +17,7 @@ from dermbench.data.pool import DatasetPool
 from dermbench.errors import ConfigError, DermbenchError
 from dermbench.seeds import seed_for
 from dermbench.train.models import create_backbone
+from dermbench.train.pretrained import pretrained_erm
 from dermbench.train.trainer import predict_proba, train_model
 
 __all__ = ["RunContext", "choose_device", "seed_for"]
@@ -59,6 +60,10 @@ class RunContext:
     log: Any = None  # a callable(str) that appends to the run log
     datasets: DatasetPool | None = None  # the run's datasets, for `load_split`
     trained: set[str] = field(default_factory=set)  # names given to train_model in this run
+    #: whether ERM's fit goes through the shared ERM cache (a selected plugin sets `shares_erm`)
+    share_erm: bool = False
+    #: what methods report about their own run, {method: {key: value}}: metrics.json "methods"
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def seed(self) -> int:
@@ -92,6 +97,23 @@ class RunContext:
     def train_model(self, model, train, val, **kwargs):
         """The reusable ERM trainer (dermbench.train.trainer.train_model) bound to this run."""
         return train_model(self, model, train, val, **kwargs)
+
+    def pretrained_erm(self, model, train, val):
+        """`model` with the trained ERM weights for this run's settings, seed and data, from the
+        shared cache or trained once and stored (dermbench.train.pretrained): FairPrune,
+        FairQuantize and MFD start from the ERM model the ERM baseline itself trains."""
+        return pretrained_erm(self, model, train, val)
+
+    def record(self, method: str, values: dict[str, Any]) -> None:
+        """Add `values` to `method`'s entry of the run record (metrics.json "methods"): what a
+        reader needs to trust the run, such as the checkpoint it started from or the group it
+        treated as privileged and why. Values must be JSON-like (numbers, strings, lists, dicts)."""
+        self.records.setdefault(method, {}).update(values)
+
+    def artifact(self, name: str) -> Path:
+        """Where a method saves a file that belongs with the run's model (a pruning mask, the
+        quantised-weight mask): in the run folder beside model.safetensors."""
+        return self.work_dir.parent / name
 
     def predict_proba(self, model, split, **kwargs) -> np.ndarray:
         return predict_proba(self, model, split, **kwargs)

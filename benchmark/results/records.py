@@ -294,6 +294,10 @@ class Record(_Struct, kw_only=True):
     #: which plugin answered fit and predict, the fit wrappers that ran, whose augment answered
     #: (absent in records written before it was added)
     hooks: Hooks | None = None
+    #: what method plugins report about their own run ({method: {key: value}}, see
+    #: RunContext.record): the ERM checkpoint a method started from, the privileged group and why,
+    #: per-layer pruning or quantisation shares, a paper profile's published numbers
+    methods: dict[str, dict[str, Any]] | None = None
 
 
 # --------------------------------------------------------------------------- writing and reading

@@ -132,20 +132,26 @@ def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Ten
     return x
 
 
-def epoch_order(train: Split, sampler: str, gen: torch.Generator) -> np.ndarray:
-    """Sample positions for one epoch: a permutation, or draws balanced over labels or label x tone."""
+def epoch_order(train: Split, sampler: str, gen: torch.Generator, scheme: str = "tone3") -> np.ndarray:
+    """Sample positions for one epoch: a permutation, or len(train) draws balanced over labels
+    ("class") or over label x group cells of `scheme` ("group"). The group sampler leaves samples
+    whose group is unknown out (they belong to no cell); every known cell is drawn equally often."""
     n = len(train)
     if sampler == "none":
         return torch.randperm(n, generator=gen).numpy()
     if sampler == "class":
-        keys = train.labels
+        keys, pool = train.labels, np.arange(n)
     elif sampler == "group":
-        keys = train.labels * 4 + (group_codes(train, "tone3") + 1)
+        codes = group_codes(train, scheme)
+        pool = np.flatnonzero(codes >= 0)
+        if len(pool) == 0:
+            raise DermbenchError(f"train.sampler=group: no sample of {train.name!r} has a known {scheme} group")
+        keys = train.labels[pool] * len(group_names(scheme)) + codes[pool]
     else:
         raise ConfigError(f"train.sampler must be none, class or group, got {sampler!r}")
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     weights = torch.from_numpy(1.0 / counts[inverse])
-    return torch.multinomial(weights, n, replacement=True, generator=gen).numpy()
+    return pool[torch.multinomial(weights, n, replacement=True, generator=gen).numpy()]
 
 
 def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
@@ -270,6 +276,8 @@ def train_model(
     group_ids = torch.tensor(group_codes(train, groups))
     if (loss is not None or extra_loss is not None) and not (group_ids >= 0).any():
         ctx.say(f"[yellow]warning[/]: training {name}: no training sample has a known {groups} group")
+    if cfg["sampler"] == "group" and (unknown := int((group_ids < 0).sum())):
+        ctx.say(f"training {name}: the group sampler leaves out {unknown} sample(s) without a {groups} group")
     if state is not None:
         check_plain(state.state_dict(), f"training {name}: state.state_dict()")
     val_y = val.labels
@@ -286,7 +294,7 @@ def train_model(
         task = bar.add_task(f"train {name}", total=epochs * steps, completed=progress["epoch"] * steps, info="")
         for epoch in range(progress["epoch"], epochs):
             gen = torch.Generator().manual_seed(seed_for(ctx.seed, f"{name}-epoch-{epoch}"))
-            order = epoch_order(train, cfg["sampler"], gen)
+            order = epoch_order(train, cfg["sampler"], gen, groups)
             model.train()
             running = 0.0
             for step in range(steps):
