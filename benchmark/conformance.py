@@ -31,7 +31,7 @@ def check_method(method: str, *, out: Path, plugins: tuple[str, ...] = (), sets:
     """
     pm, loaded = make_manager(method, plugins)
     for profile in ("tiny", "paper"):
-        for defaults in pm.hook.dermbench_method_defaults(profile=profile):
+        for defaults in pm.hook.dermbench_method_defaults(profile=profile, dataset="synthderm"):
             if not isinstance(defaults, dict):
                 raise DermbenchError(f"{method}: dermbench_method_defaults({profile!r}) returned {type(defaults).__name__}, not a dict")
     cfg = resolve_config(sets=[*TINY_SETTINGS, *sets], flags={"method": method, "device": "cpu", "out": str(out)},

@@ -39,10 +39,11 @@ class RunResult:
 def method_defaults_from_plugins(local: tuple[str, ...]):
     """The callback config.resolve uses to ask the selected methods for their defaults."""
 
-    def defaults(method: str, profile: str) -> list[tuple[str, dict]]:
+    def defaults(method: str, profile: str, dataset: str) -> list[tuple[str, dict]]:
         pm, _ = make_manager(method, local)
         impls = pm.hook.dermbench_method_defaults.get_hookimpls()  # registration order: ERM first
-        return [(impl.plugin_name, d) for impl in impls if (d := impl.function(profile=profile))]
+        given = {"profile": profile, "dataset": dataset}
+        return [(impl.plugin_name, d) for impl in impls if (d := impl.function(**{a: given[a] for a in impl.argnames}))]
 
     return defaults
 

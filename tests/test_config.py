@@ -6,7 +6,7 @@ from dermbench import config as c
 from dermbench.errors import ConfigError
 
 
-def method_defaults(method, profile):
+def method_defaults(method, profile, dataset):
     return [("mymethod", {"mymethod": {"beta": 1.0 if profile == "tiny" else 0.33}, "train": {"epochs": 3}})]
 
 
@@ -94,9 +94,9 @@ def test_numbers_are_read_as_numbers_and_integers_stay_integers():
 )
 def test_method_defaults_merge_strictly_into_shared_sections(defaults, message):
     with pytest.raises(ConfigError, match=message):
-        c.resolve(method_defaults=lambda method, profile: [("mymethod", defaults)])
+        c.resolve(method_defaults=lambda method, profile, dataset: [("mymethod", defaults)])
 
 
 def test_a_methods_own_section_is_free():
-    cfg = c.resolve(method_defaults=lambda method, profile: [("mymethod", {"mymethod": {"any": {"nested": [1, 2]}}})])
+    cfg = c.resolve(method_defaults=lambda method, profile, dataset: [("mymethod", {"mymethod": {"any": {"nested": [1, 2]}}})])
     assert cfg["mymethod"] == {"any": {"nested": [1, 2]}}

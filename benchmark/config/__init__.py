@@ -136,7 +136,7 @@ def resolve(
 ) -> dict:
     """The fully resolved config.
 
-    `method_defaults(method, profile) -> list[(plugin name, dict)]` supplies the selected
+    `method_defaults(method, profile, dataset) -> list[(plugin name, dict)]` supplies the selected
     methods' defaults (the harness passes a function that asks the plugin manager), so
     validation knows every key a method adds.
     """
@@ -154,7 +154,7 @@ def resolve(
 
     config = merge(base, _packaged_profile(profile), strict=True, where=f"profile {profile!r}")
     if method_defaults is not None:
-        for method, defaults in method_defaults(head["method"], profile):
+        for method, defaults in method_defaults(head["method"], profile, head["dataset"]):
             config = merge_method_defaults(config, defaults, method=method)
     if user:
         config = merge(config, user, strict=True, where=f"config file {file}")
