@@ -37,6 +37,7 @@ FIRSTRESULT_HOOKS = ("fit", "predict")
 
 BUILTIN_METHODS: dict[str, str] = {
     "erm": "dermbench.methods.erm",
+    "fairquantize": "dermbench.methods.fairquantize",
 }
 BUILTIN_DATASETS: dict[str, str] = {
     "synthderm": "dermbench.datasets.synthderm:SynthDerm",

@@ -36,7 +36,7 @@ CHOICES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("train", "optimizer"): ("sgd", "adam", "adamw"),
     ("train", "schedule"): ("cosine", "step", "none"),
     ("train", "loss"): ("ce", "focal"),
-    ("train", "sampler"): ("none", "class", "group"),
+    ("train", "sampler"): ("none", "class", "group", "sensitive"),
     ("train", "augment"): ("none", "flip", "standard"),
     ("train", "select_metric"): ("auc", "acc", "bacc", "loss"),
 }

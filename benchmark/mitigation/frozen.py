@@ -39,6 +39,12 @@ def freeze(model: nn.Module, name: str, mask: torch.Tensor) -> None:
     setattr(model, ATTRIBUTE, masks)
 
 
+def set_frozen(model: nn.Module, masks: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Replace the model's frozen weights by `masks` (as `frozen` returns them), e.g. to go back
+    to what an inner method froze before choosing among one's own candidates."""
+    setattr(model, ATTRIBUTE, dict(masks))
+
+
 @torch.no_grad()
 def restore(model: nn.Module) -> None:
     """Write every frozen weight back to its value (after an optimiser step moved it)."""

@@ -134,21 +134,22 @@ def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Ten
 
 def epoch_order(train: Split, sampler: str, gen: torch.Generator, scheme: str = "tone3") -> np.ndarray:
     """Sample positions for one epoch: a permutation, or len(train) draws balanced over labels
-    ("class") or over label x group cells of `scheme` ("group"). The group sampler leaves samples
+    ("class"), over label x group cells of `scheme` ("group") or over the groups of `scheme` alone
+    ("sensitive": FairQuantize's light/dark-balanced batches). The group samplers leave samples
     whose group is unknown out (they belong to no cell); every known cell is drawn equally often."""
     n = len(train)
     if sampler == "none":
         return torch.randperm(n, generator=gen).numpy()
     if sampler == "class":
         keys, pool = train.labels, np.arange(n)
-    elif sampler == "group":
+    elif sampler in ("group", "sensitive"):
         codes = group_codes(train, scheme)
         pool = np.flatnonzero(codes >= 0)
         if len(pool) == 0:
-            raise DermbenchError(f"train.sampler=group: no sample of {train.name!r} has a known {scheme} group")
-        keys = train.labels[pool] * len(group_names(scheme)) + codes[pool]
+            raise DermbenchError(f"train.sampler={sampler}: no sample of {train.name!r} has a known {scheme} group")
+        keys = codes[pool] if sampler == "sensitive" else train.labels[pool] * len(group_names(scheme)) + codes[pool]
     else:
-        raise ConfigError(f"train.sampler must be none, class or group, got {sampler!r}")
+        raise ConfigError(f"train.sampler must be none, class, group or sensitive, got {sampler!r}")
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     weights = torch.from_numpy(1.0 / counts[inverse])
     return pool[torch.multinomial(weights, n, replacement=True, generator=gen).numpy()]
@@ -276,7 +277,7 @@ def train_model(
     group_ids = torch.tensor(group_codes(train, groups))
     if (loss is not None or extra_loss is not None) and not (group_ids >= 0).any():
         ctx.say(f"[yellow]warning[/]: training {name}: no training sample has a known {groups} group")
-    if cfg["sampler"] == "group" and (unknown := int((group_ids < 0).sum())):
+    if cfg["sampler"] in ("group", "sensitive") and (unknown := int((group_ids < 0).sum())):
         ctx.say(f"training {name}: the group sampler leaves out {unknown} sample(s) without a {groups} group")
     if state is not None:
         check_plain(state.state_dict(), f"training {name}: state.state_dict()")
