@@ -166,7 +166,7 @@ def fit(ctx, model, train, val):
             params = dict(model.named_parameters())
         share = sum(int(quantized[k].sum()) for k in names) / max(1, sum(int(eligible[k].sum()) for k in names))
         scored = validation_scores(ctx, model, val, scheme=scheme, fair_metric=s["fair_metric"])
-        steps.append({"step": n, "target_ratio": ratio, "quantized_share": round(share, 6), "scoring": drawn,
+        steps.append({"step": n, "target_ratio": ratio, "quantized_share": round(share, 6),
                       "val_metric": scored["metric"], "val_gap": scored["gap"]})
         states.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         step_masks.append({k: v.clone() for k, v in quantized.items()})
@@ -181,7 +181,7 @@ def fit(ctx, model, train, val):
         freeze(model, k, masks[k])
     save_masks(ctx.artifact("quantized_mask.safetensors"), masks)
     ctx.record(name, {
-        "settings": {k: v for k, v in s.items() if k != "retrain"}, "retrain": s["retrain"], "scoring_samples": samples,
+        "settings": {k: v for k, v in s.items() if k != "retrain"}, "retrain": s["retrain"], "scoring": drawn,
         "start": {"val_metric": start["metric"], "val_gap": start["gap"]}, "steps": steps,
         "chosen_step": chosen + 1, "chosen_because": why, "quantized_per_layer": layer_shares(masks),
         "quantized_share": steps[chosen]["quantized_share"], "size": stored_size(model, masks),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -71,6 +72,20 @@ class RunReport:
     test_sets: list[TestSetReport]
     #: samples left out of training and validation ("train: reason: count"); test sets list their own
     excluded: list[str] = field(default_factory=list)
+    #: what each method recorded about its run (metrics.json "methods"), as lines and tables
+    methods: list[MethodReport] = field(default_factory=list)
+
+
+@dataclass
+class MethodReport:
+    """One method's own record: facts as lines, lists of steps as tables, and for a paper-profile
+    run the paper's numbers beside this run's."""
+
+    name: str
+    lines: list[str] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    paper: pd.DataFrame | None = None
+    paper_source: str = ""
 
 
 # --------------------------------------------------------------------------- values
@@ -338,7 +353,62 @@ def build_report(run_dir: str | Path) -> RunReport:
         ("total time", f"{fmt(record.timing.total_s, 1)} s"),
     ], columns=["field", "value"])
     sections = [_test_set_report(run_dir, name, test_eval) for name, test_eval in record.eval.items()]
-    return RunReport(run_dir, record.run_id, header, notes, sections, excluded=_run_exclusions(record))
+    methods = [_method_report(name, values, record) for name, values in (record.methods or {}).items()]
+    return RunReport(run_dir, record.run_id, header, notes, sections, excluded=_run_exclusions(record), methods=methods)
+
+
+#: a dict with more entries than this is summarised (per-layer shares), not listed
+MAX_LISTED = 12
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_value_text(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _method_report(name: str, values: dict[str, Any], record: Record) -> MethodReport:
+    """Lines for scalars and small dicts, a table per list of steps, a summary of large dicts."""
+    out = MethodReport(name)
+    for key, value in values.items():
+        if key == "paper" and isinstance(value, dict):
+            out.paper, out.paper_source = _paper_table(value, record), str(value.get("source", ""))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            flat = [{k: _value_text(v) for k, v in row.items()} for row in value]
+            out.tables[key] = pd.DataFrame(flat).fillna(MISSING)
+        elif isinstance(value, dict) and len(value) > MAX_LISTED and all(isinstance(v, (int, float)) for v in value.values()):
+            numbers = list(value.values())
+            out.lines.append(f"{key}: {len(value)} entries, from {fmt(min(numbers))} to {fmt(max(numbers))} "
+                             "(each in metrics.json)")
+        elif isinstance(value, dict) and any(isinstance(v, dict) for v in value.values()):
+            out.lines += [f"{key} / {k}: {_value_text(v)}" for k, v in value.items()]
+        else:
+            out.lines.append(f"{key}: {_value_text(value)}")
+    return out
+
+
+#: the paper's metric names as this report shows them, in order
+PAPER_METRICS = {"eopp0": "EOpp0", "eopp1": "EOpp1", "eodd_net": "EOdd (their convention: our eodd_net)",
+                 "f1": "avg F1 (macro)"}
+
+
+def _paper_table(paper: dict[str, Any], record: Record) -> pd.DataFrame:
+    """Rows: the paper's metrics; columns: the paper's method, the paper's vanilla model, this run."""
+    test = record.eval.get(str(paper.get("test_set")))
+    fairness = test.fairness.get(str(paper.get("scheme"))) if test is not None else None
+    rows = []
+    for key, label in PAPER_METRICS.items():
+        ours = None
+        if key == "f1" and test is not None:
+            ours = test.overall.get("f1")
+        elif fairness is not None:
+            ours = fairness.value(key)
+        rows.append({"metric": label, f"paper: {record.method}": fmt(paper.get("method", {}).get(key)),
+                     "paper: vanilla": fmt(paper.get("vanilla", {}).get(key)),
+                     f"this run ({paper.get('test_set')}, {paper.get('scheme')})": fmt(ours)})
+    return pd.DataFrame(rows)
 
 
 def _run_exclusions(record: Record) -> list[str]:
@@ -380,6 +450,12 @@ def render_markdown(report: RunReport) -> str:
     if report.notes:
         lines += ["", *[f"- {n}" for n in report.notes]]
     lines += ["", "## Excluded from training and validation", ""] + ([f"- {e}" for e in report.excluded] or ["- none"])
+    for method in report.methods:
+        lines += ["", f"## Method record: `{method.name}`", "", *[f"- {line}" for line in method.lines]]
+        for key, table in method.tables.items():
+            lines += ["", f"### {key}", "", _markdown(table)]
+        if method.paper is not None:
+            lines += ["", f"### The paper's numbers beside this run's ({method.paper_source})", "", _markdown(method.paper)]
     for section in report.test_sets:
         lines += ["", f"## Test set `{section.name}`", "", *[f"- {s}" for s in section.summary]]
         for scheme, table in section.group_tables.items():
@@ -426,6 +502,14 @@ def print_report(report: RunReport, console: Console) -> None:
         _note(console, note)
     if report.excluded:
         _note(console, "excluded from training and validation: " + "; ".join(report.excluded))
+    for method in report.methods:
+        console.rule(Text(f"method record: {method.name}", style="bold"))
+        for line in method.lines:
+            _note(console, line)
+        for key, table in method.tables.items():
+            console.print(_rich_table(table, title=key))
+        if method.paper is not None:
+            console.print(_rich_table(method.paper, title=f"the paper's numbers beside this run's ({method.paper_source})"))
     for section in report.test_sets:
         console.rule(Text(f"test set {section.name}", style="bold"))
         for line in section.summary:

@@ -101,7 +101,7 @@ def pretrained_erm(ctx: RunContext, model: nn.Module, train: Split, val: Split) 
         problem = _verify(entry, model, material)
         if problem is None:
             ctx.say(f"[green]ERM model found in the cache[/]: {entry}")
-            info.update(hit=True, history=read_json(entry / ENTRY).get("history"))
+            info["hit"] = True
         else:
             if entry.exists():
                 ctx.say(f"[yellow]cached ERM model {entry} is not usable ({problem}); training it again[/]")
@@ -109,9 +109,8 @@ def pretrained_erm(ctx: RunContext, model: nn.Module, train: Split, val: Split) 
                 shutil.rmtree(entry, ignore_errors=True)
             ctx.say(f"training the ERM model (cached afterwards as {entry})")
             model = train_model(ctx, model, train, val, name=ERM_NAME)
-            history = getattr(model, "train_history", None)
-            _store(entry, model, material, history)
-            info.update(hit=False, history=history)
+            _store(entry, model, material, getattr(model, "train_history", None))
+            info["hit"] = False
     info["sha256"] = read_json(entry / ENTRY)["sha256"]
     ctx.record("erm", {"checkpoint": info})
     torch.manual_seed(seed_for(ctx.seed, "after-erm"))
