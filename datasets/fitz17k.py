@@ -9,7 +9,13 @@ annotators could not tell: the sample is kept with a missing tone, counted in
 attrs["notes"], and never guessed. There is no official split, so the standard one is made
 once by `dermbench.data.splits` (rule "standard": 70/15/15 stratified by three_partition_label x
 fitzpatrick_scale, seed 17) and the FairPrune/FairQuantize papers' rule is available as
-"fairquantize" (60/20/20 stratified by the 114 labels, random_state 4242).
+"fairquantize" (what paper profiles use): the FairQuantize code's procedure
+(guoyb17/FairQuantize, `fitzpatrick17k_holdout_score_v2` with 114 classes), two scikit-learn
+`train_test_split` calls with random_state 4242 stratified by the 114 labels (their pandas
+category codes sort like the names): 40% held out, then halved into val and test. The paper
+code's comments count 13,223 rows in the 80% part of its other split, i.e. its CSV had 16,529
+rows, not the published 16,577, so the procedure is the same but its assignment of each image
+cannot be reproduced row for row.
 """
 
 from __future__ import annotations
@@ -59,7 +65,10 @@ FAIRQUANTIZE_RULE = SplitRule(
     fractions=(0.6, 0.2, 0.2),
     stratify=("label",),
     method="sklearn",
-    description="FairPrune/FairQuantize: 60/20/20 stratified by the 114 condition labels, random_state 4242",
+    description=(
+        "FairQuantize: 60/20/20 stratified by the 114 condition labels, random_state 4242 "
+        "(40% held out, then halved into val/test)"
+    ),
 )
 
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.model_selection import train_test_split
 
 import dermbench.data.splits as splits_module
 from dermbench.data.metadata import sha256_file
@@ -175,21 +176,6 @@ def test_changed_metadata_is_refused_or_resplit_on_request(make_fitz17k, capsys)
     assert info["sha256"] == sha256_file(tree.root / "fitzpatrick17k.csv")
 
 
-def test_committed_split_file_is_used_before_a_local_one(make_fitz17k, tmp_path, monkeypatch):
-    tree = make_fitz17k()
-    committed = tmp_path / "committed"
-    ids = tree.meta["md5hash"]
-    assignment = pd.Series(["test"] * 7 + ["val"] * 10 + ["train"] * (len(ids) - 17))
-    write_split(
-        assignment, ids, directory=committed, dataset="fitz17k", rule=Fitz17k.split_rules["standard"],
-        metadata_path=tree.root / "fitzpatrick17k.csv", sha256=sha256_file(tree.root / "fitzpatrick17k.csv"),
-    )
-    monkeypatch.setattr(splits_module, "committed_dir", lambda: committed)
-    table = Fitz17k(tree.root).table("malignant")
-    assert table["split"].tolist() == assignment.tolist()
-    assert not (tree.root / "splits").exists()
-
-
 def test_split_file_lacking_ids_is_an_error(make_fitz17k, tmp_path, monkeypatch):
     tree = make_fitz17k()
     committed = tmp_path / "committed"
@@ -207,13 +193,28 @@ def test_split_file_lacking_ids_is_an_error(make_fitz17k, tmp_path, monkeypatch)
 def test_fairquantize_rule_is_60_20_20_stratified_by_label(make_fitz17k):
     tree = make_fitz17k()
     table = Fitz17k(tree.root, split_rule="fairquantize").table("condition")
-    assert table["split"].value_counts().to_dict() == {"train": 33, "val": 12, "test": 12}
+    # 57 rows: train_test_split holds out ceil(0.4 * 57) = 23, then test gets ceil(23 / 2) = 12
+    assert table["split"].value_counts().to_dict() == {"train": 34, "val": 11, "test": 12}
     for split in ("train", "val", "test"):
         assert set(table.loc[table["split"] == split, "label"]) == set(range(6))
     info = json.loads((tree.root / "splits" / "fitz17k-fairquantize.json").read_text())
     assert (info["seed"], info["method"], info["fractions"]) == (4242, "sklearn", [0.6, 0.2, 0.2])
     again = Fitz17k(tree.root, split_rule="fairquantize").table("malignant")
     assert again["split"].tolist() == table["split"].tolist()
+
+
+def test_fairquantize_rule_is_the_fairquantize_code_verbatim(make_fitz17k):
+    """The FairQuantize code (fitzpatrick17k_holdout_score_v2, 114 classes) on the same CSV:
+    pandas category codes of `label`, 40% held out, then halved into val and test."""
+    tree = make_fitz17k(n=120, n_unknown=6)
+    df = pd.read_csv(tree.root / "fitzpatrick17k.csv")
+    df["low"] = df["label"].astype("category").cat.codes
+    train, held, _, _ = train_test_split(df, df.low, test_size=0.4, random_state=4242, stratify=df.low)
+    val, test, _, _ = train_test_split(held, held.low, test_size=0.5, random_state=4242, stratify=held.low)
+    expected = {**dict.fromkeys(train.md5hash, "train"), **dict.fromkeys(val.md5hash, "val"),
+                **dict.fromkeys(test.md5hash, "test")}
+    table = Fitz17k(tree.root, split_rule="fairquantize").table("condition")
+    assert dict(zip(table["sample_id"], table["split"])) == expected
 
 
 def test_unknown_split_rule_is_a_config_error(make_fitz17k):

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.model_selection import train_test_split
 
 import dermbench.data.splits as splits_module
 from dermbench.data.model import validate_table
-from dermbench.datasets.isic import ISIC2018, ISIC2019, UNK_EXCLUDED
+from dermbench.datasets.isic import ISIC2018, ISIC2019, NO_SEX_EXCLUDED, UNK_EXCLUDED
 from dermbench.datasets.mclass import MClassClinic, MClassDerm
 from dermbench.datasets.pad_ufes import PadUfes20
 from dermbench.errors import ConfigError, DataError
@@ -106,24 +107,75 @@ def test_isic2019_table_sex_and_downsampled_names(make_isic2019):
     assert groups["tone3"].isna().all()
 
 
-def test_isic2019_default_split_is_the_fairquantize_rule(make_isic2019):
+def test_isic2019_default_split_is_the_standard_rule_keeping_lesions_together(make_isic2019):
     tree = make_isic2019()
-    table = ISIC2019(tree.root).table("diagnosis")
-    assert table["split"].value_counts().to_dict() == {"train": 28, "val": 10, "test": 10}
-    for split in ("train", "val", "test"):
-        assert set(table.loc[table["split"] == split, "label"]) == set(range(8))
-    info = json.loads((tree.root / "splits" / "isic2019-fairquantize.json").read_text())
-    assert (info["seed"], info["stratify"], info["fractions"]) == (4242, ["diagnosis"], [0.6, 0.2, 0.2])
-
-
-def test_isic2019_standard_rule_keeps_lesions_together(make_isic2019):
-    tree = make_isic2019()
-    table = ISIC2019(tree.root, split_rule="standard").table("malignant")
+    dataset = ISIC2019(tree.root)
+    assert dataset.options["split_rule"] == "standard"
+    table = dataset.table("malignant")
+    assert len(table) == 48 and table.attrs["excluded"] == {}  # rows without a sex are kept
+    info = json.loads((tree.root / "splits" / "isic2019-standard.json").read_text())
+    assert (info["seed"], info["group"], info["stratify"], info["fractions"]) == (
+        17, "lesion_id", ["diagnosis", "sex"], [0.7, 0.15, 0.15])
     lesions = tree.meta.set_index("image").loc[table["sample_id"], "lesion_id"].to_numpy()
     frame = pd.DataFrame({"lesion": lesions, "split": table["split"].to_numpy()})
     named = frame[frame["lesion"].notna() & (frame["lesion"] != "")]
+    assert named["lesion"].duplicated().any()  # the tree does have lesions with several images
     assert (named.groupby("lesion")["split"].nunique() == 1).all()
     assert set(frame["split"]) == {"train", "val", "test"}
+
+
+def _fairquantize_code_split(root) -> dict[str, str]:
+    """The FairQuantize code's split (isic2019_holdout_score_v2) of the same files: its CSV is the
+    metadata with class_id (the one-hot column's position) and without rows lacking a sex."""
+    meta = pd.read_csv(root / "ISIC_2019_Training_Metadata.csv")
+    truth = pd.read_csv(root / "ISIC_2019_Training_GroundTruth.csv")
+    meta["class_id"] = truth[list(ISIC2019.diagnoses)].to_numpy().argmax(axis=1)
+    df = meta[meta["sex"].notna()]
+    train, held, _, _ = train_test_split(df, df["class_id"], test_size=0.4, random_state=4242, stratify=df["class_id"])
+    val, test, _, _ = train_test_split(held, held["class_id"], test_size=0.5, random_state=4242,
+                                       stratify=held["class_id"])
+    return {**dict.fromkeys(train.image, "train"), **dict.fromkeys(val.image, "val"), **dict.fromkeys(test.image, "test")}
+
+
+def test_isic2019_fairquantize_rule_is_the_fairquantize_code_verbatim(make_isic2019):
+    tree = make_isic2019(n=160)  # sex is empty in every third row
+    # scikit-learn draws per class in sorted class order: stratifying by the names (AK, BCC, ...)
+    # instead of the column positions (MEL=0, NV=1, ...) would give another split of these rows
+    table = ISIC2019(tree.root, split_rule="fairquantize").table("diagnosis")
+    assert table.attrs["excluded"] == {NO_SEX_EXCLUDED: 53}
+    assert table["sex"].notna().all()
+    assert dict(zip(table["sample_id"], table["split"])) == _fairquantize_code_split(tree.root)
+    info = json.loads((tree.root / "splits" / "isic2019-fairquantize.json").read_text())
+    assert (info["seed"], info["stratify"], info["method"]) == (4242, ["class_id"], "sklearn")
+
+
+def test_isic2019_reads_crlf_files_like_lf(make_isic2019, tmp_path):
+    """The published CSVs have CRLF line endings."""
+    lf = make_isic2019(root=tmp_path / "lf")
+    crlf = make_isic2019(root=tmp_path / "crlf")
+    for name in ("ISIC_2019_Training_GroundTruth.csv", "ISIC_2019_Training_Metadata.csv"):
+        path = crlf.root / name
+        path.write_bytes(path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+        assert path.read_bytes().count(b"\r\n") == 49
+    columns = ["sample_id", "image", "label", "sex", "split"]
+    assert ISIC2019(crlf.root).table("diagnosis")[columns].equals(ISIC2019(lf.root).table("diagnosis")[columns])
+
+
+def test_isic2019_metadata_column_gender_is_read_as_sex(make_isic2019):
+    """Some copies of ISIC_2019_Training_Metadata.csv name the last column `gender`."""
+    tree = make_isic2019()
+    csv = tree.root / "ISIC_2019_Training_Metadata.csv"
+    csv.write_text(csv.read_text().replace(",sex\n", ",gender\n", 1))
+    table = ISIC2019(tree.root).table("diagnosis")
+    assert table["sex"].tolist() == ["female", "male", None] * 16
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    frame.loc[2, "gender"] = "unknown-ish"
+    frame.to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"Metadata\.csv: column 'gender'.*line 4: 'unknown-ish'"):
+        ISIC2019(tree.root).table("malignant")
+    frame.drop(columns=["gender"]).to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"Metadata\.csv: missing column sex \(or gender"):
+        ISIC2019(tree.root).table("malignant")
 
 
 def test_isic2019_unk_rows_are_left_out_and_counted(make_isic2019):

@@ -43,7 +43,7 @@ def committed_dir() -> Path:
 @dataclass(frozen=True)
 class SplitRule:
     """How a split is made. `method` "stratified" is `make_split`; "sklearn" is two scikit-learn
-    `train_test_split` calls (the FairPrune/FairQuantize papers' procedure)."""
+    `train_test_split` calls (the FairQuantize code's procedure, see `sklearn_split`)."""
 
     name: str
     seed: int
@@ -134,16 +134,25 @@ def make_split(
 def sklearn_split(
     table: pd.DataFrame, *, seed: int, fractions: Sequence[float] = (0.6, 0.2, 0.2), stratify: Sequence[str] = ()
 ) -> pd.Series:
-    """The FairPrune/FairQuantize papers' procedure: `train_test_split` the test share off,
-    stratified and with `random_state=seed`, then split the rest into train and val the same way."""
+    """The FairQuantize code's procedure (guoyb17/FairQuantize, `*_holdout_score_v2`): one
+    `train_test_split` cuts the val+test share off (train is the first part), a second one
+    splits that part into val and test (val first), both stratified and with `random_state=seed`.
+
+    Stratum keys are the `stratify` values as text; scikit-learn orders the classes by sorting
+    them, and the class order decides which random draws each class gets, so a key column must
+    sort like the labels the paper's code stratified by (pandas category codes of the names for
+    Fitzpatrick17k; for ISIC 2019 the one-hot column position, see datasets/isic.py).
+    """
     shares = _check_fractions(fractions)
     labels = _keys(table, stratify) if stratify else None
     index = np.arange(len(table))
+    # rounded, so the shares are the literals the paper's code passes (0.4 and 0.5 for 60/20/20)
+    held = round(float(shares[1] + shares[2]), 12)
     try:
-        rest, test = train_test_split(index, test_size=shares[2], stratify=labels, random_state=seed)
-        val_share = shares[1] / (shares[0] + shares[1])
+        train, rest = train_test_split(index, test_size=held, stratify=labels, random_state=seed)
         rest_labels = None if labels is None else labels[rest]
-        train, val = train_test_split(rest, test_size=val_share, stratify=rest_labels, random_state=seed)
+        test_share = round(float(shares[2]) / held, 12)
+        val, test = train_test_split(rest, test_size=test_share, stratify=rest_labels, random_state=seed)
     except ValueError as exc:
         raise DataError(
             f"cannot make a stratified {shares.tolist()} split by {', '.join(stratify)}: {exc} "
