@@ -98,11 +98,11 @@ class RunContext:
         """The reusable ERM trainer (dermbench.train.trainer.train_model) bound to this run."""
         return train_model(self, model, train, val, **kwargs)
 
-    def pretrained_erm(self, model, train, val):
-        """`model` with the trained ERM weights for this run's settings, seed and data, from the
-        shared cache or trained once and stored (dermbench.train.pretrained): FairPrune,
-        FairQuantize and MFD start from the ERM model the ERM baseline itself trains."""
-        return pretrained_erm(self, model, train, val)
+    def pretrained_erm(self, train, val):
+        """The trained ERM model for this run's settings, seed and data, from the shared cache or
+        trained once and stored (dermbench.train.pretrained): FairPrune, FairQuantize and MFD
+        start from the ERM model the ERM baseline itself trains."""
+        return pretrained_erm(self, train, val)
 
     def record(self, method: str, values: dict[str, Any]) -> None:
         """Add `values` to `method`'s entry of the run record (metrics.json "methods"): what a

@@ -37,7 +37,9 @@ FIRSTRESULT_HOOKS = ("fit", "predict")
 
 BUILTIN_METHODS: dict[str, str] = {
     "erm": "dermbench.methods.erm",
+    "fairprune": "dermbench.methods.fairprune",
     "fairquantize": "dermbench.methods.fairquantize",
+    "mfd": "dermbench.methods.mfd",
 }
 BUILTIN_DATASETS: dict[str, str] = {
     "synthderm": "dermbench.datasets.synthderm:SynthDerm",

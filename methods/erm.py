@@ -22,7 +22,7 @@ def fit(ctx, model, train, val):
     # a method that edits a trained ERM model (a fit wrapper with `shares_erm = True`) gets the
     # one from the shared cache; trained either way under the same name, it is the same model
     if ctx.share_erm:
-        return ctx.pretrained_erm(model, train, val)
+        return ctx.pretrained_erm(train, val)  # built from the same initialisation as `model`
     return ctx.train_model(model, train, val, name="erm")
 
 

@@ -71,7 +71,7 @@ import torch
 from torch import nn
 
 from dermbench.data.model import Split
-from dermbench.errors import ConfigError, DataError, UnknownNameError
+from dermbench.errors import ConfigError, DataError
 from dermbench.hookspecs import hookimpl
 from dermbench.mitigation.frozen import freeze, frozen, layer_shares, save_masks
 from dermbench.mitigation.groups import AUTO, check_scheme, sensitive_groups
@@ -124,12 +124,7 @@ def _positive_int(settings: dict, key: str) -> int:
 
 def check_settings(settings: dict) -> dict[str, Any]:
     """The settings, checked and converted; a ConfigError naming the setting otherwise."""
-    try:
-        out: dict[str, Any] = {"groups": check_scheme(_setting(settings, "groups"))}
-    except ConfigError as exc:  # "groups must be a group scheme name ..."
-        raise ConfigError(f"{name}.{exc}") from exc
-    except UnknownNameError as exc:  # "unknown group scheme 'tone_2'. Did you mean 'tone2'?"
-        raise ConfigError(f"{name}.groups: {exc}") from exc
+    out: dict[str, Any] = {"groups": check_scheme(_setting(settings, "groups"), f"{name}.groups")}
     privileged = _setting(settings, "privileged")
     if not isinstance(privileged, str) or not privileged:
         raise ConfigError(f"{name}.privileged must be {AUTO!r} or a group name of the scheme, got {privileged!r}")

@@ -88,7 +88,7 @@ def quantize(theta: torch.Tensor) -> torch.Tensor:
 
 def _settings(ctx) -> dict[str, Any]:
     s = ctx.hparams(name)
-    check_scheme(s["groups"])
+    check_scheme(s["groups"], f"{name}.groups")
     if not 0 < float(s["step"]) <= 1:
         raise ConfigError(f"fairquantize.step must be in (0, 1], got {s['step']!r}")
     if not 0 < float(s["target"]) <= 1:

@@ -28,6 +28,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import dermbench.data.splits as splits_module
+
 #: a skin colour per Fitzpatrick type (grey for unknown), so images differ by tone
 FST_RGB = {
     1: (241, 194, 167),
@@ -506,3 +508,10 @@ def private_cache_root(tmp_path_factory):
         os.environ.pop("DERMBENCH_CACHE", None)
     else:
         os.environ["DERMBENCH_CACHE"] = before
+
+
+@pytest.fixture(autouse=True)
+def no_committed_splits(tmp_path, monkeypatch):
+    """Generated trees never match the committed split files (made from the real metadata, whose
+    checksum they carry), so tests see none; tests of the committed files ask for them explicitly."""
+    monkeypatch.setattr(splits_module, "committed_dir", lambda: tmp_path / "no-committed-splits")

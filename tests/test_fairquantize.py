@@ -134,8 +134,6 @@ def test_the_headline_command_on_a_fitzpatrick17k_tree(make_data_home, tmp_path,
     generated tree in the published layout with DDI and Derm7pt beside it."""
     home = make_data_home(n_fitz=300, include=("ddi", "derm7pt"), size=16)
     monkeypatch.setenv("DERMBENCH_DATA", str(home))
-    # the generated metadata is not the published file the committed split was made from
-    monkeypatch.setattr("dermbench.data.splits.committed_dir", lambda: tmp_path / "no-committed-splits")
     out = tmp_path / "runs"
     code = main(["run", "--method", "fairquantize", "--dataset", "fitz17k", "--profile", "tiny", "--out", str(out),
                  "--device", "cpu", "--set", "data.image_size=16", "--set", "model.backbone=test_resnet",

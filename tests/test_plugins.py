@@ -108,6 +108,8 @@ def test_erm_is_the_fallback_fit(plugin_module):
     ctx_calls = []
 
     class Ctx:
+        share_erm = False  # no selected plugin edits a cached ERM model
+
         def train_model(self, model, train, val, **kw):
             ctx_calls.append(kw["name"])
             return "erm-trained"

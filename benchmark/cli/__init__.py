@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "dermbench.cli.scaffold",
     "dermbench.cli.sweep",
     "dermbench.cli.leaderboard",
+    "dermbench.cli.ablation",
     "dermbench.cli.report",
     "dermbench.cli.data",
     "dermbench.cli.tone",

@@ -2,7 +2,7 @@
 power-of-two values.
 
 The masks live on the model object (attribute `dermbench_frozen`: {parameter name: (mask,
-values)}), so a method wrapped around another sees what the inner one froze: with
+the values under it)}), so a method wrapped around another sees what the inner one froze: with
 `fairprune+fairquantize` the pruned zeros stay zero through FairQuantize's retraining, and
 FairQuantize quantises only weights that are not pruned. `restore` writes the frozen values
 back; retraining calls it after every optimiser step.
@@ -20,7 +20,7 @@ ATTRIBUTE = "dermbench_frozen"
 
 
 def frozen(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{parameter name: (bool mask, values)} of the model's frozen weights (empty when none)."""
+    """{parameter name: (bool mask, the frozen values in mask order)} of the model's frozen weights."""
     return getattr(model, ATTRIBUTE, {})
 
 
@@ -35,7 +35,7 @@ def freeze(model: nn.Module, name: str, mask: torch.Tensor) -> None:
     masks = dict(frozen(model))
     old = masks.get(name)
     combined = mask.to(param.device, torch.bool) | (old[0] if old is not None else False)
-    masks[name] = (combined, param.detach().clone())
+    masks[name] = (combined, param.detach()[combined].clone())  # only the frozen values: no second copy of the layer
     setattr(model, ATTRIBUTE, masks)
 
 
@@ -51,7 +51,7 @@ def restore(model: nn.Module) -> None:
     params = dict(model.named_parameters())
     for name, (mask, values) in frozen(model).items():
         p = params[name]
-        p.copy_(torch.where(mask.to(p.device), values.to(p.device, p.dtype), p))
+        p[mask.to(p.device)] = values.to(p.device, p.dtype)
 
 
 def save_masks(path, masks: dict[str, torch.Tensor]) -> None:

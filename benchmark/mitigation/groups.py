@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 from dermbench.data.model import Split
-from dermbench.errors import ConfigError, DataError, unknown_name
+from dermbench.errors import ConfigError, DataError, UnknownNameError, unknown_name
 from dermbench.train.trainer import group_codes, group_names
 
 if TYPE_CHECKING:
@@ -108,9 +108,12 @@ def _val_macro_f1(ctx: RunContext, model, val: Split, scheme: str, present: list
     return scores
 
 
-def check_scheme(scheme: Any) -> str:
-    """A configured scheme name, or a ConfigError."""
+def check_scheme(scheme: Any, setting: str) -> str:
+    """The scheme name configured as `setting` (e.g. "fairprune.groups"), or a ConfigError naming it."""
     if not isinstance(scheme, str):
-        raise ConfigError(f"groups must be a group scheme name such as tone2 or sex, got {scheme!r}")
-    group_names(scheme)  # an unknown scheme names the closest
+        raise ConfigError(f"{setting} must be a group scheme name such as tone2 or sex, got {scheme!r}")
+    try:
+        group_names(scheme)
+    except UnknownNameError as exc:  # it names the closest scheme
+        raise ConfigError(f"{setting}: {exc}") from None
     return scheme

@@ -58,6 +58,9 @@ def choose(candidates: list[dict[str, Any]], *, reference: float, rule: str, max
     gap = np.array([np.inf if c["gap"] is None else c["gap"] for c in candidates], dtype=float)
     if rule == "best_metric":
         return int(np.argmax(metric)), "best validation metric"
+    if np.isinf(gap).all():
+        return int(np.argmax(metric)), ("no candidate has a defined validation gap (a group lacks the samples it "
+                                        "needs in validation): best validation metric, fairness not used")
     if rule == "tradeoff":
         return int(np.argmax(metric - gap)), "best validation metric minus gap"
     within = np.flatnonzero(metric >= reference - max_drop)

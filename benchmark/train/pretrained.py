@@ -87,11 +87,14 @@ def cache_key(material: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:20]
 
 
-def pretrained_erm(ctx: RunContext, model: nn.Module, train: Split, val: Split) -> nn.Module:
-    """`model` with the weights of the ERM model for this run's settings, seed and data: loaded
-    from the cache, or trained (as the ERM baseline trains it) and stored. Records the entry under
-    `methods.erm.checkpoint` in the run record. Torch's global RNG is reseeded afterwards, so what
-    follows does not depend on whether the entry was found."""
+def pretrained_erm(ctx: RunContext, train: Split, val: Split) -> nn.Module:
+    """The ERM model for this run's settings, seed and data: loaded from the cache, or trained
+    and stored. It is built here from the run's own initialisation (`ctx.create_model`, seed
+    "model-init", as the runner builds the ERM baseline's), never from a caller's weights, which
+    the key does not cover. Records the entry under `methods.erm.checkpoint` in the run record.
+    Torch's global RNG is reseeded afterwards, so what follows does not depend on whether the
+    entry was found."""
+    model = ctx.create_model(train.num_classes)
     material = key_material(ctx, train, val)
     key = cache_key(material)
     entry = erm_cache_root() / key
