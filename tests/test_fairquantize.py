@@ -165,3 +165,28 @@ def test_paper_profile_carries_the_papers_protocol_and_numbers():
     overridden = resolve_config(sets=["fairquantize.beta=0.333", "model.backbone=resnet18"],
                                 flags={"method": "fairquantize", "profile": "paper", "dataset": "fitz17k"})
     assert overridden["fairquantize"]["beta"] == 0.333 and overridden["model"]["backbone"] == "resnet18"
+
+
+@pytest.mark.slow
+def test_fairprune_then_fairquantize_keeps_pruned_weights_zero(tmp_path):
+    """`--method fairprune+fairquantize`: FairPrune (inner wrapper) prunes the cached ERM model,
+    FairQuantize (outer) quantises the rest and retrains; the pruned weights stay exactly zero."""
+    out = tmp_path / "runs"
+    metrics = _run(out, "fairprune.rounds=1", "fairprune.score_batches=2", "fairprune.score_batch_size=16",
+                   method="fairprune+fairquantize")
+    run_dir = next(out.glob("fairprune-fairquantize_*"))
+    assert metrics["hooks"]["fit"] == "erm"
+    assert metrics["hooks"]["fit_wrappers"] == ["fairprune", "fairquantize"]  # innermost first: prune, then quantise
+    weights = load_file(run_dir / "model.safetensors")
+    pruned = load_file(run_dir / "pruning_mask.safetensors")
+    quantized = load_file(run_dir / "quantized_mask.safetensors")
+    n_pruned = 0
+    for name, mask in pruned.items():
+        mask = mask.bool()
+        assert torch.all(weights[name][mask] == 0), name  # through FairQuantize's retraining
+        assert not (mask & quantized[name].bool()).any(), name  # never quantised: not counted either
+        n_pruned += int(mask.sum())
+    assert n_pruned > 0
+    eligible = sum(weights[k].numel() for k in quantized) - n_pruned
+    n_quantized = sum(int(m.sum()) for m in quantized.values())
+    assert n_quantized / eligible == pytest.approx(metrics["methods"]["fairquantize"]["quantized_share"], abs=1e-4)
