@@ -190,3 +190,28 @@ def test_fairprune_then_fairquantize_keeps_pruned_weights_zero(tmp_path):
     eligible = sum(weights[k].numel() for k in quantized) - n_pruned
     n_quantized = sum(int(m.sum()) for m in quantized.values())
     assert n_quantized / eligible == pytest.approx(metrics["methods"]["fairquantize"]["quantized_share"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_paper_profile_run_reports_the_papers_numbers_beside_its_own(make_data_home, tmp_path, monkeypatch):
+    """The paper profile on a generated Fitzpatrick17k tree (its settings shrunk to seconds): the
+    condition task, the `fairquantize` split rule, and Table 1 beside the run's own values."""
+    home = make_data_home(n_fitz=300, include=(), size=16)
+    monkeypatch.setenv("DERMBENCH_DATA", str(home))
+    out = tmp_path / "runs"
+    shrink = ["data.image_size=16", "model.backbone=test_resnet", "train.epochs=1", "train.batch_size=32",
+              "eval.n_boot=0", "fairquantize.step=0.1", "fairquantize.target=0.1", "fairquantize.retrain.epochs=0",
+              "fairquantize.score_samples=16", "data.test_sets=[fitz17k]"]
+    code = main(["run", "--method", "fairquantize", "--dataset", "fitz17k", "--profile", "paper", "--out", str(out),
+                 "--device", "cpu", *sum([["--set", s] for s in shrink], [])])
+    assert code == 0
+    (path,) = out.glob("fairquantize_fitz17k_s0_*/metrics.json")
+    metrics = json.loads(path.read_text())
+    assert metrics["task"] == "condition" and metrics["eval"]["fitz17k"]["task"] == "multiclass"
+    paper = metrics["methods"]["fairquantize"]["paper"]
+    assert paper["method"]["eodd_net"] == 0.135 and paper["vanilla"]["eodd_net"] == 0.182
+    report = (path.parent / "report.md").read_text()
+    assert "The paper's numbers beside this run's (FairQuantize paper, Table 1" in report
+    ours = metrics["eval"]["fitz17k"]["fairness"]["tone2"]["eodd_net"]
+    row = next(line for line in report.splitlines() if line.startswith("| EOdd (their convention"))
+    assert "0.135" in row and "0.182" in row and f"{ours:.3f}" in row
