@@ -60,8 +60,6 @@ class RunContext:
     log: Any = None  # a callable(str) that appends to the run log
     datasets: DatasetPool | None = None  # the run's datasets, for `load_split`
     trained: set[str] = field(default_factory=set)  # names given to train_model in this run
-    #: whether ERM's fit goes through the shared ERM cache (a selected plugin sets `shares_erm`)
-    share_erm: bool = False
     #: what methods report about their own run, {method: {key: value}}: metrics.json "methods"
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
 

@@ -314,13 +314,6 @@ def predict_needs_fit(pm: pluggy.PluginManager) -> list[str]:
             if getattr(impl.plugin, "predict_needs_fit", False) is True]
 
 
-def shares_erm(pm: pluggy.PluginManager) -> list[str]:
-    """The plugins that start from a trained ERM model (attribute `shares_erm = True`): ERM's fit
-    then takes that model from the shared cache (dermbench.train.pretrained) instead of training
-    it again in every run."""
-    return [name for name, plugin in pm.list_name_plugin() if getattr(plugin, "shares_erm", False) is True]
-
-
 def implementers(pm: pluggy.PluginManager, hook: str) -> list[str]:
     """Plugins with a plain (non-wrapper) implementation of `hook`."""
     return [impl.plugin_name for impl in getattr(pm.hook, hook).get_hookimpls() if not (impl.wrapper or impl.hookwrapper)]

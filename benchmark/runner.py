@@ -21,7 +21,7 @@ from dermbench.evaluation.evaluate import evaluate_split, threshold_from_validat
 from dermbench.evaluation.thresholds import parse_rule
 from dermbench.files import write_json, write_text
 from dermbench.hookchecks import check_model, check_predict_before_fit, hooks_answered, predict_checked
-from dermbench.plugins import make_manager, shares_erm
+from dermbench.plugins import make_manager
 from dermbench.results.records import CHECKPOINTS, RecordError, RunDir, environment
 from dermbench.results.report import write_report
 from dermbench.tone import fill_missing_tones
@@ -146,7 +146,7 @@ def _execute(run: RunDir, cfg: dict, datasets: DatasetPool, fingerprint: dict, *
                                           for p in loaded})
     write_json(run.file("environment.json"), {**environment(), "device": str(device)})
     ctx = RunContext(config=cfg, device=device, work_dir=run.path / "work", cache_dir=run.path / "work" / "cache",
-                     console=console, log=run.append_log, datasets=datasets, share_erm=bool(shares_erm(pm)))
+                     console=console, log=run.append_log, datasets=datasets)
     ctx.say(f"{'resuming' if resuming else 'starting'} run [bold]{run_id}[/]: method {cfg['method']}, dataset "
             f"{cfg['dataset']}, task {cfg['task']}, seed {cfg['seed']}, profile {cfg['profile']}, device {device}")
 

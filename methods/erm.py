@@ -1,7 +1,9 @@
 """ERM: empirical risk minimisation, the baseline every method is compared with.
 
 It supplies the fallback `fit` and `predict` (trylast), so a method that changes only one
-hook (DermDiff only augments; FairQuantize wraps fit) still has the others.
+hook (DermDiff only augments; FairQuantize wraps fit) still has the others. Its model comes
+from the shared ERM cache: trained by the first run of these settings, seed and data, loaded by
+every later one, including the FairPrune, FairQuantize and MFD runs that start from it.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ def dermbench_method_defaults(profile: str) -> dict:
 
 @hookimpl(trylast=True)
 def fit(ctx, model, train, val):
-    # a method that edits a trained ERM model (a fit wrapper with `shares_erm = True`) gets the
-    # one from the shared cache; trained either way under the same name, it is the same model
-    if ctx.share_erm:
-        return ctx.pretrained_erm(train, val)  # built from the same initialisation as `model`
-    return ctx.train_model(model, train, val, name="erm")
+    # the ERM model of these settings, seed and data is trained once and shared through the ERM
+    # cache (dermbench.train.pretrained): the ERM baseline and the methods that edit or distil it
+    # (FairPrune, FairQuantize, MFD) use the very same model. It is built from the same
+    # initialisation as `model`.
+    return ctx.pretrained_erm(train, val)
 
 
 @hookimpl(trylast=True)

@@ -1,7 +1,7 @@
 """FairPrune (Wu, Zeng, Xu, Shi, Hu; MICCAI 2022, arXiv 2203.02110): prune the weights of a
 trained model that matter little to the unprivileged group and much to the privileged one.
 
-A `fit` wrapper: the inner fit (ERM from the shared ERM cache, `shares_erm = True`, or another
+A `fit` wrapper: the inner fit (ERM, from the shared ERM cache, or another
 method's fit) trains the model, then FairPrune zeroes weights, with no fine-tuning afterwards
 ("only modifying some parameters ... without further finetuning"). It composes:
 `--method fairprune+fairquantize` prunes, then FairQuantize quantises the pruned model, keeping
@@ -81,14 +81,13 @@ from dermbench.mitigation.selection import FAIR_METRICS, RULES, choose, validati
 from dermbench.train.trainer import group_codes, group_names
 
 name = "fairprune"
-shares_erm = True
 
-#: the method's settings (the `tiny` profile prunes in fewer rounds)
+#: the method's settings (the `tiny` profile scores on fewer samples and prunes in fewer rounds: CPU minutes)
 DEFAULTS: dict[str, Any] = {
     "groups": "tone2", "privileged": AUTO, "beta": 0.33, "ratio": 0.05, "rounds": 10, "score_batches": 32,
     "score_batch_size": 16, "select": "fairest_within", "max_drop": 0.02, "fair_metric": "eodd",
 }
-TINY_ROUNDS = 4
+TINY = {"rounds": 3, "score_batches": 16}
 #: the file beside model.safetensors holding the chosen pruning mask (1 = pruned)
 MASK_FILE = "pruning_mask.safetensors"
 
@@ -97,7 +96,7 @@ MASK_FILE = "pruning_mask.safetensors"
 def dermbench_method_defaults(profile: str, dataset: str) -> dict:
     if profile == "paper":  # the paper protocol's task, split, backbone and group scheme on its datasets
         return paper_protocol(dataset, name, {k: v for k, v in DEFAULTS.items() if k != "groups"})
-    return {name: {**DEFAULTS, "rounds": TINY_ROUNDS} if profile == "tiny" else dict(DEFAULTS)}
+    return {name: {**DEFAULTS, **TINY} if profile == "tiny" else dict(DEFAULTS)}
 
 
 def _setting(settings: dict, key: str) -> Any:

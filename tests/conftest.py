@@ -19,7 +19,6 @@ Fixtures are factories (call them with arguments); each returns a `FakeTree`:
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -497,17 +496,12 @@ def make_data_home(tmp_path):
     return make
 
 
-@pytest.fixture(autouse=True, scope="session")
-def private_cache_root(tmp_path_factory):
-    """Caches that outlive a run (decoded images, trained ERM models) go to a folder of this test
-    session, never the user's ~/.cache, and no test finds another session's entries."""
-    before = os.environ.get("DERMBENCH_CACHE")
-    os.environ["DERMBENCH_CACHE"] = str(tmp_path_factory.mktemp("dermbench-cache"))
-    yield
-    if before is None:
-        os.environ.pop("DERMBENCH_CACHE", None)
-    else:
-        os.environ["DERMBENCH_CACHE"] = before
+@pytest.fixture(autouse=True)
+def private_cache_root(tmp_path, monkeypatch):
+    """Caches that outlive a run (decoded images, trained ERM models) go to a folder of this test,
+    never the user's ~/.cache: no test finds another's entries (an ERM model another test trained
+    would skip the training a test is about)."""
+    monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "dermbench-cache"))
 
 
 @pytest.fixture(autouse=True)

@@ -56,6 +56,7 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused_and_a_normal_one_resum
     torch.load(hostile, weights_only=False)  # what the refusal prevents
     assert marker.exists()
 
+    monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "another-cache"))  # resume, not load the ERM model trained above
     assert main([*args[:2], str(tmp_path / "copy"), *args[3:]]) == 0
     assert "resumingermfromitscheckpointafterepoch1" in "".join("".join(capsys.readouterr()).split())
 

@@ -108,10 +108,8 @@ def test_erm_is_the_fallback_fit(plugin_module):
     ctx_calls = []
 
     class Ctx:
-        share_erm = False  # no selected plugin edits a cached ERM model
-
-        def train_model(self, model, train, val, **kw):
-            ctx_calls.append(kw["name"])
+        def pretrained_erm(self, train, val):
+            ctx_calls.append("erm")
             return "erm-trained"
 
     assert pm.hook.fit(ctx=Ctx(), model="m", train=None, val=None) == "alpha(erm-trained)"

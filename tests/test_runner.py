@@ -60,9 +60,11 @@ def test_repeated_command_reuses_the_finished_run(tmp_path, capsys):
     assert "finished run found" not in capsys.readouterr().out
 
 
-def test_same_config_and_seed_give_identical_metrics(tmp_path):
+def test_same_config_and_seed_give_identical_metrics(tmp_path, monkeypatch):
     a = run_experiment(tiny_config(tmp_path / "a")).metrics
+    monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "another-cache"))  # train ERM again, not load a's
     b = run_experiment(tiny_config(tmp_path / "b")).metrics
+    assert a["methods"]["erm"]["checkpoint"]["hit"] is False and b["methods"]["erm"]["checkpoint"]["hit"] is False
     assert eval_numbers(a) == eval_numbers(b)
     c = run_experiment(tiny_config(tmp_path / "c", seed=1)).metrics
     assert eval_numbers(a) != eval_numbers(c)
@@ -80,6 +82,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
         return real_score(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "validation_score", killed_in_epoch_two)
+    monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "another-cache"))  # train ERM again, not load the reference's
     cfg = tiny_config(tmp_path / "run", epochs=3)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg)

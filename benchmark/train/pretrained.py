@@ -1,9 +1,11 @@
 """The shared ERM starting point: a content-addressed cache of trained ERM models.
 
-FairPrune, FairQuantize and MFD all start from a trained ERM model. Training it is most of a
-run's cost, so it is trained once per (model settings, training settings, seed, device type,
-training and validation data) and kept under the cache root (`$DERMBENCH_CACHE/erm`, default
-`~/.cache/dermbench/erm`): the second method run on the same data and seed loads it.
+The ERM baseline's fit, and FairPrune, FairQuantize and MFD, which start from a trained ERM
+model, all take it from here. Training it is most of a run's cost, so it is trained once per
+(model settings, training settings, seed, device type, training and validation data) and kept
+under the cache root (`$DERMBENCH_CACHE/erm`, default `~/.cache/dermbench/erm`): the second run
+on the same data and seed loads it (`--force` redoes a run, not its cached ERM model; delete
+the entry, named in the record, to retrain it).
 
 The model is trained by the ordinary trainer under the name "erm", the name the ERM baseline's
 own fit uses, so its batch order and augmentation streams are those of the ERM baseline: the
@@ -105,6 +107,7 @@ def pretrained_erm(ctx: RunContext, train: Split, val: Split) -> nn.Module:
         if problem is None:
             ctx.say(f"[green]ERM model found in the cache[/]: {entry}")
             info["hit"] = True
+            model.train_history = read_json(entry / ENTRY).get("history")  # type: ignore[attr-defined]
         else:
             if entry.exists():
                 ctx.say(f"[yellow]cached ERM model {entry} is not usable ({problem}); training it again[/]")
