@@ -79,19 +79,22 @@ def sensitive_groups(ctx: RunContext, model, train: Split, val: Split, *, scheme
             f"{present or 'none'} ({int((codes < 0).sum())} of {len(train)} samples have no {scheme} group); "
             "choose another scheme with the method's `groups` setting"
         )
-    scores = _val_macro_f1(ctx, model, val, scheme, present)
+    if privileged != AUTO and privileged not in present:
+        raise unknown_name(f"privileged group (scheme {scheme}, groups present in training)", privileged, present)
+    scores = _val_macro_f1(ctx, model, val, scheme, present, required=privileged == AUTO)
     if privileged == AUTO:
         best = max(present, key=lambda g: (scores[g], -present.index(g)))
         shown = ", ".join(f"{g} {scores[g]:.4f}" for g in present)
         reason = f"auto: highest validation macro-F1 of the ERM model ({shown})"
     else:
-        if privileged not in present:
-            raise unknown_name(f"privileged group (scheme {scheme}, groups present in training)", privileged, present)
         best, reason = privileged, "set by the user"
     return SensitiveGroups(scheme, names, codes, best, reason, scores)
 
 
-def _val_macro_f1(ctx: RunContext, model, val: Split, scheme: str, present: list[str]) -> dict[str, float]:
+def _val_macro_f1(ctx: RunContext, model, val: Split, scheme: str, present: list[str], *,
+                  required: bool) -> dict[str, float]:
+    """Validation macro-F1 per group; a group without validation samples is an error when the
+    scores choose the privileged group (`required`), else it is left out (the record shows it)."""
     codes = group_codes(val, scheme)
     pred = ctx.predict_proba(model, val).argmax(1)
     y = val.labels
@@ -100,6 +103,8 @@ def _val_macro_f1(ctx: RunContext, model, val: Split, scheme: str, present: list
     for g in present:
         members = codes == names.index(g)
         if not members.any():
+            if not required:
+                continue
             raise DataError(
                 f"the validation split {val.name!r} has no {scheme} group {g!r} sample, so the privileged group cannot "
                 "be chosen on validation; set the method's `privileged` setting"

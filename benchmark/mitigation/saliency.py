@@ -83,16 +83,22 @@ def scores(delta: dict[str, torch.Tensor], h_unprivileged: dict[str, torch.Tenso
 def lowest(scores_by_name: dict[str, torch.Tensor], count: int, *, eligible: dict[str, torch.Tensor] | None = None,
            ) -> dict[str, torch.Tensor]:
     """Masks of the `count` globally lowest scores (ties broken by position, so the count is
-    exact), among the `eligible` entries only when given. One sort over the concatenated scores."""
+    exact), among the `eligible` entries only when given. No sort: the count-th smallest value
+    (kthvalue) is the threshold, every score below it is chosen, and ties at it are taken in
+    position order until the count is reached."""
     names = list(scores_by_name)
     flat = torch.cat([scores_by_name[k].reshape(-1).float() for k in names])
     if eligible is not None:
         allowed = torch.cat([eligible[k].reshape(-1) for k in names])
         flat = torch.where(allowed, flat, torch.full_like(flat, float("inf")))
         count = min(count, int(allowed.sum()))
+    count = min(count, flat.numel())
     chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if count > 0:
-        chosen[torch.argsort(flat, stable=True)[:count]] = True
+        threshold = flat.kthvalue(count).values
+        chosen = flat < threshold
+        ties = torch.nonzero(flat == threshold).flatten()[: count - int(chosen.sum())]
+        chosen[ties] = True
     masks, start = {}, 0
     for k in names:
         n = scores_by_name[k].numel()

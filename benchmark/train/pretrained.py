@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -137,7 +138,7 @@ def _verify(entry: Path, model: nn.Module, material: dict) -> str | None:
             return f"{WEIGHTS} does not match the checksum in {ENTRY}"
         state = load_file(str(weights))
         model.load_state_dict(state, strict=True)
-    except (DermbenchError, OSError, RuntimeError, ValueError, KeyError, AttributeError) as exc:
+    except (DermbenchError, OSError, RuntimeError, ValueError, KeyError, AttributeError, SafetensorError) as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
 
