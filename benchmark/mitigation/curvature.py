@@ -36,9 +36,8 @@ from dermbench.errors import ConfigError
 
 #: eigenvalues of H_n below this are treated as zero (H_n = diag(p) - pp^T has one exact zero)
 EIGEN_EPS = 1e-10
-#: at most this many floats of per-sample gradients are held at once (conv layers): 2^20 = 4 MB
-#: chunks stay in cache, which measured faster than larger ones
-PER_SAMPLE_BUDGET = 2**20
+#: at most about this many floats of per-sample products are held at once per conv layer (2^22 = 16 MB)
+PER_SAMPLE_BUDGET = 2**22
 #: a conv whose output has at most this many positions uses the pairwise form (see _add_conv)
 PAIRWISE_MAX_POSITIONS = 4
 SUPPORTED = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)
@@ -153,19 +152,20 @@ def _add_conv(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, total: dict, 
     positions = g.shape[2] * g.shape[3]
     g = g.reshape(n, groups, out_ch // groups, positions)
     weight = torch.zeros(groups, out_ch // groups, in_per_group * kh * kw, device=a.device)
-    step = max(1, PER_SAMPLE_BUDGET // max(1, out_ch * in_per_group * kh * kw))
+    pairwise = positions <= PAIRWISE_MAX_POSITIONS
+    held = (out_ch + in_per_group * kh * kw * groups) * positions**2 if pairwise else out_ch * in_per_group * kh * kw
+    step = max(1, PER_SAMPLE_BUDGET // max(1, held))  # samples per chunk: bounded memory, few Python iterations
     for start in range(0, n, step):
         cols = F.unfold(a[start : start + step], (kh, kw), dilation=module.dilation, padding=module.padding,
                         stride=module.stride)
         cols = cols.reshape(cols.shape[0], groups, in_per_group * kh * kw, positions)
         gs = g[start : start + step]
-        if positions <= PAIRWISE_MAX_POSITIONS:  # sum over position pairs: one matrix product, no per-sample tensor
-            m = gs.shape[0]
+        m = gs.shape[0]
+        if pairwise:  # sum over position pairs: one matrix product, no per-sample tensor
             pairs_g = (gs[..., :, None] * gs[..., None, :]).reshape(m, groups, -1, positions * positions)
             pairs_a = (cols[..., :, None] * cols[..., None, :]).reshape(m, groups, -1, positions * positions)
             weight += torch.einsum("ngop,ngkp->gok", pairs_g, pairs_a)
         else:
-            m = gs.shape[0]
             per_sample = torch.bmm(gs.reshape(m * groups, -1, positions), cols.reshape(m * groups, -1, positions).transpose(1, 2))
             weight += per_sample.square_().reshape(m, groups, *per_sample.shape[1:]).sum(0)
     _add(total, names, module.weight, weight)
