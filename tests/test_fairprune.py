@@ -208,7 +208,7 @@ def command(out: Path, *extra: str) -> list[str]:
 @pytest.mark.slow
 def test_fairprune_runs_through_the_cli_and_saves_a_matching_mask(tmp_path):
     assert main(command(tmp_path)) == 0
-    (run_dir,) = tmp_path.iterdir()
+    (run_dir,) = tmp_path.glob("fairprune_*")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["hooks"]["fit"] == "erm" and metrics["hooks"]["fit_wrappers"] == ["fairprune"]
     record = metrics["methods"]["fairprune"]

@@ -81,6 +81,7 @@ def cluster():
         # the workers' environment comes from the raylet, which inherits this process's
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")])))
         mp.setenv("DERMBENCH_TEST_KILL_MARKER", str(marker))
+        mp.setenv("DERMBENCH_CACHE", str(plugins / "cache"))  # the workers' caches: never the user's ~/.cache
         mp.syspath_prepend(str(plugins))
         ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=ray_tmp,
                  object_store_memory=100 * 1024**2, log_to_driver=False)

@@ -51,12 +51,12 @@ SOURCES = {"fitz17k": _T1, "isic2019": _T2}
 
 def paper_protocol(dataset: str, method: str, settings: dict[str, Any]) -> dict[str, Any]:
     """A method's `paper` defaults on `dataset`: the protocol's task, split and backbone, and
-    under the method's own name its `settings` plus the protocol's group scheme."""
+    under the method's own name its `settings` with the protocol's group scheme (which wins)."""
     protocol = PROTOCOLS.get(dataset)
     if protocol is None:
         return {method: {"groups": "tone2", **settings}}
     shared = {k: v for k, v in protocol.items() if k != "groups"}
-    return {**shared, method: {"groups": protocol["groups"], **settings}}
+    return {**shared, method: {**settings, "groups": protocol["groups"]}}
 
 
 def reported(dataset: str, method: str) -> dict[str, Any] | None:
