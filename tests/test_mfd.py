@@ -157,7 +157,7 @@ def test_mfd_runs_with_the_cached_erm_teacher(tmp_path):
     checkpoint = metrics["methods"]["erm"]["checkpoint"]
     assert checkpoint["hit"] is False  # a fresh seed: the teacher was trained here, then stored
     record = metrics["methods"]["mfd"]
-    assert record["settings"] == {"groups": "tone2", "lam": 5.0, "outer": 0.02, "sigma": 0.5}
+    assert record["settings"] == {"groups": "tone2", "lam": 5.0, "outer": 0.02, "sigma": 0.5, "student": {}}
     assert record["scheme"] == "tone2" and record["weight"] == pytest.approx(0.05)
     assert record["features"] == {"module": "fc", "dim": 96}  # test_resnet's penultimate vector
     cells = record["train_cells"]
