@@ -145,7 +145,7 @@ def command(out: Path, *extra: str) -> list[str]:
 
 
 def run_metrics(out: Path) -> tuple[Path, dict]:
-    (run_dir,) = out.glob("mfd_*")
+    (run_dir,) = [p for p in out.iterdir() if (p / "metrics.json").is_file()]
     return run_dir, json.loads((run_dir / "metrics.json").read_text())
 
 
