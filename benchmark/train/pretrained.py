@@ -38,6 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from dermbench.data.metadata import sha256_file
 from dermbench.data.model import Split
 from dermbench.errors import DermbenchError
 from dermbench.files import exclusive_lock, make_dirs, read_json, storage_errors, write_json
@@ -134,7 +135,7 @@ def _verify(entry: Path, model: nn.Module, material: dict) -> str | None:
         if meta.get("material") != json.loads(json.dumps(material, default=str)):
             return "its entry.json describes other settings or data"
         weights = entry / WEIGHTS
-        if _sha256(weights) != meta.get("sha256"):
+        if sha256_file(weights) != meta.get("sha256"):
             return f"{WEIGHTS} does not match the checksum in {ENTRY}"
         state = load_file(str(weights))
         model.load_state_dict(state, strict=True)
@@ -148,13 +149,6 @@ def _store(entry: Path, model: nn.Module, material: dict, history: Any) -> None:
     with storage_errors(entry.parent):
         make_dirs(temporary)
         save_weights(model, temporary / WEIGHTS)
-        write_json(temporary / ENTRY, {"material": material, "sha256": _sha256(temporary / WEIGHTS), "history": history})
+        write_json(temporary / ENTRY, {"material": material, "sha256": sha256_file(temporary / WEIGHTS), "history": history})
         os.replace(temporary, entry)
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
