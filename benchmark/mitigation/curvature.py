@@ -25,7 +25,6 @@ A trainable layer of another kind (LayerNorm, attention, ...) is an error naming
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -171,6 +170,3 @@ def _add_conv(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, total: dict, 
     _add(total, names, module.weight, weight)
     _add(total, names, module.bias, (g.sum(3) ** 2).sum(0).reshape(-1))
 
-
-def diagonal_size(diagonal: dict[str, torch.Tensor]) -> int:
-    return sum(math.prod(v.shape) for v in diagonal.values())

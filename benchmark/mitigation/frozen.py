@@ -24,11 +24,6 @@ def frozen(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return getattr(model, ATTRIBUTE, {})
 
 
-def frozen_mask(model: nn.Module, name: str) -> torch.Tensor | None:
-    entry = frozen(model).get(name)
-    return None if entry is None else entry[0]
-
-
 def freeze(model: nn.Module, name: str, mask: torch.Tensor) -> None:
     """Hold the weights of parameter `name` under `mask` at their current values from now on."""
     param = dict(model.named_parameters())[name]

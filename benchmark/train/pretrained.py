@@ -109,7 +109,6 @@ def pretrained_erm(ctx: RunContext, train: Split, val: Split) -> nn.Module:
         if problem is None:
             ctx.say(f"[green]ERM model found in the cache[/]: {entry}")
             info["hit"] = True
-            model.train_history = read_json(entry / ENTRY).get("history")  # type: ignore[attr-defined]
         else:
             if entry.exists():
                 ctx.say(f"[yellow]cached ERM model {entry} is not usable ({problem}); training it again[/]")
@@ -119,7 +118,10 @@ def pretrained_erm(ctx: RunContext, train: Split, val: Split) -> nn.Module:
             model = train_model(ctx, model, train, val, name=ERM_NAME)
             _store(entry, model, material, getattr(model, "train_history", None))
             info["hit"] = False
-    info["sha256"] = read_json(entry / ENTRY)["sha256"]
+        meta = read_json(entry / ENTRY)  # read under the lock: what was verified or just stored
+    info["sha256"] = meta["sha256"]
+    if info["hit"]:
+        model.train_history = meta.get("history")  # type: ignore[attr-defined]
     ctx.record("erm", {"checkpoint": info})
     torch.manual_seed(seed_for(ctx.seed, "after-erm"))
     model.to(ctx.device)
