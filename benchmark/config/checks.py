@@ -29,6 +29,7 @@ RANGES: dict[tuple[str, ...], tuple[float | None, bool, float | None, bool, bool
     ("train", "gamma"): (0, False, None, False, False),
     ("train", "focal_gamma"): (0, True, None, False, False),
     ("eval", "n_boot"): (0, True, None, False, True),
+    ("augment", "ratio"): (0, False, None, False, False),
 }
 CHOICES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("data", "on_error"): ("stop", "skip"),
@@ -39,6 +40,7 @@ CHOICES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("train", "sampler"): ("none", "class", "group", "sensitive"),
     ("train", "augment"): ("none", "flip", "standard"),
     ("train", "select_metric"): ("auc", "acc", "bacc", "loss"),
+    ("augment", "mix"): ("real+syn", "syn", "real"),
 }
 
 
