@@ -9,7 +9,7 @@ from rich.console import Console
 
 from dermbench.files import write_text
 from dermbench.runner import resolve_config
-from dermbench.tone.detector import DETECTOR_FILE, DETECTOR_SETTINGS, _fmt, load_detector, train_detector
+from dermbench.tone.detector import DETECTOR_FILE, RECIPES, _fmt, load_detector, train_detector
 from dermbench.tone.filling import annotate_dataset
 
 
@@ -21,18 +21,24 @@ def _config(args: argparse.Namespace, extra_sets: list[str]) -> dict:
     return resolve_config(sets=sets, flags=flags, local=tuple(args.plugin or ()))
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    sets = list(DETECTOR_SETTINGS)
+def train_config(args: argparse.Namespace) -> dict:
+    """The resolved settings of `tone train`: the recipe, then --backbone/--epochs/--image-size, then --set."""
+    sets = list(RECIPES[args.recipe])
     if args.backbone:
         sets.append(f"model.backbone={args.backbone}")
     if args.epochs is not None:
         sets.append(f"train.epochs={args.epochs}")
     if args.image_size is not None:
         sets.append(f"data.image_size={args.image_size}")
-    cfg = _config(args, sets)
+    return _config(args, sets)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = train_config(args)
     out = Path(args.out or f"detectors/tone3-{cfg['dataset']}-{cfg['model']['backbone']}")
     info = train_detector(cfg, out=out, eval_dataset=args.eval_dataset, eval_split=args.eval_split,
-                          force=args.force, local=tuple(args.plugin or ()), console=Console())
+                          synthetic=tuple(args.synthetic or ()), recipe=args.recipe, force=args.force,
+                          local=tuple(args.plugin or ()), console=Console())
     Console().print(f"wrote {out / DETECTOR_FILE}: accuracy {info['accuracy']:.3f}, balanced accuracy "
                     f"{info['balanced_accuracy']:.3f} on {info['evaluated_on']} (n={info['n']})")
     return 0
@@ -76,12 +82,19 @@ def register(sub) -> None:
 
     t = tone_sub.add_parser("train", help="train a tone3 detector on a dataset with FST labels and score it")
     t.add_argument("--dataset", default="fitz17k", help="training dataset with annotated FST (default fitz17k)")
-    t.add_argument("--backbone", help="timm model name (default: model.backbone of the config)")
+    t.add_argument("--recipe", choices=sorted(RECIPES), default="default",
+                   help="training settings: default (the run's backbone and optimiser, focal loss) or dermdiff "
+                        "(ResNeXt-101, focal loss, SGD with momentum, lr 3e-4, batch 64); --backbone, --epochs and "
+                        "--set override them")
+    t.add_argument("--backbone", help="timm model name (default: the recipe's, else model.backbone of the config)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--image-size", type=int)
     t.add_argument("--eval-dataset", default="ddi", help="dataset with ground-truth tone to score on (default ddi)")
     t.add_argument("--eval-split", default="test", help="its split to score on (default test)")
     t.add_argument("--seed", type=int)
+    t.add_argument("--synthetic", action="append", metavar="DIR",
+                   help="a generated set (images.npy + manifest.csv) whose samples join the training split only, "
+                        "labelled with their requested tone (repeatable)")
     t.add_argument("--out", help="detector folder (default detectors/tone3-DATASET-BACKBONE)")
     t.add_argument("--force", action="store_true", help="replace a detector already in --out")
     _common(t)
