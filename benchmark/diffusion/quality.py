@@ -418,8 +418,8 @@ def sample_grid(images: np.ndarray, rows: Sequence, cols: Sequence, path: str | 
     left = max(font.getlength(name) for name in row_names) + 2 * _PAD
     top = (line if title else 0) + line + _PAD
     block = per_cell * tw
-    canvas = Image.new("RGB", (int(left + len(col_names) * (block + _GAP) - _GAP + _PAD),
-                               int(top + len(row_names) * (th + _GAP) - _GAP + _PAD)), _BACKGROUND)
+    width = max(left + len(col_names) * (block + _GAP) - _GAP + _PAD, font.getlength(title or "") + 2 * _PAD)
+    canvas = Image.new("RGB", (int(width), int(top + len(row_names) * (th + _GAP) - _GAP + _PAD)), _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((_PAD, _PAD // 2), title, fill=_INK, font=font)
