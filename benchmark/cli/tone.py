@@ -1,4 +1,5 @@
-"""`dermbench tone train|annotate`: the tone detector and tone estimates for datasets without labels."""
+"""`dermbench tone train|annotate|compare`: the tone detector, tone estimates for datasets without
+labels, and estimators side by side per tone group (DermDiff's Table 3)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import argparse
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
+from dermbench.data.pool import DatasetPool
 from dermbench.files import write_text
 from dermbench.runner import resolve_config
+from dermbench.tone import compare
 from dermbench.tone.detector import DETECTOR_FILE, RECIPES, _fmt, load_detector, train_detector
 from dermbench.tone.filling import annotate_dataset
 
@@ -17,7 +21,7 @@ def _config(args: argparse.Namespace, extra_sets: list[str]) -> dict:
     sets = [*extra_sets, *(args.set or [])]
     if args.data_root:
         sets.append(f"data.root={args.data_root}")
-    flags = {"dataset": args.dataset, "device": args.device, "seed": getattr(args, "seed", None)}
+    flags = {"dataset": getattr(args, "dataset", None), "device": args.device, "seed": getattr(args, "seed", None)}
     return resolve_config(sets=sets, flags=flags, local=tuple(args.plugin or ()))
 
 
@@ -63,6 +67,30 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    cfg = _config(args, [])
+    loaded = {name: load_detector(folder) for name, folder in compare.parse_detectors(args.detector or []).items()}
+    trained_on = {d.info["trained_on"] for d in loaded.values()} or {cfg["dataset"]}
+    evals = [compare.parse_eval(text) for text in args.eval] if args.eval else compare.default_evals(trained_on)
+    compare.check_held_out(loaded, evals)
+    estimators = [compare.ita_estimator(),
+                  *(compare.detector_estimator(name, d, device=cfg["device"]) for name, d in loaded.items())]
+    frame = compare.compare(DatasetPool(cfg, tuple(args.plugin or ())), estimators, evals)
+    console = Console()
+    for _, part in frame.groupby("eval", sort=False):
+        shown = compare.display_rows(part, f1=False)
+        table = Table(title=compare.title(part))
+        for col in shown.columns:
+            table.add_column(col, justify="left" if col == "estimator" else "right")
+        for row in shown.itertuples(index=False):
+            table.add_row(*row)
+        console.print(table)
+    out = Path(args.out)
+    write_text(out, compare.markdown(frame))
+    console.print(f"wrote {out} (with F1 per tone group)")
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="folder holding one sub-folder per dataset (default $DERMBENCH_DATA)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=0.01")
@@ -72,7 +100,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("tone", help="estimate skin tone for datasets without tone labels (ITA, tone detector)")
-    tone_sub = p.add_subparsers(dest="tone_command", metavar="{train,annotate}")
+    tone_sub = p.add_subparsers(dest="tone_command", metavar="{train,annotate,compare}")
 
     def usage(_args: argparse.Namespace) -> int:
         p.print_help()
@@ -107,3 +135,14 @@ def register(sub) -> None:
     a.add_argument("--out", help="CSV file (default tones_DATASET.csv)")
     _common(a)
     a.set_defaults(func=cmd_annotate)
+
+    c = tone_sub.add_parser("compare", help="ITA and tone detectors per tone group on annotated test sets "
+                                            "(DermDiff Table 3)")
+    c.add_argument("--detector", action="append", metavar="NAME=DIR",
+                   help="a detector folder and its row name, e.g. real+syn=detectors/b (repeatable)")
+    c.add_argument("--eval", action="append", metavar="DATASET[:SPLIT]",
+                   help="test set with annotated tones (repeatable; default synthderm:test_ddi when the detectors "
+                        "were trained on synthderm, else ddi:test)")
+    c.add_argument("--out", default="tone-compare.md", help="markdown file (default tone-compare.md)")
+    _common(c)
+    c.set_defaults(func=cmd_compare)

@@ -66,6 +66,7 @@ def tone_split(split: Split, *, name: str | None = None,
     if (has_tone & ~labelled).sum():
         excluded["tone not annotated (estimated)"] = int((has_tone & ~labelled).sum())
     keep = np.flatnonzero(has_tone & labelled)
+    split = replace(split, table=table)
     sub = split if len(keep) == len(split) else split.subset(keep)  # a full memory-mapped set stays on disk
     labels = sub.table["tone3"].map({t: i for i, t in enumerate(TONE3)}).to_numpy(dtype=np.int64)
     tab = sub.table.assign(label=labels)
