@@ -86,6 +86,8 @@ class MethodReport:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     paper: pd.DataFrame | None = None
     paper_source: str = ""
+    #: (title, file name in the run folder) of each image the record names (a generation's sample grid)
+    images: list[tuple[str, str]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- values
@@ -353,7 +355,7 @@ def build_report(run_dir: str | Path) -> RunReport:
         ("total time", f"{fmt(record.timing.total_s, 1)} s"),
     ], columns=["field", "value"])
     sections = [_test_set_report(run_dir, name, test_eval) for name, test_eval in record.eval.items()]
-    methods = [_method_report(name, values, record) for name, values in (record.methods or {}).items()]
+    methods = [_method_report(name, values, record, run_dir) for name, values in (record.methods or {}).items()]
     return RunReport(run_dir, record.run_id, header, notes, sections, excluded=_run_exclusions(record), methods=methods)
 
 
@@ -369,12 +371,15 @@ def _value_text(value: Any) -> str:
     return str(value)
 
 
-def _method_report(name: str, values: dict[str, Any], record: Record) -> MethodReport:
-    """Lines for scalars and small dicts, a table per list of steps, a summary of large dicts."""
+def _method_report(name: str, values: dict[str, Any], record: Record, run_dir: Path) -> MethodReport:
+    """Lines for scalars and small dicts, a table per list of steps, a summary of large dicts; a
+    generation's `quality` as its own tables and sample grid."""
     out = MethodReport(name)
     for key, value in values.items():
         if key == "paper" and isinstance(value, dict):
             out.paper, out.paper_source = _paper_table(value, record), str(value.get("source", ""))
+        elif key == "quality" and isinstance(value, dict):
+            _add_quality(out, value, run_dir)
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             flat = [{k: _value_text(v) for k, v in row.items()} for row in value]
             out.tables[key] = pd.DataFrame(flat).fillna(MISSING)
@@ -387,6 +392,110 @@ def _method_report(name: str, values: dict[str, Any], record: Record) -> MethodR
         else:
             out.lines.append(f"{key}: {_value_text(value)}")
     return out
+
+
+def _at(values: Any, *path: str) -> Any:
+    """values[path[0]][path[1]]..., or None where a level is missing (a record of an older or
+    partial generation still renders)."""
+    for key in path:
+        if not isinstance(values, dict):
+            return None
+        values = values.get(key)
+    return values
+
+
+def _share_text(block: Any) -> str:
+    """A fidelity share with its counts, `0.850 (17/20)`; a dash when nothing was requested."""
+    if not isinstance(block, dict) or not block.get("n"):
+        return MISSING
+    return f"{fmt(block.get('share'))} ({fmt_count(block.get('matched'))}/{fmt_count(block.get('n'))})"
+
+
+def _quality_table(quality: dict[str, Any]) -> pd.DataFrame:
+    """Rows: all images, each class, each tone group; columns: images, FID per feature extractor,
+    MS-SSIM, label and tone fidelity (– where a value does not apply or was skipped)."""
+    fids = quality.get("fid") or {}
+    rows = [("all", "overall", "all")]
+    rows += [(f"class {key}", "class", key) for key in _at(fids, "domain", "class", "values") or {}]
+    rows += [(f"tone3 {key}", "tone3", key) for key in _at(fids, "domain", "tone3", "values") or {}]
+    out = []
+    for label, grouping, key in rows:
+        n = _at(fids, "domain", grouping, "n", key) or {}
+        row = {"": label, "n real": fmt_count(n.get("real")), "n synthetic": fmt_count(n.get("synthetic"))}
+        for extractor in fids:
+            row[f"FID ({extractor})"] = fmt(_at(fids, extractor, grouping, "values", key), 2)
+        ms_ssim = _at(quality, "ms_ssim", "class", "overall") if grouping == "overall" else _at(
+            quality, "ms_ssim", grouping, "values", key)
+        row["MS-SSIM"] = fmt(ms_ssim)
+        for kind, own in (("label", "class"), ("tone", "tone3")):
+            block = _at(quality, "fidelity", kind, "overall") if grouping == "overall" else (
+                _at(quality, "fidelity", kind, "values", key) if grouping == own else None)
+            row[f"{kind} fidelity"] = _share_text(block)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _cells_table(cells: dict[str, Any]) -> pd.DataFrame:
+    """Synthetic (real) images per tone group (rows) x class (columns)."""
+    return pd.DataFrame([{"tone3": tone, **{label: f"{fmt_count(_at(n, 'synthetic'))} ({fmt_count(_at(n, 'real'))})"
+                                            for label, n in by_class.items()}}
+                         for tone, by_class in cells.items() if isinstance(by_class, dict)])
+
+
+def _extractor_text(info: Any) -> str:
+    if not isinstance(info, dict):
+        return _value_text(info)
+    if info.get("kind") == "classifier":
+        return f"the classifier's {info.get('layer', 'penultimate')} features ({info.get('model')}, {info.get('num_features')}-d)"
+    if info.get("kind") == "inception_v3":
+        return f"Inception v3 pool features ({info.get('num_features')}-d) from {info.get('weights')}"
+    return _value_text(info)
+
+
+def _assigner_text(by: Any) -> str:
+    """What assigned the tones that tone fidelity compares with the requested ones."""
+    if isinstance(by, dict) and by.get("kind") == "detector":
+        return f"the tone detector {by.get('path')} ({by.get('backbone') or MISSING})"
+    if isinstance(by, dict) and by.get("kind") == "ita":
+        return "ITA (FST from the median ITA of the border skin)"
+    return _value_text(by)
+
+
+def _quality_lines(quality: dict[str, Any]) -> list[str]:
+    """How to read the quality table: feature extractors, MS-SSIM settings, who judged the tones,
+    and every value left out with its reason."""
+    lines = [f"quality / FID features ({name}): {_extractor_text(info)}"
+             for name, info in (quality.get("features") or {}).items()]
+    ms = _at(quality, "ms_ssim", "class") or {}
+    if ms:
+        lines.append(f"quality / MS-SSIM: mean over random pairs of distinct synthetic images of one class or tone "
+                     f"group (lower = more diverse); {ms.get('scales')} scale(s) for "
+                     f"{'x'.join(str(v) for v in quality.get('image_size') or [])} px images, betas "
+                     f"{', '.join(fmt(b) for b in ms.get('betas') or [])}, window {ms.get('kernel_size')}")
+    lines.append("quality / label fidelity: share of synthetic images the classifier assigns to the requested class")
+    lines.append(f"quality / tone fidelity: share assigned to the requested tone group by "
+                 f"{_assigner_text(_at(quality, 'fidelity', 'tone', 'by'))}")
+    for extractor, groupings in (quality.get("fid") or {}).items():
+        lines += [f"quality / FID ({extractor}) {grouping} {key} skipped: {reason}"
+                  for grouping, result in groupings.items() for key, reason in (_at(result, "skipped") or {}).items()]
+    lines += [f"quality / MS-SSIM {grouping} {key} skipped: {reason}"
+              for grouping, result in (quality.get("ms_ssim") or {}).items()
+              for key, reason in (_at(result, "skipped") or {}).items()]
+    return lines
+
+
+def _add_quality(out: MethodReport, quality: dict[str, Any], run_dir: Path) -> None:
+    """A generation's quality record (dermbench.diffusion.quality.quality_report) as a table per
+    class and tone group, images per cell, notes and the sample grid."""
+    out.tables["quality"] = _quality_table(quality)
+    if isinstance(quality.get("cells"), dict):
+        out.tables["quality: synthetic (real) images per tone group x class"] = _cells_table(quality["cells"])
+    out.lines += _quality_lines(quality)
+    grid = quality.get("sample_grid")
+    if grid and (run_dir / str(grid)).is_file():
+        out.images.append(("quality: sample grid (rows tone group, columns class)", str(grid)))
+    elif grid:
+        out.lines.append(f"quality / sample grid: {grid} is missing from the run folder")
 
 
 #: the paper's metric names as this report shows them, in order
@@ -456,6 +565,8 @@ def render_markdown(report: RunReport) -> str:
             lines += ["", f"### {key}", "", _markdown(table)]
         if method.paper is not None:
             lines += ["", f"### The paper's numbers beside this run's ({method.paper_source})", "", _markdown(method.paper)]
+        for title, file in method.images:
+            lines += ["", f"### {title}", "", f"![samples]({file})"]
     for section in report.test_sets:
         lines += ["", f"## Test set `{section.name}`", "", *[f"- {s}" for s in section.summary]]
         for scheme, table in section.group_tables.items():
@@ -510,6 +621,8 @@ def print_report(report: RunReport, console: Console) -> None:
             console.print(_rich_table(table, title=key))
         if method.paper is not None:
             console.print(_rich_table(method.paper, title=f"the paper's numbers beside this run's ({method.paper_source})"))
+        for title, file in method.images:
+            _note(console, f"{title}: {report.run_dir / file}")
     for section in report.test_sets:
         console.rule(Text(f"test set {section.name}", style="bold"))
         for line in section.summary:
