@@ -116,15 +116,15 @@ DETECTOR_SETTINGS = (
     "train.focal_gamma=2.0",
     "train.select_metric=bacc",
 )
-#: DermDiff's detector (seed 000, section 3.2): ResNeXt-101, the same focal loss, SGD with momentum
-#: (0.9: the paper gives no value), lr 3e-4 (written 0.0003: YAML reads "3e-4" as text), batch 64.
+#: DermDiff's detector (arXiv 2503.17536, section 3.2): ResNeXt-101, the same focal loss, SGD with momentum
+#: (0.9: the paper gives no value), lr 3e-4, batch 64.
 #: What the paper leaves open (epochs, schedule, weight decay, init) stays at the run defaults.
 DERMDIFF_SETTINGS = (
     "model.backbone=resnext101_32x8d",
     *DETECTOR_SETTINGS,
     "train.optimizer=sgd",
     "train.momentum=0.9",
-    "train.lr=0.0003",
+    "train.lr=3e-4",
     "train.batch_size=64",
 )
 #: `dermbench tone train --recipe NAME`: the settings applied before --backbone, --epochs and --set
