@@ -40,6 +40,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "fairprune": "dermbench.methods.fairprune",
     "fairquantize": "dermbench.methods.fairquantize",
     "mfd": "dermbench.methods.mfd",
+    "dermdiff": "dermbench.methods.dermdiff",
 }
 BUILTIN_DATASETS: dict[str, str] = {
     "synthderm": "dermbench.datasets.synthderm:SynthDerm",

@@ -63,6 +63,28 @@ def _checked(plugin: str, result: object, train: Split) -> Split:
                  classes=result.classes, masks=result.masks, meta=result.meta)
 
 
+def thin(extra: Mapping[str, Split], keep: int, rng: np.random.Generator) -> dict[str, Split]:
+    """At most `keep` of the samples in `extra`, drawn evenly over tone3 x label cells (round
+    robin over cells in random order within each), so a ratio below one keeps the balance a
+    method generated; all of them when there are no more than `keep`."""
+    sizes = [len(s) for s in extra.values()]
+    if sum(sizes) <= keep:
+        return dict(extra)
+    cells = pd.concat([s.table["tone3"].astype(str) + "|" + s.table["label"].astype(str) for s in extra.values()],
+                      ignore_index=True).to_numpy()
+    shuffle = rng.permutation(len(cells))
+    rank = pd.Series(np.arange(len(cells))).groupby(cells[shuffle]).cumcount().to_numpy()
+    chosen = np.zeros(len(cells), dtype=bool)
+    chosen[shuffle[np.lexsort((np.arange(len(cells)), rank))[:keep]]] = True
+    out, start = {}, 0
+    for (name, split), size in zip(extra.items(), sizes):
+        rows = np.flatnonzero(chosen[start:start + size])
+        start += size
+        if len(rows):
+            out[name] = split.subset(rows)
+    return out
+
+
 def synthetic_counts(extra: Mapping[str, Split]) -> dict | None:
     """What augmentation added, for the run record: None when nothing was added, else
     {"n": N, "by_plugin": {plugin: n}, "by_group_label": {tone3: {class name: count}}}

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pluggy
 
-from dermbench.data.augment import augment_splits, describe_synthetic, synthetic_counts
+from dermbench.data.augment import augment_splits, describe_synthetic, synthetic_counts, thin
 from dermbench.data.model import Dataset, ImageArray, Split, data_root
 from dermbench.errors import ConfigError, DataError
 from dermbench.plugins import make_dataset
@@ -77,13 +77,30 @@ class DatasetPool:
         return loaded
 
     def augment(self, pm: pluggy.PluginManager, ctx: Any, train: Split) -> tuple[Split, dict | None]:
-        """`train` pooled with what the methods' `augment` hooks return (checked, not copied),
-        and the counts for the run record (None when nothing was added), also said in the log."""
+        """The training split the classifier sees: `train` pooled with what the methods' `augment`
+        hooks return (checked, not copied), mixed as `augment.mix` and `augment.ratio` say, and
+        the counts for the run record (None when nothing was added), also said in the log.
+
+        mix "real+syn" pools them, "syn" trains on the synthetic samples alone (validation stays
+        real), "real" generates and measures them but trains on the real split; ratio keeps at
+        most ratio x len(train) synthetic samples, evenly over tone3 x label cells."""
         extra = augment_splits(pm, ctx=ctx, train=train)
-        counts = synthetic_counts(extra)
-        if counts is None:
+        generated = synthetic_counts(extra)
+        if generated is None:
             return train, None
+        mix, ratio = self.cfg["augment"]["mix"], self.cfg["augment"]["ratio"]
+        if ratio is not None:
+            extra = thin(extra, round(float(ratio) * len(train)), ctx.rng("augment-ratio"))
+        counts = synthetic_counts(extra) or {"n": 0, "by_plugin": {}, "by_group_label": {}}
+        counts = {**counts, "generated": generated["n"], "mix": mix, "ratio": ratio,
+                  "trained_on": 0 if mix == "real" else counts["n"]}
         ctx.say(describe_synthetic(counts))
+        if mix == "real":
+            ctx.say("augment.mix is 'real': the classifier trains on the real split only")
+            return train, counts
+        if mix == "syn":
+            ctx.say("augment.mix is 'syn': the classifier trains on the synthetic samples only")
+            return Split.concat("synthetic", list(extra.values())), counts
         return Split.concat("train+augment", [train, *extra.values()]), counts
 
 

@@ -253,6 +253,12 @@ class Synthetic(_Struct):
     n: int
     by_plugin: dict[str, int]
     by_group_label: dict[str, dict[str, int]]
+    #: before `augment.ratio` thinned them; how they were mixed (augment.mix, augment.ratio); how
+    #: many the classifier trained on (0 with mix "real")
+    generated: int | None = None
+    mix: str | None = None
+    ratio: float | None = None
+    trained_on: int | None = None
 
 
 class Hooks(_Struct):

@@ -115,7 +115,9 @@ def pretrained_erm(ctx: RunContext, train: Split, val: Split) -> nn.Module:
                 info["rebuilt_because"] = problem
                 shutil.rmtree(entry, ignore_errors=True)
             ctx.say(f"training the ERM model (cached afterwards as {entry})")
-            model = train_model(ctx, model, train, val, name=ERM_NAME)
+            # the batch streams of the ERM baseline ("erm"); a checkpoint per entry, because a
+            # diffusion run trains two (on the real split for its quality metrics, and on real + synthetic)
+            model = train_model(ctx, model, train, val, name=ERM_NAME, checkpoint=f"{ERM_NAME}-{key}")
             _store(entry, model, material, getattr(model, "train_history", None))
             info["hit"] = False
         meta = read_json(entry / ENTRY)  # read under the lock: what was verified or just stored

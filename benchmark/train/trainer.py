@@ -239,6 +239,7 @@ def train_model(
     state: Stateful | None = None,
     extra_loss: ExtraLoss | None = None,
     after_step: AfterStep | None = None,
+    checkpoint: str | None = None,
 ) -> nn.Module:
     """Train `model` on `train`, keep the epoch with the best validation score, return it.
 
@@ -251,15 +252,18 @@ def train_model(
     `batch.group` (tone3, tone2, fst or sex); `state` (state_dict/load_state_dict, holding only
     tensors and plain data) is checkpointed every epoch and restored on resume, so the method's
     running state continues exactly; `extra_loss(model, batch, logits)` is added to the loss;
-    `after_step(model)` runs after every optimiser step.
+    `after_step(model)` runs after every optimiser step. `checkpoint` names the checkpoint
+    file and the once-per-run claim (default `name`): two models trained with the same batch
+    streams in one run (the ERM models of the real and of the augmented training split) need two.
     """
     cfg = {**ctx.config["train"], **(settings or {})}
-    if name in ctx.trained:
+    claim = checkpoint or name
+    if claim in ctx.trained:
         raise DermbenchError(
             f"train_model was called twice with name {name!r} in one run; give each training its own "
             "name, which keys its resume checkpoint"
         )
-    ctx.trained.add(name)
+    ctx.trained.add(claim)
     if len(train) == 0:
         raise DermbenchError(f"training split {train.name!r} is empty")
     if len(val) == 0:
@@ -282,7 +286,7 @@ def train_model(
     if state is not None:
         check_plain(state.state_dict(), f"training {name}: state.state_dict()")
     val_y = val.labels
-    ckpt_path = ctx.work_dir / "checkpoints" / f"{name}.pt"
+    ckpt_path = ctx.work_dir / "checkpoints" / f"{claim}.pt"
     progress = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "best_state": None, "history": []}
     if ckpt_path.exists():
         progress = _restore(ckpt_path, model, optimizer, schedule, scaler, state)
