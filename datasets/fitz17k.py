@@ -16,11 +16,20 @@ category codes sort like the names): 40% held out, then halved into val and test
 code's comments count 13,223 rows in the 80% part of its other split, i.e. its CSV had 16,529
 rows, not the published 16,577, so the procedure is the same but its assignment of each image
 cannot be reproduced row for row.
+
+Rule "m2m" with task "m2m7" is the majority-to-minority paper's data (Wang et al., ISIC @ MICCAI
+2024; datasets/m2m.py builds its scenarios): options `m2m_scenario` (i, ii, iii or ablation) and
+`m2m_subset` (the flexible subset's seed, 0-4 in the paper). The rule keeps the 7 conditions of
+M2M_CONDITIONS with FST I-II (light) or V-VI (dark) and counts every other row as excluded by
+reason; the scenario's unused flexible subset is left out the same way. Its split file is
+`fitz17k-m2m-<scenario>-subset<K>`, made once like the other rules' files.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -36,6 +45,8 @@ from dermbench.data.tables import (
     parse_int,
     require_unique,
 )
+from dermbench.datasets import m2m
+from dermbench.errors import ConfigError, DataError
 
 COLUMNS = (
     "md5hash",
@@ -71,18 +82,65 @@ FAIRQUANTIZE_RULE = SplitRule(
     ),
 )
 
+#: the majority-to-minority paper's 7 conditions (its Table 1), in label order of task m2m7
+M2M_CONDITIONS = (
+    "basal cell carcinoma",
+    "folliculitis",
+    "nematode infection",
+    "neutrophilic dermatoses",
+    "prurigo nodularis",
+    "psoriasis",
+    "squamous cell carcinoma",
+)
+M2M_OPTIONS = ("m2m_scenario", "m2m_subset")
+NOT_M2M_CONDITION = "condition not among the 7 of majority-to-minority (split_rule m2m)"
+M2M_MIDDLE_TONE = "FST III-IV (split_rule m2m keeps I-II and V-VI)"
+M2M_UNKNOWN_TONE = "FST unknown (split_rule m2m keeps I-II and V-VI)"
+
+
+@dataclass(frozen=True)
+class M2MRule(SplitRule):
+    """The majority-to-minority scenario split: `read` assigns it (column `m2m_split`), since
+    which rows a scenario leaves out depends on the flexible subsets drawn from every row."""
+
+    def apply(self, table: pd.DataFrame) -> pd.Series:
+        if "m2m_split" not in table:
+            raise DataError(f"split rule {self.name!r} needs the records of Fitz17k with split_rule m2m")
+        return pd.Series(table["m2m_split"].to_numpy(dtype=object), index=table.index, name="split", dtype=object)
+
+
+def m2m_rule(scenario: str, subset: int) -> M2MRule:
+    """The split rule of one scenario and flexible subset (its name names the split file)."""
+    return M2MRule(
+        name=f"m2m-{scenario}-subset{subset}",
+        seed=subset,
+        fractions=(1 - m2m.VAL_FRACTION, m2m.VAL_FRACTION, 0.0),
+        stratify=("label", "tone group"),
+        method="m2m",
+        description=(
+            f"majority-to-minority scenario {scenario}, flexible subset {subset} ({m2m.PER_CLASS} per condition per "
+            "tone group, pandas groupby-sample with random_state = subset); the scenario's training part split "
+            f"{1 - m2m.VAL_FRACTION:.0%}/{m2m.VAL_FRACTION:.0%} into train/val, stratified by condition x tone group"
+        ),
+    )
+
 
 class Fitz17k(TableDataset):
     """Train/validate/test on Fitzpatrick 17k; the standard protocol adds the external test sets."""
 
     name = "fitz17k"
-    tasks = ("malignant", "partition3", "condition", "condition9")
     domain = "clinical"
     metadata = "fitzpatrick17k.csv"
     aliases = ("fitzpatrick17k",)
     layout = "fitzpatrick17k.csv and images/<md5hash>.jpg"
-    option_defaults: ClassVar[dict] = {"fst_column": "fitzpatrick_scale"}
-    split_rules: ClassVar[dict] = {"standard": STANDARD_RULE, "fairquantize": FAIRQUANTIZE_RULE}
+    tasks = ("malignant", "partition3", "condition", "condition9", "m2m7")
+    option_defaults: ClassVar[dict] = {"fst_column": "fitzpatrick_scale", "m2m_scenario": None, "m2m_subset": None}
+    #: "m2m" here is scenario i, subset 0; an instance holds the scenario and subset its options chose
+    split_rules: ClassVar[dict] = {
+        "standard": STANDARD_RULE,
+        "fairquantize": FAIRQUANTIZE_RULE,
+        "m2m": m2m_rule("i", 0),
+    }
     default_split_rule = "standard"
     protocol = (
         TestSet("fitz17k", "fitz17k", "test"),
@@ -93,6 +151,20 @@ class Fitz17k(TableDataset):
         TestSet("mclass-clinic", "mclass-clinic", "test"),
         TestSet("isic2018", "isic2018", "test"),
     )
+
+    def __init__(self, root: Path | None = None, **options: Any) -> None:
+        super().__init__(root, **options)
+        chosen = {k: self.options[k] for k in M2M_OPTIONS if self.options[k] is not None}
+        #: (scenario, subset) under split_rule m2m
+        self.m2m_setting: tuple[str, int] | None = None
+        if self.options["split_rule"] == "m2m":
+            self.m2m_setting = m2m.check_scenario(self.name, self.options["m2m_scenario"], self.options["m2m_subset"])
+            self.split_rules = {**self.split_rules, "m2m": m2m_rule(*self.m2m_setting)}
+        elif chosen:
+            raise ConfigError(
+                f"dataset {self.name!r}: option(s) {', '.join(f'{k}={v!r}' for k, v in chosen.items())} need "
+                f"split_rule m2m (split_rule is {self.options['split_rule']!r})"
+            )
 
     def read(self) -> pd.DataFrame:
         fst_column = check_choice(
@@ -116,9 +188,6 @@ class Fitz17k(TableDataset):
                        values=frame[column], expected="a condition name")
         self.absorb(check)
         keep = check.keep
-        unknown = int(((fst == -1) & keep).sum())
-        if unknown:
-            self.notes[UNKNOWN_FST_NOTE.replace("fitzpatrick_scale", fst_column)] = unknown
         records = pd.DataFrame(
             {
                 "sample_id": md5.to_numpy(),
@@ -132,9 +201,39 @@ class Fitz17k(TableDataset):
                 "three_partition_label": partition.to_numpy(),
             }
         )
+        if self.options["split_rule"] == "m2m":
+            return self._m2m_records(records, keep)
+        unknown = int(((fst == -1) & keep).sum())
+        if unknown:
+            self.notes[UNKNOWN_FST_NOTE.replace("fitzpatrick_scale", fst_column)] = unknown
         return records[keep].reset_index(drop=True)
 
+    def _m2m_records(self, records: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+        """The rows of the chosen m2m scenario with their split in `m2m_split`; every row left
+        out is counted by reason in policy_excluded."""
+        assert self.m2m_setting is not None
+        scenario, subset = self.m2m_setting
+        fst = records["fst"].to_numpy(dtype=float)
+        condition = records["label"].isin(M2M_CONDITIONS).to_numpy()
+        reasons = (
+            (NOT_M2M_CONDITION, keep & ~condition),
+            (M2M_UNKNOWN_TONE, keep & condition & np.isnan(fst)),
+            (M2M_MIDDLE_TONE, keep & condition & np.isin(fst, (3, 4))),
+        )
+        for reason, rows in reasons:
+            if rows.any():
+                self.policy_excluded[reason] = int(rows.sum())
+        in_pool = keep & condition & np.isin(fst, (*m2m.LIGHT_FST, *m2m.DARK_FST))
+        pool = records[in_pool].reset_index(drop=True)
+        pool_groups = m2m.tone_groups(pool["fst"].to_numpy())
+        assigned = m2m.assign(pool["label"].to_numpy(), pool_groups, scenario=scenario, subset=subset)
+        self.policy_excluded.update(m2m.unused_counts(assigned, pool_groups, scenario))
+        pool["m2m_split"] = assigned
+        return pool[assigned != m2m.UNUSED].reset_index(drop=True)
+
     def encode(self, records: pd.DataFrame, task: str) -> tuple[np.ndarray, tuple[str, ...]]:
+        if task == "m2m7":
+            return self._encode_m2m7(records)
         partition = records["three_partition_label"]
         if task == "malignant":
             return (partition == "malignant").to_numpy().astype(np.int64), MALIGNANT_CLASSES
@@ -143,3 +242,15 @@ class Fitz17k(TableDataset):
         column = "label" if task == "condition" else "nine_partition_label"
         classes = tuple(sorted(records[column].unique()))
         return label_codes(records[column], classes), classes
+
+    def _encode_m2m7(self, records: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...]]:
+        """The paper's 7-class task, a task of its own rather than `condition` restricted to the
+        labels present: its classes are fixed (label codes do not move when a CSV lacks one),
+        leaderboards key protocols by dataset and task (a 7-class run must not sit in the
+        114-class table), and it refuses rows that the m2m rule did not select."""
+        if self.options["split_rule"] != "m2m":
+            raise ConfigError(
+                f"dataset {self.name!r}: task 'm2m7' needs split_rule m2m (with m2m_scenario i, ii, iii or "
+                f"ablation), not split_rule {self.options['split_rule']!r}"
+            )
+        return label_codes(records["label"], M2M_CONDITIONS), M2M_CONDITIONS

@@ -63,6 +63,11 @@ RENDER_CHUNK images (bounded memory, cache-sized arrays).
 train / val / test (Fitzpatrick17k mix, 15 % malignant; `spurious` applies to train and val
 only, so a shortcut learner is caught on test), test_ddi (tone-balanced, 26 % malignant like
 DDI), test_dermoscopic (Fitzpatrick17k mix, dermoscopic acquisition). See datasets/README.md.
+
+Option `m2m_scenario` (i, ii, iii or ablation; with `m2m_subset` and `m2m_flex`) turns the
+train, val and test generations into one pool for the majority-to-minority paper's scenarios
+(datasets/m2m.py): light = FST I-II (tone3 A), dark = V-VI (C), B left out and counted; the
+scenario reassigns the pool's rows to train / val / test; test_ddi and test_dermoscopic stay.
 """
 
 from __future__ import annotations
@@ -80,7 +85,8 @@ import pandas as pd
 
 from dermbench.data.model import KNOWN_OPTIONS, Dataset, Split, TestSet, content_digest, select_options
 from dermbench.data.tables import ON_ERROR, check_choice
-from dermbench.errors import DataError
+from dermbench.datasets import m2m
+from dermbench.errors import ConfigError, DataError
 from dermbench.seeds import split_seed, stream_rng
 
 __all__ = [
@@ -965,14 +971,26 @@ DEFAULT_OPTIONS = {
     "data_seed": 0,
     "spurious": 0.0,
     "on_error": "stop",
+    "m2m_scenario": None,
+    "m2m_subset": None,
+    "m2m_flex": None,
 }
+#: options of the majority-to-minority scenarios; unset (None) they are no part of the data
+M2M_OPTIONS = ("m2m_scenario", "m2m_subset", "m2m_flex")
+#: the generations pooled for the scenarios (the same clinical tone mix)
+M2M_POOL = ("train", "val", "test")
+#: flexible subset per class per tone group: 32 x 2 classes = 64 per group, near the paper's
+#: 8 x 7 conditions = 56 (8 per class would leave a 16-image binary test set in scenario i)
+M2M_FLEX = 32
+M2M_MIDDLE_TONE = "tone3 B (the m2m scenarios keep FST I-II and V-VI)"
 _IMAGE_REF = re.compile(r"^synthderm://([a-z_]+)/(\d+)$")
 KNOWN_OPTIONS.update(DEFAULT_OPTIONS)  # so table datasets sharing a run's data.options accept ours
 
 
 class SynthDerm(Dataset):
     """The embedded procedural dataset; options n_train, n_val, n_test, n_test_ddi,
-    n_test_dermoscopic, data_seed (fixed across run seeds) and spurious (0..1)."""
+    n_test_dermoscopic, data_seed (fixed across run seeds), spurious (0..1) and the
+    majority-to-minority scenario (m2m_scenario, m2m_subset, m2m_flex)."""
 
     name = "synthderm"
     tasks = ("malignant",)
@@ -990,6 +1008,8 @@ class SynthDerm(Dataset):
         merged["data_seed"] = _count(merged["data_seed"], "data_seed")
         merged["spurious"] = _fraction(merged["spurious"], "spurious")
         check_choice(self.name, "on_error", merged["on_error"], ON_ERROR)
+        #: (scenario, subset, per class) of the majority-to-minority scenario, or None
+        self.m2m_setting = _m2m_settings(merged)
         super().__init__(root=root, **merged)
         self._scenes: dict[str, Scenes] = {}
         self._pixels: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -1001,12 +1021,14 @@ class SynthDerm(Dataset):
 
     def fingerprint(self) -> dict:
         """The data is a function of the generator and its options (split sizes, data_seed,
-        spurious), so those are its content; on_error changes nothing generated and is left out."""
+        spurious, the m2m scenario), so those are its content; on_error changes nothing generated
+        and is left out, and so are unset m2m options (the standard splits' digest stays as it was)."""
         content = {
             "dataset": self.name,
             "kind": "generated",
             "generator": GENERATOR_VERSION,
-            "options": {k: v for k, v in self.options.items() if k != "on_error"},
+            "options": {k: v for k, v in self.options.items()
+                        if k != "on_error" and not (k in M2M_OPTIONS and v is None)},
         }
         return {**content, "digest": content_digest(content)}
 
@@ -1045,8 +1067,11 @@ class SynthDerm(Dataset):
                     }
                 )
                 parts.append(pd.concat([head, latent.drop(columns=["label", "fst", "domain"])], axis=1))
-            self._table = pd.concat(parts, ignore_index=True)
-        return self._table.copy()
+            table = pd.concat(parts, ignore_index=True)
+            self._table = table if self.m2m_setting is None else _m2m_table(table, *self.m2m_setting)
+        out = self._table.copy()
+        out.attrs = {"excluded": dict(self._table.attrs.get("excluded", {}))}
+        return out
 
     def _rendered(self, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
         key = (split, size)
@@ -1095,3 +1120,43 @@ class SynthDerm(Dataset):
         out.masks = self.masks(out.table, size=image_size)
         out.meta["mask_classes"] = MASK_CLASSES
         return out
+
+
+def _m2m_settings(options: dict) -> tuple[str, int, int] | None:
+    """(scenario, subset, per class) from the options, checked, or None without a scenario."""
+    if options["m2m_scenario"] is None:
+        stray = {k: options[k] for k in M2M_OPTIONS if options[k] is not None}
+        if stray:
+            raise ConfigError(
+                f"dataset 'synthderm': option(s) {', '.join(f'{k}={v!r}' for k, v in stray.items())} need "
+                "m2m_scenario (i, ii, iii or ablation)"
+            )
+        return None
+    if options["spurious"]:
+        raise ConfigError(
+            f"dataset 'synthderm': m2m_scenario={options['m2m_scenario']!r} cannot be combined with "
+            f"spurious={options['spurious']!r} (the scenario pools the train, val and test generations, "
+            "and spurious applies to two of them only)"
+        )
+    scenario, subset = m2m.check_scenario("synthderm", options["m2m_scenario"], options["m2m_subset"])
+    flex = M2M_FLEX if options["m2m_flex"] is None else _count(options["m2m_flex"], "m2m_flex", minimum=1)
+    return scenario, subset, flex
+
+
+def _m2m_table(table: pd.DataFrame, scenario: str, subset: int, per_class: int) -> pd.DataFrame:
+    """`table` with the M2M_POOL rows reassigned by the scenario; tone3 B and the unused
+    flexible subsets are left out and counted in attrs["excluded"]."""
+    pooled = table["split"].isin(M2M_POOL).to_numpy()
+    groups = m2m.tone_groups(table["fst"].to_numpy())
+    in_pool = pooled & np.isin(groups, (m2m.LIGHT, m2m.DARK))
+    assigned = m2m.assign(
+        table["label"].to_numpy()[in_pool], groups[in_pool], scenario=scenario, subset=subset, per_class=per_class
+    )
+    split = table["split"].to_numpy(dtype=object).copy()
+    split[pooled & ~in_pool] = m2m.UNUSED
+    split[in_pool] = assigned
+    out = table.assign(split=split)
+    out = out[split != m2m.UNUSED].reset_index(drop=True)
+    excluded = {M2M_MIDDLE_TONE: int((pooled & ~in_pool).sum())}
+    out.attrs = {"excluded": {**excluded, **m2m.unused_counts(assigned, groups[in_pool], scenario)}}
+    return out

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from dermbench.config.catalog import protocol_names, protocol_path
+from dermbench.errors import ConfigError
 from dermbench.results.formatting import fmt
 from dermbench.results.records import METRICS_FILE, Record, as_json_values, read_record
 from dermbench.runner import RunResult, resolve_config, run_experiment
@@ -62,6 +64,20 @@ def json_summary(result: RunResult, record: Record) -> dict:
             "reused": result.reused, **{k: values.get(k) for k in keys}}
 
 
+def config_file(args: argparse.Namespace) -> Path | None:
+    """The settings file of the run: --config, or the packaged file of --protocol (one of them,
+    since a config file is one layer; copy the protocol's file to change it as a whole)."""
+    if args.protocol is None:
+        return args.config
+    path = protocol_path(args.protocol)
+    if args.config is not None:
+        raise ConfigError(
+            f"--protocol {args.protocol} and --config {args.config} cannot be combined: change single settings "
+            f"with --set, or copy {path} and pass the copy to --config"
+        )
+    return path
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     console = Console(stderr=True) if args.json else Console()  # --json: stdout holds the JSON alone
     local = tuple(args.plugin or ())
@@ -69,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
              "device": args.device, "out": args.out, "task": args.task}
     if args.data_root:
         args.set = [*(args.set or []), f"data.root={json.dumps(args.data_root)}"]  # JSON is YAML: quoted as is
-    cfg = resolve_config(file=args.config, sets=args.set or (), flags=flags, local=local)
+    cfg = resolve_config(file=config_file(args), sets=args.set or (), flags=flags, local=local)
     result = run_experiment(cfg, local=local, force=args.force, console=console)
     record = read_record(result.run_dir.path / METRICS_FILE)
     for table in summary_table(record):
@@ -90,6 +106,9 @@ def register(sub) -> None:
     p.add_argument("--dataset", help="training dataset (its protocol decides the test sets)")
     p.add_argument("--task", help="task of the dataset (default malignant)")
     p.add_argument("--config", type=Path, help="YAML file of settings")
+    p.add_argument("--protocol", metavar="NAME",
+                   help="a packaged protocol config (a paper's dataset, task, data options and test sets; "
+                   "docs/protocols.md), combinable with --set, --seed, --method: " + ", ".join(protocol_names()))
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=0.01")
     p.add_argument("--seed", type=int)
     p.add_argument("--profile", help="tiny (CPU, minutes) or paper (the method paper's settings)")

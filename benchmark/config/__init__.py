@@ -5,8 +5,8 @@ Precedence, lowest first: profiles/base.yaml < profiles/<profile>.yaml < the sel
 CLI flags (--seed, --device, ...). Only keys that exist in the merged defaults may be set; a
 typo names the closest valid key. YAML is read with yaml.safe_load only.
 
-Owns settings resolution, the packaged profiles (profiles/*.yaml) and the run id. Imports only
-`dermbench.errors`.
+Owns settings resolution, the packaged profiles (profiles/*.yaml), the packaged protocol
+configs (protocols/*.yaml, found by `catalog`) and the run id. Imports only `dermbench.errors`.
 """
 
 from __future__ import annotations
@@ -75,7 +75,10 @@ def merge(base: dict, override: dict, *, strict: bool, where: str, path: tuple[s
             out[key] = copy.deepcopy(value)
             continue
         current = out[key]
-        if isinstance(current, dict) and key_path not in FREE_FORM:
+        if isinstance(current, dict) and isinstance(value, dict) and key_path in FREE_FORM:
+            # free keys, still merged: `--set data.options.x=1` keeps a config file's other options
+            out[key] = merge(current, value, strict=False, where=where, path=key_path)
+        elif isinstance(current, dict) and key_path not in FREE_FORM:
             if not isinstance(value, dict):
                 raise ConfigError(f"setting {dotted!r} in {where} must be a mapping, got {value!r}")
             out[key] = merge(current, value, strict=strict, where=where, path=key_path)
