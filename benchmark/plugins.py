@@ -41,6 +41,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "fairquantize": "dermbench.methods.fairquantize",
     "mfd": "dermbench.methods.mfd",
     "dermdiff": "dermbench.methods.dermdiff",
+    "majority2minority": "dermbench.methods.majority2minority",
 }
 BUILTIN_DATASETS: dict[str, str] = {
     "synthderm": "dermbench.datasets.synthderm:SynthDerm",

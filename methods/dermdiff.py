@@ -51,8 +51,8 @@ TONE_WORDS = {"A": "lighter", "B": "brown", "C": "darker"}
 TINY = {
     "model": "tiny", "revision": None, "image_size": None,
     "prompt": "{label} skin disease on {tone} skin tone", "tone_words": TONE_WORDS,
-    "finetune": {"steps": 400, "batch_size": 32, "lr": 5e-4, "uncond_prob": 0.1},
-    "per_cell": 200, "sampler": "ddim", "steps": 20, "guidance": 3.0, "batch_size": 32,
+    "finetune": {"steps": 300, "batch_size": 32, "lr": 5e-4, "uncond_prob": 0.1},
+    "per_cell": 150, "sampler": "ddim", "steps": 20, "guidance": 3.0, "batch_size": 32,
     "tiny": dict(TINY_BASE), "quality": {"pairs": 200, "inception": None},
 }
 PAPER = {
@@ -111,7 +111,7 @@ def augment(ctx, train):
         raise DataError(f"{name}: no training image has a known tone3 group to caption")
     tuned = real.subset(np.flatnonzero(known))
     prompts = text[known].tolist()
-    c = base_components(hp["model"], train=tuned, tiny=hp["tiny"], revision=hp["revision"], device=ctx.device,
+    c = base_components(hp["model"], train=real, tiny=hp["tiny"], revision=hp["revision"], device=ctx.device,
                         console=ctx.console, say=ctx.say)
     settings = dict(hp["finetune"])
     material = {"base": c.source["identity"], "data": split_digest(tuned), "prompts": content_digest({"p": prompts}),

@@ -86,7 +86,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path / "run", epochs=3)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg)
-    (ckpt,) = (tmp_path / "run").glob("*/work/checkpoints/erm.pt")
+    (ckpt,) = (tmp_path / "run").glob("*/work/checkpoints/erm-*.pt")  # one per ERM cache entry
     assert torch.load(ckpt, weights_only=False)["state"]["epoch"] == 1
     resumed_calls = []
 

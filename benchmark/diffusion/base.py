@@ -35,7 +35,7 @@ from dermbench.train.pretrained import split_digest
 
 TINY = "tiny"
 #: the tiny stand-in's training, used unless a method's `tiny` settings say otherwise
-TINY_BASE = {"vae_steps": 300, "vae_lr": 1e-3, "unet_steps": 600, "unet_lr": 5e-4, "batch_size": 32,
+TINY_BASE = {"vae_steps": 200, "vae_lr": 1e-3, "unet_steps": 400, "unet_lr": 5e-4, "batch_size": 32,
              "prompt": "an image of skin", "uncond_prob": 0.1}
 #: the seed of the tiny stand-in (fixed: it is the same "checkpoint" for every run seed)
 TINY_SEED = 0

@@ -19,9 +19,16 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as transformers_logging
 
 from dermbench.errors import ConfigError, DermbenchError
+
+# runs show their own rich progress bars; the libraries' tqdm bars for each saved or loaded
+# shard would interleave with them
+diffusers_logging.disable_progress_bar()
+transformers_logging.disable_progress_bar()
 
 #: what a checkpoint folder must hold (the diffusers layout of a Stable Diffusion model)
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")

@@ -293,7 +293,7 @@ def _ms_ssim(images: np.ndarray, first: np.ndarray, second: np.ndarray, betas: t
     for start in range(0, len(first), batch_size):
         part = slice(start, start + batch_size)
         metric.update(_nchw(images[first[part]]), _nchw(images[second[part]]))
-    return metric.compute().double().numpy()
+    return np.atleast_1d(metric.compute().double().numpy())  # one pair computes a 0-d tensor
 
 
 def ms_ssim_diversity(images: np.ndarray, keys: Sequence, *, pairs: int, seed: int,

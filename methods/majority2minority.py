@@ -1,0 +1,226 @@
+"""Majority-to-minority augmentation (Wang, Chung, Ding, Hamm; ISIC workshop at MICCAI 2024):
+translate training images, mostly of light skin, to dark skin with a Stable Diffusion model
+taught the conditions (Textual Inversion) and the tone-aware captions (LoRA), and train the
+ordinary classifier on the real images plus the translations.
+
+Tone groups (the paper's): light = FST I-II (majority), dark = FST V-VI (minority); FST III-IV
+and unknown tones take no part in the augmentation (counted in the record); the classifier still
+trains on every real image of the split (the named protocols restrict the split itself).
+
+Stages, each switchable (the paper's Table 5 ablation):
+1. Textual Inversion (`textual_inversion`): one new token per condition ("{first 3 letters}-class",
+   e.g. "mal-class"), initialised from "skin", learned from that condition's source images with
+   "An image of {token}" (the paper's template; the authors' code used object templates such as
+   "a photo of a {}"). Only the new embedding rows change.
+2. LoRA (`lora`): rank 8, alpha 8 adapters on the UNet attention projections (to_q, to_k, to_v,
+   to_out.0), trained with "An image of {concept} on the skin of {a very light-skinned | a
+   light-skinned | a dark-skinned | a very dark-skinned} individual" (FST 1/2/5/6), where
+   {concept} is the learned token, or the condition's name without Textual Inversion.
+3. Translation (`mode: img2img`): every source image becomes `per_image` images (paper 5) with
+   its prompt's tone set to dark: a random choice of `target_fst` (5 or 6) for a light image,
+   its own FST for a dark one; `strength` 0.5, 100 steps, guidance 2.0 (the authors' notebook;
+   it notes that strength >= 0.75 is needed to change skin colour visibly). `mode: txt2img`
+   samples the same prompts from noise (Table 5's txt2img rows). Translations are labelled with
+   the source's class and the target FST, and name their source image in the manifest.
+
+The adapted model (TI embeddings and LoRA weights) and the generated set are cached, so a run with
+another classifier reuses both. Paper profile: SD 2.1-base at 512 px; TI 500 steps, batch 4 x
+grad-accum 4 (here batch 16), lr 5e-4 scaled as the authors' `--scale_lr` does (x 16: 8e-3);
+LoRA 3,000 steps, batch 4, lr 5e-6; classifier VGG-16 with Adam lr 1e-3, class-balanced
+sampler, StepLR (epochs // 3, 0.1), 30 epochs, batch 256, selected on validation (the authors'
+code selected on the test set). Tiny profile: the tiny base model (`dermbench.diffusion.base`),
+a few hundred steps, `max_sources` source images drawn at random, 2 outputs each.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dermbench.data.model import content_digest
+from dermbench.diffusion.adapters import (
+    add_concept_tokens,
+    add_lora,
+    load_concepts,
+    load_lora,
+    save_concepts,
+    save_lora,
+    train_textual_inversion,
+)
+from dermbench.diffusion.augmenting import measure_quality, split_at, synthetic_split
+from dermbench.diffusion.base import TINY_BASE, base_components
+from dermbench.diffusion.generation import cached_generation
+from dermbench.diffusion.store import cached_entry
+from dermbench.diffusion.training import train_denoiser
+from dermbench.errors import ConfigError, DataError
+from dermbench.hookspecs import hookimpl
+from dermbench.seeds import seed_for
+from dermbench.train.pretrained import split_digest
+
+name = "majority2minority"
+
+SKIN_WORDS = {1: "a very light-skinned", 2: "a light-skinned", 5: "a dark-skinned", 6: "a very dark-skinned"}
+LIGHT, DARK = (1, 2), (5, 6)
+
+TINY = {
+    "model": "tiny", "revision": None, "image_size": None, "mode": "img2img",
+    "textual_inversion": True, "lora": True,
+    "ti": {"steps": 150, "batch_size": 16, "lr": 5e-3, "init_word": "skin", "template": "An image of {concept}"},
+    "lora_settings": {"rank": 8, "alpha": 8, "steps": 300, "batch_size": 32, "lr": 1e-3,
+                      "template": "An image of {concept} on the skin of {skin} individual"},
+    "strength": 0.5, "steps": 20, "guidance": 2.0, "sampler": "ddim", "batch_size": 32,
+    "per_image": 2, "max_sources": 300, "target_fst": [5, 6],
+    "tiny": dict(TINY_BASE), "quality": {"pairs": 200, "inception": None},
+}
+PAPER = {
+    **TINY, "model": "stabilityai/stable-diffusion-2-1-base", "image_size": 512,
+    "ti": {**TINY["ti"], "steps": 500, "batch_size": 16, "lr": 8e-3},
+    "lora_settings": {**TINY["lora_settings"], "steps": 3000, "batch_size": 4, "lr": 5e-6},
+    "steps": 100, "batch_size": 16, "per_image": 5, "max_sources": None,
+}
+PAPER_TRAIN = {"epochs": 30, "batch_size": 256, "optimizer": "adam", "lr": 1e-3, "schedule": "step",
+               "step_size": 10, "gamma": 0.1, "sampler": "class"}
+
+
+@hookimpl
+def dermbench_method_defaults(profile: str) -> dict:
+    if profile == "paper":
+        return {name: PAPER, "model": {"backbone": "vgg16"}, "data": {"image_size": 224}, "train": PAPER_TRAIN}
+    return {name: TINY}
+
+
+def concept_token(class_name: str) -> str:
+    """The placeholder of a condition: its first three letters and "-class" (as the authors')."""
+    letters = "".join(ch for ch in class_name.lower() if ch.isalnum())[:3] or "cls"
+    return f"{letters}-class"
+
+
+def concepts(classes: tuple[str, ...], *, learned: bool) -> list[str]:
+    """What prompts call each class: its learned token, or its plain name without TI."""
+    if not learned:
+        return list(classes)
+    tokens = [concept_token(c) for c in classes]
+    if len(set(tokens)) != len(tokens):
+        tokens = [f"{t[:-6]}{i}-class" for i, t in enumerate(tokens)]
+    return tokens
+
+
+def sources(table: pd.DataFrame, *, max_sources: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Rows that take part (FST I, II, V, VI), at most `max_sources` of them drawn uniformly (so the
+    paper's mix, mostly light images, is kept), in table order."""
+    fst = pd.to_numeric(table["fst"], errors="coerce")
+    rows = np.flatnonzero(fst.isin(LIGHT + DARK).to_numpy())
+    if max_sources is None or len(rows) <= max_sources:
+        return rows
+    return np.sort(rng.choice(rows, size=int(max_sources), replace=False))
+
+
+def tone_prompts(labels: np.ndarray, fst: np.ndarray, words: list[str], template: str) -> list[str]:
+    try:
+        return [template.format(concept=words[int(y)], skin=SKIN_WORDS[int(f)]) for y, f in zip(labels, fst)]
+    except KeyError as exc:
+        raise ConfigError(f"{name}: a prompt template may only use {{concept}} and {{skin}} ({exc})") from exc
+
+
+def translation_requests(real, rows: np.ndarray, words: list[str], *, hp: dict, seed: int) -> pd.DataFrame:
+    """`per_image` requests per source row, each toward a dark FST: a random `target_fst` for a
+    light source, its own FST for a dark one."""
+    bad = [f for f in hp["target_fst"] if f not in DARK]
+    if bad or not hp["target_fst"]:
+        raise ConfigError(f"{name}.target_fst must list FST values among {DARK}, got {hp['target_fst']}")
+    rng = np.random.default_rng(seed_for(seed, f"{name}-targets"))
+    table = real.table.iloc[rows]
+    fst = pd.to_numeric(table["fst"]).astype(int).to_numpy()
+    out = []
+    for k in range(int(hp["per_image"])):
+        target = np.where(np.isin(fst, DARK), fst, rng.choice(hp["target_fst"], size=len(fst)))
+        prompts = tone_prompts(table["label"].to_numpy(), target, words, hp["lora_settings"]["template"])
+        out.append(pd.DataFrame({
+            "sample_id": [f"{name}-{s}-{k}" for s in table["sample_id"]], "label": table["label"].to_numpy(),
+            "class_name": [real.classes[int(y)] for y in table["label"]], "fst": target, "tone3": "C",
+            "prompt": prompts, "source_id": table["sample_id"].astype(str).to_numpy(),
+            "domain": table["domain"].to_numpy(), "row": rows,
+        }))
+    requests = pd.concat(out, ignore_index=True)
+    requests["seed"] = [seed_for(seed, f"{name}-image-{i}") for i in range(len(requests))]
+    return requests
+
+
+def adapt(ctx, c, real, rows: np.ndarray, hp: dict) -> tuple[list[str], dict]:
+    """Textual Inversion then LoRA as `hp` switches them, cached; returns each class's prompt word
+    and the record of the adapted model. `c` is adapted in place."""
+    words = concepts(real.classes, learned=hp["textual_inversion"])
+    if not (hp["textual_inversion"] or hp["lora"]):
+        return words, {"identity": c.source["identity"], "textual_inversion": False, "lora": False}
+    part = real.subset(rows)
+    labels, fst = part.labels, pd.to_numeric(part.table["fst"]).astype(int).to_numpy()
+    ti, lora = hp["ti"], hp["lora_settings"]
+    material = {"method": name, "base": c.source["identity"], "data": split_digest(part), "seed": ctx.seed,
+                "device": ctx.device.type, "ti": ti if hp["textual_inversion"] else None,
+                "lora": lora if hp["lora"] else None, "words": words}
+
+    def train(folder):
+        if hp["textual_inversion"]:
+            ids = add_concept_tokens(c, words, init_word=ti["init_word"])
+            prompts = [ti["template"].format(concept=words[int(y)]) for y in labels]
+            train_textual_inversion(c, part.images, prompts, ids, steps=ti["steps"], batch_size=ti["batch_size"],
+                                    lr=ti["lr"], seed=seed_for(ctx.seed, f"{name}-ti"), device=ctx.device,
+                                    console=ctx.console)
+            save_concepts(c, words, folder / "concepts.safetensors")
+        if hp["lora"]:
+            params = add_lora(c, rank=lora["rank"], alpha=lora["alpha"])
+            train_denoiser(c, part.images, tone_prompts(labels, fst, words, lora["template"]), params=params,
+                           steps=lora["steps"], batch_size=lora["batch_size"], lr=lora["lr"],
+                           seed=seed_for(ctx.seed, f"{name}-lora"), device=ctx.device, console=ctx.console,
+                           label=f"{name}: LoRA")
+            save_lora(c, folder / "lora.safetensors")
+
+    entry = cached_entry("adapted", material, train, say=ctx.say)
+    if entry.hit:  # a fresh model: load what was learned
+        if hp["textual_inversion"]:
+            load_concepts(c, entry.path / "concepts.safetensors", tokens=words)
+        if hp["lora"]:
+            load_lora(c, entry.path / "lora.safetensors", rank=lora["rank"], alpha=lora["alpha"])
+    c.freeze()
+    c.to(ctx.device)
+    return words, {"identity": f"{c.source['identity']}+{name}:{entry.key}", "entry": entry.info(),
+                   "textual_inversion": hp["textual_inversion"], "lora": hp["lora"], "prompt_words": words}
+
+
+@hookimpl
+def augment(ctx, train):
+    hp = ctx.hparams(name)
+    if hp["mode"] not in ("img2img", "txt2img"):
+        raise ConfigError(f"{name}.mode must be img2img or txt2img, got {hp['mode']!r}")
+    size = int(hp["image_size"] or train.images.shape[1])
+    real = split_at(ctx, train, size)
+    rows = sources(real.table, max_sources=hp["max_sources"], rng=ctx.rng(f"{name}-sources"))
+    if not len(rows):
+        raise DataError(f"{name}: no training image has FST I, II, V or VI to translate")
+    light = int(pd.to_numeric(real.table["fst"].iloc[rows]).isin(LIGHT).sum())
+    ctx.say(f"{name}: {len(rows)} source images ({light} light FST I-II, {len(rows) - light} dark FST V-VI)")
+    c = base_components(hp["model"], train=real, tiny=hp["tiny"], revision=hp["revision"],
+                        device=ctx.device, console=ctx.console, say=ctx.say)
+    words, adapted = adapt(ctx, c, real, rows, hp)
+    requests = translation_requests(real, rows, words, hp=hp, seed=ctx.seed)
+    img2img = hp["mode"] == "img2img"
+    sampler = {k: hp[k] for k in ("sampler", "steps", "guidance", "batch_size")} | {
+        "strength": hp["strength"] if img2img else None}
+    generation = cached_generation(
+        c, requests, weights=adapted["identity"], settings=sampler, image_size=size, device=ctx.device,
+        console=ctx.console, say=ctx.say, label=f"{name}: {hp['mode']} of {len(requests)} images",
+        init_images=real.images[requests["row"].to_numpy()] if img2img else None,
+        sources=content_digest({"split": split_digest(real), "rows": requests["row"].tolist()}) if img2img else None,
+    )
+    synthetic = synthetic_split(ctx, generation, train, name=name)
+    fst = pd.to_numeric(real.table["fst"], errors="coerce")
+    ctx.record(name, {
+        "base": c.source, "adapted": adapted, "mode": hp["mode"],
+        "sources": {"n": len(rows), "light": light, "dark": len(rows) - light,
+                    "not_used_fst_3_4_or_unknown": int((~fst.isin(LIGHT + DARK)).sum()),
+                    "left_out_by_max_sources": int(fst.isin(LIGHT + DARK).sum()) - len(rows)},
+        "generation": {**generation.info(), "n": len(requests), "per_image": hp["per_image"], "image_size": size,
+                       **sampler},
+        "quality": measure_quality(ctx, name, train=train, synthetic=synthetic),
+    })
+    return synthetic
