@@ -12,10 +12,12 @@ came from:
   F1 on that set are stored next to its weights in detector.json and copied into every split
   it annotates (`Split.meta["tone_estimation"]`), so a report shows how far to trust it.
 
-Commands: `dermbench tone train` and `dermbench tone annotate` (see docs/tone.md).
+Commands: `dermbench tone train` (also on real + generated images, `--synthetic`),
+`dermbench tone annotate` and `dermbench tone compare` (ITA vs detectors per tone group, the
+DermDiff paper's Table 3); see docs/tone.md.
 
-Owns ita.py (the angle), detector.py (training and loading the detector) and filling.py
-(tones for a split). Imports data/ and train/ (the detector is trained with the shared trainer),
+Owns ita.py (the angle), detector.py (training and loading the detector), filling.py (tones
+for a split) and compare.py (estimators scored per tone group). Imports data/ and train/ (the detector is trained with the shared trainer),
 never anything above.
 """
 
