@@ -42,6 +42,8 @@ BUILTIN_METHODS: dict[str, str] = {
     "mfd": "dermbench.methods.mfd",
     "dermdiff": "dermbench.methods.dermdiff",
     "majority2minority": "dermbench.methods.majority2minority",
+    "classndiff": "dermbench.methods.classndiff",
+    "fedd": "dermbench.methods.fedd",
 }
 BUILTIN_DATASETS: dict[str, str] = {
     "synthderm": "dermbench.datasets.synthderm:SynthDerm",

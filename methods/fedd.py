@@ -1,0 +1,273 @@
+"""FEDD (Carrion & Norouzi, "FEDD - Fair, Efficient, and Diverse Diffusion-based Lesion Segmentation
+and Malignancy Classification", MICCAI 2023): a frozen unconditional diffusion UNet as the feature
+extractor, and a small MLP probe trained on its pooled decoder features.
+
+What it does here (shared/METHODS.md section 6; docs/fedd.md).
+1. Backbone: `fedd.model`, a diffusers `UNet2DModel` (pixel space, unconditional) from a local
+   folder or hub id, frozen (`dermbench.diffusion.pixel`). The paper's is the ImageNet-256
+   unconditional ADM model (Dhariwal & Nichol); docs/fedd.md says how to provide it. `model: tiny`
+   (the tiny profile) trains a small unconditional DDPM on the run's training images and caches it,
+   so the features come from a diffusion model that has learned skin images; the record's
+   `methods.fedd.backbone.kind` says which.
+2. Features (`dermbench.diffusion.features`): the image noised to step `t` with q(x_t|x_0) and a
+   fixed noise image (`noise_seed`), one forward pass, the output of decoder block `block` (ADM's
+   output-block numbering) captured by a forward hook, max-pooled to a `dim` (512) vector (spatial
+   max-pool to a small grid, then 1D channel max-pool). Pooled features of every block at `t` are
+   cached per (model, t, noise seed, images), so sweeps and reruns reuse them.
+3. Probe: Linear(dim, 64) - BatchNorm - ReLU - Dropout(0.5) - Linear(64, 32) - BatchNorm - ReLU -
+   Dropout(0.25) - Linear(32, 1), sigmoid output; BCE; Adam (lr 1e-3, weight decay 1e-5); one
+   full-batch step per epoch (the paper's batch = the whole training subset) for at most
+   `max_epochs` epochs, early stopping on the validation loss with `patience`; the weights of the
+   best validation epoch are kept. The ReLU and the Adam learning rate are not stated in the paper
+   (Keras defaults assumed).
+4. `predict`: features of the split (cached) then the probe; (n, 2) probabilities.
+
+Binary tasks only (the paper's malignancy task); others are a ConfigError. No fairness loss: the
+paper's fairness comes from tone-balanced training subsets, the DDI data-efficiency protocol
+(`data.options.fedd_fraction` on `ddi` and on `synthderm`, see datasets/fedd_protocol.py).
+
+Block and t: the paper picks one pair per data fraction from a sweep (blocks 4 / 6 / 12 / 14 at
+5 / 10 / 15 / 20 % DDI; small t, exact values only in its Fig. 6). `block: auto` (paper profile)
+takes that block for the run's `fedd_fraction` (6 without one) and `t: 50` (our reading of
+"small t"). `dermbench fedd ablate` runs the sweep.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dermbench.data.model import Split
+from dermbench.diffusion.features import cached_features, decoder_layers
+from dermbench.diffusion.pixel import TINY_PIXEL, PixelModel, pixel_model
+from dermbench.errors import ConfigError, DermbenchError, closest
+from dermbench.hookspecs import hookimpl
+from dermbench.seeds import seed_for
+
+name = "fedd"
+#: predict uses the probe fit trains, never the harness's untrained backbone
+predict_needs_fit = True
+
+TINY: dict[str, Any] = {
+    "model": "tiny", "revision": None, "image_size": None, "block": 2, "t": 50, "noise_seed": 0, "dim": 512,
+    "hidden": [64, 32], "dropout": [0.5, 0.25], "lr": 1e-3, "weight_decay": 1e-5, "max_epochs": 500,
+    "patience": 25, "feature_batch_size": 16, "tiny": dict(TINY_PIXEL),
+}
+PAPER: dict[str, Any] = {**TINY, "model": None, "image_size": 256, "block": "auto", "t": 50}
+#: the paper's best decoder block per DDI fraction (section 4.2)
+PAPER_BLOCKS = {5: 4, 10: 6, 15: 12, 20: 14}
+#: FEDD's reported ROC-AUC per DDI fraction: supplementary Fig. 2 (read from the thesis chapter)
+PAPER_AUC = {5: 0.78, 10: 0.80, 15: 0.81, 20: 0.91}
+
+
+@hookimpl
+def dermbench_method_defaults(profile: str) -> dict:
+    if profile == "paper":
+        return {name: copy.deepcopy(PAPER), "data": {"image_size": 256}}
+    return {name: copy.deepcopy(TINY)}
+
+
+def check_settings(settings: dict) -> dict[str, Any]:
+    """FEDD's settings merged over the tiny defaults, checked (a ConfigError names the setting)."""
+    for key in settings:
+        if key not in TINY:
+            guess = closest(str(key), TINY)
+            raise ConfigError(f"unknown setting {name}.{key}" + (f"; did you mean {name}.{guess}?" if guess else "")
+                              + f" (FEDD's settings: {', '.join(TINY)})")
+    s = {**TINY, **settings}
+    if s["model"] is None:
+        raise ConfigError(
+            f"{name}.model is not set: give a local folder or hub id of an unconditional pixel-space diffusers "
+            "UNet2DModel (the paper uses the ImageNet-256 unconditional ADM model; docs/fedd.md says how to provide "
+            f"it), or use {name}.model=tiny")
+    for key in ("max_epochs", "patience", "dim", "feature_batch_size"):
+        if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
+            raise ConfigError(f"{name}.{key} must be a positive integer, got {s[key]!r}")
+    if isinstance(s["t"], bool) or not isinstance(s["t"], int) or s["t"] < 0:
+        raise ConfigError(f"{name}.t must be a diffusion step >= 0, got {s['t']!r}")
+    if not (s["block"] == "auto" or (isinstance(s["block"], int) and not isinstance(s["block"], bool)
+                                     and s["block"] >= 0)):
+        raise ConfigError(f"{name}.block must be a decoder block number or 'auto', got {s['block']!r}")
+    if len(s["hidden"]) != len(s["dropout"]):
+        raise ConfigError(f"{name}.hidden and {name}.dropout need one entry per hidden layer")
+    return s
+
+
+def fraction_of(config: dict) -> int | None:
+    """The run's DDI data-efficiency fraction (data.options.fedd_fraction, flat or per dataset)."""
+    options = config.get("data", {}).get("options") or {}
+    section = options.get(config.get("dataset"), {})
+    value = section.get("fedd_fraction", options.get("fedd_fraction")) if isinstance(section, dict) else None
+    return None if value is None else int(value)
+
+
+def resolve_block(block: Any, config: dict) -> int:
+    if block != "auto":
+        return int(block)
+    return PAPER_BLOCKS.get(fraction_of(config) or 10, 6)
+
+
+class Probe(nn.Module):
+    """The FEDD classification MLP: dim -> 64 -> 32 -> 1, BatchNorm, ReLU and dropout between layers."""
+
+    def __init__(self, dim: int, hidden: list[int], dropout: list[float]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = dim
+        for h, p in zip(hidden, dropout):
+            layers += [nn.Linear(width, int(h)), nn.BatchNorm1d(int(h)), nn.ReLU(), nn.Dropout(float(p))]
+            width = int(h)
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+class Extractor:
+    """The frozen backbone and feature settings (a plain object: not saved with the probe's weights)."""
+
+    def __init__(self, model: PixelModel, *, block: int, t: int, noise_seed: int, dim: int, image_size: int,
+                 batch_size: int) -> None:
+        self.model, self.block, self.t, self.noise_seed = model, block, t, noise_seed
+        self.dim, self.image_size, self.batch_size = dim, image_size, batch_size
+
+
+class FeddModel(nn.Module):
+    """The trained probe; `extractor` (not a submodule) makes its features."""
+
+    def __init__(self, probe: Probe, extractor: Extractor) -> None:
+        super().__init__()
+        self.probe = probe
+        self.extractor = extractor
+        self.feature_entries: dict[str, Any] = {}
+
+
+def resized(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images at `size` px (bilinear, antialiased), unchanged when already that size."""
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    out = []
+    for start in range(0, len(images), 256):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + 256])).permute(0, 3, 1, 2).float()
+        y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out.append(y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+def split_features(ctx, extractor: Extractor, split: Split) -> tuple[np.ndarray, dict[str, Any]]:
+    """(n, dim) features of `split` at the extractor's block and t, through the feature cache."""
+    images = resized(np.asarray(split.images), extractor.image_size)
+    features, entry = cached_features(extractor.model, images, t=extractor.t, noise_seed=extractor.noise_seed,
+                                      dim=extractor.dim, device=ctx.device, console=ctx.console, say=ctx.say,
+                                      batch_size=extractor.batch_size, label=f"{name}: features of {split.name}")
+    return np.array(features[extractor.block], dtype=np.float32), entry.info()
+
+
+def train_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, *, settings: dict,
+                seed: int) -> tuple[Probe, dict[str, Any]]:
+    """Full-batch Adam on BCE with early stopping on the validation loss; the best epoch's probe."""
+    torch.manual_seed(seed)
+    probe = Probe(train_x.shape[1], list(settings["hidden"]), list(settings["dropout"]))
+    optimizer = torch.optim.Adam(probe.parameters(), lr=float(settings["lr"]),
+                                 weight_decay=float(settings["weight_decay"]))
+    x, y = torch.from_numpy(train_x), torch.from_numpy(train_y.astype(np.float32))
+    vx, vy = torch.from_numpy(val_x), torch.from_numpy(val_y.astype(np.float32))
+    best, best_loss, best_epoch, waited, history = copy.deepcopy(probe.state_dict()), float("inf"), 0, 0, []
+    for epoch in range(1, int(settings["max_epochs"]) + 1):
+        probe.train()
+        loss = F.binary_cross_entropy_with_logits(probe(x), y)
+        if not torch.isfinite(loss):
+            raise DermbenchError(f"{name}: the probe's training loss became {loss.item()} at epoch {epoch}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        probe.eval()
+        with torch.no_grad():
+            val_loss = float(F.binary_cross_entropy_with_logits(probe(vx), vy))
+        history.append({"epoch": epoch, "train_loss": float(loss.item()), "val_loss": val_loss})
+        if val_loss < best_loss - 1e-6:
+            best, best_loss, best_epoch, waited = copy.deepcopy(probe.state_dict()), val_loss, epoch, 0
+        else:
+            waited += 1
+            if waited >= int(settings["patience"]):
+                break
+    probe.load_state_dict(best)
+    probe.eval()
+    return probe, {"epochs_run": len(history), "best_epoch": best_epoch, "best_val_loss": best_loss,
+                   "last": history[-1] if history else None}
+
+
+def probe_probabilities(probe: Probe, features: np.ndarray) -> np.ndarray:
+    """(n, 2) class probabilities [benign, malignant] of the probe."""
+    probe.eval()
+    with torch.no_grad():
+        p = torch.sigmoid(probe(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)))).double().numpy()
+    return np.stack([1.0 - p, p], axis=1)
+
+
+def backbone(ctx, settings: dict, train: Split) -> tuple[PixelModel, int]:
+    """The frozen UNet and the image size features are taken at."""
+    size = int(settings["image_size"] or train.images.shape[1])
+    images = resized(np.asarray(train.images), size) if settings["model"] == "tiny" else None
+    model = pixel_model(settings["model"], train_images=images, tiny=settings["tiny"], revision=settings["revision"],
+                        device=ctx.device, console=ctx.console, say=ctx.say)
+    sample = int(model.unet.config.sample_size)
+    if sample != size:
+        raise ConfigError(f"{name}: the UNet takes {sample} px images but {name}.image_size (or data.image_size) "
+                          f"is {size}; set {name}.image_size={sample}")
+    return model, size
+
+
+@hookimpl
+def fit(ctx, model, train: Split, val: Split) -> FeddModel:
+    settings = check_settings(ctx.hparams(name))
+    if train.num_classes != 2:
+        raise ConfigError(f"{name} is a binary (malignancy) probe; task {ctx.config.get('task')!r} has "
+                          f"{train.num_classes} classes (use task malignant)")
+    unet, size = backbone(ctx, settings, train)
+    layers = decoder_layers(unet.unet)
+    block = resolve_block(settings["block"], ctx.config)
+    if not 0 <= block < len(layers):
+        raise ConfigError(f"{name}.block={block}: this UNet has decoder blocks 0..{len(layers) - 1}")
+    extractor = Extractor(unet, block=block, t=int(settings["t"]), noise_seed=int(settings["noise_seed"]),
+                          dim=int(settings["dim"]), image_size=size, batch_size=int(settings["feature_batch_size"]))
+    train_x, train_entry = split_features(ctx, extractor, train)
+    val_x, val_entry = split_features(ctx, extractor, val)
+    probe, summary = train_probe(train_x, train.labels, val_x, val.labels, settings=settings,
+                                 seed=seed_for(ctx.seed, f"{name}-probe"))
+    ctx.say(f"{name}: probe on decoder block {block} ({layers[block][0]}) at t={extractor.t}: best validation loss "
+            f"{summary['best_val_loss']:.4f} at epoch {summary['best_epoch']} of {summary['epochs_run']}")
+    fitted = FeddModel(probe, extractor)
+    fitted.feature_entries = {"train": train_entry, "val": val_entry}
+    record: dict[str, Any] = {
+        "backbone": unet.source, "block": block, "layer": layers[block][0], "decoder_blocks": len(layers),
+        "t": extractor.t, "noise_seed": extractor.noise_seed, "feature_dim": extractor.dim, "image_size": size,
+        "settings": {k: v for k, v in settings.items() if k != "tiny"}, "probe": summary,
+        "train_cells": {f"{tone}/{label}": int(n) for (tone, label), n in
+                        train.table.groupby(["tone3", "label"]).size().items()} if "tone3" in train.table else None,
+        "features": dict(fitted.feature_entries),
+    }
+    fraction = fraction_of(ctx.config)
+    if fraction is not None:
+        record["fedd_fraction"] = fraction
+        if ctx.config.get("dataset") == "ddi" and fraction in PAPER_AUC:
+            record["paper"] = {"roc_auc": PAPER_AUC[fraction], "source": "FEDD supplementary Fig. 2 (as read from "
+                               "the author's thesis chapter; the main text gives no number)"}
+    ctx.record(name, record)
+    return fitted
+
+
+@hookimpl
+def predict(ctx, model, split: Split) -> np.ndarray:
+    if not isinstance(model, FeddModel):
+        raise DermbenchError(f"{name}: predict needs the model fit returned (a FeddModel), got {type(model).__name__}")
+    features, entry = split_features(ctx, model.extractor, split)
+    model.feature_entries[split.name] = entry
+    ctx.record(name, {"features": dict(model.feature_entries)})
+    return probe_probabilities(model.probe, features)
