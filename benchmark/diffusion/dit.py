@@ -17,19 +17,22 @@ label embedding covers every (class, tone) cell; `num_conditions` ids plus the n
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, DiTTransformer2DModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DiTTransformer2DModel
 from diffusers.models.embeddings import LabelEmbedding
 from rich.console import Console
 from torch import nn
 
-from dermbench.diffusion.training import autocast, draw_latents, progress, to_uint8
+from dermbench.diffusion.components import folder_digest
+from dermbench.diffusion.training import autocast, draw_latents, progress, to_pixels, to_uint8
 from dermbench.errors import ConfigError, DermbenchError
 from dermbench.train.models import create_backbone
 
@@ -326,3 +329,45 @@ def generate_images(out: np.ndarray, dit: DiTTransformer2DModel, scheduler: DDPM
             with torch.no_grad():
                 out[start:stop] = to_uint8(vae.decode(z / scaling).sample)
             advance()
+
+
+@torch.no_grad()
+def latent_params(vae, images: np.ndarray, *, device: torch.device, batch_size: int = 32) -> torch.Tensor:
+    """The VAE's latent distribution of every uint8 image, (n, 2 x channels, h, w) on the CPU
+    (mean, then log-variance), as `training.encode_latents` gives for a full model's parts."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        dist = vae.encode(to_pixels(images[start:start + batch_size], device)).latent_dist
+        out.append(torch.cat([dist.mean, dist.logvar], dim=1).float().cpu())
+    return torch.cat(out)
+
+
+def load_vae(source: str, *, revision: str | None = None) -> tuple[AutoencoderKL, str]:
+    """A pretrained VAE (paper profile: `stabilityai/sd-vae-ft-ema`) from a local folder (a VAE
+    folder, or a diffusers checkpoint with a `vae/` subfolder) or a hub id (the local Hugging
+    Face cache first; the hub only when reachable), and an identity string for cache keys."""
+    local = Path(source).expanduser()
+    try:
+        if local.exists() or source.startswith((".", "/", "~")):
+            if not local.is_dir():
+                raise ConfigError(f"VAE folder {local} does not exist: give a folder with the VAE's config.json "
+                                  "and weights, or a hub id such as stabilityai/sd-vae-ft-ema")
+            sub = "vae" if (local / "vae").is_dir() else None
+            vae = AutoencoderKL.from_pretrained(local, subfolder=sub)
+            identity = f"folder:{local.resolve()}@{folder_digest(local)}"
+        else:
+            try:
+                vae = AutoencoderKL.from_pretrained(source, revision=revision, local_files_only=True)
+            except (OSError, ValueError):
+                if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+                    raise
+                vae = AutoencoderKL.from_pretrained(source, revision=revision)
+            identity = f"hub:{source}@{revision or 'main'}"
+    except (OSError, ValueError) as exc:
+        raise DermbenchError(
+            f"cannot load the VAE {source!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+            f"On a machine with network access run `huggingface-cli download {source}` (then copy the Hugging Face "
+            "cache), or set classndiff.vae to a local folder; `--profile tiny` needs no download") from exc
+    vae.requires_grad_(False)
+    vae.eval()
+    return vae, identity
