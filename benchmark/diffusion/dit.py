@@ -260,28 +260,32 @@ def guided_epsilon(dit: DiTTransformer2DModel, scheduler: DDPMScheduler, z_t: to
                    classifier_scale: float) -> torch.Tensor:
     """The epsilon a sampler steps with.
 
-    Classifier-free guidance (cfg_scale > 1): eps_u + s (eps_c - eps_u), eps_u from the null id.
-    Classifier guidance (classifier_scale > 0; our reading of the paper, which the authors' code
-    never applies): eps - sqrt(1 - abar_t) * s * grad_{z_t} log p(y | x0_hat(z_t)), the gradient
-    of the integrated classifier's log-probability of the requested class on the denoised latent
-    predicted from z_t (the classifier is trained on clean and predicted-clean latents, not on
-    noisy ones), back-propagated through the DiT's prediction."""
-    use_grad = classifier is not None and classifier_scale > 0
-    with torch.enable_grad() if use_grad else torch.no_grad():
-        z = z_t.detach().requires_grad_(use_grad)
+    Classifier-free guidance (cfg_scale != 1): eps_u + s (eps_c - eps_u), eps_u from the null id.
+
+    Classifier guidance (classifier_scale > 0; our reading of the paper's "the classifier guides
+    image generation", which the authors' code never applies): the integrated classifier was
+    trained on clean latents and on the DiT's denoised predictions, not on noisy z_t, so it
+    guides the denoised prediction: x0_hat <- x0_hat + s * grad_{x0_hat} log p(y | x0_hat), and
+    the epsilon is recomputed from it, eps' = eps - sqrt(abar_t) / sqrt(1 - abar_t) * s * grad.
+    (Dhariwal & Nichol's form, eps - sqrt(1 - abar_t) s grad_{z_t} log p(y | z_t), needs a
+    classifier of noisy latents; through x0_hat(z_t) it moves x0 by s (1 - abar_t) / abar_t
+    times the gradient, which diverges at large t.)"""
+    with torch.no_grad():
         if cfg_scale != 1.0:
-            both = dit(torch.cat([z, z]), timestep=torch.cat([t, t]),
+            both = dit(torch.cat([z_t, z_t]), timestep=torch.cat([t, t]),
                        class_labels=torch.cat([cond, torch.full_like(cond, null_id(dit))])).sample.float()
             eps_c, eps_u = both.chunk(2)
             eps = eps_u + cfg_scale * (eps_c - eps_u)
         else:
-            eps = dit(z, timestep=t, class_labels=cond).sample.float()
-        if not use_grad:
-            return eps.detach()
-        log_p = classifier.log_probs(predicted_x0(scheduler, z, eps, t)).gather(1, labels.view(-1, 1)).sum()
-        grad = torch.autograd.grad(log_p, z)[0]
+            eps = dit(z_t, timestep=t, class_labels=cond).sample.float()
+    if classifier is None or classifier_scale <= 0:
+        return eps
+    with torch.enable_grad():
+        x0 = predicted_x0(scheduler, z_t.float(), eps, t).detach().requires_grad_(True)
+        log_p = classifier.log_probs(x0).gather(1, labels.view(-1, 1)).sum()
+        grad = torch.autograd.grad(log_p, x0)[0]
     abar = scheduler.alphas_cumprod.to(z_t.device)[t].float().view(-1, 1, 1, 1)
-    return (eps - (1 - abar).sqrt() * classifier_scale * grad).detach()
+    return eps - (abar.sqrt() / (1 - abar).sqrt()) * classifier_scale * grad
 
 
 def sample_latents(dit: DiTTransformer2DModel, train_scheduler: DDPMScheduler, cond: torch.Tensor, labels: torch.Tensor,
