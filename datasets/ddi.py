@@ -8,15 +8,24 @@ Tone: DDI annotates only three groups, skin_tone 12 / 34 / 56 (FST I-II / III-IV
 which are tone3 A / B / C directly; `fst` stays missing. Group 34 straddles the light/dark
 boundary of tone2, so those samples have no tone2 group: counted in attrs["excluded"]
 under a "tone2:" reason, never guessed. Every row is a test sample.
+
+Option `fedd_fraction` (5, 10, 15 or 20; with `fedd_seed`) turns DDI into a training dataset for
+FEDD's data-efficiency protocol (datasets/fedd_protocol.py): tone-balanced nested training subsets
+of 10/20/30/40 images per tone, validation and test of 10 per tone, and the remaining images as
+the test set `ddi-rest`; the protocol's test sets are then `ddi` (30 images) and `ddi-rest`.
 """
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from dermbench.data.metadata import read_csv
+from dermbench.data.model import TestSet, content_digest
 from dermbench.data.tables import MALIGNANT_CLASSES, TableDataset, parse_bool, parse_int, require_unique
+from dermbench.datasets import fedd_protocol
 
 COLUMNS = ("DDI_ID", "DDI_file", "skin_tone", "malignant", "disease")
 TONE3 = {12: "A", 34: "B", 56: "C"}
@@ -32,6 +41,24 @@ class DDI(TableDataset):
     metadata = "ddi_metadata.csv"
     aliases = ("ddidiversedermatologyimages", "DDI")
     layout = "ddi_metadata.csv with the images 000001.png, ... beside it"
+    option_defaults: ClassVar[dict] = dict(fedd_protocol.OPTIONS)
+
+    def __init__(self, root=None, **options: Any) -> None:
+        super().__init__(root, **options)
+        #: (fraction, seed) of FEDD's data-efficiency protocol, or None
+        self.fedd_setting = fedd_protocol.check_options(self.name, self.options["fedd_fraction"],
+                                                        self.options["fedd_seed"])
+        if self.fedd_setting is not None:
+            self.protocol = (TestSet("ddi", "ddi", "test"), TestSet("ddi-rest", "ddi", fedd_protocol.REST))
+
+    def fingerprint(self) -> dict:
+        """The release's content (TableDataset.fingerprint), plus the FEDD protocol's setting when set."""
+        base = super().fingerprint()
+        if self.fedd_setting is None:
+            return base
+        content = {k: v for k, v in base.items() if k != "digest"}
+        content["fedd_protocol"] = {"fraction": self.fedd_setting[0], "seed": self.fedd_setting[1]}
+        return {**content, "digest": content_digest(content)}
 
     def read(self) -> pd.DataFrame:
         path = self.metadata_path()
@@ -60,7 +87,14 @@ class DDI(TableDataset):
                 "split": "test",
             }
         )
-        return records[check.keep].reset_index(drop=True)
+        records = records[check.keep].reset_index(drop=True)
+        if self.fedd_setting is not None:
+            fraction, seed = self.fedd_setting
+            split = fedd_protocol.assign(records["sample_id"], records["tone3"], records["malignant"],
+                                         fraction=fraction, seed=seed, dataset=self.name)
+            records["split"] = split
+            self.policy_excluded.update(fedd_protocol.excluded_counts(split, fraction))
+        return records
 
     def encode(self, records: pd.DataFrame, task: str) -> tuple[np.ndarray, tuple[str, ...]]:
         return records["malignant"].to_numpy(dtype=np.int64), MALIGNANT_CLASSES

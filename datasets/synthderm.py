@@ -68,6 +68,12 @@ Option `m2m_scenario` (i, ii, iii or ablation; with `m2m_subset` and `m2m_flex`)
 train, val and test generations into one pool for the majority-to-minority paper's scenarios
 (datasets/m2m.py): light = FST I-II (tone3 A), dark = V-VI (C), B left out and counted; the
 scenario reassigns the pool's rows to train / val / test; test_ddi and test_dermoscopic stay.
+
+Option `fedd_fraction` (5, 10, 15 or 20; with `fedd_seed`) runs FEDD's DDI data-efficiency
+protocol on the DDI-like set (datasets/fedd_protocol.py): the test_ddi rows become train (10/20/30/40
+per tone3 group, nested), val and test (10 per group) and test_rest (the remaining images); the
+clinical-mix train / val / test generations are left out and counted; test_dermoscopic stays. The
+protocol needs at least 61 test_ddi images per tone group (n_test_ddi >= 366 with the balanced mix).
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ import pandas as pd
 
 from dermbench.data.model import KNOWN_OPTIONS, Dataset, Split, TestSet, content_digest, select_options
 from dermbench.data.tables import ON_ERROR, check_choice
-from dermbench.datasets import m2m
+from dermbench.datasets import fedd_protocol, m2m
 from dermbench.errors import ConfigError, DataError
 from dermbench.seeds import split_seed, stream_rng
 
@@ -974,7 +980,11 @@ DEFAULT_OPTIONS = {
     "m2m_scenario": None,
     "m2m_subset": None,
     "m2m_flex": None,
+    **fedd_protocol.OPTIONS,
 }
+#: options of FEDD's data-efficiency protocol on the DDI-like set; unset they are no part of the data
+FEDD_OPTIONS = tuple(fedd_protocol.OPTIONS)
+FEDD_UNUSED = "FEDD protocol: the clinical-mix train/val/test generations (the protocol uses test_ddi)"
 #: options of the majority-to-minority scenarios; unset (None) they are no part of the data
 M2M_OPTIONS = ("m2m_scenario", "m2m_subset", "m2m_flex")
 #: the generations pooled for the scenarios (the same clinical tone mix)
@@ -1010,6 +1020,18 @@ class SynthDerm(Dataset):
         check_choice(self.name, "on_error", merged["on_error"], ON_ERROR)
         #: (scenario, subset, per class) of the majority-to-minority scenario, or None
         self.m2m_setting = _m2m_settings(merged)
+        #: (fraction, seed) of FEDD's data-efficiency protocol on the DDI-like set, or None
+        self.fedd_setting = fedd_protocol.check_options(self.name, merged["fedd_fraction"], merged["fedd_seed"])
+        if self.fedd_setting is not None and self.m2m_setting is not None:
+            raise ConfigError("dataset 'synthderm': fedd_fraction and m2m_scenario cannot be combined")
+        if self.fedd_setting is None:
+            merged["fedd_seed"] = None  # no part of the data without a fraction
+        else:
+            self.protocol = (
+                TestSet("synthderm-ddi", "synthderm", "test"),
+                TestSet("synthderm-ddi-rest", "synthderm", fedd_protocol.REST),
+                TestSet("synthderm-dermoscopic", "synthderm", "test_dermoscopic"),
+            )
         super().__init__(root=root, **merged)
         self._scenes: dict[str, Scenes] = {}
         self._pixels: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -1028,7 +1050,7 @@ class SynthDerm(Dataset):
             "kind": "generated",
             "generator": GENERATOR_VERSION,
             "options": {k: v for k, v in self.options.items()
-                        if k != "on_error" and not (k in M2M_OPTIONS and v is None)},
+                        if k != "on_error" and not (k in M2M_OPTIONS + FEDD_OPTIONS and v is None)},
         }
         return {**content, "digest": content_digest(content)}
 
@@ -1069,6 +1091,8 @@ class SynthDerm(Dataset):
                 parts.append(pd.concat([head, latent.drop(columns=["label", "fst", "domain"])], axis=1))
             table = pd.concat(parts, ignore_index=True)
             self._table = table if self.m2m_setting is None else _m2m_table(table, *self.m2m_setting)
+            if self.fedd_setting is not None:
+                self._table = _fedd_table(self._table, *self.fedd_setting)
         out = self._table.copy()
         out.attrs = {"excluded": dict(self._table.attrs.get("excluded", {}))}
         return out
@@ -1159,4 +1183,23 @@ def _m2m_table(table: pd.DataFrame, scenario: str, subset: int, per_class: int) 
     out = out[split != m2m.UNUSED].reset_index(drop=True)
     excluded = {M2M_MIDDLE_TONE: int((pooled & ~in_pool).sum())}
     out.attrs = {"excluded": {**excluded, **m2m.unused_counts(assigned, groups[in_pool], scenario)}}
+    return out
+
+
+def _fedd_table(table: pd.DataFrame, fraction: int, seed: int) -> pd.DataFrame:
+    """`table` with the test_ddi rows assigned by FEDD's protocol (datasets/fedd_protocol.py); the
+    clinical-mix train/val/test rows and the protocol's unused rows are left out and counted."""
+    ddi = (table["split"] == "test_ddi").to_numpy()
+    fst = table["fst"].to_numpy(dtype=float)
+    tone3 = np.where(fst <= 2, "A", np.where(fst <= 4, "B", "C")).astype(object)
+    rows = table[ddi]
+    assigned = fedd_protocol.assign(rows["sample_id"], tone3[ddi], rows["label"], fraction=fraction, seed=seed,
+                                    dataset="synthderm")
+    split = table["split"].to_numpy(dtype=object).copy()
+    split[ddi] = assigned
+    standard = np.isin(split, ("train", "val", "test")) & ~ddi
+    out = table.assign(split=split)
+    keep = ~standard & (split != fedd_protocol.UNUSED)
+    out = out[keep].reset_index(drop=True)
+    out.attrs = {"excluded": {FEDD_UNUSED: int(standard.sum()), **fedd_protocol.excluded_counts(assigned, fraction)}}
     return out
