@@ -108,3 +108,35 @@ def test_conditions_and_requests_cover_every_class_and_tone_cell():
     assert sorted(req["condition"].unique()) == list(range(6)) and req["seed"].is_unique
     plain = balanced_requests(("benign", "malignant"), per_cell=3, tone=False, seed=0, domain="clinical")
     assert list(plain["condition"]) == [0, 0, 0, 1, 1, 1] and (plain["tone3"] == "").all()
+
+
+def test_profiles_and_setting_checks():
+    from dermbench.errors import ConfigError
+    from dermbench.methods.classndiff import check_settings
+
+    paper = resolve_config(sets=[], flags={"method": "classndiff", "profile": "paper", "device": "cpu", "out": "x"})
+    hp = paper["classndiff"]
+    assert hp["dit"] == {"size": "L", "patch": 4} and hp["vae"] == "stabilityai/sd-vae-ft-ema" and hp["image_size"] == 256
+    assert hp["joint"]["lr"] == 1e-4 and hp["joint"]["classifier_lr"] == 3e-4 and hp["joint"]["batch_size"] == 8
+    assert (hp["joint"]["p"], hp["joint"]["weight"], hp["joint"]["cond_dropout"]) == (0.25, 0.2, 0.1)
+    assert (hp["sampler"], hp["steps"], hp["cfg_scale"], hp["classifier_scale"]) == ("ddpm", 250, 1.0, 0.0)
+    assert hp["latent_classifier"]["backbone"] == "resnet101"
+    tiny = resolve_config(sets=[], flags={"method": "classndiff", "device": "cpu", "out": "x"})["classndiff"]
+    check_settings(tiny)
+    for key, value, message in (("classifier", "lat", "erm, latent"), ("cfg_scale", -1.0, ">= 0")):
+        with pytest.raises(ConfigError, match=message):
+            check_settings({**tiny, key: value})
+    with pytest.raises(ConfigError, match=r"joint.p"):
+        check_settings({**tiny, "joint": {**tiny["joint"], "p": 1.5}})
+
+
+def test_a_paper_vae_not_at_hand_offline_says_how_to_provide_it(tmp_path, monkeypatch):
+    from dermbench.diffusion.dit import load_vae
+    from dermbench.errors import ConfigError, DermbenchError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(DermbenchError, match=r"huggingface-cli download stabilityai/sd-vae-ft-ema"):
+        load_vae("stabilityai/sd-vae-ft-ema")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_vae(str(tmp_path / "no-such-vae"))
