@@ -271,3 +271,54 @@ def predict(ctx, model, split: Split) -> np.ndarray:
     model.feature_entries[split.name] = entry
     ctx.record(name, {"features": dict(model.feature_entries)})
     return probe_probabilities(model.probe, features)
+
+
+def group_scores(prob: np.ndarray, labels: np.ndarray, groups: np.ndarray | None) -> dict[str, dict[str, float]]:
+    """{"overall" and each group: {"n", "acc" (at probability 0.5), "auc" (None with one class)}}."""
+    from sklearn.metrics import roc_auc_score  # noqa: PLC0415 (only the ablation needs it)
+
+    def scores(mask: np.ndarray) -> dict[str, float]:
+        y, p = labels[mask], prob[mask]
+        auc = float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else None
+        return {"n": int(mask.sum()), "acc": float(((p >= 0.5) == y).mean()) if mask.any() else None, "auc": auc}
+
+    out = {"overall": scores(np.ones(len(labels), dtype=bool))}
+    if groups is not None:
+        for g in sorted({str(v) for v in groups if v is not None and v == v}):
+            out[g] = scores(groups == g)
+    return out
+
+
+def ablate(ctx, settings: dict, train: Split, val: Split, test: Split, *, blocks: list[int] | None, ts: list[int],
+           seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """FEDD's block x t sweep (paper Fig. 6): for every t, the pooled features of every decoder block
+    (one forward pass per image and t, through the feature cache), then one probe per block trained
+    as `fit` trains it (early stopping on validation); validation and test accuracy and AUC, overall
+    and per tone3 group. `test` carries labels: this is an analysis tool, not a plugin hook.
+    Returns the rows and the backbone's source."""
+    model, size = backbone(ctx, settings, train)
+    n_blocks = len(decoder_layers(model.unet))
+    blocks = list(range(n_blocks)) if blocks is None else blocks
+    bad = [b for b in blocks if not 0 <= b < n_blocks]
+    if bad:
+        raise ConfigError(f"decoder block(s) {bad} do not exist: this UNet has blocks 0..{n_blocks - 1}")
+    rows: list[dict[str, Any]] = []
+    for t in ts:
+        feats = {}
+        for part in (train, val, test):
+            images = resized(np.asarray(part.images), size)
+            feats[part.name], _ = cached_features(model, images, t=int(t), noise_seed=int(settings["noise_seed"]),
+                                                  dim=int(settings["dim"]), device=ctx.device, console=ctx.console,
+                                                  say=lambda _m: None, batch_size=int(settings["feature_batch_size"]),
+                                                  label=f"{name}: features of {part.name}")
+        for block in blocks:
+            x = {k: np.array(v[block], dtype=np.float32) for k, v in feats.items()}
+            probe, summary = train_probe(x[train.name], train.labels, x[val.name], val.labels, settings=settings,
+                                         seed=seed)
+            row: dict[str, Any] = {"block": block, "t": int(t), "best_epoch": summary["best_epoch"]}
+            for key, part in (("val", val), ("test", test)):
+                groups = part.table["tone3"].to_numpy(dtype=object) if "tone3" in part.table else None
+                row[key] = group_scores(probe_probabilities(probe, x[part.name])[:, 1], part.labels, groups)
+            rows.append(row)
+        ctx.say(f"{name} ablation: t={t} done ({len(blocks)} blocks)")
+    return rows, model.source

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "dermbench.cli.report",
     "dermbench.cli.data",
     "dermbench.cli.tone",
+    "dermbench.cli.fedd",
 )
 
 console = Console()
