@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from dermbench.cli import main
-from dermbench.data.generated import MANIFEST_COLUMNS
+from dermbench.data.generated import MANIFEST_COLUMNS, read_images
+from dermbench.datasets.synthderm import SynthDerm
 from dermbench.errors import ConfigError
 from dermbench.methods.dermdiff import TONE_WORDS, balanced_requests, captions
 from dermbench.runner import resolve_config
@@ -196,3 +197,20 @@ def test_dermdiff_then_fairquantize(tmp_path):
     assert (run / "quantized_mask.safetensors").is_file() and (run / "sample_grid.png").is_file()
     report = (run / "report.md").read_text()
     assert "## Method record: `fairquantize`" in report and "](sample_grid.png)" in report
+
+
+@pytest.mark.slow
+def test_generation_at_its_own_size_and_per_cell_from_the_largest_real_cell(tmp_path):
+    """dermdiff.image_size above the classifier's: the model trains and samples at 32 px, the set is
+    resized to the classifier's 16 px; per_cell null = the largest real tone3 x label cell."""
+    options = "data.options={n_train: 80, n_val: 60, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}"
+    metrics, run = _cli(tmp_path / "runs", options, "dermdiff.image_size=32", "dermdiff.per_cell=null")
+    train = SynthDerm(n_train=80, n_val=60, n_test=80, n_test_ddi=60, n_test_dermoscopic=60).load(
+        task="malignant", split="train", image_size=16)
+    largest = int(train.table.groupby(["tone3", "label"]).size().max())
+    record = metrics["methods"]["dermdiff"]
+    assert record["generation"]["per_cell"] == largest and record["generation"]["image_size"] == 32
+    assert metrics["synthetic"]["by_group_label"] == {t: {"benign": largest, "malignant": largest} for t in "ABC"}
+    assert record["quality"]["image_size"] == [16, 16]
+    assert read_images(Path(record["generation"]["path"])).shape == (6 * largest, 32, 32, 3)
+    assert (run / "sample_grid.png").is_file()
