@@ -141,7 +141,7 @@ def block_outputs(model: PixelModel, images: np.ndarray, *, t: int, noise_seed: 
             with autocast(device):
                 unet(xt, steps_t)
             for b in blocks:
-                out[b].append(taps.outputs.pop(b).float().cpu())
+                out[b].append(taps.outputs.pop(b).cpu())
             if on_batch is not None:
                 on_batch()
     finally:
