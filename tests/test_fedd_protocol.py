@@ -185,4 +185,4 @@ def test_a_fedd_run_on_ddi(tmp_path, make_ddi):
     metrics = _run(tmp_path, "dataset=ddi", "data.options={fedd_fraction: 5}", f"data.root={tree.root}")
     assert set(metrics["eval"]) == {"ddi", "ddi-rest"}
     assert metrics["eval"]["ddi"]["n"] == 30 and metrics["eval"]["ddi-rest"]["n"] == 240 - 180
-    assert metrics["methods"]["fedd"]["paper"]["roc_auc"] == 0.78
+    assert metrics["methods"]["fedd"]["published"]["roc_auc"] == 0.78
