@@ -209,7 +209,7 @@ def augment(ctx, train):
     generation = cached_generation(
         c, requests, weights=adapted["identity"], settings=sampler, image_size=size, device=ctx.device,
         console=ctx.console, say=ctx.say, label=f"{name}: {hp['mode']} of {len(requests)} images",
-        init_images=real.images[requests["row"].to_numpy()] if img2img else None,
+        init_images=real.images if img2img else None, init_rows=requests["row"].to_numpy() if img2img else None,
         sources=content_digest({"split": split_digest(real), "rows": requests["row"].tolist()}) if img2img else None,
     )
     synthetic = synthetic_split(ctx, generation, train, name=name)

@@ -196,6 +196,13 @@ def test_a_ratio_above_what_was_generated_keeps_everything_and_records_it(tmp_pa
     assert len(pooled) == N_REAL + N_SYN and counts["n"] == N_SYN and counts["ratio"] == 2
 
 
+def test_a_ratio_that_keeps_no_sample_is_refused_naming_it(tmp_path, plugin):
+    ctx, train = _ctx(tmp_path, "augment.mix=syn", "augment.ratio=0.001")
+    pm, _ = make_manager("mixaug", LOCAL)
+    with pytest.raises(ConfigError, match=r"augment.ratio 0.001 keeps no synthetic sample"):
+        ctx.datasets.augment(pm, ctx, train)
+
+
 def test_the_real_mix_with_a_ratio_counts_the_kept_samples_but_trains_on_none(tmp_path, plugin):
     ctx, train = _ctx(tmp_path, "augment.mix=real", "augment.ratio=0.25")
     pm, _ = make_manager("mixaug", LOCAL)

@@ -473,9 +473,14 @@ def test_saved_concepts_and_lora_reproduce_the_same_outputs(tiny, tmp_path):
 # ------------------------------------------------------------------------------------- generation
 
 
+def _rows(init):
+    return None if init is None else np.arange(len(init))
+
+
 def _generate(c, reqs, *, settings=SETTINGS, init=None, sources=None):
     return cached_generation(c, reqs, weights="tiny-test", settings=settings, image_size=SIZE, device=CPU,
-                             console=QUIET, say=lambda _m: None, label="test", init_images=init, sources=sources)
+                             console=QUIET, say=lambda _m: None, label="test", init_images=init, init_rows=_rows(init),
+                             sources=sources)
 
 
 def test_txt2img_writes_one_image_per_request_with_its_provenance(tiny):
@@ -515,9 +520,15 @@ def test_img2img_writes_one_image_per_source_and_names_the_source(tiny):
     assert pd.read_csv(entry.path / "manifest.csv")["seed"].tolist() == reqs["seed"].tolist()
     # other source images are another generation
     assert _generate(tiny, reqs, settings=settings, init=init[::-1].copy(), sources="other-digest").key != entry.key
-    with pytest.raises(DermbenchError, match="6 requests but 2 source images"):
+    with pytest.raises(DermbenchError, match="6 requests but 2 source rows"):
         generate_into(np.zeros((6, SIZE, SIZE, 3), np.uint8), tiny, reqs, settings=settings, device=CPU,
-                      console=QUIET, label="t", init_images=init[:2])
+                      console=QUIET, label="t", init_images=init, init_rows=np.arange(2))
+    # several requests may start from one source image, read batch by batch without copies
+    twice = pd.concat([reqs.iloc[:3]] * 2, ignore_index=True)
+    out = np.zeros((6, SIZE, SIZE, 3), np.uint8)
+    generate_into(out, tiny, twice, settings=settings, device=CPU, console=QUIET, label="t", init_images=init,
+                  init_rows=np.array([0, 1, 2, 0, 1, 2]))
+    assert np.array_equal(out[:3], out[3:]), "the same source and seed give the same image"
 
 
 @pytest.mark.parametrize("img2img", [False, True])
@@ -529,14 +540,15 @@ def test_an_image_depends_on_its_seed_not_on_its_batch(tiny, img2img):
     for batch in (1, 4):
         out = np.zeros((4, SIZE, SIZE, 3), np.uint8)
         generate_into(out, tiny, reqs, settings={**SETTINGS, "batch_size": batch, "strength": strength}, device=CPU,
-                      console=QUIET, label="t", init_images=init)
+                      console=QUIET, label="t", init_images=init, init_rows=_rows(init))
         outs[batch] = out
     assert len({outs[4][i].tobytes() for i in range(4)}) == 4, "the seeds give different images"
     assert np.abs(outs[1].astype(int) - outs[4].astype(int)).max() <= 1
     # the image of a seed is the same wherever it falls in the request table
     backwards = np.zeros((4, SIZE, SIZE, 3), np.uint8)
     generate_into(backwards, tiny, reqs.iloc[::-1].reset_index(drop=True), settings={**SETTINGS, "strength": strength},
-                  device=CPU, console=QUIET, label="t", init_images=None if init is None else init[::-1].copy())
+                  device=CPU, console=QUIET, label="t", init_images=None if init is None else init[::-1].copy(),
+                  init_rows=_rows(init))
     assert np.abs(backwards[::-1].astype(int) - outs[4].astype(int)).max() <= 1
 
 

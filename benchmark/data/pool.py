@@ -90,7 +90,11 @@ class DatasetPool:
             return train, None
         mix, ratio = self.cfg["augment"]["mix"], self.cfg["augment"]["ratio"]
         if ratio is not None:
-            extra = thin(extra, round(float(ratio) * len(train)), ctx.rng("augment-ratio"))
+            keep = round(float(ratio) * len(train))
+            if keep == 0:
+                raise ConfigError(f"augment.ratio {ratio} keeps no synthetic sample of a {len(train)}-sample training "
+                                  f"split; use at least {0.5 / len(train):.2g}")
+            extra = thin(extra, keep, ctx.rng("augment-ratio"))
         counts = synthetic_counts(extra) or {"n": 0, "by_plugin": {}, "by_group_label": {}}
         counts = {**counts, "generated": generated["n"], "mix": mix, "ratio": ratio,
                   "trained_on": 0 if mix == "real" else counts["n"]}

@@ -70,15 +70,18 @@ def make_pipeline(c: Components, *, sampler: str, img2img: bool, device: torch.d
 
 
 def generate_into(out: np.ndarray, c: Components, requests: pd.DataFrame, *, settings: dict[str, Any],
-                  device: torch.device, console: Console, label: str, init_images: np.ndarray | None = None) -> None:
+                  device: torch.device, console: Console, label: str, init_images: np.ndarray | None = None,
+                  init_rows: np.ndarray | None = None) -> None:
     """Sample one image per request row into `out` (uint8 (n, H, W, 3)), in batches.
 
-    With `init_images` (uint8, one per request row), image-to-image from them at
-    `settings["strength"]`; otherwise text-to-image at `out`'s size."""
+    With `init_images` (uint8) and `init_rows` (the row of `init_images` each request starts
+    from; read batch by batch, so several requests per source image cost no copies),
+    image-to-image at `settings["strength"]`; otherwise text-to-image at `out`'s size."""
     check_settings(settings)
     img2img = init_images is not None
-    if img2img and len(init_images) != len(requests):
-        raise DermbenchError(f"{label}: {len(requests)} requests but {len(init_images)} source images")
+    if img2img and (init_rows is None or len(init_rows) != len(requests)):
+        raise DermbenchError(f"{label}: {len(requests)} requests but "
+                             f"{'no' if init_rows is None else len(init_rows)} source rows")
     size = out.shape[1]
     pipe = make_pipeline(c, sampler=settings["sampler"], img2img=img2img, device=device)
     batch = int(settings["batch_size"])
@@ -93,7 +96,7 @@ def generate_into(out: np.ndarray, c: Components, requests: pd.DataFrame, *, set
                     "generator": [torch.Generator().manual_seed(s) for s in seeds[start:stop]],
                 }
                 if img2img:
-                    source = torch.from_numpy(np.ascontiguousarray(init_images[start:stop])).permute(0, 3, 1, 2)
+                    source = torch.from_numpy(np.array(init_images[np.asarray(init_rows[start:stop])])).permute(0, 3, 1, 2)
                     kwargs.update(image=source.float().div(255.0), strength=float(settings["strength"]))
                 else:
                     kwargs.update(height=size, width=size)
@@ -113,10 +116,11 @@ def requests_digest(requests: pd.DataFrame) -> str:
 
 def cached_generation(c: Components, requests: pd.DataFrame, *, weights: str, settings: dict[str, Any],
                       image_size: int, device: torch.device, console: Console, say: Callable[[str], None],
-                      label: str, init_images: np.ndarray | None = None, sources: str | None = None) -> Entry:
+                      label: str, init_images: np.ndarray | None = None, init_rows: np.ndarray | None = None,
+                      sources: str | None = None) -> Entry:
     """The generation of `requests` with the model whose identity is `weights`: from the cache,
-    or sampled now and stored. `sources` identifies `init_images` (e.g. a digest of the split
-    they come from) for image-to-image."""
+    or sampled now and stored. For image-to-image, request i starts from `init_images[init_rows[i]]`
+    and `sources` identifies them (e.g. a digest of the split and the rows)."""
     missing = [col for col in MANIFEST_COLUMNS if col not in requests]
     if missing:
         raise DermbenchError(f"{label}: generation requests lack column(s) {', '.join(missing)}")
@@ -130,7 +134,7 @@ def cached_generation(c: Components, requests: pd.DataFrame, *, weights: str, se
         out = np.lib.format.open_memmap(folder / IMAGES, mode="w+", dtype=np.uint8,
                                         shape=(len(requests), image_size, image_size, 3))
         generate_into(out, c, requests, settings=settings, device=device, console=console, label=label,
-                      init_images=init_images)
+                      init_images=init_images, init_rows=init_rows)
         out.flush()
         del out
         requests[list(MANIFEST_COLUMNS)].to_csv(folder / MANIFEST, index=False)
@@ -148,7 +152,7 @@ def resized_generation(entry: Entry, size: int, *, say: Callable[[str], None]) -
     def build(folder: Path) -> None:
         out = np.lib.format.open_memmap(folder / IMAGES, mode="w+", dtype=np.uint8, shape=(len(images), size, size, 3))
         for start in range(0, len(images), 256):
-            x = torch.from_numpy(np.ascontiguousarray(images[start:start + 256])).permute(0, 3, 1, 2).float()
+            x = torch.from_numpy(np.array(images[start:start + 256])).permute(0, 3, 1, 2).float()
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             out[start:start + 256] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         out.flush()
