@@ -54,9 +54,9 @@ name = "fedd"
 predict_needs_fit = True
 
 TINY: dict[str, Any] = {
-    "model": "tiny", "revision": None, "image_size": None, "block": 2, "t": 50, "noise_seed": 0, "dim": 512,
+    "model": "tiny", "revision": None, "image_size": 32, "block": 2, "t": 50, "noise_seed": 0, "dim": 512,
     "hidden": [64, 32], "dropout": [0.5, 0.25], "lr": 1e-3, "weight_decay": 1e-5, "max_epochs": 500,
-    "patience": 25, "feature_batch_size": 16, "tiny": dict(TINY_PIXEL),
+    "patience": 25, "feature_batch_size": 16, "tiny": {**TINY_PIXEL, "steps": 300, "batch_size": 16},
 }
 PAPER: dict[str, Any] = {**TINY, "model": None, "image_size": 256, "block": "auto", "t": 50}
 #: the paper's best decoder block per DDI fraction (section 4.2)

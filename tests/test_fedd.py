@@ -177,7 +177,7 @@ def test_settings_are_checked():
     assert fedd.dermbench_method_defaults(profile="paper")["fedd"]["image_size"] == 256
 
 
-FEDD_TINY = [*TINY_SETTINGS, "fedd.tiny.steps=20", "fedd.max_epochs=60", "seed=1313"]
+FEDD_TINY = [*TINY_SETTINGS, "fedd.image_size=16", "fedd.tiny.steps=20", "fedd.max_epochs=60", "seed=1313"]
 
 
 def command(out: Path, *extra: str) -> list[str]:

@@ -31,7 +31,7 @@ def test_the_t_grid_steps_by_50_below_the_schedule_length():
 
 @pytest.mark.slow
 def test_ablate_writes_a_table_json_and_heat_map(tmp_path):
-    sets = [*TINY_SETTINGS, "fedd.tiny.steps=10", "fedd.max_epochs=30"]
+    sets = [*TINY_SETTINGS, "fedd.image_size=16", "fedd.tiny.steps=10", "fedd.max_epochs=30"]
     argv = ["fedd", "ablate", "--device", "cpu", "--out", str(tmp_path), "--ts", "0", "100", "--blocks", "1", "4",
             *sum([["--set", s] for s in sets], [])]
     assert main(argv) == 0

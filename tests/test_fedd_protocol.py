@@ -161,7 +161,7 @@ def _run(tmp_path, *sets: str) -> dict:
 
     tiny = [s for s in TINY_SETTINGS if not s.startswith("data.options")]
     args = ["run", "--method", "fedd", "--device", "cpu", "--out", str(tmp_path),
-            *sum([["--set", s] for s in [*tiny, "fedd.tiny.steps=10", "fedd.max_epochs=40", *sets]], [])]
+            *sum([["--set", s] for s in [*tiny, "fedd.image_size=16", "fedd.tiny.steps=10", "fedd.max_epochs=40", *sets]], [])]
     assert main(args) == 0
     (run_dir,) = [p for p in tmp_path.iterdir() if (p / "metrics.json").is_file()]
     return json.loads((run_dir / "metrics.json").read_text())
@@ -186,3 +186,16 @@ def test_a_fedd_run_on_ddi(tmp_path, make_ddi):
     assert set(metrics["eval"]) == {"ddi", "ddi-rest"}
     assert metrics["eval"]["ddi"]["n"] == 30 and metrics["eval"]["ddi-rest"]["n"] == 240 - 180
     assert metrics["methods"]["fedd"]["published"]["roc_auc"] == 0.78
+
+
+@pytest.mark.slow
+def test_the_data_efficiency_curve_from_runs_at_two_fractions(tmp_path):
+    from dermbench.cli import main
+
+    options = "n_train: 40, n_val: 20, n_test: 20, n_test_ddi: 210, n_test_dermoscopic: 20"
+    for fraction in (5, 10):
+        _run(tmp_path / "runs" / str(fraction), f"data.options={{{options}, fedd_fraction: {fraction}}}")
+    assert main(["fedd", "curve", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "curve")]) == 0
+    text = (tmp_path / "curve" / "fedd-curve-synthderm-synthderm-ddi.md").read_text()
+    assert "| 5 | 1 |" in text and "| 10 | 1 |" in text
+    assert (tmp_path / "curve" / "fedd-curve-synthderm-synthderm-ddi-rest.png").read_bytes()[:4] == b"\x89PNG"

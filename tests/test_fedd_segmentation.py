@@ -64,7 +64,7 @@ def test_pixel_features_and_the_ensemble_learn_a_pixel_rule():
 
 @pytest.mark.slow
 def test_a_segmentation_run_records_iou_per_class_and_tone(tmp_path):
-    sets = [*TINY_SETTINGS, "fedd.tiny.steps=10", "fedd.max_epochs=30", "fedd.segmentation.enabled=true",
+    sets = [*TINY_SETTINGS, "fedd.image_size=16", "fedd.tiny.steps=10", "fedd.max_epochs=30", "fedd.segmentation.enabled=true",
             "fedd.segmentation.ensemble=2", "fedd.segmentation.epochs=1"]
     argv = ["run", "--method", "fedd", "--device", "cpu", "--out", str(tmp_path), *sum([["--set", s] for s in sets], [])]
     assert main(argv) == 0

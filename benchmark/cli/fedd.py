@@ -136,6 +136,82 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def curve_rows(roots: list[Path]) -> list[dict[str, Any]]:
+    """One row per finished FEDD run on the data-efficiency protocol and test set: dataset, fraction,
+    seed, test set, AUC and accuracy overall and per tone3 group."""
+    from dermbench.results.leaderboard import scan_runs  # noqa: PLC0415
+    from dermbench.results.records import METRICS_FILE, read_record  # noqa: PLC0415
+
+    rows = []
+    for run_dir in scan_runs(roots).finished:
+        record = read_record(run_dir / METRICS_FILE)
+        fraction = ((record.methods or {}).get("fedd") or {}).get("fedd_fraction")
+        if record.method != "fedd" or fraction is None:
+            continue
+        for test_set, ev in record.eval.items():
+            row = {"dataset": record.dataset, "fraction": int(fraction), "seed": record.seed, "test_set": test_set,
+                   "auc": ev.overall.get("auc"), "acc": ev.overall.get("acc")}
+            for group, metrics in ev.groups.get("tone3", {}).items():
+                row[f"auc {group}"] = metrics.get("auc")
+            rows.append(row)
+    return rows
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    """AUC against the training fraction (FEDD's data-efficiency curve) from finished run records."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import pandas as pd  # noqa: PLC0415
+
+    rows = curve_rows([Path(r) for r in args.runs])
+    if not rows:
+        raise ConfigError(f"no finished fedd run with data.options.fedd_fraction under {', '.join(args.runs)}")
+    frame = pd.DataFrame(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for (dataset, test_set), sub in frame.groupby(["dataset", "test_set"], sort=True):
+        columns = [c for c in ("auc", "auc A", "auc B", "auc C", "acc") if c in sub]
+        stats = sub.groupby("fraction")[columns].agg(["mean", "std", "count"])
+        lines = [f"# FEDD data-efficiency curve: `{dataset}`, test set `{test_set}`", "",
+                 f"Mean ± sd over seeds of finished `fedd` runs with `fedd_fraction` under {', '.join(args.runs)} "
+                 "(ROC-AUC; accuracy at the validation threshold). Regenerate with "
+                 f"`dermbench fedd curve --runs {' '.join(args.runs)} --out {args.out}`.", "",
+                 "| fraction (%) | seeds | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
+        for fraction, row in stats.iterrows():
+            cells = []
+            for c in columns:
+                mean, sd = row[(c, "mean")], row[(c, "std")]
+                cells.append("–" if mean != mean else (f"{mean:.3f}" + ("" if sd != sd else f" ± {sd:.3f}")))
+            lines.append(f"| {fraction} | {int(row[(columns[0], 'count')])} | " + " | ".join(cells) + " |")
+        if dataset == "ddi" and test_set == "ddi":
+            lines += ["", "FEDD's reported ROC-AUC (supplementary Fig. 2, as read from the author's thesis chapter; "
+                      "the main text gives no number): " + ", ".join(f"{f} %: {v}" for f, v in fedd.PAPER_AUC.items())
+                      + "; 81 % accuracy at 10 % (abstract)."]
+        stem = out / f"fedd-curve-{dataset}-{test_set}"
+        stem.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for c in [c for c in columns if c.startswith("auc")]:
+            ax.errorbar(stats.index, stats[(c, "mean")], yerr=stats[(c, "std")].fillna(0), marker="o", capsize=3,
+                        label=c.replace("auc", "AUC").replace("AUC ", "AUC tone "))
+        if dataset == "ddi" and test_set == "ddi":
+            ax.plot(list(fedd.PAPER_AUC), list(fedd.PAPER_AUC.values()), "k--", marker="s",
+                    label="FEDD paper (supp. Fig. 2)")
+        ax.set_xlabel("training fraction (%)")
+        ax.set_ylabel("ROC-AUC")
+        ax.set_title(f"{dataset}: {test_set}")
+        ax.set_xticks(sorted(stats.index))
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(stem.with_suffix(".png"), dpi=120)
+        plt.close(fig)
+        written += [stem.with_suffix(".md"), stem.with_suffix(".png")]
+    Console().print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("fedd", help="FEDD tools: the decoder block x t ablation")
     sub = parser.add_subparsers(dest="fedd_command", metavar="COMMAND")
@@ -156,4 +232,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="leaderboards/ablations", metavar="DIR", help="where the table, JSON and PNG go")
     p.add_argument("--name", help="file name without extension (default fedd-ablation-<dataset>)")
     p.set_defaults(func=cmd_ablate)
+    c = sub.add_parser("curve", help="AUC against the training fraction from fedd runs on the data-efficiency protocol",
+                       description="Reads finished `fedd` run records with data.options.fedd_fraction and writes a "
+                                   "markdown table and a plot per dataset and test set (with FEDD's published DDI "
+                                   "numbers beside DDI's).")
+    c.add_argument("--runs", nargs="+", required=True, metavar="DIR", help="directories holding run records")
+    c.add_argument("--out", default="leaderboards/ablations", metavar="DIR")
+    c.set_defaults(func=cmd_curve)
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)

@@ -135,7 +135,7 @@ def block_outputs(model: PixelModel, images: np.ndarray, *, t: int, noise_seed: 
     out: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
     try:
         for start in range(0, len(images), batch_size):
-            x0 = to_pixels(images[start:start + batch_size], device)
+            x0 = to_pixels(np.array(images[start:start + batch_size]), device)  # a writable copy of a memmap
             steps_t = torch.full((len(x0),), int(t), dtype=torch.long, device=device)
             xt = model.scheduler.add_noise(x0, noise.expand_as(x0), steps_t)
             with autocast(device):
