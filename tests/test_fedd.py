@@ -226,3 +226,24 @@ def test_a_multiclass_task_is_refused(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="binary"):
         fedd.fit(ctx=Ctx(), model=None, train=Three(), val=Three())
+
+
+def test_a_pretrained_unet_loads_from_a_folder_in_either_layout(tmp_path, monkeypatch):
+    from dermbench.diffusion.pixel import load_pixel_model, pixel_model
+
+    unet = tiny_unet(SIZE, channels=[8, 16, 16], layers_per_block=1, seed=0)
+    unet.save_pretrained(tmp_path / "pipeline" / "unet")
+    default_scheduler().save_pretrained(tmp_path / "pipeline" / "scheduler")
+    unet.save_pretrained(tmp_path / "bare")
+    for folder in ("pipeline", "bare"):
+        loaded = pixel_model(str(tmp_path / folder), train_images=None, tiny=None, revision=None, device=CPU,
+                             console=QUIET, say=lambda _m: None)
+        assert loaded.source["kind"] == "pretrained" and loaded.identity.startswith("folder:")
+        assert not any(p.requires_grad for p in loaded.unet.parameters())
+        for name, tensor in unet.state_dict().items():
+            assert torch.equal(loaded.unet.state_dict()[name], tensor)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_pixel_model(str(tmp_path / "absent"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(Exception, match="huggingface-cli download"):
+        load_pixel_model("someone/not-a-cached-model")
