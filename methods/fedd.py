@@ -385,6 +385,10 @@ def train_pixel_ensemble(features: torch.Tensor, masks: np.ndarray, *, classes: 
                             for i in range(n)])
         x, y = torch.gather(x, 1, pick.unsqueeze(-1).expand(-1, -1, channels)), torch.gather(y, 1, pick)
     x, y = x.reshape(-1, channels), y.reshape(-1)
+    labelled = y < classes  # 255: not annotated (real masks)
+    x, y = x[labelled], y[labelled]
+    if len(y) < 2:
+        raise DermbenchError(f"{name}: the training masks have no annotated pixel to train the segmentation probes on")
     members = []
     for k in range(int(settings["ensemble"])):
         generator = torch.Generator().manual_seed(seed_for(seed, f"pixel-mlp-{k}"))
@@ -421,15 +425,18 @@ def segment(members: list[PixelMLP], features: torch.Tensor, *, chunk: int = 655
 
 def iou_scores(pred: np.ndarray, truth: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
     """IoU of every class over all pixels of the set (intersection / union of the set's pixels; None
-    where a class is in neither), their mean over the classes with a union ("miou"), and "lesion"."""
+    where a class is in neither), their mean over the classes with a union ("miou"), and "lesion".
+    Pixels whose truth is not a class id (255: not annotated) are left out; "n" counts the images
+    with at least one annotated pixel."""
     iou: dict[str, float | None] = {}
+    annotated = truth < len(classes)
     for c, cls in enumerate(classes):
-        p, t = pred == c, truth == c
+        p, t = (pred == c) & annotated, truth == c
         union = int((p | t).sum())
         iou[cls] = None if union == 0 else float((p & t).sum()) / union
     defined = [v for v in iou.values() if v is not None]
     return {"miou": float(np.mean(defined)) if defined else None, "lesion": iou.get("lesion"), "iou": iou,
-            "n": int(len(pred))}
+            "n": int(annotated.reshape(len(truth), -1).any(axis=1).sum())}
 
 
 def segmentation(ctx, settings: dict, model: PixelModel, size: int, probe_seed: int) -> dict[str, Any]:

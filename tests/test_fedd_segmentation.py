@@ -92,3 +92,79 @@ def test_a_segmentation_run_records_iou_per_class_and_tone(tmp_path):
     assert main(["leaderboard", "--runs", str(tmp_path), "--out", str(board), "--check"]) == 0
     (board / "synthderm-segmentation.md").write_text(text.replace("fedd", "fed"))
     assert main(["leaderboard", "--runs", str(tmp_path), "--out", str(board), "--check"]) == 1
+
+
+def test_iou_leaves_out_pixels_that_are_not_annotated():
+    truth = np.array([[[2, 2, 255], [1, 1, 255]]], dtype=np.uint8)
+    pred = np.array([[[2, 1, 2], [1, 1, 2]]], dtype=np.uint8)
+    scores = fedd.iou_scores(pred, truth, CLASSES)
+    # the 255 column is ignored: lesion pred {0}, truth {0,1}: 1 / 2; skin pred {1,3,4}, truth {3,4}: 2 / 3
+    assert scores["iou"]["lesion"] == pytest.approx(1 / 2) and scores["iou"]["skin"] == pytest.approx(2 / 3)
+    blank = fedd.iou_scores(pred, np.full_like(truth, 255), CLASSES)
+    assert blank["n"] == 0 and blank["miou"] is None
+
+
+def test_ddi_masks_load_from_a_folder_of_label_maps(make_ddi, tmp_path):
+    from PIL import Image
+
+    from dermbench.datasets.ddi import DDI
+    from dermbench.errors import DataError
+
+    tree = make_ddi(n=6)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    label = np.ones((8, 8), dtype=np.uint8)
+    label[2:6, 2:6] = 2
+    label[0, :] = 4
+    Image.fromarray(label, mode="L").save(masks / "000001.png")
+    ddi = DDI(tree.root, masks_dir=str(masks))
+    split = ddi.load(task="malignant", split="test", image_size=4)
+    assert split.masks.shape == (6, 4, 4) and split.meta["mask_classes"][2] == "lesion"
+    first = list(split.table["image"]).index("000001.png")
+    np.testing.assert_array_equal(split.masks[first], label[1::2, 1::2])  # nearest neighbour, 8 -> 4 px
+    others = [i for i in range(6) if i != first]
+    assert (split.masks[others] == 255).all()  # no mask file: not annotated
+    assert ddi.fingerprint()["digest"] != DDI(tree.root).fingerprint()["digest"]
+    assert DDI(tree.root).load(task="malignant", split="test", image_size=4).masks is None
+    Image.fromarray(np.full((8, 8), 7, dtype=np.uint8), mode="L").save(masks / "000002.png")
+    with pytest.raises(DataError, match=r"label\(s\) \[7\]"):
+        ddi.load(task="malignant", split="test", image_size=4)
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(masks / "000002.png")
+    with pytest.raises(DataError, match="mode RGB"):
+        ddi.load(task="malignant", split="test", image_size=4)
+
+
+def test_unannotated_pixels_are_not_trained_on():
+    feats = torch.randn(2, 4, 3, 3, dtype=torch.float32).half()
+    masks = np.full((2, 3, 3), 255, dtype=np.uint8)
+    masks[0, 0, :2] = (1, 2)
+    settings = {**fedd.SEGMENTATION_TINY, "ensemble": 1, "epochs": 1, "batch_size": 8}
+    assert len(fedd.train_pixel_ensemble(feats, masks, classes=5, settings=settings, seed=0)) == 1
+    with pytest.raises(Exception, match="no annotated pixel"):
+        fedd.train_pixel_ensemble(feats, np.full_like(masks, 255), classes=5, settings=settings, seed=0)
+
+
+@pytest.mark.slow
+def test_a_segmentation_run_on_ddi_with_label_map_masks(make_ddi, tmp_path):
+    from PIL import Image
+
+    tree = make_ddi(n=240)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in range(1, 241, 2):  # half the images annotated: skin with a lesion square
+        label = np.ones((8, 8), dtype=np.uint8)
+        label[2 + i % 3:5 + i % 3, 2:6] = 2
+        Image.fromarray(label, mode="L").save(masks / f"{i:06d}.png")
+    tiny = [s for s in TINY_SETTINGS if not s.startswith("data.options")]
+    sets = [*tiny, "fedd.image_size=16", "fedd.tiny.steps=5", "fedd.max_epochs=20", "fedd.segmentation.enabled=true",
+            "fedd.segmentation.ensemble=2", "fedd.segmentation.epochs=2", "dataset=ddi", f"data.root={tree.root}",
+            f"data.options={{fedd_fraction: 20, masks_dir: {masks}}}"]
+    argv = ["run", "--method", "fedd", "--device", "cpu", "--out", str(tmp_path / "runs"),
+            *sum([["--set", s] for s in sets], [])]
+    assert main(argv) == 0
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if (p / "metrics.json").is_file()]
+    seg = json.loads((run_dir / "metrics.json").read_text())["methods"]["fedd"]["segmentation"]
+    assert set(seg["test_sets"]) == {"ddi", "ddi-rest"}
+    ddi = seg["test_sets"]["ddi"]
+    assert 0 < ddi["overall"]["n"] < 30  # only the annotated images count
+    assert ddi["overall"]["iou"]["marker"] in (None, 0.0) and ddi["overall"]["lesion"] is not None  # no marker in truth
