@@ -96,6 +96,8 @@ PAPER_SETTINGS: dict[str, Any] = {
     "per_class": None, "sampler": "ddpm", "steps": 250, "batch_size": 64,
 }
 SAMPLER_KEYS = ("sampler", "steps", "cfg_scale", "classifier_scale", "batch_size")
+#: bump when the sampling code changes what a generation holds (2: classifier guidance steps x0, not epsilon)
+SAMPLER_VERSION = 2
 
 
 @hookimpl
@@ -252,7 +254,8 @@ def augment(ctx, train):
     guidance = joint.classifier if float(hp["classifier_scale"]) > 0 else None
     weights = f"{joint.vae_identity}+{name}:{joint.entry.key}"
     material = {"weights": weights, "requests": requests_digest(requests), "n": len(requests), "settings": sampler,
-                "image_size": joint.size, "device": ctx.device.type, "sources": None, "model": "classndiff-dit"}
+                "image_size": joint.size, "device": ctx.device.type, "sources": None, "model": "classndiff-dit",
+                "sampler_version": SAMPLER_VERSION}
 
     def build(folder):
         out = np.lib.format.open_memmap(folder / IMAGES, mode="w+", dtype=np.uint8,

@@ -257,19 +257,20 @@ def train_joint(dit: DiTTransformer2DModel, classifier: LatentClassifier, schedu
 
 def guided_epsilon(dit: DiTTransformer2DModel, scheduler: DDPMScheduler, z_t: torch.Tensor, t: torch.Tensor,
                    cond: torch.Tensor, labels: torch.Tensor, *, cfg_scale: float, classifier: LatentClassifier | None,
-                   classifier_scale: float) -> torch.Tensor:
-    """The epsilon a sampler steps with.
+                   classifier_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The epsilon a sampler steps with and the latent it steps from.
 
     Classifier-free guidance (cfg_scale != 1): eps_u + s (eps_c - eps_u), eps_u from the null id.
 
     Classifier guidance (classifier_scale > 0; our reading of the paper's "the classifier guides
     image generation", which the authors' code never applies): the integrated classifier was
     trained on clean latents and on the DiT's denoised predictions, not on noisy z_t, so it
-    guides the denoised prediction: x0_hat <- x0_hat + s * grad_{x0_hat} log p(y | x0_hat), and
-    the epsilon is recomputed from it, eps' = eps - sqrt(abar_t) / sqrt(1 - abar_t) * s * grad.
-    (Dhariwal & Nichol's form, eps - sqrt(1 - abar_t) s grad_{z_t} log p(y | z_t), needs a
-    classifier of noisy latents; through x0_hat(z_t) it moves x0 by s (1 - abar_t) / abar_t
-    times the gradient, which diverges at large t.)"""
+    guides the denoised prediction: x0_hat <- x0_hat + s * grad_{x0_hat} log p(y | x0_hat),
+    with epsilon kept, i.e. the step starts from z_t + sqrt(abar_t) * s * grad. (Dhariwal &
+    Nichol's eps - sqrt(1 - abar_t) s grad_{z_t} log p(y | z_t) needs a classifier of noisy
+    latents; taken through x0_hat(z_t) it moves x0 by s (1 - abar_t) / abar_t times the gradient,
+    which diverges at large t, and recomputing epsilon from a moved x0 with z_t fixed cancels
+    almost all of the move in a DDIM step.)"""
     with torch.no_grad():
         if cfg_scale != 1.0:
             both = dit(torch.cat([z_t, z_t]), timestep=torch.cat([t, t]),
@@ -279,13 +280,13 @@ def guided_epsilon(dit: DiTTransformer2DModel, scheduler: DDPMScheduler, z_t: to
         else:
             eps = dit(z_t, timestep=t, class_labels=cond).sample.float()
     if classifier is None or classifier_scale <= 0:
-        return eps
+        return eps, z_t
     with torch.enable_grad():
         x0 = predicted_x0(scheduler, z_t.float(), eps, t).detach().requires_grad_(True)
         log_p = classifier.log_probs(x0).gather(1, labels.view(-1, 1)).sum()
         grad = torch.autograd.grad(log_p, x0)[0]
     abar = scheduler.alphas_cumprod.to(z_t.device)[t].float().view(-1, 1, 1, 1)
-    return eps - (abar.sqrt() / (1 - abar).sqrt()) * classifier_scale * grad
+    return eps, z_t + abar.sqrt() * classifier_scale * grad
 
 
 def sample_latents(dit: DiTTransformer2DModel, train_scheduler: DDPMScheduler, cond: torch.Tensor, labels: torch.Tensor,
@@ -308,10 +309,10 @@ def sample_latents(dit: DiTTransformer2DModel, train_scheduler: DDPMScheduler, c
         classifier.eval()
     for t in scheduler.timesteps:
         tt = torch.full((len(z),), int(t), device=device, dtype=torch.long)
-        eps = guided_epsilon(dit, train_scheduler, z, tt, cond, labels, cfg_scale=cfg_scale, classifier=classifier,
-                             classifier_scale=classifier_scale)
+        eps, z_in = guided_epsilon(dit, train_scheduler, z, tt, cond, labels, cfg_scale=cfg_scale,
+                                   classifier=classifier, classifier_scale=classifier_scale)
         kwargs = {"generator": generators} if sampler == "ddpm" else {"eta": 0.0}
-        z = scheduler.step(eps, t, z, **kwargs).prev_sample
+        z = scheduler.step(eps, t, z_in, **kwargs).prev_sample
     if not torch.isfinite(z).all():
         raise DermbenchError("Class-N-Diff: the sampler produced non-finite latents")
     return z
