@@ -49,6 +49,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from dermbench.data.generated import IMAGES, MANIFEST, MANIFEST_COLUMNS
@@ -279,8 +280,21 @@ def augment(ctx, train):
         "generation": {**generation.info(), "n": len(requests), "per_cell": per_cell, "image_size": joint.size,
                        **sampler},
         "quality": measure_quality(ctx, name, train=train, synthetic=synthetic),
+        "latent_classifier_val": latent_validation(ctx, joint),
     })
     return synthetic
+
+
+def latent_validation(ctx, joint: JointModel) -> dict[str, Any]:
+    """The joint latent classifier on the validation split (whichever classifier the run uses):
+    accuracy of its argmax and, for binary tasks, its AUC."""
+    val = ctx.load_split(ctx.config["dataset"], "val", image_size=joint.size)
+    probs = LatentModel(joint.vae, joint.classifier, size=joint.size, scaling=joint.scaling).proba(val.images, ctx.device)
+    labels = val.labels
+    out: dict[str, Any] = {"n": len(val), "acc": round(float((probs.argmax(1) == labels).mean()), 4)}
+    if probs.shape[1] == 2 and 0 < labels.sum() < len(labels):
+        out["auc"] = round(float(roc_auc_score(labels, probs[:, 1])), 4)
+    return out
 
 
 class LatentModel(nn.Module):

@@ -53,6 +53,7 @@ def test_erm_path_trains_on_real_plus_class_balanced_synthetic_images(tmp_path):
     assert rec["joint"]["conditions"] == 2 and rec["joint"]["hit"] is False
     assert rec["generation"]["n"] == 24 and rec["generation"]["classifier_scale"] == 0.0
     assert {"fid", "ms_ssim", "fidelity"} <= set(rec["quality"])
+    assert rec["latent_classifier_val"]["n"] == 60 and 0.0 <= rec["latent_classifier_val"]["auc"] <= 1.0
     assert (result.run_dir.path / "sample_grid.png").is_file()
     manifest = read_manifest(rec["generation"]["path"])
     assert (manifest.groupby("label").size() == 12).all()
