@@ -98,7 +98,7 @@ def test_synthetic_samples_train_the_model_but_never_reach_the_test_sets(tmp_pat
         "by_plugin": {"synthaug": 60},
         "by_group_label": {"A": {"benign": 0, "malignant": 15}, "B": {"benign": 15, "malignant": 0},
                            "C": {"benign": 15, "malignant": 15}},
-        "generated": 60, "mix": "real+syn", "ratio": None, "trained_on": 60,
+        "generated": 60, "mix": "real+syn", "trained_on": 60,  # ratio null is left out of the record
     }
     run = result.run_dir.path
     assert json.loads((run / "metrics.json").read_text())["synthetic"] == m["synthetic"]
