@@ -26,13 +26,7 @@ N_IMAGES, SOURCE_PX, SIZE, BATCH = 500, 256, 64, 64
 _results: dict[str, float] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tensor conversion on one thread: torch's spinning thread pool measures CPU contention, not I/O."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/perf/conftest.py
 
 
 @pytest.fixture(scope="module")

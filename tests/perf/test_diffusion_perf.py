@@ -31,12 +31,7 @@ _results: dict[str, float] = {}
 _images: dict[str, np.ndarray] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/perf/conftest.py
 
 
 @pytest.fixture(scope="module")

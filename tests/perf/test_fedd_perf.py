@@ -21,12 +21,7 @@ CPU = torch.device("cpu")
 _results: dict[str, float] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/perf/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -46,12 +46,7 @@ N_SCORES, N_TENSORS = 10_000_000, 20
 _results: dict[str, float] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/perf/conftest.py
 
 
 @pytest.fixture(scope="module")
