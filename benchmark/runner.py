@@ -19,6 +19,7 @@ from dermbench.data.pool import DatasetPool
 from dermbench.errors import DataError, DermbenchError
 from dermbench.evaluation.evaluate import evaluate_split, threshold_from_validation
 from dermbench.evaluation.thresholds import parse_rule
+from dermbench.evaluation.tone_sources import measured_confusion
 from dermbench.files import write_json, write_text
 from dermbench.hookchecks import check_model, check_predict_before_fit, hooks_answered, predict_checked
 from dermbench.plugins import make_manager
@@ -26,6 +27,7 @@ from dermbench.results.records import CHECKPOINTS, RecordError, RunDir, environm
 from dermbench.results.report import write_report
 from dermbench.tone import fill_missing_tones
 from dermbench.tone.detector import detector_fingerprint
+from dermbench.tone.sources import tone_views
 from dermbench.train.weights import save_weights
 
 
@@ -172,9 +174,14 @@ def _execute(run: RunDir, cfg: dict, datasets: DatasetPool, fingerprint: dict, *
     val_prob = predict_checked(pm, ctx, model, val)
     threshold = threshold_from_validation(cfg["eval"]["threshold"], val.labels, val_prob)
     evaluations = {}
+    # every source's tones per test set; estimator errors measured on the annotated sets (docs/tone.md)
+    views = {name: tone_views(split, detector=cfg["data"]["tone_detector"], device=ctx.device)
+             for name, split in tests.items()}
+    confusion = measured_confusion(views)
     for name, split in tests.items():
         prob = predict_checked(pm, ctx, model, split)
-        evaluations[name], predictions = evaluate_split(split, prob, threshold=threshold, cfg=cfg)
+        evaluations[name], predictions = evaluate_split(split, prob, threshold=threshold, cfg=cfg, views=views[name],
+                                                        confusion=confusion)
         write_text(run.file(f"{PREDICTIONS}/{name}.csv"), predictions.to_csv(index=False))
     metrics = {
         "run_id": run_id, "method": cfg["method"], "dataset": cfg["dataset"], "task": cfg["task"], "seed": cfg["seed"],

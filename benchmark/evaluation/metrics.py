@@ -747,3 +747,26 @@ def fairness_report(*, y_true: Any, y_prob: Any, groups: Mapping[str, Any] | pd.
                           "overall: all samples",
         }
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# resamples for callers that combine groups their own way (tone_sources: signed gaps)
+
+
+def group_metric_samples(*, y_true: Any, y_prob: Any, rows: np.ndarray, threshold: float | None = None,
+                         n_boot: int, seed: int, key: Sequence[str],
+                         class_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Bootstrap samples, (n_boot,) per metric of METRICS[1:], of the samples `rows`, resampled
+    within themselves from the stream spawned_rng(seed, *key). With key (scheme, group) these are
+    exactly the resamples fairness_report draws for that group's intervals, so a difference of
+    two groups' samples is consistent with the intervals the record already holds."""
+    n_boot = _check_int("n_boot", n_boot, 1)
+    inp = prepare_inputs(y_true=y_true, y_prob=y_prob, threshold=threshold, class_names=class_names)
+    sl = _make_slice(inp, np.asarray(rows, dtype=np.int64))
+    boot = _bootstrap(inp, sl, n_boot, spawned_rng(int(seed), *key))
+    return {name: boot[name] for name in METRICS[1:]}
+
+
+def percentile_interval(samples: np.ndarray) -> tuple[list[float] | None, int]:
+    """The CI_LEVEL percentile interval over the defined (non-NaN) samples, and how many were NaN."""
+    return _interval(samples)

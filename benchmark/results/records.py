@@ -15,6 +15,11 @@ Schema versions:
         `schema_version` field was added (e.g. those committed in leaderboards/records) have
         no such field and are read as version 1. A record with a newer version than
         SCHEMA_VERSION is refused with a RecordError: this dermbench cannot know its shape.
+    2   adds two optional fields per test set: `eval.<set>.tone_sources` (the same predictions
+        scored with each tone source's groups, or the estimators' misassignment propagated into
+        the gaps' intervals) and `eval.<set>.ita_curve` (AUC and TPR per equal-count ITA bin).
+        Version 1 records have neither and still read; reports and leaderboards say the
+        sections are absent.
 Extending the record means adding a field here (optional, so older records still read);
 renaming or changing a field means a new schema version.
 """
@@ -49,7 +54,7 @@ LOCK_FILE = ".lock"
 #: where the trainer keeps resume checkpoints inside a run folder
 CHECKPOINTS = Path("work") / "checkpoints"
 #: the version new records are written with, and the newest this module reads
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class RecordError(DataError):
@@ -219,6 +224,112 @@ class ToneEstimation(_Struct):
     agreement_on_annotated: ToneAgreement | None = None
 
 
+class SignedGaps(_Struct, kw_only=True):
+    """value(pair[0]) - value(pair[1]) per metric (tpr, fpr, tnr, auc, acc): the lightest minus the
+    darkest group, so the sign says which group is better off; `reason` when a pair group is empty."""
+
+    pair: list[str]
+    values: dict[str, float | None]
+    ci: dict[str, Interval] | None = None
+    reason: str | None = None
+
+
+class ToneAgreementMatrix(_Struct):
+    """An estimator's tone3 against the annotated one: counts[i][j] = rows annotated groups[i] and
+    estimated estimates[j] ("none": no estimate)."""
+
+    n: int
+    n_no_estimate: int
+    tone3_accuracy: float | None
+    groups: list[str]
+    estimates: list[str]
+    counts: list[list[int]]
+
+
+class SourceScores(_Struct, kw_only=True):
+    """One tone source's scores of a test set's predictions (the shape of the main entry's blocks)."""
+
+    n_assigned: dict[str, int]
+    groups: dict[str, dict[str, MetricBlock]]
+    fairness: dict[str, Fairness]
+    signed: dict[str, SignedGaps]
+    ci: dict[str, dict[str, Interval]] | None = None
+    agreement: ToneAgreementMatrix | None = None
+
+
+class MeasuredConfusion(_Struct):
+    """An estimator's tone3 confusion pooled over the run's annotated test sets: counts[i][j] = rows
+    annotated groups[i] and estimated groups[j]."""
+
+    measured_on: list[str]
+    n: int
+    groups: list[str]
+    counts: list[list[int]]
+
+
+class PropagatedValue(_Struct, kw_only=True):
+    """A gap with its interval from resampling alone and with tone misassignment added; for a signed
+    gap, the share of replicates with the opposite sign."""
+
+    value: float | None
+    ci_sampling: Interval = None
+    ci_propagated: Interval = None
+    opposite_sign_sampling: float | None = None
+    opposite_sign_propagated: float | None = None
+
+
+class Misassignment(_Struct, kw_only=True):
+    """A test set without annotated tones: its tone3 gaps with the estimators' measured confusion
+    propagated (evaluation/tone_sources.propagate_misassignment); `reason` when nothing could be."""
+
+    scheme: str
+    pair: list[str]
+    seed: int
+    replicates: int
+    redrawn: dict[str, int]
+    kept: int
+    confusion: dict[str, MeasuredConfusion]
+    gaps: dict[str, PropagatedValue] | None = None
+    signed: dict[str, PropagatedValue] | None = None
+    reason: str | None = None
+
+
+class ToneSources(_Struct, kw_only=True):
+    """Tone-source sensitivity of one test set (schema 2). annotated: whether it has annotated tones;
+    then `sources` ({source: scores}, "annotated" the reference) and `skipped` ({source: why});
+    else `misassignment`."""
+
+    annotated: bool
+    reference: str | None = None
+    sources: dict[str, SourceScores] | None = None
+    skipped: dict[str, str] | None = None
+    misassignment: Misassignment | None = None
+
+
+class ItaBin(_Struct, kw_only=True):
+    """One equal-count ITA bin: its ITA range and median (degrees), size, and AUC and TPR."""
+
+    lo: float
+    hi: float
+    median: float
+    n: int
+    positives: int | None = None
+    auc: float | None
+    tpr: float | None
+    ci: dict[str, Interval] | None = None
+
+
+class ItaCurve(_Struct, kw_only=True):
+    """AUC and TPR along ITA (schema 2): bins by ascending ITA (darker first); `reason` when none."""
+
+    n_bins: int
+    n_unresolved: int
+    n_boot: int
+    seed: int
+    bins: list[ItaBin]
+    reason: str | None = None
+
+
 class TestSetEval(_Struct, kw_only=True):
     """One test set's result (fairness_report's output plus the tone facts the runner adds).
 
@@ -244,6 +355,9 @@ class TestSetEval(_Struct, kw_only=True):
     bootstrap: Bootstrap | None = None
     tone_source: dict[str, int]
     tone_estimation: ToneEstimation | None = None
+    #: schema 2: tone-source sensitivity and AUC/TPR along ITA (absent from version 1 records)
+    tone_sources: ToneSources | None = None
+    ita_curve: ItaCurve | None = None
 
 
 class Synthetic(_Struct):

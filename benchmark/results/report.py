@@ -33,6 +33,8 @@ from dermbench.results.records import (
     ToneEstimation,
     read_record,
 )
+from dermbench.results.tone_plots import draw_curves, line_of_curve
+from dermbench.results.tone_sections import ITA_PLOT, ToneSection, ita_curve_section, tone_source_section
 
 REPORT_FILE = "report.md"
 GROUP_METRICS = ("n", "acc", "bacc", "tpr", "tnr", "f1", "auc", "ece")
@@ -59,6 +61,11 @@ class TestSetReport:
     excluded: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    #: record schema 2: tone-source sensitivity and AUC/TPR along ITA (absent sections say so)
+    tone_sources: ToneSection = field(default_factory=ToneSection)
+    ita_curve: ToneSection = field(default_factory=ToneSection)
+    #: the run-folder plot of the ITA curves, when this test set has one
+    ita_plot: str | None = None
 
 
 @dataclass
@@ -284,7 +291,7 @@ def tone_estimation_text(estimation: ToneEstimation | None) -> str | None:
     return text
 
 
-def _test_set_report(run_dir: Path, name: str, test_eval: TestSetEval) -> TestSetReport:
+def _test_set_report(run_dir: Path, name: str, test_eval: TestSetEval, schema_version: int = 1) -> TestSetReport:
     """One test set's section: summary, per-group tables, fairness, confusion matrices, exclusions, flags."""
     section = TestSetReport(name)
     threshold = test_eval.threshold
@@ -303,6 +310,10 @@ def _test_set_report(run_dir: Path, name: str, test_eval: TestSetEval) -> TestSe
                         for reason, count in reasons.items()]
     section.flags = [f"{f.where}: {f.message} ({f.code})" for f in test_eval.flags]
     section.missing = _missing_lines(test_eval.missing)
+    section.tone_sources = tone_source_section(test_eval, schema_version)
+    section.ita_curve = ita_curve_section(test_eval, schema_version)
+    if test_eval.ita_curve is not None and test_eval.ita_curve.bins:
+        section.ita_plot = ITA_PLOT
     _add_confusion(section, run_dir / "predictions" / f"{name}.csv", test_eval)
     return section
 
@@ -354,7 +365,8 @@ def build_report(run_dir: str | Path) -> RunReport:
         ("threshold rule", str(record.threshold_rule)),
         ("total time", f"{fmt(record.timing.total_s, 1)} s"),
     ], columns=["field", "value"])
-    sections = [_test_set_report(run_dir, name, test_eval) for name, test_eval in record.eval.items()]
+    sections = [_test_set_report(run_dir, name, test_eval, record.schema_version)
+                for name, test_eval in record.eval.items()]
     methods = [_method_report(name, values, record, run_dir) for name, values in (record.methods or {}).items()]
     return RunReport(run_dir, record.run_id, header, notes, sections, excluded=_run_exclusions(record), methods=methods)
 
@@ -580,6 +592,13 @@ def render_markdown(report: RunReport) -> str:
             lines += ["", *[f"- {note}" for note in section.confusion_notes]]
         for title, table in confusion_tables(section):
             lines += ["", f"#### {title}", "", _markdown(table)]
+        for title, tone in (("Tone-source sensitivity", section.tone_sources),
+                            ("Fairness along continuous tone (ITA)", section.ita_curve)):
+            lines += ["", f"### {title}", "", *[f"- {line}" for line in tone.lines]]
+            for table_title, table in tone.tables:
+                lines += ["", f"#### {table_title}", "", _markdown(table)]
+        if section.ita_plot:
+            lines += ["", f"![AUC and TPR along ITA]({section.ita_plot})"]
         lines += ["", "### Excluded samples", ""] + ([f"- {e}" for e in section.excluded] or ["- none"])
         lines += ["", "### Flags", ""] + ([f"- {f}" for f in section.flags] or ["- none"])
         if section.missing:
@@ -637,6 +656,14 @@ def print_report(report: RunReport, console: Console) -> None:
             _note(console, note)
         for title, table in confusion_tables(section):
             console.print(_rich_table(table, title=f"confusion: {title}"))
+        for title, tone in (("tone-source sensitivity", section.tone_sources),
+                            ("fairness along ITA", section.ita_curve)):
+            for line in tone.lines:
+                _note(console, f"{title}: {line}")
+            for table_title, table in tone.tables:
+                console.print(_rich_table(table, title=f"{title}: {table_title}"))
+        if section.ita_plot:
+            _note(console, f"ITA curves: {report.run_dir / section.ita_plot}")
         if section.excluded:
             _note(console, "excluded: " + "; ".join(section.excluded))
         for flag in section.flags:
@@ -652,7 +679,19 @@ def write_report(run_dir: str | Path, output: str | Path | None = None,
     if console is not None:
         print_report(report, console)
     path = Path(output) if output else Path(run_dir) / REPORT_FILE
+    write_ita_plot(Path(run_dir))
     write_text(path, render_markdown(report))  # atomic, and a full disk or read-only folder is named
     return path
 
 
+def write_ita_plot(run_dir: Path) -> Path | None:
+    """Draw the run's AUC and TPR along ITA (one row per test set with a curve) as ITA_PLOT in the run
+    folder; None (nothing drawn) for a record without curves."""
+    record = read_record(run_dir / METRICS_FILE)
+    panels = {name: [line_of_curve(record.method, e.ita_curve)] for name, e in record.eval.items()
+              if e.ita_curve is not None and e.ita_curve.bins}
+    if not panels:
+        return None
+    path = run_dir / ITA_PLOT
+    draw_curves(panels, path, f"run {record.run_id}: AUC and TPR along ITA", "95% bootstrap CI per bin")
+    return path

@@ -32,6 +32,10 @@ TONE_ESTIMATORS = ("annotated", "ita", "detector")
 #: columns fill_missing_tones adds for the rows it estimates (NaN elsewhere)
 ITA_COLUMN = "ita_estimate"  # measured ITA in degrees (a dataset's own "ita" column is left alone)
 CONFIDENCE_COLUMN = "tone_confidence"  # the detector's probability of the tone3 it chose
+#: columns for every row an estimator looked at (estimated rows and the annotated rows it was checked
+#: on), so tone-source scoring (tone/sources.py) reuses them instead of measuring the images again
+ITA_MEASURED = "ita_measured"  # ITA in degrees (NaN: not measured, or too little skin)
+DETECTOR_TONE3 = "tone3_detector"  # the detector's tone3 (None: not run on this row)
 
 
 def fill_missing_tones(split: Split, *, source: str, detector: Path | str | None = None, device=None) -> Split:
@@ -77,6 +81,10 @@ def _fill_by_ita(split: Split, table: pd.DataFrame, missing: np.ndarray, meta: d
     if ITA_COLUMN not in table:
         table[ITA_COLUMN] = np.nan
     table.loc[missing, ITA_COLUMN] = ita_missing
+    measured = np.concatenate([missing, check]).astype(np.int64)
+    if ITA_MEASURED not in table:
+        table[ITA_MEASURED] = np.nan
+    table.loc[table.index[measured], ITA_MEASURED] = ita
     table.loc[rows, "fst"] = fst[ok]
     table.loc[rows, "tone_source"] = "ita"
     skin = skin_class_of(split)
@@ -119,6 +127,10 @@ def _fill_by_detector(split: Split, table: pd.DataFrame, missing: np.ndarray, me
     prob = model.predict_proba(np.asarray(split.images[rows]), device=device)
     pred = np.array(TONE3, dtype=object)[prob.argmax(1)]
     table = table.copy()
+    if DETECTOR_TONE3 not in table:
+        table[DETECTOR_TONE3] = None
+    table[DETECTOR_TONE3] = table[DETECTOR_TONE3].astype(object)
+    table.loc[table.index[rows], DETECTOR_TONE3] = pred
     n = len(missing)
     if n:
         table.loc[missing, "tone3"] = pred[:n]
