@@ -29,6 +29,8 @@ import pandas as pd
 from dermbench.config import data_digests, settings_digest, with_data
 from dermbench.data.groups import GROUP_ORDER
 from dermbench.results.formatting import DECIMALS, MISSING, fmt
+from dermbench.results.leaderboard_tone import PREFIXES as TONE_PREFIXES
+from dermbench.results.leaderboard_tone import flatten_tone, ita_lines, tone_section
 from dermbench.results.records import (
     DONE,
     FAIRNESS_VALUES,
@@ -38,6 +40,7 @@ from dermbench.results.records import (
     TestSetEval,
     read_record,
 )
+from dermbench.results.tone_plots import CurveLine, draw_curves
 
 DONE_MARKER = DONE
 # Files only a run directory holds: a directory with one of these is a run (finished or not).
@@ -159,6 +162,7 @@ def _flatten_eval(test_set: str, result: TestSetEval) -> dict[str, Any]:
     for scheme, fair in result.fairness.items():
         for key in FAIRNESS_VALUES:
             row[f"fair.{scheme}.{key}"] = _number(fair.value(key))
+    row.update(flatten_tone(result))  # schema 2: tone-source sensitivity and the ITA curve (none before)
     return row
 
 
@@ -206,7 +210,7 @@ def collect(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """The collected numeric metric columns (overall, per-group, fairness, tone-source counts, n)."""
-    prefixes = ("overall.", "group.", "fair.", "tone_source.")
+    prefixes = ("overall.", "group.", "fair.", "tone_source.", *TONE_PREFIXES)
     return [c for c in frame.columns if c == "n" or c.startswith(prefixes)]
 
 
@@ -412,6 +416,7 @@ def render_protocol(frame: pd.DataFrame, stats: pd.DataFrame, dataset: str, task
             csv_parts.append(long)
         if not tables:
             lines += ["", "No tone3 or tone2 group metrics recorded for this test set."]
+        lines += _tone_lines(sub, sub_frame, show_variant, protocol_name(dataset, task), test_set)
     if notes:
         lines += ["", "## Notes", "", f"(Written by hand in `{out}/{NOTES_DIR}/{protocol_name(dataset, task)}.md`.)", "",
                   notes.strip()]
@@ -422,6 +427,33 @@ def render_protocol(frame: pd.DataFrame, stats: pd.DataFrame, dataset: str, task
     csv = pd.concat(csv_parts, ignore_index=True) if csv_parts else pd.DataFrame()
     csv_text = csv.to_csv(index=False, float_format=f"%.{6}f", lineterminator="\n")
     return markdown, csv_text
+
+
+def _row_labels(stats: pd.DataFrame, show_variant: bool) -> tuple[list[tuple], dict[str, list[str]]]:
+    """The rows in display order and their leading columns (method, profile, config)."""
+    rows = _row_order(stats.index)
+    labels = {"method": [r[0] for r in rows], "profile": [r[1] for r in rows]}
+    if show_variant:
+        labels["config"] = [r[2] for r in rows]
+    return rows, labels
+
+
+def ita_plot_name(stem: str, test_set: str) -> str:
+    """The file name of a test set's ITA-curve plot: `<protocol>-ita-<test set>.png`."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{stem}-ita-{test_set}") + ".png"
+
+
+def _tone_lines(stats: pd.DataFrame, frame: pd.DataFrame, show_variant: bool, stem: str, test_set: str) -> list[str]:
+    """The test set's tone-source section and ITA plot link (records of schema 2); nothing for a test
+    set whose records all predate them, so such a leaderboard reads as before."""
+    rows, labels = _row_labels(stats, show_variant)
+    lines = tone_section(stats, frame, rows, ("method", "profile", "variant"), labels, _stat)
+    if any(str(c).startswith("ita.") for c, _ in stats.columns):
+        lines += ["", "### AUC and TPR along ITA", "",
+                  "Equal-count ITA bins (higher ITA = lighter skin), one line per row, mean over seeds; each run's "
+                  "report has the bins' bootstrap intervals.", "",
+                  f"![AUC and TPR along ITA: {test_set}]({ita_plot_name(stem, test_set)})"]
+    return lines
 
 
 def _skipped_section(runs: list[dict[str, Any]]) -> list[str]:
@@ -532,6 +564,8 @@ class ProtocolOutput:
     markdown: str
     csv: str
     stats: pd.DataFrame
+    #: {test set: one line per row} for the ITA plots (records of schema 2 only)
+    ita: dict[str, list[CurveLine]] = field(default_factory=dict)
 
 
 def build_outputs(frame: pd.DataFrame, roots: Sequence[str], out: str) -> list[ProtocolOutput]:
@@ -548,13 +582,28 @@ def build_outputs(frame: pd.DataFrame, roots: Sequence[str], out: str) -> list[P
         notes_file = Path(out) / NOTES_DIR / f"{protocol_name(dataset, task)}.md"
         notes = notes_file.read_text(encoding="utf-8") if notes_file.is_file() else None
         markdown, csv_text = render_protocol(sub_frame, sub_stats, dataset, task, roots, out, notes)
-        outputs.append(ProtocolOutput(dataset, task, protocol_name(dataset, task), markdown, csv_text, sub_stats))
+        outputs.append(ProtocolOutput(dataset, task, protocol_name(dataset, task), markdown, csv_text, sub_stats,
+                                      ita=_ita_panels(sub_stats, len({r[2] for r in sub_stats.index}) > 1)))
     outputs += segmentation_outputs(frame.attrs.get("runs", []), roots, out)
     stems = [o.stem for o in outputs]
     clashes = sorted({s for s in stems if stems.count(s) > 1})
     if clashes:
         raise RecordError(f"protocols map to the same leaderboard file name: {', '.join(clashes)}")
     return outputs
+
+
+def _ita_panels(stats: pd.DataFrame, show_variant: bool) -> dict[str, list[CurveLine]]:
+    """{test set: one ITA-curve line per row} for the test sets whose records have curves."""
+    panels = {}
+    for test_set in order_test_sets(stats.index.get_level_values("test_set")) if len(stats) else []:
+        sub = stats.xs(test_set, level="test_set")
+        rows, _ = _row_labels(sub, show_variant)
+        profiles = {r[1] for r in rows}
+        names = [" ".join([r[0], *([f"({r[1]})"] if len(profiles) > 1 else []), *([r[2]] if show_variant else [])])
+                 for r in rows]
+        if lines := ita_lines(sub, rows, names, _stat):
+            panels[test_set] = lines
+    return panels
 
 
 def check_outputs(outputs: Sequence[ProtocolOutput], out_dir: Path) -> list[str]:
@@ -596,6 +645,11 @@ def write_outputs(outputs: Sequence[ProtocolOutput], out_dir: Path) -> list[Path
         if len(output.stats):
             png = out_dir / f"{output.stem}.png"
             plot_protocol(output.stats, output.dataset, output.task, png)
+            written.append(png)
+        for test_set, lines in output.ita.items():
+            png = out_dir / ita_plot_name(output.stem, test_set)
+            draw_curves({test_set: lines}, png, f"{output.dataset} / {output.task}: AUC and TPR along ITA",
+                        "none; mean over seeds")
             written.append(png)
     return written
 
