@@ -448,7 +448,7 @@ def _tone_lines(stats: pd.DataFrame, frame: pd.DataFrame, show_variant: bool, st
     set whose records all predate them, so such a leaderboard reads as before."""
     rows, labels = _row_labels(stats, show_variant)
     lines = tone_section(stats, frame, rows, ("method", "profile", "variant"), labels, _stat)
-    if any(str(c).startswith("ita.") for c, _ in stats.columns):
+    if any(str(c).startswith("ita.") and stat == "count" and stats[(c, stat)].sum() > 0 for c, stat in stats.columns):
         lines += ["", "### AUC and TPR along ITA", "",
                   "Equal-count ITA bins (higher ITA = lighter skin), one line per row, mean over seeds; each run's "
                   "report has the bins' bootstrap intervals.", "",

@@ -74,6 +74,12 @@ def flatten_tone(result: TestSetEval) -> dict[str, float]:
     return row
 
 
+def _with_values(stats: pd.DataFrame) -> list[str]:
+    """The aggregated keys some row of this test set has a value for (the aggregate holds every
+    test set's columns, NaN where a test set has none)."""
+    return [c for c, stat in stats.columns if stat == "count" and stats[(c, stat)].sum() > 0]
+
+
 def _has(frame_or_columns: Any, prefix: str) -> bool:
     columns = frame_or_columns.columns if hasattr(frame_or_columns, "columns") else frame_or_columns
     return any(str(c[0] if isinstance(c, tuple) else c).startswith(prefix) for c in columns)
@@ -148,7 +154,7 @@ def tone_section(stats: pd.DataFrame, sub_frame: pd.DataFrame, rows: Sequence[tu
                  labels: dict[str, list[str]], stat_of: Callable) -> list[str]:
     """Markdown lines of one test set's tone-source section; [] when no record has the fields.
     `rows` are the stats index rows in display order, `labels` the leading display columns."""
-    columns = [c for c, _ in stats.columns]
+    columns = _with_values(stats)
     if _has(columns, "sens."):
         return _annotated_section(stats, sub_frame, rows, keys, labels, stat_of, columns)
     if _has(columns, "mis."):
@@ -216,7 +222,7 @@ def ita_lines(stats: pd.DataFrame, rows: Sequence[tuple], names: Sequence[str], 
     """One line per row for the leaderboard's ITA plot: per bin, the mean over seeds of the median
     ITA, AUC and TPR (no band: with many methods it would hide the lines; the runs' reports have
     the intervals). [] when no record has an ITA curve."""
-    columns = [c for c, _ in stats.columns]
+    columns = _with_values(stats)
     bins = sorted({int(str(c).split(".")[1]) for c in columns if str(c).startswith("ita.")})
     out = []
     for row, name in zip(rows, names):
