@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from skimage.color import rgb2lab
 
 from dermbench.data.model import Split
 from dermbench.evaluation.metrics import MetricInputError
@@ -17,6 +18,7 @@ from dermbench.evaluation.tone_sources import (
 )
 from dermbench.results.tone_sections import sign_verdict
 from dermbench.tone.filling import ITA_MEASURED, fill_missing_tones
+from dermbench.tone.ita import lab_l_b
 from dermbench.tone.sources import tone_views
 
 # A toy set by hand: 8 rows of group A, then 8 of group C, threshold 0.5.
@@ -202,3 +204,14 @@ def test_tone_views_give_every_source_and_reuse_what_filling_measured():
     assert reused.ita[0] == 99.0 and reused.ita[1] == pytest.approx(views.ita[1])
     fresh = tone_views(_split())  # without the filling step's column: measured now, same values
     np.testing.assert_allclose(fresh.ita, views.ita)
+
+
+def test_fast_lab_matches_scikit_image_on_every_channel_value():
+    """ITA's L* and b* (computed without X and a*) equal skimage's rgb2lab, so estimates are unchanged."""
+    rng = np.random.default_rng(0)
+    pixels = np.concatenate([np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1),
+                             rng.integers(0, 256, (20000, 3), dtype=np.uint8)])[None]
+    lab = rgb2lab(pixels)
+    L, b = lab_l_b(pixels)
+    np.testing.assert_allclose(L, lab[..., 0], atol=1e-9)
+    np.testing.assert_allclose(b, lab[..., 2], atol=1e-9)
