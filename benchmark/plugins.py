@@ -37,6 +37,7 @@ FIRSTRESULT_HOOKS = ("fit", "predict")
 
 BUILTIN_METHODS: dict[str, str] = {
     "erm": "dermbench.methods.erm",
+    "resampling": "dermbench.methods.resampling",
     "fairprune": "dermbench.methods.fairprune",
     "fairquantize": "dermbench.methods.fairquantize",
     "mfd": "dermbench.methods.mfd",
