@@ -17,8 +17,10 @@ Commands: `dermbench tone train` (also on real + generated images, `--synthetic`
 DermDiff paper's Table 3); see docs/tone.md.
 
 Owns ita.py (the angle), detector.py (training and loading the detector), filling.py (tones
-for a split) and compare.py (estimators scored per tone group). Imports data/ and train/ (the detector is trained with the shared trainer),
-never anything above.
+for a split), sources.py (every source's tones of a split, for tone-source scoring) and
+compare.py (estimators scored per tone group). Imports data/, train/ (the detector is trained
+with the shared trainer) and evaluation/ (the ToneViews that tone-source scoring takes), never
+anything above.
 """
 
 from dermbench.tone.filling import fill_missing_tones
