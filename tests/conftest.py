@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 import dermbench.data.splits as splits_module
@@ -509,3 +510,21 @@ def no_committed_splits(tmp_path, monkeypatch):
     """Generated trees never match the committed split files (made from the real metadata, whose
     checksum they carry), so tests see none; tests of the committed files ask for them explicitly."""
     monkeypatch.setattr(splits_module, "committed_dir", lambda: tmp_path / "no-committed-splits")
+
+
+@pytest.fixture(autouse=True)
+def offline_model_hubs(monkeypatch):
+    """Tests never reach a model hub: huggingface_hub and transformers answer from local files only."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on one torch thread: torch's spinning thread pool on a busy machine makes
+    sub-second work take seconds, and a benchmark module's numbers are comparable run to run.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,6 +20,8 @@ from dermbench.errors import ConfigError
 from dermbench.plugins import make_manager
 from dermbench.runner import resolve_config, run_experiment
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N_REAL = 160
 SMALL = ["data.image_size=16",
          f"data.options={{n_train: {N_REAL}, n_val: 60, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}}",
@@ -67,14 +69,6 @@ class Mix:
         return (yield)
 '''
 LOCAL = ("mixplug:Mix",)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -22,17 +22,11 @@ from dermbench.diffusion.dit import (
     train_joint,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 QUIET = Console(quiet=True)
 CPU = torch.device("cpu")
 LATENT = (4, 4, 4)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def parts(seed: int = 0, num_conditions: int = 2):

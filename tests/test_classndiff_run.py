@@ -18,6 +18,8 @@ from dermbench.diffusion.dit import LatentClassifier
 from dermbench.methods.classndiff import LatentModel, balanced_requests, conditions
 from dermbench.runner import resolve_config, run_experiment
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 QUIET = Console(quiet=True)
 SMALL = [
     *TINY_SETTINGS,
@@ -25,14 +27,6 @@ SMALL = [
     "classndiff.joint.steps=24", "classndiff.joint.batch_size=16", "classndiff.per_class=12", "classndiff.steps=3",
     "classndiff.tiny.vae_steps=20", "classndiff.tiny.unet_steps=2", "classndiff.quality.pairs=20",
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run(tmp_path, *extra):

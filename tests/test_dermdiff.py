@@ -21,6 +21,8 @@ from dermbench.errors import ConfigError
 from dermbench.methods.dermdiff import TONE_WORDS, balanced_requests, captions
 from dermbench.runner import resolve_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CLASSES = ("benign", "malignant")
 TEMPLATE = "{label} skin disease on {tone} skin tone"
 #: SynthDerm at 16 px, 160 training images, one epoch, no bootstrap
@@ -31,17 +33,6 @@ SMALL = ["data.image_size=16",
 FAST = ["dermdiff.tiny.vae_steps=3", "dermdiff.tiny.unet_steps=3", "dermdiff.tiny.batch_size=8",
         "dermdiff.finetune.steps=3", "dermdiff.finetune.batch_size=8", "dermdiff.per_cell=3", "dermdiff.steps=2",
         "dermdiff.batch_size=8", "dermdiff.quality.pairs=4"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------- prompts

@@ -41,18 +41,12 @@ from dermbench.diffusion.store import cached_entry, diffusion_cache_root
 from dermbench.diffusion.training import encode_prompts, train_denoiser
 from dermbench.errors import ConfigError, DermbenchError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = 16  # 4 x 4 latents: a UNet step takes milliseconds on one CPU thread
 CPU = torch.device("cpu")
 QUIET = Console(quiet=True)
 SETTINGS = {"sampler": "ddim", "steps": 2, "guidance": 2.0, "batch_size": 4, "strength": None}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from dermbench.conformance import TINY_SETTINGS
 from dermbench.runner import RunResult, resolve_config, run_experiment
 from dermbench.train import pretrained
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 PLUGIN_MODULE = "ermsharer_plugin"
 METHOD = "ermsharer"
@@ -41,16 +41,6 @@ def fit(ctx, model, train, val):
     ctx.record("{METHOD}", {{"torch_draw_after_erm": float(torch.rand(()))}})
     return model
 '''
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on one thread: torch's spinning thread pool on a busy machine makes each
-    sub-second run take many seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -30,17 +30,11 @@ from dermbench.diffusion.pixel import PixelModel, default_scheduler, tiny_unet, 
 from dermbench.errors import ConfigError
 from dermbench.methods import fedd
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = 16
 CPU = torch.device("cpu")
 QUIET = Console(quiet=True)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:

@@ -7,19 +7,12 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from dermbench.cli import main
 from dermbench.cli.fedd import grid
 from dermbench.conformance import TINY_SETTINGS
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_t_grid_steps_by_50_below_the_schedule_length():

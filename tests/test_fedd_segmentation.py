@@ -15,15 +15,9 @@ from dermbench.conformance import TINY_SETTINGS
 from dermbench.diffusion.pixel import PixelModel, default_scheduler, tiny_unet
 from dermbench.methods import fedd
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CLASSES = ("background", "skin", "lesion", "marker", "ruler")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_iou_matches_a_hand_computation():

@@ -26,6 +26,8 @@ from dermbench.methods.majority2minority import (
 )
 from dermbench.runner import resolve_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CLASSES = ("benign", "malignant")
 SMALL = ["data.image_size=16",
          "data.options={n_train: 160, n_val: 60, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}",
@@ -34,17 +36,6 @@ M = "majority2minority"
 FAST = [f"{M}.tiny.vae_steps=3", f"{M}.tiny.unet_steps=3", f"{M}.tiny.batch_size=8",
         f"{M}.ti.steps=2", f"{M}.ti.batch_size=4", f"{M}.lora_settings.steps=2", f"{M}.lora_settings.batch_size=4",
         f"{M}.steps=2", f"{M}.batch_size=8", f"{M}.max_sources=10", f"{M}.quality.pairs=4"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    yield
-    torch.set_num_threads(before)
 
 
 def real_split(fst: list, labels: list | None = None) -> Split:

@@ -34,15 +34,7 @@ from dermbench.mitigation.saliency import draw, editable_weights, group_curvatur
 from dermbench.mitigation.selection import choose
 from dermbench.train.trainer import Normaliser
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors on one thread: torch's spinning thread pool on a busy machine makes these
-    milliseconds of work take seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----- helpers ---------------------------------------------------------------------------------

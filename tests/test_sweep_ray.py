@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
 ray = pytest.importorskip("ray")
 
@@ -98,23 +97,13 @@ def configs(out, *, methods=("erm",), seeds=(0, 1), epochs=1, local=()):
                          sets=[*TINY, f"train.epochs={epochs}"], out=str(out), device="cpu", local=local)
 
 
-@pytest.fixture
-def one_thread():
-    """Local runs with the one torch thread each Ray task gets (--ray-cpus 1): CPU results differ
-    in the last bits with the thread count, which is not part of the run id."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def records(out: Path) -> dict[str, str]:
     """run id -> the eval numbers of its metrics.json, as canonical JSON."""
     return {p.parent.name: json.dumps(json.loads(p.read_text())["eval"], sort_keys=True)
             for p in out.glob("*/metrics.json")}
 
 
-def test_a_ray_sweep_writes_the_same_records_as_a_local_sweep(cluster, one_thread, tmp_path):
+def test_a_ray_sweep_writes_the_same_records_as_a_local_sweep(cluster, one_torch_thread, tmp_path):
     local = run_sweep(configs(tmp_path / "local"))
     remote = run_sweep(configs(tmp_path / "ray"), use_ray=True)
     assert [o.status for o in remote.outcomes] == [RAN, RAN]
@@ -125,7 +114,7 @@ def test_a_ray_sweep_writes_the_same_records_as_a_local_sweep(cluster, one_threa
     assert again.reused == 2 and again.ran == 0
 
 
-def test_a_killed_worker_is_retried_and_resumes_to_the_uninterrupted_metrics(cluster, one_thread, tmp_path):
+def test_a_killed_worker_is_retried_and_resumes_to_the_uninterrupted_metrics(cluster, one_torch_thread, tmp_path):
     local = ("killplugin",)
     marker = cluster / "killed-once"
     marker.write_text("the reference run must not die")

@@ -26,7 +26,7 @@ N_IMAGES, SOURCE_PX, SIZE, BATCH = 500, 256, 64, 64
 _results: dict[str, float] = {}
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/perf/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

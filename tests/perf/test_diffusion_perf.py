@@ -31,7 +31,7 @@ _results: dict[str, float] = {}
 _images: dict[str, np.ndarray] = {}
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/perf/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ CPU = torch.device("cpu")
 _results: dict[str, float] = {}
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/perf/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

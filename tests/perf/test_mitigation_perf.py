@@ -46,7 +46,7 @@ N_SCORES, N_TENSORS = 10_000_000, 20
 _results: dict[str, float] = {}
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/perf/conftest.py
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
