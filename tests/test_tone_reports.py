@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from rich.console import Console
 from scipy.stats import kendalltau
@@ -170,6 +171,10 @@ def test_leaderboard_section_ranks_methods_by_eodd_per_source(tmp_path):
     assert f"]({ita_plot_name('synthderm-malignant', 'synthderm')})" in section
     isic = _section(markdown, "isic2018")
     assert "### Tone misassignment (tone3)" in isic and "| EOdd CI (+ misassignment) " in isic
+    csv = pd.read_csv(io.StringIO(outputs[0].csv))
+    ita_eodd = csv[(csv["test_set"] == "synthderm") & (csv["metric"] == "sens.ita.eodd")].set_index("method")
+    assert ita_eodd.loc[["erm", "fairprune", "mfd"], "mean"].to_numpy() == pytest.approx(means["ita"], abs=1e-6)
+    assert ((csv["test_set"] == "isic2018") & (csv["metric"] == "mis.eodd.propagated_hi")).sum() == 3
     written = write_outputs(outputs, tmp_path / "out")
     pngs = {p.name for p in written if "-ita-" in p.name}
     assert pngs == {"synthderm-malignant-ita-synthderm.png", "synthderm-malignant-ita-isic2018.png"}
@@ -182,6 +187,7 @@ def test_leaderboard_from_records_without_the_fields_has_no_new_section(tmp_path
     outputs = build_outputs(collect([root]), [root.as_posix()], "out")
     assert "Tone-source" not in outputs[0].markdown and "along ITA" not in outputs[0].markdown
     assert "misassignment" not in outputs[0].markdown and outputs[0].ita == {}
+    assert not pd.read_csv(io.StringIO(outputs[0].csv))["metric"].str.startswith(("sens.", "mis.", "ita.")).any()
     written = write_outputs(outputs, tmp_path / "out")
     assert not [p for p in written if "-ita-" in p.name]
 

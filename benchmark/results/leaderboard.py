@@ -30,7 +30,7 @@ from dermbench.config import data_digests, settings_digest, with_data
 from dermbench.data.groups import GROUP_ORDER
 from dermbench.results.formatting import DECIMALS, MISSING, fmt
 from dermbench.results.leaderboard_tone import PREFIXES as TONE_PREFIXES
-from dermbench.results.leaderboard_tone import flatten_tone, ita_lines, tone_section
+from dermbench.results.leaderboard_tone import flatten_tone, ita_lines, long_rows, tone_section
 from dermbench.results.records import (
     DONE,
     FAIRNESS_VALUES,
@@ -416,7 +416,11 @@ def render_protocol(frame: pd.DataFrame, stats: pd.DataFrame, dataset: str, task
             csv_parts.append(long)
         if not tables:
             lines += ["", "No tone3 or tone2 group metrics recorded for this test set."]
-        lines += _tone_lines(sub, sub_frame, show_variant, protocol_name(dataset, task), test_set)
+        tone_lines, tone_long = _tone_lines(sub, sub_frame, show_variant, protocol_name(dataset, task), test_set)
+        lines += tone_lines
+        if len(tone_long):
+            tone_long.insert(0, "test_set", test_set)
+            csv_parts.append(tone_long)
     if notes:
         lines += ["", "## Notes", "", f"(Written by hand in `{out}/{NOTES_DIR}/{protocol_name(dataset, task)}.md`.)", "",
                   notes.strip()]
@@ -443,17 +447,18 @@ def ita_plot_name(stem: str, test_set: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{stem}-ita-{test_set}") + ".png"
 
 
-def _tone_lines(stats: pd.DataFrame, frame: pd.DataFrame, show_variant: bool, stem: str, test_set: str) -> list[str]:
-    """The test set's tone-source section and ITA plot link (records of schema 2); nothing for a test
-    set whose records all predate them, so such a leaderboard reads as before."""
+def _tone_lines(stats: pd.DataFrame, frame: pd.DataFrame, show_variant: bool, stem: str,
+                test_set: str) -> tuple[list[str], pd.DataFrame]:
+    """The test set's tone-source section, ITA plot link and CSV lines (records of schema 2); nothing
+    for a test set whose records all predate them, so such a leaderboard reads as before."""
     rows, labels = _row_labels(stats, show_variant)
-    lines = tone_section(stats, frame, rows, ("method", "profile", "variant"), labels, _stat)
+    lines, shown = tone_section(stats, frame, rows, ("method", "profile", "variant"), labels, _stat)
     if any(str(c).startswith("ita.") and stat == "count" and stats[(c, stat)].sum() > 0 for c, stat in stats.columns):
         lines += ["", "### AUC and TPR along ITA", "",
                   "Equal-count ITA bins (higher ITA = lighter skin), one line per row, mean over seeds; each run's "
                   "report has the bins' bootstrap intervals.", "",
                   f"![AUC and TPR along ITA: {test_set}]({ita_plot_name(stem, test_set)})"]
-    return lines
+    return lines, long_rows(stats, rows, shown, _stat)
 
 
 def _skipped_section(runs: list[dict[str, Any]]) -> list[str]:

@@ -151,15 +151,32 @@ def kendall_line(stats: pd.DataFrame, rows: Sequence[tuple], source: str, stat_o
 
 
 def tone_section(stats: pd.DataFrame, sub_frame: pd.DataFrame, rows: Sequence[tuple], keys: Sequence[str],
-                 labels: dict[str, list[str]], stat_of: Callable) -> list[str]:
-    """Markdown lines of one test set's tone-source section; [] when no record has the fields.
-    `rows` are the stats index rows in display order, `labels` the leading display columns."""
+                 labels: dict[str, list[str]], stat_of: Callable) -> tuple[list[str], list[tuple[str, str]]]:
+    """Markdown lines of one test set's tone-source section and the (column, key) pairs its table
+    shows (for the CSV); nothing when no record has the fields. `rows` are the stats index rows
+    in display order, `labels` the leading display columns."""
     columns = _with_values(stats)
     if _has(columns, "sens."):
         return _annotated_section(stats, sub_frame, rows, keys, labels, stat_of, columns)
     if _has(columns, "mis."):
         return _misassignment_section(stats, rows, labels, stat_of)
-    return []
+    return [], []
+
+
+def long_rows(stats: pd.DataFrame, rows: Sequence[tuple], shown: Sequence[tuple[str, str]],
+              stat_of: Callable) -> pd.DataFrame:
+    """The section's numbers for the CSV, in the layout of the scheme tables' lines: one line per
+    row and key (an interval bound is its own key, `<key>.lo` / `<key>.hi` or `..._lo` / `..._hi`)."""
+    out = []
+    for column, key in shown:
+        for r in rows:
+            out.append({"scheme": SCHEME, "method": r[0], "profile": r[1], "variant": r[2],
+                        "n_seeds": int(stats.at[r, ("n_seeds", "")]), "seeds": stats.at[r, ("seeds", "")],
+                        "column": column, "metric": key,
+                        "better": "lower (|x|)" if key.endswith(f".{RANK_GAP}") else "–",
+                        "mean": float(stat_of(stats, key, r, "mean")), "sd": float(stat_of(stats, key, r, "sd")),
+                        "n_values": int(stat_of(stats, key, r, "count")), "best": False})
+    return pd.DataFrame(out)
 
 
 def _lacking(stats: pd.DataFrame, rows: Sequence[tuple], key: str, stat_of: Callable) -> int:
@@ -169,15 +186,13 @@ def _lacking(stats: pd.DataFrame, rows: Sequence[tuple], key: str, stat_of: Call
 def _annotated_section(stats, sub_frame, rows, keys, labels, stat_of, columns) -> list[str]:
     sources = _sources(columns)
     table: dict[str, list[str]] = {k: list(v) for k, v in labels.items()}
+    shown: list[tuple[str, str]] = []
     for source in sources:
         label = source_label(source)
-        table[f"EOdd ({label})"] = [_cell(stats, f"sens.{source}.{RANK_GAP}", r, stat_of,
-                                          (f"sens.{source}.{RANK_GAP}.lo", f"sens.{source}.{RANK_GAP}.hi"))
-                                    for r in rows]
-        for metric in SHOWN_SIGNED:
-            key = f"sens.{source}.d_{metric}"
-            table[f"{SIGNED_LABELS[metric]} A−C ({label})"] = [_cell(stats, key, r, stat_of, (f"{key}.lo", f"{key}.hi"))
-                                                               for r in rows]
+        for metric, title in ((RANK_GAP, "EOdd"), *((f"d_{m}", f"{SIGNED_LABELS[m]} A−C") for m in SHOWN_SIGNED)):
+            key = f"sens.{source}.{metric}"
+            table[f"{title} ({label})"] = [_cell(stats, key, r, stat_of, (f"{key}.lo", f"{key}.hi")) for r in rows]
+            shown += [(f"{title} ({label}){end}", f"{key}{end}") for end in ("", ".lo", ".hi")]
         if source != "annotated":
             table[f"direction holds ({label})"] = [_direction_counts(sub_frame, keys, r, source) for r in rows]
     lines = ["", f"### Tone-source sensitivity ({SCHEME})", "",
@@ -191,15 +206,20 @@ def _annotated_section(stats, sub_frame, rows, keys, labels, stat_of, columns) -
     if lacking:
         lines.append(f"- {lacking} row(s) include records without tone-source scores (schema 1, written before "
                      "they existed): their cells show `(k/n)` or –.")
-    return lines
+    return lines, shown
 
 
 def _misassignment_section(stats, rows, labels, stat_of) -> list[str]:
     table: dict[str, list[str]] = {k: list(v) for k, v in labels.items()}
+    shown: list[tuple[str, str]] = []
     for key, title in ((RANK_GAP, "EOdd"), *((f"d_{m}", f"{SIGNED_LABELS[m]} A−C") for m in SHOWN_SIGNED)):
         table[title] = [_cell(stats, f"mis.{key}", r, stat_of, None) for r in rows]
         table[f"{title} CI (resampling)"] = [_bounds(stats, f"mis.{key}.sampling", r, stat_of) for r in rows]
         table[f"{title} CI (+ misassignment)"] = [_bounds(stats, f"mis.{key}.propagated", r, stat_of) for r in rows]
+        shown.append((title, f"mis.{key}"))
+        shown += [(f"{title} CI ({kind}) {end}", f"mis.{key}.{name}_{end}")
+                  for name, kind in (("sampling", "resampling"), ("propagated", "+ misassignment"))
+                  for end in ("lo", "hi")]
     lines = ["", f"### Tone misassignment ({SCHEME})", "",
              "This test set has no annotated tones; its groups are estimates. Each run redrew every estimated row's "
              "group from the estimator's confusion measured on the run's annotated test sets, in each bootstrap "
@@ -210,7 +230,7 @@ def _misassignment_section(stats, rows, labels, stat_of) -> list[str]:
     if lacking:
         lines += ["", f"- {lacking} row(s) include records without these intervals (schema 1, or no confusion "
                   "measured): their cells show `(k/n)` or –."]
-    return lines
+    return lines, shown
 
 
 def _bounds(stats, prefix: str, row: tuple, stat_of: Callable) -> str:
