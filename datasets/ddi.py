@@ -49,6 +49,18 @@ class DDI(TableDataset):
     """DDI as an external test set (all rows in split "test")."""
 
     name = "ddi"
+    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
+    REFERENCES = (
+        r"""@article{daneshjou2022disparities,
+  author = {Daneshjou, R. and Vodrahalli, K. and Novoa, R. A. and Jenkins, M. and Liang, W. and Rotemberg, V. and Ko, J. and Swetter, S. M. and Bailey, E. E. and Gevaert, O. and Mukherjee, P. and Phung, M. and Yekrang, K. and Fong, B. and Sahasrabudhe, R. and Allerup, J. A. C. and Okata-Karigane, U. and Zou, J. and Chiou, A. S.},
+  title = {Disparities in Dermatology {AI} Performance on a Diverse, Curated Clinical Image Set},
+  journal = {Science Advances},
+  volume = {8},
+  number = {31},
+  pages = {eabq6147},
+  year = {2022},
+}""",
+    )
     tasks = ("malignant",)
     domain = "clinical"
     metadata = "ddi_metadata.csv"

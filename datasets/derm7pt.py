@@ -62,6 +62,18 @@ class _Derm7pt(TableDataset):
     metadata = META
     other_files = tuple(INDEX_FILES.values())
     aliases = ("derm7pt", "release_v0", "derm7pt/release_v0")
+    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
+    REFERENCES = (
+        r"""@article{kawahara2018seven,
+  author = {Kawahara, J. and Daneshvar, S. and Argenziano, G. and Hamarneh, G.},
+  title = {Seven-Point Checklist and Skin Lesion Classification Using Multitask Multimodal Neural Nets},
+  journal = {IEEE Journal of Biomedical and Health Informatics},
+  volume = {23},
+  number = {2},
+  pages = {538--546},
+  year = {2018},
+}""",
+    )
     layout = "meta/meta.csv, meta/{train,valid,test}_indexes.csv and images/<derm or clinic path>"
     option_defaults: ClassVar[dict] = {"malignant": list(DEFAULT_MALIGNANT)}
 

@@ -129,6 +129,16 @@ class Fitz17k(TableDataset):
     """Train/validate/test on Fitzpatrick 17k; the standard protocol adds the external test sets."""
 
     name = "fitz17k"
+    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
+    REFERENCES = (
+        r"""@inproceedings{groh2021evaluating,
+  author = {Groh, M. and Harris, C. and Soenksen, L. and Lau, F. and Han, R. and Kim, A. and Koochek, A. and Badri, O.},
+  title = {Evaluating Deep Neural Networks Trained on Clinical Images in Dermatology with the {Fitzpatrick} 17k Dataset},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR) Workshops},
+  pages = {1820--1828},
+  year = {2021},
+}""",
+    )
     domain = "clinical"
     metadata = "fitzpatrick17k.csv"
     aliases = ("fitzpatrick17k",)

@@ -90,6 +90,24 @@ class ISIC2018(_ISIC):
     """The ISIC 2018 Task 3 test set (1,512 dermoscopic images, 7 diagnoses)."""
 
     name = "isic2018"
+    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
+    REFERENCES = (
+        r"""@article{tschandl2018ham10000,
+  author = {Tschandl, P. and Rosendahl, C. and Kittler, H.},
+  title = {The {HAM10000} Dataset, a Large Collection of Multi-Source Dermatoscopic Images of Common Pigmented Skin Lesions},
+  journal = {Scientific Data},
+  volume = {5},
+  pages = {180161},
+  year = {2018},
+}""",
+        r"""@misc{codella2019skin,
+  author = {Codella, N. and others},
+  title = {Skin Lesion Analysis Toward Melanoma Detection 2018: A Challenge Hosted by the International Skin Imaging Collaboration ({ISIC})},
+  year = {2019},
+  eprint = {1902.03368},
+  archivePrefix = {arXiv},
+}""",
+    )
     metadata = "ISIC2018_Task3_Test_GroundTruth.csv"
     metadata_alternatives = ("ISIC2018_Task3_Test_GroundTruth/ISIC2018_Task3_Test_GroundTruth.csv",)
     aliases = ("ISIC2018",)
@@ -150,6 +168,32 @@ class ISIC2019(_ISIC):
     """
 
     name = "isic2019"
+    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
+    REFERENCES = (
+        r"""@article{tschandl2018ham10000,
+  author = {Tschandl, P. and Rosendahl, C. and Kittler, H.},
+  title = {The {HAM10000} Dataset, a Large Collection of Multi-Source Dermatoscopic Images of Common Pigmented Skin Lesions},
+  journal = {Scientific Data},
+  volume = {5},
+  pages = {180161},
+  year = {2018},
+}""",
+        r"""@inproceedings{codella2018skin,
+  author = {Codella, N. C. and Gutman, D. and Celebi, M. E. and Helba, B. and Marchetti, M. A. and Dusza, S. W. and Kalloo, A. and Liopyris, K. and Mishra, N. and Kittler, H. and others},
+  title = {Skin Lesion Analysis Toward Melanoma Detection: A Challenge at the 2017 International Symposium on Biomedical Imaging ({ISBI}), Hosted by the International Skin Imaging Collaboration ({ISIC})},
+  booktitle = {2018 IEEE 15th International Symposium on Biomedical Imaging (ISBI 2018)},
+  pages = {168--172},
+  publisher = {IEEE},
+  year = {2018},
+}""",
+        r"""@misc{combalia2019bcn20000,
+  author = {Combalia, M. and Codella, N. C. and Rotemberg, V. and Helba, B. and Vilaplana, V. and Reiter, O. and Carrera, C. and Barreiro, A. and Halpern, A. C. and Puig, S. and others},
+  title = {{BCN20000}: Dermoscopic Lesions in the Wild},
+  year = {2019},
+  eprint = {1908.02288},
+  archivePrefix = {arXiv},
+}""",
+    )
     metadata = "ISIC_2019_Training_GroundTruth.csv"
     other_files = ("ISIC_2019_Training_Metadata.csv",)
     aliases = ("ISIC2019",)

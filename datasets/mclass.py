@@ -32,6 +32,17 @@ class _MClass(TableDataset):
     folder: ClassVar[str]
     tasks = ("malignant",)
     aliases = ("mclass", "MClass")
+    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
+    REFERENCES = (
+        r"""@article{brinker2019comparing,
+  author = {Brinker, T. J. and Hekler, A. and Hauschild, A. and Berking, C. and Schilling, B. and Enk, A. H. and Haferkamp, S. and Karoglan, A. and von Kalle, C. and Weichenthal, M. and others},
+  title = {Comparing Artificial Intelligence Algorithms to 157 {German} Dermatologists: The Melanoma Classification Benchmark},
+  journal = {European Journal of Cancer},
+  volume = {111},
+  pages = {30--37},
+  year = {2019},
+}""",
+    )
 
     def read(self) -> pd.DataFrame:
         path = self.metadata_path()

@@ -43,6 +43,15 @@ class PadUfes20(TableDataset):
     """PAD-UFES-20: clinical smartphone images with annotated Fitzpatrick type."""
 
     name = "pad-ufes-20"
+    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
+    REFERENCES = (
+        r"""@article{pacheco2020padufes20,
+  author = {Pacheco, A. G. C. and others},
+  title = {{PAD-UFES-20}: A Skin Lesion Dataset Composed of Patient Data and Clinical Images Collected from Smartphones},
+  journal = {Data in Brief},
+  year = {2020},
+}""",
+    )
     tasks = ("malignant", "diagnosis")
     domain = "clinical"
     metadata = "metadata.csv"

@@ -76,6 +76,16 @@ from dermbench.seeds import seed_for
 from dermbench.train.pretrained import split_digest
 
 name = "classndiff"
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+REFERENCES: tuple[str, ...] = (
+    r"""@misc{munia2025classndiff,
+  author = {Munia, Nusrat and Imran, Abdullah-Al-Zubaer},
+  title = {{Class-N-Diff}: Classification-Induced Diffusion Model Can Make Fair Skin Cancer Diagnosis},
+  year = {2025},
+  eprint = {2510.16887},
+  archivePrefix = {arXiv},
+}""",
+)
 CLASSIFIERS = ("erm", "latent")
 
 TINY_SETTINGS: dict[str, Any] = {

@@ -45,6 +45,16 @@ from dermbench.seeds import seed_for
 from dermbench.train.pretrained import split_digest
 
 name = "dermdiff"
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+REFERENCES: tuple[str, ...] = (
+    r"""@misc{munia2025dermdiff,
+  author = {Munia, Nusrat and Imran, Abdullah-Al-Zubaer},
+  title = {{DermDiff}: Generative Diffusion Model for Mitigating Racial Biases in Dermatology Diagnosis},
+  year = {2025},
+  eprint = {2503.17536},
+  archivePrefix = {arXiv},
+}""",
+)
 
 TONE_WORDS = {"A": "lighter", "B": "brown", "C": "darker"}
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dermbench.hookspecs import hookimpl
 
 name = "erm"
+#: nothing of its own to cite: a run cites dermbench, its datasets and its backbone
+REFERENCES: tuple[str, ...] = ()
 
 
 @hookimpl

@@ -81,6 +81,19 @@ from dermbench.mitigation.selection import FAIR_METRICS, RULES, choose, validati
 from dermbench.train.trainer import group_codes, group_names
 
 name = "fairprune"
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+REFERENCES: tuple[str, ...] = (
+    r"""@inproceedings{wu2022fairprune,
+  author = {Wu, Y. and Zeng, D. and Xu, X. and Shi, Y. and Hu, J.},
+  title = {{FairPrune}: Achieving Fairness Through Pruning for Dermatological Disease Diagnosis},
+  booktitle = {Medical Image Computing and Computer Assisted Intervention -- MICCAI 2022},
+  pages = {743--753},
+  publisher = {Springer},
+  year = {2022},
+  eprint = {2203.02110},
+  archivePrefix = {arXiv},
+}""",
+)
 
 #: the method's settings (the `tiny` profile scores on fewer samples and prunes in fewer rounds: CPU minutes)
 DEFAULTS: dict[str, Any] = {

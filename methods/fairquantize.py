@@ -57,6 +57,15 @@ from dermbench.mitigation.saliency import editable_weights, group_curvature, low
 from dermbench.mitigation.selection import choose, validation_scores
 
 name = "fairquantize"
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+REFERENCES: tuple[str, ...] = (
+    r"""@inproceedings{guo2024fairquantize,
+  author = {Guo, Yuanbo and Jia, Zhenge and Hu, Jingtong and Shi, Yiyu},
+  title = {{FairQuantize}: Achieving Fairness Through Weight Quantization for Dermatological Disease Diagnosis},
+  booktitle = {Medical Image Computing and Computer Assisted Intervention -- MICCAI 2024},
+  year = {2024},
+}""",
+)
 
 RANKINGS = ("global", "layer")
 #: CPU-sized: two steps of 10 % (the paper's 5 % steps in the paper profile)

@@ -50,6 +50,15 @@ from dermbench.hookspecs import hookimpl
 from dermbench.seeds import seed_for
 
 name = "fedd"
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+REFERENCES: tuple[str, ...] = (
+    r"""@inproceedings{carrion2023fedd,
+  author = {Carri{\'o}n, H{\'e}ctor and Norouzi, Narges},
+  title = {{FEDD} -- Fair, Efficient, and Diverse Diffusion-based Lesion Segmentation and Malignancy Classification},
+  booktitle = {Medical Image Computing and Computer Assisted Intervention -- MICCAI 2023},
+  year = {2023},
+}""",
+)
 #: predict uses the probe fit trains, never the harness's untrained backbone
 predict_needs_fit = True
 

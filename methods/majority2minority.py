@@ -58,6 +58,15 @@ from dermbench.seeds import seed_for
 from dermbench.train.pretrained import split_digest
 
 name = "majority2minority"
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+REFERENCES: tuple[str, ...] = (
+    r"""@inproceedings{wang2024majority,
+  author = {Wang, Janet and Chung, Yunsung and Ding, Zhengming and Hamm, Jihun},
+  title = {From Majority to Minority: A Diffusion-based Augmentation for Underrepresented Groups in Skin Lesion Analysis},
+  booktitle = {ISIC Skin Image Analysis Workshop, MICCAI 2024},
+  year = {2024},
+}""",
+)
 
 SKIN_WORDS = {1: "a very light-skinned", 2: "a light-skinned", 5: "a dark-skinned", 6: "a very dark-skinned"}
 LIGHT, DARK = (1, 2), (5, 6)

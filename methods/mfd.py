@@ -105,6 +105,16 @@ from dermbench.mitigation.protocols import paper_protocol, reported
 from dermbench.train.trainer import Batch, group_codes, group_names
 
 name = "mfd"
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+REFERENCES: tuple[str, ...] = (
+    r"""@inproceedings{jung2021fair,
+  author = {Jung, S. and Lee, D. and Park, T. and Moon, T.},
+  title = {Fair Feature Distillation for Visual Recognition},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages = {12115--12124},
+  year = {2021},
+}""",
+)
 
 #: the derm adaptation (ME repository): CE + outer * (lam / 2) * sum MMD^2, RBF bandwidth multiplier sigma
 DEFAULTS: dict[str, Any] = {"groups": "tone2", "lam": 5.0, "outer": 0.02, "sigma": 0.5, "student": {}}

@@ -21,6 +21,21 @@ from dermbench.hookspecs import hookimpl
 from dermbench.mitigation.groups import check_scheme
 
 name = "resampling"
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+REFERENCES: tuple[str, ...] = (
+    r"""@inproceedings{idrissi2022simple,
+  author = {Idrissi, Badr Youbi and Arjovsky, Martin and Pezeshki, Mohammad and Lopez-Paz, David},
+  title = {Simple Data Balancing Achieves Competitive Worst-Group-Accuracy},
+  booktitle = {Conference on Causal Learning and Reasoning (CLeaR)},
+  year = {2022},
+}""",
+    r"""@inproceedings{zong2023medfair,
+  author = {Zong, Yongshuo and Yang, Yongxin and Hospedales, Timothy},
+  title = {{MEDFAIR}: Benchmarking Fairness for Medical Imaging},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year = {2023},
+}""",
+)
 DEFAULTS = {"groups": "tone3"}
 
 

@@ -24,6 +24,7 @@ from dermbench.plugins import PluginError
 COMMAND_MODULES = (
     "dermbench.cli.run",
     "dermbench.cli.listing",
+    "dermbench.cli.cite",
     "dermbench.cli.scaffold",
     "dermbench.cli.sweep",
     "dermbench.cli.leaderboard",

@@ -418,6 +418,10 @@ class Record(_Struct, kw_only=True):
     #: RunContext.record): the ERM checkpoint a method started from, the privileged group and why,
     #: per-layer pruning or quantisation shares, a paper profile's published numbers
     methods: dict[str, dict[str, Any]] | None = None
+    #: what to cite for this run, as BibTeX entries keyed by what they are for ("dermbench",
+    #: "method NAME", "dataset NAME", "backbone NAME"; results/citations.py, `dermbench cite`);
+    #: absent in records written before it was added
+    references: dict[str, list[str]] | None = None
 
 
 # --------------------------------------------------------------------------- writing and reading
