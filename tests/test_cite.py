@@ -172,3 +172,22 @@ def test_citation_file_validates_against_the_cff_schema():
     result = subprocess.run(["cffconvert", "--validate", "-i", str(ROOT / "CITATION.cff")],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_list_cite_prints_every_listed_plugin_and_flags_one_without_references(tmp_path, monkeypatch, capsys):
+    (tmp_path / "plainmethod.py").write_text(
+        "from dermbench.hookspecs import hookimpl\n\nname = 'plainmethod'\n\n\n"
+        "@hookimpl\ndef dermbench_method_defaults(profile):\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["list", "methods", "--cite", "--plugin", "plainmethod"]) == 0
+    bib = capsys.readouterr().out
+    for name in BUILTIN_METHODS:
+        assert f"% method {name}:" in bib
+    assert "% method plainmethod: (declares no references)" in bib
+    assert keys(bib) == {"idrissi2022simple", "zong2023medfair", "wu2022fairprune", "guo2024fairquantize",
+                         "jung2021fair", "munia2025dermdiff", "wang2024majority", "munia2025classndiff",
+                         "carrion2023fedd"}
+    code, bib, _ = cite(capsys, "--method", "plainmethod", "--dataset", "synthderm", "--backbone", "resnet18",
+                        "--plugin", "plainmethod")
+    assert code == 0 and keys(bib) == {"dermbench", "he2016deep", "rw2019timm"}
+    assert "% method plainmethod: (declares no references)" in bib
