@@ -63,7 +63,7 @@ REFERENCES: tuple[str, ...] = (
     r"""@inproceedings{wang2024majority,
   author = {Wang, Janet and Chung, Yunsung and Ding, Zhengming and Hamm, Jihun},
   title = {From Majority to Minority: A Diffusion-based Augmentation for Underrepresented Groups in Skin Lesion Analysis},
-  booktitle = {ISIC Skin Image Analysis Workshop, MICCAI 2024},
+  booktitle = {ISIC Workshop at MICCAI 2024},
   year = {2024},
 }""",
 )
