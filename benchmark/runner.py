@@ -23,7 +23,7 @@ from dermbench.evaluation.tone_sources import measured_confusion
 from dermbench.files import write_json, write_text
 from dermbench.hookchecks import check_model, check_predict_before_fit, hooks_answered, predict_checked
 from dermbench.plugins import make_manager
-from dermbench.results.citations import run_references
+from dermbench.results.citations import model_backbones, run_references
 from dermbench.results.records import CHECKPOINTS, RecordError, RunDir, environment
 from dermbench.results.report import write_report
 from dermbench.tone import fill_missing_tones
@@ -193,8 +193,9 @@ def _execute(run: RunDir, cfg: dict, datasets: DatasetPool, fingerprint: dict, *
         "synthetic": synthetic, "excluded": excluded, "data_fingerprint": fingerprint,
         "hooks": hooks_answered(pm), "methods": ctx.records or None,
         # what to cite: the methods, the training dataset and each evaluated test set's, the backbone
-        "references": run_references(method=cfg["method"], backbone=cfg["model"]["backbone"], local=local, datasets=[
-            cfg["dataset"], *(t.dataset for t in test_sets(cfg, train_dataset) if t.name in evaluations)]),
+        "references": run_references(method=cfg["method"], backbones=model_backbones(model, cfg["model"]["backbone"]),
+                                     local=local, datasets=[cfg["dataset"], *(t.dataset for t in test_sets(
+                                         cfg, train_dataset) if t.name in evaluations)]),
     }
     metrics = run.write_record(metrics)  # checked against the record schema (results/records.py)
     run.mark_done()

@@ -58,6 +58,21 @@ REFERENCES: tuple[str, ...] = (
   booktitle = {Medical Image Computing and Computer Assisted Intervention -- MICCAI 2023},
   year = {2023},
 }""",
+    # the frozen diffusion backbone (ADM) and the feature method FEDD builds on
+    r"""@inproceedings{dhariwal2021diffusion,
+  author = {Dhariwal, P. and Nichol, A.},
+  title = {Diffusion Models Beat {GANs} on Image Synthesis},
+  booktitle = {Advances in Neural Information Processing Systems},
+  volume = {34},
+  pages = {8780--8794},
+  year = {2021},
+}""",
+    r"""@inproceedings{baranchuk2022label,
+  author = {Baranchuk, D. and Rubachev, I. and Voynov, A. and Khrulkov, V. and Babenko, A.},
+  title = {Label-Efficient Semantic Segmentation with Diffusion Models},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year = {2022},
+}""",
 )
 #: predict uses the probe fit trains, never the harness's untrained backbone
 predict_needs_fit = True

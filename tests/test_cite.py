@@ -9,14 +9,22 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import timm
 import yaml
+from torch import nn
 
 from dermbench import __version__
 from dermbench.cli import main
 from dermbench.plugins import BUILTIN_DATASETS, BUILTIN_METHODS, dataset_refs, load_target, method_refs
 from dermbench.results.backbone_refs import DERMBENCH_TITLE, backbone_family, backbone_references
 from dermbench.results.bibtex import BibtexError, check_entry, entry_key, fields, one_line
-from dermbench.results.citations import all_references, as_markdown, plugin_references, run_references
+from dermbench.results.citations import (
+    all_references,
+    as_markdown,
+    model_backbones,
+    plugin_references,
+    run_references,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = re.compile(r"^@\w+\{([^,]+),", re.M)
@@ -118,8 +126,18 @@ def test_backbone_families_and_unknown_backbones():
     assert backbone_family("resnet50") == "resnet" and backbone_family("resnext50_32x4d") == "resnext"
     assert backbone_family("vgg11_bn") == "vgg" and backbone_family("tf_efficientnet_b0") == "tf_efficientnet"
     assert [entry_key(e) for e in backbone_references("test_resnet")] == ["rw2019timm"]  # timm alone, no guess
-    refs = run_references(method="erm", datasets=["synthderm"], backbone=None)
+    refs = run_references(method="erm", datasets=["synthderm"], backbones=[])
     assert set(refs) == {"dermbench", "method erm", "dataset synthderm"}
+
+
+def test_the_backbones_cited_are_those_inside_the_fitted_model():
+    resnet = timm.create_model("resnet18", num_classes=2)
+    assert model_backbones(resnet, "vgg11_bn") == ["resnet18"]  # what the model holds, not the setting
+    probe = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))  # FEDD-like: no timm network
+    assert model_backbones(probe, "resnet18") == []
+    joint = nn.ModuleDict({"a": resnet, "b": timm.create_model("test_resnet", num_classes=2), "c": resnet})
+    assert model_backbones(joint, "resnet18") == ["resnet18", "test_resnet"]
+    assert model_backbones(object(), "resnet18") == ["resnet18"]  # not inspectable: the configured one
 
 
 def test_bibtex_reading_and_its_errors():
@@ -186,7 +204,7 @@ def test_list_cite_prints_every_listed_plugin_and_flags_one_without_references(t
     assert "% method plainmethod: (declares no references)" in bib
     assert keys(bib) == {"idrissi2022simple", "zong2023medfair", "wu2022fairprune", "guo2024fairquantize",
                          "jung2021fair", "munia2025dermdiff", "wang2024majority", "munia2025classndiff",
-                         "carrion2023fedd"}
+                         "carrion2023fedd", "dhariwal2021diffusion", "baranchuk2022label"}
     code, bib, _ = cite(capsys, "--method", "plainmethod", "--dataset", "synthderm", "--backbone", "resnet18",
                         "--plugin", "plainmethod")
     assert code == 0 and keys(bib) == {"dermbench", "he2016deep", "rw2019timm"}

@@ -36,7 +36,7 @@ def record_references(run_dir: Path, local: tuple[str, ...] = ()) -> References:
     backbone = (record.config.get("model") or {}).get("backbone")
     err.print(f"note: {run_dir / METRICS_FILE} predates stored references; gathered from its method, "
               "datasets and backbone", highlight=False, markup=False)
-    return run_references(method=record.method, datasets=used, backbone=backbone, local=local)
+    return run_references(method=record.method, datasets=used, backbones=[backbone] if backbone else [], local=local)
 
 
 def planned_references(args: argparse.Namespace, local: tuple[str, ...]) -> References:
@@ -50,7 +50,7 @@ def planned_references(args: argparse.Namespace, local: tuple[str, ...]) -> Refe
         cfg = resolve_config(flags={"method": args.method, "dataset": datasets[0], "profile": args.profile},
                              local=local)
         backbone = cfg["model"]["backbone"]
-    return run_references(method=args.method, datasets=datasets, backbone=backbone, local=local)
+    return run_references(method=args.method, datasets=datasets, backbones=[backbone], local=local)
 
 
 def cmd_cite(args: argparse.Namespace) -> int:

@@ -60,16 +60,28 @@ def dataset_references(names: Iterable[str], local: tuple[str, ...] = ()) -> Ref
     return out
 
 
-def run_references(*, method: str, datasets: Iterable[str], backbone: str | None,
+def run_references(*, method: str, datasets: Iterable[str], backbones: Iterable[str],
                    local: tuple[str, ...] = ()) -> References:
     """Everything one run used: dermbench, its methods, its datasets (training and evaluated test
-    sets), its backbone (None: a method that builds no timm backbone)."""
+    sets) and its timm backbones (none for a method whose model holds no timm network)."""
     out: References = {"dermbench": [DERMBENCH]}
     out.update(method_references(method, local))
     out.update(dataset_references(datasets, local))
-    if backbone:
+    for backbone in dict.fromkeys(backbones):
         out[f"backbone {backbone}"] = list(backbone_references(backbone))
     return out
+
+
+def model_backbones(model: object, configured: str) -> list[str]:
+    """The timm architectures inside the model a run's `fit` returned, read from each timm
+    module's `pretrained_cfg`: a method that replaces the harness's backbone (FEDD's diffusion
+    features, Class-N-Diff's latent classifier) cites what it really used. A model that is not a
+    torch module cannot be inspected: the configured backbone is cited."""
+    modules = getattr(model, "modules", None)
+    if not callable(modules):
+        return [configured]
+    found = (getattr(m, "pretrained_cfg", None) for m in modules())
+    return list(dict.fromkeys(cfg["architecture"] for cfg in found if isinstance(cfg, dict) and cfg.get("architecture")))
 
 
 def all_references() -> References:
