@@ -11,6 +11,8 @@ from rich.console import Console
 
 from dermbench.errors import DermbenchError
 from dermbench.plugins import make_manager
+from dermbench.results.bibtex import BibtexError
+from dermbench.results.citations import method_references
 from dermbench.runner import resolve_config, run_experiment
 
 #: a run small enough for a unit test: SynthDerm at 16 px, a few hundred images, one epoch
@@ -30,6 +32,10 @@ def check_method(method: str, *, out: Path, plugins: tuple[str, ...] = (), sets:
     Raises DermbenchError describing the first broken promise.
     """
     pm, loaded = make_manager(method, plugins)
+    try:  # before the run: a malformed entry would otherwise fail only when the record is written
+        method_references(method, plugins)
+    except (TypeError, BibtexError) as exc:
+        raise DermbenchError(f"{method}: its REFERENCES: {exc}") from None
     for profile in ("tiny", "paper"):
         for defaults in pm.hook.dermbench_method_defaults(profile=profile, dataset="synthderm"):
             if not isinstance(defaults, dict):
