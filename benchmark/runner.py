@@ -75,14 +75,16 @@ DETECTOR_KEY = "tone detector"
 
 def data_fingerprints(cfg: dict, datasets: DatasetPool) -> dict[str, dict | None]:
     """{dataset: content fingerprint} for the training dataset and every test set's dataset, and
-    for the tone detector when `data.tone` is "detector".
+    for the tone detector when one is configured (it assigns tones, or scores tone-source sensitivity).
     The training dataset and test sets named in data.test_sets must be readable (their error
     stops the run); an unreadable protocol default is None, and is skipped later with its reason."""
     train_dataset = datasets.get(cfg["dataset"])
     used = [cfg["dataset"], *(t.dataset for t in test_sets(cfg, train_dataset))]
     named = set(used) if cfg["data"]["test_sets"] is not None else {cfg["dataset"]}
     fingerprints = datasets.fingerprints(used, required=named)
-    if cfg["data"]["tone"] == "detector":  # it assigns the test rows' tone groups: part of the data
+    # it assigns the test rows' tone groups (data.tone detector) or the tone-source sensitivity
+    # scores' (any configured detector): part of the data either way
+    if cfg["data"]["tone"] == "detector" or cfg["data"]["tone_detector"] is not None:
         fingerprints[DETECTOR_KEY] = detector_fingerprint(cfg["data"]["tone_detector"])
     return fingerprints
 

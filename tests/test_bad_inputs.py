@@ -283,7 +283,8 @@ def test_run_files_get_the_mode_a_plain_open_would_give(tmp_path):
 
 
 def test_a_retrained_tone_detector_in_the_same_folder_is_another_run(tmp_path):
-    """With data.tone=detector the detector assigns test rows' tone groups: its files are data."""
+    """A configured detector assigns test rows' tone groups (data.tone=detector) or scores the
+    tone-source sensitivity: its files are data."""
     import json
 
     from dermbench.data.pool import DatasetPool
@@ -303,6 +304,9 @@ def test_a_retrained_tone_detector_in_the_same_folder_is_another_run(tmp_path):
     assert first["tone detector"]["digest"] != second["tone detector"]["digest"]
     no_detector = resolve_config(flags={"device": "cpu"})
     assert "tone detector" not in data_fingerprints(no_detector, DatasetPool(no_detector, ()))
+    # with ITA assigning the tones the configured detector still scores tone-source sensitivity
+    sensitivity = resolve_config(sets=["data.tone=ita", f"data.tone_detector={folder}"], flags={"device": "cpu"})
+    assert data_fingerprints(sensitivity, DatasetPool(sensitivity, ()))["tone detector"] == second["tone detector"]
 
 
 def test_the_default_fingerprint_covers_every_task_and_column(tmp_path):

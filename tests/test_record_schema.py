@@ -160,15 +160,15 @@ def test_foreign_files_are_record_errors(tmp_path, text):
         read_record(path)
 
 
-def test_every_committed_record_reads_as_version_1_and_keeps_its_content():
+def test_every_committed_record_reads_as_its_version_and_keeps_its_content():
     paths = sorted(COMMITTED.glob(f"*/{METRICS_FILE}"))
     assert paths
     variants = set(pd.read_csv(COMMITTED_CSV)["variant"])
     for path in paths:
-        raw = json.loads(path.read_text())  # with schema_version 1, or (older records) without it
+        raw = json.loads(path.read_text())  # with schema_version 1 or 2, or (older records) without it
         record = read_record(path)
-        assert record.schema_version == 1
-        assert json.loads(encode_record(record)) == {"schema_version": 1, **raw}
+        assert record.schema_version == raw.get("schema_version", 1) in (1, SCHEMA_VERSION)
+        assert json.loads(encode_record(record)) == {"schema_version": record.schema_version, **raw}
         # the shared settings digest keeps run ids and leaderboard variants as committed
         digests = data_digests(record.data_fingerprint)
         assert run_id(record.config, digests) == record.run_id == path.parent.name
