@@ -60,6 +60,17 @@ def one_hot_diagnosis(frame: pd.DataFrame, columns: tuple[str, ...], check: RowC
     return np.where(ok, names[np.argmax(is_one, axis=1)], None)
 
 
+#: HAM10000, the source of ISIC 2018 Task 3 and part of ISIC 2019 (cited by both)
+HAM10000 = r"""@article{tschandl2018ham10000,
+  author = {Tschandl, P. and Rosendahl, C. and Kittler, H.},
+  title = {The {HAM10000} Dataset, a Large Collection of Multi-Source Dermatoscopic Images of Common Pigmented Skin Lesions},
+  journal = {Scientific Data},
+  volume = {5},
+  pages = {180161},
+  year = {2018},
+}"""
+
+
 class _ISIC(TableDataset):
     diagnoses: ClassVar[tuple[str, ...]]
     default_malignant: ClassVar[tuple[str, ...]]
@@ -92,14 +103,7 @@ class ISIC2018(_ISIC):
     name = "isic2018"
     #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
     REFERENCES = (
-        r"""@article{tschandl2018ham10000,
-  author = {Tschandl, P. and Rosendahl, C. and Kittler, H.},
-  title = {The {HAM10000} Dataset, a Large Collection of Multi-Source Dermatoscopic Images of Common Pigmented Skin Lesions},
-  journal = {Scientific Data},
-  volume = {5},
-  pages = {180161},
-  year = {2018},
-}""",
+        HAM10000,
         r"""@misc{codella2019skin,
   author = {Codella, N. and others},
   title = {Skin Lesion Analysis Toward Melanoma Detection 2018: A Challenge Hosted by the International Skin Imaging Collaboration ({ISIC})},
@@ -170,14 +174,7 @@ class ISIC2019(_ISIC):
     name = "isic2019"
     #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
     REFERENCES = (
-        r"""@article{tschandl2018ham10000,
-  author = {Tschandl, P. and Rosendahl, C. and Kittler, H.},
-  title = {The {HAM10000} Dataset, a Large Collection of Multi-Source Dermatoscopic Images of Common Pigmented Skin Lesions},
-  journal = {Scientific Data},
-  volume = {5},
-  pages = {180161},
-  year = {2018},
-}""",
+        HAM10000,
         r"""@inproceedings{codella2018skin,
   author = {Codella, N. C. and Gutman, D. and Celebi, M. E. and Helba, B. and Marchetti, M. A. and Dusza, S. W. and Kalloo, A. and Liopyris, K. and Mishra, N. and Kittler, H. and others},
   title = {Skin Lesion Analysis Toward Melanoma Detection: A Challenge at the 2017 International Symposium on Biomedical Imaging ({ISBI}), Hosted by the International Skin Imaging Collaboration ({ISIC})},

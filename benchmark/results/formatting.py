@@ -32,3 +32,15 @@ def fmt_count(value: Any) -> str:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     return fmt(value)
+
+
+def format_cell(mean: float, sd: float, count: int, n_seeds: int) -> str:
+    """`mean ± sd`, plus `(k/n)` when only k of the n seeds have a value."""
+    if count == 0 or math.isnan(mean):
+        return MISSING
+    text = fmt(mean)
+    if count > 1 and not math.isnan(sd):
+        text += f" ± {fmt(sd)}"
+    if count < n_seeds:
+        text += f" ({count}/{n_seeds})"
+    return text

@@ -28,7 +28,7 @@ import pandas as pd
 
 from dermbench.config import data_digests, settings_digest, with_data
 from dermbench.data.groups import GROUP_ORDER
-from dermbench.results.formatting import DECIMALS, MISSING, fmt
+from dermbench.results.formatting import DECIMALS, MISSING, format_cell
 from dermbench.results.leaderboard_tone import PREFIXES as TONE_PREFIXES
 from dermbench.results.leaderboard_tone import flatten_tone, ita_lines, long_rows, tone_section
 from dermbench.results.records import (
@@ -232,18 +232,6 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- render
-
-
-def format_cell(mean: float, sd: float, count: int, n_seeds: int) -> str:
-    """`mean ± sd`, plus `(k/n)` when only k of the n seeds have a value."""
-    if count == 0 or math.isnan(mean):
-        return MISSING
-    text = fmt(mean)
-    if count > 1 and not math.isnan(sd):
-        text += f" ± {fmt(sd)}"
-    if count < n_seeds:
-        text += f" ({count}/{n_seeds})"
-    return text
 
 
 def best_rows(means: Sequence[float], better: int) -> set[int]:

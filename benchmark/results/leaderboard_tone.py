@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
-from dermbench.results.formatting import MISSING, fmt
+from dermbench.results.formatting import MISSING, fmt, format_cell
 from dermbench.results.records import TestSetEval
 from dermbench.results.tone_plots import CurveLine
 from dermbench.results.tone_sections import SHOWN_GAPS, SIGNED_LABELS, sign_verdict, source_label
@@ -95,23 +95,12 @@ def _sources(columns: Sequence[Any]) -> list[str]:
 def _cell(stats: pd.DataFrame, key: str, row: tuple, stat_of: Callable, bounds: tuple[str, str] | None) -> str:
     """`mean ± sd (k/n)` of a key, then `[lo, hi]`: the per-run interval bounds averaged over seeds."""
     n_seeds = int(stats.at[row, ("n_seeds", "")])
-    text = _format(float(stat_of(stats, key, row, "mean")), float(stat_of(stats, key, row, "sd")),
+    text = format_cell(float(stat_of(stats, key, row, "mean")), float(stat_of(stats, key, row, "sd")),
                    int(stat_of(stats, key, row, "count")), n_seeds)
     if bounds is not None and text != MISSING:
         lo, hi = (float(stat_of(stats, b, row, "mean")) for b in bounds)
         if not (math.isnan(lo) or math.isnan(hi)):
             text += f" [{fmt(lo)}, {fmt(hi)}]"
-    return text
-
-
-def _format(mean: float, sd: float, count: int, n_seeds: int) -> str:
-    if count == 0 or math.isnan(mean):
-        return MISSING
-    text = fmt(mean)
-    if count > 1 and not math.isnan(sd):
-        text += f" ± {fmt(sd)}"
-    if count < n_seeds:
-        text += f" ({count}/{n_seeds})"
     return text
 
 
