@@ -31,8 +31,7 @@ def measured_ita(split: Split) -> np.ndarray:
     """ITA (degrees) of every row: the filling step's measurement where it made one, else measured now."""
     table = split.table
     ita = table[ITA_MEASURED].to_numpy(dtype=float) if ITA_MEASURED in table else np.full(len(split), np.nan)
-    measured = table[ITA_MEASURED].notna().to_numpy() if ITA_MEASURED in table else np.zeros(len(split), bool)
-    todo = np.flatnonzero(~measured)
+    todo = np.flatnonzero(table[ITA_MEASURED].isna().to_numpy() if ITA_MEASURED in table else np.ones(len(split), bool))
     if len(todo):
         ita = ita.copy()
         ita[todo] = ita_of_split(split, todo)
@@ -66,7 +65,8 @@ def tone_views(split: Split, *, detector: Path | str | None = None, device=None)
         REFERENCE: {s: np.where(annotated, main[s], None) if s in main else np.full(len(table), None, dtype=object)
                     for s in VIEW_SCHEMES}}
     ita = measured_ita(split)
-    by_ita = add_group_columns(pd.DataFrame({"fst": np.where(fst_from_ita(ita) > 0, fst_from_ita(ita), np.nan)}))
+    fst = fst_from_ita(ita)
+    by_ita = add_group_columns(pd.DataFrame({"fst": np.where(fst > 0, fst, np.nan)}))
     sources["ita"] = {s: _labels(by_ita[s]) for s in VIEW_SCHEMES}
     skipped = {}
     if detector:
