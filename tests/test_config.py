@@ -76,10 +76,19 @@ def test_run_id_hashes_results_relevant_settings_only():
     assert c.run_id(base).startswith("erm_synthderm_s0_")
 
 
+def test_a_config_of_an_earlier_profile_revision_is_labelled_with_it():
+    assert c.profile_label("tiny", c.resolve()) == "tiny"
+    previous = c.resolve(sets=["data.image_size=64", "train.epochs=6"])  # tiny until 2026-12
+    assert c.profile_label("tiny", previous) == "tiny@2026-11"
+    assert c.profile_label("tiny", c.resolve(sets=["data.image_size=64"])) == "tiny"  # one setting changed: a variant
+    assert c.profile_label("paper", previous) == "paper"
+    assert c.profile_label("tiny", {"data": {"image_size": 64}}) == "tiny"  # a setting missing: not that revision
+
+
 def test_numbers_are_read_as_numbers_and_integers_stay_integers():
     cfg = c.resolve(sets=["train.lr=1e-3", "train.epochs=3.0"])
     assert cfg["train"]["lr"] == 0.001 and isinstance(cfg["train"]["epochs"], int)
-    with pytest.raises(ConfigError, match=r"'train.epochs'.*expected a value like 6, got 2.7"):
+    with pytest.raises(ConfigError, match=r"'train.epochs'.*expected a value like 4, got 2.7"):
         c.resolve(sets=["train.epochs=2.7"])
 
 

@@ -28,8 +28,8 @@ from dermbench.results.records import Fairness, RecordError
 
 TEST_SETS = {"synthderm": 600, "synthderm-ddi": 210, "synthderm-dermoscopic": 300}
 CONFIG = {"method": "erm", "dataset": "synthderm", "task": "malignant", "seed": 0, "profile": "tiny",
-          "device": "auto", "out": "runs", "data": {"root": None, "image_size": 64},
-          "train": {"epochs": 6, "lr": 0.001, "num_workers": 0}, "eval": {"threshold": "youden", "n_boot": 200}}
+          "device": "auto", "out": "runs", "data": {"root": None, "image_size": 48},
+          "train": {"epochs": 4, "lr": 0.001, "num_workers": 0}, "eval": {"threshold": "youden", "n_boot": 200}}
 
 
 def _group(rng: np.random.Generator, n: int, acc: float, prevalence: float = 0.3) -> dict:
@@ -349,6 +349,17 @@ def test_profiles_are_separate_rows(tmp_path):
     rows = table_rows(protocol_markdown(tmp_path), "synthderm")
     assert set(rows) == {"erm/paper", "erm/tiny"}
     assert rows["erm/paper"]["seeds"] == rows["erm/tiny"]["seeds"] == "2"
+
+
+def test_records_of_an_earlier_profile_revision_are_rows_of_their_own_labelled_with_it(tmp_path):
+    previous = copy.deepcopy(CONFIG)
+    previous["data"]["image_size"], previous["train"]["epochs"] = 64, 6  # tiny until 2026-12
+    for seed in (0, 1):
+        write_run(tmp_path, make_record("erm", seed))
+        write_run(tmp_path, make_record("erm", seed, config=previous, skill=0.03))
+    rows = table_rows(protocol_markdown(tmp_path), "synthderm")
+    assert set(rows) == {"erm/tiny", "erm/tiny@2026-11"}
+    assert rows["erm/tiny"]["seeds"] == rows["erm/tiny@2026-11"]["seeds"] == "2"
 
 
 def test_runs_differing_in_more_than_seed_are_separate_rows(tmp_path):

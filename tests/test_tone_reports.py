@@ -28,8 +28,8 @@ from dermbench.results.report import build_report, print_report, render_markdown
 from dermbench.results.tone_sections import ITA_PLOT
 
 CONFIG = {"method": "erm", "dataset": "synthderm", "task": "malignant", "seed": 0, "profile": "tiny",
-          "device": "cpu", "out": "runs", "data": {"root": None, "image_size": 64},
-          "train": {"epochs": 6}, "eval": {"threshold": 0.5, "n_boot": 20}}
+          "device": "cpu", "out": "runs", "data": {"root": None, "image_size": 48},
+          "train": {"epochs": 4}, "eval": {"threshold": 0.5, "n_boot": 20}}
 N = 360
 PNG = b"\x89PNG\r\n\x1a\n"
 

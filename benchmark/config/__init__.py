@@ -33,6 +33,13 @@ FREE_FORM = {("data", "options")}
 #: image cache made loader workers pointless); it is still dropped because older records
 #: (the committed ones among them) carry it, and their ids and config variants must not move.
 NOT_IN_RUN_ID = (("out",), ("data", "root"), ("train", "num_workers"))
+#: what a profile set before it changed, newest last: a record whose settings match an earlier
+#: revision ran under that revision, and leaderboards label it `<profile>@<revision>`, so its
+#: rows are never read as the current profile's (`profile_label`). tiny was 64 px and 6 epochs
+#: until 2026-12 (docs/speed.md).
+PROFILE_REVISIONS: dict[str, tuple[tuple[str, dict[tuple[str, ...], Any]], ...]] = {
+    "tiny": (("2026-11", {("data", "image_size"): 64, ("train", "epochs"): 6}),),
+}
 
 
 def load_yaml(path: Path) -> dict:
@@ -53,6 +60,23 @@ def load_yaml(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
     return data
+
+
+def profile_label(profile: str, config: Mapping[str, Any]) -> str:
+    """`profile`, or `profile@revision` when `config` has every setting of an earlier revision of it."""
+
+    def value(path: tuple[str, ...]) -> Any:
+        node: Any = config
+        for key in path:
+            if not isinstance(node, Mapping) or key not in node:
+                return None
+            node = node[key]
+        return node
+
+    for revision, settings in reversed(PROFILE_REVISIONS.get(profile, ())):
+        if all(value(path) == expected for path, expected in settings.items()):
+            return f"{profile}@{revision}"
+    return profile
 
 
 def _packaged_profile(name: str) -> dict:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dermbench.config import data_digests, settings_digest, with_data
+from dermbench.config import data_digests, profile_label, settings_digest, with_data
 from dermbench.data.groups import GROUP_ORDER
 from dermbench.results.formatting import DECIMALS, MISSING, format_cell
 from dermbench.results.leaderboard_tone import PREFIXES as TONE_PREFIXES
@@ -191,7 +191,8 @@ def collect(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
         seen[record.run_id] = run_dir
         base = {
             "run_id": record.run_id, "method": record.method, "dataset": record.dataset, "task": record.task,
-            "seed": record.seed, "profile": record.profile, "variant": record_variant(record),
+            "seed": record.seed, "profile": profile_label(record.profile, record.config),
+            "variant": record_variant(record),
             "record": display_path(run_dir),
         }
         runs.append({**base, "skipped": dict(record.skipped_test_sets), "segmentation": _segmentation_of(record)})
