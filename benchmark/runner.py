@@ -19,7 +19,7 @@ from dermbench.data.pool import DatasetPool
 from dermbench.errors import DataError, DermbenchError
 from dermbench.evaluation.evaluate import evaluate_split, threshold_from_validation
 from dermbench.evaluation.thresholds import parse_rule
-from dermbench.evaluation.tone_sources import measured_confusion
+from dermbench.evaluation.tone_sources import PROPAGATION_SCHEMES, measured_confusion
 from dermbench.files import write_json, write_text
 from dermbench.hookchecks import check_model, check_predict_before_fit, hooks_answered, predict_checked
 from dermbench.plugins import make_manager
@@ -180,7 +180,7 @@ def _execute(run: RunDir, cfg: dict, datasets: DatasetPool, fingerprint: dict, *
     # every source's tones per test set; estimator errors measured on the annotated sets (docs/tone.md)
     views = {name: tone_views(split, detector=cfg["data"]["tone_detector"], device=ctx.device)
              for name, split in tests.items()}
-    confusion = measured_confusion(views)
+    confusion = {scheme: measured_confusion(views, scheme) for scheme in PROPAGATION_SCHEMES}
     for name, split in tests.items():
         prob = predict_checked(pm, ctx, model, split)
         evaluations[name], predictions = evaluate_split(split, prob, threshold=threshold, cfg=cfg, views=views[name],

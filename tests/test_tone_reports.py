@@ -70,16 +70,17 @@ def record(method: str, seed: int, skill: float, *, new_fields: bool = True) -> 
     none = np.full(N, None, dtype=object)
     unannotated = ToneViews(ita=ita, sources={"annotated": {"tone3": none, "tone2": none},
                                               "ita": {"tone3": estimate, "tone2": _tone2(estimate)}},
-                            assigned=estimate, row_source=np.full(N, "ita", dtype=object))
+                            assigned=estimate, assigned_tone2=_tone2(estimate), row_source=np.full(N, "ita", dtype=object))
     common = {"y_true": y, "y_prob": prob, "threshold": 0.5, "n_boot": 20, "seed": seed,
               "class_names": ["benign", "malignant"]}
     evals = {"synthderm": _entry(y, prob, {"tone3": tone3, "tone2": _tone2(tone3)}, {"annotated": N}),
              "isic2018": _entry(y, prob, {"tone3": estimate, "tone2": _tone2(estimate)}, {"ita": N})}
     if new_fields:
-        confusion = measured_confusion({"synthderm": annotated, "isic2018": unannotated})
+        confusion = {s: measured_confusion({"synthderm": annotated, "isic2018": unannotated}, s) for s in ("tone3", "tone2")}
         evals["synthderm"]["tone_sources"] = {"annotated": True, **score_tone_sources(views=annotated, **common)}
-        evals["isic2018"]["tone_sources"] = {"annotated": False, "misassignment": propagate_misassignment(
-            views=unannotated, confusion=confusion, **common)}
+        evals["isic2018"]["tone_sources"] = {"annotated": False, **{
+            key: propagate_misassignment(views=unannotated, confusion=confusion[s], scheme=s, **common)
+            for key, s in (("misassignment", "tone3"), ("misassignment_tone2", "tone2"))}}
         for entry in evals.values():
             entry["ita_curve"] = ita_curve(ita=ita, **common)
     config = {**CONFIG, "method": method, "seed": seed}
@@ -115,7 +116,9 @@ def test_report_renders_both_sections_and_links_the_plot_it_draws(tmp_path):
     assert f"![AUC and TPR along ITA]({ITA_PLOT})" in annotated
     unannotated = markdown.split("## Test set `isic2018`")[1]
     assert "this test set has no annotated tones" in unannotated
-    assert "ITA confusion measured on synthderm" in unannotated
+    assert "ITA tone3 confusion measured on synthderm" in unannotated
+    assert "ITA tone2 confusion measured on synthderm" in unannotated
+    assert "tone2 gaps with tone misassignment propagated" in unannotated and "| tone2 eodd " in unannotated
     assert "CI (+ tone misassignment)" in unannotated and "20 bootstrap replicates" in unannotated
     assert (run_dir / ITA_PLOT).read_bytes().startswith(PNG)
     console = Console(file=io.StringIO(), width=250)

@@ -169,6 +169,41 @@ def test_propagation_keeps_rows_it_cannot_redraw_and_says_why_when_it_cannot_run
                                 confusion={"ita": {"measured_on": [], "n": 3, "groups": [], "counts": [[1, 2]]}})
 
 
+def test_tone2_is_measured_and_propagated_in_its_own_groups_and_widens_with_its_confusion():
+    # tone2 is no function of tone3 (B straddles light/dark): its confusion is counted in tone2
+    light_dark = np.array(["light"] * 8 + ["dark"] * 8, dtype=object)
+    estimate = light_dark.copy()
+    estimate[[0, 1, 8]] = ["dark", None, "light"]
+    view = ToneViews(ita=np.zeros(16), sources={"annotated": {"tone3": TRUE, "tone2": light_dark},
+                                                "ita": {"tone3": TRUE, "tone2": estimate}},
+                     assigned=TRUE, assigned_tone2=light_dark, row_source=np.full(16, "annotated", dtype=object))
+    confusion = measured_confusion({"one": view}, "tone2")
+    assert confusion["ita"]["groups"] == ["light", "dark"] and confusion["ita"]["counts"] == [[6, 1], [1, 7]]
+
+    rng = np.random.default_rng(5)
+    n = 900
+    groups = np.array(["light", "dark"], dtype=object)[rng.integers(0, 2, n)]
+    y = (rng.random(n) < 0.4).astype(int)
+    prob = 1 / (1 + np.exp(-(np.where(y == 1, np.where(groups == "dark", 0.6, 1.6), 0.0) + rng.normal(0, 1, n))))
+    views = ToneViews(ita=np.zeros(n), sources={"annotated": {"tone2": np.full(n, None, dtype=object)}},
+                      assigned=np.full(n, None, dtype=object), assigned_tone2=groups,
+                      row_source=np.full(n, "ita", dtype=object))
+    widths = []
+    for eps in (0.0, 0.2, 0.4):
+        counts = (np.full((2, 2), 1000 * eps) + np.eye(2) * 1000 * (1 - 2 * eps)).tolist()
+        out = propagate_misassignment(y_true=y, y_prob=prob, views=views, threshold=0.5, n_boot=100, seed=0,
+                                      scheme="tone2", confusion={"ita": {"measured_on": ["sim"], "n": 2000,
+                                                                         "groups": ["light", "dark"], "counts": counts}})
+        assert out["scheme"] == "tone2" and out["pair"] == ["light", "dark"] and out["redrawn"] == {"ita": n}
+        assert out["signed"]["tpr"]["value"] > 0  # light skin has the higher TPR, as simulated
+        widths.append(_width(out["signed"]["tpr"]["ci_propagated"]))
+    assert widths[0] < widths[1] < widths[2], widths
+    no_tone2 = ToneViews(ita=np.zeros(n), sources={}, assigned=groups, row_source=np.full(n, "ita", dtype=object))
+    out = propagate_misassignment(y_true=y, y_prob=prob, views=no_tone2, threshold=0.5, n_boot=5, seed=0,
+                                  scheme="tone2", confusion={})
+    assert out["reason"] == "the test set's tone2 groups were not given"
+
+
 def test_propagation_is_deterministic_for_a_seed():
     y, prob, views = _unannotated(n=300)
     first, second = (propagate_misassignment(y_true=y, y_prob=prob, views=views, confusion=_confusion(0.3),

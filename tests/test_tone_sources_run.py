@@ -41,11 +41,17 @@ def test_annotated_sets_are_rescored_and_the_ita_set_gets_propagated_intervals(m
         assert mis["confusion"]["ita"]["n"] == annotated_rows  # every annotated row had enough skin here
         assert mis["replicates"] == 20 and mis["redrawn"] == {"ita": entry["n"]} and mis["kept"] == 0
         assert set(mis["gaps"]) == {"eopp0", "eopp1", "eodd", "gap_auc"}
+        tone2 = entry["tone_sources"]["misassignment_tone2"]  # its own confusion, in light/dark
+        assert tone2["scheme"] == "tone2" and tone2["confusion"]["ita"]["groups"] == ["light", "dark"]
+        # DDI annotates FST in pairs (III-IV straddles light/dark): only its rows with a tone2 count
+        assert tone2["confusion"]["ita"]["n"] == sum(g["n"] for name in ("fitz17k", "ddi")
+                                                     for g in metrics["eval"][name]["groups"]["tone2"].values())
+        assert tone2["redrawn"] == {"ita": entry["n"]}
     for entry in metrics["eval"].values():  # these fake test sets are too small for 5 bins of 10
         assert entry["ita_curve"]["bins"] == [] and "fewer than 10 per bin" in entry["ita_curve"]["reason"]
     report = (record.parent / "report.md").read_text()
     assert report.count("### Tone-source sensitivity") == 4
-    assert report.count("CI (+ tone misassignment)") == 2 and report.count("| ITA: direction") == 2
+    assert report.count("CI (+ tone misassignment)") == 4 and report.count("| ITA: direction") == 2
     assert report.count("- no curve: ") == 4 and not (record.parent / ITA_PLOT).exists()
 
 def test_a_multiclass_task_gets_the_same_scores(make_data_home, tmp_path, monkeypatch, capsys):

@@ -10,7 +10,12 @@ from dermbench.data.model import ALL_SPLITS, Split
 from dermbench.evaluation.continuous import ita_curve
 from dermbench.evaluation.metrics import fairness_report
 from dermbench.evaluation.thresholds import choose_threshold
-from dermbench.evaluation.tone_sources import ToneViews, propagate_misassignment, score_tone_sources
+from dermbench.evaluation.tone_sources import (
+    PROPAGATION_SCHEMES,
+    ToneViews,
+    propagate_misassignment,
+    score_tone_sources,
+)
 
 
 def threshold_from_validation(rule, y_val: np.ndarray, prob_val: np.ndarray) -> float | None:
@@ -37,12 +42,13 @@ def predictions_table(split: Split, prob: np.ndarray, threshold: float | None) -
 
 def evaluate_split(split: Split, prob: np.ndarray, *, threshold: float | None, cfg: dict,
                    views: ToneViews | None = None,
-                   confusion: dict[str, dict] | None = None) -> tuple[dict, pd.DataFrame]:
+                   confusion: dict[str, dict[str, dict]] | None = None) -> tuple[dict, pd.DataFrame]:
     """The `eval` entry for `split` (DESIGN.md §4) and its per-sample predictions.
 
     With `views` (every source's tones, dermbench.tone.sources.tone_views) the entry also gets
-    `tone_sources` (a set with annotated tones scored per source; one without, its gaps' intervals
-    with the estimators' `confusion` propagated) and `ita_curve` (AUC and TPR per ITA bin)."""
+    `tone_sources` (a set with annotated tones scored per source; one without, its tone3 and tone2
+    gaps' intervals with the estimators' `confusion`, {scheme: {estimator: counts}}, propagated)
+    and `ita_curve` (AUC and TPR per ITA bin)."""
     y_prob = prob[:, 1] if prob.shape[1] == 2 else prob
     n_boot, seed, classes = int(cfg["eval"]["n_boot"]), int(cfg["seed"]), list(split.classes)
     report = fairness_report(
@@ -53,9 +59,13 @@ def evaluate_split(split: Split, prob: np.ndarray, *, threshold: float | None, c
         common = {"y_true": split.labels, "y_prob": y_prob, "threshold": threshold, "n_boot": n_boot, "seed": seed,
                   "class_names": classes}
         scored = score_tone_sources(views=views, **common)
-        report["tone_sources"] = {"annotated": True, **scored} if scored is not None else {
-            "annotated": False, "misassignment": propagate_misassignment(views=views, confusion=confusion or {},
-                                                                         **common)}
+        if scored is not None:
+            report["tone_sources"] = {"annotated": True, **scored}
+        else:
+            propagated = {s: propagate_misassignment(views=views, confusion=(confusion or {}).get(s, {}), scheme=s,
+                                                     **common) for s in PROPAGATION_SCHEMES}
+            report["tone_sources"] = {"annotated": False, "misassignment": propagated["tone3"],
+                                      "misassignment_tone2": propagated["tone2"]}
         report["ita_curve"] = ita_curve(ita=views.ita, **common)
     report["tone_source"] = {str(k): int(v) for k, v in split.table["tone_source"].value_counts(dropna=False).items()}
     if "tone_estimation" in split.meta:

@@ -9,7 +9,9 @@ Two questions, one per kind of test set:
   sets of the same run (`measured_confusion`), is propagated into the gaps' intervals
   (`propagate_misassignment`): in each bootstrap replicate every estimated row's group is redrawn
   from the confusion matrix's column for its estimated group, so the interval shows how far tone
-  misassignment alone could move the gap.
+  misassignment alone could move the gap. tone3 and tone2 are propagated separately, each with
+  the confusion measured in that scheme: a tone2 estimate is no function of the tone3 one (tone3
+  B, FST III–IV, straddles the light/dark line).
 
 The tones themselves come from dermbench.tone.sources (a layer above this one), as `ToneViews`.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dermbench.data.groups import TONE3
+from dermbench.data.groups import TONE2, TONE3
 from dermbench.evaluation.metrics import (
     MetricInputError,
     fairness_report,
@@ -38,8 +40,9 @@ SIGNED_PAIRS = {"tone3": ("A", "C"), "tone2": ("light", "dark")}
 SIGNED_METRICS = ("tpr", "fpr", "tnr", "auc", "acc")
 #: the absolute gaps whose intervals the misassignment replicates report
 PROPAGATED_GAPS = ("eopp0", "eopp1", "eodd", "gap_auc")
-#: misassignment is propagated through tone3, the scheme a tone3 confusion matrix describes
-PROPAGATION_SCHEME = "tone3"
+#: the schemes misassignment is propagated through, each with its own groups' confusion
+PROPAGATION_SCHEMES = ("tone3", "tone2")
+SCHEME_GROUPS = {"tone3": TONE3, "tone2": TONE2}
 #: replicates of the misassignment bootstrap (fewer when eval.n_boot is smaller): each costs two
 #: fairness reports, and the interval's ends move by less than its rounding beyond this
 MAX_REPLICATES = 200
@@ -52,9 +55,10 @@ class ToneViews:
     """One test set's tones as each source sees them.
 
     sources: {source: {scheme: one label per row, None = no group}}; "annotated" holds only the
-    rows a person annotated. assigned: the tone3 each row had in the main evaluation; row_source:
-    the `tone_source` of each row (who gave it that group). ita: degrees per row (NaN where not
-    measured or too little skin). skipped: {source: why it was not scored}.
+    rows a person annotated. assigned: the tone3 each row had in the main evaluation, and
+    assigned_tone2 its tone2 (None: not given); row_source: the `tone_source` of each row (who
+    gave it that group). ita: degrees per row (NaN where not measured or too little skin).
+    skipped: {source: why it was not scored}.
     """
 
     ita: np.ndarray
@@ -62,6 +66,11 @@ class ToneViews:
     assigned: np.ndarray
     row_source: np.ndarray
     skipped: dict[str, str] = field(default_factory=dict)
+    assigned_tone2: np.ndarray | None = None
+
+    def assigned_in(self, scheme: str) -> np.ndarray | None:
+        """The groups of `scheme` each row had in the main evaluation (None when not given)."""
+        return self.assigned if scheme == "tone3" else self.assigned_tone2 if scheme == "tone2" else None
 
     @property
     def annotated(self) -> bool:
@@ -100,17 +109,26 @@ def signed_gaps(*, y_true: Any, y_prob: Any, groups: np.ndarray, scheme: str, re
     return out
 
 
+def _confusion_counts(reference: np.ndarray, estimate: np.ndarray, groups: tuple[str, ...]) -> list[list[int]]:
+    """Counts of the rows with an annotated group: annotated `groups` as rows, estimated `groups`
+    and then NO_ESTIMATE as columns."""
+    has_ref = np.array([v is not None for v in reference])
+    ref, est = reference[has_ref], estimate[has_ref]
+    unplaced = np.array([v is None for v in est])
+    return [[int(((ref == t) & (est == e)).sum()) for e in groups] + [int(((ref == t) & unplaced).sum())]
+            for t in groups]
+
+
 def tone3_agreement(reference: np.ndarray, estimate: np.ndarray) -> dict[str, Any]:
     """How an estimator's tone3 matches the annotated one on the rows that have both: counts with
     annotated groups as rows and estimated groups (and NO_ESTIMATE) as columns."""
     has_ref = np.array([v is not None for v in reference])
     ref, est = reference[has_ref], estimate[has_ref]
-    counts = [[int(((ref == t) & (est == e)).sum()) for e in TONE3] +
-              [int(((ref == t) & np.array([v is None for v in est])).sum())] for t in TONE3]
     placed = np.array([v is not None for v in est])
     accuracy = float((ref[placed] == est[placed]).mean()) if placed.any() else None
     return {"n": int(has_ref.sum()), "n_no_estimate": int((~placed).sum()), "tone3_accuracy": accuracy,
-            "groups": list(TONE3), "estimates": [*TONE3, NO_ESTIMATE], "counts": counts}
+            "groups": list(TONE3), "estimates": [*TONE3, NO_ESTIMATE],
+            "counts": _confusion_counts(reference, estimate, TONE3)}
 
 
 def score_source(*, y_true: Any, y_prob: Any, groups: dict[str, np.ndarray], threshold: float | None,
@@ -152,46 +170,52 @@ def score_tone_sources(*, y_true: Any, y_prob: Any, views: ToneViews, threshold:
 # --------------------------------------------------------------------------- test sets without annotations
 
 
-def measured_confusion(views: dict[str, ToneViews]) -> dict[str, dict[str, Any]]:
-    """{estimator: its tone3 confusion on the annotated rows of the given test sets, pooled}:
-    `counts` has annotated groups as rows and estimated groups as columns (rows the estimator could
-    not place are left out), `measured_on` names the test sets and `n` the rows counted."""
+def measured_confusion(views: dict[str, ToneViews], scheme: str = "tone3") -> dict[str, dict[str, Any]]:
+    """{estimator: its confusion in `scheme` (tone3 or tone2) on the annotated rows of the given
+    test sets, pooled}: `counts` has annotated groups as rows and estimated groups as columns (rows
+    the estimator could not place are left out), `measured_on` names the test sets and `n` the rows
+    counted."""
+    groups = SCHEME_GROUPS[scheme]
     out: dict[str, dict[str, Any]] = {}
     for name, view in views.items():
         if not view.annotated:
             continue
-        reference = view.sources[REFERENCE]["tone3"]
-        for source, groups in view.sources.items():
-            if source == REFERENCE:
+        reference = view.sources[REFERENCE].get(scheme)
+        if reference is None:
+            continue
+        for source, labels in view.sources.items():
+            if source == REFERENCE or scheme not in labels:
                 continue
-            agreement = tone3_agreement(reference, groups["tone3"])
-            entry = out.setdefault(source, {"measured_on": [], "n": 0, "groups": list(TONE3),
-                                            "counts": [[0] * len(TONE3) for _ in TONE3]})
+            counts = _confusion_counts(reference, labels[scheme], groups)
+            entry = out.setdefault(source, {"measured_on": [], "n": 0, "groups": list(groups),
+                                            "counts": [[0] * len(groups) for _ in groups]})
             entry["measured_on"].append(name)
-            for i, row in enumerate(agreement["counts"]):
-                for j in range(len(TONE3)):
+            for i, row in enumerate(counts):
+                for j in range(len(groups)):
                     entry["counts"][i][j] += row[j]
             entry["n"] = int(sum(map(sum, entry["counts"])))
     return out
 
 
-def _check_confusion(source: str, counts: Any) -> np.ndarray:
+def _check_confusion(source: str, counts: Any, scheme: str) -> np.ndarray:
+    groups = SCHEME_GROUPS[scheme]
     matrix = np.asarray(counts, dtype=float)
-    if matrix.shape != (len(TONE3), len(TONE3)) or not np.isfinite(matrix).all() or (matrix < 0).any():
-        raise MetricInputError(f"the tone3 confusion of {source!r} must be a 3 x 3 matrix of counts >= 0 "
-                               f"(rows annotated A, B, C; columns estimated); got {matrix.tolist()}")
+    if matrix.shape != (len(groups), len(groups)) or not np.isfinite(matrix).all() or (matrix < 0).any():
+        raise MetricInputError(f"the {scheme} confusion of {source!r} must be a {len(groups)} x {len(groups)} matrix "
+                               f"of counts >= 0 (rows annotated {', '.join(groups)}; columns estimated); "
+                               f"got {matrix.tolist()}")
     return matrix
 
 
 def _gap_values(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, threshold: float | None,
-                class_names: list[str] | None) -> dict[str, float]:
+                class_names: list[str] | None, scheme: str) -> dict[str, float]:
     """PROPAGATED_GAPS and the signed gaps (as "d_<metric>") of one replicate; NaN where undefined."""
-    report = fairness_report(y_true=y, y_prob=prob, groups={PROPAGATION_SCHEME: groups}, threshold=threshold,
+    report = fairness_report(y_true=y, y_prob=prob, groups={scheme: groups}, threshold=threshold,
                              class_names=class_names)
-    fair = report["fairness"][PROPAGATION_SCHEME]
+    fair = report["fairness"][scheme]
     values = {gap: np.nan if fair[gap] is None else fair[gap] for gap in PROPAGATED_GAPS}
-    blocks = report["groups"][PROPAGATION_SCHEME]
-    first, second = SIGNED_PAIRS[PROPAGATION_SCHEME]
+    blocks = report["groups"][scheme]
+    first, second = SIGNED_PAIRS[scheme]
     for m in SIGNED_METRICS:
         a = blocks.get(first, {}).get(m)
         b = blocks.get(second, {}).get(m)
@@ -201,9 +225,9 @@ def _gap_values(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, threshold: 
 
 def propagate_misassignment(*, y_true: Any, y_prob: Any, views: ToneViews, confusion: dict[str, dict[str, Any]],
                             threshold: float | None, n_boot: int, seed: int,
-                            class_names: list[str] | None = None) -> dict[str, Any]:
-    """Intervals of the tone3 gaps of a test set whose tones were estimated, with and without the
-    estimators' measured misassignment.
+                            class_names: list[str] | None = None, scheme: str = "tone3") -> dict[str, Any]:
+    """Intervals of the gaps in `scheme` (tone3 or tone2) of a test set whose tones were estimated,
+    with and without the estimators' misassignment, `confusion` measured in that scheme.
 
     Each of R = min(n_boot, MAX_REPLICATES) replicates draws n rows with replacement; the
     `ci_sampling` interval scores them with the groups they were assigned, `ci_propagated` with
@@ -216,19 +240,24 @@ def propagate_misassignment(*, y_true: Any, y_prob: Any, views: ToneViews, confu
     y = np.asarray(y_true)
     prob = np.asarray(y_prob)
     n = len(y)
-    assigned = np.asarray(views.assigned, dtype=object)
-    out: dict[str, Any] = {"scheme": PROPAGATION_SCHEME, "pair": list(SIGNED_PAIRS[PROPAGATION_SCHEME]),
+    groups = SCHEME_GROUPS[scheme]
+    out: dict[str, Any] = {"scheme": scheme, "pair": list(SIGNED_PAIRS[scheme]),
                            "seed": int(seed), "replicates": 0, "redrawn": {}, "kept": 0,
                            "confusion": {s: confusion[s] for s in sorted(confusion)}}
-    code = {g: i for i, g in enumerate(TONE3)}
+    given = views.assigned_in(scheme)
+    if given is None:
+        out["reason"] = f"the test set's {scheme} groups were not given"
+        return out
+    assigned = np.asarray(given, dtype=object)
+    code = {g: i for i, g in enumerate(groups)}
     est = np.array([code.get(g, -1) if g is not None else -1 for g in assigned], dtype=np.int64)
-    cumulative = np.zeros((n, len(TONE3)))
+    cumulative = np.zeros((n, len(groups)))
     redraw = np.zeros(n, dtype=bool)
     for source in sorted({s for s in views.row_source if s not in (None, REFERENCE)}):
         rows = (views.row_source == source) & (est >= 0)
         if source not in confusion:
             continue
-        matrix = _check_confusion(source, confusion[source]["counts"])
+        matrix = _check_confusion(source, confusion[source]["counts"], scheme)
         columns = matrix.sum(axis=0)
         usable = rows & (columns[np.maximum(est, 0)] > 0)
         probs = matrix[:, est[usable]] / columns[est[usable]]
@@ -241,11 +270,11 @@ def propagate_misassignment(*, y_true: Any, y_prob: Any, views: ToneViews, confu
         estimated = sorted({str(s) for s in views.row_source if s not in (None, REFERENCE)})
         out["reason"] = ("no bootstrap replicates (eval.n_boot is 0)" if replicates == 0 and redraw.any() else
                          "no row's tone was estimated" if not estimated else
-                         f"no measured tone3 confusion for {', '.join(estimated)}: no test set of this run has "
+                         f"no measured {scheme} confusion for {', '.join(estimated)}: no test set of this run has "
                          "annotated tones to measure it on")
         return out
-    rng = spawned_rng(int(seed), "tone misassignment")
-    names = np.array(TONE3, dtype=object)
+    rng = spawned_rng(int(seed), "tone misassignment" if scheme == "tone3" else f"tone misassignment {scheme}")
+    names = np.array(groups, dtype=object)
     sampling: list[dict[str, float]] = []
     propagated: list[dict[str, float]] = []
     for _ in range(replicates):
@@ -254,10 +283,10 @@ def propagate_misassignment(*, y_true: Any, y_prob: Any, views: ToneViews, confu
         true = assigned.copy()
         rows = np.flatnonzero(redraw)
         drawn = (u[rows, None] > cumulative[rows]).sum(axis=1)
-        true[rows] = names[np.minimum(drawn, len(TONE3) - 1)]
-        sampling.append(_gap_values(y[idx], prob[idx], assigned[idx], threshold, class_names))
-        propagated.append(_gap_values(y[idx], prob[idx], true[idx], threshold, class_names))
-    point = _gap_values(y, prob, assigned, threshold, class_names)
+        true[rows] = names[np.minimum(drawn, len(groups) - 1)]
+        sampling.append(_gap_values(y[idx], prob[idx], assigned[idx], threshold, class_names, scheme))
+        propagated.append(_gap_values(y[idx], prob[idx], true[idx], threshold, class_names, scheme))
+    point = _gap_values(y, prob, assigned, threshold, class_names, scheme)
     out["replicates"] = replicates
     out["gaps"] = {gap: _propagated_value(point[gap], sampling, propagated, gap, signed=False)
                    for gap in PROPAGATED_GAPS}

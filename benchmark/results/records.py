@@ -19,7 +19,8 @@ Schema versions:
         scored with each tone source's groups, or the estimators' misassignment propagated into
         the gaps' intervals) and `eval.<set>.ita_curve` (AUC and TPR per equal-count ITA bin).
         Version 1 records have neither and still read; reports and leaderboards say the
-        sections are absent.
+        sections are absent. `tone_sources.misassignment_tone2` (the tone2 gaps' propagated
+        intervals) was added later, optional: version 2 records without it still read.
 Extending the record means adding a field here (optional, so older records still read);
 renaming or changing a field means a new schema version.
 """
@@ -258,8 +259,8 @@ class SourceScores(_Struct, kw_only=True):
 
 
 class MeasuredConfusion(_Struct):
-    """An estimator's tone3 confusion pooled over the run's annotated test sets: counts[i][j] = rows
-    annotated groups[i] and estimated groups[j]."""
+    """An estimator's confusion in one scheme (tone3 or tone2) pooled over the run's annotated test
+    sets: counts[i][j] = rows annotated groups[i] and estimated groups[j]."""
 
     measured_on: list[str]
     n: int
@@ -279,7 +280,7 @@ class PropagatedValue(_Struct, kw_only=True):
 
 
 class Misassignment(_Struct, kw_only=True):
-    """A test set without annotated tones: its tone3 gaps with the estimators' measured confusion
+    """A test set without annotated tones: its gaps in `scheme` with the estimators' measured confusion
     propagated (evaluation/tone_sources.propagate_misassignment); `reason` when nothing could be."""
 
     scheme: str
@@ -297,13 +298,14 @@ class Misassignment(_Struct, kw_only=True):
 class ToneSources(_Struct, kw_only=True):
     """Tone-source sensitivity of one test set (schema 2). annotated: whether it has annotated tones;
     then `sources` ({source: scores}, "annotated" the reference) and `skipped` ({source: why});
-    else `misassignment`."""
+    else `misassignment` (tone3) and, since dermbench 2026-12, `misassignment_tone2`."""
 
     annotated: bool
     reference: str | None = None
     sources: dict[str, SourceScores] | None = None
     skipped: dict[str, str] | None = None
     misassignment: Misassignment | None = None
+    misassignment_tone2: Misassignment | None = None
 
 
 class ItaBin(_Struct, kw_only=True):

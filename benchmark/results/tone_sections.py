@@ -14,6 +14,7 @@ from dermbench.results.formatting import MISSING, fmt
 from dermbench.results.records import (
     Interval,
     ItaCurve,
+    Misassignment,
     PropagatedValue,
     SourceScores,
     TestSetEval,
@@ -132,18 +133,23 @@ def _propagated_row(name: str, value: PropagatedValue, signed: bool) -> dict[str
 
 
 def _misassignment(tone: ToneSources, section: ToneSection) -> None:
-    m = tone.misassignment
-    if m is None:
+    """Each propagated scheme's measured confusion, and its gaps' intervals with and without it."""
+    blocks = [m for m in (tone.misassignment, tone.misassignment_tone2) if m is not None]
+    if not blocks:
         section.lines.append("no tone-source scores recorded for this test set")
-        return
+    for m in blocks:
+        _misassignment_scheme(m, section)
+
+
+def _misassignment_scheme(m: Misassignment, section: ToneSection) -> None:
     for source, c in m.confusion.items():
         correct = sum(c.counts[i][i] for i in range(len(c.groups)))
-        section.lines.append(f"{source_label(source)} confusion measured on {', '.join(c.measured_on)} "
-                             f"({c.n} annotated rows, tone3 accuracy {fmt(correct / c.n if c.n else None)}): "
+        section.lines.append(f"{source_label(source)} {m.scheme} confusion measured on {', '.join(c.measured_on)} "
+                             f"({c.n} annotated rows, {m.scheme} accuracy {fmt(correct / c.n if c.n else None)}): "
                              + "; ".join(f"annotated {g}: " + ", ".join(f"{e} {n}" for e, n in zip(c.groups, row))
                                          for g, row in zip(c.groups, c.counts)))
     if m.reason:
-        section.lines.append(f"tone misassignment not propagated: {m.reason}")
+        section.lines.append(f"{m.scheme} misassignment not propagated: {m.reason}")
         return
     redrawn = ", ".join(f"{source_label(s)} {n}" for s, n in m.redrawn.items()) or "none"
     section.lines.append(f"{m.replicates} bootstrap replicates (seed {m.seed}); rows whose {m.scheme} group was "
@@ -151,8 +157,8 @@ def _misassignment(tone: ToneSources, section: ToneSection) -> None:
     rows = [_propagated_row(f"{m.scheme} {gap}", v, False) for gap, v in (m.gaps or {}).items()]
     rows += [_propagated_row(f"{m.scheme} {SIGNED_LABELS.get(k, k)} {'−'.join(m.pair)}", v, True)
              for k, v in (m.signed or {}).items()]
-    section.tables.append(("gaps with tone misassignment propagated (value; 95% intervals)", pd.DataFrame(rows).fillna(
-        MISSING)))
+    section.tables.append((f"{m.scheme} gaps with tone misassignment propagated (value; 95% intervals)",
+                           pd.DataFrame(rows).fillna(MISSING)))
 
 
 def tone_source_section(test_eval: TestSetEval, schema_version: int) -> ToneSection:

@@ -74,6 +74,7 @@ def tone_views(split: Split, *, detector: Path | str | None = None, device=None)
         sources["detector"] = {"tone3": tone3, "tone2": _labels(tone2_from_tone3(pd.Series(tone3, dtype=object)))}
     else:
         skipped["detector"] = "no tone detector configured (data.tone_detector)"
-    assigned = main.get("tone3", np.full(len(table), None, dtype=object))
-    return ToneViews(ita=ita, sources=sources, assigned=assigned, row_source=source.to_numpy(dtype=object),
+    nothing = np.full(len(table), None, dtype=object)
+    return ToneViews(ita=ita, sources=sources, assigned=main.get("tone3", nothing),
+                     assigned_tone2=main.get("tone2", nothing), row_source=source.to_numpy(dtype=object),
                      skipped=skipped)
