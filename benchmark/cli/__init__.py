@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 import traceback
 
 from rich.console import Console
@@ -21,26 +22,37 @@ from dermbench import __version__
 from dermbench.errors import DermbenchError
 from dermbench.plugins import PluginError
 
-COMMAND_MODULES = (
-    "dermbench.cli.run",
-    "dermbench.cli.listing",
-    "dermbench.cli.cite",
-    "dermbench.cli.scaffold",
-    "dermbench.cli.sweep",
-    "dermbench.cli.leaderboard",
-    "dermbench.cli.ablation",
-    "dermbench.cli.report",
-    "dermbench.cli.data",
-    "dermbench.cli.tone",
-    "dermbench.cli.fedd",
-)
+#: each command and the module that registers it, in the order `dermbench --help` lists them
+COMMANDS = {
+    "run": "dermbench.cli.run",
+    "list": "dermbench.cli.listing",
+    "cite": "dermbench.cli.cite",
+    "new-method": "dermbench.cli.scaffold",
+    "sweep": "dermbench.cli.sweep",
+    "leaderboard": "dermbench.cli.leaderboard",
+    "ablation": "dermbench.cli.ablation",
+    "report": "dermbench.cli.report",
+    "data": "dermbench.cli.data",
+    "tone": "dermbench.cli.tone",
+    "fedd": "dermbench.cli.fedd",
+}
+COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
 console = Console()
 #: errors and interruptions: stderr, so stdout holds only what a command produces
 err_console = Console(stderr=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: list[str] | None) -> str | None:
+    """The command `argv` names (its first word that is not an option), when it is a known one."""
+    words = [a for a in (argv or []) if not a.startswith("-")]
+    return words[0] if words and words[0] in COMMANDS else None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`: with a known command, only that command's module is imported (the
+    others pull in torch, timm or diffusers, seconds each before any work starts); without one
+    (help, a typo), every command, so help lists them all and a typo gets the list of choices."""
     parser = argparse.ArgumentParser(
         prog="dermbench", description="Skin-tone fairness benchmark for skin-lesion classifiers."
     )
@@ -49,13 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true",
                         help="on a plugin's failure, print its Python traceback too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMAND_MODULES:
+    command = _command_of(argv)
+    for module in (COMMANDS[command],) if command else COMMAND_MODULES:
         importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
