@@ -356,10 +356,13 @@ def test_records_of_an_earlier_profile_revision_are_rows_of_their_own_labelled_w
     previous["data"]["image_size"], previous["train"]["epochs"] = 64, 6  # tiny until 2026-12
     for seed in (0, 1):
         write_run(tmp_path, make_record("erm", seed))
-        write_run(tmp_path, make_record("erm", seed, config=previous, skill=0.03))
+        write_run(tmp_path, make_record("resampling", seed, skill=0.02))
+        write_run(tmp_path, make_record("erm", seed, config=previous, skill=0.08))
     rows = table_rows(protocol_markdown(tmp_path), "synthderm")
-    assert set(rows) == {"erm/tiny", "erm/tiny@2026-11"}
+    assert set(rows) == {"erm/tiny", "resampling/tiny", "erm/tiny@2026-11"}
     assert rows["erm/tiny"]["seeds"] == rows["erm/tiny@2026-11"]["seeds"] == "2"
+    # the best of a column is chosen within a profile: the better previous-profile row does not take it
+    assert rows["resampling/tiny"]["all acc"].startswith("**") and not rows["erm/tiny@2026-11"]["all acc"].startswith("**")
 
 
 def test_runs_differing_in_more_than_seed_are_separate_rows(tmp_path):

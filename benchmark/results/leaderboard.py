@@ -285,6 +285,16 @@ def _stat(stats: pd.DataFrame, key: str, row: tuple, stat: str) -> float:
     return stats.at[row, (key, stat)]
 
 
+def _best_per_profile(rows: Sequence[tuple], means: Sequence[float], better: int) -> set[int]:
+    """`best_rows` within each profile's rows: rows of different profiles (another image size or
+    epoch count, tiny@2026-11 against tiny) are never ranked against each other."""
+    best: set[int] = set()
+    for profile in dict.fromkeys(r[1] for r in rows):
+        positions = [i for i, r in enumerate(rows) if r[1] == profile]
+        best |= {positions[j] for j in best_rows([means[i] for i in positions], better)}
+    return best
+
+
 def scheme_table(stats: pd.DataFrame, scheme: str, show_variant: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One test set's table for `scheme`: (display strings with best in bold, numeric long form for CSV).
 
@@ -303,7 +313,7 @@ def scheme_table(stats: pd.DataFrame, scheme: str, show_variant: bool) -> tuple[
     long_rows: list[dict[str, Any]] = []
     for column in columns:
         means = [float(_stat(stats, column.key, r, "mean")) for r in rows]
-        best = best_rows(means, column.better)
+        best = _best_per_profile(rows, means, column.better)
         cells = []
         for i, r in enumerate(rows):
             n_seeds = int(stats.at[r, ("n_seeds", "")])
@@ -378,9 +388,10 @@ def render_protocol(frame: pd.DataFrame, stats: pd.DataFrame, dataset: str, task
         "",
         f"How to read it: [{README_LINK}](../{README_LINK}#reading-the-leaderboard). Cells are mean ± sd over "
         "seeds (sample sd, n − 1; no sd for one seed; `(k/n)` when only k of n seeds have a value, "
-        f"`{MISSING}` when none does). **Bold** marks the best row of each column: highest acc, F1, AUC and "
-        "worst-group AUC; smallest |EOpp0|, |EOpp1|, |EOdd|. Rows are methods per profile; runs that differ only "
-        "in seed are aggregated.",
+        f"`{MISSING}` when none does). **Bold** marks the best row of each column within a profile: highest acc, "
+        "F1, AUC and worst-group AUC; smallest |EOpp0|, |EOpp1|, |EOdd|. Rows are methods per profile (a record of "
+        "an earlier version of a profile shows as `<profile>@<version>`, docs/speed.md); runs that differ only in "
+        "seed are aggregated.",
     ]
     csv_parts: list[pd.DataFrame] = []
     variants: dict[tuple[str, str], set[str]] = {}
