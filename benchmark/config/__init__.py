@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from dermbench.config.checks import check_values
+from dermbench.config.checks import check_values, setting_at
 from dermbench.errors import ConfigError, closest
 
 PROFILES = ("tiny", "paper")
@@ -64,17 +64,8 @@ def load_yaml(path: Path) -> dict:
 
 def profile_label(profile: str, config: Mapping[str, Any]) -> str:
     """`profile`, or `profile@revision` when `config` has every setting of an earlier revision of it."""
-
-    def value(path: tuple[str, ...]) -> Any:
-        node: Any = config
-        for key in path:
-            if not isinstance(node, Mapping) or key not in node:
-                return None
-            node = node[key]
-        return node
-
     for revision, settings in reversed(PROFILE_REVISIONS.get(profile, ())):
-        if all(value(path) == expected for path, expected in settings.items()):
+        if all(setting_at(config, path) == expected for path, expected in settings.items()):
             return f"{profile}@{revision}"
     return profile
 

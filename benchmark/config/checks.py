@@ -11,6 +11,7 @@ by the runner: the threshold rule (`dermbench.evaluation.thresholds.parse_rule`)
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from dermbench.errors import ConfigError
@@ -44,10 +45,11 @@ CHOICES: dict[tuple[str, ...], tuple[str, ...]] = {
 }
 
 
-def _get(config: dict, path: tuple[str, ...]) -> Any:
+def setting_at(config: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at `path` (("train", "epochs")) in a nested config, None where it is absent."""
     node: Any = config
     for part in path:
-        if not isinstance(node, dict) or part not in node:
+        if not isinstance(node, Mapping) or part not in node:
             return None
         node = node[part]
     return node
@@ -63,7 +65,7 @@ def _interval(low, low_in, high, high_in) -> str:
 def check_values(config: dict) -> None:
     """Raise a ConfigError naming the first setting outside its range or choices."""
     for path, (low, low_in, high, high_in, whole) in RANGES.items():
-        value = _get(config, path)
+        value = setting_at(config, path)
         if value is None:
             continue
         name = ".".join(path)
@@ -76,7 +78,7 @@ def check_values(config: dict) -> None:
         if too_low or too_high:
             raise ConfigError(f"setting {name!r} must be {_interval(low, low_in, high, high_in)}, got {value!r}")
     for path, allowed in CHOICES.items():
-        value = _get(config, path)
+        value = setting_at(config, path)
         if value is not None and value not in allowed:
             raise ConfigError(f"setting {'.'.join(path)!r} must be one of {', '.join(allowed)}, got {value!r}")
     if config.get("data", {}).get("tone") == "detector" and not config["data"].get("tone_detector"):
