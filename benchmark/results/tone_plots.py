@@ -45,6 +45,13 @@ def line_of_curve(label: str, curve: ItaCurve) -> CurveLine:
     return CurveLine(label, x, y, lo, hi)
 
 
+def figure_colors(i: int) -> tuple[float, ...]:
+    """The i-th of matplotlib's 20 qualitative colours (tab20), for plots with more than 10 lines."""
+    from matplotlib import colormaps  # noqa: PLC0415
+
+    return colormaps["tab20"](i % 20)
+
+
 def draw_curves(panels: Mapping[str, Sequence[CurveLine]], path: Path, title: str, band: str) -> None:
     """One row per title in `panels` (a test set), columns AUC and TPR; a line per CurveLine, its
     band shaded (`band` says what the band is)."""
@@ -57,8 +64,10 @@ def draw_curves(panels: Mapping[str, Sequence[CurveLine]], path: Path, title: st
     for r, name in enumerate(rows):
         for c, (metric, label) in enumerate(PANELS):
             ax = figure.add_subplot(len(rows), len(PANELS), r * len(PANELS) + c + 1)
-            for i, line in enumerate(panels[name]):
-                color = f"C{i % 10}"
+            lines = panels[name]
+            for i, line in enumerate(lines):
+                # matplotlib's 10 default colours repeat past 10 lines; tab20 keeps up to 20 apart
+                color = f"C{i}" if len(lines) <= 10 else figure_colors(i)
                 ax.plot(line.x, line.y[metric], "o-", color=color, label=line.label, linewidth=1.2, markersize=3)
                 ax.fill_between(line.x, line.lo[metric], line.hi[metric], color=color, alpha=0.15, linewidth=0)
             ax.set_title(f"{name}: {label}", fontsize=9)
