@@ -1,5 +1,5 @@
 """The `dermbench` command line: one module per command group, each adding itself through a
-`register(subparsers)` function listed in COMMAND_MODULES.
+`register(subparsers)` function; COMMANDS names each command's module.
 
 The top layer: it may import anything in dermbench, and nothing imports it.
 
@@ -36,7 +36,6 @@ COMMANDS = {
     "tone": "dermbench.cli.tone",
     "fedd": "dermbench.cli.fedd",
 }
-COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
 console = Console()
 #: errors and interruptions: stderr, so stdout holds only what a command produces
@@ -62,7 +61,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         help="on a plugin's failure, print its Python traceback too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     command = _command_of(argv)
-    for module in (COMMANDS[command],) if command else COMMAND_MODULES:
+    for module in [COMMANDS[command]] if command else COMMANDS.values():
         importlib.import_module(module).register(sub)
     return parser
 
