@@ -6,8 +6,9 @@ What it does here (shared/METHODS.md section 6; docs/fedd.md).
 1. Backbone: `fedd.model`, a diffusers `UNet2DModel` (pixel space, unconditional) from a local
    folder or hub id, frozen (`dermbench.diffusion.pixel`). The paper's is the ImageNet-256
    unconditional ADM model (Dhariwal & Nichol); docs/fedd.md says how to provide it. `model: tiny`
-   (the tiny profile) trains a small unconditional DDPM on the run's training images and caches it,
-   so the features come from a diffusion model that has learned skin images; the record's
+   (the tiny profile) trains a small unconditional DDPM on `tiny.data` (the run's training images,
+   or a split outside the protocol such as SynthDerm's clinical training split) and caches it, so
+   the features come from a diffusion model that has learned skin images; the record's
    `methods.fedd.backbone.kind` says which.
 2. Features (`dermbench.diffusion.features`): the image noised to step `t` with q(x_t|x_0) and a
    fixed noise image (`noise_seed`), one forward pass, the output of decoder block `block` (ADM's
@@ -80,8 +81,11 @@ predict_needs_fit = True
 TINY: dict[str, Any] = {
     "model": "tiny", "revision": None, "image_size": 32, "block": 2, "t": 50, "noise_seed": 0, "dim": 512,
     "hidden": [64, 32], "dropout": [0.5, 0.25], "lr": 1e-3, "weight_decay": 1e-5, "max_epochs": 500,
-    "patience": 25, "feature_batch_size": 16, "tiny": {**TINY_PIXEL, "steps": 300, "batch_size": 16},
+    "patience": 25, "feature_batch_size": 16,
+    "tiny": {**TINY_PIXEL, "steps": 300, "batch_size": 16, "data": "run"},
 }
+#: `tiny.data`: the tiny stand-in learns from the run's own training split
+RUN_DATA = "run"
 PAPER: dict[str, Any] = {**TINY, "model": None, "image_size": 256, "block": "auto", "t": 50}
 #: the paper's best decoder block per DDI fraction (section 4.2)
 PAPER_BLOCKS = {5: 4, 10: 6, 15: 12, 20: 14}
@@ -119,7 +123,20 @@ def check_settings(settings: dict) -> dict[str, Any]:
         raise ConfigError(f"{name}.block must be a decoder block number or 'auto', got {s['block']!r}")
     if len(s["hidden"]) != len(s["dropout"]):
         raise ConfigError(f"{name}.hidden and {name}.dropout need one entry per hidden layer")
+    tiny_data(s)
     return s
+
+
+def tiny_data(settings: dict) -> tuple[str, str] | None:
+    """`tiny.data` as (dataset, split), or None for the run's own training split."""
+    value = (settings.get("tiny") or {}).get("data", RUN_DATA)
+    if value == RUN_DATA:
+        return None
+    dataset, _, split = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if not dataset or not split:
+        raise ConfigError(f"{name}.tiny.data must be {RUN_DATA!r} (the run's training split) or DATASET:SPLIT "
+                          f"(e.g. synthderm:train), got {value!r}")
+    return dataset, split
 
 
 def fraction_of(config: dict) -> int | None:
@@ -236,11 +253,26 @@ def probe_probabilities(probe: Probe, features: np.ndarray) -> np.ndarray:
 
 
 def backbone(ctx, settings: dict, train: Split) -> tuple[PixelModel, int]:
-    """The frozen UNet and the image size features are taken at."""
+    """The frozen UNet and the image size features are taken at.
+
+    The tiny stand-in learns from `tiny.data`: the run's training split, or DATASET:SPLIT loaded
+    outside the run's protocol. The paper's backbone was pretrained on ImageNet, never on the
+    few labelled images of a data-efficiency subset, so the SynthDerm protocols train it once on
+    SynthDerm's clinical training split, and every fraction shares it."""
     size = int(settings["image_size"] or train.images.shape[1])
-    images = resized(np.asarray(train.images), size) if settings["model"] == "tiny" else None
-    model = pixel_model(settings["model"], train_images=images, tiny=settings["tiny"], revision=settings["revision"],
+    tiny = {key: value for key, value in settings["tiny"].items() if key != "data"}
+    images = None
+    if settings["model"] == "tiny":
+        source = tiny_data(settings)
+        if source is not None:
+            dataset, split = source
+            train = ctx.load_split(dataset, split, image_size=size, outside_protocol=True)
+            ctx.say(f"{name}: the tiny stand-in learns from {dataset}:{split} outside the protocol ({len(train)} images)")
+        images = resized(np.asarray(train.images), size)
+    model = pixel_model(settings["model"], train_images=images, tiny=tiny, revision=settings["revision"],
                         device=ctx.device, console=ctx.console, say=ctx.say)
+    if settings["model"] == "tiny":
+        model.source["data"] = settings["tiny"]["data"]
     sample = int(model.unet.config.sample_size)
     if sample != size:
         raise ConfigError(f"{name}: the UNet takes {sample} px images but {name}.image_size (or data.image_size) "

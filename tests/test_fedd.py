@@ -169,6 +169,11 @@ def test_settings_are_checked():
     assert fedd.resolve_block("auto", {"dataset": "ddi", "data": {"options": {"fedd_fraction": 15}}}) == 12
     assert fedd.resolve_block("auto", {"dataset": "ddi", "data": {"options": {}}}) == 6
     assert fedd.dermbench_method_defaults(profile="paper")["fedd"]["image_size"] == 256
+    assert fedd.tiny_data(fedd.check_settings({})) is None
+    assert fedd.tiny_data(fedd.check_settings({"tiny": {"data": "synthderm:train"}})) == ("synthderm", "train")
+    for bad in ("synthderm", ":train", "synthderm:", 3):
+        with pytest.raises(ConfigError, match="fedd.tiny.data must be 'run'"):
+            fedd.check_settings({"tiny": {"data": bad}})
 
 
 FEDD_TINY = [*TINY_SETTINGS, "fedd.image_size=16", "fedd.tiny.steps=20", "fedd.max_epochs=60", "seed=1313"]

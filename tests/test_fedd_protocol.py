@@ -188,13 +188,36 @@ def test_a_fedd_run_on_ddi(tmp_path, make_ddi):
     assert metrics["methods"]["fedd"]["published"]["roc_auc"] == 0.78
 
 
+def test_a_split_outside_the_protocol_is_the_dataset_without_its_protocol_options():
+    from dermbench.data.pool import DatasetPool
+
+    cfg = {"task": "malignant", "data": {"root": None, "on_error": "stop", "image_size": 16,
+                                         "options": {**OPTIONS, "synthderm": {"fedd_fraction": 10}}}}
+    pool = DatasetPool(cfg, local=())
+    inside = pool.get("synthderm").table("malignant")
+    outside = pool.get("synthderm", outside_protocol=True).table("malignant")
+    assert (inside.loc[inside["split"] == "train", "image"].str.startswith("synthderm://test_ddi/")).all()
+    clinical = outside[outside["split"] == "train"]
+    assert len(clinical) == OPTIONS["n_train"] and clinical["image"].str.startswith("synthderm://train/").all()
+    assert set(clinical["sample_id"]).isdisjoint(inside.loc[inside["split"] != "train", "sample_id"])
+    loaded = pool.load("synthderm", "train", outside_protocol=True)
+    assert len(loaded) == OPTIONS["n_train"] and loaded.images.shape[1:] == (16, 16, 3)
+    assert pool.get("synthderm", outside_protocol=True) is pool.get("synthderm", outside_protocol=True)
+
+
 @pytest.mark.slow
 def test_the_data_efficiency_curve_from_runs_at_two_fractions(tmp_path):
     from dermbench.cli import main
 
     options = "n_train: 40, n_val: 20, n_test: 20, n_test_ddi: 210, n_test_dermoscopic: 20"
-    for fraction in (5, 10):
-        _run(tmp_path / "runs" / str(fraction), f"data.options={{{options}, fedd_fraction: {fraction}}}")
+    backbones = []
+    for fraction in (5, 10):  # as the synthderm-fedd-ddi protocols: one stand-in for every fraction
+        metrics = _run(tmp_path / "runs" / str(fraction), f"data.options={{{options}, fedd_fraction: {fraction}}}",
+                       "fedd.tiny.data=synthderm:train")
+        backbones.append(metrics["methods"]["fedd"]["backbone"])
+    assert [b["data"] for b in backbones] == ["synthderm:train"] * 2
+    assert backbones[0]["identity"] == backbones[1]["identity"]
+    assert [b["entry"]["hit"] for b in backbones] == [False, True]
     assert main(["fedd", "curve", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "curve")]) == 0
     text = (tmp_path / "curve" / "fedd-curve-synthderm-synthderm-ddi.md").read_text()
     assert "| 5 | 1 |" in text and "| 10 | 1 |" in text

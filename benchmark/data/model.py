@@ -193,6 +193,10 @@ class Dataset(ABC):
     requires_root: ClassVar[bool] = True
     #: test sets evaluated when a run trains on this dataset
     protocol: ClassVar[tuple[TestSet, ...]] = ()
+    #: options that carve a protocol's subsets out of the dataset (FEDD's data fraction, a
+    #: majority-to-minority scenario); a model pretrained outside the protocol, such as FEDD's
+    #: tiny stand-in backbone, loads the dataset without them
+    protocol_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, root: Path | None = None, **options) -> None:
         if self.requires_root and root is None:

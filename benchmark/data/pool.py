@@ -26,14 +26,19 @@ class DatasetPool:
 
     def __init__(self, cfg: dict, local: tuple[str, ...]) -> None:
         self.cfg, self.local = cfg, local
-        self._made: dict[str, Dataset] = {}
+        self._made: dict[tuple[str, bool], Dataset] = {}
 
-    def get(self, name: str) -> Dataset:
-        if name not in self._made:
+    def get(self, name: str, *, outside_protocol: bool = False) -> Dataset:
+        """Dataset `name` with the run's options; with `outside_protocol`, without the options
+        that carve a protocol's subsets out of it (`Dataset.protocol_options`)."""
+        key = (name, outside_protocol)
+        if key not in self._made:
             data = self.cfg["data"]
             options = {**data["options"], "on_error": data["on_error"]}
-            self._made[name] = make_dataset(name, root=data_root(name, data["root"]), options=options, local=self.local)
-        return self._made[name]
+            if outside_protocol:
+                options = without_options(options, name, type(self.get(name)).protocol_options)
+            self._made[key] = make_dataset(name, root=data_root(name, data["root"]), options=options, local=self.local)
+        return self._made[key]
 
     def fingerprints(self, names: Iterable[str], *, required: Collection[str]) -> dict[str, dict[str, Any] | None]:
         """The content fingerprint of each dataset in `names` (see Dataset.fingerprint) that has
@@ -54,17 +59,19 @@ class DatasetPool:
         return out
 
     def load(self, name: str, split: str, *, image_size: int | None = None, with_masks: bool = False,
-             as_name: str | None = None) -> Split:
+             as_name: str | None = None, outside_protocol: bool = False) -> Split:
         """`name`'s `split` at `image_size` px (default: the run's `data.image_size`).
 
         With `with_masks`, the split's lesion masks come too, at the same size as the images;
-        a dataset without masks is a DataError naming it and the split.
+        a dataset without masks is a DataError naming it and the split. With `outside_protocol`,
+        the split of the dataset without its protocol options (see `get`).
         """
         size = self.cfg["data"]["image_size"] if image_size is None else image_size
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise ConfigError(f"image size must be a positive integer, got {size!r}")
         size = int(size)
-        loaded = self.get(name).load(task=self.cfg["task"], split=split, image_size=size, name=as_name)
+        loaded = self.get(name, outside_protocol=outside_protocol).load(task=self.cfg["task"], split=split,
+                                                                         image_size=size, name=as_name)
         if not with_masks:
             return loaded
         if loaded.masks is None:
@@ -106,6 +113,14 @@ class DatasetPool:
             ctx.say("augment.mix is 'syn': the classifier trains on the synthetic samples only")
             return Split.concat("synthetic", list(extra.values())), counts
         return Split.concat("train+augment", [train, *extra.values()]), counts
+
+
+def without_options(options: dict, dataset: str, names: Collection[str]) -> dict:
+    """`options` (flat keys and `dataset`'s own section) less the keys in `names`."""
+    out = {key: value for key, value in options.items() if key not in names}
+    if isinstance(out.get(dataset), dict):
+        out[dataset] = {key: value for key, value in out[dataset].items() if key not in names}
+    return out
 
 
 def resize_masks(masks: ImageArray, size: int) -> np.ndarray:

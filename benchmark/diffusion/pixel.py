@@ -10,7 +10,7 @@ frozen feature extractors of FEDD.
 - a hub id in the same layouts, taken from the local Hugging Face cache (downloaded only when the
   hub is reachable; with HF_HUB_OFFLINE=1 a missing model is an error saying how to fetch it);
 - "tiny": no checkpoint. A small `UNet2DModel` (three levels, few channels) is trained as an
-  unconditional DDPM (noise prediction, linear schedule) on the run's training images, with a
+  unconditional DDPM (noise prediction, linear schedule) on the images it is given, with a
   fixed seed, and cached under `$DERMBENCH_CACHE/diffusion/pixel-base/<key>` by its settings,
   image size, device type and the training images. Its features are those of a diffusion model
   that has learned what the skin images look like (not their labels), the part a pretrained
