@@ -229,7 +229,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--t-step", type=int, default=50, help="step of the t grid (default 50)")
     p.add_argument("--t-max", type=int, help="largest t of the grid (default: the schedule's last step)")
     p.add_argument("--test-set", help="the test set to score (default: the protocol's first)")
-    p.add_argument("--out", default="leaderboards/ablations", metavar="DIR", help="where the table, JSON and PNG go")
+    p.add_argument("--out", default="leaderboards/fedd", metavar="DIR", help="where the table, JSON and PNG go")
     p.add_argument("--name", help="file name without extension (default fedd-ablation-<dataset>)")
     p.set_defaults(func=cmd_ablate)
     c = sub.add_parser("curve", help="AUC against the training fraction from fedd runs on the data-efficiency protocol",
@@ -237,6 +237,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "markdown table and a plot per dataset and test set (with FEDD's published DDI "
                                    "numbers beside DDI's).")
     c.add_argument("--runs", nargs="+", required=True, metavar="DIR", help="directories holding run records")
-    c.add_argument("--out", default="leaderboards/ablations", metavar="DIR")
+    c.add_argument("--out", default="leaderboards/fedd", metavar="DIR")
     c.set_defaults(func=cmd_curve)
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)
