@@ -86,6 +86,8 @@ TINY: dict[str, Any] = {
 }
 #: `tiny.data`: the tiny stand-in learns from the run's own training split
 RUN_DATA = "run"
+#: the splits `tiny.data` may name: never a test split
+PRETRAIN_SPLITS = ("train", "val")
 PAPER: dict[str, Any] = {**TINY, "model": None, "image_size": 256, "block": "auto", "t": 50}
 #: the paper's best decoder block per DDI fraction (section 4.2)
 PAPER_BLOCKS = {5: 4, 10: 6, 15: 12, 20: 14}
@@ -136,6 +138,9 @@ def tiny_data(settings: dict) -> tuple[str, str] | None:
     if not dataset or not split:
         raise ConfigError(f"{name}.tiny.data must be {RUN_DATA!r} (the run's training split) or DATASET:SPLIT "
                           f"(e.g. synthderm:train), got {value!r}")
+    if split not in PRETRAIN_SPLITS:
+        raise ConfigError(f"{name}.tiny.data={value!r}: the stand-in may learn from a train or val split only "
+                          f"({', '.join(PRETRAIN_SPLITS)}); a test split would show it the images it is scored on")
     return dataset, split
 
 

@@ -174,6 +174,8 @@ def test_settings_are_checked():
     for bad in ("synthderm", ":train", "synthderm:", 3):
         with pytest.raises(ConfigError, match="fedd.tiny.data must be 'run'"):
             fedd.check_settings({"tiny": {"data": bad}})
+    with pytest.raises(ConfigError, match="train or val split only"):
+        fedd.check_settings({"tiny": {"data": "synthderm:test_dermoscopic"}})
 
 
 FEDD_TINY = [*TINY_SETTINGS, "fedd.image_size=16", "fedd.tiny.steps=20", "fedd.max_epochs=60", "seed=1313"]
