@@ -185,6 +185,20 @@ def test_leaderboard_section_ranks_methods_by_eodd_per_source(tmp_path):
     assert check_outputs(outputs, tmp_path / "out") == []
 
 
+def test_kendalls_tau_ranks_the_rows_of_each_profile_apart(tmp_path):
+    root = _records(tmp_path / "records")
+    for method, skill in SKILLS.items():  # the same methods under another profile: ranked on their own
+        for seed in (0, 1):
+            data = record(method, seed, skill + 0.3)
+            data.update(run_id=f"{method}_synthderm_paper_s{seed}", profile="paper",
+                        config={**data["config"], "profile": "paper"})
+            write_run(root, data)
+    section = _section(build_outputs(collect([root]), [root.as_posix()], "out")[0].markdown, "synthderm")
+    assert section.count("annotated vs ITA, `tiny` rows: Kendall's tau = ") == 1
+    assert section.count("annotated vs ITA, `paper` rows: Kendall's tau = ") == 1
+    assert "over 3 rows" in section and "over 6 rows" not in section
+
+
 def test_leaderboard_from_records_without_the_fields_has_no_new_section(tmp_path):
     root = _records(tmp_path / "old", new_fields=False)
     outputs = build_outputs(collect([root]), [root.as_posix()], "out")

@@ -122,12 +122,22 @@ def _direction_counts(sub_frame: pd.DataFrame, keys: Sequence[str], row: tuple, 
     return f"{held}/{total}" if total else MISSING
 
 
-def kendall_line(stats: pd.DataFrame, rows: Sequence[tuple], source: str, stat_of: Callable) -> str:
-    """Kendall's tau-b between the rows' rankings by mean tone3 EOdd, annotated vs `source`."""
+def kendall_lines(stats: pd.DataFrame, rows: Sequence[tuple], source: str, stat_of: Callable) -> list[str]:
+    """One `kendall_line` per profile: rows of different profiles (another image size or epoch
+    count) are never ranked against each other, as bold is chosen per profile."""
+    profiles = list(dict.fromkeys(r[1] for r in rows))
+    return [kendall_line(stats, [r for r in rows if r[1] == profile], source, stat_of,
+                         profile=profile if len(profiles) > 1 else None) for profile in profiles]
+
+
+def kendall_line(stats: pd.DataFrame, rows: Sequence[tuple], source: str, stat_of: Callable, *,
+                 profile: str | None = None) -> str:
+    """Kendall's tau-b between the rows' rankings by mean tone3 EOdd, annotated vs `source`
+    (`profile` names the rows' profile when the section has several)."""
     pairs = [(float(stat_of(stats, f"sens.annotated.{RANK_GAP}", r, "mean")),
               float(stat_of(stats, f"sens.{source}.{RANK_GAP}", r, "mean"))) for r in rows]
     pairs = [p for p in pairs if not (math.isnan(p[0]) or math.isnan(p[1]))]
-    label = source_label(source)
+    label = source_label(source) + (f", `{profile}` rows" if profile else "")
     if len(pairs) < MIN_RANKED:
         return (f"Ranking by {SCHEME} EOdd, annotated vs {label}: needs at least {MIN_RANKED} rows with both values "
                 f"({len(pairs)} here).")
@@ -190,7 +200,7 @@ def _annotated_section(stats, sub_frame, rows, keys, labels, stat_of, columns) -
              "bootstrap intervals, averaged over seeds. `A−C` gaps are signed (FST I–II minus V–VI); `direction "
              "holds` counts the (seed, TPR/FPR/AUC gap) pairs whose sign under the estimator is the annotated one.",
              "", pd.DataFrame(table).to_markdown(index=False, disable_numparse=True, stralign="left"), ""]
-    lines += [f"- {kendall_line(stats, rows, s, stat_of)}" for s in sources if s != "annotated"]
+    lines += [f"- {line}" for s in sources if s != "annotated" for line in kendall_lines(stats, rows, s, stat_of)]
     lacking = _lacking(stats, rows, f"sens.annotated.{RANK_GAP}", stat_of)
     if lacking:
         lines.append(f"- {lacking} row(s) include records without tone-source scores (schema 1, written before "
