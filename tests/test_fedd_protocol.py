@@ -203,6 +203,8 @@ def test_a_split_outside_the_protocol_is_the_dataset_without_its_protocol_option
     loaded = pool.load("synthderm", "train", outside_protocol=True)
     assert len(loaded) == OPTIONS["n_train"] and loaded.images.shape[1:] == (16, 16, 3)
     assert pool.get("synthderm", outside_protocol=True) is pool.get("synthderm", outside_protocol=True)
+    plain = DatasetPool({**cfg, "data": {**cfg["data"], "options": OPTIONS}}, local=())
+    assert plain.get("synthderm", outside_protocol=True) is plain.get("synthderm")  # no protocol: one instance
 
 
 @pytest.mark.slow

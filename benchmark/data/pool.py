@@ -36,8 +36,13 @@ class DatasetPool:
             data = self.cfg["data"]
             options = {**data["options"], "on_error": data["on_error"]}
             if outside_protocol:
-                options = without_options(options, name, type(self.get(name)).protocol_options)
-            self._made[key] = make_dataset(name, root=data_root(name, data["root"]), options=options, local=self.local)
+                inside = self.get(name)
+                reduced = without_options(options, name, type(inside).protocol_options)
+                self._made[key] = inside if reduced == options else make_dataset(
+                    name, root=data_root(name, data["root"]), options=reduced, local=self.local)
+            else:
+                self._made[key] = make_dataset(name, root=data_root(name, data["root"]), options=options,
+                                               local=self.local)
         return self._made[key]
 
     def fingerprints(self, names: Iterable[str], *, required: Collection[str]) -> dict[str, dict[str, Any] | None]:
