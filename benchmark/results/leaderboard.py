@@ -30,7 +30,13 @@ from dermbench.config import data_digests, profile_label, settings_digest, with_
 from dermbench.data.groups import GROUP_ORDER
 from dermbench.results.formatting import DECIMALS, MISSING, format_cell
 from dermbench.results.leaderboard_tone import PREFIXES as TONE_PREFIXES
-from dermbench.results.leaderboard_tone import flatten_tone, ita_lines, long_rows, tone_section
+from dermbench.results.leaderboard_tone import (
+    flatten_tone,
+    ita_lines,
+    long_rows,
+    positions_by_profile,
+    tone_section,
+)
 from dermbench.results.records import (
     DONE,
     FAIRNESS_VALUES,
@@ -289,8 +295,7 @@ def _best_per_profile(rows: Sequence[tuple], means: Sequence[float], better: int
     """`best_rows` within each profile's rows: rows of different profiles (another image size or
     epoch count, tiny@2026-11 against tiny) are never ranked against each other."""
     best: set[int] = set()
-    for profile in dict.fromkeys(r[1] for r in rows):
-        positions = [i for i, r in enumerate(rows) if r[1] == profile]
+    for positions in positions_by_profile(rows).values():
         best |= {positions[j] for j in best_rows([means[i] for i in positions], better)}
     return best
 

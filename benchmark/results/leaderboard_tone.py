@@ -122,12 +122,20 @@ def _direction_counts(sub_frame: pd.DataFrame, keys: Sequence[str], row: tuple, 
     return f"{held}/{total}" if total else MISSING
 
 
+def positions_by_profile(rows: Sequence[tuple]) -> dict[str, list[int]]:
+    """{profile: positions of its rows}, in row order. Rows are (method, profile, variant), and
+    rows of different profiles (another image size or epoch count) are never ranked together."""
+    out: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        out.setdefault(row[1], []).append(i)
+    return out
+
+
 def kendall_lines(stats: pd.DataFrame, rows: Sequence[tuple], source: str, stat_of: Callable) -> list[str]:
-    """One `kendall_line` per profile: rows of different profiles (another image size or epoch
-    count) are never ranked against each other, as bold is chosen per profile."""
-    profiles = list(dict.fromkeys(r[1] for r in rows))
-    return [kendall_line(stats, [r for r in rows if r[1] == profile], source, stat_of,
-                         profile=profile if len(profiles) > 1 else None) for profile in profiles]
+    """One `kendall_line` per profile, as bold is chosen per profile."""
+    groups = positions_by_profile(rows)
+    return [kendall_line(stats, [rows[i] for i in positions], source, stat_of,
+                         profile=profile if len(groups) > 1 else None) for profile, positions in groups.items()]
 
 
 def kendall_line(stats: pd.DataFrame, rows: Sequence[tuple], source: str, stat_of: Callable, *,

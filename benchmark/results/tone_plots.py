@@ -45,16 +45,10 @@ def line_of_curve(label: str, curve: ItaCurve) -> CurveLine:
     return CurveLine(label, x, y, lo, hi)
 
 
-def figure_colors(i: int) -> tuple[float, ...]:
-    """The i-th of matplotlib's 20 qualitative colours (tab20), for plots with more than 10 lines."""
-    from matplotlib import colormaps  # noqa: PLC0415
-
-    return colormaps["tab20"](i % 20)
-
-
 def draw_curves(panels: Mapping[str, Sequence[CurveLine]], path: Path, title: str, band: str) -> None:
     """One row per title in `panels` (a test set), columns AUC and TPR; a line per CurveLine, its
     band shaded (`band` says what the band is)."""
+    from matplotlib import colormaps  # noqa: PLC0415
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
     from matplotlib.figure import Figure  # noqa: PLC0415
 
@@ -67,7 +61,7 @@ def draw_curves(panels: Mapping[str, Sequence[CurveLine]], path: Path, title: st
             lines = panels[name]
             for i, line in enumerate(lines):
                 # matplotlib's 10 default colours repeat past 10 lines; tab20 keeps up to 20 apart
-                color = f"C{i}" if len(lines) <= 10 else figure_colors(i)
+                color = f"C{i}" if len(lines) <= 10 else colormaps["tab20"](i % 20)
                 ax.plot(line.x, line.y[metric], "o-", color=color, label=line.label, linewidth=1.2, markersize=3)
                 ax.fill_between(line.x, line.lo[metric], line.hi[metric], color=color, alpha=0.15, linewidth=0)
             ax.set_title(f"{name}: {label}", fontsize=9)
