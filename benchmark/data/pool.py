@@ -38,11 +38,11 @@ class DatasetPool:
             if outside_protocol:
                 inside = self.get(name)
                 reduced = without_options(options, name, type(inside).protocol_options)
-                self._made[key] = inside if reduced == options else make_dataset(
-                    name, root=data_root(name, data["root"]), options=reduced, local=self.local)
-            else:
-                self._made[key] = make_dataset(name, root=data_root(name, data["root"]), options=options,
-                                               local=self.local)
+                if reduced == options:  # no protocol option set: the same data, one instance
+                    self._made[key] = inside
+                    return inside
+                options = reduced
+            self._made[key] = make_dataset(name, root=data_root(name, data["root"]), options=options, local=self.local)
         return self._made[key]
 
     def fingerprints(self, names: Iterable[str], *, required: Collection[str]) -> dict[str, dict[str, Any] | None]:
