@@ -770,3 +770,47 @@ def group_metric_samples(*, y_true: Any, y_prob: Any, rows: np.ndarray, threshol
 def percentile_interval(samples: np.ndarray) -> tuple[list[float] | None, int]:
     """The CI_LEVEL percentile interval over the defined (non-NaN) samples, and how many were NaN."""
     return _interval(samples)
+
+
+# --------------------------------------------------------------------------------------------
+# metrics under given sample weights (the leaderboard's paired bootstrap: one resample, many runs)
+
+
+def weighted_summary(*, y_true: Any, y_prob: Any, groups: Mapping[str, Any], weights: np.ndarray,
+                     threshold: float | None = None, class_names: Sequence[str] | None = None
+                     ) -> dict[str, np.ndarray]:
+    """Overall metrics and every scheme's gaps and worst values, (B,) each, under each column of
+    `weights` (n, B): column b is resample b as sample counts. The caller draws the resamples, so
+    two runs scored on the same test samples can share them (a paired bootstrap). A column of
+    ones gives exactly fairness_report's values; which groups take part in a gap is decided on
+    the unweighted data, as there. Keys: `overall.<metric>` and `fair.<scheme>.<gap or worst>`.
+    """
+    inp = prepare_inputs(y_true=y_true, y_prob=y_prob, threshold=threshold, class_names=class_names)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[0] != len(inp.y):
+        raise ValueError(f"weights must be (n, B) with n = {len(inp.y)} samples; got shape {weights.shape}")
+    ones = np.ones((len(inp.y), 1))
+    overall = _make_slice(inp, np.arange(len(inp.y)))
+    rates = _rates(_counts(overall, weights, inp.k), inp.task)
+    out = {f"overall.{name}": rates[name] for name in METRICS[1:]}
+    for scheme, values in _scheme_items(groups):
+        codes, names = _group_codes(scheme, values, len(inp.y))
+        slices = [_make_slice(inp, np.flatnonzero(codes == g)) for g in range(len(names))]
+        point = [_rates(_counts(sl, ones[sl.idx], inp.k), inp.task) for sl in slices]
+        boot = [_rates(_counts(sl, weights[sl.idx], inp.k), inp.task) for sl in slices]
+        R = _stack(inp.task, boot) if boot else {}
+        for gap, (needs, formula) in _GAP_FORMULAS.items():
+            if inp.task == "multiclass" and gap != "gap_auc":
+                needs = ()
+            usable = [g for g in range(len(names)) if all(not np.isnan(point[g][key][0]) for key in needs)]
+            out[f"fair.{scheme}.{gap}"] = (
+                _pair_values(formula, R, np.array(list(combinations(usable, 2)))).max(axis=1)
+                if len(usable) >= 2 else np.full(weights.shape[1], np.nan))
+        for worst, (key, how) in _WORST.items():
+            usable = [g for g in range(len(names)) if not np.isnan(point[g][key][0])]
+            if not usable:
+                out[f"fair.{scheme}.{worst}"] = np.full(weights.shape[1], np.nan)
+                continue
+            samples = R[key][:, usable]
+            out[f"fair.{scheme}.{worst}"] = samples.min(axis=1) if how == "min" else samples.max(axis=1)
+    return out

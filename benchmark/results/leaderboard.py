@@ -28,7 +28,9 @@ import pandas as pd
 
 from dermbench.config import data_digests, profile_label, settings_digest, with_data
 from dermbench.data.groups import GROUP_ORDER
+from dermbench.errors import DermbenchError
 from dermbench.results.formatting import DECIMALS, MISSING, format_cell
+from dermbench.results.leaderboard_front import Board, front_page, plot_tradeoff, verdicts_page
 from dermbench.results.leaderboard_tone import PREFIXES as TONE_PREFIXES
 from dermbench.results.leaderboard_tone import (
     flatten_tone,
@@ -47,6 +49,16 @@ from dermbench.results.records import (
     read_record,
 )
 from dermbench.results.tone_plots import CurveLine, draw_curves
+from dermbench.results.variants import flat_settings, identical_rows, row_labels
+from dermbench.results.verdicts import (
+    N_BOOT,
+    REFERENCES,
+    TestSetSamples,
+    compare_all,
+    rank_summaries,
+    row_intervals,
+    test_set_samples,
+)
 
 DONE_MARKER = DONE
 # Files only a run directory holds: a directory with one of these is a run (finished or not).
@@ -60,7 +72,6 @@ README_LINK = "docs/leaderboard.md"
 NOTES_DIR = "notes"
 
 KEYS = ("dataset", "task", "test_set", "method", "profile", "variant")
-BASELINE = "erm"
 SCHEME_TITLES = {
     "tone3": "tone3 (A = FST I–II, B = III–IV, C = V–VI)",
     "tone2": "tone2 (light = FST I–III, dark = IV–VI)",
@@ -72,6 +83,7 @@ TEST_SET_ORDER = ("synthderm", "synthderm-ddi", "synthderm-dermoscopic", "fitz17
                   "derm7pt-clinic", "mclass-derm", "mclass-clinic", "isic2018", "isic2019")
 HIGHER = 1
 LOWER = -1
+NO_BOLD = 0  # a column where "best" means nothing on its own (accuracy and F1 at a threshold)
 
 
 @dataclass(frozen=True)
@@ -201,7 +213,9 @@ def collect(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
             "variant": record_variant(record),
             "record": display_path(run_dir),
         }
-        runs.append({**base, "skipped": dict(record.skipped_test_sets), "segmentation": _segmentation_of(record)})
+        runs.append({**base, "dir": run_dir.as_posix(), "settings": flat_settings(record.config),
+                     "thresholds": {t: r.threshold for t, r in record.eval.items()},
+                     "skipped": dict(record.skipped_test_sets), "segmentation": _segmentation_of(record)})
         for test_set, result in record.eval.items():
             rows.append({**base, **_flatten_eval(test_set, result)})
     order = ["dataset", "task", "test_set", "method", "profile", "variant", "seed", "run_id"]
@@ -263,26 +277,26 @@ def scheme_groups(scheme: str, available: Sequence[str]) -> list[str]:
     return standard + [g for g in seen if g not in standard]
 
 
-def table_columns(scheme: str, available: Sequence[str]) -> list[Column]:
-    """The columns of one scheme's table: overall (tone3 only), per-group acc/F1/AUC, worst AUC, gaps."""
-    columns: list[Column] = []
-    if scheme == "tone3":
-        columns += [Column("all acc", "overall.acc", HIGHER), Column("all AUC", "overall.auc", HIGHER)]
-    for group in scheme_groups(scheme, available):
-        for metric, label in (("acc", "acc"), ("f1", "F1"), ("auc", "AUC")):
-            columns.append(Column(f"{group} {label}", f"group.{scheme}.{group}.{metric}", HIGHER))
-    columns += [
-        Column("worst AUC", f"fair.{scheme}.worst_auc", HIGHER),
-        Column("EOpp0", f"fair.{scheme}.eopp0", LOWER),
-        Column("EOpp1", f"fair.{scheme}.eopp1", LOWER),
-        Column("EOdd", f"fair.{scheme}.eodd", LOWER),
-    ]
-    return columns
+def table_columns(scheme: str, available: Sequence[str]) -> list[list[Column]]:
+    """A scheme's tables: the ranking metrics (AUC per group and the gaps, bold marks the best),
+    then the metrics at the decision threshold (accuracy and F1 per group: no bold, since a
+    threshold can buy accuracy with a collapsed ranking). EOpp0 sits with the second table."""
+    groups = scheme_groups(scheme, available)
+    ranking = [Column("all AUC", "overall.auc", HIGHER)] if scheme == "tone3" else []
+    ranking += [Column(f"{g} AUC", f"group.{scheme}.{g}.auc", HIGHER) for g in groups]
+    ranking += [Column("AUC gap", f"fair.{scheme}.gap_auc", LOWER), Column("EOpp1", f"fair.{scheme}.eopp1", LOWER),
+                Column("EOdd", f"fair.{scheme}.eodd", LOWER)]
+    threshold = [Column("all acc", "overall.acc", NO_BOLD)] if scheme == "tone3" else []
+    threshold += [Column(f"{g} {label}", f"group.{scheme}.{g}.{metric}", NO_BOLD)
+                  for metric, label in (("acc", "acc"), ("f1", "F1")) for g in groups]
+    threshold += [Column("EOpp0", f"fair.{scheme}.eopp0", LOWER)]
+    return [ranking, threshold]
 
 
 def _row_order(index: pd.Index) -> list[tuple]:
-    """Rows sorted by profile, then the ERM baseline first, then method name, then config variant."""
-    return sorted(index, key=lambda k: (k[1], k[0] != BASELINE, k[0], k[2]))
+    """Rows sorted by profile, then the references (ERM, resampling) first, then method name, then variant."""
+    first = {name: i for i, name in enumerate(REFERENCES)}
+    return sorted(index, key=lambda k: (k[1], first.get(k[0], len(first)), k[0], k[2]))
 
 
 def _stat(stats: pd.DataFrame, key: str, row: tuple, stat: str) -> float:
@@ -300,25 +314,23 @@ def _best_per_profile(rows: Sequence[tuple], means: Sequence[float], better: int
     return best
 
 
-def scheme_table(stats: pd.DataFrame, scheme: str, show_variant: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One test set's table for `scheme`: (display strings with best in bold, numeric long form for CSV).
+def scheme_table(stats: pd.DataFrame, columns: Sequence[Column], scheme: str, labels: Mapping[tuple, str]
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One test set's table of `columns`: (display strings with best in bold, numeric long form for CSV).
 
-    `stats` holds one test set's aggregate rows indexed by (method, profile, variant).
+    `stats` holds one test set's aggregate rows indexed by (method, profile, variant); `labels`
+    names each row (the method, and a variant's differing settings when it has several).
     """
-    available = [c for c, _ in stats.columns]
-    columns = table_columns(scheme, available)  # every standard column, so layouts match across test sets
     has_data = [c for c in columns if (c.key, "count") in stats.columns and stats[(c.key, "count")].sum() > 0]
     if not any(c.key.startswith((f"group.{scheme}.", f"fair.{scheme}.")) for c in has_data):
         return pd.DataFrame(), pd.DataFrame()
     rows = _row_order(stats.index)
-    display: dict[str, list[str]] = {"method": [r[0] for r in rows], "profile": [r[1] for r in rows]}
-    if show_variant:
-        display["config"] = [r[2] for r in rows]
-    display["seeds"] = [str(int(stats.at[r, ("n_seeds", "")])) for r in rows]
+    display: dict[str, list[str]] = {"method": [labels.get(r, r[0]) for r in rows], "profile": [r[1] for r in rows],
+                                     "seeds": [str(int(stats.at[r, ("n_seeds", "")])) for r in rows]}
     long_rows: list[dict[str, Any]] = []
     for column in columns:
         means = [float(_stat(stats, column.key, r, "mean")) for r in rows]
-        best = _best_per_profile(rows, means, column.better)
+        best = _best_per_profile(rows, means, column.better) if column.better != NO_BOLD else set()
         cells = []
         for i, r in enumerate(rows):
             n_seeds = int(stats.at[r, ("n_seeds", "")])
@@ -327,9 +339,9 @@ def scheme_table(stats: pd.DataFrame, scheme: str, show_variant: bool) -> tuple[
             cell = format_cell(means[i], sd, count, n_seeds)
             cells.append(f"**{cell}**" if i in best else cell)
             long_rows.append({
-                "scheme": scheme, "method": r[0], "profile": r[1], "variant": r[2], "n_seeds": n_seeds,
-                "seeds": stats.at[r, ("seeds", "")], "column": column.label, "metric": column.key,
-                "better": "higher" if column.better == HIGHER else "lower (|x|)",
+                "scheme": scheme, "method": r[0], "label": labels.get(r, r[0]), "profile": r[1], "variant": r[2],
+                "n_seeds": n_seeds, "seeds": stats.at[r, ("seeds", "")], "column": column.label, "metric": column.key,
+                "better": {HIGHER: "higher", LOWER: "lower (|x|)", NO_BOLD: "higher (not ranked)"}[column.better],
                 "mean": means[i], "sd": sd, "n_values": count, "best": i in best,
             })
         display[column.label] = cells
@@ -375,34 +387,36 @@ def regenerate_command(roots: Sequence[str], out: str) -> str:
     return f"dermbench leaderboard --runs {runs} --out {out}"
 
 
-def render_protocol(frame: pd.DataFrame, stats: pd.DataFrame, dataset: str, task: str,
-                    roots: Sequence[str], out: str, notes: str | None = None) -> tuple[str, str]:
-    """Markdown and CSV text for one protocol; `frame` and `stats` are already restricted to it.
-    `notes` (markdown written by people: what a reader must know about a row) follows the tables."""
-    runs = [r for r in frame.attrs.get("runs", []) if r["dataset"] == dataset and r["task"] == task]
+def _header(title: str, runs: Sequence[Mapping[str, Any]], roots: Sequence[str], out: str) -> list[str]:
+    """The generated marker, the title, where the file comes from and how to regenerate and check it."""
     methods = sorted({r["method"] for r in runs})
     seeds = sorted({r["seed"] for r in runs})
     command = regenerate_command(roots, out)
-    lines = [
+    return [
         f"{GENERATED_MARKER} from run records: do not edit by hand -->",
-        f"# Leaderboard: `{dataset}`, task `{task}`",
+        f"# {title}",
         "",
         f"Generated by `dermbench leaderboard` from {len(runs)} finished run record(s) under "
-        f"{', '.join(f'`{r}`' for r in roots)} ({len(methods)} method(s), seeds {', '.join(map(str, seeds))}).",
-        f"Regenerate with `{command}`; check that this file is current with `{command} --check`.",
-        "",
-        f"How to read it: [{README_LINK}](../{README_LINK}#reading-the-leaderboard). Cells are mean ± sd over "
-        "seeds (sample sd, n − 1; no sd for one seed; `(k/n)` when only k of n seeds have a value, "
-        f"`{MISSING}` when none does). **Bold** marks the best row of each column within a profile: highest acc, "
-        "F1, AUC and worst-group AUC; smallest |EOpp0|, |EOpp1|, |EOdd|. Rows are methods per profile (a record of "
-        "an earlier version of a profile shows as `<profile>@<version>`, docs/speed.md); runs that differ only in "
-        "seed are aggregated.",
+        f"{', '.join(f'`{r}`' for r in roots)} ({len(methods)} method(s), seeds {', '.join(map(str, seeds))}). "
+        f"Regenerate with `{command}`; check that it is current with `{command} --check`.",
+    ]
+
+
+def render_details(frame: pd.DataFrame, stats: pd.DataFrame, runs: Sequence[Mapping[str, Any]],
+                   labels: Mapping[tuple, str], header: Sequence[str], stem: str) -> tuple[str, str]:
+    """The per-test-set tables of one protocol as markdown, and their numbers as CSV; `frame` and
+    `stats` are already restricted to it."""
+    lines = [
+        *header, "",
+        f"How to read it: [{README_LINK}](../{README_LINK}#reading-the-leaderboard); the verdicts are on the "
+        f"[front page]({stem}.md). Cells are mean ± sd over seeds (sample sd, n − 1; no sd for one seed; `(k/n)` "
+        f"when only k of n seeds have a value, `{MISSING}` when none does). **Bold** marks the best row of a "
+        "column within a profile where best means something: highest AUC, smallest |gap|; accuracy and F1 at the "
+        "decision threshold are shown unranked. Rows are methods per profile (a record of an earlier version of a "
+        "profile shows as `<profile>@<version>`, docs/speed.md); a method run with different settings has a row "
+        "per variant, named by the settings that differ; runs that differ only in seed are aggregated.",
     ]
     csv_parts: list[pd.DataFrame] = []
-    variants: dict[tuple[str, str], set[str]] = {}
-    for run in runs:
-        variants.setdefault((run["method"], run["profile"]), set()).add(run["variant"])
-    show_variant = any(len(v) > 1 for v in variants.values())
     for test_set in order_test_sets(stats.index.get_level_values("test_set")):
         sub = stats.xs(test_set, level="test_set")
         sub_frame = frame[frame["test_set"] == test_set]
@@ -412,39 +426,33 @@ def render_protocol(frame: pd.DataFrame, stats: pd.DataFrame, dataset: str, task
                   f"Samples per run: {n_text}. Tone source (samples per run): {tone_source_line(sub_frame)}."]
         tables = 0
         for scheme in TABLE_SCHEMES:
-            table, long = scheme_table(sub, scheme, show_variant)
-            if table.empty:
-                continue
-            tables += 1
-            lines += ["", f"### {SCHEME_TITLES.get(scheme, scheme)}", "", _markdown(table)]
-            long.insert(0, "test_set", test_set)
-            csv_parts.append(long)
+            available = [c for c, _ in sub.columns]
+            for part, columns in zip(("", ", at the decision threshold"), table_columns(scheme, available)):
+                table, long = scheme_table(sub, columns, scheme, labels)
+                if table.empty:
+                    continue
+                tables += 1
+                lines += ["", f"### {SCHEME_TITLES.get(scheme, scheme)}{part}", "", _markdown(table)]
+                long.insert(0, "test_set", test_set)
+                csv_parts.append(long)
         if not tables:
             lines += ["", "No tone3 or tone2 group metrics recorded for this test set."]
-        tone_lines, tone_long = _tone_lines(sub, sub_frame, show_variant, protocol_name(dataset, task), test_set)
+        tone_lines, tone_long = _tone_lines(sub, sub_frame, labels, stem, test_set)
         lines += tone_lines
         if len(tone_long):
             tone_long.insert(0, "test_set", test_set)
             csv_parts.append(tone_long)
-    if notes:
-        lines += ["", "## Notes", "", f"(Written by hand in `{out}/{NOTES_DIR}/{protocol_name(dataset, task)}.md`.)", "",
-                  notes.strip()]
     lines += _skipped_section(runs)
     lines += _duplicate_seed_section(runs)
-    lines += ["", "## Records", "", _markdown(_records_table(runs, show_variant))]
-    markdown = "\n".join(lines) + "\n"
+    lines += ["", "## Records", "", _markdown(_records_table(runs, labels))]
     csv = pd.concat(csv_parts, ignore_index=True) if csv_parts else pd.DataFrame()
-    csv_text = csv.to_csv(index=False, float_format=f"%.{6}f", lineterminator="\n")
-    return markdown, csv_text
+    return "\n".join(lines) + "\n", csv.to_csv(index=False, float_format="%.6f", lineterminator="\n")
 
 
-def _row_labels(stats: pd.DataFrame, show_variant: bool) -> tuple[list[tuple], dict[str, list[str]]]:
-    """The rows in display order and their leading columns (method, profile, config)."""
+def _row_labels(stats: pd.DataFrame, labels: Mapping[tuple, str]) -> tuple[list[tuple], dict[str, list[str]]]:
+    """The rows in display order and their leading columns (method label, profile)."""
     rows = _row_order(stats.index)
-    labels = {"method": [r[0] for r in rows], "profile": [r[1] for r in rows]}
-    if show_variant:
-        labels["config"] = [r[2] for r in rows]
-    return rows, labels
+    return rows, {"method": [labels.get(r, r[0]) for r in rows], "profile": [r[1] for r in rows]}
 
 
 def ita_plot_name(stem: str, test_set: str) -> str:
@@ -452,12 +460,13 @@ def ita_plot_name(stem: str, test_set: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{stem}-ita-{test_set}") + ".png"
 
 
-def _tone_lines(stats: pd.DataFrame, frame: pd.DataFrame, show_variant: bool, stem: str,
+def _tone_lines(stats: pd.DataFrame, frame: pd.DataFrame, labels: Mapping[tuple, str], stem: str,
                 test_set: str) -> tuple[list[str], pd.DataFrame]:
     """The test set's tone-source section, ITA plot link and CSV lines (records of schema 2); nothing
     for a test set whose records all predate them, so such a leaderboard reads as before."""
-    rows, labels = _row_labels(stats, show_variant)
-    lines, shown = tone_section(stats, frame, rows, ("method", "profile", "variant"), labels, _stat)
+    rows, shown_labels = _row_labels(stats, labels)
+    ranked = [r for r in rows if r not in frame.attrs.get("duplicates_of", {})]
+    lines, shown = tone_section(stats, frame, rows, ("method", "profile", "variant"), shown_labels, _stat, ranked)
     if any(str(c).startswith("ita.") and stat == "count" and stats[(c, stat)].sum() > 0 for c, stat in stats.columns):
         lines += ["", "### AUC and TPR along ITA", "",
                   "Equal-count ITA bins (higher ITA = lighter skin), one line per row, mean over seeds; each run's "
@@ -490,110 +499,102 @@ def _duplicate_seed_section(runs: list[dict[str, Any]]) -> list[str]:
     return ["", "## Warnings", "", "Rows with repeated seeds (each record counts once):", *lines] if lines else []
 
 
-def _records_table(runs: list[dict[str, Any]], show_variant: bool) -> pd.DataFrame:
+def _records_table(runs: Sequence[Mapping[str, Any]], labels: Mapping[tuple, str]) -> pd.DataFrame:
     """The records behind the file, so every number can be traced to a run directory."""
-    ordered = sorted(runs, key=lambda r: (r["profile"], r["method"] != BASELINE, r["method"], r["variant"],
+    first = {name: i for i, name in enumerate(REFERENCES)}
+    ordered = sorted(runs, key=lambda r: (r["profile"], first.get(r["method"], len(first)), r["method"], r["variant"],
                                           r["seed"], r["run_id"]))
     table: dict[str, list[str]] = {
-        "method": [r["method"] for r in ordered],
+        "method": [labels.get((r["method"], r["profile"], r["variant"]), r["method"]) for r in ordered],
         "profile": [r["profile"] for r in ordered],
+        "seed": [str(r["seed"]) for r in ordered],
+        "run id": [r["run_id"] for r in ordered],
+        "record": [f"`{r['record']}`" for r in ordered],
     }
-    if show_variant:
-        table["config"] = [r["variant"] for r in ordered]
-    table["seed"] = [str(r["seed"]) for r in ordered]
-    table["run id"] = [r["run_id"] for r in ordered]
-    table["record"] = [f"`{r['record']}`" for r in ordered]
     return pd.DataFrame(table)
 
 
-# --------------------------------------------------------------------------- plot
+# --------------------------------------------------------------------------- verdicts and outputs
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> set[int]:
-    """Indices of points no other point dominates (lower-or-equal EOdd and higher-or-equal AUC, one strict)."""
-    front = set()
-    for i, (x, y) in enumerate(points):
-        dominated = any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i)
-        if not dominated:
-            front.add(i)
-    return front
-
-
-def plot_protocol(stats: pd.DataFrame, dataset: str, task: str, path: Path, scheme: str = "tone3") -> None:
-    """Overall AUC against EOdd per test set (one panel each), error bars = sd over seeds, Pareto front marked."""
-    # matplotlib is imported only when a plot is drawn: it is heavy and most commands never plot
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-    from matplotlib.figure import Figure  # noqa: PLC0415
-
-    test_sets = order_test_sets(stats.index.get_level_values("test_set"))
-    ncols = min(3, len(test_sets))
-    nrows = math.ceil(len(test_sets) / ncols)
-    figure = Figure(figsize=(4.2 * ncols, 3.6 * nrows), dpi=100)
-    FigureCanvasAgg(figure)
-    x_key, y_key = f"fair.{scheme}.eodd", "overall.auc"
-    for k, test_set in enumerate(test_sets):
-        ax = figure.add_subplot(nrows, ncols, k + 1)
-        sub = stats.xs(test_set, level="test_set")
-        rows = [r for r in _row_order(sub.index)
-                if not math.isnan(_stat(sub, x_key, r, "mean")) and not math.isnan(_stat(sub, y_key, r, "mean"))]
-        ax.set_title(test_set, fontsize=10)
-        ax.set_xlabel(f"EOdd ({scheme}), lower is better", fontsize=8)
-        ax.set_ylabel("AUC (all), higher is better", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-        if not rows:
-            ax.text(0.5, 0.5, f"no AUC/{scheme} EOdd recorded", ha="center", va="center", transform=ax.transAxes)
-            continue
-        points = [(float(_stat(sub, x_key, r, "mean")), float(_stat(sub, y_key, r, "mean"))) for r in rows]
-        front = pareto_front(points)
-        profiles = {r[1] for r in rows}
-        for i, (r, (x, y)) in enumerate(zip(rows, points)):
-            xerr, yerr = (np.nan_to_num(float(_stat(sub, key, r, "sd"))) for key in (x_key, y_key))
-            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=2, color=f"C{i % 10}",
-                        markerfacecolor=f"C{i % 10}" if i in front else "white")
-            label = r[0] if len(profiles) == 1 else f"{r[0]} ({r[1]})"
-            ax.annotate(label, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
-        line = sorted(points[i] for i in front)
-        ax.plot([p[0] for p in line], [p[1] for p in line], "--", color="0.4", linewidth=1, label="Pareto front")
-        ax.legend(fontsize=7, loc="lower right")
-    figure.suptitle(f"{dataset} / {task}: AUC vs EOdd (mean ± sd over seeds; filled = Pareto front)", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, format="png", metadata={"Software": None})
-
-
-# --------------------------------------------------------------------------- outputs and CLI
+def build_board(runs: Sequence[Mapping[str, Any]], stats: pd.DataFrame, labels: Mapping[tuple, str],
+                duplicates: Mapping[tuple, tuple], n_boot: int = N_BOOT) -> Board:
+    """Verdicts, ranks and plot intervals of one protocol, from its runs' predictions. A test set whose
+    predictions cannot be read (records without them) is named with the reason, not dropped silently."""
+    rows = _row_order(pd.Index(sorted({(r["method"], r["profile"], r["variant"]) for r in runs})))
+    test_sets = order_test_sets(stats.index.get_level_values("test_set")) if len(stats) else []
+    samples: dict[str, TestSetSamples] = {}
+    skipped: dict[str, str] = {}
+    for test_set in test_sets:
+        scored = [r for r in runs if test_set in r["thresholds"]]
+        try:
+            samples[test_set] = test_set_samples(scored, test_set, {r["run_id"]: r["thresholds"][test_set]
+                                                                    for r in scored}, n_boot=n_boot)
+        except (RecordError, DermbenchError, ValueError, KeyError) as error:
+            skipped[test_set] = str(error).rstrip(".")
+    counted = [r for r in rows if r not in duplicates]
+    seeds = {row: sum(1 for r in runs if (r["method"], r["profile"], r["variant"]) == row) for row in rows}
+    return Board(rows=rows, labels=labels, seeds=seeds, duplicates=duplicates, test_sets=list(samples),
+                 comparisons=compare_all(samples, counted), ranks=rank_summaries(samples, counted),
+                 intervals=row_intervals(samples), skipped=skipped)
 
 
 @dataclass
 class ProtocolOutput:
-    """The generated files of one protocol: markdown and CSV text, and the aggregate for the plot."""
+    """The generated files of one protocol: {file name: text} (markdown and CSV, compared by --check),
+    and what its plots are drawn from (PNGs are not compared)."""
 
     dataset: str
     task: str
     stem: str
-    markdown: str
-    csv: str
-    stats: pd.DataFrame
+    files: dict[str, str]
+    board: Board | None = None
     #: {test set: one line per row} for the ITA plots (records of schema 2 only)
     ita: dict[str, list[CurveLine]] = field(default_factory=dict)
 
+    @property
+    def markdown(self) -> str:
+        """The front page (for a segmentation board: its one page)."""
+        return self.files[f"{self.stem}.md"]
 
-def build_outputs(frame: pd.DataFrame, roots: Sequence[str], out: str) -> list[ProtocolOutput]:
-    """Render every protocol (train dataset + task) found in the collected frame, sorted by file name,
-    each with its hand-written notes from `<out>/notes/<protocol>.md` when that file exists."""
+    @property
+    def details(self) -> str:
+        """The per-test-set tables."""
+        return self.files[f"{self.stem}-details.md"]
+
+    @property
+    def csv(self) -> str:
+        return self.files[f"{self.stem}.csv"]
+
+
+def build_outputs(frame: pd.DataFrame, roots: Sequence[str], out: str, n_boot: int = N_BOOT) -> list[ProtocolOutput]:
+    """Render every protocol (train dataset + task) found in the collected frame, sorted by file name:
+    front page with verdicts, details, verdicts page, CSVs; each front page with its hand-written notes
+    from `<out>/notes/<protocol>.md` when that file exists."""
     stats = aggregate(frame)
     outputs: list[ProtocolOutput] = []
     for dataset, task in sorted({(r["dataset"], r["task"]) for r in frame.attrs.get("runs", [])}):
+        runs = [r for r in frame.attrs["runs"] if r["dataset"] == dataset and r["task"] == task]
         sub_frame = frame[(frame["dataset"] == dataset) & (frame["task"] == task)].copy()
-        sub_frame.attrs = frame.attrs
+        labels = row_labels(runs)
+        duplicates = identical_rows(sub_frame, metric_columns(sub_frame))
+        sub_frame.attrs = {**frame.attrs, "duplicates_of": duplicates}
         in_protocol = (stats.index.get_level_values("dataset") == dataset) & (
             stats.index.get_level_values("task") == task)
         sub_stats = stats[in_protocol].droplevel(["dataset", "task"])
-        notes_file = Path(out) / NOTES_DIR / f"{protocol_name(dataset, task)}.md"
+        stem = protocol_name(dataset, task)
+        notes_file = Path(out) / NOTES_DIR / f"{stem}.md"
         notes = notes_file.read_text(encoding="utf-8") if notes_file.is_file() else None
-        markdown, csv_text = render_protocol(sub_frame, sub_stats, dataset, task, roots, out, notes)
-        outputs.append(ProtocolOutput(dataset, task, protocol_name(dataset, task), markdown, csv_text, sub_stats,
-                                      ita=_ita_panels(sub_stats, len({r[2] for r in sub_stats.index}) > 1)))
+        where = f"`{dataset}`, task `{task}`"
+        details, csv_text = render_details(sub_frame, sub_stats, runs, labels,
+                                           _header(f"Leaderboard details: {where}", runs, roots, out), stem)
+        board = build_board(runs, sub_stats, labels, duplicates, n_boot)
+        front = front_page(board, _header(f"Leaderboard: {where}", runs, roots, out), stem, notes,
+                           f"{out}/{NOTES_DIR}/{stem}.md", README_LINK)
+        verdicts_md, verdicts_csv = verdicts_page(board, _header(f"Verdicts: {where}", runs, roots, out))
+        files = {f"{stem}.md": front, f"{stem}-details.md": details, f"{stem}-verdicts.md": verdicts_md,
+                 f"{stem}.csv": csv_text, f"{stem}-verdicts.csv": verdicts_csv}
+        outputs.append(ProtocolOutput(dataset, task, stem, files, board, ita=_ita_panels(sub_stats, labels)))
     outputs += segmentation_outputs(frame.attrs.get("runs", []), roots, out)
     stems = [o.stem for o in outputs]
     clashes = sorted({s for s in stems if stems.count(s) > 1})
@@ -602,15 +603,14 @@ def build_outputs(frame: pd.DataFrame, roots: Sequence[str], out: str) -> list[P
     return outputs
 
 
-def _ita_panels(stats: pd.DataFrame, show_variant: bool) -> dict[str, list[CurveLine]]:
+def _ita_panels(stats: pd.DataFrame, labels: Mapping[tuple, str]) -> dict[str, list[CurveLine]]:
     """{test set: one ITA-curve line per row} for the test sets whose records have curves."""
     panels = {}
     for test_set in order_test_sets(stats.index.get_level_values("test_set")) if len(stats) else []:
         sub = stats.xs(test_set, level="test_set")
-        rows, _ = _row_labels(sub, show_variant)
+        rows, _ = _row_labels(sub, labels)
         profiles = {r[1] for r in rows}
-        names = [" ".join([r[0], *([f"({r[1]})"] if len(profiles) > 1 else []), *([r[2]] if show_variant else [])])
-                 for r in rows]
+        names = [labels.get(r, r[0]) + (f" ({r[1]})" if len(profiles) > 1 else "") for r in rows]
         if lines := ita_lines(sub, rows, names, _stat):
             panels[test_set] = lines
     return panels
@@ -621,8 +621,8 @@ def check_outputs(outputs: Sequence[ProtocolOutput], out_dir: Path) -> list[str]
     diffs: list[str] = []
     expected = set()
     for output in outputs:
-        for suffix, text in ((".md", output.markdown), (".csv", output.csv)):
-            path = out_dir / f"{output.stem}{suffix}"
+        for name, text in output.files.items():
+            path = out_dir / name
             expected.add(path.name)
             current = path.read_text(encoding="utf-8") if path.is_file() else ""
             if current != text:
@@ -644,17 +644,18 @@ def generated_markdown(out_dir: Path) -> list[Path]:
 
 
 def write_outputs(outputs: Sequence[ProtocolOutput], out_dir: Path) -> list[Path]:
-    """Write markdown, CSV and PNG per protocol; returns the paths written."""
+    """Write every protocol's markdown, CSV and PNGs; returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for output in outputs:
-        for suffix, text in ((".md", output.markdown), (".csv", output.csv)):
-            path = out_dir / f"{output.stem}{suffix}"
+        for name, text in output.files.items():
+            path = out_dir / name
             path.write_text(text, encoding="utf-8")
             written.append(path)
-        if len(output.stats):
+        if output.board is not None and output.board.test_sets:
             png = out_dir / f"{output.stem}.png"
-            plot_protocol(output.stats, output.dataset, output.task, png)
+            plot_tradeoff(output.board, png, f"{output.dataset} / {output.task}: worst-tone AUC against EOdd "
+                                             "(mean over seeds, 95 % intervals)")
             written.append(png)
         for test_set, lines in output.ita.items():
             png = out_dir / ita_plot_name(output.stem, test_set)
@@ -662,8 +663,6 @@ def write_outputs(outputs: Sequence[ProtocolOutput], out_dir: Path) -> list[Path
                         "none; mean over seeds")
             written.append(png)
     return written
-
-
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -735,8 +734,9 @@ def segmentation_outputs(runs: list[dict[str, Any]], roots: Sequence[str], out: 
                 table[title] = [("**" + format_cell(*st) + "**") if i in best else format_cell(*st)
                                 for i, st in enumerate(stats)]
             lines += ["", f"## Test set `{test_set}`", "", _markdown(pd.DataFrame(table))]
-        lines += ["", "## Records", "", _markdown(_records_table(chosen, False))]
+        lines += ["", "## Records", "", _markdown(_records_table(chosen, row_labels(chosen)))]
         csv = pd.DataFrame(csv_rows).to_csv(index=False, float_format="%.6f", lineterminator="\n")
         stem = f"{protocol_name(dataset, 'segmentation')}"
-        outputs.append(ProtocolOutput(dataset, "segmentation", stem, "\n".join(lines) + "\n", csv, pd.DataFrame()))
+        outputs.append(ProtocolOutput(dataset, "segmentation", stem,
+                                      {f"{stem}.md": "\n".join(lines) + "\n", f"{stem}.csv": csv}))
     return outputs

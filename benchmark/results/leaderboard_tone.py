@@ -158,13 +158,15 @@ def kendall_line(stats: pd.DataFrame, rows: Sequence[tuple], source: str, stat_o
 
 
 def tone_section(stats: pd.DataFrame, sub_frame: pd.DataFrame, rows: Sequence[tuple], keys: Sequence[str],
-                 labels: dict[str, list[str]], stat_of: Callable) -> tuple[list[str], list[tuple[str, str]]]:
+                 labels: dict[str, list[str]], stat_of: Callable, ranked: Sequence[tuple]
+                 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Markdown lines of one test set's tone-source section and the (column, key) pairs its table
     shows (for the CSV); nothing when no record has the fields. `rows` are the stats index rows
-    in display order, `labels` the leading display columns."""
+    in display order, `labels` the leading display columns; `ranked` the rows Kendall's tau
+    ranks (a row identical to another counts once)."""
     columns = _with_values(stats)
     if _has(columns, "sens."):
-        return _annotated_section(stats, sub_frame, rows, keys, labels, stat_of, columns)
+        return _annotated_section(stats, sub_frame, rows, keys, labels, stat_of, columns, ranked)
     if _has(columns, "mis."):
         return _misassignment_section(stats, rows, labels, stat_of)
     return [], []
@@ -190,7 +192,7 @@ def _lacking(stats: pd.DataFrame, rows: Sequence[tuple], key: str, stat_of: Call
     return sum(int(stat_of(stats, key, r, "count")) < int(stats.at[r, ("n_seeds", "")]) for r in rows)
 
 
-def _annotated_section(stats, sub_frame, rows, keys, labels, stat_of, columns) -> list[str]:
+def _annotated_section(stats, sub_frame, rows, keys, labels, stat_of, columns, ranked) -> list[str]:
     sources = _sources(columns)
     table: dict[str, list[str]] = {k: list(v) for k, v in labels.items()}
     shown: list[tuple[str, str]] = []
@@ -208,7 +210,7 @@ def _annotated_section(stats, sub_frame, rows, keys, labels, stat_of, columns) -
              "bootstrap intervals, averaged over seeds. `A−C` gaps are signed (FST I–II minus V–VI); `direction "
              "holds` counts the (seed, TPR/FPR/AUC gap) pairs whose sign under the estimator is the annotated one.",
              "", pd.DataFrame(table).to_markdown(index=False, disable_numparse=True, stralign="left"), ""]
-    lines += [f"- {line}" for s in sources if s != "annotated" for line in kendall_lines(stats, rows, s, stat_of)]
+    lines += [f"- {line}" for s in sources if s != "annotated" for line in kendall_lines(stats, ranked, s, stat_of)]
     lacking = _lacking(stats, rows, f"sens.annotated.{RANK_GAP}", stat_of)
     if lacking:
         lines.append(f"- {lacking} row(s) include records without tone-source scores (schema 1, written before "
