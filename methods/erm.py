@@ -11,8 +11,24 @@ from __future__ import annotations
 from dermbench.hookspecs import hookimpl
 
 name = "erm"
-#: nothing of its own to cite: a run cites dermbench, its datasets and its backbone
-REFERENCES: tuple[str, ...] = ()
+#: empirical risk minimisation itself (Vapnik); the backbone's paper (e.g. ResNet, He et al. 2016) is
+#: cited through the run's backbone references, dermbench and the datasets through theirs
+REFERENCES: tuple[str, ...] = (
+    r"""@inproceedings{vapnik1992principles,
+  author = {Vapnik, V.},
+  title = {Principles of Risk Minimization for Learning Theory},
+  booktitle = {Advances in Neural Information Processing Systems 4 (NIPS 1991)},
+  pages = {831--838},
+  year = {1992},
+}""",
+    r"""@book{vapnik1998statistical,
+  author = {Vapnik, V. N.},
+  title = {Statistical Learning Theory},
+  publisher = {Wiley},
+  address = {New York},
+  year = {1998},
+}""",
+)
 
 
 @hookimpl
