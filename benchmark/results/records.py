@@ -12,9 +12,10 @@ estimation) are structs.
 
 Schema versions:
     1   the shape written since the record existed. Records written before the
-        `schema_version` field was added (e.g. those committed in leaderboards/records) have
-        no such field and are read as version 1. A record with a newer version than
-        SCHEMA_VERSION is refused with a RecordError: this dermbench cannot know its shape.
+        `schema_version` field was added have no such field and are read as version 1 (none
+        is committed any more: every record under leaderboards/ is version 2). A record with a
+        newer version than SCHEMA_VERSION is refused with a RecordError: this dermbench
+        cannot know its shape.
     2   adds two optional fields per test set: `eval.<set>.tone_sources` (the same predictions
         scored with each tone source's groups, or the estimators' misassignment propagated into
         the gaps' intervals) and `eval.<set>.ita_curve` (AUC and TPR per equal-count ITA bin).
