@@ -22,7 +22,6 @@ from dermbench.results.leaderboard import (
     collect,
     config_variant,
     format_cell,
-    pareto_front,
 )
 from dermbench.results.records import Fairness, RecordError
 
@@ -113,13 +112,17 @@ def cli(argv: list[str]) -> int:
 def protocol_markdown(root: Path) -> str:
     outputs = build_outputs(collect([root]), [root.as_posix()], "leaderboards")
     assert [o.stem for o in outputs] == ["synthderm-malignant"]
-    return outputs[0].markdown
+    return outputs[0].details
 
 
-def table_rows(markdown: str, test_set: str, scheme: str = "tone3") -> dict[str, dict[str, str]]:
-    """Parse one table of a protocol file into {row label: {column: cell}}."""
+def table_rows(markdown: str, test_set: str, scheme: str = "tone3", threshold: bool = False
+               ) -> dict[str, dict[str, str]]:
+    """Parse one table of a details file into {row label: {column: cell}}: a scheme's ranking table,
+    or with threshold=True its table of the metrics at the decision threshold."""
     section = markdown.split(f"## Test set `{test_set}`")[1].split("\n## ")[0]
-    table = section.split(f"### {scheme}")[1].split("\n\n")[1]
+    parts = section.split("\n### ")[1:]
+    table = next(p for p in parts if p.startswith(scheme) and
+                 p.split("\n")[0].endswith(", at the decision threshold") == threshold).split("\n\n")[1]
     lines = [line for line in table.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = {}
@@ -323,12 +326,19 @@ def test_markdown_layout_and_fixed_precision(tmp_path):
     rows = table_rows(markdown, "synthderm-ddi")
     assert list(rows) == ["erm/tiny", "dermdiff+fairquantize/tiny", "fairprune/tiny"]  # baseline first
     header = list(rows["erm/tiny"])
-    assert header[:4] == ["method", "profile", "seeds", "all acc"]
-    assert {"A acc", "A F1", "A AUC", "B AUC", "C AUC", "worst AUC", "EOpp0", "EOpp1", "EOdd"} <= set(header)
-    for row in rows.values():
-        for column, cell in row.items():
-            if column not in ("method", "profile", "seeds"):
-                assert re.fullmatch(r"(\*\*)?\d\.\d{3} ± \d\.\d{3}(\*\*)?", cell), (column, cell)
+    assert header[:4] == ["method", "profile", "seeds", "all AUC"]
+    assert {"A AUC", "B AUC", "C AUC", "AUC gap", "EOpp1", "EOdd"} <= set(header)
+    at_threshold = table_rows(markdown, "synthderm-ddi", threshold=True)
+    assert {"all acc", "A acc", "A F1", "C F1", "EOpp0"} <= set(at_threshold["erm/tiny"])
+    for table in (rows, at_threshold):
+        for row in table.values():
+            for column, cell in row.items():
+                if column not in ("method", "profile", "seeds"):
+                    assert re.fullmatch(r"(\*\*)?\d\.\d{3} ± \d\.\d{3}(\*\*)?", cell), (column, cell)
+    # bold only where best means something: never accuracy or F1 at a threshold alone
+    assert not any(cell.startswith("**") for row in at_threshold.values() for c, cell in row.items()
+                   if c != "EOpp0")
+    assert any(cell.startswith("**") for row in rows.values() for cell in row.values())
     tone2 = table_rows(markdown, "synthderm", "tone2")
     assert {"light AUC", "dark AUC", "EOdd"} <= set(tone2["erm/tiny"])
     assert "## Records" in markdown
@@ -362,7 +372,7 @@ def test_records_of_an_earlier_profile_revision_are_rows_of_their_own_labelled_w
     assert set(rows) == {"erm/tiny", "resampling/tiny", "erm/tiny@2026-11"}
     assert rows["erm/tiny"]["seeds"] == rows["erm/tiny@2026-11"]["seeds"] == "2"
     # the best of a column is chosen within a profile: the better previous-profile row does not take it
-    assert rows["resampling/tiny"]["all acc"].startswith("**") and not rows["erm/tiny@2026-11"]["all acc"].startswith("**")
+    assert rows["resampling/tiny"]["all AUC"].startswith("**") and not rows["erm/tiny@2026-11"]["all AUC"].startswith("**")
 
 
 def test_runs_differing_in_more_than_seed_are_separate_rows(tmp_path):
@@ -383,8 +393,7 @@ def test_runs_differing_in_more_than_seed_are_separate_rows(tmp_path):
         write_run(tmp_path, make_record("erm", seed, config=other))
     markdown = protocol_markdown(tmp_path)
     section = markdown.split("## Test set `synthderm`")[1].split("### tone2")[0]
-    assert "| config" in section
-    assert section.count("| erm ") == 2
+    assert "| erm [train.lr=0.001] " in section and "| erm [train.lr=0.01] " in section
 
 
 def test_missing_values_are_counted_per_cell(tmp_path):
@@ -395,7 +404,8 @@ def test_missing_values_are_counted_per_cell(tmp_path):
         write_run(tmp_path, record)
     rows = table_rows(protocol_markdown(tmp_path), "synthderm")
     assert rows["erm/tiny"]["C AUC"] == "0.850 ± 0.071 (2/3)"
-    assert rows["erm/tiny"]["B F1"] == "–"
+    at_threshold = table_rows(protocol_markdown(tmp_path), "synthderm", threshold=True)
+    assert at_threshold["erm/tiny"]["B F1"] == "–"
 
 
 def test_skipped_test_sets_and_tone_sources_are_stated(tmp_path):
@@ -418,7 +428,10 @@ def test_write_then_check_passes_and_fails_with_a_diff_after_a_record_changes(tm
     args = ["leaderboard", "--runs", str(root), "--out", str(out)]
     assert cli(args) == 0
     written = {p.name for p in out.iterdir()}
-    assert written == {"synthderm-malignant.md", "synthderm-malignant.csv", "synthderm-malignant.png"}
+    # these records have no predictions: no verdicts and so no trade-off plot, and the front page says why
+    assert written == {"synthderm-malignant.md", "synthderm-malignant.csv", "synthderm-malignant-details.md",
+                       "synthderm-malignant-verdicts.md", "synthderm-malignant-verdicts.csv"}
+    assert "No verdicts: `synthderm`: " in (out / "synthderm-malignant.md").read_text()
     capsys.readouterr()
     assert cli([*args, "--check"]) == 0
     assert "leaderboard is current" in capsys.readouterr().out
@@ -466,12 +479,10 @@ def test_one_file_set_per_protocol(tmp_path):
     assert [o.stem for o in outputs] == ["fitz17k-malignant", "synthderm-fitz3", "synthderm-malignant"]
 
 
-def test_plot_and_csv_are_written_and_csv_matches_the_table(tmp_path):
+def test_csv_is_written_and_matches_the_table(tmp_path):
     root = standard_records(tmp_path / "records")
     out = tmp_path / "lb"
     assert cli(["leaderboard", "--runs", str(root), "--out", str(out)]) == 0
-    png = (out / "synthderm-malignant.png").read_bytes()
-    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
     csv = pd.read_csv(out / "synthderm-malignant.csv")
     assert {"test_set", "scheme", "method", "profile", "n_seeds", "column", "mean", "sd", "best"} <= set(csv.columns)
     assert set(csv["method"]) == {"erm", "fairprune", "dermdiff+fairquantize"}
@@ -481,12 +492,6 @@ def test_plot_and_csv_are_written_and_csv_matches_the_table(tmp_path):
     row = csv[(csv["method"] == "fairprune") & (csv["test_set"] == "synthderm") & (csv["column"] == "C AUC")]
     assert row["mean"].item() == pytest.approx(expected.mean(), abs=1e-6)
     assert row["sd"].item() == pytest.approx(expected.std(ddof=1), abs=1e-6)
-
-
-def test_pareto_front():
-    # (EOdd, AUC): lower EOdd and higher AUC dominate
-    points = [(0.10, 0.85), (0.05, 0.80), (0.12, 0.84), (0.05, 0.79), (0.20, 0.90)]
-    assert pareto_front(points) == {0, 1, 4}
 
 
 def test_records_made_by_the_metrics_module_aggregate(tmp_path):

@@ -157,7 +157,7 @@ def _section(markdown: str, test_set: str) -> str:
 def test_leaderboard_section_ranks_methods_by_eodd_per_source(tmp_path):
     root = _records(tmp_path / "records")
     outputs = build_outputs(collect([root]), [root.as_posix()], "out")
-    markdown = outputs[0].markdown
+    markdown = outputs[0].details
     section = _section(markdown, "synthderm")
     assert "### Tone-source sensitivity (tone3)" in section
     assert "| EOdd (annotated) " in section and "| direction holds (ITA) " in section
@@ -193,7 +193,7 @@ def test_kendalls_tau_ranks_the_rows_of_each_profile_apart(tmp_path):
             data.update(run_id=f"{method}_synthderm_paper_s{seed}", profile="paper",
                         config={**data["config"], "profile": "paper"})
             write_run(root, data)
-    section = _section(build_outputs(collect([root]), [root.as_posix()], "out")[0].markdown, "synthderm")
+    section = _section(build_outputs(collect([root]), [root.as_posix()], "out")[0].details, "synthderm")
     assert section.count("annotated vs ITA, `tiny` rows: Kendall's tau = ") == 1
     assert section.count("annotated vs ITA, `paper` rows: Kendall's tau = ") == 1
     assert "over 3 rows" in section and "over 6 rows" not in section
@@ -202,8 +202,8 @@ def test_kendalls_tau_ranks_the_rows_of_each_profile_apart(tmp_path):
 def test_leaderboard_from_records_without_the_fields_has_no_new_section(tmp_path):
     root = _records(tmp_path / "old", new_fields=False)
     outputs = build_outputs(collect([root]), [root.as_posix()], "out")
-    assert "Tone-source" not in outputs[0].markdown and "along ITA" not in outputs[0].markdown
-    assert "misassignment" not in outputs[0].markdown and outputs[0].ita == {}
+    assert "Tone-source" not in outputs[0].details and "along ITA" not in outputs[0].details
+    assert "misassignment" not in outputs[0].details and outputs[0].ita == {}
     assert not pd.read_csv(io.StringIO(outputs[0].csv))["metric"].str.startswith(("sens.", "mis.", "ita.")).any()
     written = write_outputs(outputs, tmp_path / "out")
     assert not [p for p in written if "-ita-" in p.name]
@@ -214,7 +214,7 @@ def test_mixed_records_say_which_rows_lack_the_scores(tmp_path):
     write_run(root, record("erm", 0, 0.0))
     write_run(root, record("erm", 1, 0.0, new_fields=False))
     write_run(root, record("mfd", 0, 1.2, new_fields=False))
-    section = _section(build_outputs(collect([root]), [root.as_posix()], "out")[0].markdown, "synthderm")
+    section = _section(build_outputs(collect([root]), [root.as_posix()], "out")[0].details, "synthderm")
     assert "2 row(s) include records without tone-source scores (schema 1" in section
     table = section.split("### Tone-source sensitivity (tone3)")[1].split("\n\n")[2].splitlines()
     header = [c.strip() for c in table[0].strip("|").split("|")]

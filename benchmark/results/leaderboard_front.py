@@ -27,6 +27,7 @@ from dermbench.results.verdicts import (
 )
 
 Row = tuple
+ARROWS = {"better": "▲", "worse": "▼"}
 WORST_KEY, EODD_KEY = "fair.tone3.worst_auc", "fair.tone3.eodd"
 
 
@@ -65,7 +66,7 @@ def _verdict_cell(board: Board, row: Row, reference: str, wanted: str) -> str:
     if not hits:
         return "none"
     order = [m.short for m in VERDICT_METRICS]
-    return "; ".join(f"{m} ({', '.join(map(str, sorted(hits[m])))})" for m in order if m in hits)
+    return "; ".join(f"{m} ({','.join(map(str, sorted(hits[m])))})" for m in order if m in hits)
 
 
 def _rank_cell(board: Board, row: Row, key: str) -> str:
@@ -77,10 +78,10 @@ def _rank_cell(board: Board, row: Row, key: str) -> str:
 
 def verdict_table(board: Board) -> pd.DataFrame:
     """One row per method variant: seeds, mean ranks and the verdicts against each reference."""
-    table: dict[str, list[str]] = {"method": [], "seeds": [], "rank worst AUC": [], "rank EOdd3": []}
+    table: dict[str, list[str]] = {"method": [], "seeds": [], "rank wAUC": [], "rank EOdd3": []}
     for reference in REFERENCES:
         for wanted in ("better", "worse"):
-            table[f"{wanted} vs {reference}"] = []
+            table[f"{ARROWS[wanted]} vs {reference}"] = []
     for row in board.rows:
         table["method"].append(board.labels.get(row, row[0]) + (f" ({row[1]})" if _profiles(board) > 1 else ""))
         table["seeds"].append(str(board.seeds[row]))
@@ -88,11 +89,11 @@ def verdict_table(board: Board) -> pd.DataFrame:
             for column in list(table)[2:]:
                 table[column].append("″")
             continue
-        table["rank worst AUC"].append(_rank_cell(board, row, WORST_KEY))
+        table["rank wAUC"].append(_rank_cell(board, row, WORST_KEY))
         table["rank EOdd3"].append(_rank_cell(board, row, EODD_KEY))
         for reference in REFERENCES:
             for wanted in ("better", "worse"):
-                table[f"{wanted} vs {reference}"].append(_verdict_cell(board, row, reference, wanted))
+                table[f"{ARROWS[wanted]} vs {reference}"].append(_verdict_cell(board, row, reference, wanted))
     return pd.DataFrame(table)
 
 
@@ -126,9 +127,10 @@ def front_page(board: Board, header: Sequence[str], stem: str, notes: str | None
     """The protocol's main file: verdicts, trade-off plot, links, then the hand-written notes."""
     numbers = ", ".join(f"{i} = `{t}`" for i, t in enumerate(board.test_sets, 1))
     lines = [*header, "", *headline(board), "", "## Verdicts", "",
-             f"Test sets: {numbers}. A cell lists the metrics on which the row is significantly better (or worse) "
-             "than the reference, with the test sets in brackets; `none`: no evidence of a difference on any of "
-             f"{', '.join(m.short for m in VERDICT_METRICS)}; `n/a`: too few seeds to test. Ranks: mean over the test "
+             f"Test sets: {numbers}. Metrics: {', '.join(f'{m.short} = {m.label}' for m in VERDICT_METRICS)}. "
+             "A cell under ▲ (▼) lists the metrics on which the row is significantly better (worse) than the "
+             "reference, with the test sets in brackets; `none`: no evidence of a difference on any of them; `n/a`: too few seeds "
+             "to test. Ranks: mean over the test "
              "sets of the row's rank (1 = best) by tone3 worst-tone AUC and by tone3 EOdd. A row of `″` scored, seed "
              "for seed, exactly what the row of its method above it scored, and counts once. How it is computed: "
              f"[{docs_link}#verdicts](../{docs_link}#verdicts).", "", _table(verdict_table(board))]
@@ -137,13 +139,13 @@ def front_page(board: Board, header: Sequence[str], stem: str, notes: str | None
         lines += ["", *[f"- {s}" for s in sentences]]
     for test_set, why in board.skipped.items():
         lines += ["", f"- No verdicts on `{test_set}`: {why}."]
-    lines += ["", "## Trade-off", "",
-              f"![worst-tone AUC against EOdd per test set]({stem}.png)", "",
-              "Worst-tone AUC (tone3, higher is better) against tone3 EOdd (lower is better), one panel per test set; "
-              "a point is the mean over seeds, whiskers its 95 % interval from the same bootstrap as the verdicts (cut "
-              "at the metric's range). "
-              "Up and to the left is better.",
-              "", "## More", "",
+    if board.test_sets:
+        lines += ["", "## Trade-off", "",
+                  f"![worst-tone AUC against EOdd per test set]({stem}.png)", "",
+                  "Worst-tone AUC (tone3, higher is better) against tone3 EOdd (lower is better), one panel per test "
+                  "set; a point is the mean over seeds, whiskers its 95 % interval from the same bootstrap as the "
+                  "verdicts (cut at the metric's range). Up and to the left is better."]
+    lines += ["", "## More", "",
               f"- [Per-test-set tables]({stem}-details.md): every metric per tone group, the tone-source "
               "sections, AUC along ITA, and the records behind each row.",
               f"- [Every comparison]({stem}-verdicts.md): each difference with its 95 % interval and Holm-adjusted "

@@ -51,8 +51,8 @@ class VerdictMetric:
 
 VERDICT_METRICS = (
     VerdictMetric("overall.auc", "overall AUC", "AUC", HIGHER),
-    VerdictMetric("fair.tone3.worst_auc", "worst-tone AUC (tone3)", "worst AUC", HIGHER),
-    VerdictMetric("fair.tone3.gap_auc", "AUC gap (tone3, largest pair)", "AUC gap", LOWER),
+    VerdictMetric("fair.tone3.worst_auc", "worst-tone AUC (tone3)", "wAUC", HIGHER),
+    VerdictMetric("fair.tone3.gap_auc", "AUC gap (tone3, largest pair)", "gap", LOWER),
     VerdictMetric("fair.tone3.eodd", "EOdd (tone3)", "EOdd3", LOWER),
     VerdictMetric("fair.tone2.eodd", "EOdd (tone2)", "EOdd2", LOWER),
 )
