@@ -35,6 +35,7 @@ COMMANDS = {
     "data": "dermbench.cli.data",
     "tone": "dermbench.cli.tone",
     "fedd": "dermbench.cli.fedd",
+    "drift": "dermbench.cli.drift",
 }
 
 console = Console()
