@@ -3,6 +3,7 @@ the lint env; this test names the project's own rules so a careless edit fails h
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from dermbench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -48,6 +51,65 @@ def test_checkouts_keep_no_credentials_and_only_the_push_step_sees_the_token():
     steps = " ".join(str(s.get("run", "")) for s in job["steps"])
     assert "dermbench sweep --methods $METHODS" in steps and "fedd.segmentation.enabled=true" in steps
     assert "dermbench leaderboard --runs \"$RECORDS\" --out leaderboards --check" in steps
+
+
+def test_ci_run_checks_every_committed_table_with_the_command_it_names(tmp_path):
+    """.ci/run's check_named_commands, run on the committed files with a stub dermbench."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    function = re.search(r"^check_named_commands\(\) \{\n.*?^\}\n", ci, re.S | re.M).group(0)
+    calls = tmp_path / "calls"
+    script = (f'dermbench() {{ echo "$*" >> "{calls}"; }}\n{function}'
+              "check_named_commands ablation leaderboards/ablations/*.md\n"
+              "check_named_commands fedd leaderboards/fedd/*.md\n"
+              "check_named_commands fedd leaderboards/nothing-here/*.md\n")
+    result = subprocess.run(["bash", "-eo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    made = calls.read_text().splitlines()
+    assert all(line.endswith(" --check") for line in made)
+    assert sum(line.startswith("ablation ") for line in made) == len(list((ROOT / "leaderboards/ablations").glob("*.md")))
+    assert "fedd curve --runs leaderboards/fedd/records --out leaderboards/fedd --check" in made
+    assert "fedd ablate --seed 0 --ts 0 25 50 100 200 400 --check" in made
+    assert len(made) == len(set(made))  # the three curve tables name one command: checked once
+    assert "check_named_commands fedd leaderboards/fedd/*.md" in ci
+
+
+def copy_fedd(tmp_path: Path) -> Path:
+    """leaderboards/fedd (tables, JSON, records) under tmp_path, so the commands run there as in the repo."""
+    shutil.copytree(ROOT / "leaderboards" / "fedd", tmp_path / "leaderboards" / "fedd",
+                    ignore=shutil.ignore_patterns("*.png", "*.safetensors", "work"))
+    return tmp_path / "leaderboards" / "fedd"
+
+
+def test_fedd_checks_pass_on_the_committed_files_and_fail_when_stale(tmp_path, monkeypatch, capsys):
+    fedd = copy_fedd(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    curve = ["fedd", "curve", "--runs", "leaderboards/fedd/records", "--out", "leaderboards/fedd", "--check"]
+    ablate = ["fedd", "ablate", "--seed", "0", "--ts", "0", "25", "50", "100", "200", "400", "--check"]
+    assert main(curve) == 0 and main(ablate) == 0
+    assert "current" in capsys.readouterr().out
+    # a curve table edited by hand
+    table = fedd / "fedd-curve-synthderm-synthderm-ddi.md"
+    text = table.read_text(encoding="utf-8")
+    first_number = re.search(r"\| (0\.\d{3}) ", text).group(1)
+    table.write_text(text.replace(first_number, "0.999", 1), encoding="utf-8")
+    assert main(curve) == 1
+    out = capsys.readouterr().out
+    assert "+++ leaderboards/fedd/fedd-curve-synthderm-synthderm-ddi.md (from its records)" in out and "STALE" in out
+    table.write_text(text, encoding="utf-8")
+    # a table whose records are gone
+    (fedd / "fedd-curve-synthderm-gone.md").write_text("old\n", encoding="utf-8")
+    assert main(curve) == 1 and "fedd-curve-synthderm-gone.md has no records any more" in capsys.readouterr().out
+    # the block x t JSON changed, another grid, other settings
+    result = fedd / "fedd-ablation-synthderm.json"
+    data = json.loads(result.read_text(encoding="utf-8"))
+    data["rows"][0]["test"]["overall"]["auc"] = 0.5
+    result.write_text(json.dumps(data), encoding="utf-8")
+    assert main(ablate) == 1 and "differs from the table its JSON gives" in capsys.readouterr().out
+    assert main([*ablate[:4], "--ts", "0", "25", "--check"]) == 1
+    assert "other (block, t) pairs" in capsys.readouterr().out
+    assert main([*ablate, "--set", "fedd.dim=256"]) == 1
+    assert "made with other settings (fedd.dim)" in capsys.readouterr().out
 
 
 def test_the_tests_workflow_runs_ci_run_with_cpu_torch_and_a_pip_cache():

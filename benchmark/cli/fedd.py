@@ -11,13 +11,16 @@ later `dermbench run --method fedd` at one of the pairs, does not run the UNet a
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 
+from dermbench.config import settings_digest
 from dermbench.context import RunContext, choose_device
 from dermbench.data.pool import DatasetPool
 from dermbench.errors import ConfigError
@@ -89,14 +92,36 @@ def heat_map(rows: list[dict], path: Path, *, title: str) -> None:
     plt.close(fig)
 
 
-def cmd_ablate(args: argparse.Namespace) -> int:
-    console = Console()
+def ablation_command(args: argparse.Namespace, ts: list[int]) -> str:
+    """The command written at the top of the table: what regenerates it (and, with --check, checks it)."""
+    return " ".join(["dermbench fedd ablate", *(f"--{k.replace('_', '-')} {v}" for k, v in (
+        ("dataset", args.dataset), ("profile", args.profile), ("seed", args.seed), ("test_set", args.test_set))
+        if v is not None), *(f"--set {json.dumps(s)}" for s in args.set or []), "--ts", *map(str, ts),
+        *(["--blocks", *map(str, args.blocks)] if args.blocks else [])])
+
+
+def ablation_title(cfg: dict) -> str:
+    return f"FEDD block x t ablation: {cfg['dataset']} ({cfg['profile']} profile, seed {cfg['seed']})"
+
+
+def tone_groups(rows: list[dict]) -> list[str]:
+    return sorted({g for r in rows for g in r["test"] if g != "overall"})
+
+
+def ablation_config(args: argparse.Namespace) -> dict:
     flags = {"method": "fedd", "dataset": args.dataset, "seed": args.seed, "profile": args.profile,
              "device": args.device}
     sets = list(args.set or [])
     if args.data_root:
         sets.append(f"data.root={json.dumps(args.data_root)}")
-    cfg = resolve_config(file=args.config, sets=sets, flags=flags)
+    return resolve_config(file=args.config, sets=sets, flags=flags)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    cfg = ablation_config(args)
+    if args.check:
+        return check_ablation(args, cfg)
+    console = Console()
     device = choose_device(cfg["device"])
     cfg = {**cfg, "device": device.type}
     out = Path(args.out)
@@ -105,11 +130,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     ctx = RunContext(config=cfg, device=device, work_dir=out, cache_dir=out, console=console, datasets=datasets)
     train = datasets.load(cfg["dataset"], "train")
     val = datasets.load(cfg["dataset"], "val")
-    protocol = test_sets(cfg, datasets.get(cfg["dataset"]))
-    chosen = [t for t in protocol if args.test_set in (None, t.name)]
-    if not chosen:
-        raise ConfigError(f"--test-set {args.test_set!r} is not a test set of this run ({', '.join(t.name for t in protocol)})")
-    test_set = chosen[0]
+    test_set = chosen_test_set(args, cfg, datasets)
     test = datasets.load(test_set.dataset, test_set.split, as_name=test_set.name)
     if train.num_classes != 2:
         raise ConfigError("dermbench fedd ablate: FEDD is a binary probe; use task malignant")
@@ -121,18 +142,90 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     rows, source = fedd.ablate(ctx, settings, train, val, test, blocks=args.blocks, ts=ts,
                                seed=seed_for(int(cfg["seed"]), "fedd-probe"))
     name = args.name or f"fedd-ablation-{cfg['dataset']}"
-    title = f"FEDD block x t ablation: {cfg['dataset']} ({cfg['profile']} profile, seed {cfg['seed']})"
-    groups = sorted({g for r in rows for g in r["test"] if g != "overall"})
-    command = " ".join(["dermbench fedd ablate", *(f"--{k.replace('_', '-')} {v}" for k, v in (
-        ("dataset", args.dataset), ("profile", args.profile), ("seed", args.seed), ("test_set", args.test_set))
-        if v is not None), *(f"--set {json.dumps(s)}" for s in args.set or []), "--ts", *map(str, ts),
-        *(["--blocks", *map(str, args.blocks)] if args.blocks else [])])
-    (out / f"{name}.md").write_text(markdown(rows, title=title, source=source, test_name=test_set.name, groups=groups,
-                                             command=command), encoding="utf-8")
+    title = ablation_title(cfg)
+    (out / f"{name}.md").write_text(markdown(rows, title=title, source=source, test_name=test_set.name,
+                                             groups=tone_groups(rows), command=ablation_command(args, ts)),
+                                    encoding="utf-8")
     (out / f"{name}.json").write_text(json.dumps({"config": cfg, "backbone": source, "test_set": test_set.name,
                                                   "rows": rows}, indent=1, default=str), encoding="utf-8")
     heat_map(rows, out / f"{name}.png", title=title)
     console.print(f"wrote {out / f'{name}.md'}, {out / f'{name}.json'} and {out / f'{name}.png'}")
+    return 0
+
+
+def chosen_test_set(args: argparse.Namespace, cfg: dict, datasets: DatasetPool):
+    """--test-set, or the protocol's first test set."""
+    protocol = test_sets(cfg, datasets.get(cfg["dataset"]))
+    chosen = [t for t in protocol if args.test_set in (None, t.name)]
+    if not chosen:
+        raise ConfigError(f"--test-set {args.test_set!r} is not a test set of this run ({', '.join(t.name for t in protocol)})")
+    return chosen[0]
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of a nested config, for naming the settings that differ."""
+    if not isinstance(config, dict) or not config:
+        return {prefix: config}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _diff(path: Path, committed: str, expected: str) -> str:
+    return "".join(difflib.unified_diff(committed.splitlines(keepends=True), expected.splitlines(keepends=True),
+                                        fromfile=f"{path} (committed)", tofile=f"{path} (from its records)"))
+
+
+def check_ablation(args: argparse.Namespace, cfg: dict) -> int:
+    """`fedd ablate --check`: the committed table is current with its JSON (the probes' results, as
+    the records are an ablation table's), and the JSON was made with this command's settings, t grid,
+    blocks and test set. Nothing is trained: the probes are not rerun (the workflow reruns them)."""
+    out = Path(args.out)
+    name = args.name or f"fedd-ablation-{cfg['dataset']}"
+    md_path, json_path = out / f"{name}.md", out / f"{name}.json"
+    missing = [str(p) for p in (md_path, json_path) if not p.is_file()]
+    if missing:
+        print(f"{md_path}: STALE: {', '.join(missing)} missing; regenerate it with the command it names")
+        return 1
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+        recorded, rows, source, test_name = data["config"], data["rows"], data["backbone"], data["test_set"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{json_path}: not a fedd ablate result ({type(exc).__name__}: {exc})") from None
+    # the device only where asked for: `auto` is whatever the machine that made it had
+    device = recorded.get("device") if args.device in (None, "auto") else choose_device(args.device).type
+    cfg = {**cfg, "device": device}
+    problems = []
+    if settings_digest(cfg) != settings_digest(recorded):
+        ours, theirs = _flat(cfg), _flat(recorded)
+        keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        problems.append(f"{json_path} was made with other settings ({', '.join(keys)})")
+    settings = fedd.check_settings(cfg.get("fedd") or {})
+    if args.ts:
+        ts = [int(t) for t in args.ts]
+    elif settings["model"] == "tiny":
+        ts = grid(args, 1000)
+    else:
+        raise ConfigError("fedd ablate --check: give --ts (the command at the top of the table names them); without it "
+                          "the t grid depends on the backbone's schedule, which --check does not load")
+    blocks = list(args.blocks) if args.blocks else sorted({int(r["block"]) for r in rows})
+    if [(int(r["block"]), int(r["t"])) for r in rows] != [(b, t) for t in ts for b in blocks]:
+        problems.append(f"{json_path} holds other (block, t) pairs than --ts {' '.join(map(str, ts))}"
+                        + (f" --blocks {' '.join(map(str, blocks))}" if args.blocks else ""))
+    expected_test = chosen_test_set(args, cfg, DatasetPool(cfg, ())).name
+    if test_name != expected_test:
+        problems.append(f"{json_path} scored test set {test_name!r}, the command scores {expected_test!r}")
+    expected = markdown(rows, title=ablation_title(cfg), source=source, test_name=test_name,
+                        groups=tone_groups(rows), command=ablation_command(args, ts))
+    committed = md_path.read_text(encoding="utf-8")
+    if committed != expected:
+        sys.stdout.write(_diff(md_path, committed, expected))
+        problems.append(f"{md_path} differs from the table its JSON gives")
+    if problems:
+        print(f"{md_path}: STALE: " + "; ".join(problems) + ". Regenerate it with the command it names.")
+        return 1
+    print(f"{md_path}: current (table and JSON agree with the command; the probes are not rerun)")
     return 0
 
 
@@ -157,28 +250,18 @@ def curve_rows(roots: list[Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def cmd_curve(args: argparse.Namespace) -> int:
-    """AUC against the training fraction (FEDD's data-efficiency curve) from finished run records."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    import pandas as pd  # noqa: PLC0415
-
-    rows = curve_rows([Path(r) for r in args.runs])
-    if not rows:
-        raise ConfigError(f"no finished fedd run with data.options.fedd_fraction under {', '.join(args.runs)}")
-    frame = pd.DataFrame(rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+def curve_tables(frame, runs: list[str], out_arg: str) -> list[tuple[Path, str, Any, list[str], str, str]]:
+    """Per (dataset, test set): the markdown file, its text, the per-fraction stats, the columns, the
+    dataset and the test set."""
+    out = Path(out_arg)
+    tables = []
     for (dataset, test_set), sub in frame.groupby(["dataset", "test_set"], sort=True):
         columns = [c for c in ("auc", "auc A", "auc B", "auc C", "acc") if c in sub]
         stats = sub.groupby("fraction")[columns].agg(["mean", "std", "count"])
         lines = [f"# FEDD data-efficiency curve: `{dataset}`, test set `{test_set}`", "",
-                 f"Mean ± sd over seeds of finished `fedd` runs with `fedd_fraction` under {', '.join(args.runs)} "
+                 f"Mean ± sd over seeds of finished `fedd` runs with `fedd_fraction` under {', '.join(runs)} "
                  "(ROC-AUC; accuracy at the validation threshold). Regenerate with "
-                 f"`dermbench fedd curve --runs {' '.join(args.runs)} --out {args.out}`.", "",
+                 f"`dermbench fedd curve --runs {' '.join(runs)} --out {out_arg}`.", "",
                  "| fraction (%) | seeds | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
         for fraction, row in stats.iterrows():
             cells = []
@@ -190,8 +273,31 @@ def cmd_curve(args: argparse.Namespace) -> int:
             lines += ["", "FEDD's reported ROC-AUC (supplementary Fig. 2, as read from the author's thesis chapter; "
                       "the main text gives no number): " + ", ".join(f"{f} %: {v}" for f, v in fedd.PAPER_AUC.items())
                       + "; 81 % accuracy at 10 % (abstract)."]
-        stem = out / f"fedd-curve-{dataset}-{test_set}"
-        stem.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        path = (out / f"fedd-curve-{dataset}-{test_set}").with_suffix(".md")
+        tables.append((path, "\n".join(lines) + "\n", stats, columns, dataset, test_set))
+    return tables
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    """AUC against the training fraction (FEDD's data-efficiency curve) from finished run records;
+    with --check, compare the committed tables with the records instead (the plots are not compared)."""
+    import pandas as pd  # noqa: PLC0415
+
+    rows = curve_rows([Path(r) for r in args.runs])
+    if not rows:
+        raise ConfigError(f"no finished fedd run with data.options.fedd_fraction under {', '.join(args.runs)}")
+    tables = curve_tables(pd.DataFrame(rows), list(args.runs), args.out)
+    if args.check:
+        return check_curve(tables, Path(args.out), f"dermbench fedd curve --runs {' '.join(args.runs)} --out {args.out}")
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, text, stats, columns, dataset, test_set in tables:
+        path.write_text(text, encoding="utf-8")
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for c in [c for c in columns if c.startswith("auc")]:
             ax.errorbar(stats.index, stats[(c, "mean")], yerr=stats[(c, "std")].fillna(0), marker="o", capsize=3,
@@ -205,10 +311,29 @@ def cmd_curve(args: argparse.Namespace) -> int:
         ax.set_xticks(sorted(stats.index))
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(stem.with_suffix(".png"), dpi=120)
+        fig.savefig(path.with_suffix(".png"), dpi=120)
         plt.close(fig)
-        written += [stem.with_suffix(".md"), stem.with_suffix(".png")]
+        written += [path, path.with_suffix(".png")]
     Console().print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def check_curve(tables: list, out: Path, command: str) -> int:
+    """Each curve table current with the records, and no committed curve table without records."""
+    stale = []
+    for path, text, *_ in tables:
+        committed = path.read_text(encoding="utf-8") if path.is_file() else None
+        if committed is None:
+            stale.append(f"{path} is missing")
+        elif committed != text:
+            sys.stdout.write(_diff(path, committed, text))
+            stale.append(f"{path} differs from its records")
+    made = {path for path, *_ in tables}
+    stale += [f"{path} has no records any more" for path in sorted(out.glob("fedd-curve-*.md")) if path not in made]
+    if stale:
+        print("fedd curve is STALE: " + "; ".join(stale) + f". Regenerate with `{command}`.")
+        return 1
+    print(f"fedd curve is current ({len(tables)} table(s) compared with the records; plots not compared)")
     return 0
 
 
@@ -231,6 +356,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-set", help="the test set to score (default: the protocol's first)")
     p.add_argument("--out", default="leaderboards/fedd", metavar="DIR", help="where the table, JSON and PNG go")
     p.add_argument("--name", help="file name without extension (default fedd-ablation-<dataset>)")
+    p.add_argument("--check", action="store_true",
+                   help="write and train nothing; exit 1 when the committed table differs from its JSON or the JSON was "
+                        "made with other settings, t grid, blocks or test set than this command's")
     p.set_defaults(func=cmd_ablate)
     c = sub.add_parser("curve", help="AUC against the training fraction from fedd runs on the data-efficiency protocol",
                        description="Reads finished `fedd` run records with data.options.fedd_fraction and writes a "
@@ -238,5 +366,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "numbers beside DDI's).")
     c.add_argument("--runs", nargs="+", required=True, metavar="DIR", help="directories holding run records")
     c.add_argument("--out", default="leaderboards/fedd", metavar="DIR")
+    c.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 when a committed curve table differs from the records (plots not compared)")
     c.set_defaults(func=cmd_curve)
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)
