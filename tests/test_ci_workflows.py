@@ -1,5 +1,7 @@
-"""The GitHub workflows are hardened and the tests workflow runs .ci/run (zizmor checks the rest in
-the lint env; this test names the project's own rules so a careless edit fails here too)."""
+"""The GitHub workflows are hardened, the leaderboard workflow has the shape docs/leaderboard-workflow.md
+describes, and the tests workflow runs .ci/run, which checks every committed table with the command it
+names (zizmor checks the rest in the lint env; these tests name the project's own rules so a careless
+edit fails here too)."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def test_every_action_is_pinned_to_a_commit_with_its_version_in_a_comment():
                 assert PINNED.match(line), f"{path.name}: {line.strip()!r} is not pinned to a full SHA with '# vX.Y.Z'"
 
 
-def test_checkouts_keep_no_credentials_and_only_the_push_step_sees_the_token():
+def test_checkouts_keep_no_credentials_and_only_the_push_steps_see_the_token():
     for path in WORKFLOWS:
         for job in load(path.name)["jobs"].values():
             for step in job["steps"]:
@@ -41,16 +43,81 @@ def test_checkouts_keep_no_credentials_and_only_the_push_step_sees_the_token():
                     assert step["with"]["persist-credentials"] is False, path.name
     board = load("leaderboard.yml")
     assert board["permissions"] == {}
-    (job,) = board["jobs"].values()
-    assert job["permissions"] == {"contents": "write"}
-    with_token = [s for s in job["steps"] if "GITHUB_TOKEN" in str(s)]
-    assert [s["name"] for s in with_token] == ["Commit records and leaderboards"]
-    assert with_token[0]["env"] == {"GITHUB_TOKEN": "${{ secrets.GITHUB_TOKEN }}"}
-    assert 'git push "$remote"' in with_token[0]["run"] and "x-access-token:${GITHUB_TOKEN}@" in with_token[0]["run"]
-    # the sweep's meaning is kept: every method, the FEDD segmentation step, the --check
-    steps = " ".join(str(s.get("run", "")) for s in job["steps"])
-    assert "dermbench sweep --methods $METHODS" in steps and "fedd.segmentation.enabled=true" in steps
-    assert "dermbench leaderboard --runs \"$RECORDS\" --out leaderboards --check" in steps
+    writers = {name for name, job in board["jobs"].items() if job["permissions"] == {"contents": "write"}}
+    assert writers == {"aggregate", "paper"}
+    assert all(job["permissions"] == {"contents": "read"} for name, job in board["jobs"].items() if name not in writers)
+    with_token = [(name, s) for name, job in board["jobs"].items() for s in job["steps"] if "GITHUB_TOKEN" in str(s)]
+    assert [(name, s["name"]) for name, s in with_token] == [("aggregate", "Commit records and leaderboards"),
+                                                             ("paper", "Commit leaderboards/paper")]
+    for _, step in with_token:
+        assert step["env"] == {"GITHUB_TOKEN": "${{ secrets.GITHUB_TOKEN }}"}
+        assert 'git push "$remote"' in step["run"] and "x-access-token:${GITHUB_TOKEN}@" in step["run"]
+
+
+def runs(job: dict) -> str:
+    return "\n".join(str(s.get("run", "")) for s in job["steps"])
+
+
+def test_the_tiny_board_runs_on_hosted_runners_within_their_limit_and_the_paper_board_on_the_gpu_runner():
+    board = load("leaderboard.yml")
+    assert board["defaults"]["run"]["shell"] == "bash"  # -eo pipefail
+    for name, job in board["jobs"].items():
+        if name == "paper":
+            assert job["runs-on"] == ["self-hosted", "gpu"] and job["if"] == "needs.plan.outputs.mode == 'paper'"
+        else:
+            assert job["runs-on"] == "ubuntu-latest", name
+            assert job["timeout-minutes"] <= 300, name  # hosted runners stop a job at 360 minutes
+    sweep = board["jobs"]["sweep"]
+    assert sweep["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.matrix) }}"
+    assert sweep["strategy"]["fail-fast"] is False
+    # the paper board only in its own files, the tiny jobs never in them
+    paper = board["jobs"]["paper"]
+    assert paper["env"]["RECORDS"] == "leaderboards/paper/records"
+    assert "--profile paper --device cuda" in runs(paper)
+    assert 'dermbench leaderboard --runs "$RECORDS" --out leaderboards/paper' in runs(paper)
+    assert "git add -- leaderboards/paper " in runs(paper)
+    for name, job in board["jobs"].items():
+        if name != "paper":
+            assert "--profile paper" not in runs(job) and "leaderboards/paper/" not in runs(job), name
+    assert "':(exclude)leaderboards/paper'" in runs(board["jobs"]["aggregate"])
+
+
+def test_each_cell_uploads_its_record_without_weights_and_the_last_job_regenerates_everything():
+    board = load("leaderboard.yml")
+    for name in ("sweep", "ablations", "fedd"):
+        job = board["jobs"][name]
+        assert "rsync -a --exclude='*.safetensors' --exclude='work/'" in runs(job), name
+        uploads = [s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact@")]
+        assert uploads and uploads[0]["with"]["path"] == "${{ runner.temp }}/upload", name
+    assert board["jobs"]["sweep"]["steps"][-1]["with"]["name"] == (
+        "record-${{ matrix.method }}-${{ matrix.variant }}-s${{ matrix.seed }}")
+    aggregate = board["jobs"]["aggregate"]
+    assert aggregate["needs"] == ["plan", "sweep", "ablations", "fedd"]
+    downloads = [s["with"] for s in aggregate["steps"] if s.get("uses", "").startswith("actions/download-artifact@")]
+    assert {d.get("pattern") or d.get("name") for d in downloads} == {"record-*", "ablation-records", "fedd-records",
+                                                                      "fedd-ablation"}
+    script = runs(aggregate)
+    assert "dermbench leaderboard --runs leaderboards/records --out leaderboards" in script
+    assert "grep -oh 'dermbench ablation [^`]*' leaderboards/ablations/*.md" in script
+    assert "grep -oh 'dermbench fedd curve [^`]*' leaderboards/fedd/*.md" in script
+    assert "--fail-on-superseded" in script  # a committed run redone under another id stops the commit
+    assert "--check" not in script  # a check right after generating cannot fail: CI (.ci/run) checks
+
+
+def test_the_scheduled_run_recomputes_from_scratch_and_reports_drift_instead_of_committing():
+    board = load("leaderboard.yml")
+    assert board["on"]["schedule"] and board["jobs"]["plan"]["env"]["MODE"].startswith(
+        "${{ github.event_name == 'schedule' && 'drift'")
+    drift = board["jobs"]["drift"]
+    assert drift["permissions"] == {"contents": "read"} and "!cancelled()" in drift["if"]
+    script = runs(drift)
+    assert "dermbench drift --committed \"$committed\" --fresh \"$RUNNER_TEMP/fresh/$fresh\"" in script
+    assert "--tolerance 0.02 --gap-tolerance 0.05 --fail-on-unmatched" in script
+    assert ">> \"$GITHUB_STEP_SUMMARY\"" in script and 'exit "$status"' in script
+    assert drift["steps"][-1]["with"]["name"] == "drift-report"
+    for name in ("sweep", "ablations", "fedd"):
+        folders = [v for k, v in board["jobs"][name]["env"].items() if k.endswith("RECORDS")]
+        assert len(folders) == 1 and "needs.plan.outputs.mode == 'drift' && 'fresh/" in folders[0], name
 
 
 def test_ci_run_checks_every_committed_table_with_the_command_it_names(tmp_path):
