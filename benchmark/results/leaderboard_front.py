@@ -130,7 +130,7 @@ def front_page(board: Board, header: Sequence[str], stem: str, notes: str | None
              f"Test sets: {numbers}. Metrics: {', '.join(f'{m.short} = {m.label}' for m in VERDICT_METRICS)}. "
              "A cell under ▲ (▼) lists the metrics on which the row is significantly better (worse) than the "
              "reference, with the test sets in brackets; `none`: no evidence of a difference on any of them; `n/a`: too few seeds "
-             "to test. Ranks: mean over the test "
+             "to test; `–`: not compared (ERM against resampling is resampling's ERM column). Ranks: mean over the test "
              "sets of the row's rank (1 = best) by tone3 worst-tone AUC and by tone3 EOdd. A row of `″` scored, seed "
              "for seed, exactly what the row of its method above it scored, and counts once. How it is computed: "
              f"[{docs_link}#verdicts](../{docs_link}#verdicts).", "", _table(verdict_table(board))]
