@@ -594,7 +594,7 @@ def build_outputs(frame: pd.DataFrame, roots: Sequence[str], out: str, n_boot: i
         verdicts_md, verdicts_csv = verdicts_page(board, _header(f"Verdicts: {where}", runs, roots, out))
         files = {f"{stem}.md": front, f"{stem}-details.md": details, f"{stem}-verdicts.md": verdicts_md,
                  f"{stem}.csv": csv_text, f"{stem}-verdicts.csv": verdicts_csv}
-        outputs.append(ProtocolOutput(dataset, task, stem, files, board, ita=_ita_panels(sub_stats, labels)))
+        outputs.append(ProtocolOutput(dataset, task, stem, files, board, ita=_ita_panels(sub_stats, labels, duplicates)))
     outputs += segmentation_outputs(frame.attrs.get("runs", []), roots, out)
     stems = [o.stem for o in outputs]
     clashes = sorted({s for s in stems if stems.count(s) > 1})
@@ -603,12 +603,14 @@ def build_outputs(frame: pd.DataFrame, roots: Sequence[str], out: str, n_boot: i
     return outputs
 
 
-def _ita_panels(stats: pd.DataFrame, labels: Mapping[tuple, str]) -> dict[str, list[CurveLine]]:
-    """{test set: one ITA-curve line per row} for the test sets whose records have curves."""
+def _ita_panels(stats: pd.DataFrame, labels: Mapping[tuple, str], duplicates: Mapping[tuple, tuple]
+                ) -> dict[str, list[CurveLine]]:
+    """{test set: one ITA-curve line per row} for the test sets whose records have curves; a row
+    identical to another is drawn once (its line would hide under the other's)."""
     panels = {}
     for test_set in order_test_sets(stats.index.get_level_values("test_set")) if len(stats) else []:
         sub = stats.xs(test_set, level="test_set")
-        rows, _ = _row_labels(sub, labels)
+        rows = [r for r in _row_labels(sub, labels)[0] if r not in duplicates]
         profiles = {r[1] for r in rows}
         names = [labels.get(r, r[0]) + (f" ({r[1]})" if len(profiles) > 1 else "") for r in rows]
         if lines := ita_lines(sub, rows, names, _stat):
