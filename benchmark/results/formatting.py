@@ -11,6 +11,9 @@ import numpy as np
 #: shown for a value that is missing or undefined (null in the record, NaN in an aggregate)
 MISSING = "–"
 DECIMALS = 3
+#: which way a metric is better, for bold cells and verdicts
+HIGHER = 1
+LOWER = -1
 
 
 def fmt(value: Any, decimals: int = DECIMALS) -> str:

@@ -29,7 +29,7 @@ import pandas as pd
 from dermbench.config import data_digests, profile_label, settings_digest, with_data
 from dermbench.data.groups import GROUP_ORDER
 from dermbench.errors import DermbenchError
-from dermbench.results.formatting import DECIMALS, MISSING, format_cell
+from dermbench.results.formatting import DECIMALS, HIGHER, LOWER, MISSING, format_cell
 from dermbench.results.leaderboard_front import Board, front_page, plot_tradeoff, verdicts_page
 from dermbench.results.leaderboard_tone import PREFIXES as TONE_PREFIXES
 from dermbench.results.leaderboard_tone import (
@@ -81,8 +81,6 @@ TONE_SOURCES = (("annotated", "annotated"), ("ita", "ITA"), ("detector", "detect
 # The standard test-set order of the protocols; unknown names follow alphabetically.
 TEST_SET_ORDER = ("synthderm", "synthderm-ddi", "synthderm-dermoscopic", "fitz17k", "ddi", "derm7pt-derm",
                   "derm7pt-clinic", "mclass-derm", "mclass-clinic", "isic2018", "isic2019")
-HIGHER = 1
-LOWER = -1
 NO_BOLD = 0  # a column where "best" means nothing on its own (accuracy and F1 at a threshold)
 
 

@@ -27,6 +27,7 @@ from dermbench.evaluation.comparison import (
     seed_level_difference,
 )
 from dermbench.evaluation.metrics import weighted_summary
+from dermbench.results.formatting import HIGHER, LOWER
 from dermbench.results.records import RecordError
 from dermbench.seeds import spawned_rng
 
@@ -35,8 +36,6 @@ REFERENCES = ("erm", "resampling")
 #: bootstrap replicates of the test samples (shared by every run of a test set) and the stream's seed
 N_BOOT = 1000
 BOOT_SEED = 0
-HIGHER = 1
-LOWER = -1
 
 
 @dataclass(frozen=True)
