@@ -53,11 +53,11 @@ from dermbench.results.variants import flat_settings, identical_rows, row_labels
 from dermbench.results.verdicts import (
     N_BOOT,
     REFERENCES,
-    TestSetSamples,
+    ScoredSet,
     compare_all,
     rank_summaries,
     row_intervals,
-    test_set_samples,
+    scored_set,
 )
 
 DONE_MARKER = DONE
@@ -521,12 +521,12 @@ def build_board(runs: Sequence[Mapping[str, Any]], stats: pd.DataFrame, labels: 
     predictions cannot be read (records without them) is named with the reason, not dropped silently."""
     rows = _row_order(pd.Index(sorted({(r["method"], r["profile"], r["variant"]) for r in runs})))
     test_sets = order_test_sets(stats.index.get_level_values("test_set")) if len(stats) else []
-    samples: dict[str, TestSetSamples] = {}
+    samples: dict[str, ScoredSet] = {}
     skipped: dict[str, str] = {}
     for test_set in test_sets:
         scored = [r for r in runs if test_set in r["thresholds"]]
         try:
-            samples[test_set] = test_set_samples(scored, test_set, {r["run_id"]: r["thresholds"][test_set]
+            samples[test_set] = scored_set(scored, test_set, {r["run_id"]: r["thresholds"][test_set]
                                                                     for r in scored}, n_boot=n_boot)
         except (RecordError, DermbenchError, ValueError, KeyError) as error:
             skipped[test_set] = str(error).rstrip(".")

@@ -70,7 +70,7 @@ class RowSamples:
 
 
 @dataclass
-class TestSetSamples:
+class ScoredSet:
     """Every row of one test set, the samples they share and the seed draws of the bootstrap."""
 
     rows: dict[Row, RowSamples]
@@ -124,8 +124,8 @@ def _resample_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarr
     return np.hstack([np.ones((n, 1)), counts])
 
 
-def test_set_samples(runs: Sequence[Mapping[str, Any]], test_set: str, thresholds: Mapping[str, float | None],
-                     n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> TestSetSamples:
+def scored_set(runs: Sequence[Mapping[str, Any]], test_set: str, thresholds: Mapping[str, float | None],
+                     n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> ScoredSet:
     """Every run's metrics on one test set, point and per resample, grouped by row.
 
     runs: the leaderboard's run dicts (method, profile, variant, seed, run_id, dir) that scored
@@ -160,7 +160,7 @@ def test_set_samples(runs: Sequence[Mapping[str, Any]], test_set: str, threshold
             entry.point[metric.key] = values[0]
             entry.boot[metric.key] = values[1:]
     draws = {n: rng.integers(0, n, size=(n_boot, n)) for n in sorted({len(e.seeds) for e in rows.values()})}
-    return TestSetSamples(rows, len(common), draws)
+    return ScoredSet(rows, len(common), draws)
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -172,7 +172,7 @@ def reference_row(rows: Sequence[Row], reference: str, profile: str) -> Row | No
     return found[0] if len(found) == 1 else None
 
 
-def compare_all(samples: Mapping[str, TestSetSamples], counted: Sequence[Row]) -> list[Comparison]:
+def compare_all(samples: Mapping[str, ScoredSet], counted: Sequence[Row]) -> list[Comparison]:
     """Every counted row against each reference of its profile, per test set and metric, Holm-adjusted
     over the whole list (the page is one family). A reference is not compared with itself, and
     resampling is compared with ERM once (in the ERM column), not ERM with resampling."""
@@ -200,7 +200,7 @@ def compare_all(samples: Mapping[str, TestSetSamples], counted: Sequence[Row]) -
     return out
 
 
-def row_intervals(samples: Mapping[str, TestSetSamples]) -> dict[tuple[str, Row, str], Estimate]:
+def row_intervals(samples: Mapping[str, ScoredSet]) -> dict[tuple[str, Row, str], Estimate]:
     """(test set, row, metric key) -> the row's mean over seeds with its 95 % interval (plot whiskers)."""
     out = {}
     for test_set, tss in samples.items():
@@ -223,7 +223,7 @@ class RankSummary:
     test: RankTest
 
 
-def rank_summaries(samples: Mapping[str, TestSetSamples], counted: Sequence[Row],
+def rank_summaries(samples: Mapping[str, ScoredSet], counted: Sequence[Row],
                    metrics: Sequence[str] = ("fair.tone3.worst_auc", "fair.tone3.eodd")) -> list[RankSummary]:
     """Per profile and metric: rank the counted rows that have a value on every test set."""
     out = []
