@@ -534,7 +534,8 @@ def build_board(runs: Sequence[Mapping[str, Any]], stats: pd.DataFrame, labels: 
     seeds = {row: sum(1 for r in runs if (r["method"], r["profile"], r["variant"]) == row) for row in rows}
     return Board(rows=rows, labels=labels, seeds=seeds, duplicates=duplicates, test_sets=list(samples),
                  comparisons=compare_all(samples, counted), ranks=rank_summaries(samples, counted),
-                 intervals=row_intervals(samples), skipped=skipped)
+                 intervals=row_intervals(samples), skipped=skipped,
+                 shared={t: tss.n_common for t, tss in samples.items()}, replicates=n_boot)
 
 
 @dataclass

@@ -44,6 +44,8 @@ class Board:
     ranks: list[RankSummary]
     intervals: Mapping[tuple[str, Row, str], Estimate]
     skipped: Mapping[str, str]  # test set -> why it has no verdicts
+    shared: Mapping[str, int]  # test set -> samples every run scored (the ones resampled)
+    replicates: int
 
 
 def _table(table: pd.DataFrame) -> str:
@@ -181,7 +183,9 @@ def verdicts_page(board: Board, header: Sequence[str]) -> tuple[str, str]:
                     table[f"Δ vs {reference} [95% CI]"].append(format_difference(c.estimate) if c else "–")
                     table[f"p Holm ({reference})"].append(format_p(c.p_holm) if c else "–")
                     table[f"vs {reference}"].append(c.verdict if c else "–")
-        lines += ["", f"## Test set `{test_set}`", "", _table(pd.DataFrame(table))]
+        lines += ["", f"## Test set `{test_set}`", "",
+                  f"{board.shared[test_set]} samples, scored by every run, resampled {board.replicates} times.", "",
+                  _table(pd.DataFrame(table))]
         for c in mine:
             e = c.estimate
             records.append({

@@ -146,19 +146,17 @@ def scored_set(runs: Sequence[Mapping[str, Any]], test_set: str, thresholds: Map
         per_run[run["run_id"]] = weighted_summary(
             y_true=table["label"].to_numpy(), y_prob=probs.to_numpy(dtype=np.float64), groups=groups,
             weights=weights, threshold=thresholds.get(run["run_id"]))
+    members: dict[Row, list[Mapping[str, Any]]] = {}
+    for run in sorted(runs, key=lambda r: (r["seed"], r["run_id"])):
+        members.setdefault((run["method"], run["profile"], run["variant"]), []).append(run)
     rows: dict[Row, RowSamples] = {}
-    for run in sorted(runs, key=lambda r: r["seed"]):
-        key = (run["method"], run["profile"], run["variant"])
-        entry = rows.setdefault(key, RowSamples([], {}, {}))
-        entry.seeds.append(run["seed"])
-    for key, entry in rows.items():
-        members = sorted((r for r in runs if (r["method"], r["profile"], r["variant"]) == key),
-                         key=lambda r: (r["seed"], r["run_id"]))
+    for key, group in members.items():
+        point, boot = {}, {}
         for metric in VERDICT_METRICS:
-            values = np.stack([per_run[r["run_id"]].get(metric.key, np.full(n_boot + 1, np.nan)) for r in members],
-                              axis=1)
-            entry.point[metric.key] = values[0]
-            entry.boot[metric.key] = values[1:]
+            missing = np.full(n_boot + 1, np.nan)
+            values = np.stack([per_run[r["run_id"]].get(metric.key, missing) for r in group], axis=1)
+            point[metric.key], boot[metric.key] = values[0], values[1:]
+        rows[key] = RowSamples([r["seed"] for r in group], point, boot)
     draws = {n: rng.integers(0, n, size=(n_boot, n)) for n in sorted({len(e.seeds) for e in rows.values()})}
     return ScoredSet(rows, len(common), draws)
 
