@@ -11,6 +11,7 @@ docs/metrics.md ("Verdicts") quotes these and the other scenarios tried.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -237,3 +238,16 @@ def test_check_fails_when_the_verdicts_page_is_stale(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--check"]) == 1
     assert "synthderm-malignant-verdicts.md" in capsys.readouterr().out
+
+
+def test_generator_quality_sits_beside_the_generative_rows(board_outputs):
+    output = next(o for o in board_outputs if o.stem == "synthderm-malignant")
+    quality = output.board.quality.set_index("method")
+    assert set(quality.index) == {"classndiff", "dermdiff", "majority2minority"}
+    shares = []
+    for path in sorted(COMMITTED.glob("dermdiff_synthderm_s*/metrics.json")):
+        record = json.loads(path.read_text())
+        shares.append(record["methods"]["dermdiff"]["quality"]["fidelity"]["label"]["values"]["malignant"]["share"])
+    assert quality.loc["dermdiff", "label fidelity (malignant)"] == f"{np.mean(shares):.3f} ± {np.std(shares, ddof=1):.3f}"
+    assert quality.loc["classndiff", "tone fidelity"] == "–"  # Class-N-Diff asks for no tone
+    assert "## Generators behind the generative rows" in output.markdown

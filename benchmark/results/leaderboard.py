@@ -30,6 +30,7 @@ from dermbench.config import data_digests, profile_label, settings_digest, with_
 from dermbench.data.groups import GROUP_ORDER
 from dermbench.errors import DermbenchError
 from dermbench.results.formatting import DECIMALS, HIGHER, LOWER, MISSING, format_cell
+from dermbench.results.generator_quality import quality_of, quality_table
 from dermbench.results.leaderboard_front import Board, front_page, plot_tradeoff, verdicts_page
 from dermbench.results.leaderboard_tone import PREFIXES as TONE_PREFIXES
 from dermbench.results.leaderboard_tone import (
@@ -213,6 +214,7 @@ def collect(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
         }
         runs.append({**base, "dir": run_dir.as_posix(), "settings": flat_settings(record.config),
                      "thresholds": {t: r.threshold for t, r in record.eval.items()},
+                     "quality": quality_of(record.methods),
                      "skipped": dict(record.skipped_test_sets), "segmentation": _segmentation_of(record)})
         for test_set, result in record.eval.items():
             rows.append({**base, **_flatten_eval(test_set, result)})
@@ -535,7 +537,8 @@ def build_board(runs: Sequence[Mapping[str, Any]], stats: pd.DataFrame, labels: 
     return Board(rows=rows, labels=labels, seeds=seeds, duplicates=duplicates, test_sets=list(samples),
                  comparisons=compare_all(samples, counted), ranks=rank_summaries(samples, counted),
                  intervals=row_intervals(samples), skipped=skipped,
-                 shared={t: tss.n_common for t, tss in samples.items()}, replicates=n_boot)
+                 shared={t: tss.n_common for t, tss in samples.items()}, replicates=n_boot,
+                 quality=quality_table(runs, rows, labels))
 
 
 @dataclass

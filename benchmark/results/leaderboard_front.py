@@ -46,6 +46,7 @@ class Board:
     skipped: Mapping[str, str]  # test set -> why it has no verdicts
     shared: Mapping[str, int]  # test set -> samples every run scored (the ones resampled)
     replicates: int
+    quality: pd.DataFrame  # generator quality of the generative rows (empty when none)
 
 
 def _table(table: pd.DataFrame) -> str:
@@ -141,6 +142,15 @@ def front_page(board: Board, header: Sequence[str], stem: str, notes: str | None
         lines += ["", *[f"- {s}" for s in sentences]]
     for test_set, why in board.skipped.items():
         lines += ["", f"- No verdicts on `{test_set}`: {why}."]
+    if len(board.quality):
+        lines += ["", "## Generators behind the generative rows", "",
+                  "A generative row measures its method and its generator together: read its verdicts with how well "
+                  "the generator did what it was asked (mean ± sd over seeds, from each record's "
+                  "`methods.<name>.quality`). FID: the synthetic images against the real training images in the run's "
+                  "ERM features (lower is closer); label fidelity: the share the run's ERM model labels as requested; "
+                  "tone fidelity: the share whose ITA falls in the requested tone group (C = FST V–VI). ITA and the ERM "
+                  "model err on real images too, so a perfect generator scores below 1.", "",
+                  _table(board.quality)]
     if board.test_sets:
         lines += ["", "## Trade-off", "",
                   f"![worst-tone AUC against EOdd per test set]({stem}.png)", "",

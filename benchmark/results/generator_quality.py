@@ -1,0 +1,68 @@
+"""The quality of the synthetic images behind a generative row, for the leaderboard.
+
+A generative method's row measures the method and its generator together: a generator that does
+not follow its prompts cannot show whether the method's idea helps. Each record of such a method
+holds `methods.<name>.quality` (dermbench.diffusion.quality): FID against the real training
+images (in the run's ERM features), label fidelity (the share of synthetic images the run's ERM
+model labels as requested) and tone fidelity (the share whose ITA falls in the requested tone
+group). This module reads those numbers and puts them beside the rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dermbench.results.formatting import format_cell
+
+#: (column title, path into `quality`); the positive class and the darkest tone group are the
+#: cells a tone-fairness method most needs its generator to get right
+COLUMNS = (
+    ("FID", ("fid", "domain", "overall", "values", "all")),
+    ("label fidelity", ("fidelity", "label", "overall", "share")),
+    ("label fidelity (malignant)", ("fidelity", "label", "values", "malignant", "share")),
+    ("tone fidelity", ("fidelity", "tone", "overall", "share")),
+    ("tone fidelity (C)", ("fidelity", "tone", "values", "C", "share")),
+)
+
+
+def _at(tree: Any, path: Sequence[str]) -> float:
+    for key in path:
+        if not isinstance(tree, Mapping) or key not in tree:
+            return float("nan")
+        tree = tree[key]
+    return float(tree) if isinstance(tree, (int, float)) and not isinstance(tree, bool) else float("nan")
+
+
+def quality_of(methods: Mapping[str, Any] | None) -> dict[str, float] | None:
+    """{column: value} from a record's `methods` block, or None when no method recorded quality."""
+    for values in (methods or {}).values():
+        quality = values.get("quality") if isinstance(values, Mapping) else None
+        if isinstance(quality, Mapping):
+            return {title: _at(quality, path) for title, path in COLUMNS}
+    return None
+
+
+def quality_table(runs: Sequence[Mapping[str, Any]], rows: Sequence[tuple], labels: Mapping[tuple, str]
+                  ) -> pd.DataFrame:
+    """One line per row with recorded generator quality: mean ± sd over its seeds per column
+    (`(k/n)` when only k seeds have a value). Empty when no row has any."""
+    table: dict[str, list[str]] = {"method": [], "seeds": []}
+    for title, _ in COLUMNS:
+        table[title] = []
+    for row in rows:
+        found = [r["quality"] for r in runs if (r["method"], r["profile"], r["variant"]) == row and r.get("quality")]
+        if not found:
+            continue
+        table["method"].append(labels.get(row, row[0]))
+        table["seeds"].append(str(len(found)))
+        for title, _ in COLUMNS:
+            values = np.array([q[title] for q in found], dtype=float)
+            present = values[~np.isnan(values)]
+            mean = float(present.mean()) if len(present) else float("nan")
+            sd = float(present.std(ddof=1)) if len(present) > 1 else float("nan")
+            table[title].append(format_cell(mean, sd, len(present), len(values)))
+    return pd.DataFrame(table)
