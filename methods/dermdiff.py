@@ -14,7 +14,8 @@ What it does here.
    seed, so a run with another classifier backbone reuses it.
 3. Generation: `per_cell` images for every tone3 group x label (paper 10k each, 60k in all; null =
    the size of the largest real cell), DDIM or DPM-Solver with classifier-free guidance, each image
-   with its own seed; cached, so a rerun or a second classifier reads the same set.
+   with its own seed; cached, so a rerun or a second classifier reads the same set. The request
+   is planned in `dermbench.data.requests`, so the oracle renders exactly the same cells and counts.
 4. The classifier is the ordinary ERM fit on real + synthetic (`augment.mix`, `augment.ratio`);
    the paper profile uses the paper's recipe: ResNeXt-101 (timm resnext101_32x8d), focal loss
    alpha 0.8, gamma 2, SGD with momentum, lr 3e-4, batch 64, 30 epochs. The tiny profile keeps the
@@ -33,6 +34,7 @@ import pandas as pd
 
 from dermbench.data.groups import TONE3
 from dermbench.data.model import content_digest
+from dermbench.data.requests import DERMDIFF_PER_CELL, balanced_requests, cell_count
 from dermbench.diffusion.augmenting import measure_quality, split_at, synthetic_split
 from dermbench.diffusion.base import TINY_BASE, base_components
 from dermbench.diffusion.components import module_digest
@@ -62,13 +64,13 @@ TINY = {
     "model": "tiny", "revision": None, "image_size": None,
     "prompt": "{label} skin disease on {tone} skin tone", "tone_words": TONE_WORDS,
     "finetune": {"steps": 300, "batch_size": 32, "lr": 5e-4, "uncond_prob": 0.1},
-    "per_cell": 150, "sampler": "ddim", "steps": 20, "guidance": 3.0, "batch_size": 32,
+    "per_cell": DERMDIFF_PER_CELL["tiny"], "sampler": "ddim", "steps": 20, "guidance": 3.0, "batch_size": 32,
     "tiny": dict(TINY_BASE), "quality": {"pairs": 200, "inception": None},
 }
 PAPER = {
     **TINY, "model": "CompVis/stable-diffusion-v1-4", "image_size": 256,
     "finetune": {"steps": 10_000, "batch_size": 4, "lr": 1e-4, "uncond_prob": 0.0},
-    "per_cell": 10_000, "steps": 50, "guidance": 7.5, "batch_size": 64,
+    "per_cell": DERMDIFF_PER_CELL["paper"], "steps": 50, "guidance": 7.5, "batch_size": 64,
 }
 PAPER_TRAIN = {"epochs": 30, "batch_size": 64, "optimizer": "sgd", "lr": 3e-4, "momentum": 0.9,
                "schedule": "none", "loss": "focal", "focal_alpha": 0.8, "focal_gamma": 2.0}
@@ -93,21 +95,6 @@ def captions(table: pd.DataFrame, classes: tuple[str, ...], *, template: str, to
     except (KeyError, IndexError) as exc:
         raise ConfigError(f"{name}.prompt {template!r} may only use {{label}} and {{tone}} ({exc})") from exc
     return pd.Series(out, index=table.index, dtype=object)
-
-
-def balanced_requests(classes: tuple[str, ...], *, per_cell: int, template: str, tone_words: dict, seed: int,
-                      domain: str) -> pd.DataFrame:
-    """`per_cell` generation requests for every tone3 group x class, each with its own seed."""
-    rows = []
-    for tone in TONE3:
-        for label, class_name in enumerate(classes):
-            prompt = template.format(label=class_name, tone=tone_words[tone])
-            for k in range(per_cell):
-                rows.append({"sample_id": f"{name}-{tone}-{label}-{k}", "label": label, "class_name": class_name,
-                             "fst": "", "tone3": tone, "prompt": prompt, "source_id": "", "domain": domain})
-    out = pd.DataFrame(rows)
-    out["seed"] = [seed_for(seed, f"{name}-image-{i}") for i in range(len(out))]
-    return out
 
 
 @hookimpl
@@ -141,11 +128,10 @@ def augment(ctx, train):
     c.unet = type(c.unet).from_pretrained(tuned_entry.path / "unet").to(ctx.device).requires_grad_(False).eval()
     weights = f"{c.source['identity']}+{name}:{tuned_entry.key}:{module_digest(c.unet)}"
 
-    per_cell = int(hp["per_cell"]) if hp["per_cell"] is not None else int(
-        real.table.groupby(["tone3", "label"]).size().max())
+    per_cell = cell_count(hp["per_cell"], real.table)
     domain = str(real.table["domain"].mode().iloc[0])
     requests = balanced_requests(real.classes, per_cell=per_cell, template=hp["prompt"], tone_words=hp["tone_words"],
-                                 seed=ctx.seed, domain=domain)
+                                 seed=ctx.seed, domain=domain, method=name)
     sampler = {k: hp[k] for k in ("sampler", "steps", "guidance", "batch_size")} | {"strength": None}
     generation = cached_generation(c, requests, weights=weights, settings=sampler, image_size=size, device=ctx.device,
                                    console=ctx.console, say=ctx.say, label=f"{name}: generating {len(requests)} images")

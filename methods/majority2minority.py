@@ -38,6 +38,8 @@ import numpy as np
 import pandas as pd
 
 from dermbench.data.model import content_digest
+from dermbench.data.requests import DARK, LIGHT, TRANSLATION, translation_plan
+from dermbench.data.requests import translation_sources as sources
 from dermbench.diffusion.adapters import (
     add_concept_tokens,
     add_lora,
@@ -69,7 +71,6 @@ REFERENCES: tuple[str, ...] = (
 )
 
 SKIN_WORDS = {1: "a very light-skinned", 2: "a light-skinned", 5: "a dark-skinned", 6: "a very dark-skinned"}
-LIGHT, DARK = (1, 2), (5, 6)
 
 TINY = {
     "model": "tiny", "revision": None, "image_size": None, "mode": "img2img",
@@ -78,14 +79,14 @@ TINY = {
     "lora_settings": {"rank": 8, "alpha": 8, "steps": 300, "batch_size": 32, "lr": 1e-3,
                       "template": "An image of {concept} on the skin of {skin} individual"},
     "strength": 0.5, "steps": 20, "guidance": 2.0, "sampler": "ddim", "batch_size": 32,
-    "per_image": 2, "max_sources": 300, "target_fst": [5, 6],
+    **TRANSLATION["tiny"], "target_fst": list(TRANSLATION["tiny"]["target_fst"]),
     "tiny": dict(TINY_BASE), "quality": {"pairs": 200, "inception": None},
 }
 PAPER = {
     **TINY, "model": "stabilityai/stable-diffusion-2-1-base", "image_size": 512,
     "ti": {**TINY["ti"], "steps": 500, "batch_size": 16, "lr": 8e-3},
     "lora_settings": {**TINY["lora_settings"], "steps": 3000, "batch_size": 4, "lr": 5e-6},
-    "steps": 100, "batch_size": 16, "per_image": 5, "max_sources": None,
+    "steps": 100, "batch_size": 16, **TRANSLATION["paper"], "target_fst": list(TRANSLATION["paper"]["target_fst"]),
 }
 PAPER_TRAIN = {"epochs": 30, "batch_size": 256, "optimizer": "adam", "lr": 1e-3, "schedule": "step",
                "step_size": 10, "gamma": 0.1, "sampler": "class"}
@@ -114,16 +115,6 @@ def concepts(classes: tuple[str, ...], *, learned: bool) -> list[str]:
     return tokens
 
 
-def sources(table: pd.DataFrame, *, max_sources: int | None, rng: np.random.Generator) -> np.ndarray:
-    """Rows that take part (FST I, II, V, VI), at most `max_sources` of them drawn uniformly (so the
-    paper's mix, mostly light images, is kept), in table order."""
-    fst = pd.to_numeric(table["fst"], errors="coerce")
-    rows = np.flatnonzero(fst.isin(LIGHT + DARK).to_numpy())
-    if max_sources is None or len(rows) <= max_sources:
-        return rows
-    return np.sort(rng.choice(rows, size=int(max_sources), replace=False))
-
-
 def tone_prompts(labels: np.ndarray, fst: np.ndarray, words: list[str], template: str) -> list[str]:
     try:
         return [template.format(concept=words[int(y)], skin=SKIN_WORDS[int(f)]) for y, f in zip(labels, fst)]
@@ -133,26 +124,14 @@ def tone_prompts(labels: np.ndarray, fst: np.ndarray, words: list[str], template
 
 def translation_requests(real, rows: np.ndarray, words: list[str], *, hp: dict, seed: int) -> pd.DataFrame:
     """`per_image` requests per source row, each toward a dark FST: a random `target_fst` for a
-    light source, its own FST for a dark one."""
-    bad = [f for f in hp["target_fst"] if f not in DARK]
-    if bad or not hp["target_fst"]:
-        raise ConfigError(f"{name}.target_fst must list FST values among {DARK}, got {hp['target_fst']}")
-    rng = np.random.default_rng(seed_for(seed, f"{name}-targets"))
-    table = real.table.iloc[rows]
-    fst = pd.to_numeric(table["fst"]).astype(int).to_numpy()
-    out = []
-    for k in range(int(hp["per_image"])):
-        target = np.where(np.isin(fst, DARK), fst, rng.choice(hp["target_fst"], size=len(fst)))
-        prompts = tone_prompts(table["label"].to_numpy(), target, words, hp["lora_settings"]["template"])
-        out.append(pd.DataFrame({
-            "sample_id": [f"{name}-{s}-{k}" for s in table["sample_id"]], "label": table["label"].to_numpy(),
-            "class_name": [real.classes[int(y)] for y in table["label"]], "fst": target, "tone3": "C",
-            "prompt": prompts, "source_id": table["sample_id"].astype(str).to_numpy(),
-            "domain": table["domain"].to_numpy(), "row": rows,
-        }))
-    requests = pd.concat(out, ignore_index=True)
-    requests["seed"] = [seed_for(seed, f"{name}-image-{i}") for i in range(len(requests))]
-    return requests
+    light source, its own FST for a dark one (planned by `dermbench.data.requests.translation_plan`,
+    which the oracle shares), with each one's class name and tone-aware prompt."""
+    plan = translation_plan(real.table, rows, per_image=hp["per_image"], target_fst=hp["target_fst"], seed=seed,
+                            method=name)
+    plan.insert(2, "class_name", [real.classes[int(y)] for y in plan["label"]])
+    plan.insert(5, "prompt", tone_prompts(plan["label"].to_numpy(), plan["fst"].to_numpy(), words,
+                                          hp["lora_settings"]["template"]))
+    return plan.drop(columns="k")
 
 
 def adapt(ctx, c, real, rows: np.ndarray, hp: dict) -> tuple[list[str], dict]:
