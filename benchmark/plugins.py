@@ -45,6 +45,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "majority2minority": "dermbench.methods.majority2minority",
     "classndiff": "dermbench.methods.classndiff",
     "fedd": "dermbench.methods.fedd",
+    "oracle": "dermbench.methods.oracle",
 }
 BUILTIN_DATASETS: dict[str, str] = {
     "synthderm": "dermbench.datasets.synthderm:SynthDerm",
