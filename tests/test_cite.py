@@ -209,7 +209,7 @@ def test_list_cite_prints_every_listed_plugin_and_flags_one_without_references(t
     assert keys(bib) == {"idrissi2022simple", "zong2023medfair", "wu2022fairprune", "guo2024fairquantize",
                          "jung2021fair", "munia2025dermdiff", "wang2024majority", "munia2025classndiff",
                          "carrion2023fedd", "dhariwal2021diffusion", "baranchuk2022label", "vapnik1992principles",
-                         "vapnik1998statistical"}
+                         "vapnik1998statistical", "dermbench"}
     code, bib, _ = cite(capsys, "--method", "plainmethod", "--dataset", "synthderm", "--backbone", "resnet18",
                         "--plugin", "plainmethod")
     assert code == 0 and keys(bib) == {"dermbench", "he2016deep", "rw2019timm", "groh2021evaluating",
