@@ -29,6 +29,18 @@ COLUMNS = (
 )
 
 
+#: the oracle row (SynthDerm's renderer: every sample as requested) is the ceiling of each column
+CEILING = "oracle"
+#: the tiny profile's fidelity floors (issue 25): a generative row's mean must reach this fraction of
+#: the oracle's mean. Majority-to-minority's "dark by ITA" is its requested-tone share in group C (its
+#: targets are FST V-VI), against the oracle's share for the C cells it renders.
+FLOORS = {
+    "dermdiff": (("label fidelity (malignant)", 0.75), ("tone fidelity", 0.75), ("tone fidelity (C)", 0.75)),
+    "majority2minority": (("tone fidelity (C)", 0.75), ("label fidelity", 0.8)),
+    "classndiff": (("label fidelity (malignant)", 0.75),),
+}
+
+
 def _at(tree: Any, path: Sequence[str]) -> float:
     for key in path:
         if not isinstance(tree, Mapping) or key not in tree:
@@ -53,16 +65,43 @@ def quality_table(runs: Sequence[Mapping[str, Any]], rows: Sequence[tuple], labe
     table: dict[str, list[str]] = {"method": [], "seeds": []}
     for title, _ in COLUMNS:
         table[title] = []
+    table["floors (share of the oracle's)"] = []
+    means: dict[tuple, dict[str, float]] = {}
+    shown: list[tuple] = []
     for row in rows:
         found = [r["quality"] for r in runs if (r["method"], r["profile"], r["variant"]) == row and r.get("quality")]
         if not found:
             continue
+        shown.append(row)
         table["method"].append(labels.get(row, row[0]))
         table["seeds"].append(str(len(found)))
+        means[row] = {}
         for title, _ in COLUMNS:
             values = np.array([q[title] for q in found], dtype=float)
             present = values[~np.isnan(values)]
             mean = float(present.mean()) if len(present) else float("nan")
             sd = float(present.std(ddof=1)) if len(present) > 1 else float("nan")
+            means[row][title] = mean
             table[title].append(format_cell(mean, sd, len(present), len(values)))
+    for row in shown:
+        table["floors (share of the oracle's)"].append(floor_verdict(row, means))
     return pd.DataFrame(table)
+
+
+def floor_verdict(row: tuple, means: Mapping[tuple, Mapping[str, float]]) -> str:
+    """`met`, or `below: <column> <row's mean> < <fraction> x <oracle's mean>` for each floor missed;
+    `ceiling` for the oracle itself, `–` for a row without floors or without an oracle row to compare."""
+    if row[0] == CEILING:
+        return "ceiling"
+    floors = FLOORS.get(row[0])
+    ceiling = next((means[r] for r in means if r[0] == CEILING and r[1] == row[1]), None)
+    if not floors or ceiling is None:
+        return "–"
+    missed = []
+    for title, fraction in floors:
+        mine, best = means[row].get(title, float("nan")), ceiling.get(title, float("nan"))
+        if np.isnan(best):
+            continue
+        if np.isnan(mine) or mine < fraction * best - 1e-9:  # at the floor counts as reaching it
+            missed.append(f"{title} {mine:.2f} < {fraction} × {best:.2f}")
+    return "met" if not missed else "below: " + "; ".join(missed)

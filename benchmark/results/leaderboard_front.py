@@ -149,8 +149,10 @@ def front_page(board: Board, header: Sequence[str], stem: str, notes: str | None
                   "`methods.<name>.quality`). FID: the synthetic images against the real training images in the run's "
                   "ERM features (lower is closer); label fidelity: the share the run's ERM model labels as requested; "
                   "tone fidelity: the share whose ITA falls in the requested tone group (C = FST V–VI). ITA and the ERM "
-                  "model err on real images too, so a perfect generator scores below 1.", "",
-                  _table(board.quality)]
+                  "model err on real images too, so a perfect generator scores below 1: the `oracle` row (SynthDerm's "
+                  "own renderer, every sample as requested) is the ceiling, and each generative method has fidelity "
+                  "floors relative to it (docs/oracle.md); a row below a floor measures its generator more than its "
+                  "method.", "", _table(board.quality)]
     if board.test_sets:
         lines += ["", "## Trade-off", "",
                   f"![worst-tone AUC against EOdd per test set]({stem}.png)", "",
