@@ -153,6 +153,7 @@ def front_page(board: Board, header: Sequence[str], stem: str, notes: str | None
                   "own renderer, every sample as requested) is the ceiling, and each generative method has fidelity "
                   "floors relative to it (docs/oracle.md); a row below a floor measures its generator more than its "
                   "method.", "", _table(board.quality)]
+    lines += _fedd_floor(board)
     if board.test_sets:
         lines += ["", "## Trade-off", "",
                   f"![worst-tone AUC against EOdd per test set]({stem}.png)", "",
@@ -168,6 +169,29 @@ def front_page(board: Board, header: Sequence[str], stem: str, notes: str | None
     if notes:
         lines += ["", "## Notes", "", f"(Written by hand in `{notes_file}`.)", "", notes.strip()]
     return "\n".join(lines) + "\n"
+
+
+#: FEDD has no generator to score; its tiny floor (issue 25) is its own AUC: within this of ERM's on
+#: the dataset's own test set
+FEDD_FLOOR = 0.03
+
+
+def _fedd_floor(board: Board) -> list[str]:
+    """A line per FEDD row saying whether its overall AUC on the first test set is within FEDD_FLOOR of ERM's."""
+    if not board.test_sets:
+        return []
+    test_set = board.test_sets[0]
+    lines = []
+    for row in [r for r in board.rows if r[0] == "fedd" and r not in board.duplicates]:
+        erm = next((r for r in board.rows if r[0] == "erm" and r[1] == row[1]), None)
+        mine, base = (board.intervals.get((test_set, r, "overall.auc")) for r in (row, erm))
+        if mine is None or base is None:
+            continue
+        gap = mine.value - base.value
+        lines.append(f"- `{board.labels.get(row, row[0])}` has no generator; its tiny floor is an overall AUC on "
+                     f"`{test_set}` within {FEDD_FLOOR} of ERM's: {mine.value:.3f} against {base.value:.3f} "
+                     f"({gap:+.3f}), {'met' if gap >= -FEDD_FLOOR else 'below the floor'}.")
+    return ["", *lines] if lines else []
 
 
 def verdicts_page(board: Board, header: Sequence[str]) -> tuple[str, str]:
