@@ -23,6 +23,7 @@ from scipy import stats
 from dermbench.cli import main
 from dermbench.evaluation.comparison import holm, rank_test, seed_level_difference
 from dermbench.evaluation.metrics import fairness_report, weighted_summary
+from dermbench.plugins import BUILTIN_METHODS
 from dermbench.results.leaderboard import build_outputs, collect
 from dermbench.results.variants import identical_rows, row_labels
 
@@ -192,8 +193,10 @@ def test_verdicts_of_the_committed_board_come_from_its_records(board_outputs):
     assert board.test_sets == ["synthderm", "synthderm-ddi", "synthderm-dermoscopic"]
     # fedd with segmentation on and off scored the same: shown twice, counted once
     assert len(board.duplicates) == 1 and next(iter(board.duplicates))[0] == "fedd"
-    # 9 counted rows: 8 against ERM and 7 against resampling, 3 test sets, 5 metrics
-    assert len(board.comparisons) == (8 + 7) * 3 * 5
+    # one counted row per built-in method: all but ERM against ERM, all but ERM and resampling against
+    # resampling, on 3 test sets and 5 metrics
+    rows = len(BUILTIN_METHODS)
+    assert len(board.comparisons) == ((rows - 1) + (rows - 2)) * 3 * 5
     assert f"Holm-corrected over all {len(board.comparisons)}" in output.markdown
     # each difference's point value is the difference of the records' means over seeds
     frame = collect([COMMITTED])
@@ -243,13 +246,14 @@ def test_check_fails_when_the_verdicts_page_is_stale(tmp_path, capsys):
 def test_generator_quality_sits_beside_the_generative_rows(board_outputs):
     output = next(o for o in board_outputs if o.stem == "synthderm-malignant")
     quality = output.board.quality.set_index("method")
-    assert set(quality.index) == {"classndiff", "dermdiff", "majority2minority"}
+    assert set(quality.index) == {"classndiff", "dermdiff", "majority2minority", "oracle"}
+    assert quality.loc["oracle", "floors"] == "ceiling" and quality.loc["dermdiff", "floors"].startswith("below: ")
     shares = []
     for path in sorted(COMMITTED.glob("dermdiff_synthderm_s*/metrics.json")):
         record = json.loads(path.read_text())
         shares.append(record["methods"]["dermdiff"]["quality"]["fidelity"]["label"]["values"]["malignant"]["share"])
-    assert quality.loc["dermdiff", "label fidelity (malignant)"] == f"{np.mean(shares):.3f} ± {np.std(shares, ddof=1):.3f}"
-    assert quality.loc["classndiff", "tone fidelity"] == "–"  # Class-N-Diff asks for no tone
+    assert quality.loc["dermdiff", "malignant label"] == f"{np.mean(shares):.3f} ± {np.std(shares, ddof=1):.3f}"
+    assert quality.loc["classndiff", "tone"] == "–"  # Class-N-Diff asks for no tone
     assert "## Generators behind the generative rows" in output.markdown
     # FEDD's floor is its own AUC: within 0.03 of ERM's on synthderm (0.811 against 0.872 here)
     assert "its tiny floor is an overall AUC on `synthderm` within 0.03 of ERM's: 0.811 against 0.872 (-0.061), " \

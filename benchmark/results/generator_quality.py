@@ -22,10 +22,10 @@ from dermbench.results.formatting import format_cell
 #: cells a tone-fairness method most needs its generator to get right
 COLUMNS = (
     ("FID", ("fid", "domain", "overall", "values", "all")),
-    ("label fidelity", ("fidelity", "label", "overall", "share")),
-    ("label fidelity (malignant)", ("fidelity", "label", "values", "malignant", "share")),
-    ("tone fidelity", ("fidelity", "tone", "overall", "share")),
-    ("tone fidelity (C)", ("fidelity", "tone", "values", "C", "share")),
+    ("label", ("fidelity", "label", "overall", "share")),
+    ("malignant label", ("fidelity", "label", "values", "malignant", "share")),
+    ("tone", ("fidelity", "tone", "overall", "share")),
+    ("tone C", ("fidelity", "tone", "values", "C", "share")),
 )
 
 
@@ -35,9 +35,9 @@ CEILING = "oracle"
 #: the oracle's mean. Majority-to-minority's "dark by ITA" is its requested-tone share in group C (its
 #: targets are FST V-VI), against the oracle's share for the C cells it renders.
 FLOORS = {
-    "dermdiff": (("label fidelity (malignant)", 0.75), ("tone fidelity", 0.75), ("tone fidelity (C)", 0.75)),
-    "majority2minority": (("tone fidelity (C)", 0.75), ("label fidelity", 0.8)),
-    "classndiff": (("label fidelity (malignant)", 0.75),),
+    "dermdiff": (("malignant label", 0.75), ("tone", 0.75), ("tone C", 0.75)),
+    "majority2minority": (("tone C", 0.75), ("label", 0.8)),
+    "classndiff": (("malignant label", 0.75),),
 }
 
 
@@ -65,7 +65,7 @@ def quality_table(runs: Sequence[Mapping[str, Any]], rows: Sequence[tuple], labe
     table: dict[str, list[str]] = {"method": [], "seeds": []}
     for title, _ in COLUMNS:
         table[title] = []
-    table["floors (share of the oracle's)"] = []
+    table["floors"] = []
     means: dict[tuple, dict[str, float]] = {}
     shown: list[tuple] = []
     for row in rows:
@@ -84,12 +84,12 @@ def quality_table(runs: Sequence[Mapping[str, Any]], rows: Sequence[tuple], labe
             means[row][title] = mean
             table[title].append(format_cell(mean, sd, len(present), len(values)))
     for row in shown:
-        table["floors (share of the oracle's)"].append(floor_verdict(row, means))
+        table["floors"].append(floor_verdict(row, means))
     return pd.DataFrame(table)
 
 
 def floor_verdict(row: tuple, means: Mapping[tuple, Mapping[str, float]]) -> str:
-    """`met`, or `below: <column> <row's mean> < <fraction> x <oracle's mean>` for each floor missed;
+    """`met`, or `below: <column> <row's mean> < <fraction x the oracle's mean>` for each floor missed;
     `ceiling` for the oracle itself, `–` for a row without floors or without an oracle row to compare."""
     if row[0] == CEILING:
         return "ceiling"
@@ -103,5 +103,5 @@ def floor_verdict(row: tuple, means: Mapping[tuple, Mapping[str, float]]) -> str
         if np.isnan(best):
             continue
         if np.isnan(mine) or mine < fraction * best - 1e-9:  # at the floor counts as reaching it
-            missed.append(f"{title} {mine:.2f} < {fraction} × {best:.2f}")
+            missed.append(f"{title} {mine:.2f} < {fraction * best:.2f}")
     return "met" if not missed else "below: " + "; ".join(missed)

@@ -147,12 +147,13 @@ def front_page(board: Board, header: Sequence[str], stem: str, notes: str | None
                   "A generative row measures its method and its generator together: read its verdicts with how well "
                   "the generator did what it was asked (mean ± sd over seeds, from each record's "
                   "`methods.<name>.quality`). FID: the synthetic images against the real training images in the run's "
-                  "ERM features (lower is closer); label fidelity: the share the run's ERM model labels as requested; "
-                  "tone fidelity: the share whose ITA falls in the requested tone group (C = FST V–VI). ITA and the ERM "
+                  "ERM features (lower is closer); label: the share the run's ERM model labels as requested (malignant "
+                  "label: of the malignant requests); tone: the share whose ITA falls in the requested tone group "
+                  "(tone C: of the FST V–VI requests). ITA and the ERM "
                   "model err on real images too, so a perfect generator scores below 1: the `oracle` row (SynthDerm's "
                   "own renderer, every sample as requested) is the ceiling, and each generative method has fidelity "
                   "floors relative to it (docs/oracle.md); a row below a floor measures its generator more than its "
-                  "method.", "", _table(board.quality)]
+                  "method; `floors` gives its mean and the floor.", "", _table(board.quality)]
     lines += _fedd_floor(board)
     if board.test_sets:
         lines += ["", "## Trade-off", "",
