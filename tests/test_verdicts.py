@@ -118,6 +118,22 @@ def test_a_known_difference_is_covered_near_the_nominal_rate_and_found():
     assert np.mean([e.p < 0.05 and e.value > 0 for e in steady]) >= 0.95  # measured: 0.99
 
 
+def test_rows_with_different_seeds_are_compared_unpaired():
+    rng = np.random.default_rng(5)
+    rejected = 0
+    for _ in range(100):
+        y = (rng.random(N) < 0.3).astype(int)
+        hard = rng.normal(size=N)
+        weights = np.hstack([np.ones((N, 1)), rng.multinomial(N, np.full(N, 1 / N), size=B).T])
+        a = _runs(rng, y, hard, 1.2, 0.3, weights, 3)
+        b = _runs(rng, y, hard, 1.2, 0.3, weights, 4)  # another seed count: the seeds cannot pair
+        estimate = seed_level_difference(a[0], a[1], b[0], b[1], rng.integers(0, 3, size=(B, 3)),
+                                         rng.integers(0, 4, size=(B, 4)), paired_seeds=False)
+        assert estimate.low <= estimate.value <= estimate.high and estimate.df >= 2
+        rejected += estimate.p < 0.05
+    assert rejected <= 5  # measured: 3 of 100
+
+
 def test_too_few_seeds_or_undefined_values_give_no_verdict():
     boot = np.zeros((10, 1))
     assert seed_level_difference(np.array([0.8]), boot, np.array([0.7]), boot, np.zeros((10, 1), int),

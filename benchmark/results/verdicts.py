@@ -76,6 +76,8 @@ class ScoredSet:
     rows: dict[Row, RowSamples]
     n_common: int
     draws: dict[int, np.ndarray]  # n_seeds -> (B, n_seeds) seed indices
+    #: independent draws for the reference of a comparison whose rows ran different seeds
+    other_draws: dict[int, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -157,8 +159,10 @@ def scored_set(runs: Sequence[Mapping[str, Any]], test_set: str, thresholds: Map
             values = np.stack([per_run[r["run_id"]].get(metric.key, missing) for r in group], axis=1)
             point[metric.key], boot[metric.key] = values[0], values[1:]
         rows[key] = RowSamples([r["seed"] for r in group], point, boot)
-    draws = {n: rng.integers(0, n, size=(n_boot, n)) for n in sorted({len(e.seeds) for e in rows.values()})}
-    return ScoredSet(rows, len(common), draws)
+    sizes = sorted({len(e.seeds) for e in rows.values()})
+    draws = {n: rng.integers(0, n, size=(n_boot, n)) for n in sizes}
+    other_draws = {n: rng.integers(0, n, size=(n_boot, n)) for n in sizes}
+    return ScoredSet(rows, len(common), draws, other_draws)
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -188,7 +192,7 @@ def compare_all(samples: Mapping[str, ScoredSet], counted: Sequence[Row]) -> lis
                 for metric in VERDICT_METRICS:
                     estimate = seed_level_difference(
                         a.point[metric.key], a.boot[metric.key], b.point[metric.key], b.boot[metric.key],
-                        tss.draws[len(a.seeds)], tss.draws[len(b.seeds)], paired)
+                        tss.draws[len(a.seeds)], tss.other_draws[len(b.seeds)], paired)
                     out.append(Comparison(test_set, row, ref, metric, estimate))
     tested = [i for i, c in enumerate(out) if c.estimate is not None and c.estimate.p is not None]
     adjusted = holm([out[i].estimate.p for i in tested])  # type: ignore[union-attr]
