@@ -113,7 +113,7 @@ def headline(board: Board) -> list[str]:
     found = [c for c in tested if c.verdict in ("better", "worse")]
     lines = [f"**Verdicts.** {len(found)} of the {len(tested)} comparisons on this page show a difference "
              f"(paired hierarchical bootstrap over seeds and test samples, Holm-corrected over all {len(tested)}, "
-             f"α = {ALPHA}); every other difference is within what seeds and test samples explain."]
+             f"α = {ALPHA}); the others show no evidence of a difference with this many seeds and samples."]
     for reference in REFERENCES:
         mine = [c for c in tested if c.reference[0] == reference]
         if not mine:
