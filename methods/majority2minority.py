@@ -28,7 +28,16 @@ another classifier reuses both. Paper profile: SD 2.1-base at 512 px; TI 500 ste
 grad-accum 4 (here batch 16), lr 5e-4 scaled as the authors' `--scale_lr` does (x 16: 8e-3);
 LoRA 3,000 steps, batch 4, lr 5e-6; classifier VGG-16 with Adam lr 1e-3, class-balanced
 sampler, StepLR (epochs // 3, 0.1), 30 epochs, batch 256, selected on validation (the authors'
-code selected on the test set). Tiny profile: the tiny base model (`dermbench.diffusion.base`),
+code selected on the test set).
+
+The paper profile's classifier (`model.backbone: vgg16_frozen_head`, registered with timm by
+`dermbench.train.models`) is the authors' (`scripts/train_classifier.py`; the paper says only
+"pre-trained VGG-16"): ImageNet VGG-16 (`model.pretrained: true`: timm `vgg16.tv_in1k`,
+torchvision's weights, read from the local cache) with every pretrained weight frozen, the features and the
+classifier up to its 4096-d layer (with its two dropouts of 0.5: `model.drop_rate: 0.5`), under a
+new trainable head Linear(4096 -> 256) -> ReLU -> Dropout(0.4) -> Linear(256 -> classes). The
+authors end the head with LogSoftmax and NLL loss; here the head gives logits to the cross-entropy
+loss, the same objective. The tiny profile trains the whole shared backbone (ERM's fit). Tiny profile: the tiny base model (`dermbench.diffusion.base`),
 a few hundred steps, `max_sources` source images drawn at random, 2 outputs each.
 """
 
@@ -57,6 +66,7 @@ from dermbench.diffusion.training import train_denoiser
 from dermbench.errors import ConfigError, DataError
 from dermbench.hookspecs import hookimpl
 from dermbench.seeds import seed_for
+from dermbench.train.models import FROZEN_VGG16
 from dermbench.train.pretrained import split_digest
 
 name = "majority2minority"
@@ -95,7 +105,8 @@ PAPER_TRAIN = {"epochs": 30, "batch_size": 256, "optimizer": "adam", "lr": 1e-3,
 @hookimpl
 def dermbench_method_defaults(profile: str) -> dict:
     if profile == "paper":
-        return {name: PAPER, "model": {"backbone": "vgg16"}, "data": {"image_size": 224}, "train": PAPER_TRAIN}
+        return {name: PAPER, "model": {"backbone": FROZEN_VGG16, "pretrained": True, "drop_rate": 0.5},
+                "data": {"image_size": 224}, "train": PAPER_TRAIN}
     return {name: TINY}
 
 
@@ -212,3 +223,4 @@ def augment(ctx, train):
         "quality": measure_quality(ctx, name, train=train, synthetic=synthetic),
     })
     return synthetic
+
