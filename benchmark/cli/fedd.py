@@ -6,6 +6,10 @@ validation split); validation and test accuracy (at probability 0.5) and ROC-AUC
 tone3 group, go into a markdown table, a JSON file and a heat map PNG (blocks x t; validation and
 test accuracy and AUC). Features come through the shared FEDD feature cache, so a rerun, or a
 later `dermbench run --method fedd` at one of the pairs, does not run the UNet again.
+
+`dermbench fedd convert-adm CKPT OUT`: a guided-diffusion ADM checkpoint (the paper's
+`256x256_diffusion_uncond.pt`) to a diffusers UNet2DModel folder that `fedd.model` loads
+(`dermbench.diffusion.adm`); OUT defaults to where `--profile paper` looks for it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import difflib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,7 @@ from rich.console import Console
 from dermbench.config import settings_digest
 from dermbench.context import RunContext, choose_device
 from dermbench.data.pool import DatasetPool
+from dermbench.diffusion import adm
 from dermbench.errors import ConfigError
 from dermbench.methods import fedd
 from dermbench.runner import resolve_config, test_sets
@@ -337,6 +343,56 @@ def check_curve(tables: list, out: Path, command: str) -> int:
     return 0
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
+def _mults(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    return tuple(int(v) if v == int(v) else v for v in values)
+
+
+def cmd_convert_adm(args: argparse.Namespace) -> int:
+    """Convert an ADM checkpoint; the architecture from the flags (defaults: the 256 px
+    unconditional model) with the widths read from the tensors."""
+    given = {key: value for key, value in {
+        "image_size": args.image_size, "num_channels": args.num_channels, "num_res_blocks": args.num_res_blocks,
+        "attention_resolutions": args.attention_resolutions, "channel_mult": args.channel_mult,
+        "num_heads": args.num_heads, "num_head_channels": args.num_head_channels,
+        "use_scale_shift_norm": args.use_scale_shift_norm, "resblock_updown": args.resblock_updown,
+        "learn_sigma": args.learn_sigma, "use_new_attention_order": args.use_new_attention_order,
+    }.items() if value is not None}
+    out = Path(args.out) if args.out else adm.default_folder()
+    adm.check_out(out)
+    state = adm.read_checkpoint(Path(args.checkpoint))
+    config = adm.infer_config(state, adm.ADMConfig(**{k: v for k, v in given.items()
+                                                       if k not in ("num_channels", "learn_sigma")}))
+    config = replace(config, **{k: given[k] for k in ("num_channels", "learn_sigma", "use_scale_shift_norm")
+                                if k in given})
+    info = adm.convert_checkpoint(Path(args.checkpoint), out, config, state=state)
+    print(f"converted {args.checkpoint} ({info['parameters'] / 1e6:.1f} M parameters, {info['tensors']} tensors, "
+          f"{info['decoder_blocks']} decoder blocks) to {out}")
+    if out.resolve() == adm.default_folder().resolve():
+        print("`dermbench run --method fedd --profile paper` uses it (fedd.model: adm-imagenet256-uncond)")
+    else:
+        print(f"use it with --set fedd.model={out}")
+    return 0
+
+
+def _bool(text: str) -> bool:
+    if str(text).lower() in ("1", "true", "yes"):
+        return True
+    if str(text).lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("fedd", help="FEDD tools: the decoder block x t ablation")
     sub = parser.add_subparsers(dest="fedd_command", metavar="COMMAND")
@@ -369,4 +425,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 when a committed curve table differs from the records (plots not compared)")
     c.set_defaults(func=cmd_curve)
+    a = sub.add_parser("convert-adm", help="a guided-diffusion ADM checkpoint to the folder fedd.model loads",
+                       description="Convert a guided-diffusion ADM checkpoint (default architecture: the ImageNet "
+                                   "256x256 unconditional model, 256x256_diffusion_uncond.pt) to a diffusers "
+                                   "UNet2DModel folder; every tensor is checked against the architecture. Fetch "
+                                   f"the checkpoint with: curl -L -o {adm.CHECKPOINT} {adm.CHECKPOINT_URL}")
+    a.add_argument("checkpoint", metavar="CKPT", help="the .pt file")
+    a.add_argument("out", metavar="OUT", nargs="?",
+                   help="new folder to write (default: $DERMBENCH_CACHE/models/adm-imagenet256-uncond, where "
+                        "--profile paper looks)")
+    a.add_argument("--image-size", type=int, help="default 256")
+    a.add_argument("--num-channels", type=int, help="default: read from the checkpoint")
+    a.add_argument("--num-res-blocks", type=int, help="default 2")
+    a.add_argument("--attention-resolutions", type=_ints, help="pixels, comma-separated (default 32,16,8)")
+    a.add_argument("--channel-mult", type=_mults, help="comma-separated (default: guided-diffusion's for the size)")
+    a.add_argument("--num-heads", type=int, help="used when --num-head-channels is -1 (default 4)")
+    a.add_argument("--num-head-channels", type=int, help="default 64")
+    a.add_argument("--use-scale-shift-norm", type=_bool, help="default: read from the checkpoint")
+    a.add_argument("--resblock-updown", type=_bool, help="default true")
+    a.add_argument("--learn-sigma", type=_bool, help="default: read from the checkpoint")
+    a.add_argument("--use-new-attention-order", type=_bool, help="default false")
+    a.set_defaults(func=cmd_convert_adm)
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)
