@@ -37,7 +37,8 @@ lam 5, outer 0.02, sigma 0.5: the distillation weight is 0.02 * 5 / 2 = 0.05.
 Training. The student is trained by the ordinary trainer (`ctx.train_model`, name "mfd", resumable)
 with `train.sampler: group`: every batch is drawn with equal probability from each (label, group)
 cell of the scheme, oversampling small cells (the official code's `--labelwise` sampler); training
-samples of unknown group are left out of the student's training and counted in the record. The
+samples of unknown group are left out of the student's training and counted in the record (the
+paper profile's plain loader trains on them with CE; they are in no S slice). The
 student selects its epoch on validation like ERM. `predict` is ERM's: a plain forward pass of the
 student; no group is needed at test time.
 
@@ -64,9 +65,16 @@ and from the ME repository's derm baseline (shared/METHODS.md section 2):
 - Unknown group: the ME repo puts FST -1 into the dark group; here such samples belong to no
   group and are not trained on by the student (they are in T_c and in sigma_bar only when a batch
   holds them, which the group sampler never does).
-- Student init: the ME repo's student is ImageNet-pretrained (VGG-11 on Fitzpatrick17k, ResNet-18
-  on ISIC 2019). ImageNet weights are not available offline, so `model.pretrained` stays what the
-  profile says (false); set it to a weights file to follow the ME recipe exactly.
+- Student init and sampler (issue 26; the FairQuantize paper is silent on both, so the paper
+  profile follows the ME repository's derm baseline behind its MFD rows): the student is
+  `mfd_vgg11`, torchvision's VGG-11 *without* BN, ImageNet-initialised (timm `vgg11.tv_in1k`), on
+  Fitzpatrick17k and `mfd_resnet18` (`resnet18.tv_in1k`) on ISIC 2019: `mfd.student_model`, read
+  from the local weights cache (`dermbench.train.models`; a missing file stops the run with the
+  command that fetches it). Its batches come from a plain loader (`mfd.student.sampler: none`),
+  as `train_mfd.py`'s DataLoader; the tiny profile keeps the (label, group)-balanced sampler (the
+  official code's `--labelwise`) and the harness's model as the student. Its teacher, the vanilla
+  VGG-11-BN, stays randomly initialised (FairQuantize's `--pre_trained 0`); both give 4096-d
+  penultimate features.
 
 Profiles. `tiny`: the defaults above, with the profile's training recipe. `paper`: the FairQuantize
 paper's protocol for the dataset (`dermbench.mitigation.protocols.paper_protocol`: Fitzpatrick17k
@@ -102,6 +110,8 @@ from dermbench.errors import ConfigError, DataError, DermbenchError, closest
 from dermbench.hookspecs import hookimpl
 from dermbench.mitigation.groups import check_scheme
 from dermbench.mitigation.protocols import paper_protocol, reported
+from dermbench.seeds import seed_for
+from dermbench.train.models import create_backbone
 from dermbench.train.trainer import Batch, group_codes, group_names
 
 name = "mfd"
@@ -123,8 +133,14 @@ PAPER_TRAIN: dict[str, Any] = {
     "optimizer": "sgd", "momentum": 0.9, "nesterov": True, "lr": 0.01, "weight_decay": 1e-5,
     "schedule": "step", "step_size": 100, "gamma": 0.1, "epochs": 200, "batch_size": 128,
 }
-#: the student's sampler: balanced over (label, group) cells, unknown groups left out
+#: the student's sampler: balanced over (label, group) cells, unknown groups left out (the tiny
+#: profile's; `mfd.student.sampler` overrides it: the paper profile's is the plain loader)
 STUDENT_SETTINGS = {"sampler": "group"}
+#: the ME repository's students (`model.py`): `mfd_vgg11` = torchvision VGG-11 (no BN) and
+#: `mfd_resnet18`, both ImageNet-initialised; paper profile only (`mfd.student_model`)
+PAPER_STUDENT = {"fitz17k": "vgg11.tv_in1k", "isic2019": "resnet18.tv_in1k"}
+#: settings only the paper profile sets (absent: the student is the harness's model)
+OPTIONAL = ("student_model",)
 #: the smallest bandwidth scale: all-equal features give MMD 0, not 0/0
 MIN_SIGMA_BAR = 1e-12
 
@@ -133,7 +149,9 @@ MIN_SIGMA_BAR = 1e-12
 def dermbench_method_defaults(profile: str, dataset: str) -> dict:
     own = {k: v for k, v in DEFAULTS.items() if k != "groups"}
     if profile == "paper":
-        return paper_protocol(dataset, name, {**own, "student": dict(PAPER_TRAIN)})
+        student_model = {"backbone": PAPER_STUDENT.get(dataset, PAPER_STUDENT["fitz17k"]), "pretrained": True}
+        return paper_protocol(dataset, name, {**own, "student": {**PAPER_TRAIN, "sampler": "none"},
+                                              "student_model": student_model})
     return {name: dict(DEFAULTS)}
 
 
@@ -152,8 +170,8 @@ def check_settings(settings: dict) -> dict[str, Any]:
     """MFD's settings (`groups`, `lam`, `outer`, `sigma`), checked and converted; a ConfigError
     naming the setting otherwise. A missing setting takes its default."""
     for key in settings:
-        if key not in DEFAULTS:
-            guess = closest(str(key), DEFAULTS)
+        if key not in DEFAULTS and key not in OPTIONAL:
+            guess = closest(str(key), [*DEFAULTS, *OPTIONAL])
             raise ConfigError(f"unknown setting {name}.{key}" + (f"; did you mean {name}.{guess}?" if guess else "")
                               + f" (MFD's settings: {', '.join(DEFAULTS)})")
     merged = {**DEFAULTS, **settings}
@@ -164,7 +182,31 @@ def check_settings(settings: dict) -> dict[str, Any]:
         "outer": _number(merged, "outer", positive=False),
         "sigma": _number(merged, "sigma", positive=True),
         "student": _student(merged["student"]),
+        **({"student_model": _student_model(merged["student_model"])} if merged.get("student_model") else {}),
     }
+
+
+def _student_model(spec: Any) -> dict[str, Any]:
+    if not isinstance(spec, dict) or not isinstance(spec.get("backbone"), str) or set(spec) - {"backbone", "pretrained"}:
+        raise ConfigError(f"{name}.student_model must be {{backbone: <timm model>, pretrained: true|false|<file>}}, "
+                          f"got {spec!r}")
+    return {"backbone": spec["backbone"], "pretrained": spec.get("pretrained", False)}
+
+
+def student_train_settings(settings: dict) -> dict[str, Any]:
+    """The student's train settings: `mfd.student` over the (label, group) balanced sampler."""
+    return {**STUDENT_SETTINGS, **settings["student"]}
+
+
+def build_student(ctx, model: nn.Module, settings: dict, num_classes: int) -> nn.Module:
+    """The harness's `model`, or the paper profile's ImageNet-initialised student (`mfd.student_model`)."""
+    spec = settings.get("student_model")
+    if not spec:
+        return model
+    torch.manual_seed(seed_for(ctx.seed, "model-init"))
+    m = ctx.config["model"]
+    return create_backbone(spec["backbone"], num_classes=num_classes, pretrained=spec["pretrained"],
+                           drop_rate=m["drop_rate"], image_size=ctx.config["data"]["image_size"])
 
 
 def _student(student: Any) -> dict[str, Any]:
@@ -305,7 +347,8 @@ def fit(ctx, model: nn.Module, train: Split, val: Split) -> nn.Module:
     record: dict[str, Any] = {
         "settings": dict(settings), "scheme": scheme, "groups": list(names), "weight": weight,
         "teacher": "the trained ERM model from the shared ERM cache (methods.erm.checkpoint), frozen",
-        "student_sampler": STUDENT_SETTINGS["sampler"], "train_cells": cells, "unknown_group_excluded": unknown,
+        "student_sampler": student_train_settings(settings)["sampler"],
+        "student_model": settings.get("student_model") or "the harness's model (model section)", "train_cells": cells, "unknown_group_excluded": unknown,
     }
     if ctx.config.get("profile") == "paper" and (published := reported(ctx.config.get("dataset"), name)) is not None:
         record["paper"] = published
@@ -321,6 +364,7 @@ def fit(ctx, model: nn.Module, train: Split, val: Split) -> nn.Module:
     if ctx.device.type == "cuda" and bool(cfg.get("channels_last", True)):
         teacher.to(memory_format=torch.channels_last)
 
+    model = build_student(ctx, model, settings, train.num_classes)
     teacher_tap = FeatureTap(teacher, "teacher", training_only=False)
     student_tap = FeatureTap(model, "student", training_only=True)
     num_groups, sigma, steps = len(names), settings["sigma"], [0]
@@ -340,7 +384,7 @@ def fit(ctx, model: nn.Module, train: Split, val: Split) -> nn.Module:
 
     try:
         student = ctx.train_model(model, train, val, name=name, groups=scheme,
-                                  settings={**settings["student"], **STUDENT_SETTINGS}, extra_loss=mmd_loss)
+                                  settings=student_train_settings(settings), extra_loss=mmd_loss)
     finally:
         teacher_tap.close()
         student_tap.close()

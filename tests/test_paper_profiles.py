@@ -111,3 +111,29 @@ def test_majority2minority_head_from_a_local_weights_file(tmp_path):
 def test_tiny_majority2minority_is_unchanged():
     cfg = resolve_config(flags={"method": "majority2minority"})
     assert cfg["model"]["backbone"] == "resnet18" and cfg["model"]["pretrained"] is False
+
+
+# ----- 2. MFD: plain loader, ImageNet VGG-11 student (the ME repository's derm baseline) ----------
+
+def test_mfd_paper_student_uses_the_plain_sampler_and_an_imagenet_vgg11():
+    from dermbench.methods import mfd
+
+    cfg = paper("mfd", "fitz17k")
+    settings = mfd.check_settings(cfg["mfd"])
+    assert mfd.student_train_settings(settings)["sampler"] == "none"
+    assert settings["student_model"] == {"backbone": "vgg11.tv_in1k", "pretrained": True}
+    assert cfg["model"]["backbone"] == "vgg11_bn" and cfg["model"]["pretrained"] is False  # the vanilla teacher
+    assert ("mfd.student_model.pretrained", "vgg11.tv_in1k") in models.pretrained_requests(cfg)
+    isic = mfd.check_settings(paper("mfd", "isic2019")["mfd"])
+    assert isic["student_model"]["backbone"] == "resnet18.tv_in1k"
+    with torch.device("meta"):  # the student has VGG-11's 4096-d penultimate features, without BN
+        student = create_backbone("vgg11.tv_in1k", num_classes=114, pretrained=False)
+    assert student.get_classifier().in_features == 4096
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in student.modules())
+
+
+def test_mfd_tiny_student_keeps_the_group_sampler():
+    from dermbench.methods import mfd
+
+    settings = mfd.check_settings(resolve_config(flags={"method": "mfd"})["mfd"])
+    assert mfd.student_train_settings(settings)["sampler"] == "group" and "student_model" not in settings
