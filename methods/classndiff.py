@@ -101,7 +101,7 @@ TINY_SETTINGS: dict[str, Any] = {
 PAPER_SETTINGS: dict[str, Any] = {
     **TINY_SETTINGS, "vae": "stabilityai/sd-vae-ft-ema", "image_size": 256,
     "dit": {"size": "L", "patch": 4},
-    "latent_classifier": {"backbone": "resnet101", "pretrained": False, "hidden": 64, "dropout": 0.5},
+    "latent_classifier": {"backbone": "resnet101.tv_in1k", "pretrained": True, "hidden": 64, "dropout": 0.5},
     "joint": {"steps": 100_000, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.0, "p": 0.25, "weight": 0.2,
               "cond_dropout": 0.1, "classifier_lr": 3e-4, "classifier_momentum": 0.9},
     "per_class": None, "sampler": "ddpm", "steps": 250, "batch_size": 64,

@@ -137,3 +137,14 @@ def test_mfd_tiny_student_keeps_the_group_sampler():
 
     settings = mfd.check_settings(resolve_config(flags={"method": "mfd"})["mfd"])
     assert mfd.student_train_settings(settings)["sampler"] == "group" and "student_model" not in settings
+
+
+# ----- 3. Class-N-Diff: the latent classifier's ResNet-101 starts from ImageNet (the authors' code) --
+
+def test_classndiff_paper_latent_classifier_is_imagenet_resnet101():
+    cfg = paper("classndiff")
+    lc = cfg["classndiff"]["latent_classifier"]
+    assert lc["backbone"] == "resnet101.tv_in1k" and lc["pretrained"] is True
+    assert ("classndiff.latent_classifier.pretrained", "resnet101.tv_in1k") in models.pretrained_requests(cfg)
+    tiny = resolve_config(flags={"method": "classndiff"})["classndiff"]["latent_classifier"]
+    assert tiny["backbone"] == "test_resnet" and tiny["pretrained"] is False
