@@ -5,7 +5,10 @@ extractor, and a small MLP probe trained on its pooled decoder features.
 What it does here (shared/METHODS.md section 6; docs/fedd.md).
 1. Backbone: `fedd.model`, a diffusers `UNet2DModel` (pixel space, unconditional) from a local
    folder or hub id, frozen (`dermbench.diffusion.pixel`). The paper's is the ImageNet-256
-   unconditional ADM model (Dhariwal & Nichol); docs/fedd.md says how to provide it. `model: tiny`
+   unconditional ADM model (Dhariwal & Nichol): the paper profile's `model: adm-imagenet256-uncond`
+   is the folder `dermbench fedd convert-adm` writes (`dermbench.diffusion.adm`, under
+   $DERMBENCH_CACHE/models); without it the run stops naming the download and convert commands
+   (docs/fedd.md, "The paper backbone: ADM"). `model: tiny`
    (the tiny profile) trains a small unconditional DDPM on `tiny.data` (the run's training images,
    or a split outside the protocol such as SynthDerm's clinical training split) and caches it, so
    the features come from a diffusion model that has learned skin images; the record's
@@ -44,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dermbench.data.model import Split
+from dermbench.diffusion import adm
 from dermbench.diffusion.features import cached_features, decoder_layers
 from dermbench.diffusion.pixel import TINY_PIXEL, PixelModel, pixel_model
 from dermbench.errors import ConfigError, DermbenchError, closest
@@ -88,7 +92,11 @@ TINY: dict[str, Any] = {
 RUN_DATA = "run"
 #: the splits `tiny.data` may name: never a test split
 PRETRAIN_SPLITS = ("train", "val")
-PAPER: dict[str, Any] = {**TINY, "model": None, "image_size": 256, "block": "auto", "t": 50}
+#: the paper's backbone: guided-diffusion's ImageNet-256 unconditional ADM, converted by
+#: `dermbench fedd convert-adm` to adm.default_folder() (a name, not a path, so run ids do not
+#: depend on the machine's cache location)
+PAPER_MODEL = adm.PAPER_MODEL
+PAPER: dict[str, Any] = {**TINY, "model": PAPER_MODEL, "image_size": 256, "block": "auto", "t": 50}
 #: the paper's best decoder block per DDI fraction (section 4.2)
 PAPER_BLOCKS = {5: 4, 10: 6, 15: 12, 20: 14}
 #: FEDD's reported ROC-AUC per DDI fraction: supplementary Fig. 2 (read from the thesis chapter)
@@ -115,6 +123,7 @@ def check_settings(settings: dict) -> dict[str, Any]:
             f"{name}.model is not set: give a local folder or hub id of an unconditional pixel-space diffusers "
             "UNet2DModel (the paper uses the ImageNet-256 unconditional ADM model; docs/fedd.md says how to provide "
             f"it), or use {name}.model=tiny")
+    paper_backbone(s["model"])
     for key in ("max_epochs", "patience", "dim", "feature_batch_size"):
         if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
             raise ConfigError(f"{name}.{key} must be a positive integer, got {s[key]!r}")
@@ -127,6 +136,21 @@ def check_settings(settings: dict) -> dict[str, Any]:
         raise ConfigError(f"{name}.hidden and {name}.dropout need one entry per hidden layer")
     tiny_data(s)
     return s
+
+
+def paper_backbone(model: Any) -> str | None:
+    """The folder of the converted paper backbone when `model` names it (PAPER_MODEL), else None.
+    Absent, a ConfigError names the two commands that provide it (download, convert)."""
+    if model != PAPER_MODEL:
+        return None
+    folder = adm.default_folder()
+    if not (folder / "unet" / "config.json").is_file():
+        raise ConfigError(
+            f"{name}.model={PAPER_MODEL}: FEDD's paper backbone (guided-diffusion's ImageNet 256x256 unconditional "
+            f"ADM) is not in {folder}. Download and convert it (about 2.1 GB):\n  "
+            + adm.fetch_commands(folder).replace("\n", "\n  ")
+            + f"\nor set {name}.model to another converted folder, or use --profile tiny (no checkpoint)")
+    return str(folder)
 
 
 def tiny_data(settings: dict) -> tuple[str, str] | None:
@@ -274,7 +298,8 @@ def backbone(ctx, settings: dict, train: Split) -> tuple[PixelModel, int]:
             train = ctx.load_split(dataset, split, image_size=size, outside_protocol=True)
             ctx.say(f"{name}: the tiny stand-in learns from {dataset}:{split} outside the protocol ({len(train)} images)")
         images = resized(np.asarray(train.images), size)
-    model = pixel_model(settings["model"], train_images=images, tiny=tiny, revision=settings["revision"],
+    where = paper_backbone(settings["model"]) or settings["model"]
+    model = pixel_model(where, train_images=images, tiny=tiny, revision=settings["revision"],
                         device=ctx.device, console=ctx.console, say=ctx.say)
     if settings["model"] == "tiny":
         model.source["data"] = settings["tiny"]["data"]

@@ -317,3 +317,40 @@ def test_unknown_missing_and_misshapen_keys_are_named(tmp_path, capsys):
                  "--num-res-blocks", "1", "--attention-resolutions", "16", "--num-head-channels", "8"])
     err = capsys.readouterr().err
     assert code == 2 and "label_emb.weight" in err and "cond.pt" in err and "Traceback" not in err
+
+
+def test_the_paper_profile_without_the_backbone_names_download_and_convert(tmp_path, monkeypatch, capsys):
+    from dermbench.cli import main
+    from dermbench.errors import ConfigError
+    from dermbench.methods import fedd
+
+    monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert fedd.PAPER["model"] == adm.PAPER_MODEL and fedd.TINY["model"] == "tiny"
+    with pytest.raises(ConfigError, match="(?s)curl -L -o 256x256_diffusion_uncond.pt https://openaipublic.*"
+                                          "dermbench fedd convert-adm 256x256_diffusion_uncond.pt"):
+        fedd.check_settings(fedd.PAPER)
+    # `dermbench fedd ablate --profile paper` stops before it reads any data (there is none here)
+    code = main(["fedd", "ablate", "--profile", "paper", "--dataset", "ddi", "--data-root", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "ablate")])
+    err = capsys.readouterr().err
+    assert code == 2 and "convert-adm" in err and "Traceback" not in err
+    # `dermbench run`: exit 2, both commands, no traceback
+    code = main(["run", "--method", "fedd", "--profile", "paper", "--device", "cpu", "--data-root",
+                 str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--set", "data.image_size=16", "--set",
+                 "data.options={n_train: 60, n_val: 30, n_test: 30, n_test_ddi: 30, n_test_dermoscopic: 30}"])
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert code == 2, err
+    assert "curl -L -o 256x256_diffusion_uncond.pt" in err and "dermbench fedd convert-adm" in err, err
+    assert "Traceback" not in err
+
+
+def test_the_paper_profile_finds_the_converted_backbone(tmp_path, monkeypatch):
+    from dermbench.methods import fedd
+
+    monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "cache"))
+    ckpt = write(Ref(**SMALL).state, tmp_path / "small.pt")
+    adm.convert_checkpoint(ckpt, adm.default_folder(), small_config())
+    assert fedd.paper_backbone(adm.PAPER_MODEL) == str(adm.default_folder())
+    assert fedd.paper_backbone("tiny") is None
+    fedd.check_settings(fedd.PAPER)  # no error now

@@ -127,6 +127,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     cfg = ablation_config(args)
     if args.check:
         return check_ablation(args, cfg)
+    fedd.check_settings(cfg.get("fedd") or {})  # a bad setting or an absent paper backbone stops before any data
     console = Console()
     device = choose_device(cfg["device"])
     cfg = {**cfg, "device": device.type}
