@@ -148,3 +148,13 @@ def test_classndiff_paper_latent_classifier_is_imagenet_resnet101():
     assert ("classndiff.latent_classifier.pretrained", "resnet101.tv_in1k") in models.pretrained_requests(cfg)
     tiny = resolve_config(flags={"method": "classndiff"})["classndiff"]["latent_classifier"]
     assert tiny["backbone"] == "test_resnet" and tiny["pretrained"] is False
+
+
+# ----- 4. DermDiff: the ResNeXt-101 classifier starts from ImageNet weights -----------------------
+
+def test_dermdiff_paper_classifier_is_imagenet_resnext101():
+    cfg = paper("dermdiff")
+    assert cfg["model"]["backbone"] == "resnext101_32x8d" and cfg["model"]["pretrained"] is True
+    assert ("model.pretrained", "resnext101_32x8d") in models.pretrained_requests(cfg)
+    assert models.weights_id("resnext101_32x8d") == "resnext101_32x8d.tv_in1k"  # torchvision's ImageNet weights
+    assert resolve_config(flags={"method": "dermdiff"})["model"]["pretrained"] is False
