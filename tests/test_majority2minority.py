@@ -122,7 +122,7 @@ def test_profiles_carry_the_papers_settings():
     assert hp["model"] == "stabilityai/stable-diffusion-2-1-base" and hp["per_image"] == 5
     assert hp["lora_settings"]["rank"] == 8 and hp["lora_settings"]["alpha"] == 8
     assert hp["ti"]["init_word"] == "skin" and hp["ti"]["template"] == "An image of {concept}"
-    assert paper["model"]["backbone"] == "vgg16" and paper["train"]["optimizer"] == "adam"
+    assert paper["model"]["backbone"] == "vgg16_frozen_head" and paper["train"]["optimizer"] == "adam"
     assert paper["train"]["lr"] == 1e-3 and paper["train"]["schedule"] == "step"
     tiny = resolve_config(flags={"method": M})
     assert tiny[M]["model"] == "tiny" and tiny[M]["textual_inversion"] and tiny[M]["lora"]

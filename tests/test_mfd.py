@@ -126,14 +126,15 @@ def test_defaults_tiny_and_paper():
     assert mfd.dermbench_method_defaults(profile="tiny", dataset="synthderm") == {
         "mfd": {"groups": "tone2", "lam": 5.0, "outer": 0.02, "sigma": 0.5, "student": {}}}
     fitz = resolve_config(flags={"method": "mfd", "profile": "paper", "dataset": "fitz17k"})
-    assert {k: v for k, v in fitz["mfd"].items() if k != "student"} == {
+    assert {k: v for k, v in fitz["mfd"].items() if k not in ("student", "student_model")} == {
         "groups": "tone2", "lam": 5.0, "outer": 0.02, "sigma": 0.5}
+    assert fitz["mfd"]["student_model"] == {"backbone": "vgg11.tv_in1k", "pretrained": True}
     assert fitz["model"]["backbone"] == "vgg11_bn" and fitz["task"] == "condition"
     assert fitz["model"]["pretrained"] is False  # no ImageNet weights offline: the profile's setting stays
     # the ME student recipe is the student's alone: the teacher is the paper profile's ERM model
     assert fitz["mfd"]["student"] == {"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "lr": 0.01,
                                       "weight_decay": 1e-5, "schedule": "step", "step_size": 100, "gamma": 0.1,
-                                      "epochs": 200, "batch_size": 128}
+                                      "epochs": 200, "batch_size": 128, "sampler": "none"}
     erm = resolve_config(flags={"method": "erm", "profile": "paper", "dataset": "fitz17k"})
     assert fitz["train"] == erm["train"]
     isic = resolve_config(flags={"method": "mfd", "profile": "paper", "dataset": "isic2019"})
