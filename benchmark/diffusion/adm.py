@@ -38,7 +38,6 @@ settings and the checkpoint's SHA-256).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -50,6 +49,7 @@ from typing import Any
 
 import torch
 
+from dermbench.data.metadata import sha256_file
 from dermbench.errors import ConfigError, DermbenchError
 
 #: the name `fedd.model` takes for the converted paper backbone (resolved to DEFAULT_FOLDER)
@@ -355,14 +355,6 @@ def to_unet(state: dict[str, torch.Tensor], config: ADMConfig, *, source: str = 
     return unet.eval().requires_grad_(False)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_out(out: Path) -> None:
     """OUT must be new (or an empty folder): a conversion never overwrites."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -383,7 +375,7 @@ def convert_checkpoint(checkpoint: Path, out: Path, config: ADMConfig | None = N
     out.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(out / "unet", safe_serialization=True)
     default_scheduler().save_pretrained(out / "scheduler")
-    info = {"format": 1, "checkpoint": checkpoint.name, "sha256": file_sha256(checkpoint), "tensors": len(state),
+    info = {"format": 1, "checkpoint": checkpoint.name, "sha256": sha256_file(checkpoint), "tensors": len(state),
             "parameters": int(sum(v.numel() for v in state.values())),
             "adm": {k: v for k, v in asdict(config).items() if k != "extra"} | {"channel_mult": list(config.mult)},
             "decoder_blocks": len(config.mult) * (config.num_res_blocks + 1)}
