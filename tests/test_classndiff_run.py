@@ -115,7 +115,7 @@ def test_profiles_and_setting_checks():
     assert hp["joint"]["lr"] == 1e-4 and hp["joint"]["classifier_lr"] == 3e-4 and hp["joint"]["batch_size"] == 8
     assert (hp["joint"]["p"], hp["joint"]["weight"], hp["joint"]["cond_dropout"]) == (0.25, 0.2, 0.1)
     assert (hp["sampler"], hp["steps"], hp["cfg_scale"], hp["classifier_scale"]) == ("ddpm", 250, 1.0, 0.0)
-    assert hp["latent_classifier"]["backbone"] == "resnet101"
+    assert hp["latent_classifier"]["backbone"] == "resnet101.tv_in1k"  # ImageNet-initialised, as the authors' code (issue 26)
     tiny = resolve_config(sets=[], flags={"method": "classndiff", "device": "cpu", "out": "x"})["classndiff"]
     check_settings(tiny)
     for key, value, message in (("classifier", "lat", "erm, latent"), ("cfg_scale", -1.0, ">= 0")):
