@@ -107,12 +107,14 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomic(path: Path, write: Callable[[BinaryIO], None], *,
+                 before_replace: Callable[[], None] | None = None) -> None:
     """Call `write(fh)` on a temporary file beside `path`, then durably rename it to `path`.
 
     The temporary name is unique (mkstemp), so two processes writing the same file never share
     one; a failure removes it and leaves `path` as it was. Permission, read-only and full-disk
-    failures are StorageErrors naming `path`.
+    failures are StorageErrors naming `path`. `before_replace()` runs once the new content is
+    durable, just before the rename (the checkpoint writer keeps the previous file there).
     """
     path = Path(path)
     make_dirs(path.parent)
@@ -124,6 +126,8 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
                 write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
+            if before_replace is not None:
+                before_replace()
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,3 +80,89 @@ def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(DermbenchError, match=r"m\.pt cannot be read"):
         load_checkpoint(path)
+
+
+# --------------------------------------------------------------------------- checksums (issue 27, item 1)
+
+
+def _zero_inside_a_tensor(path, n=64):
+    """Zero `n` bytes in the middle of the largest tensor of a torch checkpoint (a zip of
+    uncompressed records), so the file still loads but holds other numbers."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2 - n // 2
+    raw[start:start + n] = bytes(n)
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_the_run_matches_an_uninterrupted_one(tmp_path, monkeypatch):
+    import json
+
+    from dermbench.runner import resolve_config, run_experiment
+
+    def config(out):
+        return resolve_config(sets=[*TINY_SETTINGS, "eval.n_boot=20", "train.epochs=2"],
+                              flags={"out": str(out), "device": "cpu"})
+
+    monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "cache-ref"))
+    reference = run_experiment(config(tmp_path / "ref")).metrics
+    real_score, calls = trainer.validation_score, []
+
+    def killed_in_epoch_two(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_score(*a, **kw)
+
+    monkeypatch.setattr(trainer, "validation_score", killed_in_epoch_two)
+    monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "cache-run"))  # train ERM again, not load the reference's
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config(tmp_path / "run"))
+    monkeypatch.setattr(trainer, "validation_score", real_score)
+    (ckpt,) = (tmp_path / "run").glob("*/work/checkpoints/erm-*.pt")
+    _zero_inside_a_tensor(ckpt)
+    torch.load(ckpt, weights_only=True)  # still loads: only its numbers changed
+    resumed = run_experiment(config(tmp_path / "run"))
+    assert json.dumps(resumed.metrics["eval"], sort_keys=True) == json.dumps(reference["eval"], sort_keys=True)
+    (aside,) = resumed.metrics["methods"]["erm"]["checkpoints_set_aside"]
+    assert aside["checkpoint"] == ckpt.name and "checksum" in aside["why"]
+    assert aside["resumed_from"] == "scratch"
+    assert Path(aside["file"]).is_file() and Path(aside["file"]).name.startswith(f"{ckpt.name}.damaged-")
+    log = (resumed.run_dir.path / "log.txt").read_text()
+    assert aside["file"] in log and "resuming erm from its checkpoint" not in log
+    # the ERM model entered the cache with a verified history
+    (entry,) = (tmp_path / "cache-run" / "erm").glob("*/entry.json")
+    assert json.loads(entry.read_text())["history_verified"] is True
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_epoch(tmp_path):
+    from dermbench.train.checkpoint import CheckpointMismatch, previous_of, read_resume_checkpoint
+
+    path = tmp_path / "checkpoints" / "m.pt"
+    save_checkpoint(path, {"state": {"epoch": 1}, "w": torch.arange(1000.0)})
+    save_checkpoint(path, {"state": {"epoch": 2}, "w": torch.arange(1000.0) * 2})
+    assert load_checkpoint(previous_of(path))["state"] == {"epoch": 1}
+    _zero_inside_a_tensor(path)
+    with pytest.raises(CheckpointMismatch, match="checksum"):
+        load_checkpoint(path)
+    payload, set_aside = read_resume_checkpoint(path, aside_dir=tmp_path / "set-aside")
+    assert payload["state"] == {"epoch": 1}
+    (aside,) = set_aside
+    assert aside["checkpoint"] == "m.pt" and aside["resumed_from"] == "epoch 1"
+    assert not path.exists() and Path(aside["file"]).is_file()
+
+
+def test_a_checkpoint_without_a_checksum_is_not_resumed(tmp_path):
+    from dermbench.train.checkpoint import read_resume_checkpoint
+
+    path = tmp_path / "checkpoints" / "m.pt"
+    path.parent.mkdir()
+    torch.save({"state": {"epoch": 3}, "w": torch.ones(3)}, path)  # written before checkpoints carried one
+    payload, set_aside = read_resume_checkpoint(path, aside_dir=tmp_path / "set-aside")
+    assert payload is None
+    assert set_aside[0]["resumed_from"] == "scratch" and "no checksum" in set_aside[0]["why"]

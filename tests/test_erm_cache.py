@@ -185,7 +185,17 @@ def _garbage_weights_with_their_checksum(entry: Path) -> str:
     return "SafetensorError"
 
 
+def _history_not_verified(entry: Path) -> str:
+    """An entry stored before checkpoints carried checksums (issue 27): its model may have resumed
+    from a damaged checkpoint, so it is not trusted."""
+    meta = json.loads((entry / "entry.json").read_text())
+    del meta["history_verified"]
+    (entry / "entry.json").write_text(json.dumps(meta))
+    return "its training history is not marked verified"
+
+
 CORRUPTIONS = {
+    "training history not verified": _history_not_verified,
     "truncated weights": _truncate_weights,
     "missing weights": _delete_weights,
     "entry.json of other settings": _other_settings,

@@ -605,11 +605,13 @@ class RunDir:
 
     def damaged_checkpoint(self) -> DermbenchError | None:
         """The error of the first resume checkpoint that cannot be loaded (damaged, not a
-        checkpoint, or refused by weights_only loading), or None when all load."""
+        checkpoint, or refused by weights_only loading), or None when all load. A checkpoint that
+        loads but does not match its checksum is the trainer's to set aside (it falls back to the
+        previous epoch and names the file in the record), so it is not reported here."""
         folder = self.path / CHECKPOINTS
         for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
             try:
-                load_checkpoint(path)
+                load_checkpoint(path, verify=False)
             except DermbenchError as exc:
                 return exc
         return None

@@ -19,7 +19,10 @@ is other data). An entry is a folder with `model.safetensors` and `entry.json` (
 the weights' SHA-256, the validation history). It is written into a temporary folder and renamed
 into place, under a lock, so two runs that need the same model train it once. An entry that does
 not verify (missing or unreadable file, checksum or parameter mismatch) is rebuilt, never trusted,
-and the record says why.
+and the record says why. Only a model whose whole training history verified is stored: every
+checkpoint its training resumed from matched its checksum (entry.json: `history_verified`, and the
+`resumes` with each state's checksum); an entry without that mark (stored before checkpoints
+carried checksums) is rebuilt.
 """
 
 from __future__ import annotations
@@ -118,7 +121,10 @@ def pretrained_erm(ctx: RunContext, train: Split, val: Split) -> nn.Module:
             # the batch streams of the ERM baseline ("erm"); a checkpoint per entry, because a
             # diffusion run trains two (on the real split for its quality metrics, and on real + synthetic)
             model = train_model(ctx, model, train, val, name=ERM_NAME, checkpoint=f"{ERM_NAME}-{key}")
-            _store(entry, model, material, getattr(model, "train_history", None))
+            if getattr(model, "train_history_verified", False) is not True:
+                raise DermbenchError(f"the ERM model {key} was trained from a state that was not verified; "
+                                     "it is not stored in the ERM cache")
+            _store(entry, model, material, getattr(model, "train_history", None), getattr(model, "train_resumes", []))
             info["hit"] = False
         meta = read_json(entry / ENTRY)  # read under the lock: what was verified or just stored
     info["sha256"] = meta["sha256"]
@@ -138,6 +144,9 @@ def _verify(entry: Path, model: nn.Module, material: dict) -> str | None:
         meta = read_json(entry / ENTRY)
         if meta.get("material") != json.loads(json.dumps(material, default=str)):
             return "its entry.json describes other settings or data"
+        if meta.get("history_verified") is not True:
+            return ("its training history is not marked verified (stored before checkpoints carried checksums), "
+                    "so it may have resumed from a damaged checkpoint")
         weights = entry / WEIGHTS
         if sha256_file(weights) != meta.get("sha256"):
             return f"{WEIGHTS} does not match the checksum in {ENTRY}"
@@ -148,11 +157,12 @@ def _verify(entry: Path, model: nn.Module, material: dict) -> str | None:
     return None
 
 
-def _store(entry: Path, model: nn.Module, material: dict, history: Any) -> None:
+def _store(entry: Path, model: nn.Module, material: dict, history: Any, resumes: list) -> None:
     temporary = entry.with_name(f".tmp-{entry.name}-{uuid.uuid4().hex[:8]}")
     with storage_errors(entry.parent):
         make_dirs(temporary)
         save_weights(model, temporary / WEIGHTS)
-        write_json(temporary / ENTRY, {"material": material, "sha256": sha256_file(temporary / WEIGHTS), "history": history})
+        write_json(temporary / ENTRY, {"material": material, "sha256": sha256_file(temporary / WEIGHTS), "history": history,
+                                       "history_verified": True, "resumes": resumes})
         os.replace(temporary, entry)
 

@@ -13,7 +13,10 @@ docs/trainer.md:
 Every epoch ends with a checkpoint (model, optimiser, schedule, torch RNG state, best-so-far),
 so a killed run resumes where it stopped and, on the CPU, gives the same result as an
 uninterrupted one: batch order and augmentation depend only on (run seed, epoch), never on how
-long the process lived. Plugins that need randomness use `ctx.rng(name)`, which is seeded the
+long the process lived. A checkpoint carries its own checksum and is resumed from only when it
+matches: a damaged one is moved to `<work>/set-aside/`, training falls back to the previous
+epoch's checkpoint or to scratch, and the run record names the file (`methods.<name>.
+checkpoints_set_aside`). Plugins that need randomness use `ctx.rng(name)`, which is seeded the
 same way; the global numpy/random state is not checkpointed. On CUDA, cuDNN's kernel choice
 can make repeated runs differ slightly.
 """
@@ -44,7 +47,7 @@ from dermbench.data.groups import GROUP_ORDER, SCHEMES, group_schemes
 from dermbench.data.model import Split
 from dermbench.errors import ConfigError, DermbenchError, unknown_name
 from dermbench.seeds import seed_for
-from dermbench.train.checkpoint import Stateful, check_plain, load_checkpoint, save_checkpoint
+from dermbench.train.checkpoint import Stateful, check_plain, read_resume_checkpoint, save_checkpoint
 from dermbench.train.losses import make_loss
 from dermbench.train.models import input_stats
 
@@ -287,9 +290,18 @@ def train_model(
         check_plain(state.state_dict(), f"training {name}: state.state_dict()")
     val_y = val.labels
     ckpt_path = ctx.work_dir / "checkpoints" / f"{claim}.pt"
-    progress = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "best_state": None, "history": []}
-    if ckpt_path.exists():
-        progress = _restore(ckpt_path, model, optimizer, schedule, scaler, state)
+    progress = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "best_state": None, "history": [], "resumes": []}
+    # only a checkpoint that verifies is resumed from; a damaged one is set aside and named in the record
+    payload, set_aside = read_resume_checkpoint(ckpt_path, aside_dir=ctx.work_dir / SET_ASIDE)
+    for aside in set_aside:
+        ctx.say(f"[yellow]checkpoint set aside[/]: {aside['why']}; it was moved to {aside['file']} and {name} "
+                f"trains again from {aside['resumed_from']}")
+    if set_aside:
+        ctx.record(name, {"checkpoints_set_aside": [*ctx.records.get(name, {}).get("checkpoints_set_aside", []),
+                                                    *set_aside]})
+    if payload is not None:
+        progress = _restore(ckpt_path, payload, model, optimizer, schedule, scaler, state)
+        progress.setdefault("resumes", []).append({"epoch": progress["epoch"], "sha256": payload["checksum"]["sha256"]})
         ctx.say(f"[cyan]resuming[/] {name} from its checkpoint after epoch {progress['epoch']}")
     epochs, bs = int(cfg["epochs"]), int(cfg["batch_size"])
     steps = math.ceil(len(train) / bs)
@@ -345,7 +357,14 @@ def train_model(
         model.load_state_dict(progress["best_state"])
     ctx.say(f"{name}: best val {cfg['select_metric']} {progress['best_score']:.4f} at epoch {progress['best_epoch']}")
     model.train_history = progress["history"]  # type: ignore[attr-defined]
+    # every state this training resumed from matched its checksum (the ERM cache stores only such models)
+    model.train_resumes = progress["resumes"]  # type: ignore[attr-defined]
+    model.train_history_verified = True  # type: ignore[attr-defined]
     return model
+
+
+#: the folder (under the work dir) that damaged checkpoints are moved to, kept for inspection
+SET_ASIDE = "set-aside"
 
 
 def _check_scalar(value: object, where: str) -> None:
@@ -367,8 +386,8 @@ def _save(path, model, optimizer, schedule, scaler, progress: dict, state: State
     })
 
 
-def _restore(path, model, optimizer, schedule, scaler, state: Stateful | None) -> dict:
-    payload = load_checkpoint(path)
+def _restore(path, payload: dict, model, optimizer, schedule, scaler, state: Stateful | None) -> dict:
+    """Load a verified checkpoint's `payload` into the training objects; the progress it holds."""
     if state is not None and payload.get("method_state") is None:
         raise DermbenchError(f"checkpoint {path} holds no method state, but this training keeps one; "
                              "delete it to train this model from scratch")
