@@ -45,3 +45,18 @@ def predict(ctx, model, split):
     model, so a wrong shape fails in seconds. A method whose predict needs a fitted model (e.g.
     its fit returns a different kind of model) opts out with the plugin attribute
     `predict_needs_fit = True`."""
+
+
+@hookspec
+def dermbench_check_settings(config: dict, fetch: bool) -> list[dict] | None:
+    """Check the method's settings in the resolved run `config` (its own section, `config[name]`)
+    and the prerequisites of its profile, before any data loads or anything trains: raise a
+    `dermbench.errors.ConfigError` naming the setting and the allowed values (or a DermbenchError
+    naming the command that provides an absent prerequisite, e.g. a model download). The harness
+    calls it in `dermbench run`, `--dry-run` and sweeps, so a bad setting stops a run in a second.
+
+    Returns None or a list of what the run will load, one dict per model or weights file, with
+    `setting`, `source` and `status` (e.g. "in the local Hugging Face cache at ..."), which
+    `--dry-run` prints. `fetch` is False under `--dry-run`: look only at local files and caches
+    (never the network); True in a real run, where an absent hub model may be checked for
+    reachability (an implementation may take `config` alone)."""

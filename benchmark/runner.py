@@ -22,13 +22,14 @@ from dermbench.evaluation.thresholds import parse_rule
 from dermbench.evaluation.tone_sources import PROPAGATION_SCHEMES, measured_confusion
 from dermbench.files import write_json, write_text
 from dermbench.hookchecks import check_model, check_predict_before_fit, hooks_answered, predict_checked
-from dermbench.plugins import make_manager
+from dermbench.plugins import PluginError, make_manager
 from dermbench.results.citations import model_backbones, run_references
 from dermbench.results.records import CHECKPOINTS, RecordError, RunDir, environment
 from dermbench.results.report import write_report
 from dermbench.tone import fill_missing_tones
 from dermbench.tone.detector import detector_fingerprint
 from dermbench.tone.sources import tone_views
+from dermbench.train.models import check_pretrained_weights
 from dermbench.train.weights import save_weights
 
 
@@ -53,6 +54,34 @@ def method_defaults_from_plugins(local: tuple[str, ...]):
 
 def resolve_config(*, file=None, sets=(), flags=None, local: tuple[str, ...] = ()) -> dict:
     return configuration.resolve(file=file, sets=list(sets), flags=flags, method_defaults=method_defaults_from_plugins(local))
+
+
+def check_run(cfg: dict, local: tuple[str, ...] = (), *, fetch: bool = True) -> list[dict]:
+    """Every check that needs no data, before any data loads or anything trains: the threshold rule,
+    each selected method's own settings and prerequisites (its `dermbench_check_settings` hook:
+    generation counts, strengths, timesteps, blocks, diffusion models present or fetchable) and the
+    ImageNet weights every `pretrained: true` asks for (`check_pretrained_weights`: the local cache,
+    or the command that fetches them). The shared settings were checked when the config resolved
+    (`dermbench.config.checks`). Returns what the run will load (setting, source, status), for
+    `--dry-run`; `fetch` False (the dry run) looks at local files only."""
+    parse_rule(cfg["eval"]["threshold"])
+    pm, _ = make_manager(cfg["method"], local)
+    given = {"config": cfg, "fetch": fetch}
+    found: list[dict] = []
+    for impl in pm.hook.dermbench_check_settings.get_hookimpls():  # registration order: ERM first
+        try:
+            answer = impl.function(**{a: given[a] for a in impl.argnames})
+        except DermbenchError:
+            raise
+        except Exception as exc:  # a plugin's check may fail in any way: name it instead of a traceback
+            raise PluginError(f"plugin {impl.plugin_name!r} failed in dermbench_check_settings: "
+                              f"{type(exc).__name__}: {exc}", plugin=impl.plugin_name,
+                              hook="dermbench_check_settings") from exc
+        found.extend(answer or [])
+    for weights in check_pretrained_weights(cfg):
+        found.append({"setting": weights["setting"], "source": f"ImageNet weights {weights['weights']}",
+                      "status": f"in the local cache ({weights['file']})"})
+    return found
 
 
 def test_sets(cfg: dict, train_dataset) -> list[TestSet]:
@@ -106,7 +135,7 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
     console = console or Console()
     started = time.perf_counter()
     device = choose_device(cfg["device"])
-    parse_rule(cfg["eval"]["threshold"])  # a bad rule stops now, not after training
+    check_run(cfg, local)  # a bad setting or an absent model stops now, before any data or training
     cfg = {**cfg, "device": device.type}  # results depend on it (AMP, channels-last): part of the run id
     datasets = DatasetPool(cfg, local)
     fingerprint = data_fingerprints(cfg, datasets)  # the data is part of the run id: read before the id

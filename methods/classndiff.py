@@ -52,12 +52,14 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from dermbench.config.checks import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, check_choice, check_ranges
 from dermbench.data.generated import IMAGES, MANIFEST, MANIFEST_COLUMNS
 from dermbench.data.groups import TONE3
 from dermbench.data.model import Split, content_digest
 from dermbench.diffusion.augmenting import measure_quality, split_at, synthetic_split
 from dermbench.diffusion.base import TINY, TINY_BASE, base_components
 from dermbench.diffusion.dit import (
+    DIT_SIZES,
     LatentClassifier,
     dit_scheduler,
     generate_images,
@@ -67,7 +69,9 @@ from dermbench.diffusion.dit import (
     no_internal_label_dropout,
     train_joint,
 )
+from dermbench.diffusion.dit import SAMPLERS as DIT_SAMPLERS
 from dermbench.diffusion.generation import requests_digest
+from dermbench.diffusion.prerequisites import model_source
 from dermbench.diffusion.store import cached_entry
 from dermbench.diffusion.training import to_pixels
 from dermbench.errors import ConfigError, DataError
@@ -168,14 +172,44 @@ def _vae(ctx, hp: dict, real: Split):
     return load_vae(hp["vae"], revision=hp["revision"])
 
 
+#: the numeric settings and their ranges (`dermbench.config.checks`); null allowed for NULLABLE
+RANGES = {("per_class",): COUNT, ("image_size",): (8, True, None, False, True), ("steps",): COUNT,
+          ("batch_size",): COUNT, ("cfg_scale",): NON_NEGATIVE, ("classifier_scale",): NON_NEGATIVE,
+          ("dit", "patch"): COUNT, ("latent_classifier", "hidden"): COUNT,
+          ("latent_classifier", "dropout"): (0, True, 1, False, False),
+          ("joint", "steps"): COUNT, ("joint", "batch_size"): COUNT, ("joint", "lr"): POSITIVE,
+          ("joint", "weight_decay"): NON_NEGATIVE, ("joint", "p"): PROBABILITY, ("joint", "weight"): NON_NEGATIVE,
+          ("joint", "cond_dropout"): PROBABILITY, ("joint", "classifier_lr"): POSITIVE,
+          ("joint", "classifier_momentum"): (0, True, 1, False, False)}
+NULLABLE = (("per_class",), ("image_size",))
+
+
 def check_settings(hp: dict) -> None:
-    if hp["classifier"] not in CLASSIFIERS:
-        raise ConfigError(f"{name}.classifier must be one of {', '.join(CLASSIFIERS)}, got {hp['classifier']!r}")
-    p = float(hp["joint"]["p"])
-    if not 0.0 <= p <= 1.0:
-        raise ConfigError(f"{name}.joint.p must be in [0, 1], got {p}")
-    if float(hp["cfg_scale"]) < 0 or float(hp["classifier_scale"]) < 0:
-        raise ConfigError(f"{name}.cfg_scale and classifier_scale must be >= 0")
+    """Class-N-Diff's settings (defaults merged in) checked: a ConfigError naming the setting."""
+    s = {**TINY_SETTINGS, **hp}
+    check_choice(f"{name}.classifier", s["classifier"], CLASSIFIERS)
+    check_choice(f"{name}.sampler", s["sampler"], tuple(DIT_SAMPLERS))
+    check_choice(f"{name}.dit.size", (s["dit"] or {}).get("size"), tuple(DIT_SIZES))
+    check_ranges(s, RANGES, prefix=name, nullable=NULLABLE)
+    if not isinstance(s["tone_conditioning"], bool):
+        raise ConfigError(f"setting '{name}.tone_conditioning' must be true or false, got {s['tone_conditioning']!r}")
+
+
+def prerequisites(hp: dict, *, fetch: bool = False) -> list[dict]:
+    """Where the VAE comes from (the paper profile's sd-vae-ft-ema: the local cache, or the command
+    that downloads it); the latent classifier's ImageNet weights are the harness's
+    `check_pretrained_weights`."""
+    s = {**TINY_SETTINGS, **hp}
+    if s["vae"] == TINY:
+        return []
+    return [model_source(s["vae"], setting=f"{name}.vae", revision=s["revision"], fetch=fetch, what="VAE")]
+
+
+@hookimpl
+def dermbench_check_settings(config: dict, fetch: bool) -> list[dict]:
+    hp = config.get(name) or {}
+    check_settings(hp)
+    return prerequisites(hp, fetch=fetch)
 
 
 def joint_model(ctx, train: Split) -> JointModel:

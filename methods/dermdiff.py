@@ -35,13 +35,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dermbench.config.checks import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, check_ranges
 from dermbench.data.groups import TONE3
 from dermbench.data.model import content_digest
 from dermbench.data.requests import DERMDIFF_PER_CELL, balanced_requests, cell_count
 from dermbench.diffusion.augmenting import measure_quality, split_at, synthetic_split
+from dermbench.diffusion.base import TINY as TINY_MODEL
 from dermbench.diffusion.base import TINY_BASE, base_components
 from dermbench.diffusion.components import module_digest
 from dermbench.diffusion.generation import cached_generation
+from dermbench.diffusion.generation import check_settings as check_sampler
+from dermbench.diffusion.prerequisites import model_source
 from dermbench.diffusion.store import cached_entry
 from dermbench.diffusion.training import train_denoiser
 from dermbench.errors import ConfigError, DataError
@@ -86,6 +90,36 @@ def dermbench_method_defaults(profile: str) -> dict:
                 "data": {"image_size": 224},
                 "train": PAPER_TRAIN}
     return {name: TINY}
+
+
+#: DermDiff's numeric settings and their ranges (`dermbench.config.checks`); null allowed for NULLABLE
+RANGES = {("per_cell",): COUNT, ("image_size",): (8, True, None, False, True), ("steps",): COUNT,
+          ("batch_size",): COUNT, ("guidance",): NON_NEGATIVE, ("finetune", "steps"): COUNT,
+          ("finetune", "batch_size"): COUNT, ("finetune", "lr"): POSITIVE, ("finetune", "uncond_prob"): PROBABILITY}
+NULLABLE = (("per_cell",), ("image_size",))
+
+
+def check_settings(hp: dict, *, fetch: bool = False) -> list[dict]:
+    """DermDiff's settings checked before any data loads (a ConfigError naming the setting), and
+    where its base model comes from (a hub model absent offline: the download command)."""
+    s = {**TINY, **hp}
+    check_ranges(s, RANGES, prefix=name, nullable=NULLABLE)
+    check_sampler({k: s[k] for k in ("sampler", "steps", "guidance", "batch_size")} | {"strength": None})
+    missing = [g for g in TONE3 if g not in (s["tone_words"] or {})]
+    if missing:
+        raise ConfigError(f"{name}.tone_words lacks a word for tone group(s) {missing}")
+    try:
+        str(s["prompt"]).format(label="x", tone="y")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"{name}.prompt {s['prompt']!r} may only use {{label}} and {{tone}} ({exc})") from exc
+    if s["model"] == TINY_MODEL:
+        return []
+    return [model_source(s["model"], setting=f"{name}.model", revision=s["revision"], fetch=fetch)]
+
+
+@hookimpl
+def dermbench_check_settings(config: dict, fetch: bool) -> list[dict]:
+    return check_settings(config.get(name) or {}, fetch=fetch)
 
 
 def captions(table: pd.DataFrame, classes: tuple[str, ...], *, template: str, tone_words: dict) -> pd.Series:

@@ -167,6 +167,11 @@ def check_settings(settings: dict) -> dict[str, Any]:
     return out
 
 
+@hookimpl
+def dermbench_check_settings(config: dict) -> None:
+    check_settings(config.get(name) or {})
+
+
 def _check_groups_present(train: Split, scheme: str) -> None:
     """Fail before training, not after it, when the training split lacks two groups of `scheme`."""
     codes = group_codes(train, scheme)

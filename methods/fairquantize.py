@@ -96,7 +96,17 @@ def quantize(theta: torch.Tensor) -> torch.Tensor:
 
 
 def _settings(ctx) -> dict[str, Any]:
-    s = ctx.hparams(name)
+    return check_settings(ctx.hparams(name))
+
+
+@hookimpl
+def dermbench_check_settings(config: dict) -> None:
+    check_settings(config.get(name) or {})
+
+
+def check_settings(settings: dict) -> dict[str, Any]:
+    """FairQuantize's settings (tiny defaults merged in) checked: a ConfigError naming the setting."""
+    s = {**copy.deepcopy(TINY), **settings}
     check_scheme(s["groups"], f"{name}.groups")
     if not 0 < float(s["step"]) <= 1:
         raise ConfigError(f"fairquantize.step must be in (0, 1], got {s['step']!r}")

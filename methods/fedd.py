@@ -39,6 +39,8 @@ takes that block for the run's `fedd_fraction` (6 without one) and `t: 50` (our 
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,7 @@ from dermbench.data.model import Split
 from dermbench.diffusion import adm
 from dermbench.diffusion.features import cached_features, decoder_layers
 from dermbench.diffusion.pixel import TINY_PIXEL, PixelModel, pixel_model
+from dermbench.diffusion.prerequisites import model_source
 from dermbench.errors import ConfigError, DermbenchError, closest
 from dermbench.hookspecs import hookimpl
 from dermbench.seeds import seed_for
@@ -136,6 +139,61 @@ def check_settings(settings: dict) -> dict[str, Any]:
         raise ConfigError(f"{name}.hidden and {name}.dropout need one entry per hidden layer")
     tiny_data(s)
     return s
+
+
+def backbone_geometry(settings: dict, folder: Path | None = None) -> tuple[int, int] | None:
+    """(steps of the noise schedule, decoder blocks) of the backbone `settings` name, read from its
+    configs without loading weights: the tiny stand-in's from its settings, a converted or local
+    folder's (or a cached hub model's, `folder`) from unet/config.json; None when unknown here."""
+    if settings["model"] == "tiny":
+        tiny = {**TINY_PIXEL, **{k: v for k, v in (settings.get("tiny") or {}).items() if k != "data"}}
+        return 1000, len(tiny["channels"]) * (int(tiny["layers_per_block"]) + 1)
+    if folder is None:
+        return None
+    unet = next((f for f in (folder / "unet" / "config.json", folder / "config.json") if f.is_file()), None)
+    if unet is None:
+        return None
+    try:
+        config = json.loads(unet.read_text())
+        blocks = len(config["block_out_channels"]) * (int(config["layers_per_block"]) + 1)
+        scheduler = folder / "scheduler" / "scheduler_config.json"
+        steps = int(json.loads(scheduler.read_text()).get("num_train_timesteps", 1000)) if scheduler.is_file() else 1000
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # loading the model names the problem
+    return steps, blocks
+
+
+def check_run_settings(config: dict, *, fetch: bool = False) -> list[dict]:
+    """Every FEDD setting of a run config checked before any data loads: `check_settings`, the
+    paper backbone's presence, where a hub or folder backbone comes from, and `t` and `block`
+    against the backbone's schedule and decoder (read from its configs)."""
+    s = check_settings(config.get(name) or {})
+    found: list[dict] = []
+    folder = None
+    if (paper := paper_backbone(s["model"])) is not None:
+        folder = Path(paper)
+        found.append({"setting": f"{name}.model", "source": s["model"], "status": f"converted ADM in {folder}"})
+    elif s["model"] != "tiny":
+        source = model_source(s["model"], setting=f"{name}.model", revision=s["revision"], fetch=fetch,
+                              what="pixel diffusion model")
+        folder = source["folder"]
+        found.append(source)
+    geometry = backbone_geometry(s, folder)
+    if geometry is not None:
+        steps, blocks = geometry
+        if not s["t"] < steps:
+            raise ConfigError(f"setting '{name}.t' must be a diffusion step in 0..{steps - 1} (the backbone's schedule "
+                              f"has {steps} steps), got {s['t']}")
+        block = resolve_block(s["block"], config)
+        if not block < blocks:
+            raise ConfigError(f"setting '{name}.block' must be a decoder block in 0..{blocks - 1} (this backbone has "
+                              f"{blocks}), got {s['block']}" + (f" (auto: {block})" if s["block"] == "auto" else ""))
+    return found
+
+
+@hookimpl
+def dermbench_check_settings(config: dict, fetch: bool) -> list[dict]:
+    return check_run_settings(config, fetch=fetch)
 
 
 def paper_backbone(model: Any) -> str | None:

@@ -46,8 +46,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from dermbench.config.checks import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, check_choice, check_ranges
 from dermbench.data.model import content_digest
-from dermbench.data.requests import DARK, LIGHT, TRANSLATION, translation_plan
+from dermbench.data.requests import DARK, LIGHT, TRANSLATION, check_targets, translation_plan
 from dermbench.data.requests import translation_sources as sources
 from dermbench.diffusion.adapters import (
     add_concept_tokens,
@@ -59,8 +60,11 @@ from dermbench.diffusion.adapters import (
     train_textual_inversion,
 )
 from dermbench.diffusion.augmenting import measure_quality, split_at, synthetic_split
+from dermbench.diffusion.base import TINY as TINY_MODEL
 from dermbench.diffusion.base import TINY_BASE, base_components
 from dermbench.diffusion.generation import cached_generation
+from dermbench.diffusion.generation import check_settings as check_sampler
+from dermbench.diffusion.prerequisites import model_source
 from dermbench.diffusion.store import cached_entry
 from dermbench.diffusion.training import train_denoiser
 from dermbench.errors import ConfigError, DataError
@@ -108,6 +112,37 @@ def dermbench_method_defaults(profile: str) -> dict:
         return {name: PAPER, "model": {"backbone": FROZEN_VGG16, "pretrained": True, "drop_rate": 0.5},
                 "data": {"image_size": 224}, "train": PAPER_TRAIN}
     return {name: TINY}
+
+
+MODES = ("img2img", "txt2img")
+#: the numeric settings and their ranges (`dermbench.config.checks`); null allowed for NULLABLE
+RANGES = {("per_image",): COUNT, ("max_sources",): COUNT, ("image_size",): (8, True, None, False, True),
+          ("strength",): FRACTION, ("steps",): COUNT, ("guidance",): NON_NEGATIVE, ("batch_size",): COUNT,
+          ("ti", "steps"): COUNT, ("ti", "batch_size"): COUNT, ("ti", "lr"): POSITIVE,
+          ("lora_settings", "rank"): COUNT, ("lora_settings", "alpha"): POSITIVE, ("lora_settings", "steps"): COUNT,
+          ("lora_settings", "batch_size"): COUNT, ("lora_settings", "lr"): POSITIVE}
+NULLABLE = (("max_sources",), ("image_size",))
+
+
+def check_settings(hp: dict, *, fetch: bool = False) -> list[dict]:
+    """The settings checked before any data loads (a ConfigError naming the setting), and where
+    the base model comes from (a hub model absent offline: the download command)."""
+    s = {**TINY, **hp}
+    check_choice(f"{name}.mode", s["mode"], MODES)
+    check_ranges(s, RANGES, prefix=name, nullable=NULLABLE)
+    check_targets(s["target_fst"], setting=f"{name}.target_fst")
+    check_sampler({k: s[k] for k in ("sampler", "steps", "guidance", "batch_size", "strength")})
+    for key in ("textual_inversion", "lora"):
+        if not isinstance(s[key], bool):
+            raise ConfigError(f"setting '{name}.{key}' must be true or false, got {s[key]!r}")
+    if s["model"] == TINY_MODEL:
+        return []
+    return [model_source(s["model"], setting=f"{name}.model", revision=s["revision"], fetch=fetch)]
+
+
+@hookimpl
+def dermbench_check_settings(config: dict, fetch: bool) -> list[dict]:
+    return check_settings(config.get(name) or {}, fetch=fetch)
 
 
 def concept_token(class_name: str) -> str:
@@ -189,8 +224,7 @@ def adapt(ctx, c, real, rows: np.ndarray, hp: dict) -> tuple[list[str], dict]:
 @hookimpl
 def augment(ctx, train):
     hp = ctx.hparams(name)
-    if hp["mode"] not in ("img2img", "txt2img"):
-        raise ConfigError(f"{name}.mode must be img2img or txt2img, got {hp['mode']!r}")
+    check_choice(f"{name}.mode", hp["mode"], MODES)
     size = int(hp["image_size"] or train.images.shape[1])
     real = split_at(ctx, train, size)
     rows = sources(real.table, max_sources=hp["max_sources"], rng=ctx.rng(f"{name}-sources"))

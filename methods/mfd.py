@@ -327,13 +327,24 @@ def _not_finite(term: torch.Tensor, teacher: torch.Tensor, student: torch.Tensor
     )
 
 
+def check_run_settings(config: dict) -> dict[str, Any]:
+    """`check_settings` of the run's `mfd` section, and every `mfd.student` key a train setting."""
+    settings = check_settings(config.get(name) or {})
+    for key in settings["student"]:
+        if key not in config.get("train", {}):
+            guess = closest(key, config.get("train", {}))
+            raise ConfigError(f"{name}.student.{key} is no train setting" + (f"; did you mean {guess!r}?" if guess else ""))
+    return settings
+
+
+@hookimpl
+def dermbench_check_settings(config: dict) -> None:
+    check_run_settings(config)
+
+
 @hookimpl
 def fit(ctx, model: nn.Module, train: Split, val: Split) -> nn.Module:
-    settings = check_settings(ctx.hparams(name))
-    for key in settings["student"]:
-        if key not in ctx.config["train"]:
-            guess = closest(key, ctx.config["train"])
-            raise ConfigError(f"{name}.student.{key} is no train setting" + (f"; did you mean {guess!r}?" if guess else ""))
+    settings = check_run_settings(ctx.config)
     scheme = settings["groups"]
     names = group_names(scheme)
     cells, unknown = cell_counts(train, scheme)

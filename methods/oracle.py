@@ -150,6 +150,11 @@ def check_settings(hp: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@hookimpl
+def dermbench_check_settings(config: dict) -> None:
+    check_settings(config.get(name) or {})
+
+
 def synthderm_of(ctx) -> SynthDerm:
     """The run's training dataset, which must have SynthDerm's renderer."""
     dataset = ctx.config["dataset"]
