@@ -23,6 +23,10 @@ Rule "m2m" with task "m2m7" is the majority-to-minority paper's data (Wang et al
 M2M_CONDITIONS with FST I-II (light) or V-VI (dark) and counts every other row as excluded by
 reason; the scenario's unused flexible subset is left out the same way. Its split file is
 `fitz17k-m2m-<scenario>-subset<K>`, made once like the other rules' files.
+
+Option `neoplastic_only` (DermDiff's paper profile sets it): only the benign and malignant rows of
+three_partition_label (the paper's ~4.5k neoplastic images), the non-neoplastic ones counted as
+excluded; the split stays the rule's, made over every row.
 """
 
 from __future__ import annotations
@@ -93,6 +97,8 @@ M2M_CONDITIONS = (
     "squamous cell carcinoma",
 )
 M2M_OPTIONS = ("m2m_scenario", "m2m_subset")
+#: option neoplastic_only (DermDiff's paper data): the rows it leaves out, counted under this reason
+NON_NEOPLASTIC = "non-neoplastic condition (option neoplastic_only: DermDiff's paper data)"
 NOT_M2M_CONDITION = "condition not among the 7 of majority-to-minority (split_rule m2m)"
 M2M_MIDDLE_TONE = "FST III-IV (split_rule m2m keeps I-II and V-VI)"
 M2M_UNKNOWN_TONE = "FST unknown (split_rule m2m keeps I-II and V-VI)"
@@ -144,7 +150,8 @@ class Fitz17k(TableDataset):
     aliases = ("fitzpatrick17k",)
     layout = "fitzpatrick17k.csv and images/<md5hash>.jpg"
     tasks = ("malignant", "partition3", "condition", "condition9", "m2m7")
-    option_defaults: ClassVar[dict] = {"fst_column": "fitzpatrick_scale", "m2m_scenario": None, "m2m_subset": None}
+    option_defaults: ClassVar[dict] = {"fst_column": "fitzpatrick_scale", "m2m_scenario": None, "m2m_subset": None,
+                                       "neoplastic_only": False}
     #: "m2m" here is scenario i, subset 0; an instance holds the scenario and subset its options chose
     split_rules: ClassVar[dict] = {
         "standard": STANDARD_RULE,
@@ -164,6 +171,9 @@ class Fitz17k(TableDataset):
 
     def __init__(self, root: Path | None = None, **options: Any) -> None:
         super().__init__(root, **options)
+        if not isinstance(self.options["neoplastic_only"], bool):
+            raise ConfigError(f"dataset {self.name!r}: option neoplastic_only must be true or false, "
+                              f"got {self.options['neoplastic_only']!r}")
         chosen = {k: self.options[k] for k in M2M_OPTIONS if self.options[k] is not None}
         #: (scenario, subset) under split_rule m2m
         self.m2m_setting: tuple[str, int] | None = None
@@ -217,6 +227,25 @@ class Fitz17k(TableDataset):
         if unknown:
             self.notes[UNKNOWN_FST_NOTE.replace("fitzpatrick_scale", fst_column)] = unknown
         return records[keep].reset_index(drop=True)
+
+    def samples(self, task: str, *, create_split: bool = True) -> pd.DataFrame:
+        """The sample table; with option `neoplastic_only` (DermDiff's paper profile: the paper trains
+        and generates on the ~4.5k neoplastic images, benign 2,234 and malignant 2,263 in its Tab. 1)
+        only the rows whose three_partition_label is benign or malignant, the others counted under
+        NON_NEOPLASTIC. The split is the chosen rule's over every row, so a neoplastic image keeps
+        the split it has in every other run (the test split is the standard one's neoplastic part)."""
+        table = super().samples(task, create_split=create_split)
+        if not self.options["neoplastic_only"]:
+            return table
+        records = self.records()
+        neoplastic = set(records.loc[records["three_partition_label"] != "non-neoplastic", "sample_id"].astype(str))
+        keep = table["sample_id"].isin(neoplastic).to_numpy()
+        out = table[keep].reset_index(drop=True)
+        if out.empty:
+            raise DataError(f"dataset {self.name!r}: no neoplastic (benign or malignant) row under {self.root} "
+                            "(option neoplastic_only)")
+        out.attrs = {**table.attrs, "excluded": {**table.attrs.get("excluded", {}), NON_NEOPLASTIC: int((~keep).sum())}}
+        return out
 
     def _m2m_records(self, records: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
         """The rows of the chosen m2m scenario with their split in `m2m_split`; every row left

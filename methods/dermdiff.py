@@ -24,6 +24,9 @@ What it does here.
    alpha 0.8, gamma 2, SGD with momentum, lr 3e-4, batch 64, 30 epochs. The tiny profile keeps the
    shared `train` section, so on the SynthDerm leaderboard DermDiff differs from ERM only by the
    synthetic images.
+   On Fitzpatrick17k the paper profile keeps the neoplastic rows only (`data.options.fitz17k.
+   neoplastic_only`: benign + malignant of three_partition_label), as the paper's Tab. 1; the
+   non-neoplastic images are left out of training, generation and the fitz17k test set, and counted.
 5. Quality of every generation is recorded (`dermbench.diffusion.augmenting.measure_quality`).
 
 The tiny profile has no Stable Diffusion: it starts from the tiny base model trained on the
@@ -79,15 +82,21 @@ PAPER = {
     "finetune": {"steps": 10_000, "batch_size": 4, "lr": 1e-4, "uncond_prob": 0.0},
     "per_cell": DERMDIFF_PER_CELL["paper"], "steps": 50, "guidance": 7.5, "batch_size": 64,
 }
+#: the paper profile's data per training dataset: on Fitzpatrick17k the paper trains and generates on
+#: the neoplastic images only (benign 2,234 + malignant 2,263, its Tab. 1), not the ~12k
+#: non-neoplastic ones the `malignant` task would otherwise call benign (datasets/fitz17k.py)
+PAPER_DATA_OPTIONS = {"fitz17k": {"neoplastic_only": True}}
 PAPER_TRAIN = {"epochs": 30, "batch_size": 64, "optimizer": "sgd", "lr": 3e-4, "momentum": 0.9,
                "schedule": "none", "loss": "focal", "focal_alpha": 0.8, "focal_gamma": 2.0}
 
 
 @hookimpl
-def dermbench_method_defaults(profile: str) -> dict:
+def dermbench_method_defaults(profile: str, dataset: str) -> dict:
     if profile == "paper":
-        return {name: PAPER, "model": {"backbone": "resnext101_32x8d", "pretrained": True},
-                "data": {"image_size": 224},
+        data = {"image_size": 224}
+        if dataset in PAPER_DATA_OPTIONS:  # the paper's Fitzpatrick17k data: its neoplastic images only
+            data["options"] = {dataset: dict(PAPER_DATA_OPTIONS[dataset])}
+        return {name: PAPER, "model": {"backbone": "resnext101_32x8d", "pretrained": True}, "data": data,
                 "train": PAPER_TRAIN}
     return {name: TINY}
 

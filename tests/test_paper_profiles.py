@@ -158,3 +158,40 @@ def test_dermdiff_paper_classifier_is_imagenet_resnext101():
     assert ("model.pretrained", "resnext101_32x8d") in models.pretrained_requests(cfg)
     assert models.weights_id("resnext101_32x8d") == "resnext101_32x8d.tv_in1k"  # torchvision's ImageNet weights
     assert resolve_config(flags={"method": "dermdiff"})["model"]["pretrained"] is False
+
+
+# ----- 2. DermDiff on Fitzpatrick17k: the paper's neoplastic images only -----------------------
+
+def test_dermdiff_paper_fitz17k_keeps_only_the_neoplastic_rows(make_fitz17k, tmp_path):
+    """On a generated tree in the published CSV format: the paper profile's malignant task has the
+    benign and malignant rows of three_partition_label only (the paper's Tab. 1 data), the
+    non-neoplastic ones counted; each kept row has the split it has without the option."""
+    from dermbench.data.pool import DatasetPool  # noqa: PLC0415
+    from dermbench.datasets.fitz17k import NON_NEOPLASTIC  # noqa: PLC0415
+
+    tree = make_fitz17k(n=108, n_unknown=3)
+    cfg = resolve_config(flags={"method": "dermdiff", "profile": "paper", "dataset": "fitz17k"},
+                         sets=[f"data.root={tmp_path}"])
+    assert cfg["data"]["options"] == {"fitz17k": {"neoplastic_only": True}}
+    assert paper("dermdiff")["data"]["options"] == {}  # SynthDerm has no such partition
+    table = DatasetPool(cfg, ()).get("fitz17k").table("malignant")
+    partition = tree.meta.set_index("md5hash")["three_partition_label"]
+    kept = partition.loc[table["sample_id"]]
+    assert set(kept) == {"benign", "malignant"}
+    assert len(table) == int((partition != "non-neoplastic").sum())
+    assert table.attrs["excluded"][NON_NEOPLASTIC] == int((partition == "non-neoplastic").sum())
+    assert (table["label"].to_numpy() == (kept == "malignant").to_numpy()).all()
+    from dermbench.datasets.fitz17k import Fitz17k  # noqa: PLC0415
+
+    full = Fitz17k(tree.root).table("malignant").set_index("sample_id")["split"]
+    assert (full.loc[table["sample_id"]].to_numpy() == table["split"].to_numpy()).all()  # the same split
+    tiny = resolve_config(flags={"method": "dermdiff", "profile": "tiny", "dataset": "fitz17k"})
+    assert tiny["data"]["options"] == {}
+
+
+def test_neoplastic_only_must_be_a_switch(make_fitz17k):
+    from dermbench.datasets.fitz17k import Fitz17k  # noqa: PLC0415
+
+    tree = make_fitz17k()
+    with pytest.raises(DermbenchError, match="option neoplastic_only must be true or false, got 'yes'"):
+        Fitz17k(tree.root, neoplastic_only="yes")
