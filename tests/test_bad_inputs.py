@@ -368,3 +368,123 @@ def test_checking_predict_before_fit_leaves_the_model_and_rng_as_they_were():
     check_predict_before_fit(pm, ctx, model, val)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state()) and model.training
+
+
+# --------------------------------------------------------------------------- records changed after they finished (issue 27)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One finished tiny run, made by the current code; tests copy it before changing anything."""
+    out = tmp_path_factory.mktemp("finished")
+    assert main(["run", *FAST, "--out", str(out), "--set", "train.epochs=1", "--set", "eval.n_boot=0", "--set",
+                 "data.options={n_train: 120, n_val: 40, n_test: 40, n_test_ddi: 30, n_test_dermoscopic: 30}"]) == 0
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run
+
+
+def _copy_run(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "records" / run.name
+    shutil.copytree(run, target)
+    return target
+
+
+def _edit_record(run: Path, edit) -> None:
+    record = json.loads((run / "metrics.json").read_text())
+    edit(record)
+    (run / "metrics.json").write_text(json.dumps(record, indent=2))
+
+
+def _three_impossible_numbers(record):
+    test_set = next(iter(record["eval"]))
+    record["eval"][test_set]["overall"].update(auc=5.0, acc=-2.0)
+    record["eval"][test_set]["n"] = -7
+
+
+READERS = {
+    "leaderboard": lambda run, tmp: ["leaderboard", "--runs", str(run.parent), "--out", str(tmp / "board")],
+    "leaderboard --check": lambda run, tmp: ["leaderboard", "--runs", str(run.parent), "--out", str(tmp / "board"),
+                                             "--check"],
+    "report": lambda run, tmp: ["report", str(run)],
+}
+
+
+@pytest.mark.parametrize("reader", list(READERS))
+def test_impossible_numbers_in_a_record_are_refused_naming_the_field(tmp_path, capsys, finished_run, reader):
+    """An overall AUC of 5.0, an accuracy of -2 and n = -7 went onto the leaderboard (issue 27)."""
+    from dermbench.results.records import RecordError, read_record
+
+    run = _copy_run(finished_run, tmp_path)
+    _edit_record(run, _three_impossible_numbers)
+    (run / "done").unlink()  # unsealed: the range check alone must catch it
+    with pytest.raises(RecordError, match=r"\$\.eval\.synthderm\.n: -7 is not a count"):
+        read_record(run)
+    _edit_record(run, lambda r: r["eval"]["synthderm"].update(n=40))
+    with pytest.raises(RecordError, match=r"\$\.eval\.synthderm\.overall\.(auc: 5\.0|acc: -2\.0) lies outside \[0, 1\]"):
+        read_record(run)
+    (run / "done").write_text("{}")
+    assert main(READERS[reader](run, tmp_path)) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "metrics.json" in err and "Traceback" not in err
+
+
+def test_a_gap_that_does_not_follow_from_its_groups_is_refused(tmp_path, finished_run):
+    from dermbench.results.records import RecordError, read_record
+
+    run = _copy_run(finished_run, tmp_path)
+    (run / "done").unlink()
+
+    def widen(record):
+        fair = record["eval"]["synthderm"]["fairness"]["tone3"]
+        fair["gap_auc"] = min(1.0, fair["gap_auc"] + 0.2)
+
+    _edit_record(run, widen)
+    with pytest.raises(RecordError, match=r"\$\.eval\.synthderm\.fairness\.tone3\.gap_auc: .* but the auc values of "
+                                          r"groups"):
+        read_record(run)
+
+
+@pytest.mark.parametrize("reader", list(READERS))
+def test_a_record_changed_after_it_finished_is_refused_naming_file_and_field(tmp_path, capsys, finished_run, reader):
+    run = _copy_run(finished_run, tmp_path)
+    assert main(READERS["leaderboard"](run, tmp_path)) == 0  # the untouched copy reads (and --check has a board)
+    assert main(READERS[reader](run, tmp_path)) == 0
+    capsys.readouterr()
+    _edit_record(run, lambda r: r["eval"]["synthderm"]["overall"].update(auc=0.99))  # in range, but not what ran
+    assert main(READERS[reader](run, tmp_path)) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{run / 'metrics.json'}" in err.replace(" ", "") or f"{run}/metrics.json" in err
+    assert "$.eval.synthderm.overall" in err and "changed after the run finished" in err
+
+
+def test_changed_predictions_are_refused_naming_the_file(tmp_path, capsys, finished_run):
+    run = _copy_run(finished_run, tmp_path)
+    predictions = run / "predictions" / "synthderm.csv"
+    predictions.write_text(predictions.read_text().replace(",annotated", ",ita", 1))  # one tone source edited
+    assert main(READERS["report"](run, tmp_path)) == 2
+    err = "".join(capsys.readouterr().err.split())
+    assert "predictions/synthderm.csv" in err and "changedaftertherunfinished" in err
+
+
+def test_an_unsealed_done_marker_names_the_seal_command_which_seals_only_a_sound_record(tmp_path, capsys, finished_run):
+    run = _copy_run(finished_run, tmp_path)
+    (run / "done").write_text("2026-12-01T01:45:09.829936+00:00\n")  # a marker written before records were sealed
+    assert main(READERS["leaderboard"](run, tmp_path)) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "holds no checksums" in err and f"dermbenchrecordsseal{run}" in "".join(err.split())
+    assert main(["records", "seal", str(run.parent)]) == 0
+    assert "sealed 1" in " ".join(capsys.readouterr().out.split())
+    assert main(READERS["leaderboard"](run, tmp_path)) == 0
+    assert main(["records", "seal", str(run.parent)]) == 0  # sealing again changes nothing
+    assert "already sealed 1" in " ".join(capsys.readouterr().out.split())
+    # a record changed after it was sealed, or with impossible numbers, is not sealed
+    _edit_record(run, lambda r: r["eval"]["synthderm"]["overall"].update(auc=0.99))
+    assert main(["records", "seal", str(run.parent)]) == 2
+    assert "changed after the run finished" in " ".join(capsys.readouterr().err.split())
+    (run / "done").write_text("2026-12-01T01:45:09.829936+00:00\n")
+    _edit_record(run, _three_impossible_numbers)
+    assert main(["records", "seal", str(run.parent)]) == 2
+    assert "is not a count" in " ".join(capsys.readouterr().err.split())
+    assert (run / "done").read_text() == "2026-12-01T01:45:09.829936+00:00\n"

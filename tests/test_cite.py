@@ -25,6 +25,7 @@ from dermbench.results.citations import (
     plugin_references,
     run_references,
 )
+from dermbench.results.records import write_done
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = re.compile(r"^@\w+\{([^,]+),", re.M)
@@ -72,6 +73,7 @@ def test_a_fairquantize_run_cites_its_paper_its_datasets_and_backbone_and_nothin
     # a record written before references were stored: gathered from its method, datasets, backbone
     del record["references"]
     (run_dir / "metrics.json").write_text(json.dumps(record))
+    write_done(run_dir)  # as such a run was finished (an edit alone is refused: it changes a finished record)
     code, derived, err = cite(capsys, str(run_dir))
     assert code == 0 and keys(derived) == expected and "predates stored references" in err
 

@@ -11,7 +11,7 @@ import pytest
 
 from dermbench.cli import main
 from dermbench.results.drift import COUNT, GAP, SCORE, compare, kind_of, render_markdown
-from dermbench.results.records import METRICS_FILE, read_record, write_record
+from dermbench.results.records import METRICS_FILE, read_record, write_done, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "leaderboards" / "records"
@@ -20,23 +20,27 @@ RESAMPLING = "resampling_synthderm_s0_c6cbb5a61ec1"
 
 
 def copy_record(run_id: str, root: Path, *, as_id: str | None = None) -> Path:
-    """A finished run directory under `root`: the committed record's metrics.json, environment.json
-    and done marker (all `dermbench drift` reads)."""
+    """A finished run directory under `root`: the committed record's metrics.json, environment.json,
+    predictions and done marker (what `dermbench drift` reads, and what the marker seals)."""
     run_dir = root / (as_id or run_id)
     run_dir.mkdir(parents=True)
     for name in (METRICS_FILE, "environment.json", "done"):
         shutil.copy(RECORDS / run_id / name, run_dir / name)
+    shutil.copytree(RECORDS / run_id / "predictions", run_dir / "predictions")
     if as_id is not None:
         record = read_record(run_dir)
         record.run_id = as_id
         write_record(run_dir, record)
+        write_done(run_dir)
     return run_dir
 
 
 def edit(run_dir: Path, change) -> None:
+    """A record as another run would have written it (sealed anew)."""
     record = read_record(run_dir)
     change(record)
     write_record(run_dir, record)
+    write_done(run_dir)
 
 
 @pytest.fixture
@@ -63,50 +67,55 @@ def test_identical_records_have_no_drift(trees, capsys, tmp_path):
 
 def test_a_value_moved_beyond_the_tolerance_is_named_and_exits_1(trees, capsys, tmp_path):
     committed, fresh = trees
-    before = read_record(committed / ERM).eval["synthderm-ddi"].groups["tone3"]["C"]["auc"]
+    # balanced accuracy: no gap is made of it, so the moved record stays consistent (records are checked)
+    before = read_record(committed / ERM).eval["synthderm-ddi"].groups["tone3"]["C"]["bacc"]
 
     def move(record):
-        record.eval["synthderm-ddi"].groups["tone3"]["C"]["auc"] = before + 0.03
+        record.eval["synthderm-ddi"].groups["tone3"]["C"]["bacc"] = before + 0.03
 
     edit(fresh / ERM, move)
     assert drift("--committed", committed, "--fresh", fresh, "--report", tmp_path / "drift.md") == 1
     out = capsys.readouterr().out
     drifted = out.split("drifted values:")[1].split("largest difference per kind:")[0]
-    (line,) = [x for x in drifted.splitlines() if "group.tone3.C.auc" in x]
-    assert line.split()[:3] == [ERM, "synthderm-ddi", "group.tone3.C.auc"]
+    (line,) = [x for x in drifted.splitlines() if "group.tone3.C.bacc" in x]
+    assert line.split()[:3] == [ERM, "synthderm-ddi", "group.tone3.C.bacc"]
     assert line.split()[3:] == [f"{before:.4f}", f"{before + 0.03:.4f}", "+0.0300", "0.02"]
     assert "DRIFT: 1 value(s)" in out
     report = (tmp_path / "drift.md").read_text(encoding="utf-8")
-    assert f"| {ERM} | synthderm-ddi | group.tone3.C.auc | {before:.4f} | {before + 0.03:.4f} | +0.0300 | 0.02 |" in report
+    assert f"| {ERM} | synthderm-ddi | group.tone3.C.bacc | {before:.4f} | {before + 0.03:.4f} | +0.0300 | 0.02 |" in report
     # a wider tolerance accepts it
     assert drift("--committed", committed, "--fresh", fresh, "--tolerance", "0.05") == 0
 
 
 def test_gaps_have_their_own_tolerance_and_counts_must_match(trees):
     committed, fresh = trees
-    eodd = read_record(committed / ERM).eval["synthderm"].fairness["tone3"].eodd
+    # the demographic parity gap: the group blocks do not hold selection rates, so moving it alone
+    # leaves a consistent record (moving eodd alone would be refused as impossible)
+    eodd = read_record(committed / ERM).eval["synthderm"].fairness["tone3"].dp_diff
 
     def move_gap(by):
         def change(record):
-            record.eval["synthderm"].fairness["tone3"].eodd = eodd + by
+            record.eval["synthderm"].fairness["tone3"].dp_diff = eodd + by
         return change
 
     edit(fresh / ERM, move_gap(0.04))  # a gap within 0.05
     report = compare(committed, fresh)
     assert not report.has_drift
-    assert report.largest()[GAP].metric == "fair.tone3.eodd" and report.largest()[GAP].delta == pytest.approx(0.04)
+    assert report.largest()[GAP].metric == "fair.tone3.dp_diff" and report.largest()[GAP].delta == pytest.approx(0.04)
     edit(fresh / ERM, move_gap(0.06))
     (moved,) = compare(committed, fresh).drifted
-    assert (moved.test_set, moved.metric, moved.kind, moved.tolerance) == ("synthderm", "fair.tone3.eodd", GAP, 0.05)
+    assert (moved.test_set, moved.metric, moved.kind, moved.tolerance) == ("synthderm", "fair.tone3.dp_diff", GAP, 0.05)
     assert not compare(committed, fresh, gap_tolerance=0.1).has_drift
 
     def recount(record):
-        record.eval["synthderm"].fairness["tone3"].eodd = eodd
+        record.eval["synthderm"].fairness["tone3"].dp_diff = eodd
         record.eval["synthderm"].groups["tone2"]["dark"]["n"] += 1
+        record.eval["synthderm"].groups["tone2"]["dark"]["negatives"] += 1  # n = positives + negatives
 
     edit(fresh / ERM, recount)
-    (moved,) = compare(committed, fresh, tolerance=1.0, gap_tolerance=1.0).drifted
-    assert (moved.metric, moved.kind, moved.delta) == ("group.tone2.dark.n", COUNT, 1)
+    moved = {m.metric: m for m in compare(committed, fresh, tolerance=1.0, gap_tolerance=1.0).drifted}
+    assert set(moved) == {"group.tone2.dark.n", "group.tone2.dark.negatives"}
+    assert (moved["group.tone2.dark.n"].kind, moved["group.tone2.dark.n"].delta) == (COUNT, 1)
     assert (kind_of("overall", "auc"), kind_of("fair", "worst_auc"), kind_of("fair", "gap_auc")) == (SCORE, SCORE, GAP)
 
 

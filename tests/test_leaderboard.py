@@ -23,7 +23,7 @@ from dermbench.results.leaderboard import (
     config_variant,
     format_cell,
 )
-from dermbench.results.records import Fairness, RecordError
+from dermbench.results.records import Fairness, RecordError, write_done
 
 TEST_SETS = {"synthderm": 600, "synthderm-ddi": 210, "synthderm-dermoscopic": 300}
 CONFIG = {"method": "erm", "dataset": "synthderm", "task": "malignant", "seed": 0, "profile": "tiny",
@@ -92,7 +92,7 @@ def write_run(root: Path, record: dict, *, done: bool = True, name: str | None =
     (run_dir / "log.txt").write_text("started\n")
     (run_dir / "predictions" / "synthderm.csv").write_text("sample_id,label,prob_0,prob_1,pred\n")
     if done:
-        (run_dir / "done").write_text("2025-01-01T00:00:00\n")
+        write_done(run_dir)  # the sealed marker a finished run writes
     return run_dir
 
 
@@ -440,6 +440,7 @@ def test_write_then_check_passes_and_fails_with_a_diff_after_a_record_changes(tm
     record = json.loads(path.read_text())
     _set_metric(record, "synthderm-ddi", "fair.tone3.eodd", 0.5)
     path.write_text(json.dumps(record))
+    write_done(path.parent)  # a record redone (sealed anew); an edit alone is refused, see test_bad_inputs
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert cli([*args, "--check"]) == 1
     output = capsys.readouterr().out

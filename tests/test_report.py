@@ -17,7 +17,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, p
 from dermbench.cli import main
 from dermbench.data.groups import group_schemes
 from dermbench.evaluation.metrics import fairness_report
-from dermbench.results.records import Fairness, RecordError, ToneEstimation, write_record
+from dermbench.results.records import Fairness, RecordError, ToneEstimation, write_done, write_record
 from dermbench.results.report import (
     binary_counts,
     build_report,
@@ -95,10 +95,13 @@ def make_run(root: Path, table: pd.DataFrame | None = None, *, done: bool = True
         fpr = [m["fpr"] for m in metrics.values() if m["fpr"] is not None]
         auc = [m["auc"] for m in metrics.values() if m["auc"] is not None]
         names = list(metrics)
+        by_tpr = sorted((m["tpr"], g) for g, m in metrics.items() if m["tpr"] is not None)
+        by_auc = sorted((m["auc"], g) for g, m in metrics.items() if m["auc"] is not None)
+        # the named groups are the ones the values come from (records are checked for it on read)
         fairness[scheme] = fairness_block(names, eopp0=max(tnr) - min(tnr), eopp1=max(tpr) - min(tpr),
-                                          eopp1_groups=[names[0], names[-1]],
+                                          eopp1_groups=[by_tpr[-1][1], by_tpr[0][1]],
                                           eodd=(max(tpr) - min(tpr) + max(fpr) - min(fpr)) / 2,
-                                          worst_auc=min(auc), worst_auc_group=names[-1], gap_auc=max(auc) - min(auc))
+                                          worst_auc=min(auc), worst_auc_group=by_auc[0][1], gap_auc=max(auc) - min(auc))
     test_eval = eval_entry(
         len(table), threshold=THRESHOLD, classes=["benign", "malignant"],
         tone_source={"annotated": len(table), "ita": 0, "detector": 0},
@@ -115,7 +118,7 @@ def make_run(root: Path, table: pd.DataFrame | None = None, *, done: bool = True
     write_record(run_dir, record)
     table.to_csv(run_dir / "predictions" / f"{test_set}.csv", index=False)
     if done:
-        (run_dir / "done").write_text("2025-01-01T00:00:00\n")
+        write_done(run_dir)  # the sealed marker a finished run writes
     return run_dir
 
 
@@ -181,6 +184,7 @@ def test_labels_outside_the_classes_name_the_file(tmp_path):
     run_dir = make_run(tmp_path, table)
     table.loc[0, "pred"] = 3
     table.to_csv(run_dir / "predictions" / "synthderm.csv", index=False)
+    write_done(run_dir)  # as a run would have sealed it
     with pytest.raises(RecordError, match=r"predictions/synthderm\.csv: labels or predictions outside 0\.\.1"):
         build_report(run_dir)
 
@@ -245,8 +249,8 @@ def test_fairness_gaps_show_recorded_confidence_intervals(tmp_path):
     section = build_report(run_dir).test_sets[0]
     fairness = section.fairness.set_index("metric")
     assert re.fullmatch(r"\d\.\d{3} \[0\.051, 0\.234\]", fairness.loc["eodd", "tone3"])
-    assert re.fullmatch(r"\d\.\d{3} \(A–C\)", fairness.loc["eopp1", "tone3"])
-    assert fairness.loc["worst_auc", "tone2"].endswith(" (light)")
+    assert re.fullmatch(r"\d\.\d{3} \(B–C\)", fairness.loc["eopp1", "tone3"])  # the groups whose TPRs differ most
+    assert fairness.loc["worst_auc", "tone2"].endswith(" (dark)")
     assert list(fairness.columns) == ["tone3", "tone2", "fst"]
     assert not any(key.endswith(("_groups", "_group")) or key == "groups" for key in fairness.index)
     assert "tone3 groups compared: A, B, C" in section.fairness_notes
@@ -261,6 +265,7 @@ def test_unfinished_run_is_reported_with_a_warning(tmp_path):
 def test_missing_predictions_still_render_the_metrics(tmp_path):
     run_dir = make_run(tmp_path)
     (run_dir / "predictions" / "synthderm.csv").unlink()
+    write_done(run_dir)  # a run sealed without them
     markdown = render_markdown(build_report(run_dir))
     assert "no predictions/synthderm.csv: confusion matrices unavailable" in markdown
     assert "### Per-group metrics: tone3" in markdown
@@ -288,7 +293,7 @@ def test_many_classes_omit_the_matrices(tmp_path):
                                                 tone_source={"ita": 24}, overall={"acc": 0.1})},
                          run_id="mc", dataset="fitz17k", task="partition")
     write_record(run_dir, record)
-    (run_dir / "done").write_text("")
+    write_done(run_dir)
     markdown = render_markdown(build_report(run_dir))
     assert "12 classes: confusion matrices omitted" in markdown
     assert "decision threshold none (argmax)" in markdown
@@ -358,6 +363,7 @@ def test_report_of_a_record_made_by_the_metrics_module(tmp_path):
     record = json.loads((run_dir / "metrics.json").read_text())
     record["eval"]["synthderm"] = test_eval
     (run_dir / "metrics.json").write_text(json.dumps(record))
+    write_done(run_dir)
     section = build_report(run_dir).test_sets[0]
     fairness = section.fairness.set_index("metric")
     assert re.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \(\w–\w\)", fairness.loc["eodd", "tone3"])

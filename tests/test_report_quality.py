@@ -15,7 +15,7 @@ from rich.console import Console
 
 from dermbench.data.model import Split
 from dermbench.diffusion.quality import ToneAssigner, quality_report
-from dermbench.results.records import write_record
+from dermbench.results.records import write_done, write_record
 from dermbench.results.report import build_report, render_markdown, write_report
 
 GRID = "sample_grid.png"
@@ -77,7 +77,7 @@ def make_run(root, methods: dict, *, grid: bool = True):
     write_record(run_dir, record)
     if grid:
         Image.new("RGB", (8, 8)).save(run_dir / GRID)
-    (run_dir / "done").write_text("2025-01-01T00:00:00\n")
+    write_done(run_dir)  # the sealed marker a finished run writes
     return run_dir
 
 

@@ -23,7 +23,7 @@ from dermbench.evaluation.tone_sources import (
     score_tone_sources,
 )
 from dermbench.results.leaderboard import build_outputs, check_outputs, collect, ita_plot_name, write_outputs
-from dermbench.results.records import SCHEMA_VERSION, read_record
+from dermbench.results.records import SCHEMA_VERSION, read_record, write_done
 from dermbench.results.report import build_report, print_report, render_markdown, write_report
 from dermbench.results.tone_sections import ITA_PLOT
 
@@ -95,7 +95,7 @@ def write_run(root: Path, data: dict) -> Path:
     run_dir = root / data["run_id"]
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text(json.dumps(data, default=float))
-    (run_dir / "done").write_text("2026-01-01T00:00:00\n")
+    write_done(run_dir)  # the sealed marker a finished run writes
     return run_dir
 
 

@@ -36,6 +36,7 @@ COMMANDS = {
     "tone": "dermbench.cli.tone",
     "fedd": "dermbench.cli.fedd",
     "drift": "dermbench.cli.drift",
+    "records": "dermbench.cli.records",
 }
 
 console = Console()

@@ -24,10 +24,23 @@ Schema versions:
         intervals) was added later, optional: version 2 records without it still read.
 Extending the record means adding a field here (optional, so older records still read);
 renaming or changing a field means a new schema version.
+
+Checked on write and on read (issue 27): besides the shape, every value must be possible
+(`check_values`): rates, AUC, accuracy, ECE in [0, 1]; counts non-negative integers; each gap
+and worst-group value of a binary task what the group values it names give. And a finished
+run is sealed: its `done` marker (JSON, `write_done`) holds the SHA-256 of metrics.json and of
+every predictions/*.csv, plus a short digest of each field of metrics.json down to
+`$.eval.<set>.<block>`; reading a record beside a `done` marker checks them, so a record changed
+after it finished is refused naming the file and the field. A `done` marker without checksums
+(written before records were sealed) is refused naming `dermbench records seal`, which checks
+such a record's values and writes them (`seal_run`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import platform
 import re
 import shutil
@@ -57,6 +70,14 @@ LOCK_FILE = ".lock"
 CHECKPOINTS = Path("work") / "checkpoints"
 #: the version new records are written with, and the newest this module reads
 SCHEMA_VERSION = 2
+#: the folder of per-sample predictions in a run folder (sealed with metrics.json)
+PREDICTIONS_DIR = "predictions"
+#: the command that checks and seals records whose `done` marker holds no checksums
+SEAL_COMMAND = "dermbench records seal"
+#: the version of the sealed `done` marker
+SEAL_FORMAT = 1
+#: how deep the field digests of a sealed marker go ($ = 0: $.eval.<set>.<block> is 3)
+SEAL_DEPTH = 3
 
 
 class RecordError(DataError):
@@ -456,22 +477,28 @@ def as_json_values(record: Record) -> dict[str, Any]:
 
 
 def write_record(run_dir: str | Path, record: Record | dict[str, Any]) -> Record:
-    """Check `record` against the schema and write it as `<run_dir>/metrics.json` (atomically)."""
+    """Check `record` against the schema and the possible values, and write it as
+    `<run_dir>/metrics.json` (atomically)."""
     path = Path(run_dir) / METRICS_FILE
     typed = to_record(record, where=str(path))
+    check_values(typed, where=str(path))
     write_text(path, encode_record(typed).decode("utf-8"))
     return typed
 
 
-def read_record(path: str | Path) -> Record:
+def read_record(path: str | Path, *, verify_seal: bool = True) -> Record:
     """Load and validate one metrics.json (a file, or a run directory holding one).
 
     A record without `schema_version` is version 1; every problem is a RecordError naming the
-    file and, for a malformed record, the path of the field at fault.
+    file and, for a malformed record or an impossible value, the path of the field at fault.
+    With `verify_seal` (the default), a record beside a `done` marker must match the checksums
+    the marker holds (`check_seal`).
     """
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_FILE
+    if verify_seal and (path.parent / DONE).is_file() and path.name == METRICS_FILE:
+        check_seal(path.parent)
     try:
         text = path.read_bytes()
     except FileNotFoundError:
@@ -491,9 +518,262 @@ def read_record(path: str | Path) -> Record:
         raise RecordError(f"{path}: $.schema_version: record has schema version {found}, newer than the "
                           f"version {SCHEMA_VERSION} this dermbench ({__version__}) reads; upgrade dermbench")
     try:
-        return msgspec.convert(raw, Record)
+        record = msgspec.convert(raw, Record)
     except msgspec.ValidationError as exc:
         raise RecordError(f"{path}: {_explain(exc, raw)}") from None
+    check_values(record, where=str(path))
+    return record
+
+
+# --------------------------------------------------------------------------- possible values
+
+#: metrics that are shares or probabilities, in [0, 1]
+RATES = frozenset({"acc", "bacc", "precision", "tpr", "tnr", "fpr", "fnr", "f1", "auc", "ece", "sensitivity",
+                   "specificity", "tone3_accuracy", "fst_exact", "fst_within_one", "accuracy", "balanced_accuracy"})
+#: metrics that count samples: non-negative integers
+COUNTS = frozenset({"n", "positives", "negatives", "support"})
+#: for a binary task, each gap as a function of the two group blocks it names
+_GAP_OF = {
+    "eopp0": (("tnr",), lambda a, b: abs(a["tnr"] - b["tnr"])),
+    "eopp1": (("tpr",), lambda a, b: abs(a["tpr"] - b["tpr"])),
+    "eodd": (("tpr", "fpr"), lambda a, b: (abs(a["tpr"] - b["tpr"]) + abs(a["fpr"] - b["fpr"])) / 2),
+    "eodd_net": (("tpr", "fpr"), lambda a, b: abs((a["tpr"] - b["tpr"]) + (a["fpr"] - b["fpr"])) / 2),
+    "eodd_fairlearn": (("tpr", "fpr"), lambda a, b: max(abs(a["tpr"] - b["tpr"]), abs(a["fpr"] - b["fpr"]))),
+    "gap_acc": (("acc",), lambda a, b: abs(a["acc"] - b["acc"])),
+    "gap_auc": (("auc",), lambda a, b: abs(a["auc"] - b["auc"])),
+    "gap_f1": (("f1",), lambda a, b: abs(a["f1"] - b["f1"])),
+    "gap_fnr": (("tpr",), lambda a, b: abs(a["tpr"] - b["tpr"])),
+}
+#: for a binary task, each worst-group value: (metric, the value of a group block)
+_WORST_OF = {"worst_acc": ("acc", lambda m: m["acc"]), "worst_auc": ("auc", lambda m: m["auc"]),
+             "worst_f1": ("f1", lambda m: m["f1"]), "worst_fnr": ("tpr", lambda m: 1 - m["tpr"])}
+_TOLERANCE = 1e-6
+
+
+def _bad(where: str, path: str, message: str) -> RecordError:
+    return RecordError(f"{where}: {path}: {message}")
+
+
+def _check_number(where: str, path: str, name: str, value: Any) -> None:
+    if value is None:
+        return
+    if name in COUNTS:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise _bad(where, path, f"{value!r} is not a count (a non-negative integer)")
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _bad(where, path, f"{value!r} is not a finite number")
+    if name in RATES and not -_TOLERANCE <= value <= 1 + _TOLERANCE:
+        raise _bad(where, path, f"{value!r} lies outside [0, 1]")
+
+
+def _check_counts(where: str, path: str, counts: dict[str, Any] | None) -> None:
+    for key, value in (counts or {}).items():
+        if isinstance(value, dict):
+            _check_counts(where, f"{path}.{key}", value)
+        else:
+            _check_number(where, f"{path}.{key}", "n", value)
+
+
+def _check_block(where: str, path: str, block: dict[str, Any]) -> None:
+    for name, value in block.items():
+        _check_number(where, f"{path}.{name}", name, value)
+    n, pos, neg = block.get("n"), block.get("positives"), block.get("negatives")
+    if isinstance(n, int) and isinstance(pos, int) and isinstance(neg, int) and pos + neg != n:
+        raise _bad(where, f"{path}.n", f"{n} samples, but positives ({pos}) + negatives ({neg}) = {pos + neg}")
+
+
+def _check_fairness(where: str, path: str, fair: Fairness, groups: dict[str, dict[str, Any]] | None,
+                    binary: bool) -> None:
+    """Every gap and worst value in [0, 1]; for a binary task, each the value its named groups give,
+    and the largest (smallest) over the scheme's groups."""
+    for name in FAIRNESS_VALUES:
+        _check_number(where, f"{path}.{name}", "acc", fair.value(name))
+    if not binary or not groups:
+        return
+    for gap, (needs, formula) in _GAP_OF.items():
+        value, pair = fair.value(gap), fair.which(gap)
+        if value is None or not pair or len(pair) != 2 or any(g not in groups for g in pair):
+            continue
+        blocks = [groups[g] for g in pair]
+        if any(b.get(k) is None for b in blocks for k in needs):
+            continue
+        expected = formula(*blocks)
+        if abs(expected - value) > _TOLERANCE:
+            raise _bad(where, f"{path}.{gap}", f"{value!r}, but the {' and '.join(needs)} values of groups "
+                       f"{pair[0]} and {pair[1]} give {expected:.6g}")
+        usable = [g for g in fair.groups if g in groups and all(groups[g].get(k) is not None for k in needs)]
+        largest = max((formula(groups[a], groups[b]) for i, a in enumerate(usable) for b in usable[i + 1:]), default=value)
+        if largest > value + _TOLERANCE:
+            raise _bad(where, f"{path}.{gap}", f"{value!r} is not the largest gap over groups {', '.join(usable)} "
+                       f"({largest:.6g})")
+    for worst, (metric, of) in _WORST_OF.items():
+        value, named = fair.value(worst), fair.which(worst)
+        if value is None or not named or named[0] not in groups or groups[named[0]].get(metric) is None:
+            continue
+        expected = of(groups[named[0]])
+        if abs(expected - value) > _TOLERANCE:
+            raise _bad(where, f"{path}.{worst}", f"{value!r}, but the {metric} of group {named[0]} gives {expected:.6g}")
+
+
+def check_values(record: Record, *, where: str) -> None:
+    """A RecordError naming `where` and the field when a value is impossible: a rate outside
+    [0, 1], a negative or fractional count, a gap or worst-group value that its groups do not give."""
+    _check_counts(where, "$.excluded", record.excluded)
+    if record.synthetic is not None:
+        _check_number(where, "$.synthetic.n", "n", record.synthetic.n)
+        _check_counts(where, "$.synthetic.by_plugin", record.synthetic.by_plugin)
+        _check_counts(where, "$.synthetic.by_group_label", record.synthetic.by_group_label)
+    for name, result in record.eval.items():
+        base = f"$.eval.{name}"
+        _check_number(where, f"{base}.n", "n", result.n)
+        _check_number(where, f"{base}.threshold", "threshold", result.threshold)
+        _check_block(where, f"{base}.overall", result.overall)
+        for scheme, groups in result.groups.items():
+            for group, block in groups.items():
+                _check_block(where, f"{base}.groups.{scheme}.{group}", block)
+        for scheme, fair in result.fairness.items():
+            _check_fairness(where, f"{base}.fairness.{scheme}", fair, result.groups.get(scheme),
+                            result.task == "binary")
+        _check_counts(where, f"{base}.excluded", result.excluded)
+        _check_counts(where, f"{base}.tone_source", result.tone_source)
+        if result.per_class is not None:
+            rates = [(f"{base}.per_class.overall", result.per_class.overall)]
+            rates += [(f"{base}.per_class.groups.{s}.{g}", r) for s, gs in result.per_class.groups.items()
+                      for g, r in gs.items()]
+            for path, block in rates:
+                for metric in ("support", "tpr", "tnr", "fpr", "precision", "f1", "auc"):
+                    for i, value in enumerate(getattr(block, metric)):
+                        _check_number(where, f"{path}.{metric}[{i}]", "n" if metric == "support" else "acc", value)
+        sources = (result.tone_sources.sources or {}) if result.tone_sources is not None else {}
+        for source, scores in sources.items():
+            path = f"{base}.tone_sources.sources.{source}"
+            _check_counts(where, f"{path}.n_assigned", scores.n_assigned)
+            for scheme, groups in scores.groups.items():
+                for group, block in groups.items():
+                    _check_block(where, f"{path}.groups.{scheme}.{group}", block)
+            for scheme, fair in scores.fairness.items():
+                _check_fairness(where, f"{path}.fairness.{scheme}", fair, None, False)
+
+
+# --------------------------------------------------------------------------- sealed `done` markers
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sealed_files(run_dir: Path) -> list[str]:
+    """What a `done` marker seals: metrics.json and every predictions/*.csv (paths relative to the run)."""
+    folder = Path(run_dir) / PREDICTIONS_DIR
+    predictions = sorted(p.relative_to(run_dir).as_posix() for p in folder.glob("*.csv")) if folder.is_dir() else []
+    return [METRICS_FILE, *predictions]
+
+
+def field_digests(raw: Any) -> dict[str, str]:
+    """{field path: short digest} of a record's JSON value down to SEAL_DEPTH ($.eval.<set>.<block>)."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, path: str, depth: int) -> None:
+        text = json.dumps(node, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        out[path] = hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
+        if isinstance(node, dict) and depth < SEAL_DEPTH:
+            for key, value in node.items():
+                walk(value, f"{path}.{key}", depth + 1)
+
+    walk(raw, "$", 0)
+    return out
+
+
+def _read_metrics_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RecordError(f"{path}: not valid JSON ({exc})") from None
+
+
+def write_done(run_dir: str | Path, *, finished: str | None = None) -> None:
+    """Write the sealed `done` marker: the time the run finished and the checksums of what it sealed."""
+    run_dir = Path(run_dir)
+    files = {name: _file_sha256(run_dir / name) for name in sealed_files(run_dir)}
+    seal = {"format": SEAL_FORMAT, "finished": finished or datetime.now(timezone.utc).isoformat(), "files": files,
+            "fields": field_digests(_read_metrics_json(run_dir / METRICS_FILE))}
+    write_text(run_dir / DONE, json.dumps(seal, indent=1) + "\n")
+
+
+def read_seal(run_dir: Path) -> dict[str, Any] | None:
+    """The seal in `run_dir`'s `done` marker, or None when the marker holds no checksums."""
+    try:
+        seal = json.loads((Path(run_dir) / DONE).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    except OSError as exc:
+        raise RecordError(f"{Path(run_dir) / DONE}: cannot read ({exc})") from None
+    if not isinstance(seal, dict) or seal.get("format") != SEAL_FORMAT or not isinstance(seal.get("files"), dict) \
+            or not isinstance(seal.get("fields"), dict):
+        return None
+    return seal
+
+
+def _changed_field(stored: dict[str, Any], current: dict[str, str]) -> str:
+    """The deepest field whose digest differs (or that was added or removed)."""
+    differing = [p for p in {*stored, *current} if stored.get(p) != current.get(p)]
+    return max(differing, key=lambda p: (p.count("."), p)) if differing else "$"
+
+
+def check_seal(run_dir: str | Path) -> None:
+    """A RecordError naming the file (and for metrics.json the field) changed after the run
+    finished, or naming the seal command when the `done` marker holds no checksums."""
+    run_dir = Path(run_dir)
+    done = run_dir / DONE
+    seal = read_seal(run_dir)
+    if seal is None:
+        raise RecordError(f"{done}: the `{DONE}` marker holds no checksums (it was written before dermbench sealed "
+                          f"finished records), so a change to {METRICS_FILE} or the predictions after the run "
+                          f"finished cannot be detected; check the record and seal it with `{SEAL_COMMAND} {run_dir}`")
+    files: dict[str, Any] = seal["files"]
+    redo = "redo the run (dermbench run ... --force) or restore the file"
+    for name in sealed_files(run_dir):
+        if name not in files:
+            raise RecordError(f"{run_dir / name}: added after the run finished (its `{DONE}` marker does not list "
+                              f"it); remove it or {redo}")
+    for name, expected in files.items():
+        path = run_dir / name
+        if not path.is_file():
+            raise RecordError(f"{path}: missing, but the run's `{DONE}` marker lists it; {redo}")
+        if _file_sha256(path) == expected:
+            continue
+        if name == METRICS_FILE:
+            field = _changed_field(seal["fields"], field_digests(_read_metrics_json(path)))
+            raise RecordError(f"{path}: changed after the run finished: {field} no longer matches the checksum in "
+                              f"its `{DONE}` marker; {redo}")
+        raise RecordError(f"{path}: changed after the run finished (it no longer matches the checksum in the run's "
+                          f"`{DONE}` marker); {redo}")
+
+
+def seal_run(run_dir: str | Path) -> str:
+    """Seal a finished run whose `done` marker holds no checksums, after checking its record's
+    shape and values: "sealed", or "already sealed" (verified). A RecordError when the record is
+    unfinished, impossible, or was changed after it was sealed."""
+    run_dir = Path(run_dir)
+    done = run_dir / DONE
+    if not done.is_file():
+        raise RecordError(f"{run_dir}: no `{DONE}` marker: an unfinished run is not sealed")
+    if read_seal(run_dir) is not None:
+        check_seal(run_dir)
+        return "already sealed"
+    read_record(run_dir / METRICS_FILE, verify_seal=False)
+    old = done.read_text(encoding="utf-8", errors="replace").strip()
+    try:
+        finished = datetime.fromisoformat(old).isoformat() if old else None
+    except ValueError:
+        finished = None
+    write_done(run_dir, finished=finished)
+    return "sealed"
 
 
 # --------------------------------------------------------------------------- error paths
@@ -647,9 +927,10 @@ class RunDir:
             fh.write(f"{_stamp()} {message}\n")
 
     def mark_done(self) -> None:
-        """Written last: a run without it is unfinished. The resume checkpoints are dropped after
+        """Written last: a run without it is unfinished. It seals the run (the checksums of
+        metrics.json and the predictions, `write_done`). The resume checkpoints are dropped after
         it, so a crash in between costs only disk space, never a retraining."""
-        write_text(self.path / DONE, datetime.now(timezone.utc).isoformat() + "\n")
+        write_done(self.path)
         shutil.rmtree(self.path / CHECKPOINTS, ignore_errors=True)
 
     def write_record(self, record: Record | dict[str, Any]) -> dict[str, Any]:
