@@ -488,3 +488,58 @@ def test_an_unsealed_done_marker_names_the_seal_command_which_seals_only_a_sound
     assert main(["records", "seal", str(run.parent)]) == 2
     assert "is not a count" in " ".join(capsys.readouterr().err.split())
     assert (run / "done").read_text() == "2026-12-01T01:45:09.829936+00:00\n"
+
+
+# --------------------------------------------------------------------------- ambiguous metadata CSVs (issue 27)
+
+
+def _duplicate_column(path: Path, column: str) -> None:
+    """Append a second copy of `column` (all benign / another partition) to a metadata CSV's header and rows."""
+    import csv as csvmodule
+    import io
+
+    rows = list(csvmodule.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    rows[0].append(column)
+    for row in rows[1:]:
+        row.append("False" if column == "malignant" else "benign")
+    buffer = io.StringIO()
+    csvmodule.writer(buffer, lineterminator="\n").writerows(rows)
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+@pytest.mark.parametrize(("dataset", "csv_name", "column"), [
+    ("ddi", "ddi_metadata.csv", "malignant"),
+    ("fitz17k", "fitzpatrick17k.csv", "three_partition_label"),
+])
+def test_a_duplicated_column_is_refused_naming_it_and_both_positions(make_ddi, make_fitz17k, capsys, dataset, csv_name,
+                                                                     column):
+    """`data check` said ok while every row came out benign: pandas took the first copy (issue 27)."""
+    tree = (make_ddi if dataset == "ddi" else make_fitz17k)()
+    path = tree.root / csv_name
+    header = path.read_text(encoding="utf-8").splitlines()[0].split(",")
+    first = [c.strip() for c in header].index(column) + 1
+    _duplicate_column(path, column)
+    assert main(["data", "check", dataset, "--root", str(tree.root)]) != 0
+    out = " ".join("".join(capsys.readouterr()).split())
+    assert f"column '{column}' appears 2 times in the header (columns {first} and {len(header) + 1})" in out, out
+
+
+@pytest.mark.parametrize(("delimiter", "name"), [(";", "semicolons (;)"), ("\t", "tabs"), ("|", "vertical bars (|)")])
+def test_a_csv_with_another_delimiter_names_the_delimiter(make_fitz17k, capsys, delimiter, name):
+    tree = make_fitz17k()
+    path = tree.root / "fitzpatrick17k.csv"
+    frame = __import__("pandas").read_csv(path, dtype=str, keep_default_na=False)
+    frame.to_csv(path, sep=delimiter, index=False)
+    assert main(["data", "check", "fitz17k", "--root", str(tree.root)]) != 0
+    out = " ".join("".join(capsys.readouterr()).split())
+    assert f"the header holds them separated by {name}, not commas" in out, out
+
+
+def test_read_csv_refuses_a_column_repeated_after_stripping(tmp_path):
+    from dermbench.data.metadata import read_csv
+    from dermbench.errors import DataError
+
+    path = tmp_path / "m.csv"
+    path.write_text("id,label, label,x\n1,a,b,c\n")
+    with pytest.raises(DataError, match=r"m\.csv: column 'label' appears 2 times in the header \(columns 2 and 3\)"):
+        read_csv(path, required=("id",))

@@ -1,7 +1,9 @@
 """Reading published metadata files: a strict CSV reader and file checksums.
 
 `read_csv` keeps every value as a stripped string and raises a `DataError` naming the file
-for a missing, empty, non-UTF-8 or malformed file and for missing columns. `sha256_file` pins
+for a missing, empty, non-UTF-8 or malformed file, for a column name that appears twice in the
+header (pandas would rename the copy `name.1` and a reader would silently take the first), and
+for missing columns (naming the delimiter when the header holds them joined by another one). `sha256_file` pins
 split files and run ids to the exact metadata they were made from.
 """
 
@@ -40,6 +42,7 @@ def read_csv(path: Path, *, required: Iterable[str] = ()) -> pd.DataFrame:
         ) from exc
     if not text.strip():
         raise DataError(f"{path}: the file is empty (expected a CSV header and rows)")
+    header = _header(path, text)
     try:
         with warnings.catch_warnings():
             # rows longer than the header: pandas would drop fields (or shift them into an index)
@@ -49,17 +52,51 @@ def read_csv(path: Path, *, required: Iterable[str] = ()) -> pd.DataFrame:
         raise DataError(f"{path}: malformed CSV: {_longest_row(text)}") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path}: malformed CSV: {exc}") from exc
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame.columns = [str(c).strip() for c in frame.columns]  # no `name.1` copies: _header refused repeats
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(
             f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(frame.columns)})"
+            + _other_delimiter(header, missing)
         )
     if frame.empty:
         raise DataError(f"{path}: the file has a header but no rows")
     for column in frame.columns:
         frame[column] = frame[column].astype(str).str.strip()
     return frame.reset_index(drop=True)
+
+
+#: delimiters a re-saved metadata file may use instead of commas, as the error names them
+OTHER_DELIMITERS = {";": "semicolons (;)", "\t": "tabs", "|": "vertical bars (|)"}
+
+
+def _header(path: Path, text: str) -> list[str]:
+    """The header's column names (stripped); a DataError naming a name that appears more than once
+    and its positions (1-based)."""
+    try:
+        names = [name.strip() for name in next(csv.reader(io.StringIO(text)), [])]
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed CSV header: {exc}") from exc
+    positions: dict[str, list[int]] = {}
+    for number, name in enumerate(names, start=1):
+        positions.setdefault(name, []).append(number)
+    for name, where in positions.items():
+        if len(where) > 1:
+            listed = ", ".join(map(str, where[:-1])) + f" and {where[-1]}"
+            raise DataError(f"{path}: column {name!r} appears {len(where)} times in the header (columns {listed}); "
+                            "a reader would take one copy and ignore the other, so remove or rename the extra one")
+    return names
+
+
+def _other_delimiter(header: list[str], missing: list[str]) -> str:
+    """A hint when the header holds the missing columns joined by another delimiter than commas."""
+    line = ",".join(header)
+    for delimiter, name in OTHER_DELIMITERS.items():
+        parts = {part.strip().strip('"') for part in line.split(delimiter)}
+        if len(parts) > 1 and all(column in parts for column in missing):
+            return (f"; the header holds them separated by {name}, not commas: the file is {name.split(' (')[0]}-"
+                    "separated (re-saved by a spreadsheet?); save it comma-separated or re-download it")
+    return ""
 
 
 def _longest_row(text: str) -> str:
