@@ -101,15 +101,19 @@ __all__ = [
     "BALANCED_TONE_MIX",
     "DDI_MALIGNANT_RATE",
     "FITZ17K_TONE_MIX",
+    "FST_TYPES",
     "GENERATOR_VERSION",
     "MASK_CLASSES",
     "Scenes",
     "SynthBatch",
     "SynthDerm",
+    "counterfactual_skin",
     "generate",
     "lab_to_linear_rgb",
     "render",
+    "retone",
     "sample_scenes",
+    "with_skin",
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -949,6 +953,66 @@ def generate(
 
 
 # ---------------------------------------------------------------------------------------
+# The same lesions on other skin (the oracle's translations, the counterfactual test)
+# ---------------------------------------------------------------------------------------
+#: the Fitzpatrick types a counterfactual set renders every lesion on
+FST_TYPES = (1, 2, 3, 4, 5, 6)
+
+
+def with_skin(base: Scenes, index: np.ndarray, *, fst: np.ndarray, ita: np.ndarray, skin: np.ndarray,
+              seed: int) -> Scenes:
+    """The scenes `base[index]` on the given skin (FST, ITA and CIELAB colour per row), with everything
+    else of each scene kept.
+
+    The lesion's draws (severity, ABCD features, pigment, shape, position) are made again from
+    `base`'s own streams with the new skin colour, so only what the generator ties to the skin
+    colour changes: the lesion's colour and its contrast (which falls on darker skin), the
+    variegation's strength, the skin's erythema colour and the fine mottling of dark skin. The
+    severity stratification keeps the scene's original FST cell, so the severity is the same draw.
+    Artifacts (hair, ink, ruler, backdrop) and acquisition (exposure, white balance, light,
+    vignette, dermoscopic field of view) are `base`'s. The sensor noise of a render comes from `seed`
+    (the returned scenes' seed) and the render chunk: with `base.seed` and every row in order it is
+    the original noise. With a scene's own skin and seed this gives back the scene unchanged, and
+    the masks of every render equal the source's (the lesion's geometry does not depend on the skin).
+    """
+    index = np.asarray(index, dtype=np.int64)
+    if len(np.unique(index)) != len(index):
+        raise DataError("synthderm: with_skin re-renders one source scene twice in a batch")
+    table = base.table
+    all_ita = table["ita"].to_numpy(dtype=float).copy()
+    all_skin = table[["skin_l", "skin_a", "skin_b"]].to_numpy(dtype=float).copy()
+    all_ita[index], all_skin[index] = ita, skin
+    columns, lesion = _sample_lesion(base.seed, table["fst"].to_numpy(), table["label"].to_numpy(), all_ita, all_skin,
+                                     base.dermoscopic)
+    fields = _sample_fields(base.seed, len(table), all_ita, all_skin)
+    arrays = {k: v[index] for k, v in {**base.arrays, **lesion, **fields}.items()}
+    part = table.iloc[index].reset_index(drop=True).assign(
+        fst=np.asarray(fst, dtype=np.int64), ita=ita, skin_l=skin[:, 0], skin_a=skin[:, 1], skin_b=skin[:, 2],
+        **{k: np.asarray(v)[index] for k, v in columns.items()})
+    return Scenes(table=part, arrays=arrays, seed=int(seed), dermoscopic=base.dermoscopic)
+
+
+def counterfactual_skin(base: Scenes, fst: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ITA, CIELAB) of every scene of `base` moved to Fitzpatrick type `fst`, from the generation's own
+    skin draws: the same uniform draws place each scene at the same relative position within the
+    type's ITA range, with the same chroma radius and the same relative a*. A scene already of type
+    `fst` gets its own skin colour back, bit for bit."""
+    if fst not in FST_TYPES:
+        raise DataError(f"synthderm: counterfactual tone must be a Fitzpatrick type 1-6, got {fst!r}")
+    return _sample_skin(base.seed, np.full(len(base), int(fst), dtype=np.int64))
+
+
+def retone(base: Scenes, fst: int) -> Scenes:
+    """Every scene of `base` on skin of Fitzpatrick type `fst` (`counterfactual_skin`), all else held
+    fixed (`with_skin`), with `base`'s own seed, so the sensor noise draws are the original ones:
+    rendered, a scene of type `fst` is its original image byte for byte, and every render has the
+    original mask."""
+    ita, skin = counterfactual_skin(base, fst)
+    return with_skin(base, np.arange(len(base)), fst=np.full(len(base), int(fst), dtype=np.int64), ita=ita,
+                     skin=skin, seed=base.seed)
+
+
+# ---------------------------------------------------------------------------------------
 # The dataset plugin
 # ---------------------------------------------------------------------------------------
 #: the generator's version, part of every SynthDerm fingerprint (and so of run ids): bump it with
@@ -1167,6 +1231,23 @@ class SynthDerm(Dataset):
     def masks(self, table: pd.DataFrame, *, size: int) -> np.ndarray:
         """Segmentation masks (MASK_CLASSES ids) for the rows of `table`."""
         return self._gather(table, size, 1)
+
+    def counterfactual(self, table: pd.DataFrame, *, fst: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels and masks of `table`'s rows re-rendered on skin of Fitzpatrick type `fst`, everything
+        else held fixed (`retone`): each generation the rows come from is re-rendered whole with its
+        own seed (the sensor noise is drawn per render chunk), and the rows are taken from it. A row
+        of type `fst` comes back as its original image, byte for byte."""
+        size = _count(size, "image_size", minimum=MIN_IMAGE_SIZE)
+        pos = self._positions(table)
+        images = np.empty((len(pos), size, size, 3), dtype=np.uint8)
+        masks = np.empty((len(pos), size, size), dtype=np.uint8)
+        splits = np.array([s for s, _ in pos], dtype=object)
+        index = np.array([i for _, i in pos], dtype=np.int64)
+        for split in dict.fromkeys(splits.tolist()):
+            rows = np.flatnonzero(splits == split)
+            pixels, shapes = render(retone(self.scenes(split), fst), image_size=size)
+            images[rows], masks[rows] = pixels[index[rows]], shapes[index[rows]]
+        return images, masks
 
     def load(self, *, task: str, split: str, image_size: int, name: str | None = None) -> Split:
         out = super().load(task=task, split=split, image_size=image_size, name=name)

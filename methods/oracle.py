@@ -72,12 +72,11 @@ from dermbench.datasets.synthderm import (
     SPLITS,
     Scenes,
     SynthDerm,
-    _sample_fields,
-    _sample_lesion,
     _sample_skin,
     render,
     sample_scenes,
 )
+from dermbench.datasets.synthderm import with_skin as scenes_with_skin
 from dermbench.diffusion.augmenting import measure_quality, synthetic_split
 from dermbench.diffusion.store import cached_entry
 from dermbench.errors import ConfigError, DataError, DermbenchError
@@ -286,24 +285,14 @@ def retoned_scenes(base: Scenes, index: np.ndarray, fst: np.ndarray, *, seed: in
 
 def with_skin(base: Scenes, index: np.ndarray, *, fst: np.ndarray, ita: np.ndarray, skin: np.ndarray,
               seed: int) -> Scenes:
-    """`base[index]` on the given skin (FST, ITA, CIELAB), the rest kept as `retoned_scenes` says.
-    It calls SynthDerm's own (private) draws of the lesion and texture given the skin, so a
-    re-rendered lesion follows the generator's model exactly; with a scene's own skin and seed it
-    gives back that scene unchanged (tests/test_oracle.py checks both)."""
+    """`base[index]` on the given skin (FST, ITA, CIELAB), the rest kept as `retoned_scenes` says:
+    SynthDerm's own `with_skin` (dermbench.datasets.synthderm), which redraws the lesion and texture
+    given the skin with the generator's own streams, so a re-rendered lesion follows the generator's
+    model exactly; with a scene's own skin and seed it gives back that scene unchanged
+    (tests/test_oracle.py checks both)."""
     if len(np.unique(index)) != len(index):
         raise DermbenchError(f"{name}: a batch re-renders one source scene twice")
-    table = base.table
-    all_ita = table["ita"].to_numpy(dtype=float).copy()
-    all_skin = table[["skin_l", "skin_a", "skin_b"]].to_numpy(dtype=float).copy()
-    all_ita[index], all_skin[index] = ita, skin
-    columns, lesion = _sample_lesion(base.seed, table["fst"].to_numpy(), table["label"].to_numpy(), all_ita, all_skin,
-                                     base.dermoscopic)
-    fields = _sample_fields(base.seed, len(table), all_ita, all_skin)
-    arrays = {k: v[index] for k, v in {**base.arrays, **lesion, **fields}.items()}
-    part = table.iloc[index].reset_index(drop=True).assign(
-        fst=np.asarray(fst, dtype=np.int64), ita=ita, skin_l=skin[:, 0], skin_a=skin[:, 1], skin_b=skin[:, 2],
-        **{k: np.asarray(v)[index] for k, v in columns.items()})
-    return Scenes(table=part, arrays=arrays, seed=int(seed), dermoscopic=base.dermoscopic)
+    return scenes_with_skin(base, index, fst=fst, ita=ita, skin=skin, seed=seed)
 
 
 def render_plan(ds: SynthDerm, plan: pd.DataFrame, seeds: Mapping[str, int], *, image_size: int,
