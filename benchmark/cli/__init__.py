@@ -25,6 +25,8 @@ from dermbench.plugins import PluginError
 #: each command and the module that registers it, in the order `dermbench --help` lists them
 COMMANDS = {
     "run": "dermbench.cli.run",
+    "evaluate": "dermbench.cli.evaluate",
+    "counterfactual": "dermbench.cli.counterfactual",
     "list": "dermbench.cli.listing",
     "cite": "dermbench.cli.cite",
     "new-method": "dermbench.cli.scaffold",

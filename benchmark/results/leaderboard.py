@@ -29,6 +29,7 @@ import pandas as pd
 from dermbench.config import data_digests, profile_label, settings_digest, with_data
 from dermbench.data.groups import GROUP_ORDER
 from dermbench.errors import DermbenchError
+from dermbench.results.counterfactual import flip_rates
 from dermbench.results.formatting import DECIMALS, HIGHER, LOWER, MISSING, format_cell
 from dermbench.results.generator_quality import quality_of, quality_table
 from dermbench.results.leaderboard_front import Board, front_page, plot_tradeoff, verdicts_page
@@ -83,6 +84,10 @@ TONE_SOURCES = (("annotated", "annotated"), ("ita", "ITA"), ("detector", "detect
 TEST_SET_ORDER = ("synthderm", "synthderm-ddi", "synthderm-dermoscopic", "fitz17k", "ddi", "derm7pt-derm",
                   "derm7pt-clinic", "mclass-derm", "mclass-clinic", "isic2018", "isic2019")
 NO_BOLD = 0  # a column where "best" means nothing on its own (accuracy and F1 at a threshold)
+#: the collected column of the skin-tone counterfactual's flip rate (docs/counterfactual.md)
+FLIP_RATE = "cf.flip_rate"
+#: appended to the row label of a model scored by `dermbench evaluate`
+EXTERNAL_MARK = " (external)"
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,13 @@ def _flatten_eval(test_set: str, result: TestSetEval) -> dict[str, Any]:
     return row
 
 
+def is_external(record: Record) -> bool:
+    """Whether the record scores a model dermbench did not train (`dermbench evaluate`): its own
+    `methods` entry says `external: true`."""
+    entry = (record.methods or {}).get(record.method)
+    return isinstance(entry, dict) and entry.get("external") is True
+
+
 def collect(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     """Every finished run under `run_dirs` as rows (one per run and test set); pure in the records.
 
@@ -212,12 +224,15 @@ def collect(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
             "variant": record_variant(record),
             "record": display_path(run_dir),
         }
+        flips = flip_rates(run_dir)  # counterfactual.json, when `dermbench counterfactual` ran on it
         runs.append({**base, "dir": run_dir.as_posix(), "settings": flat_settings(record.config),
+                     "external": is_external(record),
                      "thresholds": {t: r.threshold for t, r in record.eval.items()},
                      "quality": quality_of(record.methods),
                      "skipped": dict(record.skipped_test_sets), "segmentation": _segmentation_of(record)})
         for test_set, result in record.eval.items():
-            rows.append({**base, **_flatten_eval(test_set, result)})
+            rows.append({**base, **_flatten_eval(test_set, result),
+                         **({FLIP_RATE: flips[test_set]} if test_set in flips else {})})
     order = ["dataset", "task", "test_set", "method", "profile", "variant", "seed", "run_id"]
     frame = pd.DataFrame(rows).sort_values(order, kind="stable").reset_index(drop=True)
     frame.attrs["runs"] = runs
@@ -231,7 +246,7 @@ def collect(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """The collected numeric metric columns (overall, per-group, fairness, tone-source counts, n)."""
-    prefixes = ("overall.", "group.", "fair.", "tone_source.", *TONE_PREFIXES)
+    prefixes = ("overall.", "group.", "fair.", "tone_source.", "cf.", *TONE_PREFIXES)
     return [c for c in frame.columns if c == "n" or c.startswith(prefixes)]
 
 
@@ -286,6 +301,8 @@ def table_columns(scheme: str, available: Sequence[str]) -> list[list[Column]]:
     ranking += [Column(f"{g} AUC", f"group.{scheme}.{g}.auc", HIGHER) for g in groups]
     ranking += [Column("AUC gap", f"fair.{scheme}.gap_auc", LOWER), Column("EOpp1", f"fair.{scheme}.eopp1", LOWER),
                 Column("EOdd", f"fair.{scheme}.eodd", LOWER)]
+    if scheme == "tone3" and FLIP_RATE in available:  # only where some record has the counterfactual test
+        ranking.append(Column("flip rate", FLIP_RATE, LOWER))
     threshold = [Column("all acc", "overall.acc", NO_BOLD)] if scheme == "tone3" else []
     threshold += [Column(f"{g} {label}", f"group.{scheme}.{g}.{metric}", NO_BOLD)
                   for metric, label in (("acc", "acc"), ("f1", "F1")) for g in groups]
@@ -426,7 +443,7 @@ def render_details(frame: pd.DataFrame, stats: pd.DataFrame, runs: Sequence[Mapp
                   f"Samples per run: {n_text}. Tone source (samples per run): {tone_source_line(sub_frame)}."]
         tables = 0
         for scheme in TABLE_SCHEMES:
-            available = [c for c, _ in sub.columns]
+            available = [c for c, _ in sub.columns if c != FLIP_RATE or sub[(c, "count")].sum() > 0]
             for part, columns in zip(("", ", at the decision threshold"), table_columns(scheme, available)):
                 table, long = scheme_table(sub, columns, scheme, labels)
                 if table.empty:
@@ -578,7 +595,7 @@ def build_outputs(frame: pd.DataFrame, roots: Sequence[str], out: str, n_boot: i
     for dataset, task in sorted({(r["dataset"], r["task"]) for r in frame.attrs.get("runs", [])}):
         runs = [r for r in frame.attrs["runs"] if r["dataset"] == dataset and r["task"] == task]
         sub_frame = frame[(frame["dataset"] == dataset) & (frame["task"] == task)].copy()
-        labels = row_labels(runs)
+        labels = external_labels(row_labels(runs), runs)
         duplicates = identical_rows(sub_frame, metric_columns(sub_frame))
         sub_frame.attrs = {**frame.attrs, "duplicates_of": duplicates}
         in_protocol = (stats.index.get_level_values("dataset") == dataset) & (
@@ -603,6 +620,12 @@ def build_outputs(frame: pd.DataFrame, roots: Sequence[str], out: str, n_boot: i
     if clashes:
         raise RecordError(f"protocols map to the same leaderboard file name: {', '.join(clashes)}")
     return outputs
+
+
+def external_labels(labels: Mapping[tuple, str], runs: Sequence[Mapping[str, Any]]) -> dict[tuple, str]:
+    """Row labels with EXTERNAL_MARK on the rows of external models (`dermbench evaluate`)."""
+    external = {(r["method"], r["profile"], r["variant"]) for r in runs if r.get("external")}
+    return {row: label + EXTERNAL_MARK if row in external else label for row, label in labels.items()}
 
 
 def _ita_panels(stats: pd.DataFrame, labels: Mapping[tuple, str], duplicates: Mapping[tuple, tuple]

@@ -21,6 +21,13 @@ from rich.text import Text
 
 from dermbench.data.groups import SCHEMES, ordered_groups
 from dermbench.files import write_text
+from dermbench.results.calibration import (
+    RELIABILITY_PLOT,
+    draw_reliability,
+    group_reliability,
+    reliability_table,
+)
+from dermbench.results.counterfactual import counterfactual_lines, counterfactual_tables, read_counterfactual
 from dermbench.results.formatting import MISSING, fmt, fmt_count
 from dermbench.results.records import (
     DONE,
@@ -66,6 +73,11 @@ class TestSetReport:
     ita_curve: ToneSection = field(default_factory=ToneSection)
     #: the run-folder plot of the ITA curves, when this test set has one
     ita_plot: str | None = None
+    #: calibration by tone3 group: a reliability table from the predictions (None without them)
+    calibration: pd.DataFrame | None = None
+    calibration_curves: dict[str, pd.DataFrame] = field(default_factory=dict)
+    #: the exact skin-tone counterfactual test (counterfactual.json), when the run has one
+    counterfactual: ToneSection | None = None
 
 
 @dataclass
@@ -325,6 +337,9 @@ def _add_confusion(section: TestSetReport, path: Path, test_eval: TestSetEval) -
         return
     table = read_predictions(path)
     threshold = test_eval.threshold
+    section.calibration_curves = group_reliability(table, "tone3")
+    if section.calibration_curves:
+        section.calibration = reliability_table(section.calibration_curves)
     try:
         names = class_names_for(test_eval, table)
         if len(names) > MAX_MATRIX_CLASSES:
@@ -367,6 +382,11 @@ def build_report(run_dir: str | Path) -> RunReport:
     ], columns=["field", "value"])
     sections = [_test_set_report(run_dir, name, test_eval, record.schema_version)
                 for name, test_eval in record.eval.items()]
+    counterfactual = read_counterfactual(run_dir) or {"test_sets": {}}
+    for section in sections:
+        entry = counterfactual["test_sets"].get(section.name)
+        if entry is not None:
+            section.counterfactual = ToneSection(lines=counterfactual_lines(entry), tables=counterfactual_tables(entry))
     methods = [_method_report(name, values, record, run_dir) for name, values in (record.methods or {}).items()]
     return RunReport(run_dir, record.run_id, header, notes, sections, excluded=_run_exclusions(record), methods=methods)
 
@@ -599,6 +619,16 @@ def render_markdown(report: RunReport) -> str:
                 lines += ["", f"#### {table_title}", "", _markdown(table)]
         if section.ita_plot:
             lines += ["", f"![AUC and TPR along ITA]({section.ita_plot})"]
+        if section.calibration is not None:
+            lines += ["", "### Calibration by tone3 group", "",
+                      f"Reliability per bin: observed frequency / mean confidence (samples); the last row is each "
+                      f"group's ECE (the per-group tables' `ece`). Diagram: {RELIABILITY_PLOT}.", "",
+                      _markdown(section.calibration)]
+        if section.counterfactual is not None:
+            lines += ["", "### Skin-tone counterfactual (SynthDerm)", "",
+                      *[f"- {line}" for line in section.counterfactual.lines]]
+            for table_title, table in section.counterfactual.tables:
+                lines += ["", f"#### {table_title}", "", _markdown(table)]
         lines += ["", "### Excluded samples", ""] + ([f"- {e}" for e in section.excluded] or ["- none"])
         lines += ["", "### Flags", ""] + ([f"- {f}" for f in section.flags] or ["- none"])
         if section.missing:
@@ -664,6 +694,13 @@ def print_report(report: RunReport, console: Console) -> None:
                 console.print(_rich_table(table, title=f"{title}: {table_title}"))
         if section.ita_plot:
             _note(console, f"ITA curves: {report.run_dir / section.ita_plot}")
+        if section.calibration is not None:
+            console.print(_rich_table(section.calibration, title="calibration by tone3: frequency / confidence (n)"))
+        if section.counterfactual is not None:
+            for line in section.counterfactual.lines:
+                _note(console, f"counterfactual: {line}")
+            for table_title, table in section.counterfactual.tables:
+                console.print(_rich_table(table, title=f"counterfactual: {table_title}"))
         if section.excluded:
             _note(console, "excluded: " + "; ".join(section.excluded))
         for flag in section.flags:
@@ -680,6 +717,7 @@ def write_report(run_dir: str | Path, output: str | Path | None = None,
         print_report(report, console)
     path = Path(output) if output else Path(run_dir) / REPORT_FILE
     write_ita_plot(Path(run_dir))
+    write_reliability_plot(report)
     write_text(path, render_markdown(report))  # atomic, and a full disk or read-only folder is named
     return path
 
@@ -695,3 +733,13 @@ def write_ita_plot(run_dir: Path) -> Path | None:
     path = run_dir / ITA_PLOT
     draw_curves(panels, path, f"run {record.run_id}: AUC and TPR along ITA", "95% bootstrap CI per bin")
     return path
+
+
+def write_reliability_plot(report: RunReport) -> Path | None:
+    """Draw the reliability diagrams per tone3 group (one panel per test set with predictions) as
+    RELIABILITY_PLOT in the run folder; None when no test set has predictions."""
+    panels = {s.name: s.calibration_curves for s in report.test_sets if s.calibration_curves}
+    if not panels:
+        return None
+    return draw_reliability(panels, report.run_dir / RELIABILITY_PLOT,
+                            f"run {report.run_id}: calibration by tone3 group")
