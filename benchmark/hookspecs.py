@@ -58,5 +58,7 @@ def dermbench_check_settings(config: dict, fetch: bool) -> list[dict] | None:
     Returns None or a list of what the run will load, one dict per model or weights file, with
     `setting`, `source` and `status` (e.g. "in the local Hugging Face cache at ..."), which
     `--dry-run` prints. `fetch` is False under `--dry-run`: look only at local files and caches
-    (never the network); True in a real run, where an absent hub model may be checked for
-    reachability (an implementation may take `config` alone)."""
+    (never the network) and report an absent prerequisite instead of raising (`"missing": True`
+    and the command in `status`; a bad setting still raises); True in a real run, where an absent
+    prerequisite raises and an absent hub model may be checked for reachability (an
+    implementation may take `config` alone)."""

@@ -3,33 +3,36 @@ of the protocol, and write the run record."""
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from rich.console import Console
 
 from dermbench import config as configuration
 from dermbench.context import RunContext, choose_device
-from dermbench.data.model import Split, TestSet, split_exclusions
+from dermbench.data.model import Split, TestSet, select_options, split_exclusions
 from dermbench.data.pool import DatasetPool
-from dermbench.errors import DataError, DermbenchError
+from dermbench.data.splits import committed_dir
+from dermbench.errors import DataError, DermbenchError, UnknownNameError
 from dermbench.evaluation.evaluate import evaluate_split, threshold_from_validation
 from dermbench.evaluation.thresholds import parse_rule
 from dermbench.evaluation.tone_sources import PROPAGATION_SCHEMES, measured_confusion
 from dermbench.files import write_json, write_text
 from dermbench.hookchecks import check_model, check_predict_before_fit, hooks_answered, predict_checked
-from dermbench.plugins import PluginError, make_manager
+from dermbench.plugins import PluginError, dataset_refs, load_target, make_manager
 from dermbench.results.citations import model_backbones, run_references
 from dermbench.results.records import CHECKPOINTS, RecordError, RunDir, environment
 from dermbench.results.report import write_report
 from dermbench.tone import fill_missing_tones
 from dermbench.tone.detector import detector_fingerprint
 from dermbench.tone.sources import tone_views
-from dermbench.train.models import check_pretrained_weights
+from dermbench.train.models import check_pretrained_weights, fetch_command, pretrained_requests, weights_id
 from dermbench.train.weights import save_weights
 
 
@@ -63,7 +66,8 @@ def check_run(cfg: dict, local: tuple[str, ...] = (), *, fetch: bool = True) -> 
     ImageNet weights every `pretrained: true` asks for (`check_pretrained_weights`: the local cache,
     or the command that fetches them). The shared settings were checked when the config resolved
     (`dermbench.config.checks`). Returns what the run will load (setting, source, status), for
-    `--dry-run`; `fetch` False (the dry run) looks at local files only."""
+    `--dry-run`; `fetch` False (the dry run) looks at local files only and reports an absent
+    prerequisite (`"missing": True`) instead of stopping; a bad setting stops it all the same."""
     parse_rule(cfg["eval"]["threshold"])
     pm, _ = make_manager(cfg["method"], local)
     given = {"config": cfg, "fetch": fetch}
@@ -78,10 +82,74 @@ def check_run(cfg: dict, local: tuple[str, ...] = (), *, fetch: bool = True) -> 
                               f"{type(exc).__name__}: {exc}", plugin=impl.plugin_name,
                               hook="dermbench_check_settings") from exc
         found.extend(answer or [])
-    for weights in check_pretrained_weights(cfg):
-        found.append({"setting": weights["setting"], "source": f"ImageNet weights {weights['weights']}",
-                      "status": f"in the local cache ({weights['file']})"})
+    if fetch:
+        for weights in check_pretrained_weights(cfg):
+            found.append({"setting": weights["setting"], "source": f"ImageNet weights {weights['weights']}",
+                          "status": f"in the local cache ({weights['file']})"})
+        return found
+    for where, backbone in pretrained_requests(cfg):  # the dry run reports, never stops
+        try:
+            for weights in check_pretrained_weights({"x": {"backbone": backbone, "pretrained": True}}):
+                found.append({"setting": where, "source": f"ImageNet weights {weights['weights']}",
+                              "status": f"in the local cache ({weights['file']})"})
+        except UnknownNameError:
+            raise
+        except DermbenchError:
+            found.append({"setting": where, "source": f"ImageNet weights {weights_id(backbone)}", "missing": True,
+                          "status": f"MISSING from the local cache; fetch with {fetch_command(backbone)}"})
     return found
+
+
+def data_sizes(cfg: dict, local: tuple[str, ...] = ()) -> dict[str, dict[str, int] | str]:
+    """{dataset: {split: rows}} of the training dataset and the protocol's test sets, from what is
+    known without reading any data: a generated dataset's options (SynthDerm's n_train, ...), or a
+    committed split file's rows (before the dataset's own exclusions, e.g. neoplastic_only); else
+    a line saying when it is known. Nothing is read but the committed split files."""
+    refs = dataset_refs(local)
+    try:
+        cls = load_target(refs[cfg["dataset"]].target)
+        protocol = list(cls.protocol) or [TestSet(cfg["dataset"], cfg["dataset"], "test")]
+    except (DermbenchError, KeyError) as exc:
+        return {cfg["dataset"]: f"unknown ({exc})"}
+    chosen = cfg["data"]["test_sets"]
+    tests = protocol if chosen is None else [t for t in protocol if t.name in chosen] + [
+        TestSet(n, n, "test") for n in chosen if n not in {t.name for t in protocol}]
+    out: dict[str, dict[str, int] | str] = {}
+    for name in dict.fromkeys([cfg["dataset"], *(t.dataset for t in tests)]):
+        try:
+            kind = load_target(refs[name].target)
+            module = importlib.import_module(kind.__module__)
+            defaults = kind.defaults() if hasattr(kind, "defaults") else getattr(module, "DEFAULT_OPTIONS", {})
+            options = select_options(name, cfg["data"]["options"], defaults)
+        except (DermbenchError, KeyError) as exc:
+            out[name] = f"unknown ({exc})"
+            continue
+        generated = {k[2:]: int(v) for k, v in options.items() if k.startswith("n_") and isinstance(v, int)}
+        rule = options.get("split_rule")
+        committed = committed_dir() / f"{name}-{rule}.csv" if rule else None
+        if generated:
+            out[name] = generated
+        elif committed is not None and committed.is_file():
+            counts = pd.read_csv(committed, usecols=["split"])["split"].value_counts()
+            out[name] = {str(k): int(v) for k, v in counts.items()} | {"(split file)": committed.name}
+        else:
+            out[name] = "known when the data is read (an official split, or no committed split file)"
+    return out
+
+
+def dry_run(cfg: dict, local: tuple[str, ...] = ()) -> dict:
+    """What `dermbench run --dry-run` shows, computed without reading images or weights or training:
+    every check of a run (`check_run`, local files only), the models built on the meta device with
+    their parameter counts and weight sources (`dermbench.diffusion.architectures`), and the data
+    sizes known up front (`data_sizes`). A failing check raises, as the run would."""
+    from dermbench.diffusion.architectures import run_models  # noqa: PLC0415 (diffusers only for --dry-run)
+
+    device = choose_device(cfg["device"])
+    prerequisites = check_run(cfg, local, fetch=False)
+    cfg = {**cfg, "device": device.type}
+    return {"method": cfg["method"], "dataset": cfg["dataset"], "task": cfg["task"], "profile": cfg["profile"],
+            "seed": cfg["seed"], "device": device.type, "config": cfg, "prerequisites": prerequisites,
+            "models": [m.row() for m in run_models(cfg)], "data": data_sizes(cfg, local)}
 
 
 def test_sets(cfg: dict, train_dataset) -> list[TestSet]:

@@ -113,8 +113,9 @@ def dermbench_method_defaults(profile: str) -> dict:
     return {name: copy.deepcopy(TINY)}
 
 
-def check_settings(settings: dict) -> dict[str, Any]:
-    """FEDD's settings merged over the tiny defaults, checked (a ConfigError names the setting)."""
+def check_settings(settings: dict, *, need_backbone: bool = True) -> dict[str, Any]:
+    """FEDD's settings merged over the tiny defaults, checked (a ConfigError names the setting);
+    `need_backbone` False (--dry-run) leaves an absent converted paper backbone to the caller."""
     for key in settings:
         if key not in TINY:
             guess = closest(str(key), TINY)
@@ -126,7 +127,8 @@ def check_settings(settings: dict) -> dict[str, Any]:
             f"{name}.model is not set: give a local folder or hub id of an unconditional pixel-space diffusers "
             "UNet2DModel (the paper uses the ImageNet-256 unconditional ADM model; docs/fedd.md says how to provide "
             f"it), or use {name}.model=tiny")
-    paper_backbone(s["model"])
+    if need_backbone:
+        paper_backbone(s["model"])
     for key in ("max_epochs", "patience", "dim", "feature_batch_size"):
         if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
             raise ConfigError(f"{name}.{key} must be a positive integer, got {s[key]!r}")
@@ -167,10 +169,13 @@ def check_run_settings(config: dict, *, fetch: bool = False) -> list[dict]:
     """Every FEDD setting of a run config checked before any data loads: `check_settings`, the
     paper backbone's presence, where a hub or folder backbone comes from, and `t` and `block`
     against the backbone's schedule and decoder (read from its configs)."""
-    s = check_settings(config.get(name) or {})
+    s = check_settings(config.get(name) or {}, need_backbone=fetch)
     found: list[dict] = []
     folder = None
-    if (paper := paper_backbone(s["model"])) is not None:
+    if not fetch and s["model"] == PAPER_MODEL and not (adm.default_folder() / "unet" / "config.json").is_file():
+        found.append({"setting": f"{name}.model", "source": s["model"], "missing": True,
+                      "status": "MISSING: download and convert it with\n" + adm.fetch_commands(adm.default_folder())})
+    elif (paper := paper_backbone(s["model"])) is not None:
         folder = Path(paper)
         found.append({"setting": f"{name}.model", "source": s["model"], "status": f"converted ADM in {folder}"})
     elif s["model"] != "tiny":

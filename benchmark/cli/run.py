@@ -11,11 +11,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from dermbench import config as configuration
 from dermbench.config.catalog import protocol_names, protocol_path
 from dermbench.errors import ConfigError
 from dermbench.results.formatting import fmt
 from dermbench.results.records import METRICS_FILE, Record, as_json_values, read_record
-from dermbench.runner import RunResult, resolve_config, run_experiment
+from dermbench.runner import RunResult, dry_run, resolve_config, run_experiment
 
 
 def summary_table(record: Record, *, scheme: str = "tone3") -> list[Table]:
@@ -78,6 +79,50 @@ def config_file(args: argparse.Namespace) -> Path | None:
     return path
 
 
+def _count(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def print_dry_run(plan: dict, *, console: Console, as_json: bool) -> int:
+    """`dermbench run --dry-run`: the resolved run, what it would load and build, the data sizes known
+    up front; nothing read, trained or written."""
+    if as_json:
+        sys.stdout.write(json.dumps(plan, indent=2, default=str) + "\n")
+        return 0
+    console.print(f"[bold]dry run[/]: method {plan['method']}, dataset {plan['dataset']}, task {plan['task']}, "
+                  f"profile {plan['profile']}, seed {plan['seed']}, device {plan['device']}")
+    console.print("every setting checked; no data read, nothing trained or written")
+    if plan["prerequisites"]:
+        t = Table(title="weights and models it loads")
+        for col in ("setting", "source", "status"):
+            t.add_column(col, overflow="fold")
+        for p in plan["prerequisites"]:
+            t.add_row(str(p["setting"]), str(p["source"]), str(p["status"]))
+        console.print(t)
+    t = Table(title="models (built on the meta device)")
+    for col in ("role", "architecture", "weights", "parameters", "trainable", "note"):
+        t.add_column(col, justify="right" if col in ("parameters", "trainable") else "left", overflow="fold")
+    for m in plan["models"]:
+        t.add_row(m["role"], m["architecture"], m["weights"], _count(m["params"]), _count(m["trainable"]), m["note"])
+    console.print(t)
+    t = Table(title="data (rows per split, as known before reading)")
+    t.add_column("dataset")
+    t.add_column("splits", overflow="fold")
+    for name, sizes in plan["data"].items():
+        shown = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in sizes.items()) \
+            if isinstance(sizes, dict) else sizes
+        t.add_row(name, shown)
+    console.print(t)
+    missing = [p for p in plan["prerequisites"] if p.get("missing")]
+    if missing:
+        console.print(f"[yellow]{len(missing)} prerequisite(s) missing[/] ({', '.join(p['setting'] for p in missing)}): "
+                      "the run would stop before any data until they are fetched (commands above)")
+    settings = Text(configuration.dump(plan["config"]))
+    console.print("[bold]resolved settings[/]")
+    console.print(settings)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     console = Console(stderr=True) if args.json else Console()  # --json: stdout holds the JSON alone
     local = tuple(args.plugin or ())
@@ -86,6 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.data_root:
         args.set = [*(args.set or []), f"data.root={json.dumps(args.data_root)}"]  # JSON is YAML: quoted as is
     cfg = resolve_config(file=config_file(args), sets=args.set or (), flags=flags, local=local)
+    if args.dry_run:
+        return print_dry_run(dry_run(cfg, local), console=console, as_json=args.json)
     result = run_experiment(cfg, local=local, force=args.force, console=console)
     record = read_record(result.run_dir.path / METRICS_FILE)
     for table in summary_table(record):
@@ -118,6 +165,9 @@ def register(sub) -> None:
     p.add_argument("--plugin", action="append", metavar="MODULE:OBJECT", help="load a method plugin from a module")
     p.add_argument("--force", action="store_true", help="redo a run even if a finished record exists (also the way past a damaged "
                    "metrics.json): the run folder is emptied first")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check every setting and prerequisite, print the resolved settings, the models with their "
+                   "parameter counts and weight sources, and the data sizes; read no data, train nothing")
     p.add_argument("--json", action="store_true",
                    help="print the run's summary as JSON on stdout (progress and tables go to stderr)")
     p.set_defaults(func=cmd_run)

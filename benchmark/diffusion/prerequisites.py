@@ -5,8 +5,8 @@ not the tiny stand-in (DermDiff's and majority-to-minority's Stable Diffusion, C
 VAE, FEDD's pixel UNet): a local folder must exist; a hub id is looked up in the local Hugging
 Face cache only (never downloaded here). Absent from the cache, the run stops at once with the
 download command when the hub is off (`HF_HUB_OFFLINE`) or, in a real run (`fetch`), when the hub
-does not answer; under `--dry-run` (`fetch` False) nothing touches the network and the status says
-the model would be downloaded at first use.
+does not answer; under `--dry-run` (`fetch` False) nothing touches the network or stops: the
+status says the model is missing (with the command) or would be downloaded at first use.
 """
 
 from __future__ import annotations
@@ -64,11 +64,14 @@ def model_source(source: str, *, setting: str, revision: str | None = None, fetc
         return {**out, "status": f"in the local Hugging Face cache ({cached})", "folder": cached}
     fix = (f"On a machine with network access run `{command}` (then copy ~/.cache/huggingface here or set HF_HOME), "
            f"or set {setting} to a local folder; `--profile tiny` needs no checkpoint")
+    if not fetch:  # --dry-run: report, never enforce or touch the network
+        if hub_offline():
+            return {**out, "missing": True, "status": f"MISSING: not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                                                       f"is set; fetch it with `{command}`"}
+        return {**out, "status": f"not in the local Hugging Face cache: downloaded at first use ({command})"}
     if hub_offline():
         raise DermbenchError(f"{setting}={source!r}: the {what} is not in the local Hugging Face cache and "
                              f"HF_HUB_OFFLINE is set. {fix}")
-    if not fetch:
-        return {**out, "status": f"not in the local Hugging Face cache: downloaded at first use ({command})"}
     try:
         from huggingface_hub import HfApi  # noqa: PLC0415
 
