@@ -2,7 +2,8 @@
 
 Methods and datasets come from three places: built-ins, entry points of installed
 distributions (groups `dermbench.methods` and `dermbench.datasets`; off when
-DERMBENCH_DISABLE_PLUGIN_AUTOLOAD=1), and `--plugin module:object` references. Only the
+DERMBENCH_DISABLE_PLUGIN_AUTOLOAD=1), and `--plugin module:object` references (the module may
+also be a file path, `--plugin path/to/mine.py[:object]`, or a `NAME.py` in the current folder). Only the
 methods a run selects are imported, and every run gets a fresh manager.
 
 The manager traces its hooks (`HookTrace`): which plugin answered `fit` and `predict`, which
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points, packages_distributions, version
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pluggy
@@ -119,15 +123,85 @@ def dataset_refs(local: tuple[str, ...] = ()) -> dict[str, PluginRef]:
     return _refs(DATASET_GROUP, BUILTIN_DATASETS, local)
 
 
-def load_target(target: str) -> Any:
-    """Import "module" or "module:attr.path"; a class is instantiated with no arguments
-    (method plugins) unless it is a dataset class, which the caller instantiates."""
-    module_name, _, attr = target.partition(":")
+def is_file_target(module_part: str) -> bool:
+    """Whether a --plugin target's module part is a file path (`mine.py`, `./mine.py`, `dir/mine`)."""
+    return module_part.endswith(".py") or "/" in module_part or os.sep in module_part
+
+
+def _how_to_import(module_name: str) -> str:
+    return (f"make it importable: give its file (--plugin path/to/{module_name}.py), run from the folder "
+            f"that holds {module_name}.py, add that folder to PYTHONPATH (PYTHONPATH=path/to/folder dermbench "
+            "run ...), or install its package (pip install -e path/to/package)")
+
+
+def _import_failed(what: str, target: str, exc: Exception, *, importer: str) -> DermbenchError:
+    """The error of a plugin whose own import failed; a missing dependency is named as one."""
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        detail += f" ({importer} imports it: install it, or make it importable)"
+    return DermbenchError(f"cannot import plugin {what} ({target}): {detail}")
+
+
+def _import_file(path: Path, target: str) -> ModuleType:
+    """Import the plugin file `path` as a module named after it (kept in sys.modules, so a run that
+    asks for the target again, and pickling, find the same module)."""
+    path = path.expanduser()
+    if path.suffix != ".py" and not path.is_file() and path.with_suffix(".py").is_file():
+        path = path.with_suffix(".py")
+    path = path.resolve()
+    if not path.is_file():
+        raise DermbenchError(f"plugin file {path} does not exist (--plugin {target})")
+    name = path.stem
+    existing = sys.modules.get(name)
+    if existing is not None:
+        where = getattr(existing, "__file__", None)
+        if where is not None and Path(where).resolve() == path:
+            return existing
+        raise DermbenchError(f"--plugin {target}: a module named {name!r} is already imported "
+                             f"({where or 'built in'}); rename {path.name}")
+    if not name.isidentifier():
+        raise DermbenchError(f"--plugin {target}: {path.name} cannot be a module name; rename it to a Python "
+                             "identifier (letters, digits, underscores), e.g. my_method.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise DermbenchError(f"--plugin {target}: {path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     try:
-        obj: Any = importlib.import_module(module_name)
+        spec.loader.exec_module(module)
     except Exception as exc:  # a plugin's import may fail in any way; name it instead of a traceback
-        raise DermbenchError(f"cannot import plugin module {module_name!r} ({target}): "
-                             f"{type(exc).__name__}: {exc}") from exc
+        sys.modules.pop(name, None)
+        raise _import_failed(f"file {path}", target, exc, importer=path.name) from exc
+    return module
+
+
+def _import_module(module_name: str, target: str) -> ModuleType:
+    """Import a plugin by module name; a dotless name that is not importable but is a file NAME.py in
+    the current folder is imported from there (README's example: `--plugin groupbalanced`)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        itself = exc.name is not None and (module_name == exc.name or module_name.startswith(f"{exc.name}."))
+        if not itself:
+            raise _import_failed(f"module {module_name!r}", target, exc, importer=f"module {module_name!r}") from exc
+        local = Path.cwd() / f"{module_name}.py"
+        if module_name.isidentifier() and local.is_file():
+            return _import_file(local, target)
+        raise DermbenchError(f"cannot import plugin module {module_name!r} ({target}): no module named {exc.name!r} "
+                             f"on the Python path; {_how_to_import(module_name.split('.')[-1])}") from exc
+    except Exception as exc:  # a plugin's import may fail in any way; name it instead of a traceback
+        raise _import_failed(f"module {module_name!r}", target, exc, importer=f"module {module_name!r}") from exc
+
+
+def load_target(target: str) -> Any:
+    """Import "module" or "module:attr.path" (the module may be a file path: "dir/mine.py:Mine"); a
+    class is instantiated with no arguments (method plugins) unless it is a dataset class, which the
+    caller instantiates."""
+    module_name, _, attr = target.partition(":")
+    if not module_name:
+        raise DermbenchError(f"--plugin {target!r}: expected MODULE, MODULE:OBJECT or path/to/file.py[:OBJECT]")
+    obj: Any = _import_file(Path(module_name), target) if is_file_target(module_name) else \
+        _import_module(module_name, target)
     for part in filter(None, attr.split(".")):
         try:
             obj = getattr(obj, part)
@@ -141,6 +215,9 @@ def plugin_name(obj: Any, target: str) -> str:
     name = getattr(obj, "name", None)
     if isinstance(name, str) and name:
         return name
+    module_name, _, attr = target.partition(":")
+    if is_file_target(module_name) and not attr:
+        return Path(module_name).name.removesuffix(".py").lower()
     return target.replace(":", ".").rsplit(".", 1)[-1].lower()
 
 

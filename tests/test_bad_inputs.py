@@ -543,3 +543,86 @@ def test_read_csv_refuses_a_column_repeated_after_stripping(tmp_path):
     path.write_text("id,label, label,x\n1,a,b,c\n")
     with pytest.raises(DataError, match=r"m\.csv: column 'label' appears 2 times in the header \(columns 2 and 3\)"):
         read_csv(path, required=("id",))
+
+
+# --------------------------------------------------------------------------- loading a local plugin (issue 27)
+
+
+def _readme_plugin() -> tuple[str, str]:
+    """README's minimal plugin (the python block after "A complete minimal plugin") and the command
+    that runs it, exactly as README writes them."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("A complete minimal plugin, `groupbalanced.py`:", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    command = re.search(r"Run it without packaging[^`]*`(dermbench run [^`]*)`", section).group(1)
+    return code, command
+
+
+@pytest.mark.slow  # a subprocess: the console script, whose sys.path is not the current folder
+def test_readmes_plugin_example_works_exactly_as_written(tmp_path):
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    code, command = _readme_plugin()
+    (tmp_path / "groupbalanced.py").write_text(code, encoding="utf-8")
+    script = Path(sys.executable).parent / "dermbench"
+    argv = shlex.split(command)
+    assert argv[0] == "dermbench"
+    small = ["--out", str(tmp_path / "runs"), *HOOK_RUN]  # README's command, on a small SynthDerm
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([str(script), *argv[1:], *small], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (record,) = (tmp_path / "runs").glob("*/metrics.json")
+    assert json.loads(record.read_text())["hooks"]["fit"] == "groupbalanced"
+
+
+CLASS_PLUGIN = '''
+from dermbench.hookspecs import hookimpl
+
+
+class Mine:
+    name = "mine"
+
+    @hookimpl
+    def fit(self, ctx, model, train, val):
+        return ctx.train_model(model, train, val, name="mine")
+'''
+
+
+@pytest.mark.parametrize("form", ["./groupbalanced.py", "plugins/groupbalanced.py", "ABSOLUTE",
+                                  "plugins/mine.py:Mine"])
+def test_a_plugin_given_by_its_file_path_loads(tmp_path, monkeypatch, capsys, form):
+    """`--plugin ./groupbalanced.py` gave "TypeError: the 'package' argument is required to perform a
+    relative import" (issue 27)."""
+    import sys
+
+    code, _ = _readme_plugin()
+    folder = tmp_path / ("plugins" if form.startswith(("plugins", "ABSOLUTE")) else "")
+    folder.mkdir(exist_ok=True)
+    (folder / "groupbalanced.py").write_text(code, encoding="utf-8")
+    (folder / "mine.py").write_text(CLASS_PLUGIN, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "groupbalanced", raising=False)
+    monkeypatch.delitem(sys.modules, "mine", raising=False)
+    target = str(folder / "groupbalanced.py") if form == "ABSOLUTE" else form
+    method = "mine" if form.endswith(":Mine") else "groupbalanced"
+    assert main(["run", "--plugin", target, "--method", method, "--out", str(tmp_path / "runs"), *HOOK_RUN]) == 0, \
+        capsys.readouterr().err
+    (record,) = (tmp_path / "runs").glob("*/metrics.json")
+    assert json.loads(record.read_text())["hooks"]["fit"] == method
+
+
+def test_a_plugin_that_cannot_be_imported_says_how_to_make_it_importable(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--plugin", "nosuchplugin", "--method", "nosuchplugin", "--out", str(tmp_path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no module named 'nosuchplugin'" in err and "PYTHONPATH" in err and "pip install -e" in err
+    assert "--plugin path/to/nosuchplugin.py" in err
+    assert main(["run", "--plugin", "missing/file.py", "--method", "x", "--out", str(tmp_path)]) == 2
+    assert f"plugin file {tmp_path / 'missing' / 'file.py'} does not exist" in " ".join(capsys.readouterr().err.split())
+    (tmp_path / "needsdep.py").write_text("import nosuchdependency\n")
+    assert main(["run", "--plugin", "./needsdep.py", "--method", "needsdep", "--out", str(tmp_path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "No module named 'nosuchdependency'" in err and "needsdep.py imports it" in err
