@@ -300,8 +300,17 @@ def test_every_packaged_protocol_is_a_config_file():
                         ("img2img", True, False), ("img2img", False, True), ("img2img", True, True)}
     for name in ablations:
         config = load_yaml(protocol_path(name))
-        assert config["augment"] == {"mix": "syn"} and config["model"] == {"backbone": "vgg16"}
+        assert config["augment"] == {"mix": "syn"} and "model" not in config  # the profile's classifier
         assert config["data"]["options"]["m2m_scenario"] == "ablation"
+
+
+def test_the_ablation_protocols_train_the_papers_classifier_under_the_paper_profile():
+    """Table 5's classifier is the paper's (issue 26): the frozen ImageNet VGG-16 under the authors'
+    head, as the paper profile sets it, not a trainable timm vgg16 from random weights."""
+    for name in [n for n in protocol_names() if n.startswith("majority2minority-ablation-")]:
+        cfg = resolve_config(file=protocol_path(name), flags={"profile": "paper"})
+        assert cfg["model"]["backbone"] == "vgg16_frozen_head"
+        assert cfg["model"]["pretrained"] is True and cfg["model"]["drop_rate"] == 0.5
 
 
 @pytest.mark.parametrize("name", ["majority2minority-i", "majority2minority-ii", "majority2minority-iii"])
