@@ -626,3 +626,59 @@ def test_a_plugin_that_cannot_be_imported_says_how_to_make_it_importable(tmp_pat
     assert main(["run", "--plugin", "./needsdep.py", "--method", "needsdep", "--out", str(tmp_path)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "No module named 'nosuchdependency'" in err and "needsdep.py imports it" in err
+
+
+# --------------------------------------------------------------------------- messages that say what to do (issue 27)
+
+
+def test_the_image_cache_space_message_gives_sizes_in_sensible_units(tmp_path, monkeypatch):
+    """It read "needs 0.00 GB but ... has 0.00 GB free" (issue 27)."""
+    import shutil
+    from collections import namedtuple
+
+    from dermbench.data import cache
+    from dermbench.errors import DataError
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10**9, 10**9 - 200_000, 200_000))
+    with pytest.raises(DataError, match=r"image cache needs 1\.5 MB but .* has 200 kB free"):
+        cache._check_space(tmp_path, 1_500_000)
+
+
+@pytest.mark.parametrize(("n", "text"), [(0, "0 bytes"), (999, "999 bytes"), (1000, "1.0 kB"), (200_000, "200 kB"),
+                                         (1_500_000, "1.5 MB"), (12_345_678_901, "12.3 GB"), (3 * 10**12, "3.0 TB")])
+def test_human_size(n, text):
+    from dermbench.errors import human_size
+
+    assert human_size(n) == text
+
+
+def test_the_trainers_removed_keyword_names_its_replacement():
+    """`loss_fn=` failed with "unexpected keyword argument" and no pointer to `loss=` (issue 27)."""
+    from torch import nn
+
+    from dermbench.errors import DermbenchError
+    from dermbench.train.trainer import train_model
+
+    with pytest.raises(DermbenchError, match=r"train_model: the keyword loss_fn= was removed; use loss=.*batch\.y"):
+        train_model(None, nn.Linear(2, 2), None, None, name="mine", loss_fn=nn.CrossEntropyLoss())
+    with pytest.raises(DermbenchError, match=r"train_model: unknown keyword 'los'; did you mean 'loss'\? .*extra_loss"):
+        train_model(None, nn.Linear(2, 2), None, None, los=None)
+
+
+def test_an_unknown_task_reads_as_a_sentence_and_leaves_no_run_folder(tmp_path, capsys):
+    """It read "Known task of dataset 'synthderm's" and left a half-made run folder (issue 27)."""
+    out = tmp_path / "runs"
+    assert main(["run", *FAST, "--out", str(out), "--task", "malignan"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "unknown task 'malignan' for dataset 'synthderm'; known tasks: malignant" in err, err
+    assert "Did you mean 'malignant'?" in err
+    assert not out.exists() or not any(out.iterdir()), "no run folder is made for an unknown task"
+
+
+def test_an_unknown_privileged_group_reads_as_a_sentence():
+    from dermbench.errors import unknown_name
+
+    message = str(unknown_name("privileged group", "D", ["A", "B", "C"], where="scheme tone3 (groups in training)"))
+    assert message.startswith("unknown privileged group 'D' for scheme tone3 (groups in training); known privileged "
+                              "groups: A, B, C")

@@ -559,7 +559,7 @@ def test_a_user_set_privileged_group_must_be_present():
     # B is a tone3 group, but no training sample has it
     train3 = make_split("train", [1, 2, 5, 6])
     val3 = make_split("val", [1, 2, 5, 6], [0, 1, 0, 1])
-    with pytest.raises(DermbenchError, match=r"unknown privileged group .*'B'.*Known .*: A, C"):
+    with pytest.raises(DermbenchError, match=r"unknown privileged group 'B' for scheme tone3 .*; known privileged groups: A, C"):
         sensitive_groups(FakeContext({"val": one_hot([0, 1, 0, 1])}), None, train3, val3, scheme="tone3", privileged="B")
 
 

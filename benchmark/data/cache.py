@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dermbench.data.images import ImageError, RootResolver, decode_image
-from dermbench.errors import ConfigError, DataError
+from dermbench.errors import ConfigError, DataError, human_size
 
 #: bump when decoding/resizing changes pixels, so old entries are not reused
 CACHE_VERSION = 1
@@ -375,7 +375,7 @@ def _check_space(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise DataError(
-            f"image cache needs {needed / 1e9:.2f} GB but {folder} has {free / 1e9:.2f} GB free; "
+            f"image cache needs {human_size(needed)} but {folder} has {human_size(free)} free; "
             "set DERMBENCH_CACHE to a larger disk or use a smaller image size"
         )
 

@@ -35,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dermbench import __version__
 from dermbench.data.metadata import read_csv
-from dermbench.errors import DataError
+from dermbench.errors import DataError, human_size
 
 USER_AGENT = f"dermbench/{__version__} (Fitzpatrick17k image fetcher; research use)"
 REQUIRED_COLUMNS = ("md5hash", "url")
@@ -263,7 +263,7 @@ def _stream(request: urllib.request.Request, fh, *, timeout: float, max_bytes: i
             length_text = response.headers.get("Content-Length")
             expected = int(length_text) if length_text and length_text.strip().isdigit() else None
             if expected is not None and expected > max_bytes:
-                raise _Permanent(f"response too large: {expected} bytes (limit {max_bytes})")
+                raise _Permanent(f"response too large: {human_size(expected)} (limit {human_size(max_bytes)})")
             digest = hashlib.md5(usedforsecurity=False)
             got = 0
             while True:
@@ -274,7 +274,7 @@ def _stream(request: urllib.request.Request, fh, *, timeout: float, max_bytes: i
                     break
                 got += len(block)
                 if got > max_bytes:
-                    raise _Permanent(f"response too large: over {max_bytes} bytes")
+                    raise _Permanent(f"response too large: over {human_size(max_bytes)}")
                 digest.update(block)
                 fh.write(block)
             return digest.hexdigest(), got, expected

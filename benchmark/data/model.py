@@ -241,7 +241,7 @@ class Dataset(ABC):
 
     def check_task(self, task: str) -> None:
         if task not in self.tasks:
-            raise unknown_name(f"task of dataset {self.name!r}", task, self.tasks)
+            raise unknown_name("task", task, self.tasks, where=f"dataset {self.name!r}")
 
     def load(self, *, task: str, split: str, image_size: int, name: str | None = None) -> Split:
         """The rows of `split` with their images.

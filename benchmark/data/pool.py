@@ -49,12 +49,15 @@ class DatasetPool:
         """The content fingerprint of each dataset in `names` (see Dataset.fingerprint) that has
         the run's task; the others play no part in the run. A dataset in `required` that cannot
         be read stops here with its DataError; any other is None: its test set is skipped later,
-        with the reason, and appearing later changes the fingerprint (so the run id)."""
+        with the reason, and appearing later changes the fingerprint (so the run id). An unknown
+        task of the training dataset stops here, before the run has an id or a folder."""
         out: dict[str, dict[str, Any] | None] = {}
         for name in dict.fromkeys(names):
             try:
                 dataset = self.get(name)
                 if self.cfg["task"] not in dataset.tasks:
+                    if name == self.cfg["dataset"]:
+                        dataset.check_task(self.cfg["task"])
                     continue
                 out[name] = dataset.fingerprint()
             except DataError:

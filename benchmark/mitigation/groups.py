@@ -80,7 +80,7 @@ def sensitive_groups(ctx: RunContext, model, train: Split, val: Split, *, scheme
             "choose another scheme with the method's `groups` setting"
         )
     if privileged != AUTO and privileged not in present:
-        raise unknown_name(f"privileged group (scheme {scheme}, groups present in training)", privileged, present)
+        raise unknown_name("privileged group", privileged, present, where=f"scheme {scheme} (groups present in training)")
     scores = _val_macro_f1(ctx, model, val, scheme, present, required=privileged == AUTO)
     if privileged == AUTO:
         best = max(present, key=lambda g: (scores[g], -present.index(g)))

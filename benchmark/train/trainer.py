@@ -45,7 +45,7 @@ from torch import nn
 
 from dermbench.data.groups import GROUP_ORDER, SCHEMES, group_schemes
 from dermbench.data.model import Split
-from dermbench.errors import ConfigError, DermbenchError, unknown_name
+from dermbench.errors import ConfigError, DermbenchError, closest, unknown_name
 from dermbench.seeds import seed_for
 from dermbench.train.checkpoint import Stateful, check_plain, read_resume_checkpoint, save_checkpoint
 from dermbench.train.losses import make_loss
@@ -243,6 +243,7 @@ def train_model(
     extra_loss: ExtraLoss | None = None,
     after_step: AfterStep | None = None,
     checkpoint: str | None = None,
+    **removed: object,
 ) -> nn.Module:
     """Train `model` on `train`, keep the epoch with the best validation score, return it.
 
@@ -259,6 +260,8 @@ def train_model(
     file and the once-per-run claim (default `name`): two models trained with the same batch
     streams in one run (the ERM models of the real and of the augmented training split) need two.
     """
+    if removed:
+        raise _keyword_error(removed)
     cfg = {**ctx.config["train"], **(settings or {})}
     claim = checkpoint or name
     if claim in ctx.trained:
@@ -361,6 +364,24 @@ def train_model(
     model.train_resumes = progress["resumes"]  # type: ignore[attr-defined]
     model.train_history_verified = True  # type: ignore[attr-defined]
     return model
+
+
+#: the keywords train_model takes after (ctx, model, train, val)
+KEYWORDS = ("name", "settings", "loss", "groups", "state", "extra_loss", "after_step", "checkpoint")
+#: keywords it no longer takes, and what replaced them (docs/trainer.md)
+REMOVED_KEYWORDS = {
+    "loss_fn": "loss=, a function loss(logits, batch) returning the scalar loss (the labels are batch.y: "
+               "loss=lambda logits, batch: criterion(logits, batch.y))",
+}
+
+
+def _keyword_error(given: dict) -> DermbenchError:
+    key = next(iter(given))
+    if key in REMOVED_KEYWORDS:
+        return DermbenchError(f"train_model: the keyword {key}= was removed; use {REMOVED_KEYWORDS[key]}")
+    guess = closest(key, KEYWORDS)
+    hint = f"; did you mean {guess!r}?" if guess else ""
+    return DermbenchError(f"train_model: unknown keyword {key!r}{hint} Its keywords: {', '.join(KEYWORDS)} (see docs/trainer.md)")
 
 
 #: the folder (under the work dir) that damaged checkpoints are moved to, kept for inspection
