@@ -248,6 +248,8 @@ def _instantiate(obj: Any) -> Any:
 
 def parse_method_spec(spec: str) -> list[str]:
     """"dermdiff+fairquantize" -> ["dermdiff", "fairquantize"]; order is registration order."""
+    if not isinstance(spec, str):
+        raise DermbenchError(f"bad method {spec!r}: expected NAME or NAME+NAME+... (a method name, e.g. erm)")
     names = [part.strip() for part in spec.split("+")]
     if not spec.strip() or any(not n for n in names):
         raise DermbenchError(f"bad method {spec!r}: expected NAME or NAME+NAME+...")

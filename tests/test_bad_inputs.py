@@ -682,3 +682,25 @@ def test_an_unknown_privileged_group_reads_as_a_sentence():
     message = str(unknown_name("privileged group", "D", ["A", "B", "C"], where="scheme tone3 (groups in training)"))
     assert message.startswith("unknown privileged group 'D' for scheme tone3 (groups in training); known privileged "
                               "groups: A, B, C")
+
+
+# --------------------------------------------------------------------------- found by the fuzz tests (tests/test_fuzz.py)
+
+
+def test_a_bare_carriage_return_in_a_malformed_csv_is_a_data_error(tmp_path):
+    """csv.Error "new-line character seen in unquoted field" escaped while naming the bad line."""
+    from dermbench.data.metadata import read_csv
+    from dermbench.errors import DataError
+
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"sample_id,label,fst\n,,,\r0\n")
+    with pytest.raises(DataError, match=r"m\.csv: malformed CSV: line 2 has 4 fields but the header has 3"):
+        read_csv(path)
+
+
+def test_a_null_method_in_a_config_file_is_a_config_error(tmp_path, capsys):
+    """`method: null` in a config file raised AttributeError: 'NoneType' object has no attribute 'split'."""
+    config = tmp_path / "my.yaml"
+    config.write_text("method: null\n")
+    assert main(["run", "--config", str(config), "--out", str(tmp_path / "runs")]) == 2
+    assert "bad method None: expected NAME or NAME+NAME+..." in " ".join(capsys.readouterr().err.split())

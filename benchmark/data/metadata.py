@@ -74,7 +74,7 @@ def _header(path: Path, text: str) -> list[str]:
     """The header's column names (stripped); a DataError naming a name that appears more than once
     and its positions (1-based)."""
     try:
-        names = [name.strip() for name in next(csv.reader(io.StringIO(text)), [])]
+        names = [name.strip() for name in next(csv.reader(io.StringIO(text, newline="")), [])]
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV header: {exc}") from exc
     positions: dict[str, list[int]] = {}
@@ -101,11 +101,14 @@ def _other_delimiter(header: list[str], missing: list[str]) -> str:
 
 def _longest_row(text: str) -> str:
     """Which line has more fields than the header (for the error message)."""
-    rows = csv.reader(io.StringIO(text))
-    header = len(next(rows, []))
-    for number, row in enumerate(rows, start=2):
-        if len(row) > header:
-            return f"line {number} has {len(row)} fields but the header has {header}"
+    rows = csv.reader(io.StringIO(text, newline=""))  # "\r" ends a line, as it does for pandas
+    try:
+        header = len(next(rows, []))
+        for number, row in enumerate(rows, start=2):
+            if len(row) > header:
+                return f"line {number} has {len(row)} fields but the header has {header}"
+    except csv.Error as exc:
+        return f"{exc} (line {rows.line_num})"
     return "a row has more fields than the header"
 
 
