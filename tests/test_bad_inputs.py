@@ -1,6 +1,13 @@
 """The bad-input catalogue (issue "Reliability"): every user mistake gets a clear error naming
 the setting or file and a non-zero exit, before any data is loaded where it can be; nothing
-produces a record quietly."""
+produces a record quietly.
+
+Issue 27 ("Reliability, round two") added: impossible numbers in a record, a record or its
+predictions changed after the run finished, an unsealed `done` marker; a duplicated metadata
+column, another delimiter; README's plugin example, `--plugin path/to/file.py`, an unimportable
+plugin; sizes in messages, the trainer's removed `loss_fn=`, an unknown task; and the crashes the
+fuzz tests found. Its damaged-checkpoint cases live in tests/test_checkpoint.py and
+tests/test_erm_cache.py, its fuzz tests in tests/test_fuzz.py."""
 
 from __future__ import annotations
 
