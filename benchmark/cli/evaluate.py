@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.text import Text
 
 from dermbench import config as configuration
 from dermbench.audit import ExternalSource, check_name, evaluate_external, model_source
-from dermbench.cli.run import exclusion_lines, json_summary, summary_table
+from dermbench.cli.run import json_summary, print_record
 from dermbench.errors import ConfigError
 from dermbench.results.records import METRICS_FILE, read_record
 
@@ -54,12 +53,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                             model=spec, model_val=args.val_split, id_column=args.id_column, batch_size=args.batch_size)
     result = evaluate_external(cfg, source, force=args.force, counterfactual=args.counterfactual, console=console)
     record = read_record(result.run_dir.path / METRICS_FILE)
-    for table in summary_table(record):
-        console.print(table)
-    for name, why in record.skipped_test_sets.items():
-        console.print(f"[yellow]skipped[/] {name}: {why}")
-    for line in exclusion_lines(record):
-        console.print(Text.assemble(("excluded ", "yellow"), line))
+    print_record(record, console)
     console.print(f"{'reused' if result.reused else 'evaluated'} {result.run_dir.path}; add its folder to "
                   "`dermbench leaderboard --runs` to see it beside the methods", highlight=False)
     if args.json:

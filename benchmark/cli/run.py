@@ -39,6 +39,17 @@ def summary_table(record: Record, *, scheme: str = "tone3") -> list[Table]:
     return tables
 
 
+def print_record(record: Record, console: Console) -> None:
+    """A finished record in the terminal: its per-tone tables, skipped test sets and exclusions
+    (what `dermbench run` and `dermbench evaluate` both show)."""
+    for table in summary_table(record):
+        console.print(table)
+    for name, why in record.skipped_test_sets.items():
+        console.print(f"[yellow]skipped[/] {name}: {why}")
+    for line in exclusion_lines(record):
+        console.print(Text.assemble(("excluded ", "yellow"), line))
+
+
 def exclusion_lines(record: Record) -> list[str]:
     """Every count of samples left out, training and validation first, then per test set, so a
     summary never hides dropped data (e.g. unreadable images under data.on_error=skip)."""
@@ -135,12 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return print_dry_run(dry_run(cfg, local), console=console, as_json=args.json)
     result = run_experiment(cfg, local=local, force=args.force, console=console)
     record = read_record(result.run_dir.path / METRICS_FILE)
-    for table in summary_table(record):
-        console.print(table)
-    for name, why in record.skipped_test_sets.items():
-        console.print(f"[yellow]skipped[/] {name}: {why}")
-    for line in exclusion_lines(record):
-        console.print(Text.assemble(("excluded ", "yellow"), line))
+    print_record(record, console)
     console.print(f"{'reused' if result.reused else 'ran'} {result.run_dir.path} — run time {record.timing.total_s:.1f} s")
     if args.json:
         sys.stdout.write(json.dumps(json_summary(result, record), indent=2) + "\n")
