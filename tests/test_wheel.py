@@ -71,7 +71,8 @@ def test_the_wheel_installs_into_a_fresh_environment_and_runs(tmp_path):
         "'datasets': dermbench.datasets.__file__, 'version': dermbench.__version__, "
         "'readme': d.joinpath('README.md').is_file(), "
         "'splits': sorted(p.name for p in d.joinpath('splits').iterdir()), "
-        "'profiles': sorted(p.name for p in files('dermbench.config').joinpath('profiles').iterdir())}))"),
+        "'profiles': sorted(p.name for p in files('dermbench.config').joinpath('profiles').iterdir()), "
+        "'tiny_base': __import__('dermbench.diffusion.shipped', fromlist=['verify']).verify()}))"),
         cwd=tmp_path, env=env))
     for module in ("pkg", "methods", "datasets"):  # the wheel's copy, not the source tree
         assert Path(where[module]).is_relative_to(fresh_site), where[module]
@@ -79,6 +80,7 @@ def test_the_wheel_installs_into_a_fresh_environment_and_runs(tmp_path):
     assert where["version"] == version and where["readme"]
     assert {"fitz17k-standard.csv", "fitz17k-standard.json"} <= set(where["splits"])
     assert {"base.yaml", "tiny.yaml", "paper.yaml"} <= set(where["profiles"])
+    assert len(where["tiny_base"]) == 20  # the shipped diffusion bases are in the wheel, every checksum verified
 
     dermbench = venv / "bin" / "dermbench"  # the console script the wheel installed
     assert sh(dermbench, "--version", cwd=tmp_path, env=env).strip() == f"dermbench {version}"

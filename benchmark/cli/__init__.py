@@ -39,6 +39,7 @@ COMMANDS = {
     "fedd": "dermbench.cli.fedd",
     "drift": "dermbench.cli.drift",
     "records": "dermbench.cli.records",
+    "diffusion": "dermbench.cli.diffusion",
 }
 
 console = Console()
