@@ -8,8 +8,8 @@ setting below comes from the authors' code (Munia03/Class-N-Diff, see shared/MET
 reimplemented, not copied.
 
 What it does here.
-1. Latents: the training images are encoded by a VAE: the tiny profile's is the tiny stand-in's
-   VAE trained on the training split (`dermbench.diffusion.base`, shared with DermDiff); the
+1. Latents: the training images are encoded by a VAE: the tiny profile's is the VAE of the
+   pretrained tiny base shipped in the package (`dermbench.diffusion.base`, shared with DermDiff); the
    paper profile's is SD's `stabilityai/sd-vae-ft-ema` at 256 px (4 x 32 x 32 latents).
 2. Joint training (`dermbench.diffusion.dit.joint_step`): diffusers' `DiTTransformer2DModel`
    (paper DiT-L/4; tiny: 2 layers, width 64, patch 2), conditioned on the class (and, with
@@ -57,7 +57,7 @@ from dermbench.data.generated import IMAGES, MANIFEST, MANIFEST_COLUMNS
 from dermbench.data.groups import TONE3
 from dermbench.data.model import Split, content_digest
 from dermbench.diffusion.augmenting import measure_quality, split_at, synthetic_split
-from dermbench.diffusion.base import TINY, TINY_BASE, base_components
+from dermbench.diffusion.base import TINY, tiny_base
 from dermbench.diffusion.dit import (
     DIT_SIZES,
     LatentClassifier,
@@ -93,7 +93,7 @@ REFERENCES: tuple[str, ...] = (
 CLASSIFIERS = ("erm", "latent")
 
 TINY_SETTINGS: dict[str, Any] = {
-    "vae": TINY, "revision": None, "image_size": None, "tiny": dict(TINY_BASE),
+    "vae": TINY, "revision": None, "image_size": None,
     "dit": {"size": "tiny", "patch": 2},
     "latent_classifier": {"backbone": "test_resnet", "pretrained": False, "hidden": 64, "dropout": 0.5},
     "joint": {"steps": 400, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0, "p": 0.25, "weight": 0.2,
@@ -164,10 +164,9 @@ class JointModel:
         self.rows, self.history = rows, history
 
 
-def _vae(ctx, hp: dict, real: Split):
+def _vae(hp: dict):
     if hp["vae"] == TINY:
-        c = base_components(TINY, train=real, tiny=hp["tiny"], revision=None, device=ctx.device, console=ctx.console,
-                            say=ctx.say)
+        c = tiny_base()
         return c.vae, c.source["identity"]
     return load_vae(hp["vae"], revision=hp["revision"])
 
@@ -219,7 +218,7 @@ def joint_model(ctx, train: Split) -> JointModel:
     check_settings(hp)
     size = int(hp["image_size"] or train.images.shape[1])
     real = split_at(ctx, train, size)
-    vae, vae_identity = _vae(ctx, hp, real)
+    vae, vae_identity = _vae(hp)
     vae.to(ctx.device)
     tone = bool(hp["tone_conditioning"])
     rows, cond, num_conditions = conditions(real.table, real.num_classes, tone=tone)

@@ -29,8 +29,10 @@ What it does here.
    non-neoplastic images are left out of training, generation and the fitz17k test set, and counted.
 5. Quality of every generation is recorded (`dermbench.diffusion.augmenting.measure_quality`).
 
-The tiny profile has no Stable Diffusion: it starts from the tiny base model trained on the
-training split (`dermbench.diffusion.base`) and fine-tunes that, on CPU in minutes.
+The tiny profile has no Stable Diffusion: it starts from the tiny text-to-image base shipped in the
+package, pretrained outside the protocol on tone- and look-captioned SynthDerm scenes
+(`dermbench.diffusion.base`, docs/diffusion.md), and fine-tunes that as the paper fine-tunes SD,
+on CPU in minutes.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from dermbench.data.model import content_digest
 from dermbench.data.requests import DERMDIFF_PER_CELL, balanced_requests, cell_count
 from dermbench.diffusion.augmenting import measure_quality, split_at, synthetic_split
 from dermbench.diffusion.base import TINY as TINY_MODEL
-from dermbench.diffusion.base import TINY_BASE, base_components
+from dermbench.diffusion.base import base_components
 from dermbench.diffusion.components import module_digest
 from dermbench.diffusion.generation import cached_generation
 from dermbench.diffusion.generation import check_settings as check_sampler
@@ -75,7 +77,7 @@ TINY = {
     "prompt": "{label} skin disease on {tone} skin tone", "tone_words": TONE_WORDS,
     "finetune": {"steps": 300, "batch_size": 32, "lr": 5e-4, "uncond_prob": 0.1},
     "per_cell": DERMDIFF_PER_CELL["tiny"], "sampler": "ddim", "steps": 20, "guidance": 3.0, "batch_size": 32,
-    "tiny": dict(TINY_BASE), "quality": {"pairs": 200, "inception": None},
+    "quality": {"pairs": 200, "inception": None},
 }
 PAPER = {
     **TINY, "model": "CompVis/stable-diffusion-v1-4", "image_size": 256,
@@ -155,8 +157,7 @@ def augment(ctx, train):
         raise DataError(f"{name}: no training image has a known tone3 group to caption")
     tuned = real.subset(np.flatnonzero(known))
     prompts = text[known].tolist()
-    c = base_components(hp["model"], train=real, tiny=hp["tiny"], revision=hp["revision"], device=ctx.device,
-                        console=ctx.console, say=ctx.say)
+    c = base_components(hp["model"], revision=hp["revision"])
     settings = dict(hp["finetune"])
     material = {"base": c.source["identity"], "data": split_digest(tuned), "prompts": content_digest({"p": prompts}),
                 "settings": settings, "seed": ctx.seed, "device": ctx.device.type}

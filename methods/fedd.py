@@ -9,10 +9,10 @@ What it does here (shared/METHODS.md section 6; docs/fedd.md).
    is the folder `dermbench fedd convert-adm` writes (`dermbench.diffusion.adm`, under
    $DERMBENCH_CACHE/models); without it the run stops naming the download and convert commands
    (docs/fedd.md, "The paper backbone: ADM"). `model: tiny`
-   (the tiny profile) trains a small unconditional DDPM on `tiny.data` (the run's training images,
-   or a split outside the protocol such as SynthDerm's clinical training split) and caches it, so
-   the features come from a diffusion model that has learned skin images; the record's
-   `methods.fedd.backbone.kind` says which.
+   (the tiny profile) is the small unconditional pixel DDPM shipped in the package, pretrained
+   outside every protocol split on SynthDerm scenes (`dermbench diffusion pretrain-base`), so the
+   features come from a diffusion model that has learned skin images, as ADM learned ImageNet,
+   and never saw a protocol image; the record's `methods.fedd.backbone.kind` says which.
 2. Features (`dermbench.diffusion.features`): the image noised to step `t` with q(x_t|x_0) and a
    fixed noise image (`noise_seed`), one forward pass, the output of decoder block `block` (ADM's
    output-block numbering) captured by a forward hook, max-pooled to a `dim` (512) vector (spatial
@@ -51,8 +51,9 @@ from torch import nn
 from dermbench.data.model import Split
 from dermbench.diffusion import adm
 from dermbench.diffusion.features import cached_features, decoder_layers
-from dermbench.diffusion.pixel import TINY_PIXEL, PixelModel, pixel_model
+from dermbench.diffusion.pixel import PixelModel, pixel_model
 from dermbench.diffusion.prerequisites import model_source
+from dermbench.diffusion.shipped import PIXEL, SHIPPED
 from dermbench.errors import ConfigError, DermbenchError, closest
 from dermbench.hookspecs import hookimpl
 from dermbench.seeds import seed_for
@@ -89,12 +90,7 @@ TINY: dict[str, Any] = {
     "model": "tiny", "revision": None, "image_size": 32, "block": 2, "t": 50, "noise_seed": 0, "dim": 512,
     "hidden": [64, 32], "dropout": [0.5, 0.25], "lr": 1e-3, "weight_decay": 1e-5, "max_epochs": 500,
     "patience": 25, "feature_batch_size": 16,
-    "tiny": {**TINY_PIXEL, "steps": 300, "batch_size": 16, "data": "run"},
 }
-#: `tiny.data`: the tiny stand-in learns from the run's own training split
-RUN_DATA = "run"
-#: the splits `tiny.data` may name: never a test split
-PRETRAIN_SPLITS = ("train", "val")
 #: the paper's backbone: guided-diffusion's ImageNet-256 unconditional ADM, converted by
 #: `dermbench fedd convert-adm` to adm.default_folder() (a name, not a path, so run ids do not
 #: depend on the machine's cache location)
@@ -139,17 +135,15 @@ def check_settings(settings: dict, *, need_backbone: bool = True) -> dict[str, A
         raise ConfigError(f"{name}.block must be a decoder block number or 'auto', got {s['block']!r}")
     if len(s["hidden"]) != len(s["dropout"]):
         raise ConfigError(f"{name}.hidden and {name}.dropout need one entry per hidden layer")
-    tiny_data(s)
     return s
 
 
 def backbone_geometry(settings: dict, folder: Path | None = None) -> tuple[int, int] | None:
     """(steps of the noise schedule, decoder blocks) of the backbone `settings` name, read from its
-    configs without loading weights: the tiny stand-in's from its settings, a converted or local
-    folder's (or a cached hub model's, `folder`) from unet/config.json; None when unknown here."""
+    configs without loading weights: the shipped tiny base's, a converted or local folder's (or a
+    cached hub model's, `folder`) from unet/config.json; None when unknown here."""
     if settings["model"] == "tiny":
-        tiny = {**TINY_PIXEL, **{k: v for k, v in (settings.get("tiny") or {}).items() if k != "data"}}
-        return 1000, len(tiny["channels"]) * (int(tiny["layers_per_block"]) + 1)
+        folder = SHIPPED / PIXEL
     if folder is None:
         return None
     unet = next((f for f in (folder / "unet" / "config.json", folder / "config.json") if f.is_file()), None)
@@ -214,21 +208,6 @@ def paper_backbone(model: Any) -> str | None:
             + adm.fetch_commands(folder).replace("\n", "\n  ")
             + f"\nor set {name}.model to another converted folder, or use --profile tiny (no checkpoint)")
     return str(folder)
-
-
-def tiny_data(settings: dict) -> tuple[str, str] | None:
-    """`tiny.data` as (dataset, split), or None for the run's own training split."""
-    value = (settings.get("tiny") or {}).get("data", RUN_DATA)
-    if value == RUN_DATA:
-        return None
-    dataset, _, split = value.partition(":") if isinstance(value, str) else ("", "", "")
-    if not dataset or not split:
-        raise ConfigError(f"{name}.tiny.data must be {RUN_DATA!r} (the run's training split) or DATASET:SPLIT "
-                          f"(e.g. synthderm:train), got {value!r}")
-    if split not in PRETRAIN_SPLITS:
-        raise ConfigError(f"{name}.tiny.data={value!r}: the stand-in may learn from a train or val split only "
-                          f"({', '.join(PRETRAIN_SPLITS)}); a test split would show it the images it is scored on")
-    return dataset, split
 
 
 def fraction_of(config: dict) -> int | None:
@@ -345,27 +324,12 @@ def probe_probabilities(probe: Probe, features: np.ndarray) -> np.ndarray:
 
 
 def backbone(ctx, settings: dict, train: Split) -> tuple[PixelModel, int]:
-    """The frozen UNet and the image size features are taken at.
-
-    The tiny stand-in learns from `tiny.data`: the run's training split, or DATASET:SPLIT loaded
-    outside the run's protocol. The paper's backbone was pretrained on ImageNet, never on the
-    few labelled images of a data-efficiency subset, so the SynthDerm protocols train it once on
-    SynthDerm's clinical training split, and every fraction shares it."""
+    """The frozen UNet and the image size features are taken at. The tiny one is the shipped pixel
+    DDPM, pretrained outside every protocol (the paper's ADM never saw DDI either), so every
+    fraction of the data-efficiency protocol and every run seed shares it."""
     size = int(settings["image_size"] or train.images.shape[1])
-    tiny = {key: value for key, value in settings["tiny"].items() if key != "data"}
-    images = None
-    if settings["model"] == "tiny":
-        source = tiny_data(settings)
-        if source is not None:
-            dataset, split = source
-            train = ctx.load_split(dataset, split, image_size=size, outside_protocol=True)
-            ctx.say(f"{name}: the tiny stand-in learns from {dataset}:{split} outside the protocol ({len(train)} images)")
-        images = resized(np.asarray(train.images), size)
     where = paper_backbone(settings["model"]) or settings["model"]
-    model = pixel_model(where, train_images=images, tiny=tiny, revision=settings["revision"],
-                        device=ctx.device, console=ctx.console, say=ctx.say)
-    if settings["model"] == "tiny":
-        model.source["data"] = settings["tiny"]["data"]
+    model = pixel_model(where, revision=settings["revision"])
     sample = int(model.unet.config.sample_size)
     if sample != size:
         raise ConfigError(f"{name}: the UNet takes {sample} px images but {name}.image_size (or data.image_size) "
@@ -397,7 +361,7 @@ def fit(ctx, model, train: Split, val: Split) -> FeddModel:
     record: dict[str, Any] = {
         "backbone": unet.source, "block": block, "layer": layers[block][0], "decoder_blocks": len(layers),
         "t": extractor.t, "noise_seed": extractor.noise_seed, "feature_dim": extractor.dim, "image_size": size,
-        "settings": {k: v for k, v in settings.items() if k != "tiny"}, "probe": summary,
+        "settings": settings, "probe": summary,
         "train_cells": {f"{tone}/{label}": int(n) for (tone, label), n in
                         train.table.groupby(["tone3", "label"]).size().items()} if "tone3" in train.table else None,
         "features": dict(fitted.feature_entries),

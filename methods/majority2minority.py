@@ -37,8 +37,8 @@ torchvision's weights, read from the local cache) with every pretrained weight f
 classifier up to its 4096-d layer (with its two dropouts of 0.5: `model.drop_rate: 0.5`), under a
 new trainable head Linear(4096 -> 256) -> ReLU -> Dropout(0.4) -> Linear(256 -> classes). The
 authors end the head with LogSoftmax and NLL loss; here the head gives logits to the cross-entropy
-loss, the same objective. The tiny profile trains the whole shared backbone (ERM's fit). Tiny profile: the tiny base model (`dermbench.diffusion.base`),
-a few hundred steps, `max_sources` source images drawn at random, 2 outputs each.
+loss, the same objective. The tiny profile trains the whole shared backbone (ERM's fit). Tiny profile: the shipped pretrained tiny base
+(`dermbench.diffusion.base`), a few hundred steps, `max_sources` source images drawn at random, 2 outputs each.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from dermbench.diffusion.adapters import (
 )
 from dermbench.diffusion.augmenting import measure_quality, split_at, synthetic_split
 from dermbench.diffusion.base import TINY as TINY_MODEL
-from dermbench.diffusion.base import TINY_BASE, base_components
+from dermbench.diffusion.base import base_components
 from dermbench.diffusion.generation import cached_generation
 from dermbench.diffusion.generation import check_settings as check_sampler
 from dermbench.diffusion.prerequisites import model_source
@@ -94,7 +94,7 @@ TINY = {
                       "template": "An image of {concept} on the skin of {skin} individual"},
     "strength": 0.5, "steps": 20, "guidance": 2.0, "sampler": "ddim", "batch_size": 32,
     **TRANSLATION["tiny"], "target_fst": list(TRANSLATION["tiny"]["target_fst"]),
-    "tiny": dict(TINY_BASE), "quality": {"pairs": 200, "inception": None},
+    "quality": {"pairs": 200, "inception": None},
 }
 PAPER = {
     **TINY, "model": "stabilityai/stable-diffusion-2-1-base", "image_size": 512,
@@ -232,8 +232,7 @@ def augment(ctx, train):
         raise DataError(f"{name}: no training image has FST I, II, V or VI to translate")
     light = int(pd.to_numeric(real.table["fst"].iloc[rows]).isin(LIGHT).sum())
     ctx.say(f"{name}: {len(rows)} source images ({light} light FST I-II, {len(rows) - light} dark FST V-VI)")
-    c = base_components(hp["model"], train=real, tiny=hp["tiny"], revision=hp["revision"],
-                        device=ctx.device, console=ctx.console, say=ctx.say)
+    c = base_components(hp["model"], revision=hp["revision"])
     words, adapted = adapt(ctx, c, real, rows, hp)
     requests = translation_requests(real, rows, words, hp=hp, seed=ctx.seed)
     img2img = hp["mode"] == "img2img"

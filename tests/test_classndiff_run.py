@@ -25,7 +25,7 @@ SMALL = [
     *TINY_SETTINGS,
     "data.options={n_train: 160, n_val: 60, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}",
     "classndiff.joint.steps=24", "classndiff.joint.batch_size=16", "classndiff.per_class=12", "classndiff.steps=3",
-    "classndiff.tiny.vae_steps=20", "classndiff.tiny.unet_steps=2", "classndiff.quality.pairs=20",
+    "classndiff.quality.pairs=20",
 ]
 
 

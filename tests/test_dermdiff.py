@@ -29,9 +29,8 @@ TEMPLATE = "{label} skin disease on {tone} skin tone"
 SMALL = ["data.image_size=16",
          "data.options={n_train: 160, n_val: 60, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}",
          "model.backbone=test_resnet", "train.epochs=1", "train.batch_size=32", "eval.n_boot=0"]
-#: DermDiff in seconds: a few steps of the tiny base, fine-tuning and a 2-step sampler, 3 images a cell
-FAST = ["dermdiff.tiny.vae_steps=3", "dermdiff.tiny.unet_steps=3", "dermdiff.tiny.batch_size=8",
-        "dermdiff.finetune.steps=3", "dermdiff.finetune.batch_size=8", "dermdiff.per_cell=3", "dermdiff.steps=2",
+#: DermDiff in seconds: the shipped base, a few fine-tuning steps and a 2-step sampler, 3 images a cell
+FAST = ["dermdiff.finetune.steps=3", "dermdiff.finetune.batch_size=8", "dermdiff.per_cell=3", "dermdiff.steps=2",
         "dermdiff.batch_size=8", "dermdiff.quality.pairs=4"]
 
 
@@ -128,7 +127,7 @@ def test_dermdiff_runs_end_to_end_and_a_rerun_with_another_backbone_reuses_the_d
     assert synthetic["by_plugin"] == {"dermdiff": 18} and synthetic["mix"] == "real+syn"
     record = metrics["methods"]["dermdiff"]
     assert record["captioned"] == 160 and record["left_out_without_tone"] == 0
-    assert record["base"]["kind"] == "tiny" and record["base"]["entry"]["hit"] is False
+    assert record["base"]["kind"] == "tiny" and record["base"]["identity"].startswith("tiny-base:")
     assert record["finetuned"]["hit"] is False and record["generation"]["hit"] is False
     assert record["generation"]["n"] == 18 and record["generation"]["per_cell"] == 3
     assert "malignant skin disease on darker skin tone" in record["example_prompts"]
@@ -153,18 +152,15 @@ def test_dermdiff_runs_end_to_end_and_a_rerun_with_another_backbone_reuses_the_d
         assert not predictions["sample_id"].astype(str).str.startswith("dermdiff-").any()
 
     # the rerun with another classifier: no diffusion training or sampling may happen
-    import dermbench.diffusion.base as base
     import dermbench.diffusion.generation as generation
     import dermbench.methods.dermdiff as dermdiff
 
-    monkeypatch.setattr(base, "train_autoencoder", _fail("the tiny VAE training"))
-    monkeypatch.setattr(base, "train_denoiser", _fail("the tiny base UNet training"))
     monkeypatch.setattr(dermdiff, "train_denoiser", _fail("DermDiff's fine-tuning"))
     monkeypatch.setattr(generation, "generate_into", _fail("sampling"))
     again, run2 = _cli(out, "model.backbone=test_efficientnet")
     assert run2 != run and again["config"]["model"]["backbone"] == "test_efficientnet"
     second = again["methods"]["dermdiff"]
-    assert second["base"]["entry"]["hit"] is True and second["base"]["entry"]["key"] == record["base"]["entry"]["key"]
+    assert second["base"] == record["base"]  # the shipped base, the same for every run
     assert second["finetuned"]["hit"] is True and second["finetuned"]["key"] == record["finetuned"]["key"]
     assert second["generation"]["hit"] is True and second["generation"]["key"] == record["generation"]["key"]
     assert again["synthetic"] == synthetic

@@ -169,16 +169,12 @@ def test_settings_are_checked():
     assert fedd.resolve_block("auto", {"dataset": "ddi", "data": {"options": {"fedd_fraction": 15}}}) == 12
     assert fedd.resolve_block("auto", {"dataset": "ddi", "data": {"options": {}}}) == 6
     assert fedd.dermbench_method_defaults(profile="paper")["fedd"]["image_size"] == 256
-    assert fedd.tiny_data(fedd.check_settings({})) is None
-    assert fedd.tiny_data(fedd.check_settings({"tiny": {"data": "synthderm:train"}})) == ("synthderm", "train")
-    for bad in ("synthderm", ":train", "synthderm:", 3):
-        with pytest.raises(ConfigError, match="fedd.tiny.data must be 'run'"):
-            fedd.check_settings({"tiny": {"data": bad}})
-    with pytest.raises(ConfigError, match="train or val split only"):
-        fedd.check_settings({"tiny": {"data": "synthderm:test_dermoscopic"}})
+    # the per-run stand-in's settings are gone: the tiny backbone is the shipped pretrained DDPM
+    with pytest.raises(ConfigError, match="unknown setting fedd.tiny"):
+        fedd.check_settings({"tiny": {"data": "synthderm:train"}})
 
 
-FEDD_TINY = [*TINY_SETTINGS, "fedd.image_size=16", "fedd.tiny.steps=20", "fedd.max_epochs=60", "seed=1313"]
+FEDD_TINY = [*TINY_SETTINGS, "fedd.max_epochs=60", "seed=1313"]
 
 
 def command(out: Path, *extra: str) -> list[str]:
@@ -197,7 +193,7 @@ def test_fedd_runs_end_to_end_on_tiny_synthderm(tmp_path):
     run_dir, metrics = run_metrics(tmp_path / "first")
     assert metrics["hooks"]["fit"] == "fedd" and metrics["hooks"]["predict"] == "fedd"
     record = metrics["methods"]["fedd"]
-    assert record["backbone"]["kind"] == "tiny" and record["backbone"]["entry"]["hit"] is False
+    assert record["backbone"]["kind"] == "tiny" and record["backbone"]["identity"].startswith("tiny-pixel:")
     assert record["block"] == 2 and record["layer"] == "up_blocks.1.resnets.0" and record["t"] == 50
     assert record["feature_dim"] == 512 and record["decoder_blocks"] == 6
     assert set(record["features"]) >= {"train", "val", "synthderm", "synthderm-ddi", "synthderm-dermoscopic"}
@@ -205,11 +201,11 @@ def test_fedd_runs_end_to_end_on_tiny_synthderm(tmp_path):
         assert 0.0 <= metrics["eval"][name]["overall"]["auc"] <= 1.0
     assert (run_dir / "model.safetensors").is_file() and (run_dir / "report.md").is_file()
 
-    # a second run (another seed: another probe) takes the backbone and every feature from the cache
+    # a second run (another seed: another probe) takes every feature from the cache
     assert main(command(tmp_path / "second", "seed=1314")) == 0
     _, second = run_metrics(tmp_path / "second")
     again = second["methods"]["fedd"]
-    assert again["backbone"]["entry"]["hit"] is True
+    assert again["backbone"] == record["backbone"]
     assert all(e["hit"] for e in again["features"].values())
     assert {k: e["key"] for k, e in again["features"].items()} == {k: e["key"] for k, e in record["features"].items()}
 
@@ -237,8 +233,7 @@ def test_a_pretrained_unet_loads_from_a_folder_in_either_layout(tmp_path, monkey
     default_scheduler().save_pretrained(tmp_path / "pipeline" / "scheduler")
     unet.save_pretrained(tmp_path / "bare")
     for folder in ("pipeline", "bare"):
-        loaded = pixel_model(str(tmp_path / folder), train_images=None, tiny=None, revision=None, device=CPU,
-                             console=QUIET, say=lambda _m: None)
+        loaded = pixel_model(str(tmp_path / folder), revision=None)
         assert loaded.source["kind"] == "pretrained" and loaded.identity.startswith("folder:")
         assert not any(p.requires_grad for p in loaded.unet.parameters())
         for name, tensor in unet.state_dict().items():

@@ -58,7 +58,7 @@ def test_pixel_features_and_the_ensemble_learn_a_pixel_rule():
 
 @pytest.mark.slow
 def test_a_segmentation_run_records_iou_per_class_and_tone(tmp_path):
-    sets = [*TINY_SETTINGS, "fedd.image_size=16", "fedd.tiny.steps=10", "fedd.max_epochs=30", "fedd.segmentation.enabled=true",
+    sets = [*TINY_SETTINGS, "fedd.max_epochs=30", "fedd.segmentation.enabled=true",
             "fedd.segmentation.ensemble=2", "fedd.segmentation.epochs=1"]
     argv = ["run", "--method", "fedd", "--device", "cpu", "--out", str(tmp_path), *sum([["--set", s] for s in sets], [])]
     assert main(argv) == 0
@@ -150,7 +150,7 @@ def test_a_segmentation_run_on_ddi_with_label_map_masks(make_ddi, tmp_path):
         label[2 + i % 3:5 + i % 3, 2:6] = 2
         Image.fromarray(label, mode="L").save(masks / f"{i:06d}.png")
     tiny = [s for s in TINY_SETTINGS if not s.startswith("data.options")]
-    sets = [*tiny, "fedd.image_size=16", "fedd.tiny.steps=5", "fedd.max_epochs=20", "fedd.segmentation.enabled=true",
+    sets = [*tiny, "fedd.max_epochs=20", "fedd.segmentation.enabled=true",
             "fedd.segmentation.ensemble=2", "fedd.segmentation.epochs=2", "dataset=ddi", f"data.root={tree.root}",
             f"data.options={{fedd_fraction: 20, masks_dir: {masks}}}"]
     argv = ["run", "--method", "fedd", "--device", "cpu", "--out", str(tmp_path / "runs"),

@@ -10,13 +10,14 @@ import shutil
 
 import numpy as np
 import pytest
-from diffusers import UNet2DModel
 
 from dermbench.cli import main
 from dermbench.datasets.synthderm import SPLITS, SynthDerm
 from dermbench.diffusion import pretraining
+from dermbench.diffusion.base import tiny_base
 from dermbench.diffusion.components import components_from_folder
-from dermbench.diffusion.shipped import CHECKSUMS, LATENT, PIXEL, SHIPPED, verify
+from dermbench.diffusion.pixel import pixel_model
+from dermbench.diffusion.shipped import CHECKSUMS, LATENT, SHIPPED, verify
 from dermbench.errors import DermbenchError
 from dermbench.seeds import split_seed
 
@@ -71,11 +72,11 @@ def test_the_shipped_bases_load_offline_with_their_checksums_verified(monkeypatc
     listed = json.loads((SHIPPED / CHECKSUMS).read_text())
     assert sum((SHIPPED / f).stat().st_size for f in listed) <= 20 * 2**20
     assert any(f.endswith(".safetensors") for f in listed) and not any(f.endswith(".bin") for f in listed)
-    identity = verify()
-    c = components_from_folder(SHIPPED / LATENT, {"identity": f"tiny-base:{identity}"})
-    assert not any(p.requires_grad for p in c.unet.parameters()) and c.vae.config.sample_size == 48
-    pixel = UNet2DModel.from_pretrained(SHIPPED / PIXEL / "unet")
-    assert pixel.config.in_channels == 3 and pixel.config.sample_size == 32
+    c = tiny_base()
+    assert c.source["identity"] == f"tiny-base:{verify()}"
+    assert not any(p.requires_grad for p in c.unet.parameters())
+    pixel = pixel_model("tiny", revision=None)
+    assert pixel.source["identity"] == f"tiny-pixel:{verify()}" and pixel.unet.config.in_channels == 3
 
 
 @pytest.fixture

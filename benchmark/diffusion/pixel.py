@@ -9,43 +9,37 @@ frozen feature extractors of FEDD.
   (beta 1e-4 to 0.02, as ADM's ImageNet models were trained);
 - a hub id in the same layouts, taken from the local Hugging Face cache (downloaded only when the
   hub is reachable; with HF_HUB_OFFLINE=1 a missing model is an error saying how to fetch it);
-- "tiny": no checkpoint. A small `UNet2DModel` (three levels, few channels) is trained as an
-  unconditional DDPM (noise prediction, linear schedule) on the images it is given, with a
-  fixed seed, and cached under `$DERMBENCH_CACHE/diffusion/pixel-base/<key>` by its settings,
-  image size, device type and the training images. Its features are those of a diffusion model
-  that has learned what the skin images look like (not their labels), the part a pretrained
-  checkpoint plays, never those of random weights.
+- "tiny": the small `UNet2DModel` (three levels, few channels) shipped in the package
+  (`tiny_base/pixel`), pretrained as an unconditional DDPM (noise prediction, linear schedule) by
+  `dermbench diffusion pretrain-base` on SynthDerm scenes outside every protocol split
+  (`dermbench.diffusion.pretraining`). Its features are those of a diffusion model that has learned
+  what skin images look like (not their labels), the part ADM's ImageNet pretraining plays, never
+  those of random weights.
 
-The returned `source` dict says which (`kind` tiny / pretrained, `identity`: the cache entry key or
-the weights' digest, the entry's info): it goes into the run record and into the feature-cache key.
+The returned `source` dict says which (`kind` tiny / pretrained, `identity`: the shipped bases'
+checksum digest or the weights' digest): it goes into the run record and into the feature-cache key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from rich.console import Console
 
 from dermbench.diffusion.components import folder_digest
-from dermbench.diffusion.store import cached_entry
+from dermbench.diffusion.shipped import PIXEL, SHIPPED, verify
 from dermbench.diffusion.training import autocast, progress, to_pixels
 from dermbench.errors import ConfigError, DermbenchError
 
 TINY = "tiny"
-#: the tiny pixel DDPM's training (CPU minutes at 64 px)
-TINY_PIXEL = {"steps": 400, "batch_size": 32, "lr": 1e-3, "channels": [16, 32, 32], "layers_per_block": 1}
-#: fixed: the tiny model is one "checkpoint" for every run seed
-TINY_SEED = 0
 
 
 @dataclass
@@ -122,38 +116,14 @@ def images_digest(images: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def pixel_model(source: str, *, train_images: np.ndarray | None, tiny: dict[str, Any] | None, revision: str | None,
-                device: torch.device, console: Console, say: Callable[[str], None]) -> PixelModel:
-    """The frozen feature extractor: `source` loaded (folder or hub id), or for "tiny" the small
-    DDPM trained on `train_images` (at the size features are taken at) and cached."""
+def pixel_model(source: str, *, revision: str | None) -> PixelModel:
+    """The frozen feature extractor: `source` loaded (folder or hub id), or for "tiny" the shipped
+    pretrained pixel DDPM, its checksums verified."""
     if source != TINY:
         return load_pixel_model(source, revision=revision)
-    settings = {**TINY_PIXEL, **(tiny or {})}
-    unknown = sorted(set(settings) - set(TINY_PIXEL))
-    if unknown:
-        raise ConfigError(f"unknown tiny pixel-model setting(s) {unknown}; known: {', '.join(TINY_PIXEL)}")
-    if train_images is None or len(train_images) == 0:
-        raise DermbenchError("the tiny pixel DDPM needs the training images to learn from")
-    size = int(train_images.shape[1])
-    material = {"image_size": size, "settings": settings, "seed": TINY_SEED, "device": device.type,
-                "data": images_digest(train_images)}
-
-    def build(folder: Path) -> None:
-        unet = tiny_unet(size, channels=list(settings["channels"]), layers_per_block=int(settings["layers_per_block"]),
-                         seed=TINY_SEED)
-        scheduler = default_scheduler()
-        history = train_pixel_ddpm(unet, scheduler, train_images, steps=int(settings["steps"]),
-                                   batch_size=int(settings["batch_size"]), lr=float(settings["lr"]), seed=TINY_SEED,
-                                   device=device, console=console)
-        unet.to("cpu").save_pretrained(folder / "unet")
-        scheduler.save_pretrained(folder / "scheduler")
-        pd.Series(history, name="loss").to_csv(folder / "loss.csv", index_label="step")
-
-    say(f"tiny pixel DDPM ({size} px, trained on {len(train_images)} training images)")
-    entry = cached_entry("pixel-base", material, build, say=say)
-    model = _from_folder(entry.path, {"kind": "tiny", "identity": f"tiny-pixel:{entry.key}", "entry": entry.info(),
-                                      "settings": settings})
-    return model
+    identity = verify(SHIPPED)
+    return pixel_from_folder(SHIPPED / PIXEL, {"kind": "tiny", "identity": f"tiny-pixel:{identity}",
+                                               "pretrained": "dermbench diffusion pretrain-base"})
 
 
 def load_pixel_model(source: str, *, revision: str | None = None) -> PixelModel:
@@ -164,7 +134,7 @@ def load_pixel_model(source: str, *, revision: str | None = None) -> PixelModel:
             raise ConfigError(f"pixel diffusion model folder {local} does not exist: give a folder holding a diffusers "
                               "UNet2DModel (unet/ and scheduler/, or config.json with its weights) or a hub id; "
                               "see docs/fedd.md for the ImageNet-256 ADM model")
-        return _from_folder(local, {"kind": "pretrained", "model": source,
+        return pixel_from_folder(local, {"kind": "pretrained", "model": source,
                                     "identity": f"folder:{local.resolve()}@{folder_digest(local)}"})
     from huggingface_hub import snapshot_download  # noqa: PLC0415 (hub access only for hub ids)
 
@@ -178,7 +148,7 @@ def load_pixel_model(source: str, *, revision: str | None = None) -> PixelModel:
             folder = Path(snapshot_download(source, revision=revision, allow_patterns=patterns))
         except Exception as exc:  # noqa: BLE001
             raise _absent(source, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    return _from_folder(folder, {"kind": "pretrained", "model": source, "identity": f"hub:{source}@{folder.name}"})
+    return pixel_from_folder(folder, {"kind": "pretrained", "model": source, "identity": f"hub:{source}@{folder.name}"})
 
 
 def _absent(source: str, why: str) -> DermbenchError:
@@ -188,7 +158,7 @@ def _absent(source: str, why: str) -> DermbenchError:
         "(docs/fedd.md); `--profile tiny` needs no checkpoint")
 
 
-def _from_folder(folder: Path, source: dict[str, Any]) -> PixelModel:
+def pixel_from_folder(folder: Path, source: dict[str, Any]) -> PixelModel:
     unet_dir = folder / "unet" if (folder / "unet").is_dir() else folder
     try:
         unet = UNet2DModel.from_pretrained(unet_dir)
