@@ -35,7 +35,7 @@ from dermbench.errors import DermbenchError, unknown_name
 
 METHOD_GROUP = "dermbench.methods"
 DATASET_GROUP = "dermbench.datasets"
-HOOK_NAMES = ("dermbench_method_defaults", "augment", "fit", "predict")
+HOOK_NAMES = ("dermbench_method_defaults", "dermbench_check_settings", "augment", "fit", "predict")
 #: hooks where pluggy takes the first non-None answer: None from a plain implementation is refused
 FIRSTRESULT_HOOKS = ("fit", "predict")
 

@@ -232,3 +232,20 @@ def test_third_party_plugin_through_the_cli(tmp_path):
     assert metrics["plugins"]["groupbalanced"] == "1.2.3"
     assert metrics["config"]["groupbalanced"]["sampler"] == "group"
     assert set(metrics["eval"]) == {"synthderm", "synthderm-ddi", "synthderm-dermoscopic"}
+
+
+def test_check_settings_is_a_listed_hook():
+    """A plugin that implements only dermbench_check_settings is a plugin (issue 26): the hook is
+    in HOOK_NAMES, so `dermbench list methods` shows it and its failures are named like the others."""
+    import types
+
+    from dermbench.hookspecs import hookimpl
+    from dermbench.plugins import HOOK_NAMES, hooks_of
+
+    @hookimpl
+    def dermbench_check_settings(config):
+        return None
+
+    plugin = types.SimpleNamespace(dermbench_check_settings=dermbench_check_settings)
+    assert "dermbench_check_settings" in HOOK_NAMES
+    assert hooks_of(plugin) == ["dermbench_check_settings"]
