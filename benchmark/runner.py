@@ -196,9 +196,11 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
     without taking the lock.
 
     Damage found at the start: a finished run whose metrics.json does not read stops with an
-    error naming the file and --force (nothing is redone behind the user's back); an unfinished
-    run whose resume checkpoint does not load is set aside as `<run>.damaged-<UTC time>` (kept for
-    inspection, logged) and trained again from scratch, so a sweep is not stopped by it.
+    error naming the file and --force (nothing is redone behind the user's back). A resume
+    checkpoint that does not load or does not match its checksum is the trainer's to handle, file
+    by file (`dermbench.train.checkpoint.read_resume_checkpoint`): it is moved aside, training goes
+    on from the previous epoch's checkpoint or from scratch, and the record names the set-aside
+    file (`methods.<name>.checkpoints_set_aside`), so the rest of the unfinished run is kept.
     """
     console = console or Console()
     started = time.perf_counter()
@@ -229,19 +231,12 @@ def _execute(run: RunDir, cfg: dict, datasets: DatasetPool, fingerprint: dict, *
     run_id = run.run_id
     if force:
         run.reset()
-    set_aside = None
-    if (damage := run.damaged_checkpoint()) is not None:
-        aside = run.set_aside(str(damage))
-        set_aside = f"{damage}. The unfinished run was set aside as {aside} and starts again from scratch"
-        console.print(f"[yellow]damaged checkpoint[/]: {set_aside}")
     run.remove_temporaries()  # left by a process killed mid-write; nobody else writes here now
     resuming = (run.path / CHECKPOINTS).exists()
     pm, loaded = make_manager(cfg["method"], local)
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"] % (2**32))
     run.create()
-    if set_aside is not None:
-        run.append_log(f"damaged checkpoint: {set_aside}")
     write_text(run.file("config.yaml"), configuration.dump(cfg))
     plugins = {p.name: p.ref.version for p in loaded}
     write_json(run.file("plugins.json"), {p.name: {"version": p.ref.version, "package": p.ref.package, "source": p.ref.source}

@@ -49,7 +49,7 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused_and_a_normal_one_resum
     torch.save({**payload, "state": {**payload["state"], "extra": Planted(marker)}}, hostile)
     shutil.copy(hostile, ckpt)
     capsys.readouterr()
-    main(args)  # refused: an error, or (where the runner sets damaged runs aside) a fresh start
+    assert main(args) == 0  # refused: the file is set aside and ERM trains again from scratch
     out = "".join("".join(capsys.readouterr()).split())  # without the console's line breaks
     assert "".join(f"checkpoint {ckpt} holds objects other than tensors and plain data".split()) in out
     assert "Traceback" not in out
@@ -100,9 +100,19 @@ def _zero_inside_a_tensor(path, n=64):
     path.write_bytes(bytes(raw))
 
 
-def test_a_damaged_checkpoint_is_set_aside_and_the_run_matches_an_uninterrupted_one(tmp_path, monkeypatch):
+def _truncate(path):
+    """Cut a checkpoint in half: torch can no longer read it at all."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(("damage", "why"), [(_zero_inside_a_tensor, "checksum"), (_truncate, "cannot be read")],
+                         ids=["checksum-mismatch", "unloadable"])
+def test_a_damaged_checkpoint_is_set_aside_and_the_run_matches_an_uninterrupted_one(tmp_path, monkeypatch, damage, why):
+    """Interrupted, damaged, rerun: the same metrics as an uninterrupted run, in the same run folder
+    (only the checkpoint file is set aside), and the record names the set-aside file."""
     import json
 
+    from dermbench.results.records import RunDir
     from dermbench.runner import resolve_config, run_experiment
 
     def config(out):
@@ -125,12 +135,21 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_matches_an_uninterrupted_
         run_experiment(config(tmp_path / "run"))
     monkeypatch.setattr(trainer, "validation_score", real_score)
     (ckpt,) = (tmp_path / "run").glob("*/work/checkpoints/erm-*.pt")
-    _zero_inside_a_tensor(ckpt)
-    torch.load(ckpt, weights_only=True)  # still loads: only its numbers changed
+    run_folder = ckpt.parents[2]
+    (run_folder / "work" / "kept-by-the-interrupted-run").write_text("x")
+    damage(ckpt)
+    if damage is _truncate:
+        with pytest.raises(DermbenchError, match="cannot be read"):
+            load_checkpoint(ckpt, verify=False)
+    else:
+        torch.load(ckpt, weights_only=True)  # still loads: only its numbers changed
     resumed = run_experiment(config(tmp_path / "run"))
     assert json.dumps(resumed.metrics["eval"], sort_keys=True) == json.dumps(reference["eval"], sort_keys=True)
-    (aside,) = resumed.metrics["methods"]["erm"]["checkpoints_set_aside"]
-    assert aside["checkpoint"] == ckpt.name and "checksum" in aside["why"]
+    assert resumed.run_dir.path == run_folder and (run_folder / "work" / "kept-by-the-interrupted-run").exists()
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [run_folder.name]  # no folder set aside
+    on_disk = RunDir(tmp_path / "run", run_folder.name).metrics()  # the sealed record, read back
+    (aside,) = on_disk["methods"]["erm"]["checkpoints_set_aside"]
+    assert aside["checkpoint"] == ckpt.name and why in aside["why"] and str(ckpt) in aside["why"]
     assert aside["resumed_from"] == "scratch"
     assert Path(aside["file"]).is_file() and Path(aside["file"]).name.startswith(f"{ckpt.name}.damaged-")
     log = (resumed.run_dir.path / "log.txt").read_text()

@@ -1,7 +1,7 @@
-"""Run-folder faults (issue "Reliability"): two processes on one run, damaged checkpoints and
-records, read-only folders and full disks. Each gives a clear error naming the file or what to
-do, a non-zero exit where the run cannot go on, and never a half-written run taken for a
-finished one."""
+"""Run-folder faults (issue "Reliability"): two processes on one run, damaged records, read-only
+folders and full disks. Each gives a clear error naming the file or what to do, a non-zero exit
+where the run cannot go on, and never a half-written run taken for a finished one. Damaged
+resume checkpoints are set aside file by file by the trainer: tests/test_checkpoint.py."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
-import torch
 
 from dermbench.cli import main
 from dermbench.files import StorageError, exclusive_lock, write_text
@@ -83,37 +81,6 @@ def test_a_finished_run_whose_record_does_not_fit_the_schema_is_not_reused(finis
     assert main(run_args(out)) == 2
     text = output(capsys)
     assert str(run / "metrics.json") in text and "--force" in text, text
-
-
-def test_a_damaged_checkpoint_sets_the_run_aside_and_starts_again(finished_run, tmp_path, capsys):
-    out, run = copy_run(finished_run, tmp_path)
-    (run / "done").unlink()  # an interrupted run ...
-    checkpoint = run / "work" / "checkpoints" / "erm.pt"
-    checkpoint.parent.mkdir(parents=True)
-    checkpoint.write_bytes(b"PK\x03\x04 not really a torch checkpoint")  # ... whose checkpoint is damaged
-    capsys.readouterr()
-    assert main(run_args(out)) == 0
-    text = output(capsys)
-    assert "damaged checkpoint" in text and str(checkpoint) in text, text
-    (aside,) = out.glob(f"{run.name}.damaged-*")
-    assert (aside / "work" / "checkpoints" / "erm.pt").read_bytes().startswith(b"PK")  # kept, not deleted
-    assert not (aside / "done").exists() and not (aside / ".lock").exists()
-    assert "set aside" in (aside / "log.txt").read_text()
-    assert (run / "done").exists()
-    log = (run / "log.txt").read_text()
-    assert "damaged checkpoint" in log and f"starting run {run.name}" in log.replace("[bold]", "").replace("[/]", "")
-    assert main(run_args(out)) == 0 and "finished run found" in output(capsys)  # the new run is whole
-
-
-def test_a_checkpoint_weights_only_loading_refuses_counts_as_damaged(tmp_path):
-    run = RunDir(tmp_path, "r")
-    (run.path / "work" / "checkpoints").mkdir(parents=True)
-    assert run.damaged_checkpoint() is None
-    torch.save({"state": {"epoch": 1}}, run.path / "work" / "checkpoints" / "a.pt")
-    assert run.damaged_checkpoint() is None
-    torch.save({"state": {"weights": np.zeros(3)}}, run.path / "work" / "checkpoints" / "b.pt")  # a pickled object
-    damage = run.damaged_checkpoint()
-    assert damage is not None and "b.pt" in str(damage) and "not loaded" in str(damage)
 
 
 # --------------------------------------------------------------------------- half-written runs

@@ -58,9 +58,8 @@ import msgspec
 import torch
 
 from dermbench import __version__
-from dermbench.errors import DataError, DermbenchError
+from dermbench.errors import DataError
 from dermbench.files import TMP_SUFFIX, exclusive_lock, make_dirs, storage_errors, to_json_value, write_text
-from dermbench.train.checkpoint import load_checkpoint
 
 DONE = "done"
 METRICS_FILE = "metrics.json"
@@ -882,36 +881,6 @@ class RunDir:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-
-    def damaged_checkpoint(self) -> DermbenchError | None:
-        """The error of the first resume checkpoint that cannot be loaded (damaged, not a
-        checkpoint, or refused by weights_only loading), or None when all load. A checkpoint that
-        loads but does not match its checksum is the trainer's to set aside (it falls back to the
-        previous epoch and names the file in the record), so it is not reported here."""
-        folder = self.path / CHECKPOINTS
-        for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
-            try:
-                load_checkpoint(path, verify=False)
-            except DermbenchError as exc:
-                return exc
-        return None
-
-    def set_aside(self, why: str) -> Path:
-        """Move the folder's content (all but the lock file) to `<run>.damaged-<UTC time>/`, so the
-        run starts again from scratch with nothing deleted; `why` goes into that folder's log."""
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
-        n = 1
-        while aside.exists():
-            n += 1
-            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
-        with storage_errors(aside):
-            aside.mkdir(parents=True)
-            for entry in self._entries():
-                entry.rename(aside / entry.name)
-            with open(aside / "log.txt", "a", encoding="utf-8") as fh:
-                fh.write(f"{_stamp()} set aside: {why}\n")
-        return aside
 
     def remove_temporaries(self) -> None:
         """Delete temporary files a killed process left mid-write (`.<name>.<random>.tmp`); only
