@@ -89,7 +89,8 @@ PAPER = {
 #: non-neoplastic ones the `malignant` task would otherwise call benign (datasets/fitz17k.py)
 PAPER_DATA_OPTIONS = {"fitz17k": {"neoplastic_only": True}}
 PAPER_TRAIN = {"epochs": 30, "batch_size": 64, "optimizer": "sgd", "lr": 3e-4, "momentum": 0.9,
-               "schedule": "none", "loss": "focal", "focal_alpha": 0.8, "focal_gamma": 2.0}
+               "schedule": "none", "loss": "focal", "focal_alpha": 0.8, "focal_gamma": 2.0,
+               "augment": "standard"}  # the paper names no augmentation: not the fairness papers' notredame
 
 
 @hookimpl

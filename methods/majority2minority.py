@@ -103,7 +103,8 @@ PAPER = {
     "steps": 100, "batch_size": 16, **TRANSLATION["paper"], "target_fst": list(TRANSLATION["paper"]["target_fst"]),
 }
 PAPER_TRAIN = {"epochs": 30, "batch_size": 256, "optimizer": "adam", "lr": 1e-3, "schedule": "step",
-               "step_size": 10, "gamma": 0.1, "sampler": "class"}
+               "step_size": 10, "gamma": 0.1, "sampler": "class",
+               "augment": "standard"}  # nearest to train_classifier.py's crop/rotate/jitter/flip (docs/majority2minority.md)
 
 
 @hookimpl

@@ -44,7 +44,7 @@ CHOICES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("train", "schedule"): ("cosine", "step", "none"),
     ("train", "loss"): ("ce", "focal"),
     ("train", "sampler"): ("none", "class", "group", "sensitive"),
-    ("train", "augment"): ("none", "flip", "standard"),
+    ("train", "augment"): ("none", "flip", "standard", "notredame"),
     ("train", "select_metric"): ("auc", "acc", "bacc", "loss"),
     ("augment", "mix"): ("real+syn", "syn", "real"),
 }

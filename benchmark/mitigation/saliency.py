@@ -26,7 +26,7 @@ from torch import nn
 from dermbench.data.model import Split
 from dermbench.mitigation.curvature import ggn_diagonal
 from dermbench.mitigation.groups import SensitiveGroups
-from dermbench.train.trainer import Normaliser
+from dermbench.train.trainer import Normaliser, input_crop
 
 if TYPE_CHECKING:
     from dermbench.context import RunContext
@@ -54,7 +54,7 @@ def draw(members: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _batches(model: nn.Module, ctx: RunContext, split: Split, index: np.ndarray) -> Iterator[torch.Tensor]:
-    norm = Normaliser(model, ctx.device, channels_last=False)
+    norm = Normaliser(model, ctx.device, channels_last=False, crop=input_crop(ctx, ctx.config.get("train", {})))
     for start in range(0, len(index), CHUNK):
         yield norm(split.images[np.sort(index[start : start + CHUNK])])
 

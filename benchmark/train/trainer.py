@@ -47,6 +47,7 @@ from dermbench.data.groups import GROUP_ORDER, SCHEMES, group_schemes
 from dermbench.data.model import Split
 from dermbench.errors import ConfigError, DermbenchError, closest, unknown_name
 from dermbench.seeds import seed_for
+from dermbench.train import notredame
 from dermbench.train.checkpoint import Stateful, check_plain, read_resume_checkpoint, save_checkpoint
 from dermbench.train.losses import make_loss
 from dermbench.train.models import input_stats
@@ -99,18 +100,25 @@ def configured_loss(cfg: dict, num_classes: int, device: torch.device) -> TaskLo
 
 
 class Normaliser:
-    """uint8 NHWC batches -> normalised float NCHW tensors on the device, with optional augmentation."""
+    """uint8 NHWC batches -> normalised float NCHW tensors on the device, with optional augmentation.
 
-    def __init__(self, model: nn.Module, device: torch.device, channels_last: bool) -> None:
+    `crop` (the notredame recipe's 112 of 128 px, `notredame.crop_size`) makes the model see a
+    `crop`-sized window: a random one when training with that augmentation, the centre one
+    otherwise (evaluation, scoring); None, the default, passes the whole image."""
+
+    def __init__(self, model: nn.Module, device: torch.device, channels_last: bool, crop: int | None = None) -> None:
         mean, std = input_stats(model)
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.crop = crop
 
     def __call__(self, images: np.ndarray, augment: str = "none", gen: torch.Generator | None = None) -> torch.Tensor:
         x = torch.from_numpy(np.array(images)).to(self.device, non_blocking=True)  # a copy: caches are read-only
         x = x.permute(0, 3, 1, 2).float()
+        if self.crop is not None:
+            x = notredame.random_crop(x, self.crop, gen) if augment == "notredame" else notredame.center_crop(x, self.crop)
         if augment != "none":
             x = augment_batch(x, augment, gen)
         x = (x - self.mean) / self.std
@@ -118,10 +126,13 @@ class Normaliser:
 
 
 def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """Random flips (and for "standard" 90-degree rotations and brightness/contrast jitter),
-    drawn per sample from `gen` on the CPU so results do not depend on the device."""
+    """Random flips (and for "standard" 90-degree rotations and brightness/contrast jitter;
+    "notredame" is the Notre Dame Fitzpatrick17k recipe, dermbench.train.notredame), drawn per
+    sample from `gen` on the CPU so results do not depend on the device."""
+    if kind == "notredame":
+        return notredame.notredame(x, gen)
     if kind not in ("flip", "standard"):
-        raise ConfigError(f"train.augment must be none, flip or standard, got {kind!r}")
+        raise ConfigError(f"train.augment must be none, flip, standard or notredame, got {kind!r}")
     n = x.shape[0]
     r = torch.rand(n, 4, generator=gen).to(x.device)
     x = torch.where((r[:, 0] < 0.5).view(n, 1, 1, 1), x.flip(3), x)
@@ -196,13 +207,19 @@ def predict_proba(ctx: RunContext, model: nn.Module, split: Split, *, batch_size
     cfg = ctx.config["train"]
     batch_size = batch_size or max(cfg["batch_size"], 64)
     model.eval()
-    norm = Normaliser(model, ctx.device, _channels_last(ctx, cfg))
+    norm = Normaliser(model, ctx.device, _channels_last(ctx, cfg), input_crop(ctx, cfg))
     outs = []
     with torch.no_grad(), _autocast(ctx, cfg):
         for start in range(0, len(split), batch_size):
             logits = model(norm(split.images[start : start + batch_size]))
             outs.append(F.softmax(logits.float(), dim=1).cpu())
     return torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros((0, split.num_classes))
+
+
+def input_crop(ctx: RunContext, cfg: dict) -> int | None:
+    """The window the model sees under the `train` settings `cfg` (notredame: 112 of 128 px), or None."""
+    augment = cfg.get("augment", "none")
+    return notredame.crop_size(augment, int(ctx.config["data"]["image_size"])) if augment == "notredame" else None
 
 
 def _channels_last(ctx: RunContext, cfg: dict) -> bool:
@@ -282,7 +299,7 @@ def train_model(
     schedule = make_schedule(optimizer, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.get("amp", True)
                                   and not torch.cuda.is_bf16_supported())
-    norm = Normaliser(model, ctx.device, _channels_last(ctx, cfg))
+    norm = Normaliser(model, ctx.device, _channels_last(ctx, cfg), input_crop(ctx, cfg))
     labels = torch.tensor(train.labels)
     group_ids = torch.tensor(group_codes(train, groups))
     if (loss is not None or extra_loss is not None) and not (group_ids >= 0).any():
