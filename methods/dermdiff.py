@@ -32,7 +32,9 @@ What it does here.
 The tiny profile has no Stable Diffusion: it starts from the tiny text-to-image base shipped in the
 package, pretrained outside the protocol on tone- and look-captioned SynthDerm scenes
 (`dermbench.diffusion.base`, docs/diffusion.md), and fine-tunes that as the paper fine-tunes SD,
-on CPU in minutes.
+on CPU in minutes. It samples with the paper's classifier-free guidance 7.5: at 3.0 the ERM model
+labelled 20 % of the malignant requests malignant (below the fidelity floor), at 7.5 47 % (seed 0,
+leaderboards/notes/synthderm-malignant.md).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ TINY = {
     "model": "tiny", "revision": None, "image_size": None,
     "prompt": "{label} skin disease on {tone} skin tone", "tone_words": TONE_WORDS,
     "finetune": {"steps": 300, "batch_size": 32, "lr": 5e-4, "uncond_prob": 0.1},
-    "per_cell": DERMDIFF_PER_CELL["tiny"], "sampler": "ddim", "steps": 20, "guidance": 3.0, "batch_size": 32,
+    "per_cell": DERMDIFF_PER_CELL["tiny"], "sampler": "ddim", "steps": 20, "guidance": 7.5, "batch_size": 32,
     "quality": {"pairs": 200, "inception": None},
 }
 PAPER = {
