@@ -38,7 +38,12 @@ classifier up to its 4096-d layer (with its two dropouts of 0.5: `model.drop_rat
 new trainable head Linear(4096 -> 256) -> ReLU -> Dropout(0.4) -> Linear(256 -> classes). The
 authors end the head with LogSoftmax and NLL loss; here the head gives logits to the cross-entropy
 loss, the same objective. The tiny profile trains the whole shared backbone (ERM's fit). Tiny profile: the shipped pretrained tiny base
-(`dermbench.diffusion.base`), a few hundred steps, `max_sources` source images drawn at random, 2 outputs each.
+(`dermbench.diffusion.base`), a few hundred steps, `max_sources` source images drawn at random, 2 outputs each,
+translated at strength 0.9 with guidance 7.5 where the paper uses 0.5 and 2.0 (the paper profile keeps those). At
+the paper's values the tiny base kept the source's skin: ITA found 23 % of the translations in FST V-VI, below the
+fidelity floor, and still 21 % at strength 0.75 and 45 % at 0.75 with guidance 7.5; at 0.9 with 7.5, 87 % (seed 0;
+leaderboards/notes/synthderm-malignant.md). The authors' own notebook notes that strength 0.75 or more is needed
+to change skin colour visibly.
 """
 
 from __future__ import annotations
@@ -92,7 +97,7 @@ TINY = {
     "ti": {"steps": 150, "batch_size": 16, "lr": 5e-3, "init_word": "skin", "template": "An image of {concept}"},
     "lora_settings": {"rank": 8, "alpha": 8, "steps": 300, "batch_size": 32, "lr": 1e-3,
                       "template": "An image of {concept} on the skin of {skin} individual"},
-    "strength": 0.5, "steps": 20, "guidance": 2.0, "sampler": "ddim", "batch_size": 32,
+    "strength": 0.9, "steps": 20, "guidance": 7.5, "sampler": "ddim", "batch_size": 32,
     **TRANSLATION["tiny"], "target_fst": list(TRANSLATION["tiny"]["target_fst"]),
     "quality": {"pairs": 200, "inception": None},
 }
@@ -100,7 +105,8 @@ PAPER = {
     **TINY, "model": "stabilityai/stable-diffusion-2-1-base", "image_size": 512,
     "ti": {**TINY["ti"], "steps": 500, "batch_size": 16, "lr": 8e-3},
     "lora_settings": {**TINY["lora_settings"], "steps": 3000, "batch_size": 4, "lr": 5e-6},
-    "steps": 100, "batch_size": 16, **TRANSLATION["paper"], "target_fst": list(TRANSLATION["paper"]["target_fst"]),
+    "strength": 0.5, "guidance": 2.0, "steps": 100, "batch_size": 16, **TRANSLATION["paper"],
+    "target_fst": list(TRANSLATION["paper"]["target_fst"]),
 }
 PAPER_TRAIN = {"epochs": 30, "batch_size": 256, "optimizer": "adam", "lr": 1e-3, "schedule": "step",
                "step_size": 10, "gamma": 0.1, "sampler": "class",

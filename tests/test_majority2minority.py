@@ -159,7 +159,7 @@ def test_img2img_with_ti_and_lora_end_to_end_and_a_rerun_reuses_the_adapted_mode
     assert adapted["prompt_words"] == ["ben-class", "mal-class"] and adapted["entry"]["hit"] is False
     assert adapted["identity"].startswith(record["base"]["identity"] + f"+{M}:")
     gen = record["generation"]
-    assert gen["n"] == 20 and gen["hit"] is False and gen["strength"] == 0.5 and gen["per_image"] == 2
+    assert gen["n"] == 20 and gen["hit"] is False and gen["strength"] == 0.9 and gen["per_image"] == 2
     synthetic = metrics["synthetic"]
     assert synthetic["n"] == synthetic["trained_on"] == 20 and list(synthetic["by_group_label"]) == ["C"]
     # provenance: each translation names its real source image, its label and a dark target FST
