@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -123,8 +124,32 @@ def test_profiles_carry_the_papers_settings():
     assert hp["ti"]["init_word"] == "skin" and hp["ti"]["template"] == "An image of {concept}"
     assert paper["model"]["backbone"] == "vgg16_frozen_head" and paper["train"]["optimizer"] == "adam"
     assert paper["train"]["lr"] == 1e-3 and paper["train"]["schedule"] == "step"
+    assert hp["ti"]["per_concept"] is True and hp["strength"] == 0.5 and hp["guidance"] == 2.0
     tiny = resolve_config(flags={"method": M})
     assert tiny[M]["model"] == "tiny" and tiny[M]["textual_inversion"] and tiny[M]["lora"]
+
+
+@pytest.mark.parametrize("per_concept", [True, False])
+def test_textual_inversion_runs_once_per_concept_on_its_own_images_as_the_authors_did(monkeypatch, per_concept):
+    from dermbench.methods import majority2minority as m2m
+
+    calls = []
+    monkeypatch.setattr(m2m, "add_concept_tokens", lambda c, words, init_word: [100 + i for i in range(len(words))])
+    monkeypatch.setattr(m2m, "train_textual_inversion",
+                        lambda c, images, prompts, ids, **kw: calls.append((images[:, 0, 0, 0].tolist(), prompts, ids,
+                                                                             kw["steps"], kw["seed"])))
+    ctx = SimpleNamespace(seed=0, device="cpu", console=None, said=[])
+    ctx.say = ctx.said.append
+    images = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), dtype=np.uint8)
+    labels = np.array([0, 2, 0, 2, 2])  # class 1 has no image
+    ti = {**TINY["ti"], "per_concept": per_concept}
+    m2m.learn_concepts(ctx, None, images, labels, ["<a>", "<b>", "<c>"], ti)
+    if not per_concept:
+        assert len(calls) == 1 and calls[0][0] == [0, 1, 2, 3, 4] and calls[0][2] == [100, 101, 102]
+        return
+    assert [(c[0], c[2], c[3]) for c in calls] == [([0, 2], [100], ti["steps"]), ([1, 3, 4], [102], ti["steps"])]
+    assert calls[0][1] == ["An image of <a>"] * 2 and calls[0][4] != calls[1][4]  # its own prompts and seed
+    assert ctx.said and "class 1" in ctx.said[0]
 
 
 # ----------------------------------------------------------------------------------- end to end
