@@ -3,8 +3,9 @@
 Methods and datasets come from three places: built-ins, entry points of installed
 distributions (groups `dermbench.methods` and `dermbench.datasets`; off when
 DERMBENCH_DISABLE_PLUGIN_AUTOLOAD=1), and `--plugin module:object` references (the module may
-also be a file path, `--plugin path/to/mine.py[:object]`, or a `NAME.py` in the current folder). Only the
-methods a run selects are imported, and every run gets a fresh manager.
+also be a file path, `--plugin path/to/mine.py[:object]`, or a `NAME.py` in the current folder; a
+file's folder goes first on sys.path, so it imports the modules beside it). Only the methods a run
+selects are imported, and every run gets a fresh manager.
 
 The manager traces its hooks (`HookTrace`): which plugin answered `fit` and `predict`, which
 `fit` wrappers ran, whose `augment` returned samples. A plain `fit`/`predict` that returns None
@@ -167,12 +168,27 @@ def _import_file(path: Path, target: str) -> ModuleType:
         raise DermbenchError(f"--plugin {target}: {path} is not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    added = _put_folder_on_path(path.parent)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # a plugin's import may fail in any way; name it instead of a traceback
         sys.modules.pop(name, None)
+        if added:
+            sys.path.remove(str(path.parent))
         raise _import_failed(f"file {path}", target, exc, importer=path.name) from exc
     return module
+
+
+def _put_folder_on_path(folder: Path) -> bool:
+    """Put a plugin file's folder first on sys.path, as `python folder/file.py` would, so that the
+    file can import the modules beside it, at import time or later inside a hook (so it stays for
+    the process). Returns whether it was added (it may be there already)."""
+    entry = str(folder)
+    if entry in sys.path:
+        return False
+    sys.path.insert(0, entry)
+    importlib.invalidate_caches()  # a folder made after the last import would otherwise look empty
+    return True
 
 
 def _import_module(module_name: str, target: str) -> ModuleType:

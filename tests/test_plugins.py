@@ -249,3 +249,45 @@ def test_check_settings_is_a_listed_hook():
     plugin = types.SimpleNamespace(dermbench_check_settings=dermbench_check_settings)
     assert "dermbench_check_settings" in HOOK_NAMES
     assert hooks_of(plugin) == ["dermbench_check_settings"]
+
+
+SIBLING_PLUGIN = '''
+import sibhelper  # a module beside this file, imported when the plugin loads
+
+from dermbench.hookspecs import hookimpl
+
+
+@hookimpl
+def dermbench_method_defaults(profile):
+    import siblazy  # and one imported later, inside a hook
+
+    return {"sibplug": {"strength": sibhelper.STRENGTH, "steps": siblazy.STEPS}}
+'''
+
+
+def test_a_plugin_file_imports_the_modules_beside_it(tmp_path, monkeypatch):
+    """`--plugin path/to/file.py` put only the file on the import machinery, so `import helper`
+    of a module in the same folder failed with ModuleNotFoundError (issue 27)."""
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "sibplug.py").write_text(SIBLING_PLUGIN)
+    (folder / "sibhelper.py").write_text("STRENGTH = 3\n")
+    (folder / "siblazy.py").write_text("STEPS = 7\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # not the plugin's folder
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("sibplug", "sibhelper", "siblazy"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    pm, _ = make_manager("sibplug", ("../plugins/sibplug.py",))
+    assert {"sibplug": {"strength": 3, "steps": 7}} in pm.hook.dermbench_method_defaults(profile="tiny")
+    assert sys.modules["sibhelper"].__file__ == str(folder / "sibhelper.py")
+
+
+def test_a_plugin_file_that_fails_to_import_leaves_the_path_as_it_was(tmp_path, monkeypatch):
+    (tmp_path / "brokenplug.py").write_text("import sibnothere\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "brokenplug", raising=False)
+    before = list(sys.path)
+    with pytest.raises(DermbenchError, match=r"No module named 'sibnothere' \(brokenplug\.py imports it"):
+        make_manager("brokenplug", (str(tmp_path / "brokenplug.py"),))
+    assert sys.path == before
