@@ -1,5 +1,16 @@
 """`dermbench run`: resolve the config, train through the plugin hooks, evaluate every test set
-of the protocol, and write the run record."""
+of the protocol, and write the run record.
+
+How a record is sealed: the run folder's files are written atomically, and the `done` marker comes
+last (`RunDir.mark_done`). It is not an empty flag but the seal: JSON holding the time the run
+finished and the SHA-256 of metrics.json and of every predictions/*.csv, plus a short digest of each
+field of metrics.json (`dermbench.results.records.write_done`). Every reader (the runner reusing a
+finished run, `dermbench report`, `dermbench leaderboard` and its `--check`) verifies the seal and
+refuses a file changed after the run finished, naming the file and, for metrics.json, the field.
+`dermbench records check DIR` verifies every finished record under DIR; `dermbench records seal DIR`
+seals records whose marker predates sealing, after checking their values, and never rewrites a
+seal. The report is derived from the record, so it is written after `done` and is not sealed.
+"""
 
 from __future__ import annotations
 
