@@ -19,7 +19,6 @@ Orchestration, beside the runner: it may import the runner and every layer below
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,10 +37,9 @@ from dermbench.data.pool import DatasetPool
 from dermbench.datasets.synthderm import FST_TYPES, SynthDerm
 from dermbench.errors import ConfigError, DataError, DermbenchError
 from dermbench.evaluation.counterfactual import counterfactual_scores
-from dermbench.evaluation.evaluate import evaluate_split, threshold_from_validation
+from dermbench.evaluation.evaluate import threshold_from_validation
 from dermbench.evaluation.external import match_predictions, read_prediction_file, sha256_of
 from dermbench.evaluation.thresholds import parse_rule
-from dermbench.evaluation.tone_sources import PROPAGATION_SCHEMES, measured_confusion
 from dermbench.files import write_json, write_text
 from dermbench.plugins import BUILTIN_METHODS
 from dermbench.results.backbone_refs import DERMBENCH, backbone_references
@@ -49,8 +47,15 @@ from dermbench.results.citations import dataset_references
 from dermbench.results.counterfactual import write_counterfactual
 from dermbench.results.records import METRICS_FILE, RecordError, RunDir, environment, read_record
 from dermbench.results.report import write_report
-from dermbench.runner import PREDICTIONS, RunResult, data_fingerprints, load_test_sets, test_sets
-from dermbench.tone.sources import tone_views
+from dermbench.runner import (
+    PREDICTIONS,
+    RunResult,
+    data_fingerprints,
+    load_test_sets,
+    record_head,
+    score_test_sets,
+    test_sets,
+)
 from dermbench.train.external import ModelSpec, load_model, load_state_strict, predict_images, resolve_spec
 from dermbench.train.models import create_backbone
 
@@ -206,9 +211,6 @@ def evaluate_external(cfg: dict, source: ExternalSource, *, force: bool = False,
         tests, skipped = load_test_sets(cfg, datasets, train_dataset, ctx)
         scorer = _Scorer(source, datasets, device, console)
         threshold, rule = _threshold(cfg, source, scorer, datasets, ctx)
-        views = {name: tone_views(split, detector=cfg["data"]["tone_detector"], device=device)
-                 for name, split in tests.items()}
-        confusion = {scheme: measured_confusion(views, scheme) for scheme in PROPAGATION_SCHEMES}
         protocol = {t.name: t for t in test_sets(cfg, train_dataset)}
         by_set = scorer.table is not None and "test_set" in scorer.table.columns
         if scorer.table is not None and not by_set and len(tests) > 1:
@@ -218,12 +220,8 @@ def evaluate_external(cfg: dict, source: ExternalSource, *, force: bool = False,
         probs = {name: scorer.split(split, protocol[name].dataset, protocol[name].split,
                                     test_set=name if by_set else None)
                  for name, split in tests.items()}  # every file problem before anything is written
-        evaluations = {}
-        shutil.rmtree(run.file(PREDICTIONS), ignore_errors=True)  # an earlier attempt's, maybe of a set now skipped
-        for name, split in tests.items():
-            evaluations[name], predictions = evaluate_split(split, probs[name], threshold=threshold, cfg=cfg,
-                                                            views=views[name], confusion=confusion)
-            write_text(run.file(f"{PREDICTIONS}/{name}.csv"), predictions.to_csv(index=False))
+        evaluations = score_test_sets(run, cfg, tests, lambda name, split: probs[name], threshold=threshold,
+                                      device=device)
         files = {"file": str(Path(source.model.path if source.model else source.predictions).resolve())}
         if source.val_predictions is not None:
             files["val_predictions"] = str(Path(source.val_predictions).resolve())
@@ -239,10 +237,8 @@ def evaluate_external(cfg: dict, source: ExternalSource, *, force: bool = False,
                       **dataset_references([cfg["dataset"], *(protocol[t].dataset for t in evaluations)]),
                       **{f"backbone {b}": list(backbone_references(b)) for b in backbones}}
         metrics = {
-            "run_id": run_id, "method": source.name, "dataset": cfg["dataset"], "task": cfg["task"],
-            "seed": cfg["seed"], "profile": cfg["profile"], "config": cfg, "plugins": {}, "device": str(device),
-            "timing": {"total_s": round(time.perf_counter() - started, 2), "resumed": False},
-            "threshold_rule": rule if rule is not None else FIXED_THRESHOLD, "skipped_test_sets": skipped,
+            **record_head(run_id, cfg, method=source.name, plugins={}, device=device, started=started, resumed=False,
+                          threshold_rule=rule if rule is not None else FIXED_THRESHOLD, skipped=skipped),
             "train_history": None, "eval": evaluations, "excluded": None, "data_fingerprint": fingerprint,
             "methods": {source.name: details}, "references": references,
         }

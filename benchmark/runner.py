@@ -17,8 +17,10 @@ from __future__ import annotations
 import importlib
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -276,24 +278,13 @@ def _execute(run: RunDir, cfg: dict, datasets: DatasetPool, fingerprint: dict, *
     check_model(pm, model, fit_call)
     _save_weights(model, run.file("model.safetensors"))
 
-    shutil.rmtree(run.file(PREDICTIONS), ignore_errors=True)  # an earlier attempt's, maybe of a test set now skipped
     val_prob = predict_checked(pm, ctx, model, val)
     threshold = threshold_from_validation(cfg["eval"]["threshold"], val.labels, val_prob)
-    evaluations = {}
-    # every source's tones per test set; estimator errors measured on the annotated sets (docs/tone.md)
-    views = {name: tone_views(split, detector=cfg["data"]["tone_detector"], device=ctx.device)
-             for name, split in tests.items()}
-    confusion = {scheme: measured_confusion(views, scheme) for scheme in PROPAGATION_SCHEMES}
-    for name, split in tests.items():
-        prob = predict_checked(pm, ctx, model, split)
-        evaluations[name], predictions = evaluate_split(split, prob, threshold=threshold, cfg=cfg, views=views[name],
-                                                        confusion=confusion)
-        write_text(run.file(f"{PREDICTIONS}/{name}.csv"), predictions.to_csv(index=False))
+    evaluations = score_test_sets(run, cfg, tests, lambda name, split: predict_checked(pm, ctx, model, split),
+                                  threshold=threshold, device=ctx.device)
     metrics = {
-        "run_id": run_id, "method": cfg["method"], "dataset": cfg["dataset"], "task": cfg["task"], "seed": cfg["seed"],
-        "profile": cfg["profile"], "config": cfg, "plugins": plugins, "device": str(device),
-        "timing": {"total_s": round(time.perf_counter() - started, 2), "resumed": resuming},
-        "threshold_rule": cfg["eval"]["threshold"], "skipped_test_sets": skipped,
+        **record_head(run_id, cfg, method=cfg["method"], plugins=plugins, device=device, started=started,
+                      resumed=resuming, threshold_rule=cfg["eval"]["threshold"], skipped=skipped),
         "train_history": getattr(model, "train_history", None), "eval": evaluations,
         "synthetic": synthetic, "excluded": excluded, "data_fingerprint": fingerprint,
         "hooks": hooks_answered(pm), "methods": ctx.records or None,
@@ -308,6 +299,37 @@ def _execute(run: RunDir, cfg: dict, datasets: DatasetPool, fingerprint: dict, *
     report = write_report(run.path)  # derived from the record, so written after `done`; `dermbench report` redoes it
     ctx.say(f"run finished in {metrics['timing']['total_s']:.1f} s; record in {run.path}, report in {report.name}")
     return RunResult(run, metrics, reused=False)
+
+
+def score_test_sets(run: RunDir, cfg: dict, tests: dict[str, Split], probability: Callable[[str, Split], np.ndarray],
+                    *, threshold: float | None, device: torch.device) -> dict[str, dict]:
+    """The record's `eval` entry of every test set, scored at `threshold`, and each set's per-sample
+    predictions written to `<run>/predictions/<set>.csv` (an earlier attempt's are removed first,
+    maybe of a set now skipped). `probability(name, split)` gives the class probabilities of a
+    test split. Shared by `dermbench run` and `dermbench evaluate`, so a method and an external
+    model are scored alike."""
+    # every source's tones per test set; estimator errors measured on the annotated sets (docs/tone.md)
+    views = {name: tone_views(split, detector=cfg["data"]["tone_detector"], device=device)
+             for name, split in tests.items()}
+    confusion = {scheme: measured_confusion(views, scheme) for scheme in PROPAGATION_SCHEMES}
+    shutil.rmtree(run.file(PREDICTIONS), ignore_errors=True)
+    evaluations = {}
+    for name, split in tests.items():
+        prob = probability(name, split)
+        evaluations[name], predictions = evaluate_split(split, prob, threshold=threshold, cfg=cfg, views=views[name],
+                                                        confusion=confusion)
+        write_text(run.file(f"{PREDICTIONS}/{name}.csv"), predictions.to_csv(index=False))
+    return evaluations
+
+
+def record_head(run_id: str, cfg: dict, *, method: str, plugins: dict, device: torch.device, started: float,
+                resumed: bool, threshold_rule: Any, skipped: dict) -> dict[str, Any]:
+    """The fields every run record begins with, whoever trained the model (`dermbench run` or
+    `dermbench evaluate`); the caller adds eval, methods, references and the rest."""
+    return {"run_id": run_id, "method": method, "dataset": cfg["dataset"], "task": cfg["task"], "seed": cfg["seed"],
+            "profile": cfg["profile"], "config": cfg, "plugins": plugins, "device": str(device),
+            "timing": {"total_s": round(time.perf_counter() - started, 2), "resumed": resumed},
+            "threshold_rule": threshold_rule, "skipped_test_sets": skipped}
 
 
 def _reuse(run: RunDir, metrics: dict, console: Console) -> RunResult:
