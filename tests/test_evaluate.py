@@ -95,6 +95,29 @@ def test_a_predictions_file_gives_exactly_the_metrics_fairness_report_gives(tmp_
     assert curves["all"].attrs["ece"] == pytest.approx(record.eval["ddi"].overall["ece"])
 
 
+def test_a_parquet_file_reads_as_the_same_table_as_its_csv(tmp_path):
+    pytest.importorskip("pyarrow")  # the `parquet` extra, part of `dev`
+    from dermbench.evaluation.external import read_prediction_file
+
+    table = pd.DataFrame({"sample_id": ["a1", "007", "b"], "prob_0": [0.25, 0.5, 1.0], "prob_1": [0.75, 0.5, 0.0]})
+    table.to_csv(tmp_path / "p.csv", index=False)
+    table.to_parquet(tmp_path / "p.parquet", index=False)
+    pd.testing.assert_frame_equal(read_prediction_file(tmp_path / "p.parquet"), read_prediction_file(tmp_path / "p.csv"))
+
+
+def test_a_parquet_file_without_pyarrow_names_the_extra_to_install(tmp_path, make_ddi, monkeypatch, capsys):
+    """pandas said only "Unable to find a usable engine; tried using: 'pyarrow', 'fastparquet'"."""
+    import sys
+
+    path = tmp_path / "mine.parquet"
+    path.write_bytes(b"PAR1 not read: the missing engine is found first")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what an install without the extra has: import fails
+    assert evaluate(tmp_path, make_ddi(), "--name", "mymodel", "--predictions", str(path)) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert str(path) in err and "pip install 'dermbench[parquet]'" in err and "save the predictions as CSV" in err
+    assert "Traceback" not in err
+
+
 def test_unmatched_duplicated_missing_and_non_finite_rows_are_refused_naming_them(tmp_path, make_ddi):
     tree = make_ddi()
     split = ddi_split(tree)

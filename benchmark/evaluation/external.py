@@ -1,7 +1,7 @@
 """A user's predictions file, matched to a test split's own sample ids (`dermbench evaluate`).
 
-The file is CSV or parquet (by its suffix: .csv, .csv.gz, .tsv, .parquet, .pq) with one row per
-sample: the id column (`sample_id` unless told otherwise), an optional `test_set` column (needed
+The file is CSV or parquet (by its suffix: .csv, .csv.gz, .tsv, .parquet, .pq; parquet needs
+pyarrow, the optional extra `dermbench[parquet]`) with one row per sample: the id column (`sample_id` unless told otherwise), an optional `test_set` column (needed
 when one file covers several test sets), and one probability column per class, named by the
 class index or name: `prob_0`, `prob_1`, ... or `prob_<class>` or `<class>` (e.g. `benign`,
 `malignant`). A binary file may give only P(class 1) (`prob_1`, `prob_<class 1>` or
@@ -52,6 +52,21 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+#: the optional extra that installs what reading parquet needs (pyproject.toml)
+PARQUET_EXTRA = "dermbench[parquet]"
+
+
+def _require_pyarrow(path: Path) -> None:
+    """pyarrow is an optional dependency (a large wheel that CSV files do not need): without it a
+    parquet file is refused naming the extra to install, not with pandas' generic ImportError."""
+    try:
+        import pyarrow  # noqa: F401, PLC0415 (only parquet files need it)
+    except ImportError:
+        raise PredictionFileError(f"{path}: reading parquet needs pyarrow, which is not installed: "
+                                  f"pip install '{PARQUET_EXTRA}' (or pip install pyarrow), or save the predictions "
+                                  "as CSV") from None
+
+
 def read_prediction_file(path: str | Path, *, id_column: str = ID_COLUMN) -> pd.DataFrame:
     """The file as a table, ids as strings; a PredictionFileError for an unreadable file or one
     without the id column."""
@@ -61,11 +76,8 @@ def read_prediction_file(path: str | Path, *, id_column: str = ID_COLUMN) -> pd.
     name = path.name.lower()
     try:
         if name.endswith(PARQUET_SUFFIXES):
-            try:
-                table = pd.read_parquet(path)
-            except ImportError as exc:
-                raise PredictionFileError(f"{path}: reading parquet needs pyarrow (pip install pyarrow), or save the "
-                                          f"predictions as CSV ({exc})") from None
+            _require_pyarrow(path)
+            table = pd.read_parquet(path, engine="pyarrow")
         elif name.endswith(CSV_SUFFIXES):
             table = pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",", dtype={id_column: str})
         else:
