@@ -45,7 +45,15 @@ from dermbench.plugins import BUILTIN_METHODS
 from dermbench.results.backbone_refs import DERMBENCH, backbone_references
 from dermbench.results.citations import dataset_references
 from dermbench.results.counterfactual import write_counterfactual
-from dermbench.results.records import METRICS_FILE, RecordError, RunDir, environment, read_record
+from dermbench.results.records import (
+    COUNTERFACTUAL_FILE,
+    METRICS_FILE,
+    RecordError,
+    RunDir,
+    check_seal,
+    environment,
+    read_record,
+)
 from dermbench.results.report import write_report
 from dermbench.runner import (
     PREDICTIONS,
@@ -352,9 +360,10 @@ def counterfactual_for_run(run_dir: str | Path, *, device: str | None = None, mo
     `model` points at it when it moved)."""
     console = console or Console()
     run_dir = Path(run_dir)
-    record = read_record(run_dir / METRICS_FILE)
     if not (run_dir / "done").is_file():
         raise RecordError(f"{run_dir}: unfinished run (no `done` marker); finish it first")
+    check_seal(run_dir, ignore=COUNTERFACTUAL_FILE)  # the file this writes again; the rest must be as it finished
+    record = read_record(run_dir / METRICS_FILE, verify_seal=False)
     cfg = dict(record.config)
     torch_device = choose_device(device or (cfg.get("device") if cfg.get("device") in ("cpu", "cuda", "mps") else "cpu"))
     datasets = DatasetPool(cfg, ())

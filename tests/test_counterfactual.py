@@ -195,6 +195,8 @@ def test_counterfactual_of_a_run_writes_the_record_and_the_leaderboards_flip_rat
     assert rows["erm"].strip("*") == f"{data['test_sets']['synthderm']['flip_rate']:.3f}"
     assert rows["theirs (external)"] == "–"
 
+    _counterfactual_json_is_sealed(out, erm, tmp_path, capsys)
+
     # a predictions-file run cannot be re-rendered; a model that is not the run's is refused
     capsys.readouterr()
     (theirs,) = [p.parent for p in out.glob("theirs_*/metrics.json")]
@@ -204,6 +206,51 @@ def test_counterfactual_of_a_run_writes_the_record_and_the_leaderboards_flip_rat
     save_file({k: v + 0.05 if v.is_floating_point() else v for k, v in weights.items()}, str(erm / "model.safetensors"))
     assert main(["counterfactual", str(erm), "--device", "cpu"]) == 2
     assert "does not reproduce the run's recorded predictions" in " ".join(capsys.readouterr().err.split())
+
+
+def _err(capsys) -> str:
+    """stderr without whitespace: the console wraps long lines anywhere, inside paths too."""
+    return "".join(capsys.readouterr().err.split())
+
+
+def _bare(text: str) -> str:
+    return "".join(text.split())
+
+
+def _counterfactual_json_is_sealed(out: Path, run: Path, tmp_path: Path, capsys) -> None:
+    """counterfactual.json is covered by the run's seal (issue 28): `dermbench counterfactual` sealed the
+    finished run again, every reader refuses a hand edit naming the file, and one written by a
+    dermbench that did not seal it is refused until `dermbench records seal` checks and adds it."""
+    from dermbench.results.records import read_seal, write_done
+
+    path = run / "counterfactual.json"
+    seal = read_seal(run)
+    assert "counterfactual.json" in seal["files"]
+    assert main(["records", "check", str(out)]) == 0
+    genuine = path.read_bytes()
+    edited = json.loads(genuine)
+    edited["test_sets"]["synthderm"]["flip_rate"] = 0.0
+    path.write_text(json.dumps(edited))
+    capsys.readouterr()
+    for command in (["records", "check", str(out)], ["report", str(run)],
+                    ["leaderboard", "--runs", str(out), "--out", str(tmp_path / "board2")]):
+        assert main(command) == 2, command
+        assert _bare(f"{path}: changed after the run finished") in _err(capsys), command
+    # an older dermbench wrote it without sealing it: refused naming the seal command, which adds it
+    path.unlink()
+    write_done(run, finished=seal["finished"])
+    path.write_text(json.dumps({**edited, "test_sets": {"synthderm": {**edited["test_sets"]["synthderm"],
+                                                                      "flip_rate": 5.0}}}))
+    assert main(["records", "check", str(out)]) == 2
+    err = _err(capsys)
+    assert _bare(f"{path}: not covered by the run's `done` marker") in err and _bare(f"dermbench records seal {run}") in err
+    assert main(["records", "seal", str(run)]) == 2  # an impossible one is not sealed
+    assert _bare("flip_rate: expected a share in [0, 1]") in _err(capsys)
+    path.write_bytes(genuine)
+    assert main(["records", "seal", str(run)]) == 0
+    assert "sealed counterfactual.json" in " ".join(capsys.readouterr().out.split())
+    assert main(["records", "check", str(out)]) == 0
+    assert read_seal(run)["finished"] == seal["finished"] and read_seal(run)["files"] == seal["files"]
 
 
 def test_a_run_without_weights_names_the_command_that_makes_them(tmp_path, capsys):

@@ -4,11 +4,13 @@
     dermbench records check DIR [DIR ...]   verify every finished record under the folders
 
 A finished run's `done` marker holds the SHA-256 of its metrics.json and predictions (sealed when
-the run finishes); every reader (leaderboard, report, --check) refuses a record changed after it
+the run finishes) and of counterfactual.json when it has one (re-sealed when that is written); every reader (leaderboard, report, --check) refuses a record changed after it
 finished, and one whose marker holds no checksums, which a run written before dermbench sealed its
 records has. `seal` is the deliberate step for those: it checks each record's shape and values
 (rates in [0, 1], counts non-negative integers, gaps consistent with their groups) and only then
-writes the checksums; a marker already sealed is verified, never rewritten.
+writes the checksums; a marker already sealed is verified, never rewritten, except to add a
+counterfactual.json that an older dermbench wrote without sealing it (checked, and only when every
+file the marker lists still matches).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import argparse
 from pathlib import Path
 
 from dermbench.errors import DermbenchError
+from dermbench.results.counterfactual import read_counterfactual
 from dermbench.results.leaderboard import display_path, scan_runs
-from dermbench.results.records import RecordError, check_seal, read_record, seal_run
+from dermbench.results.records import COUNTERFACTUAL_FILE, RecordError, check_seal, read_record, seal_run
 
 
 def _finished(roots: list[Path]) -> list[Path]:
@@ -33,17 +36,23 @@ def cmd_seal(args: argparse.Namespace) -> int:
     refused = []
     for run_dir in _finished(args.dirs):
         try:
-            outcome = seal_run(run_dir)
+            outcome = seal_run(run_dir, check_added=_check_added)
         except DermbenchError as exc:
             refused.append(str(exc))
             continue
-        counts[outcome] += 1
-        if outcome == "sealed":
-            print(f"sealed {display_path(run_dir)}")
+        counts["already sealed" if outcome == "already sealed" else "sealed"] += 1
+        if outcome != "already sealed":
+            print(f"{outcome} {display_path(run_dir)}")
     print(f"sealed {counts['sealed']}, already sealed {counts['already sealed']}, refused {len(refused)}")
     if refused:
         raise RecordError(f"{len(refused)} record(s) not sealed:\n" + "\n".join(refused))
     return 0
+
+
+def _check_added(run_dir: Path, name: str) -> None:
+    """A file a seal gains afterwards (counterfactual.json) must be well-formed first."""
+    if name == COUNTERFACTUAL_FILE:
+        read_counterfactual(run_dir, verify_seal=False)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -53,6 +62,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         try:
             check_seal(run_dir)
             read_record(run_dir, verify_seal=False)
+            read_counterfactual(run_dir, verify_seal=False)  # its shape and values, when present
         except DermbenchError as exc:
             problems.append(str(exc))
     if problems:

@@ -9,7 +9,9 @@ and a finished run gains the test without being rewritten. Shape:
      "test_sets": {TEST_SET: the entry of dermbench.evaluation.counterfactual.counterfactual_scores
                    plus "split" and "check"}}
 
-One module writes it and reads it back; a malformed file is a RecordError naming it.
+One module writes it and reads it back; a malformed file is a RecordError naming it. It is sealed
+with the record (the `done` marker holds its SHA-256, results/records.py), so a file changed by
+hand after it was written is refused naming it.
 """
 
 from __future__ import annotations
@@ -23,18 +25,23 @@ import pandas as pd
 
 from dermbench.files import write_json
 from dermbench.results.formatting import MISSING, fmt
-from dermbench.results.records import RecordError
+from dermbench.results.records import COUNTERFACTUAL_FILE, DONE, RecordError, check_seal, reseal_run
 
-COUNTERFACTUAL_FILE = "counterfactual.json"
 SCHEMA_VERSION = 1
 
 
 def write_counterfactual(run_dir: str | Path, data: dict[str, Any]) -> Path:
-    """Write `<run_dir>/counterfactual.json` (atomically) after checking its shape."""
+    """Write `<run_dir>/counterfactual.json` (atomically) after checking its shape. In a finished run
+    the `done` marker is sealed again to cover it (records.reseal_run: the rest of the record must
+    still match the old seal), so a later hand edit is refused like one of metrics.json; before
+    `done` (dermbench evaluate --counterfactual) the marker written next seals it."""
     data = {"schema_version": SCHEMA_VERSION, **data}
-    check_counterfactual(data, where=str(Path(run_dir) / COUNTERFACTUAL_FILE))
     path = Path(run_dir) / COUNTERFACTUAL_FILE
-    write_json(path, data)
+    check_counterfactual(data, where=str(path))
+    if (Path(run_dir) / DONE).is_file():
+        reseal_run(run_dir, COUNTERFACTUAL_FILE, lambda: write_json(path, data))
+    else:
+        write_json(path, data)
     return path
 
 
@@ -58,11 +65,15 @@ def check_counterfactual(data: Any, *, where: str) -> dict[str, Any]:
     return data
 
 
-def read_counterfactual(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's counterfactual.json, or None when the run has none."""
+def read_counterfactual(run_dir: str | Path, *, verify_seal: bool = True) -> dict[str, Any] | None:
+    """The run's counterfactual.json, or None when the run has none. With `verify_seal` (the default),
+    a finished run's seal must cover it and match (records.check_seal): a hand-edited file is
+    refused naming it."""
     path = Path(run_dir) / COUNTERFACTUAL_FILE
     if not path.is_file():
         return None
+    if verify_seal and (Path(run_dir) / DONE).is_file():
+        check_seal(run_dir)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

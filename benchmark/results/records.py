@@ -28,8 +28,9 @@ renaming or changing a field means a new schema version.
 Checked on write and on read (issue 27): besides the shape, every value must be possible
 (`check_values`): rates, AUC, accuracy, ECE in [0, 1]; counts non-negative integers; each gap
 and worst-group value of a binary task what the group values it names give. And a finished
-run is sealed: its `done` marker (JSON, `write_done`) holds the SHA-256 of metrics.json and of
-every predictions/*.csv, plus a short digest of each field of metrics.json down to
+run is sealed: its `done` marker (JSON, `write_done`) holds the SHA-256 of metrics.json, of
+every predictions/*.csv and of counterfactual.json when the run has one (writing it later re-seals
+the marker, `reseal_run`), plus a short digest of each field of metrics.json down to
 `$.eval.<set>.<block>`; reading a record beside a `done` marker checks them, so a record changed
 after it finished is refused naming the file and the field. A `done` marker without checksums
 (written before records were sealed) is refused naming `dermbench records seal`, which checks
@@ -71,6 +72,8 @@ CHECKPOINTS = Path("work") / "checkpoints"
 SCHEMA_VERSION = 2
 #: the folder of per-sample predictions in a run folder (sealed with metrics.json)
 PREDICTIONS_DIR = "predictions"
+#: the counterfactual test's results (results/counterfactual.py), sealed too when present
+COUNTERFACTUAL_FILE = "counterfactual.json"
 #: the command that checks and seals records whose `done` marker holds no checksums
 SEAL_COMMAND = "dermbench records seal"
 #: the version of the sealed `done` marker
@@ -667,10 +670,12 @@ def _file_sha256(path: Path) -> str:
 
 
 def sealed_files(run_dir: Path) -> list[str]:
-    """What a `done` marker seals: metrics.json and every predictions/*.csv (paths relative to the run)."""
+    """What a `done` marker seals: metrics.json, every predictions/*.csv and counterfactual.json when
+    the run has one (paths relative to the run)."""
     folder = Path(run_dir) / PREDICTIONS_DIR
     predictions = sorted(p.relative_to(run_dir).as_posix() for p in folder.glob("*.csv")) if folder.is_dir() else []
-    return [METRICS_FILE, *predictions]
+    counterfactual = [COUNTERFACTUAL_FILE] if (Path(run_dir) / COUNTERFACTUAL_FILE).is_file() else []
+    return [METRICS_FILE, *predictions, *counterfactual]
 
 
 def field_digests(raw: Any) -> dict[str, str]:
@@ -724,9 +729,10 @@ def _changed_field(stored: dict[str, Any], current: dict[str, str]) -> str:
     return max(differing, key=lambda p: (p.count("."), p)) if differing else "$"
 
 
-def check_seal(run_dir: str | Path) -> None:
+def check_seal(run_dir: str | Path, *, ignore: str | None = None) -> None:
     """A RecordError naming the file (and for metrics.json the field) changed after the run
-    finished, or naming the seal command when the `done` marker holds no checksums."""
+    finished, or naming the seal command when the `done` marker holds no checksums. `ignore` names
+    a file not checked (counterfactual.json, about to be written again)."""
     run_dir = Path(run_dir)
     done = run_dir / DONE
     seal = read_seal(run_dir)
@@ -734,14 +740,29 @@ def check_seal(run_dir: str | Path) -> None:
         raise RecordError(f"{done}: the `{DONE}` marker holds no checksums (it was written before dermbench sealed "
                           f"finished records), so a change to {METRICS_FILE} or the predictions after the run "
                           f"finished cannot be detected; check the record and seal it with `{SEAL_COMMAND} {run_dir}`")
-    files: dict[str, Any] = seal["files"]
-    redo = "redo the run (dermbench run ... --force) or restore the file"
     for name in sealed_files(run_dir):
-        if name not in files:
+        if name not in seal["files"] and name != ignore:
+            if name == COUNTERFACTUAL_FILE:
+                raise RecordError(f"{run_dir / name}: not covered by the run's `{DONE}` marker (written by a dermbench "
+                                  "that did not seal it, or added by hand), so a change to it cannot be detected; "
+                                  f"check it and seal it with `{SEAL_COMMAND} {run_dir}`, or write it again with "
+                                  f"`dermbench counterfactual {run_dir}`")
             raise RecordError(f"{run_dir / name}: added after the run finished (its `{DONE}` marker does not list "
-                              f"it); remove it or {redo}")
-    for name, expected in files.items():
+                              f"it); remove it or {_REDO}")
+    _verify_listed(run_dir, seal, skip=frozenset({ignore} - {None}))
+
+
+#: what to do about a sealed file that changed
+_REDO = "redo the run (dermbench run ... --force) or restore the file"
+
+
+def _verify_listed(run_dir: Path, seal: dict[str, Any], *, skip: frozenset[str] = frozenset()) -> None:
+    """A RecordError naming the first file the seal lists (but `skip`) that is missing or changed."""
+    for name, expected in seal["files"].items():
+        if name in skip:
+            continue
         path = run_dir / name
+        redo = (f"write it again with `dermbench counterfactual {run_dir}`" if name == COUNTERFACTUAL_FILE else _REDO)
         if not path.is_file():
             raise RecordError(f"{path}: missing, but the run's `{DONE}` marker lists it; {redo}")
         if _file_sha256(path) == expected:
@@ -754,15 +775,37 @@ def check_seal(run_dir: str | Path) -> None:
                           f"`{DONE}` marker); {redo}")
 
 
-def seal_run(run_dir: str | Path) -> str:
+def reseal_run(run_dir: str | Path, added: str, write: Callable[[], Any]) -> None:
+    """`write()` the file `added` (counterfactual.json) into a finished run and seal the run again.
+    Every other file the old seal lists must match it first, so a re-seal never covers a change
+    made by hand; the finishing time is kept. The caller holds the run's lock."""
+    run_dir = Path(run_dir)
+    seal = read_seal(run_dir)
+    if seal is None:
+        raise RecordError(f"{run_dir / DONE}: the `{DONE}` marker holds no checksums; check the record and seal it "
+                          f"with `{SEAL_COMMAND} {run_dir}` first")
+    _verify_listed(run_dir, seal, skip=frozenset({added}))
+    write()
+    write_done(run_dir, finished=seal["finished"])
+
+
+def seal_run(run_dir: str | Path, check_added: Callable[[Path, str], None] | None = None) -> str:
     """Seal a finished run whose `done` marker holds no checksums, after checking its record's
-    shape and values: "sealed", or "already sealed" (verified). A RecordError when the record is
-    unfinished, impossible, or was changed after it was sealed."""
+    shape and values: "sealed", or "already sealed" (verified). A seal that predates counterfactual.json
+    being sealed gains it ("sealed counterfactual.json"), after `check_added(run_dir, name)` checked
+    that file and every file the seal lists verified. A RecordError when the record is unfinished,
+    impossible, or was changed after it was sealed."""
     run_dir = Path(run_dir)
     done = run_dir / DONE
     if not done.is_file():
         raise RecordError(f"{run_dir}: no `{DONE}` marker: an unfinished run is not sealed")
-    if read_seal(run_dir) is not None:
+    if (seal := read_seal(run_dir)) is not None:
+        if (run_dir / COUNTERFACTUAL_FILE).is_file() and COUNTERFACTUAL_FILE not in seal["files"]:
+            _verify_listed(run_dir, seal)
+            if check_added is not None:
+                check_added(run_dir, COUNTERFACTUAL_FILE)
+            write_done(run_dir, finished=seal["finished"])
+            return f"sealed {COUNTERFACTUAL_FILE}"
         check_seal(run_dir)
         return "already sealed"
     read_record(run_dir / METRICS_FILE, verify_seal=False)
