@@ -11,7 +11,10 @@ settings, so the run id changes with the file's content, not its path.
 
 `counterfactual_for_run` renders every lesion of a run's SynthDerm test sets on FST I..VI with
 everything but the skin tone held fixed (dermbench.datasets.synthderm.retone) and scores the
-run's model on them (evaluation.counterfactual), into counterfactual.json and the report.
+run's model on them (evaluation.counterfactual), into counterfactual.json and the report. It can
+rebuild only a model that is the run's saved backbone (or an external model file);
+`counterfactual_of_method` (`dermbench run --counterfactual`) runs the same test at the end of a
+run through the method's own predict hook, so it covers every method.
 
 Orchestration, beside the runner: it may import the runner and every layer below it.
 """
@@ -32,6 +35,7 @@ from rich.console import Console
 
 from dermbench import config as configuration
 from dermbench.context import RunContext, choose_device
+from dermbench.data.groups import add_group_columns
 from dermbench.data.model import Split
 from dermbench.data.pool import DatasetPool
 from dermbench.datasets.synthderm import FST_TYPES, SynthDerm
@@ -41,6 +45,7 @@ from dermbench.evaluation.evaluate import threshold_from_validation
 from dermbench.evaluation.external import match_predictions, read_prediction_file, sha256_of
 from dermbench.evaluation.thresholds import parse_rule
 from dermbench.files import write_json, write_text
+from dermbench.hookchecks import predict_checked
 from dermbench.plugins import BUILTIN_METHODS
 from dermbench.results.backbone_refs import DERMBENCH, backbone_references
 from dermbench.results.citations import dataset_references
@@ -57,6 +62,7 @@ from dermbench.results.records import (
 from dermbench.results.report import write_report
 from dermbench.runner import (
     PREDICTIONS,
+    BeforeDone,
     RunResult,
     data_fingerprints,
     load_test_sets,
@@ -253,7 +259,7 @@ def evaluate_external(cfg: dict, source: ExternalSource, *, force: bool = False,
         metrics = run.write_record(metrics)
         if counterfactual:
             data = counterfactual_data(cfg, datasets, tests, protocol, read_record(run.path / METRICS_FILE),
-                                       predict=lambda images, k, label: scorer.images(images, k, label),
+                                       predict=lambda split: scorer.images(split.images, split.num_classes, split.name),
                                        size=int(source.model.input_size), recorded=run.path / PREDICTIONS,
                                        tolerance=TOLERANCE.get(device.type, 1e-4), console=console)
             write_counterfactual(run.path, {"model": {"external": source.name, **source.model.describe()}, **data})
@@ -282,18 +288,20 @@ def _threshold(cfg: dict, source: ExternalSource, scorer: _Scorer, datasets: Dat
 
 # --------------------------------------------------------------------------- the counterfactual test
 
-Predict = Callable[[Any, int, str], np.ndarray]
+#: class probabilities of a split of counterfactual renders (its table: the lesions' rows with the
+#: rendered FST and the tone groups that follow from it; its images: the renders)
+Predict = Callable[[Split], np.ndarray]
 
 
 def counterfactual_data(cfg: dict, datasets: DatasetPool, tests: dict[str, Split], protocol: dict, record,
                         *, predict: Predict, size: int, recorded: Path | None, tolerance: float,
-                        console: Console) -> dict[str, Any]:
+                        console: Console, mismatch: str = "") -> dict[str, Any]:
     """{"renderer", "test_sets"} of counterfactual.json for every SynthDerm test set of the run.
 
     Each lesion is rendered on FST I..VI (SynthDerm.counterfactual). Two checks come first, on the
     render at each lesion's own FST: it must equal the test image byte for byte, and the model's
     probabilities on it must equal the run's recorded predictions (within `tolerance`), so the model
-    scored here is the one the record scored."""
+    scored here is the one the record scored (`mismatch` says why they might not, when they do not)."""
     out: dict[str, Any] = {}
     for name, split in tests.items():
         test = protocol.get(name)
@@ -314,7 +322,7 @@ def counterfactual_data(cfg: dict, datasets: DatasetPool, tests: dict[str, Split
             images, _ = dataset.counterfactual(table, fst=tone, size=size)
             same = fst == tone
             identical &= bool(np.array_equal(images[same], reference[same]))
-            probs.append(predict(images, split.num_classes, f"{name} FST {tone}"))
+            probs.append(predict(_rendered_split(split, table, images, tone, f"{name} FST {tone}")))
         prob = np.stack(probs, axis=1)  # (n, 6, K)
         if not identical:
             raise DermbenchError(f"counterfactual {name}: the render at a lesion's own FST differs from its test image; "
@@ -322,7 +330,8 @@ def counterfactual_data(cfg: dict, datasets: DatasetPool, tests: dict[str, Split
         at_own = prob[np.arange(len(fst)), fst - 1]
         check = {"identical_images": True, "tolerance": tolerance, "max_abs_diff": None}
         if recorded is not None:
-            check["max_abs_diff"] = _compare_recorded(recorded / f"{name}.csv", table["sample_id"], at_own, tolerance)
+            check["max_abs_diff"] = _compare_recorded(recorded / f"{name}.csv", table["sample_id"], at_own, tolerance,
+                                                      mismatch)
         entry = counterfactual_scores(y_true=table["label"].to_numpy(), prob=prob, threshold=ev.threshold,
                                       original_fst=fst, n_boot=int(cfg["eval"]["n_boot"]), seed=int(cfg["seed"]),
                                       class_names=split.classes, tag=name)
@@ -336,7 +345,15 @@ def counterfactual_data(cfg: dict, datasets: DatasetPool, tests: dict[str, Split
             "test_sets": out}
 
 
-def _compare_recorded(path: Path, ids: pd.Series, prob: np.ndarray, tolerance: float) -> float:
+def _rendered_split(split: Split, table: pd.DataFrame, images: np.ndarray, tone: int, name: str) -> Split:
+    """The renders of `table`'s lesions on FST `tone` as a split a method's predict can take: the
+    same rows, with the rendered FST and the tone3/tone2 groups that follow from it (at a lesion's
+    own FST, exactly its test row), and no label (the harness's predict call drops it anyway)."""
+    rows = add_group_columns(table.drop(columns=["tone3", "tone2"], errors="ignore").assign(fst=tone))
+    return Split(name=name, table=rows, images=images, classes=split.classes)
+
+
+def _compare_recorded(path: Path, ids: pd.Series, prob: np.ndarray, tolerance: float, mismatch: str = "") -> float:
     """Largest |recorded - recomputed| probability; a DermbenchError above `tolerance`."""
     if not path.is_file():
         raise DermbenchError(f"{path}: the run's predictions are missing; the counterfactual test checks the reloaded "
@@ -346,9 +363,9 @@ def _compare_recorded(path: Path, ids: pd.Series, prob: np.ndarray, tolerance: f
     recorded = table.loc[ids.astype(str), columns].to_numpy(dtype=np.float64)
     diff = float(np.abs(recorded - prob).max()) if len(prob) else 0.0
     if diff > tolerance:
-        raise DermbenchError(f"the reloaded model does not reproduce the run's recorded predictions ({path}: largest "
-                             f"difference {diff:.3g} > {tolerance:g}); its method's predictions are not the backbone's "
-                             "on the harness inputs, so a counterfactual score would not be this run's")
+        raise DermbenchError(f"the model does not reproduce the run's recorded predictions ({path}: largest "
+                             f"difference {diff:.3g} > {tolerance:g}), so a counterfactual score would not be this "
+                             f"run's{'; ' + mismatch if mismatch else ''}")
     return diff
 
 
@@ -380,14 +397,40 @@ def counterfactual_for_run(run_dir: str | Path, *, device: str | None = None, mo
     external = cfg.get("external")
     if isinstance(external, dict):
         predict, size, described = _external_predictor(record, external, model, torch_device, batch_size, console)
+        mismatch = ""
     else:
         predict, size, described = _run_predictor(run_dir, cfg, ctx, tests)
+        mismatch = (f"method {cfg['method']!r} predicts otherwise than its saved backbone does on the harness inputs: "
+                    f"{rerun_with_the_test(run_dir)}")
     data = counterfactual_data(cfg, datasets, tests, protocol, record, predict=predict, size=size,
                                recorded=run_dir / PREDICTIONS, tolerance=TOLERANCE.get(torch_device.type, 1e-4),
-                               console=console)
+                               console=console, mismatch=mismatch)
     with RunDir(run_dir.parent, run_dir.name).lock():
         path = write_counterfactual(run_dir, {"model": described, **data})
         write_report(run_dir)
+    return path
+
+
+def counterfactual_of_method(done: BeforeDone) -> Path:
+    """`dermbench run --counterfactual`: the counterfactual test at the end of a run, before its `done`
+    marker, scored by the method's own `predict` hook on the model its `fit` returned, so every
+    method has it (Class-N-Diff's latent classifier and FEDD's probe too, which `dermbench
+    counterfactual` cannot rebuild from a backbone). The re-predicted originals must equal the
+    predictions just recorded; counterfactual.json is then sealed by the `done` marker. A run without
+    a SynthDerm test set is an error naming its test sets."""
+    run, cfg, ctx = done.run, done.cfg, done.ctx
+    protocol = {t.name: t for t in test_sets(cfg, done.train_dataset)}
+    record = read_record(run.path / METRICS_FILE)  # just written; no `done` yet, so nothing to verify
+    data = counterfactual_data(
+        cfg, done.datasets, done.tests, protocol, record,
+        predict=lambda split: predict_checked(done.pm, ctx, done.model, split),
+        size=int(cfg["data"]["image_size"]), recorded=run.path / PREDICTIONS,
+        tolerance=TOLERANCE.get(ctx.device.type, 1e-4), console=ctx.console,
+        mismatch=f"method {cfg['method']!r}'s predict gives other probabilities for the same images on a second call")
+    described = {"run": run.run_id, "method": cfg["method"], "predict": done.pm.trace.calls["predict"].answer,
+                 "scored": "the model fit returned, through the method's predict hook (dermbench run --counterfactual)"}
+    path = write_counterfactual(run.path, {"model": described, **data})
+    ctx.say(f"counterfactual test: {', '.join(data['test_sets'])} rendered on FST I-VI and scored; {path.name} written")
     return path
 
 
@@ -408,16 +451,23 @@ def _external_predictor(record, external: dict, model: str | Path | None, device
                         output=given.get("output"))
     source = ExternalSource(name=record.method, model=spec, batch_size=batch_size)
     scorer = _Scorer(source, None, device, console)  # type: ignore[arg-type]
-    return (lambda images, k, label: scorer.images(images, k, label)), int(spec.input_size), \
+    return (lambda split: scorer.images(split.images, split.num_classes, split.name)), int(spec.input_size), \
         {"external": record.method, **spec.describe()}
+
+
+def rerun_with_the_test(run_dir: Path) -> str:
+    """What to do for a run whose model the counterfactual test cannot rebuild: run it again with the
+    test at the end, scored through the method's own predict (the same settings give the same run id)."""
+    return (f"rerun it with the test at its end, scored by the method's own predict: `dermbench run --config "
+            f"{run_dir / 'config.yaml'} --out DIR --counterfactual` (DIR: another folder, or add --force to redo "
+            "this one)")
 
 
 def _run_predictor(run_dir: Path, cfg: dict, ctx: RunContext, tests: dict[str, Split]) -> tuple[Predict, int, dict]:
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
-        raise DermbenchError(f"{run_dir} has no model.safetensors (committed records keep no weights): rerun it with "
-                             f"`dermbench run --config {run_dir / 'config.yaml'} --out DIR --force`, then run "
-                             "`dermbench counterfactual` on the new folder")
+        raise DermbenchError(f"{run_dir} has no model.safetensors (committed records keep no weights, and a method "
+                             f"whose model is not a torch module saves none): {rerun_with_the_test(run_dir)}")
     m = cfg["model"]
     num_classes = next(iter(tests.values())).num_classes
     model = create_backbone(m["backbone"], num_classes=num_classes, pretrained=False, drop_rate=m["drop_rate"],
@@ -427,11 +477,9 @@ def _run_predictor(run_dir: Path, cfg: dict, ctx: RunContext, tests: dict[str, S
     except DermbenchError as exc:
         raise DermbenchError(f"{weights}: the run's weights do not load into its configured backbone "
                              f"{m['backbone']!r} ({exc}); method {cfg['method']!r} keeps a model of its own, which "
-                             "the counterfactual test cannot rebuild") from None
+                             f"`dermbench counterfactual` cannot rebuild: {rerun_with_the_test(run_dir)}") from None
 
-    def predict(images: Any, k: int, label: str) -> np.ndarray:
-        split = Split(name=label, table=pd.DataFrame({"sample_id": np.arange(len(images))}), images=np.asarray(images),
-                      classes=tuple(str(c) for c in range(k)))
+    def predict(split: Split) -> np.ndarray:
         return ctx.predict_proba(model, split)
 
     return predict, int(cfg["data"]["image_size"]), {"run": run_dir.name, "backbone": m["backbone"],

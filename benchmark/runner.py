@@ -3,8 +3,9 @@ of the protocol, and write the run record.
 
 How a record is sealed: the run folder's files are written atomically, and the `done` marker comes
 last (`RunDir.mark_done`). It is not an empty flag but the seal: JSON holding the time the run
-finished and the SHA-256 of metrics.json and of every predictions/*.csv, plus a short digest of each
-field of metrics.json (`dermbench.results.records.write_done`). Every reader (the runner reusing a
+finished and the SHA-256 of metrics.json, of every predictions/*.csv and of counterfactual.json
+(`--counterfactual`, or written later by `dermbench counterfactual`, which seals the marker again),
+plus a short digest of each field of metrics.json (`dermbench.results.records.write_done`). Every reader (the runner reusing a
 finished run, `dermbench report`, `dermbench leaderboard` and its `--check`) verifies the seal and
 refuses a file changed after the run finished, naming the file and, for metrics.json, the field.
 `dermbench records check DIR` verifies every finished record under DIR; `dermbench records seal DIR`
@@ -54,6 +55,22 @@ class RunResult:
     run_dir: RunDir
     metrics: dict
     reused: bool
+
+
+@dataclass
+class BeforeDone:
+    """What a run hands its `before_done` step (run_experiment): the record is written, `done` is not,
+    so what the step writes into the run folder is sealed with the record. The trained model and the
+    plugin manager are there, so the step can predict through the method's own hook."""
+
+    run: RunDir
+    cfg: dict
+    datasets: DatasetPool
+    train_dataset: Any
+    tests: dict[str, Split]
+    pm: Any
+    ctx: RunContext
+    model: Any
 
 
 def method_defaults_from_plugins(local: tuple[str, ...]):
@@ -199,8 +216,13 @@ def data_fingerprints(cfg: dict, datasets: DatasetPool) -> dict[str, dict | None
     return fingerprints
 
 
-def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = False, console: Console | None = None) -> RunResult:
+def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = False, console: Console | None = None,
+                   before_done: Callable[[BeforeDone], Any] | None = None) -> RunResult:
     """Train and evaluate one config; a finished run with the same id is reused unless `force`.
+
+    `before_done` is an extra step of a run that trains (not of a reused one), after its record
+    and before `done` (`dermbench run --counterfactual`: audit.counterfactual_of_method). It is
+    not part of the config, so it leaves the run id alone.
 
     A run folder is worked on by one process at a time, under an OS lock on `<run>/.lock`
     (released by the kernel even when the process is killed). A second process with the same
@@ -235,11 +257,12 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
         if run.done and not force:  # finished by the process waited for
             return _reuse(run, run.finished_metrics(), console)  # a damaged record: an error naming it and --force
         return _execute(run, cfg, datasets, fingerprint, device=device, local=local, force=force, console=console,
-                        started=started)
+                        started=started, before_done=before_done)
 
 
 def _execute(run: RunDir, cfg: dict, datasets: DatasetPool, fingerprint: dict, *, device: torch.device,
-             local: tuple[str, ...], force: bool, console: Console, started: float) -> RunResult:
+             local: tuple[str, ...], force: bool, console: Console, started: float,
+             before_done: Callable[[BeforeDone], Any] | None = None) -> RunResult:
     """Train and evaluate under the run's lock, and write the record; `done` comes last."""
     run_id = run.run_id
     if force:
@@ -294,6 +317,9 @@ def _execute(run: RunDir, cfg: dict, datasets: DatasetPool, fingerprint: dict, *
                                          cfg, train_dataset) if t.name in evaluations)]),
     }
     metrics = run.write_record(metrics)  # checked against the record schema (results/records.py)
+    if before_done is not None:
+        before_done(BeforeDone(run=run, cfg=cfg, datasets=datasets, train_dataset=train_dataset, tests=tests, pm=pm,
+                               ctx=ctx, model=model))
     run.mark_done()
 
     report = write_report(run.path)  # derived from the record, so written after `done`; `dermbench report` redoes it

@@ -263,3 +263,102 @@ def test_a_run_without_weights_names_the_command_that_makes_them(tmp_path, capsy
     err = " ".join(capsys.readouterr().err.split())
     assert "has no model.safetensors" in err and "dermbench run --config" in err
     assert not Path(erm / "counterfactual.json").exists()
+
+
+# --------------------------------------------------------------------------- dermbench run --counterfactual
+
+
+def _bare_err(capsys) -> str:
+    return "".join(capsys.readouterr().err.split())
+
+
+def test_run_counterfactual_scores_the_methods_own_predict_and_leaves_the_run_id_alone(tmp_path, capsys):
+    sets = sum([["--set", s] for s in (*SMALL, "model.backbone=test_resnet", "train.epochs=1", "train.batch_size=32")], [])
+    assert main(["run", "--out", str(tmp_path / "plain"), "--device", "cpu", *sets]) == 0
+    assert main(["run", "--out", str(tmp_path / "with"), "--device", "cpu", *sets, "--counterfactual"]) == 0
+    (plain,) = [p.parent for p in (tmp_path / "plain").glob("erm_*/metrics.json")]
+    (run,) = [p.parent for p in (tmp_path / "with").glob("erm_*/metrics.json")]
+    assert run.name == plain.name  # not a setting: the same run id
+    assert json.loads((run / "metrics.json").read_text())["eval"] == json.loads((plain / "metrics.json").read_text())["eval"]
+    data = read_counterfactual(run)  # verified against the run's seal
+    assert "counterfactual.json" in json.loads((run / "done").read_text())["files"]
+    assert set(data["test_sets"]) == {"synthderm", "synthderm-ddi", "synthderm-dermoscopic"}
+    assert data["model"]["predict"] == "erm"
+    for entry in data["test_sets"].values():
+        assert entry["check"]["identical_images"] is True and entry["check"]["max_abs_diff"] < 1e-5
+    assert "Skin-tone counterfactual (SynthDerm)" in (run / "report.md").read_text()
+    # `dermbench counterfactual` from the saved backbone gives the same numbers
+    assert main(["counterfactual", str(plain), "--device", "cpu"]) == 0
+    assert read_counterfactual(plain)["test_sets"] == data["test_sets"]
+    # a finished run reused with --counterfactual gains the test from its backbone
+    assert main(["run", "--out", str(tmp_path / "plain"), "--device", "cpu", *sets, "--counterfactual"]) == 0
+
+
+LIGHTCUT = '''
+"""A method with a model of its own, not a torch module: P(malignant) from the image's mean value."""
+import numpy as np
+
+from dermbench.hookspecs import hookimpl
+
+name = "lightcut"
+
+
+class LightCut:
+    def __init__(self, cut):
+        self.cut = cut
+
+    def proba(self, images):
+        means = np.asarray(images, dtype=np.float64).reshape(len(images), -1).mean(axis=1)
+        p1 = 1.0 / (1.0 + np.exp(-(self.cut - means) / 4.0))
+        return np.column_stack([1.0 - p1, p1])
+
+
+@hookimpl
+def fit(ctx, model, train, val):
+    cut = float(np.median(np.asarray(train.images, dtype=np.float64).reshape(len(train), -1).mean(axis=1)))
+    ctx.record("lightcut", {"cut": cut})
+    return LightCut(cut)
+
+
+@hookimpl
+def predict(ctx, model, split):
+    return model.proba(split.images) if isinstance(model, LightCut) else ctx.predict_proba(model, split)
+'''
+
+
+def test_run_counterfactual_covers_a_method_whose_model_is_not_the_backbone(tmp_path, monkeypatch, capsys):
+    import sys
+
+    (tmp_path / "lightcut.py").write_text(LIGHTCUT)
+    monkeypatch.delitem(sys.modules, "lightcut", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    out = tmp_path / "runs"
+    base = ["run", "--plugin", str(tmp_path / "lightcut.py"), "--method", "lightcut", "--out", str(out),
+            "--device", "cpu", *sum([["--set", s] for s in (*SMALL, "model.backbone=test_resnet")], [])]
+    assert main(base) == 0
+    (run,) = [p.parent for p in out.glob("lightcut_*/metrics.json")]
+    assert not (run / "model.safetensors").exists()
+    # `dermbench counterfactual` cannot rebuild its model: it names the run --counterfactual command
+    capsys.readouterr()
+    assert main(["counterfactual", str(run), "--device", "cpu"]) == 2
+    err = _bare_err(capsys)
+    assert _bare(f"dermbench run --config {run / 'config.yaml'} --out DIR --counterfactual") in err
+    # reusing the finished run cannot train its model again: --force can
+    assert main([*base, "--counterfactual"]) == 2
+    assert "--force" in _bare_err(capsys)
+    assert main([*base, "--counterfactual", "--force"]) == 0
+    (again,) = [p.parent for p in out.glob("lightcut_*/metrics.json")]
+    assert again == run
+    record = json.loads((run / "metrics.json").read_text())
+    entry = read_counterfactual(run)["test_sets"]["synthderm"]
+    assert entry["check"]["max_abs_diff"] == 0.0 and read_counterfactual(run)["model"]["predict"] == "lightcut"
+    # counted by hand from the renders, with the model's own rule and the run's threshold
+    table, images, _ = renders(SynthDerm(**SIZES))
+    cut = record["methods"]["lightcut"]["cut"]
+    means = images.reshape(len(table), 6, -1).astype(np.float64).mean(axis=2)
+    pred = 1.0 / (1.0 + np.exp(-(cut - means) / 4.0)) >= entry["threshold"]
+    assert 0 < entry["flip_rate"] < 1
+    assert entry["flip_rate"] == pytest.approx((pred != pred[:, :1]).any(axis=1).mean())
+    y = table["label"].to_numpy()
+    for k, tone in enumerate(("I", "II", "III", "IV", "V", "VI")):
+        assert entry["per_tone"][tone]["tpr"] == pytest.approx(pred[y == 1, k].mean())

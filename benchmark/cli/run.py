@@ -12,8 +12,10 @@ from rich.table import Table
 from rich.text import Text
 
 from dermbench import config as configuration
+from dermbench.audit import counterfactual_for_run, counterfactual_of_method
 from dermbench.config.catalog import protocol_names, protocol_path
-from dermbench.errors import ConfigError
+from dermbench.errors import ConfigError, DermbenchError
+from dermbench.results.counterfactual import read_counterfactual
 from dermbench.results.formatting import fmt
 from dermbench.results.records import METRICS_FILE, Record, as_json_values, read_record
 from dermbench.runner import RunResult, dry_run, resolve_config, run_experiment
@@ -144,13 +146,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = resolve_config(file=config_file(args), sets=args.set or (), flags=flags, local=local)
     if args.dry_run:
         return print_dry_run(dry_run(cfg, local), console=console, as_json=args.json)
-    result = run_experiment(cfg, local=local, force=args.force, console=console)
+    result = run_experiment(cfg, local=local, force=args.force, console=console,
+                            before_done=counterfactual_of_method if args.counterfactual else None)
+    if args.counterfactual and result.reused and read_counterfactual(result.run_dir.path) is None:
+        _counterfactual_of_reused(result, console)
     record = read_record(result.run_dir.path / METRICS_FILE)
     print_record(record, console)
     console.print(f"{'reused' if result.reused else 'ran'} {result.run_dir.path} — run time {record.timing.total_s:.1f} s")
     if args.json:
         sys.stdout.write(json.dumps(json_summary(result, record), indent=2) + "\n")
     return 0
+
+
+def _counterfactual_of_reused(result: RunResult, console: Console) -> None:
+    """--counterfactual on a finished run that has no test yet: from its saved backbone, as `dermbench
+    counterfactual` does; a method with a model of its own needs the run trained again (--force)."""
+    try:
+        counterfactual_for_run(result.run_dir.path, console=console)
+    except DermbenchError as exc:
+        raise DermbenchError(f"{exc}. This finished run was reused, so its model was not trained here: add --force to "
+                             "train it again with the counterfactual test at its end") from None
 
 
 def register(sub) -> None:
@@ -176,4 +191,8 @@ def register(sub) -> None:
                    "parameter counts and weight sources, and the data sizes; read no data, train nothing")
     p.add_argument("--json", action="store_true",
                    help="print the run's summary as JSON on stdout (progress and tables go to stderr)")
+    p.add_argument("--counterfactual", action="store_true",
+                   help="at the end of the run, re-render its SynthDerm test lesions on FST I-VI and score them with "
+                   "the method's own predict into counterfactual.json (docs/counterfactual.md); not a setting, so "
+                   "the run id is unchanged")
     p.set_defaults(func=cmd_run)
