@@ -11,7 +11,7 @@ import pytest
 
 from dermbench.cli import main
 from dermbench.results.drift import COUNT, GAP, SCORE, compare, kind_of, render_markdown
-from dermbench.results.records import METRICS_FILE, read_record, write_done, write_record
+from dermbench.results.records import COUNTERFACTUAL_FILE, METRICS_FILE, read_record, write_done, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "leaderboards" / "records"
@@ -21,11 +21,13 @@ RESAMPLING = "resampling_synthderm_s0_c6cbb5a61ec1"
 
 def copy_record(run_id: str, root: Path, *, as_id: str | None = None) -> Path:
     """A finished run directory under `root`: the committed record's metrics.json, environment.json,
-    predictions and done marker (what `dermbench drift` reads, and what the marker seals)."""
+    predictions, counterfactual.json where it has one, and done marker (what `dermbench drift` reads,
+    and what the marker seals)."""
     run_dir = root / (as_id or run_id)
     run_dir.mkdir(parents=True)
-    for name in (METRICS_FILE, "environment.json", "done"):
-        shutil.copy(RECORDS / run_id / name, run_dir / name)
+    for name in (METRICS_FILE, "environment.json", COUNTERFACTUAL_FILE, "done"):
+        if (RECORDS / run_id / name).exists():
+            shutil.copy(RECORDS / run_id / name, run_dir / name)
     shutil.copytree(RECORDS / run_id / "predictions", run_dir / "predictions")
     if as_id is not None:
         record = read_record(run_dir)

@@ -194,7 +194,7 @@ def test_fedd_runs_end_to_end_on_tiny_synthderm(tmp_path):
     assert metrics["hooks"]["fit"] == "fedd" and metrics["hooks"]["predict"] == "fedd"
     record = metrics["methods"]["fedd"]
     assert record["backbone"]["kind"] == "tiny" and record["backbone"]["identity"].startswith("tiny-pixel:")
-    assert record["block"] == 2 and record["layer"] == "up_blocks.1.resnets.0" and record["t"] == 50
+    assert record["block"] == 3 and record["layer"] == "up_blocks.1.upsamplers.0" and record["t"] == 0
     assert record["feature_dim"] == 512 and record["decoder_blocks"] == 6
     assert set(record["features"]) >= {"train", "val", "synthderm", "synthderm-ddi", "synthderm-dermoscopic"}
     for name in ("synthderm", "synthderm-ddi"):
