@@ -103,10 +103,14 @@ class ExternalSource:
 def check_name(name: str) -> str:
     """The user's model name: a folder-safe word that is not a built-in method's name."""
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"--name {name!r}: use letters, digits, '_', '.' or '-' (at most 64, starting with a letter "
-                          "or digit); it names the leaderboard row and the run folder")
+        raise ConfigError(
+            f"--name {name!r}: use letters, digits, '_', '.' or '-' (at most 64, starting with a letter "
+            "or digit); it names the leaderboard row and the run folder"
+        )
     if name in BUILTIN_METHODS:
-        raise ConfigError(f"--name {name!r} is a built-in method's name; an external model needs its own name")
+        raise ConfigError(
+            f"--name {name!r} is a built-in method's name; an external model needs its own name"
+        )
     return name
 
 
@@ -126,7 +130,9 @@ def external_config(cfg: dict, source: ExternalSource, *, device: torch.device) 
     if source.model is None:
         if source.predictions is None:
             raise ConfigError("dermbench evaluate needs --predictions FILE or --model FILE")
-        read_prediction_file(source.predictions, id_column=source.id_column)  # a missing or unreadable file stops here
+        read_prediction_file(
+            source.predictions, id_column=source.id_column
+        )  # a missing or unreadable file stops here
         external["sha256"] = sha256_of(source.predictions)
         external["id_column"] = source.id_column
     else:
@@ -135,8 +141,9 @@ def external_config(cfg: dict, source: ExternalSource, *, device: torch.device) 
     if source.val_predictions is not None:
         read_prediction_file(source.val_predictions, id_column=source.id_column)
         external["val_predictions_sha256"] = sha256_of(source.val_predictions)
-    external["threshold"] = ("validation" if source.val_predictions is not None or source.model_val else
-                             f"fixed {FIXED_THRESHOLD}")
+    external["threshold"] = (
+        "validation" if source.val_predictions is not None or source.model_val else f"fixed {FIXED_THRESHOLD}"
+    )
     out["external"] = external
     return out
 
@@ -147,15 +154,19 @@ def _aligned(split: Split, other: Split) -> np.ndarray:
     ids = split.table["sample_id"].astype(str)
     missing = ids[~ids.isin(position.index)]
     if len(missing):
-        raise DataError(f"test set {split.name!r}: {len(missing)} sample(s) did not load at the model's input size "
-                        f"(e.g. {', '.join(missing.head(5))})")
+        raise DataError(
+            f"test set {split.name!r}: {len(missing)} sample(s) did not load at the model's input size "
+            f"(e.g. {', '.join(missing.head(5))})"
+        )
     return position.loc[ids].to_numpy()
 
 
 class _Scorer:
     """Probabilities of the user's model or file for a split (in the split's row order)."""
 
-    def __init__(self, source: ExternalSource, datasets: DatasetPool, device: torch.device, console: Console) -> None:
+    def __init__(
+        self, source: ExternalSource, datasets: DatasetPool, device: torch.device, console: Console
+    ) -> None:
         self.source, self.datasets, self.device, self.console = source, datasets, device, console
         self.model = None
         self.table = None
@@ -168,25 +179,58 @@ class _Scorer:
         return self.model
 
     def images(self, images: Any, num_classes: int, label: str) -> np.ndarray:
-        return predict_images(self._model(num_classes), images, self.source.model, num_classes=num_classes,
-                              device=self.device, batch_size=self.source.batch_size, console=self.console, label=label)
+        return predict_images(
+            self._model(num_classes),
+            images,
+            self.source.model,
+            num_classes=num_classes,
+            device=self.device,
+            batch_size=self.source.batch_size,
+            console=self.console,
+            label=label,
+        )
 
-    def split(self, split: Split, dataset: str, split_name: str, *, test_set: str | None,
-              predictions: Path | None = None) -> np.ndarray:
+    def split(
+        self,
+        split: Split,
+        dataset: str,
+        split_name: str,
+        *,
+        test_set: str | None,
+        predictions: Path | None = None,
+    ) -> np.ndarray:
         if self.source.model is None:
-            table = self.table if predictions is None else read_prediction_file(predictions,
-                                                                                 id_column=self.source.id_column)
-            return match_predictions(table, split, where=str(predictions or self.source.predictions),
-                                     id_column=self.source.id_column, test_set=test_set)
+            table = (
+                self.table
+                if predictions is None
+                else read_prediction_file(predictions, id_column=self.source.id_column)
+            )
+            return match_predictions(
+                table,
+                split,
+                where=str(predictions or self.source.predictions),
+                id_column=self.source.id_column,
+                test_set=test_set,
+            )
         size = int(self.source.model.input_size)
         loaded = self.datasets.load(dataset, split_name, image_size=size)
         index = _aligned(split, loaded)
-        images = loaded.images if np.array_equal(index, np.arange(len(loaded))) else np.asarray(loaded.images)[index]
+        images = (
+            loaded.images
+            if np.array_equal(index, np.arange(len(loaded)))
+            else np.asarray(loaded.images)[index]
+        )
         return self.images(images, split.num_classes, f"{self.source.name} on {split.name}")
 
 
-def evaluate_external(cfg: dict, source: ExternalSource, *, force: bool = False, counterfactual: bool = False,
-                      console: Console | None = None) -> RunResult:
+def evaluate_external(
+    cfg: dict,
+    source: ExternalSource,
+    *,
+    force: bool = False,
+    counterfactual: bool = False,
+    console: Console | None = None,
+) -> RunResult:
     """Score `source` on the test sets of `cfg`'s protocol and write a run folder like `dermbench run`'s.
 
     `cfg` is a resolved config (its `method` is replaced by the user's name); a finished run of the
@@ -198,16 +242,22 @@ def evaluate_external(cfg: dict, source: ExternalSource, *, force: bool = False,
     if source.model_val and source.model is None:
         raise ConfigError("--val-split scores the model on the validation split: it needs --model")
     if counterfactual and source.model is None:
-        raise ConfigError("--counterfactual renders new images, so it needs a model (--model), not a predictions file")
+        raise ConfigError(
+            "--counterfactual renders new images, so it needs a model (--model), not a predictions file"
+        )
     datasets = DatasetPool(cfg, ())
     fingerprint = data_fingerprints(cfg, datasets)
     run_id = configuration.run_id(cfg, configuration.data_digests(fingerprint))
     run = RunDir(Path(cfg["out"]), run_id)
     if run.done and not force:
-        console.print(f"[green]finished evaluation found[/] {run.path} (same settings and file content); use --force "
-                      "to redo it")
+        console.print(
+            f"[green]finished evaluation found[/] {run.path} (same settings and file content); use --force "
+            "to redo it"
+        )
         return RunResult(run, run.finished_metrics(), reused=True)
-    with run.lock(on_wait=lambda pid: console.print(f"[yellow]run {run_id} is in progress in process {pid}[/]; waiting")):
+    with run.lock(
+        on_wait=lambda pid: console.print(f"[yellow]run {run_id} is in progress in process {pid}[/]; waiting")
+    ):
         if run.done and not force:
             return RunResult(run, run.finished_metrics(), reused=True)
         if force:
@@ -217,10 +267,19 @@ def evaluate_external(cfg: dict, source: ExternalSource, *, force: bool = False,
         write_text(run.file("config.yaml"), configuration.dump(cfg))
         write_json(run.file("plugins.json"), {})
         write_json(run.file("environment.json"), {**environment(), "device": str(device)})
-        ctx = RunContext(config=cfg, device=device, work_dir=run.path / "work", cache_dir=run.path / "work" / "cache",
-                         console=console, log=run.append_log, datasets=datasets)
-        ctx.say(f"evaluating external model [bold]{source.name}[/] ({source.kind}) as run [bold]{run_id}[/]: dataset "
-                f"{cfg['dataset']}, task {cfg['task']}, profile {cfg['profile']}")
+        ctx = RunContext(
+            config=cfg,
+            device=device,
+            work_dir=run.path / "work",
+            cache_dir=run.path / "work" / "cache",
+            console=console,
+            log=run.append_log,
+            datasets=datasets,
+        )
+        ctx.say(
+            f"evaluating external model [bold]{source.name}[/] ({source.kind}) as run [bold]{run_id}[/]: dataset "
+            f"{cfg['dataset']}, task {cfg['task']}, profile {cfg['profile']}"
+        )
         train_dataset = datasets.get(cfg["dataset"])
         tests, skipped = load_test_sets(cfg, datasets, train_dataset, ctx)
         scorer = _Scorer(source, datasets, device, console)
@@ -228,57 +287,97 @@ def evaluate_external(cfg: dict, source: ExternalSource, *, force: bool = False,
         protocol = {t.name: t for t in test_sets(cfg, train_dataset)}
         by_set = scorer.table is not None and "test_set" in scorer.table.columns
         if scorer.table is not None and not by_set and len(tests) > 1:
-            raise ConfigError(f"{source.predictions} has no test_set column, and {len(tests)} test sets are evaluated "
-                              f"({', '.join(tests)}): add a test_set column naming each row's test set, or choose "
-                              "one with --test-set NAME")
-        probs = {name: scorer.split(split, protocol[name].dataset, protocol[name].split,
-                                    test_set=name if by_set else None)
-                 for name, split in tests.items()}  # every file problem before anything is written
-        evaluations = score_test_sets(run, cfg, tests, lambda name, split: probs[name], threshold=threshold,
-                                      device=device)
+            raise ConfigError(
+                f"{source.predictions} has no test_set column, and {len(tests)} test sets are evaluated "
+                f"({', '.join(tests)}): add a test_set column naming each row's test set, or choose "
+                "one with --test-set NAME"
+            )
+        probs = {
+            name: scorer.split(
+                split, protocol[name].dataset, protocol[name].split, test_set=name if by_set else None
+            )
+            for name, split in tests.items()
+        }  # every file problem before anything is written
+        evaluations = score_test_sets(
+            run, cfg, tests, lambda name, split: probs[name], threshold=threshold, device=device
+        )
         files = {"file": str(Path(source.model.path if source.model else source.predictions).resolve())}
         if source.val_predictions is not None:
             files["val_predictions"] = str(Path(source.val_predictions).resolve())
         details: dict[str, Any] = {
-            "external": True, "kind": source.kind, **files, "sha256": cfg["external"]["sha256"],
-            "threshold": (f"chosen on validation predictions by {rule!r}" if rule is not None else
-                          f"fixed {FIXED_THRESHOLD}: no validation predictions were given"),
+            "external": True,
+            "kind": source.kind,
+            **files,
+            "sha256": cfg["external"]["sha256"],
+            "threshold": (
+                f"chosen on validation predictions by {rule!r}"
+                if rule is not None
+                else f"fixed {FIXED_THRESHOLD}: no validation predictions were given"
+            ),
         }
         if source.model is not None:
             details["input"] = source.model.describe()
         backbones = [source.model.arch] if source.model is not None and source.model.arch else []
-        references = {"dermbench": [DERMBENCH],
-                      **dataset_references([cfg["dataset"], *(protocol[t].dataset for t in evaluations)]),
-                      **{f"backbone {b}": list(backbone_references(b)) for b in backbones}}
+        references = {
+            "dermbench": [DERMBENCH],
+            **dataset_references([cfg["dataset"], *(protocol[t].dataset for t in evaluations)]),
+            **{f"backbone {b}": list(backbone_references(b)) for b in backbones},
+        }
         metrics = {
-            **record_head(run_id, cfg, method=source.name, plugins={}, device=device, started=started, resumed=False,
-                          threshold_rule=rule if rule is not None else FIXED_THRESHOLD, skipped=skipped),
-            "train_history": None, "eval": evaluations, "excluded": None, "data_fingerprint": fingerprint,
-            "methods": {source.name: details}, "references": references,
+            **record_head(
+                run_id,
+                cfg,
+                method=source.name,
+                plugins={},
+                device=device,
+                started=started,
+                resumed=False,
+                threshold_rule=rule if rule is not None else FIXED_THRESHOLD,
+                skipped=skipped,
+            ),
+            "train_history": None,
+            "eval": evaluations,
+            "excluded": None,
+            "data_fingerprint": fingerprint,
+            "methods": {source.name: details},
+            "references": references,
         }
         metrics = run.write_record(metrics)
         if counterfactual:
-            data = counterfactual_data(cfg, datasets, tests, protocol, read_record(run.path / METRICS_FILE),
-                                       predict=lambda split: scorer.images(split.images, split.num_classes, split.name),
-                                       size=int(source.model.input_size), recorded=run.path / PREDICTIONS,
-                                       tolerance=TOLERANCE.get(device.type, 1e-4), console=console)
-            write_counterfactual(run.path, {"model": {"external": source.name, **source.model.describe()}, **data})
+            data = counterfactual_data(
+                cfg,
+                datasets,
+                tests,
+                protocol,
+                read_record(run.path / METRICS_FILE),
+                predict=lambda split: scorer.images(split.images, split.num_classes, split.name),
+                size=int(source.model.input_size),
+                recorded=run.path / PREDICTIONS,
+                tolerance=TOLERANCE.get(device.type, 1e-4),
+                console=console,
+            )
+            write_counterfactual(
+                run.path, {"model": {"external": source.name, **source.model.describe()}, **data}
+            )
         run.mark_done()
         write_report(run.path)
         ctx.say(f"evaluated {source.name} in {time.perf_counter() - started:.1f} s; record in {run.path}")
         return RunResult(run, metrics, reused=False)
 
 
-def _threshold(cfg: dict, source: ExternalSource, scorer: _Scorer, datasets: DatasetPool,
-               ctx: RunContext) -> tuple[float | None, str | None]:
+def _threshold(
+    cfg: dict, source: ExternalSource, scorer: _Scorer, datasets: DatasetPool, ctx: RunContext
+) -> tuple[float | None, str | None]:
     """The decision threshold and the rule that chose it on validation; (0.5, None) for a binary task
     without validation predictions; (None, rule) for multi-class tasks (argmax)."""
     classes = datasets.get(cfg["dataset"]).classes(cfg["task"])
     if source.val_predictions is None and not source.model_val:
         if len(classes) != 2:
             return None, None
-        ctx.say(f"[yellow]threshold fixed at {FIXED_THRESHOLD}[/]: no validation predictions were given "
-                "(--val-predictions FILE, or --val-split with a model, chooses it on validation as `dermbench run` does)")
+        ctx.say(
+            f"[yellow]threshold fixed at {FIXED_THRESHOLD}[/]: no validation predictions were given "
+            "(--val-predictions FILE, or --val-split with a model, chooses it on validation as `dermbench run` does)"
+        )
         return FIXED_THRESHOLD, None
     val = datasets.load(cfg["dataset"], "val")
     prob = scorer.split(val, cfg["dataset"], "val", test_set=None, predictions=source.val_predictions)
@@ -293,9 +392,20 @@ def _threshold(cfg: dict, source: ExternalSource, scorer: _Scorer, datasets: Dat
 Predict = Callable[[Split], np.ndarray]
 
 
-def counterfactual_data(cfg: dict, datasets: DatasetPool, tests: dict[str, Split], protocol: dict, record,
-                        *, predict: Predict, size: int, recorded: Path | None, tolerance: float,
-                        console: Console, mismatch: str = "") -> dict[str, Any]:
+def counterfactual_data(
+    cfg: dict,
+    datasets: DatasetPool,
+    tests: dict[str, Split],
+    protocol: dict,
+    record,
+    *,
+    predict: Predict,
+    size: int,
+    recorded: Path | None,
+    tolerance: float,
+    console: Console,
+    mismatch: str = "",
+) -> dict[str, Any]:
     """{"renderer", "test_sets"} of counterfactual.json for every SynthDerm test set of the run.
 
     Each lesion is rendered on FST I..VI (SynthDerm.counterfactual). Two checks come first, on the
@@ -318,31 +428,51 @@ def counterfactual_data(cfg: dict, datasets: DatasetPool, tests: dict[str, Split
         probs, identical = [], True
         reference = np.asarray(own.images)[index]
         for tone in FST_TYPES:
-            console.print(f"counterfactual {name}: rendering {len(table)} lesions on FST {tone}", highlight=False)
+            console.print(
+                f"counterfactual {name}: rendering {len(table)} lesions on FST {tone}", highlight=False
+            )
             images, _ = dataset.counterfactual(table, fst=tone, size=size)
             same = fst == tone
             identical &= bool(np.array_equal(images[same], reference[same]))
             probs.append(predict(_rendered_split(split, table, images, tone, f"{name} FST {tone}")))
         prob = np.stack(probs, axis=1)  # (n, 6, K)
         if not identical:
-            raise DermbenchError(f"counterfactual {name}: the render at a lesion's own FST differs from its test image; "
-                                 "the generator is not the one the run used (SynthDerm's GENERATOR_VERSION)")
+            raise DermbenchError(
+                f"counterfactual {name}: the render at a lesion's own FST differs from its test image; "
+                "the generator is not the one the run used (SynthDerm's GENERATOR_VERSION)"
+            )
         at_own = prob[np.arange(len(fst)), fst - 1]
         check = {"identical_images": True, "tolerance": tolerance, "max_abs_diff": None}
         if recorded is not None:
-            check["max_abs_diff"] = _compare_recorded(recorded / f"{name}.csv", table["sample_id"], at_own, tolerance,
-                                                      mismatch)
-        entry = counterfactual_scores(y_true=table["label"].to_numpy(), prob=prob, threshold=ev.threshold,
-                                      original_fst=fst, n_boot=int(cfg["eval"]["n_boot"]), seed=int(cfg["seed"]),
-                                      class_names=split.classes, tag=name)
+            check["max_abs_diff"] = _compare_recorded(
+                recorded / f"{name}.csv", table["sample_id"], at_own, tolerance, mismatch
+            )
+        entry = counterfactual_scores(
+            y_true=table["label"].to_numpy(),
+            prob=prob,
+            threshold=ev.threshold,
+            original_fst=fst,
+            n_boot=int(cfg["eval"]["n_boot"]),
+            seed=int(cfg["seed"]),
+            class_names=split.classes,
+            tag=name,
+        )
         out[name] = {"dataset": test.dataset, "split": test.split, **entry, "check": check}
     if not out:
-        raise DermbenchError("the counterfactual test renders SynthDerm lesions on other skin tones; this run has no "
-                             f"SynthDerm test set (test sets: {', '.join(tests) or 'none'})")
-    return {"renderer": {"dataset": "synthderm", "image_size": size, "tones": list(FST_TYPES),
-                         "held_fixed": "scene, lesion geometry and severity, artifacts, acquisition, sensor-noise draws",
-                         "doc": "docs/counterfactual.md"},
-            "test_sets": out}
+        raise DermbenchError(
+            "the counterfactual test renders SynthDerm lesions on other skin tones; this run has no "
+            f"SynthDerm test set (test sets: {', '.join(tests) or 'none'})"
+        )
+    return {
+        "renderer": {
+            "dataset": "synthderm",
+            "image_size": size,
+            "tones": list(FST_TYPES),
+            "held_fixed": "scene, lesion geometry and severity, artifacts, acquisition, sensor-noise draws",
+            "doc": "docs/counterfactual.md",
+        },
+        "test_sets": out,
+    }
 
 
 def _rendered_split(split: Split, table: pd.DataFrame, images: np.ndarray, tone: int, name: str) -> Split:
@@ -353,24 +483,36 @@ def _rendered_split(split: Split, table: pd.DataFrame, images: np.ndarray, tone:
     return Split(name=name, table=rows, images=images, classes=split.classes)
 
 
-def _compare_recorded(path: Path, ids: pd.Series, prob: np.ndarray, tolerance: float, mismatch: str = "") -> float:
+def _compare_recorded(
+    path: Path, ids: pd.Series, prob: np.ndarray, tolerance: float, mismatch: str = ""
+) -> float:
     """Largest |recorded - recomputed| probability; a DermbenchError above `tolerance`."""
     if not path.is_file():
-        raise DermbenchError(f"{path}: the run's predictions are missing; the counterfactual test checks the reloaded "
-                             "model against them")
+        raise DermbenchError(
+            f"{path}: the run's predictions are missing; the counterfactual test checks the reloaded "
+            "model against them"
+        )
     table = pd.read_csv(path, dtype={"sample_id": str}).set_index("sample_id")
     columns = [f"prob_{k}" for k in range(prob.shape[1])]
     recorded = table.loc[ids.astype(str), columns].to_numpy(dtype=np.float64)
     diff = float(np.abs(recorded - prob).max()) if len(prob) else 0.0
     if diff > tolerance:
-        raise DermbenchError(f"the model does not reproduce the run's recorded predictions ({path}: largest "
-                             f"difference {diff:.3g} > {tolerance:g}), so a counterfactual score would not be this "
-                             f"run's{'; ' + mismatch if mismatch else ''}")
+        raise DermbenchError(
+            f"the model does not reproduce the run's recorded predictions ({path}: largest "
+            f"difference {diff:.3g} > {tolerance:g}), so a counterfactual score would not be this "
+            f"run's{'; ' + mismatch if mismatch else ''}"
+        )
     return diff
 
 
-def counterfactual_for_run(run_dir: str | Path, *, device: str | None = None, model: str | Path | None = None,
-                           batch_size: int = 64, console: Console | None = None) -> Path:
+def counterfactual_for_run(
+    run_dir: str | Path,
+    *,
+    device: str | None = None,
+    model: str | Path | None = None,
+    batch_size: int = 64,
+    console: Console | None = None,
+) -> Path:
     """Render a finished run's SynthDerm test sets on FST I..VI, score its model on them and write
     counterfactual.json and the report. The model: the run's model.safetensors in its configured
     backbone, or for an external run its model file (checked against the recorded SHA-256;
@@ -379,32 +521,68 @@ def counterfactual_for_run(run_dir: str | Path, *, device: str | None = None, mo
     run_dir = Path(run_dir)
     if not (run_dir / "done").is_file():
         raise RecordError(f"{run_dir}: unfinished run (no `done` marker); finish it first")
-    check_seal(run_dir, ignore=COUNTERFACTUAL_FILE)  # the file this writes again; the rest must be as it finished
+    check_seal(
+        run_dir, ignore=COUNTERFACTUAL_FILE
+    )  # the file this writes again; the rest must be as it finished
     record = read_record(run_dir / METRICS_FILE, verify_seal=False)
     cfg = dict(record.config)
-    torch_device = choose_device(device or (cfg.get("device") if cfg.get("device") in ("cpu", "cuda", "mps") else "cpu"))
+    torch_device = choose_device(
+        device or (cfg.get("device") if cfg.get("device") in ("cpu", "cuda", "mps") else "cpu")
+    )
     datasets = DatasetPool(cfg, ())
-    ctx = RunContext(config=cfg, device=torch_device, work_dir=run_dir / "work", cache_dir=run_dir / "work" / "cache",
-                     console=console, log=None, datasets=datasets)
+    ctx = RunContext(
+        config=cfg,
+        device=torch_device,
+        work_dir=run_dir / "work",
+        cache_dir=run_dir / "work" / "cache",
+        console=console,
+        log=None,
+        datasets=datasets,
+    )
     train_dataset = datasets.get(cfg["dataset"])
     protocol = {t.name: t for t in test_sets(cfg, train_dataset)}
-    chosen = {**cfg, "data": {**cfg["data"], "test_sets": [t for t in record.eval if t in protocol
-                                                           and isinstance(datasets.get(protocol[t].dataset), SynthDerm)]}}
+    chosen = {
+        **cfg,
+        "data": {
+            **cfg["data"],
+            "test_sets": [
+                t
+                for t in record.eval
+                if t in protocol and isinstance(datasets.get(protocol[t].dataset), SynthDerm)
+            ],
+        },
+    }
     if not chosen["data"]["test_sets"]:
-        raise DermbenchError(f"{run_dir}: the counterfactual test renders SynthDerm lesions on other skin tones; this run "
-                             f"has no SynthDerm test set (test sets: {', '.join(record.eval)})")
+        raise DermbenchError(
+            f"{run_dir}: the counterfactual test renders SynthDerm lesions on other skin tones; this run "
+            f"has no SynthDerm test set (test sets: {', '.join(record.eval)})"
+        )
     tests, _ = load_test_sets(chosen, datasets, train_dataset, ctx)
     external = cfg.get("external")
     if isinstance(external, dict):
-        predict, size, described = _external_predictor(record, external, model, torch_device, batch_size, console)
+        predict, size, described = _external_predictor(
+            record, external, model, torch_device, batch_size, console
+        )
         mismatch = ""
     else:
         predict, size, described = _run_predictor(run_dir, cfg, ctx, tests)
-        mismatch = (f"method {cfg['method']!r} predicts otherwise than its saved backbone does on the harness inputs: "
-                    f"{rerun_with_the_test(run_dir)}")
-    data = counterfactual_data(cfg, datasets, tests, protocol, record, predict=predict, size=size,
-                               recorded=run_dir / PREDICTIONS, tolerance=TOLERANCE.get(torch_device.type, 1e-4),
-                               console=console, mismatch=mismatch)
+        mismatch = (
+            f"method {cfg['method']!r} predicts otherwise than its saved backbone does on the harness inputs: "
+            f"{rerun_with_the_test(run_dir)}"
+        )
+    data = counterfactual_data(
+        cfg,
+        datasets,
+        tests,
+        protocol,
+        record,
+        predict=predict,
+        size=size,
+        recorded=run_dir / PREDICTIONS,
+        tolerance=TOLERANCE.get(torch_device.type, 1e-4),
+        console=console,
+        mismatch=mismatch,
+    )
     with RunDir(run_dir.parent, run_dir.name).lock():
         path = write_counterfactual(run_dir, {"model": described, **data})
         write_report(run_dir)
@@ -422,65 +600,112 @@ def counterfactual_of_method(done: BeforeDone) -> Path:
     protocol = {t.name: t for t in test_sets(cfg, done.train_dataset)}
     record = read_record(run.path / METRICS_FILE)  # just written; no `done` yet, so nothing to verify
     data = counterfactual_data(
-        cfg, done.datasets, done.tests, protocol, record,
+        cfg,
+        done.datasets,
+        done.tests,
+        protocol,
+        record,
         predict=lambda split: predict_checked(done.pm, ctx, done.model, split),
-        size=int(cfg["data"]["image_size"]), recorded=run.path / PREDICTIONS,
-        tolerance=TOLERANCE.get(ctx.device.type, 1e-4), console=ctx.console,
-        mismatch=f"method {cfg['method']!r}'s predict gives other probabilities for the same images on a second call")
-    described = {"run": run.run_id, "method": cfg["method"], "predict": done.pm.trace.calls["predict"].answer,
-                 "scored": "the model fit returned, through the method's predict hook (dermbench run --counterfactual)"}
+        size=int(cfg["data"]["image_size"]),
+        recorded=run.path / PREDICTIONS,
+        tolerance=TOLERANCE.get(ctx.device.type, 1e-4),
+        console=ctx.console,
+        mismatch=f"method {cfg['method']!r}'s predict gives other probabilities for the same images on a second call",
+    )
+    described = {
+        "run": run.run_id,
+        "method": cfg["method"],
+        "predict": done.pm.trace.calls["predict"].answer,
+        "scored": "the model fit returned, through the method's predict hook (dermbench run --counterfactual)",
+    }
     path = write_counterfactual(run.path, {"model": described, **data})
-    ctx.say(f"counterfactual test: {', '.join(data['test_sets'])} rendered on FST I-VI and scored; {path.name} written")
+    ctx.say(
+        f"counterfactual test: {', '.join(data['test_sets'])} rendered on FST I-VI and scored; {path.name} written"
+    )
     return path
 
 
-def _external_predictor(record, external: dict, model: str | Path | None, device: torch.device, batch_size: int,
-                        console: Console) -> tuple[Predict, int, dict]:
+def _external_predictor(
+    record, external: dict, model: str | Path | None, device: torch.device, batch_size: int, console: Console
+) -> tuple[Predict, int, dict]:
     if external.get("kind") == "predictions":
-        raise DermbenchError(f"run {record.run_id} scored a predictions file; the counterfactual test renders new "
-                             "images, so it needs the model: `dermbench evaluate --model FILE ... --counterfactual`")
+        raise DermbenchError(
+            f"run {record.run_id} scored a predictions file; the counterfactual test renders new "
+            "images, so it needs the model: `dermbench evaluate --model FILE ... --counterfactual`"
+        )
     details = (record.methods or {}).get(record.method, {})
     path = Path(model) if model is not None else Path(str(details.get("file", "")))
     if not path.is_file():
         raise DermbenchError(f"run {record.run_id}'s model file {path} is not there; pass --model PATH")
     if sha256_of(path) != external.get("sha256"):
-        raise DermbenchError(f"{path} is not the model run {record.run_id} scored (its SHA-256 differs from the record's)")
+        raise DermbenchError(
+            f"{path} is not the model run {record.run_id} scored (its SHA-256 differs from the record's)"
+        )
     given = external.get("model") or {}
-    spec = resolve_spec(path, arch=given.get("arch") if given.get("kind") == "timm" else None,
-                        input_size=given.get("input_size"), mean=given.get("mean"), std=given.get("std"),
-                        output=given.get("output"))
+    spec = resolve_spec(
+        path,
+        arch=given.get("arch") if given.get("kind") == "timm" else None,
+        input_size=given.get("input_size"),
+        mean=given.get("mean"),
+        std=given.get("std"),
+        output=given.get("output"),
+    )
     source = ExternalSource(name=record.method, model=spec, batch_size=batch_size)
     scorer = _Scorer(source, None, device, console)  # type: ignore[arg-type]
-    return (lambda split: scorer.images(split.images, split.num_classes, split.name)), int(spec.input_size), \
-        {"external": record.method, **spec.describe()}
+    return (
+        (lambda split: scorer.images(split.images, split.num_classes, split.name)),
+        int(spec.input_size),
+        {"external": record.method, **spec.describe()},
+    )
 
 
 def rerun_with_the_test(run_dir: Path) -> str:
     """What to do for a run whose model the counterfactual test cannot rebuild: run it again with the
     test at the end, scored through the method's own predict (the same settings give the same run id)."""
-    return (f"rerun it with the test at its end, scored by the method's own predict: `dermbench run --config "
-            f"{run_dir / 'config.yaml'} --out DIR --counterfactual` (DIR: another folder, or add --force to redo "
-            "this one)")
+    return (
+        f"rerun it with the test at its end, scored by the method's own predict: `dermbench run --config "
+        f"{run_dir / 'config.yaml'} --out DIR --counterfactual` (DIR: another folder, or add --force to redo "
+        "this one)"
+    )
 
 
-def _run_predictor(run_dir: Path, cfg: dict, ctx: RunContext, tests: dict[str, Split]) -> tuple[Predict, int, dict]:
+def _run_predictor(
+    run_dir: Path, cfg: dict, ctx: RunContext, tests: dict[str, Split]
+) -> tuple[Predict, int, dict]:
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
-        raise DermbenchError(f"{run_dir} has no model.safetensors (committed records keep no weights, and a method "
-                             f"whose model is not a torch module saves none): {rerun_with_the_test(run_dir)}")
+        raise DermbenchError(
+            f"{run_dir} has no model.safetensors (committed records keep no weights, and a method "
+            f"whose model is not a torch module saves none): {rerun_with_the_test(run_dir)}"
+        )
     m = cfg["model"]
     num_classes = next(iter(tests.values())).num_classes
-    model = create_backbone(m["backbone"], num_classes=num_classes, pretrained=False, drop_rate=m["drop_rate"],
-                            image_size=cfg["data"]["image_size"])
+    model = create_backbone(
+        m["backbone"],
+        num_classes=num_classes,
+        pretrained=False,
+        drop_rate=m["drop_rate"],
+        image_size=cfg["data"]["image_size"],
+    )
     try:
         load_state_strict(model, weights, f"backbone {m['backbone']}")
     except DermbenchError as exc:
-        raise DermbenchError(f"{weights}: the run's weights do not load into its configured backbone "
-                             f"{m['backbone']!r} ({exc}); method {cfg['method']!r} keeps a model of its own, which "
-                             f"`dermbench counterfactual` cannot rebuild: {rerun_with_the_test(run_dir)}") from None
+        raise DermbenchError(
+            f"{weights}: the run's weights do not load into its configured backbone "
+            f"{m['backbone']!r} ({exc}); method {cfg['method']!r} keeps a model of its own, which "
+            f"`dermbench counterfactual` cannot rebuild: {rerun_with_the_test(run_dir)}"
+        ) from None
 
     def predict(split: Split) -> np.ndarray:
         return ctx.predict_proba(model, split)
 
-    return predict, int(cfg["data"]["image_size"]), {"run": run_dir.name, "backbone": m["backbone"],
-                                                      "weights": "model.safetensors", "sha256": sha256_of(weights)}
+    return (
+        predict,
+        int(cfg["data"]["image_size"]),
+        {
+            "run": run_dir.name,
+            "backbone": m["backbone"],
+            "weights": "model.safetensors",
+            "sha256": sha256_of(weights),
+        },
+    )

@@ -39,9 +39,14 @@ def check_method(method: str, *, out: Path, plugins: tuple[str, ...] = (), sets:
     for profile in ("tiny", "paper"):
         for defaults in pm.hook.dermbench_method_defaults(profile=profile, dataset="synthderm"):
             if not isinstance(defaults, dict):
-                raise DermbenchError(f"{method}: dermbench_method_defaults({profile!r}) returned {type(defaults).__name__}, not a dict")
-    cfg = resolve_config(sets=[*TINY_SETTINGS, *sets], flags={"method": method, "device": "cpu", "out": str(out)},
-                         local=plugins)
+                raise DermbenchError(
+                    f"{method}: dermbench_method_defaults({profile!r}) returned {type(defaults).__name__}, not a dict"
+                )
+    cfg = resolve_config(
+        sets=[*TINY_SETTINGS, *sets],
+        flags={"method": method, "device": "cpu", "out": str(out)},
+        local=plugins,
+    )
     result = run_experiment(cfg, local=plugins, console=Console(quiet=True))
     metrics = result.metrics
     if not result.run_dir.done:
@@ -53,8 +58,13 @@ def check_method(method: str, *, out: Path, plugins: tuple[str, ...] = (), sets:
         preds = result.run_dir.file(f"predictions/{name}.csv")
         if not preds.exists():
             raise DermbenchError(f"{method}: no predictions written for {name}")
-    probs = np.loadtxt(result.run_dir.file("predictions/synthderm.csv"), delimiter=",", skiprows=1,
-                       usecols=(2, 3), dtype=float)
+    probs = np.loadtxt(
+        result.run_dir.file("predictions/synthderm.csv"),
+        delimiter=",",
+        skiprows=1,
+        usecols=(2, 3),
+        dtype=float,
+    )
     if not np.allclose(probs.sum(1), 1.0, atol=1e-4):
         raise DermbenchError(f"{method}: predict returned rows that are not probability distributions")
     return metrics

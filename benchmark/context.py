@@ -41,8 +41,10 @@ def choose_device(requested: str) -> torch.device:
             raise ConfigError(f"device {requested!r}: expected cuda:N with N a GPU number, e.g. cuda:0")
         count = torch.cuda.device_count()
         if int(index) >= count:
-            raise ConfigError(f"device {requested!r} does not exist: torch sees {count} CUDA GPU(s)"
-                              + (f" (cuda:0 to cuda:{count - 1})" if count else "; use --device auto or cpu"))
+            raise ConfigError(
+                f"device {requested!r} does not exist: torch sees {count} CUDA GPU(s)"
+                + (f" (cuda:0 to cuda:{count - 1})" if count else "; use --device auto or cpu")
+            )
     elif requested not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {requested!r}")
     return torch.device(requested)
@@ -89,8 +91,13 @@ class RunContext:
         """The configured backbone, initialised from a seed derived from the run seed."""
         torch.manual_seed(seed_for(self.seed, seed_name))
         m = self.config["model"]
-        return create_backbone(m["backbone"], num_classes=num_classes, pretrained=m["pretrained"], drop_rate=m["drop_rate"],
-                               image_size=self.config["data"]["image_size"])
+        return create_backbone(
+            m["backbone"],
+            num_classes=num_classes,
+            pretrained=m["pretrained"],
+            drop_rate=m["drop_rate"],
+            image_size=self.config["data"]["image_size"],
+        )
 
     def train_model(self, model, train, val, **kwargs):
         """The reusable ERM trainer (dermbench.train.trainer.train_model) bound to this run."""
@@ -116,8 +123,15 @@ class RunContext:
     def predict_proba(self, model, split, **kwargs) -> np.ndarray:
         return predict_proba(self, model, split, **kwargs)
 
-    def load_split(self, dataset: str, split: str, *, image_size: int, with_masks: bool = False,
-                   outside_protocol: bool = False) -> Split:
+    def load_split(
+        self,
+        dataset: str,
+        split: str,
+        *,
+        image_size: int,
+        with_masks: bool = False,
+        outside_protocol: bool = False,
+    ) -> Split:
         """`dataset`'s `split` at `image_size` px through the shared image cache (a diffusion
         model trains at 256-512 px while the classifier sees 64-224 px): each size is decoded
         once, later calls map the cached pixels. With `with_masks`, the lesion masks too, at
@@ -127,5 +141,6 @@ class RunContext:
         before the protocol would have seen."""
         if self.datasets is None:
             raise DermbenchError("this context has no datasets attached (it was not made by the runner)")
-        return self.datasets.load(dataset, split, image_size=image_size, with_masks=with_masks,
-                                  outside_protocol=outside_protocol)
+        return self.datasets.load(
+            dataset, split, image_size=image_size, with_masks=with_masks, outside_protocol=outside_protocol
+        )

@@ -28,8 +28,9 @@ def closest(name: str, known: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
-def unknown_name(kind: str, name: str, known: Iterable[str], *, max_listed: int = 40,
-                 where: str | None = None) -> UnknownNameError:
+def unknown_name(
+    kind: str, name: str, known: Iterable[str], *, max_listed: int = 40, where: str | None = None
+) -> UnknownNameError:
     """An error for an unknown `kind` name listing the known ones (at most `max_listed`) and
     the closest match. `kind` is a plain noun ("task"; its plural adds an s); `where` says whose
     names they are ("dataset 'synthderm'"): "unknown task 'x' for dataset 'synthderm'; known

@@ -38,8 +38,10 @@ class StorageError(DermbenchError):
 
 #: errno -> (what happened, what to do): the OSErrors a user fixes by writing elsewhere or freeing space
 _ELSEWHERE = "choose an output folder you can write to (for runs: --out)"
-_SPACE = ("free some space or choose another output folder, then rerun the same command "
-          "(an unfinished run resumes from its last checkpoint)")
+_SPACE = (
+    "free some space or choose another output folder, then rerun the same command "
+    "(an unfinished run resumes from its last checkpoint)"
+)
 _STORAGE_ERRNOS = {
     errno.EACCES: ("permission denied", f"{_ELSEWHERE} or fix its permissions"),
     errno.EPERM: ("operation not permitted", f"{_ELSEWHERE} or fix its permissions"),
@@ -107,8 +109,9 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None], *,
-                 before_replace: Callable[[], None] | None = None) -> None:
+def write_atomic(
+    path: Path, write: Callable[[BinaryIO], None], *, before_replace: Callable[[], None] | None = None
+) -> None:
     """Call `write(fh)` on a temporary file beside `path`, then durably rename it to `path`.
 
     The temporary name is unique (mkstemp), so two processes writing the same file never share
@@ -196,7 +199,9 @@ def to_json_value(value: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     """`data` as indented JSON (NaN refused), written atomically and durably."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=to_json_value, allow_nan=False) + "\n")
+    write_text(
+        path, json.dumps(data, indent=2, sort_keys=False, default=to_json_value, allow_nan=False) + "\n"
+    )
 
 
 def read_json(path: Path) -> Any:

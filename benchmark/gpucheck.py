@@ -31,8 +31,10 @@ import torch
 import torch.nn.functional as F
 
 #: what a CPU machine prints (one line) before exiting with NO_CUDA
-NO_CUDA_MESSAGE = ("dermbench GPU check: no CUDA device (torch.cuda.is_available() is False); "
-                   "run `bash tests/gpu/check.sh` on a machine with an NVIDIA GPU")
+NO_CUDA_MESSAGE = (
+    "dermbench GPU check: no CUDA device (torch.cuda.is_available() is False); "
+    "run `bash tests/gpu/check.sh` on a machine with an NVIDIA GPU"
+)
 NO_CUDA = 2
 #: one step's setup: given the device, returns (the step to time, its batch size, a note)
 Setup = Callable[[torch.device], tuple[Callable[[], Any], int, str]]
@@ -48,9 +50,15 @@ def _paper_config(method: str, dataset: str) -> dict:
 # ------------------------------------------------------------------------ classifier steps
 
 
-def _classifier_step(device: torch.device, cfg: dict, backbone: str, num_classes: int, *,
-                     extra: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                     model: torch.nn.Module | None = None) -> tuple[Callable[[], Any], int, str]:
+def _classifier_step(
+    device: torch.device,
+    cfg: dict,
+    backbone: str,
+    num_classes: int,
+    *,
+    extra: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    model: torch.nn.Module | None = None,
+) -> tuple[Callable[[], Any], int, str]:
     """The trainer's step (dermbench.train.trainer.train_model) on random images: the Normaliser
     with the profile's augmentation and crop, autocast, GradScaler, channels-last, the optimiser."""
     from dermbench.diffusion.architectures import classifier  # noqa: PLC0415
@@ -58,10 +66,14 @@ def _classifier_step(device: torch.device, cfg: dict, backbone: str, num_classes
 
     train = cfg["train"]
     ctx = SimpleNamespace(device=device, config=cfg)
-    net = (model if model is not None else classifier(backbone, num_classes, float(cfg["model"]["drop_rate"]))).to(device)
+    net = (
+        model if model is not None else classifier(backbone, num_classes, float(cfg["model"]["drop_rate"]))
+    ).to(device)
     net.to(memory_format=torch.channels_last)
     optimizer = trainer.make_optimizer(net, train)
-    scaler = torch.amp.GradScaler("cuda", enabled=bool(train.get("amp", True)) and not torch.cuda.is_bf16_supported())
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=bool(train.get("amp", True)) and not torch.cuda.is_bf16_supported()
+    )
     norm = trainer.Normaliser(net, device, True, trainer.input_crop(ctx, train))
     size, batch = int(cfg["data"]["image_size"]), int(train["batch_size"])
     images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
@@ -109,7 +121,9 @@ def _mfd(device: torch.device):
 
     cfg = _paper_config("mfd", "fitz17k")
     student_cfg = {**cfg, "train": {**cfg["train"], **cfg["mfd"]["student"]}}  # mfd.student_train_settings
-    teacher = classifier(cfg["model"]["backbone"], 114).to(device).eval().to(memory_format=torch.channels_last)
+    teacher = (
+        classifier(cfg["model"]["backbone"], 114).to(device).eval().to(memory_format=torch.channels_last)
+    )
     student = classifier(cfg["mfd"]["student_model"]["backbone"], 114)
     groups = torch.randint(0, 2, (int(student_cfg["train"]["batch_size"]),), device=device)
     hp = cfg["mfd"]
@@ -119,12 +133,20 @@ def _mfd(device: torch.device):
             t = teacher.forward_head(teacher.forward_features(x), pre_logits=True)
         s = student.forward_head(student.forward_features(x), pre_logits=True)
         with torch.autocast("cuda", enabled=False):
-            mmd = class_group_mmd(t.float(), s.float(), labels, groups[: len(labels)], num_classes=114, num_groups=2,
-                                  sigma=float(hp["sigma"]))
+            mmd = class_group_mmd(
+                t.float(),
+                s.float(),
+                labels,
+                groups[: len(labels)],
+                num_classes=114,
+                num_groups=2,
+                sigma=float(hp["sigma"]),
+            )
         return float(hp["outer"]) * float(hp["lam"]) / 2 * mmd
 
-    step, batch, note = _classifier_step(device, student_cfg, cfg["mfd"]["student_model"]["backbone"], 114,
-                                         extra=extra, model=student)
+    step, batch, note = _classifier_step(
+        device, student_cfg, cfg["mfd"]["student_model"]["backbone"], 114, extra=extra, model=student
+    )
     return step, batch, note + " + teacher features and the class x group MMD"
 
 
@@ -145,8 +167,16 @@ def _sd_parts(source: str, device: torch.device, *, fp16: bool = False):
     return unet, text, vae
 
 
-def _denoiser_step(device: torch.device, source: str, size: int, batch: int, lr: float, *, lora: bool = False,
-                   embedding_only: bool = False):
+def _denoiser_step(
+    device: torch.device,
+    source: str,
+    size: int,
+    batch: int,
+    lr: float,
+    *,
+    lora: bool = False,
+    embedding_only: bool = False,
+):
     """dermbench.diffusion.training.train_denoiser's step: VAE-encoded latents, frozen text
     encoder, the UNet's noise prediction under bf16 autocast, AdamW, gradient clipping."""
     from diffusers import DDPMScheduler  # noqa: PLC0415
@@ -229,8 +259,14 @@ def _classndiff_joint(device: torch.device):
     hp = cfg["classndiff"]
     latent = int(hp["image_size"]) // 8
     with torch.device(device):
-        dit = make_dit(size=hp["dit"]["size"], patch=int(hp["dit"]["patch"]), latent_size=latent, latent_channels=4,
-                       num_conditions=2, seed=0)
+        dit = make_dit(
+            size=hp["dit"]["size"],
+            patch=int(hp["dit"]["patch"]),
+            latent_size=latent,
+            latent_channels=4,
+            num_conditions=2,
+            seed=0,
+        )
         clf = LatentClassifier(backbone=hp["latent_classifier"]["backbone"], num_classes=2)
     dit_opt, cls_opt = make_optimizers(dit, clf, hp["joint"])
     scheduler = DDPMScheduler(num_train_timesteps=1000)
@@ -241,12 +277,31 @@ def _classndiff_joint(device: torch.device):
 
     def step() -> None:
         flip[0] += 1  # alternate the two branches (gamma = 1 and 0), as p = 0.25 mixes them
-        draws = StepDraws(torch.arange(batch), torch.randint(0, 1000, (batch,)), torch.randn(batch, 4, latent, latent),
-                          torch.zeros(batch, dtype=torch.bool), coupled=flip[0] % 2 == 0)
-        joint_step(dit, clf, scheduler, z0=z0, cond=cond, labels=cond, draws=draws, weight=float(hp["joint"]["weight"]),
-                   dit_optimizer=dit_opt, classifier_optimizer=cls_opt)
+        draws = StepDraws(
+            torch.arange(batch),
+            torch.randint(0, 1000, (batch,)),
+            torch.randn(batch, 4, latent, latent),
+            torch.zeros(batch, dtype=torch.bool),
+            coupled=flip[0] % 2 == 0,
+        )
+        joint_step(
+            dit,
+            clf,
+            scheduler,
+            z0=z0,
+            cond=cond,
+            labels=cond,
+            draws=draws,
+            weight=float(hp["joint"]["weight"]),
+            dit_optimizer=dit_opt,
+            classifier_optimizer=cls_opt,
+        )
 
-    return step, batch, f"DiT-{hp['dit']['size']}/{hp['dit']['patch']} + ResNet-101 latent classifier, bf16 autocast"
+    return (
+        step,
+        batch,
+        f"DiT-{hp['dit']['size']}/{hp['dit']['patch']} + ResNet-101 latent classifier, bf16 autocast",
+    )
 
 
 def _classndiff_sample(device: torch.device):
@@ -257,8 +312,14 @@ def _classndiff_sample(device: torch.device):
     hp = cfg["classndiff"]
     latent = int(hp["image_size"]) // 8
     with torch.device(device):
-        dit = make_dit(size=hp["dit"]["size"], patch=int(hp["dit"]["patch"]), latent_size=latent, latent_channels=4,
-                       num_conditions=2, seed=0).eval()
+        dit = make_dit(
+            size=hp["dit"]["size"],
+            patch=int(hp["dit"]["patch"]),
+            latent_size=latent,
+            latent_channels=4,
+            num_conditions=2,
+            seed=0,
+        ).eval()
     batch = int(hp["batch_size"])
     z = torch.randn(batch, 4, latent, latent, device=device)
     t = torch.full((batch,), 500, device=device)
@@ -299,6 +360,7 @@ def _diffusion_classifier(method: str, dataset: str, num_classes: int):
     def setup(device: torch.device):
         cfg = _paper_config(method, dataset)
         return _classifier_step(device, cfg, cfg["model"]["backbone"], num_classes)
+
     return setup
 
 
@@ -308,18 +370,26 @@ STEPS: dict[str, dict[str, Setup]] = {
     "fairprune": {"score": lambda d: _curvature(d, "fairprune")},
     "fairquantize": {"score": lambda d: _curvature(d, "fairquantize")},
     "mfd": {"train": _mfd},
-    "dermdiff": {"finetune": lambda d: _denoiser_step(d, "CompVis/stable-diffusion-v1-4", 256, 4, 1e-4),
-                 "sample": lambda d: _sampling_step(d, "CompVis/stable-diffusion-v1-4", 256, 64),
-                 "decode": lambda d: _decode(d, 256, 64),
-                 "classifier": _diffusion_classifier("dermdiff", "fitz17k", 2)},
+    "dermdiff": {
+        "finetune": lambda d: _denoiser_step(d, "CompVis/stable-diffusion-v1-4", 256, 4, 1e-4),
+        "sample": lambda d: _sampling_step(d, "CompVis/stable-diffusion-v1-4", 256, 64),
+        "decode": lambda d: _decode(d, 256, 64),
+        "classifier": _diffusion_classifier("dermdiff", "fitz17k", 2),
+    },
     "majority2minority": {
-        "textual_inversion": lambda d: _denoiser_step(d, "stabilityai/stable-diffusion-2-1-base", 512, 16, 8e-3,
-                                                      embedding_only=True),
+        "textual_inversion": lambda d: _denoiser_step(
+            d, "stabilityai/stable-diffusion-2-1-base", 512, 16, 8e-3, embedding_only=True
+        ),
         "lora": lambda d: _denoiser_step(d, "stabilityai/stable-diffusion-2-1-base", 512, 4, 5e-6, lora=True),
         "sample": lambda d: _sampling_step(d, "stabilityai/stable-diffusion-2-1-base", 512, 16),
         "decode": lambda d: _decode(d, 512, 16),
-        "classifier": _diffusion_classifier("majority2minority", "fitz17k", 7)},
-    "classndiff": {"joint": _classndiff_joint, "sample": _classndiff_sample, "decode": lambda d: _decode(d, 256, 64)},
+        "classifier": _diffusion_classifier("majority2minority", "fitz17k", 7),
+    },
+    "classndiff": {
+        "joint": _classndiff_joint,
+        "sample": _classndiff_sample,
+        "decode": lambda d: _decode(d, 256, 64),
+    },
     "fedd": {"features": _fedd},
 }
 
@@ -338,16 +408,25 @@ def measure(setup: Setup, device: torch.device, *, warmup: int, iters: int) -> d
         step()
         torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "times": times, "batch": batch, "note": note,
-            "peak_bytes": int(torch.cuda.max_memory_allocated(device))}
+    return {
+        "seconds": statistics.median(times),
+        "times": times,
+        "batch": batch,
+        "note": note,
+        "peak_bytes": int(torch.cuda.max_memory_allocated(device)),
+    }
 
 
 def run(out: Path, *, only: list[str] | None = None, iters: int = 3, warmup: int = 1) -> dict[str, Any]:
     """Measure every step (or those of `only`), writing the JSON after each so a timeout keeps them."""
     device = torch.device("cuda")
     result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device), "torch": torch.__version__, "python": platform.python_version(),
-        "bf16": torch.cuda.is_bf16_supported(), "iters": iters, "methods": {},
+        "device": torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "bf16": torch.cuda.is_bf16_supported(),
+        "iters": iters,
+        "methods": {},
     }
     for method, steps in STEPS.items():
         if only and method not in only:
@@ -356,8 +435,11 @@ def run(out: Path, *, only: list[str] | None = None, iters: int = 3, warmup: int
             key = f"{method}.{name}"
             try:
                 entry = measure(setup, device, warmup=warmup, iters=iters)
-                print(f"{key}: {entry['seconds']:.3f} s/step, peak {entry['peak_bytes'] / 2**30:.1f} GiB "
-                      f"(batch {entry['batch']}; {entry['note']})", flush=True)
+                print(
+                    f"{key}: {entry['seconds']:.3f} s/step, peak {entry['peak_bytes'] / 2**30:.1f} GiB "
+                    f"(batch {entry['batch']}; {entry['note']})",
+                    flush=True,
+                )
             except Exception as exc:  # one failing step must not hide the others' numbers
                 entry = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"{key}: FAILED {entry['error']}", flush=True)
@@ -368,7 +450,9 @@ def run(out: Path, *, only: list[str] | None = None, iters: int = 3, warmup: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dermbench.gpucheck", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dermbench.gpucheck", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", type=Path, default=Path("gpu-check.json"))
     parser.add_argument("--only", nargs="*", help="methods to measure (default: all)")
     parser.add_argument("--iters", type=int, default=3)

@@ -24,7 +24,9 @@ def predict_checked(pm: Manager, ctx: RunContext, model, split: Split, *, when: 
     """`predict`'s answer for `split`, checked to be one probability row per sample (any task);
     an error names the plugin that answered and the split."""
     call = pm.trace.begin("predict")
-    raw = pm.hook.predict(ctx=ctx, model=model, split=split.without_labels())  # None or an exception: PluginError
+    raw = pm.hook.predict(
+        ctx=ctx, model=model, split=split.without_labels()
+    )  # None or an exception: PluginError
     return check_probabilities(raw, plugin=call.answer or "?", split=split, when=when)
 
 
@@ -37,12 +39,18 @@ def check_probabilities(raw, *, plugin: str, split: Split, when: str = "") -> np
     try:
         prob = np.asarray(raw, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise PluginError(f"{where} returned {type(raw).__name__}, not an array of class probabilities ({exc})",
-                          plugin=plugin, hook="predict") from None
+        raise PluginError(
+            f"{where} returned {type(raw).__name__}, not an array of class probabilities ({exc})",
+            plugin=plugin,
+            hook="predict",
+        ) from None
     expected = (len(split), split.num_classes)
     if prob.shape != expected:
-        raise PluginError(f"{where} returned shape {prob.shape}, expected {expected} (samples, classes)",
-                          plugin=plugin, hook="predict")
+        raise PluginError(
+            f"{where} returned shape {prob.shape}, expected {expected} (samples, classes)",
+            plugin=plugin,
+            hook="predict",
+        )
     if len(prob) == 0:
         return prob
     problems = [
@@ -57,7 +65,9 @@ def check_probabilities(raw, *, plugin: str, split: Split, when: str = "") -> np
                 f"{where} returned rows that are not probabilities: {what} in {int(bad.sum())} of {len(prob)} "
                 f"row(s), e.g. row {row}: {np.array2string(prob[row], precision=4)} (sum {prob[row].sum():.4g}). "
                 "predict must return class probabilities (e.g. a softmax), one row per sample",
-                plugin=plugin, hook="predict")
+                plugin=plugin,
+                hook="predict",
+            )
     return prob
 
 
@@ -82,8 +92,12 @@ def check_predict_before_fit(pm: Manager, ctx: RunContext, model, val: Split) ->
         predict_checked(pm, ctx, model, sample, when=when)
     except PluginError as exc:
         hint = "" if when in str(exc) else when
-        raise PluginError(f"{exc}{hint}; a method whose predict needs a trained model sets predict_needs_fit = True "
-                          "on its plugin", plugin=exc.plugin, hook=exc.hook) from exc.__cause__
+        raise PluginError(
+            f"{exc}{hint}; a method whose predict needs a trained model sets predict_needs_fit = True "
+            "on its plugin",
+            plugin=exc.plugin,
+            hook=exc.hook,
+        ) from exc.__cause__
     finally:
         torch.set_rng_state(rng)
         if state is not None:
@@ -104,7 +118,10 @@ def check_model(pm: Manager, model, call: HookCall) -> None:
     culprit = others[0] if others else (producers[-1] if producers else "?")
     raise PluginError(
         f"method plugin {culprit!r}: its fit returned {type(model).__name__}, not a torch nn.Module; a method "
-        "whose fit returns another kind of model must implement predict too, to use it", plugin=culprit, hook="fit")
+        "whose fit returns another kind of model must implement predict too, to use it",
+        plugin=culprit,
+        hook="fit",
+    )
 
 
 def hooks_answered(pm: Manager) -> dict:
@@ -112,5 +129,9 @@ def hooks_answered(pm: Manager) -> dict:
     and the plugins whose augment returned a result."""
     calls = pm.trace.calls
     fit, predict, augment = (calls.get(h) for h in ("fit", "predict", "augment"))
-    return {"fit": fit.answer if fit else None, "fit_wrappers": list(fit.wrappers) if fit else [],
-            "predict": predict.answer if predict else None, "augment": list(augment.answered) if augment else []}
+    return {
+        "fit": fit.answer if fit else None,
+        "fit_wrappers": list(fit.wrappers) if fit else [],
+        "predict": predict.answer if predict else None,
+        "augment": list(augment.answered) if augment else [],
+    }

@@ -108,7 +108,9 @@ def _refs(group: str, builtins: dict[str, str], local: tuple[str, ...]) -> dict[
             continue
         name = plugin_name(obj, target)
         if name in builtins:
-            raise DermbenchError(f"--plugin {target} is named {name!r}, which is a built-in name; give it another name")
+            raise DermbenchError(
+                f"--plugin {target} is named {name!r}, which is a built-in name; give it another name"
+            )
         package, ver = _package_of(obj)
         refs[name] = PluginRef(name, target, "--plugin", package, ver)
     return refs
@@ -130,9 +132,11 @@ def is_file_target(module_part: str) -> bool:
 
 
 def _how_to_import(module_name: str) -> str:
-    return (f"make it importable: give its file (--plugin path/to/{module_name}.py), run from the folder "
-            f"that holds {module_name}.py, add that folder to PYTHONPATH (PYTHONPATH=path/to/folder dermbench "
-            "run ...), or install its package (pip install -e path/to/package)")
+    return (
+        f"make it importable: give its file (--plugin path/to/{module_name}.py), run from the folder "
+        f"that holds {module_name}.py, add that folder to PYTHONPATH (PYTHONPATH=path/to/folder dermbench "
+        "run ...), or install its package (pip install -e path/to/package)"
+    )
 
 
 def _import_failed(what: str, target: str, exc: Exception, *, importer: str) -> DermbenchError:
@@ -158,11 +162,15 @@ def _import_file(path: Path, target: str) -> ModuleType:
         where = getattr(existing, "__file__", None)
         if where is not None and Path(where).resolve() == path:
             return existing
-        raise DermbenchError(f"--plugin {target}: a module named {name!r} is already imported "
-                             f"({where or 'built in'}); rename {path.name}")
+        raise DermbenchError(
+            f"--plugin {target}: a module named {name!r} is already imported "
+            f"({where or 'built in'}); rename {path.name}"
+        )
     if not name.isidentifier():
-        raise DermbenchError(f"--plugin {target}: {path.name} cannot be a module name; rename it to a Python "
-                             "identifier (letters, digits, underscores), e.g. my_method.py")
+        raise DermbenchError(
+            f"--plugin {target}: {path.name} cannot be a module name; rename it to a Python "
+            "identifier (letters, digits, underscores), e.g. my_method.py"
+        )
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise DermbenchError(f"--plugin {target}: {path} is not a Python file")
@@ -199,14 +207,20 @@ def _import_module(module_name: str, target: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         itself = exc.name is not None and (module_name == exc.name or module_name.startswith(f"{exc.name}."))
         if not itself:
-            raise _import_failed(f"module {module_name!r}", target, exc, importer=f"module {module_name!r}") from exc
+            raise _import_failed(
+                f"module {module_name!r}", target, exc, importer=f"module {module_name!r}"
+            ) from exc
         local = Path.cwd() / f"{module_name}.py"
         if module_name.isidentifier() and local.is_file():
             return _import_file(local, target)
-        raise DermbenchError(f"cannot import plugin module {module_name!r} ({target}): no module named {exc.name!r} "
-                             f"on the Python path; {_how_to_import(module_name.split('.')[-1])}") from exc
+        raise DermbenchError(
+            f"cannot import plugin module {module_name!r} ({target}): no module named {exc.name!r} "
+            f"on the Python path; {_how_to_import(module_name.split('.')[-1])}"
+        ) from exc
     except Exception as exc:  # a plugin's import may fail in any way; name it instead of a traceback
-        raise _import_failed(f"module {module_name!r}", target, exc, importer=f"module {module_name!r}") from exc
+        raise _import_failed(
+            f"module {module_name!r}", target, exc, importer=f"module {module_name!r}"
+        ) from exc
 
 
 def load_target(target: str) -> Any:
@@ -215,14 +229,21 @@ def load_target(target: str) -> Any:
     caller instantiates."""
     module_name, _, attr = target.partition(":")
     if not module_name:
-        raise DermbenchError(f"--plugin {target!r}: expected MODULE, MODULE:OBJECT or path/to/file.py[:OBJECT]")
-    obj: Any = _import_file(Path(module_name), target) if is_file_target(module_name) else \
-        _import_module(module_name, target)
+        raise DermbenchError(
+            f"--plugin {target!r}: expected MODULE, MODULE:OBJECT or path/to/file.py[:OBJECT]"
+        )
+    obj: Any = (
+        _import_file(Path(module_name), target)
+        if is_file_target(module_name)
+        else _import_module(module_name, target)
+    )
     for part in filter(None, attr.split(".")):
         try:
             obj = getattr(obj, part)
         except AttributeError as exc:
-            raise DermbenchError(f"plugin {target!r}: module {module_name!r} has no attribute {part!r}") from exc
+            raise DermbenchError(
+                f"plugin {target!r}: module {module_name!r} has no attribute {part!r}"
+            ) from exc
     return obj
 
 
@@ -255,7 +276,9 @@ def _package_of(obj: Any) -> tuple[str, str]:
 
 def hooks_of(obj: Any) -> list[str]:
     """Names of the dermbench hooks `obj` implements."""
-    return [h for h in HOOK_NAMES if getattr(getattr(obj, h, None), f"{hookspecs.PROJECT}_impl", None) is not None]
+    return [
+        h for h in HOOK_NAMES if getattr(getattr(obj, h, None), f"{hookspecs.PROJECT}_impl", None) is not None
+    ]
 
 
 def _instantiate(obj: Any) -> Any:
@@ -263,7 +286,7 @@ def _instantiate(obj: Any) -> Any:
 
 
 def parse_method_spec(spec: str) -> list[str]:
-    """"dermdiff+fairquantize" -> ["dermdiff", "fairquantize"]; order is registration order."""
+    """ "dermdiff+fairquantize" -> ["dermdiff", "fairquantize"]; order is registration order."""
     if not isinstance(spec, str):
         raise DermbenchError(f"bad method {spec!r}: expected NAME or NAME+NAME+... (a method name, e.g. erm)")
     names = [part.strip() for part in spec.split("+")]
@@ -296,7 +319,9 @@ class HookCall:
     """One call of a hook: who answered, who returned None, which wrappers ran."""
 
     hook: str
-    answered: list[str] = field(default_factory=list)  # plain implementations with a non-None result, in call order
+    answered: list[str] = field(
+        default_factory=list
+    )  # plain implementations with a non-None result, in call order
     returned_none: list[str] = field(default_factory=list)
     wrappers: list[str] = field(default_factory=list)  # in the order they finished: innermost first
     result_types: dict[str, type] = field(default_factory=dict)  # what each answer and wrapper returned
@@ -332,12 +357,16 @@ class Manager(pluggy.PluginManager):
 
 
 def _plugin_failed(exc: Exception, plugin: str, hook: str) -> PluginError:
-    err = PluginError(f"plugin {plugin!r} failed in {hook}: {type(exc).__name__}: {exc}", plugin=plugin, hook=hook)
+    err = PluginError(
+        f"plugin {plugin!r} failed in {hook}: {type(exc).__name__}: {exc}", plugin=plugin, hook=hook
+    )
     err.__cause__ = exc
     return err
 
 
-def _traced_plain(function: Callable[..., Any], trace: HookTrace, plugin: str, hook: str) -> Callable[..., Any]:
+def _traced_plain(
+    function: Callable[..., Any], trace: HookTrace, plugin: str, hook: str
+) -> Callable[..., Any]:
     """`function` reporting its result to `trace`; None from a firstresult hook is refused here,
     before pluggy moves on to the next implementation (ERM's, which would then train for it)."""
 
@@ -362,8 +391,9 @@ def _traced_plain(function: Callable[..., Any], trace: HookTrace, plugin: str, h
     return traced
 
 
-def _traced_wrapper(function: Callable[..., Generator], trace: HookTrace, plugin: str, hook: str,
-                    *, new_style: bool) -> Callable[..., Generator]:
+def _traced_wrapper(
+    function: Callable[..., Generator], trace: HookTrace, plugin: str, hook: str, *, new_style: bool
+) -> Callable[..., Generator]:
     """A `wrapper=True` (or old-style hookwrapper) generator, delegated to with `yield from` so
     pluggy's send/throw reach it unchanged; its failures are named like a plain hook's. A
     new-style wrapper's return value is the hook's result: None from it is refused too."""
@@ -380,9 +410,12 @@ def _traced_wrapper(function: Callable[..., Generator], trace: HookTrace, plugin
         call.wrappers.append(plugin)
         if new_style:
             if result is None and hook in FIRSTRESULT_HOOKS:
-                raise PluginError(f"method plugin {plugin!r}: its {hook} wrapper returned None; a wrapper must "
-                                  f"return the result (the value its `yield` gave it, or its edited form)",
-                                  plugin=plugin, hook=hook)
+                raise PluginError(
+                    f"method plugin {plugin!r}: its {hook} wrapper returned None; a wrapper must "
+                    f"return the result (the value its `yield` gave it, or its edited form)",
+                    plugin=plugin,
+                    hook=hook,
+                )
             call.result_types[plugin] = type(result)
         return result
 
@@ -391,9 +424,11 @@ def _traced_wrapper(function: Callable[..., Generator], trace: HookTrace, plugin
 
 def returned_none_message(plugin: str, hook: str) -> str:
     what = "the trained model" if hook == "fit" else "class probabilities"
-    return (f"method plugin {plugin!r}: its {hook} returned None; pluggy would fall back to another plugin's "
-            f"{hook} (ERM's) and the record would carry {plugin!r} for a method that did not run. {hook} must "
-            f"return {what}")
+    return (
+        f"method plugin {plugin!r}: its {hook} returned None; pluggy would fall back to another plugin's "
+        f"{hook} (ERM's) and the record would carry {plugin!r} for a method that did not run. {hook} must "
+        f"return {what}"
+    )
 
 
 def _trace_hooks(pm: Manager) -> None:
@@ -402,7 +437,9 @@ def _trace_hooks(pm: Manager) -> None:
     for hook in HOOK_NAMES:
         for impl in getattr(pm.hook, hook).get_hookimpls():
             if impl.wrapper or impl.hookwrapper:
-                traced = _traced_wrapper(impl.function, pm.trace, impl.plugin_name, hook, new_style=impl.wrapper)
+                traced = _traced_wrapper(
+                    impl.function, pm.trace, impl.plugin_name, hook, new_style=impl.wrapper
+                )
             else:
                 traced = _traced_plain(impl.function, pm.trace, impl.plugin_name, hook)
             impl.function = traced  # type: ignore[misc]
@@ -411,13 +448,20 @@ def _trace_hooks(pm: Manager) -> None:
 def predict_needs_fit(pm: pluggy.PluginManager) -> list[str]:
     """The plugins whose `predict` needs a fitted model (attribute `predict_needs_fit = True`):
     the harness then skips its check of `predict` on the untrained model before training."""
-    return [impl.plugin_name for impl in pm.hook.predict.get_hookimpls()
-            if getattr(impl.plugin, "predict_needs_fit", False) is True]
+    return [
+        impl.plugin_name
+        for impl in pm.hook.predict.get_hookimpls()
+        if getattr(impl.plugin, "predict_needs_fit", False) is True
+    ]
 
 
 def implementers(pm: pluggy.PluginManager, hook: str) -> list[str]:
     """Plugins with a plain (non-wrapper) implementation of `hook`."""
-    return [impl.plugin_name for impl in getattr(pm.hook, hook).get_hookimpls() if not (impl.wrapper or impl.hookwrapper)]
+    return [
+        impl.plugin_name
+        for impl in getattr(pm.hook, hook).get_hookimpls()
+        if not (impl.wrapper or impl.hookwrapper)
+    ]
 
 
 @dataclass

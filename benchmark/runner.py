@@ -80,13 +80,19 @@ def method_defaults_from_plugins(local: tuple[str, ...]):
         pm, _ = make_manager(method, local)
         impls = pm.hook.dermbench_method_defaults.get_hookimpls()  # registration order: ERM first
         given = {"profile": profile, "dataset": dataset}
-        return [(impl.plugin_name, d) for impl in impls if (d := impl.function(**{a: given[a] for a in impl.argnames}))]
+        return [
+            (impl.plugin_name, d)
+            for impl in impls
+            if (d := impl.function(**{a: given[a] for a in impl.argnames}))
+        ]
 
     return defaults
 
 
 def resolve_config(*, file=None, sets=(), flags=None, local: tuple[str, ...] = ()) -> dict:
-    return configuration.resolve(file=file, sets=list(sets), flags=flags, method_defaults=method_defaults_from_plugins(local))
+    return configuration.resolve(
+        file=file, sets=list(sets), flags=flags, method_defaults=method_defaults_from_plugins(local)
+    )
 
 
 def check_run(cfg: dict, local: tuple[str, ...] = (), *, fetch: bool = True) -> list[dict]:
@@ -108,25 +114,44 @@ def check_run(cfg: dict, local: tuple[str, ...] = (), *, fetch: bool = True) -> 
         except DermbenchError:
             raise
         except Exception as exc:  # a plugin's check may fail in any way: name it instead of a traceback
-            raise PluginError(f"plugin {impl.plugin_name!r} failed in dermbench_check_settings: "
-                              f"{type(exc).__name__}: {exc}", plugin=impl.plugin_name,
-                              hook="dermbench_check_settings") from exc
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} failed in dermbench_check_settings: "
+                f"{type(exc).__name__}: {exc}",
+                plugin=impl.plugin_name,
+                hook="dermbench_check_settings",
+            ) from exc
         found.extend(answer or [])
     if fetch:
         for weights in check_pretrained_weights(cfg):
-            found.append({"setting": weights["setting"], "source": f"ImageNet weights {weights['weights']}",
-                          "status": f"in the local cache ({weights['file']})"})
+            found.append(
+                {
+                    "setting": weights["setting"],
+                    "source": f"ImageNet weights {weights['weights']}",
+                    "status": f"in the local cache ({weights['file']})",
+                }
+            )
         return found
     for where, backbone in pretrained_requests(cfg):  # the dry run reports, never stops
         try:
             for weights in check_pretrained_weights({"x": {"backbone": backbone, "pretrained": True}}):
-                found.append({"setting": where, "source": f"ImageNet weights {weights['weights']}",
-                              "status": f"in the local cache ({weights['file']})"})
+                found.append(
+                    {
+                        "setting": where,
+                        "source": f"ImageNet weights {weights['weights']}",
+                        "status": f"in the local cache ({weights['file']})",
+                    }
+                )
         except UnknownNameError:
             raise
         except DermbenchError:
-            found.append({"setting": where, "source": f"ImageNet weights {weights_id(backbone)}", "missing": True,
-                          "status": f"MISSING from the local cache; fetch with {fetch_command(backbone)}"})
+            found.append(
+                {
+                    "setting": where,
+                    "source": f"ImageNet weights {weights_id(backbone)}",
+                    "missing": True,
+                    "status": f"MISSING from the local cache; fetch with {fetch_command(backbone)}",
+                }
+            )
     return found
 
 
@@ -142,14 +167,20 @@ def data_sizes(cfg: dict, local: tuple[str, ...] = ()) -> dict[str, dict[str, in
     except (DermbenchError, KeyError) as exc:
         return {cfg["dataset"]: f"unknown ({exc})"}
     chosen = cfg["data"]["test_sets"]
-    tests = protocol if chosen is None else [t for t in protocol if t.name in chosen] + [
-        TestSet(n, n, "test") for n in chosen if n not in {t.name for t in protocol}]
+    tests = (
+        protocol
+        if chosen is None
+        else [t for t in protocol if t.name in chosen]
+        + [TestSet(n, n, "test") for n in chosen if n not in {t.name for t in protocol}]
+    )
     out: dict[str, dict[str, int] | str] = {}
     for name in dict.fromkeys([cfg["dataset"], *(t.dataset for t in tests)]):
         try:
             kind = load_target(refs[name].target)
             module = importlib.import_module(kind.__module__)
-            defaults = kind.defaults() if hasattr(kind, "defaults") else getattr(module, "DEFAULT_OPTIONS", {})
+            defaults = (
+                kind.defaults() if hasattr(kind, "defaults") else getattr(module, "DEFAULT_OPTIONS", {})
+            )
             options = select_options(name, cfg["data"]["options"], defaults)
         except (DermbenchError, KeyError) as exc:
             out[name] = f"unknown ({exc})"
@@ -177,9 +208,18 @@ def dry_run(cfg: dict, local: tuple[str, ...] = ()) -> dict:
     device = choose_device(cfg["device"])
     prerequisites = check_run(cfg, local, fetch=False)
     cfg = {**cfg, "device": device.type}
-    return {"method": cfg["method"], "dataset": cfg["dataset"], "task": cfg["task"], "profile": cfg["profile"],
-            "seed": cfg["seed"], "device": device.type, "config": cfg, "prerequisites": prerequisites,
-            "models": [m.row() for m in run_models(cfg)], "data": data_sizes(cfg, local)}
+    return {
+        "method": cfg["method"],
+        "dataset": cfg["dataset"],
+        "task": cfg["task"],
+        "profile": cfg["profile"],
+        "seed": cfg["seed"],
+        "device": device.type,
+        "config": cfg,
+        "prerequisites": prerequisites,
+        "models": [m.row() for m in run_models(cfg)],
+        "data": data_sizes(cfg, local),
+    }
 
 
 def test_sets(cfg: dict, train_dataset) -> list[TestSet]:
@@ -216,8 +256,14 @@ def data_fingerprints(cfg: dict, datasets: DatasetPool) -> dict[str, dict | None
     return fingerprints
 
 
-def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = False, console: Console | None = None,
-                   before_done: Callable[[BeforeDone], Any] | None = None) -> RunResult:
+def run_experiment(
+    cfg: dict,
+    *,
+    local: tuple[str, ...] = (),
+    force: bool = False,
+    console: Console | None = None,
+    before_done: Callable[[BeforeDone], Any] | None = None,
+) -> RunResult:
     """Train and evaluate one config; a finished run with the same id is reused unless `force`.
 
     `before_done` is an extra step of a run that trains (not of a reused one), after its record
@@ -251,18 +297,42 @@ def run_experiment(cfg: dict, *, local: tuple[str, ...] = (), force: bool = Fals
             return _reuse(run, run.metrics(), console)
         except RecordError:
             pass  # looked at again under the lock (a --force run elsewhere may be replacing it)
-    waiting = (f"[yellow]run {run_id} is in progress in another process (pid {{}})[/]; waiting for it to finish "
-               "(Ctrl-C stops waiting; the same command later reuses or resumes the run)")
+    waiting = (
+        f"[yellow]run {run_id} is in progress in another process (pid {{}})[/]; waiting for it to finish "
+        "(Ctrl-C stops waiting; the same command later reuses or resumes the run)"
+    )
     with run.lock(on_wait=lambda pid: console.print(waiting.format(pid))):  # released however the run ends
         if run.done and not force:  # finished by the process waited for
-            return _reuse(run, run.finished_metrics(), console)  # a damaged record: an error naming it and --force
-        return _execute(run, cfg, datasets, fingerprint, device=device, local=local, force=force, console=console,
-                        started=started, before_done=before_done)
+            return _reuse(
+                run, run.finished_metrics(), console
+            )  # a damaged record: an error naming it and --force
+        return _execute(
+            run,
+            cfg,
+            datasets,
+            fingerprint,
+            device=device,
+            local=local,
+            force=force,
+            console=console,
+            started=started,
+            before_done=before_done,
+        )
 
 
-def _execute(run: RunDir, cfg: dict, datasets: DatasetPool, fingerprint: dict, *, device: torch.device,
-             local: tuple[str, ...], force: bool, console: Console, started: float,
-             before_done: Callable[[BeforeDone], Any] | None = None) -> RunResult:
+def _execute(
+    run: RunDir,
+    cfg: dict,
+    datasets: DatasetPool,
+    fingerprint: dict,
+    *,
+    device: torch.device,
+    local: tuple[str, ...],
+    force: bool,
+    console: Console,
+    started: float,
+    before_done: Callable[[BeforeDone], Any] | None = None,
+) -> RunResult:
     """Train and evaluate under the run's lock, and write the record; `done` comes last."""
     run_id = run.run_id
     if force:
@@ -275,13 +345,27 @@ def _execute(run: RunDir, cfg: dict, datasets: DatasetPool, fingerprint: dict, *
     run.create()
     write_text(run.file("config.yaml"), configuration.dump(cfg))
     plugins = {p.name: p.ref.version for p in loaded}
-    write_json(run.file("plugins.json"), {p.name: {"version": p.ref.version, "package": p.ref.package, "source": p.ref.source}
-                                          for p in loaded})
+    write_json(
+        run.file("plugins.json"),
+        {
+            p.name: {"version": p.ref.version, "package": p.ref.package, "source": p.ref.source}
+            for p in loaded
+        },
+    )
     write_json(run.file("environment.json"), {**environment(), "device": str(device)})
-    ctx = RunContext(config=cfg, device=device, work_dir=run.path / "work", cache_dir=run.path / "work" / "cache",
-                     console=console, log=run.append_log, datasets=datasets)
-    ctx.say(f"{'resuming' if resuming else 'starting'} run [bold]{run_id}[/]: method {cfg['method']}, dataset "
-            f"{cfg['dataset']}, task {cfg['task']}, seed {cfg['seed']}, profile {cfg['profile']}, device {device}")
+    ctx = RunContext(
+        config=cfg,
+        device=device,
+        work_dir=run.path / "work",
+        cache_dir=run.path / "work" / "cache",
+        console=console,
+        log=run.append_log,
+        datasets=datasets,
+    )
+    ctx.say(
+        f"{'resuming' if resuming else 'starting'} run [bold]{run_id}[/]: method {cfg['method']}, dataset "
+        f"{cfg['dataset']}, task {cfg['task']}, seed {cfg['seed']}, profile {cfg['profile']}, device {device}"
+    )
 
     train_dataset = datasets.get(cfg["dataset"])
     train = datasets.load(cfg["dataset"], "train")
@@ -290,12 +374,16 @@ def _execute(run: RunDir, cfg: dict, datasets: DatasetPool, fingerprint: dict, *
     for where, reasons in excluded.items():
         for reason, count in reasons.items():
             ctx.say(f"[yellow]excluded from {where}[/]: {count} sample(s), {reason}")
-    tests, skipped = load_test_sets(cfg, datasets, train_dataset, ctx)  # before training, so problems show early
+    tests, skipped = load_test_sets(
+        cfg, datasets, train_dataset, ctx
+    )  # before training, so problems show early
     train, synthetic = datasets.augment(pm, ctx, train)  # checked per plugin; counted per tone3 x label
     model = ctx.create_model(train.num_classes)
     check_predict_before_fit(pm, ctx, model, val)  # a wrong predict fails in seconds, not after training
     fit_call = pm.trace.begin("fit")
-    model = pm.hook.fit(ctx=ctx, model=model, train=train, val=val)  # a plugin's None or exception: PluginError
+    model = pm.hook.fit(
+        ctx=ctx, model=model, train=train, val=val
+    )  # a plugin's None or exception: PluginError
     if model is None:
         raise DermbenchError(f"method {cfg['method']!r}: no plugin's fit returned a model")
     check_model(pm, model, fit_call)
@@ -303,59 +391,128 @@ def _execute(run: RunDir, cfg: dict, datasets: DatasetPool, fingerprint: dict, *
 
     val_prob = predict_checked(pm, ctx, model, val)
     threshold = threshold_from_validation(cfg["eval"]["threshold"], val.labels, val_prob)
-    evaluations = score_test_sets(run, cfg, tests, lambda name, split: predict_checked(pm, ctx, model, split),
-                                  threshold=threshold, device=ctx.device)
+    evaluations = score_test_sets(
+        run,
+        cfg,
+        tests,
+        lambda name, split: predict_checked(pm, ctx, model, split),
+        threshold=threshold,
+        device=ctx.device,
+    )
     metrics = {
-        **record_head(run_id, cfg, method=cfg["method"], plugins=plugins, device=device, started=started,
-                      resumed=resuming, threshold_rule=cfg["eval"]["threshold"], skipped=skipped),
-        "train_history": getattr(model, "train_history", None), "eval": evaluations,
-        "synthetic": synthetic, "excluded": excluded, "data_fingerprint": fingerprint,
-        "hooks": hooks_answered(pm), "methods": ctx.records or None,
+        **record_head(
+            run_id,
+            cfg,
+            method=cfg["method"],
+            plugins=plugins,
+            device=device,
+            started=started,
+            resumed=resuming,
+            threshold_rule=cfg["eval"]["threshold"],
+            skipped=skipped,
+        ),
+        "train_history": getattr(model, "train_history", None),
+        "eval": evaluations,
+        "synthetic": synthetic,
+        "excluded": excluded,
+        "data_fingerprint": fingerprint,
+        "hooks": hooks_answered(pm),
+        "methods": ctx.records or None,
         # what to cite: the methods, the training dataset and each evaluated test set's, the backbone
-        "references": run_references(method=cfg["method"], backbones=model_backbones(model, cfg["model"]["backbone"]),
-                                     local=local, datasets=[cfg["dataset"], *(t.dataset for t in test_sets(
-                                         cfg, train_dataset) if t.name in evaluations)]),
+        "references": run_references(
+            method=cfg["method"],
+            backbones=model_backbones(model, cfg["model"]["backbone"]),
+            local=local,
+            datasets=[
+                cfg["dataset"],
+                *(t.dataset for t in test_sets(cfg, train_dataset) if t.name in evaluations),
+            ],
+        ),
     }
     metrics = run.write_record(metrics)  # checked against the record schema (results/records.py)
     if before_done is not None:
-        before_done(BeforeDone(run=run, cfg=cfg, datasets=datasets, train_dataset=train_dataset, tests=tests, pm=pm,
-                               ctx=ctx, model=model))
+        before_done(
+            BeforeDone(
+                run=run,
+                cfg=cfg,
+                datasets=datasets,
+                train_dataset=train_dataset,
+                tests=tests,
+                pm=pm,
+                ctx=ctx,
+                model=model,
+            )
+        )
     run.mark_done()
 
-    report = write_report(run.path)  # derived from the record, so written after `done`; `dermbench report` redoes it
-    ctx.say(f"run finished in {metrics['timing']['total_s']:.1f} s; record in {run.path}, report in {report.name}")
+    report = write_report(
+        run.path
+    )  # derived from the record, so written after `done`; `dermbench report` redoes it
+    ctx.say(
+        f"run finished in {metrics['timing']['total_s']:.1f} s; record in {run.path}, report in {report.name}"
+    )
     return RunResult(run, metrics, reused=False)
 
 
-def score_test_sets(run: RunDir, cfg: dict, tests: dict[str, Split], probability: Callable[[str, Split], np.ndarray],
-                    *, threshold: float | None, device: torch.device) -> dict[str, dict]:
+def score_test_sets(
+    run: RunDir,
+    cfg: dict,
+    tests: dict[str, Split],
+    probability: Callable[[str, Split], np.ndarray],
+    *,
+    threshold: float | None,
+    device: torch.device,
+) -> dict[str, dict]:
     """The record's `eval` entry of every test set, scored at `threshold`, and each set's per-sample
     predictions written to `<run>/predictions/<set>.csv` (an earlier attempt's are removed first,
     maybe of a set now skipped). `probability(name, split)` gives the class probabilities of a
     test split. Shared by `dermbench run` and `dermbench evaluate`, so a method and an external
     model are scored alike."""
     # every source's tones per test set; estimator errors measured on the annotated sets (docs/tone.md)
-    views = {name: tone_views(split, detector=cfg["data"]["tone_detector"], device=device)
-             for name, split in tests.items()}
+    views = {
+        name: tone_views(split, detector=cfg["data"]["tone_detector"], device=device)
+        for name, split in tests.items()
+    }
     confusion = {scheme: measured_confusion(views, scheme) for scheme in PROPAGATION_SCHEMES}
     shutil.rmtree(run.file(PREDICTIONS), ignore_errors=True)
     evaluations = {}
     for name, split in tests.items():
         prob = probability(name, split)
-        evaluations[name], predictions = evaluate_split(split, prob, threshold=threshold, cfg=cfg, views=views[name],
-                                                        confusion=confusion)
+        evaluations[name], predictions = evaluate_split(
+            split, prob, threshold=threshold, cfg=cfg, views=views[name], confusion=confusion
+        )
         write_text(run.file(f"{PREDICTIONS}/{name}.csv"), predictions.to_csv(index=False))
     return evaluations
 
 
-def record_head(run_id: str, cfg: dict, *, method: str, plugins: dict, device: torch.device, started: float,
-                resumed: bool, threshold_rule: Any, skipped: dict) -> dict[str, Any]:
+def record_head(
+    run_id: str,
+    cfg: dict,
+    *,
+    method: str,
+    plugins: dict,
+    device: torch.device,
+    started: float,
+    resumed: bool,
+    threshold_rule: Any,
+    skipped: dict,
+) -> dict[str, Any]:
     """The fields every run record begins with, whoever trained the model (`dermbench run` or
     `dermbench evaluate`); the caller adds eval, methods, references and the rest."""
-    return {"run_id": run_id, "method": method, "dataset": cfg["dataset"], "task": cfg["task"], "seed": cfg["seed"],
-            "profile": cfg["profile"], "config": cfg, "plugins": plugins, "device": str(device),
-            "timing": {"total_s": round(time.perf_counter() - started, 2), "resumed": resumed},
-            "threshold_rule": threshold_rule, "skipped_test_sets": skipped}
+    return {
+        "run_id": run_id,
+        "method": method,
+        "dataset": cfg["dataset"],
+        "task": cfg["task"],
+        "seed": cfg["seed"],
+        "profile": cfg["profile"],
+        "config": cfg,
+        "plugins": plugins,
+        "device": str(device),
+        "timing": {"total_s": round(time.perf_counter() - started, 2), "resumed": resumed},
+        "threshold_rule": threshold_rule,
+        "skipped_test_sets": skipped,
+    }
 
 
 def _reuse(run: RunDir, metrics: dict, console: Console) -> RunResult:
@@ -363,7 +520,9 @@ def _reuse(run: RunDir, metrics: dict, console: Console) -> RunResult:
     return RunResult(run, metrics, reused=True)
 
 
-def load_test_sets(cfg: dict, datasets: DatasetPool, train_dataset, ctx: RunContext) -> tuple[dict[str, Split], dict]:
+def load_test_sets(
+    cfg: dict, datasets: DatasetPool, train_dataset, ctx: RunContext
+) -> tuple[dict[str, Split], dict]:
     """The protocol's test splits, with tones filled where the dataset has none, and the ones
     skipped with the reason: an external protocol default that is absent or lacks the run's task
     is listed, never silently dropped. A problem with the training dataset's own test split, or
@@ -377,21 +536,28 @@ def load_test_sets(cfg: dict, datasets: DatasetPool, train_dataset, ctx: RunCont
             if cfg["task"] not in dataset.tasks:
                 if own:
                     dataset.check_task(cfg["task"])
-                raise DataError(f"dataset {test.dataset!r} has no task {cfg['task']!r} (tasks: {', '.join(dataset.tasks)})")
+                raise DataError(
+                    f"dataset {test.dataset!r} has no task {cfg['task']!r} (tasks: {', '.join(dataset.tasks)})"
+                )
             split = datasets.load(test.dataset, test.split, as_name=test.name)
         except DataError as exc:
             if own:
                 raise
             if named:
-                raise DataError(f"test set {test.name!r}, named in data.test_sets, cannot be evaluated: {exc} "
-                                "(leave it out of data.test_sets to run without it)") from exc
+                raise DataError(
+                    f"test set {test.name!r}, named in data.test_sets, cannot be evaluated: {exc} "
+                    "(leave it out of data.test_sets to run without it)"
+                ) from exc
             skipped[test.name] = str(exc)
             ctx.say(f"[yellow]skipped test set {test.name}[/]: {exc}")
             continue
-        loaded[test.name] = fill_missing_tones(split, source=cfg["data"]["tone"], detector=cfg["data"]["tone_detector"],
-                                               device=ctx.device)
+        loaded[test.name] = fill_missing_tones(
+            split, source=cfg["data"]["tone"], detector=cfg["data"]["tone_detector"], device=ctx.device
+        )
     if not loaded:
-        raise DermbenchError("no test set could be evaluated: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        raise DermbenchError(
+            "no test set could be evaluated: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        )
     return loaded, skipped
 
 
@@ -400,5 +566,3 @@ def _save_weights(model, path: Path) -> None:
     other than a torch module (its own predict knows how to use it) has no weights file."""
     if isinstance(model, torch.nn.Module):
         save_weights(model, path)
-
-

@@ -69,13 +69,25 @@ class SweepSummary:
         return f"{len(self.outcomes)} run{'' if len(self.outcomes) == 1 else 's'}: {self.ran} ran, {self.reused} reused, {self.failed} failed"
 
 
-def sweep_configs(*, methods: Sequence[str], datasets: Sequence[str], seeds: Sequence[int], profile: str | None,
-                  sets: Sequence[str], out: str, device: str, local: tuple[str, ...]) -> list[dict]:
+def sweep_configs(
+    *,
+    methods: Sequence[str],
+    datasets: Sequence[str],
+    seeds: Sequence[int],
+    profile: str | None,
+    sets: Sequence[str],
+    out: str,
+    device: str,
+    local: tuple[str, ...],
+) -> list[dict]:
     """One resolved config per cell of the grid, resolved up front so a bad setting stops the
     sweep before any training."""
     return [
-        resolve_config(sets=sets, flags={"method": m, "dataset": d, "seed": s, "profile": profile, "out": out,
-                                         "device": device}, local=local)
+        resolve_config(
+            sets=sets,
+            flags={"method": m, "dataset": d, "seed": s, "profile": profile, "out": out, "device": device},
+            local=local,
+        )
         for m, d, s in itertools.product(methods, datasets, seeds)
     ]
 
@@ -105,12 +117,20 @@ def _run_one(cfg: dict, local: tuple[str, ...], force: bool, threads: int | None
     try:
         result = run_experiment(cfg, local=local, force=force, console=Console(quiet=True))
     except Exception as exc:  # any failure of one run is reported, and the other runs still go
-        return RunOutcome(**cell, status=FAILED, reason=_failure_reason(exc),
-                          seconds=round(time.perf_counter() - started, 2))
+        return RunOutcome(
+            **cell,
+            status=FAILED,
+            reason=_failure_reason(exc),
+            seconds=round(time.perf_counter() - started, 2),
+        )
     finally:
         torch.set_num_threads(before)
-    return RunOutcome(**cell, status=REUSED if result.reused else RAN, run_id=result.run_dir.run_id,
-                      seconds=round(time.perf_counter() - started, 2))
+    return RunOutcome(
+        **cell,
+        status=REUSED if result.reused else RAN,
+        run_id=result.run_dir.run_id,
+        seconds=round(time.perf_counter() - started, 2),
+    )
 
 
 def gpus_per_task(cfg: dict, cluster_gpus: float) -> int:
@@ -145,16 +165,33 @@ def _report(console: Console, prefix: str, outcome: RunOutcome) -> None:
         console.print(f"{prefix}{outcome.status} {outcome.run_id} ({outcome.seconds:.1f} s)", highlight=False)
 
 
-def run_sweep(configs: list[dict], *, local: tuple[str, ...] = (), force: bool = False, use_ray: bool = False,
-              ray_address: str | None = None, max_retries: int = DEFAULT_RAY_RETRIES,
-              cpus_per_run: int = DEFAULT_RAY_CPUS, console: Console | None = None) -> SweepSummary:
+def run_sweep(
+    configs: list[dict],
+    *,
+    local: tuple[str, ...] = (),
+    force: bool = False,
+    use_ray: bool = False,
+    ray_address: str | None = None,
+    max_retries: int = DEFAULT_RAY_RETRIES,
+    cpus_per_run: int = DEFAULT_RAY_CPUS,
+    console: Console | None = None,
+) -> SweepSummary:
     """Run every config (in-process, or as Ray tasks with `use_ray`) and return the outcomes
     in grid order. Failed runs are counted, not raised. A Ray task reserves `cpus_per_run` CPUs
     and trains with that many torch threads; a local run uses the process's threads."""
     console = console or Console()
     if use_ray:
-        return SweepSummary(_run_on_ray(configs, local=local, force=force, address=ray_address,
-                                        max_retries=max_retries, cpus=cpus_per_run, console=console))
+        return SweepSummary(
+            _run_on_ray(
+                configs,
+                local=local,
+                force=force,
+                address=ray_address,
+                max_retries=max_retries,
+                cpus=cpus_per_run,
+                console=console,
+            )
+        )
     outcomes = []
     for i, cfg in enumerate(configs, 1):
         prefix = f"[bold]sweep {i}/{len(configs)}[/]: {_describe(cfg)}: "
@@ -165,8 +202,16 @@ def run_sweep(configs: list[dict], *, local: tuple[str, ...] = (), force: bool =
     return SweepSummary(outcomes)
 
 
-def _run_on_ray(configs: list[dict], *, local: tuple[str, ...], force: bool, address: str | None,
-                max_retries: int, cpus: int, console: Console) -> list[RunOutcome]:
+def _run_on_ray(
+    configs: list[dict],
+    *,
+    local: tuple[str, ...],
+    force: bool,
+    address: str | None,
+    max_retries: int,
+    cpus: int,
+    console: Console,
+) -> list[RunOutcome]:
     """One Ray task per run, all submitted at once; Ray schedules them by the CPUs/GPUs each
     reserves. Records go to each config's `out`, which every node must see (a shared filesystem
     on a multi-node cluster), since a retried task resumes from the checkpoint its first attempt
@@ -179,18 +224,24 @@ def _run_on_ray(configs: list[dict], *, local: tuple[str, ...], force: bool, add
         try:
             ray.init(address=address)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise DermbenchError(f"cannot start or reach a Ray cluster"
-                                 f"{f' at {address!r}' if address else ''}: {exc}") from exc
+            raise DermbenchError(
+                f"cannot start or reach a Ray cluster{f' at {address!r}' if address else ''}: {exc}"
+            ) from exc
     configs = [_with_absolute_paths(cfg) for cfg in configs]
     cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
     # retry_exceptions=False: only a dead worker is retried; _run_one turns errors into outcomes
     task = ray.remote(max_retries=max_retries, retry_exceptions=False)(_run_one)
     pending = {
-        task.options(num_cpus=cpus, num_gpus=gpus_per_task(cfg, cluster_gpus)).remote(cfg, local, force, cpus): i
+        task.options(num_cpus=cpus, num_gpus=gpus_per_task(cfg, cluster_gpus)).remote(
+            cfg, local, force, cpus
+        ): i
         for i, cfg in enumerate(configs)
     }
-    console.print(f"[bold]sweep[/]: {len(configs)} run(s) submitted to Ray "
-                  f"({ray.cluster_resources().get('CPU', 0):g} CPUs, {cluster_gpus:g} GPUs)", highlight=False)
+    console.print(
+        f"[bold]sweep[/]: {len(configs)} run(s) submitted to Ray "
+        f"({ray.cluster_resources().get('CPU', 0):g} CPUs, {cluster_gpus:g} GPUs)",
+        highlight=False,
+    )
     outcomes: list[RunOutcome | None] = [None] * len(configs)
     finished = 0
     while pending:
@@ -199,7 +250,9 @@ def _run_on_ray(configs: list[dict], *, local: tuple[str, ...], force: bool, add
             i = pending.pop(ref)
             outcomes[i] = _ray_result(ray, ref, configs[i])
             finished += 1
-            _report(console, f"[bold]sweep {finished}/{len(configs)}[/]: {_describe(configs[i])}: ", outcomes[i])
+            _report(
+                console, f"[bold]sweep {finished}/{len(configs)}[/]: {_describe(configs[i])}: ", outcomes[i]
+            )
     return [o for o in outcomes if o is not None]
 
 
@@ -210,5 +263,10 @@ def _ray_result(ray, ref, cfg: dict) -> RunOutcome:
         return ray.get(ref)
     except ray.exceptions.RayError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return RunOutcome(method=cfg["method"], dataset=cfg["dataset"], seed=cfg["seed"], status=FAILED,
-                          reason=f"Ray: {type(exc).__name__}: {reason}")
+        return RunOutcome(
+            method=cfg["method"],
+            dataset=cfg["dataset"],
+            seed=cfg["seed"],
+            status=FAILED,
+            reason=f"Ray: {type(exc).__name__}: {reason}",
+        )

@@ -72,15 +72,18 @@ class DDI(TableDataset):
     def __init__(self, root=None, **options: Any) -> None:
         super().__init__(root, **options)
         #: (fraction, seed) of FEDD's data-efficiency protocol, or None
-        self.fedd_setting = fedd_protocol.check_options(self.name, self.options["fedd_fraction"],
-                                                        self.options["fedd_seed"])
+        self.fedd_setting = fedd_protocol.check_options(
+            self.name, self.options["fedd_fraction"], self.options["fedd_seed"]
+        )
         if self.fedd_setting is not None:
             self.protocol = (TestSet("ddi", "ddi", "test"), TestSet("ddi-rest", "ddi", fedd_protocol.REST))
 
     def load(self, *, task: str, split: str, image_size: int, name: str | None = None) -> Split:
         out = super().load(task=task, split=split, image_size=image_size, name=name)
         if self.options["masks_dir"] is not None:
-            out.masks = read_masks(Path(self.options["masks_dir"]).expanduser(), out.table["image"], image_size)
+            out.masks = read_masks(
+                Path(self.options["masks_dir"]).expanduser(), out.table["image"], image_size
+            )
             out.meta["mask_classes"] = MASK_CLASSES
         return out
 
@@ -94,7 +97,9 @@ class DDI(TableDataset):
             content["fedd_protocol"] = {"fraction": self.fedd_setting[0], "seed": self.fedd_setting[1]}
         if self.options["masks_dir"] is not None:
             folder = Path(self.options["masks_dir"]).expanduser()
-            content["masks"] = sorted((p.name, p.stat().st_size) for p in folder.glob("*.png")) if folder.is_dir() else None
+            content["masks"] = (
+                sorted((p.name, p.stat().st_size) for p in folder.glob("*.png")) if folder.is_dir() else None
+            )
         return {**content, "digest": content_digest(content)}
 
     def read(self) -> pd.DataFrame:
@@ -104,14 +109,29 @@ class DDI(TableDataset):
         for column in ("DDI_ID", "DDI_file"):  # blanks are flagged below, not reported as duplicates
             require_unique(frame[column][frame[column] != ""], path=path, column=column)
         for column in ("DDI_ID", "DDI_file"):
-            check.flag((frame[column] == "").to_numpy(), reason=f"empty {column}", column=column,
-                       values=frame[column], expected="a value")
+            check.flag(
+                (frame[column] == "").to_numpy(),
+                reason=f"empty {column}",
+                column=column,
+                values=frame[column],
+                expected="a value",
+            )
         tone, bad_tone = parse_int(frame["skin_tone"], tuple(TONE3))
-        check.flag(bad_tone, reason="unknown skin_tone", column="skin_tone", values=frame["skin_tone"],
-                   expected="12, 34 or 56")
+        check.flag(
+            bad_tone,
+            reason="unknown skin_tone",
+            column="skin_tone",
+            values=frame["skin_tone"],
+            expected="12, 34 or 56",
+        )
         malignant, bad_malignant = parse_bool(frame["malignant"])
-        check.flag(bad_malignant, reason="malignant not a boolean", column="malignant", values=frame["malignant"],
-                   expected="True/False (or true/false, 1/0, yes/no)")
+        check.flag(
+            bad_malignant,
+            reason="malignant not a boolean",
+            column="malignant",
+            values=frame["malignant"],
+            expected="True/False (or true/false, 1/0, yes/no)",
+        )
         self.absorb(check)
         records = pd.DataFrame(
             {
@@ -127,8 +147,14 @@ class DDI(TableDataset):
         records = records[check.keep].reset_index(drop=True)
         if self.fedd_setting is not None:
             fraction, seed = self.fedd_setting
-            split = fedd_protocol.assign(records["sample_id"], records["tone3"], records["malignant"],
-                                         fraction=fraction, seed=seed, dataset=self.name)
+            split = fedd_protocol.assign(
+                records["sample_id"],
+                records["tone3"],
+                records["malignant"],
+                fraction=fraction,
+                seed=seed,
+                dataset=self.name,
+            )
             records["split"] = split
             self.policy_excluded.update(fedd_protocol.excluded_counts(split, fraction))
         return records
@@ -152,16 +178,22 @@ def read_masks(folder: Path, images, size: int) -> np.ndarray:
             continue
         with Image.open(path) as img:
             if img.mode not in ("L", "P"):
-                raise DataError(f"dataset 'ddi': mask {path} is mode {img.mode}; expected a single-channel label map "
-                                "(mode L or P) with ids 0-4 and 255")
+                raise DataError(
+                    f"dataset 'ddi': mask {path} is mode {img.mode}; expected a single-channel label map "
+                    "(mode L or P) with ids 0-4 and 255"
+                )
             width, height = img.size
             side = min(width, height)
             left, top = (width - side) // 2, (height - side) // 2
-            labels = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.NEAREST)
+            labels = img.crop((left, top, left + side, top + side)).resize(
+                (size, size), Image.Resampling.NEAREST
+            )
             array = np.array(labels, dtype=np.uint8)
         bad = sorted(set(np.unique(array).tolist()) - {*range(len(MASK_CLASSES)), NOT_ANNOTATED})
         if bad:
-            raise DataError(f"dataset 'ddi': mask {path} has label(s) {bad}; expected 0-4 ({', '.join(MASK_CLASSES)}) "
-                            f"or {NOT_ANNOTATED}")
+            raise DataError(
+                f"dataset 'ddi': mask {path} has label(s) {bad}; expected 0-4 ({', '.join(MASK_CLASSES)}) "
+                f"or {NOT_ANNOTATED}"
+            )
         out[i] = array
     return out

@@ -27,7 +27,11 @@ from dermbench.data.tables import MALIGNANT_CLASSES, TableDataset, match_pattern
 from dermbench.errors import ConfigError, DataError
 
 META = "meta/meta.csv"
-INDEX_FILES = {"train": "meta/train_indexes.csv", "val": "meta/valid_indexes.csv", "test": "meta/test_indexes.csv"}
+INDEX_FILES = {
+    "train": "meta/train_indexes.csv",
+    "val": "meta/valid_indexes.csv",
+    "test": "meta/test_indexes.csv",
+}
 #: every diagnosis value of the release
 DIAGNOSES = (
     "basal cell carcinoma",
@@ -126,14 +130,29 @@ class _Derm7pt(TableDataset):
         check = self.checker(path, frame)
         require_unique(frame["case_num"], path=path, column="case_num")
         diagnosis = frame["diagnosis"]
-        check.flag(~diagnosis.isin(DIAGNOSES).to_numpy(), reason="unknown diagnosis", column="diagnosis",
-                   values=diagnosis, expected="a Derm7pt diagnosis such as 'melanoma' or 'clark nevus'")
+        check.flag(
+            ~diagnosis.isin(DIAGNOSES).to_numpy(),
+            reason="unknown diagnosis",
+            column="diagnosis",
+            values=diagnosis,
+            expected="a Derm7pt diagnosis such as 'melanoma' or 'clark nevus'",
+        )
         images = frame[self.image_column]
-        check.flag((images == "").to_numpy(), reason=f"empty {self.image_column} path", column=self.image_column,
-                   values=images, expected="an image path under images/")
+        check.flag(
+            (images == "").to_numpy(),
+            reason=f"empty {self.image_column} path",
+            column=self.image_column,
+            values=images,
+            expected="an image path under images/",
+        )
         sex = frame["sex"].str.lower() if "sex" in frame else pd.Series("", index=frame.index)
-        check.flag(~sex.isin((*SEXES, "")).to_numpy(), reason="unknown sex", column="sex", values=frame.get("sex", sex),
-                   expected="female, male or empty")
+        check.flag(
+            ~sex.isin((*SEXES, "")).to_numpy(),
+            reason="unknown sex",
+            column="sex",
+            values=frame.get("sex", sex),
+            expected="female, male or empty",
+        )
         self.absorb(check)
         split = self._official_split(len(frame))
         unindexed = (split == "") & check.keep

@@ -45,8 +45,10 @@ def check_options(dataset: str, fraction: object, seed: object) -> tuple[int, in
     if fraction is None:
         return None
     if isinstance(fraction, bool) or fraction not in FRACTIONS:
-        raise ConfigError(f"dataset {dataset!r}: option fedd_fraction={fraction!r} must be one of "
-                          f"{', '.join(map(str, FRACTIONS))} (percent of DDI: {FRACTIONS} training images per tone)")
+        raise ConfigError(
+            f"dataset {dataset!r}: option fedd_fraction={fraction!r} must be one of "
+            f"{', '.join(map(str, FRACTIONS))} (percent of DDI: {FRACTIONS} training images per tone)"
+        )
     seed = 0 if seed is None else seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"dataset {dataset!r}: option fedd_seed={seed!r} must be a non-negative integer")
@@ -65,8 +67,13 @@ def _take(malignant: list, benign: list, k: int) -> list:
 
 def assign(sample_ids, tone3, labels, *, fraction: int, seed: int, dataset: str = "ddi") -> np.ndarray:
     """The split of every row: train / val / test / test_rest / unused (see the module doc)."""
-    frame = pd.DataFrame({"id": np.asarray(sample_ids).astype(str), "tone": np.asarray(tone3, dtype=object),
-                          "label": np.asarray(labels).astype(int)})
+    frame = pd.DataFrame(
+        {
+            "id": np.asarray(sample_ids).astype(str),
+            "tone": np.asarray(tone3, dtype=object),
+            "label": np.asarray(labels).astype(int),
+        }
+    )
     order = np.argsort(frame["id"].to_numpy(), kind="stable")
     rng = np.random.default_rng(seed)
     out = np.full(len(frame), UNUSED, dtype=object)
@@ -75,21 +82,28 @@ def assign(sample_ids, tone3, labels, *, fraction: int, seed: int, dataset: str 
         rows = order[(frame["tone"].to_numpy()[order] == tone)]
         need = 2 * EVAL_PER_TONE + pool + 1
         if len(rows) < need:
-            raise DataError(f"dataset {dataset!r}: the FEDD protocol needs at least {need} images of tone group {tone} "
-                            f"(10 validation + 10 test + 40 in the 20 % pool + at least one for the remaining-images "
-                            f"test set), found {len(rows)}")
+            raise DataError(
+                f"dataset {dataset!r}: the FEDD protocol needs at least {need} images of tone group {tone} "
+                f"(10 validation + 10 test + 40 in the 20 % pool + at least one for the remaining-images "
+                f"test set), found {len(rows)}"
+            )
         labels = frame["label"].to_numpy()[rows]
         malignant = [int(r) for r in rng.permutation(rows[labels == 1])]
         benign = [int(r) for r in rng.permutation(rows[labels != 1])]
         out[_take(malignant, benign, EVAL_PER_TONE)] = "val"
         out[_take(malignant, benign, EVAL_PER_TONE)] = "test"
         ordered = [r for _ in range(pool // BLOCK) for r in _take(malignant, benign, BLOCK)]
-        out[ordered[:FRACTIONS[fraction]]] = "train"
+        out[ordered[: FRACTIONS[fraction]]] = "train"
         out[malignant + benign] = REST
     return out
 
 
 def excluded_counts(splits: np.ndarray, fraction: int) -> dict[str, int]:
     n = int((splits == UNUSED).sum())
-    return {f"FEDD protocol ({fraction} %): in the 20 % training pool but not this fraction's subset, or no tone3 group":
-            n} if n else {}
+    return (
+        {
+            f"FEDD protocol ({fraction} %): in the 20 % training pool but not this fraction's subset, or no tone3 group": n
+        }
+        if n
+        else {}
+    )

@@ -112,7 +112,9 @@ class M2MRule(SplitRule):
     def apply(self, table: pd.DataFrame) -> pd.Series:
         if "m2m_split" not in table:
             raise DataError(f"split rule {self.name!r} needs the records of Fitz17k with split_rule m2m")
-        return pd.Series(table["m2m_split"].to_numpy(dtype=object), index=table.index, name="split", dtype=object)
+        return pd.Series(
+            table["m2m_split"].to_numpy(dtype=object), index=table.index, name="split", dtype=object
+        )
 
 
 def m2m_rule(scenario: str, subset: int) -> M2MRule:
@@ -150,8 +152,12 @@ class Fitz17k(TableDataset):
     aliases = ("fitzpatrick17k",)
     layout = "fitzpatrick17k.csv and images/<md5hash>.jpg"
     tasks = ("malignant", "partition3", "condition", "condition9", "m2m7")
-    option_defaults: ClassVar[dict] = {"fst_column": "fitzpatrick_scale", "m2m_scenario": None, "m2m_subset": None,
-                                       "neoplastic_only": False}
+    option_defaults: ClassVar[dict] = {
+        "fst_column": "fitzpatrick_scale",
+        "m2m_scenario": None,
+        "m2m_subset": None,
+        "neoplastic_only": False,
+    }
     #: "m2m" here is scenario i, subset 0; an instance holds the scenario and subset its options chose
     split_rules: ClassVar[dict] = {
         "standard": STANDARD_RULE,
@@ -172,13 +178,17 @@ class Fitz17k(TableDataset):
     def __init__(self, root: Path | None = None, **options: Any) -> None:
         super().__init__(root, **options)
         if not isinstance(self.options["neoplastic_only"], bool):
-            raise ConfigError(f"dataset {self.name!r}: option neoplastic_only must be true or false, "
-                              f"got {self.options['neoplastic_only']!r}")
+            raise ConfigError(
+                f"dataset {self.name!r}: option neoplastic_only must be true or false, "
+                f"got {self.options['neoplastic_only']!r}"
+            )
         chosen = {k: self.options[k] for k in M2M_OPTIONS if self.options[k] is not None}
         #: (scenario, subset) under split_rule m2m
         self.m2m_setting: tuple[str, int] | None = None
         if self.options["split_rule"] == "m2m":
-            self.m2m_setting = m2m.check_scenario(self.name, self.options["m2m_scenario"], self.options["m2m_subset"])
+            self.m2m_setting = m2m.check_scenario(
+                self.name, self.options["m2m_scenario"], self.options["m2m_subset"]
+            )
             self.split_rules = {**self.split_rules, "m2m": m2m_rule(*self.m2m_setting)}
         elif chosen:
             raise ConfigError(
@@ -195,17 +205,34 @@ class Fitz17k(TableDataset):
         frame = read_csv(path, required=need)
         check = self.checker(path, frame)
         md5 = frame["md5hash"]
-        check.flag((md5 == "").to_numpy(), reason="empty md5hash", column="md5hash", values=md5, expected="an id")
+        check.flag(
+            (md5 == "").to_numpy(), reason="empty md5hash", column="md5hash", values=md5, expected="an id"
+        )
         require_unique(md5[md5 != ""], path=path, column="md5hash")
         fst, bad_fst = parse_int(frame[fst_column], FST_VALUES)
-        check.flag(bad_fst, reason=f"bad {fst_column}", column=fst_column, values=frame[fst_column],
-                   expected="an integer 1-6, or -1 for unknown")
+        check.flag(
+            bad_fst,
+            reason=f"bad {fst_column}",
+            column=fst_column,
+            values=frame[fst_column],
+            expected="an integer 1-6, or -1 for unknown",
+        )
         partition = frame["three_partition_label"]
-        check.flag(~partition.isin(PARTITIONS).to_numpy(), reason="unknown three_partition_label",
-                   column="three_partition_label", values=partition, expected=", ".join(PARTITIONS))
+        check.flag(
+            ~partition.isin(PARTITIONS).to_numpy(),
+            reason="unknown three_partition_label",
+            column="three_partition_label",
+            values=partition,
+            expected=", ".join(PARTITIONS),
+        )
         for column in ("label", "nine_partition_label"):
-            check.flag((frame[column] == "").to_numpy(), reason=f"empty {column}", column=column,
-                       values=frame[column], expected="a condition name")
+            check.flag(
+                (frame[column] == "").to_numpy(),
+                reason=f"empty {column}",
+                column=column,
+                values=frame[column],
+                expected="a condition name",
+            )
         self.absorb(check)
         keep = check.keep
         records = pd.DataFrame(
@@ -238,13 +265,20 @@ class Fitz17k(TableDataset):
         if not self.options["neoplastic_only"]:
             return table
         records = self.records()
-        neoplastic = set(records.loc[records["three_partition_label"] != "non-neoplastic", "sample_id"].astype(str))
+        neoplastic = set(
+            records.loc[records["three_partition_label"] != "non-neoplastic", "sample_id"].astype(str)
+        )
         keep = table["sample_id"].isin(neoplastic).to_numpy()
         out = table[keep].reset_index(drop=True)
         if out.empty:
-            raise DataError(f"dataset {self.name!r}: no neoplastic (benign or malignant) row under {self.root} "
-                            "(option neoplastic_only)")
-        out.attrs = {**table.attrs, "excluded": {**table.attrs.get("excluded", {}), NON_NEOPLASTIC: int((~keep).sum())}}
+            raise DataError(
+                f"dataset {self.name!r}: no neoplastic (benign or malignant) row under {self.root} "
+                "(option neoplastic_only)"
+            )
+        out.attrs = {
+            **table.attrs,
+            "excluded": {**table.attrs.get("excluded", {}), NON_NEOPLASTIC: int((~keep).sum())},
+        }
         return out
 
     def _m2m_records(self, records: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:

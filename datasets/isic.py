@@ -54,8 +54,13 @@ def one_hot_diagnosis(frame: pd.DataFrame, columns: tuple[str, ...], check: RowC
     is_one, is_zero = values == 1.0, values == 0.0
     ok = (is_one | is_zero).all(axis=1) & (is_one.sum(axis=1) == 1)
     shown = frame[list(columns)].astype(str).agg(",".join, axis=1)
-    check.flag(~ok, reason="ground truth not one-hot", column=",".join(columns), values=shown,
-               expected="exactly one 1.0 and otherwise 0.0")
+    check.flag(
+        ~ok,
+        reason="ground truth not one-hot",
+        column=",".join(columns),
+        values=shown,
+        expected="exactly one 1.0 and otherwise 0.0",
+    )
     names = np.array(columns, dtype=object)
     return np.where(ok, names[np.argmax(is_one, axis=1)], None)
 
@@ -93,7 +98,9 @@ class _ISIC(TableDataset):
 
     def encode(self, records: pd.DataFrame, task: str) -> tuple[np.ndarray, tuple[str, ...]]:
         if task == "malignant":
-            return records["diagnosis"].isin(self.malignant_codes()).to_numpy().astype(np.int64), MALIGNANT_CLASSES
+            return records["diagnosis"].isin(self.malignant_codes()).to_numpy().astype(
+                np.int64
+            ), MALIGNANT_CLASSES
         return label_codes(records["diagnosis"], self.diagnoses), self.diagnoses
 
 
@@ -125,8 +132,13 @@ class ISIC2018(_ISIC):
         frame = read_csv(path, required=("image", *self.diagnoses))
         require_unique(frame["image"], path=path, column="image")
         check = self.checker(path, frame)
-        check.flag((frame["image"] == "").to_numpy(), reason="empty image", column="image", values=frame["image"],
-                   expected="an image id such as ISIC_0034524")
+        check.flag(
+            (frame["image"] == "").to_numpy(),
+            reason="empty image",
+            column="image",
+            values=frame["image"],
+            expected="an image id such as ISIC_0034524",
+        )
         diagnosis = one_hot_diagnosis(frame, self.diagnoses, check)
         self.absorb(check)
         records = pd.DataFrame(
@@ -216,8 +228,13 @@ class ISIC2019(_ISIC):
         require_unique(frame["image"], path=path, column="image")
         check = self.checker(path, frame)
         sex = frame[column].str.lower()
-        check.flag(~sex.isin((*SEXES, "")).to_numpy(), reason="unknown sex", column=column, values=frame[column],
-                   expected="female, male or empty")
+        check.flag(
+            ~sex.isin((*SEXES, "")).to_numpy(),
+            reason="unknown sex",
+            column=column,
+            values=frame[column],
+            expected="female, male or empty",
+        )
         # not absorbed here: `read` counts the ground-truth rows these bad metadata rows actually drop
         images = frame["image"].to_numpy()
         sexes = {i: (s if s in SEXES else None) for i, s in zip(images, sex)}

@@ -89,7 +89,9 @@ def flexible_subset(labels: np.ndarray, members: np.ndarray, *, per_class: int, 
     return chosen
 
 
-def assign(labels: Sequence, groups: Sequence, *, scenario: str, subset: int, per_class: int = PER_CLASS) -> np.ndarray:
+def assign(
+    labels: Sequence, groups: Sequence, *, scenario: str, subset: int, per_class: int = PER_CLASS
+) -> np.ndarray:
     """train / val / test / UNUSED for every row of the pool (`groups` LIGHT or DARK per row).
 
     The training part of the scenario is cut into train and validation by `make_split`
@@ -108,7 +110,9 @@ def assign(labels: Sequence, groups: Sequence, *, scenario: str, subset: int, pe
     in_training = np.array([p in training for p in part], dtype=bool)
     if in_training.any():
         frame = pd.DataFrame({"label": labels[in_training].astype(str), "group": groups[in_training]})
-        cut = make_split(frame, seed=subset, fractions=(1 - VAL_FRACTION, VAL_FRACTION, 0.0), stratify=("label", "group"))
+        cut = make_split(
+            frame, seed=subset, fractions=(1 - VAL_FRACTION, VAL_FRACTION, 0.0), stratify=("label", "group")
+        )
         out[in_training] = cut.to_numpy(dtype=object)
     return out
 

@@ -49,13 +49,23 @@ class _MClass(TableDataset):
         frame = read_csv(path, required=("image", "label"))
         check = self.checker(path, frame)
         images = frame["image"]
-        check.flag((images == "").to_numpy(), reason="empty image", column="image", values=images,
-                   expected="an image file name")
+        check.flag(
+            (images == "").to_numpy(),
+            reason="empty image",
+            column="image",
+            values=images,
+            expected="an image file name",
+        )
         require_unique(images[images != ""], path=path, column="image")
         label = frame["label"].str.lower()
         melanoma = label.isin(MELANOMA).to_numpy()
-        check.flag(~(melanoma | label.isin(NEVUS).to_numpy()), reason="unknown label", column="label",
-                   values=frame["label"], expected="melanoma or nevus (also MEL/NV, naevus, 1/0)")
+        check.flag(
+            ~(melanoma | label.isin(NEVUS).to_numpy()),
+            reason="unknown label",
+            column="label",
+            values=frame["label"],
+            expected="melanoma or nevus (also MEL/NV, naevus, 1/0)",
+        )
         self.absorb(check)
         keep = check.keep
         n, melanomas = int(keep.sum()), int((melanoma & keep).sum())

@@ -85,18 +85,38 @@ class PadUfes20(TableDataset):
         frame = read_csv(path, required=("patient_id", "img_id", "diagnostic", "fitspatrick", "gender"))
         check = self.checker(path, frame)
         require_unique(frame["img_id"][frame["img_id"] != ""], path=path, column="img_id")
-        check.flag((frame["img_id"] == "").to_numpy(), reason="empty img_id", column="img_id",
-                   values=frame["img_id"], expected="an image file name")
+        check.flag(
+            (frame["img_id"] == "").to_numpy(),
+            reason="empty img_id",
+            column="img_id",
+            values=frame["img_id"],
+            expected="an image file name",
+        )
         diagnostic = frame["diagnostic"]
-        check.flag(~diagnostic.isin(DIAGNOSES).to_numpy(), reason="unknown diagnostic", column="diagnostic",
-                   values=diagnostic, expected=", ".join(DIAGNOSES))
+        check.flag(
+            ~diagnostic.isin(DIAGNOSES).to_numpy(),
+            reason="unknown diagnostic",
+            column="diagnostic",
+            values=diagnostic,
+            expected=", ".join(DIAGNOSES),
+        )
         raw_fst = frame["fitspatrick"]
         fst, bad_fst = parse_int(raw_fst, (1, 2, 3, 4, 5, 6))
-        check.flag(bad_fst & (raw_fst != "").to_numpy(), reason="bad fitspatrick", column="fitspatrick",
-                   values=raw_fst, expected="1-6 or empty")
+        check.flag(
+            bad_fst & (raw_fst != "").to_numpy(),
+            reason="bad fitspatrick",
+            column="fitspatrick",
+            values=raw_fst,
+            expected="1-6 or empty",
+        )
         gender = frame["gender"].str.lower()
-        check.flag(~gender.isin(("female", "male", "")).to_numpy(), reason="unknown gender", column="gender",
-                   values=frame["gender"], expected="FEMALE, MALE or empty")
+        check.flag(
+            ~gender.isin(("female", "male", "")).to_numpy(),
+            reason="unknown gender",
+            column="gender",
+            values=frame["gender"],
+            expected="FEMALE, MALE or empty",
+        )
         self.absorb(check)
         keep = check.keep
         unknown = int((np.isnan(fst) & keep).sum())

@@ -959,8 +959,9 @@ def generate(
 FST_TYPES = (1, 2, 3, 4, 5, 6)
 
 
-def with_skin(base: Scenes, index: np.ndarray, *, fst: np.ndarray, ita: np.ndarray, skin: np.ndarray,
-              seed: int) -> Scenes:
+def with_skin(
+    base: Scenes, index: np.ndarray, *, fst: np.ndarray, ita: np.ndarray, skin: np.ndarray, seed: int
+) -> Scenes:
     """The scenes `base[index]` on the given skin (FST, ITA and CIELAB colour per row), with everything
     else of each scene kept.
 
@@ -982,13 +983,23 @@ def with_skin(base: Scenes, index: np.ndarray, *, fst: np.ndarray, ita: np.ndarr
     all_ita = table["ita"].to_numpy(dtype=float).copy()
     all_skin = table[["skin_l", "skin_a", "skin_b"]].to_numpy(dtype=float).copy()
     all_ita[index], all_skin[index] = ita, skin
-    columns, lesion = _sample_lesion(base.seed, table["fst"].to_numpy(), table["label"].to_numpy(), all_ita, all_skin,
-                                     base.dermoscopic)
+    columns, lesion = _sample_lesion(
+        base.seed, table["fst"].to_numpy(), table["label"].to_numpy(), all_ita, all_skin, base.dermoscopic
+    )
     fields = _sample_fields(base.seed, len(table), all_ita, all_skin)
     arrays = {k: v[index] for k, v in {**base.arrays, **lesion, **fields}.items()}
-    part = table.iloc[index].reset_index(drop=True).assign(
-        fst=np.asarray(fst, dtype=np.int64), ita=ita, skin_l=skin[:, 0], skin_a=skin[:, 1], skin_b=skin[:, 2],
-        **{k: np.asarray(v)[index] for k, v in columns.items()})
+    part = (
+        table.iloc[index]
+        .reset_index(drop=True)
+        .assign(
+            fst=np.asarray(fst, dtype=np.int64),
+            ita=ita,
+            skin_l=skin[:, 0],
+            skin_a=skin[:, 1],
+            skin_b=skin[:, 2],
+            **{k: np.asarray(v)[index] for k, v in columns.items()},
+        )
+    )
     return Scenes(table=part, arrays=arrays, seed=int(seed), dermoscopic=base.dermoscopic)
 
 
@@ -1008,8 +1019,14 @@ def retone(base: Scenes, fst: int) -> Scenes:
     rendered, a scene of type `fst` is its original image byte for byte, and every render has the
     original mask."""
     ita, skin = counterfactual_skin(base, fst)
-    return with_skin(base, np.arange(len(base)), fst=np.full(len(base), int(fst), dtype=np.int64), ita=ita,
-                     skin=skin, seed=base.seed)
+    return with_skin(
+        base,
+        np.arange(len(base)),
+        fst=np.full(len(base), int(fst), dtype=np.int64),
+        ita=ita,
+        skin=skin,
+        seed=base.seed,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -1018,6 +1035,8 @@ def retone(base: Scenes, fst: int) -> Scenes:
 #: the generator's version, part of every SynthDerm fingerprint (and so of run ids): bump it with
 #: any change that alters a generated sample (pixels, masks or table) for the same options
 GENERATOR_VERSION = 1
+
+
 @dataclass(frozen=True)
 class _SplitSpec:
     option: str
@@ -1114,7 +1133,9 @@ class SynthDerm(Dataset):
         #: (scenario, subset, per class) of the majority-to-minority scenario, or None
         self.m2m_setting = _m2m_settings(merged)
         #: (fraction, seed) of FEDD's data-efficiency protocol on the DDI-like set, or None
-        self.fedd_setting = fedd_protocol.check_options(self.name, merged["fedd_fraction"], merged["fedd_seed"])
+        self.fedd_setting = fedd_protocol.check_options(
+            self.name, merged["fedd_fraction"], merged["fedd_seed"]
+        )
         if self.fedd_setting is not None and self.m2m_setting is not None:
             raise ConfigError("dataset 'synthderm': fedd_fraction and m2m_scenario cannot be combined")
         if self.fedd_setting is None:
@@ -1142,8 +1163,11 @@ class SynthDerm(Dataset):
             "dataset": self.name,
             "kind": "generated",
             "generator": GENERATOR_VERSION,
-            "options": {k: v for k, v in self.options.items()
-                        if k != "on_error" and not (k in M2M_OPTIONS + FEDD_OPTIONS and v is None)},
+            "options": {
+                k: v
+                for k, v in self.options.items()
+                if k != "on_error" and not (k in M2M_OPTIONS + FEDD_OPTIONS and v is None)
+            },
         }
         return {**content, "digest": content_digest(content)}
 
@@ -1284,7 +1308,11 @@ def _m2m_table(table: pd.DataFrame, scenario: str, subset: int, per_class: int) 
     groups = m2m.tone_groups(table["fst"].to_numpy())
     in_pool = pooled & np.isin(groups, (m2m.LIGHT, m2m.DARK))
     assigned = m2m.assign(
-        table["label"].to_numpy()[in_pool], groups[in_pool], scenario=scenario, subset=subset, per_class=per_class
+        table["label"].to_numpy()[in_pool],
+        groups[in_pool],
+        scenario=scenario,
+        subset=subset,
+        per_class=per_class,
     )
     split = table["split"].to_numpy(dtype=object).copy()
     split[pooled & ~in_pool] = m2m.UNUSED
@@ -1303,13 +1331,16 @@ def _fedd_table(table: pd.DataFrame, fraction: int, seed: int) -> pd.DataFrame:
     fst = table["fst"].to_numpy(dtype=float)
     tone3 = np.where(fst <= 2, "A", np.where(fst <= 4, "B", "C")).astype(object)
     rows = table[ddi]
-    assigned = fedd_protocol.assign(rows["sample_id"], tone3[ddi], rows["label"], fraction=fraction, seed=seed,
-                                    dataset="synthderm")
+    assigned = fedd_protocol.assign(
+        rows["sample_id"], tone3[ddi], rows["label"], fraction=fraction, seed=seed, dataset="synthderm"
+    )
     split = table["split"].to_numpy(dtype=object).copy()
     split[ddi] = assigned
     standard = np.isin(split, ("train", "val", "test")) & ~ddi
     out = table.assign(split=split)
     keep = ~standard & (split != fedd_protocol.UNUSED)
     out = out[keep].reset_index(drop=True)
-    out.attrs = {"excluded": {FEDD_UNUSED: int(standard.sum()), **fedd_protocol.excluded_counts(assigned, fraction)}}
+    out.attrs = {
+        "excluded": {FEDD_UNUSED: int(standard.sum()), **fedd_protocol.excluded_counts(assigned, fraction)}
+    }
     return out

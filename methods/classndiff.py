@@ -93,22 +93,53 @@ REFERENCES: tuple[str, ...] = (
 CLASSIFIERS = ("erm", "latent")
 
 TINY_SETTINGS: dict[str, Any] = {
-    "vae": TINY, "revision": None, "image_size": None,
+    "vae": TINY,
+    "revision": None,
+    "image_size": None,
     "dit": {"size": "tiny", "patch": 2},
     "latent_classifier": {"backbone": "test_resnet", "pretrained": False, "hidden": 64, "dropout": 0.5},
-    "joint": {"steps": 400, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0, "p": 0.25, "weight": 0.2,
-              "cond_dropout": 0.1, "classifier_lr": 1e-2, "classifier_momentum": 0.9},
+    "joint": {
+        "steps": 400,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "p": 0.25,
+        "weight": 0.2,
+        "cond_dropout": 0.1,
+        "classifier_lr": 1e-2,
+        "classifier_momentum": 0.9,
+    },
     "tone_conditioning": False,
-    "per_class": 300, "sampler": "ddim", "steps": 25, "cfg_scale": 1.0, "classifier_scale": 0.0, "batch_size": 32,
-    "classifier": "erm", "quality": {"pairs": 200, "inception": None},
+    "per_class": 300,
+    "sampler": "ddim",
+    "steps": 25,
+    "cfg_scale": 1.0,
+    "classifier_scale": 0.0,
+    "batch_size": 32,
+    "classifier": "erm",
+    "quality": {"pairs": 200, "inception": None},
 }
 PAPER_SETTINGS: dict[str, Any] = {
-    **TINY_SETTINGS, "vae": "stabilityai/sd-vae-ft-ema", "image_size": 256,
+    **TINY_SETTINGS,
+    "vae": "stabilityai/sd-vae-ft-ema",
+    "image_size": 256,
     "dit": {"size": "L", "patch": 4},
     "latent_classifier": {"backbone": "resnet101.tv_in1k", "pretrained": True, "hidden": 64, "dropout": 0.5},
-    "joint": {"steps": 100_000, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.0, "p": 0.25, "weight": 0.2,
-              "cond_dropout": 0.1, "classifier_lr": 3e-4, "classifier_momentum": 0.9},
-    "per_class": None, "sampler": "ddpm", "steps": 250, "batch_size": 64,
+    "joint": {
+        "steps": 100_000,
+        "batch_size": 8,
+        "lr": 1e-4,
+        "weight_decay": 0.0,
+        "p": 0.25,
+        "weight": 0.2,
+        "cond_dropout": 0.1,
+        "classifier_lr": 3e-4,
+        "classifier_momentum": 0.9,
+    },
+    "per_class": None,
+    "sampler": "ddpm",
+    "steps": 250,
+    "batch_size": 64,
 }
 SAMPLER_KEYS = ("sampler", "steps", "cfg_scale", "classifier_scale", "batch_size")
 #: bump when the sampling code changes what a generation holds (2: classifier guidance steps x0, not epsilon)
@@ -117,7 +148,9 @@ SAMPLER_VERSION = 2
 
 @hookimpl
 def dermbench_method_defaults(profile: str) -> dict:
-    if profile == "paper":  # the downstream classifier is not in the paper: not the fairness papers' notredame
+    if (
+        profile == "paper"
+    ):  # the downstream classifier is not in the paper: not the fairness papers' notredame
         return {name: PAPER_SETTINGS, "train": {"augment": "standard"}}
     return {name: TINY_SETTINGS}
 
@@ -136,7 +169,9 @@ def conditions(table: pd.DataFrame, num_classes: int, *, tone: bool) -> tuple[np
     return rows, labels[rows] * len(TONE3) + tones.to_numpy()[rows].astype(np.int64), num_classes * len(TONE3)
 
 
-def balanced_requests(classes: tuple[str, ...], *, per_cell: int, tone: bool, seed: int, domain: str) -> pd.DataFrame:
+def balanced_requests(
+    classes: tuple[str, ...], *, per_cell: int, tone: bool, seed: int, domain: str
+) -> pd.DataFrame:
     """`per_cell` requests per class (per class x tone group with tone conditioning), each with
     its condition id and its own noise seed, in the generation-manifest format."""
     rows = []
@@ -144,10 +179,19 @@ def balanced_requests(classes: tuple[str, ...], *, per_cell: int, tone: bool, se
         for t, group in enumerate(TONE3 if tone else ("",)):
             cond = label * len(TONE3) + t if tone else label
             for k in range(per_cell):
-                rows.append({"sample_id": f"{name}-{group or 'any'}-{label}-{k}", "label": label,
-                             "class_name": class_name, "fst": "", "tone3": group,
-                             "prompt": f"condition {cond}: {class_name}" + (f", tone {group}" if tone else ""),
-                             "source_id": "", "domain": domain, "condition": cond})
+                rows.append(
+                    {
+                        "sample_id": f"{name}-{group or 'any'}-{label}-{k}",
+                        "label": label,
+                        "class_name": class_name,
+                        "fst": "",
+                        "tone3": group,
+                        "prompt": f"condition {cond}: {class_name}" + (f", tone {group}" if tone else ""),
+                        "source_id": "",
+                        "domain": domain,
+                        "condition": cond,
+                    }
+                )
     out = pd.DataFrame(rows)
     out["seed"] = [seed_for(seed, f"{name}-image-{i}") for i in range(len(out))]
     return out
@@ -159,8 +203,19 @@ def balanced_requests(classes: tuple[str, ...], *, per_cell: int, tone: bool, se
 class JointModel:
     """The VAE, the jointly trained DiT and latent classifier, and their cache entry."""
 
-    def __init__(self, vae, vae_identity: str, dit, classifier: LatentClassifier, entry, size: int, scaling: float,
-                 num_conditions: int, rows: int, history: pd.DataFrame) -> None:
+    def __init__(
+        self,
+        vae,
+        vae_identity: str,
+        dit,
+        classifier: LatentClassifier,
+        entry,
+        size: int,
+        scaling: float,
+        num_conditions: int,
+        rows: int,
+        history: pd.DataFrame,
+    ) -> None:
         self.vae, self.vae_identity, self.dit, self.classifier = vae, vae_identity, dit, classifier
         self.entry, self.size, self.scaling, self.num_conditions = entry, size, scaling, num_conditions
         self.rows, self.history = rows, history
@@ -174,14 +229,26 @@ def _vae(hp: dict):
 
 
 #: the numeric settings and their ranges (`dermbench.config.checks`); null allowed for NULLABLE
-RANGES = {("per_class",): COUNT, ("image_size",): (8, True, None, False, True), ("steps",): COUNT,
-          ("batch_size",): COUNT, ("cfg_scale",): NON_NEGATIVE, ("classifier_scale",): NON_NEGATIVE,
-          ("dit", "patch"): COUNT, ("latent_classifier", "hidden"): COUNT,
-          ("latent_classifier", "dropout"): (0, True, 1, False, False),
-          ("joint", "steps"): COUNT, ("joint", "batch_size"): COUNT, ("joint", "lr"): POSITIVE,
-          ("joint", "weight_decay"): NON_NEGATIVE, ("joint", "p"): PROBABILITY, ("joint", "weight"): NON_NEGATIVE,
-          ("joint", "cond_dropout"): PROBABILITY, ("joint", "classifier_lr"): POSITIVE,
-          ("joint", "classifier_momentum"): (0, True, 1, False, False)}
+RANGES = {
+    ("per_class",): COUNT,
+    ("image_size",): (8, True, None, False, True),
+    ("steps",): COUNT,
+    ("batch_size",): COUNT,
+    ("cfg_scale",): NON_NEGATIVE,
+    ("classifier_scale",): NON_NEGATIVE,
+    ("dit", "patch"): COUNT,
+    ("latent_classifier", "hidden"): COUNT,
+    ("latent_classifier", "dropout"): (0, True, 1, False, False),
+    ("joint", "steps"): COUNT,
+    ("joint", "batch_size"): COUNT,
+    ("joint", "lr"): POSITIVE,
+    ("joint", "weight_decay"): NON_NEGATIVE,
+    ("joint", "p"): PROBABILITY,
+    ("joint", "weight"): NON_NEGATIVE,
+    ("joint", "cond_dropout"): PROBABILITY,
+    ("joint", "classifier_lr"): POSITIVE,
+    ("joint", "classifier_momentum"): (0, True, 1, False, False),
+}
 NULLABLE = (("per_class",), ("image_size",))
 
 
@@ -193,7 +260,9 @@ def check_settings(hp: dict) -> None:
     check_choice(f"{name}.dit.size", (s["dit"] or {}).get("size"), tuple(DIT_SIZES))
     check_ranges(s, RANGES, prefix=name, nullable=NULLABLE)
     if not isinstance(s["tone_conditioning"], bool):
-        raise ConfigError(f"setting '{name}.tone_conditioning' must be true or false, got {s['tone_conditioning']!r}")
+        raise ConfigError(
+            f"setting '{name}.tone_conditioning' must be true or false, got {s['tone_conditioning']!r}"
+        )
 
 
 def prerequisites(hp: dict, *, fetch: bool = False) -> list[dict]:
@@ -231,35 +300,72 @@ def joint_model(ctx, train: Split) -> JointModel:
     scaling = float(vae.config.scaling_factor)
     latent_size = size // (2 ** (len(vae.config.block_out_channels) - 1))
     channels = int(vae.config.latent_channels)
-    settings = {"dit": hp["dit"], "latent_classifier": hp["latent_classifier"], "joint": hp["joint"],
-                "tone_conditioning": tone}
-    material = {"method": name, "vae": vae_identity, "data": split_digest(used),
-                "conditions": content_digest({"c": cond.tolist()}), "image_size": size, "settings": settings,
-                "seed": ctx.seed, "device": ctx.device.type}
+    settings = {
+        "dit": hp["dit"],
+        "latent_classifier": hp["latent_classifier"],
+        "joint": hp["joint"],
+        "tone_conditioning": tone,
+    }
+    material = {
+        "method": name,
+        "vae": vae_identity,
+        "data": split_digest(used),
+        "conditions": content_digest({"c": cond.tolist()}),
+        "image_size": size,
+        "settings": settings,
+        "seed": ctx.seed,
+        "device": ctx.device.type,
+    }
 
     def fresh():
-        dit = make_dit(size=hp["dit"]["size"], patch=int(hp["dit"]["patch"]), latent_size=latent_size,
-                       latent_channels=channels, num_conditions=num_conditions, seed=seed_for(ctx.seed, f"{name}-dit"))
+        dit = make_dit(
+            size=hp["dit"]["size"],
+            patch=int(hp["dit"]["patch"]),
+            latent_size=latent_size,
+            latent_channels=channels,
+            num_conditions=num_conditions,
+            seed=seed_for(ctx.seed, f"{name}-dit"),
+        )
         torch.manual_seed(seed_for(ctx.seed, f"{name}-classifier"))
         lc = hp["latent_classifier"]
-        classifier = LatentClassifier(backbone=lc["backbone"], num_classes=real.num_classes, latent_channels=channels,
-                                      hidden=int(lc["hidden"]), dropout=float(lc["dropout"]), pretrained=lc["pretrained"])
+        classifier = LatentClassifier(
+            backbone=lc["backbone"],
+            num_classes=real.num_classes,
+            latent_channels=channels,
+            hidden=int(lc["hidden"]),
+            dropout=float(lc["dropout"]),
+            pretrained=lc["pretrained"],
+        )
         return dit, classifier
 
     def build(folder):
         dit, classifier = fresh()
         params = latent_params(vae, used.images, device=ctx.device)
-        history = train_joint(dit, classifier, dit_scheduler(), latents=params, scaling=scaling,
-                              cond=torch.tensor(cond), labels=torch.tensor(labels), settings=hp["joint"],
-                              seed=seed_for(ctx.seed, f"{name}-joint"), device=ctx.device, console=ctx.console,
-                              label=f"{name}: joint DiT + classifier training")
+        history = train_joint(
+            dit,
+            classifier,
+            dit_scheduler(),
+            latents=params,
+            scaling=scaling,
+            cond=torch.tensor(cond),
+            labels=torch.tensor(labels),
+            settings=hp["joint"],
+            seed=seed_for(ctx.seed, f"{name}-joint"),
+            device=ctx.device,
+            console=ctx.console,
+            label=f"{name}: joint DiT + classifier training",
+        )
         dit.save_pretrained(folder / "dit")
-        save_file({k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()},
-                  str(folder / "classifier.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()},
+            str(folder / "classifier.safetensors"),
+        )
         pd.DataFrame(history).to_csv(folder / "history.csv", index_label="step")
 
-    ctx.say(f"{name}: joint training on {len(used)} images, {num_conditions} conditions"
-            + (f" ({len(real) - len(used)} without a tone left out)" if tone else ""))
+    ctx.say(
+        f"{name}: joint training on {len(used)} images, {num_conditions} conditions"
+        + (f" ({len(real) - len(used)} without a tone left out)" if tone else "")
+    )
     entry = cached_entry("classndiff", material, build, say=ctx.say)
     dit, classifier = fresh()
     dit = type(dit).from_pretrained(entry.path / "dit")
@@ -268,14 +374,19 @@ def joint_model(ctx, train: Split) -> JointModel:
     for module in (dit, classifier):
         module.to(ctx.device).requires_grad_(False).eval()
     history = pd.read_csv(entry.path / "history.csv")
-    return JointModel(vae, vae_identity, dit, classifier, entry, size, scaling, num_conditions, len(used), history)
+    return JointModel(
+        vae, vae_identity, dit, classifier, entry, size, scaling, num_conditions, len(used), history
+    )
 
 
 def history_summary(history: pd.DataFrame) -> dict[str, Any]:
     """Steps, coupled steps and the mean losses over the last tenth of training."""
     last = max(1, len(history) // 10)
-    out = {"steps": len(history), "coupled_steps": int(history["coupled"].astype(bool).sum()),
-           "final_diffusion_loss": round(float(history["diffusion_loss"].tail(last).mean()), 5)}
+    out = {
+        "steps": len(history),
+        "coupled_steps": int(history["coupled"].astype(bool).sum()),
+        "final_diffusion_loss": round(float(history["diffusion_loss"].tail(last).mean()), 5),
+    }
     for key in ("classifier_loss", "coupled_classifier_loss"):
         if key in history and history[key].notna().any():
             out[f"final_{key}"] = round(float(history[key].dropna().tail(last).mean()), 5)
@@ -299,34 +410,66 @@ def augment(ctx, train):
     sampler = {k: hp[k] for k in SAMPLER_KEYS}
     guidance = joint.classifier if float(hp["classifier_scale"]) > 0 else None
     weights = f"{joint.vae_identity}+{name}:{joint.entry.key}"
-    material = {"weights": weights, "requests": requests_digest(requests), "n": len(requests), "settings": sampler,
-                "image_size": joint.size, "device": ctx.device.type, "sources": None, "model": "classndiff-dit",
-                "sampler_version": SAMPLER_VERSION}
+    material = {
+        "weights": weights,
+        "requests": requests_digest(requests),
+        "n": len(requests),
+        "settings": sampler,
+        "image_size": joint.size,
+        "device": ctx.device.type,
+        "sources": None,
+        "model": "classndiff-dit",
+        "sampler_version": SAMPLER_VERSION,
+    }
 
     def build(folder):
-        out = np.lib.format.open_memmap(folder / IMAGES, mode="w+", dtype=np.uint8,
-                                        shape=(len(requests), joint.size, joint.size, 3))
-        generate_images(out, joint.dit, dit_scheduler(), joint.vae,
-                        cond=torch.tensor(requests["condition"].to_numpy(dtype=np.int64)),
-                        labels=torch.tensor(requests["label"].to_numpy(dtype=np.int64)),
-                        seeds=requests["seed"].astype(int).tolist(), settings=sampler, classifier=guidance,
-                        scaling=joint.scaling, device=ctx.device, console=ctx.console,
-                        label=f"{name}: generating {len(requests)} images")
+        out = np.lib.format.open_memmap(
+            folder / IMAGES, mode="w+", dtype=np.uint8, shape=(len(requests), joint.size, joint.size, 3)
+        )
+        generate_images(
+            out,
+            joint.dit,
+            dit_scheduler(),
+            joint.vae,
+            cond=torch.tensor(requests["condition"].to_numpy(dtype=np.int64)),
+            labels=torch.tensor(requests["label"].to_numpy(dtype=np.int64)),
+            seeds=requests["seed"].astype(int).tolist(),
+            settings=sampler,
+            classifier=guidance,
+            scaling=joint.scaling,
+            device=ctx.device,
+            console=ctx.console,
+            label=f"{name}: generating {len(requests)} images",
+        )
         out.flush()
         del out
         requests[list(MANIFEST_COLUMNS)].to_csv(folder / MANIFEST, index=False)
 
     generation = cached_entry("generations", material, build, say=ctx.say)
     synthetic = synthetic_split(ctx, generation, train, name=name)
-    ctx.record(name, {
-        "vae": joint.vae_identity, "joint": {**joint.entry.info(), **history_summary(joint.history),
-                                             "trained_on": joint.rows, "conditions": joint.num_conditions},
-        "tone_conditioning": tone, "classifier": hp["classifier"],
-        "generation": {**generation.info(), "n": len(requests), "per_cell": per_cell, "image_size": joint.size,
-                       **sampler},
-        "quality": measure_quality(ctx, name, train=train, synthetic=synthetic),
-        "latent_classifier_val": latent_validation(ctx, joint),
-    })
+    ctx.record(
+        name,
+        {
+            "vae": joint.vae_identity,
+            "joint": {
+                **joint.entry.info(),
+                **history_summary(joint.history),
+                "trained_on": joint.rows,
+                "conditions": joint.num_conditions,
+            },
+            "tone_conditioning": tone,
+            "classifier": hp["classifier"],
+            "generation": {
+                **generation.info(),
+                "n": len(requests),
+                "per_cell": per_cell,
+                "image_size": joint.size,
+                **sampler,
+            },
+            "quality": measure_quality(ctx, name, train=train, synthetic=synthetic),
+            "latent_classifier_val": latent_validation(ctx, joint),
+        },
+    )
     return synthetic
 
 
@@ -334,7 +477,9 @@ def latent_validation(ctx, joint: JointModel) -> dict[str, Any]:
     """The joint latent classifier on the validation split (whichever classifier the run uses):
     accuracy of its argmax and, for binary tasks, its AUC."""
     val = ctx.load_split(ctx.config["dataset"], "val", image_size=joint.size)
-    probs = LatentModel(joint.vae, joint.classifier, size=joint.size, scaling=joint.scaling).proba(val.images, ctx.device)
+    probs = LatentModel(joint.vae, joint.classifier, size=joint.size, scaling=joint.scaling).proba(
+        val.images, ctx.device
+    )
     labels = val.labels
     out: dict[str, Any] = {"n": len(val), "acc": round(float((probs.argmax(1) == labels).mean()), 4)}
     if probs.shape[1] == 2 and 0 < labels.sum() < len(labels):
@@ -354,9 +499,11 @@ class LatentModel(nn.Module):
         self.eval()
         out = []
         for start in range(0, len(images), batch_size):
-            x = to_pixels(images[start:start + batch_size], device)
+            x = to_pixels(images[start : start + batch_size], device)
             if x.shape[-1] != self.size:
-                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+                x = F.interpolate(
+                    x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+                )
             z = self.vae.encode(x).latent_dist.mean * self.scaling
             out.append(self.classifier.log_probs(z).exp().double().cpu().numpy())
         probs = np.concatenate(out) if out else np.zeros((0, self.classifier.num_classes))
@@ -371,8 +518,13 @@ def fit(ctx, model, train, val):
         return ctx.pretrained_erm(train, val)
     real = ctx.load_split(ctx.config["dataset"], "train", image_size=int(train.images.shape[1]))
     joint = joint_model(ctx, real)  # trained in augment on the real split: a cache hit
-    ctx.record(name, {"fit": "latent classifier trained jointly with the DiT (real training images only; "
-                             "the synthetic images are not used by this classifier)"})
+    ctx.record(
+        name,
+        {
+            "fit": "latent classifier trained jointly with the DiT (real training images only; "
+            "the synthetic images are not used by this classifier)"
+        },
+    )
     return LatentModel(joint.vae, joint.classifier, size=joint.size, scaling=joint.scaling).to(ctx.device)
 
 

@@ -75,24 +75,45 @@ REFERENCES: tuple[str, ...] = (
 TONE_WORDS = {"A": "lighter", "B": "brown", "C": "darker"}
 
 TINY = {
-    "model": "tiny", "revision": None, "image_size": None,
-    "prompt": "{label} skin disease on {tone} skin tone", "tone_words": TONE_WORDS,
+    "model": "tiny",
+    "revision": None,
+    "image_size": None,
+    "prompt": "{label} skin disease on {tone} skin tone",
+    "tone_words": TONE_WORDS,
     "finetune": {"steps": 300, "batch_size": 32, "lr": 5e-4, "uncond_prob": 0.1},
-    "per_cell": DERMDIFF_PER_CELL["tiny"], "sampler": "ddim", "steps": 20, "guidance": 7.5, "batch_size": 32,
+    "per_cell": DERMDIFF_PER_CELL["tiny"],
+    "sampler": "ddim",
+    "steps": 20,
+    "guidance": 7.5,
+    "batch_size": 32,
     "quality": {"pairs": 200, "inception": None},
 }
 PAPER = {
-    **TINY, "model": "CompVis/stable-diffusion-v1-4", "image_size": 256,
+    **TINY,
+    "model": "CompVis/stable-diffusion-v1-4",
+    "image_size": 256,
     "finetune": {"steps": 10_000, "batch_size": 4, "lr": 1e-4, "uncond_prob": 0.0},
-    "per_cell": DERMDIFF_PER_CELL["paper"], "steps": 50, "guidance": 7.5, "batch_size": 64,
+    "per_cell": DERMDIFF_PER_CELL["paper"],
+    "steps": 50,
+    "guidance": 7.5,
+    "batch_size": 64,
 }
 #: the paper profile's data per training dataset: on Fitzpatrick17k the paper trains and generates on
 #: the neoplastic images only (benign 2,234 + malignant 2,263, its Tab. 1), not the ~12k
 #: non-neoplastic ones the `malignant` task would otherwise call benign (datasets/fitz17k.py)
 PAPER_DATA_OPTIONS = {"fitz17k": {"neoplastic_only": True}}
-PAPER_TRAIN = {"epochs": 30, "batch_size": 64, "optimizer": "sgd", "lr": 3e-4, "momentum": 0.9,
-               "schedule": "none", "loss": "focal", "focal_alpha": 0.8, "focal_gamma": 2.0,
-               "augment": "standard"}  # the paper names no augmentation: not the fairness papers' notredame
+PAPER_TRAIN = {
+    "epochs": 30,
+    "batch_size": 64,
+    "optimizer": "sgd",
+    "lr": 3e-4,
+    "momentum": 0.9,
+    "schedule": "none",
+    "loss": "focal",
+    "focal_alpha": 0.8,
+    "focal_gamma": 2.0,
+    "augment": "standard",
+}  # the paper names no augmentation: not the fairness papers' notredame
 
 
 @hookimpl
@@ -101,15 +122,27 @@ def dermbench_method_defaults(profile: str, dataset: str) -> dict:
         data = {"image_size": 224}
         if dataset in PAPER_DATA_OPTIONS:  # the paper's Fitzpatrick17k data: its neoplastic images only
             data["options"] = {dataset: dict(PAPER_DATA_OPTIONS[dataset])}
-        return {name: PAPER, "model": {"backbone": "resnext101_32x8d", "pretrained": True}, "data": data,
-                "train": PAPER_TRAIN}
+        return {
+            name: PAPER,
+            "model": {"backbone": "resnext101_32x8d", "pretrained": True},
+            "data": data,
+            "train": PAPER_TRAIN,
+        }
     return {name: TINY}
 
 
 #: DermDiff's numeric settings and their ranges (`dermbench.config.checks`); null allowed for NULLABLE
-RANGES = {("per_cell",): COUNT, ("image_size",): (8, True, None, False, True), ("steps",): COUNT,
-          ("batch_size",): COUNT, ("guidance",): NON_NEGATIVE, ("finetune", "steps"): COUNT,
-          ("finetune", "batch_size"): COUNT, ("finetune", "lr"): POSITIVE, ("finetune", "uncond_prob"): PROBABILITY}
+RANGES = {
+    ("per_cell",): COUNT,
+    ("image_size",): (8, True, None, False, True),
+    ("steps",): COUNT,
+    ("batch_size",): COUNT,
+    ("guidance",): NON_NEGATIVE,
+    ("finetune", "steps"): COUNT,
+    ("finetune", "batch_size"): COUNT,
+    ("finetune", "lr"): POSITIVE,
+    ("finetune", "uncond_prob"): PROBABILITY,
+}
 NULLABLE = (("per_cell",), ("image_size",))
 
 
@@ -125,7 +158,9 @@ def check_settings(hp: dict, *, fetch: bool = False) -> list[dict]:
     try:
         str(s["prompt"]).format(label="x", tone="y")
     except (KeyError, IndexError, ValueError) as exc:
-        raise ConfigError(f"{name}.prompt {s['prompt']!r} may only use {{label}} and {{tone}} ({exc})") from exc
+        raise ConfigError(
+            f"{name}.prompt {s['prompt']!r} may only use {{label}} and {{tone}} ({exc})"
+        ) from exc
     if s["model"] == TINY_MODEL:
         return []
     return [model_source(s["model"], setting=f"{name}.model", revision=s["revision"], fetch=fetch)]
@@ -142,8 +177,12 @@ def captions(table: pd.DataFrame, classes: tuple[str, ...], *, template: str, to
     if missing:
         raise ConfigError(f"{name}.tone_words lacks a word for tone group(s) {missing}")
     try:
-        out = [None if tone not in tone_words else template.format(label=classes[int(label)], tone=tone_words[tone])
-               for label, tone in zip(table["label"], table["tone3"])]
+        out = [
+            None
+            if tone not in tone_words
+            else template.format(label=classes[int(label)], tone=tone_words[tone])
+            for label, tone in zip(table["label"], table["tone3"])
+        ]
     except (KeyError, IndexError) as exc:
         raise ConfigError(f"{name}.prompt {template!r} may only use {{label}} and {{tone}} ({exc})") from exc
     return pd.Series(out, index=table.index, dtype=object)
@@ -162,35 +201,83 @@ def augment(ctx, train):
     prompts = text[known].tolist()
     c = base_components(hp["model"], revision=hp["revision"])
     settings = dict(hp["finetune"])
-    material = {"base": c.source["identity"], "data": split_digest(tuned), "prompts": content_digest({"p": prompts}),
-                "settings": settings, "seed": ctx.seed, "device": ctx.device.type}
+    material = {
+        "base": c.source["identity"],
+        "data": split_digest(tuned),
+        "prompts": content_digest({"p": prompts}),
+        "settings": settings,
+        "seed": ctx.seed,
+        "device": ctx.device.type,
+    }
 
     def finetune(folder):
         c.unet.requires_grad_(True)
-        history = train_denoiser(c, tuned.images, prompts, params=list(c.unet.parameters()), steps=settings["steps"],
-                                 batch_size=settings["batch_size"], lr=settings["lr"], seed=seed_for(ctx.seed, name),
-                                 device=ctx.device, console=ctx.console, label=f"{name}: fine-tuning the UNet",
-                                 uncond_prob=settings["uncond_prob"])
+        history = train_denoiser(
+            c,
+            tuned.images,
+            prompts,
+            params=list(c.unet.parameters()),
+            steps=settings["steps"],
+            batch_size=settings["batch_size"],
+            lr=settings["lr"],
+            seed=seed_for(ctx.seed, name),
+            device=ctx.device,
+            console=ctx.console,
+            label=f"{name}: fine-tuning the UNet",
+            uncond_prob=settings["uncond_prob"],
+        )
         c.unet.save_pretrained(folder / "unet")
         pd.Series(history, name="loss").to_csv(folder / "loss.csv", index_label="step")
 
-    ctx.say(f"{name}: fine-tuning on {len(tuned)} captioned images ({int((~known).sum())} without a tone left out)")
+    ctx.say(
+        f"{name}: fine-tuning on {len(tuned)} captioned images ({int((~known).sum())} without a tone left out)"
+    )
     tuned_entry = cached_entry("finetuned", {"method": name, **material}, finetune, say=ctx.say)
-    c.unet = type(c.unet).from_pretrained(tuned_entry.path / "unet").to(ctx.device).requires_grad_(False).eval()
+    c.unet = (
+        type(c.unet).from_pretrained(tuned_entry.path / "unet").to(ctx.device).requires_grad_(False).eval()
+    )
     weights = f"{c.source['identity']}+{name}:{tuned_entry.key}:{module_digest(c.unet)}"
 
     per_cell = cell_count(hp["per_cell"], real.table)
     domain = str(real.table["domain"].mode().iloc[0])
-    requests = balanced_requests(real.classes, per_cell=per_cell, template=hp["prompt"], tone_words=hp["tone_words"],
-                                 seed=ctx.seed, domain=domain, method=name)
+    requests = balanced_requests(
+        real.classes,
+        per_cell=per_cell,
+        template=hp["prompt"],
+        tone_words=hp["tone_words"],
+        seed=ctx.seed,
+        domain=domain,
+        method=name,
+    )
     sampler = {k: hp[k] for k in ("sampler", "steps", "guidance", "batch_size")} | {"strength": None}
-    generation = cached_generation(c, requests, weights=weights, settings=sampler, image_size=size, device=ctx.device,
-                                   console=ctx.console, say=ctx.say, label=f"{name}: generating {len(requests)} images")
+    generation = cached_generation(
+        c,
+        requests,
+        weights=weights,
+        settings=sampler,
+        image_size=size,
+        device=ctx.device,
+        console=ctx.console,
+        say=ctx.say,
+        label=f"{name}: generating {len(requests)} images",
+    )
     synthetic = synthetic_split(ctx, generation, train, name=name)
-    ctx.record(name, {
-        "base": c.source, "finetuned": tuned_entry.info(), "captioned": len(tuned),
-        "left_out_without_tone": int((~known).sum()), "example_prompts": sorted(set(requests["prompt"]))[:6],
-        "generation": {**generation.info(), "n": len(requests), "per_cell": per_cell, "image_size": size, **sampler},
-        "quality": measure_quality(ctx, name, train=train, synthetic=synthetic),
-    })
+    ctx.record(
+        name,
+        {
+            "base": c.source,
+            "finetuned": tuned_entry.info(),
+            "captioned": len(tuned),
+            "left_out_without_tone": int((~known).sum()),
+            "example_prompts": sorted(set(requests["prompt"]))[:6],
+            "generation": {
+                **generation.info(),
+                "n": len(requests),
+                "per_cell": per_cell,
+                "image_size": size,
+                **sampler,
+            },
+            "quality": measure_quality(ctx, name, train=train, synthetic=synthetic),
+        },
+    )
     return synthetic

@@ -97,8 +97,16 @@ REFERENCES: tuple[str, ...] = (
 
 #: the method's settings (the `tiny` profile scores on fewer samples and prunes in fewer rounds: CPU minutes)
 DEFAULTS: dict[str, Any] = {
-    "groups": "tone2", "privileged": AUTO, "beta": 0.33, "ratio": 0.05, "rounds": 10, "score_batches": 32,
-    "score_batch_size": 16, "select": "fairest_within", "max_drop": 0.02, "fair_metric": "eodd",
+    "groups": "tone2",
+    "privileged": AUTO,
+    "beta": 0.33,
+    "ratio": 0.05,
+    "rounds": 10,
+    "score_batches": 32,
+    "score_batch_size": 16,
+    "select": "fairest_within",
+    "max_drop": 0.02,
+    "fair_metric": "eodd",
 }
 TINY = {"rounds": 3, "score_batches": 16}
 #: the file beside model.safetensors holding the chosen pruning mask (1 = pruned)
@@ -141,22 +149,32 @@ def check_settings(settings: dict) -> dict[str, Any]:
     out: dict[str, Any] = {"groups": check_scheme(_setting(settings, "groups"), f"{name}.groups")}
     privileged = _setting(settings, "privileged")
     if not isinstance(privileged, str) or not privileged:
-        raise ConfigError(f"{name}.privileged must be {AUTO!r} or a group name of the scheme, got {privileged!r}")
+        raise ConfigError(
+            f"{name}.privileged must be {AUTO!r} or a group name of the scheme, got {privileged!r}"
+        )
     if privileged != AUTO and privileged not in group_names(out["groups"]):
-        raise ConfigError(f"{name}.privileged: {privileged!r} is no group of the scheme {out['groups']} "
-                          f"({', '.join(group_names(out['groups']))}); use one of them or {AUTO!r}")
+        raise ConfigError(
+            f"{name}.privileged: {privileged!r} is no group of the scheme {out['groups']} "
+            f"({', '.join(group_names(out['groups']))}); use one of them or {AUTO!r}"
+        )
     out["privileged"] = privileged
     out["beta"] = _number(settings, "beta")
     if out["beta"] < 0:
-        raise ConfigError(f"{name}.beta must be >= 0 (the weight of the privileged group's curvature), got {out['beta']}")
+        raise ConfigError(
+            f"{name}.beta must be >= 0 (the weight of the privileged group's curvature), got {out['beta']}"
+        )
     out["ratio"] = _number(settings, "ratio")
     if not 0 < out["ratio"] <= 1:
-        raise ConfigError(f"{name}.ratio must be in (0, 1] (the share of the weights each round prunes), got {out['ratio']}")
+        raise ConfigError(
+            f"{name}.ratio must be in (0, 1] (the share of the weights each round prunes), got {out['ratio']}"
+        )
     for key in ("rounds", "score_batches", "score_batch_size"):
         out[key] = _positive_int(settings, key)
     if out["ratio"] * out["rounds"] > 1 + 1e-9:
-        raise ConfigError(f"{name}.ratio * {name}.rounds must be <= 1 (the last round cannot prune more than every "
-                          f"weight), got {out['ratio']} * {out['rounds']} = {out['ratio'] * out['rounds']:g}")
+        raise ConfigError(
+            f"{name}.ratio * {name}.rounds must be <= 1 (the last round cannot prune more than every "
+            f"weight), got {out['ratio']} * {out['rounds']} = {out['ratio'] * out['rounds']:g}"
+        )
     out["select"] = _setting(settings, "select")
     if out["select"] not in RULES:
         raise ConfigError(f"{name}.select must be one of {', '.join(RULES)}, got {out['select']!r}")
@@ -165,7 +183,9 @@ def check_settings(settings: dict) -> dict[str, Any]:
         raise ConfigError(f"{name}.max_drop must be >= 0, got {out['max_drop']}")
     out["fair_metric"] = _setting(settings, "fair_metric")
     if out["fair_metric"] not in FAIR_METRICS:
-        raise ConfigError(f"{name}.fair_metric must be one of {', '.join(FAIR_METRICS)}, got {out['fair_metric']!r}")
+        raise ConfigError(
+            f"{name}.fair_metric must be one of {', '.join(FAIR_METRICS)}, got {out['fair_metric']!r}"
+        )
     return out
 
 
@@ -186,8 +206,15 @@ def _check_groups_present(train: Split, scheme: str) -> None:
         )
 
 
-def prune_round(model: nn.Module, h_unprivileged: dict[str, torch.Tensor], h_privileged: dict[str, torch.Tensor], *,
-                beta: float, target: int, pruned: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def prune_round(
+    model: nn.Module,
+    h_unprivileged: dict[str, torch.Tensor],
+    h_privileged: dict[str, torch.Tensor],
+    *,
+    beta: float,
+    target: int,
+    pruned: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """One pruning round given the curvature: zero the globally lowest-saliency editable weights
     (S = 1/2 θ^2 (h_u - β h_p), biases excluded) until `target` of them are pruned in all,
     choosing only among weights not in `pruned` (the earlier rounds' masks) and not frozen by
@@ -196,8 +223,14 @@ def prune_round(model: nn.Module, h_unprivileged: dict[str, torch.Tensor], h_pri
     params = dict(model.named_parameters())
     names = editable_weights(model)
     held = frozen(model)
-    before = {k: (pruned[k].to(params[k].device, torch.bool) if pruned is not None and k in pruned
-                  else torch.zeros_like(params[k], dtype=torch.bool)) for k in names}
+    before = {
+        k: (
+            pruned[k].to(params[k].device, torch.bool)
+            if pruned is not None and k in pruned
+            else torch.zeros_like(params[k], dtype=torch.bool)
+        )
+        for k in names
+    }
     eligible = {k: ~before[k] for k in names}
     for k in names:
         if k in held:
@@ -242,11 +275,15 @@ def prune(ctx, model: nn.Module, train: Split, val: Split, settings: dict[str, A
         return validation_scores(ctx, model, val, scheme=scheme, fair_metric=settings["fair_metric"])
 
     start = on_val()
-    ctx.say(f"{name}: privileged group {groups.privileged} ({groups.reason}); unpruned model: validation "
-            f"metric {start['metric']:.4f}, {settings['fair_metric']} {_shown(start['gap'])}")
+    ctx.say(
+        f"{name}: privileged group {groups.privileged} ({groups.reason}); unpruned model: validation "
+        f"metric {start['metric']:.4f}, {settings['fair_metric']} {_shown(start['gap'])}"
+    )
     rounds, scoring, pruned = [], None, None
     for r in range(1, settings["rounds"] + 1):
-        h_u, h_p, info = group_curvature(ctx, model, train, groups, samples=samples, stream="fairprune-scoring")
+        h_u, h_p, info = group_curvature(
+            ctx, model, train, groups, samples=samples, stream="fairprune-scoring"
+        )
         scoring = scoring or info
         target = min(total, int(round(r * settings["ratio"] * total)))
         pruned = prune_round(model, h_u, h_p, beta=settings["beta"], target=target, pruned=pruned)
@@ -254,12 +291,25 @@ def prune(ctx, model: nn.Module, train: Split, val: Split, settings: dict[str, A
             pruned_at[k][pruned[k] & (pruned_at[k] == 0)] = r
         result = on_val()
         share = _share(pruned, total)
-        rounds.append({"round": r, "pruned_share": share, "val_metric": result["metric"], "val_gap": result["gap"],
-                       "val_acc": result["acc"]})
-        ctx.say(f"{name}: round {r}: {share:.2%} of {total} weights pruned; validation metric {result['metric']:.4f}, "
-                f"{settings['fair_metric']} {_shown(result['gap'])}")
-    index, why = choose([{"metric": c["val_metric"], "gap": c["val_gap"]} for c in rounds], reference=start["metric"],
-                        rule=settings["select"], max_drop=settings["max_drop"])
+        rounds.append(
+            {
+                "round": r,
+                "pruned_share": share,
+                "val_metric": result["metric"],
+                "val_gap": result["gap"],
+                "val_acc": result["acc"],
+            }
+        )
+        ctx.say(
+            f"{name}: round {r}: {share:.2%} of {total} weights pruned; validation metric {result['metric']:.4f}, "
+            f"{settings['fair_metric']} {_shown(result['gap'])}"
+        )
+    index, why = choose(
+        [{"metric": c["val_metric"], "gap": c["val_gap"]} for c in rounds],
+        reference=start["metric"],
+        rule=settings["select"],
+        max_drop=settings["max_drop"],
+    )
     chosen = rounds[index]["round"]
     masks = _round_mask(pruned_at, chosen)
     with torch.no_grad():
@@ -268,18 +318,26 @@ def prune(ctx, model: nn.Module, train: Split, val: Split, settings: dict[str, A
             freeze(model, k, masks[k])  # held at zero through an outer method's retraining
     save_masks(ctx.artifact(MASK_FILE), masks)
     record: dict[str, Any] = {
-        "settings": settings, "scoring": scoring, "editable_weights": total,
+        "settings": settings,
+        "scoring": scoring,
+        "editable_weights": total,
         "start": {"val_metric": start["metric"], "val_gap": start["gap"], "val_acc": start["acc"]},
-        "rounds": rounds, "chosen_round": chosen, "chosen_reason": why,
-        "pruned_share": _share(masks, total), "pruned_weights": sum(int(m.sum()) for m in masks.values()),
-        "layer_shares": layer_shares(masks), "mask_file": MASK_FILE,
+        "rounds": rounds,
+        "chosen_round": chosen,
+        "chosen_reason": why,
+        "pruned_share": _share(masks, total),
+        "pruned_weights": sum(int(m.sum()) for m in masks.values()),
+        "layer_shares": layer_shares(masks),
+        "mask_file": MASK_FILE,
     }
     if ctx.config.get("profile") == "paper":
         anchors = reported(ctx.config["dataset"], name)
         if anchors is not None:
             record["paper"] = anchors
     ctx.record(name, record)
-    ctx.say(f"{name}: chosen round {chosen} ({why}): {record['pruned_share']:.2%} of the weights pruned, mask in {MASK_FILE}")
+    ctx.say(
+        f"{name}: chosen round {chosen} ({why}): {record['pruned_share']:.2%} of the weights pruned, mask in {MASK_FILE}"
+    )
     return model
 
 

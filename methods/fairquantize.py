@@ -70,13 +70,39 @@ REFERENCES: tuple[str, ...] = (
 RANKINGS = ("global", "layer")
 #: CPU-sized: two steps of 10 % (the paper's 5 % steps in the paper profile)
 TINY = {
-    "groups": "tone2", "privileged": "auto", "beta": 1.0, "step": 0.1, "target": 0.2, "ranking": "global",
-    "score_samples": 256, "select": "fairest_within", "max_drop": 0.02, "fair_metric": "eodd",
-    "retrain": {"epochs": 1, "optimizer": "adam", "lr": 0.0001, "momentum": 0.0, "weight_decay": 0.0,
-                "batch_size": 64, "schedule": "none", "step_size": 4, "gamma": 0.57},
+    "groups": "tone2",
+    "privileged": "auto",
+    "beta": 1.0,
+    "step": 0.1,
+    "target": 0.2,
+    "ranking": "global",
+    "score_samples": 256,
+    "select": "fairest_within",
+    "max_drop": 0.02,
+    "fair_metric": "eodd",
+    "retrain": {
+        "epochs": 1,
+        "optimizer": "adam",
+        "lr": 0.0001,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "batch_size": 64,
+        "schedule": "none",
+        "step_size": 4,
+        "gamma": 0.57,
+    },
 }
-PAPER_RETRAIN = {"epochs": 20, "optimizer": "sgd", "lr": 0.001, "momentum": 0.0, "weight_decay": 0.0,
-                 "batch_size": 4, "schedule": "step", "step_size": 4, "gamma": 0.57}
+PAPER_RETRAIN = {
+    "epochs": 20,
+    "optimizer": "sgd",
+    "lr": 0.001,
+    "momentum": 0.0,
+    "weight_decay": 0.0,
+    "batch_size": 4,
+    "schedule": "step",
+    "step_size": 4,
+    "gamma": 0.57,
+}
 #: the paper profile's selection gap: the code keeps the checkpoint of the best validation `EOdds_abs`
 #: (quantize.py), the Notre Dame |dTPR + dFPR| / 2 its Table 1 prints as EOdd: our eodd_net
 PAPER_FAIR_METRIC = "eodd_net"
@@ -88,8 +114,14 @@ PAPER_SETTINGS = {"isic2019": {"target": 0.8, "beta": 0.778}}
 def dermbench_method_defaults(profile: str, dataset: str) -> dict:
     if profile != "paper":
         return {name: copy.deepcopy(TINY)}
-    settings = {**copy.deepcopy(TINY), "step": 0.05, "score_samples": None, "retrain": dict(PAPER_RETRAIN),
-                "fair_metric": PAPER_FAIR_METRIC, **PAPER_SETTINGS.get(dataset, {})}
+    settings = {
+        **copy.deepcopy(TINY),
+        "step": 0.05,
+        "score_samples": None,
+        "retrain": dict(PAPER_RETRAIN),
+        "fair_metric": PAPER_FAIR_METRIC,
+        **PAPER_SETTINGS.get(dataset, {}),
+    }
     return paper_protocol(dataset, name, settings)
 
 
@@ -120,9 +152,13 @@ def check_settings(settings: dict) -> dict[str, Any]:
     if s["ranking"] not in RANKINGS:
         raise ConfigError(f"fairquantize.ranking must be one of {', '.join(RANKINGS)}, got {s['ranking']!r}")
     if s["score_samples"] is not None and (not isinstance(s["score_samples"], int) or s["score_samples"] < 1):
-        raise ConfigError(f"fairquantize.score_samples must be a positive integer or null, got {s['score_samples']!r}")
+        raise ConfigError(
+            f"fairquantize.score_samples must be a positive integer or null, got {s['score_samples']!r}"
+        )
     if not isinstance(s["retrain"].get("epochs"), int) or s["retrain"]["epochs"] < 0:
-        raise ConfigError(f"fairquantize.retrain.epochs must be an integer >= 0, got {s['retrain'].get('epochs')!r}")
+        raise ConfigError(
+            f"fairquantize.retrain.epochs must be an integer >= 0, got {s['retrain'].get('epochs')!r}"
+        )
     return s
 
 
@@ -132,8 +168,17 @@ def schedule(step: float, target: float) -> list[float]:
     return [min(target, round(k * step, 9)) for k in range(1, n + 1)]
 
 
-def select_step(model: nn.Module, h_u: dict, h_p: dict, *, ratio: float, beta: float, ranking: str,
-                quantized: dict[str, torch.Tensor], eligible: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def select_step(
+    model: nn.Module,
+    h_u: dict,
+    h_p: dict,
+    *,
+    ratio: float,
+    beta: float,
+    ranking: str,
+    quantized: dict[str, torch.Tensor],
+    eligible: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
     """Masks of the weights quantised after this step: those already quantised plus the
     lowest-scoring eligible ones, so that `ratio` of the eligible weights are quantised
     (globally ranked, or per layer)."""
@@ -167,48 +212,95 @@ def fit(ctx, model, train, val):
     names = editable_weights(model)
     params = dict(model.named_parameters())
     inner = frozen(model)
-    eligible = {k: ~inner[k][0] if k in inner else torch.ones_like(params[k], dtype=torch.bool) for k in names}
+    eligible = {
+        k: ~inner[k][0] if k in inner else torch.ones_like(params[k], dtype=torch.bool) for k in names
+    }
     quantized = {k: torch.zeros_like(eligible[k]) for k in names}
     start = validation_scores(ctx, model, val, scheme=scheme, fair_metric=s["fair_metric"])
-    ctx.say(f"fairquantize: start: val {ctx.config['train']['select_metric']} {start['metric']:.4f}, "
-            f"{s['fair_metric']} {start['gap']}")
+    ctx.say(
+        f"fairquantize: start: val {ctx.config['train']['select_metric']} {start['metric']:.4f}, "
+        f"{s['fair_metric']} {start['gap']}"
+    )
     steps, states, step_masks = [], [], []
     for n, ratio in enumerate(schedule(float(s["step"]), float(s["target"])), start=1):
-        h_u, h_p, drawn = group_curvature(ctx, model, train, groups, samples=samples, stream=f"fairquantize-score-{n}")
-        quantized = select_step(model, h_u, h_p, ratio=ratio, beta=float(s["beta"]), ranking=s["ranking"],
-                                quantized=quantized, eligible=eligible)
+        h_u, h_p, drawn = group_curvature(
+            ctx, model, train, groups, samples=samples, stream=f"fairquantize-score-{n}"
+        )
+        quantized = select_step(
+            model,
+            h_u,
+            h_p,
+            ratio=ratio,
+            beta=float(s["beta"]),
+            ranking=s["ranking"],
+            quantized=quantized,
+            eligible=eligible,
+        )
         with torch.no_grad():
             for k in names:
                 p = params[k]
                 p.copy_(torch.where(quantized[k], quantize(p), p))
                 freeze(model, k, quantized[k])
         if s["retrain"]["epochs"] > 0:
-            model = ctx.train_model(model, train, val, name=f"fairquantize-step{n}", groups=scheme,
-                                    settings={**s["retrain"], "sampler": "sensitive"}, after_step=restore)
+            model = ctx.train_model(
+                model,
+                train,
+                val,
+                name=f"fairquantize-step{n}",
+                groups=scheme,
+                settings={**s["retrain"], "sampler": "sensitive"},
+                after_step=restore,
+            )
             params = dict(model.named_parameters())
-        share = sum(int(quantized[k].sum()) for k in names) / max(1, sum(int(eligible[k].sum()) for k in names))
+        share = sum(int(quantized[k].sum()) for k in names) / max(
+            1, sum(int(eligible[k].sum()) for k in names)
+        )
         scored = validation_scores(ctx, model, val, scheme=scheme, fair_metric=s["fair_metric"])
-        steps.append({"step": n, "target_ratio": ratio, "quantized_share": round(share, 6),
-                      "val_metric": scored["metric"], "val_gap": scored["gap"]})
+        steps.append(
+            {
+                "step": n,
+                "target_ratio": ratio,
+                "quantized_share": round(share, 6),
+                "val_metric": scored["metric"],
+                "val_gap": scored["gap"],
+            }
+        )
         states.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         step_masks.append({k: v.clone() for k, v in quantized.items()})
-        ctx.say(f"fairquantize step {n}: {share:.1%} quantised, val {ctx.config['train']['select_metric']} "
-                f"{scored['metric']:.4f}, {s['fair_metric']} {scored['gap']}")
-    chosen, why = choose([{"metric": st["val_metric"], "gap": st["val_gap"]} for st in steps],
-                         reference=start["metric"], rule=s["select"], max_drop=float(s["max_drop"]))
+        ctx.say(
+            f"fairquantize step {n}: {share:.1%} quantised, val {ctx.config['train']['select_metric']} "
+            f"{scored['metric']:.4f}, {s['fair_metric']} {scored['gap']}"
+        )
+    chosen, why = choose(
+        [{"metric": st["val_metric"], "gap": st["val_gap"]} for st in steps],
+        reference=start["metric"],
+        rule=s["select"],
+        max_drop=float(s["max_drop"]),
+    )
     model.load_state_dict(states[chosen])
     masks = step_masks[chosen]
     set_frozen(model, inner)  # the inner method's, then the chosen step's quantised weights
     for k in names:
         freeze(model, k, masks[k])
     save_masks(ctx.artifact("quantized_mask.safetensors"), masks)
-    ctx.record(name, {
-        "settings": {k: v for k, v in s.items() if k != "retrain"}, "retrain": s["retrain"], "scoring": drawn,
-        "start": {"val_metric": start["metric"], "val_gap": start["gap"]}, "steps": steps,
-        "chosen_step": chosen + 1, "chosen_because": why, "quantized_per_layer": layer_shares(masks),
-        "quantized_share": steps[chosen]["quantized_share"], "size": stored_size(model, masks),
-    })
-    ctx.say(f"fairquantize: chose step {chosen + 1} ({steps[chosen]['quantized_share']:.1%} quantised): {why}")
+    ctx.record(
+        name,
+        {
+            "settings": {k: v for k, v in s.items() if k != "retrain"},
+            "retrain": s["retrain"],
+            "scoring": drawn,
+            "start": {"val_metric": start["metric"], "val_gap": start["gap"]},
+            "steps": steps,
+            "chosen_step": chosen + 1,
+            "chosen_because": why,
+            "quantized_per_layer": layer_shares(masks),
+            "quantized_share": steps[chosen]["quantized_share"],
+            "size": stored_size(model, masks),
+        },
+    )
+    ctx.say(
+        f"fairquantize: chose step {chosen + 1} ({steps[chosen]['quantized_share']:.1%} quantised): {why}"
+    )
     return model
 
 
@@ -226,5 +318,11 @@ def stored_size(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, A
     code_bits = 1 + max(1, math.ceil(math.log2(len(exponents) + 1)))
     float_bytes = total * 4
     coded_bytes = (total - n_q) * 4 + math.ceil(n_q * code_bits / 8)
-    return {"parameters": total, "quantized": n_q, "code_bits": code_bits, "float32_bytes": float_bytes,
-            "coded_bytes": coded_bytes, "compression": round(float_bytes / max(1, coded_bytes), 4)}
+    return {
+        "parameters": total,
+        "quantized": n_q,
+        "code_bits": code_bits,
+        "float32_bytes": float_bytes,
+        "coded_bytes": coded_bytes,
+        "compression": round(float_bytes / max(1, coded_bytes), 4),
+    }

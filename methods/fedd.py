@@ -89,9 +89,20 @@ predict_needs_fit = True
 #: the tiny block and t are the best validation AUC of the block x t sweep on SynthDerm seed 0 with the
 #: shipped pixel DDPM (leaderboards/fedd/fedd-ablation-synthderm.md), chosen as the paper chose its own
 TINY: dict[str, Any] = {
-    "model": "tiny", "revision": None, "image_size": 32, "block": 3, "t": 0, "noise_seed": 0, "dim": 512,
-    "hidden": [64, 32], "dropout": [0.5, 0.25], "lr": 1e-3, "weight_decay": 1e-5, "max_epochs": 500,
-    "patience": 25, "feature_batch_size": 16,
+    "model": "tiny",
+    "revision": None,
+    "image_size": 32,
+    "block": 3,
+    "t": 0,
+    "noise_seed": 0,
+    "dim": 512,
+    "hidden": [64, 32],
+    "dropout": [0.5, 0.25],
+    "lr": 1e-3,
+    "weight_decay": 1e-5,
+    "max_epochs": 500,
+    "patience": 25,
+    "feature_batch_size": 16,
 }
 #: the paper's backbone: guided-diffusion's ImageNet-256 unconditional ADM, converted by
 #: `dermbench fedd convert-adm` to adm.default_folder() (a name, not a path, so run ids do not
@@ -117,14 +128,18 @@ def check_settings(settings: dict, *, need_backbone: bool = True) -> dict[str, A
     for key in settings:
         if key not in TINY:
             guess = closest(str(key), TINY)
-            raise ConfigError(f"unknown setting {name}.{key}" + (f"; did you mean {name}.{guess}?" if guess else "")
-                              + f" (FEDD's settings: {', '.join(TINY)})")
+            raise ConfigError(
+                f"unknown setting {name}.{key}"
+                + (f"; did you mean {name}.{guess}?" if guess else "")
+                + f" (FEDD's settings: {', '.join(TINY)})"
+            )
     s = {**TINY, **settings}
     if s["model"] is None:
         raise ConfigError(
             f"{name}.model is not set: give a local folder or hub id of an unconditional pixel-space diffusers "
             "UNet2DModel (the paper uses the ImageNet-256 unconditional ADM model; docs/fedd.md says how to provide "
-            f"it), or use {name}.model=tiny")
+            f"it), or use {name}.model=tiny"
+        )
     if need_backbone:
         paper_backbone(s["model"])
     for key in ("max_epochs", "patience", "dim", "feature_batch_size"):
@@ -132,8 +147,10 @@ def check_settings(settings: dict, *, need_backbone: bool = True) -> dict[str, A
             raise ConfigError(f"{name}.{key} must be a positive integer, got {s[key]!r}")
     if isinstance(s["t"], bool) or not isinstance(s["t"], int) or s["t"] < 0:
         raise ConfigError(f"{name}.t must be a diffusion step >= 0, got {s['t']!r}")
-    if not (s["block"] == "auto" or (isinstance(s["block"], int) and not isinstance(s["block"], bool)
-                                     and s["block"] >= 0)):
+    if not (
+        s["block"] == "auto"
+        or (isinstance(s["block"], int) and not isinstance(s["block"], bool) and s["block"] >= 0)
+    ):
         raise ConfigError(f"{name}.block must be a decoder block number or 'auto', got {s['block']!r}")
     if len(s["hidden"]) != len(s["dropout"]):
         raise ConfigError(f"{name}.hidden and {name}.dropout need one entry per hidden layer")
@@ -155,7 +172,11 @@ def backbone_geometry(settings: dict, folder: Path | None = None) -> tuple[int, 
         config = json.loads(unet.read_text())
         blocks = len(config["block_out_channels"]) * (int(config["layers_per_block"]) + 1)
         scheduler = folder / "scheduler" / "scheduler_config.json"
-        steps = int(json.loads(scheduler.read_text()).get("num_train_timesteps", 1000)) if scheduler.is_file() else 1000
+        steps = (
+            int(json.loads(scheduler.read_text()).get("num_train_timesteps", 1000))
+            if scheduler.is_file()
+            else 1000
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None  # loading the model names the problem
     return steps, blocks
@@ -168,27 +189,49 @@ def check_run_settings(config: dict, *, fetch: bool = False) -> list[dict]:
     s = check_settings(config.get(name) or {}, need_backbone=fetch)
     found: list[dict] = []
     folder = None
-    if not fetch and s["model"] == PAPER_MODEL and not (adm.default_folder() / "unet" / "config.json").is_file():
-        found.append({"setting": f"{name}.model", "source": s["model"], "missing": True,
-                      "status": "MISSING: download and convert it with\n" + adm.fetch_commands(adm.default_folder())})
+    if (
+        not fetch
+        and s["model"] == PAPER_MODEL
+        and not (adm.default_folder() / "unet" / "config.json").is_file()
+    ):
+        found.append(
+            {
+                "setting": f"{name}.model",
+                "source": s["model"],
+                "missing": True,
+                "status": "MISSING: download and convert it with\n"
+                + adm.fetch_commands(adm.default_folder()),
+            }
+        )
     elif (paper := paper_backbone(s["model"])) is not None:
         folder = Path(paper)
-        found.append({"setting": f"{name}.model", "source": s["model"], "status": f"converted ADM in {folder}"})
+        found.append(
+            {"setting": f"{name}.model", "source": s["model"], "status": f"converted ADM in {folder}"}
+        )
     elif s["model"] != "tiny":
-        source = model_source(s["model"], setting=f"{name}.model", revision=s["revision"], fetch=fetch,
-                              what="pixel diffusion model")
+        source = model_source(
+            s["model"],
+            setting=f"{name}.model",
+            revision=s["revision"],
+            fetch=fetch,
+            what="pixel diffusion model",
+        )
         folder = source["folder"]
         found.append(source)
     geometry = backbone_geometry(s, folder)
     if geometry is not None:
         steps, blocks = geometry
         if not s["t"] < steps:
-            raise ConfigError(f"setting '{name}.t' must be a diffusion step in 0..{steps - 1} (the backbone's schedule "
-                              f"has {steps} steps), got {s['t']}")
+            raise ConfigError(
+                f"setting '{name}.t' must be a diffusion step in 0..{steps - 1} (the backbone's schedule "
+                f"has {steps} steps), got {s['t']}"
+            )
         block = resolve_block(s["block"], config)
         if not block < blocks:
-            raise ConfigError(f"setting '{name}.block' must be a decoder block in 0..{blocks - 1} (this backbone has "
-                              f"{blocks}), got {s['block']}" + (f" (auto: {block})" if s["block"] == "auto" else ""))
+            raise ConfigError(
+                f"setting '{name}.block' must be a decoder block in 0..{blocks - 1} (this backbone has "
+                f"{blocks}), got {s['block']}" + (f" (auto: {block})" if s["block"] == "auto" else "")
+            )
     return found
 
 
@@ -208,7 +251,8 @@ def paper_backbone(model: Any) -> str | None:
             f"{name}.model={PAPER_MODEL}: FEDD's paper backbone (guided-diffusion's ImageNet 256x256 unconditional "
             f"ADM) is not in {folder}. Download and convert it (about 2.1 GB):\n  "
             + adm.fetch_commands(folder).replace("\n", "\n  ")
-            + f"\nor set {name}.model to another converted folder, or use --profile tiny (no checkpoint)")
+            + f"\nor set {name}.model to another converted folder, or use --profile tiny (no checkpoint)"
+        )
     return str(folder)
 
 
@@ -246,8 +290,17 @@ class Probe(nn.Module):
 class Extractor:
     """The frozen backbone and feature settings (a plain object: not saved with the probe's weights)."""
 
-    def __init__(self, model: PixelModel, *, block: int, t: int, noise_seed: int, dim: int, image_size: int,
-                 batch_size: int) -> None:
+    def __init__(
+        self,
+        model: PixelModel,
+        *,
+        block: int,
+        t: int,
+        noise_seed: int,
+        dim: int,
+        image_size: int,
+        batch_size: int,
+    ) -> None:
         self.model, self.block, self.t, self.noise_seed = model, block, t, noise_seed
         self.dim, self.image_size, self.batch_size = dim, image_size, batch_size
 
@@ -268,7 +321,7 @@ def resized(images: np.ndarray, size: int) -> np.ndarray:
         return images
     out = []
     for start in range(0, len(images), 256):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + 256])).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + 256])).permute(0, 3, 1, 2).float()
         y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out.append(y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out)
@@ -277,19 +330,36 @@ def resized(images: np.ndarray, size: int) -> np.ndarray:
 def split_features(ctx, extractor: Extractor, split: Split) -> tuple[np.ndarray, dict[str, Any]]:
     """(n, dim) features of `split` at the extractor's block and t, through the feature cache."""
     images = resized(np.asarray(split.images), extractor.image_size)
-    features, entry = cached_features(extractor.model, images, t=extractor.t, noise_seed=extractor.noise_seed,
-                                      dim=extractor.dim, device=ctx.device, console=ctx.console, say=ctx.say,
-                                      batch_size=extractor.batch_size, label=f"{name}: features of {split.name}")
+    features, entry = cached_features(
+        extractor.model,
+        images,
+        t=extractor.t,
+        noise_seed=extractor.noise_seed,
+        dim=extractor.dim,
+        device=ctx.device,
+        console=ctx.console,
+        say=ctx.say,
+        batch_size=extractor.batch_size,
+        label=f"{name}: features of {split.name}",
+    )
     return np.array(features[extractor.block], dtype=np.float32), entry.info()
 
 
-def train_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, *, settings: dict,
-                seed: int) -> tuple[Probe, dict[str, Any]]:
+def train_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    *,
+    settings: dict,
+    seed: int,
+) -> tuple[Probe, dict[str, Any]]:
     """Full-batch Adam on BCE with early stopping on the validation loss; the best epoch's probe."""
     torch.manual_seed(seed)
     probe = Probe(train_x.shape[1], list(settings["hidden"]), list(settings["dropout"]))
-    optimizer = torch.optim.Adam(probe.parameters(), lr=float(settings["lr"]),
-                                 weight_decay=float(settings["weight_decay"]))
+    optimizer = torch.optim.Adam(
+        probe.parameters(), lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"])
+    )
     x, y = torch.from_numpy(train_x), torch.from_numpy(train_y.astype(np.float32))
     vx, vy = torch.from_numpy(val_x), torch.from_numpy(val_y.astype(np.float32))
     best, best_loss, best_epoch, waited, history = copy.deepcopy(probe.state_dict()), float("inf"), 0, 0, []
@@ -313,15 +383,23 @@ def train_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val
                 break
     probe.load_state_dict(best)
     probe.eval()
-    return probe, {"epochs_run": len(history), "best_epoch": best_epoch, "best_val_loss": best_loss,
-                   "last": history[-1] if history else None}
+    return probe, {
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "best_val_loss": best_loss,
+        "last": history[-1] if history else None,
+    }
 
 
 def probe_probabilities(probe: Probe, features: np.ndarray) -> np.ndarray:
     """(n, 2) class probabilities [benign, malignant] of the probe."""
     probe.eval()
     with torch.no_grad():
-        p = torch.sigmoid(probe(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)))).double().numpy()
+        p = (
+            torch.sigmoid(probe(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))))
+            .double()
+            .numpy()
+        )
     return np.stack([1.0 - p, p], axis=1)
 
 
@@ -334,8 +412,10 @@ def backbone(ctx, settings: dict, train: Split) -> tuple[PixelModel, int]:
     model = pixel_model(where, revision=settings["revision"])
     sample = int(model.unet.config.sample_size)
     if sample != size:
-        raise ConfigError(f"{name}: the UNet takes {sample} px images but {name}.image_size (or data.image_size) "
-                          f"is {size}; set {name}.image_size={sample}")
+        raise ConfigError(
+            f"{name}: the UNet takes {sample} px images but {name}.image_size (or data.image_size) "
+            f"is {size}; set {name}.image_size={sample}"
+        )
     return model, size
 
 
@@ -343,39 +423,65 @@ def backbone(ctx, settings: dict, train: Split) -> tuple[PixelModel, int]:
 def fit(ctx, model, train: Split, val: Split) -> FeddModel:
     settings = check_settings(ctx.hparams(name))
     if train.num_classes != 2:
-        raise ConfigError(f"{name} is a binary (malignancy) probe; task {ctx.config.get('task')!r} has "
-                          f"{train.num_classes} classes (use task malignant)")
+        raise ConfigError(
+            f"{name} is a binary (malignancy) probe; task {ctx.config.get('task')!r} has "
+            f"{train.num_classes} classes (use task malignant)"
+        )
     unet, size = backbone(ctx, settings, train)
     layers = decoder_layers(unet.unet)
     block = resolve_block(settings["block"], ctx.config)
     if not 0 <= block < len(layers):
         raise ConfigError(f"{name}.block={block}: this UNet has decoder blocks 0..{len(layers) - 1}")
-    extractor = Extractor(unet, block=block, t=int(settings["t"]), noise_seed=int(settings["noise_seed"]),
-                          dim=int(settings["dim"]), image_size=size, batch_size=int(settings["feature_batch_size"]))
+    extractor = Extractor(
+        unet,
+        block=block,
+        t=int(settings["t"]),
+        noise_seed=int(settings["noise_seed"]),
+        dim=int(settings["dim"]),
+        image_size=size,
+        batch_size=int(settings["feature_batch_size"]),
+    )
     train_x, train_entry = split_features(ctx, extractor, train)
     val_x, val_entry = split_features(ctx, extractor, val)
-    probe, summary = train_probe(train_x, train.labels, val_x, val.labels, settings=settings,
-                                 seed=seed_for(ctx.seed, f"{name}-probe"))
-    ctx.say(f"{name}: probe on decoder block {block} ({layers[block][0]}) at t={extractor.t}: best validation loss "
-            f"{summary['best_val_loss']:.4f} at epoch {summary['best_epoch']} of {summary['epochs_run']}")
+    probe, summary = train_probe(
+        train_x, train.labels, val_x, val.labels, settings=settings, seed=seed_for(ctx.seed, f"{name}-probe")
+    )
+    ctx.say(
+        f"{name}: probe on decoder block {block} ({layers[block][0]}) at t={extractor.t}: best validation loss "
+        f"{summary['best_val_loss']:.4f} at epoch {summary['best_epoch']} of {summary['epochs_run']}"
+    )
     fitted = FeddModel(probe, extractor)
     fitted.feature_entries = {"train": train_entry, "val": val_entry}
     record: dict[str, Any] = {
-        "backbone": unet.source, "block": block, "layer": layers[block][0], "decoder_blocks": len(layers),
-        "t": extractor.t, "noise_seed": extractor.noise_seed, "feature_dim": extractor.dim, "image_size": size,
-        "settings": settings, "probe": summary,
-        "train_cells": {f"{tone}/{label}": int(n) for (tone, label), n in
-                        train.table.groupby(["tone3", "label"]).size().items()} if "tone3" in train.table else None,
+        "backbone": unet.source,
+        "block": block,
+        "layer": layers[block][0],
+        "decoder_blocks": len(layers),
+        "t": extractor.t,
+        "noise_seed": extractor.noise_seed,
+        "feature_dim": extractor.dim,
+        "image_size": size,
+        "settings": settings,
+        "probe": summary,
+        "train_cells": {
+            f"{tone}/{label}": int(n)
+            for (tone, label), n in train.table.groupby(["tone3", "label"]).size().items()
+        }
+        if "tone3" in train.table
+        else None,
         "features": dict(fitted.feature_entries),
     }
     fraction = fraction_of(ctx.config)
     if fraction is not None:
         record["fedd_fraction"] = fraction
         if ctx.config.get("dataset") == "ddi" and fraction in PAPER_AUC:
-            record["published"] = {"roc_auc": PAPER_AUC[fraction], "test_set": "ddi (30 images; our reading: the paper's "
-                                   "accuracies on the remaining images are its Table 3)",
-                                   "source": "FEDD supplementary Fig. 2 (as read from the author's thesis chapter; "
-                                             "the main text gives no number)"}
+            record["published"] = {
+                "roc_auc": PAPER_AUC[fraction],
+                "test_set": "ddi (30 images; our reading: the paper's "
+                "accuracies on the remaining images are its Table 3)",
+                "source": "FEDD supplementary Fig. 2 (as read from the author's thesis chapter; "
+                "the main text gives no number)",
+            }
     if settings["segmentation"].get("enabled"):
         record.update(segmentation(ctx, settings, unet, size, seed_for(ctx.seed, f"{name}-segmentation")))
     ctx.record(name, record)
@@ -385,21 +491,29 @@ def fit(ctx, model, train: Split, val: Split) -> FeddModel:
 @hookimpl
 def predict(ctx, model, split: Split) -> np.ndarray:
     if not isinstance(model, FeddModel):
-        raise DermbenchError(f"{name}: predict needs the model fit returned (a FeddModel), got {type(model).__name__}")
+        raise DermbenchError(
+            f"{name}: predict needs the model fit returned (a FeddModel), got {type(model).__name__}"
+        )
     features, entry = split_features(ctx, model.extractor, split)
     model.feature_entries[split.name] = entry
     ctx.record(name, {"features": dict(model.feature_entries)})
     return probe_probabilities(model.probe, features)
 
 
-def group_scores(prob: np.ndarray, labels: np.ndarray, groups: np.ndarray | None) -> dict[str, dict[str, float]]:
+def group_scores(
+    prob: np.ndarray, labels: np.ndarray, groups: np.ndarray | None
+) -> dict[str, dict[str, float]]:
     """{"overall" and each group: {"n", "acc" (at probability 0.5), "auc" (None with one class)}}."""
     from sklearn.metrics import roc_auc_score  # noqa: PLC0415 (only the ablation needs it)
 
     def scores(mask: np.ndarray) -> dict[str, float]:
         y, p = labels[mask], prob[mask]
         auc = float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else None
-        return {"n": int(mask.sum()), "acc": float(((p >= 0.5) == y).mean()) if mask.any() else None, "auc": auc}
+        return {
+            "n": int(mask.sum()),
+            "acc": float(((p >= 0.5) == y).mean()) if mask.any() else None,
+            "auc": auc,
+        }
 
     out = {"overall": scores(np.ones(len(labels), dtype=bool))}
     if groups is not None:
@@ -408,8 +522,17 @@ def group_scores(prob: np.ndarray, labels: np.ndarray, groups: np.ndarray | None
     return out
 
 
-def ablate(ctx, settings: dict, train: Split, val: Split, test: Split, *, blocks: list[int] | None, ts: list[int],
-           seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def ablate(
+    ctx,
+    settings: dict,
+    train: Split,
+    val: Split,
+    test: Split,
+    *,
+    blocks: list[int] | None,
+    ts: list[int],
+    seed: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """FEDD's block x t sweep (paper Fig. 6): for every t, the pooled features of every decoder block
     (one forward pass per image and t, through the feature cache), then one probe per block trained
     as `fit` trains it (early stopping on validation); validation and test accuracy and AUC, overall
@@ -426,14 +549,23 @@ def ablate(ctx, settings: dict, train: Split, val: Split, test: Split, *, blocks
         feats = {}
         for part in (train, val, test):
             images = resized(np.asarray(part.images), size)
-            feats[part.name], _ = cached_features(model, images, t=int(t), noise_seed=int(settings["noise_seed"]),
-                                                  dim=int(settings["dim"]), device=ctx.device, console=ctx.console,
-                                                  say=lambda _m: None, batch_size=int(settings["feature_batch_size"]),
-                                                  label=f"{name}: features of {part.name}")
+            feats[part.name], _ = cached_features(
+                model,
+                images,
+                t=int(t),
+                noise_seed=int(settings["noise_seed"]),
+                dim=int(settings["dim"]),
+                device=ctx.device,
+                console=ctx.console,
+                say=lambda _m: None,
+                batch_size=int(settings["feature_batch_size"]),
+                label=f"{name}: features of {part.name}",
+            )
         for block in blocks:
             x = {k: np.array(v[block], dtype=np.float32) for k, v in feats.items()}
-            probe, summary = train_probe(x[train.name], train.labels, x[val.name], val.labels, settings=settings,
-                                         seed=seed)
+            probe, summary = train_probe(
+                x[train.name], train.labels, x[val.name], val.labels, settings=settings, seed=seed
+            )
             row: dict[str, Any] = {"block": block, "t": int(t), "best_epoch": summary["best_epoch"]}
             for key, part in (("val", val), ("test", test)):
                 groups = part.table["tone3"].to_numpy(dtype=object) if "tone3" in part.table else None
@@ -446,17 +578,38 @@ def ablate(ctx, settings: dict, train: Split, val: Split, test: Split, *, blocks
 # --------------------------------------------------------------------------- segmentation probes
 #: FEDD's segmentation probe (paper section 3.1; Baranchuk et al.'s pixel classifier): blocks 6 and 8
 #: at t = 100, bilinear upsampling to the image size, concatenation, an ensemble of 5 per-pixel MLPs
-SEGMENTATION_TINY: dict[str, Any] = {"enabled": False, "blocks": [2, 4], "t": 100, "ensemble": 5,
-                                     "hidden": [64, 32], "epochs": 4, "batch_size": 1024, "lr": 1e-3,
-                                     "pixels_per_image": None}
-SEGMENTATION_PAPER: dict[str, Any] = {**SEGMENTATION_TINY, "blocks": [6, 8], "hidden": [256, 128], "epochs": 8,
-                                      "pixels_per_image": 4096}
+SEGMENTATION_TINY: dict[str, Any] = {
+    "enabled": False,
+    "blocks": [2, 4],
+    "t": 100,
+    "ensemble": 5,
+    "hidden": [64, 32],
+    "epochs": 4,
+    "batch_size": 1024,
+    "lr": 1e-3,
+    "pixels_per_image": None,
+}
+SEGMENTATION_PAPER: dict[str, Any] = {
+    **SEGMENTATION_TINY,
+    "blocks": [6, 8],
+    "hidden": [256, 128],
+    "epochs": 8,
+    "pixels_per_image": 4096,
+}
 TINY["segmentation"] = dict(SEGMENTATION_TINY)
 PAPER["segmentation"] = dict(SEGMENTATION_PAPER)
 
 
-def pixel_features(model: PixelModel, images: np.ndarray, *, blocks: list[int], t: int, noise_seed: int,
-                   device: torch.device, batch_size: int) -> torch.Tensor:
+def pixel_features(
+    model: PixelModel,
+    images: np.ndarray,
+    *,
+    blocks: list[int],
+    t: int,
+    noise_seed: int,
+    device: torch.device,
+    batch_size: int,
+) -> torch.Tensor:
     """(n, C, H, W) float16: the `blocks`' outputs upsampled (bilinear) to the image size, concatenated."""
     from dermbench.diffusion.features import block_outputs  # noqa: PLC0415
 
@@ -465,8 +618,16 @@ def pixel_features(model: PixelModel, images: np.ndarray, *, blocks: list[int], 
     def up(x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).half()
 
-    outputs = block_outputs(model, images, t=t, noise_seed=noise_seed, blocks=blocks, device=device, transform=up,
-                            batch_size=batch_size)
+    outputs = block_outputs(
+        model,
+        images,
+        t=t,
+        noise_seed=noise_seed,
+        blocks=blocks,
+        device=device,
+        transform=up,
+        batch_size=batch_size,
+    )
     return torch.cat([outputs[b] for b in blocks], dim=1)
 
 
@@ -487,8 +648,9 @@ class PixelMLP(nn.Module):
         return self.net(x)
 
 
-def train_pixel_ensemble(features: torch.Tensor, masks: np.ndarray, *, classes: int, settings: dict,
-                         seed: int) -> list[PixelMLP]:
+def train_pixel_ensemble(
+    features: torch.Tensor, masks: np.ndarray, *, classes: int, settings: dict, seed: int
+) -> list[PixelMLP]:
     """`ensemble` pixel MLPs, each from its own seed, on the pixels of `features` (n, C, H, W) with
     labels `masks` (n, H, W); `pixels_per_image` random pixels per image (None: all)."""
     n, channels = features.shape[:2]
@@ -496,14 +658,20 @@ def train_pixel_ensemble(features: torch.Tensor, masks: np.ndarray, *, classes: 
     y = torch.from_numpy(np.ascontiguousarray(masks)).reshape(n, -1).long()
     per_image = settings["pixels_per_image"]
     if per_image is not None and per_image < x.shape[1]:
-        pick = torch.stack([torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(seed + i))[:per_image]
-                            for i in range(n)])
+        pick = torch.stack(
+            [
+                torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(seed + i))[:per_image]
+                for i in range(n)
+            ]
+        )
         x, y = torch.gather(x, 1, pick.unsqueeze(-1).expand(-1, -1, channels)), torch.gather(y, 1, pick)
     x, y = x.reshape(-1, channels), y.reshape(-1)
     labelled = y < classes  # 255: not annotated (real masks)
     x, y = x[labelled], y[labelled]
     if len(y) < 2:
-        raise DermbenchError(f"{name}: the training masks have no annotated pixel to train the segmentation probes on")
+        raise DermbenchError(
+            f"{name}: the training masks have no annotated pixel to train the segmentation probes on"
+        )
     members = []
     for k in range(int(settings["ensemble"])):
         generator = torch.Generator().manual_seed(seed_for(seed, f"pixel-mlp-{k}"))
@@ -514,7 +682,7 @@ def train_pixel_ensemble(features: torch.Tensor, masks: np.ndarray, *, classes: 
         for _ in range(int(settings["epochs"])):
             order = torch.randperm(len(x), generator=generator)
             for start in range(0, len(x), int(settings["batch_size"])):
-                index = order[start:start + int(settings["batch_size"])]
+                index = order[start : start + int(settings["batch_size"])]
                 if len(index) < 2:
                     continue
                 loss = F.cross_entropy(mlp(x[index].float()), y[index])
@@ -532,7 +700,7 @@ def segment(members: list[PixelMLP], features: torch.Tensor, *, chunk: int = 655
     x = features.permute(0, 2, 3, 1).reshape(-1, channels)
     out = []
     for start in range(0, len(x), chunk):
-        part = x[start:start + chunk].float()
+        part = x[start : start + chunk].float()
         prob = torch.stack([F.softmax(m(part), dim=1) for m in members]).mean(0)
         out.append(prob.argmax(1))
     return torch.cat(out).reshape(n, h, w).numpy().astype(np.uint8)
@@ -550,8 +718,12 @@ def iou_scores(pred: np.ndarray, truth: np.ndarray, classes: tuple[str, ...]) ->
         union = int((p | t).sum())
         iou[cls] = None if union == 0 else float((p & t).sum()) / union
     defined = [v for v in iou.values() if v is not None]
-    return {"miou": float(np.mean(defined)) if defined else None, "lesion": iou.get("lesion"), "iou": iou,
-            "n": int(annotated.reshape(len(truth), -1).any(axis=1).sum())}
+    return {
+        "miou": float(np.mean(defined)) if defined else None,
+        "lesion": iou.get("lesion"),
+        "iou": iou,
+        "n": int(annotated.reshape(len(truth), -1).any(axis=1).sum()),
+    }
 
 
 def segmentation(ctx, settings: dict, model: PixelModel, size: int, probe_seed: int) -> dict[str, Any]:
@@ -563,25 +735,43 @@ def segmentation(ctx, settings: dict, model: PixelModel, size: int, probe_seed: 
     train = ctx.load_split(dataset, "train", image_size=size, with_masks=True)
     classes = tuple(train.meta.get("mask_classes", ()))
     if not classes:
-        raise DermbenchError(f"{name}: dataset {dataset!r} gives masks without class names (meta['mask_classes'])")
+        raise DermbenchError(
+            f"{name}: dataset {dataset!r} gives masks without class names (meta['mask_classes'])"
+        )
 
     def feats(split: Split) -> torch.Tensor:
-        return pixel_features(model, np.asarray(split.images), blocks=blocks, t=int(seg["t"]),
-                              noise_seed=int(settings["noise_seed"]), device=ctx.device,
-                              batch_size=int(settings["feature_batch_size"]))
+        return pixel_features(
+            model,
+            np.asarray(split.images),
+            blocks=blocks,
+            t=int(seg["t"]),
+            noise_seed=int(settings["noise_seed"]),
+            device=ctx.device,
+            batch_size=int(settings["feature_batch_size"]),
+        )
 
     ctx.say(f"{name}: segmentation probes on blocks {blocks} at t={seg['t']} ({seg['ensemble']} pixel MLPs)")
-    members = train_pixel_ensemble(feats(train), np.asarray(train.masks), classes=len(classes), settings=seg,
-                                   seed=probe_seed)
-    out: dict[str, Any] = {"blocks": blocks, "t": int(seg["t"]), "ensemble": int(seg["ensemble"]),
-                           "classes": list(classes), "test_sets": {}}
+    members = train_pixel_ensemble(
+        feats(train), np.asarray(train.masks), classes=len(classes), settings=seg, seed=probe_seed
+    )
+    out: dict[str, Any] = {
+        "blocks": blocks,
+        "t": int(seg["t"]),
+        "ensemble": int(seg["ensemble"]),
+        "classes": list(classes),
+        "test_sets": {},
+    }
     rows = []
     for test in ctx.datasets.get(dataset).protocol or ():
         if test.dataset != dataset:
             continue
         split = ctx.load_split(dataset, test.split, image_size=size, with_masks=True)
         pred, truth = segment(members, feats(split)), np.asarray(split.masks)
-        tone = split.table["tone3"].to_numpy(dtype=object) if "tone3" in split.table else np.full(len(split), None)
+        tone = (
+            split.table["tone3"].to_numpy(dtype=object)
+            if "tone3" in split.table
+            else np.full(len(split), None)
+        )
         scores = {"overall": iou_scores(pred, truth, classes), "tone3": {}}
         for g in ("A", "B", "C"):
             mask = tone == g
@@ -589,6 +779,14 @@ def segmentation(ctx, settings: dict, model: PixelModel, size: int, probe_seed: 
                 scores["tone3"][g] = iou_scores(pred[mask], truth[mask], classes)
         out["test_sets"][test.name] = scores
         for group, s in [("all", scores["overall"]), *scores["tone3"].items()]:
-            rows.append({"test set": test.name, "group": group, "n": s["n"], "mIoU": s["miou"], "lesion IoU": s["lesion"],
-                         **{f"IoU {c}": s["iou"][c] for c in classes}})
+            rows.append(
+                {
+                    "test set": test.name,
+                    "group": group,
+                    "n": s["n"],
+                    "mIoU": s["miou"],
+                    "lesion IoU": s["lesion"],
+                    **{f"IoU {c}": s["iou"][c] for c in classes},
+                }
+            )
     return {"segmentation": out, "segmentation_iou": rows}

@@ -92,45 +92,96 @@ REFERENCES: tuple[str, ...] = (
 SKIN_WORDS = {1: "a very light-skinned", 2: "a light-skinned", 5: "a dark-skinned", 6: "a very dark-skinned"}
 
 TINY = {
-    "model": "tiny", "revision": None, "image_size": None, "mode": "img2img",
-    "textual_inversion": True, "lora": True,
-    "ti": {"steps": 150, "batch_size": 16, "lr": 5e-3, "init_word": "skin", "template": "An image of {concept}"},
-    "lora_settings": {"rank": 8, "alpha": 8, "steps": 300, "batch_size": 32, "lr": 1e-3,
-                      "template": "An image of {concept} on the skin of {skin} individual"},
-    "strength": 0.9, "steps": 20, "guidance": 7.5, "sampler": "ddim", "batch_size": 32,
-    **TRANSLATION["tiny"], "target_fst": list(TRANSLATION["tiny"]["target_fst"]),
+    "model": "tiny",
+    "revision": None,
+    "image_size": None,
+    "mode": "img2img",
+    "textual_inversion": True,
+    "lora": True,
+    "ti": {
+        "steps": 150,
+        "batch_size": 16,
+        "lr": 5e-3,
+        "init_word": "skin",
+        "template": "An image of {concept}",
+    },
+    "lora_settings": {
+        "rank": 8,
+        "alpha": 8,
+        "steps": 300,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "template": "An image of {concept} on the skin of {skin} individual",
+    },
+    "strength": 0.9,
+    "steps": 20,
+    "guidance": 7.5,
+    "sampler": "ddim",
+    "batch_size": 32,
+    **TRANSLATION["tiny"],
+    "target_fst": list(TRANSLATION["tiny"]["target_fst"]),
     "quality": {"pairs": 200, "inception": None},
 }
 PAPER = {
-    **TINY, "model": "stabilityai/stable-diffusion-2-1-base", "image_size": 512,
+    **TINY,
+    "model": "stabilityai/stable-diffusion-2-1-base",
+    "image_size": 512,
     # the authors ran diffusers' textual_inversion.py once per condition: `per_concept` learns each
     # class's token in its own run of `steps` on that class's images (the tiny profile learns all
     # tokens in one run, as its committed records were made)
     "ti": {**TINY["ti"], "steps": 500, "batch_size": 16, "lr": 8e-3, "per_concept": True},
     "lora_settings": {**TINY["lora_settings"], "steps": 3000, "batch_size": 4, "lr": 5e-6},
-    "strength": 0.5, "guidance": 2.0, "steps": 100, "batch_size": 16, **TRANSLATION["paper"],
+    "strength": 0.5,
+    "guidance": 2.0,
+    "steps": 100,
+    "batch_size": 16,
+    **TRANSLATION["paper"],
     "target_fst": list(TRANSLATION["paper"]["target_fst"]),
 }
-PAPER_TRAIN = {"epochs": 30, "batch_size": 256, "optimizer": "adam", "lr": 1e-3, "schedule": "step",
-               "step_size": 10, "gamma": 0.1, "sampler": "class",
-               "augment": "standard"}  # nearest to train_classifier.py's crop/rotate/jitter/flip (docs/majority2minority.md)
+PAPER_TRAIN = {
+    "epochs": 30,
+    "batch_size": 256,
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "schedule": "step",
+    "step_size": 10,
+    "gamma": 0.1,
+    "sampler": "class",
+    "augment": "standard",
+}  # nearest to train_classifier.py's crop/rotate/jitter/flip (docs/majority2minority.md)
 
 
 @hookimpl
 def dermbench_method_defaults(profile: str) -> dict:
     if profile == "paper":
-        return {name: PAPER, "model": {"backbone": FROZEN_VGG16, "pretrained": True, "drop_rate": 0.5},
-                "data": {"image_size": 224}, "train": PAPER_TRAIN}
+        return {
+            name: PAPER,
+            "model": {"backbone": FROZEN_VGG16, "pretrained": True, "drop_rate": 0.5},
+            "data": {"image_size": 224},
+            "train": PAPER_TRAIN,
+        }
     return {name: TINY}
 
 
 MODES = ("img2img", "txt2img")
 #: the numeric settings and their ranges (`dermbench.config.checks`); null allowed for NULLABLE
-RANGES = {("per_image",): COUNT, ("max_sources",): COUNT, ("image_size",): (8, True, None, False, True),
-          ("strength",): FRACTION, ("steps",): COUNT, ("guidance",): NON_NEGATIVE, ("batch_size",): COUNT,
-          ("ti", "steps"): COUNT, ("ti", "batch_size"): COUNT, ("ti", "lr"): POSITIVE,
-          ("lora_settings", "rank"): COUNT, ("lora_settings", "alpha"): POSITIVE, ("lora_settings", "steps"): COUNT,
-          ("lora_settings", "batch_size"): COUNT, ("lora_settings", "lr"): POSITIVE}
+RANGES = {
+    ("per_image",): COUNT,
+    ("max_sources",): COUNT,
+    ("image_size",): (8, True, None, False, True),
+    ("strength",): FRACTION,
+    ("steps",): COUNT,
+    ("guidance",): NON_NEGATIVE,
+    ("batch_size",): COUNT,
+    ("ti", "steps"): COUNT,
+    ("ti", "batch_size"): COUNT,
+    ("ti", "lr"): POSITIVE,
+    ("lora_settings", "rank"): COUNT,
+    ("lora_settings", "alpha"): POSITIVE,
+    ("lora_settings", "steps"): COUNT,
+    ("lora_settings", "batch_size"): COUNT,
+    ("lora_settings", "lr"): POSITIVE,
+}
 NULLABLE = (("max_sources",), ("image_size",))
 
 
@@ -182,11 +233,17 @@ def translation_requests(real, rows: np.ndarray, words: list[str], *, hp: dict, 
     """`per_image` requests per source row, each toward a dark FST: a random `target_fst` for a
     light source, its own FST for a dark one (planned by `dermbench.data.requests.translation_plan`,
     which the oracle shares), with each one's class name and tone-aware prompt."""
-    plan = translation_plan(real.table, rows, per_image=hp["per_image"], target_fst=hp["target_fst"], seed=seed,
-                            method=name)
+    plan = translation_plan(
+        real.table, rows, per_image=hp["per_image"], target_fst=hp["target_fst"], seed=seed, method=name
+    )
     plan.insert(2, "class_name", [real.classes[int(y)] for y in plan["label"]])
-    plan.insert(5, "prompt", tone_prompts(plan["label"].to_numpy(), plan["fst"].to_numpy(), words,
-                                          hp["lora_settings"]["template"]))
+    plan.insert(
+        5,
+        "prompt",
+        tone_prompts(
+            plan["label"].to_numpy(), plan["fst"].to_numpy(), words, hp["lora_settings"]["template"]
+        ),
+    )
     return plan.drop(columns="k")
 
 
@@ -199,9 +256,16 @@ def adapt(ctx, c, real, rows: np.ndarray, hp: dict) -> tuple[list[str], dict]:
     part = real.subset(rows)
     labels, fst = part.labels, pd.to_numeric(part.table["fst"]).astype(int).to_numpy()
     ti, lora = hp["ti"], hp["lora_settings"]
-    material = {"method": name, "base": c.source["identity"], "data": split_digest(part), "seed": ctx.seed,
-                "device": ctx.device.type, "ti": ti if hp["textual_inversion"] else None,
-                "lora": lora if hp["lora"] else None, "words": words}
+    material = {
+        "method": name,
+        "base": c.source["identity"],
+        "data": split_digest(part),
+        "seed": ctx.seed,
+        "device": ctx.device.type,
+        "ti": ti if hp["textual_inversion"] else None,
+        "lora": lora if hp["lora"] else None,
+        "words": words,
+    }
 
     def train(folder):
         if hp["textual_inversion"]:
@@ -209,10 +273,19 @@ def adapt(ctx, c, real, rows: np.ndarray, hp: dict) -> tuple[list[str], dict]:
             save_concepts(c, words, folder / "concepts.safetensors")
         if hp["lora"]:
             params = add_lora(c, rank=lora["rank"], alpha=lora["alpha"])
-            train_denoiser(c, part.images, tone_prompts(labels, fst, words, lora["template"]), params=params,
-                           steps=lora["steps"], batch_size=lora["batch_size"], lr=lora["lr"],
-                           seed=seed_for(ctx.seed, f"{name}-lora"), device=ctx.device, console=ctx.console,
-                           label=f"{name}: LoRA")
+            train_denoiser(
+                c,
+                part.images,
+                tone_prompts(labels, fst, words, lora["template"]),
+                params=params,
+                steps=lora["steps"],
+                batch_size=lora["batch_size"],
+                lr=lora["lr"],
+                seed=seed_for(ctx.seed, f"{name}-lora"),
+                device=ctx.device,
+                console=ctx.console,
+                label=f"{name}: LoRA",
+            )
             save_lora(c, folder / "lora.safetensors")
 
     entry = cached_entry("adapted", material, train, say=ctx.say)
@@ -223,8 +296,13 @@ def adapt(ctx, c, real, rows: np.ndarray, hp: dict) -> tuple[list[str], dict]:
             load_lora(c, entry.path / "lora.safetensors", rank=lora["rank"], alpha=lora["alpha"])
     c.freeze()
     c.to(ctx.device)
-    return words, {"identity": f"{c.source['identity']}+{name}:{entry.key}", "entry": entry.info(),
-                   "textual_inversion": hp["textual_inversion"], "lora": hp["lora"], "prompt_words": words}
+    return words, {
+        "identity": f"{c.source['identity']}+{name}:{entry.key}",
+        "entry": entry.info(),
+        "textual_inversion": hp["textual_inversion"],
+        "lora": hp["lora"],
+        "prompt_words": words,
+    }
 
 
 def learn_concepts(ctx, c, images: np.ndarray, labels: np.ndarray, words: list[str], ti: dict) -> None:
@@ -234,18 +312,36 @@ def learn_concepts(ctx, c, images: np.ndarray, labels: np.ndarray, words: list[s
     ids = add_concept_tokens(c, words, init_word=ti["init_word"])
     prompts = np.array([ti["template"].format(concept=words[int(y)]) for y in labels], dtype=object)
     if not ti.get("per_concept", False):
-        train_textual_inversion(c, images, list(prompts), ids, steps=ti["steps"], batch_size=ti["batch_size"],
-                                lr=ti["lr"], seed=seed_for(ctx.seed, f"{name}-ti"), device=ctx.device,
-                                console=ctx.console)
+        train_textual_inversion(
+            c,
+            images,
+            list(prompts),
+            ids,
+            steps=ti["steps"],
+            batch_size=ti["batch_size"],
+            lr=ti["lr"],
+            seed=seed_for(ctx.seed, f"{name}-ti"),
+            device=ctx.device,
+            console=ctx.console,
+        )
         return
     for k, (word, token_id) in enumerate(zip(words, ids)):
         mine = np.flatnonzero(labels == k)
         if not len(mine):
             ctx.say(f"{name}: no training image of class {k} ({word}); its token keeps the initial embedding")
             continue
-        train_textual_inversion(c, images[mine], list(prompts[mine]), [token_id], steps=ti["steps"],
-                                batch_size=ti["batch_size"], lr=ti["lr"], seed=seed_for(ctx.seed, f"{name}-ti-{k}"),
-                                device=ctx.device, console=ctx.console)
+        train_textual_inversion(
+            c,
+            images[mine],
+            list(prompts[mine]),
+            [token_id],
+            steps=ti["steps"],
+            batch_size=ti["batch_size"],
+            lr=ti["lr"],
+            seed=seed_for(ctx.seed, f"{name}-ti-{k}"),
+            device=ctx.device,
+            console=ctx.console,
+        )
 
 
 @hookimpl
@@ -264,23 +360,47 @@ def augment(ctx, train):
     requests = translation_requests(real, rows, words, hp=hp, seed=ctx.seed)
     img2img = hp["mode"] == "img2img"
     sampler = {k: hp[k] for k in ("sampler", "steps", "guidance", "batch_size")} | {
-        "strength": hp["strength"] if img2img else None}
+        "strength": hp["strength"] if img2img else None
+    }
     generation = cached_generation(
-        c, requests, weights=adapted["identity"], settings=sampler, image_size=size, device=ctx.device,
-        console=ctx.console, say=ctx.say, label=f"{name}: {hp['mode']} of {len(requests)} images",
-        init_images=real.images if img2img else None, init_rows=requests["row"].to_numpy() if img2img else None,
-        sources=content_digest({"split": split_digest(real), "rows": requests["row"].tolist()}) if img2img else None,
+        c,
+        requests,
+        weights=adapted["identity"],
+        settings=sampler,
+        image_size=size,
+        device=ctx.device,
+        console=ctx.console,
+        say=ctx.say,
+        label=f"{name}: {hp['mode']} of {len(requests)} images",
+        init_images=real.images if img2img else None,
+        init_rows=requests["row"].to_numpy() if img2img else None,
+        sources=content_digest({"split": split_digest(real), "rows": requests["row"].tolist()})
+        if img2img
+        else None,
     )
     synthetic = synthetic_split(ctx, generation, train, name=name)
     fst = pd.to_numeric(real.table["fst"], errors="coerce")
-    ctx.record(name, {
-        "base": c.source, "adapted": adapted, "mode": hp["mode"],
-        "sources": {"n": len(rows), "light": light, "dark": len(rows) - light,
-                    "not_used_fst_3_4_or_unknown": int((~fst.isin(LIGHT + DARK)).sum()),
-                    "left_out_by_max_sources": int(fst.isin(LIGHT + DARK).sum()) - len(rows)},
-        "generation": {**generation.info(), "n": len(requests), "per_image": hp["per_image"], "image_size": size,
-                       **sampler},
-        "quality": measure_quality(ctx, name, train=train, synthetic=synthetic),
-    })
+    ctx.record(
+        name,
+        {
+            "base": c.source,
+            "adapted": adapted,
+            "mode": hp["mode"],
+            "sources": {
+                "n": len(rows),
+                "light": light,
+                "dark": len(rows) - light,
+                "not_used_fst_3_4_or_unknown": int((~fst.isin(LIGHT + DARK)).sum()),
+                "left_out_by_max_sources": int(fst.isin(LIGHT + DARK).sum()) - len(rows),
+            },
+            "generation": {
+                **generation.info(),
+                "n": len(requests),
+                "per_image": hp["per_image"],
+                "image_size": size,
+                **sampler,
+            },
+            "quality": measure_quality(ctx, name, train=train, synthetic=synthetic),
+        },
+    )
     return synthetic
-

@@ -130,8 +130,16 @@ REFERENCES: tuple[str, ...] = (
 DEFAULTS: dict[str, Any] = {"groups": "tone2", "lam": 5.0, "outer": 0.02, "sigma": 0.5, "student": {}}
 #: the ME repository's student recipe (train.sh / train_mfd.py), for the paper profile
 PAPER_TRAIN: dict[str, Any] = {
-    "optimizer": "sgd", "momentum": 0.9, "nesterov": True, "lr": 0.01, "weight_decay": 1e-5,
-    "schedule": "step", "step_size": 100, "gamma": 0.1, "epochs": 200, "batch_size": 128,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "nesterov": True,
+    "lr": 0.01,
+    "weight_decay": 1e-5,
+    "schedule": "step",
+    "step_size": 100,
+    "gamma": 0.1,
+    "epochs": 200,
+    "batch_size": 128,
 }
 #: the student's sampler: balanced over (label, group) cells, unknown groups left out (the tiny
 #: profile's; `mfd.student.sampler` overrides it: the paper profile's is the plain loader)
@@ -150,8 +158,11 @@ def dermbench_method_defaults(profile: str, dataset: str) -> dict:
     own = {k: v for k, v in DEFAULTS.items() if k != "groups"}
     if profile == "paper":
         student_model = {"backbone": PAPER_STUDENT.get(dataset, PAPER_STUDENT["fitz17k"]), "pretrained": True}
-        return paper_protocol(dataset, name, {**own, "student": {**PAPER_TRAIN, "sampler": "none"},
-                                              "student_model": student_model})
+        return paper_protocol(
+            dataset,
+            name,
+            {**own, "student": {**PAPER_TRAIN, "sampler": "none"}, "student_model": student_model},
+        )
     return {name: dict(DEFAULTS)}
 
 
@@ -172,8 +183,11 @@ def check_settings(settings: dict) -> dict[str, Any]:
     for key in settings:
         if key not in DEFAULTS and key not in OPTIONAL:
             guess = closest(str(key), [*DEFAULTS, *OPTIONAL])
-            raise ConfigError(f"unknown setting {name}.{key}" + (f"; did you mean {name}.{guess}?" if guess else "")
-                              + f" (MFD's settings: {', '.join(DEFAULTS)})")
+            raise ConfigError(
+                f"unknown setting {name}.{key}"
+                + (f"; did you mean {name}.{guess}?" if guess else "")
+                + f" (MFD's settings: {', '.join(DEFAULTS)})"
+            )
     merged = {**DEFAULTS, **settings}
     scheme = check_scheme(merged["groups"], f"{name}.groups")
     return {
@@ -187,9 +201,15 @@ def check_settings(settings: dict) -> dict[str, Any]:
 
 
 def _student_model(spec: Any) -> dict[str, Any]:
-    if not isinstance(spec, dict) or not isinstance(spec.get("backbone"), str) or set(spec) - {"backbone", "pretrained"}:
-        raise ConfigError(f"{name}.student_model must be {{backbone: <timm model>, pretrained: true|false|<file>}}, "
-                          f"got {spec!r}")
+    if (
+        not isinstance(spec, dict)
+        or not isinstance(spec.get("backbone"), str)
+        or set(spec) - {"backbone", "pretrained"}
+    ):
+        raise ConfigError(
+            f"{name}.student_model must be {{backbone: <timm model>, pretrained: true|false|<file>}}, "
+            f"got {spec!r}"
+        )
     return {"backbone": spec["backbone"], "pretrained": spec.get("pretrained", False)}
 
 
@@ -205,13 +225,20 @@ def build_student(ctx, model: nn.Module, settings: dict, num_classes: int) -> nn
         return model
     torch.manual_seed(seed_for(ctx.seed, "model-init"))
     m = ctx.config["model"]
-    return create_backbone(spec["backbone"], num_classes=num_classes, pretrained=spec["pretrained"],
-                           drop_rate=m["drop_rate"], image_size=ctx.config["data"]["image_size"])
+    return create_backbone(
+        spec["backbone"],
+        num_classes=num_classes,
+        pretrained=spec["pretrained"],
+        drop_rate=m["drop_rate"],
+        image_size=ctx.config["data"]["image_size"],
+    )
 
 
 def _student(student: Any) -> dict[str, Any]:
     if not isinstance(student, dict):
-        raise ConfigError(f"{name}.student must be a mapping of train settings for the student, got {student!r}")
+        raise ConfigError(
+            f"{name}.student must be a mapping of train settings for the student, got {student!r}"
+        )
     return dict(student)
 
 
@@ -226,8 +253,16 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def class_group_mmd(teacher: torch.Tensor, student: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, *,
-                    num_classes: int, num_groups: int, sigma: float) -> torch.Tensor:
+def class_group_mmd(
+    teacher: torch.Tensor,
+    student: torch.Tensor,
+    labels: torch.Tensor,
+    groups: torch.Tensor,
+    *,
+    num_classes: int,
+    num_groups: int,
+    sigma: float,
+) -> torch.Tensor:
     """sum over classes c and groups g of MMD^2(T_c, S_{c,g}), unweighted (see the module docstring).
 
     `teacher` and `student` are (N, ...) features of the same N samples (flattened per sample);
@@ -249,7 +284,9 @@ def class_group_mmd(teacher: torch.Tensor, student: torch.Tensor, labels: torch.
         # membership: in_t[i, c] = sample i is in T_c; in_s[i, m] = sample i is in S_m, m = c * G + g
         in_t = nn.functional.one_hot(labels, num_classes).to(s.dtype)
         cell = torch.where(known, labels * num_groups + groups.clamp(min=0), torch.zeros_like(labels))
-        in_s = nn.functional.one_hot(cell, num_classes * num_groups).to(s.dtype) * known.unsqueeze(1).to(s.dtype)
+        in_s = nn.functional.one_hot(cell, num_classes * num_groups).to(s.dtype) * known.unsqueeze(1).to(
+            s.dtype
+        )
         in_t_cell = in_t.repeat_interleave(num_groups, dim=1)  # T_c of each cell m = (c, g)
         n_t = in_t_cell.sum(0)
         n_s = in_s.sum(0)
@@ -294,8 +331,10 @@ class FeatureTap:
         features, self.features = self.features, None
         if features is None or features.shape[0] != n:
             got = "nothing" if features is None else f"{features.shape[0]} rows"
-            raise DermbenchError(f"{name}: expected the {self.role}'s features of the {n} batch samples from its "
-                                 f"classifier head ({self.head_name}), got {got}")
+            raise DermbenchError(
+                f"{name}: expected the {self.role}'s features of the {n} batch samples from its "
+                f"classifier head ({self.head_name}), got {got}"
+            )
         self.dim = int(features[0].numel())
         return features
 
@@ -307,14 +346,22 @@ def cell_counts(train: Split, scheme: str) -> tuple[dict[str, dict[str, int]], i
     """{class: {group: training samples}} for every (class, group) cell, and the unknown-group count."""
     codes = group_codes(train, scheme)
     names = group_names(scheme)
-    cells = {str(c): {g: int(((train.labels == k) & (codes == j)).sum()) for j, g in enumerate(names)}
-             for k, c in enumerate(train.classes)}
+    cells = {
+        str(c): {g: int(((train.labels == k) & (codes == j)).sum()) for j, g in enumerate(names)}
+        for k, c in enumerate(train.classes)
+    }
     return cells, int((codes < 0).sum())
 
 
-def _not_finite(term: torch.Tensor, teacher: torch.Tensor, student: torch.Tensor, step: int, weight: float) -> DermbenchError:
+def _not_finite(
+    term: torch.Tensor, teacher: torch.Tensor, student: torch.Tensor, step: int, weight: float
+) -> DermbenchError:
     def finite(x: torch.Tensor) -> str:
-        return "finite" if bool(torch.isfinite(x).all()) else f"{int((~torch.isfinite(x)).sum())} non-finite value(s)"
+        return (
+            "finite"
+            if bool(torch.isfinite(x).all())
+            else f"{int((~torch.isfinite(x)).sum())} non-finite value(s)"
+        )
 
     with torch.no_grad():
         t, s = _as_float(teacher), _as_float(student)
@@ -333,7 +380,9 @@ def check_run_settings(config: dict) -> dict[str, Any]:
     for key in settings["student"]:
         if key not in config.get("train", {}):
             guess = closest(key, config.get("train", {}))
-            raise ConfigError(f"{name}.student.{key} is no train setting" + (f"; did you mean {guess!r}?" if guess else ""))
+            raise ConfigError(
+                f"{name}.student.{key} is no train setting" + (f"; did you mean {guess!r}?" if guess else "")
+            )
     return settings
 
 
@@ -356,17 +405,27 @@ def fit(ctx, model: nn.Module, train: Split, val: Split) -> nn.Module:
         )
     weight = settings["outer"] * settings["lam"] / 2.0
     record: dict[str, Any] = {
-        "settings": dict(settings), "scheme": scheme, "groups": list(names), "weight": weight,
+        "settings": dict(settings),
+        "scheme": scheme,
+        "groups": list(names),
+        "weight": weight,
         "teacher": "the trained ERM model from the shared ERM cache (methods.erm.checkpoint), frozen",
         "student_sampler": student_train_settings(settings)["sampler"],
-        "student_model": settings.get("student_model") or "the harness's model (model section)", "train_cells": cells, "unknown_group_excluded": unknown,
+        "student_model": settings.get("student_model") or "the harness's model (model section)",
+        "train_cells": cells,
+        "unknown_group_excluded": unknown,
     }
-    if ctx.config.get("profile") == "paper" and (published := reported(ctx.config.get("dataset"), name)) is not None:
+    if (
+        ctx.config.get("profile") == "paper"
+        and (published := reported(ctx.config.get("dataset"), name)) is not None
+    ):
         record["paper"] = published
     ctx.record(name, record)
-    ctx.say(f"{name}: {scheme} groups {', '.join(present)}; distillation weight {weight:.4g} "
-            f"(outer {settings['outer']:g} * lam {settings['lam']:g} / 2), sigma {settings['sigma']:g}; "
-            f"{unknown} training sample(s) of unknown group left out")
+    ctx.say(
+        f"{name}: {scheme} groups {', '.join(present)}; distillation weight {weight:.4g} "
+        f"(outer {settings['outer']:g} * lam {settings['lam']:g} / 2), sigma {settings['sigma']:g}; "
+        f"{unknown} training sample(s) of unknown group left out"
+    )
 
     teacher = ctx.pretrained_erm(train, val)  # the ERM baseline's model, from its own initialisation
     teacher.eval()
@@ -387,18 +446,31 @@ def fit(ctx, model: nn.Module, train: Split, val: Split) -> nn.Module:
         with torch.no_grad():
             teacher(batch.x)
         teacher_features = teacher_tap.take(n)
-        term = class_group_mmd(teacher_features, student, batch.y, batch.group, num_classes=logits.shape[1],
-                               num_groups=num_groups, sigma=sigma)
+        term = class_group_mmd(
+            teacher_features,
+            student,
+            batch.y,
+            batch.group,
+            num_classes=logits.shape[1],
+            num_groups=num_groups,
+            sigma=sigma,
+        )
         if not bool(torch.isfinite(term)):
             raise _not_finite(term, teacher_features, student, steps[0], weight)
         return weight * term
 
     try:
-        student = ctx.train_model(model, train, val, name=name, groups=scheme,
-                                  settings=student_train_settings(settings), extra_loss=mmd_loss)
+        student = ctx.train_model(
+            model,
+            train,
+            val,
+            name=name,
+            groups=scheme,
+            settings=student_train_settings(settings),
+            extra_loss=mmd_loss,
+        )
     finally:
         teacher_tap.close()
         student_tap.close()
     ctx.record(name, {"features": {"module": student_tap.head_name, "dim": student_tap.dim}})
     return student
-

@@ -102,13 +102,15 @@ _IMAGE_REF = re.compile(r"^synthderm://([a-z_]+)/(\d+)$")
 TINY = {
     "request": DERMDIFF,
     "per_cell": DERMDIFF_PER_CELL["tiny"],
-    **TRANSLATION["tiny"], "target_fst": list(TRANSLATION["tiny"]["target_fst"]),
+    **TRANSLATION["tiny"],
+    "target_fst": list(TRANSLATION["tiny"]["target_fst"]),
     "quality": {"pairs": 200, "inception": None},
 }
 PAPER = {
     **TINY,
     "per_cell": DERMDIFF_PER_CELL["paper"],
-    **TRANSLATION["paper"], "target_fst": list(TRANSLATION["paper"]["target_fst"]),
+    **TRANSLATION["paper"],
+    "target_fst": list(TRANSLATION["paper"]["target_fst"]),
 }
 
 
@@ -164,9 +166,11 @@ def synthderm_of(ctx) -> SynthDerm:
 
 
 def no_renderer(dataset: str) -> str:
-    return (f"method {name!r} renders its synthetic samples with SynthDerm's procedural generator, and dataset "
-            f"{dataset!r} has no renderer (its images are files, with no model to draw new ones from); run {name} "
-            f"with --dataset synthderm, or a generative method (dermdiff, majority2minority) on {dataset!r}")
+    return (
+        f"method {name!r} renders its synthetic samples with SynthDerm's procedural generator, and dataset "
+        f"{dataset!r} has no renderer (its images are files, with no model to draw new ones from); run {name} "
+        f"with --dataset synthderm, or a generative method (dermdiff, majority2minority) on {dataset!r}"
+    )
 
 
 # --------------------------------------------------------------------------------------- seeds
@@ -204,8 +208,10 @@ def check_disjoint(oracle: Mapping[str, int], protocol: Mapping[str, int]) -> No
     values = [int(v) for v in oracle.values()]
     shared = sorted(set(values) & {int(v) for v in protocol.values()})
     if shared or len(set(values)) != len(values) or any(not 0 <= v < 2**32 for v in values):
-        raise DermbenchError(f"{name}: render seeds {values} are not distinct 32-bit seeds disjoint from the protocol "
-                             f"generations' {dict(protocol)} (shared: {shared})")
+        raise DermbenchError(
+            f"{name}: render seeds {values} are not distinct 32-bit seeds disjoint from the protocol "
+            f"generations' {dict(protocol)} (shared: {shared})"
+        )
 
 
 # -------------------------------------------------------------------------------------- plans
@@ -217,7 +223,9 @@ def group_mix(table: pd.DataFrame, tone3: str) -> tuple[float, ...]:
     fst = pd.to_numeric(table["fst"], errors="coerce")
     counts = np.array([float((fst == f).sum()) if f in GROUP_FST[tone3] else 0.0 for f in range(1, 7)])
     if counts.sum() == 0:
-        counts = np.array([w if f in GROUP_FST[tone3] else 0.0 for f, w in zip(range(1, 7), FITZ17K_TONE_MIX)])
+        counts = np.array(
+            [w if f in GROUP_FST[tone3] else 0.0 for f, w in zip(range(1, 7), FITZ17K_TONE_MIX)]
+        )
     return tuple(float(c) for c in counts / counts.sum())
 
 
@@ -227,14 +235,20 @@ def _batches(groups: pd.Series, keys: pd.Series) -> pd.Series:
     return keys.astype(str) + "-" + part.astype(str)
 
 
-def dermdiff_plan(train_table: pd.DataFrame, classes: tuple[str, ...], *, per_cell: int | None) -> pd.DataFrame:
+def dermdiff_plan(
+    train_table: pd.DataFrame, classes: tuple[str, ...], *, per_cell: int | None
+) -> pd.DataFrame:
     """One row per sample of DermDiff's request, in its order: sample_id, label, class_name, tone3,
     batch; and the batch's FST mix (`mix`)."""
     cells = balanced_cells(classes, per_cell=cell_count(per_cell, train_table))
     cell = cells["tone3"] + "-" + cells["label"].astype(str)
     return cells.assign(
         sample_id=[f"{name}-{t}-{y}-{k}" for t, y, k in zip(cells["tone3"], cells["label"], cells["k"])],
-        fst=np.nan, source_id="", generation="", index=-1, batch=_batches(cell, cell),
+        fst=np.nan,
+        source_id="",
+        generation="",
+        index=-1,
+        batch=_batches(cell, cell),
         mix=[group_mix(train_table, t) for t in cells["tone3"]],
     )
 
@@ -247,25 +261,42 @@ def position(ref: str) -> tuple[str, int]:
     return match.group(1), int(match.group(2))
 
 
-def translation_oracle_plan(train_table: pd.DataFrame, classes: tuple[str, ...], *, hp: Mapping[str, Any],
-                            rng: np.random.Generator, seed: int) -> pd.DataFrame:
+def translation_oracle_plan(
+    train_table: pd.DataFrame,
+    classes: tuple[str, ...],
+    *,
+    hp: Mapping[str, Any],
+    rng: np.random.Generator,
+    seed: int,
+) -> pd.DataFrame:
     """One row per translation majority-to-minority would ask for (its sources, drawn with `rng`,
     which must be its own stream; its targets, from the run `seed`): sample_id, label, class_name,
     tone3 "C", fst (the target), source_id, generation and index (the source's scene), batch."""
     rows = translation_sources(train_table, max_sources=hp["max_sources"], rng=rng)
     if not len(rows):
-        raise DataError(f"{name}: no training image has FST I, II, V or VI to re-render (request majority2minority)")
-    plan = translation_plan(train_table, rows, per_image=hp["per_image"], target_fst=hp["target_fst"], seed=seed)
+        raise DataError(
+            f"{name}: no training image has FST I, II, V or VI to re-render (request majority2minority)"
+        )
+    plan = translation_plan(
+        train_table, rows, per_image=hp["per_image"], target_fst=hp["target_fst"], seed=seed
+    )
     where = [position(ref) for ref in train_table["image"].iloc[plan["row"].to_numpy()]]
     generation = pd.Series([g for g, _ in where])
     key = generation + "-" + plan["k"].astype(str)
-    return pd.DataFrame({
-        "sample_id": [f"{name}-{s}-{k}" for s, k in zip(plan["source_id"], plan["k"])],
-        "label": plan["label"].to_numpy(), "class_name": [classes[int(y)] for y in plan["label"]],
-        "tone3": "C", "fst": plan["fst"].to_numpy(dtype=float), "source_id": plan["source_id"].to_numpy(),
-        "generation": generation.to_numpy(), "index": np.array([i for _, i in where], dtype=np.int64),
-        "batch": _batches(key, key).to_numpy(), "mix": None,
-    })
+    return pd.DataFrame(
+        {
+            "sample_id": [f"{name}-{s}-{k}" for s, k in zip(plan["source_id"], plan["k"])],
+            "label": plan["label"].to_numpy(),
+            "class_name": [classes[int(y)] for y in plan["label"]],
+            "tone3": "C",
+            "fst": plan["fst"].to_numpy(dtype=float),
+            "source_id": plan["source_id"].to_numpy(),
+            "generation": generation.to_numpy(),
+            "index": np.array([i for _, i in where], dtype=np.int64),
+            "batch": _batches(key, key).to_numpy(),
+            "mix": None,
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------ rendering
@@ -283,8 +314,9 @@ def retoned_scenes(base: Scenes, index: np.ndarray, fst: np.ndarray, *, seed: in
     return with_skin(base, index, fst=fst, ita=ita, skin=skin, seed=seed)
 
 
-def with_skin(base: Scenes, index: np.ndarray, *, fst: np.ndarray, ita: np.ndarray, skin: np.ndarray,
-              seed: int) -> Scenes:
+def with_skin(
+    base: Scenes, index: np.ndarray, *, fst: np.ndarray, ita: np.ndarray, skin: np.ndarray, seed: int
+) -> Scenes:
     """`base[index]` on the given skin (FST, ITA, CIELAB), the rest kept as `retoned_scenes` says:
     SynthDerm's own `with_skin` (dermbench.datasets.synthderm), which redraws the lesion and texture
     given the skin with the generator's own streams, so a re-rendered lesion follows the generator's
@@ -295,20 +327,37 @@ def with_skin(base: Scenes, index: np.ndarray, *, fst: np.ndarray, ita: np.ndarr
     return scenes_with_skin(base, index, fst=fst, ita=ita, skin=skin, seed=seed)
 
 
-def render_plan(ds: SynthDerm, plan: pd.DataFrame, seeds: Mapping[str, int], *, image_size: int,
-                dermoscopic: bool, spurious: float, out: np.ndarray) -> np.ndarray:
+def render_plan(
+    ds: SynthDerm,
+    plan: pd.DataFrame,
+    seeds: Mapping[str, int],
+    *,
+    image_size: int,
+    dermoscopic: bool,
+    spurious: float,
+    out: np.ndarray,
+) -> np.ndarray:
     """Render every batch of `plan` into `out` (n, S, S, 3) at the plan's positions; returns the FST
     of each rendered sample."""
     fst = np.zeros(len(plan), dtype=np.int64)
     for key, rows in plan.groupby("batch", sort=False).indices.items():
         first = plan.iloc[rows[0]]
         if first["generation"]:
-            scenes = retoned_scenes(ds.scenes(first["generation"]), plan["index"].to_numpy()[rows],
-                                    plan["fst"].to_numpy()[rows].astype(np.int64), seed=seeds[key])
+            scenes = retoned_scenes(
+                ds.scenes(first["generation"]),
+                plan["index"].to_numpy()[rows],
+                plan["fst"].to_numpy()[rows].astype(np.int64),
+                seed=seeds[key],
+            )
         else:
-            scenes = sample_scenes(len(rows), seed=seeds[key], tone_mix=first["mix"],
-                                   malignant_rate=float(first["class_name"] == "malignant"),
-                                   dermoscopic=dermoscopic, spurious=spurious)
+            scenes = sample_scenes(
+                len(rows),
+                seed=seeds[key],
+                tone_mix=first["mix"],
+                malignant_rate=float(first["class_name"] == "malignant"),
+                dermoscopic=dermoscopic,
+                spurious=spurious,
+            )
         images, _ = render(scenes, image_size=image_size)
         out[rows] = images
         fst[rows] = scenes.table["fst"].to_numpy()
@@ -318,8 +367,9 @@ def render_plan(ds: SynthDerm, plan: pd.DataFrame, seeds: Mapping[str, int], *, 
 def build_plan(ctx, ds: SynthDerm, train, hp: Mapping[str, Any]) -> pd.DataFrame:
     if hp["request"] == DERMDIFF:
         return dermdiff_plan(train.table, train.classes, per_cell=hp["per_cell"])
-    return translation_oracle_plan(train.table, train.classes, hp=hp, rng=ctx.rng(f"{MAJORITY2MINORITY}-sources"),
-                                   seed=ctx.seed)
+    return translation_oracle_plan(
+        train.table, train.classes, hp=hp, rng=ctx.rng(f"{MAJORITY2MINORITY}-sources"), seed=ctx.seed
+    )
 
 
 def _plan_digest(plan: pd.DataFrame, seeds: Mapping[str, int]) -> str:
@@ -335,43 +385,84 @@ def augment(ctx, train):
     hp = check_settings(ctx.hparams(name))
     ds = synthderm_of(ctx)
     if tuple(train.classes) != ("benign", "malignant"):
-        raise DataError(f"{name}: SynthDerm's renderer draws benign and malignant lesions, not classes {train.classes}")
+        raise DataError(
+            f"{name}: SynthDerm's renderer draws benign and malignant lesions, not classes {train.classes}"
+        )
     size = int(train.images.shape[1])
     plan = build_plan(ctx, ds, train, hp)
     protocol = protocol_seeds(ds)
-    seeds = oracle_seeds(plan["batch"].unique().tolist(), seed=ctx.seed, data_seed=int(ds.options["data_seed"]),
-                         taken=protocol.values())
+    seeds = oracle_seeds(
+        plan["batch"].unique().tolist(),
+        seed=ctx.seed,
+        data_seed=int(ds.options["data_seed"]),
+        taken=protocol.values(),
+    )
     check_disjoint(seeds, protocol)
     domain = str(train.table["domain"].mode().iloc[0])
     dermoscopic = domain == "dermoscopic"
     spurious = float(ds.options["spurious"]) if ds.fedd_setting is None else 0.0
-    material = {"model": "synthderm-oracle", "version": VERSION, "generator": GENERATOR_VERSION,
-                "data": ds.fingerprint()["digest"], "request": hp["request"], "plan": _plan_digest(plan, seeds),
-                "n": len(plan), "image_size": size, "dermoscopic": dermoscopic, "spurious": spurious}
+    material = {
+        "model": "synthderm-oracle",
+        "version": VERSION,
+        "generator": GENERATOR_VERSION,
+        "data": ds.fingerprint()["digest"],
+        "request": hp["request"],
+        "plan": _plan_digest(plan, seeds),
+        "n": len(plan),
+        "image_size": size,
+        "dermoscopic": dermoscopic,
+        "spurious": spurious,
+    }
 
     def build(folder):
-        out = np.lib.format.open_memmap(folder / IMAGES, mode="w+", dtype=np.uint8, shape=(len(plan), size, size, 3))
-        fst = render_plan(ds, plan, seeds, image_size=size, dermoscopic=dermoscopic, spurious=spurious, out=out)
+        out = np.lib.format.open_memmap(
+            folder / IMAGES, mode="w+", dtype=np.uint8, shape=(len(plan), size, size, 3)
+        )
+        fst = render_plan(
+            ds, plan, seeds, image_size=size, dermoscopic=dermoscopic, spurious=spurious, out=out
+        )
         out.flush()
         del out
-        manifest = plan.assign(fst=fst, seed=plan["batch"].map(seeds), domain=domain, prompt=[
-            f"SynthDerm render: {c} lesion, FST {f}" for c, f in zip(plan["class_name"], fst)])
+        manifest = plan.assign(
+            fst=fst,
+            seed=plan["batch"].map(seeds),
+            domain=domain,
+            prompt=[f"SynthDerm render: {c} lesion, FST {f}" for c, f in zip(plan["class_name"], fst)],
+        )
         manifest[list(MANIFEST_COLUMNS)].to_csv(folder / MANIFEST, index=False)
 
-    ctx.say(f"{name}: rendering {len(plan)} SynthDerm samples for the {hp['request']} request "
-            f"({len(seeds)} batch(es), seeds disjoint from the protocol generations')")
+    ctx.say(
+        f"{name}: rendering {len(plan)} SynthDerm samples for the {hp['request']} request "
+        f"({len(seeds)} batch(es), seeds disjoint from the protocol generations')"
+    )
     entry = cached_entry("generations", material, build, say=ctx.say)
     synthetic = synthetic_split(ctx, entry, train, name=name)
-    requested = ({"per_cell": cell_count(hp["per_cell"], train.table)} if hp["request"] == DERMDIFF else
-                 {"per_image": hp["per_image"], "max_sources": hp["max_sources"], "target_fst": hp["target_fst"],
-                  "sources": int(plan["source_id"].nunique()),
-                  "lesions": "the sources' own, re-rendered on the target tone"})
-    ctx.record(name, {
-        "request": hp["request"], "requested": requested,
-        "renderer": {"dataset": ds.name, "generator": GENERATOR_VERSION, "data_seed": int(ds.options["data_seed"]),
-                     "spurious": spurious, "domain": domain},
-        "seeds": {"protocol": protocol, "render": seeds, "batch_size": BATCH, "disjoint": True},
-        "generation": {**entry.info(), "n": len(plan), "image_size": size},
-        "quality": measure_quality(ctx, name, train=train, synthetic=synthetic),
-    })
+    requested = (
+        {"per_cell": cell_count(hp["per_cell"], train.table)}
+        if hp["request"] == DERMDIFF
+        else {
+            "per_image": hp["per_image"],
+            "max_sources": hp["max_sources"],
+            "target_fst": hp["target_fst"],
+            "sources": int(plan["source_id"].nunique()),
+            "lesions": "the sources' own, re-rendered on the target tone",
+        }
+    )
+    ctx.record(
+        name,
+        {
+            "request": hp["request"],
+            "requested": requested,
+            "renderer": {
+                "dataset": ds.name,
+                "generator": GENERATOR_VERSION,
+                "data_seed": int(ds.options["data_seed"]),
+                "spurious": spurious,
+                "domain": domain,
+            },
+            "seeds": {"protocol": protocol, "render": seeds, "batch_size": BATCH, "disjoint": True},
+            "generation": {**entry.info(), "n": len(plan), "image_size": size},
+            "quality": measure_quality(ctx, name, train=train, synthetic=synthetic),
+        },
+    )
     return synthetic

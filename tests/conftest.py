@@ -94,10 +94,32 @@ DERM7PT_DIAGNOSES = [
 ISIC2018_CLASSES = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
 ISIC2019_CLASSES = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
 PAD_COLUMNS = [
-    "patient_id", "lesion_id", "smoke", "drink", "background_father", "background_mother", "age", "pesticide",
-    "gender", "skin_cancer_history", "cancer_history", "has_piped_water", "has_sewage_system", "fitspatrick",
-    "region", "diameter_1", "diameter_2", "diagnostic", "itch", "grew", "hurt", "changed", "bleed", "elevation",
-    "img_id", "biopsed",
+    "patient_id",
+    "lesion_id",
+    "smoke",
+    "drink",
+    "background_father",
+    "background_mother",
+    "age",
+    "pesticide",
+    "gender",
+    "skin_cancer_history",
+    "cancer_history",
+    "has_piped_water",
+    "has_sewage_system",
+    "fitspatrick",
+    "region",
+    "diameter_1",
+    "diameter_2",
+    "diagnostic",
+    "itch",
+    "grew",
+    "hurt",
+    "changed",
+    "bleed",
+    "elevation",
+    "img_id",
+    "biopsed",
 ]
 PAD_DIAGNOSES = ["ACK", "BCC", "MEL", "NEV", "SCC", "SEK"]
 
@@ -113,7 +135,9 @@ class FakeTree:
     case_mismatched: list[str] = field(default_factory=list)
 
 
-def write_image(path: Path, rgb: tuple[int, int, int], *, size: int = 8, mode: str = "RGB", height: int | None = None):
+def write_image(
+    path: Path, rgb: tuple[int, int, int], *, size: int = 8, mode: str = "RGB", height: int | None = None
+):
     """A tiny solid image with a darker centre 'lesion' (format from the extension, any case)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     width, height = size, height or size
@@ -190,7 +214,9 @@ def build_fitz17k(
     meta.to_csv(root / "fitzpatrick17k.csv", index=False)
     total = len(meta)
     missing_ids = meta["md5hash"].iloc[total - missing :].tolist() if missing else []
-    truncated_ids = meta["md5hash"].iloc[total - missing - truncated : total - missing].tolist() if truncated else []
+    truncated_ids = (
+        meta["md5hash"].iloc[total - missing - truncated : total - missing].tolist() if truncated else []
+    )
     for row in meta.itertuples():
         if row.md5hash in missing_ids:
             continue
@@ -212,7 +238,12 @@ def build_ddi(root: Path, *, n: int = 12, spellings: bool = False) -> FakeTree:
     spellings (true/1/yes/FALSE/0/no) instead of the release's True/False.
     """
     malignant_diseases = ["melanoma-in-situ", "basal-cell-carcinoma", "squamous-cell-carcinoma-in-situ"]
-    benign_diseases = ["seborrheic-keratosis-irritated", "verruca-vulgaris", "melanocytic-nevi", "epidermal-cyst"]
+    benign_diseases = [
+        "seborrheic-keratosis-irritated",
+        "verruca-vulgaris",
+        "melanocytic-nevi",
+        "epidermal-cyst",
+    ]
     true_words, false_words = ["true", "1", "yes", "TRUE"], ["FALSE", "0", "no", "false"]
     rows = []
     for i in range(n):
@@ -223,8 +254,13 @@ def build_ddi(root: Path, *, n: int = 12, spellings: bool = False) -> FakeTree:
             word = "True" if malignant else "False"
         disease = malignant_diseases[i % 3] if malignant else benign_diseases[i % 4]
         rows.append(
-            {"DDI_ID": i + 1, "DDI_file": f"{i + 1:06d}.png", "skin_tone": (12, 34, 56)[i % 3], "malignant": word,
-             "disease": disease}
+            {
+                "DDI_ID": i + 1,
+                "DDI_file": f"{i + 1:06d}.png",
+                "skin_tone": (12, 34, 56)[i % 3],
+                "malignant": word,
+                "disease": disease,
+            }
         )
     meta = pd.DataFrame(rows)
     root.mkdir(parents=True, exist_ok=True)
@@ -362,7 +398,9 @@ def build_isic2019(root: Path, *, n: int = 48) -> FakeTree:
     sites = ["anterior torso", "upper extremity", "posterior torso", "lower extremity", "head/neck", ""]
     for i in range(n):
         image = f"ISIC_{i:07d}" + ("_downsampled" if i % 4 == 3 else "")
-        gt.append({"image": image, **_one_hot(ISIC2019_CLASSES[(i // 2) % 8], ISIC2019_CLASSES), "UNK": "0.0"})
+        gt.append(
+            {"image": image, **_one_hot(ISIC2019_CLASSES[(i // 2) % 8], ISIC2019_CLASSES), "UNK": "0.0"}
+        )
         lesion = "" if (i // 2) % 5 == 4 else f"{'BCN' if i % 3 else 'HAM'}_{i // 2:07d}"
         meta_rows.append(
             {
@@ -395,16 +433,32 @@ def build_pad_ufes(root: Path, *, n: int = 24) -> FakeTree:
         blank = i % 6 == 5
         rows.append(
             {
-                "patient_id": patient, "lesion_id": lesion, "smoke": "" if blank else "False",
-                "drink": "" if blank else "False", "background_father": "" if blank else "POMERANIA",
-                "background_mother": "" if blank else "POMERANIA", "age": 40 + i, "pesticide": "" if blank else "False",
-                "gender": "" if blank else ["FEMALE", "MALE"][i % 2], "skin_cancer_history": "" if blank else "True",
-                "cancer_history": "" if blank else "False", "has_piped_water": "" if blank else "True",
-                "has_sewage_system": "" if blank else "True", "fitspatrick": "" if blank else f"{1 + i % 6}.0",
-                "region": ["FACE", "ARM", "NECK", "BACK"][i % 4], "diameter_1": "" if blank else "6.0",
-                "diameter_2": "" if blank else "5.0", "diagnostic": PAD_DIAGNOSES[i % 6], "itch": "False",
-                "grew": "UNK", "hurt": "False", "changed": "UNK", "bleed": "False", "elevation": "True",
-                "img_id": f"{patient}_{lesion}_{500 + i}.png", "biopsed": "True" if i % 6 != 3 else "False",
+                "patient_id": patient,
+                "lesion_id": lesion,
+                "smoke": "" if blank else "False",
+                "drink": "" if blank else "False",
+                "background_father": "" if blank else "POMERANIA",
+                "background_mother": "" if blank else "POMERANIA",
+                "age": 40 + i,
+                "pesticide": "" if blank else "False",
+                "gender": "" if blank else ["FEMALE", "MALE"][i % 2],
+                "skin_cancer_history": "" if blank else "True",
+                "cancer_history": "" if blank else "False",
+                "has_piped_water": "" if blank else "True",
+                "has_sewage_system": "" if blank else "True",
+                "fitspatrick": "" if blank else f"{1 + i % 6}.0",
+                "region": ["FACE", "ARM", "NECK", "BACK"][i % 4],
+                "diameter_1": "" if blank else "6.0",
+                "diameter_2": "" if blank else "5.0",
+                "diagnostic": PAD_DIAGNOSES[i % 6],
+                "itch": "False",
+                "grew": "UNK",
+                "hurt": "False",
+                "changed": "UNK",
+                "bleed": "False",
+                "elevation": "True",
+                "img_id": f"{patient}_{lesion}_{500 + i}.png",
+                "biopsed": "True" if i % 6 != 3 else "False",
             }
         )
     meta = pd.DataFrame(rows, columns=PAD_COLUMNS)

@@ -24,18 +24,41 @@ VARY = ["fairprune.beta", "fairprune.ratio"]
 
 def runs(rows: list[tuple[float, float, int, float, float, float]]) -> pd.DataFrame:
     """One row per run as collect_ablation returns them: (beta, ratio, seed, acc, auc, eodd)."""
-    return pd.DataFrame([{"method": "fairprune", "fairprune.beta": b, "fairprune.ratio": r, "seed": s, "acc": acc,
-                          "auc": auc, "eodd": eodd, "eodd_net": eodd, "eopp1": eodd / 2}
-                         for b, r, s, acc, auc, eodd in rows])
+    return pd.DataFrame(
+        [
+            {
+                "method": "fairprune",
+                "fairprune.beta": b,
+                "fairprune.ratio": r,
+                "seed": s,
+                "acc": acc,
+                "auc": auc,
+                "eodd": eodd,
+                "eodd_net": eodd,
+                "eopp1": eodd / 2,
+            }
+            for b, r, s, acc, auc, eodd in rows
+        ]
+    )
 
 
 #: the committed FairPrune ablation's shape: beta 1.0 collapses (AUC 0.415) at nearly ERM's accuracy
-COLLAPSE = runs([(0.33, 0.05, 0, 0.836, 0.8366, 0.2222), (0.33, 0.2, 0, 0.8365, 0.8367, 0.2247),
-                 (1.0, 0.05, 0, 0.808, 0.4153, 0.0473), (1.0, 0.2, 0, 0.802, 0.4151, 0.0524)])
+COLLAPSE = runs(
+    [
+        (0.33, 0.05, 0, 0.836, 0.8366, 0.2222),
+        (0.33, 0.2, 0, 0.8365, 0.8367, 0.2247),
+        (1.0, 0.05, 0, 0.808, 0.4153, 0.0473),
+        (1.0, 0.2, 0, 0.802, 0.4151, 0.0524),
+    ]
+)
 #: FairQuantize's: every target gives the same model to 3 decimals, AUC 0.870 against 0.872
-FLAT = runs([(b, t, 0, acc, auc + 1e-6 * i, eodd) for b, acc, auc, eodd in ((0.333, 0.819, 0.8696, 0.0419),
-                                                                            (1.0, 0.821, 0.8719, 0.0350))
-             for i, t in enumerate((0.1, 0.2, 0.4))])
+FLAT = runs(
+    [
+        (b, t, 0, acc, auc + 1e-6 * i, eodd)
+        for b, acc, auc, eodd in ((0.333, 0.819, 0.8696, 0.0419), (1.0, 0.821, 0.8719, 0.0350))
+        for i, t in enumerate((0.1, 0.2, 0.4))
+    ]
+)
 
 
 def test_axis_range_pads_the_data_and_never_spans_less_than_the_minimum():
@@ -107,15 +130,23 @@ def test_point_numbers_overprint_neither_each_other_nor_the_markers(frame):
         for box in boxes:
             assert not (box.x0 < cx < box.x1 and box.y0 < cy < box.y1)
     frame_box = ax.get_window_extent(renderer)
-    assert all(frame_box.x0 <= b.x0 and b.x1 <= frame_box.x1 and frame_box.y0 <= b.y0 and b.y1 <= frame_box.y1
-               for b in boxes)
+    assert all(
+        frame_box.x0 <= b.x0 and b.x1 <= frame_box.x1 and frame_box.y0 <= b.y0 and b.y1 <= frame_box.y1
+        for b in boxes
+    )
     legend = figure.legends[0].get_window_extent(renderer)
     assert not legend.overlaps(frame_box)  # the settings are listed beside the axes, not over the data
 
 
 def test_the_markdown_says_what_a_cell_is_and_links_the_plot():
-    text = render(summarise(COLLAPSE, VARY), VARY, test_set="synthderm", scheme="tone2", command="dermbench x",
-                  name="fp")
+    text = render(
+        summarise(COLLAPSE, VARY),
+        VARY,
+        test_set="synthderm",
+        scheme="tone2",
+        command="dermbench x",
+        name="fp",
+    )
     assert "Cells: one seed per row (no spread)" in text
     assert "![overall AUC against EOdd (tone2) on synthderm](fp.png)" in text
     assert "accuracy against" not in text.lower() and "accuracy-vs" not in text.lower()

@@ -17,16 +17,35 @@ import torch.nn.functional as F
 
 from dermbench.diffusion import adm
 
-SMALL = dict(image_size=32, num_channels=32, num_res_blocks=1, attention_resolutions=(16,), channel_mult=(1, 2),
-             num_head_channels=8)
+SMALL = dict(
+    image_size=32,
+    num_channels=32,
+    num_res_blocks=1,
+    attention_resolutions=(16,),
+    channel_mult=(1, 2),
+    num_head_channels=8,
+)
 
 
 # --------------------------------------------------------------------------- the reference ADM
 class Ref:
     """A random ADM state dict (guided-diffusion's key layout) and its forward pass."""
 
-    def __init__(self, *, image_size, num_channels, num_res_blocks, attention_resolutions, channel_mult,
-                 num_head_channels, scale_shift=True, updown=True, learn_sigma=True, legacy=True, seed=0):
+    def __init__(
+        self,
+        *,
+        image_size,
+        num_channels,
+        num_res_blocks,
+        attention_resolutions,
+        channel_mult,
+        num_head_channels,
+        scale_shift=True,
+        updown=True,
+        learn_sigma=True,
+        legacy=True,
+        seed=0,
+    ):
         self.g = torch.Generator().manual_seed(seed)
         self.nc, self.scale_shift, self.updown, self.legacy = num_channels, scale_shift, updown, legacy
         self.head = num_head_channels
@@ -131,11 +150,16 @@ class Ref:
     def f_res(self, key, x, emb, mode):
         h = F.silu(self.gn(f"{key}.in_layers.0", x))
         if mode == "up":
-            h, x = F.interpolate(h, scale_factor=2, mode="nearest"), F.interpolate(x, scale_factor=2, mode="nearest")
+            h, x = (
+                F.interpolate(h, scale_factor=2, mode="nearest"),
+                F.interpolate(x, scale_factor=2, mode="nearest"),
+            )
         elif mode == "down":
             h, x = F.avg_pool2d(h, 2, 2), F.avg_pool2d(x, 2, 2)
         h = self.c(f"{key}.in_layers.2", h, padding=1)
-        e = F.linear(F.silu(emb), self.p(f"{key}.emb_layers.1.weight"), self.p(f"{key}.emb_layers.1.bias"))[..., None, None]
+        e = F.linear(F.silu(emb), self.p(f"{key}.emb_layers.1.weight"), self.p(f"{key}.emb_layers.1.bias"))[
+            ..., None, None
+        ]
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
             h = self.gn(f"{key}.out_layers.0", h) * (1 + scale) + shift
@@ -180,8 +204,11 @@ class Ref:
         freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
         args = t.float()[:, None] * freqs[None]
         temb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        emb = F.linear(F.silu(F.linear(temb, self.p("time_embed.0.weight"), self.p("time_embed.0.bias"))),
-                       self.p("time_embed.2.weight"), self.p("time_embed.2.bias"))
+        emb = F.linear(
+            F.silu(F.linear(temb, self.p("time_embed.0.weight"), self.p("time_embed.0.bias"))),
+            self.p("time_embed.2.weight"),
+            self.p("time_embed.2.bias"),
+        )
         hs, h, decoder = [], x, []
         for layers in self.inputs:
             h = self.f_block(layers, h, emb)
@@ -207,7 +234,9 @@ def inputs(seed: int = 1):
 def decoder_of(unet, x, t):
     from dermbench.diffusion.features import DecoderTaps
 
-    taps = DecoderTaps(unet, list(range(len(unet.up_blocks) * (unet.config.layers_per_block + 1))), lambda y: y)
+    taps = DecoderTaps(
+        unet, list(range(len(unet.up_blocks) * (unet.config.layers_per_block + 1))), lambda y: y
+    )
     try:
         with torch.no_grad():
             out = unet(x, t).sample
@@ -216,18 +245,29 @@ def decoder_of(unet, x, t):
     return out, [taps.outputs[b] for b in sorted(taps.outputs)]
 
 
-@pytest.mark.parametrize("variant", [
-    {},  # the paper's layout: scale-shift norm, up/down ResBlocks, legacy attention order
-    {"scale_shift": False, "updown": False, "legacy": False, "learn_sigma": False, "num_res_blocks": 2},
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},  # the paper's layout: scale-shift norm, up/down ResBlocks, legacy attention order
+        {"scale_shift": False, "updown": False, "legacy": False, "learn_sigma": False, "num_res_blocks": 2},
+    ],
+)
 def test_converted_unet_equals_the_reference_forward(variant):
     ref_kw = {**SMALL, **{k: v for k, v in variant.items() if k == "num_res_blocks"}}
-    ref = Ref(**ref_kw, scale_shift=variant.get("scale_shift", True), updown=variant.get("updown", True),
-              learn_sigma=variant.get("learn_sigma", True), legacy=variant.get("legacy", True))
-    config = small_config(num_res_blocks=ref_kw["num_res_blocks"],
-                          use_scale_shift_norm=variant.get("scale_shift", True),
-                          resblock_updown=variant.get("updown", True), learn_sigma=variant.get("learn_sigma", True),
-                          use_new_attention_order=not variant.get("legacy", True))
+    ref = Ref(
+        **ref_kw,
+        scale_shift=variant.get("scale_shift", True),
+        updown=variant.get("updown", True),
+        learn_sigma=variant.get("learn_sigma", True),
+        legacy=variant.get("legacy", True),
+    )
+    config = small_config(
+        num_res_blocks=ref_kw["num_res_blocks"],
+        use_scale_shift_norm=variant.get("scale_shift", True),
+        resblock_updown=variant.get("updown", True),
+        learn_sigma=variant.get("learn_sigma", True),
+        use_new_attention_order=not variant.get("legacy", True),
+    )
     # every key is mapped, every mapped key exists: no missing or unexpected keys
     assert set(adm.key_map(config)) == set(ref.state)
     unet = adm.to_unet(ref.state, config)
@@ -247,7 +287,10 @@ def test_the_paper_layout_is_the_published_model():
     552.8 M parameters (guided-diffusion's 256x256_diffusion_uncond.pt; counted on the meta device)."""
     config = adm.PAPER_ADM
     mapping = adm.key_map(config)
-    assert sum(1 for k in mapping if k.startswith("output_blocks.") and k.endswith(".0.in_layers.0.weight")) == 18
+    assert (
+        sum(1 for k in mapping if k.startswith("output_blocks.") and k.endswith(".0.in_layers.0.weight"))
+        == 18
+    )
     assert mapping["out.2.weight"].shape == (6, 256, 3, 3)
     assert mapping["input_blocks.4.0.in_layers.0.weight"].shape == (256,)  # a down ResBlock
     assert "output_blocks.17.0.skip_connection.weight" in mapping
@@ -269,11 +312,27 @@ def test_convert_command_writes_a_folder_that_loads_back(tmp_path, capsys):
     ref = Ref(**SMALL)
     ckpt = write(ref.state, tmp_path / "small.pt")
     out = tmp_path / "adm-small"
-    args = ["fedd", "convert-adm", str(ckpt), str(out), "--image-size", "32", "--channel-mult", "1,2",
-            "--num-res-blocks", "1", "--attention-resolutions", "16", "--num-head-channels", "8"]
+    args = [
+        "fedd",
+        "convert-adm",
+        str(ckpt),
+        str(out),
+        "--image-size",
+        "32",
+        "--channel-mult",
+        "1,2",
+        "--num-res-blocks",
+        "1",
+        "--attention-resolutions",
+        "16",
+        "--num-head-channels",
+        "8",
+    ]
     assert main(args) == 0
     assert "decoder blocks" in capsys.readouterr().out
-    assert (out / "unet" / "config.json").is_file() and (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (out / "unet" / "config.json").is_file() and (
+        out / "unet" / "diffusion_pytorch_model.safetensors"
+    ).is_file()
     model = load_pixel_model(str(out))
     x, t = inputs()
     got, _ = decoder_of(model.unet, x, t)
@@ -313,8 +372,24 @@ def test_unknown_missing_and_misshapen_keys_are_named(tmp_path, capsys):
         adm.convert_state(bad, config, source="x.pt")
     # through the command: exit 2, the file and the key named, no traceback
     ckpt = write({**state, "label_emb.weight": torch.zeros(10, 128)}, tmp_path / "cond.pt")
-    code = main(["fedd", "convert-adm", str(ckpt), str(tmp_path / "o"), "--image-size", "32", "--channel-mult", "1,2",
-                 "--num-res-blocks", "1", "--attention-resolutions", "16", "--num-head-channels", "8"])
+    code = main(
+        [
+            "fedd",
+            "convert-adm",
+            str(ckpt),
+            str(tmp_path / "o"),
+            "--image-size",
+            "32",
+            "--channel-mult",
+            "1,2",
+            "--num-res-blocks",
+            "1",
+            "--attention-resolutions",
+            "16",
+            "--num-head-channels",
+            "8",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "label_emb.weight" in err and "cond.pt" in err and "Traceback" not in err
 
@@ -327,18 +402,49 @@ def test_the_paper_profile_without_the_backbone_names_download_and_convert(tmp_p
     monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert fedd.PAPER["model"] == adm.PAPER_MODEL and fedd.TINY["model"] == "tiny"
-    with pytest.raises(ConfigError, match="(?s)curl -L -o 256x256_diffusion_uncond.pt https://openaipublic.*"
-                                          "dermbench fedd convert-adm 256x256_diffusion_uncond.pt"):
+    with pytest.raises(
+        ConfigError,
+        match="(?s)curl -L -o 256x256_diffusion_uncond.pt https://openaipublic.*"
+        "dermbench fedd convert-adm 256x256_diffusion_uncond.pt",
+    ):
         fedd.check_settings(fedd.PAPER)
     # `dermbench fedd ablate --profile paper` stops before it reads any data (there is none here)
-    code = main(["fedd", "ablate", "--profile", "paper", "--dataset", "ddi", "--data-root", str(tmp_path / "none"),
-                 "--out", str(tmp_path / "ablate")])
+    code = main(
+        [
+            "fedd",
+            "ablate",
+            "--profile",
+            "paper",
+            "--dataset",
+            "ddi",
+            "--data-root",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "ablate"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "convert-adm" in err and "Traceback" not in err
     # `dermbench run`: exit 2, both commands, no traceback
-    code = main(["run", "--method", "fedd", "--profile", "paper", "--device", "cpu", "--data-root",
-                 str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--set", "data.image_size=16", "--set",
-                 "data.options={n_train: 60, n_val: 30, n_test: 30, n_test_ddi: 30, n_test_dermoscopic: 30}"])
+    code = main(
+        [
+            "run",
+            "--method",
+            "fedd",
+            "--profile",
+            "paper",
+            "--device",
+            "cpu",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "runs"),
+            "--set",
+            "data.image_size=16",
+            "--set",
+            "data.options={n_train: 60, n_val: 30, n_test: 30, n_test_ddi: 30, n_test_dermoscopic: 30}",
+        ]
+    )
     err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
     assert code == 2, err
     assert "curl -L -o 256x256_diffusion_uncond.pt" in err and "dermbench fedd convert-adm" in err, err

@@ -12,14 +12,32 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "datasets" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [
+    ROOT / "README.md",
+    ROOT / "CHANGELOG.md",
+    ROOT / "datasets" / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+]
 DOTTED = re.compile(r"`(dermbench(?:\.[A-Za-z_][A-Za-z0-9_]*)+)`")
 FROM_IMPORT = re.compile(r"^\s*from (dermbench(?:\.\w+)*) import ([\w, ]+)$", re.M)
 #: CHANGELOG names the old paths on purpose ("`dermbench.metrics` -> ...")
-MOVED_AWAY = {"dermbench.metrics", "dermbench.thresholds", "dermbench.evaluate", "dermbench.cache", "dermbench.images",
-              "dermbench.splits", "dermbench.tables", "dermbench.groups", "dermbench.fetch", "dermbench.train",
-              "dermbench.losses", "dermbench.models", "dermbench.records", "dermbench.report",
-              "dermbench.leaderboard"}
+MOVED_AWAY = {
+    "dermbench.metrics",
+    "dermbench.thresholds",
+    "dermbench.evaluate",
+    "dermbench.cache",
+    "dermbench.images",
+    "dermbench.splits",
+    "dermbench.tables",
+    "dermbench.groups",
+    "dermbench.fetch",
+    "dermbench.train",
+    "dermbench.losses",
+    "dermbench.models",
+    "dermbench.records",
+    "dermbench.report",
+    "dermbench.leaderboard",
+}
 
 
 def resolve(dotted: str) -> object:
@@ -54,8 +72,13 @@ def test_every_documented_name_imports(name):
 
 def test_the_docs_name_the_plugin_authors_api():
     names = documented_names()
-    for expected in ("dermbench.hookspecs.hookimpl", "dermbench.conformance.check_method", "dermbench.data.Split",
-                     "dermbench.evaluation.metrics.fairness_report", "dermbench.tone.fill_missing_tones"):
+    for expected in (
+        "dermbench.hookspecs.hookimpl",
+        "dermbench.conformance.check_method",
+        "dermbench.data.Split",
+        "dermbench.evaluation.metrics.fairness_report",
+        "dermbench.tone.fill_missing_tones",
+    ):
         assert expected in names
 
 
@@ -66,7 +89,9 @@ def test_each_subpackage_says_what_it_owns_and_may_import(package):
 
 
 def test_the_default_job_does_not_import_the_diffusion_stack():
-    code = ("import sys, dermbench.cli, dermbench.runner, dermbench.methods.erm, dermbench.datasets.synthderm; "
-            "heavy = [m for m in ('diffusers', 'transformers', 'peft') if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, dermbench.cli, dermbench.runner, dermbench.methods.erm, dermbench.datasets.synthderm; "
+        "heavy = [m for m in ('diffusers', 'transformers', 'peft') if m in sys.modules]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

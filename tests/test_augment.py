@@ -20,7 +20,7 @@ from dermbench.errors import DermbenchError
 from dermbench.plugins import make_manager
 from dermbench.runner import resolve_config, run_experiment
 
-PLUGIN = '''
+PLUGIN = """
 import numpy as np
 import pandas as pd
 
@@ -72,7 +72,7 @@ class Other:
     @hookimpl
     def augment(self, train):  # a hook may take only the arguments it uses
         return generated(train, 4)
-'''
+"""
 LOCAL = ("synthplug:Synth", "synthplug:Other")
 TINY = TINY_SETTINGS
 
@@ -89,26 +89,37 @@ def plugin(tmp_path, monkeypatch):
 
 
 def test_synthetic_samples_train_the_model_but_never_reach_the_test_sets(tmp_path, plugin):
-    cfg = resolve_config(sets=TINY, flags={"method": "synthaug", "out": str(tmp_path), "device": "cpu"}, local=LOCAL)
+    cfg = resolve_config(
+        sets=TINY, flags={"method": "synthaug", "out": str(tmp_path), "device": "cpu"}, local=LOCAL
+    )
     result = run_experiment(cfg, local=LOCAL)
     assert plugin.SEEN == [(240 + 60, 60)]  # the trainer saw real + synthetic
     m = result.metrics
     assert m["synthetic"] == {
         "n": 60,
         "by_plugin": {"synthaug": 60},
-        "by_group_label": {"A": {"benign": 0, "malignant": 15}, "B": {"benign": 15, "malignant": 0},
-                           "C": {"benign": 15, "malignant": 15}},
-        "generated": 60, "mix": "real+syn", "trained_on": 60,  # ratio null is left out of the record
+        "by_group_label": {
+            "A": {"benign": 0, "malignant": 15},
+            "B": {"benign": 15, "malignant": 0},
+            "C": {"benign": 15, "malignant": 15},
+        },
+        "generated": 60,
+        "mix": "real+syn",
+        "trained_on": 60,  # ratio null is left out of the record
     }
     run = result.run_dir.path
     assert json.loads((run / "metrics.json").read_text())["synthetic"] == m["synthetic"]
     for name, n in (("synthderm", 80), ("synthderm-ddi", 60), ("synthderm-dermoscopic", 60)):
         assert m["eval"][name]["n"] == n
         predictions = pd.read_csv(run / f"predictions/{name}.csv")
-        assert len(predictions) == n and not predictions["sample_id"].astype(str).str.startswith("synth-").any()
+        assert (
+            len(predictions) == n and not predictions["sample_id"].astype(str).str.startswith("synth-").any()
+        )
     log = (run / "log.txt").read_text()
-    assert ("augmentation added 60 training samples (synthaug: 60); by tone3 x label: A benign 0 malignant 15; "
-            "B benign 15 malignant 0; C benign 15 malignant 15") in log
+    assert (
+        "augmentation added 60 training samples (synthaug: 60); by tone3 x label: A benign 0 malignant 15; "
+        "B benign 15 malignant 0; C benign 15 malignant 15"
+    ) in log
 
 
 def test_nothing_added_records_none(tmp_path, plugin):
@@ -124,15 +135,29 @@ def test_nothing_added_records_none(tmp_path, plugin):
 def _ctx_and_train(tmp_path) -> tuple[RunContext, Split]:
     cfg = resolve_config(sets=TINY, flags={"out": str(tmp_path), "device": "cpu"})
     pool = DatasetPool(cfg, ())
-    ctx = RunContext(config=cfg, device=torch.device("cpu"), work_dir=tmp_path, cache_dir=tmp_path, datasets=pool)
+    ctx = RunContext(
+        config=cfg, device=torch.device("cpu"), work_dir=tmp_path, cache_dir=tmp_path, datasets=pool
+    )
     return ctx, pool.load("synthderm", "train")
 
 
-@pytest.mark.parametrize(("mode", "message"), [
-    ("not-a-split", r"method plugin 'synthaug': augment returned ndarray, expected a dermbench Split or None"),
-    ("wrong-classes", r"method plugin 'synthaug': augment returned classes \('nevus', 'melanoma'\), expected .*'benign'"),
-    ("wrong-size", r"method plugin 'synthaug': augment returned images of shape \(32, 32, 3\), expected .*\(16, 16, 3\)"),
-])
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        (
+            "not-a-split",
+            r"method plugin 'synthaug': augment returned ndarray, expected a dermbench Split or None",
+        ),
+        (
+            "wrong-classes",
+            r"method plugin 'synthaug': augment returned classes \('nevus', 'melanoma'\), expected .*'benign'",
+        ),
+        (
+            "wrong-size",
+            r"method plugin 'synthaug': augment returned images of shape \(32, 32, 3\), expected .*\(16, 16, 3\)",
+        ),
+    ],
+)
 def test_a_bad_augment_result_names_the_plugin(tmp_path, plugin, mode, message):
     ctx, train = _ctx_and_train(tmp_path)
     plugin.MODE[0] = mode

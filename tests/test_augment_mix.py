@@ -23,14 +23,19 @@ from dermbench.runner import resolve_config, run_experiment
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 N_REAL = 160
-SMALL = ["data.image_size=16",
-         f"data.options={{n_train: {N_REAL}, n_val: 60, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}}",
-         "model.backbone=test_resnet", "train.epochs=1", "train.batch_size=32", "eval.n_boot=0"]
+SMALL = [
+    "data.image_size=16",
+    f"data.options={{n_train: {N_REAL}, n_val: 60, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}}",
+    "model.backbone=test_resnet",
+    "train.epochs=1",
+    "train.batch_size=32",
+    "eval.n_boot=0",
+]
 #: (fst, label): how many synthetic samples the plugin makes in that cell; uneven on purpose
 CELLS = {(1, 0): 30, (1, 1): 20, (3, 0): 15, (3, 1): 10, (5, 0): 10, (5, 1): 5}
 N_SYN = sum(CELLS.values())
 
-PLUGIN = f'''
+PLUGIN = f"""
 import numpy as np
 import pandas as pd
 
@@ -67,7 +72,7 @@ class Mix:
         SEEN.append((len(train), int(generated_rows.sum()), int((val.table["tone_source"] == "generated").sum()),
                      train.table["sample_id"].tolist()))
         return (yield)
-'''
+"""
 LOCAL = ("mixplug:Mix",)
 
 
@@ -84,8 +89,13 @@ def plugin(tmp_path, monkeypatch):
 
 def cell_split(sizes: dict[tuple[str, int], int], name: str = "syn", start: int = 0) -> Split:
     rows = [(t, y) for (t, y), n in sizes.items() for _ in range(n)]
-    table = pd.DataFrame({"sample_id": [f"{name}-{start + i}" for i in range(len(rows))],
-                          "tone3": [t for t, _ in rows], "label": [y for _, y in rows]})
+    table = pd.DataFrame(
+        {
+            "sample_id": [f"{name}-{start + i}" for i in range(len(rows))],
+            "tone3": [t for t, _ in rows],
+            "label": [y for _, y in rows],
+        }
+    )
     return Split(name, table, np.zeros((len(rows), 2, 2, 3), np.uint8), ("benign", "malignant"))
 
 
@@ -110,7 +120,9 @@ def test_thin_keeps_exactly_keep_samples_evenly_over_tone_label_cells():
     assert sorted(cells_of(odd).values()) == [2, 2, 2, 2, 3, 3]
     # the rows kept are a subset, in their original order
     ids = out["syn"].table["sample_id"].tolist()
-    assert set(ids) <= set(extra["syn"].table["sample_id"]) and ids == sorted(ids, key=lambda s: int(s.split("-")[1]))
+    assert set(ids) <= set(extra["syn"].table["sample_id"]) and ids == sorted(
+        ids, key=lambda s: int(s.split("-")[1])
+    )
 
 
 def test_thin_is_deterministic_for_a_generator_and_draws_within_cells_at_random():
@@ -139,11 +151,18 @@ def test_thin_spans_plugins_and_keeps_everything_when_there_is_no_more_than_keep
 
 
 def _ctx(tmp_path, *sets: str, seed: int = 0):
-    cfg = resolve_config(sets=[*SMALL, *sets], flags={"out": str(tmp_path), "device": "cpu", "seed": seed},
-                         local=LOCAL)
+    cfg = resolve_config(
+        sets=[*SMALL, *sets], flags={"out": str(tmp_path), "device": "cpu", "seed": seed}, local=LOCAL
+    )
     pool = DatasetPool(cfg, LOCAL)
-    ctx = RunContext(config=cfg, device=torch.device("cpu"), work_dir=tmp_path / "w", cache_dir=tmp_path / "c",
-                     datasets=pool, console=Console(quiet=True))
+    ctx = RunContext(
+        config=cfg,
+        device=torch.device("cpu"),
+        work_dir=tmp_path / "w",
+        cache_dir=tmp_path / "c",
+        datasets=pool,
+        console=Console(quiet=True),
+    )
     return ctx, pool.load("synthderm", "train")
 
 
@@ -159,8 +178,11 @@ def test_the_mix_decides_what_the_classifier_trains_on(tmp_path, plugin, mix):
         assert pooled is train
     assert counts["n"] == counts["generated"] == N_SYN and counts["mix"] == mix and counts["ratio"] is None
     assert counts["trained_on"] == (0 if mix == "real" else N_SYN)
-    assert counts["by_group_label"] == {"A": {"benign": 30, "malignant": 20}, "B": {"benign": 15, "malignant": 10},
-                                        "C": {"benign": 10, "malignant": 5}}
+    assert counts["by_group_label"] == {
+        "A": {"benign": 30, "malignant": 20},
+        "B": {"benign": 15, "malignant": 10},
+        "C": {"benign": 10, "malignant": 5},
+    }
 
 
 @pytest.mark.parametrize("mix", ["real+syn", "syn"])
@@ -172,8 +194,11 @@ def test_the_ratio_keeps_round_ratio_times_n_real_evenly_and_deterministically(t
     synthetic = pooled.table[pooled.table["tone_source"] == "generated"]
     assert len(synthetic) == keep == counts["n"] == counts["trained_on"]
     assert counts["generated"] == N_SYN and counts["ratio"] == 0.25
-    assert counts["by_group_label"] == {"A": {"benign": 7, "malignant": 7}, "B": {"benign": 7, "malignant": 7},
-                                        "C": {"benign": 7, "malignant": 5}}
+    assert counts["by_group_label"] == {
+        "A": {"benign": 7, "malignant": 7},
+        "B": {"benign": 7, "malignant": 7},
+        "C": {"benign": 7, "malignant": 5},
+    }
     assert len(pooled) == keep + (N_REAL if mix == "real+syn" else 0)
     again_ctx, again_train = _ctx(tmp_path / "again", f"augment.mix={mix}", "augment.ratio=0.25")
     again, _ = again_ctx.datasets.augment(pm, again_ctx, again_train)
@@ -201,12 +226,19 @@ def test_the_real_mix_with_a_ratio_counts_the_kept_samples_but_trains_on_none(tm
     ctx, train = _ctx(tmp_path, "augment.mix=real", "augment.ratio=0.25")
     pm, _ = make_manager("mixaug", LOCAL)
     pooled, counts = ctx.datasets.augment(pm, ctx, train)
-    assert pooled is train and counts["n"] == 40 and counts["generated"] == N_SYN and counts["trained_on"] == 0
+    assert (
+        pooled is train and counts["n"] == 40 and counts["generated"] == N_SYN and counts["trained_on"] == 0
+    )
 
 
-@pytest.mark.parametrize(("setting", "message"), [
-    ("augment.mix=both", "augment.mix"), ("augment.ratio=0", "augment.ratio"), ("augment.ratio=-1", "augment.ratio"),
-])
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("augment.mix=both", "augment.mix"),
+        ("augment.ratio=0", "augment.ratio"),
+        ("augment.ratio=-1", "augment.ratio"),
+    ],
+)
 def test_bad_mix_settings_are_refused(setting, message):
     with pytest.raises(ConfigError, match=message):
         resolve_config(sets=[setting])
@@ -224,8 +256,11 @@ def test_counts_for_the_record_list_every_class_under_every_group():
 @pytest.mark.parametrize("mix", ["syn", "real"])
 def test_runs_train_the_erm_model_on_what_the_mix_says(tmp_path, plugin, mix):
     plugin.SEEN.clear()
-    cfg = resolve_config(sets=[*SMALL, f"augment.mix={mix}"],
-                         flags={"method": "mixaug", "out": str(tmp_path), "device": "cpu"}, local=LOCAL)
+    cfg = resolve_config(
+        sets=[*SMALL, f"augment.mix={mix}"],
+        flags={"method": "mixaug", "out": str(tmp_path), "device": "cpu"},
+        local=LOCAL,
+    )
     result = run_experiment(cfg, local=LOCAL, console=Console(quiet=True))
     [(n_train, n_generated, n_val_generated, ids)] = plugin.SEEN
     assert n_val_generated == 0, "validation stays real"
@@ -245,8 +280,11 @@ def test_runs_train_the_erm_model_on_what_the_mix_says(tmp_path, plugin, mix):
 @pytest.mark.slow
 def test_a_run_with_a_ratio_trains_on_the_thinned_set(tmp_path, plugin):
     plugin.SEEN.clear()
-    cfg = resolve_config(sets=[*SMALL, "augment.ratio=0.1"],
-                         flags={"method": "mixaug", "out": str(tmp_path), "device": "cpu"}, local=LOCAL)
+    cfg = resolve_config(
+        sets=[*SMALL, "augment.ratio=0.1"],
+        flags={"method": "mixaug", "out": str(tmp_path), "device": "cpu"},
+        local=LOCAL,
+    )
     result = run_experiment(cfg, local=LOCAL, console=Console(quiet=True))
     [(n_train, n_generated, _, _)] = plugin.SEEN
     assert n_generated == round(0.1 * N_REAL) == 16 and n_train == N_REAL + 16

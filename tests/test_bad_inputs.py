@@ -160,13 +160,30 @@ class Raises:
 '''
 
 #: a run that reaches the hooks fast: a few samples, one test set
-HOOK_RUN = [*FAST, "--set", "train.epochs=1", "--set", "eval.n_boot=0", "--set", "data.test_sets=[synthderm]",
-            "--set", "data.options={n_train: 40, n_val: 20, n_test: 20}"]
+HOOK_RUN = [
+    *FAST,
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "eval.n_boot=0",
+    "--set",
+    "data.test_sets=[synthderm]",
+    "--set",
+    "data.options={n_train: 40, n_val: 20, n_test: 20}",
+]
 
 
-BAD_CLASSES = {"nonefit": "NoneFit", "nonepredict": "NonePredict", "unnormalised": "Unnormalised",
-               "nanpredict": "NanPredict", "negative": "Negative", "wrongshape": "WrongShape",
-               "lateunnormalised": "LateUnnormalised", "notamodel": "NotAModel", "raises": "Raises"}
+BAD_CLASSES = {
+    "nonefit": "NoneFit",
+    "nonepredict": "NonePredict",
+    "unnormalised": "Unnormalised",
+    "nanpredict": "NanPredict",
+    "negative": "Negative",
+    "wrongshape": "WrongShape",
+    "lateunnormalised": "LateUnnormalised",
+    "notamodel": "NotAModel",
+    "raises": "Raises",
+}
 
 
 @pytest.fixture
@@ -196,10 +213,19 @@ def test_a_plugin_whose_fit_returns_none_is_refused_not_replaced_by_erm(tmp_path
     ("method", "message"),
     [
         ("nonepredict", r"method plugin 'nonepredict': its predict returned None"),
-        ("unnormalised", r"method plugin 'unnormalised': predict on '[^']*val[^']*'.* a sum other than 1 \(tolerance 0.001\) in 4 of 4 row\(s\)"),
-        ("nanpredict", r"method plugin 'nanpredict': predict on .* a non-finite value \(nan or inf\) in 4 of 4"),
+        (
+            "unnormalised",
+            r"method plugin 'unnormalised': predict on '[^']*val[^']*'.* a sum other than 1 \(tolerance 0.001\) in 4 of 4 row\(s\)",
+        ),
+        (
+            "nanpredict",
+            r"method plugin 'nanpredict': predict on .* a non-finite value \(nan or inf\) in 4 of 4",
+        ),
         ("negative", r"method plugin 'negative': predict on .* a value outside \[0, 1\] in 4 of 4"),
-        ("wrongshape", r"method plugin 'wrongshape': predict on .* returned shape \(4, 3\), expected \(4, 2\)"),
+        (
+            "wrongshape",
+            r"method plugin 'wrongshape': predict on .* returned shape \(4, 3\), expected \(4, 2\)",
+        ),
     ],
 )
 def test_a_bad_predict_stops_the_run_before_training(tmp_path, bad_plugins, capsys, method, message):
@@ -214,8 +240,11 @@ def test_a_bad_predict_stops_the_run_before_training(tmp_path, bad_plugins, caps
 def test_predict_needs_fit_skips_the_early_check_and_the_split_is_named(tmp_path, bad_plugins, capsys):
     assert _run_bad("lateunnormalised", bad_plugins, tmp_path / "runs") == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert re.search(r"method plugin 'lateunnormalised': predict on '[^']*val[^']*' returned rows that are not "
-                     r"probabilities: a sum other than 1 .* in 20 of 20 row\(s\)", err), err
+    assert re.search(
+        r"method plugin 'lateunnormalised': predict on '[^']*val[^']*' returned rows that are not "
+        r"probabilities: a sum other than 1 .* in 20 of 20 row\(s\)",
+        err,
+    ), err
     assert "before training" not in err
 
 
@@ -299,8 +328,16 @@ def test_a_retrained_tone_detector_in_the_same_folder_is_another_run(tmp_path):
 
     folder = tmp_path / "detector"
     folder.mkdir()
-    info = {"backbone": "resnet18", "image_size": 32, "classes": ["A", "B", "C"], "trained_on": "fitz17k",
-            "evaluated_on": "ddi:test", "accuracy": 0.7, "per_tone_f1": {"A": 0.7, "B": 0.6, "C": 0.5}, "n": 10}
+    info = {
+        "backbone": "resnet18",
+        "image_size": 32,
+        "classes": ["A", "B", "C"],
+        "trained_on": "fitz17k",
+        "evaluated_on": "ddi:test",
+        "accuracy": 0.7,
+        "per_tone_f1": {"A": 0.7, "B": 0.6, "C": 0.5},
+        "n": 10,
+    }
     (folder / "detector.json").write_text(json.dumps(info))
     (folder / "model.safetensors").write_bytes(b"weights one")
     cfg = resolve_config(sets=["data.tone=detector", f"data.tone_detector={folder}"], flags={"device": "cpu"})
@@ -312,8 +349,13 @@ def test_a_retrained_tone_detector_in_the_same_folder_is_another_run(tmp_path):
     no_detector = resolve_config(flags={"device": "cpu"})
     assert "tone detector" not in data_fingerprints(no_detector, DatasetPool(no_detector, ()))
     # with ITA assigning the tones the configured detector still scores tone-source sensitivity
-    sensitivity = resolve_config(sets=["data.tone=ita", f"data.tone_detector={folder}"], flags={"device": "cpu"})
-    assert data_fingerprints(sensitivity, DatasetPool(sensitivity, ()))["tone detector"] == second["tone detector"]
+    sensitivity = resolve_config(
+        sets=["data.tone=ita", f"data.tone_detector={folder}"], flags={"device": "cpu"}
+    )
+    assert (
+        data_fingerprints(sensitivity, DatasetPool(sensitivity, ()))["tone detector"]
+        == second["tone detector"]
+    )
 
 
 def test_the_default_fingerprint_covers_every_task_and_column(tmp_path):
@@ -326,9 +368,18 @@ def test_the_default_fingerprint_covers_every_task_and_column(tmp_path):
         labels = [0, 1]
 
         def table(self, task):
-            return pd.DataFrame({"sample_id": ["a", "b"], "image": ["a.png", "b.png"],
-                                 "label": self.labels if task == "diagnosis" else [0, 1], "fst": [1, 5],
-                                 "tone_source": "annotated", "domain": "clinical", "split": "train", "sex": ["f", "m"]})
+            return pd.DataFrame(
+                {
+                    "sample_id": ["a", "b"],
+                    "image": ["a.png", "b.png"],
+                    "label": self.labels if task == "diagnosis" else [0, 1],
+                    "fst": [1, 5],
+                    "tone_source": "annotated",
+                    "domain": "clinical",
+                    "split": "train",
+                    "sex": ["f", "m"],
+                }
+            )
 
         def classes(self, task):
             return ("x", "y")
@@ -362,14 +413,18 @@ def test_checking_predict_before_fit_leaves_the_model_and_rng_as_they_were():
             x = torch.from_numpy(np.asarray(split.images, dtype=np.float32)).permute(0, 3, 1, 2)
             return torch.softmax(model(x), 1).detach().numpy()
 
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pm = Manager(["noeval"])
     pm.add_hookspecs(hookspecs)
     pm.register(NoEval(), name="noeval")
     _trace_hooks(pm)
     table = pd.DataFrame({"sample_id": [f"s{i}" for i in range(6)], "label": [0, 1] * 3})
-    val = Split("val", table, np.random.default_rng(0).integers(0, 255, (6, 8, 8, 3), dtype=np.uint8), ("b", "m"))
+    val = Split(
+        "val", table, np.random.default_rng(0).integers(0, 255, (6, 8, 8, 3), dtype=np.uint8), ("b", "m")
+    )
     ctx = RunContext(config={"seed": 0}, device=torch.device("cpu"), work_dir=Path("."), cache_dir=Path("."))
     rng = torch.get_rng_state()
     check_predict_before_fit(pm, ctx, model, val)
@@ -384,8 +439,23 @@ def test_checking_predict_before_fit_leaves_the_model_and_rng_as_they_were():
 def finished_run(tmp_path_factory):
     """One finished tiny run, made by the current code; tests copy it before changing anything."""
     out = tmp_path_factory.mktemp("finished")
-    assert main(["run", *FAST, "--out", str(out), "--set", "train.epochs=1", "--set", "eval.n_boot=0", "--set",
-                 "data.options={n_train: 120, n_val: 40, n_test: 40, n_test_ddi: 30, n_test_dermoscopic: 30}"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                *FAST,
+                "--out",
+                str(out),
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "eval.n_boot=0",
+                "--set",
+                "data.options={n_train: 120, n_val: 40, n_test: 40, n_test_ddi: 30, n_test_dermoscopic: 30}",
+            ]
+        )
+        == 0
+    )
     (run,) = [p for p in out.iterdir() if p.is_dir()]
     return run
 
@@ -412,8 +482,14 @@ def _three_impossible_numbers(record):
 
 READERS = {
     "leaderboard": lambda run, tmp: ["leaderboard", "--runs", str(run.parent), "--out", str(tmp / "board")],
-    "leaderboard --check": lambda run, tmp: ["leaderboard", "--runs", str(run.parent), "--out", str(tmp / "board"),
-                                             "--check"],
+    "leaderboard --check": lambda run, tmp: [
+        "leaderboard",
+        "--runs",
+        str(run.parent),
+        "--out",
+        str(tmp / "board"),
+        "--check",
+    ],
     "report": lambda run, tmp: ["report", str(run)],
 }
 
@@ -429,7 +505,9 @@ def test_impossible_numbers_in_a_record_are_refused_naming_the_field(tmp_path, c
     with pytest.raises(RecordError, match=r"\$\.eval\.synthderm\.n: -7 is not a count"):
         read_record(run)
     _edit_record(run, lambda r: r["eval"]["synthderm"].update(n=40))
-    with pytest.raises(RecordError, match=r"\$\.eval\.synthderm\.overall\.(auc: 5\.0|acc: -2\.0) lies outside \[0, 1\]"):
+    with pytest.raises(
+        RecordError, match=r"\$\.eval\.synthderm\.overall\.(auc: 5\.0|acc: -2\.0) lies outside \[0, 1\]"
+    ):
         read_record(run)
     (run / "done").write_text("{}")
     assert main(READERS[reader](run, tmp_path)) == 2
@@ -448,18 +526,27 @@ def test_a_gap_that_does_not_follow_from_its_groups_is_refused(tmp_path, finishe
         fair["gap_auc"] = min(1.0, fair["gap_auc"] + 0.2)
 
     _edit_record(run, widen)
-    with pytest.raises(RecordError, match=r"\$\.eval\.synthderm\.fairness\.tone3\.gap_auc: .* but the auc values of "
-                                          r"groups"):
+    with pytest.raises(
+        RecordError,
+        match=r"\$\.eval\.synthderm\.fairness\.tone3\.gap_auc: .* but the auc values of "
+        r"groups",
+    ):
         read_record(run)
 
 
 @pytest.mark.parametrize("reader", list(READERS))
-def test_a_record_changed_after_it_finished_is_refused_naming_file_and_field(tmp_path, capsys, finished_run, reader):
+def test_a_record_changed_after_it_finished_is_refused_naming_file_and_field(
+    tmp_path, capsys, finished_run, reader
+):
     run = _copy_run(finished_run, tmp_path)
-    assert main(READERS["leaderboard"](run, tmp_path)) == 0  # the untouched copy reads (and --check has a board)
+    assert (
+        main(READERS["leaderboard"](run, tmp_path)) == 0
+    )  # the untouched copy reads (and --check has a board)
     assert main(READERS[reader](run, tmp_path)) == 0
     capsys.readouterr()
-    _edit_record(run, lambda r: r["eval"]["synthderm"]["overall"].update(auc=0.99))  # in range, but not what ran
+    _edit_record(
+        run, lambda r: r["eval"]["synthderm"]["overall"].update(auc=0.99)
+    )  # in range, but not what ran
     assert main(READERS[reader](run, tmp_path)) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f"{run / 'metrics.json'}" in err.replace(" ", "") or f"{run}/metrics.json" in err
@@ -475,9 +562,13 @@ def test_changed_predictions_are_refused_naming_the_file(tmp_path, capsys, finis
     assert "predictions/synthderm.csv" in err and "changedaftertherunfinished" in err
 
 
-def test_an_unsealed_done_marker_names_the_seal_command_which_seals_only_a_sound_record(tmp_path, capsys, finished_run):
+def test_an_unsealed_done_marker_names_the_seal_command_which_seals_only_a_sound_record(
+    tmp_path, capsys, finished_run
+):
     run = _copy_run(finished_run, tmp_path)
-    (run / "done").write_text("2026-12-01T01:45:09.829936+00:00\n")  # a marker written before records were sealed
+    (run / "done").write_text(
+        "2026-12-01T01:45:09.829936+00:00\n"
+    )  # a marker written before records were sealed
     assert main(READERS["leaderboard"](run, tmp_path)) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "holds no checksums" in err and f"dermbenchrecordsseal{run}" in "".join(err.split())
@@ -514,12 +605,16 @@ def _duplicate_column(path: Path, column: str) -> None:
     path.write_text(buffer.getvalue(), encoding="utf-8")
 
 
-@pytest.mark.parametrize(("dataset", "csv_name", "column"), [
-    ("ddi", "ddi_metadata.csv", "malignant"),
-    ("fitz17k", "fitzpatrick17k.csv", "three_partition_label"),
-])
-def test_a_duplicated_column_is_refused_naming_it_and_both_positions(make_ddi, make_fitz17k, capsys, dataset, csv_name,
-                                                                     column):
+@pytest.mark.parametrize(
+    ("dataset", "csv_name", "column"),
+    [
+        ("ddi", "ddi_metadata.csv", "malignant"),
+        ("fitz17k", "fitzpatrick17k.csv", "three_partition_label"),
+    ],
+)
+def test_a_duplicated_column_is_refused_naming_it_and_both_positions(
+    make_ddi, make_fitz17k, capsys, dataset, csv_name, column
+):
     """`data check` said ok while every row came out benign: pandas took the first copy (issue 27)."""
     tree = (make_ddi if dataset == "ddi" else make_fitz17k)()
     path = tree.root / csv_name
@@ -528,10 +623,14 @@ def test_a_duplicated_column_is_refused_naming_it_and_both_positions(make_ddi, m
     _duplicate_column(path, column)
     assert main(["data", "check", dataset, "--root", str(tree.root)]) != 0
     out = " ".join("".join(capsys.readouterr()).split())
-    assert f"column '{column}' appears 2 times in the header (columns {first} and {len(header) + 1})" in out, out
+    assert (
+        f"column '{column}' appears 2 times in the header (columns {first} and {len(header) + 1})" in out
+    ), out
 
 
-@pytest.mark.parametrize(("delimiter", "name"), [(";", "semicolons (;)"), ("\t", "tabs"), ("|", "vertical bars (|)")])
+@pytest.mark.parametrize(
+    ("delimiter", "name"), [(";", "semicolons (;)"), ("\t", "tabs"), ("|", "vertical bars (|)")]
+)
 def test_a_csv_with_another_delimiter_names_the_delimiter(make_fitz17k, capsys, delimiter, name):
     tree = make_fitz17k()
     path = tree.root / "fitzpatrick17k.csv"
@@ -548,7 +647,9 @@ def test_read_csv_refuses_a_column_repeated_after_stripping(tmp_path):
 
     path = tmp_path / "m.csv"
     path.write_text("id,label, label,x\n1,a,b,c\n")
-    with pytest.raises(DataError, match=r"m\.csv: column 'label' appears 2 times in the header \(columns 2 and 3\)"):
+    with pytest.raises(
+        DataError, match=r"m\.csv: column 'label' appears 2 times in the header \(columns 2 and 3\)"
+    ):
         read_csv(path, required=("id",))
 
 
@@ -579,13 +680,15 @@ def test_readmes_plugin_example_works_exactly_as_written(tmp_path):
     assert argv[0] == "dermbench"
     small = ["--out", str(tmp_path / "runs"), *HOOK_RUN]  # README's command, on a small SynthDerm
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([str(script), *argv[1:], *small], cwd=tmp_path, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [str(script), *argv[1:], *small], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     (record,) = (tmp_path / "runs").glob("*/metrics.json")
     assert json.loads(record.read_text())["hooks"]["fit"] == "groupbalanced"
 
 
-CLASS_PLUGIN = '''
+CLASS_PLUGIN = """
 from dermbench.hookspecs import hookimpl
 
 
@@ -595,11 +698,12 @@ class Mine:
     @hookimpl
     def fit(self, ctx, model, train, val):
         return ctx.train_model(model, train, val, name="mine")
-'''
+"""
 
 
-@pytest.mark.parametrize("form", ["./groupbalanced.py", "plugins/groupbalanced.py", "ABSOLUTE",
-                                  "plugins/mine.py:Mine"])
+@pytest.mark.parametrize(
+    "form", ["./groupbalanced.py", "plugins/groupbalanced.py", "ABSOLUTE", "plugins/mine.py:Mine"]
+)
 def test_a_plugin_given_by_its_file_path_loads(tmp_path, monkeypatch, capsys, form):
     """`--plugin ./groupbalanced.py` gave "TypeError: the 'package' argument is required to perform a
     relative import" (issue 27)."""
@@ -615,8 +719,9 @@ def test_a_plugin_given_by_its_file_path_loads(tmp_path, monkeypatch, capsys, fo
     monkeypatch.delitem(sys.modules, "mine", raising=False)
     target = str(folder / "groupbalanced.py") if form == "ABSOLUTE" else form
     method = "mine" if form.endswith(":Mine") else "groupbalanced"
-    assert main(["run", "--plugin", target, "--method", method, "--out", str(tmp_path / "runs"), *HOOK_RUN]) == 0, \
-        capsys.readouterr().err
+    assert (
+        main(["run", "--plugin", target, "--method", method, "--out", str(tmp_path / "runs"), *HOOK_RUN]) == 0
+    ), capsys.readouterr().err
     (record,) = (tmp_path / "runs").glob("*/metrics.json")
     assert json.loads(record.read_text())["hooks"]["fit"] == method
 
@@ -628,7 +733,9 @@ def test_a_plugin_that_cannot_be_imported_says_how_to_make_it_importable(tmp_pat
     assert "no module named 'nosuchplugin'" in err and "PYTHONPATH" in err and "pip install -e" in err
     assert "--plugin path/to/nosuchplugin.py" in err
     assert main(["run", "--plugin", "missing/file.py", "--method", "x", "--out", str(tmp_path)]) == 2
-    assert f"plugin file {tmp_path / 'missing' / 'file.py'} does not exist" in " ".join(capsys.readouterr().err.split())
+    assert f"plugin file {tmp_path / 'missing' / 'file.py'} does not exist" in " ".join(
+        capsys.readouterr().err.split()
+    )
     (tmp_path / "needsdep.py").write_text("import nosuchdependency\n")
     assert main(["run", "--plugin", "./needsdep.py", "--method", "needsdep", "--out", str(tmp_path)]) == 2
     err = " ".join(capsys.readouterr().err.split())
@@ -652,8 +759,18 @@ def test_the_image_cache_space_message_gives_sizes_in_sensible_units(tmp_path, m
         cache._check_space(tmp_path, 1_500_000)
 
 
-@pytest.mark.parametrize(("n", "text"), [(0, "0 bytes"), (999, "999 bytes"), (1000, "1.0 kB"), (200_000, "200 kB"),
-                                         (1_500_000, "1.5 MB"), (12_345_678_901, "12.3 GB"), (3 * 10**12, "3.0 TB")])
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (0, "0 bytes"),
+        (999, "999 bytes"),
+        (1000, "1.0 kB"),
+        (200_000, "200 kB"),
+        (1_500_000, "1.5 MB"),
+        (12_345_678_901, "12.3 GB"),
+        (3 * 10**12, "3.0 TB"),
+    ],
+)
 def test_human_size(n, text):
     from dermbench.errors import human_size
 
@@ -667,9 +784,13 @@ def test_the_trainers_removed_keyword_names_its_replacement():
     from dermbench.errors import DermbenchError
     from dermbench.train.trainer import train_model
 
-    with pytest.raises(DermbenchError, match=r"train_model: the keyword loss_fn= was removed; use loss=.*batch\.y"):
+    with pytest.raises(
+        DermbenchError, match=r"train_model: the keyword loss_fn= was removed; use loss=.*batch\.y"
+    ):
         train_model(None, nn.Linear(2, 2), None, None, name="mine", loss_fn=nn.CrossEntropyLoss())
-    with pytest.raises(DermbenchError, match=r"train_model: unknown keyword 'los'; did you mean 'loss'\? .*extra_loss"):
+    with pytest.raises(
+        DermbenchError, match=r"train_model: unknown keyword 'los'; did you mean 'loss'\? .*extra_loss"
+    ):
         train_model(None, nn.Linear(2, 2), None, None, los=None)
 
 
@@ -686,9 +807,12 @@ def test_an_unknown_task_reads_as_a_sentence_and_leaves_no_run_folder(tmp_path, 
 def test_an_unknown_privileged_group_reads_as_a_sentence():
     from dermbench.errors import unknown_name
 
-    message = str(unknown_name("privileged group", "D", ["A", "B", "C"], where="scheme tone3 (groups in training)"))
-    assert message.startswith("unknown privileged group 'D' for scheme tone3 (groups in training); known privileged "
-                              "groups: A, B, C")
+    message = str(
+        unknown_name("privileged group", "D", ["A", "B", "C"], where="scheme tone3 (groups in training)")
+    )
+    assert message.startswith(
+        "unknown privileged group 'D' for scheme tone3 (groups in training); known privileged groups: A, B, C"
+    )
 
 
 # --------------------------------------------------------------------------- found by the fuzz tests (tests/test_fuzz.py)

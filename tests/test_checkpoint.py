@@ -26,7 +26,9 @@ class Planted:
         return os.makedirs, (self.marker,)
 
 
-def test_a_checkpoint_holding_a_pickled_object_is_refused_and_a_normal_one_resumes(tmp_path, monkeypatch, capsys):
+def test_a_checkpoint_holding_a_pickled_object_is_refused_and_a_normal_one_resumes(
+    tmp_path, monkeypatch, capsys
+):
     args = ["run", "--out", str(tmp_path / "runs"), "--device", "cpu", *sum([["--set", s] for s in TINY], [])]
     real_score, calls = trainer.validation_score, []
 
@@ -57,7 +59,9 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused_and_a_normal_one_resum
     torch.load(hostile, weights_only=False)  # what the refusal prevents
     assert marker.exists()
 
-    monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "another-cache"))  # resume, not load the ERM model trained above
+    monkeypatch.setenv(
+        "DERMBENCH_CACHE", str(tmp_path / "another-cache")
+    )  # resume, not load the ERM model trained above
     assert main([*args[:2], str(tmp_path / "copy"), *args[3:]]) == 0
     assert "resumingermfromitscheckpointafterepoch1" in "".join("".join(capsys.readouterr()).split())
 
@@ -93,10 +97,12 @@ def _zero_inside_a_tensor(path, n=64):
     with zipfile.ZipFile(path) as archive:
         info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
     raw = bytearray(path.read_bytes())
-    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
-        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    name_len, extra_len = (
+        int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little"),
+        int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little"),
+    )
     start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2 - n // 2
-    raw[start:start + n] = bytes(n)
+    raw[start : start + n] = bytes(n)
     path.write_bytes(bytes(raw))
 
 
@@ -105,9 +111,14 @@ def _truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-@pytest.mark.parametrize(("damage", "why"), [(_zero_inside_a_tensor, "checksum"), (_truncate, "cannot be read")],
-                         ids=["checksum-mismatch", "unloadable"])
-def test_a_damaged_checkpoint_is_set_aside_and_the_run_matches_an_uninterrupted_one(tmp_path, monkeypatch, damage, why):
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [(_zero_inside_a_tensor, "checksum"), (_truncate, "cannot be read")],
+    ids=["checksum-mismatch", "unloadable"],
+)
+def test_a_damaged_checkpoint_is_set_aside_and_the_run_matches_an_uninterrupted_one(
+    tmp_path, monkeypatch, damage, why
+):
     """Interrupted, damaged, rerun: the same metrics as an uninterrupted run, in the same run folder
     (only the checkpoint file is set aside), and the record names the set-aside file."""
     import json
@@ -116,8 +127,10 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_matches_an_uninterrupted_
     from dermbench.runner import resolve_config, run_experiment
 
     def config(out):
-        return resolve_config(sets=[*TINY_SETTINGS, "eval.n_boot=20", "train.epochs=2"],
-                              flags={"out": str(out), "device": "cpu"})
+        return resolve_config(
+            sets=[*TINY_SETTINGS, "eval.n_boot=20", "train.epochs=2"],
+            flags={"out": str(out), "device": "cpu"},
+        )
 
     monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "cache-ref"))
     reference = run_experiment(config(tmp_path / "ref")).metrics
@@ -130,7 +143,9 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_matches_an_uninterrupted_
         return real_score(*a, **kw)
 
     monkeypatch.setattr(trainer, "validation_score", killed_in_epoch_two)
-    monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "cache-run"))  # train ERM again, not load the reference's
+    monkeypatch.setenv(
+        "DERMBENCH_CACHE", str(tmp_path / "cache-run")
+    )  # train ERM again, not load the reference's
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config(tmp_path / "run"))
     monkeypatch.setattr(trainer, "validation_score", real_score)
@@ -144,8 +159,12 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_matches_an_uninterrupted_
     else:
         torch.load(ckpt, weights_only=True)  # still loads: only its numbers changed
     resumed = run_experiment(config(tmp_path / "run"))
-    assert json.dumps(resumed.metrics["eval"], sort_keys=True) == json.dumps(reference["eval"], sort_keys=True)
-    assert resumed.run_dir.path == run_folder and (run_folder / "work" / "kept-by-the-interrupted-run").exists()
+    assert json.dumps(resumed.metrics["eval"], sort_keys=True) == json.dumps(
+        reference["eval"], sort_keys=True
+    )
+    assert (
+        resumed.run_dir.path == run_folder and (run_folder / "work" / "kept-by-the-interrupted-run").exists()
+    )
     assert [p.name for p in (tmp_path / "run").iterdir()] == [run_folder.name]  # no folder set aside
     on_disk = RunDir(tmp_path / "run", run_folder.name).metrics()  # the sealed record, read back
     (aside,) = on_disk["methods"]["erm"]["checkpoints_set_aside"]

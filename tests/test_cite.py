@@ -43,29 +43,66 @@ def keys(bib: str) -> set[str]:
 
 @pytest.mark.slow
 def test_a_fairquantize_run_cites_its_paper_its_datasets_and_backbone_and_nothing_else(
-        make_data_home, tmp_path, monkeypatch, capsys):
+    make_data_home, tmp_path, monkeypatch, capsys
+):
     """Fitzpatrick17k with DDI beside it (Derm7pt, MClass, ISIC absent, so skipped): the record
     and `dermbench cite RUN_DIR` name exactly FairQuantize, Fitzpatrick17k, DDI, ResNet, timm and
     dermbench."""
     home = make_data_home(n_fitz=300, include=("ddi",), size=16)
     monkeypatch.setenv("DERMBENCH_DATA", str(home))
     out = tmp_path / "runs"
-    code = main(["run", "--method", "fairquantize", "--dataset", "fitz17k", "--profile", "tiny", "--out", str(out),
-                 "--device", "cpu", "--set", "data.image_size=16", "--set", "model.backbone=resnet18",
-                 "--set", "train.epochs=1", "--set", "eval.n_boot=0", "--set", "fairquantize.step=0.1",
-                 "--set", "fairquantize.target=0.1", "--set", "fairquantize.score_samples=16"])
+    code = main(
+        [
+            "run",
+            "--method",
+            "fairquantize",
+            "--dataset",
+            "fitz17k",
+            "--profile",
+            "tiny",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--set",
+            "data.image_size=16",
+            "--set",
+            "model.backbone=resnet18",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "eval.n_boot=0",
+            "--set",
+            "fairquantize.step=0.1",
+            "--set",
+            "fairquantize.target=0.1",
+            "--set",
+            "fairquantize.score_samples=16",
+        ]
+    )
     assert code == 0
     capsys.readouterr()
     (run_dir,) = out.glob("fairquantize_fitz17k_s0_*")
     record = json.loads((run_dir / "metrics.json").read_text())
     assert set(record["eval"]) == {"fitz17k", "ddi"} and "derm7pt-derm" in record["skipped_test_sets"]
-    assert set(record["references"]) == {"dermbench", "method fairquantize", "dataset fitz17k", "dataset ddi",
-                                         "backbone resnet18"}
+    assert set(record["references"]) == {
+        "dermbench",
+        "method fairquantize",
+        "dataset fitz17k",
+        "dataset ddi",
+        "backbone resnet18",
+    }
 
     code, bib, _ = cite(capsys, str(run_dir))
     assert code == 0
-    expected = {"dermbench", "guo2024fairquantize", "groh2021evaluating", "daneshjou2022disparities",
-                "he2016deep", "rw2019timm"}
+    expected = {
+        "dermbench",
+        "guo2024fairquantize",
+        "groh2021evaluating",
+        "daneshjou2022disparities",
+        "he2016deep",
+        "rw2019timm",
+    }
     assert keys(bib) == expected  # nothing it did not use: no Derm7pt, MClass, ISIC, FairPrune, ...
     assert "FairQuantize}: Achieving Fairness Through Weight Quantization" in bib
     assert "with the {Fitzpatrick} 17k Dataset" in bib and "Deep Residual Learning" in bib
@@ -83,10 +120,32 @@ def test_cite_before_a_run_takes_the_backbone_from_the_profile(capsys):
     assert code == 0
     assert keys(bib) == {"dermbench", "guo2024fairquantize", "groh2021evaluating", "he2016deep", "rw2019timm"}
     code, bib, _ = cite(capsys, "--method", "fairquantize", "--dataset", "fitz17k", "--profile", "paper")
-    assert keys(bib) == {"dermbench", "guo2024fairquantize", "groh2021evaluating", "simonyan2015very", "rw2019timm"}
-    code, bib, _ = cite(capsys, "--method", "dermdiff+fairprune", "--dataset", "isic2019", "--backbone", "vit_base_patch16_224")
-    assert keys(bib) == {"dermbench", "munia2025dermdiff", "wu2022fairprune", "tschandl2018ham10000",
-                         "codella2018skin", "combalia2019bcn20000", "dosovitskiy2021image", "rw2019timm"}
+    assert keys(bib) == {
+        "dermbench",
+        "guo2024fairquantize",
+        "groh2021evaluating",
+        "simonyan2015very",
+        "rw2019timm",
+    }
+    code, bib, _ = cite(
+        capsys,
+        "--method",
+        "dermdiff+fairprune",
+        "--dataset",
+        "isic2019",
+        "--backbone",
+        "vit_base_patch16_224",
+    )
+    assert keys(bib) == {
+        "dermbench",
+        "munia2025dermdiff",
+        "wu2022fairprune",
+        "tschandl2018ham10000",
+        "codella2018skin",
+        "combalia2019bcn20000",
+        "dosovitskiy2021image",
+        "rw2019timm",
+    }
 
 
 def test_bad_input_gets_an_error_naming_the_value(tmp_path, capsys):
@@ -122,18 +181,26 @@ def test_readme_cite_section_is_the_generated_list():
     text = (ROOT / "README.md").read_text()
     match = re.search(r"<!-- cite:start[^\n]*-->\n(.*?)<!-- cite:end -->", text, re.S)
     assert match, "README lacks the cite:start/cite:end markers"
-    assert match.group(1) == as_markdown(all_references()), "README's Cite list is stale: paste `dermbench cite --all --markdown`"
+    assert match.group(1) == as_markdown(all_references()), (
+        "README's Cite list is stale: paste `dermbench cite --all --markdown`"
+    )
 
 
 def test_backbone_families_and_unknown_backbones():
     assert backbone_family("resnet50") == "resnet" and backbone_family("resnext50_32x4d") == "resnext"
     assert backbone_family("vgg11_bn") == "vgg" and backbone_family("tf_efficientnet_b0") == "tf_efficientnet"
-    assert [entry_key(e) for e in backbone_references("test_resnet")] == ["rw2019timm"]  # timm alone, no guess
+    assert [entry_key(e) for e in backbone_references("test_resnet")] == [
+        "rw2019timm"
+    ]  # timm alone, no guess
     refs = run_references(method="erm", datasets=["synthderm"], backbones=[])
     assert set(refs) == {"dermbench", "method erm", "dataset synthderm"}
     assert [entry_key(e) for e in refs["method erm"]] == ["vapnik1992principles", "vapnik1998statistical"]
     assert [entry_key(e) for e in refs["dataset synthderm"]] == [
-        "groh2021evaluating", "daneshjou2022disparities", "chardon1991skin", "delbino2006relationship"]
+        "groh2021evaluating",
+        "daneshjou2022disparities",
+        "chardon1991skin",
+        "delbino2006relationship",
+    ]
 
 
 def test_the_backbones_cited_are_those_inside_the_fitted_model():
@@ -173,12 +240,14 @@ def test_a_plugin_with_malformed_references_is_refused_by_name():
 
 def test_license_and_citation_file_agree_with_the_package():
     pyproject = (ROOT / "pyproject.toml").read_text()  # (tomllib is Python 3.11+; dermbench supports 3.10)
-    project = {"license": re.search(r'^license = (.*)$', pyproject, re.M).group(1),
-               "version": re.search(r'^version = "(.*)"$', pyproject, re.M).group(1)}
+    project = {
+        "license": re.search(r"^license = (.*)$", pyproject, re.M).group(1),
+        "version": re.search(r'^version = "(.*)"$', pyproject, re.M).group(1),
+    }
     license_text = (ROOT / "LICENSE").read_text()
     assert project["license"] == '{ text = "MIT" }'
     assert license_text.startswith("MIT License\n") and "dermbench contributors" in license_text
-    assert "THE SOFTWARE IS PROVIDED \"AS IS\"" in license_text
+    assert 'THE SOFTWARE IS PROVIDED "AS IS"' in license_text
     cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
     # the CFF 1.2.0 required keys and types (the full schema: `cffconvert --validate` where installed)
     assert cff["cff-version"] == "1.2.0"
@@ -191,29 +260,64 @@ def test_license_and_citation_file_agree_with_the_package():
     assert cff["license"] == "MIT" and cff["type"] == "software"
 
 
-@pytest.mark.skipif(shutil.which("cffconvert") is None, reason="cffconvert is not installed (it pins jsonschema<4)")
+@pytest.mark.skipif(
+    shutil.which("cffconvert") is None, reason="cffconvert is not installed (it pins jsonschema<4)"
+)
 def test_citation_file_validates_against_the_cff_schema():
-    result = subprocess.run(["cffconvert", "--validate", "-i", str(ROOT / "CITATION.cff")],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["cffconvert", "--validate", "-i", str(ROOT / "CITATION.cff")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_list_cite_prints_every_listed_plugin_and_flags_one_without_references(tmp_path, monkeypatch, capsys):
     (tmp_path / "plainmethod.py").write_text(
         "from dermbench.hookspecs import hookimpl\n\nname = 'plainmethod'\n\n\n"
-        "@hookimpl\ndef dermbench_method_defaults(profile):\n    return None\n")
+        "@hookimpl\ndef dermbench_method_defaults(profile):\n    return None\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["list", "methods", "--cite", "--plugin", "plainmethod"]) == 0
     bib = capsys.readouterr().out
     for name in BUILTIN_METHODS:
         assert f"% method {name}:" in bib
     assert "% method plainmethod: (declares no references)" in bib
-    assert keys(bib) == {"idrissi2022simple", "zong2023medfair", "wu2022fairprune", "guo2024fairquantize",
-                         "jung2021fair", "munia2025dermdiff", "wang2024majority", "munia2025classndiff",
-                         "carrion2023fedd", "dhariwal2021diffusion", "baranchuk2022label", "vapnik1992principles",
-                         "vapnik1998statistical", "dermbench"}
-    code, bib, _ = cite(capsys, "--method", "plainmethod", "--dataset", "synthderm", "--backbone", "resnet18",
-                        "--plugin", "plainmethod")
-    assert code == 0 and keys(bib) == {"dermbench", "he2016deep", "rw2019timm", "groh2021evaluating",
-                                       "daneshjou2022disparities", "chardon1991skin", "delbino2006relationship"}
+    assert keys(bib) == {
+        "idrissi2022simple",
+        "zong2023medfair",
+        "wu2022fairprune",
+        "guo2024fairquantize",
+        "jung2021fair",
+        "munia2025dermdiff",
+        "wang2024majority",
+        "munia2025classndiff",
+        "carrion2023fedd",
+        "dhariwal2021diffusion",
+        "baranchuk2022label",
+        "vapnik1992principles",
+        "vapnik1998statistical",
+        "dermbench",
+    }
+    code, bib, _ = cite(
+        capsys,
+        "--method",
+        "plainmethod",
+        "--dataset",
+        "synthderm",
+        "--backbone",
+        "resnet18",
+        "--plugin",
+        "plainmethod",
+    )
+    assert code == 0 and keys(bib) == {
+        "dermbench",
+        "he2016deep",
+        "rw2019timm",
+        "groh2021evaluating",
+        "daneshjou2022disparities",
+        "chardon1991skin",
+        "delbino2006relationship",
+    }
     assert "% method plainmethod: (declares no references)" in bib

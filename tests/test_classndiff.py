@@ -30,7 +30,9 @@ LATENT = (4, 4, 4)
 
 
 def parts(seed: int = 0, num_conditions: int = 2):
-    dit = make_dit(size="tiny", patch=2, latent_size=4, latent_channels=4, num_conditions=num_conditions, seed=seed)
+    dit = make_dit(
+        size="tiny", patch=2, latent_size=4, latent_channels=4, num_conditions=num_conditions, seed=seed
+    )
     torch.manual_seed(seed)
     classifier = LatentClassifier(backbone="test_resnet", num_classes=2)
     return dit, classifier, dit_scheduler()
@@ -45,13 +47,20 @@ def batch(n: int = 8, seed: int = 0):
 
 def fixed_draws(n: int, coupled: bool, seed: int = 1) -> StepDraws:
     g = torch.Generator().manual_seed(seed)
-    return StepDraws(index=torch.arange(n), t=torch.randint(1000, (n,), generator=g),
-                     noise=torch.randn((n, *LATENT), generator=g), dropped=torch.zeros(n, dtype=torch.bool),
-                     coupled=coupled)
+    return StepDraws(
+        index=torch.arange(n),
+        t=torch.randint(1000, (n,), generator=g),
+        noise=torch.randn((n, *LATENT), generator=g),
+        dropped=torch.zeros(n, dtype=torch.bool),
+        coupled=coupled,
+    )
 
 
 def grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for k, p in module.named_parameters()}
+    return {
+        k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+        for k, p in module.named_parameters()
+    }
 
 
 def params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -77,8 +86,19 @@ def run_step(coupled: bool, *, weight: float = 0.2):
     before_bn = {k: v.clone() for k, v in classifier.state_dict().items() if "running" in k}
     dit_opt = torch.optim.SGD(dit.parameters(), lr=0.0)  # the gradient stays to be inspected
     cls_opt = torch.optim.SGD(classifier.parameters(), lr=0.1, momentum=0.9)
-    out = joint_step(dit, classifier, scheduler, z0=z0, cond=labels, labels=labels, draws=draws, weight=weight,
-                     dit_optimizer=dit_opt, classifier_optimizer=cls_opt, clip=None)
+    out = joint_step(
+        dit,
+        classifier,
+        scheduler,
+        z0=z0,
+        cond=labels,
+        labels=labels,
+        draws=draws,
+        weight=weight,
+        dit_optimizer=dit_opt,
+        classifier_optimizer=cls_opt,
+        clip=None,
+    )
     return out, grads(dit), expected, before_cls, params(classifier), before_bn, classifier
 
 
@@ -87,9 +107,13 @@ def test_on_a_coupled_step_the_classifier_loss_reaches_the_dit_and_the_classifie
     assert out["coupled"] and "coupled_classifier_loss" in out and "classifier_loss" not in out
     differing = [k for k in got if not torch.allclose(got[k], expected[k], atol=1e-7)]
     assert differing, "the classifier term did not change the DiT's gradient"
-    assert all(torch.equal(before[k], after[k]) for k in before), "the classifier optimiser stepped on a coupled step"
+    assert all(torch.equal(before[k], after[k]) for k in before), (
+        "the classifier optimiser stepped on a coupled step"
+    )
     assert all(p.grad is None for p in classifier.parameters()), "the classifier received a gradient"
-    assert all(torch.equal(v, classifier.state_dict()[k]) for k, v in before_bn.items()), "BatchNorm statistics moved"
+    assert all(torch.equal(v, classifier.state_dict()[k]) for k, v in before_bn.items()), (
+        "BatchNorm statistics moved"
+    )
     assert all(p.requires_grad for p in classifier.parameters())
 
 
@@ -98,7 +122,9 @@ def test_on_an_uncoupled_step_the_dit_sees_only_the_diffusion_loss_and_the_class
     assert not out["coupled"] and "classifier_loss" in out and "coupled_classifier_loss" not in out
     for k in got:
         assert torch.allclose(got[k], expected[k], atol=1e-6, rtol=1e-5), k
-    assert any(not torch.equal(before[k], after[k]) for k in before), "the classifier did not train on clean latents"
+    assert any(not torch.equal(before[k], after[k]) for k in before), (
+        "the classifier did not train on clean latents"
+    )
 
 
 def test_the_coupled_gradient_is_the_diffusion_gradient_plus_weight_times_the_classifier_term():
@@ -113,22 +139,46 @@ def test_the_coupled_gradient_is_the_diffusion_gradient_plus_weight_times_the_cl
 def test_the_coupling_happens_on_the_chosen_fraction_of_steps(p):
     g = torch.Generator().manual_seed(3)
     n = 2000
-    coupled = sum(draw_step(g, n_rows=10, batch_size=2, latent_shape=LATENT, timesteps=1000, p=p,
-                            cond_dropout=0.1).coupled for _ in range(n))
+    coupled = sum(
+        draw_step(
+            g, n_rows=10, batch_size=2, latent_shape=LATENT, timesteps=1000, p=p, cond_dropout=0.1
+        ).coupled
+        for _ in range(n)
+    )
     sd = (n * p * (1 - p)) ** 0.5
     assert abs(coupled - n * p) <= 4 * sd + 1e-9
 
 
 def test_joint_training_couples_on_the_drawn_steps_and_is_deterministic():
-    settings = {"steps": 12, "batch_size": 4, "p": 0.25, "weight": 0.2, "cond_dropout": 0.1, "lr": 1e-3,
-                "weight_decay": 0.0, "classifier_lr": 1e-2, "classifier_momentum": 0.9}
+    settings = {
+        "steps": 12,
+        "batch_size": 4,
+        "p": 0.25,
+        "weight": 0.2,
+        "cond_dropout": 0.1,
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "classifier_lr": 1e-2,
+        "classifier_momentum": 0.9,
+    }
     z0, labels = batch(10)
     latents = torch.cat([z0, torch.full_like(z0, -20.0)], dim=1)  # mean, log-variance ~ no spread
 
     def run():
         dit, classifier, scheduler = parts()
-        history = train_joint(dit, classifier, scheduler, latents=latents, scaling=1.0, cond=labels, labels=labels,
-                              settings=settings, seed=5, device=CPU, console=QUIET)
+        history = train_joint(
+            dit,
+            classifier,
+            scheduler,
+            latents=latents,
+            scaling=1.0,
+            cond=labels,
+            labels=labels,
+            settings=settings,
+            seed=5,
+            device=CPU,
+            console=QUIET,
+        )
         return history, params(dit)
 
     h1, p1 = run()
@@ -156,7 +206,9 @@ def test_sampling_depends_on_the_seed_not_the_batch():
     a = sample_latents(dit, scheduler, cond, cond, [7, 8, 9], sampler="ddim", steps=3, device=CPU)
     b = sample_latents(dit, scheduler, cond[1:], cond[1:], [8, 9], sampler="ddim", steps=3, device=CPU)
     assert torch.allclose(a[1:], b, atol=1e-5)
-    c = sample_latents(dit, scheduler, cond, cond, [7, 8, 9], sampler="ddpm", steps=3, cfg_scale=2.0, device=CPU)
+    c = sample_latents(
+        dit, scheduler, cond, cond, [7, 8, 9], sampler="ddpm", steps=3, cfg_scale=2.0, device=CPU
+    )
     assert c.shape == a.shape and torch.isfinite(c).all()
 
 
@@ -169,17 +221,47 @@ def test_classifier_guidance_moves_samples_toward_the_requested_class():
     z0 = torch.randn((64, *LATENT), generator=g) * 0.5 + (labels.float() * 3 - 1.5).view(-1, 1, 1, 1)
     latents = torch.cat([z0, torch.full_like(z0, -20.0)], dim=1)
     dit, classifier, scheduler = parts()
-    settings = {"steps": 150, "batch_size": 16, "p": 0.25, "weight": 0.2, "cond_dropout": 0.1, "lr": 1e-3,
-                "weight_decay": 0.0, "classifier_lr": 0.05, "classifier_momentum": 0.9}
-    train_joint(dit, classifier, scheduler, latents=latents, scaling=1.0, cond=labels, labels=labels,
-                settings=settings, seed=1, device=CPU, console=QUIET)
+    settings = {
+        "steps": 150,
+        "batch_size": 16,
+        "p": 0.25,
+        "weight": 0.2,
+        "cond_dropout": 0.1,
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "classifier_lr": 0.05,
+        "classifier_momentum": 0.9,
+    }
+    train_joint(
+        dit,
+        classifier,
+        scheduler,
+        latents=latents,
+        scaling=1.0,
+        cond=labels,
+        labels=labels,
+        settings=settings,
+        seed=1,
+        device=CPU,
+        console=QUIET,
+    )
     with torch.no_grad():
         assert (classifier.log_probs(z0).argmax(1) == labels).float().mean() >= 0.9
     requested = torch.tensor([0] * 8 + [1] * 8)
     scores, hits = [], []
     for scale in (0.0, 0.3, 1.0):
-        z = sample_latents(dit, scheduler, requested, requested, list(range(16)), sampler="ddim", steps=10,
-                           classifier=classifier, classifier_scale=scale, device=CPU)
+        z = sample_latents(
+            dit,
+            scheduler,
+            requested,
+            requested,
+            list(range(16)),
+            sampler="ddim",
+            steps=10,
+            classifier=classifier,
+            classifier_scale=scale,
+            device=CPU,
+        )
         with torch.no_grad():
             log_p = classifier.log_probs(z)
         scores.append(float(log_p.gather(1, requested.view(-1, 1)).mean()))
@@ -192,10 +274,24 @@ def test_classifier_free_guidance_is_a_switch():
     dit, classifier, scheduler = parts()
     cond = torch.tensor([0, 1])
     plain = sample_latents(dit, scheduler, cond, cond, [1, 2], sampler="ddim", steps=3, device=CPU)
-    one = sample_latents(dit, scheduler, cond, cond, [1, 2], sampler="ddim", steps=3, cfg_scale=1.0, device=CPU)
-    strong = sample_latents(dit, scheduler, cond, cond, [1, 2], sampler="ddim", steps=3, cfg_scale=4.0, device=CPU)
+    one = sample_latents(
+        dit, scheduler, cond, cond, [1, 2], sampler="ddim", steps=3, cfg_scale=1.0, device=CPU
+    )
+    strong = sample_latents(
+        dit, scheduler, cond, cond, [1, 2], sampler="ddim", steps=3, cfg_scale=4.0, device=CPU
+    )
     assert torch.equal(plain, one)
     assert not torch.allclose(plain, strong)
-    unguided = sample_latents(dit, scheduler, cond, cond, [1, 2], sampler="ddim", steps=3, classifier=classifier,
-                              classifier_scale=0.0, device=CPU)
+    unguided = sample_latents(
+        dit,
+        scheduler,
+        cond,
+        cond,
+        [1, 2],
+        sampler="ddim",
+        steps=3,
+        classifier=classifier,
+        classifier_scale=0.0,
+        device=CPU,
+    )
     assert torch.equal(plain, unguided)  # a classifier at scale 0 changes nothing

@@ -24,13 +24,18 @@ QUIET = Console(quiet=True)
 SMALL = [
     *TINY_SETTINGS,
     "data.options={n_train: 160, n_val: 60, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}",
-    "classndiff.joint.steps=24", "classndiff.joint.batch_size=16", "classndiff.per_class=12", "classndiff.steps=3",
+    "classndiff.joint.steps=24",
+    "classndiff.joint.batch_size=16",
+    "classndiff.per_class=12",
+    "classndiff.steps=3",
     "classndiff.quality.pairs=20",
 ]
 
 
 def run(tmp_path, *extra):
-    cfg = resolve_config(sets=[*SMALL, *extra], flags={"method": "classndiff", "out": str(tmp_path), "device": "cpu"})
+    cfg = resolve_config(
+        sets=[*SMALL, *extra], flags={"method": "classndiff", "out": str(tmp_path), "device": "cpu"}
+    )
     return run_experiment(cfg, console=QUIET)
 
 
@@ -57,8 +62,13 @@ def test_erm_path_trains_on_real_plus_class_balanced_synthetic_images(tmp_path):
 
 @pytest.mark.slow
 def test_latent_path_uses_the_joint_classifier_and_tone_conditioning_balances_tones(tmp_path):
-    result = run(tmp_path, "classndiff.classifier=latent", "classndiff.tone_conditioning=true",
-                 "classndiff.classifier_scale=1.0", "classndiff.cfg_scale=2.0")
+    result = run(
+        tmp_path,
+        "classndiff.classifier=latent",
+        "classndiff.tone_conditioning=true",
+        "classndiff.classifier_scale=1.0",
+        "classndiff.cfg_scale=2.0",
+    )
     m = result.metrics
     rec = m["methods"]["classndiff"]
     assert rec["classifier"] == "latent" and "latent classifier" in rec["fit"]
@@ -76,9 +86,17 @@ def test_latent_model_predicts_probabilities_from_the_vae_mean_at_its_own_size()
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                        block_out_channels=(16, 32, 32), sample_size=16).eval()
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32),
+        sample_size=16,
+    ).eval()
     classifier = LatentClassifier(backbone="test_resnet", num_classes=2).eval()
     model = LatentModel(vae, classifier, size=16, scaling=0.5)
     images = np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
@@ -109,13 +127,23 @@ def test_profiles_and_setting_checks():
     from dermbench.errors import ConfigError
     from dermbench.methods.classndiff import check_settings
 
-    paper = resolve_config(sets=[], flags={"method": "classndiff", "profile": "paper", "device": "cpu", "out": "x"})
+    paper = resolve_config(
+        sets=[], flags={"method": "classndiff", "profile": "paper", "device": "cpu", "out": "x"}
+    )
     hp = paper["classndiff"]
-    assert hp["dit"] == {"size": "L", "patch": 4} and hp["vae"] == "stabilityai/sd-vae-ft-ema" and hp["image_size"] == 256
-    assert hp["joint"]["lr"] == 1e-4 and hp["joint"]["classifier_lr"] == 3e-4 and hp["joint"]["batch_size"] == 8
+    assert (
+        hp["dit"] == {"size": "L", "patch": 4}
+        and hp["vae"] == "stabilityai/sd-vae-ft-ema"
+        and hp["image_size"] == 256
+    )
+    assert (
+        hp["joint"]["lr"] == 1e-4 and hp["joint"]["classifier_lr"] == 3e-4 and hp["joint"]["batch_size"] == 8
+    )
     assert (hp["joint"]["p"], hp["joint"]["weight"], hp["joint"]["cond_dropout"]) == (0.25, 0.2, 0.1)
     assert (hp["sampler"], hp["steps"], hp["cfg_scale"], hp["classifier_scale"]) == ("ddpm", 250, 1.0, 0.0)
-    assert hp["latent_classifier"]["backbone"] == "resnet101.tv_in1k"  # ImageNet-initialised, as the authors' code (issue 26)
+    assert (
+        hp["latent_classifier"]["backbone"] == "resnet101.tv_in1k"
+    )  # ImageNet-initialised, as the authors' code (issue 26)
     tiny = resolve_config(sets=[], flags={"method": "classndiff", "device": "cpu", "out": "x"})["classndiff"]
     check_settings(tiny)
     for key, value, message in (("classifier", "lat", "erm, latent"), ("cfg_scale", -1.0, ">= 0")):

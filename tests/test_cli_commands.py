@@ -12,9 +12,13 @@ from dermbench.cli import COMMANDS, main
 
 
 def _imported_after_parsing(argv: list[str]) -> set[str]:
-    code = ("import sys; from dermbench.cli import build_parser; build_parser(sys.argv[1:]); "
-            "print('\\n'.join(m for m in sys.modules if m.startswith('dermbench.cli.')))")
-    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys; from dermbench.cli import build_parser; build_parser(sys.argv[1:]); "
+        "print('\\n'.join(m for m in sys.modules if m.startswith('dermbench.cli.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True
+    ).stdout
     return set(out.split())
 
 

@@ -39,7 +39,12 @@ SPLITS_DIR = REPO / "datasets" / "splits"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {"fitz17k": Fitz17k, "isic2019": ISIC2019}
 #: every committed split: (dataset, rule)
-COMMITTED = [("fitz17k", "standard"), ("fitz17k", "fairquantize"), ("isic2019", "standard"), ("isic2019", "fairquantize")]
+COMMITTED = [
+    ("fitz17k", "standard"),
+    ("fitz17k", "fairquantize"),
+    ("isic2019", "standard"),
+    ("isic2019", "fairquantize"),
+]
 #: the files each dataset's splits are made from, under SHARED/<dataset>/
 SOURCES = {
     "fitz17k": ("fitzpatrick17k.csv",),
@@ -91,8 +96,14 @@ def test_json_describes_the_csv_and_the_rule(dataset, rule):
     assert (meta["dataset"], meta["rule"], meta["metadata_file"]) == (dataset, rule, cls.metadata)
     assert re.fullmatch(r"[0-9a-f]{64}", meta["sha256"])
     # made by the rule the code still has: a changed rule must come with remade files
-    assert (meta["seed"], meta["fractions"], meta["stratify"], meta["group"], meta["method"], meta["description"]) == (
-        spec.seed, list(spec.fractions), list(spec.stratify), spec.group, spec.method, spec.description)
+    assert (
+        meta["seed"],
+        meta["fractions"],
+        meta["stratify"],
+        meta["group"],
+        meta["method"],
+        meta["description"],
+    ) == (spec.seed, list(spec.fractions), list(spec.stratify), spec.group, spec.method, spec.description)
     assert meta["n"] == len(frame) and frame["sample_id"].is_unique and (frame["sample_id"] != "").all()
     assert set(frame["split"]) == set(SPLITS)
     assert meta["counts"] == {s: int((frame["split"] == s).sum()) for s in SPLITS}
@@ -120,7 +131,10 @@ def test_committed_ids_look_like_the_datasets_ids():
     assert isic["sample_id"].str.fullmatch(r"ISIC_\d{7}(_downsampled)?").all()
     # both rules of a dataset were made from the same metadata file; fairquantize leaves rows out on isic2019 only
     for dataset in DATASETS:
-        (standard, meta_s), (fairquantize, meta_f) = committed(dataset, "standard"), committed(dataset, "fairquantize")
+        (standard, meta_s), (fairquantize, meta_f) = (
+            committed(dataset, "standard"),
+            committed(dataset, "fairquantize"),
+        )
         assert meta_s["sha256"] == meta_f["sha256"]
         assert set(fairquantize["sample_id"]) <= set(standard["sample_id"])
     assert len(committed("fitz17k", "fairquantize")[0]) == len(committed("fitz17k", "standard")[0])
@@ -154,17 +168,32 @@ def test_a_loader_whose_metadata_matches_uses_the_committed_split_exactly(
     sample_ids = pd.concat([kept, pd.Series(["not-in-the-metadata"])], ignore_index=True)
     assignment = pd.Series(np.array(SPLITS)[np.arange(len(sample_ids)) * 3 // len(sample_ids)])
     folder = tmp_path / "committed"
-    write_split(assignment, sample_ids, directory=folder, dataset=dataset, rule=cls.split_rules[rule],
-                metadata_path=metadata, sha256=sha256_file(metadata))
+    write_split(
+        assignment,
+        sample_ids,
+        directory=folder,
+        dataset=dataset,
+        rule=cls.split_rules[rule],
+        metadata_path=metadata,
+        sha256=sha256_file(metadata),
+    )
     _, real = committed(dataset, rule)
     meta_path = folder / f"{dataset}-{rule}.json"
     written = json.loads(meta_path.read_text())
     assert {k: v for k, v in real.items() if k not in ("sha256", "n", "counts", *PROVENANCE)} == {
-        k: v for k, v in written.items() if k not in ("sha256", "n", "counts", *PROVENANCE)}
+        k: v for k, v in written.items() if k not in ("sha256", "n", "counts", *PROVENANCE)
+    }
     # a local split with the same checksum but another assignment must lose
     local = tree.root / "splits"
-    write_split(pd.Series(["train"] * len(kept)), kept, directory=local, dataset=dataset,
-                rule=cls.split_rules[rule], metadata_path=metadata, sha256=sha256_file(metadata))
+    write_split(
+        pd.Series(["train"] * len(kept)),
+        kept,
+        directory=local,
+        dataset=dataset,
+        rule=cls.split_rules[rule],
+        metadata_path=metadata,
+        sha256=sha256_file(metadata),
+    )
     monkeypatch.setattr(splits_module, "committed_dir", lambda: folder)
     table = cls(tree.root, split_rule=rule).table("malignant")
     expected = dict(zip(sample_ids, assignment))
@@ -183,16 +212,20 @@ def test_a_loader_whose_metadata_differs_from_a_committed_split_is_refused(
     tree = _tree(dataset, make_fitz17k, make_isic2019)
     cls = DATASETS[dataset]
     _, meta = committed(dataset, rule)
-    message = (rf"{cls.metadata} \(sha256 [0-9a-f]{{12}}\.\.\.\) does not match the split file "
-               rf"{re.escape(str(SPLITS_DIR / f'{dataset}-{rule}.csv'))} \(made from sha256 {meta['sha256'][:12]}\.\.\.\)"
-               r".*split_mismatch=resplit")
+    message = (
+        rf"{cls.metadata} \(sha256 [0-9a-f]{{12}}\.\.\.\) does not match the split file "
+        rf"{re.escape(str(SPLITS_DIR / f'{dataset}-{rule}.csv'))} \(made from sha256 {meta['sha256'][:12]}\.\.\.\)"
+        r".*split_mismatch=resplit"
+    )
     with pytest.raises(DataError, match=message):
         cls(tree.root, split_rule=rule).table("malignant")
     assert not (tree.root / "splits").exists()
     table = cls(tree.root, split_rule=rule, split_mismatch="resplit").table("malignant")
     assert "not the standard split" in capsys.readouterr().err
-    local = SplitFile(tree.root / "splits" / f"{dataset}-{rule}.csv",
-                      json.loads((tree.root / "splits" / f"{dataset}-{rule}.json").read_text()))
+    local = SplitFile(
+        tree.root / "splits" / f"{dataset}-{rule}.csv",
+        json.loads((tree.root / "splits" / f"{dataset}-{rule}.json").read_text()),
+    )
     assert local.sha256 == sha256_file(tree.root / cls.metadata)
     assert table["split"].tolist() == local.assignments().loc[table["sample_id"]].tolist()
 
@@ -201,7 +234,9 @@ def test_a_loader_whose_metadata_differs_from_a_committed_split_is_refused(
 
 
 @ids
-def test_data_split_does_not_depend_on_which_images_exist(dataset, rule, make_fitz17k, make_isic2019, tmp_path):
+def test_data_split_does_not_depend_on_which_images_exist(
+    dataset, rule, make_fitz17k, make_isic2019, tmp_path
+):
     """`dermbench data split` splits every metadata row the loader keeps, so a user with part of
     the images (or none, as when the committed files were made) gets the same split."""
     tree = _tree(dataset, make_fitz17k, make_isic2019)
@@ -215,9 +250,28 @@ def test_data_split_does_not_depend_on_which_images_exist(dataset, rule, make_fi
             for path in images:
                 path.unlink(missing_ok=True)
         outs[label] = tmp_path / f"out-{label}"
-        assert main(["data", "split", dataset, "--root", str(tree.root), "--rule", rule, "--out", str(outs[label])]) == 0
+        assert (
+            main(
+                [
+                    "data",
+                    "split",
+                    dataset,
+                    "--root",
+                    str(tree.root),
+                    "--rule",
+                    rule,
+                    "--out",
+                    str(outs[label]),
+                ]
+            )
+            == 0
+        )
     csv = f"{dataset}-{rule}.csv"
-    assert (outs["all"] / csv).read_bytes() == (outs["some"] / csv).read_bytes() == (outs["none"] / csv).read_bytes()
+    assert (
+        (outs["all"] / csv).read_bytes()
+        == (outs["some"] / csv).read_bytes()
+        == (outs["none"] / csv).read_bytes()
+    )
     frame = pd.read_csv(outs["none"] / csv, dtype=str)
     kept = DATASETS[dataset](tree.root, split_rule=rule).records()["sample_id"]
     assert frame["sample_id"].tolist() == kept.tolist()
@@ -253,7 +307,11 @@ def _fairquantize_code(dataset: str, folder: Path) -> dict[str, str]:
         df = df[df["sex"].notna()]
     train, held, _, _ = train_test_split(df, df["y"], test_size=0.4, random_state=4242, stratify=df["y"])
     val, test, _, _ = train_test_split(held, held["y"], test_size=0.5, random_state=4242, stratify=held["y"])
-    return {**dict.fromkeys(train[ids], "train"), **dict.fromkeys(val[ids], "val"), **dict.fromkeys(test[ids], "test")}
+    return {
+        **dict.fromkeys(train[ids], "train"),
+        **dict.fromkeys(val[ids], "val"),
+        **dict.fromkeys(test[ids], "test"),
+    }
 
 
 @ids
@@ -276,8 +334,13 @@ def test_remaking_from_the_real_metadata_gives_the_committed_files(dataset, rule
     assert main(["data", "split", dataset, "--root", str(root), "--rule", rule, "--out", str(out)]) == 0
     name = f"{dataset}-{rule}"
     assert (out / f"{name}.csv").read_bytes() == (SPLITS_DIR / f"{name}.csv").read_bytes()
-    made, kept = json.loads((out / f"{name}.json").read_text()), json.loads((SPLITS_DIR / f"{name}.json").read_text())
-    assert {k: v for k, v in made.items() if k not in PROVENANCE} == {k: v for k, v in kept.items() if k not in PROVENANCE}
+    made, kept = (
+        json.loads((out / f"{name}.json").read_text()),
+        json.loads((SPLITS_DIR / f"{name}.json").read_text()),
+    )
+    assert {k: v for k, v in made.items() if k not in PROVENANCE} == {
+        k: v for k, v in kept.items() if k not in PROVENANCE
+    }
     assert kept["sha256"] == hashlib.sha256(sources[0].read_bytes()).hexdigest()
     frame = pd.read_csv(out / f"{name}.csv", dtype=str)
     if rule == "fairquantize":

@@ -48,7 +48,10 @@ def test_yaml_typo_names_the_file(tmp_path):
     with pytest.raises(ConfigError, match="must hold a mapping"):
         c.resolve(file=f)
     f.write_text("train:\n  optimiser: sgd\n")
-    with pytest.raises(ConfigError, match=r"unknown setting 'train.optimiser' in config file .*did you mean 'train.optimizer'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown setting 'train.optimiser' in config file .*did you mean 'train.optimizer'",
+    ):
         c.resolve(file=f)
     with pytest.raises(ConfigError, match="cannot read config file"):
         c.resolve(file=tmp_path / "missing.yaml")
@@ -60,7 +63,9 @@ def test_unknown_profile_suggests():
 
 
 def test_set_values_are_yaml():
-    cfg = c.resolve(sets=["train.focal_alpha=[0.3, 0.4, 0.9]", "model.pretrained=null", "data.options={split_rule: x}"])
+    cfg = c.resolve(
+        sets=["train.focal_alpha=[0.3, 0.4, 0.9]", "model.pretrained=null", "data.options={split_rule: x}"]
+    )
     assert cfg["train"]["focal_alpha"] == [0.3, 0.4, 0.9]
     assert cfg["model"]["pretrained"] is None
     assert cfg["data"]["options"] == {"split_rule": "x"}  # free-form section
@@ -80,9 +85,13 @@ def test_a_config_of_an_earlier_profile_revision_is_labelled_with_it():
     assert c.profile_label("tiny", c.resolve()) == "tiny"
     previous = c.resolve(sets=["data.image_size=64", "train.epochs=6"])  # tiny until 2026-12
     assert c.profile_label("tiny", previous) == "tiny@2026-11"
-    assert c.profile_label("tiny", c.resolve(sets=["data.image_size=64"])) == "tiny"  # one setting changed: a variant
+    assert (
+        c.profile_label("tiny", c.resolve(sets=["data.image_size=64"])) == "tiny"
+    )  # one setting changed: a variant
     assert c.profile_label("paper", previous) == "paper"
-    assert c.profile_label("tiny", {"data": {"image_size": 64}}) == "tiny"  # a setting missing: not that revision
+    assert (
+        c.profile_label("tiny", {"data": {"image_size": 64}}) == "tiny"
+    )  # a setting missing: not that revision
 
 
 def test_numbers_are_read_as_numbers_and_integers_stay_integers():
@@ -95,8 +104,14 @@ def test_numbers_are_read_as_numbers_and_integers_stay_integers():
 @pytest.mark.parametrize(
     ("defaults", "message"),
     [
-        ({"train": {"epoch": 10}}, "unknown setting 'train.epoch' in the defaults of method 'mymethod'; did you mean 'train.epochs'"),
-        ({"trian": {"epochs": 10}}, "unknown setting 'trian' in the defaults of method 'mymethod'; did you mean 'train'"),
+        (
+            {"train": {"epoch": 10}},
+            "unknown setting 'train.epoch' in the defaults of method 'mymethod'; did you mean 'train.epochs'",
+        ),
+        (
+            {"trian": {"epochs": 10}},
+            "unknown setting 'trian' in the defaults of method 'mymethod'; did you mean 'train'",
+        ),
         ({"othermethod": {"beta": 1}}, "a method's own settings go under its name, 'mymethod'"),
         ({"train": {"epochs": "many"}}, "expected a value like"),
     ],
@@ -107,5 +122,9 @@ def test_method_defaults_merge_strictly_into_shared_sections(defaults, message):
 
 
 def test_a_methods_own_section_is_free():
-    cfg = c.resolve(method_defaults=lambda method, profile, dataset: [("mymethod", {"mymethod": {"any": {"nested": [1, 2]}}})])
+    cfg = c.resolve(
+        method_defaults=lambda method, profile, dataset: [
+            ("mymethod", {"mymethod": {"any": {"nested": [1, 2]}}})
+        ]
+    )
     assert cfg["mymethod"] == {"any": {"nested": [1, 2]}}

@@ -7,7 +7,7 @@ import pytest
 from dermbench.conformance import check_method
 from dermbench.errors import DermbenchError
 
-PLUGIN = '''
+PLUGIN = """
 from dermbench.hookspecs import hookimpl
 
 name = "badref"
@@ -17,7 +17,7 @@ REFERENCES = ("@article{nokey2024, title = {A title}, year = {2024}}",)  # no au
 @hookimpl
 def dermbench_method_defaults(profile):
     return {}
-'''
+"""
 
 
 def test_a_malformed_reference_fails_before_any_training(tmp_path, monkeypatch):

@@ -63,8 +63,15 @@ def test_bin_intervals_cover_the_true_auc_and_tpr_on_a_simulated_set():
         y = (rng.random(400) < 0.5).astype(int)
         score = np.where(y == 1, mean_of_row, 0.0) + rng.normal(0, 1, 400)
         prob = 1 / (1 + np.exp(-score))
-        curve = ita_curve(y_true=y, y_prob=prob, ita=ita, threshold=float(1 / (1 + np.exp(-t))), n_boot=200,
-                          seed=int(rng.integers(1 << 30)), n_bins=4)
+        curve = ita_curve(
+            y_true=y,
+            y_prob=prob,
+            ita=ita,
+            threshold=float(1 / (1 + np.exp(-t))),
+            n_boot=200,
+            seed=int(rng.integers(1 << 30)),
+            n_bins=4,
+        )
         for b, entry in enumerate(curve["bins"]):
             for metric in hits:
                 lo, hi = entry["ci"][metric]

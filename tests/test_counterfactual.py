@@ -30,7 +30,11 @@ SKIN = MASK_CLASSES.index("skin")
 def renders(ds: SynthDerm, split: str = "test", size: int = 16):
     table = ds.load(task="malignant", split=split, image_size=size).table
     out = [ds.counterfactual(table, fst=f, size=size) for f in FST_TYPES]
-    return table, np.stack([i for i, _ in out], 1), np.stack([m for _, m in out], 1)  # (n, 6, S, S, 3), (n, 6, S, S)
+    return (
+        table,
+        np.stack([i for i, _ in out], 1),
+        np.stack([m for _, m in out], 1),
+    )  # (n, 6, S, S, 3), (n, 6, S, S)
 
 
 # --------------------------------------------------------------------------- the renderer
@@ -46,9 +50,14 @@ def test_the_render_at_each_lesions_own_tone_is_its_image_byte_for_byte(split):
     assert own.dtype == np.uint8 and np.array_equal(own, np.asarray(original.images))
     # and the scene itself, given its own skin and seed, is the scene
     scenes = ds.scenes(split)
-    same = with_skin(scenes, np.arange(len(scenes)), fst=scenes.table["fst"].to_numpy(),
-                     ita=scenes.table["ita"].to_numpy(), skin=scenes.table[["skin_l", "skin_a", "skin_b"]].to_numpy(),
-                     seed=scenes.seed)
+    same = with_skin(
+        scenes,
+        np.arange(len(scenes)),
+        fst=scenes.table["fst"].to_numpy(),
+        ita=scenes.table["ita"].to_numpy(),
+        skin=scenes.table[["skin_l", "skin_a", "skin_b"]].to_numpy(),
+        seed=scenes.seed,
+    )
     assert np.array_equal(render(same, image_size=16)[0], np.asarray(original.images))
     # every tone is really rendered: the other five differ from the original
     other = images[np.arange(len(fst)), np.where(fst == 1, 5, 0)]
@@ -68,8 +77,22 @@ def test_only_the_skin_and_what_the_generator_ties_to_it_change():
     scenes = SynthDerm(**SIZES).scenes("test")
     light, dark = retone(scenes, 1), retone(scenes, 6)
     assert (fst_from_ita(light.table["ita"]) == 1).all() and (fst_from_ita(dark.table["ita"]) == 6).all()
-    for column in ("label", "severity", "asymmetry", "border", "variegation", "diameter", "pigment", "lesion_x",
-                   "lesion_y", "has_hair", "has_marker", "has_ruler", "has_backdrop", "exposure"):
+    for column in (
+        "label",
+        "severity",
+        "asymmetry",
+        "border",
+        "variegation",
+        "diameter",
+        "pigment",
+        "lesion_x",
+        "lesion_y",
+        "has_hair",
+        "has_marker",
+        "has_ruler",
+        "has_backdrop",
+        "exposure",
+    ):
         assert np.array_equal(light.table[column].to_numpy(), dark.table[column].to_numpy()), column
     for key in ("r_table", "centre", "edge", "hair", "ring", "ruler", "fields", "pores", "white_balance"):
         assert np.array_equal(light.arrays[key], dark.arrays[key]), key
@@ -85,8 +108,13 @@ def test_a_model_that_ignores_colour_has_flip_rate_zero():
     table, _, masks = renders(ds)
     area = (masks == MASK_CLASSES.index("lesion")).mean(axis=(2, 3))  # (n, 6): the lesion's geometry only
     p1 = 1 / (1 + np.exp(-(area - np.median(area)) * 40))
-    result = counterfactual_scores(y_true=table["label"], prob=np.stack([1 - p1, p1], -1), threshold=0.5,
-                                   original_fst=table["fst"], n_boot=50)
+    result = counterfactual_scores(
+        y_true=table["label"],
+        prob=np.stack([1 - p1, p1], -1),
+        threshold=0.5,
+        original_fst=table["fst"],
+        n_boot=50,
+    )
     assert result["flip_rate"] == 0.0 and result["flips"] == 0 and result["flip_rate_ci"] == [0.0, 0.0]
     assert len({v["auc"] for v in result["per_tone"].values()}) == 1
     assert all(s["mean"] == 0 and s["mean_abs"] == 0 for s in result["shift_per_step"])
@@ -107,15 +135,23 @@ def test_a_model_that_thresholds_on_skin_lightness_has_the_flip_rate_counted_by_
     cut = (light[:, 5].max() + light[:, 0].min()) / 2
     assert light[:, 5].max() < cut < light[:, 0].min()
     p1 = (light < cut).astype(float)
-    result = counterfactual_scores(y_true=table["label"], prob=np.stack([1 - p1, p1], -1), threshold=0.5, n_boot=0)
-    assert result["flip_rate"] == 1.0 and result["per_tone"]["I"]["tpr"] == 0.0 and result["per_tone"]["VI"]["tpr"] == 1.0
+    result = counterfactual_scores(
+        y_true=table["label"], prob=np.stack([1 - p1, p1], -1), threshold=0.5, n_boot=0
+    )
+    assert (
+        result["flip_rate"] == 1.0
+        and result["per_tone"]["I"]["tpr"] == 0.0
+        and result["per_tone"]["VI"]["tpr"] == 1.0
+    )
     assert result["shift_total"] == 1.0
     # a cut inside the FST I renders: a lesion flips when its six skins lie on both sides of it (those whose
     # FST I skin is already below the cut are dark at every tone and never flip)
     cut = float(np.median(light[:, 0]))
     p1 = (light < cut).astype(float)
     flipped = (light.min(axis=1) < cut) & (light.max(axis=1) >= cut)
-    result = counterfactual_scores(y_true=table["label"], prob=np.stack([1 - p1, p1], -1), threshold=0.5, n_boot=0)
+    result = counterfactual_scores(
+        y_true=table["label"], prob=np.stack([1 - p1, p1], -1), threshold=0.5, n_boot=0
+    )
     assert 0 < flipped.mean() < 1 and result["flip_rate"] == pytest.approx(flipped.mean())
     assert result["flips"] == int(flipped.sum())
     steps = np.diff(p1, axis=1)
@@ -140,17 +176,40 @@ class Lightness(nn.Module):
 def test_evaluate_counterfactual_scores_a_torchscript_lightness_model_as_counted_by_hand(tmp_path):
     ds = SynthDerm(**SIZES)
     table, images, _ = renders(ds)
-    means = images.reshape(len(table), 6, -1).astype(np.float64).mean(axis=2)  # the model's own input statistic
+    means = (
+        images.reshape(len(table), 6, -1).astype(np.float64).mean(axis=2)
+    )  # the model's own input statistic
     cut = float(np.median(means[:, 0]))  # inside the FST I renders: some lesions flip, some never do
     while np.abs(means - cut).min() < 0.05:
         cut += 0.1
     path = tmp_path / "light.pt"
-    torch.jit.save(torch.jit.script(Lightness(cut)), str(path),
-                   _extra_files={"dermbench.json": json.dumps({"input_size": 16, "mean": [0, 0, 0],
-                                                               "std": [1 / 255, 1 / 255, 1 / 255]})})
+    torch.jit.save(
+        torch.jit.script(Lightness(cut)),
+        str(path),
+        _extra_files={
+            "dermbench.json": json.dumps(
+                {"input_size": 16, "mean": [0, 0, 0], "std": [1 / 255, 1 / 255, 1 / 255]}
+            )
+        },
+    )
     out = tmp_path / "runs"
-    code = main(["evaluate", "--name", "lightness", "--model", str(path), "--test-set", "synthderm", "--counterfactual",
-                 "--out", str(out), "--device", "cpu", *sum([["--set", s] for s in SMALL], [])])
+    code = main(
+        [
+            "evaluate",
+            "--name",
+            "lightness",
+            "--model",
+            str(path),
+            "--test-set",
+            "synthderm",
+            "--counterfactual",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            *sum([["--set", s] for s in SMALL], []),
+        ]
+    )
     assert code == 0
     (run,) = [p.parent for p in out.glob("lightness_*/metrics.json")]
     entry = read_counterfactual(run)["test_sets"]["synthderm"]
@@ -170,28 +229,55 @@ def test_evaluate_counterfactual_scores_a_torchscript_lightness_model_as_counted
 
 def test_counterfactual_of_a_run_writes_the_record_and_the_leaderboards_flip_rate_column(tmp_path, capsys):
     out = tmp_path / "runs"
-    sets = sum([["--set", s] for s in (*SMALL, "model.backbone=test_resnet", "train.epochs=1", "train.batch_size=32")], [])
+    sets = sum(
+        [
+            ["--set", s]
+            for s in (*SMALL, "model.backbone=test_resnet", "train.epochs=1", "train.batch_size=32")
+        ],
+        [],
+    )
     assert main(["run", "--out", str(out), "--device", "cpu", *sets]) == 0
     (erm,) = [p.parent for p in out.glob("erm_*/metrics.json")]
     # a predictions-file row beside it, without the test
     prediction = pd.read_csv(erm / "predictions" / "synthderm.csv", dtype={"sample_id": str})
     prediction[["sample_id", "prob_0", "prob_1"]].to_csv(tmp_path / "p.csv", index=False)
-    assert main(["evaluate", "--name", "theirs", "--predictions", str(tmp_path / "p.csv"), "--test-set", "synthderm",
-                 "--out", str(out), *sum([["--set", s] for s in SMALL], [])]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--name",
+                "theirs",
+                "--predictions",
+                str(tmp_path / "p.csv"),
+                "--test-set",
+                "synthderm",
+                "--out",
+                str(out),
+                *sum([["--set", s] for s in SMALL], []),
+            ]
+        )
+        == 0
+    )
     assert main(["counterfactual", str(erm), "--device", "cpu"]) == 0
     data = read_counterfactual(erm)
     assert set(data["test_sets"]) == {"synthderm", "synthderm-ddi", "synthderm-dermoscopic"}
     for entry in data["test_sets"].values():
         assert 0 <= entry["flip_rate"] <= 1 and entry["check"]["max_abs_diff"] <= 1e-4
-        assert set(entry["per_tone"]) == {"I", "II", "III", "IV", "V", "VI"} and len(entry["shift_per_step"]) == 5
+        assert (
+            set(entry["per_tone"]) == {"I", "II", "III", "IV", "V", "VI"}
+            and len(entry["shift_per_step"]) == 5
+        )
     assert "Skin-tone counterfactual (SynthDerm)" in (erm / "report.md").read_text()
 
     details = build_outputs(collect([out]), [str(out)], str(tmp_path / "board"), n_boot=20)[0].details
     section = details.split("## Test set `synthderm`")[1].split("###")[1]
     header = next(line for line in section.splitlines() if line.startswith("| method"))
     assert header.rstrip(" |").endswith("flip rate")
-    rows = {line.split("|")[1].strip(): line.rstrip(" |").rsplit("|", 1)[1].strip()
-            for line in section.splitlines() if line.startswith("| erm") or line.startswith("| theirs")}
+    rows = {
+        line.split("|")[1].strip(): line.rstrip(" |").rsplit("|", 1)[1].strip()
+        for line in section.splitlines()
+        if line.startswith("| erm") or line.startswith("| theirs")
+    }
     assert rows["erm"].strip("*") == f"{data['test_sets']['synthderm']['flip_rate']:.3f}"
     assert rows["theirs (external)"] == "–"
 
@@ -203,7 +289,10 @@ def test_counterfactual_of_a_run_writes_the_record_and_the_leaderboards_flip_rat
     assert main(["counterfactual", str(theirs)]) == 2
     assert "needs the model" in capsys.readouterr().err
     weights = load_file(str(erm / "model.safetensors"))
-    save_file({k: v + 0.05 if v.is_floating_point() else v for k, v in weights.items()}, str(erm / "model.safetensors"))
+    save_file(
+        {k: v + 0.05 if v.is_floating_point() else v for k, v in weights.items()},
+        str(erm / "model.safetensors"),
+    )
     assert main(["counterfactual", str(erm), "--device", "cpu"]) == 2
     assert "does not reproduce the run's recorded predictions" in " ".join(capsys.readouterr().err.split())
 
@@ -232,18 +321,27 @@ def _counterfactual_json_is_sealed(out: Path, run: Path, tmp_path: Path, capsys)
     edited["test_sets"]["synthderm"]["flip_rate"] = 0.0
     path.write_text(json.dumps(edited))
     capsys.readouterr()
-    for command in (["records", "check", str(out)], ["report", str(run)],
-                    ["leaderboard", "--runs", str(out), "--out", str(tmp_path / "board2")]):
+    for command in (
+        ["records", "check", str(out)],
+        ["report", str(run)],
+        ["leaderboard", "--runs", str(out), "--out", str(tmp_path / "board2")],
+    ):
         assert main(command) == 2, command
         assert _bare(f"{path}: changed after the run finished") in _err(capsys), command
     # an older dermbench wrote it without sealing it: refused naming the seal command, which adds it
     path.unlink()
     write_done(run, finished=seal["finished"])
-    path.write_text(json.dumps({**edited, "test_sets": {"synthderm": {**edited["test_sets"]["synthderm"],
-                                                                      "flip_rate": 5.0}}}))
+    path.write_text(
+        json.dumps(
+            {**edited, "test_sets": {"synthderm": {**edited["test_sets"]["synthderm"], "flip_rate": 5.0}}}
+        )
+    )
     assert main(["records", "check", str(out)]) == 2
     err = _err(capsys)
-    assert _bare(f"{path}: not covered by the run's `done` marker") in err and _bare(f"dermbench records seal {run}") in err
+    assert (
+        _bare(f"{path}: not covered by the run's `done` marker") in err
+        and _bare(f"dermbench records seal {run}") in err
+    )
     assert main(["records", "seal", str(run)]) == 2  # an impossible one is not sealed
     assert _bare("flip_rate: expected a share in [0, 1]") in _err(capsys)
     path.write_bytes(genuine)
@@ -255,7 +353,13 @@ def _counterfactual_json_is_sealed(out: Path, run: Path, tmp_path: Path, capsys)
 
 def test_a_run_without_weights_names_the_command_that_makes_them(tmp_path, capsys):
     out = tmp_path / "runs"
-    sets = sum([["--set", s] for s in (*SMALL, "model.backbone=test_resnet", "train.epochs=1", "train.batch_size=32")], [])
+    sets = sum(
+        [
+            ["--set", s]
+            for s in (*SMALL, "model.backbone=test_resnet", "train.epochs=1", "train.batch_size=32")
+        ],
+        [],
+    )
     assert main(["run", "--out", str(out), "--device", "cpu", *sets]) == 0
     (erm,) = [p.parent for p in out.glob("erm_*/metrics.json")]
     (erm / "model.safetensors").unlink()
@@ -273,13 +377,22 @@ def _bare_err(capsys) -> str:
 
 
 def test_run_counterfactual_scores_the_methods_own_predict_and_leaves_the_run_id_alone(tmp_path, capsys):
-    sets = sum([["--set", s] for s in (*SMALL, "model.backbone=test_resnet", "train.epochs=1", "train.batch_size=32")], [])
+    sets = sum(
+        [
+            ["--set", s]
+            for s in (*SMALL, "model.backbone=test_resnet", "train.epochs=1", "train.batch_size=32")
+        ],
+        [],
+    )
     assert main(["run", "--out", str(tmp_path / "plain"), "--device", "cpu", *sets]) == 0
     assert main(["run", "--out", str(tmp_path / "with"), "--device", "cpu", *sets, "--counterfactual"]) == 0
     (plain,) = [p.parent for p in (tmp_path / "plain").glob("erm_*/metrics.json")]
     (run,) = [p.parent for p in (tmp_path / "with").glob("erm_*/metrics.json")]
     assert run.name == plain.name  # not a setting: the same run id
-    assert json.loads((run / "metrics.json").read_text())["eval"] == json.loads((plain / "metrics.json").read_text())["eval"]
+    assert (
+        json.loads((run / "metrics.json").read_text())["eval"]
+        == json.loads((plain / "metrics.json").read_text())["eval"]
+    )
     data = read_counterfactual(run)  # verified against the run's seal
     assert "counterfactual.json" in json.loads((run / "done").read_text())["files"]
     assert set(data["test_sets"]) == {"synthderm", "synthderm-ddi", "synthderm-dermoscopic"}
@@ -333,8 +446,18 @@ def test_run_counterfactual_covers_a_method_whose_model_is_not_the_backbone(tmp_
     monkeypatch.delitem(sys.modules, "lightcut", raising=False)
     monkeypatch.setattr(sys, "path", list(sys.path))
     out = tmp_path / "runs"
-    base = ["run", "--plugin", str(tmp_path / "lightcut.py"), "--method", "lightcut", "--out", str(out),
-            "--device", "cpu", *sum([["--set", s] for s in (*SMALL, "model.backbone=test_resnet")], [])]
+    base = [
+        "run",
+        "--plugin",
+        str(tmp_path / "lightcut.py"),
+        "--method",
+        "lightcut",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *sum([["--set", s] for s in (*SMALL, "model.backbone=test_resnet")], []),
+    ]
     assert main(base) == 0
     (run,) = [p.parent for p in out.glob("lightcut_*/metrics.json")]
     assert not (run / "model.safetensors").exists()
@@ -351,7 +474,9 @@ def test_run_counterfactual_covers_a_method_whose_model_is_not_the_backbone(tmp_
     assert again == run
     record = json.loads((run / "metrics.json").read_text())
     entry = read_counterfactual(run)["test_sets"]["synthderm"]
-    assert entry["check"]["max_abs_diff"] == 0.0 and read_counterfactual(run)["model"]["predict"] == "lightcut"
+    assert (
+        entry["check"]["max_abs_diff"] == 0.0 and read_counterfactual(run)["model"]["predict"] == "lightcut"
+    )
     # counted by hand from the renders, with the model's own rule and the run's threshold
     table, images, _ = renders(SynthDerm(**SIZES))
     cut = record["methods"]["lightcut"]["cut"]

@@ -25,9 +25,16 @@ SYNTH = "data.options={n_train: 40, n_val: 20, n_test: 20, n_test_ddi: 20, n_tes
 
 
 def make_ctx(tmp_path: Path, *sets: str) -> RunContext:
-    cfg = resolve_config(sets=["data.image_size=16", *sets], flags={"out": str(tmp_path / "runs"), "device": "cpu"})
-    return RunContext(config=cfg, device=torch.device("cpu"), work_dir=tmp_path / "work", cache_dir=tmp_path / "work",
-                      datasets=DatasetPool(cfg, ()))
+    cfg = resolve_config(
+        sets=["data.image_size=16", *sets], flags={"out": str(tmp_path / "runs"), "device": "cpu"}
+    )
+    return RunContext(
+        config=cfg,
+        device=torch.device("cpu"),
+        work_dir=tmp_path / "work",
+        cache_dir=tmp_path / "work",
+        datasets=DatasetPool(cfg, ()),
+    )
 
 
 @pytest.fixture
@@ -50,7 +57,9 @@ def test_synthderm_at_two_sizes_with_masks_renders_each_size_once(tmp_path, coun
     large = ctx.load_split("synthderm", "train", image_size=48, with_masks=True)
     assert small.images.shape == (40, 16, 16, 3) and large.images.shape == (40, 48, 48, 3)
     assert small.masks.shape == (40, 16, 16) and large.masks.shape == (40, 48, 48)
-    assert small.masks.dtype == np.uint8 and set(np.unique(large.masks)) <= set(range(len(synthderm.MASK_CLASSES)))
+    assert small.masks.dtype == np.uint8 and set(np.unique(large.masks)) <= set(
+        range(len(synthderm.MASK_CLASSES))
+    )
     assert small.meta["mask_classes"] == synthderm.MASK_CLASSES
     assert small.table["sample_id"].tolist() == large.table["sample_id"].tolist()
     # the masks belong to these images: lesion pixels are darker than skin pixels in every image
@@ -104,7 +113,13 @@ def test_masks_at_another_size_are_resized_by_nearest_neighbour():
 def test_split_refuses_masks_that_do_not_match_the_images():
     table = pd.DataFrame({"label": [0, 1]})
     with pytest.raises(DataError, match=r"masks have shape \(2, 4, 4\), expected \(2, 8, 8\)"):
-        Split("x", table, np.zeros((2, 8, 8, 3), np.uint8), ("benign", "malignant"), masks=np.zeros((2, 4, 4), np.uint8))
+        Split(
+            "x",
+            table,
+            np.zeros((2, 8, 8, 3), np.uint8),
+            ("benign", "malignant"),
+            masks=np.zeros((2, 4, 4), np.uint8),
+        )
 
 
 # ----- pooling without copying ----------------------------------------------------------------
@@ -118,10 +133,21 @@ def memmapped_split(folder: Path, name: str, n: int, size: int, seed: int) -> Sp
         out[:] = rng.integers(0, 256, size=shape, dtype=np.uint8)
         out.flush()
         del out
-    table = pd.DataFrame({"sample_id": [f"{name}-{i}" for i in range(n)], "label": np.arange(n) % 2,
-                          "fst": np.arange(n) % 6 + 1})
-    return Split(name, table, np.load(folder / f"{name}-images.npy", mmap_mode="r"), ("benign", "malignant"),
-                 masks=np.load(folder / f"{name}-masks.npy", mmap_mode="r"), meta={"mask_classes": ("lesion", "skin")})
+    table = pd.DataFrame(
+        {
+            "sample_id": [f"{name}-{i}" for i in range(n)],
+            "label": np.arange(n) % 2,
+            "fst": np.arange(n) % 6 + 1,
+        }
+    )
+    return Split(
+        name,
+        table,
+        np.load(folder / f"{name}-images.npy", mmap_mode="r"),
+        ("benign", "malignant"),
+        masks=np.load(folder / f"{name}-masks.npy", mmap_mode="r"),
+        meta={"mask_classes": ("lesion", "skin")},
+    )
 
 
 def test_concat_of_memory_mapped_splits_allocates_almost_nothing_and_indexes_like_numpy(tmp_path):
@@ -133,8 +159,10 @@ def test_concat_of_memory_mapped_splits_allocates_almost_nothing_and_indexes_lik
     pooled = Split.concat("train+augment", [real, synthetic])
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    print(f"concat of {parts_bytes / 1e6:.1f} MB of memory-mapped parts: tracemalloc peak {peak / 1e3:.1f} kB "
-          f"({100 * peak / parts_bytes:.3f} %)")
+    print(
+        f"concat of {parts_bytes / 1e6:.1f} MB of memory-mapped parts: tracemalloc peak {peak / 1e3:.1f} kB "
+        f"({100 * peak / parts_bytes:.3f} %)"
+    )
     assert peak < 0.05 * parts_bytes
     assert isinstance(pooled.images, ConcatArray) and isinstance(pooled.masks, ConcatArray)
     assert all(isinstance(p, np.memmap) for p in pooled.images.parts)
@@ -144,10 +172,27 @@ def test_concat_of_memory_mapped_splits_allocates_almost_nothing_and_indexes_lik
     ref_images = np.concatenate([np.asarray(real.images), np.asarray(synthetic.images)])
     ref_masks = np.concatenate([np.asarray(real.masks), np.asarray(synthetic.masks)])
     rng = np.random.default_rng(3)
-    keys = [0, 299, 300, -1, -500, slice(None), slice(250, 350), slice(10, 20), slice(320, 330),
-            slice(None, None, 7), slice(450, 100, -3), slice(600, 700), rng.integers(0, 500, 64),
-            rng.integers(-500, 0, 5), np.array([], dtype=np.int64), [499, 0, 300, 299], rng.random(500) < 0.3,
-            (slice(290, 310), 5), (np.array([1, 400]), slice(None), 3)]
+    keys = [
+        0,
+        299,
+        300,
+        -1,
+        -500,
+        slice(None),
+        slice(250, 350),
+        slice(10, 20),
+        slice(320, 330),
+        slice(None, None, 7),
+        slice(450, 100, -3),
+        slice(600, 700),
+        rng.integers(0, 500, 64),
+        rng.integers(-500, 0, 5),
+        np.array([], dtype=np.int64),
+        [499, 0, 300, 299],
+        rng.random(500) < 0.3,
+        (slice(290, 310), 5),
+        (np.array([1, 400]), slice(None), 3),
+    ]
     for key in keys:
         assert np.array_equal(pooled.images[key], ref_images[key]), key
         if not isinstance(key, tuple) or len(key) < 3:
@@ -162,7 +207,9 @@ def test_concat_of_memory_mapped_splits_allocates_almost_nothing_and_indexes_lik
     assert np.array_equal(np.array(pooled.images[order]), ref_images[order])
     picked = pooled.subset(np.arange(500) % 3 == 0)
     assert len(picked) == 167 and np.array_equal(picked.images, ref_images[::3])
-    assert np.array_equal(picked.masks, ref_masks[::3]) and picked.table["sample_id"].iloc[-1] == "synthetic-198"
+    assert (
+        np.array_equal(picked.masks, ref_masks[::3]) and picked.table["sample_id"].iloc[-1] == "synthetic-198"
+    )
     eager = Split("eager", pooled.table, ref_images, pooled.classes, masks=ref_masks, meta=pooled.meta)
     rows = np.array([5, 310, 480])
     assert np.array_equal(ita_of_split(pooled, rows), ita_of_split(eager, rows), equal_nan=True)

@@ -18,9 +18,22 @@ from dermbench.data.pool import DatasetPool
 from dermbench.plugins import make_dataset
 from dermbench.runner import data_fingerprints, resolve_config
 
-FAST = ["--device", "cpu", "--set", "data.image_size=16", "--set", "model.backbone=test_resnet",
-        "--set", "train.epochs=1", "--set", "eval.n_boot=0"]
-SYNTH = ["--set", "data.options={n_train: 120, n_val: 60, n_test: 60, n_test_ddi: 30, n_test_dermoscopic: 30}"]
+FAST = [
+    "--device",
+    "cpu",
+    "--set",
+    "data.image_size=16",
+    "--set",
+    "model.backbone=test_resnet",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "eval.n_boot=0",
+]
+SYNTH = [
+    "--set",
+    "data.options={n_train: 120, n_val: 60, n_test: 60, n_test_ddi: 30, n_test_dermoscopic: 30}",
+]
 
 
 def truncate_file(path: Path) -> None:
@@ -44,7 +57,9 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.delenv("DERMBENCH_DATA", raising=False)
 
 
-def test_unreadable_training_and_validation_images_are_counted_everywhere(tmp_path, cache, capsys, make_fitz17k):
+def test_unreadable_training_and_validation_images_are_counted_everywhere(
+    tmp_path, cache, capsys, make_fitz17k
+):
     home = tmp_path / "data"
     make_fitz17k(home / "fitz17k", n=180, size=16)
     rows = split_of(home)
@@ -57,7 +72,7 @@ def test_unreadable_training_and_validation_images_are_counted_everywhere(tmp_pa
     (run,) = out.glob("erm_fitz17k_s0_*")
     metrics = json.loads((run / "metrics.json").read_text())
     for split in ("train", "val"):
-        (reason, count), = metrics["excluded"][split].items()
+        ((reason, count),) = metrics["excluded"][split].items()
         assert reason.startswith("unreadable image") and count == 1
         assert f"excluded from {split}: 1 sample(s), {reason}" in printed
         assert f"excluded from {split}: 1 sample(s), {reason}" in (run / "log.txt").read_text()
@@ -96,8 +111,10 @@ def test_the_same_data_under_another_root_reuses_the_run_and_changed_data_does_n
 
 
 def fitz_fingerprint(root: Path) -> str:
-    cfg = resolve_config(flags={"dataset": "fitz17k", "device": "cpu"}, sets=[f"data.root={json.dumps(str(root))}",
-                                                                               "data.test_sets=[fitz17k]"])
+    cfg = resolve_config(
+        flags={"dataset": "fitz17k", "device": "cpu"},
+        sets=[f"data.root={json.dumps(str(root))}", "data.test_sets=[fitz17k]"],
+    )
     return data_fingerprints(cfg, DatasetPool(cfg, ()))["fitz17k"]["digest"]
 
 
@@ -132,8 +149,9 @@ def test_synthderm_fingerprint_is_its_generator_and_options():
     cfg = resolve_config(flags={"device": "cpu"})
     fingerprint = data_fingerprints(cfg, DatasetPool(cfg, ()))
     assert set(fingerprint) == {"synthderm"}
-    assert configuration.run_id(cfg, {"synthderm": fingerprint["synthderm"]["digest"]}) != configuration.run_id(
-        cfg, {"synthderm": digest(data_seed=1)})
+    assert configuration.run_id(
+        cfg, {"synthderm": fingerprint["synthderm"]["digest"]}
+    ) != configuration.run_id(cfg, {"synthderm": digest(data_seed=1)})
 
 
 def test_a_named_test_set_that_cannot_be_read_stops_the_run(tmp_path, cache, capsys, make_ddi):
@@ -141,18 +159,42 @@ def test_a_named_test_set_that_cannot_be_read_stops_the_run(tmp_path, cache, cap
     make_ddi(home / "ddi")
     truncate_file(home / "ddi" / "000004.png")
     out = tmp_path / "runs"
-    code = main(["run", "--out", str(out), "--data-root", str(home), *FAST, *SYNTH,
-                 "--set", "data.test_sets=[synthderm, ddi]"])
+    code = main(
+        [
+            "run",
+            "--out",
+            str(out),
+            "--data-root",
+            str(home),
+            *FAST,
+            *SYNTH,
+            "--set",
+            "data.test_sets=[synthderm, ddi]",
+        ]
+    )
     printed = " ".join((lambda c: c.out + c.err)(capsys.readouterr()).split())
     assert code != 0, printed
-    assert "test set 'ddi', named in data.test_sets, cannot be evaluated" in printed and "000004.png" in printed
+    assert (
+        "test set 'ddi', named in data.test_sets, cannot be evaluated" in printed and "000004.png" in printed
+    )
     assert not list(out.glob("*/metrics.json"))
 
 
 def test_a_named_test_set_that_is_absent_stops_before_any_run_folder(tmp_path, cache, capsys):
     out = tmp_path / "runs"
-    code = main(["run", "--out", str(out), "--data-root", str(tmp_path / "empty"), *FAST, *SYNTH,
-                 "--set", "data.test_sets=[synthderm, ddi]"])
+    code = main(
+        [
+            "run",
+            "--out",
+            str(out),
+            "--data-root",
+            str(tmp_path / "empty"),
+            *FAST,
+            *SYNTH,
+            "--set",
+            "data.test_sets=[synthderm, ddi]",
+        ]
+    )
     printed = " ".join((lambda c: c.out + c.err)(capsys.readouterr()).split())
     assert code != 0, printed
     assert "ddi" in printed and "metadata file not found" in printed

@@ -55,8 +55,14 @@ def test_summary_json_ddi_uses_annotated_tone3(make_ddi, capsys):
 def test_summary_json_derm7pt_counts_all_splits(make_derm7pt, capsys):
     tree = make_derm7pt()
     out = summary(capsys, "derm7pt-clinic", "--root", str(tree.root))
-    assert out == {"dataset": "derm7pt-clinic", "n": 20, "by_fst": {"missing": 20}, "by_tone3": {"missing": 20},
-                   "by_label": {"0": 10, "1": 10}, "excluded": {}}
+    assert out == {
+        "dataset": "derm7pt-clinic",
+        "n": 20,
+        "by_fst": {"missing": 20},
+        "by_tone3": {"missing": 20},
+        "by_label": {"0": 10, "1": 10},
+        "excluded": {},
+    }
 
 
 def test_summary_finds_the_dataset_under_dermbench_data(make_data_home, capsys, monkeypatch):
@@ -93,7 +99,9 @@ def test_check_ok(make_ddi, capsys):
     tree = make_ddi()
     assert main(["data", "check", "ddi", "--root", str(tree.root)]) == 0
     out = capsys.readouterr().out
-    assert "present ddi_metadata.csv" in out and "decoded all 12 images" in out and out.rstrip().endswith("ok")
+    assert (
+        "present ddi_metadata.csv" in out and "decoded all 12 images" in out and out.rstrip().endswith("ok")
+    )
 
 
 def test_check_lists_missing_and_unreadable_images(make_fitz17k, capsys):
@@ -103,7 +111,10 @@ def test_check_lists_missing_and_unreadable_images(make_fitz17k, capsys):
     assert "missing image files: 2" in out
     for md5 in tree.missing:
         assert f"images/{md5}.jpg" in out
-    assert "unreadable images: 1" in out and f"images/{tree.truncated[0]}.jpg (corrupt or truncated image)" in out
+    assert (
+        "unreadable images: 1" in out
+        and f"images/{tree.truncated[0]}.jpg (corrupt or truncated image)" in out
+    )
     assert "no split file yet" in out and "3 problem row(s)" in out
     assert not (tree.root / "splits").exists()
 
@@ -157,7 +168,22 @@ def test_split_command_writes_confirms_and_refuses_stale(make_fitz17k, capsys):
 def test_split_command_rule_and_out(make_fitz17k, tmp_path, capsys):
     tree = make_fitz17k()
     out = tmp_path / "committed"
-    assert main(["data", "split", "fitz17k", "--root", str(tree.root), "--rule", "fairquantize", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "split",
+                "fitz17k",
+                "--root",
+                str(tree.root),
+                "--rule",
+                "fairquantize",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "fitz17k-fairquantize.csv").is_file() and (out / "fitz17k-fairquantize.json").is_file()
     counts = json.loads((out / "fitz17k-fairquantize.json").read_text())["counts"]
     assert f"train {counts['train']}, val {counts['val']}, test {counts['test']}" in capsys.readouterr().out
@@ -180,12 +206,22 @@ def test_fetch_calls_the_downloader_and_lists_failures(make_fitz17k, monkeypatch
 
     def fake_fetch(csv_path, out_dir, **kwargs):
         calls.append((csv_path, out_dir, kwargs))
-        return FetchResult(downloaded=50, skipped_existing=5, failed=[("abc", "http://x/abc.jpg", "HTTP 404")])
+        return FetchResult(
+            downloaded=50, skipped_existing=5, failed=[("abc", "http://x/abc.jpg", "HTTP 404")]
+        )
 
     monkeypatch.setattr(data_cli, "fetch_fitz17k", fake_fetch)  # the name the command calls
-    assert main(["data", "fetch", "fitz17k", "--root", str(tree.root), "--concurrency", "2", "--no-progress"]) == 1
-    assert calls == [(tree.root / "fitzpatrick17k.csv", tree.root / "images",
-                      {"concurrency": 2, "retries": 3, "timeout": 30.0, "progress": False})]
+    assert (
+        main(["data", "fetch", "fitz17k", "--root", str(tree.root), "--concurrency", "2", "--no-progress"])
+        == 1
+    )
+    assert calls == [
+        (
+            tree.root / "fitzpatrick17k.csv",
+            tree.root / "images",
+            {"concurrency": 2, "retries": 3, "timeout": 30.0, "progress": False},
+        )
+    ]
     out = capsys.readouterr().out
     assert "50 downloaded, 5 already present, 1 failed" in out and "HTTP 404" in out
     assert (tree.root / "fetch-failures.csv").read_text().splitlines()[1] == "abc,http://x/abc.jpg,HTTP 404"
@@ -204,6 +240,10 @@ def test_fetch_without_csv_or_for_other_datasets(tmp_path, capsys):
 def test_list_shows_what_is_found(make_data_home, capsys):
     home = make_data_home(n_fitz=18, include=("ddi",))
     assert main(["data", "list", "--root", str(home)]) == 0
-    lines = {line.split("│")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.count("│") > 3}
+    lines = {
+        line.split("│")[1].strip(): line
+        for line in capsys.readouterr().out.splitlines()
+        if line.count("│") > 3
+    }
     assert "yes" in lines["ddi"] and "yes" in lines["fitz17k"]
     assert "no" in lines["derm7pt-derm"].split("│")[-2]

@@ -22,7 +22,9 @@ def _edit_cell(tree, row, column, value):
 
 def test_csv_starts_with_an_unnamed_index_column(make_ddi):
     tree = make_ddi()
-    assert (tree.root / "ddi_metadata.csv").read_text().splitlines()[0] == ",DDI_ID,DDI_file,skin_tone,malignant,disease"
+    assert (tree.root / "ddi_metadata.csv").read_text().splitlines()[
+        0
+    ] == ",DDI_ID,DDI_file,skin_tone,malignant,disease"
 
 
 def test_table_has_tone3_from_skin_tone_and_no_fst(make_ddi):
@@ -67,7 +69,12 @@ def test_rgba_and_large_images_load(make_ddi):
     "column, value, pattern, reason",
     [
         ("skin_tone", "78", r"column 'skin_tone'.*line 5: '78'; expected 12, 34 or 56", "unknown skin_tone"),
-        ("malignant", "maybe", r"column 'malignant'.*line 5: 'maybe'; expected True/False", "malignant not a boolean"),
+        (
+            "malignant",
+            "maybe",
+            r"column 'malignant'.*line 5: 'maybe'; expected True/False",
+            "malignant not a boolean",
+        ),
     ],
 )
 def test_unknown_values_stop_or_are_skipped_and_counted(make_ddi, column, value, pattern, reason):
@@ -83,7 +90,9 @@ def test_unknown_values_stop_or_are_skipped_and_counted(make_ddi, column, value,
 def test_duplicate_ids_are_an_error(make_ddi):
     tree = make_ddi()
     _edit_cell(tree, 5, "DDI_ID", "2")
-    with pytest.raises(DataError, match=r"ddi_metadata\.csv: duplicate DDI_ID value\(s\) '2' \(line 3, line 7\)"):
+    with pytest.raises(
+        DataError, match=r"ddi_metadata\.csv: duplicate DDI_ID value\(s\) '2' \(line 3, line 7\)"
+    ):
         DDI(tree.root).table("malignant")
 
 
@@ -98,7 +107,9 @@ def test_missing_column_is_named(make_ddi):
 def test_paths_outside_the_root_are_refused(make_ddi, path):
     tree = make_ddi()
     _edit_cell(tree, 0, "DDI_file", path)
-    with pytest.raises(DataError, match=r"have no usable image.*(absolute image path refused|path escapes dataset root)"):
+    with pytest.raises(
+        DataError, match=r"have no usable image.*(absolute image path refused|path escapes dataset root)"
+    ):
         DDI(tree.root).table("malignant")
     assert len(DDI(tree.root, on_error="skip").table("malignant")) == 11
 

@@ -24,7 +24,9 @@ def test_fixture_writes_the_release_header(make_derm7pt):
     assert (tree.root / "meta" / "meta.csv").read_text().splitlines()[0] == REAL_HEADER
 
 
-@pytest.mark.parametrize("cls, column, domain", [(Derm7ptDerm, "derm", "dermoscopic"), (Derm7ptClinic, "clinic", "clinical")])
+@pytest.mark.parametrize(
+    "cls, column, domain", [(Derm7ptDerm, "derm", "dermoscopic"), (Derm7ptClinic, "clinic", "clinical")]
+)
 def test_official_splits_labels_and_domains(make_derm7pt, cls, column, domain):
     tree = make_derm7pt()
     table = cls(tree.root).table("malignant")
@@ -44,8 +46,12 @@ def test_case_mismatched_file_names_are_matched_and_reported(make_derm7pt, cls, 
     tree = make_derm7pt()
     dataset = cls(tree.root)
     table = dataset.table("malignant")
-    assert table["image"].iloc[0] == ("images/NEL/Nel001.jpg" if cls is Derm7ptDerm else "images/NEL/Nel000.jpg")
-    assert table.attrs["notes"] == {"image name differs in letter case from the metadata (matched ignoring case)": fixed}
+    assert table["image"].iloc[0] == (
+        "images/NEL/Nel001.jpg" if cls is Derm7ptDerm else "images/NEL/Nel000.jpg"
+    )
+    assert table.attrs["notes"] == {
+        "image name differs in letter case from the metadata (matched ignoring case)": fixed
+    }
     assert table.attrs["excluded"] == {}
     split = dataset.load(task="malignant", split="train", image_size=8)
     assert split.images.shape == (10, 8, 8, 3)
@@ -99,14 +105,18 @@ def test_image_path_escaping_the_root_is_refused(make_derm7pt):
 
 def test_index_out_of_range_names_the_index_file(make_derm7pt):
     tree = make_derm7pt()
-    pd.DataFrame({"indexes": [14, 15, 16, 17, 18, 25]}).to_csv(tree.root / "meta" / "test_indexes.csv", index=False)
+    pd.DataFrame({"indexes": [14, 15, 16, 17, 18, 25]}).to_csv(
+        tree.root / "meta" / "test_indexes.csv", index=False
+    )
     with pytest.raises(DataError, match=r"test_indexes\.csv: line 7: index '25' is not a row position"):
         Derm7ptDerm(tree.root).table("malignant")
 
 
 def test_a_case_in_two_index_files_is_an_error(make_derm7pt):
     tree = make_derm7pt()
-    pd.DataFrame({"indexes": [10, 11, 12, 13, 0]}).to_csv(tree.root / "meta" / "valid_indexes.csv", index=False)
+    pd.DataFrame({"indexes": [10, 11, 12, 13, 0]}).to_csv(
+        tree.root / "meta" / "valid_indexes.csv", index=False
+    )
     with pytest.raises(DataError, match=r"row 0 of meta/meta\.csv is also listed in meta/train_indexes\.csv"):
         Derm7ptDerm(tree.root).table("malignant")
 

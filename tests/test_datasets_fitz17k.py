@@ -62,12 +62,25 @@ def test_unknown_fst_is_kept_with_missing_tone_groups(make_fitz17k):
         ("partition3", ("non-neoplastic", "benign", "malignant"), [19, 19, 19]),
         (
             "condition",
-            ("acne vulgaris", "basal cell carcinoma", "dermatofibroma", "melanoma", "psoriasis", "seborrheic keratosis"),
+            (
+                "acne vulgaris",
+                "basal cell carcinoma",
+                "dermatofibroma",
+                "melanoma",
+                "psoriasis",
+                "seborrheic keratosis",
+            ),
             [6, 13, 6, 6, 13, 13],
         ),
         (
             "condition9",
-            ("benign dermal", "benign epidermal", "inflammatory", "malignant epidermal", "malignant melanoma"),
+            (
+                "benign dermal",
+                "benign epidermal",
+                "inflammatory",
+                "malignant epidermal",
+                "malignant melanoma",
+            ),
             [6, 13, 19, 13, 6],
         ),
         ("malignant", ("benign", "malignant"), [38, 19]),
@@ -79,7 +92,11 @@ def test_tasks_encode_the_csv_columns(make_fitz17k, task, classes, counts):
     table = dataset.table(task)
     assert dataset.classes(task) == classes
     assert np.bincount(table["label"], minlength=len(classes)).tolist() == counts
-    source = {"partition3": "three_partition_label", "condition": "label", "condition9": "nine_partition_label"}
+    source = {
+        "partition3": "three_partition_label",
+        "condition": "label",
+        "condition9": "nine_partition_label",
+    }
     if task in source:
         written = tree.meta.set_index("md5hash")[source[task]]
         decoded = [classes[label] for label in table["label"]]
@@ -94,7 +111,15 @@ def test_unknown_task_is_refused(make_fitz17k):
 def test_protocol_lists_fitz17k_test_and_the_external_sets():
     assert [(t.name, t.dataset, t.split) for t in Fitz17k.protocol] == [
         (name, name, "test")
-        for name in ("fitz17k", "ddi", "derm7pt-derm", "derm7pt-clinic", "mclass-derm", "mclass-clinic", "isic2018")
+        for name in (
+            "fitz17k",
+            "ddi",
+            "derm7pt-derm",
+            "derm7pt-clinic",
+            "mclass-derm",
+            "mclass-clinic",
+            "isic2018",
+        )
     ]
 
 
@@ -165,7 +190,9 @@ def test_changed_metadata_is_refused_or_resplit_on_request(make_fitz17k, capsys)
     tree = make_fitz17k()
     original = Fitz17k(tree.root).table("malignant")
     _rewrite(tree.root / "fitzpatrick17k.csv", ",psoriasis,", ",eczema,")
-    with pytest.raises(DataError, match=r"does not match the split file .*fitz17k-standard\.csv.*split_mismatch=resplit"):
+    with pytest.raises(
+        DataError, match=r"does not match the split file .*fitz17k-standard\.csv.*split_mismatch=resplit"
+    ):
         Fitz17k(tree.root).table("malignant")
     capsys.readouterr()
     table = Fitz17k(tree.root, split_mismatch="resplit").table("malignant")
@@ -181,8 +208,12 @@ def test_split_file_lacking_ids_is_an_error(make_fitz17k, tmp_path, monkeypatch)
     committed = tmp_path / "committed"
     ids = tree.meta["md5hash"].iloc[:-1]
     write_split(
-        pd.Series(["train"] * len(ids)), ids, directory=committed, dataset="fitz17k",
-        rule=Fitz17k.split_rules["standard"], metadata_path=tree.root / "fitzpatrick17k.csv",
+        pd.Series(["train"] * len(ids)),
+        ids,
+        directory=committed,
+        dataset="fitz17k",
+        rule=Fitz17k.split_rules["standard"],
+        metadata_path=tree.root / "fitzpatrick17k.csv",
         sha256=sha256_file(tree.root / "fitzpatrick17k.csv"),
     )
     monkeypatch.setattr(splits_module, "committed_dir", lambda: committed)
@@ -211,8 +242,11 @@ def test_fairquantize_rule_is_the_fairquantize_code_verbatim(make_fitz17k):
     df["low"] = df["label"].astype("category").cat.codes
     train, held, _, _ = train_test_split(df, df.low, test_size=0.4, random_state=4242, stratify=df.low)
     val, test, _, _ = train_test_split(held, held.low, test_size=0.5, random_state=4242, stratify=held.low)
-    expected = {**dict.fromkeys(train.md5hash, "train"), **dict.fromkeys(val.md5hash, "val"),
-                **dict.fromkeys(test.md5hash, "test")}
+    expected = {
+        **dict.fromkeys(train.md5hash, "train"),
+        **dict.fromkeys(val.md5hash, "val"),
+        **dict.fromkeys(test.md5hash, "test"),
+    }
     table = Fitz17k(tree.root, split_rule="fairquantize").table("condition")
     assert dict(zip(table["sample_id"], table["split"])) == expected
 
@@ -227,7 +261,9 @@ def test_unknown_split_rule_is_a_config_error(make_fitz17k):
 
 def test_missing_images_stop_by_default_and_are_counted_with_skip(make_fitz17k):
     tree = make_fitz17k(missing=2)
-    with pytest.raises(DataError, match=rf"2 row\(s\).*images/{tree.missing[0]}\.jpg \(missing image file\).*on_error=skip"):
+    with pytest.raises(
+        DataError, match=rf"2 row\(s\).*images/{tree.missing[0]}\.jpg \(missing image file\).*on_error=skip"
+    ):
         Fitz17k(tree.root).table("malignant")
     table = Fitz17k(tree.root, on_error="skip").table("malignant")
     assert len(table) == 55
@@ -267,14 +303,18 @@ def test_bad_fitzpatrick_value_names_file_line_and_value(make_fitz17k):
     assert len(table) == 56
     assert table.attrs["excluded"] == {"bad fitzpatrick_scale": 1}
     # a split made from what is left would depend on the dropped row: it must come from clean metadata
-    with pytest.raises(DataError, match=r"1 metadata row\(s\) were dropped under on_error=skip.*dermbench data split fitz17k"):
+    with pytest.raises(
+        DataError, match=r"1 metadata row\(s\) were dropped under on_error=skip.*dermbench data split fitz17k"
+    ):
         skipping.table("malignant")
 
 
 def test_unknown_partition_value_is_named(make_fitz17k):
     tree = make_fitz17k()
     _rewrite(tree.root / "fitzpatrick17k.csv", ",malignant,", ",malignnat,")
-    with pytest.raises(DataError, match=r"three_partition_label.*'malignnat'.*non-neoplastic, benign, malignant"):
+    with pytest.raises(
+        DataError, match=r"three_partition_label.*'malignnat'.*non-neoplastic, benign, malignant"
+    ):
         Fitz17k(tree.root).table("malignant")
 
 
@@ -282,7 +322,10 @@ def test_missing_columns_are_named_with_the_file(make_fitz17k):
     tree = make_fitz17k()
     csv = tree.root / "fitzpatrick17k.csv"
     tree.meta.drop(columns=["three_partition_label", "nine_partition_label"]).to_csv(csv, index=False)
-    with pytest.raises(DataError, match=r"fitzpatrick17k\.csv: missing column\(s\) nine_partition_label, three_partition_label"):
+    with pytest.raises(
+        DataError,
+        match=r"fitzpatrick17k\.csv: missing column\(s\) nine_partition_label, three_partition_label",
+    ):
         Fitz17k(tree.root).table("malignant")
 
 
@@ -290,7 +333,9 @@ def test_duplicate_md5hash_is_an_error(make_fitz17k):
     tree = make_fitz17k()
     csv = tree.root / "fitzpatrick17k.csv"
     pd.concat([tree.meta, tree.meta.iloc[[4]]]).to_csv(csv, index=False)
-    with pytest.raises(DataError, match=rf"duplicate md5hash value\(s\) '{tree.meta.md5hash[4]}' \(line 6, line 59\)"):
+    with pytest.raises(
+        DataError, match=rf"duplicate md5hash value\(s\) '{tree.meta.md5hash[4]}' \(line 6, line 59\)"
+    ):
         Fitz17k(tree.root).table("malignant")
 
 

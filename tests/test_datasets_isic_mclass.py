@@ -24,7 +24,9 @@ def isolated(tmp_path, monkeypatch):
 # ----- MClass ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls, folder, domain", [(MClassDerm, "MClassD", "dermoscopic"), (MClassClinic, "MClassND", "clinical")])
+@pytest.mark.parametrize(
+    "cls, folder, domain", [(MClassDerm, "MClassD", "dermoscopic"), (MClassClinic, "MClassND", "clinical")]
+)
 def test_mclass_reads_its_folder(make_mclass, cls, folder, domain):
     tree = make_mclass()
     table = cls(tree.root).table("malignant")
@@ -81,7 +83,10 @@ def test_isic2018_not_one_hot_row_is_named(make_isic2018):
     frame = pd.read_csv(csv, dtype=str)
     frame.loc[5, "NV"] = "1.0"
     frame.to_csv(csv, index=False)
-    with pytest.raises(DataError, match=r"GroundTruth\.csv: column 'MEL,NV,BCC,AKIEC,BKL,DF,VASC'.*line 7: '0\.0,1\.0,0\.0,0\.0,0\.0,1\.0,0\.0'"):
+    with pytest.raises(
+        DataError,
+        match=r"GroundTruth\.csv: column 'MEL,NV,BCC,AKIEC,BKL,DF,VASC'.*line 7: '0\.0,1\.0,0\.0,0\.0,0\.0,1\.0,0\.0'",
+    ):
         ISIC2018(tree.root).table("diagnosis")
     assert len(ISIC2018(tree.root, on_error="skip").table("diagnosis")) == 13
 
@@ -115,7 +120,11 @@ def test_isic2019_default_split_is_the_standard_rule_keeping_lesions_together(ma
     assert len(table) == 48 and table.attrs["excluded"] == {}  # rows without a sex are kept
     info = json.loads((tree.root / "splits" / "isic2019-standard.json").read_text())
     assert (info["seed"], info["group"], info["stratify"], info["fractions"]) == (
-        17, "lesion_id", ["diagnosis", "sex"], [0.7, 0.15, 0.15])
+        17,
+        "lesion_id",
+        ["diagnosis", "sex"],
+        [0.7, 0.15, 0.15],
+    )
     lesions = tree.meta.set_index("image").loc[table["sample_id"], "lesion_id"].to_numpy()
     frame = pd.DataFrame({"lesion": lesions, "split": table["split"].to_numpy()})
     named = frame[frame["lesion"].notna() & (frame["lesion"] != "")]
@@ -131,10 +140,17 @@ def _fairquantize_code_split(root) -> dict[str, str]:
     truth = pd.read_csv(root / "ISIC_2019_Training_GroundTruth.csv")
     meta["class_id"] = truth[list(ISIC2019.diagnoses)].to_numpy().argmax(axis=1)
     df = meta[meta["sex"].notna()]
-    train, held, _, _ = train_test_split(df, df["class_id"], test_size=0.4, random_state=4242, stratify=df["class_id"])
-    val, test, _, _ = train_test_split(held, held["class_id"], test_size=0.5, random_state=4242,
-                                       stratify=held["class_id"])
-    return {**dict.fromkeys(train.image, "train"), **dict.fromkeys(val.image, "val"), **dict.fromkeys(test.image, "test")}
+    train, held, _, _ = train_test_split(
+        df, df["class_id"], test_size=0.4, random_state=4242, stratify=df["class_id"]
+    )
+    val, test, _, _ = train_test_split(
+        held, held["class_id"], test_size=0.5, random_state=4242, stratify=held["class_id"]
+    )
+    return {
+        **dict.fromkeys(train.image, "train"),
+        **dict.fromkeys(val.image, "val"),
+        **dict.fromkeys(test.image, "test"),
+    }
 
 
 def test_isic2019_fairquantize_rule_is_the_fairquantize_code_verbatim(make_isic2019):
@@ -158,7 +174,9 @@ def test_isic2019_reads_crlf_files_like_lf(make_isic2019, tmp_path):
         path.write_bytes(path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
         assert path.read_bytes().count(b"\r\n") == 49
     columns = ["sample_id", "image", "label", "sex", "split"]
-    assert ISIC2019(crlf.root).table("diagnosis")[columns].equals(ISIC2019(lf.root).table("diagnosis")[columns])
+    assert (
+        ISIC2019(crlf.root).table("diagnosis")[columns].equals(ISIC2019(lf.root).table("diagnosis")[columns])
+    )
 
 
 def test_isic2019_metadata_column_gender_is_read_as_sex(make_isic2019):

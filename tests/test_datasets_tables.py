@@ -47,8 +47,13 @@ def test_parse_bool_spellings():
 def test_row_checker_stops_with_lines_or_counts_each_row_once(tmp_path):
     values = pd.Series(["a", "x", "b", "y"])
     stop = RowChecker(tmp_path / "m.csv", 4, "stop")
-    with pytest.raises(DataError, match=r"m\.csv: column 'c' has 2 bad value\(s\) \(odd\): line 3: 'x'; line 5: 'y'; expected a or b"):
-        stop.flag(np.array([False, True, False, True]), reason="odd", column="c", values=values, expected="a or b")
+    with pytest.raises(
+        DataError,
+        match=r"m\.csv: column 'c' has 2 bad value\(s\) \(odd\): line 3: 'x'; line 5: 'y'; expected a or b",
+    ):
+        stop.flag(
+            np.array([False, True, False, True]), reason="odd", column="c", values=values, expected="a or b"
+        )
     skip = RowChecker(tmp_path / "m.csv", 4, "skip")
     skip.flag(np.array([False, True, False, True]), reason="odd", column="c", values=values, expected="")
     skip.flag(np.array([False, True, True, False]), reason="other", column="d", values=values, expected="")
@@ -77,7 +82,9 @@ def test_file_index_exact_case_insensitive_and_missing(tmp_path):
 def test_flat_options_apply_where_known_and_sections_win(tmp_path):
     options = {"on_error": "stop", "split_rule": "fairquantize", "ddi": {"on_error": "skip"}}
     ddi = DDI(tmp_path, **options).options
-    assert ddi["on_error"] == "skip" and "split_rule" not in ddi  # its own section wins; an option it lacks is not given
+    assert (
+        ddi["on_error"] == "skip" and "split_rule" not in ddi
+    )  # its own section wins; an option it lacks is not given
     assert Fitz17k(tmp_path, **options).options["split_rule"] == "fairquantize"
     assert Fitz17k(tmp_path, **options).options["on_error"] == "stop"
 
@@ -117,7 +124,11 @@ def test_make_split_is_seeded_and_hits_the_fractions():
     assert first.equals(make_split(table, seed=3, stratify=["label", "tone"]))
     assert not first.equals(make_split(table, seed=4, stratify=["label", "tone"]))
     shares = first.value_counts(normalize=True)
-    assert abs(shares["train"] - 0.70) < 0.03 and abs(shares["val"] - 0.15) < 0.03 and abs(shares["test"] - 0.15) < 0.03
+    assert (
+        abs(shares["train"] - 0.70) < 0.03
+        and abs(shares["val"] - 0.15) < 0.03
+        and abs(shares["test"] - 0.15) < 0.03
+    )
 
 
 def test_make_split_stratifies_every_cell():
@@ -162,8 +173,17 @@ def test_sklearn_split_counts_and_too_small_classes():
 def test_every_builtin_dataset_is_registered_under_its_name():
     from dermbench.plugins import BUILTIN_DATASETS, load_target
 
-    for name in ("fitz17k", "ddi", "derm7pt-derm", "derm7pt-clinic", "mclass-derm", "mclass-clinic", "isic2018",
-                 "isic2019", "pad-ufes-20"):
+    for name in (
+        "fitz17k",
+        "ddi",
+        "derm7pt-derm",
+        "derm7pt-clinic",
+        "mclass-derm",
+        "mclass-clinic",
+        "isic2018",
+        "isic2019",
+        "pad-ufes-20",
+    ):
         assert load_target(BUILTIN_DATASETS[name]).name == name
 
 

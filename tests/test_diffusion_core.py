@@ -80,15 +80,22 @@ def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str
 
 def requests(n: int, *, img2img: bool = False, seed0: int = 100) -> pd.DataFrame:
     tones = ["A", "B", "C"]
-    return pd.DataFrame({
-        "sample_id": [f"gen-{i}" for i in range(n)], "label": [i % 2 for i in range(n)],
-        "class_name": [("benign", "malignant")[i % 2] for i in range(n)],
-        "fst": [5 if img2img else "" for _ in range(n)], "tone3": [tones[i % 3] for i in range(n)],
-        "prompt": [f"{('benign', 'malignant')[i % 2]} skin disease on {('lighter', 'brown', 'darker')[i % 3]} skin tone"
-                   for i in range(n)],
-        "seed": [seed0 + i for i in range(n)], "source_id": [f"real-{i}" if img2img else "" for i in range(n)],
-        "domain": "clinical",
-    })
+    return pd.DataFrame(
+        {
+            "sample_id": [f"gen-{i}" for i in range(n)],
+            "label": [i % 2 for i in range(n)],
+            "class_name": [("benign", "malignant")[i % 2] for i in range(n)],
+            "fst": [5 if img2img else "" for _ in range(n)],
+            "tone3": [tones[i % 3] for i in range(n)],
+            "prompt": [
+                f"{('benign', 'malignant')[i % 2]} skin disease on {('lighter', 'brown', 'darker')[i % 3]} skin tone"
+                for i in range(n)
+            ],
+            "seed": [seed0 + i for i in range(n)],
+            "source_id": [f"real-{i}" if img2img else "" for i in range(n)],
+            "domain": "clinical",
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------ components
@@ -98,7 +105,9 @@ def test_tiny_parts_build_from_configs_with_no_hub_access(tmp_path, monkeypatch)
     import huggingface_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("the hub was asked"))
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("the hub was asked")
+    )
     c = tiny_components(SIZE, seed=0, tokenizer_dir=tmp_path / "tok")
     assert c.source == {"kind": "tiny", "image_size": SIZE, "init_seed": 0}
     assert c.latent_scale == 4
@@ -123,8 +132,11 @@ def test_the_character_tokenizer_round_trips_every_prompt_the_templates_make(tin
     from transformers import CLIPTokenizer
 
     tok = tiny.tokenizer
-    for prompt in ("malignant skin disease on darker skin tone", "an image of mal-class on the skin of "
-                   "a very dark-skinned individual", "benign, 3x (fst v-vi)!"):
+    for prompt in (
+        "malignant skin disease on darker skin tone",
+        "an image of mal-class on the skin of a very dark-skinned individual",
+        "benign, 3x (fst v-vi)!",
+    ):
         ids = tok(prompt).input_ids
         assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
         assert tok.unk_token_id not in ids[1:-1], "every printable character has a token"
@@ -145,7 +157,9 @@ def test_the_character_tokenizer_round_trips_every_prompt_the_templates_make(tin
 
 def test_a_missing_local_model_folder_names_the_path_and_the_expected_layout(tmp_path):
     absent = tmp_path / "no-such-sd"
-    with pytest.raises(ConfigError, match=rf"diffusion model folder {absent} does not exist.*diffusers layout.*hub id"):
+    with pytest.raises(
+        ConfigError, match=rf"diffusion model folder {absent} does not exist.*diffusers layout.*hub id"
+    ):
         checkpoint_folder(str(absent))
     with pytest.raises(ConfigError, match="does not exist"):
         checkpoint_folder("./relative/missing-model")
@@ -193,8 +207,11 @@ def test_a_hub_error_when_online_is_reported_with_the_id(tmp_path, monkeypatch):
         raise ConnectionError("Name or service not known\nmore detail")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
-    with pytest.raises(DermbenchError, match=r"'some/model': ConnectionError: Name or service not known\. On a "
-                                             r"machine with network access run `huggingface-cli download some/model`"):
+    with pytest.raises(
+        DermbenchError,
+        match=r"'some/model': ConnectionError: Name or service not known\. On a "
+        r"machine with network access run `huggingface-cli download some/model`",
+    ):
         checkpoint_folder("some/model")
 
 
@@ -239,6 +256,7 @@ def _writer(calls: list[int], payload: bytes = b"weights"):
         (folder / "sub").mkdir()
         (folder / "sub" / "w.bin").write_bytes(payload)
         (folder / "notes.txt").write_text("made")
+
     return build
 
 
@@ -307,8 +325,19 @@ def test_train_denoiser_lowers_the_loss_and_changes_only_the_unet(tiny):
     prompts = ["an image of skin"] * 8
     vae, text = snapshot(tiny.vae), snapshot(tiny.text_encoder)
     unet = snapshot(tiny.unet)
-    history = train_denoiser(tiny, images, prompts, params=_unet_params(tiny), steps=40, batch_size=8, lr=2e-3, seed=0,
-                             device=CPU, console=QUIET, label="test")
+    history = train_denoiser(
+        tiny,
+        images,
+        prompts,
+        params=_unet_params(tiny),
+        steps=40,
+        batch_size=8,
+        lr=2e-3,
+        seed=0,
+        device=CPU,
+        console=QUIET,
+        label="test",
+    )
     assert len(history) == 40 and all(np.isfinite(history))
     assert np.mean(history[-8:]) < 0.8 * np.mean(history[:8]), history
     assert changed(vae, tiny.vae) == set() and changed(text, tiny.text_encoder) == set()
@@ -322,8 +351,20 @@ def test_train_denoiser_is_deterministic_for_a_seed(tmp_path):
     for k in range(2):
         c = tiny_components(SIZE, seed=0, tokenizer_dir=tmp_path / f"tok{k}")
         c.freeze()
-        train_denoiser(c, skin_images(4), ["x"] * 4, params=_unet_params(c), steps=3, batch_size=2, lr=1e-3,
-                       seed=7, device=CPU, console=QUIET, label="test", uncond_prob=0.5)
+        train_denoiser(
+            c,
+            skin_images(4),
+            ["x"] * 4,
+            params=_unet_params(c),
+            steps=3,
+            batch_size=2,
+            lr=1e-3,
+            seed=7,
+            device=CPU,
+            console=QUIET,
+            label="test",
+            uncond_prob=0.5,
+        )
         digests.append(module_digest(c.unet))
     assert digests[0] == digests[1]
 
@@ -338,24 +379,70 @@ def test_a_loss_that_stops_being_finite_stops_training_at_its_step(tiny, monkeyp
         return target * float("nan") if len(calls) == 3 else target
 
     monkeypatch.setattr(training, "noise_target", poisoned)
-    with pytest.raises(DermbenchError, match=r"my fine-tuning: the loss became nan at step 3 \(lr 0\.001\); lower"):
-        train_denoiser(tiny, skin_images(4), ["x"] * 4, params=_unet_params(tiny), steps=10, batch_size=2, lr=1e-3,
-                       seed=0, device=CPU, console=QUIET, label="my fine-tuning")
+    with pytest.raises(
+        DermbenchError, match=r"my fine-tuning: the loss became nan at step 3 \(lr 0\.001\); lower"
+    ):
+        train_denoiser(
+            tiny,
+            skin_images(4),
+            ["x"] * 4,
+            params=_unet_params(tiny),
+            steps=10,
+            batch_size=2,
+            lr=1e-3,
+            seed=0,
+            device=CPU,
+            console=QUIET,
+            label="my fine-tuning",
+        )
 
 
 def test_an_absurd_learning_rate_is_caught_not_trained_through(tiny):
     with pytest.raises(DermbenchError, match=r"the loss became (nan|inf) at step \d+ \(lr 1e\+20\)"):
-        train_denoiser(tiny, skin_images(4), ["x"] * 4, params=_unet_params(tiny), steps=30, batch_size=4, lr=1e20,
-                       seed=0, device=CPU, console=QUIET, label="too fast")
+        train_denoiser(
+            tiny,
+            skin_images(4),
+            ["x"] * 4,
+            params=_unet_params(tiny),
+            steps=30,
+            batch_size=4,
+            lr=1e20,
+            seed=0,
+            device=CPU,
+            console=QUIET,
+            label="too fast",
+        )
 
 
 def test_train_denoiser_refuses_mismatched_inputs(tiny):
     with pytest.raises(DermbenchError, match="t: 4 images but 3 prompts"):
-        train_denoiser(tiny, skin_images(4), ["x"] * 3, params=_unet_params(tiny), steps=1, batch_size=1, lr=1e-3,
-                       seed=0, device=CPU, console=QUIET, label="t")
+        train_denoiser(
+            tiny,
+            skin_images(4),
+            ["x"] * 3,
+            params=_unet_params(tiny),
+            steps=1,
+            batch_size=1,
+            lr=1e-3,
+            seed=0,
+            device=CPU,
+            console=QUIET,
+            label="t",
+        )
     with pytest.raises(DermbenchError, match="t: no parameter to train"):
-        train_denoiser(tiny, skin_images(4), ["x"] * 4, params=[], steps=1, batch_size=1, lr=1e-3, seed=0,
-                       device=CPU, console=QUIET, label="t")
+        train_denoiser(
+            tiny,
+            skin_images(4),
+            ["x"] * 4,
+            params=[],
+            steps=1,
+            batch_size=1,
+            lr=1e-3,
+            seed=0,
+            device=CPU,
+            console=QUIET,
+            label="t",
+        )
 
 
 # --------------------------------------------------------------------------------------- adapters
@@ -366,8 +453,9 @@ def _ti(c, steps=4, init_word="skin"):
     ids = add_concept_tokens(c, tokens, init_word=init_word)
     labels = np.array([0, 1, 0, 1, 0, 1])
     prompts = [f"An image of {tokens[y]}" for y in labels]
-    train_textual_inversion(c, skin_images(6), prompts, ids, steps=steps, batch_size=3, lr=5e-2, seed=0, device=CPU,
-                            console=QUIET)
+    train_textual_inversion(
+        c, skin_images(6), prompts, ids, steps=steps, batch_size=3, lr=5e-2, seed=0, device=CPU, console=QUIET
+    )
     return tokens, ids
 
 
@@ -378,15 +466,35 @@ def test_textual_inversion_changes_only_the_new_tokens_rows(tiny):
     tokens = ["ben-class", "mal-class"]
     ids = add_concept_tokens(tiny, tokens, init_word="skin")
     assert ids == [vocab_before, vocab_before + 1] and len(tiny.tokenizer) == vocab_before + 2
-    assert tiny.tokenizer.tokenize("An image of mal-class") == ["a", "n</w>", "i", "m", "a", "g", "e</w>", "o",
-                                                                 "f</w>", "mal-class"]
+    assert tiny.tokenizer.tokenize("An image of mal-class") == [
+        "a",
+        "n</w>",
+        "i",
+        "m",
+        "a",
+        "g",
+        "e</w>",
+        "o",
+        "f</w>",
+        "mal-class",
+    ]
     emb = tiny.text_encoder.get_input_embeddings().weight
     for i in ids:  # initialised as the paper does: the mean embedding of the word "skin"
         torch.testing.assert_close(emb[i], emb[skin_ids].mean(0))
     text = snapshot(tiny.text_encoder)
     labels = np.array([0, 1, 0, 1, 0, 1])
-    train_textual_inversion(tiny, skin_images(6), [f"An image of {tokens[y]}" for y in labels], ids, steps=4,
-                            batch_size=3, lr=5e-2, seed=0, device=CPU, console=QUIET)
+    train_textual_inversion(
+        tiny,
+        skin_images(6),
+        [f"An image of {tokens[y]}" for y in labels],
+        ids,
+        steps=4,
+        batch_size=3,
+        lr=5e-2,
+        seed=0,
+        device=CPU,
+        console=QUIET,
+    )
     [key] = [k for k in text if k.endswith("token_embedding.weight")]
     assert changed(text, tiny.text_encoder) == {key}, "only the embedding matrix of the text encoder changes"
     after = tiny.text_encoder.state_dict()[key]
@@ -423,10 +531,23 @@ def test_lora_trains_only_adapter_weights(tiny):
     assert all(any(t in named[id(p)] for t in ("to_q", "to_k", "to_v", "to_out.0")) for p in params)
     base0, adapter0 = _lora_names(tiny.unet)
     assert base0.keys() == unet_before.keys() and all(torch.equal(base0[k], unet_before[k]) for k in base0)
-    train_denoiser(tiny, skin_images(6), ["an image of skin"] * 6, params=params, steps=4, batch_size=3, lr=1e-2,
-                   seed=0, device=CPU, console=QUIET, label="lora")
+    train_denoiser(
+        tiny,
+        skin_images(6),
+        ["an image of skin"] * 6,
+        params=params,
+        steps=4,
+        batch_size=3,
+        lr=1e-2,
+        seed=0,
+        device=CPU,
+        console=QUIET,
+        label="lora",
+    )
     base1, adapter1 = _lora_names(tiny.unet)
-    assert all(torch.equal(base1[k], unet_before[k]) for k in unet_before), "the UNet's own weights are untouched"
+    assert all(torch.equal(base1[k], unet_before[k]) for k in unet_before), (
+        "the UNet's own weights are untouched"
+    )
     moved = {k for k in adapter0 if not torch.equal(adapter0[k], adapter1[k])}
     assert moved == set(adapter0), "every adapter weight trained"
     assert changed(text, tiny.text_encoder) == set() and changed(vae, tiny.vae) == set()
@@ -437,14 +558,27 @@ def _unet_out(c, prompts):
     latents = torch.randn(len(prompts), 4, SIZE // 4, SIZE // 4)
     with torch.no_grad():
         hidden = encode_prompts(c, prompts, CPU)
-        return hidden, c.unet(latents, torch.tensor([400] * len(prompts)), encoder_hidden_states=hidden).sample
+        return hidden, c.unet(
+            latents, torch.tensor([400] * len(prompts)), encoder_hidden_states=hidden
+        ).sample
 
 
 def test_saved_concepts_and_lora_reproduce_the_same_outputs(tiny, tmp_path):
     tokens, _ = _ti(tiny)
     params = add_lora(tiny, rank=4, alpha=4)
-    train_denoiser(tiny, skin_images(6), [f"An image of {t} on dark skin" for t in tokens * 3], params=params,
-                   steps=3, batch_size=3, lr=1e-2, seed=0, device=CPU, console=QUIET, label="lora")
+    train_denoiser(
+        tiny,
+        skin_images(6),
+        [f"An image of {t} on dark skin" for t in tokens * 3],
+        params=params,
+        steps=3,
+        batch_size=3,
+        lr=1e-2,
+        seed=0,
+        device=CPU,
+        console=QUIET,
+        label="lora",
+    )
     tiny.freeze()
     save_concepts(tiny, tokens, tmp_path / "concepts.safetensors")
     save_lora(tiny, tmp_path / "lora.safetensors")
@@ -472,9 +606,20 @@ def _rows(init):
 
 
 def _generate(c, reqs, *, settings=SETTINGS, init=None, sources=None):
-    return cached_generation(c, reqs, weights="tiny-test", settings=settings, image_size=SIZE, device=CPU,
-                             console=QUIET, say=lambda _m: None, label="test", init_images=init, init_rows=_rows(init),
-                             sources=sources)
+    return cached_generation(
+        c,
+        reqs,
+        weights="tiny-test",
+        settings=settings,
+        image_size=SIZE,
+        device=CPU,
+        console=QUIET,
+        say=lambda _m: None,
+        label="test",
+        init_images=init,
+        init_rows=_rows(init),
+        sources=sources,
+    )
 
 
 def test_txt2img_writes_one_image_per_request_with_its_provenance(tiny):
@@ -513,15 +658,36 @@ def test_img2img_writes_one_image_per_source_and_names_the_source(tiny):
     assert t["fst"].tolist() == [5.0] * 6 and t["tone3"].tolist() == reqs["tone3"].tolist()
     assert pd.read_csv(entry.path / "manifest.csv")["seed"].tolist() == reqs["seed"].tolist()
     # other source images are another generation
-    assert _generate(tiny, reqs, settings=settings, init=init[::-1].copy(), sources="other-digest").key != entry.key
+    assert (
+        _generate(tiny, reqs, settings=settings, init=init[::-1].copy(), sources="other-digest").key
+        != entry.key
+    )
     with pytest.raises(DermbenchError, match="6 requests but 2 source rows"):
-        generate_into(np.zeros((6, SIZE, SIZE, 3), np.uint8), tiny, reqs, settings=settings, device=CPU,
-                      console=QUIET, label="t", init_images=init, init_rows=np.arange(2))
+        generate_into(
+            np.zeros((6, SIZE, SIZE, 3), np.uint8),
+            tiny,
+            reqs,
+            settings=settings,
+            device=CPU,
+            console=QUIET,
+            label="t",
+            init_images=init,
+            init_rows=np.arange(2),
+        )
     # several requests may start from one source image, read batch by batch without copies
     twice = pd.concat([reqs.iloc[:3]] * 2, ignore_index=True)
     out = np.zeros((6, SIZE, SIZE, 3), np.uint8)
-    generate_into(out, tiny, twice, settings=settings, device=CPU, console=QUIET, label="t", init_images=init,
-                  init_rows=np.array([0, 1, 2, 0, 1, 2]))
+    generate_into(
+        out,
+        tiny,
+        twice,
+        settings=settings,
+        device=CPU,
+        console=QUIET,
+        label="t",
+        init_images=init,
+        init_rows=np.array([0, 1, 2, 0, 1, 2]),
+    )
     assert np.array_equal(out[:3], out[3:]), "the same source and seed give the same image"
 
 
@@ -533,16 +699,33 @@ def test_an_image_depends_on_its_seed_not_on_its_batch(tiny, img2img):
     outs = {}
     for batch in (1, 4):
         out = np.zeros((4, SIZE, SIZE, 3), np.uint8)
-        generate_into(out, tiny, reqs, settings={**SETTINGS, "batch_size": batch, "strength": strength}, device=CPU,
-                      console=QUIET, label="t", init_images=init, init_rows=_rows(init))
+        generate_into(
+            out,
+            tiny,
+            reqs,
+            settings={**SETTINGS, "batch_size": batch, "strength": strength},
+            device=CPU,
+            console=QUIET,
+            label="t",
+            init_images=init,
+            init_rows=_rows(init),
+        )
         outs[batch] = out
     assert len({outs[4][i].tobytes() for i in range(4)}) == 4, "the seeds give different images"
     assert np.abs(outs[1].astype(int) - outs[4].astype(int)).max() <= 1
     # the image of a seed is the same wherever it falls in the request table
     backwards = np.zeros((4, SIZE, SIZE, 3), np.uint8)
-    generate_into(backwards, tiny, reqs.iloc[::-1].reset_index(drop=True), settings={**SETTINGS, "strength": strength},
-                  device=CPU, console=QUIET, label="t", init_images=None if init is None else init[::-1].copy(),
-                  init_rows=_rows(init))
+    generate_into(
+        backwards,
+        tiny,
+        reqs.iloc[::-1].reset_index(drop=True),
+        settings={**SETTINGS, "strength": strength},
+        device=CPU,
+        console=QUIET,
+        label="t",
+        init_images=None if init is None else init[::-1].copy(),
+        init_rows=_rows(init),
+    )
     assert np.abs(backwards[::-1].astype(int) - outs[4].astype(int)).max() <= 1
 
 
@@ -555,8 +738,12 @@ def test_a_second_generation_with_the_same_inputs_is_a_hit_without_sampling(tiny
     assert second.hit and second.key == first.key and second.path == first.path
     assert np.array_equal(np.load(second.path / IMAGES), images)
     # any change of requests or settings is another entry (the failing sampler proves a miss)
-    for other in (dict(reqs=requests(3, seed0=200)), dict(settings={**SETTINGS, "steps": 3}),
-                  dict(settings={**SETTINGS, "guidance": 1.0}), dict(settings={**SETTINGS, "sampler": "dpm"})):
+    for other in (
+        dict(reqs=requests(3, seed0=200)),
+        dict(settings={**SETTINGS, "steps": 3}),
+        dict(settings={**SETTINGS, "guidance": 1.0}),
+        dict(settings={**SETTINGS, "sampler": "dpm"}),
+    ):
         with pytest.raises(pytest.fail.Exception, match="sampled again"):
             _generate(tiny, other.get("reqs", reqs), settings=other.get("settings", SETTINGS))
 
@@ -581,12 +768,15 @@ def test_resized_generation_is_cached_and_keeps_the_manifest(tiny):
     assert resized_generation(entry, 8, say=lambda _m: None) == folder
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"sampler": "euler"}, "sampler must be one of ddim, dpm, got 'euler'"),
-    ({"steps": 0}, "steps and batch_size must be >= 1"),
-    ({"strength": 1.5}, r"strength must be in \(0, 1\], got 1.5"),
-    ({"strength": 0}, r"strength must be in \(0, 1\]"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sampler": "euler"}, "sampler must be one of ddim, dpm, got 'euler'"),
+        ({"steps": 0}, "steps and batch_size must be >= 1"),
+        ({"strength": 1.5}, r"strength must be in \(0, 1\], got 1.5"),
+        ({"strength": 0}, r"strength must be in \(0, 1\]"),
+    ],
+)
 def test_sampler_settings_are_checked(change, message):
     with pytest.raises(ConfigError, match=message):
         check_settings({**SETTINGS, **change})
@@ -601,8 +791,15 @@ def test_generation_requests_must_carry_the_manifest_columns(tiny):
 
 def test_components_module_never_reads_the_hub_for_tiny(monkeypatch, tmp_path):
     """The tiny base (what the default CPU runs and the leaderboard use) never calls checkpoint_folder."""
-    monkeypatch.setattr(components_module, "checkpoint_folder", lambda *a, **k: pytest.fail("hub/folder lookup"))
+    monkeypatch.setattr(
+        components_module, "checkpoint_folder", lambda *a, **k: pytest.fail("hub/folder lookup")
+    )
     c = tiny_components(SIZE, seed=0, tokenizer_dir=tmp_path / "t")
     save_components(c, tmp_path / "saved")
-    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["scheduler", "text_encoder", "tokenizer",
-                                                                      "unet", "vae"]
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [
+        "scheduler",
+        "text_encoder",
+        "tokenizer",
+        "unet",
+        "vae",
+    ]

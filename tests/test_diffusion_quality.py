@@ -80,7 +80,9 @@ def test_identical_sets_give_fid_near_zero_and_other_distributions_more(model):
 
 def test_the_feature_module_is_what_torchmetrics_fid_takes(model):
     real, fake = noisy(16, 100, seed=1), noisy(16, 160, seed=2)
-    metric = FrechetInceptionDistance(feature=classifier_features(model))  # reads num_features, no dummy probe
+    metric = FrechetInceptionDistance(
+        feature=classifier_features(model)
+    )  # reads num_features, no dummy probe
     metric.update(torch.from_numpy(real).permute(0, 3, 1, 2), real=True)
     metric.update(torch.from_numpy(fake).permute(0, 3, 1, 2), real=False)
     ours = fid(real, fake, features=classifier_features(model), device="cpu", batch_size=5)  # uneven blocks
@@ -89,7 +91,12 @@ def test_the_feature_module_is_what_torchmetrics_fid_takes(model):
 
 def test_fid_refuses_sets_of_two_sizes(model):
     with pytest.raises(DataError, match=r"32x32.*16x16"):
-        fid(noisy(4, 100, seed=1), noisy(4, 100, seed=2, size=16), features=classifier_features(model), device="cpu")
+        fid(
+            noisy(4, 100, seed=1),
+            noisy(4, 100, seed=2, size=16),
+            features=classifier_features(model),
+            device="cpu",
+        )
 
 
 def test_fid_by_computes_each_key_and_says_why_one_is_skipped(model):
@@ -99,12 +106,20 @@ def test_fid_by_computes_each_key_and_says_why_one_is_skipped(model):
     fake_keys = ["x"] * 8 + ["y"] * 5
     out = fid_by(real, real_keys, fake, fake_keys, features=features, device="cpu")
     assert list(out["values"]) == ["x", "y", "z"]
-    assert out["values"]["x"] == pytest.approx(fid(real[:12], fake[:8], features=features, device="cpu"), rel=1e-6)
-    assert out["values"]["y"] == pytest.approx(fid(real[12:23], fake[8:], features=features, device="cpu"), rel=1e-6)
-    assert out["values"]["z"] is None and out["skipped"] == {"z": "1 real and 0 synthetic images; FID needs "
-                                                                  "at least 2 of each"}
-    assert out["n"] == {"x": {"real": 12, "synthetic": 8}, "y": {"real": 11, "synthetic": 5},
-                        "z": {"real": 1, "synthetic": 0}}
+    assert out["values"]["x"] == pytest.approx(
+        fid(real[:12], fake[:8], features=features, device="cpu"), rel=1e-6
+    )
+    assert out["values"]["y"] == pytest.approx(
+        fid(real[12:23], fake[8:], features=features, device="cpu"), rel=1e-6
+    )
+    assert out["values"]["z"] is None and out["skipped"] == {
+        "z": "1 real and 0 synthetic images; FID needs at least 2 of each"
+    }
+    assert out["n"] == {
+        "x": {"real": 12, "synthetic": 8},
+        "y": {"real": 11, "synthetic": 5},
+        "z": {"real": 1, "synthetic": 0},
+    }
 
 
 # --------------------------------------------------------------------------- Inception
@@ -174,9 +189,11 @@ def test_fidelity_counts_matches_per_requested_value():
     assigned = ["A", "B", "B", None, "C", "A"]
     out = fidelity(requested, assigned)
     assert out["overall"] == {"n": 5, "matched": 3, "share": 0.6, "unassigned": 1}
-    assert out["values"] == {"A": {"n": 2, "matched": 1, "share": 0.5, "unassigned": 0},
-                             "B": {"n": 1, "matched": 1, "share": 1.0, "unassigned": 0},
-                             "C": {"n": 2, "matched": 1, "share": 0.5, "unassigned": 1}}
+    assert out["values"] == {
+        "A": {"n": 2, "matched": 1, "share": 0.5, "unassigned": 0},
+        "B": {"n": 1, "matched": 1, "share": 1.0, "unassigned": 0},
+        "C": {"n": 2, "matched": 1, "share": 0.5, "unassigned": 1},
+    }
     assert out["no_request"] == 1
 
 
@@ -193,9 +210,19 @@ def test_tone_assigner_uses_the_configured_detector(tmp_path):
     torch.manual_seed(0)
     net = create_backbone("test_resnet", num_classes=3, pretrained=False, image_size=32)
     save_file(net.state_dict(), tmp_path / "model.safetensors")
-    write_json(tmp_path / "detector.json", {"backbone": "test_resnet", "image_size": 32, "classes": ["A", "B", "C"],
-                                            "trained_on": "synthderm", "evaluated_on": "synthderm", "accuracy": 0.5,
-                                            "per_tone_f1": {}, "n": 10})
+    write_json(
+        tmp_path / "detector.json",
+        {
+            "backbone": "test_resnet",
+            "image_size": 32,
+            "classes": ["A", "B", "C"],
+            "trained_on": "synthderm",
+            "evaluated_on": "synthderm",
+            "accuracy": 0.5,
+            "per_tone_f1": {},
+            "n": 10,
+        },
+    )
     assign = tone_assigner({"data": {"tone": "detector", "tone_detector": str(tmp_path)}})
     images = noisy(6, 120, seed=1)
     net.eval()
@@ -207,8 +234,13 @@ def test_tone_assigner_uses_the_configured_detector(tmp_path):
 
 # --------------------------------------------------------------------------- the sample grid
 
-COLOURS = {("A", "benign"): (255, 0, 0), ("A", "malignant"): (0, 255, 0), ("B", "benign"): (0, 0, 255),
-           ("B", "malignant"): (255, 255, 0), ("C", "benign"): (255, 0, 255)}  # (C, malignant): none
+COLOURS = {
+    ("A", "benign"): (255, 0, 0),
+    ("A", "malignant"): (0, 255, 0),
+    ("B", "benign"): (0, 0, 255),
+    ("B", "malignant"): (255, 255, 0),
+    ("C", "benign"): (255, 0, 255),
+}  # (C, malignant): none
 
 
 def _bbox(pixels: np.ndarray, colour: tuple[int, int, int]) -> tuple[int, int, int, int] | None:
@@ -219,8 +251,16 @@ def _bbox(pixels: np.ndarray, colour: tuple[int, int, int]) -> tuple[int, int, i
 def test_sample_grid_draws_rows_of_tones_and_blocks_of_classes(tmp_path):
     cells = [cell for cell in COLOURS for _ in range(3)]  # 3 images a cell, 2 drawn
     images = flat(*(COLOURS[c] for c in cells))  # 32 px: enlarged to 64
-    path = sample_grid(images, [t for t, _ in cells], [c for _, c in cells], tmp_path / "grid.png", per_cell=2,
-                       row_names=["A", "B", "C"], col_names=["benign", "malignant"], title="samples")
+    path = sample_grid(
+        images,
+        [t for t, _ in cells],
+        [c for _, c in cells],
+        tmp_path / "grid.png",
+        per_cell=2,
+        row_names=["A", "B", "C"],
+        col_names=["benign", "malignant"],
+        title="samples",
+    )
     pixels = np.asarray(Image.open(path).convert("RGB"))
     boxes = {cell: _bbox(pixels, colour) for cell, colour in COLOURS.items()}
     for box in boxes.values():
@@ -240,33 +280,61 @@ def test_sample_grid_draws_rows_of_tones_and_blocks_of_classes(tmp_path):
 def _split(name: str, cells: dict[tuple[str, int], int], seed: int) -> Split:
     rows = [(tone, label) for (tone, label), n in cells.items() for _ in range(n)]
     table = pd.DataFrame({"label": [label for _, label in rows], "tone3": [tone for tone, _ in rows]})
-    images = np.concatenate([noisy(n, 60 + 40 * label + 20 * "ABC".index(tone), seed + i)
-                             for i, ((tone, label), n) in enumerate(cells.items())])
+    images = np.concatenate(
+        [
+            noisy(n, 60 + 40 * label + 20 * "ABC".index(tone), seed + i)
+            for i, ((tone, label), n) in enumerate(cells.items())
+        ]
+    )
     return Split(name=name, table=table, images=images, classes=("benign", "malignant"))
 
 
 def test_quality_report_is_one_json_record_with_every_metric(tmp_path, model):
     real = _split("train", {(t, y): 4 for t in "ABC" for y in (0, 1)}, seed=0)
-    synthetic = _split("generated", {("A", 0): 3, ("A", 1): 3, ("B", 0): 3, ("B", 1): 3, ("C", 0): 1}, seed=50)
-    always_a = ToneAssigner({"kind": "test", "note": "every image is A"}, lambda images: np.full(len(images), "A"))
-    out = quality_report(real=real, synthetic=synthetic, classifier=model, tone_of=always_a, device="cpu",
-                         grid_path=tmp_path / "sample_grid.png", seed=0, pairs=10)
+    synthetic = _split(
+        "generated", {("A", 0): 3, ("A", 1): 3, ("B", 0): 3, ("B", 1): 3, ("C", 0): 1}, seed=50
+    )
+    always_a = ToneAssigner(
+        {"kind": "test", "note": "every image is A"}, lambda images: np.full(len(images), "A")
+    )
+    out = quality_report(
+        real=real,
+        synthetic=synthetic,
+        classifier=model,
+        tone_of=always_a,
+        device="cpu",
+        grid_path=tmp_path / "sample_grid.png",
+        seed=0,
+        pairs=10,
+    )
     json.dumps(out, allow_nan=False)  # plain JSON values, as the run record needs
     assert out["sample_grid"] == "sample_grid.png" and (tmp_path / "sample_grid.png").is_file()
     assert out["n"] == {"real": 24, "synthetic": 13} and out["image_size"] == [32, 32]
-    assert out["cells"]["C"] == {"benign": {"real": 4, "synthetic": 1}, "malignant": {"real": 4, "synthetic": 0}}
+    assert out["cells"]["C"] == {
+        "benign": {"real": 4, "synthetic": 1},
+        "malignant": {"real": 4, "synthetic": 0},
+    }
     assert out["features"]["domain"]["model"] == "test_resnet" and "inception" not in out["fid"]
     domain = out["fid"]["domain"]
-    assert domain["overall"]["values"]["all"] > 0 and domain["overall"]["n"]["all"] == {"real": 24, "synthetic": 13}
+    assert domain["overall"]["values"]["all"] > 0 and domain["overall"]["n"]["all"] == {
+        "real": 24,
+        "synthetic": 13,
+    }
     assert list(domain["class"]["values"]) == ["benign", "malignant"]
     assert domain["tone3"]["values"]["C"] is None and "1 synthetic" in domain["tone3"]["skipped"]["C"]
     assert out["ms_ssim"]["class"]["pairs"] == {"benign": 10, "malignant": 10}
     assert out["ms_ssim"]["tone3"]["skipped"].keys() == {"C"}
     tone = out["fidelity"]["tone"]
-    assert tone["by"]["kind"] == "test" and tone["values"]["A"]["share"] == 1.0 and tone["values"]["B"]["share"] == 0.0
+    assert (
+        tone["by"]["kind"] == "test"
+        and tone["values"]["A"]["share"] == 1.0
+        and tone["values"]["B"]["share"] == 0.0
+    )
     assert tone["overall"] == {"n": 13, "matched": 6, "share": 6 / 13, "unassigned": 0}
     label = out["fidelity"]["label"]
     with torch.no_grad():
-        predicted = model(Normaliser(model, torch.device("cpu"), channels_last=False)(synthetic.images)).argmax(1)
+        predicted = model(
+            Normaliser(model, torch.device("cpu"), channels_last=False)(synthetic.images)
+        ).argmax(1)
     assert label["overall"]["matched"] == int((predicted.numpy() == synthetic.labels).sum())
     assert label["overall"]["n"] == 13 and label["values"]["malignant"]["n"] == 6

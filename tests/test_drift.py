@@ -84,7 +84,10 @@ def test_a_value_moved_beyond_the_tolerance_is_named_and_exits_1(trees, capsys, 
     assert line.split()[3:] == [f"{before:.4f}", f"{before + 0.03:.4f}", "+0.0300", "0.02"]
     assert "DRIFT: 1 value(s)" in out
     report = (tmp_path / "drift.md").read_text(encoding="utf-8")
-    assert f"| {ERM} | synthderm-ddi | group.tone3.C.bacc | {before:.4f} | {before + 0.03:.4f} | +0.0300 | 0.02 |" in report
+    assert (
+        f"| {ERM} | synthderm-ddi | group.tone3.C.bacc | {before:.4f} | {before + 0.03:.4f} | +0.0300 | 0.02 |"
+        in report
+    )
     # a wider tolerance accepts it
     assert drift("--committed", committed, "--fresh", fresh, "--tolerance", "0.05") == 0
 
@@ -98,15 +101,23 @@ def test_gaps_have_their_own_tolerance_and_counts_must_match(trees):
     def move_gap(by):
         def change(record):
             record.eval["synthderm"].fairness["tone3"].dp_diff = eodd + by
+
         return change
 
     edit(fresh / ERM, move_gap(0.04))  # a gap within 0.05
     report = compare(committed, fresh)
     assert not report.has_drift
-    assert report.largest()[GAP].metric == "fair.tone3.dp_diff" and report.largest()[GAP].delta == pytest.approx(0.04)
+    assert report.largest()[GAP].metric == "fair.tone3.dp_diff" and report.largest()[
+        GAP
+    ].delta == pytest.approx(0.04)
     edit(fresh / ERM, move_gap(0.06))
     (moved,) = compare(committed, fresh).drifted
-    assert (moved.test_set, moved.metric, moved.kind, moved.tolerance) == ("synthderm", "fair.tone3.dp_diff", GAP, 0.05)
+    assert (moved.test_set, moved.metric, moved.kind, moved.tolerance) == (
+        "synthderm",
+        "fair.tone3.dp_diff",
+        GAP,
+        0.05,
+    )
     assert not compare(committed, fresh, gap_tolerance=0.1).has_drift
 
     def recount(record):
@@ -118,7 +129,11 @@ def test_gaps_have_their_own_tolerance_and_counts_must_match(trees):
     moved = {m.metric: m for m in compare(committed, fresh, tolerance=1.0, gap_tolerance=1.0).drifted}
     assert set(moved) == {"group.tone2.dark.n", "group.tone2.dark.negatives"}
     assert (moved["group.tone2.dark.n"].kind, moved["group.tone2.dark.n"].delta) == (COUNT, 1)
-    assert (kind_of("overall", "auc"), kind_of("fair", "worst_auc"), kind_of("fair", "gap_auc")) == (SCORE, SCORE, GAP)
+    assert (kind_of("overall", "auc"), kind_of("fair", "worst_auc"), kind_of("fair", "gap_auc")) == (
+        SCORE,
+        SCORE,
+        GAP,
+    )
 
 
 def test_a_value_undefined_on_one_side_and_a_test_set_scored_on_one_side_drift(trees, capsys):
@@ -167,8 +182,10 @@ def test_a_committed_run_redone_under_another_run_id_is_superseded(trees, capsys
 def test_environment_differences_are_listed(trees, capsys):
     committed, fresh = trees
     env = fresh / ERM / "environment.json"
-    env.write_text(env.read_text(encoding="utf-8").replace('"torch": "2.14.1+cu130"', '"torch": "9.9.9+cpu"'),
-                   encoding="utf-8")
+    env.write_text(
+        env.read_text(encoding="utf-8").replace('"torch": "2.14.1+cu130"', '"torch": "9.9.9+cpu"'),
+        encoding="utf-8",
+    )
     assert compare(committed, fresh).environment == {"torch": (["2.14.1+cu130"], ["9.9.9+cpu"])}
     assert drift("--committed", committed, "--fresh", fresh) == 0
     assert "torch: 2.14.1+cu130 -> 9.9.9+cpu" in capsys.readouterr().out

@@ -30,8 +30,22 @@ def nothing_is_read(monkeypatch):
 
 def dry(method: str, tmp_path, capsys, *extra: str) -> dict:
     out = tmp_path / "runs"
-    code = main(["run", "--method", method, "--dataset", DATASET[method], "--profile", "paper", "--dry-run", "--json",
-                 "--out", str(out), *extra])
+    code = main(
+        [
+            "run",
+            "--method",
+            method,
+            "--dataset",
+            DATASET[method],
+            "--profile",
+            "paper",
+            "--dry-run",
+            "--json",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert not out.exists(), "a dry run writes nothing"
@@ -67,19 +81,38 @@ def test_data_sizes_come_from_options_or_committed_split_files(tmp_path, capsys,
     plan = dry("oracle", tmp_path, capsys)
     assert plan["data"]["synthderm"]["train"] == 4000
     sizes = runner.data_sizes(runner.resolve_config(flags={"method": "erm", "dataset": "fitz17k"}))
-    assert sum(v for v in sizes["fitz17k"].values() if isinstance(v, int)) == 16_577  # the published CSV's rows
+    assert (
+        sum(v for v in sizes["fitz17k"].values() if isinstance(v, int)) == 16_577
+    )  # the published CSV's rows
     assert isinstance(sizes["ddi"], str)  # known when read
 
 
 def test_a_bad_setting_still_stops_the_dry_run(tmp_path, capsys, nothing_is_read):
-    code = main(["run", "--method", "dermdiff", "--dry-run", "--set", "dermdiff.per_cell=0", "--out", str(tmp_path)])
+    code = main(
+        ["run", "--method", "dermdiff", "--dry-run", "--set", "dermdiff.per_cell=0", "--out", str(tmp_path)]
+    )
     assert code == 2
     assert "'dermdiff.per_cell' must be >= 1" in " ".join(capsys.readouterr().err.split())
 
 
 def test_the_table_form_prints(tmp_path, capsys, nothing_is_read):
-    assert main(["run", "--method", "mfd", "--dataset", "fitz17k", "--profile", "paper", "--dry-run",
-                 "--out", str(tmp_path / "runs")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--method",
+                "mfd",
+                "--dataset",
+                "fitz17k",
+                "--profile",
+                "paper",
+                "--dry-run",
+                "--out",
+                str(tmp_path / "runs"),
+            ]
+        )
+        == 0
+    )
     text = " ".join(capsys.readouterr().out.split())
     assert "student" in text and "vgg11.tv_in1k" in text
     assert "prerequisite(s) missing" in text  # the ImageNet weights are not in this test's cache

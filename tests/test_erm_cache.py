@@ -79,8 +79,11 @@ def erm_trainings(monkeypatch) -> list[str]:
 
 def run(tmp_path: Path, out: str, *sets: str, method: str = METHOD) -> RunResult:
     local = (PLUGIN_MODULE,) if method == METHOD else ()
-    cfg = resolve_config(sets=[*TINY_SETTINGS, *sets], flags={"method": method, "device": "cpu", "out": str(tmp_path / out)},
-                         local=local)
+    cfg = resolve_config(
+        sets=[*TINY_SETTINGS, *sets],
+        flags={"method": method, "device": "cpu", "out": str(tmp_path / out)},
+        local=local,
+    )
     result = run_experiment(cfg, local=local, console=Console(quiet=True))
     assert not result.reused
     return result
@@ -103,7 +106,9 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_the_second_run_loads_the_cached_model_and_predicts_the_same(tmp_path, plugin, erm_root, erm_trainings):
+def test_the_second_run_loads_the_cached_model_and_predicts_the_same(
+    tmp_path, plugin, erm_root, erm_trainings
+):
     first = run(tmp_path, "first")
     info = checkpoint(first)
     assert info["hit"] is False and "rebuilt_because" not in info
@@ -113,7 +118,10 @@ def test_the_second_run_loads_the_cached_model_and_predicts_the_same(tmp_path, p
     assert sorted(p.name for p in entry.iterdir()) == ["entry.json", "model.safetensors"]
     assert info["sha256"] == sha256(entry / "model.safetensors")
     material = json.loads((entry / "entry.json").read_text())["material"]
-    assert material["train"] == first.metrics["config"]["train"] and material["seed"] == first.metrics["config"]["seed"]
+    assert (
+        material["train"] == first.metrics["config"]["train"]
+        and material["seed"] == first.metrics["config"]["seed"]
+    )
     assert not list(erm_root.glob(".tmp-*"))  # the temporary folder was renamed into place
 
     second = run(tmp_path, "second")
@@ -125,17 +133,25 @@ def test_the_second_run_loads_the_cached_model_and_predicts_the_same(tmp_path, p
     assert weights(second) == weights(first)
     assert predictions(second) == predictions(first) and predictions(first)
     # the run's model is the cached one (the wrapper returned it unchanged)
-    cached, saved = load_file(str(entry / "model.safetensors")), load_file(str(second.run_dir.file("model.safetensors")))
+    cached, saved = (
+        load_file(str(entry / "model.safetensors")),
+        load_file(str(second.run_dir.file("model.safetensors"))),
+    )
     assert cached.keys() == saved.keys() and all(torch.equal(cached[k], saved[k]) for k in cached)
     # a hit carries the training history of the run that trained it
-    assert second.metrics["train_history"] == first.metrics["train_history"] and first.metrics["train_history"]
+    assert (
+        second.metrics["train_history"] == first.metrics["train_history"] and first.metrics["train_history"]
+    )
     # what follows ERM's fit does not depend on whether the entry was found
     draw = first.metrics["methods"][METHOD]["torch_draw_after_erm"]
     assert second.metrics["methods"][METHOD]["torch_draw_after_erm"] == draw
 
     # --force redoes the run, not its cached ERM model
-    cfg = resolve_config(sets=list(TINY_SETTINGS), flags={"method": METHOD, "device": "cpu", "out": str(tmp_path / "first")},
-                         local=(PLUGIN_MODULE,))
+    cfg = resolve_config(
+        sets=list(TINY_SETTINGS),
+        flags={"method": METHOD, "device": "cpu", "out": str(tmp_path / "first")},
+        local=(PLUGIN_MODULE,),
+    )
     forced = run_experiment(cfg, local=(PLUGIN_MODULE,), force=True, console=Console(quiet=True))
     assert not forced.reused and forced.run_dir.path == first.run_dir.path
     assert checkpoint(forced)["hit"] is True and erm_trainings == ["erm"]
@@ -206,8 +222,9 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
-def test_a_damaged_entry_is_rebuilt_never_trusted_and_the_record_says_why(tmp_path, plugin, erm_root, erm_trainings,
-                                                                          corruption):
+def test_a_damaged_entry_is_rebuilt_never_trusted_and_the_record_says_why(
+    tmp_path, plugin, erm_root, erm_trainings, corruption
+):
     first = run(tmp_path, "first")
     entry = Path(checkpoint(first)["path"])
     reason = CORRUPTIONS[corruption](entry)
@@ -228,15 +245,17 @@ def test_a_damaged_entry_is_rebuilt_never_trusted_and_the_record_says_why(tmp_pa
     assert erm_trainings == ["erm", "erm"]
 
 
-def test_a_training_setting_is_part_of_the_key_and_an_evaluation_setting_is_not(tmp_path, plugin, erm_root,
-                                                                               erm_trainings):
+def test_a_training_setting_is_part_of_the_key_and_an_evaluation_setting_is_not(
+    tmp_path, plugin, erm_root, erm_trainings
+):
     base = run(tmp_path, "base")
     other_lr = run(tmp_path, "lr", "train.lr=0.0123")
     assert checkpoint(other_lr)["hit"] is False and "rebuilt_because" not in checkpoint(other_lr)
     assert checkpoint(other_lr)["key"] != checkpoint(base)["key"]
     assert erm_trainings == ["erm", "erm"]
-    assert sorted(p.name for p in erm_root.iterdir() if p.is_dir()) == sorted([checkpoint(base)["key"],
-                                                                               checkpoint(other_lr)["key"]])
+    assert sorted(p.name for p in erm_root.iterdir() if p.is_dir()) == sorted(
+        [checkpoint(base)["key"], checkpoint(other_lr)["key"]]
+    )
     assert weights(other_lr) != weights(base)
     # both entries stay usable; a setting that does not change the model finds the first one
     eval_only = run(tmp_path, "eval-only", "eval.n_boot=5")
@@ -245,18 +264,36 @@ def test_a_training_setting_is_part_of_the_key_and_an_evaluation_setting_is_not(
     assert erm_trainings == ["erm", "erm"]
 
 
-def test_the_erm_baseline_and_a_method_starting_from_it_share_one_model(tmp_path, plugin, erm_root, erm_trainings):
+def test_the_erm_baseline_and_a_method_starting_from_it_share_one_model(
+    tmp_path, plugin, erm_root, erm_trainings
+):
     """The ERM row of a leaderboard is the very model the methods started from: the ERM baseline
     (through the CLI) trains and stores it, a method run loads it, and the other way round."""
+
     def baseline(out: str) -> tuple[dict, Path]:
-        assert main(["run", "--method", "erm", "--device", "cpu", "--out", str(tmp_path / out),
-                     *sum([["--set", s] for s in TINY_SETTINGS], [])]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "--method",
+                    "erm",
+                    "--device",
+                    "cpu",
+                    "--out",
+                    str(tmp_path / out),
+                    *sum([["--set", s] for s in TINY_SETTINGS], []),
+                ]
+            )
+            == 0
+        )
         (run_dir,) = [p for p in (tmp_path / out).iterdir() if p.is_dir()]
         return json.loads((run_dir / "metrics.json").read_text()), run_dir
 
     def files(run_dir: Path) -> tuple[bytes, dict[str, str]]:
-        return ((run_dir / "model.safetensors").read_bytes(),
-                {p.name: p.read_text() for p in sorted((run_dir / "predictions").glob("*.csv"))})
+        return (
+            (run_dir / "model.safetensors").read_bytes(),
+            {p.name: p.read_text() for p in sorted((run_dir / "predictions").glob("*.csv"))},
+        )
 
     erm_metrics, erm_dir = baseline("baseline")
     assert erm_metrics["methods"]["erm"]["checkpoint"]["hit"] is False and erm_trainings == ["erm"]

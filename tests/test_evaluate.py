@@ -27,8 +27,11 @@ from dermbench.results.records import as_json_values, read_record
 N_BOOT = 40
 SIZE = 16
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
-SYNTH = ("data.options={n_train: 120, n_val: 60, n_test: 60, n_test_ddi: 30, n_test_dermoscopic: 30}",
-         "data.image_size=16", "eval.n_boot=0")
+SYNTH = (
+    "data.options={n_train: 120, n_val: 60, n_test: 60, n_test_ddi: 30, n_test_dermoscopic: 30}",
+    "data.image_size=16",
+    "eval.n_boot=0",
+)
 
 
 def run_dirs(out: Path, prefix: str) -> list[Path]:
@@ -37,8 +40,24 @@ def run_dirs(out: Path, prefix: str) -> list[Path]:
 
 def evaluate(tmp_path, tree, *args: str, out: Path | None = None) -> int:
     out = out or tmp_path / "runs"
-    return main(["evaluate", "--dataset", "ddi", "--data-root", str(tree.root), "--out", str(out), "--device", "cpu",
-                 "--set", f"eval.n_boot={N_BOOT}", "--set", "data.image_size=8", *args])
+    return main(
+        [
+            "evaluate",
+            "--dataset",
+            "ddi",
+            "--data-root",
+            str(tree.root),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--set",
+            f"eval.n_boot={N_BOOT}",
+            "--set",
+            "data.image_size=8",
+            *args,
+        ]
+    )
 
 
 def ddi_split(tree, size: int = 8):
@@ -66,8 +85,15 @@ def test_a_predictions_file_gives_exactly_the_metrics_fairness_report_gives(tmp_
 
     (run,) = run_dirs(tmp_path / "runs", "mymodel")
     record = read_record(run)
-    expected = fairness_report(y_true=split.labels, y_prob=p1, groups=group_schemes(split.table), threshold=0.5,
-                               n_boot=N_BOOT, seed=0, class_names=list(split.classes))
+    expected = fairness_report(
+        y_true=split.labels,
+        y_prob=p1,
+        groups=group_schemes(split.table),
+        threshold=0.5,
+        n_boot=N_BOOT,
+        seed=0,
+        class_names=list(split.classes),
+    )
     got = as_json_values(record)["eval"]["ddi"]
     expected = json.loads(json.dumps(expected, default=lambda v: v.tolist() if hasattr(v, "tolist") else v))
     for key in ("overall", "groups", "fairness", "ci", "per_class", "flags", "missing", "bootstrap"):
@@ -99,10 +125,14 @@ def test_a_parquet_file_reads_as_the_same_table_as_its_csv(tmp_path):
     pytest.importorskip("pyarrow")  # the `parquet` extra, part of `dev`
     from dermbench.evaluation.external import read_prediction_file
 
-    table = pd.DataFrame({"sample_id": ["a1", "007", "b"], "prob_0": [0.25, 0.5, 1.0], "prob_1": [0.75, 0.5, 0.0]})
+    table = pd.DataFrame(
+        {"sample_id": ["a1", "007", "b"], "prob_0": [0.25, 0.5, 1.0], "prob_1": [0.75, 0.5, 0.0]}
+    )
     table.to_csv(tmp_path / "p.csv", index=False)
     table.to_parquet(tmp_path / "p.parquet", index=False)
-    pd.testing.assert_frame_equal(read_prediction_file(tmp_path / "p.parquet"), read_prediction_file(tmp_path / "p.csv"))
+    pd.testing.assert_frame_equal(
+        read_prediction_file(tmp_path / "p.parquet"), read_prediction_file(tmp_path / "p.csv")
+    )
 
 
 def test_a_parquet_file_without_pyarrow_names_the_extra_to_install(tmp_path, make_ddi, monkeypatch, capsys):
@@ -114,7 +144,11 @@ def test_a_parquet_file_without_pyarrow_names_the_extra_to_install(tmp_path, mak
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # what an install without the extra has: import fails
     assert evaluate(tmp_path, make_ddi(), "--name", "mymodel", "--predictions", str(path)) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert str(path) in err and "pip install 'dermbench[parquet]'" in err and "save the predictions as CSV" in err
+    assert (
+        str(path) in err
+        and "pip install 'dermbench[parquet]'" in err
+        and "save the predictions as CSV" in err
+    )
     assert "Traceback" not in err
 
 
@@ -157,23 +191,73 @@ def test_a_binary_file_may_give_p1_alone_under_the_class_name(tmp_path, make_ddi
 
 def test_several_test_sets_need_a_test_set_column_and_val_predictions_choose_the_threshold(tmp_path):
     out = tmp_path / "runs"
-    assert main(["run", "--out", str(out), "--device", "cpu", *sum([["--set", s] for s in
-                 (*SYNTH, "model.backbone=test_resnet", "train.epochs=1", "train.batch_size=32")], [])]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                *sum(
+                    [
+                        ["--set", s]
+                        for s in (
+                            *SYNTH,
+                            "model.backbone=test_resnet",
+                            "train.epochs=1",
+                            "train.batch_size=32",
+                        )
+                    ],
+                    [],
+                ),
+            ]
+        )
+        == 0
+    )
     (erm,) = run_dirs(out, "erm")
-    parts = [pd.read_csv(erm / "predictions" / f"{t}.csv", dtype={"sample_id": str}).assign(test_set=t)
-             for t in ("synthderm", "synthderm-ddi", "synthderm-dermoscopic")]
+    parts = [
+        pd.read_csv(erm / "predictions" / f"{t}.csv", dtype={"sample_id": str}).assign(test_set=t)
+        for t in ("synthderm", "synthderm-ddi", "synthderm-dermoscopic")
+    ]
     whole = pd.concat(parts)[["sample_id", "test_set", "prob_0", "prob_1"]]
     whole.drop(columns="test_set").to_csv(tmp_path / "no-column.csv", index=False)
     sets = sum([["--set", s] for s in SYNTH], [])
-    code = main(["evaluate", "--name", "mine", "--predictions", str(tmp_path / "no-column.csv"), "--out", str(out), *sets])
+    code = main(
+        [
+            "evaluate",
+            "--name",
+            "mine",
+            "--predictions",
+            str(tmp_path / "no-column.csv"),
+            "--out",
+            str(out),
+            *sets,
+        ]
+    )
     assert code == 2
     whole.to_csv(tmp_path / "all.csv", index=False)
     rng = np.random.default_rng(0)
     val = pd.DataFrame({"sample_id": [f"val-{i:06d}" for i in range(60)], "prob_1": rng.random(60)})
     val["prob_0"] = 1 - val["prob_1"]
     val.to_csv(tmp_path / "val.csv", index=False)
-    assert main(["evaluate", "--name", "mine", "--predictions", str(tmp_path / "all.csv"), "--val-predictions",
-                 str(tmp_path / "val.csv"), "--out", str(out), *sets]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--name",
+                "mine",
+                "--predictions",
+                str(tmp_path / "all.csv"),
+                "--val-predictions",
+                str(tmp_path / "val.csv"),
+                "--out",
+                str(out),
+                *sets,
+            ]
+        )
+        == 0
+    )
     (mine,) = run_dirs(out, "mine")
     record = read_record(mine)
     assert set(record.eval) == {"synthderm", "synthderm-ddi", "synthderm-dermoscopic"}
@@ -202,8 +286,16 @@ def test_a_timm_checkpoint_gives_the_models_own_predictions(tmp_path, make_ddi):
     torch.manual_seed(1)
     model = timm.create_model("test_resnet", num_classes=2, pretrained=False).eval()
     weights = tmp_path / "mine.safetensors"
-    save_file(model.state_dict(), str(weights), metadata={"arch": "test_resnet", "input_size": str(SIZE),
-                                                           "mean": json.dumps(MEAN), "std": json.dumps(STD)})
+    save_file(
+        model.state_dict(),
+        str(weights),
+        metadata={
+            "arch": "test_resnet",
+            "input_size": str(SIZE),
+            "mean": json.dumps(MEAN),
+            "std": json.dumps(STD),
+        },
+    )
     assert evaluate(tmp_path, tree, "--name", "mynet", "--model", str(weights)) == 0
     (run,) = run_dirs(tmp_path / "runs", "mynet")
     table, x = ddi_inputs(tree)
@@ -215,8 +307,12 @@ def test_a_timm_checkpoint_gives_the_models_own_predictions(tmp_path, make_ddi):
     record = read_record(run)
     entry = record.methods["mynet"]
     assert entry["external"] is True and entry["kind"] == "timm"
-    assert entry["input"]["settings_from"] == {"arch": "file metadata", "input_size": "file metadata",
-                                               "mean": "file metadata", "std": "file metadata"}
+    assert entry["input"]["settings_from"] == {
+        "arch": "file metadata",
+        "input_size": "file metadata",
+        "mean": "file metadata",
+        "std": "file metadata",
+    }
     assert record.config["external"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
@@ -224,8 +320,22 @@ def test_a_checkpoint_of_another_architecture_is_refused_naming_the_keys(tmp_pat
     tree = make_ddi()
     weights = tmp_path / "other.pt"
     torch.save(timm.create_model("test_resnet", num_classes=3).state_dict(), weights)  # three classes
-    code = evaluate(tmp_path, tree, "--name", "mynet", "--model", str(weights), "--arch", "test_resnet",
-                    "--input-size", str(SIZE), "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5")
+    code = evaluate(
+        tmp_path,
+        tree,
+        "--name",
+        "mynet",
+        "--model",
+        str(weights),
+        "--arch",
+        "test_resnet",
+        "--input-size",
+        str(SIZE),
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.5,0.5,0.5",
+    )
     err = capsys.readouterr().err
     assert code == 2 and "does not load into timm test_resnet with 2 classes" in " ".join(err.split())
     assert "other shape" in err
@@ -246,14 +356,20 @@ def test_a_torchscript_model_gives_its_own_predictions(tmp_path, make_ddi):
     torch.manual_seed(2)
     scripted = torch.jit.script(Tiny().eval())
     path = tmp_path / "mine.pt"
-    torch.jit.save(scripted, str(path), _extra_files={"dermbench.json": json.dumps(
-        {"input_size": SIZE, "mean": list(MEAN), "std": list(STD)})})
+    torch.jit.save(
+        scripted,
+        str(path),
+        _extra_files={
+            "dermbench.json": json.dumps({"input_size": SIZE, "mean": list(MEAN), "std": list(STD)})
+        },
+    )
     assert evaluate(tmp_path, tree, "--name", "scripted", "--model", str(path)) == 0
     (run,) = run_dirs(tmp_path / "runs", "scripted")
     table, x = ddi_inputs(tree)
     with torch.no_grad():
         expected = torch.softmax(scripted(x), dim=1).numpy()
     got = pd.read_csv(run / "predictions" / "ddi.csv", dtype={"sample_id": str}).set_index("sample_id")
-    np.testing.assert_allclose(got.loc[table["sample_id"].astype(str), ["prob_0", "prob_1"]].to_numpy(), expected,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        got.loc[table["sample_id"].astype(str), ["prob_0", "prob_1"]].to_numpy(), expected, atol=1e-6
+    )
     assert read_record(run).methods["scripted"]["kind"] == "torchscript"

@@ -23,7 +23,9 @@ BETA = 0.33
 
 def tiny_model() -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn_like(p))  # BatchNorm's gamma and every bias non-zero too
@@ -44,7 +46,9 @@ WEIGHTS = ["0.weight", "1.weight", "4.weight"]  # conv, BatchNorm gamma, linear;
 def expected_mask(model, h_u, h_p, count, *, excluded=None) -> dict[str, torch.Tensor]:
     """The `count` lowest S = 1/2 θ^2 (h_u - β h_p) over the weights, by a direct flat ranking."""
     params = dict(model.named_parameters())
-    flat = torch.cat([(0.5 * params[k].detach() ** 2 * (h_u[k] - BETA * h_p[k])).reshape(-1) for k in WEIGHTS])
+    flat = torch.cat(
+        [(0.5 * params[k].detach() ** 2 * (h_u[k] - BETA * h_p[k])).reshape(-1) for k in WEIGHTS]
+    )
     if excluded is not None:
         flat[torch.cat([excluded[k].reshape(-1) for k in WEIGHTS])] = float("inf")
     chosen = torch.zeros(flat.numel(), dtype=torch.bool)
@@ -103,8 +107,13 @@ def test_a_weight_frozen_by_an_inner_method_is_never_chosen():
     (name,) = [k for k in WEIGHTS if lowest_one[k].any()]
     freeze(model, name, lowest_one[name])  # e.g. quantised by an inner FairQuantize
     held_value = dict(model.named_parameters())[name][lowest_one[name]].clone()
-    want = expected_mask(model, h_u, h_p, target, excluded={k: lowest_one[k] if k == name else torch.zeros_like(v)
-                                                            for k, v in lowest_one.items()})
+    want = expected_mask(
+        model,
+        h_u,
+        h_p,
+        target,
+        excluded={k: lowest_one[k] if k == name else torch.zeros_like(v) for k, v in lowest_one.items()},
+    )
     masks = fairprune.prune_round(model, h_u, h_p, beta=BETA, target=target)
     assert not masks[name][lowest_one[name]].any()
     assert sum(int(m.sum()) for m in masks.values()) == target  # the count stays exact: the next lowest
@@ -127,32 +136,52 @@ def test_a_second_round_prunes_a_further_share_and_never_unprunes():
         assert torch.equal(params[k] == 0, second[k]), k
 
 
-@pytest.mark.parametrize("profile, dataset", [("tiny", "synthderm"), ("paper", "fitz17k"), ("paper", "synthderm")])
+@pytest.mark.parametrize(
+    "profile, dataset", [("tiny", "synthderm"), ("paper", "fitz17k"), ("paper", "synthderm")]
+)
 def test_the_chosen_round_is_restored_frozen_and_saved(tmp_path, monkeypatch, profile, dataset):
     """Three rounds, validation prefers round 1: the model keeps round 1's zeros only, with the
     weights later rounds zeroed back at their values, and they stay zero through retraining."""
     model = tiny_model()
     original = {k: v.detach().clone() for k, v in model.named_parameters()}
-    monkeypatch.setattr(fairprune, "sensitive_groups", lambda *a, **k: SimpleNamespace(
-        privileged="light", reason="test", as_record=lambda: {"scheme": "tone2", "privileged": "light"}))
-    monkeypatch.setattr(fairprune, "group_curvature", lambda ctx, m, *a, **k: (*hand_curvature(m, 5), {"samples": 4}))
+    monkeypatch.setattr(
+        fairprune,
+        "sensitive_groups",
+        lambda *a, **k: SimpleNamespace(
+            privileged="light", reason="test", as_record=lambda: {"scheme": "tone2", "privileged": "light"}
+        ),
+    )
+    monkeypatch.setattr(
+        fairprune, "group_curvature", lambda ctx, m, *a, **k: (*hand_curvature(m, 5), {"samples": 4})
+    )
     gaps = iter([0.30, 0.10, 0.20, 0.05])  # unpruned, rounds 1-3; round 3 fairest but loses too much metric
     metrics = iter([0.90, 0.89, 0.88, 0.80])
-    monkeypatch.setattr(fairprune, "validation_scores",
-                        lambda *a, **k: {"metric": next(metrics), "gap": next(gaps), "acc": 0.5, "threshold": 0.5})
+    monkeypatch.setattr(
+        fairprune,
+        "validation_scores",
+        lambda *a, **k: {"metric": next(metrics), "gap": next(gaps), "acc": 0.5, "threshold": 0.5},
+    )
     records = {}
-    ctx = SimpleNamespace(config={"profile": profile, "dataset": dataset}, say=lambda message: None,
-                          record=lambda method, values: records.setdefault(method, {}).update(values),
-                          artifact=lambda name: tmp_path / name)
+    ctx = SimpleNamespace(
+        config={"profile": profile, "dataset": dataset},
+        say=lambda message: None,
+        record=lambda method, values: records.setdefault(method, {}).update(values),
+        artifact=lambda name: tmp_path / name,
+    )
     settings = fairprune.check_settings({**fairprune.DEFAULTS, "rounds": 3, "ratio": 0.1})
     out = fairprune.prune(ctx, model, None, None, settings)
     record = records["fairprune"]
     assert record["chosen_round"] == 1 and "within 0.02" in record["chosen_reason"]
-    assert [r["pruned_share"] for r in record["rounds"]] == [round(0.1 * r * total_weights(model)) / total_weights(model)
-                                                          for r in (1, 2, 3)]
+    assert [r["pruned_share"] for r in record["rounds"]] == [
+        round(0.1 * r * total_weights(model)) / total_weights(model) for r in (1, 2, 3)
+    ]
     saved = load_file(tmp_path / "pruning_mask.safetensors")
     assert sorted(saved) == WEIGHTS
-    assert sum(int(v.sum()) for v in saved.values()) == round(0.1 * total_weights(model)) == record["pruned_weights"]
+    assert (
+        sum(int(v.sum()) for v in saved.values())
+        == round(0.1 * total_weights(model))
+        == record["pruned_weights"]
+    )
     params = dict(out.named_parameters())
     for k in WEIGHTS:
         mask = saved[k].bool()
@@ -168,22 +197,27 @@ def test_the_chosen_round_is_restored_frozen_and_saved(tmp_path, monkeypatch, pr
     # a paper-profile run carries the published numbers where the paper has them
     assert ("paper" in record) == (dataset == "fitz17k")
     if dataset == "fitz17k":
-        assert record["paper"]["method"]["eodd_net"] == 0.165 and record["paper"]["vanilla"]["eodd_net"] == 0.182
+        assert (
+            record["paper"]["method"]["eodd_net"] == 0.165 and record["paper"]["vanilla"]["eodd_net"] == 0.182
+        )
 
 
-@pytest.mark.parametrize("key, value, words", [
-    ("ratio", 0, "fairprune.ratio must be in (0, 1]"),
-    ("ratio", 0.3, "fairprune.ratio * fairprune.rounds must be <= 1"),
-    ("beta", -0.1, "fairprune.beta must be >= 0"),
-    ("rounds", 0, "fairprune.rounds must be a positive integer"),
-    ("score_batches", 2.5, "fairprune.score_batches must be a positive integer"),
-    ("score_batch_size", True, "fairprune.score_batch_size must be a positive integer"),
-    ("select", "fairest", "fairprune.select must be one of"),
-    ("fair_metric", "eod", "fairprune.fair_metric must be one of"),
-    ("privileged", "pale", "fairprune.privileged"),
-    ("groups", "tone_2", "fairprune.groups: unknown group scheme 'tone_2'"),
-    ("groups", 3, "fairprune.groups must be a group scheme name"),
-])
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("ratio", 0, "fairprune.ratio must be in (0, 1]"),
+        ("ratio", 0.3, "fairprune.ratio * fairprune.rounds must be <= 1"),
+        ("beta", -0.1, "fairprune.beta must be >= 0"),
+        ("rounds", 0, "fairprune.rounds must be a positive integer"),
+        ("score_batches", 2.5, "fairprune.score_batches must be a positive integer"),
+        ("score_batch_size", True, "fairprune.score_batch_size must be a positive integer"),
+        ("select", "fairest", "fairprune.select must be one of"),
+        ("fair_metric", "eod", "fairprune.fair_metric must be one of"),
+        ("privileged", "pale", "fairprune.privileged"),
+        ("groups", "tone_2", "fairprune.groups: unknown group scheme 'tone_2'"),
+        ("groups", 3, "fairprune.groups must be a group scheme name"),
+    ],
+)
 def test_bad_settings_are_config_errors_naming_the_setting(key, value, words):
     with pytest.raises(ConfigError) as err:
         fairprune.check_settings({**fairprune.DEFAULTS, key: value})
@@ -201,8 +235,23 @@ def test_defaults_per_profile_and_dataset():
 
 
 def command(out: Path, *extra: str) -> list[str]:
-    sets = [*TINY_SETTINGS, "fairprune.rounds=2", "fairprune.score_batches=2", "fairprune.score_batch_size=8", *extra]
-    return ["run", "--method", "fairprune", "--device", "cpu", "--out", str(out), *sum([["--set", s] for s in sets], [])]
+    sets = [
+        *TINY_SETTINGS,
+        "fairprune.rounds=2",
+        "fairprune.score_batches=2",
+        "fairprune.score_batch_size=8",
+        *extra,
+    ]
+    return [
+        "run",
+        "--method",
+        "fairprune",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *sum([["--set", s] for s in sets], []),
+    ]
 
 
 @pytest.mark.slow

@@ -66,13 +66,22 @@ def test_global_selection_picks_the_lowest_scores_and_follows_the_schedule():
     total = sum(params[k].numel() for k in names)  # 200 + 40
     for ratio in schedule(0.05, 0.2):
         before = {k: v.clone() for k, v in quantized.items()}
-        quantized = select_step(model, h_u, h_p, ratio=ratio, beta=1.0, ranking="global", quantized=quantized,
-                                eligible=eligible)
+        quantized = select_step(
+            model, h_u, h_p, ratio=ratio, beta=1.0, ranking="global", quantized=quantized, eligible=eligible
+        )
         assert sum(int(m.sum()) for m in quantized.values()) == round(ratio * total)
         assert all(torch.equal(before[k] & quantized[k], before[k]) for k in names)  # never un-quantised
     # the first step's choice is exactly the 5 % lowest scores over both layers together
-    first = select_step(model, h_u, h_p, ratio=0.05, beta=1.0, ranking="global",
-                        quantized={k: torch.zeros_like(v) for k, v in eligible.items()}, eligible=eligible)
+    first = select_step(
+        model,
+        h_u,
+        h_p,
+        ratio=0.05,
+        beta=1.0,
+        ranking="global",
+        quantized={k: torch.zeros_like(v) for k, v in eligible.items()},
+        eligible=eligible,
+    )
     flat = torch.cat([_score(params, h_u, h_p, 1.0, names)[k].reshape(-1) for k in names])
     chosen = torch.cat([first[k].reshape(-1) for k in names])
     assert flat[chosen].max() <= flat[~chosen].min()
@@ -81,7 +90,9 @@ def test_global_selection_picks_the_lowest_scores_and_follows_the_schedule():
 def test_per_layer_ranking_quantises_each_layer_by_the_ratio():
     model = _two_layer_model()
     names, params, eligible, quantized, h_u, h_p = _setup(model)
-    masks = select_step(model, h_u, h_p, ratio=0.25, beta=1.0, ranking="layer", quantized=quantized, eligible=eligible)
+    masks = select_step(
+        model, h_u, h_p, ratio=0.25, beta=1.0, ranking="layer", quantized=quantized, eligible=eligible
+    )
     assert int(masks["0.weight"].sum()) == 50 and int(masks["1.weight"].sum()) == 10
 
 
@@ -91,15 +102,27 @@ def test_weights_an_inner_method_froze_are_never_selected_nor_counted():
     pruned = torch.zeros_like(eligible["0.weight"])
     pruned[:5] = True  # 50 weights FairPrune zeroed
     eligible["0.weight"] = ~pruned
-    masks = select_step(model, h_u, h_p, ratio=0.5, beta=1.0, ranking="global", quantized=quantized, eligible=eligible)
+    masks = select_step(
+        model, h_u, h_p, ratio=0.5, beta=1.0, ranking="global", quantized=quantized, eligible=eligible
+    )
     assert not (masks["0.weight"] & pruned).any()
     assert sum(int(m.sum()) for m in masks.values()) == round(0.5 * (240 - 50))
 
 
 def _run(out: Path, *extra: str, method: str = "fairquantize") -> dict:
     settings = [*TINY_SETTINGS, "fairquantize.step=0.1", "fairquantize.score_samples=32", *extra]
-    code = main(["run", "--method", method, "--out", str(out), "--device", "cpu",
-                 *sum([["--set", s] for s in settings], [])])
+    code = main(
+        [
+            "run",
+            "--method",
+            method,
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            *sum([["--set", s] for s in settings], []),
+        ]
+    )
     assert code == 0
     (record,) = out.glob("*/metrics.json")
     return json.loads(record.read_text())
@@ -115,7 +138,10 @@ def test_fairquantize_runs_and_its_quantised_weights_stay_powers_of_two(tmp_path
     assert record["groups"]["scheme"] == "tone2" and record["groups"]["privileged"] in ("light", "dark")
     assert "validation macro-F1" in record["groups"]["privileged_reason"]
     assert metrics["methods"]["erm"]["checkpoint"]["hit"] is False  # the session's cache was empty for it
-    weights, masks = load_file(run_dir / "model.safetensors"), load_file(run_dir / "quantized_mask.safetensors")
+    weights, masks = (
+        load_file(run_dir / "model.safetensors"),
+        load_file(run_dir / "quantized_mask.safetensors"),
+    )
     n_quantized = 0
     for name, mask in masks.items():
         values = weights[name][mask.bool()]
@@ -135,14 +161,42 @@ def test_the_headline_command_on_a_fitzpatrick17k_tree(make_data_home, tmp_path,
     home = make_data_home(n_fitz=300, include=("ddi", "derm7pt"), size=16)
     monkeypatch.setenv("DERMBENCH_DATA", str(home))
     out = tmp_path / "runs"
-    code = main(["run", "--method", "fairquantize", "--dataset", "fitz17k", "--profile", "tiny", "--out", str(out),
-                 "--device", "cpu", "--set", "data.image_size=16", "--set", "model.backbone=test_resnet",
-                 "--set", "train.epochs=1", "--set", "eval.n_boot=0", "--set", "fairquantize.step=0.1",
-                 "--set", "fairquantize.score_samples=32"])
+    code = main(
+        [
+            "run",
+            "--method",
+            "fairquantize",
+            "--dataset",
+            "fitz17k",
+            "--profile",
+            "tiny",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--set",
+            "data.image_size=16",
+            "--set",
+            "model.backbone=test_resnet",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "eval.n_boot=0",
+            "--set",
+            "fairquantize.step=0.1",
+            "--set",
+            "fairquantize.score_samples=32",
+        ]
+    )
     assert code == 0
     (path,) = out.glob("fairquantize_fitz17k_s0_*/metrics.json")
     metrics = json.loads(path.read_text())
-    assert set(metrics["eval"]) == {"fitz17k", "ddi", "derm7pt-derm", "derm7pt-clinic"}  # every present test set
+    assert set(metrics["eval"]) == {
+        "fitz17k",
+        "ddi",
+        "derm7pt-derm",
+        "derm7pt-clinic",
+    }  # every present test set
     groups = metrics["methods"]["fairquantize"]["groups"]
     # FST -1 rows of the training split are in no group: counted, never guessed
     assert groups["unknown_group_excluded"] > 0
@@ -162,8 +216,10 @@ def test_paper_profile_carries_the_papers_protocol_and_numbers():
     assert isic["task"] == "diagnosis" and isic["model"]["backbone"] == "resnet18"
     assert isic["fairquantize"]["groups"] == "sex"
     assert isic["fairquantize"]["beta"] == 0.778 and isic["fairquantize"]["target"] == 0.8
-    overridden = resolve_config(sets=["fairquantize.beta=0.333", "model.backbone=resnet18"],
-                                flags={"method": "fairquantize", "profile": "paper", "dataset": "fitz17k"})
+    overridden = resolve_config(
+        sets=["fairquantize.beta=0.333", "model.backbone=resnet18"],
+        flags={"method": "fairquantize", "profile": "paper", "dataset": "fitz17k"},
+    )
     assert overridden["fairquantize"]["beta"] == 0.333 and overridden["model"]["backbone"] == "resnet18"
 
 
@@ -172,11 +228,19 @@ def test_fairprune_then_fairquantize_keeps_pruned_weights_zero(tmp_path):
     """`--method fairprune+fairquantize`: FairPrune (inner wrapper) prunes the cached ERM model,
     FairQuantize (outer) quantises the rest and retrains; the pruned weights stay exactly zero."""
     out = tmp_path / "runs"
-    metrics = _run(out, "fairprune.rounds=1", "fairprune.score_batches=2", "fairprune.score_batch_size=16",
-                   method="fairprune+fairquantize")
+    metrics = _run(
+        out,
+        "fairprune.rounds=1",
+        "fairprune.score_batches=2",
+        "fairprune.score_batch_size=16",
+        method="fairprune+fairquantize",
+    )
     run_dir = next(out.glob("fairprune-fairquantize_*"))
     assert metrics["hooks"]["fit"] == "erm"
-    assert metrics["hooks"]["fit_wrappers"] == ["fairprune", "fairquantize"]  # innermost first: prune, then quantise
+    assert metrics["hooks"]["fit_wrappers"] == [
+        "fairprune",
+        "fairquantize",
+    ]  # innermost first: prune, then quantise
     weights = load_file(run_dir / "model.safetensors")
     pruned = load_file(run_dir / "pruning_mask.safetensors")
     quantized = load_file(run_dir / "quantized_mask.safetensors")
@@ -189,7 +253,9 @@ def test_fairprune_then_fairquantize_keeps_pruned_weights_zero(tmp_path):
     assert n_pruned > 0
     eligible = sum(weights[k].numel() for k in quantized) - n_pruned
     n_quantized = sum(int(m.sum()) for m in quantized.values())
-    assert n_quantized / eligible == pytest.approx(metrics["methods"]["fairquantize"]["quantized_share"], abs=1e-4)
+    assert n_quantized / eligible == pytest.approx(
+        metrics["methods"]["fairquantize"]["quantized_share"], abs=1e-4
+    )
 
 
 @pytest.mark.slow
@@ -199,11 +265,34 @@ def test_a_paper_profile_run_reports_the_papers_numbers_beside_its_own(make_data
     home = make_data_home(n_fitz=300, include=(), size=16)
     monkeypatch.setenv("DERMBENCH_DATA", str(home))
     out = tmp_path / "runs"
-    shrink = ["data.image_size=16", "model.backbone=test_resnet", "train.epochs=1", "train.batch_size=32",
-              "eval.n_boot=0", "fairquantize.step=0.1", "fairquantize.target=0.1", "fairquantize.retrain.epochs=0",
-              "fairquantize.score_samples=16", "data.test_sets=[fitz17k]"]
-    code = main(["run", "--method", "fairquantize", "--dataset", "fitz17k", "--profile", "paper", "--out", str(out),
-                 "--device", "cpu", *sum([["--set", s] for s in shrink], [])])
+    shrink = [
+        "data.image_size=16",
+        "model.backbone=test_resnet",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "eval.n_boot=0",
+        "fairquantize.step=0.1",
+        "fairquantize.target=0.1",
+        "fairquantize.retrain.epochs=0",
+        "fairquantize.score_samples=16",
+        "data.test_sets=[fitz17k]",
+    ]
+    code = main(
+        [
+            "run",
+            "--method",
+            "fairquantize",
+            "--dataset",
+            "fitz17k",
+            "--profile",
+            "paper",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            *sum([["--set", s] for s in shrink], []),
+        ]
+    )
     assert code == 0
     (path,) = out.glob("fairquantize_fitz17k_s0_*/metrics.json")
     metrics = json.loads(path.read_text())

@@ -46,19 +46,39 @@ def images(n: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture
 def model() -> PixelModel:
     unet = tiny_unet(SIZE, channels=[8, 16, 16], layers_per_block=1, seed=0).eval().requires_grad_(False)
-    return PixelModel(unet=unet, scheduler=default_scheduler(), source={"kind": "test", "identity": "test-unet"})
+    return PixelModel(
+        unet=unet, scheduler=default_scheduler(), source={"kind": "test", "identity": "test-unet"}
+    )
 
 
 def test_decoder_blocks_follow_the_documented_numbering(model):
     names = [n for n, _ in decoder_layers(model.unet)]
     # 3 levels x (layers_per_block + 1) = 6 blocks; the last position of a level is its upsampler
-    assert names == ["up_blocks.0.resnets.0", "up_blocks.0.upsamplers.0", "up_blocks.1.resnets.0",
-                     "up_blocks.1.upsamplers.0", "up_blocks.2.resnets.0", "up_blocks.2.resnets.1"]
-    attn = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       norm_num_groups=8, attention_head_dim=8)
-    assert [n for n, _ in decoder_layers(attn)] == ["up_blocks.0.attentions.0", "up_blocks.0.upsamplers.0",
-                                                    "up_blocks.1.resnets.0", "up_blocks.1.resnets.1"]
+    assert names == [
+        "up_blocks.0.resnets.0",
+        "up_blocks.0.upsamplers.0",
+        "up_blocks.1.resnets.0",
+        "up_blocks.1.upsamplers.0",
+        "up_blocks.2.resnets.0",
+        "up_blocks.2.resnets.1",
+    ]
+    attn = UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=8,
+    )
+    assert [n for n, _ in decoder_layers(attn)] == [
+        "up_blocks.0.attentions.0",
+        "up_blocks.0.upsamplers.0",
+        "up_blocks.1.resnets.0",
+        "up_blocks.1.resnets.1",
+    ]
 
 
 def test_hooks_capture_each_block_with_the_shape_its_config_gives(model):
@@ -133,8 +153,9 @@ def test_cached_features_equal_fresh_ones_and_are_reused(model, monkeypatch):
 
 def test_the_tiny_pixel_ddpm_learns(model):
     x = images(32)
-    history = train_pixel_ddpm(model.unet, model.scheduler, x, steps=30, batch_size=8, lr=2e-3, seed=0, device=CPU,
-                               console=QUIET)
+    history = train_pixel_ddpm(
+        model.unet, model.scheduler, x, steps=30, batch_size=8, lr=2e-3, seed=0, device=CPU, console=QUIET
+    )
     assert np.mean(history[-5:]) < np.mean(history[:5])
     assert not any(p.requires_grad for p in model.unet.parameters())
 
@@ -150,13 +171,25 @@ def test_the_probe_trains_full_batch_with_early_stopping():
     assert summary["epochs_run"] <= 300 and summary["best_val_loss"] < 0.5
     # features that say nothing about the label: the validation loss stops improving, training stops
     noise = rng.normal(size=(80, 512)).astype(np.float32)
-    _, stopped = fedd.train_probe(noise, y, rng.normal(size=(40, 512)).astype(np.float32), vy, settings=settings, seed=0)
+    _, stopped = fedd.train_probe(
+        noise, y, rng.normal(size=(40, 512)).astype(np.float32), vy, settings=settings, seed=0
+    )
     assert stopped["epochs_run"] < 300 and stopped["epochs_run"] - stopped["best_epoch"] == 10
     prob = fedd.probe_probabilities(probe, vx)
     assert prob.shape == (40, 2) and np.allclose(prob.sum(1), 1)
     assert ((prob[:, 1] > 0.5) == vy).mean() > 0.9
     layers = [type(m).__name__ for m in probe.net]
-    assert layers == ["Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
+    assert layers == [
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Dropout",
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Dropout",
+        "Linear",
+    ]
     assert [m.p for m in probe.net if isinstance(m, torch.nn.Dropout)] == [0.5, 0.25]
     assert probe.net[0].in_features == 512 and probe.net[4].out_features == 32
 
@@ -178,8 +211,16 @@ FEDD_TINY = [*TINY_SETTINGS, "fedd.max_epochs=60", "seed=1313"]
 
 
 def command(out: Path, *extra: str) -> list[str]:
-    return ["run", "--method", "fedd", "--device", "cpu", "--out", str(out),
-            *sum([["--set", s] for s in [*FEDD_TINY, *extra]], [])]
+    return [
+        "run",
+        "--method",
+        "fedd",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *sum([["--set", s] for s in [*FEDD_TINY, *extra]], []),
+    ]
 
 
 def run_metrics(out: Path) -> tuple[Path, dict]:
@@ -207,7 +248,9 @@ def test_fedd_runs_end_to_end_on_tiny_synthderm(tmp_path):
     again = second["methods"]["fedd"]
     assert again["backbone"] == record["backbone"]
     assert all(e["hit"] for e in again["features"].values())
-    assert {k: e["key"] for k, e in again["features"].items()} == {k: e["key"] for k, e in record["features"].items()}
+    assert {k: e["key"] for k, e in again["features"].items()} == {
+        k: e["key"] for k, e in record["features"].items()
+    }
 
 
 def test_a_multiclass_task_is_refused(tmp_path, capsys):

@@ -25,8 +25,21 @@ def test_the_t_grid_steps_by_50_below_the_schedule_length():
 @pytest.mark.slow
 def test_ablate_writes_a_table_json_and_heat_map(tmp_path):
     sets = [*TINY_SETTINGS, "fedd.max_epochs=30"]
-    argv = ["fedd", "ablate", "--device", "cpu", "--out", str(tmp_path), "--ts", "0", "100", "--blocks", "1", "4",
-            *sum([["--set", s] for s in sets], [])]
+    argv = [
+        "fedd",
+        "ablate",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+        "--ts",
+        "0",
+        "100",
+        "--blocks",
+        "1",
+        "4",
+        *sum([["--set", s] for s in sets], []),
+    ]
     assert main(argv) == 0
     name = "fedd-ablation-synthderm"
     data = json.loads((tmp_path / f"{name}.json").read_text())
@@ -39,8 +52,16 @@ def test_ablate_writes_a_table_json_and_heat_map(tmp_path):
     assert "| block | t | val acc | val AUC | test acc | test AUC |" in table and table.count("**") >= 2
     assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     # the features are cached: a run at one of the pairs takes them from the cache
-    run = ["run", "--method", "fedd", "--device", "cpu", "--out", str(tmp_path / "runs"),
-           *sum([["--set", s] for s in [*sets, "fedd.block=4", "fedd.t=100"]], [])]
+    run = [
+        "run",
+        "--method",
+        "fedd",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "runs"),
+        *sum([["--set", s] for s in [*sets, "fedd.block=4", "fedd.t=100"]], []),
+    ]
     assert main(run) == 0
     (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if (p / "metrics.json").is_file()]
     record = json.loads((run_dir / "metrics.json").read_text())["methods"]["fedd"]

@@ -24,18 +24,25 @@ def ddi_like(n_per_tone: int = 120, malignant_rate: float = 0.26, seed: int = 0)
         labels[: int(round(malignant_rate * n_per_tone))] = 1
         for i, label in enumerate(rng.permutation(labels)):
             rows.append({"sample_id": f"{tone}{i:04d}", "tone3": tone, "label": int(label)})
-    return pd.DataFrame(rows).sample(frac=1.0, random_state=1).reset_index(drop=True)  # file order is shuffled
+    return (
+        pd.DataFrame(rows).sample(frac=1.0, random_state=1).reset_index(drop=True)
+    )  # file order is shuffled
 
 
 def splits_for(frame: pd.DataFrame, fraction: int, seed: int = 0) -> pd.Series:
-    out = fedd_protocol.assign(frame["sample_id"], frame["tone3"], frame["label"], fraction=fraction, seed=seed)
+    out = fedd_protocol.assign(
+        frame["sample_id"], frame["tone3"], frame["label"], fraction=fraction, seed=seed
+    )
     return pd.Series(out, index=frame["sample_id"].to_numpy())
 
 
 def check_protocol(frame: pd.DataFrame, assigned: dict[int, pd.Series]) -> None:
     tone = frame.set_index("sample_id")["tone3"]
     label = frame.set_index("sample_id")["label"]
-    members = {f: {s: set(a.index[a == s]) for s in ("train", "val", "test", "test_rest")} for f, a in assigned.items()}
+    members = {
+        f: {s: set(a.index[a == s]) for s in ("train", "val", "test", "test_rest")}
+        for f, a in assigned.items()
+    }
     for f in FRACTIONS:
         m = members[f]
         per_tone = fedd_protocol.FRACTIONS[f]
@@ -80,7 +87,9 @@ def test_a_tone_with_few_malignant_images_fills_with_benign_ones():
     for part in ("val", "test"):
         assert sum(label[i] for i in assigned.index[assigned == part]) == 3 * 5
     train = assigned.index[assigned == "train"]
-    assert len(train) == 120 and sum(label[i] for i in train) == 3 * 2  # the 2 left per tone, then benign only
+    assert (
+        len(train) == 120 and sum(label[i] for i in train) == 3 * 2
+    )  # the 2 left per tone, then benign only
     five = splits_for(frame, 5)
     assert sum(label[i] for i in five.index[five == "train"]) == 3 * 2  # in the first block of 10
 
@@ -100,13 +109,17 @@ def test_ddi_option_makes_train_val_test_and_rest(make_ddi):
     tables = {f: DDI(tree.root, fedd_fraction=f).table("malignant") for f in FRACTIONS}
     for f, table in tables.items():
         counts = table["split"].value_counts().to_dict()
-        assert counts["train"] == 3 * fedd_protocol.FRACTIONS[f] and counts["val"] == 30 and counts["test"] == 30
+        assert (
+            counts["train"] == 3 * fedd_protocol.FRACTIONS[f] and counts["val"] == 30 and counts["test"] == 30
+        )
         assert counts["test_rest"] == 240 - 120 - 60
     assigned = {f: t.set_index("sample_id")["split"] for f, t in tables.items()}
     frame = tables[20][["sample_id", "tone3"]].assign(label=tables[20]["label"])
     # the fake DDI has few malignant rows, so check nesting and disjointness (balance is tested above)
     for small, large in zip(FRACTIONS, FRACTIONS[1:]):
-        assert set(assigned[small].index[assigned[small] == "train"]) < set(assigned[large].index[assigned[large] == "train"])
+        assert set(assigned[small].index[assigned[small] == "train"]) < set(
+            assigned[large].index[assigned[large] == "train"]
+        )
     assert len(frame) == 240
     ddi = DDI(tree.root, fedd_fraction=10)
     assert [t.name for t in ddi.protocol] == ["ddi", "ddi-rest"]
@@ -122,28 +135,50 @@ def test_synthderm_ddi_like_set_follows_the_protocol():
     tables = {f: SynthDerm(fedd_fraction=f, **OPTIONS).table("malignant") for f in FRACTIONS}
     for table in tables.values():
         assert set(table["split"]) <= {"train", "val", "test", "test_rest", "test_dermoscopic"}
-        assert table.loc[table["split"] != "test_dermoscopic", "image"].str.startswith("synthderm://test_ddi/").all()
+        assert (
+            table.loc[table["split"] != "test_dermoscopic", "image"]
+            .str.startswith("synthderm://test_ddi/")
+            .all()
+        )
         assert table.attrs["excluded"][SynthDermExcluded] == 80
     frame = tables[5]
     frame = frame[frame["split"] != "test_dermoscopic"]
-    frame = pd.DataFrame({"sample_id": frame["sample_id"], "label": frame["label"],
-                          "tone3": np.where(frame["fst"] <= 2, "A", np.where(frame["fst"] <= 4, "B", "C"))})
+    frame = pd.DataFrame(
+        {
+            "sample_id": frame["sample_id"],
+            "label": frame["label"],
+            "tone3": np.where(frame["fst"] <= 2, "A", np.where(frame["fst"] <= 4, "B", "C")),
+        }
+    )
     # the protocol's own assignment of the 210 DDI-like rows
     full = SynthDerm(**OPTIONS).table("malignant")
     ddi = full[full["split"] == "test_ddi"]
-    ddi = pd.DataFrame({"sample_id": ddi["sample_id"], "label": ddi["label"],
-                        "tone3": np.where(ddi["fst"] <= 2, "A", np.where(ddi["fst"] <= 4, "B", "C"))})
+    ddi = pd.DataFrame(
+        {
+            "sample_id": ddi["sample_id"],
+            "label": ddi["label"],
+            "tone3": np.where(ddi["fst"] <= 2, "A", np.where(ddi["fst"] <= 4, "B", "C")),
+        }
+    )
     assigned = {f: splits_for(ddi, f) for f in FRACTIONS}
     for f in FRACTIONS:
         table = tables[f].set_index("sample_id")["split"]
         expected = assigned[f][assigned[f] != fedd_protocol.UNUSED]
-        assert table.reindex(expected.index).equals(expected.rename(None)) or \
-            (table.reindex(expected.index).to_numpy() == expected.to_numpy()).all()
+        assert (
+            table.reindex(expected.index).equals(expected.rename(None))
+            or (table.reindex(expected.index).to_numpy() == expected.to_numpy()).all()
+        )
     plain = SynthDerm(**OPTIONS)
     assert plain.fingerprint()["digest"] != SynthDerm(fedd_fraction=5, **OPTIONS).fingerprint()["digest"]
-    assert "fedd_seed" not in plain.fingerprint()["options"] and "fedd_fraction" not in plain.fingerprint()["options"]
+    assert (
+        "fedd_seed" not in plain.fingerprint()["options"]
+        and "fedd_fraction" not in plain.fingerprint()["options"]
+    )
     assert [t.name for t in SynthDerm(fedd_fraction=5, **OPTIONS).protocol] == [
-        "synthderm-ddi", "synthderm-ddi-rest", "synthderm-dermoscopic"]
+        "synthderm-ddi",
+        "synthderm-ddi-rest",
+        "synthderm-dermoscopic",
+    ]
     with pytest.raises(ConfigError, match="cannot be combined"):
         SynthDerm(fedd_fraction=5, m2m_scenario="i", **OPTIONS)
     with pytest.raises(DataError, match="at least 61"):
@@ -160,8 +195,16 @@ def _run(tmp_path, *sets: str) -> dict:
     from dermbench.conformance import TINY_SETTINGS
 
     tiny = [s for s in TINY_SETTINGS if not s.startswith("data.options")]
-    args = ["run", "--method", "fedd", "--device", "cpu", "--out", str(tmp_path),
-            *sum([["--set", s] for s in [*tiny, "fedd.max_epochs=40", *sets]], [])]
+    args = [
+        "run",
+        "--method",
+        "fedd",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+        *sum([["--set", s] for s in [*tiny, "fedd.max_epochs=40", *sets]], []),
+    ]
     assert main(args) == 0
     (run_dir,) = [p for p in tmp_path.iterdir() if (p / "metrics.json").is_file()]
     return json.loads((run_dir / "metrics.json").read_text())
@@ -169,8 +212,11 @@ def _run(tmp_path, *sets: str) -> dict:
 
 @pytest.mark.slow
 def test_a_fedd_run_on_the_synthderm_protocol(tmp_path):
-    metrics = _run(tmp_path, "data.options={n_train: 40, n_val: 20, n_test: 20, n_test_ddi: 210, "
-                             "n_test_dermoscopic: 20, fedd_fraction: 10}")
+    metrics = _run(
+        tmp_path,
+        "data.options={n_train: 40, n_val: 20, n_test: 20, n_test_ddi: 210, "
+        "n_test_dermoscopic: 20, fedd_fraction: 10}",
+    )
     assert set(metrics["eval"]) == {"synthderm-ddi", "synthderm-ddi-rest", "synthderm-dermoscopic"}
     assert metrics["eval"]["synthderm-ddi"]["n"] == 30 and metrics["eval"]["synthderm-ddi-rest"]["n"] == 30
     record = metrics["methods"]["fedd"]
@@ -191,20 +237,31 @@ def test_a_fedd_run_on_ddi(tmp_path, make_ddi):
 def test_a_split_outside_the_protocol_is_the_dataset_without_its_protocol_options():
     from dermbench.data.pool import DatasetPool
 
-    cfg = {"task": "malignant", "data": {"root": None, "on_error": "stop", "image_size": 16,
-                                         "options": {**OPTIONS, "synthderm": {"fedd_fraction": 10}}}}
+    cfg = {
+        "task": "malignant",
+        "data": {
+            "root": None,
+            "on_error": "stop",
+            "image_size": 16,
+            "options": {**OPTIONS, "synthderm": {"fedd_fraction": 10}},
+        },
+    }
     pool = DatasetPool(cfg, local=())
     inside = pool.get("synthderm").table("malignant")
     outside = pool.get("synthderm", outside_protocol=True).table("malignant")
     assert (inside.loc[inside["split"] == "train", "image"].str.startswith("synthderm://test_ddi/")).all()
     clinical = outside[outside["split"] == "train"]
-    assert len(clinical) == OPTIONS["n_train"] and clinical["image"].str.startswith("synthderm://train/").all()
+    assert (
+        len(clinical) == OPTIONS["n_train"] and clinical["image"].str.startswith("synthderm://train/").all()
+    )
     assert set(clinical["sample_id"]).isdisjoint(inside.loc[inside["split"] != "train", "sample_id"])
     loaded = pool.load("synthderm", "train", outside_protocol=True)
     assert len(loaded) == OPTIONS["n_train"] and loaded.images.shape[1:] == (16, 16, 3)
     assert pool.get("synthderm", outside_protocol=True) is pool.get("synthderm", outside_protocol=True)
     plain = DatasetPool({**cfg, "data": {**cfg["data"], "options": OPTIONS}}, local=())
-    assert plain.get("synthderm", outside_protocol=True) is plain.get("synthderm")  # no protocol: one instance
+    assert plain.get("synthderm", outside_protocol=True) is plain.get(
+        "synthderm"
+    )  # no protocol: one instance
 
 
 @pytest.mark.slow
@@ -214,7 +271,9 @@ def test_the_data_efficiency_curve_from_runs_at_two_fractions(tmp_path):
     options = "n_train: 40, n_val: 20, n_test: 20, n_test_ddi: 210, n_test_dermoscopic: 20"
     backbones = []
     for fraction in (5, 10):  # as the synthderm-fedd-ddi protocols: the shipped backbone for every fraction
-        metrics = _run(tmp_path / "runs" / str(fraction), f"data.options={{{options}, fedd_fraction: {fraction}}}")
+        metrics = _run(
+            tmp_path / "runs" / str(fraction), f"data.options={{{options}, fedd_fraction: {fraction}}}"
+        )
         backbones.append(metrics["methods"]["fedd"]["backbone"])
     assert backbones[0] == backbones[1] and backbones[0]["identity"].startswith("tiny-pixel:")
     assert main(["fedd", "curve", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "curve")]) == 0

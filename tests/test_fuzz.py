@@ -30,8 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def fuzz(examples: int):
     """Settings: `examples` per run (times DERMBENCH_FUZZ), derandomized unless hunting."""
-    return settings(max_examples=examples * SCALE, deadline=None, derandomize=SCALE == 1, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=examples * SCALE,
+        deadline=None,
+        derandomize=SCALE == 1,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 def answered(call) -> object:
@@ -49,9 +54,48 @@ def answered(call) -> object:
 #: cell text a user's spreadsheet could hold: empty, spaces, numbers, booleans, quotes, delimiters,
 #: newlines, non-ASCII, very long
 CELL = st.one_of(
-    st.sampled_from(["", " ", "nan", "NaN", "-1", "0", "1", "2", "3", "4", "5", "6", "7", "12", "34", "56", "1.5",
-                     "True", "False", "true", "yes", "no", "None", "null", "benign", "malignant", "non-neoplastic",
-                     "melanoma", "psoriasis", '"', ",", ";", "\t", "\n", "é", "\x00", "1e400", "x" * 300]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "nan",
+            "NaN",
+            "-1",
+            "0",
+            "1",
+            "2",
+            "3",
+            "4",
+            "5",
+            "6",
+            "7",
+            "12",
+            "34",
+            "56",
+            "1.5",
+            "True",
+            "False",
+            "true",
+            "yes",
+            "no",
+            "None",
+            "null",
+            "benign",
+            "malignant",
+            "non-neoplastic",
+            "melanoma",
+            "psoriasis",
+            '"',
+            ",",
+            ";",
+            "\t",
+            "\n",
+            "é",
+            "\x00",
+            "1e400",
+            "x" * 300,
+        ]
+    ),
     st.text(alphabet=string.printable + "éü中", max_size=12),
 )
 
@@ -84,8 +128,10 @@ def metadata_files(draw, columns: tuple[str, ...]) -> bytes:
         else:
             header[i] = f" {header[i]} "
     n_rows = draw(st.integers(0, 6))
-    rows = [[draw(CELL) for _ in header] + ([draw(CELL)] if draw(st.integers(0, 9)) == 0 else [])
-            for _ in range(n_rows)]
+    rows = [
+        [draw(CELL) for _ in header] + ([draw(CELL)] if draw(st.integers(0, 9)) == 0 else [])
+        for _ in range(n_rows)
+    ]
     delimiter = draw(st.sampled_from([",", ",", ",", ";", "\t"]))
     text = csv_text(header, rows, delimiter)
     if draw(st.booleans()):
@@ -104,8 +150,10 @@ def write(folder: Path, name: str, data: bytes) -> Path:
 
 
 @fuzz(150)
-@given(data=metadata_files(("sample_id", "label", "fst")), required=st.lists(st.sampled_from(["sample_id", "label",
-                                                                                                 "fst"]), max_size=3))
+@given(
+    data=metadata_files(("sample_id", "label", "fst")),
+    required=st.lists(st.sampled_from(["sample_id", "label", "fst"]), max_size=3),
+)
 def test_read_csv_gives_a_table_or_a_data_error(data, required):
     from dermbench.data.metadata import read_csv
 
@@ -132,17 +180,32 @@ def _fitz17k(folder: Path, data: bytes, on_error: str):
 
 
 @fuzz(150)
-@given(data=metadata_files(("", "DDI_ID", "DDI_file", "skin_tone", "malignant", "disease")),
-       on_error=st.sampled_from(["stop", "skip"]))
+@given(
+    data=metadata_files(("", "DDI_ID", "DDI_file", "skin_tone", "malignant", "disease")),
+    on_error=st.sampled_from(["stop", "skip"]),
+)
 def test_the_ddi_reader_gives_a_table_or_a_data_error(data, on_error):
     with tempfile.TemporaryDirectory() as folder:
         answered(lambda: _ddi(Path(folder), data, on_error))
 
 
 @fuzz(150)
-@given(data=metadata_files(("md5hash", "fitzpatrick_scale", "fitzpatrick_centaur", "label", "nine_partition_label",
-                            "three_partition_label", "qc", "url", "url_alphanum")),
-       on_error=st.sampled_from(["stop", "skip"]))
+@given(
+    data=metadata_files(
+        (
+            "md5hash",
+            "fitzpatrick_scale",
+            "fitzpatrick_centaur",
+            "label",
+            "nine_partition_label",
+            "three_partition_label",
+            "qc",
+            "url",
+            "url_alphanum",
+        )
+    ),
+    on_error=st.sampled_from(["stop", "skip"]),
+)
 def test_the_fitzpatrick17k_reader_gives_a_table_or_a_data_error(data, on_error):
     with tempfile.TemporaryDirectory() as folder:
         answered(lambda: _fitz17k(Path(folder), data, on_error))
@@ -151,25 +214,113 @@ def test_the_fitzpatrick17k_reader_gives_a_table_or_a_data_error(data, on_error)
 # --------------------------------------------------------------------------- the config loader
 
 #: setting paths a user may write (real ones, near misses and nonsense)
-KEYS = st.sampled_from(["train.lr", "train.epochs", "train.batch_size", "train.optimizer", "train.sampler",
-                        "train.momentum", "train.augment", "data.image_size", "data.options", "data.test_sets",
-                        "data.on_error", "data.tone", "eval.threshold", "eval.n_boot", "model.backbone",
-                        "model.pretrained", "seed", "method", "dataset", "task", "profile", "device", "train",
-                        "train.lr.x", "trian.lr", "x", ".", "a..b", "", " ", "train.", "erm.x", "data.options.n_train"])
+KEYS = st.sampled_from(
+    [
+        "train.lr",
+        "train.epochs",
+        "train.batch_size",
+        "train.optimizer",
+        "train.sampler",
+        "train.momentum",
+        "train.augment",
+        "data.image_size",
+        "data.options",
+        "data.test_sets",
+        "data.on_error",
+        "data.tone",
+        "eval.threshold",
+        "eval.n_boot",
+        "model.backbone",
+        "model.pretrained",
+        "seed",
+        "method",
+        "dataset",
+        "task",
+        "profile",
+        "device",
+        "train",
+        "train.lr.x",
+        "trian.lr",
+        "x",
+        ".",
+        "a..b",
+        "",
+        " ",
+        "train.",
+        "erm.x",
+        "data.options.n_train",
+    ]
+)
 #: YAML values: scalars of every kind, odd strings, nested lists and maps
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
-                    st.text(max_size=10), st.sampled_from(["1e-3", ".nan", ".inf", "-.inf", "0x10", "~", "[1,", "{a: 1",
-                                                            "youden", "tpr@0.9", "tpr@2", "auto", "cpu", "tiny",
-                                                            "paper", "erm", "synthderm", "malignant", "!!python/none"]))
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                        st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-                      max_leaves=6)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=True),
+    st.text(max_size=10),
+    st.sampled_from(
+        [
+            "1e-3",
+            ".nan",
+            ".inf",
+            "-.inf",
+            "0x10",
+            "~",
+            "[1,",
+            "{a: 1",
+            "youden",
+            "tpr@0.9",
+            "tpr@2",
+            "auto",
+            "cpu",
+            "tiny",
+            "paper",
+            "erm",
+            "synthderm",
+            "malignant",
+            "!!python/none",
+        ]
+    ),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 #: values that often pass the checks, so that examples reach the later stages of resolving
-PLAUSIBLE = st.one_of(st.integers(-2, 300), st.floats(-0.5, 2.0), st.sampled_from(
-    ["youden", "tpr@0.9", "cpu", "tiny", "erm", "resampling", "synthderm", "malignant", "sgd", "adam", "group", "none",
-     "flip", "stop", "skip", "test_resnet", "true", "false", "null", "[synthderm]", "{n_train: 40}"]))
+PLAUSIBLE = st.one_of(
+    st.integers(-2, 300),
+    st.floats(-0.5, 2.0),
+    st.sampled_from(
+        [
+            "youden",
+            "tpr@0.9",
+            "cpu",
+            "tiny",
+            "erm",
+            "resampling",
+            "synthderm",
+            "malignant",
+            "sgd",
+            "adam",
+            "group",
+            "none",
+            "flip",
+            "stop",
+            "skip",
+            "test_resnet",
+            "true",
+            "false",
+            "null",
+            "[synthderm]",
+            "{n_train: 40}",
+        ]
+    ),
+)
 
 
 def _yaml_value(value) -> str:
@@ -177,10 +328,19 @@ def _yaml_value(value) -> str:
 
 
 @fuzz(150)
-@given(items=st.lists(st.one_of(
-    st.builds(lambda k, v: f"{k}={v}", KEYS, PLAUSIBLE.map(str)),  # a third of the items: likely to pass
-    st.builds(lambda k, v: f"{k}={v}", KEYS, st.one_of(SCALARS.map(str), VALUES.map(_yaml_value))),
-    st.text(max_size=20)), min_size=1, max_size=3))
+@given(
+    items=st.lists(
+        st.one_of(
+            st.builds(
+                lambda k, v: f"{k}={v}", KEYS, PLAUSIBLE.map(str)
+            ),  # a third of the items: likely to pass
+            st.builds(lambda k, v: f"{k}={v}", KEYS, st.one_of(SCALARS.map(str), VALUES.map(_yaml_value))),
+            st.text(max_size=20),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
 def test_set_items_give_a_config_or_a_config_error(items):
     from dermbench.runner import resolve_config
 
@@ -220,7 +380,9 @@ def test_a_config_file_gives_a_config_or_a_config_error(data):
 
 # --------------------------------------------------------------------------- the record reader
 
-RECORD = json.loads((ROOT / "leaderboards" / "records" / "erm_synthderm_s0_d9efca5817c6" / "metrics.json").read_text())
+RECORD = json.loads(
+    (ROOT / "leaderboards" / "records" / "erm_synthderm_s0_d9efca5817c6" / "metrics.json").read_text()
+)
 
 
 def _paths(node, prefix=()):
@@ -236,14 +398,27 @@ def _paths(node, prefix=()):
 
 #: paths into the record; the blocks readers use most get half the draws, so that short runs hit them
 ALL_PATHS = list(_paths(RECORD))
-MAIN_PATHS = [p for p in ALL_PATHS if len(p) > 2 and p[0] == "eval" and p[2] in ("overall", "groups", "fairness", "n",
-                                                                                  "excluded", "tone_source")]
+MAIN_PATHS = [
+    p
+    for p in ALL_PATHS
+    if len(p) > 2
+    and p[0] == "eval"
+    and p[2] in ("overall", "groups", "fairness", "n", "excluded", "tone_source")
+]
 PATHS = st.one_of(st.sampled_from(MAIN_PATHS), st.sampled_from(ALL_PATHS))
 JSON_VALUES = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=False, allow_infinity=False),
-              st.text(max_size=6)),
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
-    max_leaves=5)
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**30), 10**30),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=6),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=5,
+)
 
 
 def _edited(record, path, value, delete: bool):
@@ -287,9 +462,18 @@ def test_any_bytes_give_a_record_or_a_record_error(data):
         answered(lambda: read_record(path))
 
 
-@pytest.mark.parametrize("done", ["", "{}", "[1, 2]", '{"format": 1, "files": [], "fields": {}}',
-                                  '{"format": 1, "files": {"metrics.json": 5}, "fields": {}}',
-                                  '{"format": 1, "files": {"../../etc/passwd": "x"}, "fields": {}}', "\udcff"])
+@pytest.mark.parametrize(
+    "done",
+    [
+        "",
+        "{}",
+        "[1, 2]",
+        '{"format": 1, "files": [], "fields": {}}',
+        '{"format": 1, "files": {"metrics.json": 5}, "fields": {}}',
+        '{"format": 1, "files": {"../../etc/passwd": "x"}, "fields": {}}',
+        "\udcff",
+    ],
+)
 def test_a_malformed_done_marker_is_a_record_error(tmp_path, done):
     from dermbench.results.records import RecordError, read_record
 

@@ -7,15 +7,32 @@ from dermbench.results.generator_quality import floor_verdict, quality_of, quali
 
 
 def _quality(label_malignant: float, tone: float, tone_c: float, label: float = 0.9) -> dict:
-    return {"methods": {"m": {"quality": {
-        "fid": {"domain": {"overall": {"values": {"all": 20.0}}}},
-        "fidelity": {"label": {"overall": {"share": label}, "values": {"malignant": {"share": label_malignant}}},
-                     "tone": {"overall": {"share": tone}, "values": {"C": {"share": tone_c}}}}}}}}
+    return {
+        "methods": {
+            "m": {
+                "quality": {
+                    "fid": {"domain": {"overall": {"values": {"all": 20.0}}}},
+                    "fidelity": {
+                        "label": {
+                            "overall": {"share": label},
+                            "values": {"malignant": {"share": label_malignant}},
+                        },
+                        "tone": {"overall": {"share": tone}, "values": {"C": {"share": tone_c}}},
+                    },
+                }
+            }
+        }
+    }
 
 
 def _run(method: str, seed: int, **values) -> dict:
-    return {"method": method, "profile": "tiny", "variant": "v", "seed": seed,
-            "quality": quality_of(_quality(**values)["methods"])}
+    return {
+        "method": method,
+        "profile": "tiny",
+        "variant": "v",
+        "seed": seed,
+        "quality": quality_of(_quality(**values)["methods"]),
+    }
 
 
 def test_quality_is_read_from_the_record_and_missing_values_are_nan():

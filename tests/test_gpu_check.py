@@ -49,9 +49,25 @@ def test_every_projected_part_is_a_measured_step():
 
 
 def fake_timings(seconds: float = 2.0, batch: int = 4) -> dict:
-    return {"device": "Fake GPU", "torch": "x", "bf16": True, "iters": 3, "methods": {
-        m: {s: {"seconds": seconds, "batch": batch, "peak_bytes": 3 * 2**30, "note": f"{m} {s}", "times": [seconds]}
-            for s in steps} for m, steps in gpucheck.STEPS.items()}}
+    return {
+        "device": "Fake GPU",
+        "torch": "x",
+        "bf16": True,
+        "iters": 3,
+        "methods": {
+            m: {
+                s: {
+                    "seconds": seconds,
+                    "batch": batch,
+                    "peak_bytes": 3 * 2**30,
+                    "note": f"{m} {s}",
+                    "times": [seconds],
+                }
+                for s in steps
+            }
+            for m, steps in gpucheck.STEPS.items()
+        },
+    }
 
 
 def test_projections_are_count_times_seconds():
@@ -61,7 +77,8 @@ def test_projections_are_count_times_seconds():
     expected = sum(p.count * (2.0 / 4 if p.unit == "sample" else 2.0) for p in fq) / 3600
     assert gpu_costs.project(timings, "fairquantize") == pytest.approx(expected)
     assert gpu_costs.project(timings, "dermdiff") == pytest.approx(
-        (10_000 + 46_900 + 938 + 29_400) * 2.0 / 3600)
+        (10_000 + 46_900 + 938 + 29_400) * 2.0 / 3600
+    )
 
 
 def test_a_failed_or_missing_step_is_not_projected():

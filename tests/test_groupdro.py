@@ -33,8 +33,18 @@ def groupdro(monkeypatch):
 
 
 def command(out: Path, *extra: str) -> list[str]:
-    return ["run", "--plugin", "groupdro", "--method", "groupdro", "--device", "cpu", "--out", str(out),
-            *sum([["--set", s] for s in [*TINY, *extra]], [])]
+    return [
+        "run",
+        "--plugin",
+        "groupdro",
+        "--method",
+        "groupdro",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *sum([["--set", s] for s in [*TINY, *extra]], []),
+    ]
 
 
 def group_weights(run_dir: Path) -> dict[str, float]:
@@ -45,8 +55,13 @@ def group_weights(run_dir: Path) -> dict[str, float]:
 def test_group_weighted_loss_matches_a_hand_computation(groupdro):
     weights = groupdro.GroupWeights(2, eta=0.5)
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 3.0]])
-    batch = trainer.Batch(x=torch.zeros(4), y=torch.tensor([0, 0, 1, 1]), index=torch.arange(4),
-                          group=torch.tensor([0, 1, 1, -1]), scheme="tone2")
+    batch = trainer.Batch(
+        x=torch.zeros(4),
+        y=torch.tensor([0, 0, 1, 1]),
+        index=torch.arange(4),
+        group=torch.tensor([0, 1, 1, -1]),
+        scheme="tone2",
+    )
     per_sample = torch.nn.functional.cross_entropy(logits, batch.y, reduction="none")
     light, dark = per_sample[0], (per_sample[1] + per_sample[2]) / 2  # the unknown sample is left out
     q = torch.tensor([0.5, 0.5]) * torch.exp(0.5 * torch.stack([light, dark]))

@@ -26,9 +26,18 @@ from dermbench.results.leaderboard import (
 from dermbench.results.records import Fairness, RecordError, write_done
 
 TEST_SETS = {"synthderm": 600, "synthderm-ddi": 210, "synthderm-dermoscopic": 300}
-CONFIG = {"method": "erm", "dataset": "synthderm", "task": "malignant", "seed": 0, "profile": "tiny",
-          "device": "auto", "out": "runs", "data": {"root": None, "image_size": 48},
-          "train": {"epochs": 4, "lr": 0.001, "num_workers": 0}, "eval": {"threshold": "youden", "n_boot": 200}}
+CONFIG = {
+    "method": "erm",
+    "dataset": "synthderm",
+    "task": "malignant",
+    "seed": 0,
+    "profile": "tiny",
+    "device": "auto",
+    "out": "runs",
+    "data": {"root": None, "image_size": 48},
+    "train": {"epochs": 4, "lr": 0.001, "num_workers": 0},
+    "eval": {"threshold": "youden", "n_boot": 200},
+}
 
 
 def _group(rng: np.random.Generator, n: int, acc: float, prevalence: float = 0.3) -> dict:
@@ -36,10 +45,20 @@ def _group(rng: np.random.Generator, n: int, acc: float, prevalence: float = 0.3
     tpr = float(np.clip(acc - 0.06 + rng.normal(0, 0.01), 0, 1))
     tnr = float(np.clip(acc + 0.03 + rng.normal(0, 0.01), 0, 1))
     positives = int(round(n * prevalence))
-    return {"n": n, "acc": acc, "bacc": (tpr + tnr) / 2, "precision": float(np.clip(acc - 0.12, 0, 1)),
-            "tpr": tpr, "tnr": tnr, "fpr": 1 - tnr, "f1": float(np.clip(acc - 0.09, 0, 1)),
-            "auc": float(np.clip(acc + 0.06, 0, 1)), "ece": float(abs(rng.normal(0.04, 0.01))),
-            "positives": positives, "negatives": n - positives}
+    return {
+        "n": n,
+        "acc": acc,
+        "bacc": (tpr + tnr) / 2,
+        "precision": float(np.clip(acc - 0.12, 0, 1)),
+        "tpr": tpr,
+        "tnr": tnr,
+        "fpr": 1 - tnr,
+        "f1": float(np.clip(acc - 0.09, 0, 1)),
+        "auc": float(np.clip(acc + 0.06, 0, 1)),
+        "ece": float(abs(rng.normal(0.04, 0.01))),
+        "positives": positives,
+        "negatives": n - positives,
+    }
 
 
 def _fairness(groups: dict[str, dict]) -> dict:
@@ -49,16 +68,36 @@ def _fairness(groups: dict[str, dict]) -> dict:
     fpr = [g["fpr"] for g in groups.values()]
     auc = [g["auc"] for g in groups.values()]
     acc = [g["acc"] for g in groups.values()]
-    return {**dict.fromkeys(Fairness.__struct_fields__), "groups": list(groups),
-            "eopp0": max(tnr) - min(tnr), "eopp1": max(tpr) - min(tpr),
-            "eodd": (max(tpr) - min(tpr) + max(fpr) - min(fpr)) / 2, "eodd_net": 0.02, "eodd_fairlearn": 0.1,
-            "dp_diff": 0.05, "worst_acc": min(acc), "gap_acc": max(acc) - min(acc), "worst_auc": min(auc),
-            "gap_auc": max(auc) - min(auc), "worst_f1": 0.6, "gap_f1": 0.1, "gap_fnr": max(tpr) - min(tpr),
-            "eopp1_groups": ["A", "C"]}
+    return {
+        **dict.fromkeys(Fairness.__struct_fields__),
+        "groups": list(groups),
+        "eopp0": max(tnr) - min(tnr),
+        "eopp1": max(tpr) - min(tpr),
+        "eodd": (max(tpr) - min(tpr) + max(fpr) - min(fpr)) / 2,
+        "eodd_net": 0.02,
+        "eodd_fairlearn": 0.1,
+        "dp_diff": 0.05,
+        "worst_acc": min(acc),
+        "gap_acc": max(acc) - min(acc),
+        "worst_auc": min(auc),
+        "gap_auc": max(auc) - min(auc),
+        "worst_f1": 0.6,
+        "gap_f1": 0.1,
+        "gap_fnr": max(tpr) - min(tpr),
+        "eopp1_groups": ["A", "C"],
+    }
 
 
-def make_record(method: str, seed: int, *, profile: str = "tiny", dataset: str = "synthderm",
-                task: str = "malignant", skill: float = 0.0, config: dict | None = None) -> dict:
+def make_record(
+    method: str,
+    seed: int,
+    *,
+    profile: str = "tiny",
+    dataset: str = "synthderm",
+    task: str = "malignant",
+    skill: float = 0.0,
+    config: dict | None = None,
+) -> dict:
     """A metrics.json as the harness writes it, with values that depend on method skill and seed."""
     rng = np.random.default_rng(seed + 1000 * len(method))
     cfg = copy.deepcopy(config or CONFIG)
@@ -67,21 +106,40 @@ def make_record(method: str, seed: int, *, profile: str = "tiny", dataset: str =
     for test_set, n in TEST_SETS.items():
         base = {"A": 0.86, "B": 0.81, "C": 0.70}
         tone3 = {g: _group(rng, n // 3, b + skill + rng.normal(0, 0.01)) for g, b in base.items()}
-        tone2 = {"light": _group(rng, n // 2, tone3["A"]["acc"]), "dark": _group(rng, n // 3, tone3["C"]["acc"])}
+        tone2 = {
+            "light": _group(rng, n // 2, tone3["A"]["acc"]),
+            "dark": _group(rng, n // 3, tone3["C"]["acc"]),
+        }
         overall = _group(rng, n, tone3["B"]["acc"])
         evals[test_set] = {
-            "task": "binary", "n": n, "threshold": 0.4213, "classes": ["benign", "malignant"], "overall": overall,
+            "task": "binary",
+            "n": n,
+            "threshold": 0.4213,
+            "classes": ["benign", "malignant"],
+            "overall": overall,
             "groups": {"tone3": tone3, "tone2": tone2},
             "fairness": {"tone3": _fairness(tone3), "tone2": _fairness(tone2)},
-            "excluded": {"tone2": {"tone2 unresolved (FST III-IV from tone3 B)": n - n // 2 - n // 3}}, "flags": [],
+            "excluded": {"tone2": {"tone2 unresolved (FST III-IV from tone3 B)": n - n // 2 - n // 3}},
+            "flags": [],
             "missing": {"overall": {}, "groups": {}, "fairness": {}},
             "tone_source": {"annotated": n, "ita": 0, "detector": 0},
         }
-    return {"run_id": f"{method.replace('+', '-')}_{dataset}_s{seed}_{profile}_{config_variant(cfg)}",
-            "method": method, "dataset": dataset, "task": task, "seed": seed, "profile": profile, "config": cfg,
-            "plugins": {m: "0.1.0" for m in method.split("+")}, "device": "cpu",
-            "timing": {"total_s": 41.3, "resumed": False}, "threshold_rule": "youden", "skipped_test_sets": {},
-            "train_history": [{"epoch": 1, "loss": 0.4, "val_auc": 0.8}], "eval": evals}
+    return {
+        "run_id": f"{method.replace('+', '-')}_{dataset}_s{seed}_{profile}_{config_variant(cfg)}",
+        "method": method,
+        "dataset": dataset,
+        "task": task,
+        "seed": seed,
+        "profile": profile,
+        "config": cfg,
+        "plugins": {m: "0.1.0" for m in method.split("+")},
+        "device": "cpu",
+        "timing": {"total_s": 41.3, "resumed": False},
+        "threshold_rule": "youden",
+        "skipped_test_sets": {},
+        "train_history": [{"epoch": 1, "loss": 0.4, "val_auc": 0.8}],
+        "eval": evals,
+    }
 
 
 def write_run(root: Path, record: dict, *, done: bool = True, name: str | None = None) -> Path:
@@ -98,8 +156,11 @@ def write_run(root: Path, record: dict, *, done: bool = True, name: str | None =
 
 def standard_records(root: Path, reverse: bool = False) -> Path:
     """3 methods x 3 seeds; erm is the baseline, the others are a little better."""
-    items = [(m, s, skill) for m, skill in (("erm", 0.0), ("fairprune", 0.01), ("dermdiff+fairquantize", 0.02))
-             for s in (0, 1, 2)]
+    items = [
+        (m, s, skill)
+        for m, skill in (("erm", 0.0), ("fairprune", 0.01), ("dermdiff+fairquantize", 0.02))
+        for s in (0, 1, 2)
+    ]
     for method, seed, skill in reversed(items) if reverse else items:
         write_run(root, make_record(method, seed, skill=skill))
     return root
@@ -115,14 +176,18 @@ def protocol_markdown(root: Path) -> str:
     return outputs[0].details
 
 
-def table_rows(markdown: str, test_set: str, scheme: str = "tone3", threshold: bool = False
-               ) -> dict[str, dict[str, str]]:
+def table_rows(
+    markdown: str, test_set: str, scheme: str = "tone3", threshold: bool = False
+) -> dict[str, dict[str, str]]:
     """Parse one table of a details file into {row label: {column: cell}}: a scheme's ranking table,
     or with threshold=True its table of the metrics at the decision threshold."""
     section = markdown.split(f"## Test set `{test_set}`")[1].split("\n## ")[0]
     parts = section.split("\n### ")[1:]
-    table = next(p for p in parts if p.startswith(scheme) and
-                 p.split("\n")[0].endswith(", at the decision threshold") == threshold).split("\n\n")[1]
+    table = next(
+        p
+        for p in parts
+        if p.startswith(scheme) and p.split("\n")[0].endswith(", at the decision threshold") == threshold
+    ).split("\n\n")[1]
     lines = [line for line in table.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = {}
@@ -144,10 +209,9 @@ def test_collect_ignores_unfinished_runs_and_says_how_many(tmp_path, capsys):
     frame = collect([root])
     assert sorted(frame["seed"].unique()) == [0, 1]
     assert len(frame) == 2 * len(TEST_SETS)
-    assert len(frame.attrs["unfinished"]) == 1 and frame.attrs["unfinished"][0].endswith("_s2_tiny_" +
-                                                                                         config_variant(
-                                                                                             make_record("erm", 2)[
-                                                                                                 "config"]))
+    assert len(frame.attrs["unfinished"]) == 1 and frame.attrs["unfinished"][0].endswith(
+        "_s2_tiny_" + config_variant(make_record("erm", 2)["config"])
+    )
     assert cli(["leaderboard", "--runs", str(root), "--out", str(tmp_path / "lb")]) == 0
     out = capsys.readouterr().out
     assert "collected 2 finished run(s)" in out
@@ -216,15 +280,22 @@ def test_malformed_json_names_the_file(tmp_path):
     assert "not valid JSON" in str(info.value)
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda r: r.pop("seed"), "$: Object missing required field `seed`"),
-    (lambda r: r.update(seed="0"), "$.seed: Expected `int`, got `str`"),
-    (lambda r: r["eval"]["synthderm"]["groups"]["tone3"]["A"].update(auc="0.9"),
-     "$.eval.synthderm.groups.tone3.A.auc: Expected `int | float | null`, got `str`"),
-    (lambda r: r["eval"].update(synthderm=[1, 2]), "$.eval.synthderm: Expected `object`, got `array`"),
-    (lambda r: r["eval"]["synthderm-ddi"]["fairness"]["tone2"].update(eodd="high"),
-     "$.eval.synthderm-ddi.fairness.tone2.eodd: Expected `float | null`, got `str`"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r.pop("seed"), "$: Object missing required field `seed`"),
+        (lambda r: r.update(seed="0"), "$.seed: Expected `int`, got `str`"),
+        (
+            lambda r: r["eval"]["synthderm"]["groups"]["tone3"]["A"].update(auc="0.9"),
+            "$.eval.synthderm.groups.tone3.A.auc: Expected `int | float | null`, got `str`",
+        ),
+        (lambda r: r["eval"].update(synthderm=[1, 2]), "$.eval.synthderm: Expected `object`, got `array`"),
+        (
+            lambda r: r["eval"]["synthderm-ddi"]["fairness"]["tone2"].update(eodd="high"),
+            "$.eval.synthderm-ddi.fairness.tone2.eodd: Expected `float | null`, got `str`",
+        ),
+    ],
+)
 def test_malformed_record_names_file_and_key(tmp_path, edit, message):
     record = make_record("erm", 0)
     edit(record)
@@ -266,7 +337,14 @@ def test_mean_and_sd_over_three_seeds_match_hand_computation(tmp_path):
         write_run(tmp_path, record)
     frame = collect([tmp_path])
     stats = aggregate(frame)
-    row = ("synthderm", "malignant", "synthderm", "erm", "tiny", config_variant(make_record("erm", 0)["config"]))
+    row = (
+        "synthderm",
+        "malignant",
+        "synthderm",
+        "erm",
+        "tiny",
+        config_variant(make_record("erm", 0)["config"]),
+    )
     # hand computation: mean 0.85; deviations -0.05, 0, 0.05 -> sum sq 0.005 / (3-1) -> sd 0.05
     assert stats.loc[row, ("group.tone3.A.auc", "mean")] == pytest.approx(0.85)
     assert stats.loc[row, ("group.tone3.A.auc", "sd")] == pytest.approx(0.05)
@@ -336,8 +414,9 @@ def test_markdown_layout_and_fixed_precision(tmp_path):
                 if column not in ("method", "profile", "seeds"):
                     assert re.fullmatch(r"(\*\*)?\d\.\d{3} ± \d\.\d{3}(\*\*)?", cell), (column, cell)
     # bold only where best means something: never accuracy or F1 at a threshold alone
-    assert not any(cell.startswith("**") for row in at_threshold.values() for c, cell in row.items()
-                   if c != "EOpp0")
+    assert not any(
+        cell.startswith("**") for row in at_threshold.values() for c, cell in row.items() if c != "EOpp0"
+    )
     assert any(cell.startswith("**") for row in rows.values() for cell in row.values())
     tone2 = table_rows(markdown, "synthderm", "tone2")
     assert {"light AUC", "dark AUC", "EOdd"} <= set(tone2["erm/tiny"])
@@ -349,7 +428,9 @@ def test_output_is_deterministic_whatever_the_record_order(tmp_path):
     again = protocol_markdown(tmp_path / "a")
     second = protocol_markdown(standard_records(tmp_path / "b", reverse=True))
     assert first == again
-    assert first.replace((tmp_path / "a").as_posix(), "ROOT") == second.replace((tmp_path / "b").as_posix(), "ROOT")
+    assert first.replace((tmp_path / "a").as_posix(), "ROOT") == second.replace(
+        (tmp_path / "b").as_posix(), "ROOT"
+    )
 
 
 def test_profiles_are_separate_rows(tmp_path):
@@ -372,7 +453,9 @@ def test_records_of_an_earlier_profile_revision_are_rows_of_their_own_labelled_w
     assert set(rows) == {"erm/tiny", "resampling/tiny", "erm/tiny@2026-11"}
     assert rows["erm/tiny"]["seeds"] == rows["erm/tiny@2026-11"]["seeds"] == "2"
     # the best of a column is chosen within a profile: the better previous-profile row does not take it
-    assert rows["resampling/tiny"]["all AUC"].startswith("**") and not rows["erm/tiny@2026-11"]["all AUC"].startswith("**")
+    assert rows["resampling/tiny"]["all AUC"].startswith("**") and not rows["erm/tiny@2026-11"][
+        "all AUC"
+    ].startswith("**")
 
 
 def test_runs_differing_in_more_than_seed_are_separate_rows(tmp_path):
@@ -386,7 +469,9 @@ def test_runs_differing_in_more_than_seed_are_separate_rows(tmp_path):
     # CUDA runs (mixed precision) are a different experiment from CPU runs
     assert config_variant({**CONFIG, "device": "cuda"}) != config_variant({**CONFIG, "device": "cpu"})
     # the same settings on other data are another experiment; the same data is not
-    assert config_variant(CONFIG, {"synthderm": "aa"}) == config_variant({**CONFIG, "seed": 5}, {"synthderm": "aa"})
+    assert config_variant(CONFIG, {"synthderm": "aa"}) == config_variant(
+        {**CONFIG, "seed": 5}, {"synthderm": "aa"}
+    )
     assert config_variant(CONFIG, {"synthderm": "aa"}) != config_variant(CONFIG, {"synthderm": "bb"})
     for seed in (0, 1):
         write_run(tmp_path, make_record("erm", seed))
@@ -412,7 +497,11 @@ def test_skipped_test_sets_and_tone_sources_are_stated(tmp_path):
     for seed in (0, 1):
         record = make_record("erm", seed)
         record["skipped_test_sets"] = {"isic2018": "no data under /data/isic2018"}
-        record["eval"]["synthderm-dermoscopic"]["tone_source"] = {"annotated": 0, "ita": 250 + seed, "detector": 50}
+        record["eval"]["synthderm-dermoscopic"]["tone_source"] = {
+            "annotated": 0,
+            "ita": 250 + seed,
+            "detector": 50,
+        }
         write_run(tmp_path, record)
     markdown = protocol_markdown(tmp_path)
     assert "- `isic2018` in 2 run(s): no data under /data/isic2018" in markdown
@@ -429,8 +518,13 @@ def test_write_then_check_passes_and_fails_with_a_diff_after_a_record_changes(tm
     assert cli(args) == 0
     written = {p.name for p in out.iterdir()}
     # these records have no predictions: no verdicts and so no trade-off plot, and the front page says why
-    assert written == {"synthderm-malignant.md", "synthderm-malignant.csv", "synthderm-malignant-details.md",
-                       "synthderm-malignant-verdicts.md", "synthderm-malignant-verdicts.csv"}
+    assert written == {
+        "synthderm-malignant.md",
+        "synthderm-malignant.csv",
+        "synthderm-malignant-details.md",
+        "synthderm-malignant-verdicts.md",
+        "synthderm-malignant-verdicts.csv",
+    }
     assert "No verdicts: `synthderm`: " in (out / "synthderm-malignant.md").read_text()
     capsys.readouterr()
     assert cli([*args, "--check"]) == 0
@@ -463,7 +557,9 @@ def test_check_flags_a_generated_file_whose_records_are_gone(tmp_path, capsys):
     root = standard_records(tmp_path / "records")
     out = tmp_path / "lb"
     assert cli(["leaderboard", "--runs", str(root), "--out", str(out)]) == 0
-    (out / "fitz17k-malignant.md").write_text("<!-- generated by `dermbench leaderboard` from run records -->\n")
+    (out / "fitz17k-malignant.md").write_text(
+        "<!-- generated by `dermbench leaderboard` from run records -->\n"
+    )
     (out / "README.md").write_text("# hand-written notes\n")
     assert cli(["leaderboard", "--runs", str(root), "--out", str(out), "--check"]) == 1
     output = capsys.readouterr().out
@@ -485,11 +581,15 @@ def test_csv_is_written_and_matches_the_table(tmp_path):
     out = tmp_path / "lb"
     assert cli(["leaderboard", "--runs", str(root), "--out", str(out)]) == 0
     csv = pd.read_csv(out / "synthderm-malignant.csv")
-    assert {"test_set", "scheme", "method", "profile", "n_seeds", "column", "mean", "sd", "best"} <= set(csv.columns)
+    assert {"test_set", "scheme", "method", "profile", "n_seeds", "column", "mean", "sd", "best"} <= set(
+        csv.columns
+    )
     assert set(csv["method"]) == {"erm", "fairprune", "dermdiff+fairquantize"}
     assert set(csv["test_set"]) == set(TEST_SETS)
     frame = collect([root])
-    expected = frame[(frame["method"] == "fairprune") & (frame["test_set"] == "synthderm")]["group.tone3.C.auc"]
+    expected = frame[(frame["method"] == "fairprune") & (frame["test_set"] == "synthderm")][
+        "group.tone3.C.auc"
+    ]
     row = csv[(csv["method"] == "fairprune") & (csv["test_set"] == "synthderm") & (csv["column"] == "C AUC")]
     assert row["mean"].item() == pytest.approx(expected.mean(), abs=1e-6)
     assert row["sd"].item() == pytest.approx(expected.std(ddof=1), abs=1e-6)
@@ -505,8 +605,9 @@ def test_records_made_by_the_metrics_module_aggregate(tmp_path):
         label = rng.integers(0, 2, n)
         noise = np.where(tone3 == "C", 0.45, 0.25)
         prob = np.clip(0.3 + 0.4 * label + rng.normal(0, 1, n) * noise, 0, 1)
-        test_eval = fairness_report(y_true=label, y_prob=prob, groups={"tone3": tone3}, threshold=0.5, n_boot=20,
-                                    seed=seed)
+        test_eval = fairness_report(
+            y_true=label, y_prob=prob, groups={"tone3": tone3}, threshold=0.5, n_boot=20, seed=seed
+        )
         test_eval["tone_source"] = {"annotated": n}
         eodds.append(test_eval["fairness"]["tone3"]["eodd"])
         record = make_record("erm", seed)
@@ -525,7 +626,9 @@ def test_check_without_any_records(tmp_path, capsys):
     assert cli(args[:-1]) == 2  # writing needs records
     assert "does not exist" in " ".join(capsys.readouterr().err.split())  # rich wraps long lines
     out.mkdir()
-    (out / "synthderm-malignant.md").write_text("<!-- generated by `dermbench leaderboard` from run records -->\n")
+    (out / "synthderm-malignant.md").write_text(
+        "<!-- generated by `dermbench leaderboard` from run records -->\n"
+    )
     assert cli(args) == 1
     assert "no finished run records" in capsys.readouterr().out
 
@@ -541,7 +644,9 @@ def test_hand_written_notes_appear_in_their_protocols_leaderboard_and_count_for_
     assert "## Notes" in board and "FairPrune does not reduce EOdd here" in board
     assert cli(["leaderboard", "--runs", "records", "--out", "boards", "--check"]) == 0
     notes.write_text("changed\n")
-    assert cli(["leaderboard", "--runs", "records", "--out", "boards", "--check"]) == 1  # stale once notes change
+    assert (
+        cli(["leaderboard", "--runs", "records", "--out", "boards", "--check"]) == 1
+    )  # stale once notes change
 
 
 def test_ablation_table_groups_runs_by_the_varied_settings_and_pools_seeds(tmp_path, monkeypatch):
@@ -553,8 +658,22 @@ def test_ablation_table_groups_runs_by_the_varied_settings_and_pools_seeds(tmp_p
             record = make_record("fairquantize", seed, skill=skill, config=cfg)
             record["run_id"] += f"-b{beta}"
             write_run(tmp_path / "records", record)
-    argv = ["ablation", "--runs", "records", "--vary", "fairquantize.beta", "fairquantize.target",
-            "--test-set", "synthderm", "--scheme", "tone2", "--out", "abl", "--name", "fq"]
+    argv = [
+        "ablation",
+        "--runs",
+        "records",
+        "--vary",
+        "fairquantize.beta",
+        "fairquantize.target",
+        "--test-set",
+        "synthderm",
+        "--scheme",
+        "tone2",
+        "--out",
+        "abl",
+        "--name",
+        "fq",
+    ]
     assert cli(argv) == 0
     text = (tmp_path / "abl" / "fq.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| fairquantize")]
@@ -566,4 +685,7 @@ def test_ablation_table_groups_runs_by_the_varied_settings_and_pools_seeds(tmp_p
     assert cli([*argv, "--check"]) == 1
     with pytest.raises(SystemExit):
         cli(["ablation", "--runs", "records", "--name", "x"])  # --vary is required
-    assert cli(["ablation", "--runs", "records", "--vary", "fairquantize.nope", "--name", "x", "--out", "abl"]) == 2
+    assert (
+        cli(["ablation", "--runs", "records", "--vary", "fairquantize.nope", "--name", "x", "--out", "abl"])
+        == 2
+    )

@@ -30,20 +30,41 @@ from dermbench.runner import resolve_config
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CLASSES = ("benign", "malignant")
-SMALL = ["data.image_size=16",
-         "data.options={n_train: 160, n_val: 60, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}",
-         "model.backbone=test_resnet", "train.epochs=1", "train.batch_size=32", "eval.n_boot=0"]
+SMALL = [
+    "data.image_size=16",
+    "data.options={n_train: 160, n_val: 60, n_test: 80, n_test_ddi: 60, n_test_dermoscopic: 60}",
+    "model.backbone=test_resnet",
+    "train.epochs=1",
+    "train.batch_size=32",
+    "eval.n_boot=0",
+]
 M = "majority2minority"
-FAST = [f"{M}.ti.steps=2", f"{M}.ti.batch_size=4", f"{M}.lora_settings.steps=2", f"{M}.lora_settings.batch_size=4",
-        f"{M}.steps=2", f"{M}.batch_size=8", f"{M}.max_sources=10", f"{M}.quality.pairs=4"]
+FAST = [
+    f"{M}.ti.steps=2",
+    f"{M}.ti.batch_size=4",
+    f"{M}.lora_settings.steps=2",
+    f"{M}.lora_settings.batch_size=4",
+    f"{M}.steps=2",
+    f"{M}.batch_size=8",
+    f"{M}.max_sources=10",
+    f"{M}.quality.pairs=4",
+]
 
 
 def real_split(fst: list, labels: list | None = None) -> Split:
     n = len(fst)
     labels = labels if labels is not None else [i % 2 for i in range(n)]
-    table = pd.DataFrame({"sample_id": [f"r{i}" for i in range(n)], "image": [f"img{i}" for i in range(n)],
-                          "label": labels, "fst": fst, "tone_source": "annotated", "domain": "clinical",
-                          "split": "train"})
+    table = pd.DataFrame(
+        {
+            "sample_id": [f"r{i}" for i in range(n)],
+            "image": [f"img{i}" for i in range(n)],
+            "label": labels,
+            "fst": fst,
+            "tone_source": "annotated",
+            "domain": "clinical",
+            "split": "train",
+        }
+    )
     return Split("train", table, np.zeros((n, 4, 4, 3), np.uint8), CLASSES)
 
 
@@ -104,7 +125,9 @@ def test_translation_requests_send_light_sources_to_a_target_fst_and_keep_dark_o
     many = real_split([1] * 60)
     both = translation_requests(many, np.arange(60), words, hp={**hp, "per_image": 1}, seed=1)
     assert set(both["fst"]) == {5, 6}
-    only6 = translation_requests(many, np.arange(60), words, hp={**hp, "per_image": 1, "target_fst": [6]}, seed=1)
+    only6 = translation_requests(
+        many, np.arange(60), words, hp={**hp, "per_image": 1, "target_fst": [6]}, seed=1
+    )
     assert set(only6["fst"]) == {6} and only6["prompt"].str.contains("a very dark-skinned individual").all()
     pd.testing.assert_frame_equal(req, translation_requests(real, rows, words, hp=hp, seed=0))
 
@@ -130,14 +153,22 @@ def test_profiles_carry_the_papers_settings():
 
 
 @pytest.mark.parametrize("per_concept", [True, False])
-def test_textual_inversion_runs_once_per_concept_on_its_own_images_as_the_authors_did(monkeypatch, per_concept):
+def test_textual_inversion_runs_once_per_concept_on_its_own_images_as_the_authors_did(
+    monkeypatch, per_concept
+):
     from dermbench.methods import majority2minority as m2m
 
     calls = []
-    monkeypatch.setattr(m2m, "add_concept_tokens", lambda c, words, init_word: [100 + i for i in range(len(words))])
-    monkeypatch.setattr(m2m, "train_textual_inversion",
-                        lambda c, images, prompts, ids, **kw: calls.append((images[:, 0, 0, 0].tolist(), prompts, ids,
-                                                                             kw["steps"], kw["seed"])))
+    monkeypatch.setattr(
+        m2m, "add_concept_tokens", lambda c, words, init_word: [100 + i for i in range(len(words))]
+    )
+    monkeypatch.setattr(
+        m2m,
+        "train_textual_inversion",
+        lambda c, images, prompts, ids, **kw: calls.append(
+            (images[:, 0, 0, 0].tolist(), prompts, ids, kw["steps"], kw["seed"])
+        ),
+    )
     ctx = SimpleNamespace(seed=0, device="cpu", console=None, said=[])
     ctx.say = ctx.said.append
     images = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), dtype=np.uint8)
@@ -147,7 +178,10 @@ def test_textual_inversion_runs_once_per_concept_on_its_own_images_as_the_author
     if not per_concept:
         assert len(calls) == 1 and calls[0][0] == [0, 1, 2, 3, 4] and calls[0][2] == [100, 101, 102]
         return
-    assert [(c[0], c[2], c[3]) for c in calls] == [([0, 2], [100], ti["steps"]), ([1, 3, 4], [102], ti["steps"])]
+    assert [(c[0], c[2], c[3]) for c in calls] == [
+        ([0, 2], [100], ti["steps"]),
+        ([1, 3, 4], [102], ti["steps"]),
+    ]
     assert calls[0][1] == ["An image of <a>"] * 2 and calls[0][4] != calls[1][4]  # its own prompts and seed
     assert ctx.said and "class 1" in ctx.said[0]
 
@@ -156,8 +190,20 @@ def test_textual_inversion_runs_once_per_concept_on_its_own_images_as_the_author
 
 
 def _cli(out: Path, *sets: str) -> tuple[dict, Path]:
-    code = main(["run", "--method", M, "--dataset", "synthderm", "--out", str(out), "--device", "cpu",
-                 *sum([["--set", s] for s in [*SMALL, *FAST, *sets]], [])])
+    code = main(
+        [
+            "run",
+            "--method",
+            M,
+            "--dataset",
+            "synthderm",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            *sum([["--set", s] for s in [*SMALL, *FAST, *sets]], []),
+        ]
+    )
     assert code == 0
     runs = sorted(out.glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
     return json.loads(runs[-1].read_text()), runs[-1].parent
@@ -166,6 +212,7 @@ def _cli(out: Path, *sets: str) -> tuple[dict, Path]:
 def _fail(what: str):
     def boom(*_a, **_k):
         raise AssertionError(f"{what} ran again on the rerun")
+
     return boom
 
 
@@ -224,7 +271,8 @@ def resolve_and_load_train() -> Split:
     from dermbench.datasets.synthderm import SynthDerm
 
     return SynthDerm(n_train=160, n_val=60, n_test=80, n_test_ddi=60, n_test_dermoscopic=60).load(
-        task="malignant", split="train", image_size=16)
+        task="malignant", split="train", image_size=16
+    )
 
 
 @pytest.mark.slow
@@ -244,16 +292,27 @@ def test_vanilla_model_with_both_stages_off_names_the_conditions_in_plain_words(
     monkeypatch.setattr(m2m, "add_lora", _fail("LoRA (switched off)"))
     metrics, _ = _cli(tmp_path / "runs", f"{M}.textual_inversion=false", f"{M}.lora=false")
     record = metrics["methods"][M]
-    assert record["adapted"] == {"identity": record["base"]["identity"], "textual_inversion": False, "lora": False}
+    assert record["adapted"] == {
+        "identity": record["base"]["identity"],
+        "textual_inversion": False,
+        "lora": False,
+    }
     manifest = read_manifest(Path(record["generation"]["path"]))
-    assert manifest["prompt"].str.match(r"An image of (benign|malignant) on the skin of a (very )?dark-skinned").all()
+    assert (
+        manifest["prompt"]
+        .str.match(r"An image of (benign|malignant) on the skin of a (very )?dark-skinned")
+        .all()
+    )
     assert metrics["synthetic"]["n"] == 20
 
 
 @pytest.mark.slow
 def test_ti_alone_and_lora_alone_run(tmp_path):
     ti, _ = _cli(tmp_path / "a", f"{M}.lora=false", f"{M}.per_image=1", f"{M}.max_sources=4")
-    assert ti["methods"][M]["adapted"]["textual_inversion"] is True and ti["methods"][M]["adapted"]["lora"] is False
+    assert (
+        ti["methods"][M]["adapted"]["textual_inversion"] is True
+        and ti["methods"][M]["adapted"]["lora"] is False
+    )
     lora, _ = _cli(tmp_path / "b", f"{M}.textual_inversion=false", f"{M}.per_image=1", f"{M}.max_sources=4")
     adapted = lora["methods"][M]["adapted"]
     assert adapted["lora"] is True and adapted["prompt_words"] == ["benign", "malignant"]

@@ -110,13 +110,22 @@ def test_binary_group_metrics_match_sklearn(threshold):
         yt, yp, pp = y[mask], pred[mask], p[mask]
         tp, fp, tn, fn = confusion(yt, yp)
         expected = {
-            "n": int(mask.sum()), "acc": skm.accuracy_score(yt, yp), "bacc": skm.balanced_accuracy_score(yt, yp),
-            "precision": skm.precision_score(yt, yp), "tpr": skm.recall_score(yt, yp), "tnr": tn / (tn + fp),
-            "fpr": fp / (fp + tn), "f1": skm.f1_score(yt, yp), "auc": skm.roc_auc_score(yt, pp),
+            "n": int(mask.sum()),
+            "acc": skm.accuracy_score(yt, yp),
+            "bacc": skm.balanced_accuracy_score(yt, yp),
+            "precision": skm.precision_score(yt, yp),
+            "tpr": skm.recall_score(yt, yp),
+            "tnr": tn / (tn + fp),
+            "fpr": fp / (fp + tn),
+            "f1": skm.f1_score(yt, yp),
+            "auc": skm.roc_auc_score(yt, pp),
             "ece": float(binary_calibration_error(torch.tensor(pp), torch.tensor(yt), n_bins=15)),
         }
         for name in METRICS:
-            assert block[name] == pytest.approx(expected[name], abs=TOL if name != "ece" else 1e-7), (where, name)
+            assert block[name] == pytest.approx(expected[name], abs=TOL if name != "ece" else 1e-7), (
+                where,
+                name,
+            )
         assert block["ece"] == pytest.approx(reference_ece(pp, yt.astype(float)), abs=TOL)
         assert (block["positives"], block["negatives"]) == (int(tp + fn), int(tn + fp))
     assert set(rep["overall"]) == set(METRICS) | {"positives", "negatives"}
@@ -127,10 +136,21 @@ def test_binary_groups_match_fairlearn_metricframe():
     rep = report(y_true=y, y_prob=p, groups={"tone3": g})
     pred = (p >= 0.5).astype(int)
     mf = MetricFrame(
-        metrics={"acc": skm.accuracy_score, "bacc": skm.balanced_accuracy_score, "precision": skm.precision_score,
-                 "tpr": true_positive_rate, "tnr": true_negative_rate, "fpr": false_positive_rate,
-                 "f1": skm.f1_score, "auc": lambda yt, _yp, score: skm.roc_auc_score(yt, score)},
-        y_true=y, y_pred=pred, sensitive_features=g, sample_params={"auc": {"score": p}})
+        metrics={
+            "acc": skm.accuracy_score,
+            "bacc": skm.balanced_accuracy_score,
+            "precision": skm.precision_score,
+            "tpr": true_positive_rate,
+            "tnr": true_negative_rate,
+            "fpr": false_positive_rate,
+            "f1": skm.f1_score,
+            "auc": lambda yt, _yp, score: skm.roc_auc_score(yt, score),
+        },
+        y_true=y,
+        y_pred=pred,
+        sensitive_features=g,
+        sample_params={"auc": {"score": p}},
+    )
     for name in ("acc", "bacc", "precision", "tpr", "tnr", "fpr", "f1", "auc"):
         assert rep["overall"][name] == pytest.approx(mf.overall[name], abs=TOL)
         for group in "ABC":
@@ -153,17 +173,27 @@ def test_binary_gaps_match_fairlearn_functions(groups_used):
     yk, pk, gk = y[keep], (p[keep] >= 0.5).astype(int), g[keep]
     fair = rep["fairness"]["tone3"]
     assert rep["excluded"]["tone3"] == {"missing group": int((~keep).sum())}
-    assert fair["eodd_fairlearn"] == pytest.approx(equalized_odds_difference(yk, pk, sensitive_features=gk), abs=TOL)
-    assert fair["eopp1"] == pytest.approx(equal_opportunity_difference(yk, pk, sensitive_features=gk), abs=TOL)
-    assert fair["dp_diff"] == pytest.approx(demographic_parity_difference(yk, pk, sensitive_features=gk), abs=TOL)
+    assert fair["eodd_fairlearn"] == pytest.approx(
+        equalized_odds_difference(yk, pk, sensitive_features=gk), abs=TOL
+    )
+    assert fair["eopp1"] == pytest.approx(
+        equal_opportunity_difference(yk, pk, sensitive_features=gk), abs=TOL
+    )
+    assert fair["dp_diff"] == pytest.approx(
+        demographic_parity_difference(yk, pk, sensitive_features=gk), abs=TOL
+    )
     fnr = MetricFrame(metrics=false_negative_rate, y_true=yk, y_pred=pk, sensitive_features=gk)
     assert fair["gap_fnr"] == pytest.approx(fnr.difference(), abs=TOL)
     assert fair["worst_fnr"] == pytest.approx(fnr.group_max(), abs=TOL)
     assert fair["worst_fnr_group"] == fnr.by_group.idxmax()
     assert fair["gap_fnr"] == pytest.approx(fair["eopp1"], abs=TOL)  # FNR = 1 - TPR
     if len(groups_used) == 2:  # with two groups every gap is the plain two-group formula
-        rates = MetricFrame(metrics={"tpr": true_positive_rate, "fpr": false_positive_rate},
-                            y_true=yk, y_pred=pk, sensitive_features=gk).by_group
+        rates = MetricFrame(
+            metrics={"tpr": true_positive_rate, "fpr": false_positive_rate},
+            y_true=yk,
+            y_pred=pk,
+            sensitive_features=gk,
+        ).by_group
         d_tpr = rates["tpr"]["A"] - rates["tpr"]["C"]
         d_fpr = rates["fpr"]["A"] - rates["fpr"]["C"]
         assert fair["eodd"] == pytest.approx((abs(d_tpr) + abs(d_fpr)) / 2, abs=TOL)
@@ -219,16 +249,24 @@ def test_multiclass_group_metrics_match_sklearn():
         tn, fp, fn, tp = mcm[:, 0, 0], mcm[:, 0, 1], mcm[:, 1, 0], mcm[:, 1, 1]
         labels = np.union1d(yt, yp)  # sklearn's macro average runs over these
         expected = {
-            "n": int(mask.sum()), "acc": skm.accuracy_score(yt, yp), "bacc": skm.balanced_accuracy_score(yt, yp),
+            "n": int(mask.sum()),
+            "acc": skm.accuracy_score(yt, yp),
+            "bacc": skm.balanced_accuracy_score(yt, yp),
             "precision": skm.precision_score(yt, yp, average="macro", zero_division=0),
             "tpr": skm.recall_score(yt, yp, average="macro", zero_division=0),
             "f1": skm.f1_score(yt, yp, average="macro", zero_division=0),
-            "tnr": np.mean((tn / (tn + fp))[labels]), "fpr": np.mean((fp / (fp + tn))[labels]),
+            "tnr": np.mean((tn / (tn + fp))[labels]),
+            "fpr": np.mean((fp / (fp + tn))[labels]),
             "auc": np.mean([skm.roc_auc_score(yt == c, pt[:, c]) for c in present]),
-            "ece": float(multiclass_calibration_error(torch.tensor(pt), torch.tensor(yt), num_classes=k, n_bins=15)),
+            "ece": float(
+                multiclass_calibration_error(torch.tensor(pt), torch.tensor(yt), num_classes=k, n_bins=15)
+            ),
         }
         for name in METRICS:
-            assert block[name] == pytest.approx(expected[name], abs=TOL if name != "ece" else 1e-7), (where, name)
+            assert block[name] == pytest.approx(expected[name], abs=TOL if name != "ece" else 1e-7), (
+                where,
+                name,
+            )
         assert block["ece"] == pytest.approx(reference_ece(pt.max(1), (yp == yt).astype(float)), abs=TOL)
         if len(present) == k:  # all classes present: also sklearn's own one-vs-rest macro AUC
             assert block["auc"] == pytest.approx(skm.roc_auc_score(yt, pt, multi_class="ovr"), abs=TOL)
@@ -252,12 +290,17 @@ def notre_dame_reference(y, pred, g, k, groups=("A", "C")):
         mcm = skm.multilabel_confusion_matrix(y[g == name], pred[g == name], labels=range(k))
         tn, fp, fn, tp = mcm[:, 0, 0], mcm[:, 0, 1], mcm[:, 1, 0], mcm[:, 1, 1]
         div = lambda a, b: np.divide(a, b, out=np.zeros(len(a)), where=b != 0)  # noqa: E731
-        rates[name] = {"tpr": div(tp, tp + fn), "tnr": div(tn, tn + fp), "fpr": div(fp, tn + fp),
-                       "sel": np.bincount(pred[g == name], minlength=k) / (g == name).sum()}
+        rates[name] = {
+            "tpr": div(tp, tp + fn),
+            "tnr": div(tn, tn + fp),
+            "fpr": div(fp, tn + fp),
+            "sel": np.bincount(pred[g == name], minlength=k) / (g == name).sum(),
+        }
     a, b = (rates[x] for x in groups)
     d = {key: a[key] - b[key] for key in a}
     return {
-        "eopp0": np.mean(np.abs(d["tnr"])), "eopp1": np.mean(np.abs(d["tpr"])),
+        "eopp0": np.mean(np.abs(d["tnr"])),
+        "eopp1": np.mean(np.abs(d["tpr"])),
         "eodd": np.mean((np.abs(d["tpr"]) + np.abs(d["fpr"])) / 2),
         "eodd_net": np.mean(np.abs(d["tpr"] + d["fpr"])) / 2,
         "eodd_fairlearn": np.mean(np.maximum(np.abs(d["tpr"]), np.abs(d["fpr"]))),
@@ -276,8 +319,9 @@ def test_multiclass_gaps_match_notre_dame_reference_and_fairlearn_per_class():
     for gap, value in expected.items():
         assert fair[gap] == pytest.approx(value, abs=TOL), gap
     keep = g2 != None  # noqa: E711
-    per_class_fl = [equalized_odds_difference(y[keep] == c, pred[keep] == c, sensitive_features=g[keep])
-                    for c in range(k)]
+    per_class_fl = [
+        equalized_odds_difference(y[keep] == c, pred[keep] == c, sensitive_features=g[keep]) for c in range(k)
+    ]
     # class k-1 is absent from C: fairlearn takes its TPR there as 0 too (zero_division), like Notre Dame
     assert fair["eodd_fairlearn"] == pytest.approx(np.mean(per_class_fl), abs=TOL)
     assert any(f["code"] == "zero_filled_class_rates" for f in rep["flags"])
@@ -351,10 +395,16 @@ def test_multiclass_conventions_hand_example():
     fair = rep["fairness"]["s"]
     assert fair["eopp0"] == pytest.approx(1 / 4)
     assert fair["eopp1"] == pytest.approx((1 / 6 + 0 + 1 / 2) / 3)  # 2/9
-    assert fair["eodd"] == pytest.approx(((1 / 6 + 1 / 4) / 2 + (0 + 1 / 4) / 2 + (1 / 2 + 1 / 4) / 2) / 3)  # 17/72
-    assert fair["eodd_net"] == pytest.approx((abs(-1 / 6 + 1 / 4) + abs(0 + 1 / 4) + abs(1 / 2 - 1 / 4)) / 2 / 3)
+    assert fair["eodd"] == pytest.approx(
+        ((1 / 6 + 1 / 4) / 2 + (0 + 1 / 4) / 2 + (1 / 2 + 1 / 4) / 2) / 3
+    )  # 17/72
+    assert fair["eodd_net"] == pytest.approx(
+        (abs(-1 / 6 + 1 / 4) + abs(0 + 1 / 4) + abs(1 / 2 - 1 / 4)) / 2 / 3
+    )
     assert fair["eodd_fairlearn"] == pytest.approx((1 / 4 + 1 / 4 + 1 / 2) / 3)
-    assert fair["dp_diff"] == pytest.approx((1 / 6 + 1 / 4 + 1 / 12) / 3)  # selection 2:3:1 of 6 vs 2:1:1 of 4
+    assert fair["dp_diff"] == pytest.approx(
+        (1 / 6 + 1 / 4 + 1 / 12) / 3
+    )  # selection 2:3:1 of 6 vs 2:1:1 of 4
     g1 = rep["groups"]["s"]["g1"]
     assert g1["precision"] == pytest.approx(2 / 3)  # classes {0,1,2}: 1, 1, 0 (predicted class 2 is wrong)
     assert g1["tpr"] == pytest.approx(5 / 9)  # recall 2/3, 1, and 0 for the absent-but-predicted class
@@ -395,16 +445,23 @@ def test_single_class_group_auc_is_none_with_reason_and_left_out_of_gaps():
     assert c["auc"] is None and c["tpr"] is None and c["positives"] == 0
     assert rep["missing"]["groups"]["tone3"]["C"]["auc"] == "single-class group"
     assert rep["missing"]["groups"]["tone3"]["C"]["tpr"] == "no positives"
-    assert c["tnr"] is not None and c["bacc"] == pytest.approx(c["tnr"])  # sklearn: mean recall over present classes
+    assert c["tnr"] is not None and c["bacc"] == pytest.approx(
+        c["tnr"]
+    )  # sklearn: mean recall over present classes
     fair = rep["fairness"]["tone3"]
     ab = g != "C"
     assert fair["eopp1"] == pytest.approx(
-        equal_opportunity_difference(y[ab], (p[ab] >= 0.5).astype(int), sensitive_features=g[ab]), abs=TOL)
+        equal_opportunity_difference(y[ab], (p[ab] >= 0.5).astype(int), sensitive_features=g[ab]), abs=TOL
+    )
     assert "C" not in fair["eopp1_groups"] and "C" not in fair["gap_auc_groups"]
     assert fair["worst_auc_group"] != "C"
     assert rep["ci"]["groups"]["tone3"]["C"]["auc"] is None
     codes = {(f["where"], f["code"]) for f in rep["flags"]}
-    assert {("tone3/C", "single_class"), ("tone3/C", "few_positives"), ("tone3/C", "excluded_from_gaps")} <= codes
+    assert {
+        ("tone3/C", "single_class"),
+        ("tone3/C", "few_positives"),
+        ("tone3/C", "excluded_from_gaps"),
+    } <= codes
 
 
 def test_all_correct_predictions():
@@ -413,7 +470,15 @@ def test_all_correct_predictions():
     g = np.array(["A"] * 40 + ["C"] * 40)
     rep = report(y_true=y, y_prob=p, groups={"tone3": g}, n_boot=30)
     for block in [rep["overall"], *rep["groups"]["tone3"].values()]:
-        assert block["acc"] == block["bacc"] == block["tpr"] == block["tnr"] == block["f1"] == block["auc"] == 1.0
+        assert (
+            block["acc"]
+            == block["bacc"]
+            == block["tpr"]
+            == block["tnr"]
+            == block["f1"]
+            == block["auc"]
+            == 1.0
+        )
         assert block["fpr"] == 0.0 and block["ece"] == 0.0
     for gap in GAPS:
         assert rep["fairness"]["tone3"][gap] == 0.0, gap
@@ -423,8 +488,9 @@ def test_all_correct_predictions():
 def test_groups_with_no_samples_are_absent_and_a_lone_group_has_no_gaps():
     y, p, _ = binary_data(n=120, seed=2)
     cat = pd.Categorical(["A"] * 60 + ["C"] * 60, categories=["A", "B", "C"])  # B unused
-    rep = report(y_true=y, y_prob=p, groups={"tone3": cat, "tone2": ["light"] * 100 + [None] * 20,
-                                             "fst": [None] * 120})
+    rep = report(
+        y_true=y, y_prob=p, groups={"tone3": cat, "tone2": ["light"] * 100 + [None] * 20, "fst": [None] * 120}
+    )
     assert list(rep["groups"]["tone3"]) == ["A", "C"]
     assert list(rep["groups"]["tone2"]) == ["light"] and rep["excluded"]["tone2"] == {"missing group": 20}
     lone = rep["fairness"]["tone2"]
@@ -489,7 +555,10 @@ def test_multiclass_sparse_classes_and_single_class_group():
         ({"y_true": [0, 1], "y_prob": [0.2, 0.3], "threshold": 1.5}, r"threshold must lie in \[0, 1\]"),
         ({"y_true": [0, 1], "y_prob": [0.2, 0.3], "threshold": "youden"}, "threshold must be a number"),
         ({"y_true": [0, 1], "y_prob": [[0.2, 0.3, 0.5]] * 2, "threshold": 0.5}, "binary tasks only"),
-        ({"y_true": [0, 1], "y_prob": [0.2, 0.3], "groups": {"tone3": ["A"]}}, r"groups\['tone3'\].*one label"),
+        (
+            {"y_true": [0, 1], "y_prob": [0.2, 0.3], "groups": {"tone3": ["A"]}},
+            r"groups\['tone3'\].*one label",
+        ),
         ({"y_true": [0, 1], "y_prob": [0.2, 0.3], "groups": ["A", "B"]}, "groups must map"),
         ({"y_true": [0, 1], "y_prob": [0.2, 0.3], "class_names": ["x"]}, "class_names has 1"),
         ({"y_true": [0, 1], "y_prob": [0.2, 0.3], "n_boot": -1}, "n_boot must be an integer"),
@@ -516,7 +585,10 @@ def test_bootstrap_matches_explicit_resamples():
     included), for binary and multi-class tasks."""
     y, p, g = binary_data(n=300, seed=12, ties=True)
     yc, prob, gc = multiclass_data(n=300, seed=12)
-    for inp_kwargs, mask in (({"y_true": y, "y_prob": p}, g == "B"), ({"y_true": yc, "y_prob": prob}, gc == "A")):
+    for inp_kwargs, mask in (
+        ({"y_true": y, "y_prob": p}, g == "B"),
+        ({"y_true": yc, "y_prob": prob}, gc == "A"),
+    ):
         inp = prepare_inputs(**inp_kwargs)
         sl = _make_slice(inp, np.flatnonzero(mask))
         boot = _bootstrap(inp, sl, 12, spawned_rng(7, "tone3", "B"))
@@ -528,11 +600,15 @@ def test_bootstrap_matches_explicit_resamples():
                 assert boot["auc"][b] == pytest.approx(skm.roc_auc_score(yt, inp.prob[rows, 1]), abs=TOL)
                 assert boot["f1"][b] == pytest.approx(skm.f1_score(yt, yp), abs=TOL)
                 assert boot["tnr"][b] == pytest.approx(skm.recall_score(yt, yp, pos_label=0), abs=TOL)
-                assert boot["ece"][b] == pytest.approx(reference_ece(inp.prob[rows, 1], yt.astype(float)), abs=TOL)
+                assert boot["ece"][b] == pytest.approx(
+                    reference_ece(inp.prob[rows, 1], yt.astype(float)), abs=TOL
+                )
             else:
                 auc = np.mean([skm.roc_auc_score(yt == c, inp.prob[rows, c]) for c in np.unique(yt)])
                 assert boot["auc"][b] == pytest.approx(auc, abs=TOL)
-                assert boot["f1"][b] == pytest.approx(skm.f1_score(yt, yp, average="macro", zero_division=0), abs=TOL)
+                assert boot["f1"][b] == pytest.approx(
+                    skm.f1_score(yt, yp, average="macro", zero_division=0), abs=TOL
+                )
             assert boot["bacc"][b] == pytest.approx(skm.balanced_accuracy_score(yt, yp), abs=TOL)
 
 
@@ -568,7 +644,16 @@ def test_bootstrap_intervals_contain_the_point_estimates():
             assert lo <= block[name] <= hi, name
             checked += 1
     fair, fair_ci = rep["fairness"]["tone3"], rep["ci"]["fairness"]["tone3"]
-    for gap in ("eopp1", "eodd", "eodd_fairlearn", "gap_fnr", "worst_acc", "worst_auc", "worst_f1", "worst_fnr"):
+    for gap in (
+        "eopp1",
+        "eodd",
+        "eodd_fairlearn",
+        "gap_fnr",
+        "worst_acc",
+        "worst_auc",
+        "worst_f1",
+        "worst_fnr",
+    ):
         lo, hi = fair_ci[gap]  # gaps clearly away from 0 (group C is harder), so no |.| floor effect
         assert lo <= fair[gap] <= hi, gap
         checked += 1
@@ -601,6 +686,16 @@ def test_group_order_is_the_one_of_data_groups():
 
 def test_exported_names():
     assert METRICS == ("n", "acc", "bacc", "precision", "tpr", "tnr", "fpr", "f1", "auc", "ece")
-    assert {"eopp0", "eopp1", "eodd", "eodd_net", "eodd_fairlearn", "dp_diff", "gap_acc", "gap_auc", "gap_f1",
-            "gap_fnr"} == set(GAPS)
+    assert {
+        "eopp0",
+        "eopp1",
+        "eodd",
+        "eodd_net",
+        "eodd_fairlearn",
+        "dp_diff",
+        "gap_acc",
+        "gap_auc",
+        "gap_f1",
+        "gap_fnr",
+    } == set(GAPS)
     assert set(WORST) == {"worst_acc", "worst_auc", "worst_f1", "worst_fnr"}

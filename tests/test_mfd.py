@@ -31,7 +31,9 @@ def brute_force(teacher, student, labels, groups, sigma):
     sigma_bar = sum(sq(t[i], s[j]) for i in range(n) for j in range(n)) / (n * n)
 
     def mean_k(xs, ys):
-        return sum(math.exp(-sq(u, v) / (2 * sigma * sigma_bar)) for u in xs for v in ys) / (len(xs) * len(ys))
+        return sum(math.exp(-sq(u, v) / (2 * sigma * sigma_bar)) for u in xs for v in ys) / (
+            len(xs) * len(ys)
+        )
 
     total = 0.0
     for c in sorted(set(labels)):
@@ -44,13 +46,23 @@ def brute_force(teacher, student, labels, groups, sigma):
 
 
 def mmd(teacher, student, labels, groups, *, num_classes, num_groups=2, sigma=0.5):
-    return mfd.class_group_mmd(teacher, student, torch.tensor(labels), torch.tensor(groups), num_classes=num_classes,
-                               num_groups=num_groups, sigma=sigma)
+    return mfd.class_group_mmd(
+        teacher,
+        student,
+        torch.tensor(labels),
+        torch.tensor(groups),
+        num_classes=num_classes,
+        num_groups=num_groups,
+        sigma=sigma,
+    )
 
 
 def test_mmd_matches_a_brute_force_double_loop():
     gen = torch.Generator().manual_seed(0)
-    teacher, student = torch.randn(6, 5, generator=gen, dtype=torch.float64), torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    teacher, student = (
+        torch.randn(6, 5, generator=gen, dtype=torch.float64),
+        torch.randn(6, 5, generator=gen, dtype=torch.float64),
+    )
     one = [0] * 6
     value = mmd(teacher, student, one, one, num_classes=1, num_groups=1, sigma=0.5)
     assert value.item() == pytest.approx(brute_force(teacher, student, one, one, 0.5), rel=1e-9, abs=1e-12)
@@ -86,7 +98,9 @@ def test_absent_cells_are_skipped_and_unknown_groups_belong_to_no_slice():
     teacher = torch.randn(7, 4, generator=gen, dtype=torch.float64)
     student = torch.randn(7, 4, generator=gen, dtype=torch.float64).requires_grad_(True)
     value = mmd(teacher, student, labels, groups, num_classes=3, sigma=0.5)
-    assert value.item() == pytest.approx(brute_force(teacher, student.detach(), labels, groups, 0.5), rel=1e-9)
+    assert value.item() == pytest.approx(
+        brute_force(teacher, student.detach(), labels, groups, 0.5), rel=1e-9
+    )
 
     # by hand: the three present cells, T_c holding every class-c sample (the unknown-group ones too)
     t, s = teacher, student.detach()
@@ -96,7 +110,9 @@ def test_absent_cells_are_skipped_and_unknown_groups_belong_to_no_slice():
         return torch.exp(-torch.cdist(a, b).pow(2) / (2 * 0.5 * sigma_bar)).mean()
 
     t0, t1 = t[[0, 1, 2]], t[[3, 4, 5]]
-    expected = sum(k(tc, tc) + k(sc, sc) - 2 * k(tc, sc) for tc, sc in ((t0, s[[0]]), (t0, s[[1]]), (t1, s[[3, 4]])))
+    expected = sum(
+        k(tc, tc) + k(sc, sc) - 2 * k(tc, sc) for tc, sc in ((t0, s[[0]]), (t0, s[[1]]), (t1, s[[3, 4]]))
+    )
     assert value.item() == pytest.approx(float(expected), rel=1e-9)
 
     value.backward()  # the bandwidth is computed without gradient: unknown-group rows get none
@@ -107,15 +123,18 @@ def test_absent_cells_are_skipped_and_unknown_groups_belong_to_no_slice():
     assert more.item() == pytest.approx(value.item(), rel=1e-12)
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    ({"lam": -1}, "mfd.lam must be >= 0"),
-    ({"outer": float("nan")}, "mfd.outer must be a finite number"),
-    ({"sigma": 0}, "mfd.sigma must be > 0"),
-    ({"lam": True}, "mfd.lam must be a finite number"),
-    ({"sigma": "0.5"}, "mfd.sigma must be a finite number"),
-    ({"groups": "tone_3"}, "mfd.groups: unknown group scheme 'tone_3'. Did you mean 'tone3'?"),
-    ({"lamb": 3}, "unknown setting mfd.lamb; did you mean mfd.lam?"),
-])
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"lam": -1}, "mfd.lam must be >= 0"),
+        ({"outer": float("nan")}, "mfd.outer must be a finite number"),
+        ({"sigma": 0}, "mfd.sigma must be > 0"),
+        ({"lam": True}, "mfd.lam must be a finite number"),
+        ({"sigma": "0.5"}, "mfd.sigma must be a finite number"),
+        ({"groups": "tone_3"}, "mfd.groups: unknown group scheme 'tone_3'. Did you mean 'tone3'?"),
+        ({"lamb": 3}, "unknown setting mfd.lamb; did you mean mfd.lam?"),
+    ],
+)
 def test_bad_settings_are_config_errors_naming_the_setting(settings, message):
     with pytest.raises(ConfigError) as err:
         mfd.check_settings({**mfd.DEFAULTS, **settings})
@@ -124,17 +143,32 @@ def test_bad_settings_are_config_errors_naming_the_setting(settings, message):
 
 def test_defaults_tiny_and_paper():
     assert mfd.dermbench_method_defaults(profile="tiny", dataset="synthderm") == {
-        "mfd": {"groups": "tone2", "lam": 5.0, "outer": 0.02, "sigma": 0.5, "student": {}}}
+        "mfd": {"groups": "tone2", "lam": 5.0, "outer": 0.02, "sigma": 0.5, "student": {}}
+    }
     fitz = resolve_config(flags={"method": "mfd", "profile": "paper", "dataset": "fitz17k"})
     assert {k: v for k, v in fitz["mfd"].items() if k not in ("student", "student_model")} == {
-        "groups": "tone2", "lam": 5.0, "outer": 0.02, "sigma": 0.5}
+        "groups": "tone2",
+        "lam": 5.0,
+        "outer": 0.02,
+        "sigma": 0.5,
+    }
     assert fitz["mfd"]["student_model"] == {"backbone": "vgg11.tv_in1k", "pretrained": True}
     assert fitz["model"]["backbone"] == "vgg11_bn" and fitz["task"] == "condition"
     assert fitz["model"]["pretrained"] is False  # no ImageNet weights offline: the profile's setting stays
     # the ME student recipe is the student's alone: the teacher is the paper profile's ERM model
-    assert fitz["mfd"]["student"] == {"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "lr": 0.01,
-                                      "weight_decay": 1e-5, "schedule": "step", "step_size": 100, "gamma": 0.1,
-                                      "epochs": 200, "batch_size": 128, "sampler": "none"}
+    assert fitz["mfd"]["student"] == {
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "nesterov": True,
+        "lr": 0.01,
+        "weight_decay": 1e-5,
+        "schedule": "step",
+        "step_size": 100,
+        "gamma": 0.1,
+        "epochs": 200,
+        "batch_size": 128,
+        "sampler": "none",
+    }
     erm = resolve_config(flags={"method": "erm", "profile": "paper", "dataset": "fitz17k"})
     assert fitz["train"] == erm["train"]
     isic = resolve_config(flags={"method": "mfd", "profile": "paper", "dataset": "isic2019"})
@@ -142,7 +176,16 @@ def test_defaults_tiny_and_paper():
 
 
 def command(out: Path, *extra: str) -> list[str]:
-    return ["run", "--method", "mfd", "--device", "cpu", "--out", str(out), *sum([["--set", s] for s in [*TINY, *extra]], [])]
+    return [
+        "run",
+        "--method",
+        "mfd",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *sum([["--set", s] for s in [*TINY, *extra]], []),
+    ]
 
 
 def run_metrics(out: Path) -> tuple[Path, dict]:
@@ -178,8 +221,21 @@ def test_mfd_runs_with_the_cached_erm_teacher(tmp_path):
 
     # the teacher is the ERM baseline's model (same initialisation, same trainer name), not the student
     teacher = load_file(str(Path(checkpoint["path"]) / "model.safetensors"))
-    assert main(["run", "--method", "erm", "--device", "cpu", "--out", str(tmp_path / "erm"),
-                 *sum([["--set", s] for s in TINY], [])]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--method",
+                "erm",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "erm"),
+                *sum([["--set", s] for s in TINY], []),
+            ]
+        )
+        == 0
+    )
     erm_dir, _ = run_metrics(tmp_path / "erm")
     baseline = load_file(str(erm_dir / "model.safetensors"))
     assert teacher.keys() == baseline.keys() and all(torch.equal(teacher[k], baseline[k]) for k in teacher)
@@ -193,8 +249,11 @@ def test_a_nan_in_the_features_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
     def poisoned(tap, n):  # the student's penultimate features hold a NaN
         features = real(tap, n)
-        return features.index_fill(0, torch.tensor([0], device=features.device), float("nan")) \
-            if tap.role == "student" else features
+        return (
+            features.index_fill(0, torch.tensor([0], device=features.device), float("nan"))
+            if tap.role == "student"
+            else features
+        )
 
     monkeypatch.setattr(mfd.FeatureTap, "take", poisoned)
     assert main(command(tmp_path)) == 2

@@ -40,7 +40,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # ----- helpers ---------------------------------------------------------------------------------
 
 
-def brute_force_ggn(model: nn.Module, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+def brute_force_ggn(
+    model: nn.Module, x: torch.Tensor, names: list[str] | None = None
+) -> dict[str, torch.Tensor]:
     """sum_n diag(J_n^T H_n J_n) in float64, J_n the full Jacobian of sample n's logits by autograd
     (one backward pass per sample and class), H_n = diag(p) - p p^T; over `names` (default: every
     trainable parameter). The model is copied, so nothing of the original changes."""
@@ -55,16 +57,22 @@ def brute_force_ggn(model: nn.Module, x: torch.Tensor, names: list[str] | None =
     p = torch.softmax(logits, dim=1).detach()
     out = {k: torch.zeros_like(named[k], dtype=torch.float64) for k in names}
     for n in range(x.shape[0]):
-        grads = [torch.autograd.grad(logits[n, k], params, retain_graph=True, allow_unused=True)
-                 for k in range(logits.shape[1])]
+        grads = [
+            torch.autograd.grad(logits[n, k], params, retain_graph=True, allow_unused=True)
+            for k in range(logits.shape[1])
+        ]
         hessian = torch.diag(p[n]) - torch.outer(p[n], p[n])
         for j, name in enumerate(names):
-            jac = torch.stack([(g[j] if g[j] is not None else torch.zeros_like(params[j])).reshape(-1) for g in grads])
+            jac = torch.stack(
+                [(g[j] if g[j] is not None else torch.zeros_like(params[j])).reshape(-1) for g in grads]
+            )
             out[name] += ((hessian @ jac) * jac).sum(0).reshape(params[j].shape).detach()
     return out
 
 
-def assert_matches(ours: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], rtol: float = 1e-5) -> None:
+def assert_matches(
+    ours: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], rtol: float = 1e-5
+) -> None:
     """Every reference tensor is matched to `rtol` of its largest entry (relative error per tensor;
     float32 closed forms against a float64 reference), and the reference is not trivially zero."""
     assert set(reference) <= set(ours)
@@ -111,30 +119,38 @@ def tiny_cnn(num_classes: int) -> nn.Sequential:
     """Every supported layer form: strided padded conv (many positions: per-sample products),
     BatchNorm, in-place ReLU, a grouped conv, max pooling, a dilated conv, a conv with 16 output
     positions (pairwise form), a Linear over positions, a Linear head."""
-    return nn.Sequential(OrderedDict([
-        ("conv1", nn.Conv2d(3, 8, 3, stride=2, padding=1)),           # 16 px -> 8x8 = 64 positions
-        ("bn1", nn.BatchNorm2d(8)),
-        ("act1", nn.ReLU(inplace=True)),
-        ("grouped", nn.Conv2d(8, 8, 3, padding=1, groups=4, bias=False)),
-        ("bn2", nn.BatchNorm2d(8)),
-        ("act2", nn.ReLU(inplace=True)),
-        ("pool", nn.MaxPool2d(2)),                                     # 4x4
-        ("dilated", nn.Conv2d(8, 6, 3, padding=2, dilation=2)),        # 4x4 = 16 positions: pairwise form
-        ("act3", nn.ReLU(inplace=False)),
-        ("avg", nn.AvgPool2d(2)),                                      # 2x2
-        ("tokens", Tokens()),
-        ("per_token", nn.Linear(6, 5)),                                # a Linear over 4 positions
-        ("mean", MeanTokens()),
-        ("head", nn.Linear(5, num_classes)),
-    ]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("conv1", nn.Conv2d(3, 8, 3, stride=2, padding=1)),  # 16 px -> 8x8 = 64 positions
+                ("bn1", nn.BatchNorm2d(8)),
+                ("act1", nn.ReLU(inplace=True)),
+                ("grouped", nn.Conv2d(8, 8, 3, padding=1, groups=4, bias=False)),
+                ("bn2", nn.BatchNorm2d(8)),
+                ("act2", nn.ReLU(inplace=True)),
+                ("pool", nn.MaxPool2d(2)),  # 4x4
+                ("dilated", nn.Conv2d(8, 6, 3, padding=2, dilation=2)),  # 4x4 = 16 positions: pairwise form
+                ("act3", nn.ReLU(inplace=False)),
+                ("avg", nn.AvgPool2d(2)),  # 2x2
+                ("tokens", Tokens()),
+                ("per_token", nn.Linear(6, 5)),  # a Linear over 4 positions
+                ("mean", MeanTokens()),
+                ("head", nn.Linear(5, num_classes)),
+            ]
+        )
+    )
 
 
 def tiny_vgg(num_classes: int) -> VGG:
     """timm's VGG class (the code of vgg11_bn: conv/BN/in-place ReLU features, max pooling, the
     ConvMlp pre-logits whose 7x7 conv sees an adaptive-pooled 7x7 input, a Linear head) with a
     few channels, small enough for the brute-force Jacobian."""
-    return VGG([8, "M", 16, "M", 16, "M", 16, "M", 16, "M"], num_classes=num_classes, mlp_ratio=1 / 512,
-               norm_layer=nn.BatchNorm2d)
+    return VGG(
+        [8, "M", 16, "M", 16, "M", 16, "M", 16, "M"],
+        num_classes=num_classes,
+        mlp_ratio=1 / 512,
+        norm_layer=nn.BatchNorm2d,
+    )
 
 
 # ----- the GGN diagonal ------------------------------------------------------------------------
@@ -194,8 +210,16 @@ def test_ggn_diagonal_of_vgg11_bn_on_a_subset_of_parameters():
     model = timm.create_model("vgg11_bn", pretrained=False, num_classes=2)
     x = torch.randn(2, 3, 32, 32)
     settle_batchnorm(model, x)
-    subset = ["features.0.weight", "features.1.weight", "features.1.bias", "features.25.weight",
-              "pre_logits.fc1.bias", "pre_logits.fc2.bias", "head.fc.weight", "head.fc.bias"]
+    subset = [
+        "features.0.weight",
+        "features.1.weight",
+        "features.1.bias",
+        "features.25.weight",
+        "pre_logits.fc1.bias",
+        "pre_logits.fc2.bias",
+        "head.fc.weight",
+        "head.fc.bias",
+    ]
     ours = ggn_diagonal(model, [x])
     assert sum(v.numel() for v in ours.values()) == sum(p.numel() for p in model.parameters())
     assert_matches(ours, brute_force_ggn(model, x, subset))
@@ -210,7 +234,9 @@ def test_ggn_diagonal_does_not_depend_on_how_samples_are_batched():
     for parts in ([x[:1], x[1:4], x[4:]], [x[i : i + 1] for i in range(7)], iter([x[:5], x[5:]])):
         split = ggn_diagonal(model, parts)
         for name in whole:
-            torch.testing.assert_close(split[name], whole[name], rtol=1e-5, atol=1e-6 * float(whole[name].abs().max()))
+            torch.testing.assert_close(
+                split[name], whole[name], rtol=1e-5, atol=1e-6 * float(whole[name].abs().max())
+            )
 
 
 def test_ggn_diagonal_restores_modes_and_in_place_flags_and_removes_its_hooks():
@@ -248,28 +274,61 @@ def test_ggn_diagonal_restores_the_model_when_a_batch_fails():
 
 
 def test_unsupported_trainable_layers_are_errors_naming_them():
-    model = nn.Sequential(OrderedDict([("conv", nn.Conv2d(3, 4, 3)), ("flat", nn.Flatten()),
-                                       ("norm", nn.LayerNorm(4 * 14 * 14)), ("head", nn.Linear(4 * 14 * 14, 2))]))
+    model = nn.Sequential(
+        OrderedDict(
+            [
+                ("conv", nn.Conv2d(3, 4, 3)),
+                ("flat", nn.Flatten()),
+                ("norm", nn.LayerNorm(4 * 14 * 14)),
+                ("head", nn.Linear(4 * 14 * 14, 2)),
+            ]
+        )
+    )
     with pytest.raises(ConfigError, match=r"norm is a LayerNorm with trainable parameters"):
         ggn_diagonal(model, [torch.randn(2, 3, 16, 16)])
     assert all(m.training for m in model.modules())  # nothing was changed before the error
     model.norm.requires_grad_(False)  # a LayerNorm without trainable parameters is only passed through
     assert set(curvature_layers(model)) == {"conv", "head"}
-    assert set(ggn_diagonal(model, [torch.randn(2, 3, 16, 16)])) == {"conv.weight", "conv.bias", "head.weight", "head.bias"}
+    assert set(ggn_diagonal(model, [torch.randn(2, 3, 16, 16)])) == {
+        "conv.weight",
+        "conv.bias",
+        "head.weight",
+        "head.bias",
+    }
     with pytest.raises(ConfigError, match=r"conv pads with 'reflect'"):
-        curvature_layers(nn.Sequential(OrderedDict([("conv", nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"))])))
+        curvature_layers(
+            nn.Sequential(OrderedDict([("conv", nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"))]))
+        )
     with pytest.raises(ConfigError, match=r"bn: BatchNorm without running statistics"):
         curvature_layers(nn.Sequential(OrderedDict([("bn", nn.BatchNorm2d(3, track_running_stats=False))])))
 
 
 def _conv_head(layer: nn.Module) -> nn.Sequential:
-    return nn.Sequential(OrderedDict([("layer", layer), ("act", nn.ReLU()), ("pool", nn.AdaptiveAvgPool2d(1)),
-                                      ("flat", nn.Flatten()), ("head", nn.Linear(4, 3))]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("layer", layer),
+                ("act", nn.ReLU()),
+                ("pool", nn.AdaptiveAvgPool2d(1)),
+                ("flat", nn.Flatten()),
+                ("head", nn.Linear(4, 3)),
+            ]
+        )
+    )
 
 
 def _bn_act() -> nn.Sequential:
-    return nn.Sequential(OrderedDict([("conv", nn.Conv2d(3, 4, 3)), ("layer", BatchNormAct2d(4, act_layer=nn.ReLU)),
-                                      ("pool", nn.AdaptiveAvgPool2d(1)), ("flat", nn.Flatten()), ("head", nn.Linear(4, 3))]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("conv", nn.Conv2d(3, 4, 3)),
+                ("layer", BatchNormAct2d(4, act_layer=nn.ReLU)),
+                ("pool", nn.AdaptiveAvgPool2d(1)),
+                ("flat", nn.Flatten()),
+                ("head", nn.Linear(4, 3)),
+            ]
+        )
+    )
 
 
 #: subclasses of the supported layers whose forward is not the plain layer's (timm's BatchNormAct2d
@@ -296,7 +355,12 @@ def test_layer_variants_are_exact_or_rejected_by_name(variant):
     try:
         ours = ggn_diagonal(model, [x])
     except ConfigError as exc:
-        kinds = {type(m).__name__ for m in model.modules()} - {"Sequential", "Conv2d", "BatchNorm2d", "Linear"}
+        kinds = {type(m).__name__ for m in model.modules()} - {
+            "Sequential",
+            "Conv2d",
+            "BatchNorm2d",
+            "Linear",
+        }
         assert any(k in str(exc) for k in kinds) or "same" in str(exc), str(exc)
         return
     assert_matches(ours, brute_force_ggn(model, x))
@@ -356,8 +420,12 @@ def test_output_hessian_factor_squares_to_the_softmax_hessian(num_classes):
 
 def test_lowest_picks_exactly_the_globally_lowest_scores():
     gen = torch.Generator().manual_seed(0)
-    tensors = {"a": torch.randn(3, 4, generator=gen), "b": torch.randn(5, generator=gen),
-               "c": torch.randn(2, 2, 2, generator=gen), "d": torch.randn(1, generator=gen)}
+    tensors = {
+        "a": torch.randn(3, 4, generator=gen),
+        "b": torch.randn(5, generator=gen),
+        "c": torch.randn(2, 2, 2, generator=gen),
+        "d": torch.randn(1, generator=gen),
+    }
     flat = torch.cat([t.reshape(-1) for t in tensors.values()])
     for count in (0, 1, 7, 13, flat.numel(), flat.numel() + 5):
         masks = lowest(tensors, count)
@@ -383,25 +451,36 @@ def test_lowest_breaks_ties_by_position_so_the_count_is_exact():
 
 def test_lowest_respects_eligible():
     tensors = {"a": torch.tensor([0.0, 1.0, 2.0, 3.0]), "b": torch.tensor([[-5.0, 4.0], [-6.0, 0.5]])}
-    eligible = {"a": torch.tensor([False, True, True, True]), "b": torch.tensor([[True, True], [False, True]])}
+    eligible = {
+        "a": torch.tensor([False, True, True, True]),
+        "b": torch.tensor([[True, True], [False, True]]),
+    }
     masks = lowest(tensors, 3, eligible=eligible)
     assert masks["a"].tolist() == [False, True, False, False]  # 0.0 is lower but not eligible
     assert masks["b"].tolist() == [[True, False], [False, True]]  # -6 is not eligible
     masks = lowest(tensors, 100, eligible=eligible)  # no more than the eligible ones
     assert all(torch.equal(masks[k], eligible[k]) for k in tensors)
-    masks = lowest(tensors, 2, eligible={k: torch.zeros_like(v, dtype=torch.bool) for k, v in tensors.items()})
+    masks = lowest(
+        tensors, 2, eligible={k: torch.zeros_like(v, dtype=torch.bool) for k, v in tensors.items()}
+    )
     assert not any(m.any() for m in masks.values())
 
 
-def reference_fairquantize_selection(scores_by_name: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+def reference_fairquantize_selection(
+    scores_by_name: dict[str, torch.Tensor], count: int
+) -> dict[str, torch.Tensor]:
     """The selection of the FairQuantize reference code, per layer: `argsort(scores) <= k`. It
     marks position i when the index of the i-th smallest score is <= k (the inverse permutation),
     not when score i is among the k+1 smallest."""
-    return {k: (torch.argsort(v.reshape(-1)) <= count - 1).reshape(v.shape) for k, v in scores_by_name.items()}
+    return {
+        k: (torch.argsort(v.reshape(-1)) <= count - 1).reshape(v.shape) for k, v in scores_by_name.items()
+    }
 
 
 def test_lowest_is_not_the_reference_codes_inverse_permutation():
-    scores_ = {"w": torch.tensor([2.0, 0.0, 1.0, 3.0])}  # argsort [1, 2, 0, 3] differs from the ranks [2, 0, 1, 3]
+    scores_ = {
+        "w": torch.tensor([2.0, 0.0, 1.0, 3.0])
+    }  # argsort [1, 2, 0, 3] differs from the ranks [2, 0, 1, 3]
     ours = lowest(scores_, 1)["w"]
     theirs = reference_fairquantize_selection(scores_, 1)["w"]
     assert ours.tolist() == [False, True, False, False]  # the lowest score, 0.0 at position 1
@@ -416,8 +495,14 @@ def test_lowest_is_not_the_reference_codes_inverse_permutation():
 def test_scores_and_editable_weights():
     model = tiny_cnn(2)
     model.head.weight.requires_grad_(False)
-    assert editable_weights(model) == ["conv1.weight", "bn1.weight", "grouped.weight", "bn2.weight", "dilated.weight",
-                                       "per_token.weight"]
+    assert editable_weights(model) == [
+        "conv1.weight",
+        "bn1.weight",
+        "grouped.weight",
+        "bn2.weight",
+        "dilated.weight",
+        "per_token.weight",
+    ]
     delta = {"w": torch.tensor([1.0, -2.0, 0.5])}
     got = scores(delta, {"w": torch.tensor([1.0, 1.0, 4.0])}, {"w": torch.tensor([2.0, 0.0, 1.0])}, beta=0.5)
     torch.testing.assert_close(got["w"], 0.5 * torch.tensor([1.0, 4.0, 0.25]) * torch.tensor([0.0, 1.0, 3.5]))
@@ -430,10 +515,16 @@ def test_draw_without_replacement_then_cycles():
     assert sorted(draw(members, 5, np.random.default_rng(0))) == sorted(members)
     many = draw(members, 12, np.random.default_rng(0))
     assert len(many) == 12
-    assert sorted(many[:5]) == sorted(members) and sorted(many[5:10]) == sorted(members)  # each pass a permutation
+    assert sorted(many[:5]) == sorted(members) and sorted(many[5:10]) == sorted(
+        members
+    )  # each pass a permutation
     assert len(set(many[10:])) == 2 and set(many[10:]) <= set(members)
-    assert np.array_equal(draw(members, 12, np.random.default_rng(7)), draw(members, 12, np.random.default_rng(7)))
-    assert not np.array_equal(draw(members, 12, np.random.default_rng(7)), draw(members, 12, np.random.default_rng(8)))
+    assert np.array_equal(
+        draw(members, 12, np.random.default_rng(7)), draw(members, 12, np.random.default_rng(7))
+    )
+    assert not np.array_equal(
+        draw(members, 12, np.random.default_rng(7)), draw(members, 12, np.random.default_rng(8))
+    )
     with pytest.raises(ValueError, match="empty group"):
         draw(np.array([], dtype=int), 3, np.random.default_rng(0))
 
@@ -447,10 +538,14 @@ def test_group_curvature_averages_the_ggn_over_drawn_samples_per_side(tmp_path):
     train = make_split("train", fst, size=16, seed=1)
     codes = np.array([{"light": 0, "dark": 1}.get(v, -1) for v in tone2_from_fst(pd.Series(fst))])
     groups = SensitiveGroups("tone2", ("light", "dark"), codes, "light", "set by the user", {})
-    ctx = RunContext(config={"seed": 3}, device=torch.device("cpu"), work_dir=tmp_path / "w", cache_dir=tmp_path / "c")
+    ctx = RunContext(
+        config={"seed": 3}, device=torch.device("cpu"), work_dir=tmp_path / "w", cache_dir=tmp_path / "c"
+    )
     h_u, h_p, info = group_curvature(ctx, model, train, groups, samples=5, stream="test-scoring")
-    assert info == {"unprivileged": {"samples": 5, "distinct": 3, "group_size": 3},
-                    "privileged": {"samples": 5, "distinct": 5, "group_size": 8}}
+    assert info == {
+        "unprivileged": {"samples": 5, "distinct": 3, "group_size": 3},
+        "privileged": {"samples": 5, "distinct": 5, "group_size": 8},
+    }
     rng = ctx.rng("test-scoring")
     norm = Normaliser(model, torch.device("cpu"), channels_last=False)
     for h, members in ((h_u, np.flatnonzero(codes == 1)), (h_p, np.flatnonzero(codes == 0))):
@@ -468,8 +563,15 @@ def make_split(name: str, fst: list, labels: list | None = None, *, size: int = 
     """A Split with `fst` (-1 / None: unknown) and the tone columns derived from it, random pixels."""
     fst_series = pd.Series(fst, dtype="float64")
     labels = labels if labels is not None else [i % 2 for i in range(len(fst))]
-    table = pd.DataFrame({"sample_id": [f"{name}-{i}" for i in range(len(fst))], "label": labels, "fst": fst_series,
-                          "tone3": tone3_from_fst(fst_series), "tone2": tone2_from_fst(fst_series)})
+    table = pd.DataFrame(
+        {
+            "sample_id": [f"{name}-{i}" for i in range(len(fst))],
+            "label": labels,
+            "fst": fst_series,
+            "tone3": tone3_from_fst(fst_series),
+            "tone2": tone2_from_fst(fst_series),
+        }
+    )
     images = np.random.default_rng(seed).integers(0, 256, (len(fst), size, size, 3), dtype=np.uint8)
     return Split(name=name, table=table, images=images, classes=("benign", "malignant"))
 
@@ -513,7 +615,12 @@ def test_unknown_group_samples_are_counted_and_in_no_group():
     groups = sensitive_groups(FakeContext({"val": val_predictions(6, 6)}), None, train, val, scheme="tone2")
     assert groups.unknown == 2
     assert groups.codes.tolist() == [0, 0, 0, 1, 1, 1, -1, -1, 0, 1]
-    assert groups.members("light").tolist() == [0, 1, 2, 8] and groups.members("dark").tolist() == [3, 4, 5, 9]
+    assert groups.members("light").tolist() == [0, 1, 2, 8] and groups.members("dark").tolist() == [
+        3,
+        4,
+        5,
+        9,
+    ]
     assert groups.members(("light", "dark")).tolist() == [0, 1, 2, 3, 4, 5, 8, 9]  # 6 and 7 nowhere
     record = groups.as_record()
     assert record["train_counts"] == {"light": 4, "dark": 4} and record["unknown_group_excluded"] == 2
@@ -536,8 +643,18 @@ def test_privileged_is_the_group_with_the_higher_validation_macro_f1():
     assert record["privileged"] == "dark" and record["unprivileged"] == ["light"]
     assert record["privileged_reason"] == groups.reason
     # the other way round, and a tie goes to the first group of the scheme's order
-    assert sensitive_groups(FakeContext({"val": val_predictions(6, 2)}), None, train, val, scheme="tone2").privileged == "light"
-    assert sensitive_groups(FakeContext({"val": val_predictions(6, 6)}), None, train, val, scheme="tone2").privileged == "light"
+    assert (
+        sensitive_groups(
+            FakeContext({"val": val_predictions(6, 2)}), None, train, val, scheme="tone2"
+        ).privileged
+        == "light"
+    )
+    assert (
+        sensitive_groups(
+            FakeContext({"val": val_predictions(6, 6)}), None, train, val, scheme="tone2"
+        ).privileged
+        == "light"
+    )
 
 
 def test_more_than_two_groups_make_every_other_group_unprivileged():
@@ -559,17 +676,27 @@ def test_a_user_set_privileged_group_must_be_present():
     # B is a tone3 group, but no training sample has it
     train3 = make_split("train", [1, 2, 5, 6])
     val3 = make_split("val", [1, 2, 5, 6], [0, 1, 0, 1])
-    with pytest.raises(DermbenchError, match=r"unknown privileged group 'B' for scheme tone3 .*; known privileged groups: A, C"):
-        sensitive_groups(FakeContext({"val": one_hot([0, 1, 0, 1])}), None, train3, val3, scheme="tone3", privileged="B")
+    with pytest.raises(
+        DermbenchError,
+        match=r"unknown privileged group 'B' for scheme tone3 .*; known privileged groups: A, C",
+    ):
+        sensitive_groups(
+            FakeContext({"val": one_hot([0, 1, 0, 1])}), None, train3, val3, scheme="tone3", privileged="B"
+        )
 
 
 def test_one_present_group_is_a_clear_data_error():
     val = make_split("val", VAL_FST, VAL_Y)
     ctx = FakeContext({"val": val_predictions(6, 6)})
-    with pytest.raises(DataError, match=r"needs two tone2 groups in the training split 'train', found \['light'\] "
-                                        r"\(2 of 5 samples have no tone2 group\)"):
+    with pytest.raises(
+        DataError,
+        match=r"needs two tone2 groups in the training split 'train', found \['light'\] "
+        r"\(2 of 5 samples have no tone2 group\)",
+    ):
         sensitive_groups(ctx, None, make_split("train", [1, 2, 3, -1, None]), val, scheme="tone2")
-    with pytest.raises(DataError, match=r"found none \(3 of 3 samples have no tone2 group\).*`groups` setting"):
+    with pytest.raises(
+        DataError, match=r"found none \(3 of 3 samples have no tone2 group\).*`groups` setting"
+    ):
         sensitive_groups(ctx, None, make_split("train", [-1, None, -1]), val, scheme="tone2")
     assert ctx.asked == []  # stopped before predicting
 
@@ -577,7 +704,9 @@ def test_one_present_group_is_a_clear_data_error():
 def test_a_group_absent_from_validation_is_a_clear_error():
     train = make_split("train", TRAIN_FST)
     val = make_split("val", [1, 2, 3, 1, -1], [0, 1, 0, 1, 0])  # no dark sample
-    with pytest.raises(DataError, match=r"validation split 'val' has no tone2 group 'dark' sample.*`privileged` setting"):
+    with pytest.raises(
+        DataError, match=r"validation split 'val' has no tone2 group 'dark' sample.*`privileged` setting"
+    ):
         sensitive_groups(FakeContext({"val": one_hot([0, 1, 0, 1, 0])}), None, train, val, scheme="tone2")
 
 
@@ -587,8 +716,9 @@ def test_a_user_set_privileged_group_needs_no_validation_score():
     `privileged`, so the user-set group fails with the same error."""
     train = make_split("train", TRAIN_FST)
     val = make_split("val", [1, 2, 3, 1, -1], [0, 1, 0, 1, 0])
-    groups = sensitive_groups(FakeContext({"val": one_hot([0, 1, 0, 1, 0])}), None, train, val, scheme="tone2",
-                              privileged="dark")
+    groups = sensitive_groups(
+        FakeContext({"val": one_hot([0, 1, 0, 1, 0])}), None, train, val, scheme="tone2", privileged="dark"
+    )
     assert (groups.privileged, groups.reason) == ("dark", "set by the user")
     assert groups.val_macro_f1.get("light") == 1.0 and "dark" not in groups.val_macro_f1
 
@@ -660,7 +790,10 @@ def test_masks_combine_across_two_freezes():
 
 
 def test_save_masks_and_layer_shares(tmp_path):
-    masks = {"a.weight": torch.tensor([[True, False], [False, False]]), "b.weight": torch.ones(3, dtype=torch.bool)}
+    masks = {
+        "a.weight": torch.tensor([[True, False], [False, False]]),
+        "b.weight": torch.ones(3, dtype=torch.bool),
+    }
     save_masks(tmp_path / "masks.safetensors", masks)
     loaded = load_file(str(tmp_path / "masks.safetensors"))
     assert {k: v.dtype for k, v in loaded.items()} == {"a.weight": torch.uint8, "b.weight": torch.uint8}
@@ -690,13 +823,18 @@ def test_fairest_within_picks_the_lowest_gap_among_those_within_max_drop():
 
 def test_fairest_within_falls_back_to_the_best_metric_when_none_is_within():
     index, why = choose(CANDIDATES, reference=0.99, rule="fairest_within", max_drop=0.05)
-    assert index == 0 and why.startswith("no candidate within 0.05 of the starting metric 0.9900: best metric")
+    assert index == 0 and why.startswith(
+        "no candidate within 0.05 of the starting metric 0.9900: best metric"
+    )
 
 
 def test_tradeoff_and_best_metric_rules():
     index, why = choose(CANDIDATES, reference=0.90, rule="tradeoff", max_drop=0.0)
     assert index == 1 and why == "best validation metric minus gap"  # 0.83 against 0.70, 0.79, 0.79, -inf
-    assert choose(CANDIDATES, reference=0.90, rule="best_metric", max_drop=0.0) == (0, "best validation metric")
+    assert choose(CANDIDATES, reference=0.90, rule="best_metric", max_drop=0.0) == (
+        0,
+        "best validation metric",
+    )
 
 
 def test_without_any_gap_every_rule_takes_the_best_metric():

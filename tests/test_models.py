@@ -12,8 +12,15 @@ from dermbench.train.weights import save_weights
 HEAVY = pytest.mark.slow  # ~100 M parameters each: seconds to build on two cores
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", pytest.param("resnext101_32x8d", marks=HEAVY),
-                                  pytest.param("vit_base_patch16_224", marks=HEAVY)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet18",
+        "vgg11_bn",
+        pytest.param("resnext101_32x8d", marks=HEAVY),
+        pytest.param("vit_base_patch16_224", marks=HEAVY),
+    ],
+)
 def test_named_backbones_build_for_the_run_image_size(name):
     model = create_backbone(name, num_classes=3, image_size=64).eval()
     with torch.no_grad():
@@ -32,8 +39,12 @@ def test_weights_from_a_local_file_keep_the_backbone_and_reset_a_mismatched_head
     assert torch.equal(src[stem], got[stem])
     assert got["fc.weight"].shape == (2, src["fc.weight"].shape[1])
     torch.save({"state_dict": source.state_dict()}, tmp_path / "weights.pth")
-    assert torch.equal(create_backbone("test_resnet", num_classes=2, pretrained=str(tmp_path / "weights.pth"))
-                       .state_dict()[stem], src[stem])
+    assert torch.equal(
+        create_backbone("test_resnet", num_classes=2, pretrained=str(tmp_path / "weights.pth")).state_dict()[
+            stem
+        ],
+        src[stem],
+    )
 
 
 def test_bad_weights_and_names_are_clear(tmp_path, monkeypatch):
@@ -53,7 +64,9 @@ def test_bad_weights_and_names_are_clear(tmp_path, monkeypatch):
         create_backbone("resnet181", num_classes=2)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hub"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch"))
-    with pytest.raises(DermbenchError, match="not in the local timm/Hugging Face cache and the run is offline"):
+    with pytest.raises(
+        DermbenchError, match="not in the local timm/Hugging Face cache and the run is offline"
+    ):
         create_backbone("resnet18", num_classes=2, pretrained=True)
 
 

@@ -58,17 +58,20 @@ def test_the_transform_is_seeded_and_stays_in_range():
     assert float(a.min()) >= 0 and float(a.max()) <= 255
 
 
-@pytest.mark.parametrize(("op", "value", "pil"), [
-    ("Invert", 0.0, ImageOps.invert),
-    ("Equalize", 0.0, ImageOps.equalize),
-    ("AutoContrast", 0.0, ImageOps.autocontrast),
-    ("Solarize", 100.0, lambda im: ImageOps.solarize(im, 100)),
-    ("Posterize", 5.0, lambda im: ImageOps.posterize(im, 5)),
-    ("Brightness", 1.4, lambda im: ImageEnhance.Brightness(im).enhance(1.4)),
-    ("Color", 0.3, lambda im: ImageEnhance.Color(im).enhance(0.3)),
-    ("Contrast", 1.6, lambda im: ImageEnhance.Contrast(im).enhance(1.6)),
-    ("Sharpness", 1.8, lambda im: ImageEnhance.Sharpness(im).enhance(1.8)),
-])
+@pytest.mark.parametrize(
+    ("op", "value", "pil"),
+    [
+        ("Invert", 0.0, ImageOps.invert),
+        ("Equalize", 0.0, ImageOps.equalize),
+        ("AutoContrast", 0.0, ImageOps.autocontrast),
+        ("Solarize", 100.0, lambda im: ImageOps.solarize(im, 100)),
+        ("Posterize", 5.0, lambda im: ImageOps.posterize(im, 5)),
+        ("Brightness", 1.4, lambda im: ImageEnhance.Brightness(im).enhance(1.4)),
+        ("Color", 0.3, lambda im: ImageEnhance.Color(im).enhance(0.3)),
+        ("Contrast", 1.6, lambda im: ImageEnhance.Contrast(im).enhance(1.6)),
+        ("Sharpness", 1.8, lambda im: ImageEnhance.Sharpness(im).enhance(1.8)),
+    ],
+)
 def test_colour_operations_match_pil(op, value, pil):
     """Within 2 grey levels of PIL (PIL rounds at each step; the batch stays float)."""
     img = _image(3)
@@ -80,7 +83,8 @@ def test_geometric_operations_move_the_image():
     img = _t(_image(4, 32))
     shifted = notredame.apply_op(img, "TranslateX", 0.25)  # a quarter of the width
     assert torch.allclose(shifted[:, :, 8:], img[:, :, :24], atol=1e-3) or torch.allclose(
-        shifted[:, :, :24], img[:, :, 8:], atol=1e-3)
+        shifted[:, :, :24], img[:, :, 8:], atol=1e-3
+    )
     assert torch.allclose(notredame.apply_op(img, "Rotate", 0.0), img, atol=1e-3)
     assert torch.allclose(notredame.apply_op(img, "ShearX", 0.0), img, atol=1e-3)
 
@@ -110,11 +114,23 @@ def test_notredame_is_a_valid_choice_and_typos_list_it():
 
 
 def test_training_and_prediction_run_on_the_crop(tmp_path):
-    cfg = resolve_config(sets=["model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16",
-                               "train.epochs=1", "train.augment=notredame"],
-                         flags={"out": str(tmp_path / "runs"), "device": "cpu"})
-    ctx = RunContext(config=cfg, device=torch.device("cpu"), work_dir=tmp_path / "w", cache_dir=tmp_path / "c",
-                     console=Console(quiet=True))
+    cfg = resolve_config(
+        sets=[
+            "model.backbone=test_resnet",
+            "data.image_size=16",
+            "train.batch_size=16",
+            "train.epochs=1",
+            "train.augment=notredame",
+        ],
+        flags={"out": str(tmp_path / "runs"), "device": "cpu"},
+    )
+    ctx = RunContext(
+        config=cfg,
+        device=torch.device("cpu"),
+        work_dir=tmp_path / "w",
+        cache_dir=tmp_path / "c",
+        console=Console(quiet=True),
+    )
     assert input_crop(ctx, cfg["train"]) == 14
     seen = []
     model = ctx.create_model(2)

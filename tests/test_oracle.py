@@ -34,16 +34,29 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SIZES = {"n_train": 160, "n_val": 60, "n_test": 80, "n_test_ddi": 60, "n_test_dermoscopic": 60}
 OPTIONS = "data.options={" + ", ".join(f"{k}: {v}" for k, v in SIZES.items()) + "}"
-SMALL = ["data.image_size=16", OPTIONS, "model.backbone=test_resnet", "train.epochs=1", "train.batch_size=32",
-         "eval.n_boot=0"]
+SMALL = [
+    "data.image_size=16",
+    OPTIONS,
+    "model.backbone=test_resnet",
+    "train.epochs=1",
+    "train.batch_size=32",
+    "eval.n_boot=0",
+]
 PER_CELL = 3
 
 
 def context(tmp_path: Path, *sets: str, dataset: str = "synthderm") -> RunContext:
-    cfg = resolve_config(sets=[*SMALL, f"oracle.per_cell={PER_CELL}", *sets],
-                         flags={"method": "oracle", "dataset": dataset, "device": "cpu", "out": str(tmp_path)})
-    return RunContext(config=cfg, device=torch.device("cpu"), work_dir=tmp_path / "work",
-                      cache_dir=tmp_path / "cache", datasets=DatasetPool(cfg, ()))
+    cfg = resolve_config(
+        sets=[*SMALL, f"oracle.per_cell={PER_CELL}", *sets],
+        flags={"method": "oracle", "dataset": dataset, "device": "cpu", "out": str(tmp_path)},
+    )
+    return RunContext(
+        config=cfg,
+        device=torch.device("cpu"),
+        work_dir=tmp_path / "work",
+        cache_dir=tmp_path / "cache",
+        datasets=DatasetPool(cfg, ()),
+    )
 
 
 def augmented(tmp_path: Path, monkeypatch, *sets: str):
@@ -65,9 +78,11 @@ def digests(images: np.ndarray) -> set[str]:
 
 @pytest.mark.parametrize("request_kind", ["dermdiff", "majority2minority"])
 def test_samples_come_from_seeds_disjoint_from_every_protocol_split_and_regenerate_none_of_its_images(
-        tmp_path, monkeypatch, request_kind):
-    ctx, train, synthetic, record = augmented(tmp_path, monkeypatch, f"oracle.request={request_kind}",
-                                              "oracle.max_sources=12")
+    tmp_path, monkeypatch, request_kind
+):
+    ctx, train, synthetic, record = augmented(
+        tmp_path, monkeypatch, f"oracle.request={request_kind}", "oracle.max_sources=12"
+    )
     ds = SynthDerm(**SIZES)
     # the protocol generations' seeds, derived here independently of the oracle
     protocol = {split: split_seed(0, split) for split in SPLITS}
@@ -99,7 +114,9 @@ def test_render_seeds_skip_the_protocol_seeds_and_each_other():
     avoided = oracle.oracle_seeds(["a", "b"], seed=0, data_seed=0, taken=[first["a"]])
     assert avoided["a"] != first["a"] and avoided["b"] == first["b"]
     assert oracle.oracle_seeds(["a", "b"], seed=0, data_seed=0, taken=[]) == first  # deterministic
-    assert oracle.oracle_seeds(["a"], seed=1, data_seed=0, taken=[])["a"] != first["a"]  # the run seed matters
+    assert (
+        oracle.oracle_seeds(["a"], seed=1, data_seed=0, taken=[])["a"] != first["a"]
+    )  # the run seed matters
     oracle.check_disjoint(first, {"train": 1})
     with pytest.raises(Exception, match="not distinct 32-bit seeds disjoint"):
         oracle.check_disjoint(first, {"train": first["b"]})
@@ -112,8 +129,18 @@ def test_render_seeds_skip_the_protocol_seeds_and_each_other():
 
 def test_the_tone3_x_label_counts_are_dermdiffs_request_exactly(tmp_path, monkeypatch):
     _, train, synthetic, record = augmented(tmp_path, monkeypatch)
-    wanted = balanced_requests(train.classes, per_cell=PER_CELL, template="{label} {tone}", tone_words=TONE_WORDS,
-                               seed=0, domain="clinical").groupby(["tone3", "label"]).size()
+    wanted = (
+        balanced_requests(
+            train.classes,
+            per_cell=PER_CELL,
+            template="{label} {tone}",
+            tone_words=TONE_WORDS,
+            seed=0,
+            domain="clinical",
+        )
+        .groupby(["tone3", "label"])
+        .size()
+    )
     got = synthetic.table.groupby(["tone3", "label"]).size()
     assert got.to_dict() == wanted.to_dict() == {(t, y): PER_CELL for t in "ABC" for y in (0, 1)}
     assert record["request"] == "dermdiff" and record["requested"] == {"per_cell": PER_CELL}
@@ -133,15 +160,17 @@ def test_the_default_request_is_dermdiffs_default_in_both_profiles():
         assert mine["request"] == "dermdiff"
         assert mine["per_cell"] == theirs["per_cell"] == DERMDIFF_PER_CELL[profile]
         m2m = resolve_config(flags={"method": "majority2minority", "profile": profile})["majority2minority"]
-        assert {k: mine[k] for k in ("per_image", "max_sources", "target_fst")} == \
-            {k: m2m[k] for k in ("per_image", "max_sources", "target_fst")}
+        assert {k: mine[k] for k in ("per_image", "max_sources", "target_fst")} == {
+            k: m2m[k] for k in ("per_image", "max_sources", "target_fst")
+        }
     assert resolve_config(flags={"method": "oracle"})["oracle"]["per_cell"] == 150
     assert resolve_config(flags={"method": "oracle", "profile": "paper"})["oracle"]["per_cell"] == 10_000
 
 
 def test_the_majority2minority_request_renders_its_sources_lesions_on_its_target_tones(tmp_path, monkeypatch):
-    ctx, train, synthetic, record = augmented(tmp_path, monkeypatch, "oracle.request=majority2minority",
-                                              "oracle.max_sources=12")
+    ctx, train, synthetic, record = augmented(
+        tmp_path, monkeypatch, "oracle.request=majority2minority", "oracle.max_sources=12"
+    )
     # majority-to-minority's own request on the same run seed: the same sources, labels and targets
     hp = {**M2M_TINY, "max_sources": 12}
     rows = sources(train.table, max_sources=12, rng=ctx.rng("majority2minority-sources"))
@@ -163,16 +192,23 @@ def test_the_majority2minority_request_renders_its_sources_lesions_on_its_target
     assert np.array_equal(masks, source_masks)
     assert (fst_from_ita(retoned.table["ita"]) == 6).all()
     for column in ("severity", "asymmetry", "border", "variegation", "diameter", "pigment", "has_marker"):
-        assert np.array_equal(retoned.table[column].to_numpy(), scenes.table[column].to_numpy()[index]), column
+        assert np.array_equal(retoned.table[column].to_numpy(), scenes.table[column].to_numpy()[index]), (
+            column
+        )
 
 
 def test_a_scene_with_its_own_skin_and_seed_is_rendered_exactly_as_before():
     ds = SynthDerm(**SIZES)
     scenes = ds.scenes("val")
     index = np.arange(20)  # one render chunk: the same sensor noise stream
-    same = oracle.with_skin(scenes, index, fst=scenes.table["fst"].to_numpy()[index],
-                            ita=scenes.table["ita"].to_numpy()[index],
-                            skin=scenes.table[["skin_l", "skin_a", "skin_b"]].to_numpy()[index], seed=scenes.seed)
+    same = oracle.with_skin(
+        scenes,
+        index,
+        fst=scenes.table["fst"].to_numpy()[index],
+        ita=scenes.table["ita"].to_numpy()[index],
+        skin=scenes.table[["skin_l", "skin_a", "skin_b"]].to_numpy()[index],
+        seed=scenes.seed,
+    )
     for key, value in scenes.arrays.items():
         assert np.array_equal(same.arrays[key], value[index]), key
     images, masks = render(same, image_size=16)
@@ -184,8 +220,20 @@ def test_a_scene_with_its_own_skin_and_seed_is_rendered_exactly_as_before():
 
 def test_a_dataset_without_a_renderer_stops_the_run_with_the_reason(tmp_path, capsys):
     out = tmp_path / "runs"
-    code = main(["run", "--method", "oracle", "--dataset", "ddi", "--out", str(out), "--device", "cpu",
-                 *sum([["--set", s] for s in SMALL], [])])
+    code = main(
+        [
+            "run",
+            "--method",
+            "oracle",
+            "--dataset",
+            "ddi",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            *sum([["--set", s] for s in SMALL], []),
+        ]
+    )
     printed = " ".join((lambda c: c.out + c.err)(capsys.readouterr()).split())
     assert code != 0, printed
     assert "method 'oracle' renders its synthetic samples with SynthDerm's procedural generator" in printed
@@ -194,8 +242,11 @@ def test_a_dataset_without_a_renderer_stops_the_run_with_the_reason(tmp_path, ca
 
 
 def test_a_plugin_dataset_that_is_not_synthderm_is_refused_at_augment(tmp_path):
-    ctx = SimpleNamespace(config={"dataset": "mine"}, datasets=SimpleNamespace(get=lambda name: object()),
-                          hparams=lambda name: dict(oracle.TINY))
+    ctx = SimpleNamespace(
+        config={"dataset": "mine"},
+        datasets=SimpleNamespace(get=lambda name: object()),
+        hparams=lambda name: dict(oracle.TINY),
+    )
     with pytest.raises(ConfigError, match="dataset 'mine' has no renderer"):
         oracle.augment(ctx=ctx, train=None)
 
@@ -203,18 +254,21 @@ def test_a_plugin_dataset_that_is_not_synthderm_is_refused_at_augment(tmp_path):
 # ------------------------------------------------------------------ (d) bad settings, before rendering
 
 
-@pytest.mark.parametrize(("setting", "value", "message"), [
-    ("per_cell", 0, "oracle.per_cell must be a positive integer or null, got 0"),
-    ("per_cell", -3, "oracle.per_cell must be a positive integer or null, got -3"),
-    ("per_cell", 1.5, "oracle.per_cell must be a positive integer or null, got 1.5"),
-    ("per_cell", True, "oracle.per_cell must be a positive integer or null, got True"),
-    ("per_image", 0, "oracle.per_image must be a positive integer, got 0"),
-    ("max_sources", 0, "oracle.max_sources must be a positive integer or null, got 0"),
-    ("target_fst", [4], r"oracle.target_fst must list FST values among \(5, 6\), got \[4\]"),
-    ("target_fst", [], r"oracle.target_fst must list FST values among \(5, 6\), got \[\]"),
-    ("request", "dermdif", "oracle.request must be one of dermdiff, majority2minority, got 'dermdif'"),
-    ("quality", {"pairs": 0}, "oracle.quality.pairs must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("per_cell", 0, "oracle.per_cell must be a positive integer or null, got 0"),
+        ("per_cell", -3, "oracle.per_cell must be a positive integer or null, got -3"),
+        ("per_cell", 1.5, "oracle.per_cell must be a positive integer or null, got 1.5"),
+        ("per_cell", True, "oracle.per_cell must be a positive integer or null, got True"),
+        ("per_image", 0, "oracle.per_image must be a positive integer, got 0"),
+        ("max_sources", 0, "oracle.max_sources must be a positive integer or null, got 0"),
+        ("target_fst", [4], r"oracle.target_fst must list FST values among \(5, 6\), got \[4\]"),
+        ("target_fst", [], r"oracle.target_fst must list FST values among \(5, 6\), got \[\]"),
+        ("request", "dermdif", "oracle.request must be one of dermdiff, majority2minority, got 'dermdif'"),
+        ("quality", {"pairs": 0}, "oracle.quality.pairs must be a positive integer, got 0"),
+    ],
+)
 def test_bad_settings_are_refused_naming_the_value(setting, value, message):
     with pytest.raises(ConfigError, match=message):
         oracle.check_settings({**oracle.TINY, setting: value})
@@ -240,8 +294,9 @@ def test_bad_settings_stop_the_hook_before_anything_is_rendered(tmp_path, monkey
 
 @pytest.mark.slow
 def test_oracle_runs_end_to_end_with_the_generative_methods_quality_numbers(tmp_path):
-    metrics = check_method("oracle", out=tmp_path / "runs", sets=[f"oracle.per_cell={PER_CELL}",
-                                                                    "oracle.quality.pairs=4"])
+    metrics = check_method(
+        "oracle", out=tmp_path / "runs", sets=[f"oracle.per_cell={PER_CELL}", "oracle.quality.pairs=4"]
+    )
     assert metrics["hooks"]["augment"] == ["oracle"] and metrics["hooks"]["fit"] == "erm"
     synthetic = metrics["synthetic"]
     assert synthetic["by_group_label"] == {t: {"benign": PER_CELL, "malignant": PER_CELL} for t in "ABC"}

@@ -68,6 +68,7 @@ def meta(*shape: int, dtype=torch.float32) -> torch.Tensor:
 
 # ----- published counts -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("name", "published"), TORCHVISION.items())
 def test_imagenet_classifiers_have_torchvisions_counts(name, published):
     assert count(arch.on_meta(lambda: arch.classifier(name, 1000))) == published
@@ -83,16 +84,27 @@ def test_stable_diffusion_parts_have_the_published_counts():
 
 def dit_paper_count(spec: dict, patch: int) -> int:
     """DiT's own parameter count of the ImageNet model of `spec`/`patch` (see the module doc)."""
-    model = arch.on_meta(lambda: DiTTransformer2DModel(
-        num_attention_heads=spec["heads"], attention_head_dim=spec["hidden"] // spec["heads"], in_channels=4,
-        out_channels=8, num_layers=spec["layers"], sample_size=32, patch_size=patch, num_embeds_ada_norm=1000))
+    model = arch.on_meta(
+        lambda: DiTTransformer2DModel(
+            num_attention_heads=spec["heads"],
+            attention_head_dim=spec["hidden"] // spec["heads"],
+            in_channels=4,
+            out_channels=8,
+            num_layers=spec["layers"],
+            sample_size=32,
+            patch_size=patch,
+            num_embeds_ada_norm=1000,
+        )
+    )
     embedder = count(model.transformer_blocks[0].norm1.emb)
     positions = (32 // patch) ** 2 * spec["hidden"]
     return count(model) - (spec["layers"] - 1) * embedder + positions
 
 
 def test_dit_sizes_have_the_dit_papers_counts():
-    assert dit_paper_count({"layers": 28, "hidden": 1152, "heads": 16}, 2) == DIT_XL_2  # the bookkeeping, checked
+    assert (
+        dit_paper_count({"layers": 28, "hidden": 1152, "heads": 16}, 2) == DIT_XL_2
+    )  # the bookkeeping, checked
     assert dit_paper_count(DIT_SIZES["L"], 4) == DIT_L_4  # Class-N-Diff's paper DiT
 
 
@@ -102,27 +114,37 @@ def test_adm_has_the_checkpoints_count():
 
 # ----- each paper profile builds exactly its paper's models --------------------------------------
 
+
 def test_every_paper_profile_builds_its_papers_models():
     dermdiff = models_of("dermdiff")
     assert {r: m.params for r, m in dermdiff.items()} == {
         "classifier": count(arch.on_meta(lambda: arch.classifier("resnext101_32x8d", 2))),
-        "dermdiff: UNet": SD14_UNET, "dermdiff: VAE": SD_VAE, "dermdiff: text encoder": CLIP_L_TEXT}
+        "dermdiff: UNet": SD14_UNET,
+        "dermdiff: VAE": SD_VAE,
+        "dermdiff: text encoder": CLIP_L_TEXT,
+    }
     assert "resnext101_32x8d.tv_in1k" in dermdiff["classifier"].weights
 
     m2m = models_of("majority2minority")
     assert {r: m.params for r, m in m2m.items() if r != "classifier"} == {
-        "majority2minority: UNet": SD21_UNET, "majority2minority: VAE": SD_VAE,
-        "majority2minority: text encoder": OPENCLIP_H_TEXT}
+        "majority2minority: UNet": SD21_UNET,
+        "majority2minority: VAE": SD_VAE,
+        "majority2minority: text encoder": OPENCLIP_H_TEXT,
+    }
     head = 4096 * 256 + 256 + 256 * 2 + 2
     assert m2m["classifier"].architecture.startswith(f"timm {FROZEN_VGG16}")
-    assert (m2m["classifier"].params, m2m["classifier"].trainable) == (TORCHVISION["vgg16.tv_in1k"] - 4096 * 1000 - 1000
-                                                                       + head, head)
+    assert (m2m["classifier"].params, m2m["classifier"].trainable) == (
+        TORCHVISION["vgg16.tv_in1k"] - 4096 * 1000 - 1000 + head,
+        head,
+    )
 
     cnd = models_of("classndiff")
     assert cnd["classndiff: VAE"].params == SD_VAE
     assert cnd["classndiff: DiT"].architecture == "DiT-L/4 on 32x32x4 latents"
     backbone = TORCHVISION["resnet101.tv_in1k"] - (2048 * 1000 + 1000)
-    assert cnd["classndiff: latent classifier"].params == backbone + (4 * 3 * 2 * 2 + 3) + (2048 * 64 + 64) + (64 + 1)
+    assert cnd["classndiff: latent classifier"].params == backbone + (4 * 3 * 2 * 2 + 3) + (
+        2048 * 64 + 64
+    ) + (64 + 1)
 
     fedd = models_of("fedd")
     assert fedd["fedd: backbone"].params == ADM_256_UNCOND
@@ -140,10 +162,14 @@ def test_every_paper_profile_builds_its_papers_models():
 
 # ----- one forward step of each, on meta tensors ---------------------------------------------------
 
+
 def test_forward_steps_on_meta_tensors_have_the_expected_shapes():
     dermdiff = models_of("dermdiff")
-    out = dermdiff["dermdiff: UNet"].module(meta(2, 4, 32, 32), meta(2, dtype=torch.long),
-                                            encoder_hidden_states=meta(2, 77, 768)).sample
+    out = (
+        dermdiff["dermdiff: UNet"]
+        .module(meta(2, 4, 32, 32), meta(2, dtype=torch.long), encoder_hidden_states=meta(2, 77, 768))
+        .sample
+    )
     assert out.shape == (2, 4, 32, 32)  # 256 px through the VAE's /8
     text = dermdiff["dermdiff: text encoder"].module(meta(2, 77, dtype=torch.long)).last_hidden_state
     assert text.shape == (2, 77, 768)
@@ -154,20 +180,33 @@ def test_forward_steps_on_meta_tensors_have_the_expected_shapes():
     assert dermdiff["classifier"].module(meta(2, 3, 224, 224)).shape == (2, 2)
 
     m2m = models_of("majority2minority")
-    assert m2m["majority2minority: UNet"].module(meta(1, 4, 64, 64), meta(1, dtype=torch.long),
-                                                 encoder_hidden_states=meta(1, 77, 1024)).sample.shape == (1, 4, 64, 64)
-    assert m2m["majority2minority: text encoder"].module(meta(1, 77, dtype=torch.long)).last_hidden_state.shape == (1, 77, 1024)
+    assert m2m["majority2minority: UNet"].module(
+        meta(1, 4, 64, 64), meta(1, dtype=torch.long), encoder_hidden_states=meta(1, 77, 1024)
+    ).sample.shape == (1, 4, 64, 64)
+    assert m2m["majority2minority: text encoder"].module(
+        meta(1, 77, dtype=torch.long)
+    ).last_hidden_state.shape == (1, 77, 1024)
     assert m2m["classifier"].module(meta(2, 3, 224, 224)).shape == (2, 2)
 
     cnd = models_of("classndiff")
     dit = cnd["classndiff: DiT"].module
-    eps = dit(meta(2, 4, 32, 32), timestep=meta(2, dtype=torch.long), class_labels=meta(2, dtype=torch.long)).sample
+    eps = dit(
+        meta(2, 4, 32, 32), timestep=meta(2, dtype=torch.long), class_labels=meta(2, dtype=torch.long)
+    ).sample
     assert eps.shape == (2, 4, 32, 32)
-    assert cnd["classndiff: latent classifier"].module(meta(2, 4, 32, 32)).shape == (2, 1)  # one logit (binary)
+    assert cnd["classndiff: latent classifier"].module(meta(2, 4, 32, 32)).shape == (
+        2,
+        1,
+    )  # one logit (binary)
     assert torch.nn.functional.mse_loss(eps, meta(2, 4, 32, 32)).shape == ()
 
     fedd = models_of("fedd")
-    assert fedd["fedd: backbone"].module(meta(1, 3, 256, 256), meta(1, dtype=torch.long)).sample.shape == (1, 6, 256, 256)
+    assert fedd["fedd: backbone"].module(meta(1, 3, 256, 256), meta(1, dtype=torch.long)).sample.shape == (
+        1,
+        6,
+        256,
+        256,
+    )
     assert fedd["fedd: probe"].module.eval()(meta(4, 512)).shape == (4, 1)
 
     student = models_of("mfd")["mfd: student"].module

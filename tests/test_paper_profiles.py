@@ -45,6 +45,7 @@ def hub_cache(tmp_path, monkeypatch):
 
 # ----- ImageNet initialisation: one mechanism -----------------------------------------------------
 
+
 def test_missing_weights_stop_with_the_command_that_fetches_them(hub_cache):
     with pytest.raises(DermbenchError) as err:
         check_pretrained_weights({"model": {"backbone": "vgg16", "pretrained": True}})
@@ -52,15 +53,21 @@ def test_missing_weights_stop_with_the_command_that_fetches_them(hub_cache):
     assert "model.pretrained: vgg16" in message
     assert "python -c \"import timm; timm.create_model('vgg16.tv_in1k', pretrained=True)\"" in message
     assert "huggingface-cli download timm/vgg16.tv_in1k" in message
-    assert fetch_command(FROZEN_VGG16).startswith("python -c \"import timm; timm.create_model('vgg16.tv_in1k'")
+    assert fetch_command(FROZEN_VGG16).startswith(
+        "python -c \"import timm; timm.create_model('vgg16.tv_in1k'"
+    )
     assert check_pretrained_weights({"model": {"backbone": "vgg16", "pretrained": False}}) == []
 
 
 def test_cached_weights_are_found_and_loaded(hub_cache):
     reference = timm.create_model("test_resnet", pretrained=False)
     file = fake_hub_cache(hub_cache, "test_resnet.r160_in1k", reference)
-    found = check_pretrained_weights({"model": {"backbone": "test_resnet", "pretrained": True},
-                                      "m": {"latent_classifier": {"backbone": "test_resnet", "pretrained": True}}})
+    found = check_pretrained_weights(
+        {
+            "model": {"backbone": "test_resnet", "pretrained": True},
+            "m": {"latent_classifier": {"backbone": "test_resnet", "pretrained": True}},
+        }
+    )
     assert [f["setting"] for f in found] == ["model.pretrained", "m.latent_classifier.pretrained"]
     assert {f["file"] for f in found} == {str(file)}
     model = create_backbone("test_resnet", num_classes=3, pretrained=True)
@@ -77,13 +84,19 @@ def test_torch_hub_cache_counts(hub_cache, tmp_path):
 
 # ----- 1. majority-to-minority: frozen ImageNet VGG-16 under the authors' head --------------------
 
+
 def test_majority2minority_paper_classifier_trains_only_the_new_head():
     cfg = paper("majority2minority")
     m = cfg["model"]
     assert m["backbone"] == FROZEN_VGG16 and m["pretrained"] is True and m["drop_rate"] == 0.5
     with torch.device("meta"):  # full VGG-16, no memory; pretrained=False as tests never download
-        model = create_backbone(m["backbone"], num_classes=7, pretrained=False, drop_rate=m["drop_rate"],
-                                image_size=cfg["data"]["image_size"])
+        model = create_backbone(
+            m["backbone"],
+            num_classes=7,
+            pretrained=False,
+            drop_rate=m["drop_rate"],
+            image_size=cfg["data"]["image_size"],
+        )
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable == ["head.fc.0.weight", "head.fc.0.bias", "head.fc.3.weight", "head.fc.3.bias"]
     head = model.get_classifier()
@@ -99,8 +112,9 @@ def test_majority2minority_head_from_a_local_weights_file(tmp_path):
     """A weights file of plain VGG-16 loads into the frozen model (the head is new)."""
     torch.manual_seed(0)
     plain = timm.create_model("vgg11", pretrained=False, num_classes=1000)  # vgg11's layout, small enough
-    frozen = models.frozen_with_head(timm.create_model("vgg11", pretrained=False, num_classes=5),
-                                     num_classes=5, hidden=256, dropout=0.4)
+    frozen = models.frozen_with_head(
+        timm.create_model("vgg11", pretrained=False, num_classes=5), num_classes=5, hidden=256, dropout=0.4
+    )
     path = tmp_path / "vgg11.safetensors"
     save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(path))
     models.load_weights(frozen, path)
@@ -115,6 +129,7 @@ def test_tiny_majority2minority_is_unchanged():
 
 # ----- 2. MFD: plain loader, ImageNet VGG-11 student (the ME repository's derm baseline) ----------
 
+
 def test_mfd_paper_student_uses_the_plain_sampler_and_an_imagenet_vgg11():
     from dermbench.methods import mfd
 
@@ -122,7 +137,9 @@ def test_mfd_paper_student_uses_the_plain_sampler_and_an_imagenet_vgg11():
     settings = mfd.check_settings(cfg["mfd"])
     assert mfd.student_train_settings(settings)["sampler"] == "none"
     assert settings["student_model"] == {"backbone": "vgg11.tv_in1k", "pretrained": True}
-    assert cfg["model"]["backbone"] == "vgg11_bn" and cfg["model"]["pretrained"] is False  # the vanilla teacher
+    assert (
+        cfg["model"]["backbone"] == "vgg11_bn" and cfg["model"]["pretrained"] is False
+    )  # the vanilla teacher
     assert ("mfd.student_model.pretrained", "vgg11.tv_in1k") in models.pretrained_requests(cfg)
     isic = mfd.check_settings(paper("mfd", "isic2019")["mfd"])
     assert isic["student_model"]["backbone"] == "resnet18.tv_in1k"
@@ -141,6 +158,7 @@ def test_mfd_tiny_student_keeps_the_group_sampler():
 
 # ----- 3. Class-N-Diff: the latent classifier's ResNet-101 starts from ImageNet (the authors' code) --
 
+
 def test_classndiff_paper_latent_classifier_is_imagenet_resnet101():
     cfg = paper("classndiff")
     lc = cfg["classndiff"]["latent_classifier"]
@@ -152,15 +170,19 @@ def test_classndiff_paper_latent_classifier_is_imagenet_resnet101():
 
 # ----- 4. DermDiff: the ResNeXt-101 classifier starts from ImageNet weights -----------------------
 
+
 def test_dermdiff_paper_classifier_is_imagenet_resnext101():
     cfg = paper("dermdiff")
     assert cfg["model"]["backbone"] == "resnext101_32x8d" and cfg["model"]["pretrained"] is True
     assert ("model.pretrained", "resnext101_32x8d") in models.pretrained_requests(cfg)
-    assert models.weights_id("resnext101_32x8d") == "resnext101_32x8d.tv_in1k"  # torchvision's ImageNet weights
+    assert (
+        models.weights_id("resnext101_32x8d") == "resnext101_32x8d.tv_in1k"
+    )  # torchvision's ImageNet weights
     assert resolve_config(flags={"method": "dermdiff"})["model"]["pretrained"] is False
 
 
 # ----- 2. DermDiff on Fitzpatrick17k: the paper's neoplastic images only -----------------------
+
 
 def test_dermdiff_paper_fitz17k_keeps_only_the_neoplastic_rows(make_fitz17k, tmp_path):
     """On a generated tree in the published CSV format: the paper profile's malignant task has the
@@ -170,8 +192,9 @@ def test_dermdiff_paper_fitz17k_keeps_only_the_neoplastic_rows(make_fitz17k, tmp
     from dermbench.datasets.fitz17k import NON_NEOPLASTIC  # noqa: PLC0415
 
     tree = make_fitz17k(n=108, n_unknown=3)
-    cfg = resolve_config(flags={"method": "dermdiff", "profile": "paper", "dataset": "fitz17k"},
-                         sets=[f"data.root={tmp_path}"])
+    cfg = resolve_config(
+        flags={"method": "dermdiff", "profile": "paper", "dataset": "fitz17k"}, sets=[f"data.root={tmp_path}"]
+    )
     assert cfg["data"]["options"] == {"fitz17k": {"neoplastic_only": True}}
     assert paper("dermdiff")["data"]["options"] == {}  # SynthDerm has no such partition
     table = DatasetPool(cfg, ()).get("fitz17k").table("malignant")

@@ -98,8 +98,15 @@ def plugin_module(tmp_path, monkeypatch):
     sys.modules.pop("tagplugins", None)
 
 
-LOCAL = ("tagplugins:alpha", "tagplugins:beta", "tagplugins:trainer", "tagplugins:silent", "tagplugins:lazy",
-         "tagplugins:broken", "tagplugins:forgetful")
+LOCAL = (
+    "tagplugins:alpha",
+    "tagplugins:beta",
+    "tagplugins:trainer",
+    "tagplugins:silent",
+    "tagplugins:lazy",
+    "tagplugins:broken",
+    "tagplugins:forgetful",
+)
 
 
 def test_erm_is_the_fallback_fit(plugin_module):
@@ -161,7 +168,9 @@ def test_wrapper_failures_name_the_wrapper(plugin_module):
 
 
 def test_unknown_and_malformed_method_names(plugin_module):
-    with pytest.raises(UnknownNameError, match=r"unknown method 'ermm'.*Did you mean 'erm'.*Known methods: .*erm"):
+    with pytest.raises(
+        UnknownNameError, match=r"unknown method 'ermm'.*Did you mean 'erm'.*Known methods: .*erm"
+    ):
         make_manager("ermm")
     with pytest.raises(DermbenchError, match="appears twice"):
         parse_method_spec("erm+erm")
@@ -177,7 +186,8 @@ def _fake_distribution(site: Path, name: str, version: str, entry: str) -> None:
     """Real entry-point metadata for an installed distribution, without pip or network."""
     pkg = site / f"{name}_plugin"
     pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(textwrap.dedent('''
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent("""
         from dermbench.hookspecs import hookimpl
         name = "groupbalanced"
 
@@ -189,7 +199,8 @@ def _fake_distribution(site: Path, name: str, version: str, entry: str) -> None:
         def fit(ctx, model, train, val):
             return ctx.train_model(model, train, val, name="groupbalanced",
                                    settings={"sampler": ctx.hparams("groupbalanced")["sampler"]})
-        '''))
+        """)
+    )
     dist = site / f"{name}_plugin-{version}.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-plugin\nVersion: {version}\n")
@@ -212,17 +223,42 @@ def test_third_party_plugin_through_the_cli(tmp_path):
     site = tmp_path / "site"
     _fake_distribution(site, "acme", "1.2.3", "acme_plugin")
     env = {"PYTHONPATH": str(site), "PATH": "", "COLUMNS": "200"}
-    listing = subprocess.run([sys.executable, "-m", "dermbench.cli", "list", "methods"], capture_output=True,
-                             text=True, env=env, check=True).stdout
+    listing = subprocess.run(
+        [sys.executable, "-m", "dermbench.cli", "list", "methods"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     line = next(ln for ln in listing.splitlines() if "groupbalanced" in ln)
     assert "acme-plugin" in line and "1.2.3" in line and "fit" in line
     out = tmp_path / "runs"
     run = subprocess.run(
-        [sys.executable, "-m", "dermbench.cli", "run", "--method", "groupbalanced", "--out", str(out), "--device", "cpu",
-         "--set", "data.image_size=16", "--set", "model.backbone=test_resnet", "--set", "train.epochs=1",
-         "--set", "eval.n_boot=0", "--set",
-         "data.options={n_train: 200, n_val: 60, n_test: 60, n_test_ddi: 60, n_test_dermoscopic: 60}"],
-        capture_output=True, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "dermbench.cli",
+            "run",
+            "--method",
+            "groupbalanced",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--set",
+            "data.image_size=16",
+            "--set",
+            "model.backbone=test_resnet",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "eval.n_boot=0",
+            "--set",
+            "data.options={n_train: 200, n_val: 60, n_test: 60, n_test_ddi: 60, n_test_dermoscopic: 60}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     (record,) = out.glob("groupbalanced_synthderm_s0_*/metrics.json")
@@ -251,7 +287,7 @@ def test_check_settings_is_a_listed_hook():
     assert hooks_of(plugin) == ["dermbench_check_settings"]
 
 
-SIBLING_PLUGIN = '''
+SIBLING_PLUGIN = """
 import sibhelper  # a module beside this file, imported when the plugin loads
 
 from dermbench.hookspecs import hookimpl
@@ -262,7 +298,7 @@ def dermbench_method_defaults(profile):
     import siblazy  # and one imported later, inside a hook
 
     return {"sibplug": {"strength": sibhelper.STRENGTH, "steps": siblazy.STEPS}}
-'''
+"""
 
 
 def test_a_plugin_file_imports_the_modules_beside_it(tmp_path, monkeypatch):

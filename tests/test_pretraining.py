@@ -22,8 +22,16 @@ from dermbench.errors import DermbenchError
 from dermbench.seeds import split_seed
 
 #: a recipe small enough for a test: a few dozen images and steps
-REDUCED = ["images=48", "render_batch=20", "latent_size=16", "pixel_size=16", "vae_steps=3", "unet_steps=3",
-           "pixel_steps=3", "batch_size=4"]
+REDUCED = [
+    "images=48",
+    "render_batch=20",
+    "latent_size=16",
+    "pixel_size=16",
+    "vae_steps=3",
+    "unet_steps=3",
+    "pixel_steps=3",
+    "batch_size=4",
+]
 
 
 def _protocol_seeds(data_seeds) -> set[int]:
@@ -51,15 +59,21 @@ def test_the_shipped_bases_were_rendered_outside_the_protocol_by_the_default_rec
 def test_captions_name_the_tone_and_the_look_and_never_a_diagnosis():
     _, table = pretraining.pretraining_data({**pretraining.SETTINGS, "images": 600, "render_batch": 200})
     captions = table["caption"]
-    assert captions.str.len().max() <= pretraining.MAX_CAPTION  # the character tokenizer would cut a longer one
+    assert (
+        captions.str.len().max() <= pretraining.MAX_CAPTION
+    )  # the character tokenizer would cut a longer one
     words = "|".join(pretraining.DIAGNOSIS_WORDS)
     assert not captions.str.lower().str.contains(words).any()
     assert "label" not in table.columns  # the diagnosis never reaches the captioning
     assert captions.str.contains(r"\bspot\b").all()
-    assert captions.str.contains("skin").all()  # every caption names the skin's tone in one of its vocabularies
+    assert captions.str.contains(
+        "skin"
+    ).all()  # every caption names the skin's tone in one of its vocabularies
     dark = captions[table["fst"] == 6]
     assert dark.str.contains(r"very dark|darker|VI\b|very dark-skinned").all()
-    full = ~captions.str.contains("individual")  # the person template's look is shorter: shape and colour only
+    full = ~captions.str.contains(
+        "individual"
+    )  # the person template's look is shorter: shape and colour only
     assert captions[full & (table["diameter"] > 0.38)].str.contains("large").all()
     assert captions[full & (table["domain"] == "dermoscopic")].str.lower().str.contains("dermoscopy").all()
     assert captions[(table["variegation"] > 0.45)].str.contains("mottled").all()
@@ -91,7 +105,9 @@ def test_a_damaged_weight_file_is_refused_naming_it(copy_of_shipped):
     data = bytearray(weights.read_bytes())
     data[-100] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(DermbenchError, match=r"unet/diffusion_pytorch_model.safetensors fails its checksum.*reinstall"):
+    with pytest.raises(
+        DermbenchError, match=r"unet/diffusion_pytorch_model.safetensors fails its checksum.*reinstall"
+    ):
         verify(copy_of_shipped)
 
 
@@ -130,7 +146,9 @@ def test_pretrain_base_refuses_a_bad_recipe_or_a_used_folder(tmp_path, capsys):
         assert main(["diffusion", "pretrain-base", *extra]) == 2
         return " ".join(capsys.readouterr().err.split())
 
-    assert "unknown pretraining setting(s) ['image']" in error("--out", str(tmp_path / "x"), "--set", "image=3")
+    assert "unknown pretraining setting(s) ['image']" in error(
+        "--out", str(tmp_path / "x"), "--set", "image=3"
+    )
     assert "images must be positive" in error("--out", str(tmp_path / "x"), "--set", "images=0")
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "file").write_text("keep me")

@@ -11,9 +11,29 @@ def test_fitz17k_protocol_end_to_end(make_data_home, tmp_path, monkeypatch, caps
     monkeypatch.setenv("DERMBENCH_DATA", str(home))
     monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "runs"
-    code = main(["run", "--method", "erm", "--dataset", "fitz17k", "--profile", "tiny", "--out", str(out),
-                 "--device", "cpu", "--set", "data.image_size=16", "--set", "model.backbone=test_resnet",
-                 "--set", "train.epochs=1", "--set", "eval.n_boot=0"])
+    code = main(
+        [
+            "run",
+            "--method",
+            "erm",
+            "--dataset",
+            "fitz17k",
+            "--profile",
+            "tiny",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--set",
+            "data.image_size=16",
+            "--set",
+            "model.backbone=test_resnet",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "eval.n_boot=0",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     (record,) = out.glob("erm_fitz17k_s0_*/metrics.json")
@@ -40,14 +60,34 @@ def test_multiclass_task_skips_test_sets_without_it(make_data_home, tmp_path, mo
     monkeypatch.setenv("DERMBENCH_DATA", str(home))
     monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "runs"
-    code = main(["run", "--dataset", "fitz17k", "--task", "partition3", "--out", str(out), "--device", "cpu",
-                 "--set", "data.image_size=16", "--set", "model.backbone=test_resnet", "--set", "train.epochs=1",
-                 "--set", "eval.n_boot=0"])
+    code = main(
+        [
+            "run",
+            "--dataset",
+            "fitz17k",
+            "--task",
+            "partition3",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--set",
+            "data.image_size=16",
+            "--set",
+            "model.backbone=test_resnet",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "eval.n_boot=0",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "threshold argmax" in printed.replace("\n", " ")
     (record,) = out.glob("erm_fitz17k_s0_*/metrics.json")
     metrics = json.loads(record.read_text())
     assert set(metrics["eval"]) == {"fitz17k"}
-    assert metrics["eval"]["fitz17k"]["threshold"] is None and metrics["eval"]["fitz17k"]["task"] == "multiclass"
+    assert (
+        metrics["eval"]["fitz17k"]["threshold"] is None and metrics["eval"]["fitz17k"]["task"] == "multiclass"
+    )
     assert "has no task 'partition3'" in metrics["skipped_test_sets"]["ddi"]

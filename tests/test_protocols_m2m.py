@@ -30,12 +30,23 @@ from dermbench.errors import ConfigError, UnknownNameError
 from dermbench.plugins import method_refs
 from dermbench.runner import resolve_config
 
-COLUMNS = ["md5hash", "fitzpatrick_scale", "fitzpatrick_centaur", "label", "nine_partition_label",
-           "three_partition_label", "qc", "url", "url_alphanum"]
-PARTITION = {"basal cell carcinoma": ("malignant epidermal", "malignant"),
-             "squamous cell carcinoma": ("malignant epidermal", "malignant"),
-             "prurigo nodularis": ("benign epidermal", "benign"),
-             "acne vulgaris": ("inflammatory", "non-neoplastic")}
+COLUMNS = [
+    "md5hash",
+    "fitzpatrick_scale",
+    "fitzpatrick_centaur",
+    "label",
+    "nine_partition_label",
+    "three_partition_label",
+    "qc",
+    "url",
+    "url_alphanum",
+]
+PARTITION = {
+    "basal cell carcinoma": ("malignant epidermal", "malignant"),
+    "squamous cell carcinoma": ("malignant epidermal", "malignant"),
+    "prurigo nodularis": ("benign epidermal", "benign"),
+    "acne vulgaris": ("inflammatory", "non-neoplastic"),
+}
 #: rows per FST of each of the 7 conditions: light 9 + 10, dark 9 + 6 (>= 8 per group), middle 2 + 2, unknown 1
 ROWS_PER_FST = {1: 9, 2: 10, 3: 2, 4: 2, 5: 9, 6: 6, -1: 1}
 #: a condition with only 5 dark rows: its flexible subset takes all of them
@@ -55,15 +66,27 @@ def write_fitz17k(root: Path, *, seed: int = 0, short: bool = True) -> pd.DataFr
         label, fst = cells[position]
         nine, three = PARTITION.get(label, ("inflammatory", "non-neoplastic"))
         url = f"https://example.org/{label.replace(' ', '-')}/{i}.jpg"
-        rows.append({"md5hash": hashlib.md5(f"m2m-{seed}-{i}".encode()).hexdigest(), "fitzpatrick_scale": fst,
-                     "fitzpatrick_centaur": fst, "label": label, "nine_partition_label": nine,
-                     "three_partition_label": three, "qc": "", "url": url, "url_alphanum": re.sub(r"\W", "", url)})
+        rows.append(
+            {
+                "md5hash": hashlib.md5(f"m2m-{seed}-{i}".encode()).hexdigest(),
+                "fitzpatrick_scale": fst,
+                "fitzpatrick_centaur": fst,
+                "label": label,
+                "nine_partition_label": nine,
+                "three_partition_label": three,
+                "qc": "",
+                "url": url,
+                "url_alphanum": re.sub(r"\W", "", url),
+            }
+        )
     meta = pd.DataFrame(rows, columns=COLUMNS)
     (root / "images").mkdir(parents=True, exist_ok=True)
     meta.to_csv(root / "fitzpatrick17k.csv", index=False)
     for md5, fst in zip(meta["md5hash"], meta["fitzpatrick_scale"]):
         shade = 40 * max(int(fst), 0)
-        Image.new("RGB", (8, 8), (250 - shade, 200 - shade // 2, 170 - shade // 2)).save(root / "images" / f"{md5}.jpg")
+        Image.new("RGB", (8, 8), (250 - shade, 200 - shade // 2, 170 - shade // 2)).save(
+            root / "images" / f"{md5}.jpg"
+        )
     return meta
 
 
@@ -126,7 +149,9 @@ def test_flexible_subsets_are_the_papers_pandas_draw_and_depend_on_the_subset_on
         for fst in ((1, 2), (5, 6)):
             group = rows[rows["fitzpatrick_scale"].isin(fst)]
             # the paper's code: groupby(label).sample(n=8, random_state=SEED) on the rows in file order
-            expected |= set(group.groupby(["label"], group_keys=False).sample(n=8, random_state=subset)["md5hash"])
+            expected |= set(
+                group.groupby(["label"], group_keys=False).sample(n=8, random_state=subset)["md5hash"]
+            )
         assert flexible_ids(root, subset) == expected
     assert flexible_ids(root, 1) == flexible_ids(root, 1)
     assert flexible_ids(root, 1) != flexible_ids(root, 2)
@@ -150,7 +175,9 @@ def test_scenario_membership(fitz, scenario, training, test):
     assert set(table.loc[table["split"] == "test", "part"]) == test
     assert set(table.loc[table["split"].isin(("train", "val")), "part"]) == training
     everything = scenario_rows(root, "ablation", 2)
-    everything["part"] = list(zip(everything["group"], np.where(everything["sample_id"].isin(flex), m2m.FLEX, m2m.REST)))
+    everything["part"] = list(
+        zip(everything["group"], np.where(everything["sample_id"].isin(flex), m2m.FLEX, m2m.REST))
+    )
     assert len(table) == int(everything["part"].isin(training | test).sum())  # nothing else is in the table
     if scenario == "iii":
         assert not (table.loc[table["split"] != "test", "group"] == "dark").any()
@@ -158,7 +185,10 @@ def test_scenario_membership(fitz, scenario, training, test):
 
 def test_scenarios_ii_and_iii_test_on_the_same_non_flexible_dark_rows(fitz):
     root, _ = fitz
-    tests = [set(t.loc[t["split"] == "test", "sample_id"]) for t in (scenario_rows(root, s, 4) for s in ("ii", "iii"))]
+    tests = [
+        set(t.loc[t["split"] == "test", "sample_id"])
+        for t in (scenario_rows(root, s, 4) for s in ("ii", "iii"))
+    ]
     assert tests[0] == tests[1] and tests[0].isdisjoint(flexible_ids(root, 4))
 
 
@@ -167,7 +197,9 @@ def test_validation_is_a_stratified_tenth_of_the_training_part(fitz, scenario):
     root, _ = fitz
     table = scenario_rows(root, scenario, 1)
     training = table[table["split"].isin(("train", "val"))]
-    assert set(table.loc[table["split"] == "val", "sample_id"]).isdisjoint(table.loc[table["split"] == "test", "sample_id"])
+    assert set(table.loc[table["split"] == "val", "sample_id"]).isdisjoint(
+        table.loc[table["split"] == "test", "sample_id"]
+    )
     for _, stratum in training.groupby(["condition", "group"]):
         n_val = int((stratum["split"] == "val").sum())
         assert np.floor(0.1 * len(stratum)) <= n_val <= np.ceil(0.1 * len(stratum))
@@ -240,8 +272,10 @@ def test_synthderm_scenarios_pool_train_val_test_without_tone_b():
     middle = int(pooled["fst"].isin((3, 4)).sum())
     assert full.attrs["excluded"] == {"tone3 B (the m2m scenarios keep FST I-II and V-VI)": middle}
     assert len(full[full["split"].isin(("train", "val", "test"))]) == len(pooled) - middle
-    assert full[full["split"].str.startswith("test_")]["sample_id"].tolist() == \
-        standard[standard["split"].str.startswith("test_")]["sample_id"].tolist()
+    assert (
+        full[full["split"].str.startswith("test_")]["sample_id"].tolist()
+        == standard[standard["split"].str.startswith("test_")]["sample_id"].tolist()
+    )
 
 
 @pytest.mark.parametrize("scenario", ["i", "ii", "iii", "ablation"])
@@ -249,7 +283,9 @@ def test_synthderm_scenario_membership(scenario):
     table = synth_rows(scenario, 1)
     flex = synth_rows("ablation", 1)
     flex = flex[flex["split"] == "test"]
-    assert Counter(zip(flex["group"], flex["label"])) == {(g, y): 4 for g in ("light", "dark") for y in (0, 1)}
+    assert Counter(zip(flex["group"], flex["label"])) == {
+        (g, y): 4 for g in ("light", "dark") for y in (0, 1)
+    }
     dark_flex = set(flex.loc[flex["group"] == "dark", "sample_id"])
     test = set(table.loc[table["split"] == "test", "sample_id"])
     training = table[table["split"].isin(("train", "val"))]
@@ -268,10 +304,14 @@ def test_synthderm_scenario_membership(scenario):
 
 def test_synthderm_scenarios_ii_and_iii_share_their_test_rows_and_subsets_differ():
     ii, iii = synth_rows("ii", 2), synth_rows("iii", 2)
-    assert ii.loc[ii["split"] == "test", "sample_id"].tolist() == iii.loc[iii["split"] == "test", "sample_id"].tolist()
+    assert (
+        ii.loc[ii["split"] == "test", "sample_id"].tolist()
+        == iii.loc[iii["split"] == "test", "sample_id"].tolist()
+    )
     assert synth_rows("i", 2)["split"].tolist() == synth_rows("i", 2)["split"].tolist()
-    assert set(synth_rows("i", 2).query("split == 'test'")["sample_id"]) != \
-        set(synth_rows("i", 3).query("split == 'test'")["sample_id"])
+    assert set(synth_rows("i", 2).query("split == 'test'")["sample_id"]) != set(
+        synth_rows("i", 3).query("split == 'test'")["sample_id"]
+    )
 
 
 def test_synthderm_m2m_options_are_checked_and_unset_ones_leave_the_fingerprint():
@@ -290,14 +330,31 @@ def test_synthderm_m2m_options_are_checked_and_unset_ones_leave_the_fingerprint(
 
 def test_every_packaged_protocol_is_a_config_file():
     names = protocol_names()
-    assert {"majority2minority-i", "majority2minority-ii", "majority2minority-iii", "synthderm-m2m-i",
-            "synthderm-m2m-ii", "synthderm-m2m-iii"} <= set(names)
+    assert {
+        "majority2minority-i",
+        "majority2minority-ii",
+        "majority2minority-iii",
+        "synthderm-m2m-i",
+        "synthderm-m2m-ii",
+        "synthderm-m2m-iii",
+    } <= set(names)
     ablations = [n for n in names if n.startswith("majority2minority-ablation-")]
-    settings = {(load_yaml(protocol_path(n))["majority2minority"]["mode"],
-                 load_yaml(protocol_path(n))["majority2minority"]["textual_inversion"],
-                 load_yaml(protocol_path(n))["majority2minority"]["lora"]) for n in ablations}
-    assert settings == {("txt2img", False, False), ("txt2img", True, False), ("img2img", False, False),
-                        ("img2img", True, False), ("img2img", False, True), ("img2img", True, True)}
+    settings = {
+        (
+            load_yaml(protocol_path(n))["majority2minority"]["mode"],
+            load_yaml(protocol_path(n))["majority2minority"]["textual_inversion"],
+            load_yaml(protocol_path(n))["majority2minority"]["lora"],
+        )
+        for n in ablations
+    }
+    assert settings == {
+        ("txt2img", False, False),
+        ("txt2img", True, False),
+        ("img2img", False, False),
+        ("img2img", True, False),
+        ("img2img", False, True),
+        ("img2img", True, True),
+    }
     for name in ablations:
         config = load_yaml(protocol_path(name))
         assert config["augment"] == {"mix": "syn"} and "model" not in config  # the profile's classifier
@@ -328,7 +385,10 @@ def test_an_ablation_protocol_resolves_once_its_method_exists(name):
         pytest.skip("the majority2minority method plugin is not there yet")
     cfg = resolve_config(file=protocol_path(name))
     assert cfg["method"] == "majority2minority" and cfg["augment"]["mix"] == "syn"
-    assert cfg["majority2minority"] == {**cfg["majority2minority"], **load_yaml(protocol_path(name))["majority2minority"]}
+    assert cfg["majority2minority"] == {
+        **cfg["majority2minority"],
+        **load_yaml(protocol_path(name))["majority2minority"],
+    }
 
 
 def test_unknown_protocol_suggests_the_closest(capsys):
@@ -351,10 +411,27 @@ def test_a_fitz17k_protocol_runs_end_to_end(fitz, tmp_path):
     as the only test set, and the excluded rows in the record."""
     root, _ = fitz
     out = tmp_path / "runs"
-    shrink = ["data.image_size=16", "model.backbone=test_resnet", "train.epochs=1", "eval.n_boot=0",
-              "data.options.m2m_subset=1"]
-    code = main(["run", "--protocol", "majority2minority-ii", "--data-root", str(root.parent), "--out", str(out),
-                 "--device", "cpu", *sum([["--set", s] for s in shrink], [])])
+    shrink = [
+        "data.image_size=16",
+        "model.backbone=test_resnet",
+        "train.epochs=1",
+        "eval.n_boot=0",
+        "data.options.m2m_subset=1",
+    ]
+    code = main(
+        [
+            "run",
+            "--protocol",
+            "majority2minority-ii",
+            "--data-root",
+            str(root.parent),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            *sum([["--set", s] for s in shrink], []),
+        ]
+    )
     assert code == 0
     (path,) = out.glob("erm_fitz17k_s0_*/metrics.json")
     metrics = json.loads(path.read_text())

@@ -23,22 +23,38 @@ GRID = "sample_grid.png"
 
 def quality_record() -> dict:
     """A quality record as quality_report writes it: two classes, tone C without synthetic images."""
+
     def grouping(values: dict, n: dict, skipped: dict | None = None) -> dict:
         return {"values": values, "skipped": skipped or {}, "n": n}
 
     fid = {
         "overall": grouping({"all": 31.4159}, {"all": {"real": 120, "synthetic": 60}}),
-        "class": grouping({"benign": 25.0, "malignant": 40.5},
-                          {"benign": {"real": 60, "synthetic": 30}, "malignant": {"real": 60, "synthetic": 30}}),
-        "tone3": grouping({"A": 20.0, "B": 35.25, "C": None},
-                          {"A": {"real": 50, "synthetic": 30}, "B": {"real": 50, "synthetic": 30},
-                           "C": {"real": 20, "synthetic": 0}},
-                          {"C": "20 real and 0 synthetic images; FID needs at least 2 of each"}),
+        "class": grouping(
+            {"benign": 25.0, "malignant": 40.5},
+            {"benign": {"real": 60, "synthetic": 30}, "malignant": {"real": 60, "synthetic": 30}},
+        ),
+        "tone3": grouping(
+            {"A": 20.0, "B": 35.25, "C": None},
+            {
+                "A": {"real": 50, "synthetic": 30},
+                "B": {"real": 50, "synthetic": 30},
+                "C": {"real": 20, "synthetic": 0},
+            },
+            {"C": "20 real and 0 synthetic images; FID needs at least 2 of each"},
+        ),
     }
 
     def ms_ssim(values: dict, overall: float, skipped: dict | None = None) -> dict:
-        return {"values": values, "overall": overall, "pairs": dict.fromkeys(values, 200), "skipped": skipped or {},
-                "scales": 3, "betas": [0.071, 0.453, 0.476], "kernel_size": 11, "sigma": 1.5}
+        return {
+            "values": values,
+            "overall": overall,
+            "pairs": dict.fromkeys(values, 200),
+            "skipped": skipped or {},
+            "scales": 3,
+            "betas": [0.071, 0.453, 0.476],
+            "kernel_size": 11,
+            "sigma": 1.5,
+        }
 
     def share(n: int, matched: int) -> dict:
         return {"n": n, "matched": matched, "share": matched / n if n else None, "unassigned": 0}
@@ -46,20 +62,41 @@ def quality_record() -> dict:
     return {
         "image_size": [64, 64],
         "n": {"real": 120, "synthetic": 60},
-        "cells": {"A": {"benign": {"real": 25, "synthetic": 15}, "malignant": {"real": 25, "synthetic": 15}},
-                  "B": {"benign": {"real": 25, "synthetic": 15}, "malignant": {"real": 25, "synthetic": 15}},
-                  "C": {"benign": {"real": 10, "synthetic": 0}, "malignant": {"real": 10, "synthetic": 0}}},
-        "features": {"domain": {"kind": "classifier", "model": "resnet18", "num_features": 512,
-                                "layer": "penultimate (pre-logits)"}},
+        "cells": {
+            "A": {"benign": {"real": 25, "synthetic": 15}, "malignant": {"real": 25, "synthetic": 15}},
+            "B": {"benign": {"real": 25, "synthetic": 15}, "malignant": {"real": 25, "synthetic": 15}},
+            "C": {"benign": {"real": 10, "synthetic": 0}, "malignant": {"real": 10, "synthetic": 0}},
+        },
+        "features": {
+            "domain": {
+                "kind": "classifier",
+                "model": "resnet18",
+                "num_features": 512,
+                "layer": "penultimate (pre-logits)",
+            }
+        },
         "fid": {"domain": fid},
-        "ms_ssim": {"class": ms_ssim({"benign": 0.31, "malignant": 0.37}, 0.34),
-                    "tone3": ms_ssim({"A": 0.3, "B": 0.38, "C": None}, 0.34,
-                                     {"C": "0 image(s); MS-SSIM diversity needs 2 distinct images"})},
+        "ms_ssim": {
+            "class": ms_ssim({"benign": 0.31, "malignant": 0.37}, 0.34),
+            "tone3": ms_ssim(
+                {"A": 0.3, "B": 0.38, "C": None},
+                0.34,
+                {"C": "0 image(s); MS-SSIM diversity needs 2 distinct images"},
+            ),
+        },
         "fidelity": {
-            "label": {"by": "the classifier's argmax", "overall": share(60, 45),
-                      "values": {"benign": share(30, 27), "malignant": share(30, 18)}, "no_request": 0},
-            "tone": {"by": {"kind": "ita", "note": "..."}, "overall": share(60, 30),
-                     "values": {"A": share(30, 24), "B": share(30, 6), "C": share(0, 0)}, "no_request": 0},
+            "label": {
+                "by": "the classifier's argmax",
+                "overall": share(60, 45),
+                "values": {"benign": share(30, 27), "malignant": share(30, 18)},
+                "no_request": 0,
+            },
+            "tone": {
+                "by": {"kind": "ita", "note": "..."},
+                "overall": share(60, 30),
+                "values": {"A": share(30, 24), "B": share(30, 6), "C": share(0, 0)},
+                "no_request": 0,
+            },
         },
         "sample_grid": GRID,
     }
@@ -67,11 +104,23 @@ def quality_record() -> dict:
 
 def make_run(root, methods: dict, *, grid: bool = True):
     """A finished run folder whose record holds `methods` (no test sets), with the grid PNG."""
-    record = {"run_id": "dermdiff_synthderm_s0_0123456789ab", "method": "dermdiff", "dataset": "synthderm",
-              "task": "malignant", "seed": 0, "profile": "tiny", "config": {"method": "dermdiff", "seed": 0},
-              "plugins": {"dermdiff": "0.1.0"}, "device": "cpu", "timing": {"total_s": 12.5, "resumed": False},
-              "threshold_rule": "youden", "skipped_test_sets": {}, "train_history": None, "eval": {},
-              "methods": methods}
+    record = {
+        "run_id": "dermdiff_synthderm_s0_0123456789ab",
+        "method": "dermdiff",
+        "dataset": "synthderm",
+        "task": "malignant",
+        "seed": 0,
+        "profile": "tiny",
+        "config": {"method": "dermdiff", "seed": 0},
+        "plugins": {"dermdiff": "0.1.0"},
+        "device": "cpu",
+        "timing": {"total_s": 12.5, "resumed": False},
+        "threshold_rule": "youden",
+        "skipped_test_sets": {},
+        "train_history": None,
+        "eval": {},
+        "methods": methods,
+    }
     run_dir = root / record["run_id"]
     run_dir.mkdir(parents=True)
     write_record(run_dir, record)
@@ -128,9 +177,16 @@ def test_the_report_renders_what_quality_report_records(tmp_path):
 
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False, num_classes=2)
-    quality = quality_report(real=split("train", "AAAABBBBCCCC"), synthetic=split("generated", "AAAABBBB"),
-                             classifier=model, device="cpu", grid_path=tmp_path / GRID, seed=0, pairs=5,
-                             tone_of=ToneAssigner({"kind": "ita"}, lambda images: np.full(len(images), "B")))
+    quality = quality_report(
+        real=split("train", "AAAABBBBCCCC"),
+        synthetic=split("generated", "AAAABBBB"),
+        classifier=model,
+        device="cpu",
+        grid_path=tmp_path / GRID,
+        seed=0,
+        pairs=5,
+        tone_of=ToneAssigner({"kind": "ita"}, lambda images: np.full(len(images), "B")),
+    )
     run_dir = make_run(tmp_path / "runs", {"dermdiff": {"quality": quality}}, grid=False)
     (tmp_path / GRID).rename(run_dir / GRID)
     markdown = render_markdown(build_report(run_dir))

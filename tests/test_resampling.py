@@ -25,7 +25,9 @@ def imbalanced_split() -> Split:
     labels += [0] * N_UNKNOWN
     fst += [np.nan] * N_UNKNOWN
     n = len(labels)
-    table = add_group_columns(pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "label": labels, "fst": fst}))
+    table = add_group_columns(
+        pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "label": labels, "fst": fst})
+    )
     return Split("train", table, np.zeros((n, 4, 4, 3), dtype=np.uint8), ("benign", "malignant"))
 
 

@@ -86,7 +86,9 @@ def test_a_finished_run_whose_record_does_not_fit_the_schema_is_not_reused(finis
 # --------------------------------------------------------------------------- half-written runs
 
 
-def test_a_full_disk_when_done_is_written_leaves_an_unfinished_run_that_is_redone(tmp_path, capsys, monkeypatch):
+def test_a_full_disk_when_done_is_written_leaves_an_unfinished_run_that_is_redone(
+    tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "out"
     real_replace = os.replace
 
@@ -122,7 +124,9 @@ def test_a_record_without_done_is_never_reused(finished_run, tmp_path, capsys):
 # --------------------------------------------------------------------------- read-only folders and full disks
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions (the monkeypatched tests cover it)")
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root ignores file permissions (the monkeypatched tests cover it)"
+)
 def test_a_read_only_output_folder_is_named(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -132,7 +136,9 @@ def test_a_read_only_output_folder_is_named(tmp_path, capsys):
     finally:
         out.chmod(0o755)
     text = output(capsys)
-    assert re.search(rf"cannot write {re.escape(str(out))}/\S+: permission denied; choose an output folder", text), text
+    assert re.search(
+        rf"cannot write {re.escape(str(out))}/\S+: permission denied; choose an output folder", text
+    ), text
 
 
 def test_a_read_only_file_system_is_named(tmp_path, capsys, monkeypatch):
@@ -147,14 +153,22 @@ def test_a_read_only_file_system_is_named(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(os, "mkdir", read_only)
     assert main(run_args(out)) == 2
     text = output(capsys)
-    assert re.search(rf"cannot write {re.escape(str(out))}/erm_synthderm_s0_\w+: the file system is read-only; "
-                     "choose an output folder you can write to \\(for runs: --out\\)", text), text
+    assert re.search(
+        rf"cannot write {re.escape(str(out))}/erm_synthderm_s0_\w+: the file system is read-only; "
+        "choose an output folder you can write to \\(for runs: --out\\)",
+        text,
+    ), text
 
 
-@pytest.mark.parametrize(("code", "words"), [(errno.ENOSPC, "no space left on the device"),
-                                             (errno.EDQUOT, "disk quota exceeded"),
-                                             (errno.EROFS, "the file system is read-only"),
-                                             (errno.EACCES, "permission denied")])
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [
+        (errno.ENOSPC, "no space left on the device"),
+        (errno.EDQUOT, "disk quota exceeded"),
+        (errno.EROFS, "the file system is read-only"),
+        (errno.EACCES, "permission denied"),
+    ],
+)
 def test_write_atomic_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch, code, words):
     target = tmp_path / "metrics.json"
     target.write_text("old\n")
@@ -190,7 +204,9 @@ def test_the_run_log_names_itself_on_a_full_disk(tmp_path, monkeypatch):
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr("builtins.open", full)
-    with pytest.raises(StorageError, match=f"cannot write {re.escape(str(run.path / 'log.txt'))}: no space left"):
+    with pytest.raises(
+        StorageError, match=f"cannot write {re.escape(str(run.path / 'log.txt'))}: no space left"
+    ):
         run.append_log("second")
 
 
@@ -232,7 +248,7 @@ def test_reset_keeps_the_lock_file(tmp_path):
         assert sorted(p.name for p in run.path.iterdir()) == [".lock"]
 
 
-GATED_PLUGIN = '''
+GATED_PLUGIN = """
 import os
 import time
 from dermbench.hookspecs import hookimpl
@@ -247,17 +263,27 @@ def wait_for_the_test(model):
 def fit(ctx, model, train, val):
     # ERM that trains only once the test opens the gate, so a second process surely finds it running
     return ctx.train_model(model, train, val, name="gatederm", after_step=wait_for_the_test)
-'''
+"""
 
 
 @pytest.mark.slow  # starts subprocesses
 def test_a_second_process_on_the_same_run_waits_and_reuses_it(tmp_path):
     (tmp_path / "gatedplugin.py").write_text(GATED_PLUGIN)
     gate = tmp_path / "gate"
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "400", "PYTHONUNBUFFERED": "1",
-           "DERMBENCH_TEST_GATE": str(gate)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tmp_path),
+        "COLUMNS": "400",
+        "PYTHONUNBUFFERED": "1",
+        "DERMBENCH_TEST_GATE": str(gate),
+    }
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "dermbench.cli", *run_args(out, "--plugin", "gatedplugin", "--method", "gatederm")]
+    command = [
+        sys.executable,
+        "-m",
+        "dermbench.cli",
+        *run_args(out, "--plugin", "gatedplugin", "--method", "gatederm"),
+    ]
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     second = None
     try:
@@ -266,13 +292,18 @@ def test_a_second_process_on_the_same_run_waits_and_reuses_it(tmp_path):
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0]
             time.sleep(0.05)
         (log,) = out.glob("*/log.txt")
-        second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        second = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         seen = []
         for line in second.stdout:  # until it says that it waits, and for whom
             seen.append(line)
             if "in progress in another process" in line:
                 break
-        assert f"run {log.parent.name} is in progress in another process (pid {first.pid}); waiting" in "".join(seen)
+        assert (
+            f"run {log.parent.name} is in progress in another process (pid {first.pid}); waiting"
+            in "".join(seen)
+        )
         gate.touch()
         first_out, _ = first.communicate(timeout=300)
         second_out = "".join(seen) + second.communicate(timeout=300)[0]

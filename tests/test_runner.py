@@ -15,8 +15,9 @@ TINY = [*TINY_SETTINGS, "eval.n_boot=20"]  # later settings win
 
 
 def tiny_config(out, *extra, epochs=2, **flags):
-    return resolve_config(sets=[*TINY, f"train.epochs={epochs}", *extra],
-                          flags={"out": str(out), "device": "cpu", **flags})
+    return resolve_config(
+        sets=[*TINY, f"train.epochs={epochs}", *extra], flags={"out": str(out), "device": "cpu", **flags}
+    )
 
 
 def eval_numbers(metrics):
@@ -26,9 +27,19 @@ def eval_numbers(metrics):
 def test_record_has_every_file_and_the_documented_shape(tmp_path):
     result = run_experiment(tiny_config(tmp_path))
     run = result.run_dir.path
-    for name in ("config.yaml", "plugins.json", "environment.json", "metrics.json", "model.safetensors", "log.txt",
-                 "done", "predictions/synthderm.csv", "predictions/synthderm-ddi.csv",
-                 "predictions/synthderm-dermoscopic.csv", "report.md"):
+    for name in (
+        "config.yaml",
+        "plugins.json",
+        "environment.json",
+        "metrics.json",
+        "model.safetensors",
+        "log.txt",
+        "done",
+        "predictions/synthderm.csv",
+        "predictions/synthderm-ddi.csv",
+        "predictions/synthderm-dermoscopic.csv",
+        "report.md",
+    ):
         assert (run / name).exists(), name
     assert not (run / "work" / "checkpoints").exists()
     m = json.loads((run / "metrics.json").read_text())
@@ -45,8 +56,16 @@ def test_record_has_every_file_and_the_documented_shape(tmp_path):
 
 
 def test_repeated_command_reuses_the_finished_run(tmp_path, capsys):
-    args = ["run", "--out", str(tmp_path), "--device", "cpu", *sum([["--set", s] for s in TINY], []),
-            "--set", "train.epochs=1"]
+    args = [
+        "run",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        *sum([["--set", s] for s in TINY], []),
+        "--set",
+        "train.epochs=1",
+    ]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "ran " in first and "run time" in first
@@ -64,7 +83,10 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path, monkeypatch):
     a = run_experiment(tiny_config(tmp_path / "a")).metrics
     monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "another-cache"))  # train ERM again, not load a's
     b = run_experiment(tiny_config(tmp_path / "b")).metrics
-    assert a["methods"]["erm"]["checkpoint"]["hit"] is False and b["methods"]["erm"]["checkpoint"]["hit"] is False
+    assert (
+        a["methods"]["erm"]["checkpoint"]["hit"] is False
+        and b["methods"]["erm"]["checkpoint"]["hit"] is False
+    )
     assert eval_numbers(a) == eval_numbers(b)
     c = run_experiment(tiny_config(tmp_path / "c", seed=1)).metrics
     assert eval_numbers(a) != eval_numbers(c)
@@ -82,7 +104,9 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
         return real_score(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "validation_score", killed_in_epoch_two)
-    monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "another-cache"))  # train ERM again, not load the reference's
+    monkeypatch.setenv(
+        "DERMBENCH_CACHE", str(tmp_path / "another-cache")
+    )  # train ERM again, not load the reference's
     cfg = tiny_config(tmp_path / "run", epochs=3)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg)
@@ -102,7 +126,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
     assert eval_numbers(resumed.metrics) == eval_numbers(reference)
 
 
-NAN_PLUGIN = '''
+NAN_PLUGIN = """
 import torch
 from dermbench.hookspecs import hookimpl
 name = "nanloss"
@@ -111,14 +135,17 @@ name = "nanloss"
 def fit(ctx, model, train, val):
     return ctx.train_model(model, train, val, name="nanloss",
                            extra_loss=lambda model, batch, logits: torch.tensor(float("nan")))
-'''
+"""
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "nanplugin.py").write_text(NAN_PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = resolve_config(sets=[*TINY, "train.epochs=1"], flags={"out": str(tmp_path), "device": "cpu", "method": "nanloss"},
-                         local=("nanplugin",))
+    cfg = resolve_config(
+        sets=[*TINY, "train.epochs=1"],
+        flags={"out": str(tmp_path), "device": "cpu", "method": "nanloss"},
+        local=("nanplugin",),
+    )
     with pytest.raises(DermbenchError, match=r"loss became nan at epoch 1, step 1"):
         run_experiment(cfg, local=("nanplugin",))
 
@@ -128,8 +155,21 @@ def test_unknown_names_fail_with_the_closest_match(tmp_path, capsys):
     assert "did you mean 'synthderm'" in capsys.readouterr().err.lower()
     assert main(["run", "--method", "fairquantise", "--out", str(tmp_path)]) == 2
     assert "unknown method 'fairquantise'" in capsys.readouterr().err
-    assert main(["run", "--set", "model.backbone=resnet181", "--out", str(tmp_path), "--device", "cpu",
-                 *sum([["--set", s] for s in TINY[:2]], [])]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--set",
+                "model.backbone=resnet181",
+                "--out",
+                str(tmp_path),
+                "--device",
+                "cpu",
+                *sum([["--set", s] for s in TINY[:2]], []),
+            ]
+        )
+        == 2
+    )
     assert "did you mean 'resnet18" in capsys.readouterr().err.lower()
 
 
@@ -139,7 +179,7 @@ def test_cuda_requested_without_a_gpu(tmp_path, capsys):
     assert "sees no CUDA GPU" in capsys.readouterr().err
 
 
-SPY_PLUGIN = '''
+SPY_PLUGIN = """
 from dermbench.hookspecs import hookimpl
 name = "spy"
 SEEN = []
@@ -148,7 +188,7 @@ SEEN = []
 def predict(ctx, model, split):
     SEEN.append((split.name, sorted(split.table.columns)))
     return ctx.predict_proba(model, split)
-'''
+"""
 
 
 def test_predict_never_sees_labels_and_the_threshold_comes_from_validation(tmp_path, monkeypatch):
@@ -158,8 +198,11 @@ def test_predict_never_sees_labels_and_the_threshold_comes_from_validation(tmp_p
     monkeypatch.syspath_prepend(str(tmp_path))
     import spyplugin
 
-    cfg = resolve_config(sets=[*TINY, "train.epochs=1"], flags={"out": str(tmp_path), "device": "cpu", "method": "spy"},
-                         local=("spyplugin",))
+    cfg = resolve_config(
+        sets=[*TINY, "train.epochs=1"],
+        flags={"out": str(tmp_path), "device": "cpu", "method": "spy"},
+        local=("spyplugin",),
+    )
     result = run_experiment(cfg, local=("spyplugin",))
     seen = dict(spyplugin.SEEN)
     assert set(seen) == {"val", "synthderm", "synthderm-ddi", "synthderm-dermoscopic"}
@@ -174,8 +217,12 @@ def test_predict_never_sees_labels_and_the_threshold_comes_from_validation(tmp_p
 
     from dermbench.context import RunContext
 
-    ctx = RunContext(config=result.metrics["config"], device=torch.device("cpu"), work_dir=tmp_path / "w",
-                     cache_dir=tmp_path / "c")
+    ctx = RunContext(
+        config=result.metrics["config"],
+        device=torch.device("cpu"),
+        work_dir=tmp_path / "w",
+        cache_dir=tmp_path / "c",
+    )
     model = ctx.create_model(2)
     model.load_state_dict(load_file(str(result.run_dir.file("model.safetensors"))))
     expected = threshold_from_validation(cfg["eval"]["threshold"], val.labels, ctx.predict_proba(model, val))
@@ -190,7 +237,7 @@ def test_missing_external_tasks_are_skipped_before_training(tmp_path):
     assert not list(tmp_path.glob("*/work/checkpoints"))  # it failed before training
 
 
-SLOW_PLUGIN = '''
+SLOW_PLUGIN = """
 import time
 from dermbench.hookspecs import hookimpl
 name = "slowerm"
@@ -199,7 +246,7 @@ name = "slowerm"
 def fit(ctx, model, train, val):
     # ERM, slowed down so a test can kill the process between two checkpoints
     return ctx.train_model(model, train, val, name="slowerm", after_step=lambda model: time.sleep(0.05))
-'''
+"""
 
 
 @pytest.mark.slow  # starts subprocesses
@@ -214,14 +261,33 @@ def test_a_killed_process_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_pat
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
 
     def command(out):
-        return [sys.executable, "-m", "dermbench.cli", "run", "--plugin", "slowplugin", "--method", "slowerm",
-                "--device", "cpu", "--out", str(out), *sum([["--set", s] for s in TINY], []), "--set", "train.epochs=4"]
+        return [
+            sys.executable,
+            "-m",
+            "dermbench.cli",
+            "run",
+            "--plugin",
+            "slowplugin",
+            "--method",
+            "slowerm",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            *sum([["--set", s] for s in TINY], []),
+            "--set",
+            "train.epochs=4",
+        ]
 
     subprocess.run(command(tmp_path / "ref"), env=env, check=True, capture_output=True)
-    process = subprocess.Popen(command(tmp_path / "run"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command(tmp_path / "run"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not list((tmp_path / "run").glob("*/work/checkpoints/slowerm.pt")):
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        assert process.poll() is None and time.monotonic() < deadline, (
+            "the run ended before its first checkpoint"
+        )
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)  # no cleanup of any kind
     process.wait()
@@ -230,12 +296,29 @@ def test_a_killed_process_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_pat
     subprocess.run(command(tmp_path / "run"), env=env, check=True, capture_output=True)
     assert "resuming slowerm from its checkpoint" in (run_dir / "log.txt").read_text()
     (reference,) = (tmp_path / "ref").glob("*/metrics.json")
-    assert eval_numbers(json.loads((run_dir / "metrics.json").read_text())) == eval_numbers(json.loads(reference.read_text()))
+    assert eval_numbers(json.loads((run_dir / "metrics.json").read_text())) == eval_numbers(
+        json.loads(reference.read_text())
+    )
 
 
 def test_sweep_runs_the_grid_once(tmp_path, capsys):
-    args = ["sweep", "--methods", "erm", "--datasets", "synthderm", "--seeds", "0", "1", "--out", str(tmp_path),
-            "--device", "cpu", *sum([["--set", s] for s in TINY], []), "--set", "train.epochs=1"]
+    args = [
+        "sweep",
+        "--methods",
+        "erm",
+        "--datasets",
+        "synthderm",
+        "--seeds",
+        "0",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        *sum([["--set", s] for s in TINY], []),
+        "--set",
+        "train.epochs=1",
+    ]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert first.count("│ ran ") == 2

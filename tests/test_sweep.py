@@ -13,7 +13,7 @@ from dermbench.sweep import FAILED, RAN, SweepSummary, gpus_per_task, run_sweep
 
 TINY = [*TINY_SETTINGS, "eval.n_boot=20"]  # later settings win
 
-FAIL_PLUGIN = '''
+FAIL_PLUGIN = """
 from dermbench.errors import DermbenchError
 from dermbench.hookspecs import hookimpl
 name = "failseed"
@@ -24,19 +24,40 @@ def fit(ctx, model, train, val):
     if ctx.config["seed"] == 1:
         raise DermbenchError("failseed cannot train with seed 1")
     return ctx.train_model(model, train, val, name="failseed")
-'''
+"""
 
 
 def sweep_args(out, *extra):
-    return ["sweep", "--datasets", "synthderm", "--out", str(out), "--device", "cpu",
-            *sum([["--set", s] for s in TINY], []), "--set", "train.epochs=1", *extra]
+    return [
+        "sweep",
+        "--datasets",
+        "synthderm",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *sum([["--set", s] for s in TINY], []),
+        "--set",
+        "train.epochs=1",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize(("device", "cluster_gpus", "expected"), [
-    ("auto", 2, 1), ("cuda", 1, 1), ("cuda:0", 4, 1), ("cpu", 2, 0), ("mps", 2, 0),
-    ("auto", 0, 0), ("cuda", 0, 0),  # no GPU in the cluster: the run reserves none (cuda then fails clearly)
-])
-def test_a_run_reserves_a_gpu_only_when_it_may_use_one_and_the_cluster_has_one(device, cluster_gpus, expected):
+@pytest.mark.parametrize(
+    ("device", "cluster_gpus", "expected"),
+    [
+        ("auto", 2, 1),
+        ("cuda", 1, 1),
+        ("cuda:0", 4, 1),
+        ("cpu", 2, 0),
+        ("mps", 2, 0),
+        ("auto", 0, 0),
+        ("cuda", 0, 0),  # no GPU in the cluster: the run reserves none (cuda then fails clearly)
+    ],
+)
+def test_a_run_reserves_a_gpu_only_when_it_may_use_one_and_the_cluster_has_one(
+    device, cluster_gpus, expected
+):
     assert gpus_per_task({"device": device}, cluster_gpus) == expected
 
 
@@ -56,9 +77,13 @@ def test_an_unexpected_error_is_a_counted_failure_naming_its_type(monkeypatch):
 
 
 def test_summary_counts():
-    summary = SweepSummary([sweep_module.RunOutcome("erm", "synthderm", 0, RAN, "id0"),
-                            sweep_module.RunOutcome("erm", "synthderm", 1, "reused", "id1"),
-                            sweep_module.RunOutcome("erm", "synthderm", 2, FAILED, reason="why")])
+    summary = SweepSummary(
+        [
+            sweep_module.RunOutcome("erm", "synthderm", 0, RAN, "id0"),
+            sweep_module.RunOutcome("erm", "synthderm", 1, "reused", "id1"),
+            sweep_module.RunOutcome("erm", "synthderm", 2, FAILED, reason="why"),
+        ]
+    )
     assert (summary.ran, summary.reused, summary.failed) == (1, 1, 1)
 
 
@@ -86,9 +111,18 @@ def test_ray_tasks_get_absolute_paths_that_leave_the_run_id_alone(tmp_path, monk
     from dermbench.config import run_id
 
     monkeypatch.chdir(tmp_path)
-    cfg = {"method": "erm", "dataset": "synthderm", "seed": 0, "out": "runs", "data": {"root": "data", "size": 16}}
+    cfg = {
+        "method": "erm",
+        "dataset": "synthderm",
+        "seed": 0,
+        "out": "runs",
+        "data": {"root": "data", "size": 16},
+    }
     moved = sweep_module._with_absolute_paths(cfg)
-    assert moved["out"] == str(tmp_path / "runs") and moved["data"] == {"root": str(tmp_path / "data"), "size": 16}
+    assert moved["out"] == str(tmp_path / "runs") and moved["data"] == {
+        "root": str(tmp_path / "data"),
+        "size": 16,
+    }
     assert run_id(moved) == run_id(cfg)
     assert sweep_module._with_absolute_paths({**cfg, "data": {"root": None}})["data"] == {"root": None}
 

@@ -22,7 +22,7 @@ TINY = [*TINY_SETTINGS, "eval.n_boot=20"]  # later settings win
 
 # ERM whose first attempt kills its own worker (SIGKILL: no cleanup, no exception) at the first
 # step of epoch 2, when the epoch-1 checkpoint exists; the marker file makes only one attempt die.
-KILL_PLUGIN = '''
+KILL_PLUGIN = """
 import os
 import signal
 from pathlib import Path
@@ -40,9 +40,9 @@ def _die_once(ctx):
 @hookimpl
 def fit(ctx, model, train, val):
     return ctx.train_model(model, train, val, name="killonce", after_step=_die_once(ctx))
-'''
+"""
 
-FAIL_PLUGIN = '''
+FAIL_PLUGIN = """
 from dermbench.errors import DermbenchError
 from dermbench.hookspecs import hookimpl
 name = "failseed"
@@ -52,9 +52,9 @@ def fit(ctx, model, train, val):
     if ctx.config["seed"] == 1:
         raise DermbenchError("failseed cannot train with seed 1")
     return ctx.train_model(model, train, val, name="failseed")
-'''
+"""
 
-DIE_PLUGIN = '''
+DIE_PLUGIN = """
 import os
 import signal
 from dermbench.hookspecs import hookimpl
@@ -63,7 +63,7 @@ name = "alwaysdies"
 @hookimpl
 def fit(ctx, model, train, val):
     os.kill(os.getpid(), signal.SIGKILL)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,14 @@ def cluster():
         mp.setenv("DERMBENCH_TEST_KILL_MARKER", str(marker))
         mp.setenv("DERMBENCH_CACHE", str(plugins / "cache"))  # the workers' caches: never the user's ~/.cache
         mp.syspath_prepend(str(plugins))
-        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=ray_tmp,
-                 object_store_memory=100 * 1024**2, log_to_driver=False)
+        ray.init(
+            num_cpus=2,
+            num_gpus=0,
+            include_dashboard=False,
+            _temp_dir=ray_tmp,
+            object_store_memory=100 * 1024**2,
+            log_to_driver=False,
+        )
         try:
             yield plugins
         finally:
@@ -93,14 +99,24 @@ def cluster():
 
 
 def configs(out, *, methods=("erm",), seeds=(0, 1), epochs=1, local=()):
-    return sweep_configs(methods=methods, datasets=["synthderm"], seeds=seeds, profile="tiny",
-                         sets=[*TINY, f"train.epochs={epochs}"], out=str(out), device="cpu", local=local)
+    return sweep_configs(
+        methods=methods,
+        datasets=["synthderm"],
+        seeds=seeds,
+        profile="tiny",
+        sets=[*TINY, f"train.epochs={epochs}"],
+        out=str(out),
+        device="cpu",
+        local=local,
+    )
 
 
 def records(out: Path) -> dict[str, str]:
     """run id -> the eval numbers of its metrics.json, as canonical JSON."""
-    return {p.parent.name: json.dumps(json.loads(p.read_text())["eval"], sort_keys=True)
-            for p in out.glob("*/metrics.json")}
+    return {
+        p.parent.name: json.dumps(json.loads(p.read_text())["eval"], sort_keys=True)
+        for p in out.glob("*/metrics.json")
+    }
 
 
 def test_a_ray_sweep_writes_the_same_records_as_a_local_sweep(cluster, one_torch_thread, tmp_path):
@@ -114,15 +130,22 @@ def test_a_ray_sweep_writes_the_same_records_as_a_local_sweep(cluster, one_torch
     assert again.reused == 2 and again.ran == 0
 
 
-def test_a_killed_worker_is_retried_and_resumes_to_the_uninterrupted_metrics(cluster, one_torch_thread, tmp_path):
+def test_a_killed_worker_is_retried_and_resumes_to_the_uninterrupted_metrics(
+    cluster, one_torch_thread, tmp_path
+):
     local = ("killplugin",)
     marker = cluster / "killed-once"
     marker.write_text("the reference run must not die")
-    (reference,) = run_sweep(configs(tmp_path / "ref", methods=["killonce"], seeds=[0], epochs=2, local=local),
-                             local=local).outcomes
+    (reference,) = run_sweep(
+        configs(tmp_path / "ref", methods=["killonce"], seeds=[0], epochs=2, local=local), local=local
+    ).outcomes
     marker.unlink()
-    summary = run_sweep(configs(tmp_path / "ray", methods=["killonce"], seeds=[0], epochs=2, local=local),
-                        local=local, use_ray=True, max_retries=1)
+    summary = run_sweep(
+        configs(tmp_path / "ray", methods=["killonce"], seeds=[0], epochs=2, local=local),
+        local=local,
+        use_ray=True,
+        max_retries=1,
+    )
     assert marker.exists(), "the first attempt should have killed its worker"
     (outcome,) = summary.outcomes
     assert outcome.status == RAN, outcome.reason
@@ -132,12 +155,29 @@ def test_a_killed_worker_is_retried_and_resumes_to_the_uninterrupted_metrics(clu
     assert records(tmp_path / "ray") == records(tmp_path / "ref")
 
 
-def test_a_failed_run_on_ray_is_counted_with_its_reason_and_the_command_exits_1(cluster, tmp_path, capsys,
-                                                                                 monkeypatch):
+def test_a_failed_run_on_ray_is_counted_with_its_reason_and_the_command_exits_1(
+    cluster, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("COLUMNS", "250")
     out = tmp_path / "runs"
-    args = ["sweep", "--ray", "--plugin", "failplugin", "--methods", "failseed", "--seeds", "0", "1",
-            "--out", str(out), "--device", "cpu", *sum([["--set", s] for s in TINY], []), "--set", "train.epochs=1"]
+    args = [
+        "sweep",
+        "--ray",
+        "--plugin",
+        "failplugin",
+        "--methods",
+        "failseed",
+        "--seeds",
+        "0",
+        "1",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *sum([["--set", s] for s in TINY], []),
+        "--set",
+        "train.epochs=1",
+    ]
     assert main(args) == 1
     text = capsys.readouterr().out
     assert "2 runs: 1 ran, 0 reused, 1 failed" in text

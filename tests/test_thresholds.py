@@ -90,7 +90,9 @@ def test_tpr_target_hand_example():
     p = np.r_[np.linspace(1.0, 0.1, 10), [0.95, 0.05]]
     y = np.r_[np.ones(10, int), [0, 0]]
     assert choose_threshold(y_true=y, y_prob=p, rule="tpr@0.9") == pytest.approx(0.2)
-    assert choose_threshold(y_true=y, y_prob=p, rule="tpr@0.7") == pytest.approx(0.4)  # 0.7 * 10 is 7.000...01
+    assert choose_threshold(y_true=y, y_prob=p, rule="tpr@0.7") == pytest.approx(
+        0.4
+    )  # 0.7 * 10 is 7.000...01
     assert choose_threshold(y_true=y, y_prob=p, rule="tpr@1") == pytest.approx(0.1)
     assert choose_threshold(y_true=y, y_prob=p, rule="tpr@0.05") == pytest.approx(1.0)
 

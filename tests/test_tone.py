@@ -30,7 +30,9 @@ def hand_lab(rgb8):
     """sRGB (0-255) to CIELAB (D65, 2 degree observer) written out from the standard formulas."""
     c = np.asarray(rgb8, dtype=float) / 255.0
     lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    m = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
+    m = np.array(
+        [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
+    )
     xyz = m @ lin / np.array([0.95047, 1.0, 1.08883])
     d = 6 / 29
     f = np.where(xyz > d**3, np.cbrt(xyz), xyz / (3 * d * d) + 4 / 29)
@@ -41,8 +43,9 @@ def flat(rgb8, size=16):
     return np.broadcast_to(np.array(rgb8, dtype=np.uint8), (size, size, 3)).copy()
 
 
-@pytest.mark.parametrize("rgb8", [(236, 200, 180), (224, 172, 140), (198, 134, 96), (150, 96, 62),
-                                   (96, 60, 42), (62, 44, 38)])
+@pytest.mark.parametrize(
+    "rgb8", [(236, 200, 180), (224, 172, 140), (198, 134, 96), (150, 96, 62), (96, 60, 42), (62, 44, 38)]
+)
 def test_ita_of_a_flat_colour_matches_the_hand_computed_formula(rgb8):
     L, _, b = hand_lab(rgb8)
     hand = math.atan((L - 50) / b) * 180 / math.pi
@@ -69,8 +72,20 @@ def test_ita_formula_handles_b_star_zero_without_dividing():
 
 @pytest.mark.parametrize(
     "ita, fst",
-    [(90, 1), (55.01, 1), (55, 2), (41.01, 2), (41, 3), (28.01, 3), (28, 4), (10.01, 4), (10, 5),
-     (-29.99, 5), (-30, 6), (-90, 6)],
+    [
+        (90, 1),
+        (55.01, 1),
+        (55, 2),
+        (41.01, 2),
+        (41, 3),
+        (28.01, 3),
+        (28, 4),
+        (10.01, 4),
+        (10, 5),
+        (-29.99, 5),
+        (-30, 6),
+        (-90, 6),
+    ],
 )
 def test_fst_thresholds_at_the_boundaries(ita, fst):
     assert fst_from_ita(np.array([ita]))[0] == fst
@@ -117,7 +132,9 @@ def test_a_dark_lesion_in_the_centre_does_not_pull_the_estimate():
     skin = ita_of_images(flat((224, 172, 140), size=32)[None])[0]
     centre = (8, 24, 8, 24)  # a quarter of the image, inside the border frame
     dark_brown, black_blue = (90, 55, 35), (40, 40, 70)
-    got = ita_of_images(np.stack([skin_with_lesion(dark_brown, centre), skin_with_lesion(black_blue, centre)]))
+    got = ita_of_images(
+        np.stack([skin_with_lesion(dark_brown, centre), skin_with_lesion(black_blue, centre)])
+    )
     assert got[0] == pytest.approx(skin, abs=1e-9)
     assert got[1] == pytest.approx(skin, abs=1e-9)
     lesion_ita = ita_of_images(flat(dark_brown)[None])[0]
@@ -215,12 +232,15 @@ def test_fill_by_ita_on_a_plain_split_uses_the_border_and_keeps_tone3_only_rows(
     images = np.stack([skin_with_lesion((40, 30, 30), (8, 24, 8, 24)) for _ in colours])
     for img, c in zip(images, colours):
         img[:8], img[24:], img[:, :8], img[:, 24:] = c, c, c, c
-    table = pd.DataFrame({
-        "sample_id": [f"s{i}" for i in range(5)], "label": [0, 1, 0, 1, 0],
-        "fst": [np.nan, np.nan, np.nan, 2.0, np.nan],
-        "tone3": [None, None, None, None, "B"],  # s4: a DDI-style tone3 label without an FST
-        "tone_source": pd.array(["annotated"] * 5, dtype="str"),
-    })
+    table = pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(5)],
+            "label": [0, 1, 0, 1, 0],
+            "fst": [np.nan, np.nan, np.nan, 2.0, np.nan],
+            "tone3": [None, None, None, None, "B"],  # s4: a DDI-style tone3 label without an FST
+            "tone_source": pd.array(["annotated"] * 5, dtype="str"),
+        }
+    )
     split = Split(name="plain", table=table, images=images, classes=("benign", "malignant"))
     filled = fill_missing_tones(split, source="ita")
     t = filled.table
@@ -249,9 +269,30 @@ def test_fill_annotated_changes_nothing_but_reports_the_gap(ddi_like):
 @pytest.fixture(scope="module")
 def detector_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("detector") / "tone3"
-    args = ["tone", "train", "--dataset", "synthderm", "--eval-dataset", "synthderm", "--eval-split", "test_ddi",
-            "--backbone", "test_resnet", "--epochs", "2", "--image-size", "16", "--device", "cpu",
-            "--out", str(out), "--set", OPTIONS_SET, "--set", "train.batch_size=32"]
+    args = [
+        "tone",
+        "train",
+        "--dataset",
+        "synthderm",
+        "--eval-dataset",
+        "synthderm",
+        "--eval-split",
+        "test_ddi",
+        "--backbone",
+        "test_resnet",
+        "--epochs",
+        "2",
+        "--image-size",
+        "16",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--set",
+        OPTIONS_SET,
+        "--set",
+        "train.batch_size=32",
+    ]
     assert main(args) == 0
     return out
 
@@ -259,8 +300,22 @@ def detector_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def annotation(detector_dir, tmp_path_factory):
     csv = tmp_path_factory.mktemp("annotate") / "tones.csv"
-    args = ["tone", "annotate", "--detector", str(detector_dir), "--dataset", "synthderm", "--split", "test_ddi",
-            "--device", "cpu", "--out", str(csv), "--set", OPTIONS_SET]
+    args = [
+        "tone",
+        "annotate",
+        "--detector",
+        str(detector_dir),
+        "--dataset",
+        "synthderm",
+        "--split",
+        "test_ddi",
+        "--device",
+        "cpu",
+        "--out",
+        str(csv),
+        "--set",
+        OPTIONS_SET,
+    ]
     assert main(args) == 0
     return pd.read_csv(csv, keep_default_na=False, na_values=[""])
 
@@ -268,7 +323,16 @@ def annotation(detector_dir, tmp_path_factory):
 def test_detector_record_holds_honest_scores_of_its_evaluation_set(detector_dir, annotation, ddi_like):
     info = json.loads((detector_dir / "detector.json").read_text())
     assert (detector_dir / "model.safetensors").is_file() and not (detector_dir / "work").exists()
-    for key in ("backbone", "image_size", "trained_on", "evaluated_on", "accuracy", "per_tone_f1", "n", "created"):
+    for key in (
+        "backbone",
+        "image_size",
+        "trained_on",
+        "evaluated_on",
+        "accuracy",
+        "per_tone_f1",
+        "n",
+        "created",
+    ):
         assert key in info
     assert info["backbone"] == "test_resnet" and info["image_size"] == 16
     assert info["trained_on"] == "synthderm" and info["evaluated_on"] == "synthderm:test_ddi"
@@ -286,8 +350,19 @@ def test_detector_record_holds_honest_scores_of_its_evaluation_set(detector_dir,
 
 
 def test_annotate_writes_detector_tones_and_ita(annotation):
-    cols = ["sample_id", "split", "tone3", "p_A", "p_B", "p_C", "tone_source", "ita", "fst_ita", "tone3_ita",
-            "tone3_annotated"]
+    cols = [
+        "sample_id",
+        "split",
+        "tone3",
+        "p_A",
+        "p_B",
+        "p_C",
+        "tone_source",
+        "ita",
+        "fst_ita",
+        "tone3_ita",
+        "tone3_annotated",
+    ]
     assert list(annotation.columns) == cols
     assert (annotation["tone_source"] == "detector").all()
     assert annotation["tone3"].isin(["A", "B", "C"]).all()
@@ -352,11 +427,25 @@ def test_missing_or_bad_detector_is_a_clear_error(tmp_path, ddi_like, detector_d
 
 
 def test_cli_refuses_to_score_on_training_data_or_to_overwrite(detector_dir, capsys):
-    base = ["tone", "train", "--dataset", "synthderm", "--backbone", "test_resnet", "--device", "cpu",
-            "--set", OPTIONS_SET]
-    assert main([*base, "--eval-dataset", "synthderm", "--eval-split", "train", "--out", str(detector_dir)]) == 2
+    base = [
+        "tone",
+        "train",
+        "--dataset",
+        "synthderm",
+        "--backbone",
+        "test_resnet",
+        "--device",
+        "cpu",
+        "--set",
+        OPTIONS_SET,
+    ]
+    assert (
+        main([*base, "--eval-dataset", "synthderm", "--eval-split", "train", "--out", str(detector_dir)]) == 2
+    )
     assert "cannot be scored" in capsys.readouterr().err
-    assert main([*base, "--eval-dataset", "synthderm", "--eval-split", "test", "--out", str(detector_dir)]) == 2
+    assert (
+        main([*base, "--eval-dataset", "synthderm", "--eval-split", "test", "--out", str(detector_dir)]) == 2
+    )
     assert "--force" in capsys.readouterr().err
 
 
@@ -364,7 +453,21 @@ def test_an_interrupted_training_with_other_settings_is_not_resumed(tmp_path, ca
     out = tmp_path / "det"
     (out / "work").mkdir(parents=True)
     (out / "work" / "settings.json").write_text(json.dumps({"config": {"seed": 99}}))
-    args = ["tone", "train", "--dataset", "synthderm", "--eval-dataset", "synthderm", "--eval-split", "test_ddi",
-            "--device", "cpu", "--out", str(out), "--set", OPTIONS_SET]
+    args = [
+        "tone",
+        "train",
+        "--dataset",
+        "synthderm",
+        "--eval-dataset",
+        "synthderm",
+        "--eval-split",
+        "test_ddi",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--set",
+        OPTIONS_SET,
+    ]
     assert main(args) == 2
     assert "interrupted detector training with other settings" in capsys.readouterr().err

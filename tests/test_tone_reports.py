@@ -27,9 +27,18 @@ from dermbench.results.records import SCHEMA_VERSION, read_record, write_done
 from dermbench.results.report import build_report, print_report, render_markdown, write_report
 from dermbench.results.tone_sections import ITA_PLOT
 
-CONFIG = {"method": "erm", "dataset": "synthderm", "task": "malignant", "seed": 0, "profile": "tiny",
-          "device": "cpu", "out": "runs", "data": {"root": None, "image_size": 48},
-          "train": {"epochs": 4}, "eval": {"threshold": 0.5, "n_boot": 20}}
+CONFIG = {
+    "method": "erm",
+    "dataset": "synthderm",
+    "task": "malignant",
+    "seed": 0,
+    "profile": "tiny",
+    "device": "cpu",
+    "out": "runs",
+    "data": {"root": None, "image_size": 48},
+    "train": {"epochs": 4},
+    "eval": {"threshold": 0.5, "n_boot": 20},
+}
 N = 360
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -54,8 +63,15 @@ def _simulated(skill: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def _entry(y, prob, groups: dict, tone_source: dict) -> dict:
-    report = fairness_report(y_true=y, y_prob=prob, groups=groups, threshold=0.5, n_boot=20, seed=0,
-                             class_names=["benign", "malignant"])
+    report = fairness_report(
+        y_true=y,
+        y_prob=prob,
+        groups=groups,
+        threshold=0.5,
+        n_boot=20,
+        seed=0,
+        class_names=["benign", "malignant"],
+    )
     return {**report, "tone_source": tone_source}
 
 
@@ -63,31 +79,74 @@ def record(method: str, seed: int, skill: float, *, new_fields: bool = True) -> 
     """A metrics.json as the runner writes it: an annotated test set `synthderm` and one without
     annotations, `isic2018`, whose tones ITA estimated."""
     y, prob, tone3, ita, estimate = _simulated(skill, seed)
-    annotated = ToneViews(ita=ita, sources={"annotated": {"tone3": tone3, "tone2": _tone2(tone3)},
-                                            "ita": {"tone3": estimate, "tone2": _tone2(estimate)}},
-                          assigned=tone3, row_source=np.full(N, "annotated", dtype=object), skipped={
-                              "detector": "no tone detector configured (data.tone_detector)"})
+    annotated = ToneViews(
+        ita=ita,
+        sources={
+            "annotated": {"tone3": tone3, "tone2": _tone2(tone3)},
+            "ita": {"tone3": estimate, "tone2": _tone2(estimate)},
+        },
+        assigned=tone3,
+        row_source=np.full(N, "annotated", dtype=object),
+        skipped={"detector": "no tone detector configured (data.tone_detector)"},
+    )
     none = np.full(N, None, dtype=object)
-    unannotated = ToneViews(ita=ita, sources={"annotated": {"tone3": none, "tone2": none},
-                                              "ita": {"tone3": estimate, "tone2": _tone2(estimate)}},
-                            assigned=estimate, assigned_tone2=_tone2(estimate), row_source=np.full(N, "ita", dtype=object))
-    common = {"y_true": y, "y_prob": prob, "threshold": 0.5, "n_boot": 20, "seed": seed,
-              "class_names": ["benign", "malignant"]}
-    evals = {"synthderm": _entry(y, prob, {"tone3": tone3, "tone2": _tone2(tone3)}, {"annotated": N}),
-             "isic2018": _entry(y, prob, {"tone3": estimate, "tone2": _tone2(estimate)}, {"ita": N})}
+    unannotated = ToneViews(
+        ita=ita,
+        sources={
+            "annotated": {"tone3": none, "tone2": none},
+            "ita": {"tone3": estimate, "tone2": _tone2(estimate)},
+        },
+        assigned=estimate,
+        assigned_tone2=_tone2(estimate),
+        row_source=np.full(N, "ita", dtype=object),
+    )
+    common = {
+        "y_true": y,
+        "y_prob": prob,
+        "threshold": 0.5,
+        "n_boot": 20,
+        "seed": seed,
+        "class_names": ["benign", "malignant"],
+    }
+    evals = {
+        "synthderm": _entry(y, prob, {"tone3": tone3, "tone2": _tone2(tone3)}, {"annotated": N}),
+        "isic2018": _entry(y, prob, {"tone3": estimate, "tone2": _tone2(estimate)}, {"ita": N}),
+    }
     if new_fields:
-        confusion = {s: measured_confusion({"synthderm": annotated, "isic2018": unannotated}, s) for s in ("tone3", "tone2")}
-        evals["synthderm"]["tone_sources"] = {"annotated": True, **score_tone_sources(views=annotated, **common)}
-        evals["isic2018"]["tone_sources"] = {"annotated": False, **{
-            key: propagate_misassignment(views=unannotated, confusion=confusion[s], scheme=s, **common)
-            for key, s in (("misassignment", "tone3"), ("misassignment_tone2", "tone2"))}}
+        confusion = {
+            s: measured_confusion({"synthderm": annotated, "isic2018": unannotated}, s)
+            for s in ("tone3", "tone2")
+        }
+        evals["synthderm"]["tone_sources"] = {
+            "annotated": True,
+            **score_tone_sources(views=annotated, **common),
+        }
+        evals["isic2018"]["tone_sources"] = {
+            "annotated": False,
+            **{
+                key: propagate_misassignment(views=unannotated, confusion=confusion[s], scheme=s, **common)
+                for key, s in (("misassignment", "tone3"), ("misassignment_tone2", "tone2"))
+            },
+        }
         for entry in evals.values():
             entry["ita_curve"] = ita_curve(ita=ita, **common)
     config = {**CONFIG, "method": method, "seed": seed}
-    out = {"run_id": f"{method}_synthderm_s{seed}", "method": method, "dataset": "synthderm", "task": "malignant",
-           "seed": seed, "profile": "tiny", "config": config, "plugins": {method: "0.1.0"}, "device": "cpu",
-           "timing": {"total_s": 1.0, "resumed": False}, "threshold_rule": "0.5", "skipped_test_sets": {},
-           "train_history": None, "eval": evals}
+    out = {
+        "run_id": f"{method}_synthderm_s{seed}",
+        "method": method,
+        "dataset": "synthderm",
+        "task": "malignant",
+        "seed": seed,
+        "profile": "tiny",
+        "config": config,
+        "plugins": {method: "0.1.0"},
+        "device": "cpu",
+        "timing": {"total_s": 1.0, "resumed": False},
+        "threshold_rule": "0.5",
+        "skipped_test_sets": {},
+        "train_history": None,
+        "eval": evals,
+    }
     return {"schema_version": SCHEMA_VERSION if new_fields else 1, **out}
 
 
@@ -131,7 +190,9 @@ def test_a_record_without_the_new_fields_still_loads_and_says_the_sections_are_a
     run_dir = write_run(tmp_path, record("erm", 0, 0.0, new_fields=False))
     assert read_record(run_dir).eval["synthderm"].tone_sources is None
     markdown = render_markdown(build_report(run_dir))
-    assert markdown.count("absent: this record (schema version 1) was written before tone-source scoring") == 2
+    assert (
+        markdown.count("absent: this record (schema version 1) was written before tone-source scoring") == 2
+    )
     assert markdown.count("absent: this record (schema version 1) was written before the ITA curve") == 2
     write_report(run_dir)
     assert not (run_dir / ITA_PLOT).exists()
@@ -164,9 +225,17 @@ def test_leaderboard_section_ranks_methods_by_eodd_per_source(tmp_path):
     # Kendall's tau between the rows' mean EOdd rankings, as computed here from the records
     means = {}
     for source in ("annotated", "ita"):
-        means[source] = [np.mean([json.loads((root / f"{m}_synthderm_s{s}" / "metrics.json").read_text())
-                                  ["eval"]["synthderm"]["tone_sources"]["sources"][source]["fairness"]["tone3"]["eodd"]
-                                  for s in (0, 1)]) for m in ("erm", "fairprune", "mfd")]
+        means[source] = [
+            np.mean(
+                [
+                    json.loads((root / f"{m}_synthderm_s{s}" / "metrics.json").read_text())["eval"][
+                        "synthderm"
+                    ]["tone_sources"]["sources"][source]["fairness"]["tone3"]["eodd"]
+                    for s in (0, 1)
+                ]
+            )
+            for m in ("erm", "fairprune", "mfd")
+        ]
     tau = kendalltau(means["annotated"], means["ita"]).statistic
     assert not math.isnan(tau)
     assert f"annotated vs ITA: Kendall's tau = {tau:.2f} over 3 rows" in section
@@ -176,7 +245,9 @@ def test_leaderboard_section_ranks_methods_by_eodd_per_source(tmp_path):
     assert "### Tone misassignment (tone3)" in isic and "| EOdd CI (+ misassignment) " in isic
     csv = pd.read_csv(io.StringIO(outputs[0].csv))
     ita_eodd = csv[(csv["test_set"] == "synthderm") & (csv["metric"] == "sens.ita.eodd")].set_index("method")
-    assert ita_eodd.loc[["erm", "fairprune", "mfd"], "mean"].to_numpy() == pytest.approx(means["ita"], abs=1e-6)
+    assert ita_eodd.loc[["erm", "fairprune", "mfd"], "mean"].to_numpy() == pytest.approx(
+        means["ita"], abs=1e-6
+    )
     assert ((csv["test_set"] == "isic2018") & (csv["metric"] == "mis.eodd.propagated_hi")).sum() == 3
     written = write_outputs(outputs, tmp_path / "out")
     pngs = {p.name for p in written if "-ita-" in p.name}
@@ -190,8 +261,11 @@ def test_kendalls_tau_ranks_the_rows_of_each_profile_apart(tmp_path):
     for method, skill in SKILLS.items():  # the same methods under another profile: ranked on their own
         for seed in (0, 1):
             data = record(method, seed, skill + 0.3)
-            data.update(run_id=f"{method}_synthderm_paper_s{seed}", profile="paper",
-                        config={**data["config"], "profile": "paper"})
+            data.update(
+                run_id=f"{method}_synthderm_paper_s{seed}",
+                profile="paper",
+                config={**data["config"], "profile": "paper"},
+            )
             write_run(root, data)
     section = _section(build_outputs(collect([root]), [root.as_posix()], "out")[0].details, "synthderm")
     assert section.count("annotated vs ITA, `tiny` rows: Kendall's tau = ") == 1
@@ -204,7 +278,9 @@ def test_leaderboard_from_records_without_the_fields_has_no_new_section(tmp_path
     outputs = build_outputs(collect([root]), [root.as_posix()], "out")
     assert "Tone-source" not in outputs[0].details and "along ITA" not in outputs[0].details
     assert "misassignment" not in outputs[0].details and outputs[0].ita == {}
-    assert not pd.read_csv(io.StringIO(outputs[0].csv))["metric"].str.startswith(("sens.", "mis.", "ita.")).any()
+    assert (
+        not pd.read_csv(io.StringIO(outputs[0].csv))["metric"].str.startswith(("sens.", "mis.", "ita.")).any()
+    )
     written = write_outputs(outputs, tmp_path / "out")
     assert not [p for p in written if "-ita-" in p.name]
 
@@ -218,8 +294,10 @@ def test_mixed_records_say_which_rows_lack_the_scores(tmp_path):
     assert "2 row(s) include records without tone-source scores (schema 1" in section
     table = section.split("### Tone-source sensitivity (tone3)")[1].split("\n\n")[2].splitlines()
     header = [c.strip() for c in table[0].strip("|").split("|")]
-    rows = {r["method"]: r for r in (dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
-                                     for line in table[2:])}
+    rows = {
+        r["method"]: r
+        for r in (dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in table[2:])
+    }
     assert "(1/2)" in rows["erm"]["EOdd (annotated)"]
     assert rows["mfd"]["EOdd (annotated)"] == rows["mfd"]["EOdd (ITA)"] == "–"
     assert "needs at least 3 rows with both values (1 here)" in section
@@ -232,4 +310,3 @@ def test_record_field_is_typed(tmp_path, field):
     run_dir = write_run(tmp_path, bad)
     with pytest.raises(Exception, match=rf"\$\.eval\.synthderm\.{field}"):
         read_record(run_dir)
-

@@ -52,9 +52,12 @@ def test_weighted_summary_with_unit_weights_is_fairness_report():
     # integer weights are a resample: the same as scoring the repeated rows
     counts = rng.multinomial(n, np.full(n, 1 / n))
     rows = np.repeat(np.arange(n), counts)
-    again = fairness_report(y_true=y[rows], y_prob=prob[rows], groups={k: v[rows] for k, v in groups.items()},
-                            threshold=0.42)
-    resampled = weighted_summary(y_true=y, y_prob=prob, groups=groups, weights=counts[:, None], threshold=0.42)
+    again = fairness_report(
+        y_true=y[rows], y_prob=prob[rows], groups={k: v[rows] for k, v in groups.items()}, threshold=0.42
+    )
+    resampled = weighted_summary(
+        y_true=y, y_prob=prob, groups=groups, weights=counts[:, None], threshold=0.42
+    )
     assert resampled["fair.tone3.eodd"][0] == pytest.approx(again["fairness"]["tone3"]["eodd"], abs=1e-12)
     assert resampled["overall.auc"][0] == pytest.approx(again["overall"]["auc"], abs=1e-12)
 
@@ -73,7 +76,9 @@ def _runs(rng, y, hard, mu, tau, weights, seeds):
     points, boots = [], []
     for _ in range(seeds):
         score = (mu + tau * rng.normal()) * y + 0.7 * hard + 0.7 * rng.normal(size=len(y))
-        auc = weighted_summary(y_true=y, y_prob=1 / (1 + np.exp(-score)), groups={}, weights=weights)["overall.auc"]
+        auc = weighted_summary(y_true=y, y_prob=1 / (1 + np.exp(-score)), groups={}, weights=weights)[
+            "overall.auc"
+        ]
         points.append(auc[0])
         boots.append(auc[1:])
     return np.array(points), np.array(boots).T
@@ -127,8 +132,15 @@ def test_rows_with_different_seeds_are_compared_unpaired():
         weights = np.hstack([np.ones((N, 1)), rng.multinomial(N, np.full(N, 1 / N), size=B).T])
         a = _runs(rng, y, hard, 1.2, 0.3, weights, 3)
         b = _runs(rng, y, hard, 1.2, 0.3, weights, 4)  # another seed count: the seeds cannot pair
-        estimate = seed_level_difference(a[0], a[1], b[0], b[1], rng.integers(0, 3, size=(B, 3)),
-                                         rng.integers(0, 4, size=(B, 4)), paired_seeds=False)
+        estimate = seed_level_difference(
+            a[0],
+            a[1],
+            b[0],
+            b[1],
+            rng.integers(0, 3, size=(B, 3)),
+            rng.integers(0, 4, size=(B, 4)),
+            paired_seeds=False,
+        )
         assert estimate.low <= estimate.value <= estimate.high and estimate.df >= 2
         rejected += estimate.p < 0.05
     assert rejected <= 5  # measured: 3 of 100
@@ -136,11 +148,25 @@ def test_rows_with_different_seeds_are_compared_unpaired():
 
 def test_too_few_seeds_or_undefined_values_give_no_verdict():
     boot = np.zeros((10, 1))
-    assert seed_level_difference(np.array([0.8]), boot, np.array([0.7]), boot, np.zeros((10, 1), int),
-                                 np.zeros((10, 1), int), True) is None
+    assert (
+        seed_level_difference(
+            np.array([0.8]), boot, np.array([0.7]), boot, np.zeros((10, 1), int), np.zeros((10, 1), int), True
+        )
+        is None
+    )
     two = np.full((10, 2), 0.5)
-    assert seed_level_difference(np.array([0.8, np.nan]), two, np.array([0.7, 0.7]), two,
-                                 np.zeros((10, 2), int), np.zeros((10, 2), int), True) is None
+    assert (
+        seed_level_difference(
+            np.array([0.8, np.nan]),
+            two,
+            np.array([0.7, 0.7]),
+            two,
+            np.zeros((10, 2), int),
+            np.zeros((10, 2), int),
+            True,
+        )
+        is None
+    )
 
 
 # --------------------------------------------------------------------------- Holm and ranks
@@ -173,7 +199,11 @@ def _run(method, variant, seed, settings):
 def test_variants_are_named_by_the_settings_that_differ():
     runs = [_run("fedd", "v1", s, {"fedd.segmentation.enabled": True, "train.lr": 0.001}) for s in (0, 1)]
     runs += [_run("fedd", "v2", s, {"fedd.segmentation.enabled": False, "train.lr": 0.001}) for s in (0, 1)]
-    runs += [_run("erm", "v3", 0, {"train.lr": 0.001}), _run("mfd", "d1", 0, {"a": 1}), _run("mfd", "d2", 0, {"a": 1})]
+    runs += [
+        _run("erm", "v3", 0, {"train.lr": 0.001}),
+        _run("mfd", "d1", 0, {"a": 1}),
+        _run("mfd", "d2", 0, {"a": 1}),
+    ]
     labels = row_labels(runs)
     assert labels[("fedd", "tiny", "v1")] == "fedd [segmentation.enabled=true]"
     assert labels[("fedd", "tiny", "v2")] == "fedd [segmentation.enabled=false]"
@@ -185,9 +215,19 @@ def test_identical_variants_are_found_and_others_are_not():
     rows = []
     for variant, shift in (("a", 0.0), ("b", 0.0), ("c", 0.01)):
         for seed in (0, 1):
-            rows.append({"method": "fedd", "profile": "tiny", "variant": variant, "seed": seed,
-                         "test_set": "t", "overall.auc": 0.8 + seed / 100 + shift})
-    rows.append({"method": "erm", "profile": "tiny", "variant": "z", "seed": 0, "test_set": "t", "overall.auc": 0.8})
+            rows.append(
+                {
+                    "method": "fedd",
+                    "profile": "tiny",
+                    "variant": variant,
+                    "seed": seed,
+                    "test_set": "t",
+                    "overall.auc": 0.8 + seed / 100 + shift,
+                }
+            )
+    rows.append(
+        {"method": "erm", "profile": "tiny", "variant": "z", "seed": 0, "test_set": "t", "overall.auc": 0.8}
+    )
     duplicates = identical_rows(pd.DataFrame(rows), ["overall.auc"])
     assert duplicates == {("fedd", "tiny", "b"): ("fedd", "tiny", "a")}
 
@@ -216,9 +256,13 @@ def test_verdicts_of_the_committed_board_come_from_its_records(board_outputs):
     assert f"Holm-corrected over all {len(board.comparisons)}" in output.markdown
     # each difference's point value is the difference of the records' means over seeds
     frame = collect([COMMITTED])
-    for c in board.comparisons[:: 17]:
-        means = [frame[(frame["method"] == r[0]) & (frame["variant"] == r[2]) & (frame["test_set"] == c.test_set)]
-                 [c.metric.key].mean() for r in (c.row, c.reference)]
+    for c in board.comparisons[::17]:
+        means = [
+            frame[(frame["method"] == r[0]) & (frame["variant"] == r[2]) & (frame["test_set"] == c.test_set)][
+                c.metric.key
+            ].mean()
+            for r in (c.row, c.reference)
+        ]
         assert c.estimate.value == pytest.approx(means[0] - means[1], abs=1e-9)
         assert c.estimate.low <= c.estimate.value <= c.estimate.high
     verdicts = pd.read_csv(io.StringIO(output.files["synthderm-malignant-verdicts.csv"]))
@@ -233,16 +277,27 @@ def test_front_page_is_short_and_links_its_files(board_outputs):
     table = next(part for part in section if part.startswith("| method")).splitlines()
     assert len(table[0].split("|")) - 2 <= 9  # at most 9 columns
     assert max(len(line) for line in table) < 160
-    assert "](synthderm-malignant.png)" in output.markdown and "](synthderm-malignant-details.md)" in output.markdown
-    assert set(output.files) == {"synthderm-malignant.md", "synthderm-malignant-details.md",
-                                 "synthderm-malignant-verdicts.md", "synthderm-malignant.csv",
-                                 "synthderm-malignant-verdicts.csv"}
+    assert (
+        "](synthderm-malignant.png)" in output.markdown
+        and "](synthderm-malignant-details.md)" in output.markdown
+    )
+    assert set(output.files) == {
+        "synthderm-malignant.md",
+        "synthderm-malignant-details.md",
+        "synthderm-malignant-verdicts.md",
+        "synthderm-malignant.csv",
+        "synthderm-malignant-verdicts.csv",
+    }
 
 
 def test_check_fails_when_the_verdicts_page_is_stale(tmp_path, capsys):
     root = tmp_path / "records"
-    for name in ("erm_synthderm_s0_d9efca5817c6", "erm_synthderm_s1_ea8fa549a9e6",
-                 "resampling_synthderm_s0_c6cbb5a61ec1", "resampling_synthderm_s1_dba08a17ba55"):
+    for name in (
+        "erm_synthderm_s0_d9efca5817c6",
+        "erm_synthderm_s1_ea8fa549a9e6",
+        "resampling_synthderm_s0_c6cbb5a61ec1",
+        "resampling_synthderm_s1_dba08a17ba55",
+    ):
         if not (COMMITTED / name).is_dir():
             pytest.skip("committed records not present")
         shutil.copytree(COMMITTED / name, root / name, ignore=shutil.ignore_patterns("*.png", "report.md"))
@@ -267,10 +322,16 @@ def test_generator_quality_sits_beside_the_generative_rows(board_outputs):
     shares = []
     for path in sorted(COMMITTED.glob("dermdiff_synthderm_s*/metrics.json")):
         record = json.loads(path.read_text())
-        shares.append(record["methods"]["dermdiff"]["quality"]["fidelity"]["label"]["values"]["malignant"]["share"])
-    assert quality.loc["dermdiff", "malignant label"] == f"{np.mean(shares):.3f} ± {np.std(shares, ddof=1):.3f}"
+        shares.append(
+            record["methods"]["dermdiff"]["quality"]["fidelity"]["label"]["values"]["malignant"]["share"]
+        )
+    assert (
+        quality.loc["dermdiff", "malignant label"] == f"{np.mean(shares):.3f} ± {np.std(shares, ddof=1):.3f}"
+    )
     assert quality.loc["classndiff", "tone"] == "–"  # Class-N-Diff asks for no tone
     assert "## Generators behind the generative rows" in output.markdown
     # FEDD's floor is its own AUC: within 0.03 of ERM's on synthderm (0.853 against 0.873 here)
-    assert "its tiny floor is an overall AUC on `synthderm` within 0.03 of ERM's: 0.853 against 0.873 (-0.021), " \
-           "met." in output.markdown
+    assert (
+        "its tiny floor is an overall AUC on `synthderm` within 0.03 of ERM's: 0.853 against 0.873 (-0.021), "
+        "met." in output.markdown
+    )

@@ -30,10 +30,23 @@ def plan(tmp_path: Path, *, mode: str, methods: str = "", seeds: str = "0 1 2", 
     (step,) = [s for s in workflow()["jobs"]["plan"]["steps"] if s.get("id") == "plan"]
     tmp_path.mkdir(parents=True, exist_ok=True)
     output = tmp_path / "output"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "GITHUB_OUTPUT": str(output), "MODE": mode, "METHODS": methods, "SEEDS": seeds, "REPLACE": replace}
-    result = subprocess.run(["bash", "-eo", "pipefail", "-c", step["run"]], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, check=False)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GITHUB_OUTPUT": str(output),
+        "MODE": mode,
+        "METHODS": methods,
+        "SEEDS": seeds,
+        "REPLACE": replace,
+    }
+    result = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", step["run"]],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode:
         return result.returncode, None, result.stdout + result.stderr
     outputs = dict(line.split("=", 1) for line in output.read_text().splitlines())
@@ -43,7 +56,9 @@ def plan(tmp_path: Path, *, mode: str, methods: str = "", seeds: str = "0 1 2", 
 def test_the_plan_job_reads_the_methods_from_builtin_methods():
     job = workflow()["jobs"]["plan"]
     assert "from dermbench.plugins import BUILTIN_METHODS" in job["steps"][-1]["run"]
-    assert job["env"]["METHODS"] == "${{ inputs.methods }}"  # empty (and on a schedule): every built-in method
+    assert (
+        job["env"]["METHODS"] == "${{ inputs.methods }}"
+    )  # empty (and on a schedule): every built-in method
 
 
 def test_by_default_every_built_in_method_times_every_seed_and_fedds_segmentation_variant(tmp_path):
@@ -63,16 +78,21 @@ def test_the_schedule_sweeps_the_dispatch_defaults():
     inputs = flow["on"]["workflow_dispatch"]["inputs"]
     assert inputs["methods"]["default"] == "" and inputs["seeds"]["default"] == "0 1 2"
     assert flow["jobs"]["plan"]["env"]["SEEDS"] == "${{ inputs.seeds || '0 1 2' }}"
-    assert flow["jobs"]["plan"]["env"]["MODE"] == "${{ github.event_name == 'schedule' && 'drift' || inputs.mode }}"
+    assert (
+        flow["jobs"]["plan"]["env"]["MODE"]
+        == "${{ github.event_name == 'schedule' && 'drift' || inputs.mode }}"
+    )
 
 
 def test_a_chosen_method_list_and_bad_inputs(tmp_path):
     rc, cells, _ = plan(tmp_path / "a", mode="tiny", methods="erm dermdiff+fairquantize", seeds="1")
     assert rc == 0
     assert [(c["method"], c["seed"]) for c in cells] == [("erm", 1), ("dermdiff+fairquantize", 1)]
-    for kwargs, message in ((dict(methods="erm groupdroo"), "not built-in methods: groupdroo"),
-                            (dict(seeds="0 x"), "seeds must be integers"),
-                            (dict(methods="erm", replace="true"), "replace rebuilds the whole tiny board")):
+    for kwargs, message in (
+        (dict(methods="erm groupdroo"), "not built-in methods: groupdroo"),
+        (dict(seeds="0 x"), "seeds must be integers"),
+        (dict(methods="erm", replace="true"), "replace rebuilds the whole tiny board"),
+    ):
         rc, _, output = plan(tmp_path / message.split()[0], mode="tiny", **kwargs)
         assert rc != 0 and message in output
 

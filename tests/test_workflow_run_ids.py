@@ -39,6 +39,7 @@ EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}", re.S)
 #: `dermbench` inside a step: record the arguments, one JSON list per call
 STUB = 'dermbench() { "$STUB_PYTHON" -c \'import json, sys; print(json.dumps(sys.argv[1:]))\' "$@" >> "$DERMBENCH_CALLS"; }\n'
 
+
 def load_workflow() -> dict:
     flow = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
     flow["on"] = flow.pop(True, flow.get("on"))  # YAML 1.1 reads the key `on` as true
@@ -62,6 +63,7 @@ def _context(tree: dict) -> SimpleNamespace:
 def evaluate(text: str, context: dict) -> str:
     """`text` with each ${{ expression }} evaluated: GitHub's && || ! == on contexts and 'strings' are
     Python's and/or/not/== on the same values, which is all the workflow's env uses."""
+
     def one(match: re.Match) -> str:
         expr = match.group(1)
         expr = re.sub(r"!(?!=)", " not ", expr.replace("&&", " and ").replace("||", " or "))
@@ -76,17 +78,31 @@ def step_env(flow: dict, job: dict, step: dict, context: dict) -> dict[str, str]
     return {k: evaluate(v, context) for k, v in env.items()}
 
 
-def run_step(flow: dict, job: dict, step: dict, context: dict, tmp: Path, *, stub: bool) -> subprocess.CompletedProcess:
+def run_step(
+    flow: dict, job: dict, step: dict, context: dict, tmp: Path, *, stub: bool
+) -> subprocess.CompletedProcess:
     """One step's `run` script under bash -eo pipefail (the workflow's shell), in a copy of the
     environment the runner would give it; with `stub`, `dermbench` only records its arguments."""
     tmp.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "RUNNER_TEMP": str(tmp), "GITHUB_OUTPUT": str(tmp / "output"), "GITHUB_STEP_SUMMARY": str(tmp / "summary"),
-           "STUB_PYTHON": sys.executable, "DERMBENCH_CALLS": str(tmp / "calls"),
-           **step_env(flow, job, step, context)}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "RUNNER_TEMP": str(tmp),
+        "GITHUB_OUTPUT": str(tmp / "output"),
+        "GITHUB_STEP_SUMMARY": str(tmp / "summary"),
+        "STUB_PYTHON": sys.executable,
+        "DERMBENCH_CALLS": str(tmp / "calls"),
+        **step_env(flow, job, step, context),
+    }
     script = (STUB if stub else "") + step["run"]
-    return subprocess.run(["bash", "-eo", "pipefail", "-c", script], cwd=tmp, env=env, capture_output=True, text=True,
-                          check=False)
+    return subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", script],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def plan(flow: dict, context: dict, tmp: Path) -> tuple[list[dict], str]:
@@ -116,8 +132,15 @@ def config_of(argv: list[str]) -> dict:
     """The config `dermbench run ARGV` resolves (cmd_run's flags, --protocol file and --set)."""
     assert argv[0] == "run", argv
     args = build_parser(argv).parse_args(argv)
-    flags = {"method": args.method, "dataset": args.dataset, "seed": args.seed, "profile": args.profile,
-             "device": args.device, "out": args.out, "task": args.task}
+    flags = {
+        "method": args.method,
+        "dataset": args.dataset,
+        "seed": args.seed,
+        "profile": args.profile,
+        "device": args.device,
+        "out": args.out,
+        "task": args.task,
+    }
     return resolve_config(file=config_file(args), sets=args.set or (), flags=flags)
 
 
@@ -175,7 +198,9 @@ def board_ids(board) -> dict[str, dict[tuple, str]]:
         for event, calls in board.items():
             ids = {}
             for cell, argv in calls.items():
-                key = tuple(a for a in argv if not a.startswith(("fresh/", "leaderboards/")))  # --out is not hashed
+                key = tuple(
+                    a for a in argv if not a.startswith(("fresh/", "leaderboards/"))
+                )  # --out is not hashed
                 if key not in cache:
                     cache[key] = run_id_on_a_gpu_machine(config_of(argv), monkeypatch)
                 ids[cell] = cache[key]
@@ -197,7 +222,8 @@ def test_the_tiny_board_resolves_exactly_to_the_committed_run_ids(board_ids):
         assert len(set(ids.values())) == len(ids) == CELLS, event
         assert set(ids.values()) == committed("leaderboards/records"), (
             f"{event}: workflow only {sorted(set(ids.values()) - committed('leaderboards/records'))}; "
-            f"committed only {sorted(committed('leaderboards/records') - set(ids.values()))}")
+            f"committed only {sorted(committed('leaderboards/records') - set(ids.values()))}"
+        )
 
 
 def test_the_fedd_cells_are_two_variants_per_seed(board_ids):
@@ -214,7 +240,7 @@ def test_without_device_cpu_a_gpu_machine_would_add_second_rows(board, monkeypat
     records = committed("leaderboards/records")
     assert run_id_on_a_gpu_machine(config_of(argv), monkeypatch) in records
     i = argv.index("--device")
-    unpinned = argv[:i] + argv[i + 2:]
+    unpinned = argv[:i] + argv[i + 2 :]
     assert config_of(unpinned)["device"] == "auto"
     assert run_id_on_a_gpu_machine(config_of(unpinned), monkeypatch) not in records
 
@@ -245,4 +271,7 @@ def test_the_tiny_jobs_run_one_torch_thread_and_write_where_their_mode_says(flow
         assert env["OMP_NUM_THREADS"] == "1" and env["MKL_NUM_THREADS"] == "1", name
         (folder,) = [v for k, v in env.items() if k.endswith("RECORDS")]
         for mode, prefix in (("drift", "fresh/"), ("tiny", "leaderboards/")):
-            assert evaluate(folder, {"needs": {"plan": {"outputs": {"mode": mode}}}}).startswith(prefix), (name, mode)
+            assert evaluate(folder, {"needs": {"plan": {"outputs": {"mode": mode}}}}).startswith(prefix), (
+                name,
+                mode,
+            )

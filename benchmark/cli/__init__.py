@@ -62,8 +62,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
 
     parser.add_argument("--version", action="version", version=f"dermbench {__version__}")
-    parser.add_argument("--verbose", action="store_true",
-                        help="on a plugin's failure, print its Python traceback too")
+    parser.add_argument(
+        "--verbose", action="store_true", help="on a plugin's failure, print its Python traceback too"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     command = _command_of(argv)
     for module in [COMMANDS[command]] if command else COMMANDS.values():
@@ -94,7 +95,10 @@ def report_error(exc: DermbenchError, *, verbose: bool) -> None:
     cause = exc.__cause__ if isinstance(exc, PluginError) else None
     if verbose and cause is not None:
         err_console.print("".join(traceback.format_exception(cause)), end="", markup=False, highlight=False)
-    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)  # a plugin's text is not markup
+    err_console.print(
+        f"[bold red]error:[/] {escape(str(exc))}", highlight=False
+    )  # a plugin's text is not markup
     if cause is not None and not verbose:
-        err_console.print("(run `dermbench --verbose ...` to see the plugin's traceback)", highlight=False, markup=False)
-
+        err_console.print(
+            "(run `dermbench --verbose ...` to see the plugin's traceback)", highlight=False, markup=False
+        )

@@ -169,6 +169,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _decode_all(root: Path, files: list[str], workers: int | None) -> dict[str, str]:
     """{file: reason} for every file `decode_image` refuses."""
+
     def one(relative: str) -> tuple[str, str | None]:
         try:
             decode_image(root / relative, CHECK_DECODE_SIZE)
@@ -180,7 +181,9 @@ def _decode_all(root: Path, files: list[str], workers: int | None) -> dict[str, 
     failures: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         if len(files) > 200:
-            results = track(pool.map(one, files), total=len(files), description="decoding images", console=console)
+            results = track(
+                pool.map(one, files), total=len(files), description="decoding images", console=console
+            )
         else:
             results = pool.map(one, files)
         for relative, reason in results:
@@ -242,8 +245,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     fixed = records[status == "case"]
     case = [f"{listed} -> {actual}" for listed, actual in zip(fixed["_listed"], fixed["image"])]
     usable = records.loc[status.isin(USABLE_STATUS), "image"].tolist()
-    console.print(f"metadata rows: {len(records) + sum(dataset.problems.values()) + sum(dataset.policy_excluded.values())}, "
-                  f"with an image file: {len(usable)}", highlight=False)
+    console.print(
+        f"metadata rows: {len(records) + sum(dataset.problems.values()) + sum(dataset.policy_excluded.values())}, "
+        f"with an image file: {len(usable)}",
+        highlight=False,
+    )
     for reason, count in {**dataset.problems, **dataset.policy_excluded}.items():
         console.print(f"[yellow]excluded[/] {count} row(s): {reason}", highlight=False, soft_wrap=True)
     if missing:
@@ -356,7 +362,9 @@ def cmd_split(args: argparse.Namespace) -> int:
     extra = {"split_rule": args.rule} if args.rule else {}
     dataset = open_dataset(args.name, args.root, {**parse_options(args.option), **extra})
     if not isinstance(dataset, TableDataset) or not dataset.split_rules:
-        raise DataError(f"dataset {args.name!r} uses the split it was published with; there is no split file to make")
+        raise DataError(
+            f"dataset {args.name!r} uses the split it was published with; there is no split file to make"
+        )
     rule = dataset.split_rules[dataset.options["split_rule"]]
     out = Path(args.out).expanduser() if args.out else dataset.split_dir()
     records = dataset.records()
@@ -378,14 +386,25 @@ def cmd_split(args: argparse.Namespace) -> int:
         )
     assignment = rule.apply(records)
     path = write_split(
-        assignment, records["sample_id"], directory=out, dataset=dataset.name, rule=rule, metadata_path=metadata, sha256=sha
+        assignment,
+        records["sample_id"],
+        directory=out,
+        dataset=dataset.name,
+        rule=rule,
+        metadata_path=metadata,
+        sha256=sha,
     )
     counts = assignment.value_counts()
     shown = ", ".join(f"{s} {int(counts.get(s, 0))}" for s in ("train", "val", "test"))
-    console.print(f"wrote {path} ({shown}; rule {rule.name!r}: {rule.description}; seed {rule.seed})",
-                  highlight=False, soft_wrap=True)
-    console.print("commit it with its .json to datasets/splits/ to make it the project's standard split",
-                  highlight=False)
+    console.print(
+        f"wrote {path} ({shown}; rule {rule.name!r}: {rule.description}; seed {rule.seed})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        "commit it with its .json to datasets/splits/ to make it the project's standard split",
+        highlight=False,
+    )
     return 0
 
 
@@ -393,11 +412,16 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def _add_common(parser: argparse.ArgumentParser, *, options: bool = True) -> None:
-    parser.add_argument("name", help="dataset name, e.g. fitz17k, ddi, derm7pt-derm (see `dermbench data list`)")
+    parser.add_argument(
+        "name", help="dataset name, e.g. fitz17k, ddi, derm7pt-derm (see `dermbench data list`)"
+    )
     parser.add_argument("--root", help="folder holding the dataset (default: $DERMBENCH_DATA/<name>)")
     if options:
         parser.add_argument(
-            "--option", action="append", metavar="KEY=VALUE", help="dataset option, as under data.options (repeatable)"
+            "--option",
+            action="append",
+            metavar="KEY=VALUE",
+            help="dataset option, as under data.options (repeatable)",
         )
 
 

@@ -51,17 +51,33 @@ def _fmt(value: Any) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def markdown(rows: list[dict], *, title: str, source: dict, test_name: str, groups: list[str], command: str) -> str:
+def markdown(
+    rows: list[dict], *, title: str, source: dict, test_name: str, groups: list[str], command: str
+) -> str:
     head = ["block", "t", "val acc", "val AUC", "test acc", "test AUC"]
     head += [f"test acc {g}" for g in groups] + [f"test AUC {g}" for g in groups]
-    lines = [f"# {title}", "", f"Backbone: {source.get('kind')} ({source.get('identity')}). Test set: {test_name}. "
-             "Accuracy at probability 0.5; AUC is ROC-AUC; per tone3 group on the test set. Best validation AUC in "
-             "bold.", "", f"Command: `{command}`", "", "| " + " | ".join(head) + " |",
-             "|" + "---|" * len(head)]
+    lines = [
+        f"# {title}",
+        "",
+        f"Backbone: {source.get('kind')} ({source.get('identity')}). Test set: {test_name}. "
+        "Accuracy at probability 0.5; AUC is ROC-AUC; per tone3 group on the test set. Best validation AUC in "
+        "bold.",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     best = max(rows, key=lambda r: -1 if r["val"]["overall"]["auc"] is None else r["val"]["overall"]["auc"])
     for row in rows:
-        cells = [str(row["block"]), str(row["t"]), _fmt(row["val"]["overall"]["acc"]), _fmt(row["val"]["overall"]["auc"]),
-                 _fmt(row["test"]["overall"]["acc"]), _fmt(row["test"]["overall"]["auc"])]
+        cells = [
+            str(row["block"]),
+            str(row["t"]),
+            _fmt(row["val"]["overall"]["acc"]),
+            _fmt(row["val"]["overall"]["auc"]),
+            _fmt(row["test"]["overall"]["acc"]),
+            _fmt(row["test"]["overall"]["auc"]),
+        ]
         cells += [_fmt(row["test"].get(g, {}).get("acc")) for g in groups]
         cells += [_fmt(row["test"].get(g, {}).get("auc")) for g in groups]
         if row is best:
@@ -78,8 +94,9 @@ def heat_map(rows: list[dict], path: Path, *, title: str) -> None:
 
     blocks = sorted({r["block"] for r in rows})
     ts = sorted({r["t"] for r in rows})
-    fig, axes = plt.subplots(2, 2, figsize=(max(6.0, 0.5 * len(ts) + 3), max(4.0, 0.35 * len(blocks) * 2 + 2)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        2, 2, figsize=(max(6.0, 0.5 * len(ts) + 3), max(4.0, 0.35 * len(blocks) * 2 + 2)), squeeze=False
+    )
     for ax, (part, metric) in zip(axes.ravel(), PANELS):
         values = np.full((len(blocks), len(ts)), np.nan)
         for r in rows:
@@ -100,10 +117,25 @@ def heat_map(rows: list[dict], path: Path, *, title: str) -> None:
 
 def ablation_command(args: argparse.Namespace, ts: list[int]) -> str:
     """The command written at the top of the table: what regenerates it (and, with --check, checks it)."""
-    return " ".join(["dermbench fedd ablate", *(f"--{k.replace('_', '-')} {v}" for k, v in (
-        ("dataset", args.dataset), ("profile", args.profile), ("seed", args.seed), ("test_set", args.test_set))
-        if v is not None), *(f"--set {json.dumps(s)}" for s in args.set or []), "--ts", *map(str, ts),
-        *(["--blocks", *map(str, args.blocks)] if args.blocks else [])])
+    return " ".join(
+        [
+            "dermbench fedd ablate",
+            *(
+                f"--{k.replace('_', '-')} {v}"
+                for k, v in (
+                    ("dataset", args.dataset),
+                    ("profile", args.profile),
+                    ("seed", args.seed),
+                    ("test_set", args.test_set),
+                )
+                if v is not None
+            ),
+            *(f"--set {json.dumps(s)}" for s in args.set or []),
+            "--ts",
+            *map(str, ts),
+            *(["--blocks", *map(str, args.blocks)] if args.blocks else []),
+        ]
+    )
 
 
 def ablation_title(cfg: dict) -> str:
@@ -115,8 +147,13 @@ def tone_groups(rows: list[dict]) -> list[str]:
 
 
 def ablation_config(args: argparse.Namespace) -> dict:
-    flags = {"method": "fedd", "dataset": args.dataset, "seed": args.seed, "profile": args.profile,
-             "device": args.device}
+    flags = {
+        "method": "fedd",
+        "dataset": args.dataset,
+        "seed": args.seed,
+        "profile": args.profile,
+        "device": args.device,
+    }
     sets = list(args.set or [])
     if args.data_root:
         sets.append(f"data.root={json.dumps(args.data_root)}")
@@ -127,14 +164,18 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     cfg = ablation_config(args)
     if args.check:
         return check_ablation(args, cfg)
-    fedd.check_settings(cfg.get("fedd") or {})  # a bad setting or an absent paper backbone stops before any data
+    fedd.check_settings(
+        cfg.get("fedd") or {}
+    )  # a bad setting or an absent paper backbone stops before any data
     console = Console()
     device = choose_device(cfg["device"])
     cfg = {**cfg, "device": device.type}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     datasets = DatasetPool(cfg, ())
-    ctx = RunContext(config=cfg, device=device, work_dir=out, cache_dir=out, console=console, datasets=datasets)
+    ctx = RunContext(
+        config=cfg, device=device, work_dir=out, cache_dir=out, console=console, datasets=datasets
+    )
     train = datasets.load(cfg["dataset"], "train")
     val = datasets.load(cfg["dataset"], "val")
     test_set = chosen_test_set(args, cfg, datasets)
@@ -146,15 +187,37 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if steps is None:
         steps = int(fedd.backbone(ctx, settings, train)[0].scheduler.config.num_train_timesteps)
     ts = grid(args, steps)
-    rows, source = fedd.ablate(ctx, settings, train, val, test, blocks=args.blocks, ts=ts,
-                               seed=seed_for(int(cfg["seed"]), "fedd-probe"))
+    rows, source = fedd.ablate(
+        ctx,
+        settings,
+        train,
+        val,
+        test,
+        blocks=args.blocks,
+        ts=ts,
+        seed=seed_for(int(cfg["seed"]), "fedd-probe"),
+    )
     name = args.name or f"fedd-ablation-{cfg['dataset']}"
     title = ablation_title(cfg)
-    (out / f"{name}.md").write_text(markdown(rows, title=title, source=source, test_name=test_set.name,
-                                             groups=tone_groups(rows), command=ablation_command(args, ts)),
-                                    encoding="utf-8")
-    (out / f"{name}.json").write_text(json.dumps({"config": cfg, "backbone": source, "test_set": test_set.name,
-                                                  "rows": rows}, indent=1, default=str), encoding="utf-8")
+    (out / f"{name}.md").write_text(
+        markdown(
+            rows,
+            title=title,
+            source=source,
+            test_name=test_set.name,
+            groups=tone_groups(rows),
+            command=ablation_command(args, ts),
+        ),
+        encoding="utf-8",
+    )
+    (out / f"{name}.json").write_text(
+        json.dumps(
+            {"config": cfg, "backbone": source, "test_set": test_set.name, "rows": rows},
+            indent=1,
+            default=str,
+        ),
+        encoding="utf-8",
+    )
     heat_map(rows, out / f"{name}.png", title=title)
     console.print(f"wrote {out / f'{name}.md'}, {out / f'{name}.json'} and {out / f'{name}.png'}")
     return 0
@@ -165,7 +228,9 @@ def chosen_test_set(args: argparse.Namespace, cfg: dict, datasets: DatasetPool):
     protocol = test_sets(cfg, datasets.get(cfg["dataset"]))
     chosen = [t for t in protocol if args.test_set in (None, t.name)]
     if not chosen:
-        raise ConfigError(f"--test-set {args.test_set!r} is not a test set of this run ({', '.join(t.name for t in protocol)})")
+        raise ConfigError(
+            f"--test-set {args.test_set!r} is not a test set of this run ({', '.join(t.name for t in protocol)})"
+        )
     return chosen[0]
 
 
@@ -180,8 +245,14 @@ def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _diff(path: Path, committed: str, expected: str) -> str:
-    return "".join(difflib.unified_diff(committed.splitlines(keepends=True), expected.splitlines(keepends=True),
-                                        fromfile=f"{path} (committed)", tofile=f"{path} (from its records)"))
+    return "".join(
+        difflib.unified_diff(
+            committed.splitlines(keepends=True),
+            expected.splitlines(keepends=True),
+            fromfile=f"{path} (committed)",
+            tofile=f"{path} (from its records)",
+        )
+    )
 
 
 def check_ablation(args: argparse.Namespace, cfg: dict) -> int:
@@ -214,17 +285,27 @@ def check_ablation(args: argparse.Namespace, cfg: dict) -> int:
     elif settings["model"] == "tiny":
         ts = grid(args, 1000)
     else:
-        raise ConfigError("fedd ablate --check: give --ts (the command at the top of the table names them); without it "
-                          "the t grid depends on the backbone's schedule, which --check does not load")
+        raise ConfigError(
+            "fedd ablate --check: give --ts (the command at the top of the table names them); without it "
+            "the t grid depends on the backbone's schedule, which --check does not load"
+        )
     blocks = list(args.blocks) if args.blocks else sorted({int(r["block"]) for r in rows})
     if [(int(r["block"]), int(r["t"])) for r in rows] != [(b, t) for t in ts for b in blocks]:
-        problems.append(f"{json_path} holds other (block, t) pairs than --ts {' '.join(map(str, ts))}"
-                        + (f" --blocks {' '.join(map(str, blocks))}" if args.blocks else ""))
+        problems.append(
+            f"{json_path} holds other (block, t) pairs than --ts {' '.join(map(str, ts))}"
+            + (f" --blocks {' '.join(map(str, blocks))}" if args.blocks else "")
+        )
     expected_test = chosen_test_set(args, cfg, DatasetPool(cfg, ())).name
     if test_name != expected_test:
         problems.append(f"{json_path} scored test set {test_name!r}, the command scores {expected_test!r}")
-    expected = markdown(rows, title=ablation_title(cfg), source=source, test_name=test_name,
-                        groups=tone_groups(rows), command=ablation_command(args, ts))
+    expected = markdown(
+        rows,
+        title=ablation_title(cfg),
+        source=source,
+        test_name=test_name,
+        groups=tone_groups(rows),
+        command=ablation_command(args, ts),
+    )
     committed = md_path.read_text(encoding="utf-8")
     if committed != expected:
         sys.stdout.write(_diff(md_path, committed, expected))
@@ -249,8 +330,14 @@ def curve_rows(roots: list[Path]) -> list[dict[str, Any]]:
         if record.method != "fedd" or fraction is None:
             continue
         for test_set, ev in record.eval.items():
-            row = {"dataset": record.dataset, "fraction": int(fraction), "seed": record.seed, "test_set": test_set,
-                   "auc": ev.overall.get("auc"), "acc": ev.overall.get("acc")}
+            row = {
+                "dataset": record.dataset,
+                "fraction": int(fraction),
+                "seed": record.seed,
+                "test_set": test_set,
+                "auc": ev.overall.get("auc"),
+                "acc": ev.overall.get("acc"),
+            }
             for group, metrics in ev.groups.get("tone3", {}).items():
                 row[f"auc {group}"] = metrics.get("auc")
             rows.append(row)
@@ -265,11 +352,16 @@ def curve_tables(frame, runs: list[str], out_arg: str) -> list[tuple[Path, str, 
     for (dataset, test_set), sub in frame.groupby(["dataset", "test_set"], sort=True):
         columns = [c for c in ("auc", "auc A", "auc B", "auc C", "acc") if c in sub]
         stats = sub.groupby("fraction")[columns].agg(["mean", "std", "count"])
-        lines = [f"# FEDD data-efficiency curve: `{dataset}`, test set `{test_set}`", "",
-                 f"Mean ± sd over seeds of finished `fedd` runs with `fedd_fraction` under {', '.join(runs)} "
-                 "(ROC-AUC; accuracy at the validation threshold). Regenerate with "
-                 f"`dermbench fedd curve --runs {' '.join(runs)} --out {out_arg}`.", "",
-                 "| fraction (%) | seeds | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 2)]
+        lines = [
+            f"# FEDD data-efficiency curve: `{dataset}`, test set `{test_set}`",
+            "",
+            f"Mean ± sd over seeds of finished `fedd` runs with `fedd_fraction` under {', '.join(runs)} "
+            "(ROC-AUC; accuracy at the validation threshold). Regenerate with "
+            f"`dermbench fedd curve --runs {' '.join(runs)} --out {out_arg}`.",
+            "",
+            "| fraction (%) | seeds | " + " | ".join(columns) + " |",
+            "|" + "---|" * (len(columns) + 2),
+        ]
         for fraction, row in stats.iterrows():
             cells = []
             for c in columns:
@@ -277,9 +369,13 @@ def curve_tables(frame, runs: list[str], out_arg: str) -> list[tuple[Path, str, 
                 cells.append("–" if mean != mean else (f"{mean:.3f}" + ("" if sd != sd else f" ± {sd:.3f}")))
             lines.append(f"| {fraction} | {int(row[(columns[0], 'count')])} | " + " | ".join(cells) + " |")
         if dataset == "ddi" and test_set == "ddi":
-            lines += ["", "FEDD's reported ROC-AUC (supplementary Fig. 2, as read from the author's thesis chapter; "
-                      "the main text gives no number): " + ", ".join(f"{f} %: {v}" for f, v in fedd.PAPER_AUC.items())
-                      + "; 81 % accuracy at 10 % (abstract)."]
+            lines += [
+                "",
+                "FEDD's reported ROC-AUC (supplementary Fig. 2, as read from the author's thesis chapter; "
+                "the main text gives no number): "
+                + ", ".join(f"{f} %: {v}" for f, v in fedd.PAPER_AUC.items())
+                + "; 81 % accuracy at 10 % (abstract).",
+            ]
         path = (out / f"fedd-curve-{dataset}-{test_set}").with_suffix(".md")
         tables.append((path, "\n".join(lines) + "\n", stats, columns, dataset, test_set))
     return tables
@@ -292,10 +388,14 @@ def cmd_curve(args: argparse.Namespace) -> int:
 
     rows = curve_rows([Path(r) for r in args.runs])
     if not rows:
-        raise ConfigError(f"no finished fedd run with data.options.fedd_fraction under {', '.join(args.runs)}")
+        raise ConfigError(
+            f"no finished fedd run with data.options.fedd_fraction under {', '.join(args.runs)}"
+        )
     tables = curve_tables(pd.DataFrame(rows), list(args.runs), args.out)
     if args.check:
-        return check_curve(tables, Path(args.out), f"dermbench fedd curve --runs {' '.join(args.runs)} --out {args.out}")
+        return check_curve(
+            tables, Path(args.out), f"dermbench fedd curve --runs {' '.join(args.runs)} --out {args.out}"
+        )
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -307,11 +407,22 @@ def cmd_curve(args: argparse.Namespace) -> int:
         path.write_text(text, encoding="utf-8")
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for c in [c for c in columns if c.startswith("auc")]:
-            ax.errorbar(stats.index, stats[(c, "mean")], yerr=stats[(c, "std")].fillna(0), marker="o", capsize=3,
-                        label=c.replace("auc", "AUC").replace("AUC ", "AUC tone "))
+            ax.errorbar(
+                stats.index,
+                stats[(c, "mean")],
+                yerr=stats[(c, "std")].fillna(0),
+                marker="o",
+                capsize=3,
+                label=c.replace("auc", "AUC").replace("AUC ", "AUC tone "),
+            )
         if dataset == "ddi" and test_set == "ddi":
-            ax.plot(list(fedd.PAPER_AUC), list(fedd.PAPER_AUC.values()), "k--", marker="s",
-                    label="FEDD paper (supp. Fig. 2)")
+            ax.plot(
+                list(fedd.PAPER_AUC),
+                list(fedd.PAPER_AUC.values()),
+                "k--",
+                marker="s",
+                label="FEDD paper (supp. Fig. 2)",
+            )
         ax.set_xlabel("training fraction (%)")
         ax.set_ylabel("ROC-AUC")
         ax.set_title(f"{dataset}: {test_set}")
@@ -336,7 +447,9 @@ def check_curve(tables: list, out: Path, command: str) -> int:
             sys.stdout.write(_diff(path, committed, text))
             stale.append(f"{path} differs from its records")
     made = {path for path, *_ in tables}
-    stale += [f"{path} has no records any more" for path in sorted(out.glob("fedd-curve-*.md")) if path not in made]
+    stale += [
+        f"{path} has no records any more" for path in sorted(out.glob("fedd-curve-*.md")) if path not in made
+    ]
     if stale:
         print("fedd curve is STALE: " + "; ".join(stale) + f". Regenerate with `{command}`.")
         return 1
@@ -362,23 +475,37 @@ def _mults(text: str) -> tuple[float, ...]:
 def cmd_convert_adm(args: argparse.Namespace) -> int:
     """Convert an ADM checkpoint; the architecture from the flags (defaults: the 256 px
     unconditional model) with the widths read from the tensors."""
-    given = {key: value for key, value in {
-        "image_size": args.image_size, "num_channels": args.num_channels, "num_res_blocks": args.num_res_blocks,
-        "attention_resolutions": args.attention_resolutions, "channel_mult": args.channel_mult,
-        "num_heads": args.num_heads, "num_head_channels": args.num_head_channels,
-        "use_scale_shift_norm": args.use_scale_shift_norm, "resblock_updown": args.resblock_updown,
-        "learn_sigma": args.learn_sigma, "use_new_attention_order": args.use_new_attention_order,
-    }.items() if value is not None}
+    given = {
+        key: value
+        for key, value in {
+            "image_size": args.image_size,
+            "num_channels": args.num_channels,
+            "num_res_blocks": args.num_res_blocks,
+            "attention_resolutions": args.attention_resolutions,
+            "channel_mult": args.channel_mult,
+            "num_heads": args.num_heads,
+            "num_head_channels": args.num_head_channels,
+            "use_scale_shift_norm": args.use_scale_shift_norm,
+            "resblock_updown": args.resblock_updown,
+            "learn_sigma": args.learn_sigma,
+            "use_new_attention_order": args.use_new_attention_order,
+        }.items()
+        if value is not None
+    }
     out = Path(args.out) if args.out else adm.default_folder()
     adm.check_out(out)
     state = adm.read_checkpoint(Path(args.checkpoint))
-    config = adm.infer_config(state, adm.ADMConfig(**{k: v for k, v in given.items()
-                                                       if k not in ("num_channels", "learn_sigma")}))
-    config = replace(config, **{k: given[k] for k in ("num_channels", "learn_sigma", "use_scale_shift_norm")
-                                if k in given})
+    config = adm.infer_config(
+        state, adm.ADMConfig(**{k: v for k, v in given.items() if k not in ("num_channels", "learn_sigma")})
+    )
+    config = replace(
+        config, **{k: given[k] for k in ("num_channels", "learn_sigma", "use_scale_shift_norm") if k in given}
+    )
     info = adm.convert_checkpoint(Path(args.checkpoint), out, config, state=state)
-    print(f"converted {args.checkpoint} ({info['parameters'] / 1e6:.1f} M parameters, {info['tensors']} tensors, "
-          f"{info['decoder_blocks']} decoder blocks) to {out}")
+    print(
+        f"converted {args.checkpoint} ({info['parameters'] / 1e6:.1f} M parameters, {info['tensors']} tensors, "
+        f"{info['decoder_blocks']} decoder blocks) to {out}"
+    )
     if out.resolve() == adm.default_folder().resolve():
         print("`dermbench run --method fedd --profile paper` uses it (fedd.model: adm-imagenet256-uncond)")
     else:
@@ -397,8 +524,11 @@ def _bool(text: str) -> bool:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("fedd", help="FEDD tools: the decoder block x t ablation")
     sub = parser.add_subparsers(dest="fedd_command", metavar="COMMAND")
-    p = sub.add_parser("ablate", help="probe every decoder block at every t; heat map and table",
-                       description="FEDD's block x t sweep (paper Fig. 6) on a run's train/val/test splits.")
+    p = sub.add_parser(
+        "ablate",
+        help="probe every decoder block at every t; heat map and table",
+        description="FEDD's block x t sweep (paper Fig. 6) on a run's train/val/test splits.",
+    )
     p.add_argument("--dataset", help="training dataset (default synthderm)")
     p.add_argument("--profile", help="tiny or paper")
     p.add_argument("--config", type=Path, help="YAML file of settings")
@@ -407,39 +537,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--data-root", help="folder holding the datasets")
     p.add_argument("--blocks", type=int, nargs="+", metavar="N", help="decoder blocks (default: all)")
-    p.add_argument("--ts", type=int, nargs="+", metavar="T", help="diffusion steps (default: 0, --t-step, ...)")
+    p.add_argument(
+        "--ts", type=int, nargs="+", metavar="T", help="diffusion steps (default: 0, --t-step, ...)"
+    )
     p.add_argument("--t-step", type=int, default=50, help="step of the t grid (default 50)")
     p.add_argument("--t-max", type=int, help="largest t of the grid (default: the schedule's last step)")
     p.add_argument("--test-set", help="the test set to score (default: the protocol's first)")
-    p.add_argument("--out", default="leaderboards/fedd", metavar="DIR", help="where the table, JSON and PNG go")
+    p.add_argument(
+        "--out", default="leaderboards/fedd", metavar="DIR", help="where the table, JSON and PNG go"
+    )
     p.add_argument("--name", help="file name without extension (default fedd-ablation-<dataset>)")
-    p.add_argument("--check", action="store_true",
-                   help="write and train nothing; exit 1 when the committed table differs from its JSON or the JSON was "
-                        "made with other settings, t grid, blocks or test set than this command's")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="write and train nothing; exit 1 when the committed table differs from its JSON or the JSON was "
+        "made with other settings, t grid, blocks or test set than this command's",
+    )
     p.set_defaults(func=cmd_ablate)
-    c = sub.add_parser("curve", help="AUC against the training fraction from fedd runs on the data-efficiency protocol",
-                       description="Reads finished `fedd` run records with data.options.fedd_fraction and writes a "
-                                   "markdown table and a plot per dataset and test set (with FEDD's published DDI "
-                                   "numbers beside DDI's).")
+    c = sub.add_parser(
+        "curve",
+        help="AUC against the training fraction from fedd runs on the data-efficiency protocol",
+        description="Reads finished `fedd` run records with data.options.fedd_fraction and writes a "
+        "markdown table and a plot per dataset and test set (with FEDD's published DDI "
+        "numbers beside DDI's).",
+    )
     c.add_argument("--runs", nargs="+", required=True, metavar="DIR", help="directories holding run records")
     c.add_argument("--out", default="leaderboards/fedd", metavar="DIR")
-    c.add_argument("--check", action="store_true",
-                   help="write nothing; exit 1 when a committed curve table differs from the records (plots not compared)")
+    c.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 when a committed curve table differs from the records (plots not compared)",
+    )
     c.set_defaults(func=cmd_curve)
-    a = sub.add_parser("convert-adm", help="a guided-diffusion ADM checkpoint to the folder fedd.model loads",
-                       description="Convert a guided-diffusion ADM checkpoint (default architecture: the ImageNet "
-                                   "256x256 unconditional model, 256x256_diffusion_uncond.pt) to a diffusers "
-                                   "UNet2DModel folder; every tensor is checked against the architecture. Fetch "
-                                   f"the checkpoint with: curl -L -o {adm.CHECKPOINT} {adm.CHECKPOINT_URL}")
+    a = sub.add_parser(
+        "convert-adm",
+        help="a guided-diffusion ADM checkpoint to the folder fedd.model loads",
+        description="Convert a guided-diffusion ADM checkpoint (default architecture: the ImageNet "
+        "256x256 unconditional model, 256x256_diffusion_uncond.pt) to a diffusers "
+        "UNet2DModel folder; every tensor is checked against the architecture. Fetch "
+        f"the checkpoint with: curl -L -o {adm.CHECKPOINT} {adm.CHECKPOINT_URL}",
+    )
     a.add_argument("checkpoint", metavar="CKPT", help="the .pt file")
-    a.add_argument("out", metavar="OUT", nargs="?",
-                   help="new folder to write (default: $DERMBENCH_CACHE/models/adm-imagenet256-uncond, where "
-                        "--profile paper looks)")
+    a.add_argument(
+        "out",
+        metavar="OUT",
+        nargs="?",
+        help="new folder to write (default: $DERMBENCH_CACHE/models/adm-imagenet256-uncond, where "
+        "--profile paper looks)",
+    )
     a.add_argument("--image-size", type=int, help="default 256")
     a.add_argument("--num-channels", type=int, help="default: read from the checkpoint")
     a.add_argument("--num-res-blocks", type=int, help="default 2")
     a.add_argument("--attention-resolutions", type=_ints, help="pixels, comma-separated (default 32,16,8)")
-    a.add_argument("--channel-mult", type=_mults, help="comma-separated (default: guided-diffusion's for the size)")
+    a.add_argument(
+        "--channel-mult", type=_mults, help="comma-separated (default: guided-diffusion's for the size)"
+    )
     a.add_argument("--num-heads", type=int, help="used when --num-head-channels is -1 (default 4)")
     a.add_argument("--num-head-channels", type=int, help="default 64")
     a.add_argument("--use-scale-shift-norm", type=_bool, help="default: read from the checkpoint")

@@ -43,8 +43,11 @@ def datasets_table(local: tuple[str, ...] = ()) -> Table:
 def cmd_list(args: argparse.Namespace) -> int:
     local = tuple(args.plugin or ())
     if args.cite:  # the BibTeX of everything listed (`dermbench cite` narrows it to one run)
-        refs = (method_references("+".join(sorted(method_refs(local))), local) if args.what == "methods"
-                else dataset_references(sorted(dataset_refs(local)), local))
+        refs = (
+            method_references("+".join(sorted(method_refs(local))), local)
+            if args.what == "methods"
+            else dataset_references(sorted(dataset_refs(local)), local)
+        )
         sys.stdout.write(as_bibtex(refs))
         return 0
     table = methods_table(local) if args.what == "methods" else datasets_table(local)
@@ -56,5 +59,7 @@ def register(sub) -> None:
     p = sub.add_parser("list", help="list the methods or datasets that can be selected")
     p.add_argument("what", choices=("methods", "datasets"))
     p.add_argument("--plugin", action="append", metavar="MODULE:OBJECT", help="also load this plugin")
-    p.add_argument("--cite", action="store_true", help="print their references as BibTeX instead of the table")
+    p.add_argument(
+        "--cite", action="store_true", help="print their references as BibTeX instead of the table"
+    )
     p.set_defaults(func=cmd_list)

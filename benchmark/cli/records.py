@@ -27,7 +27,9 @@ from dermbench.results.records import COUNTERFACTUAL_FILE, RecordError, check_se
 def _finished(roots: list[Path]) -> list[Path]:
     scan = scan_runs(roots)
     if not scan.finished:
-        raise RecordError(f"no finished run (a folder with a `done` marker) under {', '.join(map(str, roots))}")
+        raise RecordError(
+            f"no finished run (a folder with a `done` marker) under {', '.join(map(str, roots))}"
+        )
     return scan.finished
 
 
@@ -73,8 +75,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `dermbench records` to the CLI."""
-    parser = subparsers.add_parser("records", help="check and seal finished run records",
-                                   description=__doc__.split("\n\n")[0])
+    parser = subparsers.add_parser(
+        "records", help="check and seal finished run records", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="records_command", metavar="{seal,check}")
 
     def usage(_args: argparse.Namespace) -> int:
@@ -82,10 +85,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         return 2
 
     parser.set_defaults(func=usage)
-    seal = sub.add_parser("seal", help="write checksums into `done` markers that hold none (after checking the "
-                                       "records' values)")
+    seal = sub.add_parser(
+        "seal", help="write checksums into `done` markers that hold none (after checking the records' values)"
+    )
     seal.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="run folders or folders holding them")
     seal.set_defaults(func=cmd_seal)
     check = sub.add_parser("check", help="verify every finished record (sealed, unchanged, values possible)")
-    check.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="run folders or folders holding them")
+    check.add_argument(
+        "dirs", nargs="+", type=Path, metavar="DIR", help="run folders or folders holding them"
+    )
     check.set_defaults(func=cmd_check)

@@ -21,9 +21,13 @@ def run_report(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `dermbench report` to the CLI."""
     parser = subparsers.add_parser(
-        "report", help="per-tone report of one run (terminal and RUN_DIR/report.md)",
+        "report",
+        help="per-tone report of one run (terminal and RUN_DIR/report.md)",
         description="Print one run's per-group metrics, fairness gaps (with CIs when recorded), per-group "
-                    "confusion matrices, exclusions, flags and tone sources, and write them to report.md.")
+        "confusion matrices, exclusions, flags and tone sources, and write them to report.md.",
+    )
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory, e.g. runs/<run_id>")
-    parser.add_argument("--output", type=Path, default=None, help=f"markdown path (default: RUN_DIR/{REPORT_FILE})")
+    parser.add_argument(
+        "--output", type=Path, default=None, help=f"markdown path (default: RUN_DIR/{REPORT_FILE})"
+    )
     parser.set_defaults(func=run_report)

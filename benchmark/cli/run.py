@@ -26,8 +26,10 @@ def summary_table(record: Record, *, scheme: str = "tone3") -> list[Table]:
     tables = []
     for name, ev in record.eval.items():
         threshold = "argmax" if ev.threshold is None else fmt(ev.threshold)
-        t = Table(title=f"{name} (n={ev.n}, threshold {threshold}, tones: "
-                        f"{', '.join(f'{k} {v}' for k, v in ev.tone_source.items())})")
+        t = Table(
+            title=f"{name} (n={ev.n}, threshold {threshold}, tones: "
+            f"{', '.join(f'{k} {v}' for k, v in ev.tone_source.items())})"
+        )
         for col in ("group", "n", "acc", "bacc", "tpr", "tnr", "f1", "auc"):
             t.add_column(col, justify="right" if col != "group" else "left")
         rows = [("overall", ev.overall)] + list(ev.groups.get(scheme, {}).items())
@@ -35,8 +37,10 @@ def summary_table(record: Record, *, scheme: str = "tone3") -> list[Table]:
             t.add_row(str(label), *[fmt(m.get(k)) for k in ("n", "acc", "bacc", "tpr", "tnr", "f1", "auc")])
         fair = ev.fairness.get(scheme)
         if fair is not None:
-            t.caption = (f"{scheme} gaps: EOpp0 {fmt(fair.eopp0)}  EOpp1 {fmt(fair.eopp1)}  "
-                         f"EOdd {fmt(fair.eodd)}  AUC gap {fmt(fair.gap_auc)}")
+            t.caption = (
+                f"{scheme} gaps: EOpp0 {fmt(fair.eopp0)}  EOpp1 {fmt(fair.eopp1)}  "
+                f"EOdd {fmt(fair.eodd)}  AUC gap {fmt(fair.gap_auc)}"
+            )
         tables.append(t)
     return tables
 
@@ -65,7 +69,9 @@ def exclusion_lines(record: Record) -> list[str]:
             if run_level.get(key) == reasons:
                 continue  # the training dataset's own pre-split count, said above
             where = name if key == "images" else f"{name}, {key}"
-            lines += [f"from {where}: {count} sample(s), {reason}" for reason, count in reasons.items() if count]
+            lines += [
+                f"from {where}: {count} sample(s), {reason}" for reason, count in reasons.items() if count
+            ]
     return lines
 
 
@@ -73,9 +79,24 @@ def json_summary(result: RunResult, record: Record) -> dict:
     """What `dermbench run --json` prints: the run's identity, where its record is, whether it was
     reused, which plugin answered each hook, and the eval block of metrics.json as written."""
     values = as_json_values(record)
-    keys = ("run_id", "method", "dataset", "task", "seed", "profile", "device", "hooks", "skipped_test_sets", "eval")
-    return {"path": str(result.run_dir.path), "metrics_file": str(result.run_dir.path / METRICS_FILE),
-            "reused": result.reused, **{k: values.get(k) for k in keys}}
+    keys = (
+        "run_id",
+        "method",
+        "dataset",
+        "task",
+        "seed",
+        "profile",
+        "device",
+        "hooks",
+        "skipped_test_sets",
+        "eval",
+    )
+    return {
+        "path": str(result.run_dir.path),
+        "metrics_file": str(result.run_dir.path / METRICS_FILE),
+        "reused": result.reused,
+        **{k: values.get(k) for k in keys},
+    }
 
 
 def config_file(args: argparse.Namespace) -> Path | None:
@@ -102,8 +123,10 @@ def print_dry_run(plan: dict, *, console: Console, as_json: bool) -> int:
     if as_json:
         sys.stdout.write(json.dumps(plan, indent=2, default=str) + "\n")
         return 0
-    console.print(f"[bold]dry run[/]: method {plan['method']}, dataset {plan['dataset']}, task {plan['task']}, "
-                  f"profile {plan['profile']}, seed {plan['seed']}, device {plan['device']}")
+    console.print(
+        f"[bold]dry run[/]: method {plan['method']}, dataset {plan['dataset']}, task {plan['task']}, "
+        f"profile {plan['profile']}, seed {plan['seed']}, device {plan['device']}"
+    )
     console.print("every setting checked; no data read, nothing trained or written")
     if plan["prerequisites"]:
         t = Table(title="weights and models it loads")
@@ -116,20 +139,27 @@ def print_dry_run(plan: dict, *, console: Console, as_json: bool) -> int:
     for col in ("role", "architecture", "weights", "parameters", "trainable", "note"):
         t.add_column(col, justify="right" if col in ("parameters", "trainable") else "left", overflow="fold")
     for m in plan["models"]:
-        t.add_row(m["role"], m["architecture"], m["weights"], _count(m["params"]), _count(m["trainable"]), m["note"])
+        t.add_row(
+            m["role"], m["architecture"], m["weights"], _count(m["params"]), _count(m["trainable"]), m["note"]
+        )
     console.print(t)
     t = Table(title="data (rows per split, as known before reading)")
     t.add_column("dataset")
     t.add_column("splits", overflow="fold")
     for name, sizes in plan["data"].items():
-        shown = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in sizes.items()) \
-            if isinstance(sizes, dict) else sizes
+        shown = (
+            ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in sizes.items())
+            if isinstance(sizes, dict)
+            else sizes
+        )
         t.add_row(name, shown)
     console.print(t)
     missing = [p for p in plan["prerequisites"] if p.get("missing")]
     if missing:
-        console.print(f"[yellow]{len(missing)} prerequisite(s) missing[/] ({', '.join(p['setting'] for p in missing)}): "
-                      "the run would stop before any data until they are fetched (commands above)")
+        console.print(
+            f"[yellow]{len(missing)} prerequisite(s) missing[/] ({', '.join(p['setting'] for p in missing)}): "
+            "the run would stop before any data until they are fetched (commands above)"
+        )
     settings = Text(configuration.dump(plan["config"]))
     console.print("[bold]resolved settings[/]")
     console.print(settings)
@@ -139,20 +169,37 @@ def print_dry_run(plan: dict, *, console: Console, as_json: bool) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     console = Console(stderr=True) if args.json else Console()  # --json: stdout holds the JSON alone
     local = tuple(args.plugin or ())
-    flags = {"method": args.method, "dataset": args.dataset, "seed": args.seed, "profile": args.profile,
-             "device": args.device, "out": args.out, "task": args.task}
+    flags = {
+        "method": args.method,
+        "dataset": args.dataset,
+        "seed": args.seed,
+        "profile": args.profile,
+        "device": args.device,
+        "out": args.out,
+        "task": args.task,
+    }
     if args.data_root:
-        args.set = [*(args.set or []), f"data.root={json.dumps(args.data_root)}"]  # JSON is YAML: quoted as is
+        args.set = [
+            *(args.set or []),
+            f"data.root={json.dumps(args.data_root)}",
+        ]  # JSON is YAML: quoted as is
     cfg = resolve_config(file=config_file(args), sets=args.set or (), flags=flags, local=local)
     if args.dry_run:
         return print_dry_run(dry_run(cfg, local), console=console, as_json=args.json)
-    result = run_experiment(cfg, local=local, force=args.force, console=console,
-                            before_done=counterfactual_of_method if args.counterfactual else None)
+    result = run_experiment(
+        cfg,
+        local=local,
+        force=args.force,
+        console=console,
+        before_done=counterfactual_of_method if args.counterfactual else None,
+    )
     if args.counterfactual and result.reused and read_counterfactual(result.run_dir.path) is None:
         _counterfactual_of_reused(result, console)
     record = read_record(result.run_dir.path / METRICS_FILE)
     print_record(record, console)
-    console.print(f"{'reused' if result.reused else 'ran'} {result.run_dir.path} — run time {record.timing.total_s:.1f} s")
+    console.print(
+        f"{'reused' if result.reused else 'ran'} {result.run_dir.path} — run time {record.timing.total_s:.1f} s"
+    )
     if args.json:
         sys.stdout.write(json.dumps(json_summary(result, record), indent=2) + "\n")
     return 0
@@ -164,8 +211,10 @@ def _counterfactual_of_reused(result: RunResult, console: Console) -> None:
     try:
         counterfactual_for_run(result.run_dir.path, console=console)
     except DermbenchError as exc:
-        raise DermbenchError(f"{exc}. This finished run was reused, so its model was not trained here: add --force to "
-                             "train it again with the counterfactual test at its end") from None
+        raise DermbenchError(
+            f"{exc}. This finished run was reused, so its model was not trained here: add --force to "
+            "train it again with the counterfactual test at its end"
+        ) from None
 
 
 def register(sub) -> None:
@@ -174,25 +223,45 @@ def register(sub) -> None:
     p.add_argument("--dataset", help="training dataset (its protocol decides the test sets)")
     p.add_argument("--task", help="task of the dataset (default malignant)")
     p.add_argument("--config", type=Path, help="YAML file of settings")
-    p.add_argument("--protocol", metavar="NAME",
-                   help="a packaged protocol config (a paper's dataset, task, data options and test sets; "
-                   "docs/protocols.md), combinable with --set, --seed, --method: " + ", ".join(protocol_names()))
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=0.01")
+    p.add_argument(
+        "--protocol",
+        metavar="NAME",
+        help="a packaged protocol config (a paper's dataset, task, data options and test sets; "
+        "docs/protocols.md), combinable with --set, --seed, --method: " + ", ".join(protocol_names()),
+    )
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=0.01"
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--profile", help="tiny (CPU, minutes) or paper (the method paper's settings)")
     p.add_argument("--device", help="auto, cpu, cuda or mps")
     p.add_argument("--out", help="directory for run records (default runs/)")
     p.add_argument("--data-root", help="folder holding one sub-folder per dataset (default $DERMBENCH_DATA)")
-    p.add_argument("--plugin", action="append", metavar="MODULE:OBJECT", help="load a method plugin from a module")
-    p.add_argument("--force", action="store_true", help="redo a run even if a finished record exists (also the way past a damaged "
-                   "metrics.json): the run folder is emptied first")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check every setting and prerequisite, print the resolved settings, the models with their "
-                   "parameter counts and weight sources, and the data sizes; read no data, train nothing")
-    p.add_argument("--json", action="store_true",
-                   help="print the run's summary as JSON on stdout (progress and tables go to stderr)")
-    p.add_argument("--counterfactual", action="store_true",
-                   help="at the end of the run, re-render its SynthDerm test lesions on FST I-VI and score them with "
-                   "the method's own predict into counterfactual.json (docs/counterfactual.md); not a setting, so "
-                   "the run id is unchanged")
+    p.add_argument(
+        "--plugin", action="append", metavar="MODULE:OBJECT", help="load a method plugin from a module"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="redo a run even if a finished record exists (also the way past a damaged "
+        "metrics.json): the run folder is emptied first",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check every setting and prerequisite, print the resolved settings, the models with their "
+        "parameter counts and weight sources, and the data sizes; read no data, train nothing",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run's summary as JSON on stdout (progress and tables go to stderr)",
+    )
+    p.add_argument(
+        "--counterfactual",
+        action="store_true",
+        help="at the end of the run, re-render its SynthDerm test lesions on FST I-VI and score them with "
+        "the method's own predict into counterfactual.json (docs/counterfactual.md); not a setting, so "
+        "the run id is unchanged",
+    )
     p.set_defaults(func=cmd_run)

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from dermbench.errors import DermbenchError
 
-PYPROJECT = '''[build-system]
+PYPROJECT = """[build-system]
 requires = ["setuptools>=61"]
 build-backend = "setuptools.build_meta"
 
@@ -32,7 +32,7 @@ packages = ["dermbench_{module}"]
 
 [tool.pytest.ini_options]
 addopts = "--import-mode=importlib"
-'''
+"""
 
 PLUGIN = '''"""{name}: a dermbench method plugin.
 
@@ -81,7 +81,7 @@ def test_conformance(tmp_path):
     assert "synthderm" in metrics["eval"]
 '''
 
-README = '''# dermbench-{name}
+README = """# dermbench-{name}
 
 A [dermbench](https://pypi.org/project/dermbench/) method plugin.
 
@@ -91,13 +91,15 @@ dermbench list methods                # {name} is listed
 dermbench run --method {name}         # tiny SynthDerm run
 pytest tests                          # conformance test
 ```
-'''
+"""
 
 
 def scaffold(name: str, directory: Path) -> Path:
     """Write the package for method `name` under `directory`; returns its folder."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or keyword.iskeyword(name):
-        raise DermbenchError(f"method name {name!r} must be lower-case letters, digits and _, starting with a letter")
+        raise DermbenchError(
+            f"method name {name!r} must be lower-case letters, digits and _, starting with a letter"
+        )
     root = directory / f"dermbench-{name}"
     if root.exists():
         raise DermbenchError(f"{root} already exists; choose another name or directory")

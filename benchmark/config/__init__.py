@@ -49,8 +49,10 @@ def load_yaml(path: Path) -> dict:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
-                          f"{exc.start}); save it as UTF-8") from exc
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -71,7 +73,9 @@ def profile_label(profile: str, config: Mapping[str, Any]) -> str:
 
 
 def _packaged_profile(name: str) -> dict:
-    text = resources.files("dermbench.config").joinpath("profiles", f"{name}.yaml").read_text(encoding="utf-8")
+    text = (
+        resources.files("dermbench.config").joinpath("profiles", f"{name}.yaml").read_text(encoding="utf-8")
+    )
     return yaml.safe_load(text) or {}
 
 
@@ -168,7 +172,10 @@ def resolve(
     profile = head.get("profile")
     if profile not in PROFILES:
         guess = closest(str(profile), PROFILES)
-        raise ConfigError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}" + (f"; did you mean {guess!r}?" if guess else ""))
+        raise ConfigError(
+            f"unknown profile {profile!r}; known: {', '.join(PROFILES)}"
+            + (f"; did you mean {guess!r}?" if guess else "")
+        )
 
     config = merge(base, _packaged_profile(profile), strict=True, where=f"profile {profile!r}")
     if method_defaults is not None:
@@ -178,7 +185,9 @@ def resolve(
         config = merge(config, user, strict=True, where=f"config file {file}")
     for item, o in zip(sets, overrides):
         config = merge(config, o, strict=True, where=f"--set {item}")
-    config = merge(config, {k: v for k, v in (flags or {}).items() if v is not None}, strict=True, where="command line")
+    config = merge(
+        config, {k: v for k, v in (flags or {}).items() if v is not None}, strict=True, where="command line"
+    )
     check_values(config)
     return config
 
@@ -198,13 +207,16 @@ def merge_method_defaults(config: dict, defaults: dict, *, method: str) -> dict:
         else:
             guess = closest(str(key), [str(k) for k in config])
             hint = f"; did you mean {guess!r}?" if guess else ""
-            raise ConfigError(f"unknown setting {key!r} in {where}{hint} (a method's own settings go under "
-                              f"its name, {method!r})")
+            raise ConfigError(
+                f"unknown setting {key!r} in {where}{hint} (a method's own settings go under "
+                f"its name, {method!r})"
+            )
     return config
 
 
-def settings_digest(config: dict, *, leave_out: tuple[tuple[str, ...], ...] = (), algorithm: str = "sha256",
-                    length: int = 12) -> str:
+def settings_digest(
+    config: dict, *, leave_out: tuple[tuple[str, ...], ...] = (), algorithm: str = "sha256", length: int = 12
+) -> str:
     """A hex hash of every setting that can change results: the config without NOT_IN_RUN_ID
     and `leave_out`, as sorted JSON. One function, so the run id and the leaderboard's grouping
     of seeds (leave_out seed) strip and serialise alike; the algorithm and length stay

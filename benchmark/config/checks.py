@@ -93,11 +93,18 @@ def check_range(name: str, value: Any, limits: Range, *, null: bool = False) -> 
     too_low = low is not None and (value < low or (value == low and not low_in))
     too_high = high is not None and (value > high or (value == high and not high_in))
     if too_low or too_high:
-        raise ConfigError(f"setting {name!r} must be {_interval(low, low_in, high, high_in)}{suffix}, got {value!r}")
+        raise ConfigError(
+            f"setting {name!r} must be {_interval(low, low_in, high, high_in)}{suffix}, got {value!r}"
+        )
 
 
-def check_ranges(section: Mapping[str, Any], ranges: Mapping[tuple[str, ...], Range], *, prefix: str,
-                 nullable: tuple[tuple[str, ...], ...] = ()) -> None:
+def check_ranges(
+    section: Mapping[str, Any],
+    ranges: Mapping[tuple[str, ...], Range],
+    *,
+    prefix: str,
+    nullable: tuple[tuple[str, ...], ...] = (),
+) -> None:
     """`check_range` for every path of `ranges` in a method's settings `section` (defaults merged
     in: an absent or null setting is an error unless its path is in `nullable`); messages name
     the setting as `prefix.path` (`dermdiff.finetune.steps`), like the shared settings'."""
@@ -122,5 +129,7 @@ def check_values(config: dict) -> None:
         if value is not None:
             check_choice(".".join(path), value, allowed)
     if config.get("data", {}).get("tone") == "detector" and not config["data"].get("tone_detector"):
-        raise ConfigError("data.tone is 'detector' but data.tone_detector names no folder "
-                          "(train one with `dermbench tone train` and pass its folder)")
+        raise ConfigError(
+            "data.tone is 'detector' but data.tone_detector names no folder "
+            "(train one with `dermbench tone train` and pass its folder)"
+        )

@@ -34,7 +34,9 @@ def augment_splits(pm: pluggy.PluginManager, *, ctx: Any, train: Split) -> dict[
     for impl in reversed(pm.hook.augment.get_hookimpls()):  # get_hookimpls lists them in reverse call order
         name = impl.plugin_name
         if impl.hookwrapper or impl.wrapper:
-            raise DermbenchError(f"method plugin {name!r}: augment must be a plain hook implementation, not a wrapper")
+            raise DermbenchError(
+                f"method plugin {name!r}: augment must be a plain hook implementation, not a wrapper"
+            )
         result = impl.function(*[kwargs[arg] for arg in impl.argnames])
         if result is None:
             continue
@@ -49,18 +51,32 @@ def _checked(plugin: str, result: object, train: Split) -> Split:
     if not isinstance(result, Split):
         raise DermbenchError(f"{where} returned {type(result).__name__}, expected a dermbench Split or None")
     if result.classes != train.classes:
-        raise DermbenchError(f"{where} returned classes {result.classes}, expected the training split's {train.classes}")
+        raise DermbenchError(
+            f"{where} returned classes {result.classes}, expected the training split's {train.classes}"
+        )
     if tuple(result.images.shape[1:]) != tuple(train.images.shape[1:]):
         raise DermbenchError(
             f"{where} returned images of shape {tuple(result.images.shape[1:])}, expected the training split's "
             f"{tuple(train.images.shape[1:])} (data.image_size is {train.images.shape[1]})"
         )
     labels = pd.to_numeric(result.table["label"], errors="coerce") if "label" in result.table else None
-    if labels is None or labels.isna().any() or not labels.between(0, train.num_classes - 1).all() \
-            or not (labels == labels.round()).all():
-        raise DermbenchError(f"{where} returned rows without a label in 0..{train.num_classes - 1} (column 'label')")
-    return Split(name=result.name, table=add_group_columns(result.table), images=result.images,
-                 classes=result.classes, masks=result.masks, meta=result.meta)
+    if (
+        labels is None
+        or labels.isna().any()
+        or not labels.between(0, train.num_classes - 1).all()
+        or not (labels == labels.round()).all()
+    ):
+        raise DermbenchError(
+            f"{where} returned rows without a label in 0..{train.num_classes - 1} (column 'label')"
+        )
+    return Split(
+        name=result.name,
+        table=add_group_columns(result.table),
+        images=result.images,
+        classes=result.classes,
+        masks=result.masks,
+        meta=result.meta,
+    )
 
 
 def thin(extra: Mapping[str, Split], keep: int, rng: np.random.Generator) -> dict[str, Split]:
@@ -70,15 +86,17 @@ def thin(extra: Mapping[str, Split], keep: int, rng: np.random.Generator) -> dic
     sizes = [len(s) for s in extra.values()]
     if sum(sizes) <= keep:
         return dict(extra)
-    cells = pd.concat([s.table["tone3"].astype(str) + "|" + s.table["label"].astype(str) for s in extra.values()],
-                      ignore_index=True).to_numpy()
+    cells = pd.concat(
+        [s.table["tone3"].astype(str) + "|" + s.table["label"].astype(str) for s in extra.values()],
+        ignore_index=True,
+    ).to_numpy()
     shuffle = rng.permutation(len(cells))
     rank = pd.Series(np.arange(len(cells))).groupby(cells[shuffle]).cumcount().to_numpy()
     chosen = np.zeros(len(cells), dtype=bool)
     chosen[shuffle[np.lexsort((np.arange(len(cells)), rank))[:keep]]] = True
     out, start = {}, 0
     for (name, split), size in zip(extra.items(), sizes):
-        rows = np.flatnonzero(chosen[start:start + size])
+        rows = np.flatnonzero(chosen[start : start + size])
         start += size
         if len(rows):
             out[name] = split.subset(rows)
@@ -96,8 +114,11 @@ def synthetic_counts(extra: Mapping[str, Split]) -> dict | None:
     for split in extra.values():
         tone3 = split.table["tone3"] if "tone3" in split.table else pd.Series(None, index=split.table.index)
         names = np.array(split.classes, dtype=object)[split.labels]
-        frames.append(pd.DataFrame({"group": tone3.astype(object).where(tone3.notna(), UNKNOWN_GROUP).to_numpy(),
-                                    "label": names}))
+        frames.append(
+            pd.DataFrame(
+                {"group": tone3.astype(object).where(tone3.notna(), UNKNOWN_GROUP).to_numpy(), "label": names}
+            )
+        )
     rows = pd.concat(frames, ignore_index=True)
     classes = next(iter(extra.values())).classes
     present = set(rows["group"])
@@ -110,6 +131,8 @@ def synthetic_counts(extra: Mapping[str, Split]) -> dict | None:
 def describe_synthetic(counts: dict) -> str:
     """One line for the run log: how many samples each plugin added, and per tone3 group and label."""
     plugins = ", ".join(f"{k}: {v}" for k, v in counts["by_plugin"].items())
-    groups = "; ".join(f"{g} " + " ".join(f"{c} {k}" for c, k in labels.items())
-                       for g, labels in counts["by_group_label"].items())
+    groups = "; ".join(
+        f"{g} " + " ".join(f"{c} {k}" for c, k in labels.items())
+        for g, labels in counts["by_group_label"].items()
+    )
     return f"augmentation added {counts['n']} training samples ({plugins}); by tone3 x label: {groups}"

@@ -189,7 +189,9 @@ def _cache_key(root: Path | None, files: Sequence[str], size: int, stats: Sequen
     }
     digest.update(json.dumps(header, sort_keys=True).encode())
     for rel, st in zip(files, stats, strict=True):
-        name = rel if root is not None else str(Path(rel).expanduser().resolve())  # relative to the cwd otherwise
+        name = (
+            rel if root is not None else str(Path(rel).expanduser().resolve())
+        )  # relative to the cwd otherwise
         digest.update(json.dumps([name, st]).encode())
         digest.update(b"\n")
     return f"{digest.hexdigest()[:40]}-{size}px"

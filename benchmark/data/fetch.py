@@ -263,7 +263,9 @@ def _stream(request: urllib.request.Request, fh, *, timeout: float, max_bytes: i
             length_text = response.headers.get("Content-Length")
             expected = int(length_text) if length_text and length_text.strip().isdigit() else None
             if expected is not None and expected > max_bytes:
-                raise _Permanent(f"response too large: {human_size(expected)} (limit {human_size(max_bytes)})")
+                raise _Permanent(
+                    f"response too large: {human_size(expected)} (limit {human_size(max_bytes)})"
+                )
             digest = hashlib.md5(usedforsecurity=False)
             got = 0
             while True:

@@ -25,16 +25,36 @@ from dermbench.data.model import Split
 from dermbench.errors import DataError
 
 IMAGES, MANIFEST = "images.npy", "manifest.csv"
-MANIFEST_COLUMNS = ("sample_id", "label", "class_name", "fst", "tone3", "prompt", "seed", "source_id", "domain")
+MANIFEST_COLUMNS = (
+    "sample_id",
+    "label",
+    "class_name",
+    "fst",
+    "tone3",
+    "prompt",
+    "seed",
+    "source_id",
+    "domain",
+)
 
 
 def read_manifest(folder: Path) -> pd.DataFrame:
     """The manifest of the generation in `folder`, checked for its columns."""
     path = Path(folder) / MANIFEST
     try:
-        manifest = pd.read_csv(path, dtype={"sample_id": str, "source_id": str, "prompt": str, "class_name": str,
-                                            "tone3": str, "domain": str}, keep_default_na=False,
-                               na_values={"fst": [""]})
+        manifest = pd.read_csv(
+            path,
+            dtype={
+                "sample_id": str,
+                "source_id": str,
+                "prompt": str,
+                "class_name": str,
+                "tone3": str,
+                "domain": str,
+            },
+            keep_default_na=False,
+            na_values={"fst": [""]},
+        )
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the manifest of a generated set ({exc})") from exc
     missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
@@ -55,26 +75,32 @@ def read_images(folder: Path) -> np.ndarray:
     return images
 
 
-def generated_split(images: np.ndarray, manifest: pd.DataFrame, *, classes: tuple[str, ...], name: str) -> Split:
+def generated_split(
+    images: np.ndarray, manifest: pd.DataFrame, *, classes: tuple[str, ...], name: str
+) -> Split:
     """A training split of generated samples: `tone_source` "generated", the requested tone
     as `fst`/`tone3` (a group asked for without a single FST keeps its tone3 and has no fst)."""
     if len(images) != len(manifest):
         raise DataError(f"generated set {name!r}: {len(manifest)} manifest rows but {len(images)} images")
     unknown = sorted(set(manifest["class_name"]) - set(classes))
     if unknown:
-        raise DataError(f"generated set {name!r}: class(es) {unknown} are not among the task's classes {classes}")
-    table = pd.DataFrame({
-        "sample_id": manifest["sample_id"].astype(str).to_numpy(),
-        "image": [f"generated/{name}/{i}" for i in range(len(manifest))],
-        "label": [classes.index(c) for c in manifest["class_name"]],
-        "fst": pd.to_numeric(manifest["fst"], errors="coerce").to_numpy(),
-        "tone3": manifest["tone3"].replace("", None).to_numpy(),
-        "tone_source": "generated",
-        "domain": manifest["domain"].to_numpy(),
-        "split": "train",
-        "prompt": manifest["prompt"].to_numpy(),
-        "source_id": manifest["source_id"].to_numpy(),
-    })
+        raise DataError(
+            f"generated set {name!r}: class(es) {unknown} are not among the task's classes {classes}"
+        )
+    table = pd.DataFrame(
+        {
+            "sample_id": manifest["sample_id"].astype(str).to_numpy(),
+            "image": [f"generated/{name}/{i}" for i in range(len(manifest))],
+            "label": [classes.index(c) for c in manifest["class_name"]],
+            "fst": pd.to_numeric(manifest["fst"], errors="coerce").to_numpy(),
+            "tone3": manifest["tone3"].replace("", None).to_numpy(),
+            "tone_source": "generated",
+            "domain": manifest["domain"].to_numpy(),
+            "split": "train",
+            "prompt": manifest["prompt"].to_numpy(),
+            "source_id": manifest["source_id"].to_numpy(),
+        }
+    )
     return Split(name=name, table=add_group_columns(table), images=images, classes=classes)
 
 

@@ -159,8 +159,11 @@ def _bomb_detail(what: str, limit: int | None) -> str:
 def _check_pixels(img: Image.Image, path: Path, limit: int | None) -> None:
     width, height = img.size
     if limit is not None and width * height > limit:
-        raise ImageError("decompression bomb", path,
-                         _bomb_detail(f"the image has {width * height} pixels ({width} x {height})", limit))
+        raise ImageError(
+            "decompression bomb",
+            path,
+            _bomb_detail(f"the image has {width * height} pixels ({width} x {height})", limit),
+        )
 
 
 def _to_rgb(img: Image.Image, path: Path) -> Image.Image:

@@ -65,14 +65,20 @@ class ConcatArray:
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         if copy is False:
             raise ValueError("a ConcatArray cannot be viewed as one array without copying")
-        out = np.concatenate([np.asarray(p) for p in self.parts]) if len(self) else np.empty(self.shape, self.dtype)
+        out = (
+            np.concatenate([np.asarray(p) for p in self.parts])
+            if len(self)
+            else np.empty(self.shape, self.dtype)
+        )
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def __getitem__(self, key: Any) -> Any:
         rest: tuple = ()
         if isinstance(key, tuple):
             if not key or any(k is Ellipsis or k is None for k in key[:1]):
-                raise IndexError("ConcatArray: index rows first (an integer, slice, integer array or boolean mask)")
+                raise IndexError(
+                    "ConcatArray: index rows first (an integer, slice, integer array or boolean mask)"
+                )
             key, rest = key[0], key[1:]
         if isinstance(key, numbers.Integral) and not isinstance(key, bool):
             row = self._row(int(key))
@@ -108,7 +114,9 @@ class ConcatArray:
         if index.size == 0:
             index = index.astype(np.int64)
         if not np.issubdtype(index.dtype, np.integer) or index.ndim != 1:
-            raise IndexError(f"ConcatArray rows take an integer, a slice, a 1-d integer array or a boolean mask, got {key!r}")
+            raise IndexError(
+                f"ConcatArray rows take an integer, a slice, a 1-d integer array or a boolean mask, got {key!r}"
+            )
         if index.size and (index.min() < -n or index.max() >= n):
             raise IndexError(f"index out of bounds for a ConcatArray of {n} rows")
         return self._gather(np.where(index < 0, index + n, index))

@@ -47,7 +47,9 @@ def read_csv(path: Path, *, required: Iterable[str] = ()) -> pd.DataFrame:
         with warnings.catch_warnings():
             # rows longer than the header: pandas would drop fields (or shift them into an index)
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False, index_col=False)
+            frame = pd.read_csv(
+                io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False, index_col=False
+            )
     except pd.errors.ParserWarning as exc:
         raise DataError(f"{path}: malformed CSV: {_longest_row(text)}") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -83,8 +85,10 @@ def _header(path: Path, text: str) -> list[str]:
     for name, where in positions.items():
         if len(where) > 1:
             listed = ", ".join(map(str, where[:-1])) + f" and {where[-1]}"
-            raise DataError(f"{path}: column {name!r} appears {len(where)} times in the header (columns {listed}); "
-                            "a reader would take one copy and ignore the other, so remove or rename the extra one")
+            raise DataError(
+                f"{path}: column {name!r} appears {len(where)} times in the header (columns {listed}); "
+                "a reader would take one copy and ignore the other, so remove or rename the extra one"
+            )
     return names
 
 
@@ -94,8 +98,10 @@ def _other_delimiter(header: list[str], missing: list[str]) -> str:
     for delimiter, name in OTHER_DELIMITERS.items():
         parts = {part.strip().strip('"') for part in line.split(delimiter)}
         if len(parts) > 1 and all(column in parts for column in missing):
-            return (f"; the header holds them separated by {name}, not commas: the file is {name.split(' (')[0]}-"
-                    "separated (re-saved by a spreadsheet?); save it comma-separated or re-download it")
+            return (
+                f"; the header holds them separated by {name}, not commas: the file is {name.split(' (')[0]}-"
+                "separated (re-saved by a spreadsheet?); save it comma-separated or re-download it"
+            )
     return ""
 
 

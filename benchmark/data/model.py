@@ -88,7 +88,9 @@ class Split:
 
     def __post_init__(self) -> None:
         if len(self.table) != len(self.images):
-            raise DataError(f"split {self.name!r}: {len(self.table)} table rows but {len(self.images)} images")
+            raise DataError(
+                f"split {self.name!r}: {len(self.table)} table rows but {len(self.images)} images"
+            )
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
             raise DataError(
                 f"split {self.name!r}: images must be uint8 (n, H, W, 3), got {self.images.dtype} {self.images.shape}"
@@ -119,7 +121,9 @@ class Split:
         if index.dtype == bool:
             index = np.flatnonzero(index)
         masks = None if self.masks is None else self.masks[index]
-        return replace(self, table=self.table.iloc[index].reset_index(drop=True), images=self.images[index], masks=masks)
+        return replace(
+            self, table=self.table.iloc[index].reset_index(drop=True), images=self.images[index], masks=masks
+        )
 
     def without_labels(self) -> Split:
         """The split as plugins see it at prediction time: identity, image path, domain and the
@@ -158,7 +162,9 @@ def split_exclusions(splits: dict[str, Split]) -> dict[str, dict[str, int]]:
     """{split name: {reason: count}} for every split given (empty when nothing was dropped), plus
     ALL_SPLITS for rows the loader dropped before splitting, when there were any. The run record
     keeps this for training and validation, which no test-set entry reports."""
-    out: dict[str, dict[str, int]] = {name: dict(split.meta.get("excluded", {})) for name, split in splits.items()}
+    out: dict[str, dict[str, int]] = {
+        name: dict(split.meta.get("excluded", {})) for name, split in splits.items()
+    }
     before: dict[str, int] = {}
     for split in splits.values():
         before.update(split.meta.get("dataset_excluded", {}))
@@ -233,8 +239,12 @@ class Dataset(ABC):
         content = {
             "dataset": self.name,
             "kind": "table",
-            "table_sha256": {task: hashlib.sha256(table.to_csv(index=False, lineterminator="\n").encode("utf-8"))
-                             .hexdigest() for task, table in tables.items()},
+            "table_sha256": {
+                task: hashlib.sha256(
+                    table.to_csv(index=False, lineterminator="\n").encode("utf-8")
+                ).hexdigest()
+                for task, table in tables.items()
+            },
             "images": image_list(self.root, tables[self.tasks[0]]["image"].astype(str)),
         }
         return {**content, "digest": content_digest(content)}
@@ -273,7 +283,10 @@ class Dataset(ABC):
             keep = np.array([i not in failures for i in range(len(rows))])
             rows, images = rows[keep].reset_index(drop=True), images[keep]
         return Split(
-            name=name or split, table=rows, images=images, classes=self.classes(task),
+            name=name or split,
+            table=rows,
+            images=images,
+            classes=self.classes(task),
             meta={"excluded": excluded, "dataset_excluded": dict(table.attrs.get("excluded", {}))},
         )
 
@@ -298,10 +311,13 @@ def select_options(dataset: str, options: dict, defaults: dict) -> dict:
     section named after a dataset (`{ddi: {on_error: skip}}`) applies to it alone and wins
     over flat keys; a key that no dataset knows is an error naming the closest option.
     """
+
     def unknown(key: str) -> ConfigError:
         guess = closest(key, defaults) or closest(key, KNOWN_OPTIONS)
         hint = f" Did you mean {guess!r}?" if guess else ""
-        return ConfigError(f"dataset {dataset!r} has no option {key!r}.{hint} Its options: {', '.join(sorted(defaults))}")
+        return ConfigError(
+            f"dataset {dataset!r} has no option {key!r}.{hint} Its options: {', '.join(sorted(defaults))}"
+        )
 
     section = options.get(dataset, {})
     if not isinstance(section, dict):

@@ -42,10 +42,14 @@ class DatasetPool:
                     self._made[key] = inside
                     return inside
                 options = reduced
-            self._made[key] = make_dataset(name, root=data_root(name, data["root"]), options=options, local=self.local)
+            self._made[key] = make_dataset(
+                name, root=data_root(name, data["root"]), options=options, local=self.local
+            )
         return self._made[key]
 
-    def fingerprints(self, names: Iterable[str], *, required: Collection[str]) -> dict[str, dict[str, Any] | None]:
+    def fingerprints(
+        self, names: Iterable[str], *, required: Collection[str]
+    ) -> dict[str, dict[str, Any] | None]:
         """The content fingerprint of each dataset in `names` (see Dataset.fingerprint) that has
         the run's task; the others play no part in the run. A dataset in `required` that cannot
         be read stops here with its DataError; any other is None: its test set is skipped later,
@@ -66,8 +70,16 @@ class DatasetPool:
                 out[name] = None
         return out
 
-    def load(self, name: str, split: str, *, image_size: int | None = None, with_masks: bool = False,
-             as_name: str | None = None, outside_protocol: bool = False) -> Split:
+    def load(
+        self,
+        name: str,
+        split: str,
+        *,
+        image_size: int | None = None,
+        with_masks: bool = False,
+        as_name: str | None = None,
+        outside_protocol: bool = False,
+    ) -> Split:
         """`name`'s `split` at `image_size` px (default: the run's `data.image_size`).
 
         With `with_masks`, the split's lesion masks come too, at the same size as the images;
@@ -78,8 +90,9 @@ class DatasetPool:
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise ConfigError(f"image size must be a positive integer, got {size!r}")
         size = int(size)
-        loaded = self.get(name, outside_protocol=outside_protocol).load(task=self.cfg["task"], split=split,
-                                                                         image_size=size, name=as_name)
+        loaded = self.get(name, outside_protocol=outside_protocol).load(
+            task=self.cfg["task"], split=split, image_size=size, name=as_name
+        )
         if not with_masks:
             return loaded
         if loaded.masks is None:
@@ -107,12 +120,19 @@ class DatasetPool:
         if ratio is not None:
             keep = round(float(ratio) * len(train))
             if keep == 0:
-                raise ConfigError(f"augment.ratio {ratio} keeps no synthetic sample of a {len(train)}-sample training "
-                                  f"split; use at least {0.5 / len(train):.2g}")
+                raise ConfigError(
+                    f"augment.ratio {ratio} keeps no synthetic sample of a {len(train)}-sample training "
+                    f"split; use at least {0.5 / len(train):.2g}"
+                )
             extra = thin(extra, keep, ctx.rng("augment-ratio"))
         counts = synthetic_counts(extra) or {"n": 0, "by_plugin": {}, "by_group_label": {}}
-        counts = {**counts, "generated": generated["n"], "mix": mix, "ratio": ratio,
-                  "trained_on": 0 if mix == "real" else counts["n"]}
+        counts = {
+            **counts,
+            "generated": generated["n"],
+            "mix": mix,
+            "ratio": ratio,
+            "trained_on": 0 if mix == "real" else counts["n"],
+        }
         ctx.say(describe_synthetic(counts))
         if mix == "real":
             ctx.say("augment.mix is 'real': the classifier trains on the real split only")

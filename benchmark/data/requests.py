@@ -49,27 +49,52 @@ def cell_count(per_cell: int | None, table: pd.DataFrame) -> int:
 def balanced_cells(classes: Sequence[str], *, per_cell: int) -> pd.DataFrame:
     """DermDiff's request without prompts: `per_cell` rows for every tone3 group x class, in the
     order tone group, class, k (columns tone3, label, class_name, k)."""
-    rows = [{"tone3": tone, "label": label, "class_name": class_name, "k": k}
-            for tone in TONE3 for label, class_name in enumerate(classes) for k in range(int(per_cell))]
+    rows = [
+        {"tone3": tone, "label": label, "class_name": class_name, "k": k}
+        for tone in TONE3
+        for label, class_name in enumerate(classes)
+        for k in range(int(per_cell))
+    ]
     return pd.DataFrame(rows, columns=["tone3", "label", "class_name", "k"])
 
 
-def balanced_requests(classes: Sequence[str], *, per_cell: int, template: str, tone_words: dict, seed: int,
-                      domain: str, method: str = DERMDIFF) -> pd.DataFrame:
+def balanced_requests(
+    classes: Sequence[str],
+    *,
+    per_cell: int,
+    template: str,
+    tone_words: dict,
+    seed: int,
+    domain: str,
+    method: str = DERMDIFF,
+) -> pd.DataFrame:
     """`per_cell` generation requests for every tone3 group x class (`balanced_cells`), each with
     its prompt (`template` with the class name and the group's word) and its own noise seed."""
     cells = balanced_cells(classes, per_cell=per_cell)
-    out = pd.DataFrame({
-        "sample_id": [f"{method}-{t}-{y}-{k}" for t, y, k in zip(cells["tone3"], cells["label"], cells["k"])],
-        "label": cells["label"], "class_name": cells["class_name"], "fst": "", "tone3": cells["tone3"],
-        "prompt": [template.format(label=c, tone=tone_words[t]) for c, t in zip(cells["class_name"], cells["tone3"])],
-        "source_id": "", "domain": domain,
-    })
+    out = pd.DataFrame(
+        {
+            "sample_id": [
+                f"{method}-{t}-{y}-{k}" for t, y, k in zip(cells["tone3"], cells["label"], cells["k"])
+            ],
+            "label": cells["label"],
+            "class_name": cells["class_name"],
+            "fst": "",
+            "tone3": cells["tone3"],
+            "prompt": [
+                template.format(label=c, tone=tone_words[t])
+                for c, t in zip(cells["class_name"], cells["tone3"])
+            ],
+            "source_id": "",
+            "domain": domain,
+        }
+    )
     out["seed"] = [seed_for(seed, f"{method}-image-{i}") for i in range(len(out))]
     return out
 
 
-def translation_sources(table: pd.DataFrame, *, max_sources: int | None, rng: np.random.Generator) -> np.ndarray:
+def translation_sources(
+    table: pd.DataFrame, *, max_sources: int | None, rng: np.random.Generator
+) -> np.ndarray:
     """Rows that take part (FST I, II, V, VI), at most `max_sources` of them drawn uniformly (so the
     paper's mix, mostly light images, is kept), in table order."""
     fst = pd.to_numeric(table["fst"], errors="coerce")
@@ -88,8 +113,15 @@ def check_targets(target_fst, *, setting: str) -> list[int]:
     return [int(f) for f in values]
 
 
-def translation_plan(table: pd.DataFrame, rows: np.ndarray, *, per_image: int, target_fst, seed: int,
-                     method: str = MAJORITY2MINORITY) -> pd.DataFrame:
+def translation_plan(
+    table: pd.DataFrame,
+    rows: np.ndarray,
+    *,
+    per_image: int,
+    target_fst,
+    seed: int,
+    method: str = MAJORITY2MINORITY,
+) -> pd.DataFrame:
     """`per_image` requests per source row (k outer, rows inner), each toward a dark FST: a random
     `target_fst` for a light source, its own FST for a dark one. Columns sample_id, label, fst
     (the target), tone3 ("C"), source_id, domain, row (the source's position in `table`), k and
@@ -101,11 +133,20 @@ def translation_plan(table: pd.DataFrame, rows: np.ndarray, *, per_image: int, t
     out = []
     for k in range(int(per_image)):
         target = np.where(np.isin(fst, DARK), fst, rng.choice(targets, size=len(fst)))
-        out.append(pd.DataFrame({
-            "sample_id": [f"{method}-{s}-{k}" for s in part["sample_id"]], "label": part["label"].to_numpy(),
-            "fst": target, "tone3": "C", "source_id": part["sample_id"].astype(str).to_numpy(),
-            "domain": part["domain"].to_numpy(), "row": np.asarray(rows), "k": k,
-        }))
+        out.append(
+            pd.DataFrame(
+                {
+                    "sample_id": [f"{method}-{s}-{k}" for s in part["sample_id"]],
+                    "label": part["label"].to_numpy(),
+                    "fst": target,
+                    "tone3": "C",
+                    "source_id": part["sample_id"].astype(str).to_numpy(),
+                    "domain": part["domain"].to_numpy(),
+                    "row": np.asarray(rows),
+                    "k": k,
+                }
+            )
+        )
     plan = pd.concat(out, ignore_index=True)
     plan["seed"] = [seed_for(seed, f"{method}-image-{i}") for i in range(len(plan))]
     return plan

@@ -56,13 +56,17 @@ class SplitRule:
     def apply(self, table: pd.DataFrame) -> pd.Series:
         if self.method == "sklearn":
             return sklearn_split(table, seed=self.seed, fractions=self.fractions, stratify=self.stratify)
-        return make_split(table, seed=self.seed, fractions=self.fractions, stratify=self.stratify, group=self.group)
+        return make_split(
+            table, seed=self.seed, fractions=self.fractions, stratify=self.stratify, group=self.group
+        )
 
 
 def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
     values = np.asarray(fractions, dtype=float)
     if values.shape != (3,) or (values < 0).any() or not math.isclose(values.sum(), 1.0, abs_tol=1e-9):
-        raise DataError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+        raise DataError(
+            f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}"
+        )
     return values
 
 
@@ -132,7 +136,11 @@ def make_split(
 
 
 def sklearn_split(
-    table: pd.DataFrame, *, seed: int, fractions: Sequence[float] = (0.6, 0.2, 0.2), stratify: Sequence[str] = ()
+    table: pd.DataFrame,
+    *,
+    seed: int,
+    fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    stratify: Sequence[str] = (),
 ) -> pd.Series:
     """The FairQuantize code's procedure (guoyb17/FairQuantize, `*_holdout_score_v2`): one
     `train_test_split` cuts the val+test share off (train is the first part), a second one
@@ -205,7 +213,9 @@ def find_split_file(directory: Path | None, dataset: str, rule: str) -> SplitFil
     if not csv.is_file():
         return None
     if not meta_path.is_file():
-        raise DataError(f"{csv} has no {meta_path.name} beside it (the checksum of the metadata it was made from)")
+        raise DataError(
+            f"{csv} has no {meta_path.name} beside it (the checksum of the metadata it was made from)"
+        )
     meta = read_json(meta_path)
     if not isinstance(meta, dict) or "sha256" not in meta:
         raise DataError(f"{meta_path}: expected a JSON object with a 'sha256' key")
@@ -286,7 +296,9 @@ def _stored_split(
     return None, stale
 
 
-def split_in_use(*, dataset: str, rule: SplitRule, metadata_path: Path, user_dir: Path | None) -> SplitFile | None:
+def split_in_use(
+    *, dataset: str, rule: SplitRule, metadata_path: Path, user_dir: Path | None
+) -> SplitFile | None:
     """The stored split a run of `dataset`/`rule` reads (see resolve_split), or None when none matches."""
     return _stored_split(dataset, rule, sha256_file(metadata_path), user_dir)[0]
 
@@ -317,7 +329,9 @@ def resolve_split(
     if not create:
         return pd.Series(UNASSIGNED, index=records.index, name="split", dtype=object)
     if user_dir is None:
-        raise DataError(f"dataset {dataset!r}: no split file for rule {rule.name!r} and no folder to write one")
+        raise DataError(
+            f"dataset {dataset!r}: no split file for rule {rule.name!r} and no folder to write one"
+        )
     if stale is not None:
         message = (
             f"{metadata_path} (sha256 {sha[:12]}...) does not match the split file {stale.csv} "
@@ -325,10 +339,13 @@ def resolve_split(
         )
         if on_mismatch != "resplit":
             raise DataError(
-                message + f". Restore the original metadata file, or set the dataset option split_mismatch=resplit "
+                message
+                + f". Restore the original metadata file, or set the dataset option split_mismatch=resplit "
                 f"to make a fresh split in {user_dir} (results are then not comparable with the standard split)."
             )
-        announce(f"[yellow]warning:[/] {message}; making a fresh split in {user_dir} (not the standard split)")
+        announce(
+            f"[yellow]warning:[/] {message}; making a fresh split in {user_dir} (not the standard split)"
+        )
     if refuse_create:
         raise DataError(
             f"dataset {dataset!r}: no split file for rule {rule.name!r} matches {metadata_path.name} yet, and "

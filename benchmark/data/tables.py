@@ -353,7 +353,9 @@ class TableDataset(Dataset):
                     user_dir=self.split_dir(),
                     on_mismatch=self.options["split_mismatch"],
                     create=create,
-                    refuse_create=f"{dropped} metadata row(s) were dropped under on_error=skip" if dropped else None,
+                    refuse_create=f"{dropped} metadata row(s) were dropped under on_error=skip"
+                    if dropped
+                    else None,
                 )
         return self._splits[create]
 
@@ -367,16 +369,21 @@ class TableDataset(Dataset):
         split: dict[str, Any] = {"official": True}
         if self.split_rules:
             rule = self.split_rules[self.options["split_rule"]]
-            used = split_in_use(dataset=self.name, rule=rule, metadata_path=self.metadata_path(),
-                                user_dir=self.split_dir())
+            used = split_in_use(
+                dataset=self.name, rule=rule, metadata_path=self.metadata_path(), user_dir=self.split_dir()
+            )
             if used is None:  # splits() above returned, so one matches: only a file removed since
-                raise DataError(f"dataset {self.name!r}: the split file of rule {rule.name!r} vanished while reading it")
+                raise DataError(
+                    f"dataset {self.name!r}: the split file of rule {rule.name!r} vanished while reading it"
+                )
             split = {"rule": rule.name, "file": used.csv.name, "sha256": sha256_file(used.csv)}
         assert self.root is not None
         content = {
             "dataset": self.name,
             "kind": "files",
-            "metadata": {rel: sha256_file(self.root / rel) for rel, exists in self.expected_files() if exists},
+            "metadata": {
+                rel: sha256_file(self.root / rel) for rel, exists in self.expected_files() if exists
+            },
             "split": split,
             "images": image_list(self.root, records["image"].astype(str)),
         }
@@ -438,7 +445,9 @@ class TableDataset(Dataset):
     def _refuse_or_count(self, records: pd.DataFrame, keep: np.ndarray, excluded: dict[str, int]) -> None:
         bad = records[~keep]
         if self.options["on_error"] == "stop":
-            shown = "; ".join(f"{listed} ({why})" for listed, why in zip(bad["_listed"][:5], bad["_status"][:5]))
+            shown = "; ".join(
+                f"{listed} ({why})" for listed, why in zip(bad["_listed"][:5], bad["_status"][:5])
+            )
             more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
             raise DataError(
                 f"dataset {self.name!r}: {len(bad)} row(s) of {self.metadata_path()} have no usable image "

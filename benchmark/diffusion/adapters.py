@@ -31,7 +31,9 @@ def add_concept_tokens(c: Components, tokens: list[str], *, init_word: str) -> l
     embedding of `init_word`'s tokens (the paper's initialiser "skin"); returns their ids."""
     clash = [t for t in tokens if t in c.tokenizer.get_vocab()]
     if clash or len(set(tokens)) != len(tokens):
-        raise ConfigError(f"concept token(s) {clash or tokens} already exist or repeat; choose other placeholders")
+        raise ConfigError(
+            f"concept token(s) {clash or tokens} already exist or repeat; choose other placeholders"
+        )
     init_ids = c.tokenizer(init_word, add_special_tokens=False).input_ids
     if not init_ids:
         raise ConfigError(f"the initialiser word {init_word!r} has no tokens")
@@ -44,9 +46,19 @@ def add_concept_tokens(c: Components, tokens: list[str], *, init_word: str) -> l
     return list(ids)
 
 
-def train_textual_inversion(c: Components, images: np.ndarray, prompts: list[str], token_ids: list[int], *,
-                            steps: int, batch_size: int, lr: float, seed: int, device: torch.device,
-                            console: Console) -> list[float]:
+def train_textual_inversion(
+    c: Components,
+    images: np.ndarray,
+    prompts: list[str],
+    token_ids: list[int],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    console: Console,
+) -> list[float]:
     """Learn the embedding rows `token_ids` from `images` captioned by `prompts` (which name the
     tokens); every other weight of the model stays as it was."""
     weight = c.text_encoder.get_input_embeddings().weight
@@ -61,8 +73,20 @@ def train_textual_inversion(c: Components, images: np.ndarray, prompts: list[str
             weight[others] = original[others].to(weight.device)
 
     try:
-        return train_denoiser(c, images, prompts, params=[weight], steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                              device=device, console=console, label="textual inversion", after_step=restore)
+        return train_denoiser(
+            c,
+            images,
+            prompts,
+            params=[weight],
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            console=console,
+            label="textual inversion",
+            after_step=restore,
+        )
     finally:
         hook.remove()
 
@@ -71,8 +95,9 @@ def add_lora(c: Components, *, rank: int, alpha: float) -> list[torch.nn.Paramet
     """LoRA adapters of `rank` on the UNet's attention projections; returns the adapter weights,
     the only parameters that train (the UNet's own stay frozen)."""
     c.unet.requires_grad_(False)
-    c.unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                  target_modules=list(LORA_TARGETS)))
+    c.unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS))
+    )
     params = [p for p in c.unet.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(f"the UNet has none of the LoRA target modules {LORA_TARGETS}")
@@ -96,7 +121,9 @@ def load_concepts(c: Components, path: Path, *, tokens: list[str]) -> None:
 
 
 def save_lora(c: Components, path: Path) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(c.unet).items()}, str(path))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(c.unet).items()}, str(path)
+    )
 
 
 def load_lora(c: Components, path: Path, *, rank: int, alpha: float) -> None:

@@ -74,8 +74,7 @@ def default_folder() -> Path:
 def fetch_commands(out: Path | None = None) -> str:
     """The two commands that provide the paper backbone."""
     out = default_folder() if out is None else out
-    return (f"curl -L -o {CHECKPOINT} {CHECKPOINT_URL}\n"
-            f"dermbench fedd convert-adm {CHECKPOINT} {out}")
+    return f"curl -L -o {CHECKPOINT} {CHECKPOINT_URL}\ndermbench fedd convert-adm {CHECKPOINT} {out}"
 
 
 @dataclass(frozen=True)
@@ -101,10 +100,17 @@ class ADMConfig:
     def mult(self) -> tuple[int, ...]:
         if self.channel_mult:
             return tuple(int(m) for m in self.channel_mult)
-        defaults = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4),
-                    32: (1, 2, 2, 2)}
+        defaults = {
+            512: (0.5, 1, 1, 2, 2, 4, 4),
+            256: (1, 1, 2, 2, 4, 4),
+            128: (1, 1, 2, 3, 4),
+            64: (1, 2, 3, 4),
+            32: (1, 2, 2, 2),
+        }
         if self.image_size not in defaults:
-            raise ConfigError(f"ADM has no default channel_mult for image size {self.image_size}: give --channel-mult")
+            raise ConfigError(
+                f"ADM has no default channel_mult for image size {self.image_size}: give --channel-mult"
+            )
         return defaults[self.image_size]  # type: ignore[return-value]
 
     @property
@@ -116,7 +122,7 @@ class ADMConfig:
 
     def attends(self, level: int) -> bool:
         """Attention at this level (downsampling factor 2**level), as `image_size // resolution`."""
-        return 2 ** level in {self.image_size // int(r) for r in self.attention_resolutions}
+        return 2**level in {self.image_size // int(r) for r in self.attention_resolutions}
 
 
 #: the ImageNet 256 x 256 unconditional model (guided-diffusion README's MODEL_FLAGS)
@@ -130,8 +136,10 @@ def heads_dim(config: ADMConfig) -> int:
     widths = config.widths()
     attended = {widths[level] for level in range(len(widths)) if config.attends(level)} | {widths[-1]}
     if len(attended) != 1 or next(iter(attended)) % config.num_heads:
-        raise ConfigError(f"ADM with num_heads={config.num_heads} on attention layers of widths {sorted(attended)} "
-                          "has a different head size per level, which a diffusers UNet2DModel cannot hold")
+        raise ConfigError(
+            f"ADM with num_heads={config.num_heads} on attention layers of widths {sorted(attended)} "
+            "has a different head size per level, which a diffusers UNet2DModel cannot hold"
+        )
     return next(iter(attended)) // config.num_heads
 
 
@@ -141,16 +149,28 @@ def diffusers_config(config: ADMConfig) -> dict[str, Any]:
     plain_down = "ResnetDownsampleBlock2D" if config.resblock_updown else "DownBlock2D"
     plain_up = "ResnetUpsampleBlock2D" if config.resblock_updown else "UpBlock2D"
     return {
-        "sample_size": config.image_size, "in_channels": config.in_channels, "out_channels": config.out_channels,
-        "block_out_channels": config.widths(), "layers_per_block": config.num_res_blocks,
+        "sample_size": config.image_size,
+        "in_channels": config.in_channels,
+        "out_channels": config.out_channels,
+        "block_out_channels": config.widths(),
+        "layers_per_block": config.num_res_blocks,
         "down_block_types": ["AttnDownBlock2D" if config.attends(lv) else plain_down for lv in levels],
         "up_block_types": ["AttnUpBlock2D" if config.attends(lv) else plain_up for lv in reversed(levels)],
         "downsample_type": "resnet" if config.resblock_updown else "conv",
         "upsample_type": "resnet" if config.resblock_updown else "conv",
         "resnet_time_scale_shift": "scale_shift" if config.use_scale_shift_norm else "default",
-        "attention_head_dim": heads_dim(config), "norm_num_groups": 32, "attn_norm_num_groups": 32, "norm_eps": 1e-5,
-        "time_embedding_type": "positional", "flip_sin_to_cos": True, "freq_shift": 0, "downsample_padding": 1,
-        "add_attention": True, "act_fn": "silu", "center_input_sample": False, "mid_block_scale_factor": 1,
+        "attention_head_dim": heads_dim(config),
+        "norm_num_groups": 32,
+        "attn_norm_num_groups": 32,
+        "norm_eps": 1e-5,
+        "time_embedding_type": "positional",
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "downsample_padding": 1,
+        "add_attention": True,
+        "act_fn": "silu",
+        "center_input_sample": False,
+        "mid_block_scale_factor": 1,
         "dropout": 0.0,
     }
 
@@ -183,6 +203,7 @@ def _qkv(part: int, heads: int, width: int, legacy: bool) -> Transform:
         if legacy:  # rows per head: [q_h, k_h, v_h]
             return x.reshape(heads, 3, per, *rest)[:, part].reshape(width, *rest)
         return x.reshape(3, width, *rest)[part]
+
     return take
 
 
@@ -212,7 +233,12 @@ def key_map(config: ADMConfig) -> dict[str, Target]:
     def resblock(adm: str, dst: str, cin: int, cout: int) -> None:
         norm(f"{adm}.in_layers.0", f"{dst}.norm1", cin)
         conv(f"{adm}.in_layers.2", f"{dst}.conv1", cin, cout)
-        linear(f"{adm}.emb_layers.1", f"{dst}.time_emb_proj", emb, cout * (2 if config.use_scale_shift_norm else 1))
+        linear(
+            f"{adm}.emb_layers.1",
+            f"{dst}.time_emb_proj",
+            emb,
+            cout * (2 if config.use_scale_shift_norm else 1),
+        )
         norm(f"{adm}.out_layers.0", f"{dst}.norm2", cout)
         conv(f"{adm}.out_layers.3", f"{dst}.conv2", cout, cout)
         if cin != cout:
@@ -222,8 +248,12 @@ def key_map(config: ADMConfig) -> dict[str, Target]:
         heads = ch // head
         norm(f"{adm}.norm", f"{dst}.group_norm", ch)
         for suffix, shape in (("weight", (3 * ch, ch, 1)), ("bias", (3 * ch,))):
-            out[f"{adm}.qkv.{suffix}"] = Target(shape, tuple((f"{dst}.to_{name}.{suffix}", _qkv(i, heads, ch, legacy))
-                                                             for i, name in enumerate("qkv")))
+            out[f"{adm}.qkv.{suffix}"] = Target(
+                shape,
+                tuple(
+                    (f"{dst}.to_{name}.{suffix}", _qkv(i, heads, ch, legacy)) for i, name in enumerate("qkv")
+                ),
+            )
         param(f"{adm}.proj_out.weight", f"{dst}.to_out.0.weight", (ch, ch, 1), _squeeze_1d)
         param(f"{adm}.proj_out.bias", f"{dst}.to_out.0.bias", (ch,))
 
@@ -266,7 +296,9 @@ def key_map(config: ADMConfig) -> dict[str, Target]:
                 if config.resblock_updown:
                     resblock(f"output_blocks.{index}.{position}", f"up_blocks.{up}.upsamplers.0", ch, ch)
                 else:
-                    conv(f"output_blocks.{index}.{position}.conv", f"up_blocks.{up}.upsamplers.0.conv", ch, ch)
+                    conv(
+                        f"output_blocks.{index}.{position}.conv", f"up_blocks.{up}.upsamplers.0.conv", ch, ch
+                    )
             index += 1
     norm("out.0", "conv_norm_out", ch)
     conv("out.2", "conv_out", widths[0], config.out_channels)
@@ -279,19 +311,23 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     a missing, truncated or non-checkpoint file."""
     path = Path(path)
     if not path.is_file():
-        raise DermbenchError(f"ADM checkpoint {path} does not exist; fetch it with\n"
-                             f"curl -L -o {CHECKPOINT} {CHECKPOINT_URL}")
+        raise DermbenchError(
+            f"ADM checkpoint {path} does not exist; fetch it with\ncurl -L -o {CHECKPOINT} {CHECKPOINT_URL}"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DermbenchError(f"ADM checkpoint {path} could not be read (truncated or not a torch checkpoint: "
-                             f"{first}); download it again: curl -L -o {CHECKPOINT} {CHECKPOINT_URL}") from None
+        raise DermbenchError(
+            f"ADM checkpoint {path} could not be read (truncated or not a torch checkpoint: "
+            f"{first}); download it again: curl -L -o {CHECKPOINT} {CHECKPOINT_URL}"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DermbenchError(f"ADM checkpoint {path} does not hold a state dict of tensors "
-                             f"(got {type(state).__name__})")
+        raise DermbenchError(
+            f"ADM checkpoint {path} does not hold a state dict of tensors (got {type(state).__name__})"
+        )
     return state
 
 
@@ -311,20 +347,26 @@ def infer_config(state: dict[str, torch.Tensor], base: ADMConfig = PAPER_ADM) ->
     return config
 
 
-def convert_state(state: dict[str, torch.Tensor], config: ADMConfig, *, source: str) -> dict[str, torch.Tensor]:
+def convert_state(
+    state: dict[str, torch.Tensor], config: ADMConfig, *, source: str
+) -> dict[str, torch.Tensor]:
     """The diffusers state dict of an ADM state dict; a DermbenchError names the first key that is
     not mapped, missing, or of another shape (and `source`)."""
     mapping = key_map(config)
     for key in state:
         if key not in mapping:
-            raise DermbenchError(f"{source}: key {key!r} is not part of ADM {describe(config)}; "
-                                 "not converted (a class-conditional model, or other architecture settings?)")
+            raise DermbenchError(
+                f"{source}: key {key!r} is not part of ADM {describe(config)}; "
+                "not converted (a class-conditional model, or other architecture settings?)"
+            )
     for key, target in mapping.items():
         if key not in state:
             raise DermbenchError(f"{source}: key {key!r} of ADM {describe(config)} is missing")
         if tuple(state[key].shape) != target.shape:
-            raise DermbenchError(f"{source}: {key!r} has shape {tuple(state[key].shape)}, ADM {describe(config)} "
-                                 f"has {target.shape}")
+            raise DermbenchError(
+                f"{source}: {key!r} has shape {tuple(state[key].shape)}, ADM {describe(config)} "
+                f"has {target.shape}"
+            )
     out: dict[str, torch.Tensor] = {}
     for key, target in mapping.items():
         for dst, transform in target.outputs:
@@ -333,13 +375,18 @@ def convert_state(state: dict[str, torch.Tensor], config: ADMConfig, *, source: 
 
 
 def describe(config: ADMConfig) -> str:
-    return (f"({config.image_size} px, num_channels {config.num_channels}, channel_mult "
-            f"{','.join(f'{m:g}' for m in config.mult)}, num_res_blocks {config.num_res_blocks}, attention at "
-            f"{','.join(str(r) for r in config.attention_resolutions)} px, "
-            + (f"num_head_channels {config.num_head_channels}" if config.num_head_channels > 0 else
-               f"num_heads {config.num_heads}")
-            + f", resblock_updown {config.resblock_updown}, use_scale_shift_norm {config.use_scale_shift_norm}, "
-            f"learn_sigma {config.learn_sigma})")
+    return (
+        f"({config.image_size} px, num_channels {config.num_channels}, channel_mult "
+        f"{','.join(f'{m:g}' for m in config.mult)}, num_res_blocks {config.num_res_blocks}, attention at "
+        f"{','.join(str(r) for r in config.attention_resolutions)} px, "
+        + (
+            f"num_head_channels {config.num_head_channels}"
+            if config.num_head_channels > 0
+            else f"num_heads {config.num_heads}"
+        )
+        + f", resblock_updown {config.resblock_updown}, use_scale_shift_norm {config.use_scale_shift_norm}, "
+        f"learn_sigma {config.learn_sigma})"
+    )
 
 
 def to_unet(state: dict[str, torch.Tensor], config: ADMConfig, *, source: str = "ADM state dict"):
@@ -350,8 +397,10 @@ def to_unet(state: dict[str, torch.Tensor], config: ADMConfig, *, source: str = 
     unet = UNet2DModel(**diffusers_config(config))
     missing, unexpected = unet.load_state_dict(converted, strict=False)
     if missing or unexpected:
-        raise DermbenchError(f"{source}: the converted weights do not fill the diffusers UNet2DModel exactly "
-                             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        raise DermbenchError(
+            f"{source}: the converted weights do not fill the diffusers UNet2DModel exactly "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
     return unet.eval().requires_grad_(False)
 
 
@@ -361,8 +410,13 @@ def check_out(out: Path) -> None:
         raise DermbenchError(f"{out} exists and is not an empty folder: give a new folder (or remove it)")
 
 
-def convert_checkpoint(checkpoint: Path, out: Path, config: ADMConfig | None = None, *,
-                       state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+def convert_checkpoint(
+    checkpoint: Path,
+    out: Path,
+    config: ADMConfig | None = None,
+    *,
+    state: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
     """Read, check and convert `checkpoint`; write OUT/unet, OUT/scheduler and OUT/adm.json.
     `config` None: the paper model's settings with the widths read from the tensors."""
     from dermbench.diffusion.pixel import default_scheduler  # noqa: PLC0415
@@ -375,9 +429,15 @@ def convert_checkpoint(checkpoint: Path, out: Path, config: ADMConfig | None = N
     out.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(out / "unet", safe_serialization=True)
     default_scheduler().save_pretrained(out / "scheduler")
-    info = {"format": 1, "checkpoint": checkpoint.name, "sha256": sha256_file(checkpoint), "tensors": len(state),
-            "parameters": int(sum(v.numel() for v in state.values())),
-            "adm": {k: v for k, v in asdict(config).items() if k != "extra"} | {"channel_mult": list(config.mult)},
-            "decoder_blocks": len(config.mult) * (config.num_res_blocks + 1)}
+    info = {
+        "format": 1,
+        "checkpoint": checkpoint.name,
+        "sha256": sha256_file(checkpoint),
+        "tensors": len(state),
+        "parameters": int(sum(v.numel() for v in state.values())),
+        "adm": {k: v for k, v in asdict(config).items() if k != "extra"}
+        | {"channel_mult": list(config.mult)},
+        "decoder_blocks": len(config.mult) * (config.num_res_blocks + 1),
+    }
     (out / ADM_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return info

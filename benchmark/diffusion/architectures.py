@@ -34,32 +34,70 @@ from dermbench.train.models import WEIGHTS_OF, weights_id
 
 #: CompVis/stable-diffusion-v1-4 unet/config.json (SD 1.x: 859,520,964 parameters)
 SD14_UNET: dict[str, Any] = {
-    "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 2,
     "block_out_channels": [320, 640, 1280, 1280],
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "down_block_types": [
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "cross_attention_dim": 768, "attention_head_dim": 8, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
-    "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "mid_block_scale_factor": 1,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "act_fn": "silu",
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "mid_block_scale_factor": 1,
     "center_input_sample": False,
 }
 #: stabilityai/stable-diffusion-2-1-base unet/config.json: OpenCLIP's 1024-d text, linear projections
-SD21_UNET: dict[str, Any] = {**SD14_UNET, "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20],
-                             "use_linear_projection": True}
+SD21_UNET: dict[str, Any] = {
+    **SD14_UNET,
+    "cross_attention_dim": 1024,
+    "attention_head_dim": [5, 10, 20, 20],
+    "use_linear_projection": True,
+}
 #: the SD VAE (CompVis/stable-diffusion-v1-4 vae/, SD 2.1-base's vae/ and stabilityai/sd-vae-ft-ema alike)
 SD_VAE: dict[str, Any] = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
-    "block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4, "act_fn": "silu", "norm_num_groups": 32, "sample_size": 512,
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "act_fn": "silu",
+    "norm_num_groups": 32,
+    "sample_size": 512,
 }
 #: SD 1.4's text encoder: CLIP ViT-L/14's (openai/clip-vit-large-patch14) text tower
 SD14_TEXT: dict[str, Any] = {
-    "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-    "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "projection_dim": 768,
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
 }
 #: SD 2.1-base's text encoder: OpenCLIP ViT-H/14's text tower, its last layer dropped (23 of 24)
 SD21_TEXT: dict[str, Any] = {
-    "vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
-    "num_attention_heads": 16, "max_position_embeddings": 77, "hidden_act": "gelu", "projection_dim": 512,
+    "vocab_size": 49408,
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 23,
+    "num_attention_heads": 16,
+    "max_position_embeddings": 77,
+    "hidden_act": "gelu",
+    "projection_dim": 512,
 }
 #: hub id -> {part: config} of the checkpoints the paper profiles name
 HUB_CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
@@ -86,8 +124,14 @@ class BuiltModel:
     module: nn.Module | None = field(default=None, repr=False)
 
     def row(self) -> dict[str, Any]:
-        return {"role": self.role, "architecture": self.architecture, "weights": self.weights,
-                "params": self.params, "trainable": self.trainable, "note": self.note}
+        return {
+            "role": self.role,
+            "architecture": self.architecture,
+            "weights": self.weights,
+            "params": self.params,
+            "trainable": self.trainable,
+            "note": self.note,
+        }
 
 
 def on_meta(build: Callable[[], nn.Module]) -> nn.Module:
@@ -102,13 +146,16 @@ def counts(module: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
-def _built(role: str, architecture: str, weights: str, build: Callable[[], nn.Module], note: str = "") -> BuiltModel:
+def _built(
+    role: str, architecture: str, weights: str, build: Callable[[], nn.Module], note: str = ""
+) -> BuiltModel:
     module = on_meta(build)
     total, trainable = counts(module)
     return BuiltModel(role, architecture, weights, total, trainable, note, module)
 
 
 # ------------------------------------------------------------------------------- the builders
+
 
 def sd_unet(config: dict[str, Any]) -> nn.Module:
     return UNet2DConditionModel(**config)
@@ -168,47 +215,81 @@ def _weights_of(setting: Any) -> str:
 def _sd_parts(method: str, source: str) -> list[BuiltModel]:
     parts = _part_configs(source)
     if parts is None:
-        return [BuiltModel(f"{method}: diffusion model", source, "the tiny base shipped in the package" if source == "tiny"
-                           else source, note="built when the run starts")]
+        return [
+            BuiltModel(
+                f"{method}: diffusion model",
+                source,
+                "the tiny base shipped in the package" if source == "tiny" else source,
+                note="built when the run starts",
+            )
+        ]
     out = []
     if "unet" in parts:
         out.append(_built(f"{method}: UNet", "UNet2DConditionModel", source, lambda: sd_unet(parts["unet"])))
     if "vae" in parts:
-        out.append(_built(f"{method}: VAE", "AutoencoderKL", source, lambda: sd_vae(parts["vae"]), note="frozen"))
+        out.append(
+            _built(f"{method}: VAE", "AutoencoderKL", source, lambda: sd_vae(parts["vae"]), note="frozen")
+        )
     if "text_encoder" in parts:
-        out.append(_built(f"{method}: text encoder", "CLIPTextModel", source,
-                          lambda: text_encoder({k: v for k, v in parts["text_encoder"].items()
-                                                if k in CLIPTextConfig().to_dict()}), note="frozen"))
+        out.append(
+            _built(
+                f"{method}: text encoder",
+                "CLIPTextModel",
+                source,
+                lambda: text_encoder(
+                    {k: v for k, v in parts["text_encoder"].items() if k in CLIPTextConfig().to_dict()}
+                ),
+                note="frozen",
+            )
+        )
     return out
 
 
 def run_models(config: dict[str, Any]) -> list[BuiltModel]:
     """Every model the resolved run `config` builds, on the meta device (see the module doc)."""
     methods = str(config["method"]).split("+")
-    k = TASK_CLASSES.get(str(config.get("task"))) or DATASET_TASK_CLASSES.get((config.get("dataset"), config.get("task")))
+    k = TASK_CLASSES.get(str(config.get("task"))) or DATASET_TASK_CLASSES.get(
+        (config.get("dataset"), config.get("task"))
+    )
     num_classes = k or 2
     note = "" if k else "head shown for 2 classes: the task's classes come from the data"
     model = config["model"]
     out: list[BuiltModel] = []
     backbone = str(model["backbone"])
-    arch = f"timm {backbone}" + (f" ({WEIGHTS_OF[backbone]} under a new head)" if backbone in WEIGHTS_OF else "")
+    arch = f"timm {backbone}" + (
+        f" ({WEIGHTS_OF[backbone]} under a new head)" if backbone in WEIGHTS_OF else ""
+    )
     weights = _weights_of(model.get("pretrained"))
     if weights.startswith("ImageNet"):
         weights = f"ImageNet {weights_id(backbone)} (local timm cache)"
     own_classifier = "fedd" in methods or (
-        "classndiff" in methods and (config.get("classndiff") or {}).get("classifier") == "latent")
+        "classndiff" in methods and (config.get("classndiff") or {}).get("classifier") == "latent"
+    )
     if not own_classifier:
-        out.append(_built("classifier" if "mfd" not in methods else "classifier (MFD's teacher)", arch, weights,
-                          lambda: classifier(backbone, num_classes, float(model.get("drop_rate", 0.0))), note))
+        out.append(
+            _built(
+                "classifier" if "mfd" not in methods else "classifier (MFD's teacher)",
+                arch,
+                weights,
+                lambda: classifier(backbone, num_classes, float(model.get("drop_rate", 0.0))),
+                note,
+            )
+        )
     for method in methods:
         hp = config.get(method) or {}
         if method == "mfd":
             student = hp.get("student_model") or {}
             name = str(student.get("backbone", backbone))
             w = _weights_of(student.get("pretrained", model.get("pretrained")))
-            out.append(_built("mfd: student", f"timm {name}", w if not w.startswith("ImageNet") else
-                              f"ImageNet {weights_id(name)} (local timm cache)",
-                              lambda name=name: classifier(name, num_classes), note))
+            out.append(
+                _built(
+                    "mfd: student",
+                    f"timm {name}",
+                    w if not w.startswith("ImageNet") else f"ImageNet {weights_id(name)} (local timm cache)",
+                    lambda name=name: classifier(name, num_classes),
+                    note,
+                )
+            )
         elif method in ("dermdiff", "majority2minority"):
             out += _sd_parts(method, str(hp.get("model")))
         elif method == "classndiff":
@@ -225,20 +306,40 @@ def _classndiff(hp: dict[str, Any], num_classes: int, note: str) -> list[BuiltMo
     latent = size // 8
     dit = hp.get("dit") or {}
     conditions = num_classes * (3 if hp.get("tone_conditioning") else 1)
-    out.append(_built("classndiff: DiT", f"DiT-{dit.get('size')}/{dit.get('patch')} on {latent}x{latent}x4 latents",
-                      "random init", lambda: make_dit(size=str(dit.get("size")), patch=int(dit.get("patch", 2)),
-                                                      latent_size=latent, latent_channels=4,
-                                                      num_conditions=conditions, seed=0),
-                      note=f"{conditions} conditions + the null id; diffusers keeps a copy of the condition "
-                           "embedding in every block"))
+    out.append(
+        _built(
+            "classndiff: DiT",
+            f"DiT-{dit.get('size')}/{dit.get('patch')} on {latent}x{latent}x4 latents",
+            "random init",
+            lambda: make_dit(
+                size=str(dit.get("size")),
+                patch=int(dit.get("patch", 2)),
+                latent_size=latent,
+                latent_channels=4,
+                num_conditions=conditions,
+                seed=0,
+            ),
+            note=f"{conditions} conditions + the null id; diffusers keeps a copy of the condition "
+            "embedding in every block",
+        )
+    )
     lc = hp.get("latent_classifier") or {}
     name = str(lc.get("backbone"))
     w = _weights_of(lc.get("pretrained"))
-    out.append(_built("classndiff: latent classifier", f"stem + timm {name} + MLP head",
-                      f"ImageNet {weights_id(name)} (local timm cache)" if w.startswith("ImageNet") else w,
-                      lambda: LatentClassifier(backbone=name, num_classes=num_classes,
-                                               hidden=int(lc.get("hidden", 64)),
-                                               dropout=float(lc.get("dropout", 0.5))), note))
+    out.append(
+        _built(
+            "classndiff: latent classifier",
+            f"stem + timm {name} + MLP head",
+            f"ImageNet {weights_id(name)} (local timm cache)" if w.startswith("ImageNet") else w,
+            lambda: LatentClassifier(
+                backbone=name,
+                num_classes=num_classes,
+                hidden=int(lc.get("hidden", 64)),
+                dropout=float(lc.get("dropout", 0.5)),
+            ),
+            note,
+        )
+    )
     return out
 
 
@@ -246,12 +347,34 @@ def _fedd(hp: dict[str, Any]) -> list[BuiltModel]:
     source = str(hp.get("model"))
     out = []
     if source == adm.PAPER_MODEL:
-        out.append(_built("fedd: backbone", "ADM ImageNet-256 unconditional as a diffusers UNet2DModel",
-                          f"converted {adm.CHECKPOINT} ({adm.default_folder()})", adm_unet, note="frozen"))
+        out.append(
+            _built(
+                "fedd: backbone",
+                "ADM ImageNet-256 unconditional as a diffusers UNet2DModel",
+                f"converted {adm.CHECKPOINT} ({adm.default_folder()})",
+                adm_unet,
+                note="frozen",
+            )
+        )
     else:
-        out.append(BuiltModel("fedd: backbone", source, "the tiny pixel base shipped in the package"
-                              if source == "tiny" else source, note="built when the run starts; frozen"))
-    out.append(_built("fedd: probe", "MLP", "random init",
-                      lambda: fedd_probe(int(hp.get("dim", 512)), list(hp.get("hidden", [64, 32])),
-                                         list(hp.get("dropout", [0.5, 0.25])))))
+        out.append(
+            BuiltModel(
+                "fedd: backbone",
+                source,
+                "the tiny pixel base shipped in the package" if source == "tiny" else source,
+                note="built when the run starts; frozen",
+            )
+        )
+    out.append(
+        _built(
+            "fedd: probe",
+            "MLP",
+            "random init",
+            lambda: fedd_probe(
+                int(hp.get("dim", 512)),
+                list(hp.get("hidden", [64, 32])),
+                list(hp.get("dropout", [0.5, 0.25])),
+            ),
+        )
+    )
     return out

@@ -43,7 +43,15 @@ def measure_quality(ctx: RunContext, method: str, *, train: Split, synthetic: Sp
     reference = ctx.pretrained_erm(train, val)
     reference_info = dict(ctx.records.get("erm", {}).get("checkpoint", {}))
     tone_of = tone_assigner(ctx.config, device=ctx.device)
-    report = quality_report(real=train, synthetic=synthetic, classifier=reference, tone_of=tone_of, device=ctx.device,
-                            grid_path=ctx.artifact(GRID), seed=ctx.seed, inception=settings.get("inception"),
-                            pairs=int(settings.get("pairs", 200)))
+    report = quality_report(
+        real=train,
+        synthetic=synthetic,
+        classifier=reference,
+        tone_of=tone_of,
+        device=ctx.device,
+        grid_path=ctx.artifact(GRID),
+        seed=ctx.seed,
+        inception=settings.get("inception"),
+        pairs=int(settings.get("pairs", 200)),
+    )
     return {**report, "reference_classifier": reference_info}

@@ -27,5 +27,11 @@ def base_components(model: str, *, revision: str | None) -> Components:
 def tiny_base() -> Components:
     """The shipped tiny text-to-image model, its checksums verified."""
     identity = verify(SHIPPED)
-    return components_from_folder(SHIPPED / LATENT, {"kind": "tiny", "identity": f"tiny-base:{identity}",
-                                                     "pretrained": "dermbench diffusion pretrain-base"})
+    return components_from_folder(
+        SHIPPED / LATENT,
+        {
+            "kind": "tiny",
+            "identity": f"tiny-base:{identity}",
+            "pretrained": "dermbench diffusion pretrain-base",
+        },
+    )

@@ -85,29 +85,63 @@ def write_tiny_tokenizer(folder: Path) -> CLIPTokenizer:
 def tiny_components(image_size: int, *, seed: int, tokenizer_dir: Path) -> Components:
     """Randomly initialised few-channel parts for `image_size` px images (a multiple of 4)."""
     if image_size % TINY_DOWNSAMPLE:
-        raise ConfigError(f"the tiny diffusion model needs an image size divisible by {TINY_DOWNSAMPLE}, got {image_size}")
+        raise ConfigError(
+            f"the tiny diffusion model needs an image size divisible by {TINY_DOWNSAMPLE}, got {image_size}"
+        )
     torch.manual_seed(seed)
     tokenizer = write_tiny_tokenizer(tokenizer_dir)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=TINY_TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=TINY_TEXT_WIDTH,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 32), sample_size=image_size,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32),
+        sample_size=image_size,
     )
     unet = UNet2DConditionModel(
-        sample_size=image_size // TINY_DOWNSAMPLE, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TINY_TEXT_WIDTH,
-        attention_head_dim=8, norm_num_groups=8,
+        sample_size=image_size // TINY_DOWNSAMPLE,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TINY_TEXT_WIDTH,
+        attention_head_dim=8,
+        norm_num_groups=8,
     )
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012, clip_sample=False, steps_offset=1)
-    return Components(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-                      source={"kind": "tiny", "image_size": image_size, "init_seed": seed})
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        steps_offset=1,
+    )
+    return Components(
+        vae=vae,
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        source={"kind": "tiny", "image_size": image_size, "init_seed": seed},
+    )
 
 
 def checkpoint_folder(source: str, *, revision: str | None = None) -> tuple[Path, str]:
@@ -117,22 +151,30 @@ def checkpoint_folder(source: str, *, revision: str | None = None) -> tuple[Path
     local = Path(source).expanduser()
     if local.exists() or source.startswith((".", "/", "~")):
         if not local.is_dir():
-            raise ConfigError(f"diffusion model folder {local} does not exist: give a folder in the diffusers layout "
-                              f"({', '.join(SUBFOLDERS)}) or a hub id such as CompVis/stable-diffusion-v1-4")
+            raise ConfigError(
+                f"diffusion model folder {local} does not exist: give a folder in the diffusers layout "
+                f"({', '.join(SUBFOLDERS)}) or a hub id such as CompVis/stable-diffusion-v1-4"
+            )
         _check_layout(local)
         return local, f"folder:{local.resolve()}@{folder_digest(local)}"
     from huggingface_hub import snapshot_download  # noqa: PLC0415 (hub access only for hub ids)
 
     patterns = ["model_index.json", *(f"{sub}/*" for sub in SUBFOLDERS)]
     try:
-        folder = Path(snapshot_download(source, revision=revision, allow_patterns=patterns, local_files_only=True))
+        folder = Path(
+            snapshot_download(source, revision=revision, allow_patterns=patterns, local_files_only=True)
+        )
     except Exception:  # noqa: BLE001 (not in the local cache: any hub error means the same thing here)
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-            raise _absent(source, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set") from None
+            raise _absent(
+                source, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+            ) from None
         try:
             folder = Path(snapshot_download(source, revision=revision, allow_patterns=patterns))
         except Exception as exc:  # noqa: BLE001 (offline, unknown id, gated model: say which and how to fix)
-            raise _absent(source, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise _absent(
+                source, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
     _check_layout(folder)
     return folder, f"hub:{source}@{folder.name}"
 
@@ -149,15 +191,19 @@ def _absent(source: str, why: str) -> DermbenchError:
 def _check_layout(folder: Path) -> None:
     missing = [sub for sub in SUBFOLDERS if not (folder / sub).is_dir()]
     if missing:
-        raise ConfigError(f"diffusion model folder {folder} lacks {', '.join(f'{m}/' for m in missing)} "
-                          "(expected the diffusers layout of a Stable Diffusion checkpoint)")
+        raise ConfigError(
+            f"diffusion model folder {folder} lacks {', '.join(f'{m}/' for m in missing)} "
+            "(expected the diffusers layout of a Stable Diffusion checkpoint)"
+        )
 
 
 def folder_digest(folder: Path) -> str:
     """SHA-256 over the weight and config files of a checkpoint folder (names and bytes): the
     identity of a local checkpoint, so a changed file means other weights."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".txt")):
+    for path in sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".txt")
+    ):
         digest.update(str(path.relative_to(folder)).encode("utf-8"))
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):

@@ -48,12 +48,19 @@ SAMPLERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
 
 def dit_scheduler() -> DDPMScheduler:
     """DiT's training schedule: 1000 linear betas 1e-4 .. 0.02, epsilon prediction."""
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                         clip_sample=False, prediction_type="epsilon")
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        clip_sample=False,
+        prediction_type="epsilon",
+    )
 
 
-def make_dit(*, size: str, patch: int, latent_size: int, latent_channels: int, num_conditions: int,
-             seed: int) -> DiTTransformer2DModel:
+def make_dit(
+    *, size: str, patch: int, latent_size: int, latent_channels: int, num_conditions: int, seed: int
+) -> DiTTransformer2DModel:
     """A randomly initialised DiT of `size` (a DIT_SIZES name) for `latent_size` latents with
     `num_conditions` condition ids (plus the null id `num_conditions`)."""
     if size not in DIT_SIZES:
@@ -63,9 +70,14 @@ def make_dit(*, size: str, patch: int, latent_size: int, latent_channels: int, n
     spec = DIT_SIZES[size]
     torch.manual_seed(seed)
     model = DiTTransformer2DModel(
-        num_attention_heads=spec["heads"], attention_head_dim=spec["hidden"] // spec["heads"],
-        in_channels=latent_channels, out_channels=latent_channels, num_layers=spec["layers"],
-        sample_size=latent_size, patch_size=patch, num_embeds_ada_norm=num_conditions,
+        num_attention_heads=spec["heads"],
+        attention_head_dim=spec["hidden"] // spec["heads"],
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        num_layers=spec["layers"],
+        sample_size=latent_size,
+        patch_size=patch,
+        num_embeds_ada_norm=num_conditions,
     )
     no_internal_label_dropout(model)
     return model
@@ -90,8 +102,16 @@ class LatentClassifier(nn.Module):
     -> Linear(64 -> 1) (no activation between, as the authors' code). Binary tasks have one logit
     (BCE); a task with K > 2 classes gets K logits (cross-entropy), our generalisation."""
 
-    def __init__(self, *, backbone: str, num_classes: int, latent_channels: int = 4, hidden: int = 64,
-                 dropout: float = 0.5, pretrained: bool | str = False) -> None:
+    def __init__(
+        self,
+        *,
+        backbone: str,
+        num_classes: int,
+        latent_channels: int = 4,
+        hidden: int = 64,
+        dropout: float = 0.5,
+        pretrained: bool | str = False,
+    ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ConfigError(f"the latent classifier needs at least 2 classes, got {num_classes}")
@@ -99,8 +119,12 @@ class LatentClassifier(nn.Module):
         self.stem = nn.Conv2d(latent_channels, 3, kernel_size=2, padding=1)
         self.backbone = create_backbone(backbone, num_classes=0, pretrained=pretrained)
         width = int(self.backbone.num_features)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, hidden), nn.Dropout(dropout),
-                                  nn.Linear(hidden, 1 if num_classes == 2 else num_classes))
+        self.head = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(width, hidden),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 1 if num_classes == 2 else num_classes),
+        )
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(self.stem(latents)))
@@ -120,7 +144,9 @@ class LatentClassifier(nn.Module):
         return F.cross_entropy(logits, labels)
 
 
-def predicted_x0(scheduler: DDPMScheduler, z_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def predicted_x0(
+    scheduler: DDPMScheduler, z_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
     """The denoised latent the model predicts from z_t: (z_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
     abar = scheduler.alphas_cumprod.to(z_t.device)[t].float().view(-1, 1, 1, 1)
     return (z_t - (1 - abar).sqrt() * eps) / abar.sqrt()
@@ -137,8 +163,16 @@ class StepDraws:
     coupled: bool  # gamma = 1: the classifier's loss on x0_hat goes into the DiT
 
 
-def draw_step(generator: torch.Generator, *, n_rows: int, batch_size: int, latent_shape: Sequence[int],
-              timesteps: int, p: float, cond_dropout: float) -> StepDraws:
+def draw_step(
+    generator: torch.Generator,
+    *,
+    n_rows: int,
+    batch_size: int,
+    latent_shape: Sequence[int],
+    timesteps: int,
+    p: float,
+    cond_dropout: float,
+) -> StepDraws:
     index = torch.randint(n_rows, (batch_size,), generator=generator)
     t = torch.randint(timesteps, (batch_size,), generator=generator)
     noise = torch.randn((batch_size, *latent_shape), generator=generator)
@@ -147,18 +181,34 @@ def draw_step(generator: torch.Generator, *, n_rows: int, batch_size: int, laten
     return StepDraws(index, t, noise, dropped, coupled)
 
 
-def diffusion_loss(dit: DiTTransformer2DModel, scheduler: DDPMScheduler, z0: torch.Tensor, cond: torch.Tensor,
-                   t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def diffusion_loss(
+    dit: DiTTransformer2DModel,
+    scheduler: DDPMScheduler,
+    z0: torch.Tensor,
+    cond: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """L_D = ||eps - eps_theta(z_t, t, c)||^2, with z_t and the predicted epsilon."""
     z_t = scheduler.add_noise(z0, noise, t)
     eps = dit(z_t, timestep=t, class_labels=cond).sample.float()
     return F.mse_loss(eps, noise.float()), z_t, eps
 
 
-def joint_step(dit: DiTTransformer2DModel, classifier: LatentClassifier, scheduler: DDPMScheduler, *,
-               z0: torch.Tensor, cond: torch.Tensor, labels: torch.Tensor, draws: StepDraws, weight: float,
-               dit_optimizer: torch.optim.Optimizer, classifier_optimizer: torch.optim.Optimizer,
-               clip: float | None = 1.0) -> dict[str, Any]:
+def joint_step(
+    dit: DiTTransformer2DModel,
+    classifier: LatentClassifier,
+    scheduler: DDPMScheduler,
+    *,
+    z0: torch.Tensor,
+    cond: torch.Tensor,
+    labels: torch.Tensor,
+    draws: StepDraws,
+    weight: float,
+    dit_optimizer: torch.optim.Optimizer,
+    classifier_optimizer: torch.optim.Optimizer,
+    clip: float | None = 1.0,
+) -> dict[str, Any]:
     """One Class-N-Diff training step (the "classification-induced" coupling).
 
     L_D is the noise-prediction loss of z_t = q(z_t | z0, t). Then, by `draws.coupled` (gamma ~
@@ -219,16 +269,32 @@ def joint_step(dit: DiTTransformer2DModel, classifier: LatentClassifier, schedul
 def make_optimizers(dit: nn.Module, classifier: nn.Module, settings: dict[str, Any]):
     """AdamW for the DiT (authors: lr 1e-4, wd 0) and SGD with momentum for the classifier
     (authors: lr 3e-4, momentum 0.9)."""
-    dit_opt = torch.optim.AdamW(dit.parameters(), lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"]))
-    cls_opt = torch.optim.SGD(classifier.parameters(), lr=float(settings["classifier_lr"]),
-                              momentum=float(settings["classifier_momentum"]))
+    dit_opt = torch.optim.AdamW(
+        dit.parameters(), lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"])
+    )
+    cls_opt = torch.optim.SGD(
+        classifier.parameters(),
+        lr=float(settings["classifier_lr"]),
+        momentum=float(settings["classifier_momentum"]),
+    )
     return dit_opt, cls_opt
 
 
-def train_joint(dit: DiTTransformer2DModel, classifier: LatentClassifier, scheduler: DDPMScheduler, *,
-                latents: torch.Tensor, scaling: float, cond: torch.Tensor, labels: torch.Tensor,
-                settings: dict[str, Any], seed: int, device: torch.device, console: Console,
-                label: str = "Class-N-Diff: joint training") -> list[dict[str, Any]]:
+def train_joint(
+    dit: DiTTransformer2DModel,
+    classifier: LatentClassifier,
+    scheduler: DDPMScheduler,
+    *,
+    latents: torch.Tensor,
+    scaling: float,
+    cond: torch.Tensor,
+    labels: torch.Tensor,
+    settings: dict[str, Any],
+    seed: int,
+    device: torch.device,
+    console: Console,
+    label: str = "Class-N-Diff: joint training",
+) -> list[dict[str, Any]]:
     """`settings["steps"]` joint steps on the VAE latent distributions `latents` (from
     `encode_latents`), each batch drawn at random; returns every step's record."""
     generator = torch.Generator().manual_seed(seed)
@@ -240,14 +306,30 @@ def train_joint(dit: DiTTransformer2DModel, classifier: LatentClassifier, schedu
     history: list[dict[str, Any]] = []
     with progress(console, label, int(settings["steps"])) as advance:
         for _ in range(int(settings["steps"])):
-            draws = draw_step(generator, n_rows=len(latents), batch_size=int(settings["batch_size"]),
-                              latent_shape=latent_shape, timesteps=scheduler.config.num_train_timesteps,
-                              p=float(settings["p"]), cond_dropout=float(settings["cond_dropout"]))
+            draws = draw_step(
+                generator,
+                n_rows=len(latents),
+                batch_size=int(settings["batch_size"]),
+                latent_shape=latent_shape,
+                timesteps=scheduler.config.num_train_timesteps,
+                p=float(settings["p"]),
+                cond_dropout=float(settings["cond_dropout"]),
+            )
             z0 = draw_latents(latents[draws.index], generator, scaling).to(device)
-            history.append(joint_step(dit, classifier, scheduler, z0=z0, cond=cond[draws.index].to(device),
-                                      labels=labels[draws.index].to(device), draws=draws,
-                                      weight=float(settings["weight"]), dit_optimizer=dit_opt,
-                                      classifier_optimizer=cls_opt))
+            history.append(
+                joint_step(
+                    dit,
+                    classifier,
+                    scheduler,
+                    z0=z0,
+                    cond=cond[draws.index].to(device),
+                    labels=labels[draws.index].to(device),
+                    draws=draws,
+                    weight=float(settings["weight"]),
+                    dit_optimizer=dit_opt,
+                    classifier_optimizer=cls_opt,
+                )
+            )
             recent = history[-20:]
             advance(f"{label} (L_D {np.mean([h['diffusion_loss'] for h in recent]):.4f})")
     dit.eval()
@@ -255,9 +337,18 @@ def train_joint(dit: DiTTransformer2DModel, classifier: LatentClassifier, schedu
     return history
 
 
-def guided_epsilon(dit: DiTTransformer2DModel, scheduler: DDPMScheduler, z_t: torch.Tensor, t: torch.Tensor,
-                   cond: torch.Tensor, labels: torch.Tensor, *, cfg_scale: float, classifier: LatentClassifier | None,
-                   classifier_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def guided_epsilon(
+    dit: DiTTransformer2DModel,
+    scheduler: DDPMScheduler,
+    z_t: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    cfg_scale: float,
+    classifier: LatentClassifier | None,
+    classifier_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The epsilon a sampler steps with and the latent it steps from.
 
     Classifier-free guidance (cfg_scale != 1): eps_u + s (eps_c - eps_u), eps_u from the null id.
@@ -273,8 +364,11 @@ def guided_epsilon(dit: DiTTransformer2DModel, scheduler: DDPMScheduler, z_t: to
     almost all of the move in a DDIM step.)"""
     with torch.no_grad():
         if cfg_scale != 1.0:
-            both = dit(torch.cat([z_t, z_t]), timestep=torch.cat([t, t]),
-                       class_labels=torch.cat([cond, torch.full_like(cond, null_id(dit))])).sample.float()
+            both = dit(
+                torch.cat([z_t, z_t]),
+                timestep=torch.cat([t, t]),
+                class_labels=torch.cat([cond, torch.full_like(cond, null_id(dit))]),
+            ).sample.float()
             eps_c, eps_u = both.chunk(2)
             eps = eps_u + cfg_scale * (eps_c - eps_u)
         else:
@@ -289,10 +383,20 @@ def guided_epsilon(dit: DiTTransformer2DModel, scheduler: DDPMScheduler, z_t: to
     return eps, z_t + abar.sqrt() * classifier_scale * grad
 
 
-def sample_latents(dit: DiTTransformer2DModel, train_scheduler: DDPMScheduler, cond: torch.Tensor, labels: torch.Tensor,
-                   seeds: Sequence[int], *, sampler: str, steps: int, cfg_scale: float = 1.0,
-                   classifier: LatentClassifier | None = None, classifier_scale: float = 0.0,
-                   device: torch.device) -> torch.Tensor:
+def sample_latents(
+    dit: DiTTransformer2DModel,
+    train_scheduler: DDPMScheduler,
+    cond: torch.Tensor,
+    labels: torch.Tensor,
+    seeds: Sequence[int],
+    *,
+    sampler: str,
+    steps: int,
+    cfg_scale: float = 1.0,
+    classifier: LatentClassifier | None = None,
+    classifier_scale: float = 0.0,
+    device: torch.device,
+) -> torch.Tensor:
     """Latents for one batch of requests (condition ids, requested labels, one noise seed each:
     an image does not depend on its batch), by DDIM (eta 0) or ancestral DDPM over `steps`
     respaced steps."""
@@ -309,8 +413,17 @@ def sample_latents(dit: DiTTransformer2DModel, train_scheduler: DDPMScheduler, c
         classifier.eval()
     for t in scheduler.timesteps:
         tt = torch.full((len(z),), int(t), device=device, dtype=torch.long)
-        eps, z_in = guided_epsilon(dit, train_scheduler, z, tt, cond, labels, cfg_scale=cfg_scale,
-                                   classifier=classifier, classifier_scale=classifier_scale)
+        eps, z_in = guided_epsilon(
+            dit,
+            train_scheduler,
+            z,
+            tt,
+            cond,
+            labels,
+            cfg_scale=cfg_scale,
+            classifier=classifier,
+            classifier_scale=classifier_scale,
+        )
         kwargs = {"generator": generators} if sampler == "ddpm" else {"eta": 0.0}
         z = scheduler.step(eps, t, z_in, **kwargs).prev_sample
     if not torch.isfinite(z).all():
@@ -318,19 +431,41 @@ def sample_latents(dit: DiTTransformer2DModel, train_scheduler: DDPMScheduler, c
     return z
 
 
-def generate_images(out: np.ndarray, dit: DiTTransformer2DModel, scheduler: DDPMScheduler, vae, *, cond: torch.Tensor,
-                    labels: torch.Tensor, seeds: Sequence[int], settings: dict[str, Any], classifier: LatentClassifier | None,
-                    scaling: float, device: torch.device, console: Console, label: str) -> None:
+def generate_images(
+    out: np.ndarray,
+    dit: DiTTransformer2DModel,
+    scheduler: DDPMScheduler,
+    vae,
+    *,
+    cond: torch.Tensor,
+    labels: torch.Tensor,
+    seeds: Sequence[int],
+    settings: dict[str, Any],
+    classifier: LatentClassifier | None,
+    scaling: float,
+    device: torch.device,
+    console: Console,
+    label: str,
+) -> None:
     """Sample and decode (latents / `scaling`) one image per request into `out` (uint8
     (n, H, W, 3)), in batches."""
     batch = int(settings["batch_size"])
     with progress(console, label, -(-len(seeds) // batch)) as advance:
         for start in range(0, len(seeds), batch):
             stop = min(start + batch, len(seeds))
-            z = sample_latents(dit, scheduler, cond[start:stop], labels[start:stop], seeds[start:stop],
-                               sampler=settings["sampler"], steps=int(settings["steps"]),
-                               cfg_scale=float(settings["cfg_scale"]), classifier=classifier,
-                               classifier_scale=float(settings["classifier_scale"]), device=device)
+            z = sample_latents(
+                dit,
+                scheduler,
+                cond[start:stop],
+                labels[start:stop],
+                seeds[start:stop],
+                sampler=settings["sampler"],
+                steps=int(settings["steps"]),
+                cfg_scale=float(settings["cfg_scale"]),
+                classifier=classifier,
+                classifier_scale=float(settings["classifier_scale"]),
+                device=device,
+            )
             with torch.no_grad():
                 out[start:stop] = to_uint8(vae.decode(z / scaling).sample)
             advance()
@@ -342,7 +477,7 @@ def latent_params(vae, images: np.ndarray, *, device: torch.device, batch_size: 
     (mean, then log-variance), as `training.encode_latents` gives for a full model's parts."""
     out = []
     for start in range(0, len(images), batch_size):
-        dist = vae.encode(to_pixels(images[start:start + batch_size], device)).latent_dist
+        dist = vae.encode(to_pixels(images[start : start + batch_size], device)).latent_dist
         out.append(torch.cat([dist.mean, dist.logvar], dim=1).float().cpu())
     return torch.cat(out)
 
@@ -355,8 +490,10 @@ def load_vae(source: str, *, revision: str | None = None) -> tuple[AutoencoderKL
     try:
         if local.exists() or source.startswith((".", "/", "~")):
             if not local.is_dir():
-                raise ConfigError(f"VAE folder {local} does not exist: give a folder with the VAE's config.json "
-                                  "and weights, or a hub id such as stabilityai/sd-vae-ft-ema")
+                raise ConfigError(
+                    f"VAE folder {local} does not exist: give a folder with the VAE's config.json "
+                    "and weights, or a hub id such as stabilityai/sd-vae-ft-ema"
+                )
             sub = "vae" if (local / "vae").is_dir() else None
             vae = AutoencoderKL.from_pretrained(local, subfolder=sub)
             identity = f"folder:{local.resolve()}@{folder_digest(local)}"
@@ -372,7 +509,8 @@ def load_vae(source: str, *, revision: str | None = None) -> tuple[AutoencoderKL
         raise DermbenchError(
             f"cannot load the VAE {source!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
             f"On a machine with network access run `huggingface-cli download {source}` (then copy the Hugging Face "
-            "cache), or set classndiff.vae to a local folder; `--profile tiny` needs no download") from exc
+            "cache), or set classndiff.vae to a local folder; `--profile tiny` needs no download"
+        ) from exc
     vae.requires_grad_(False)
     vae.eval()
     return vae, identity

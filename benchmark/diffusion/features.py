@@ -97,11 +97,15 @@ def fixed_noise(shape: Sequence[int], noise_seed: int) -> torch.Tensor:
 class DecoderTaps:
     """Forward hooks on decoder blocks that keep each block's output (pooled by `transform`)."""
 
-    def __init__(self, unet: UNet2DModel, blocks: Sequence[int], transform: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(
+        self, unet: UNet2DModel, blocks: Sequence[int], transform: Callable[[torch.Tensor], torch.Tensor]
+    ):
         layers = decoder_layers(unet)
         bad = [b for b in blocks if not 0 <= b < len(layers)]
         if bad:
-            raise ConfigError(f"decoder block(s) {bad} do not exist: this UNet has blocks 0..{len(layers) - 1}")
+            raise ConfigError(
+                f"decoder block(s) {bad} do not exist: this UNet has blocks 0..{len(layers) - 1}"
+            )
         self.blocks = list(blocks)
         self.names = [layers[b][0] for b in self.blocks]
         self.outputs: dict[int, torch.Tensor] = {}
@@ -111,6 +115,7 @@ class DecoderTaps:
         def keep(module, inputs, output):
             tensor = output[0] if isinstance(output, tuple) else output
             self.outputs[block] = transform(tensor.float())
+
         return keep
 
     def close(self) -> None:
@@ -119,9 +124,18 @@ class DecoderTaps:
 
 
 @torch.no_grad()
-def block_outputs(model: PixelModel, images: np.ndarray, *, t: int, noise_seed: int, blocks: Sequence[int],
-                  device: torch.device, transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
-                  batch_size: int = 16, on_batch: Callable[[], None] | None = None) -> dict[int, torch.Tensor]:
+def block_outputs(
+    model: PixelModel,
+    images: np.ndarray,
+    *,
+    t: int,
+    noise_seed: int,
+    blocks: Sequence[int],
+    device: torch.device,
+    transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    batch_size: int = 16,
+    on_batch: Callable[[], None] | None = None,
+) -> dict[int, torch.Tensor]:
     """{block: transform(output) for every image, concatenated on the CPU} of one noised forward pass."""
     steps = int(model.scheduler.config.num_train_timesteps)
     if not 0 <= int(t) < steps:
@@ -135,7 +149,9 @@ def block_outputs(model: PixelModel, images: np.ndarray, *, t: int, noise_seed: 
     out: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
     try:
         for start in range(0, len(images), batch_size):
-            x0 = to_pixels(np.array(images[start:start + batch_size]), device)  # a writable copy of a memmap
+            x0 = to_pixels(
+                np.array(images[start : start + batch_size]), device
+            )  # a writable copy of a memmap
             steps_t = torch.full((len(x0),), int(t), dtype=torch.long, device=device)
             xt = model.scheduler.add_noise(x0, noise.expand_as(x0), steps_t)
             with autocast(device):
@@ -149,30 +165,74 @@ def block_outputs(model: PixelModel, images: np.ndarray, *, t: int, noise_seed: 
     return {b: torch.cat(parts) for b, parts in out.items()}
 
 
-def pooled_features(model: PixelModel, images: np.ndarray, *, t: int, noise_seed: int, dim: int,
-                    device: torch.device, batch_size: int = 16, blocks: Sequence[int] | None = None,
-                    on_batch: Callable[[], None] | None = None) -> np.ndarray:
+def pooled_features(
+    model: PixelModel,
+    images: np.ndarray,
+    *,
+    t: int,
+    noise_seed: int,
+    dim: int,
+    device: torch.device,
+    batch_size: int = 16,
+    blocks: Sequence[int] | None = None,
+    on_batch: Callable[[], None] | None = None,
+) -> np.ndarray:
     """float32 (len(blocks), n, dim): every decoder block's pooled features (blocks default: all)."""
     blocks = list(range(len(decoder_layers(model.unet)))) if blocks is None else list(blocks)
-    outputs = block_outputs(model, images, t=t, noise_seed=noise_seed, blocks=blocks, device=device,
-                            transform=lambda x: pool_to(x, dim), batch_size=batch_size, on_batch=on_batch)
+    outputs = block_outputs(
+        model,
+        images,
+        t=t,
+        noise_seed=noise_seed,
+        blocks=blocks,
+        device=device,
+        transform=lambda x: pool_to(x, dim),
+        batch_size=batch_size,
+        on_batch=on_batch,
+    )
     return np.stack([outputs[b].numpy().astype(np.float32) for b in blocks])
 
 
-def cached_features(model: PixelModel, images: np.ndarray, *, t: int, noise_seed: int, dim: int,
-                    device: torch.device, console: Console, say: Callable[[str], None] = lambda _m: None,
-                    batch_size: int = 16, label: str = "FEDD features") -> tuple[np.ndarray, Entry]:
+def cached_features(
+    model: PixelModel,
+    images: np.ndarray,
+    *,
+    t: int,
+    noise_seed: int,
+    dim: int,
+    device: torch.device,
+    console: Console,
+    say: Callable[[str], None] = lambda _m: None,
+    batch_size: int = 16,
+    label: str = "FEDD features",
+) -> tuple[np.ndarray, Entry]:
     """Every decoder block's pooled features of `images` at step `t` (blocks, n, dim), from the
     feature cache or computed once and stored; the entry says which."""
     n_blocks = len(decoder_layers(model.unet))
-    material = {"model": model.identity, "t": int(t), "noise_seed": int(noise_seed), "dim": int(dim),
-                "pool": POOL_VERSION, "blocks": n_blocks, "device": device.type, "images": images_digest(images)}
+    material = {
+        "model": model.identity,
+        "t": int(t),
+        "noise_seed": int(noise_seed),
+        "dim": int(dim),
+        "pool": POOL_VERSION,
+        "blocks": n_blocks,
+        "device": device.type,
+        "images": images_digest(images),
+    }
 
     def build(folder: Path) -> None:
         total = math.ceil(len(images) / batch_size)
         with progress(console, f"{label} (t={t})", total) as advance:
-            features = pooled_features(model, images, t=t, noise_seed=noise_seed, dim=dim, device=device,
-                                       batch_size=batch_size, on_batch=advance)
+            features = pooled_features(
+                model,
+                images,
+                t=t,
+                noise_seed=noise_seed,
+                dim=dim,
+                device=device,
+                batch_size=batch_size,
+                on_batch=advance,
+            )
         np.save(folder / FEATURES, features)
 
     entry = cached_entry("fedd-features", material, build, say=say)

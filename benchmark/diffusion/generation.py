@@ -48,7 +48,9 @@ def check_settings(settings: dict[str, Any]) -> None:
     if settings["sampler"] not in SAMPLERS:
         raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {settings['sampler']!r}")
     if int(settings["steps"]) < 1 or int(settings["batch_size"]) < 1:
-        raise ConfigError(f"generation steps and batch_size must be >= 1, got {settings['steps']}, {settings['batch_size']}")
+        raise ConfigError(
+            f"generation steps and batch_size must be >= 1, got {settings['steps']}, {settings['batch_size']}"
+        )
     strength = settings["strength"]
     if strength is not None and not 0 < float(strength) <= 1:
         raise ConfigError(f"img2img strength must be in (0, 1], got {strength!r}")
@@ -57,9 +59,16 @@ def check_settings(settings: dict[str, Any]) -> None:
 def make_pipeline(c: Components, *, sampler: str, img2img: bool, device: torch.device):
     """A diffusers pipeline over `c`'s parts (no safety checker: these are medical images)."""
     cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
-    pipe = cls(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-               scheduler=SAMPLERS[sampler].from_config(c.scheduler.config), safety_checker=None,
-               feature_extractor=None, requires_safety_checker=False)
+    pipe = cls(
+        vae=c.vae,
+        text_encoder=c.text_encoder,
+        tokenizer=c.tokenizer,
+        unet=c.unet,
+        scheduler=SAMPLERS[sampler].from_config(c.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     if device.type == "cuda":
         pipe.to(device, torch.float16)
         pipe.enable_attention_slicing()
@@ -69,9 +78,18 @@ def make_pipeline(c: Components, *, sampler: str, img2img: bool, device: torch.d
     return pipe
 
 
-def generate_into(out: np.ndarray, c: Components, requests: pd.DataFrame, *, settings: dict[str, Any],
-                  device: torch.device, console: Console, label: str, init_images: np.ndarray | None = None,
-                  init_rows: np.ndarray | None = None) -> None:
+def generate_into(
+    out: np.ndarray,
+    c: Components,
+    requests: pd.DataFrame,
+    *,
+    settings: dict[str, Any],
+    device: torch.device,
+    console: Console,
+    label: str,
+    init_images: np.ndarray | None = None,
+    init_rows: np.ndarray | None = None,
+) -> None:
     """Sample one image per request row into `out` (uint8 (n, H, W, 3)), in batches.
 
     With `init_images` (uint8) and `init_rows` (the row of `init_images` each request starts
@@ -80,8 +98,10 @@ def generate_into(out: np.ndarray, c: Components, requests: pd.DataFrame, *, set
     check_settings(settings)
     img2img = init_images is not None
     if img2img and (init_rows is None or len(init_rows) != len(requests)):
-        raise DermbenchError(f"{label}: {len(requests)} requests but "
-                             f"{'no' if init_rows is None else len(init_rows)} source rows")
+        raise DermbenchError(
+            f"{label}: {len(requests)} requests but "
+            f"{'no' if init_rows is None else len(init_rows)} source rows"
+        )
     size = out.shape[1]
     pipe = make_pipeline(c, sampler=settings["sampler"], img2img=img2img, device=device)
     batch = int(settings["batch_size"])
@@ -91,18 +111,24 @@ def generate_into(out: np.ndarray, c: Components, requests: pd.DataFrame, *, set
             for start in range(0, len(requests), batch):
                 stop = min(start + batch, len(requests))
                 kwargs: dict[str, Any] = {
-                    "prompt": prompts[start:stop], "num_inference_steps": int(settings["steps"]),
-                    "guidance_scale": float(settings["guidance"]), "output_type": "np",
+                    "prompt": prompts[start:stop],
+                    "num_inference_steps": int(settings["steps"]),
+                    "guidance_scale": float(settings["guidance"]),
+                    "output_type": "np",
                     "generator": [torch.Generator().manual_seed(s) for s in seeds[start:stop]],
                 }
                 if img2img:
-                    source = torch.from_numpy(np.array(init_images[np.asarray(init_rows[start:stop])])).permute(0, 3, 1, 2)
+                    source = torch.from_numpy(
+                        np.array(init_images[np.asarray(init_rows[start:stop])])
+                    ).permute(0, 3, 1, 2)
                     kwargs.update(image=source.float().div(255.0), strength=float(settings["strength"]))
                 else:
                     kwargs.update(height=size, width=size)
                 images = pipe(**kwargs).images
                 if not np.isfinite(images).all():
-                    raise DermbenchError(f"{label}: the sampler produced non-finite pixels in images {start}-{stop - 1}")
+                    raise DermbenchError(
+                        f"{label}: the sampler produced non-finite pixels in images {start}-{stop - 1}"
+                    )
                 out[start:stop] = np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)
                 advance()
     finally:
@@ -114,10 +140,21 @@ def requests_digest(requests: pd.DataFrame) -> str:
     return content_digest({"rows": requests[list(MANIFEST_COLUMNS)].astype(str).to_numpy().tolist()})
 
 
-def cached_generation(c: Components, requests: pd.DataFrame, *, weights: str, settings: dict[str, Any],
-                      image_size: int, device: torch.device, console: Console, say: Callable[[str], None],
-                      label: str, init_images: np.ndarray | None = None, init_rows: np.ndarray | None = None,
-                      sources: str | None = None) -> Entry:
+def cached_generation(
+    c: Components,
+    requests: pd.DataFrame,
+    *,
+    weights: str,
+    settings: dict[str, Any],
+    image_size: int,
+    device: torch.device,
+    console: Console,
+    say: Callable[[str], None],
+    label: str,
+    init_images: np.ndarray | None = None,
+    init_rows: np.ndarray | None = None,
+    sources: str | None = None,
+) -> Entry:
     """The generation of `requests` with the model whose identity is `weights`: from the cache,
     or sampled now and stored. For image-to-image, request i starts from `init_images[init_rows[i]]`
     and `sources` identifies them (e.g. a digest of the split and the rows)."""
@@ -127,14 +164,31 @@ def cached_generation(c: Components, requests: pd.DataFrame, *, weights: str, se
     if init_images is not None and sources is None:
         raise DermbenchError(f"{label}: image-to-image needs an identity for its source images")
     check_settings(settings)
-    material = {"weights": weights, "requests": requests_digest(requests), "n": len(requests),
-                "settings": settings, "image_size": image_size, "device": device.type, "sources": sources}
+    material = {
+        "weights": weights,
+        "requests": requests_digest(requests),
+        "n": len(requests),
+        "settings": settings,
+        "image_size": image_size,
+        "device": device.type,
+        "sources": sources,
+    }
 
     def build(folder: Path) -> None:
-        out = np.lib.format.open_memmap(folder / IMAGES, mode="w+", dtype=np.uint8,
-                                        shape=(len(requests), image_size, image_size, 3))
-        generate_into(out, c, requests, settings=settings, device=device, console=console, label=label,
-                      init_images=init_images, init_rows=init_rows)
+        out = np.lib.format.open_memmap(
+            folder / IMAGES, mode="w+", dtype=np.uint8, shape=(len(requests), image_size, image_size, 3)
+        )
+        generate_into(
+            out,
+            c,
+            requests,
+            settings=settings,
+            device=device,
+            console=console,
+            label=label,
+            init_images=init_images,
+            init_rows=init_rows,
+        )
         out.flush()
         del out
         requests[list(MANIFEST_COLUMNS)].to_csv(folder / MANIFEST, index=False)
@@ -150,11 +204,13 @@ def resized_generation(entry: Entry, size: int, *, say: Callable[[str], None]) -
         return entry.path
 
     def build(folder: Path) -> None:
-        out = np.lib.format.open_memmap(folder / IMAGES, mode="w+", dtype=np.uint8, shape=(len(images), size, size, 3))
+        out = np.lib.format.open_memmap(
+            folder / IMAGES, mode="w+", dtype=np.uint8, shape=(len(images), size, size, 3)
+        )
         for start in range(0, len(images), 256):
-            x = torch.from_numpy(np.array(images[start:start + 256])).permute(0, 3, 1, 2).float()
+            x = torch.from_numpy(np.array(images[start : start + 256])).permute(0, 3, 1, 2).float()
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            out[start:start + 256] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            out[start : start + 256] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         out.flush()
         del out
         (folder / MANIFEST).write_bytes((entry.path / MANIFEST).read_bytes())

@@ -57,27 +57,45 @@ class PixelModel:
 
 def default_scheduler() -> DDPMScheduler:
     """The linear 1000-step DDPM schedule (Ho et al.; ADM's ImageNet models)."""
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                         clip_sample=False)
+    return DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, clip_sample=False
+    )
 
 
 def tiny_unet(image_size: int, *, channels: list[int], layers_per_block: int, seed: int) -> UNet2DModel:
     """A few-channel unconditional UNet2DModel for `image_size` px images, randomly initialised."""
     levels = len(channels)
     if image_size % (2 ** (levels - 1)):
-        raise ConfigError(f"the tiny pixel UNet ({levels} levels) needs an image size divisible by "
-                          f"{2 ** (levels - 1)}, got {image_size}")
+        raise ConfigError(
+            f"the tiny pixel UNet ({levels} levels) needs an image size divisible by "
+            f"{2 ** (levels - 1)}, got {image_size}"
+        )
     torch.manual_seed(seed)
     return UNet2DModel(
-        sample_size=image_size, in_channels=3, out_channels=3, layers_per_block=layers_per_block,
-        block_out_channels=tuple(channels), down_block_types=("DownBlock2D",) * levels,
-        up_block_types=("UpBlock2D",) * levels, norm_num_groups=8,
+        sample_size=image_size,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=layers_per_block,
+        block_out_channels=tuple(channels),
+        down_block_types=("DownBlock2D",) * levels,
+        up_block_types=("UpBlock2D",) * levels,
+        norm_num_groups=8,
     )
 
 
-def train_pixel_ddpm(unet: UNet2DModel, scheduler: DDPMScheduler, images: np.ndarray, *, steps: int, batch_size: int,
-                     lr: float, seed: int, device: torch.device, console: Console,
-                     label: str = "training the tiny pixel DDPM") -> list[float]:
+def train_pixel_ddpm(
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    images: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    console: Console,
+    label: str = "training the tiny pixel DDPM",
+) -> list[float]:
     """The DDPM objective (predict the noise added at a uniform random step) on `images` (uint8
     (n, H, W, 3)), `steps` AdamW steps of `batch_size` random images; the loss of every step. A loss
     that stops being finite stops training with the step and the learning rate."""
@@ -92,7 +110,9 @@ def train_pixel_ddpm(unet: UNet2DModel, scheduler: DDPMScheduler, images: np.nda
             if torch.rand((), generator=generator) < 0.5:  # horizontal flips: skin has no left and right
                 x0 = x0.flip(-1)
             noise = torch.randn(x0.shape, generator=generator).to(device)
-            t = torch.randint(scheduler.config.num_train_timesteps, (len(x0),), generator=generator).to(device)
+            t = torch.randint(scheduler.config.num_train_timesteps, (len(x0),), generator=generator).to(
+                device
+            )
             with autocast(device):
                 prediction = unet(scheduler.add_noise(x0, noise, t), t).sample
             loss = F.mse_loss(prediction.float(), noise)
@@ -112,7 +132,7 @@ def images_digest(images: np.ndarray) -> str:
     """SHA-256 of pixels (shape and bytes, read in blocks: a memory-mapped array is not loaded at once)."""
     digest = hashlib.sha256(repr(tuple(images.shape)).encode("utf-8"))
     for start in range(0, len(images), 256):
-        digest.update(np.ascontiguousarray(images[start:start + 256]).tobytes())
+        digest.update(np.ascontiguousarray(images[start : start + 256]).tobytes())
     return digest.hexdigest()
 
 
@@ -122,8 +142,14 @@ def pixel_model(source: str, *, revision: str | None) -> PixelModel:
     if source != TINY:
         return load_pixel_model(source, revision=revision)
     identity = verify(SHIPPED)
-    return pixel_from_folder(SHIPPED / PIXEL, {"kind": "tiny", "identity": f"tiny-pixel:{identity}",
-                                               "pretrained": "dermbench diffusion pretrain-base"})
+    return pixel_from_folder(
+        SHIPPED / PIXEL,
+        {
+            "kind": "tiny",
+            "identity": f"tiny-pixel:{identity}",
+            "pretrained": "dermbench diffusion pretrain-base",
+        },
+    )
 
 
 def load_pixel_model(source: str, *, revision: str | None = None) -> PixelModel:
@@ -131,44 +157,67 @@ def load_pixel_model(source: str, *, revision: str | None = None) -> PixelModel:
     local = Path(source).expanduser()
     if local.exists() or source.startswith((".", "/", "~")):
         if not local.is_dir():
-            raise ConfigError(f"pixel diffusion model folder {local} does not exist: give a folder holding a diffusers "
-                              "UNet2DModel (unet/ and scheduler/, or config.json with its weights) or a hub id; "
-                              "see docs/fedd.md for the ImageNet-256 ADM model")
-        return pixel_from_folder(local, {"kind": "pretrained", "model": source,
-                                    "identity": f"folder:{local.resolve()}@{folder_digest(local)}"})
+            raise ConfigError(
+                f"pixel diffusion model folder {local} does not exist: give a folder holding a diffusers "
+                "UNet2DModel (unet/ and scheduler/, or config.json with its weights) or a hub id; "
+                "see docs/fedd.md for the ImageNet-256 ADM model"
+            )
+        return pixel_from_folder(
+            local,
+            {
+                "kind": "pretrained",
+                "model": source,
+                "identity": f"folder:{local.resolve()}@{folder_digest(local)}",
+            },
+        )
     from huggingface_hub import snapshot_download  # noqa: PLC0415 (hub access only for hub ids)
 
     patterns = ["*.json", "*.safetensors", "*.bin", "unet/*", "scheduler/*"]
     try:
-        folder = Path(snapshot_download(source, revision=revision, allow_patterns=patterns, local_files_only=True))
+        folder = Path(
+            snapshot_download(source, revision=revision, allow_patterns=patterns, local_files_only=True)
+        )
     except Exception:  # noqa: BLE001 (not in the local cache)
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-            raise _absent(source, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set") from None
+            raise _absent(
+                source, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+            ) from None
         try:
             folder = Path(snapshot_download(source, revision=revision, allow_patterns=patterns))
         except Exception as exc:  # noqa: BLE001
-            raise _absent(source, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    return pixel_from_folder(folder, {"kind": "pretrained", "model": source, "identity": f"hub:{source}@{folder.name}"})
+            raise _absent(
+                source, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
+    return pixel_from_folder(
+        folder, {"kind": "pretrained", "model": source, "identity": f"hub:{source}@{folder.name}"}
+    )
 
 
 def _absent(source: str, why: str) -> DermbenchError:
     return DermbenchError(
         f"cannot load the pixel diffusion model {source!r}: {why}. On a machine with network access run "
         f"`huggingface-cli download {source}`, or set fedd.model to a local folder holding a diffusers UNet2DModel "
-        "(docs/fedd.md); `--profile tiny` needs no checkpoint")
+        "(docs/fedd.md); `--profile tiny` needs no checkpoint"
+    )
 
 
 def pixel_from_folder(folder: Path, source: dict[str, Any]) -> PixelModel:
     unet_dir = folder / "unet" if (folder / "unet").is_dir() else folder
     try:
         unet = UNet2DModel.from_pretrained(unet_dir)
-        scheduler = DDPMScheduler.from_pretrained(folder / "scheduler") if (folder / "scheduler").is_dir() \
+        scheduler = (
+            DDPMScheduler.from_pretrained(folder / "scheduler")
+            if (folder / "scheduler").is_dir()
             else default_scheduler()
+        )
     except (OSError, ValueError, RuntimeError) as exc:
-        raise DermbenchError(f"pixel diffusion model in {folder} could not be loaded as a diffusers UNet2DModel: {exc}") \
-            from exc
+        raise DermbenchError(
+            f"pixel diffusion model in {folder} could not be loaded as a diffusers UNet2DModel: {exc}"
+        ) from exc
     if int(unet.config.in_channels) != 3:
-        raise ConfigError(f"{folder}: FEDD needs a pixel-space UNet (3 input channels), this one has "
-                          f"{unet.config.in_channels} (a latent model?)")
+        raise ConfigError(
+            f"{folder}: FEDD needs a pixel-space UNet (3 input channels), this one has "
+            f"{unet.config.in_channels} (a latent model?)"
+        )
     unet.eval().requires_grad_(False)
     return PixelModel(unet=unet, scheduler=scheduler, source=source)

@@ -35,7 +35,9 @@ def cached_snapshot(source: str, revision: str | None = None) -> Path | None:
     from huggingface_hub import snapshot_download  # noqa: PLC0415 (hub code only for hub ids)
 
     try:
-        return Path(snapshot_download(source, revision=revision, local_files_only=True, allow_patterns=["*.json"]))
+        return Path(
+            snapshot_download(source, revision=revision, local_files_only=True, allow_patterns=["*.json"])
+        )
     except Exception:  # noqa: BLE001 (any miss: not cached, an unknown revision, a broken ref)
         return None
 
@@ -44,8 +46,14 @@ def download_command(source: str, revision: str | None = None) -> str:
     return f"huggingface-cli download {source}" + (f" --revision {revision}" if revision else "")
 
 
-def model_source(source: str, *, setting: str, revision: str | None = None, fetch: bool = True,
-                 what: str = "diffusion model") -> dict[str, Any]:
+def model_source(
+    source: str,
+    *,
+    setting: str,
+    revision: str | None = None,
+    fetch: bool = True,
+    what: str = "diffusion model",
+) -> dict[str, Any]:
     """{setting, source, status, folder} of the model `setting` names (a folder or a hub id); a
     ConfigError for a folder that does not exist, a DermbenchError with the download command for a
     hub model that is neither cached nor (offline, or unreachable when `fetch`) obtainable."""
@@ -55,29 +63,41 @@ def model_source(source: str, *, setting: str, revision: str | None = None, fetc
     if is_local(source):
         folder = Path(source).expanduser()
         if not folder.is_dir():
-            raise ConfigError(f"setting {setting!r}: the {what} folder {folder} does not exist (give a folder in the "
-                              "diffusers layout or a hub id)")
+            raise ConfigError(
+                f"setting {setting!r}: the {what} folder {folder} does not exist (give a folder in the "
+                "diffusers layout or a hub id)"
+            )
         return {**out, "status": f"local folder {folder}", "folder": folder}
     command = download_command(source, revision)
     cached = cached_snapshot(source, revision)
     if cached is not None:
         return {**out, "status": f"in the local Hugging Face cache ({cached})", "folder": cached}
-    fix = (f"On a machine with network access run `{command}` (then copy ~/.cache/huggingface here or set HF_HOME), "
-           f"or set {setting} to a local folder; `--profile tiny` needs no checkpoint")
+    fix = (
+        f"On a machine with network access run `{command}` (then copy ~/.cache/huggingface here or set HF_HOME), "
+        f"or set {setting} to a local folder; `--profile tiny` needs no checkpoint"
+    )
     if not fetch:  # --dry-run: report, never enforce or touch the network
         if hub_offline():
-            return {**out, "missing": True, "status": f"MISSING: not in the local Hugging Face cache and HF_HUB_OFFLINE "
-                                                       f"is set; fetch it with `{command}`"}
+            return {
+                **out,
+                "missing": True,
+                "status": f"MISSING: not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                f"is set; fetch it with `{command}`",
+            }
         return {**out, "status": f"not in the local Hugging Face cache: downloaded at first use ({command})"}
     if hub_offline():
-        raise DermbenchError(f"{setting}={source!r}: the {what} is not in the local Hugging Face cache and "
-                             f"HF_HUB_OFFLINE is set. {fix}")
+        raise DermbenchError(
+            f"{setting}={source!r}: the {what} is not in the local Hugging Face cache and "
+            f"HF_HUB_OFFLINE is set. {fix}"
+        )
     try:
         from huggingface_hub import HfApi  # noqa: PLC0415
 
         HfApi().model_info(source, revision=revision, timeout=HUB_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 (offline, unknown id, gated: say which and how to fix)
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise DermbenchError(f"{setting}={source!r}: the {what} is not in the local Hugging Face cache and the hub "
-                             f"cannot be reached ({type(exc).__name__}: {first}). {fix}") from exc
+        raise DermbenchError(
+            f"{setting}={source!r}: the {what} is not in the local Hugging Face cache and the hub "
+            f"cannot be reached ({type(exc).__name__}: {first}). {fix}"
+        ) from exc
     return {**out, "status": "not in the local Hugging Face cache; the hub answers: downloaded at first use"}

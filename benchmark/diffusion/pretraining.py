@@ -48,26 +48,57 @@ from dermbench.seeds import split_seed
 MANIFEST = "pretraining.json"
 #: the pretraining recipe (`--set key=value` overrides it; a reduced one for tests)
 SETTINGS: dict[str, Any] = {
-    "images": 6000, "render_batch": 500, "dermoscopic_share": 0.25, "malignant_rate": 0.3,
-    "latent_size": 48, "vae_steps": 1500, "vae_lr": 1e-3, "unet_steps": 4000, "unet_lr": 5e-4,
-    "batch_size": 32, "uncond_prob": 0.1,
-    "pixel_size": 32, "pixel_steps": 3000, "pixel_lr": 1e-3, "pixel_channels": [16, 32, 32], "pixel_layers_per_block": 1,
+    "images": 6000,
+    "render_batch": 500,
+    "dermoscopic_share": 0.25,
+    "malignant_rate": 0.3,
+    "latent_size": 48,
+    "vae_steps": 1500,
+    "vae_lr": 1e-3,
+    "unet_steps": 4000,
+    "unet_lr": 5e-4,
+    "batch_size": 32,
+    "uncond_prob": 0.1,
+    "pixel_size": 32,
+    "pixel_steps": 3000,
+    "pixel_lr": 1e-3,
+    "pixel_channels": [16, 32, 32],
+    "pixel_layers_per_block": 1,
 }
 #: the seed of every weight initialisation and training stream
 SEED = 0
 #: the render seeds' namespace: none of them is a split seed of any data_seed below this
 CHECKED_DATA_SEEDS = 1000
 #: words a web caption seldom carries and the captions never do (the diagnosis is the fine-tuning's to learn)
-DIAGNOSIS_WORDS = ("benign", "malignant", "melanoma", "cancer", "carcinoma", "nevus", "naevus", "mole", "disease",
-                   "tumour", "tumor", "keratosis", "lesion of")
+DIAGNOSIS_WORDS = (
+    "benign",
+    "malignant",
+    "melanoma",
+    "cancer",
+    "carcinoma",
+    "nevus",
+    "naevus",
+    "mole",
+    "disease",
+    "tumour",
+    "tumor",
+    "keratosis",
+    "lesion of",
+)
 #: the tokenizer's length: a longer caption would be cut
 MAX_CAPTION = 77
 
 # Tone vocabularies in the styles methods' prompts and web captions use (the pretraining draws one per image).
 _FST_WORDS = {1: "very light", 2: "light", 3: "medium", 4: "olive", 5: "dark", 6: "very dark"}
 _TONE3_WORDS = {1: "lighter", 2: "lighter", 3: "brown", 4: "brown", 5: "darker", 6: "darker"}
-_PERSON_WORDS = {1: "a very light-skinned", 2: "a light-skinned", 3: "a medium-skinned", 4: "an olive-skinned",
-                 5: "a dark-skinned", 6: "a very dark-skinned"}
+_PERSON_WORDS = {
+    1: "a very light-skinned",
+    2: "a light-skinned",
+    3: "a medium-skinned",
+    4: "an olive-skinned",
+    5: "a dark-skinned",
+    6: "a very dark-skinned",
+}
 _ROMAN = {1: "I", 2: "II", 3: "III", 4: "IV", 5: "V", 6: "VI"}
 _TEMPLATES = (
     "{look} on {fst} skin",
@@ -102,15 +133,24 @@ def look(row: Mapping[str, Any], *, full: bool = True) -> str:
     text = f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
     if not full:
         return text
-    return ("dermoscopy of " if row["domain"] == "dermoscopic" else "") + text + (" with hair" if row["has_hair"] else "")
+    return (
+        ("dermoscopy of " if row["domain"] == "dermoscopic" else "")
+        + text
+        + (" with hair" if row["has_hair"] else "")
+    )
 
 
 def caption(row: Mapping[str, Any], style: int) -> str:
     """One web-style caption of a scene: its look and its skin tone in one of four vocabularies."""
     fst = int(row["fst"])
     text = _TEMPLATES[style % len(_TEMPLATES)].format(
-        look=look(row), short=look(row, full=False), fst=_FST_WORDS[fst], tone3=_TONE3_WORDS[fst],
-        person=_PERSON_WORDS[fst], roman=_ROMAN[fst])
+        look=look(row),
+        short=look(row, full=False),
+        fst=_FST_WORDS[fst],
+        tone3=_TONE3_WORDS[fst],
+        person=_PERSON_WORDS[fst],
+        roman=_ROMAN[fst],
+    )
     return text[:1].upper() + text[1:] if style >= len(_TEMPLATES) else text
 
 
@@ -124,8 +164,13 @@ def pretraining_data(settings: Mapping[str, Any]) -> tuple[dict[int, np.ndarray]
     for i, seed in enumerate(seeds):
         count = min(batch, n - i * batch)
         dermoscopic = bool(np.random.default_rng([SEED, i]).random() < float(settings["dermoscopic_share"]))
-        scenes = sample_scenes(count, seed=seed, tone_mix=BALANCED_TONE_MIX, dermoscopic=dermoscopic,
-                               malignant_rate=float(settings["malignant_rate"]))
+        scenes = sample_scenes(
+            count,
+            seed=seed,
+            tone_mix=BALANCED_TONE_MIX,
+            dermoscopic=dermoscopic,
+            malignant_rate=float(settings["malignant_rate"]),
+        )
         for size in sizes:
             images[size].append(render(scenes, image_size=size)[0])
         tables.append(scenes.table.drop(columns=["label"]).assign(render_seed=seed))
@@ -159,26 +204,58 @@ def pretrain_bases(out: Path, *, overrides: Mapping[str, Any], console: Console)
         raise DermbenchError(f"pretraining captions carry {leaks} or exceed {MAX_CAPTION} characters")
     latent_images = images[int(settings["latent_size"])]
     c = tiny_components(int(settings["latent_size"]), seed=SEED, tokenizer_dir=out / LATENT / "tokenizer")
-    vae_loss = train_autoencoder(c, latent_images, steps=int(settings["vae_steps"]), batch_size=int(settings["batch_size"]),
-                                 lr=float(settings["vae_lr"]), seed=SEED, device=device, console=console)
+    vae_loss = train_autoencoder(
+        c,
+        latent_images,
+        steps=int(settings["vae_steps"]),
+        batch_size=int(settings["batch_size"]),
+        lr=float(settings["vae_lr"]),
+        seed=SEED,
+        device=device,
+        console=console,
+    )
     c.unet.requires_grad_(True)
     c.text_encoder.requires_grad_(True)
     unet_loss = train_denoiser(
-        c, latent_images, table["caption"].tolist(), params=[*c.unet.parameters(), *c.text_encoder.parameters()],
-        steps=int(settings["unet_steps"]), batch_size=int(settings["batch_size"]), lr=float(settings["unet_lr"]),
-        seed=SEED, device=device, console=console, label="pretraining the tiny text-to-image UNet",
-        uncond_prob=float(settings["uncond_prob"]))
+        c,
+        latent_images,
+        table["caption"].tolist(),
+        params=[*c.unet.parameters(), *c.text_encoder.parameters()],
+        steps=int(settings["unet_steps"]),
+        batch_size=int(settings["batch_size"]),
+        lr=float(settings["unet_lr"]),
+        seed=SEED,
+        device=device,
+        console=console,
+        label="pretraining the tiny text-to-image UNet",
+        uncond_prob=float(settings["uncond_prob"]),
+    )
     save_components(c, out / LATENT)
-    unet = tiny_unet(int(settings["pixel_size"]), channels=list(settings["pixel_channels"]),
-                     layers_per_block=int(settings["pixel_layers_per_block"]), seed=SEED)
+    unet = tiny_unet(
+        int(settings["pixel_size"]),
+        channels=list(settings["pixel_channels"]),
+        layers_per_block=int(settings["pixel_layers_per_block"]),
+        seed=SEED,
+    )
     scheduler = default_scheduler()
-    pixel_loss = train_pixel_ddpm(unet, scheduler, images[int(settings["pixel_size"])], steps=int(settings["pixel_steps"]),
-                                  batch_size=int(settings["batch_size"]), lr=float(settings["pixel_lr"]), seed=SEED,
-                                  device=device, console=console, label="pretraining the tiny pixel DDPM")
+    pixel_loss = train_pixel_ddpm(
+        unet,
+        scheduler,
+        images[int(settings["pixel_size"])],
+        steps=int(settings["pixel_steps"]),
+        batch_size=int(settings["batch_size"]),
+        lr=float(settings["pixel_lr"]),
+        seed=SEED,
+        device=device,
+        console=console,
+        label="pretraining the tiny pixel DDPM",
+    )
     unet.save_pretrained(out / PIXEL / "unet")
     scheduler.save_pretrained(out / PIXEL / "scheduler")
     manifest = {
-        "settings": settings, "seed": SEED, "render_seeds": sorted(int(s) for s in table["render_seed"].unique()),
+        "settings": settings,
+        "seed": SEED,
+        "render_seeds": sorted(int(s) for s in table["render_seed"].unique()),
         "images_per_fst": {int(k): int(v) for k, v in table["fst"].value_counts().sort_index().items()},
         "dermoscopic": int((table["domain"] == "dermoscopic").sum()),
         "example_captions": table["caption"].head(12).tolist(),

@@ -81,16 +81,26 @@ class ClassifierFeatures(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
-            raise DermbenchError(f"FID features need a timm classifier (forward_features, forward_head); "
-                                 f"got {type(model).__name__}")
+            raise DermbenchError(
+                f"FID features need a timm classifier (forward_features, forward_head); "
+                f"got {type(model).__name__}"
+            )
         self.model = model.eval()  # BatchNorm with running statistics, no dropout
-        norm = Normaliser(model, torch.device("cpu"), channels_last=False)  # the trainer's scale, mean and std
+        norm = Normaliser(
+            model, torch.device("cpu"), channels_last=False
+        )  # the trainer's scale, mean and std
         self.register_buffer("mean", norm.mean, persistent=False)
         self.register_buffer("std", norm.std, persistent=False)
         self.num_features = int(getattr(model, "head_hidden_size", None) or model.num_features)
-        architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
-        self.info = {"kind": "classifier", "model": architecture, "num_features": self.num_features,
-                     "layer": "penultimate (pre-logits)"}
+        architecture = (getattr(model, "pretrained_cfg", None) or {}).get(
+            "architecture", type(model).__name__
+        )
+        self.info = {
+            "kind": "classifier",
+            "model": architecture,
+            "num_features": self.num_features,
+            "layer": "penultimate (pre-logits)",
+        }
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,15 +116,20 @@ class InceptionFeatures(nn.Module):
         super().__init__()
         self.net = net.eval()
         self.num_features = 2048
-        self.info = {"kind": "inception_v3", "weights": str(weights), "num_features": 2048,
-                     "input_size": INCEPTION_SIZE}
+        self.info = {
+            "kind": "inception_v3",
+            "weights": str(weights),
+            "num_features": 2048,
+            "input_size": INCEPTION_SIZE,
+        }
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
         if tuple(x.shape[-2:]) != (INCEPTION_SIZE, INCEPTION_SIZE):
-            x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", antialias=True,
-                              align_corners=False)
+            x = F.interpolate(
+                x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", antialias=True, align_corners=False
+            )
         return self.net(x / 127.5 - 1.0)
 
 
@@ -127,11 +142,16 @@ def classifier_features(model: nn.Module) -> ClassifierFeatures:
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a .safetensors or .pth file, never from the network."""
     if not path.is_file():
-        raise DataError(f"Inception v3 weights {path} do not exist: FID with Inception needs a local file "
-                        "(.pth or .safetensors, a torchvision inception_v3 state dict); nothing is downloaded")
+        raise DataError(
+            f"Inception v3 weights {path} do not exist: FID with Inception needs a local file "
+            "(.pth or .safetensors, a torchvision inception_v3 state dict); nothing is downloaded"
+        )
     try:
-        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(
-            path, map_location="cpu", weights_only=True)
+        state = (
+            load_file(str(path))
+            if path.suffix == ".safetensors"
+            else torch.load(path, map_location="cpu", weights_only=True)
+        )
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
         raise DataError(f"Inception v3 weights {path}: cannot read the file ({exc})") from exc
     if not isinstance(state, dict) or not state:
@@ -145,8 +165,12 @@ def inception_features(weights: str | Path) -> InceptionFeatures:
     path = Path(weights).expanduser()
     state = _read_state(path)
     fc = state.get("fc.weight")
-    net = inception_v3(weights=None, init_weights=False, aux_logits=any(k.startswith("AuxLogits.") for k in state),
-                       num_classes=fc.shape[0] if isinstance(fc, torch.Tensor) else 1000)
+    net = inception_v3(
+        weights=None,
+        init_weights=False,
+        aux_logits=any(k.startswith("AuxLogits.") for k in state),
+        num_classes=fc.shape[0] if isinstance(fc, torch.Tensor) else 1000,
+    )
     if fc is None:
         net.fc = nn.Identity()
     try:
@@ -183,13 +207,16 @@ def _sorted_keys(*arrays: np.ndarray) -> list[str]:
 
 def _check_same_size(real: np.ndarray, fake: np.ndarray) -> None:
     if tuple(real.shape[1:3]) != tuple(fake.shape[1:3]):
-        raise DataError(f"FID compares sets of one image size: the real images are {real.shape[1]}x{real.shape[2]}, "
-                        f"the synthetic ones {fake.shape[1]}x{fake.shape[2]}; load the training split at the "
-                        "generation's size")
+        raise DataError(
+            f"FID compares sets of one image size: the real images are {real.shape[1]}x{real.shape[2]}, "
+            f"the synthetic ones {fake.shape[1]}x{fake.shape[2]}; load the training split at the "
+            "generation's size"
+        )
 
 
-def _feature_blocks(images: np.ndarray, features: nn.Module, device: torch.device,
-                    batch_size: int) -> Iterator[tuple[slice, torch.Tensor]]:
+def _feature_blocks(
+    images: np.ndarray, features: nn.Module, device: torch.device, batch_size: int
+) -> Iterator[tuple[slice, torch.Tensor]]:
     """(rows, float64 CPU features) block by block, so a memory-mapped set is read in pieces."""
     features.to(device)
     for start in range(0, len(images), batch_size):
@@ -202,14 +229,24 @@ def _feature_blocks(images: np.ndarray, features: nn.Module, device: torch.devic
 Groupings = dict[str, tuple[np.ndarray, np.ndarray, list[str]]]
 
 
-def _distances(real: np.ndarray, fake: np.ndarray, groupings: Groupings, *, features: nn.Module,
-               device: torch.device | str, batch_size: int) -> dict[str, dict]:
+def _distances(
+    real: np.ndarray,
+    fake: np.ndarray,
+    groupings: Groupings,
+    *,
+    features: nn.Module,
+    device: torch.device | str,
+    batch_size: int,
+) -> dict[str, dict]:
     """FID of every key of every grouping, from one pass over each set: per grouping
     {"values": {key: FID | None}, "skipped": {key: reason}, "n": {key: {"real", "synthetic"}}}."""
     _check_same_size(real, fake)
     device = torch.device(device)
-    metrics = {(name, key): FrechetInceptionDistance(feature=_Given(features.num_features))
-               for name, (_, _, order) in groupings.items() for key in order}
+    metrics = {
+        (name, key): FrechetInceptionDistance(feature=_Given(features.num_features))
+        for name, (_, _, order) in groupings.items()
+        for key in order
+    }
     for is_real, images in ((True, real), (False, fake)):
         for rows, feats in _feature_blocks(images, features, device, batch_size):
             for name, (real_keys, fake_keys, order) in groupings.items():
@@ -218,7 +255,10 @@ def _distances(real: np.ndarray, fake: np.ndarray, groupings: Groupings, *, feat
                     mask = torch.from_numpy(keys == key)
                     if mask.any():
                         metrics[name, key].update(feats[mask], real=is_real)
-    return {name: _results({key: metrics[name, key] for key in order}) for name, (_, _, order) in groupings.items()}
+    return {
+        name: _results({key: metrics[name, key] for key in order})
+        for name, (_, _, order) in groupings.items()
+    }
 
 
 def _results(metrics: dict[str, FrechetInceptionDistance]) -> dict:
@@ -235,26 +275,42 @@ def _results(metrics: dict[str, FrechetInceptionDistance]) -> dict:
     return out
 
 
-def fid(real: np.ndarray, fake: np.ndarray, *, features: nn.Module, device: torch.device | str,
-        batch_size: int = BATCH_SIZE) -> float:
+def fid(
+    real: np.ndarray,
+    fake: np.ndarray,
+    *,
+    features: nn.Module,
+    device: torch.device | str,
+    batch_size: int = BATCH_SIZE,
+) -> float:
     """FID between two sets of one image size (torchmetrics' FrechetInceptionDistance on the
     features of `features`, a classifier_features or inception_features module)."""
-    everyone = ({ALL: (np.full(len(real), ALL, dtype=object), np.full(len(fake), ALL, dtype=object), [ALL])})
+    everyone = {ALL: (np.full(len(real), ALL, dtype=object), np.full(len(fake), ALL, dtype=object), [ALL])}
     result = _distances(real, fake, everyone, features=features, device=device, batch_size=batch_size)[ALL]
     if result["skipped"]:
         raise DataError(f"FID: {result['skipped'][ALL]}")
     return result["values"][ALL]
 
 
-def fid_by(real: np.ndarray, real_keys: Sequence, fake: np.ndarray, fake_keys: Sequence, *,
-           features: nn.Module, device: torch.device | str, batch_size: int = BATCH_SIZE) -> dict:
+def fid_by(
+    real: np.ndarray,
+    real_keys: Sequence,
+    fake: np.ndarray,
+    fake_keys: Sequence,
+    *,
+    features: nn.Module,
+    device: torch.device | str,
+    batch_size: int = BATCH_SIZE,
+) -> dict:
     """FID per key (class name or tone group) present on either side:
     {"values": {key: FID | None}, "skipped": {key: reason}, "n": {key: {"real", "synthetic"}}};
     a key with fewer than 2 images on a side is None, its reason under "skipped"."""
     rk, fk = _keys(real_keys), _keys(fake_keys)
     if len(rk) != len(real) or len(fk) != len(fake):
-        raise DataError(f"fid_by: {len(rk)} real keys for {len(real)} images, {len(fk)} synthetic keys for "
-                        f"{len(fake)} images")
+        raise DataError(
+            f"fid_by: {len(rk)} real keys for {len(real)} images, {len(fk)} synthetic keys for "
+            f"{len(fake)} images"
+        )
     groups = {"by": (rk, fk, _sorted_keys(rk, fk))}
     return _distances(real, fake, groups, features=features, device=device, batch_size=batch_size)["by"]
 
@@ -267,8 +323,11 @@ def ms_ssim_scales(size: int) -> int:
     image, and the coarsest must still hold the whole 11-px window (torchmetrics' own check,
     side // (scales - 1)**2 > 10, is stricter for some sizes). 64 px: 3; 128: 4; 176 and up: 5."""
     for scales in range(len(MS_SSIM_BETAS), 0, -1):
-        if (size // 2 ** (scales - 1) >= MS_SSIM_KERNEL and size // max(1, scales - 1) ** 2 > MS_SSIM_KERNEL - 1
-                and size >= 2**scales):
+        if (
+            size // 2 ** (scales - 1) >= MS_SSIM_KERNEL
+            and size // max(1, scales - 1) ** 2 > MS_SSIM_KERNEL - 1
+            and size >= 2**scales
+        ):
             return scales
     raise DataError(f"MS-SSIM needs images of at least {MS_SSIM_KERNEL} px (its window), got {size} px")
 
@@ -285,19 +344,28 @@ def _nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float()
 
 
-def _ms_ssim(images: np.ndarray, first: np.ndarray, second: np.ndarray, betas: tuple[float, ...],
-             batch_size: int) -> np.ndarray:
+def _ms_ssim(
+    images: np.ndarray, first: np.ndarray, second: np.ndarray, betas: tuple[float, ...], batch_size: int
+) -> np.ndarray:
     """MS-SSIM of each pair (images[first[i]], images[second[i]])."""
-    metric = MultiScaleStructuralSimilarityIndexMeasure(kernel_size=MS_SSIM_KERNEL, sigma=MS_SSIM_SIGMA,
-                                                        data_range=255.0, betas=betas, reduction="none")
+    metric = MultiScaleStructuralSimilarityIndexMeasure(
+        kernel_size=MS_SSIM_KERNEL, sigma=MS_SSIM_SIGMA, data_range=255.0, betas=betas, reduction="none"
+    )
     for start in range(0, len(first), batch_size):
         part = slice(start, start + batch_size)
         metric.update(_nchw(images[first[part]]), _nchw(images[second[part]]))
     return np.atleast_1d(metric.compute().double().numpy())  # one pair computes a 0-d tensor
 
 
-def ms_ssim_diversity(images: np.ndarray, keys: Sequence, *, pairs: int, seed: int,
-                      order: Sequence[str] | None = None, batch_size: int = 32) -> dict:
+def ms_ssim_diversity(
+    images: np.ndarray,
+    keys: Sequence,
+    *,
+    pairs: int,
+    seed: int,
+    order: Sequence[str] | None = None,
+    batch_size: int = 32,
+) -> dict:
     """Mean MS-SSIM of up to `pairs` random pairs of distinct images of each key (lower = more
     diverse), and over all those pairs. The number of scales follows the image size (the weights
     of the scales kept, renormalised to sum to 1) and is recorded:
@@ -309,8 +377,16 @@ def ms_ssim_diversity(images: np.ndarray, keys: Sequence, *, pairs: int, seed: i
     scales = ms_ssim_scales(min(images.shape[1:3]))
     betas = tuple(b / sum(MS_SSIM_BETAS[:scales]) for b in MS_SSIM_BETAS[:scales])
     rng = np.random.default_rng(seed)
-    out: dict = {"values": {}, "overall": None, "pairs": {}, "skipped": {}, "scales": scales, "betas": list(betas),
-                 "kernel_size": MS_SSIM_KERNEL, "sigma": MS_SSIM_SIGMA}
+    out: dict = {
+        "values": {},
+        "overall": None,
+        "pairs": {},
+        "skipped": {},
+        "scales": scales,
+        "betas": list(betas),
+        "kernel_size": MS_SSIM_KERNEL,
+        "sigma": MS_SSIM_SIGMA,
+    }
     every = []
     for key in order if order is not None else _sorted_keys(keys):
         rows = np.flatnonzero(keys == key)
@@ -347,8 +423,11 @@ def fidelity(requested: Sequence, assigned: Sequence, *, order: Sequence[str] | 
 
     asked = np.array([w is not None for w in want], dtype=bool)
     keys = order if order is not None else _sorted_keys(want)
-    return {"overall": share(asked), "values": {k: share(want == k) for k in keys},
-            "no_request": int((~asked).sum())}
+    return {
+        "overall": share(asked),
+        "values": {k: share(want == k) for k in keys},
+        "no_request": int((~asked).sum()),
+    }
 
 
 @dataclass(frozen=True)
@@ -360,7 +439,9 @@ class ToneAssigner:
     assign: Callable[[np.ndarray], np.ndarray]
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        blocks = [self.assign(np.asarray(images[s : s + TONE_BLOCK])) for s in range(0, len(images), TONE_BLOCK)]
+        blocks = [
+            self.assign(np.asarray(images[s : s + TONE_BLOCK])) for s in range(0, len(images), TONE_BLOCK)
+        ]
         return _keys(np.concatenate(blocks)) if blocks else np.zeros(0, dtype=object)
 
 
@@ -370,15 +451,21 @@ def tone_assigner(config: dict, *, device: torch.device | str | None = None) -> 
     folder = (config.get("data") or {}).get("tone_detector")
     if folder:
         detector = load_detector(folder)
-        return ToneAssigner({"kind": "detector", **detector.summary()},
-                            lambda images: np.array(TONE3, dtype=object)[
-                                detector.predict_proba(images, device=device).argmax(axis=1)])
-    return ToneAssigner({"kind": "ita", "note": ITA_NOTE},
-                        lambda images: tone3_from_fst(pd.Series(fst_from_ita(ita_of_images(images)))).to_numpy())
+        return ToneAssigner(
+            {"kind": "detector", **detector.summary()},
+            lambda images: np.array(TONE3, dtype=object)[
+                detector.predict_proba(images, device=device).argmax(axis=1)
+            ],
+        )
+    return ToneAssigner(
+        {"kind": "ita", "note": ITA_NOTE},
+        lambda images: tone3_from_fst(pd.Series(fst_from_ita(ita_of_images(images)))).to_numpy(),
+    )
 
 
-def _predicted_classes(classifier: nn.Module, images: np.ndarray, classes: Sequence[str],
-                       device: torch.device, batch_size: int) -> np.ndarray:
+def _predicted_classes(
+    classifier: nn.Module, images: np.ndarray, classes: Sequence[str], device: torch.device, batch_size: int
+) -> np.ndarray:
     """The classifier's argmax class name for each image, normalised as in training."""
     classifier.to(device).eval()
     norm = Normaliser(classifier, device, channels_last=False)
@@ -398,9 +485,17 @@ def _tile(image: np.ndarray, scale: int) -> Image.Image:
     return tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST) if scale > 1 else tile
 
 
-def sample_grid(images: np.ndarray, rows: Sequence, cols: Sequence, path: str | Path, *, per_cell: int = 4,
-                title: str | None = None, row_names: Sequence[str] | None = None,
-                col_names: Sequence[str] | None = None) -> Path:
+def sample_grid(
+    images: np.ndarray,
+    rows: Sequence,
+    cols: Sequence,
+    path: str | Path,
+    *,
+    per_cell: int = 4,
+    title: str | None = None,
+    row_names: Sequence[str] | None = None,
+    col_names: Sequence[str] | None = None,
+) -> Path:
     """A labelled PNG grid: one row per value of `rows` (the images' tone groups), one block of
     `per_cell` images side by side per value of `cols` (their classes), the first images of each
     cell. `row_names`/`col_names` fix the order and show values with no image, as an empty cell
@@ -419,7 +514,9 @@ def sample_grid(images: np.ndarray, rows: Sequence, cols: Sequence, path: str | 
     top = (line if title else 0) + line + _PAD
     block = per_cell * tw
     width = max(left + len(col_names) * (block + _GAP) - _GAP + _PAD, font.getlength(title or "") + 2 * _PAD)
-    canvas = Image.new("RGB", (int(width), int(top + len(row_names) * (th + _GAP) - _GAP + _PAD)), _BACKGROUND)
+    canvas = Image.new(
+        "RGB", (int(width), int(top + len(row_names) * (th + _GAP) - _GAP + _PAD)), _BACKGROUND
+    )
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((_PAD, _PAD // 2), title, fill=_INK, font=font)
@@ -445,48 +542,103 @@ def sample_grid(images: np.ndarray, rows: Sequence, cols: Sequence, path: str | 
 # --------------------------------------------------------------------------- the record
 
 
-def _cells(real_tone: np.ndarray, real_class: np.ndarray, syn_tone: np.ndarray, syn_class: np.ndarray,
-           tones: list[str], classes: Sequence[str]) -> dict:
+def _cells(
+    real_tone: np.ndarray,
+    real_class: np.ndarray,
+    syn_tone: np.ndarray,
+    syn_class: np.ndarray,
+    tones: list[str],
+    classes: Sequence[str],
+) -> dict:
     """Images per tone group x class: {tone: {class: {"real", "synthetic"}}}."""
-    return {t: {c: {"real": int(((real_tone == t) & (real_class == c)).sum()),
-                    "synthetic": int(((syn_tone == t) & (syn_class == c)).sum())} for c in classes} for t in tones}
+    return {
+        t: {
+            c: {
+                "real": int(((real_tone == t) & (real_class == c)).sum()),
+                "synthetic": int(((syn_tone == t) & (syn_class == c)).sum()),
+            }
+            for c in classes
+        }
+        for t in tones
+    }
 
 
-def quality_report(*, real: Split, synthetic: Split, classifier: nn.Module, tone_of: ToneAssigner,
-                   device: torch.device | str, grid_path: str | Path, seed: int,
-                   inception: str | Path | None = None, pairs: int = 200, batch_size: int = BATCH_SIZE) -> dict:
+def quality_report(
+    *,
+    real: Split,
+    synthetic: Split,
+    classifier: nn.Module,
+    tone_of: ToneAssigner,
+    device: torch.device | str,
+    grid_path: str | Path,
+    seed: int,
+    inception: str | Path | None = None,
+    pairs: int = 200,
+    batch_size: int = BATCH_SIZE,
+) -> dict:
     """Everything the run record says about a generated set, as JSON values: FID overall, per class
     and per tone group (domain features from `classifier`, Inception v3 too when `inception` names
     a weights file), MS-SSIM diversity per class and tone group, tone and label fidelity, images
     per tone x class, and the sample grid's file name. `real` is the training split at the
     synthetic images' size; `classifier` the ERM model trained on it."""
     if tuple(real.classes) != tuple(synthetic.classes):
-        raise DataError(f"quality: the synthetic classes {synthetic.classes} are not the real ones {real.classes}")
+        raise DataError(
+            f"quality: the synthetic classes {synthetic.classes} are not the real ones {real.classes}"
+        )
     device = torch.device(device)
     classes = list(real.classes)
     real_class, syn_class = _keys(np.array(classes)[real.labels]), _keys(np.array(classes)[synthetic.labels])
-    real_tone = _keys(real.table["tone3"]) if "tone3" in real.table else np.full(len(real), None, dtype=object)
+    real_tone = (
+        _keys(real.table["tone3"]) if "tone3" in real.table else np.full(len(real), None, dtype=object)
+    )
     syn_tone = _keys(synthetic.table["tone3"])
     tones = ordered_groups("tone3", [*TONE3, *_sorted_keys(real_tone, syn_tone)])
-    groupings = {"overall": (np.full(len(real), ALL, dtype=object), np.full(len(synthetic), ALL, dtype=object), [ALL]),
-                 "class": (real_class, syn_class, classes), "tone3": (real_tone, syn_tone, tones)}
+    groupings = {
+        "overall": (np.full(len(real), ALL, dtype=object), np.full(len(synthetic), ALL, dtype=object), [ALL]),
+        "class": (real_class, syn_class, classes),
+        "tone3": (real_tone, syn_tone, tones),
+    }
     extractors = {"domain": classifier_features(classifier)}
     if inception is not None:
         extractors["inception"] = inception_features(inception)
-    grid = sample_grid(synthetic.images, syn_tone, syn_class, grid_path, row_names=tones, col_names=classes,
-                       title="synthetic samples: rows tone group, columns class")
+    grid = sample_grid(
+        synthetic.images,
+        syn_tone,
+        syn_class,
+        grid_path,
+        row_names=tones,
+        col_names=classes,
+        title="synthetic samples: rows tone group, columns class",
+    )
     return {
         "image_size": list(synthetic.images.shape[1:3]),
         "n": {"real": len(real), "synthetic": len(synthetic)},
         "cells": _cells(real_tone, real_class, syn_tone, syn_class, tones, classes),
         "features": {name: module.info for name, module in extractors.items()},
-        "fid": {name: _distances(real.images, synthetic.images, groupings, features=module, device=device,
-                                 batch_size=batch_size) for name, module in extractors.items()},
-        "ms_ssim": {"class": ms_ssim_diversity(synthetic.images, syn_class, pairs=pairs, seed=seed, order=classes),
-                    "tone3": ms_ssim_diversity(synthetic.images, syn_tone, pairs=pairs, seed=seed, order=tones)},
+        "fid": {
+            name: _distances(
+                real.images,
+                synthetic.images,
+                groupings,
+                features=module,
+                device=device,
+                batch_size=batch_size,
+            )
+            for name, module in extractors.items()
+        },
+        "ms_ssim": {
+            "class": ms_ssim_diversity(synthetic.images, syn_class, pairs=pairs, seed=seed, order=classes),
+            "tone3": ms_ssim_diversity(synthetic.images, syn_tone, pairs=pairs, seed=seed, order=tones),
+        },
         "fidelity": {
-            "label": {"by": "the classifier's argmax", **fidelity(
-                syn_class, _predicted_classes(classifier, synthetic.images, classes, device, batch_size), order=classes)},
+            "label": {
+                "by": "the classifier's argmax",
+                **fidelity(
+                    syn_class,
+                    _predicted_classes(classifier, synthetic.images, classes, device, batch_size),
+                    order=classes,
+                ),
+            },
             "tone": {"by": tone_of.source, **fidelity(syn_tone, tone_of(synthetic.images), order=tones)},
         },
         "sample_grid": grid.name,

@@ -42,10 +42,14 @@ def verify(folder: Path = SHIPPED) -> str:
     present = {p.relative_to(folder).as_posix() for p in files(folder)}
     missing, extra = sorted(set(expected) - present), sorted(present - set(expected))
     if missing or extra:
-        raise DermbenchError(f"the tiny diffusion bases in {folder} lack {missing} or hold unlisted files {extra}: {_HOW}")
+        raise DermbenchError(
+            f"the tiny diffusion bases in {folder} lack {missing} or hold unlisted files {extra}: {_HOW}"
+        )
     for name, digest in sorted(expected.items()):
         found = sha256_file(folder / name)
         if found != digest:
-            raise DermbenchError(f"{folder / name} fails its checksum (sha256 {found[:16]}..., expected {digest[:16]}...): "
-                                 f"the file is damaged or was changed; {_HOW}")
+            raise DermbenchError(
+                f"{folder / name} fails its checksum (sha256 {found[:16]}..., expected {digest[:16]}...): "
+                f"the file is damaged or was changed; {_HOW}"
+            )
     return sha256_file(listing)[:20]

@@ -55,8 +55,13 @@ class Entry:
         return out
 
 
-def cached_entry(kind: str, material: dict[str, Any], build: Callable[[Path], None], *,
-                 say: Callable[[str], None] = lambda _m: None) -> Entry:
+def cached_entry(
+    kind: str,
+    material: dict[str, Any],
+    build: Callable[[Path], None],
+    *,
+    say: Callable[[str], None] = lambda _m: None,
+) -> Entry:
     """The entry of `kind` for `material`: verified and reused, or made by `build(folder)` (which
     writes its files into the empty `folder`) and stored."""
     material = json.loads(json.dumps({"format": FORMAT, **material}, sort_keys=True, default=str))
@@ -64,7 +69,10 @@ def cached_entry(kind: str, material: dict[str, Any], build: Callable[[Path], No
     root = diffusion_cache_root() / kind
     entry = root / key
     make_dirs(root)
-    with exclusive_lock(root / f"{key}.lock", on_wait=lambda pid: say(f"waiting for process {pid}, which is making {kind} {key}")):
+    with exclusive_lock(
+        root / f"{key}.lock",
+        on_wait=lambda pid: say(f"waiting for process {pid}, which is making {kind} {key}"),
+    ):
         problem = verify(entry, material)
         if problem is None:
             say(f"[green]{kind} found in the cache[/]: {entry}")
@@ -79,7 +87,11 @@ def cached_entry(kind: str, material: dict[str, Any], build: Callable[[Path], No
             make_dirs(temporary)
             try:
                 build(temporary)
-                files = {str(p.relative_to(temporary)): sha256_file(p) for p in sorted(temporary.rglob("*")) if p.is_file()}
+                files = {
+                    str(p.relative_to(temporary)): sha256_file(p)
+                    for p in sorted(temporary.rglob("*"))
+                    if p.is_file()
+                }
                 write_json(temporary / ENTRY, {"material": material, "files": files})
                 os.replace(temporary, entry)
             except BaseException:

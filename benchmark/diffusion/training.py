@@ -53,12 +53,14 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 @torch.no_grad()
-def encode_latents(c: Components, images: np.ndarray, *, device: torch.device, batch_size: int = 32) -> torch.Tensor:
+def encode_latents(
+    c: Components, images: np.ndarray, *, device: torch.device, batch_size: int = 32
+) -> torch.Tensor:
     """The VAE's latent distribution of every image, (n, 2 x latent channels, h, w) on the CPU:
     mean then log-variance along channels, so a step can draw a fresh latent for each image."""
     out = []
     for start in range(0, len(images), batch_size):
-        dist = c.vae.encode(to_pixels(images[start:start + batch_size], device)).latent_dist
+        dist = c.vae.encode(to_pixels(images[start : start + batch_size], device)).latent_dist
         out.append(torch.cat([dist.mean, dist.logvar], dim=1).float().cpu())
     return torch.cat(out)
 
@@ -72,12 +74,19 @@ def draw_latents(params: torch.Tensor, generator: torch.Generator, scaling: floa
 
 def encode_prompts(c: Components, prompts: Sequence[str], device: torch.device) -> torch.Tensor:
     """The text encoder's last hidden states for `prompts`, padded to the tokenizer's length."""
-    ids = c.tokenizer(list(prompts), padding="max_length", max_length=c.tokenizer.model_max_length,
-                      truncation=True, return_tensors="pt").input_ids.to(device)
+    ids = c.tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=c.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
     return c.text_encoder(ids)[0]
 
 
-def noise_target(c: Components, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+def noise_target(
+    c: Components, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     """What the UNet learns to predict: the noise (epsilon) or the velocity (v-prediction
     checkpoints such as SD 2.1 at 768 px), as the checkpoint's scheduler says."""
     kind = c.scheduler.config.prediction_type
@@ -89,9 +98,21 @@ def noise_target(c: Components, latents: torch.Tensor, noise: torch.Tensor, time
 
 
 def train_denoiser(
-    c: Components, images: np.ndarray, prompts: Sequence[str], *, params: list[torch.nn.Parameter], steps: int,
-    batch_size: int, lr: float, seed: int, device: torch.device, console: Console, label: str,
-    weight_decay: float = 0.0, uncond_prob: float = 0.0, after_step: Callable[[], None] | None = None,
+    c: Components,
+    images: np.ndarray,
+    prompts: Sequence[str],
+    *,
+    params: list[torch.nn.Parameter],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    console: Console,
+    label: str,
+    weight_decay: float = 0.0,
+    uncond_prob: float = 0.0,
+    after_step: Callable[[], None] | None = None,
 ) -> list[float]:
     """Train `params` (parts of `c`, already unfrozen by the caller) on the noise-prediction loss
     of `images` captioned by `prompts`, for `steps` steps of `batch_size` images drawn at random.
@@ -121,18 +142,27 @@ def train_denoiser(
             index = torch.randint(len(images), (batch_size,), generator=generator)
             x0 = draw_latents(latents[index], generator, scaling).to(device)
             noise = torch.randn(x0.shape, generator=generator).to(device)
-            t = torch.randint(c.scheduler.config.num_train_timesteps, (len(index),), generator=generator).to(device)
+            t = torch.randint(c.scheduler.config.num_train_timesteps, (len(index),), generator=generator).to(
+                device
+            )
             caption = prompt_array[index.numpy()]
             drop = torch.rand(len(index), generator=generator).numpy() < uncond_prob
             caption = np.where(drop, "", caption).tolist()
             with autocast(device):
-                hidden = encode_prompts(c, caption, device) if cached_text is None else \
-                    torch.stack([cached_text[p] for p in caption])
-                prediction = c.unet(c.scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=hidden).sample
+                hidden = (
+                    encode_prompts(c, caption, device)
+                    if cached_text is None
+                    else torch.stack([cached_text[p] for p in caption])
+                )
+                prediction = c.unet(
+                    c.scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=hidden
+                ).sample
                 loss = F.mse_loss(prediction.float(), noise_target(c, x0, noise, t).float())
             if not torch.isfinite(loss):
-                raise DermbenchError(f"{label}: the loss became {loss.item()} at step {step + 1} (lr {lr}); "
-                                     "lower the learning rate")
+                raise DermbenchError(
+                    f"{label}: the loss became {loss.item()} at step {step + 1} (lr {lr}); "
+                    "lower the learning rate"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -150,8 +180,18 @@ def encode_prompts_no_grad(c: Components, prompts: Sequence[str], device: torch.
     return encode_prompts(c, prompts, device)
 
 
-def train_autoencoder(c: Components, images: np.ndarray, *, steps: int, batch_size: int, lr: float, seed: int,
-                      device: torch.device, console: Console, kl_weight: float = 1e-6) -> list[float]:
+def train_autoencoder(
+    c: Components,
+    images: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    console: Console,
+    kl_weight: float = 1e-6,
+) -> list[float]:
     """Train the tiny VAE to reconstruct `images` (MSE plus a small KL term, as latent diffusion's
     autoencoders), then set its `scaling_factor` to 1 / the latents' standard deviation, the
     convention that gives the UNet unit-variance inputs (SD's 0.18215 was found the same way)."""

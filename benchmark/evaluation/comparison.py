@@ -68,8 +68,9 @@ def seed_parts(values: np.ndarray, draws: np.ndarray) -> tuple[np.ndarray, np.nd
     return sample_part, math.sqrt(n / (n - 1)) * (drawn - sample_part)
 
 
-def _t_estimate(value: float, parts: Sequence[tuple[np.ndarray, int]], sample_part: np.ndarray,
-                test: bool) -> Estimate:
+def _t_estimate(
+    value: float, parts: Sequence[tuple[np.ndarray, int]], sample_part: np.ndarray, test: bool
+) -> Estimate:
     """The estimate, t interval and p from the replicates' sample part and per-row seed parts.
 
     Degrees of freedom (Satterthwaite): the variance's seed components are each estimated from n − 1
@@ -82,7 +83,11 @@ def _t_estimate(value: float, parts: Sequence[tuple[np.ndarray, int]], sample_pa
     denominator = sum(v * v / (n - 1) for v, n in seed_vars if n > 1 and v > 0)
     df = variance * variance / denominator if denominator > 0 else math.inf
     df = max(df, min(n - 1 for _, n in seed_vars))  # Welch's bound: never below the smaller seed count's
-    critical = float(stats.t.ppf(0.5 + LEVEL / 2, df)) if math.isfinite(df) else float(stats.norm.ppf(0.5 + LEVEL / 2))
+    critical = (
+        float(stats.t.ppf(0.5 + LEVEL / 2, df))
+        if math.isfinite(df)
+        else float(stats.norm.ppf(0.5 + LEVEL / 2))
+    )
     p = None
     if test:
         if se == 0:
@@ -116,8 +121,15 @@ def row_mean(point: np.ndarray, boot: np.ndarray, draws: np.ndarray) -> Estimate
     return _t_estimate(float(point.mean()), [(seed_part, len(point))], sample_part, test=False)
 
 
-def seed_level_difference(a_point: np.ndarray, a_boot: np.ndarray, b_point: np.ndarray, b_boot: np.ndarray,
-                          a_draws: np.ndarray, b_draws: np.ndarray, paired_seeds: bool) -> Estimate | None:
+def seed_level_difference(
+    a_point: np.ndarray,
+    a_boot: np.ndarray,
+    b_point: np.ndarray,
+    b_boot: np.ndarray,
+    a_draws: np.ndarray,
+    b_draws: np.ndarray,
+    paired_seeds: bool,
+) -> Estimate | None:
     """Mean over A's seeds minus mean over B's seeds, with interval and p (paired hierarchical bootstrap).
 
     *_point (n,): each seed's metric on the whole test set; *_boot (B, n): on each shared resample of
@@ -126,7 +138,11 @@ def seed_level_difference(a_point: np.ndarray, a_boot: np.ndarray, b_point: np.n
     on their own. None when a row has fewer than two seeds (its seed spread is unknown) or a value
     is undefined.
     """
-    if len(a_point) < 2 or len(b_point) < 2 or not (np.isfinite(a_point).all() and np.isfinite(b_point).all()):
+    if (
+        len(a_point) < 2
+        or len(b_point) < 2
+        or not (np.isfinite(a_point).all() and np.isfinite(b_point).all())
+    ):
         return None
     keep = _finite(a_boot, b_boot)
     if keep.sum() < 2:
@@ -139,7 +155,9 @@ def seed_level_difference(a_point: np.ndarray, a_boot: np.ndarray, b_point: np.n
         return _t_estimate(value, [(seed_part, len(a_point))], sample_part, test=True)
     a_sample, a_seed = seed_parts(a_boot[keep], a_draws[keep])
     b_sample, b_seed = seed_parts(b_boot[keep], b_draws[keep])
-    return _t_estimate(value, [(a_seed, len(a_point)), (-b_seed, len(b_point))], a_sample - b_sample, test=True)
+    return _t_estimate(
+        value, [(a_seed, len(a_point)), (-b_seed, len(b_point))], a_sample - b_sample, test=True
+    )
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -39,8 +39,17 @@ def equal_count_bins(ita: np.ndarray, n_bins: int) -> np.ndarray:
     return out
 
 
-def ita_curve(*, y_true: Any, y_prob: Any, ita: np.ndarray, threshold: float | None, n_boot: int, seed: int,
-              n_bins: int = ITA_BINS, class_names: list[str] | None = None) -> dict[str, Any]:
+def ita_curve(
+    *,
+    y_true: Any,
+    y_prob: Any,
+    ita: np.ndarray,
+    threshold: float | None,
+    n_boot: int,
+    seed: int,
+    n_bins: int = ITA_BINS,
+    class_names: list[str] | None = None,
+) -> dict[str, Any]:
     """AUC and TPR per equal-count ITA bin, with percentile intervals (n_boot > 0).
 
     Returns {"n_bins", "n_unresolved" (rows without an ITA), "n_boot", "seed", "bins": [{"lo", "hi",
@@ -49,25 +58,43 @@ def ita_curve(*, y_true: Any, y_prob: Any, ita: np.ndarray, threshold: float | N
     """
     ita = np.asarray(ita, dtype=float)
     finite = np.isfinite(ita)
-    out: dict[str, Any] = {"n_bins": int(n_bins), "n_unresolved": int((~finite).sum()), "n_boot": int(n_boot),
-                           "seed": int(seed), "bins": []}
+    out: dict[str, Any] = {
+        "n_bins": int(n_bins),
+        "n_unresolved": int((~finite).sum()),
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+        "bins": [],
+    }
     if finite.sum() < n_bins * MIN_BIN_N:
-        out["reason"] = (f"{int(finite.sum())} rows with an ITA: fewer than {MIN_BIN_N} per bin for "
-                         f"{n_bins} bins")
+        out["reason"] = (
+            f"{int(finite.sum())} rows with an ITA: fewer than {MIN_BIN_N} per bin for {n_bins} bins"
+        )
         return out
     bins = equal_count_bins(ita, n_bins)
     labels = np.array([str(b + 1) if b >= 0 else None for b in bins], dtype=object)
-    report = fairness_report(y_true=y_true, y_prob=y_prob, groups={ITA_SCHEME: labels}, threshold=threshold,
-                             n_boot=n_boot, seed=seed, class_names=class_names)
+    report = fairness_report(
+        y_true=y_true,
+        y_prob=y_prob,
+        groups={ITA_SCHEME: labels},
+        threshold=threshold,
+        n_boot=n_boot,
+        seed=seed,
+        class_names=class_names,
+    )
     blocks = report["groups"][ITA_SCHEME]
     intervals = report["ci"]["groups"][ITA_SCHEME] if n_boot else {}
     for b in range(n_bins):
         name = str(b + 1)
         values = ita[bins == b]
         block = blocks[name]
-        entry = {"lo": float(values.min()), "hi": float(values.max()), "median": float(np.median(values)),
-                 "n": int(block["n"]), "positives": block.get("positives"),
-                 **{m: block[m] for m in CURVE_METRICS}}
+        entry = {
+            "lo": float(values.min()),
+            "hi": float(values.max()),
+            "median": float(np.median(values)),
+            "n": int(block["n"]),
+            "positives": block.get("positives"),
+            **{m: block[m] for m in CURVE_METRICS},
+        }
         if n_boot:
             entry["ci"] = {m: intervals[name][m] for m in CURVE_METRICS}
         out["bins"].append(entry)

@@ -40,9 +40,15 @@ def predictions_table(split: Split, prob: np.ndarray, threshold: float | None) -
     return out
 
 
-def evaluate_split(split: Split, prob: np.ndarray, *, threshold: float | None, cfg: dict,
-                   views: ToneViews | None = None,
-                   confusion: dict[str, dict[str, dict]] | None = None) -> tuple[dict, pd.DataFrame]:
+def evaluate_split(
+    split: Split,
+    prob: np.ndarray,
+    *,
+    threshold: float | None,
+    cfg: dict,
+    views: ToneViews | None = None,
+    confusion: dict[str, dict[str, dict]] | None = None,
+) -> tuple[dict, pd.DataFrame]:
     """The `eval` entry for `split` (DESIGN.md §4) and its per-sample predictions.
 
     With `views` (every source's tones, dermbench.tone.sources.tone_views) the entry also gets
@@ -52,22 +58,42 @@ def evaluate_split(split: Split, prob: np.ndarray, *, threshold: float | None, c
     y_prob = prob[:, 1] if prob.shape[1] == 2 else prob
     n_boot, seed, classes = int(cfg["eval"]["n_boot"]), int(cfg["seed"]), list(split.classes)
     report = fairness_report(
-        y_true=split.labels, y_prob=y_prob, groups=group_schemes(split.table), threshold=threshold,
-        n_boot=n_boot, seed=seed, class_names=classes,
+        y_true=split.labels,
+        y_prob=y_prob,
+        groups=group_schemes(split.table),
+        threshold=threshold,
+        n_boot=n_boot,
+        seed=seed,
+        class_names=classes,
     )
     if views is not None:
-        common = {"y_true": split.labels, "y_prob": y_prob, "threshold": threshold, "n_boot": n_boot, "seed": seed,
-                  "class_names": classes}
+        common = {
+            "y_true": split.labels,
+            "y_prob": y_prob,
+            "threshold": threshold,
+            "n_boot": n_boot,
+            "seed": seed,
+            "class_names": classes,
+        }
         scored = score_tone_sources(views=views, **common)
         if scored is not None:
             report["tone_sources"] = {"annotated": True, **scored}
         else:
-            propagated = {s: propagate_misassignment(views=views, confusion=(confusion or {}).get(s, {}), scheme=s,
-                                                     **common) for s in PROPAGATION_SCHEMES}
-            report["tone_sources"] = {"annotated": False, "misassignment": propagated["tone3"],
-                                      "misassignment_tone2": propagated["tone2"]}
+            propagated = {
+                s: propagate_misassignment(
+                    views=views, confusion=(confusion or {}).get(s, {}), scheme=s, **common
+                )
+                for s in PROPAGATION_SCHEMES
+            }
+            report["tone_sources"] = {
+                "annotated": False,
+                "misassignment": propagated["tone3"],
+                "misassignment_tone2": propagated["tone2"],
+            }
         report["ita_curve"] = ita_curve(ita=views.ita, **common)
-    report["tone_source"] = {str(k): int(v) for k, v in split.table["tone_source"].value_counts(dropna=False).items()}
+    report["tone_source"] = {
+        str(k): int(v) for k, v in split.table["tone_source"].value_counts(dropna=False).items()
+    }
     if "tone_estimation" in split.meta:
         report["tone_estimation"] = split.meta["tone_estimation"]
     excluded = report.setdefault("excluded", {})

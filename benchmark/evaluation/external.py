@@ -62,9 +62,11 @@ def _require_pyarrow(path: Path) -> None:
     try:
         import pyarrow  # noqa: F401, PLC0415 (only parquet files need it)
     except ImportError:
-        raise PredictionFileError(f"{path}: reading parquet needs pyarrow, which is not installed: "
-                                  f"pip install '{PARQUET_EXTRA}' (or pip install pyarrow), or save the predictions "
-                                  "as CSV") from None
+        raise PredictionFileError(
+            f"{path}: reading parquet needs pyarrow, which is not installed: "
+            f"pip install '{PARQUET_EXTRA}' (or pip install pyarrow), or save the predictions "
+            "as CSV"
+        ) from None
 
 
 def read_prediction_file(path: str | Path, *, id_column: str = ID_COLUMN) -> pd.DataFrame:
@@ -85,10 +87,14 @@ def read_prediction_file(path: str | Path, *, id_column: str = ID_COLUMN) -> pd.
     except PredictionFileError:
         raise
     except Exception as exc:  # pandas raises several kinds on a malformed file
-        raise PredictionFileError(f"{path}: cannot be read as a table ({type(exc).__name__}: {exc})") from None
+        raise PredictionFileError(
+            f"{path}: cannot be read as a table ({type(exc).__name__}: {exc})"
+        ) from None
     if id_column not in table.columns:
-        raise PredictionFileError(f"{path}: no id column {id_column!r} (columns: {', '.join(map(str, table.columns))}); "
-                                  "name the column with --id-column")
+        raise PredictionFileError(
+            f"{path}: no id column {id_column!r} (columns: {', '.join(map(str, table.columns))}); "
+            "name the column with --id-column"
+        )
     table = table.copy()
     table[id_column] = table[id_column].astype(str).str.strip()
     return table
@@ -107,9 +113,11 @@ def probability_columns(table: pd.DataFrame, classes: Sequence[str], *, where: s
     if len(classes) == 2 and per_class[1] and not per_class[0]:
         return [str(per_class[1])], True
     wanted = " / ".join(f"prob_{k}, prob_{n} or {n}" for k, n in enumerate(classes))
-    raise PredictionFileError(f"{where}: no probability column for class(es) "
-                              f"{', '.join(n for n, c in zip(classes, per_class) if not c)}; expected one column per class "
-                              f"({wanted}); a binary task may give P({classes[-1]}) alone")
+    raise PredictionFileError(
+        f"{where}: no probability column for class(es) "
+        f"{', '.join(n for n, c in zip(classes, per_class) if not c)}; expected one column per class "
+        f"({wanted}); a binary task may give P({classes[-1]}) alone"
+    )
 
 
 def _listed(label: str, ids: Sequence[str], total: int | None = None) -> str:
@@ -119,8 +127,9 @@ def _listed(label: str, ids: Sequence[str], total: int | None = None) -> str:
     return f"{total} {label}: {shown}{more}"
 
 
-def match_predictions(table: pd.DataFrame, split: Split, *, where: str, id_column: str = ID_COLUMN,
-                      test_set: str | None = None) -> np.ndarray:
+def match_predictions(
+    table: pd.DataFrame, split: Split, *, where: str, id_column: str = ID_COLUMN, test_set: str | None = None
+) -> np.ndarray:
     """(n, K) probabilities for `split`'s rows in its order, from `table` (a read predictions file).
 
     With a `test_set` column only the rows naming `test_set` are matched; without it the whole file
@@ -129,8 +138,9 @@ def match_predictions(table: pd.DataFrame, split: Split, *, where: str, id_colum
         rows = table[table[TEST_SET_COLUMN].astype(str) == test_set]
         if rows.empty:
             named = sorted(table[TEST_SET_COLUMN].astype(str).unique())
-            raise PredictionFileError(f"{where}: no row has {TEST_SET_COLUMN} {test_set!r} (the file names "
-                                      f"{', '.join(named)})")
+            raise PredictionFileError(
+                f"{where}: no row has {TEST_SET_COLUMN} {test_set!r} (the file names {', '.join(named)})"
+            )
         where = f"{where} ({TEST_SET_COLUMN} {test_set})"
     else:
         rows = table
@@ -143,9 +153,14 @@ def match_predictions(table: pd.DataFrame, split: Split, *, where: str, id_colum
     counts = pd.Series(ids).value_counts()
     duplicated = counts[counts > 1]
     if len(duplicated):
-        problems.append(_listed("duplicated id(s) (rows per id: " + ", ".join(f"{i!r} x{c}" for i, c in
-                                                                              duplicated.head(SHOWN).items()) + ")",
-                                duplicated.index.tolist()))
+        problems.append(
+            _listed(
+                "duplicated id(s) (rows per id: "
+                + ", ".join(f"{i!r} x{c}" for i, c in duplicated.head(SHOWN).items())
+                + ")",
+                duplicated.index.tolist(),
+            )
+        )
     unmatched = [i for i in dict.fromkeys(ids) if i not in own_set]
     if unmatched:
         problems.append(_listed(f"id(s) that are not samples of test set {split.name!r}", unmatched))
@@ -164,11 +179,17 @@ def match_predictions(table: pd.DataFrame, split: Split, *, where: str, id_colum
     sums = values.sum(axis=1)
     bad_sum = in_range & (np.abs(sums - 1.0) > SUM_TOLERANCE)
     if bad_sum.any():
-        problems.append(_listed(f"row(s) whose probabilities do not sum to 1 (within {SUM_TOLERANCE:g})",
-                                ids[bad_sum].tolist()))
+        problems.append(
+            _listed(
+                f"row(s) whose probabilities do not sum to 1 (within {SUM_TOLERANCE:g})",
+                ids[bad_sum].tolist(),
+            )
+        )
     if problems:
-        raise PredictionFileError(f"{where}: cannot score test set {split.name!r} ({len(own)} samples) from "
-                                  f"{len(rows)} row(s); nothing was scored:\n  - " + "\n  - ".join(problems))
+        raise PredictionFileError(
+            f"{where}: cannot score test set {split.name!r} ({len(own)} samples) from "
+            f"{len(rows)} row(s); nothing was scored:\n  - " + "\n  - ".join(problems)
+        )
     position = pd.Series(np.arange(len(ids)), index=ids)
     out = values[position.loc[own].to_numpy()]
     return out / out.sum(axis=1, keepdims=True)

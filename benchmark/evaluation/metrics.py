@@ -59,8 +59,18 @@ from dermbench.seeds import spawned_rng
 
 METRICS = ("n", "acc", "bacc", "precision", "tpr", "tnr", "fpr", "f1", "auc", "ece")
 #: fairness gaps, lower is better
-GAPS = ("eopp0", "eopp1", "eodd", "eodd_net", "eodd_fairlearn", "dp_diff", "gap_acc", "gap_auc", "gap_f1",
-        "gap_fnr")
+GAPS = (
+    "eopp0",
+    "eopp1",
+    "eodd",
+    "eodd_net",
+    "eodd_fairlearn",
+    "dp_diff",
+    "gap_acc",
+    "gap_auc",
+    "gap_f1",
+    "gap_fnr",
+)
 #: worst-group values: higher is better, except worst_fnr (the highest miss rate), lower is better
 WORST = ("worst_acc", "worst_auc", "worst_f1", "worst_fnr")
 FAIRNESS = GAPS + WORST
@@ -117,14 +127,18 @@ def _as_probabilities(y_prob: Any) -> np.ndarray:
     bad = ~np.isfinite(prob)
     if bad.any():
         row = _first_bad(bad)
-        raise MetricInputError(f"y_prob holds {int(bad.reshape(len(bad), -1).any(axis=1).sum())} row(s) with NaN "
-                               f"or infinite probabilities (first at row {row}: {prob[row].tolist()})")
+        raise MetricInputError(
+            f"y_prob holds {int(bad.reshape(len(bad), -1).any(axis=1).sum())} row(s) with NaN "
+            f"or infinite probabilities (first at row {row}: {prob[row].tolist()})"
+        )
     out = (prob < -PROB_ATOL) | (prob > 1 + PROB_ATOL)
     if out.any():
         row = _first_bad(out)
-        raise MetricInputError(f"y_prob must lie in [0, 1]; {int(out.reshape(len(out), -1).any(axis=1).sum())} "
-                               f"row(s) do not (first at row {row}: {prob[row].tolist()}); pass probabilities, "
-                               "not logits")
+        raise MetricInputError(
+            f"y_prob must lie in [0, 1]; {int(out.reshape(len(out), -1).any(axis=1).sum())} "
+            f"row(s) do not (first at row {row}: {prob[row].tolist()}); pass probabilities, "
+            "not logits"
+        )
     prob = np.clip(prob, 0.0, 1.0)
     if prob.ndim == 1:
         return np.stack([1.0 - prob, prob], axis=1)
@@ -132,8 +146,10 @@ def _as_probabilities(y_prob: Any) -> np.ndarray:
     off = np.abs(sums - 1.0) > ROW_SUM_ATOL
     if off.any():
         row = int(np.flatnonzero(off)[0])
-        raise MetricInputError(f"each row of y_prob (n, {prob.shape[1]}) must sum to 1; {int(off.sum())} row(s) "
-                               f"do not (first at row {row}: sum {sums[row]:.6g}); pass softmax outputs")
+        raise MetricInputError(
+            f"each row of y_prob (n, {prob.shape[1]}) must sum to 1; {int(off.sum())} row(s) "
+            f"do not (first at row {row}: sum {sums[row]:.6g}); pass softmax outputs"
+        )
     return prob
 
 
@@ -157,16 +173,20 @@ def _as_labels(y_true: Any, n: int, k: int) -> np.ndarray:
     bad = (y < 0) | (y >= k)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise MetricInputError(f"y_true labels must lie in 0..{k - 1} (y_prob has {k} classes); "
-                               f"{int(bad.sum())} do not (first at row {i}: {int(y[i])})")
+        raise MetricInputError(
+            f"y_true labels must lie in 0..{k - 1} (y_prob has {k} classes); "
+            f"{int(bad.sum())} do not (first at row {i}: {int(y[i])})"
+        )
     return y
 
 
 def _check_threshold(threshold: Any, task: str) -> float | None:
     if task == "multiclass":
         if threshold is not None:
-            raise MetricInputError("threshold applies to binary tasks only; multi-class predictions are the argmax "
-                                   f"(got threshold={threshold!r} with a (n, K>2) y_prob)")
+            raise MetricInputError(
+                "threshold applies to binary tasks only; multi-class predictions are the argmax "
+                f"(got threshold={threshold!r} with a (n, K>2) y_prob)"
+            )
         return None
     if threshold is None:
         return 0.5
@@ -184,8 +204,9 @@ def _ece_bins(conf: np.ndarray) -> np.ndarray:
     return np.digitize(conf, edges[1:-1], right=True).astype(np.int64)
 
 
-def prepare_inputs(*, y_true: Any, y_prob: Any, threshold: Any = None,
-                   class_names: Sequence[str] | None = None) -> _Inputs:
+def prepare_inputs(
+    *, y_true: Any, y_prob: Any, threshold: Any = None, class_names: Sequence[str] | None = None
+) -> _Inputs:
     """Validate y_true / y_prob / threshold and derive predictions and ECE quantities."""
     prob = _as_probabilities(y_prob)
     n, k = prob.shape
@@ -220,7 +241,9 @@ def _group_codes(scheme: str, values: Any, n: int) -> tuple[np.ndarray, list[str
     """Per-sample group index (-1 = missing: None, NaN, pd.NA) and the ordered group names."""
     arr = values.to_numpy(dtype=object) if hasattr(values, "to_numpy") else np.asarray(values, dtype=object)
     if arr.ndim != 1 or len(arr) != n:
-        raise MetricInputError(f"groups[{scheme!r}] must hold one label per sample ({n}); got shape {arr.shape}")
+        raise MetricInputError(
+            f"groups[{scheme!r}] must hold one label per sample ({n}); got shape {arr.shape}"
+        )
     raw_codes, uniques = pd.factorize(pd.Series(arr, dtype=object), use_na_sentinel=True)
     canon = [_canonical_label(u) for u in uniques]
     names = ordered_groups(scheme, canon)
@@ -283,9 +306,16 @@ def _auc_plan(classes: list[int], scores: np.ndarray, y: np.ndarray) -> _AucPlan
     rows, cols = np.concatenate(seg_rows), np.concatenate(seg_cols)
     segments = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_seg, len(scores)))
     lo, hi = np.concatenate(lo_all), np.concatenate(hi_all)
-    return _AucPlan(np.asarray(classes, dtype=np.int64), segments, np.concatenate(pos_rows),
-                    np.asarray(starts, dtype=np.int64), lo, hi, np.concatenate(base_all),
-                    not np.array_equal(lo, hi))
+    return _AucPlan(
+        np.asarray(classes, dtype=np.int64),
+        segments,
+        np.concatenate(pos_rows),
+        np.asarray(starts, dtype=np.int64),
+        lo,
+        hi,
+        np.concatenate(base_all),
+        not np.array_equal(lo, hi),
+    )
 
 
 @dataclass
@@ -346,10 +376,16 @@ def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 def _counts(sl: _Slice, wt: np.ndarray, k: int) -> dict[str, np.ndarray]:
     """Confusion counts, ECE sums and AUC for each column of the weight matrix wt (m, B)."""
     c = np.asarray(sl.features @ wt).T  # (B, 3k + bins); csc @ C-ordered (m, B) is the fast pairing
-    out = {"true": c[:, :k], "pred": c[:, k:2 * k], "tp": c[:, 2 * k:3 * k],
-           "ece": np.abs(c[:, 3 * k:]).sum(axis=1)}
+    out = {
+        "true": c[:, :k],
+        "pred": c[:, k : 2 * k],
+        "tp": c[:, 2 * k : 3 * k],
+        "ece": np.abs(c[:, 3 * k :]).sum(axis=1),
+    }
     auc = np.full((wt.shape[1], k), np.nan)
-    auc[:, sl.auc.classes] = _weighted_auc(wt, sl.auc, out["true"][:, sl.auc.classes], out["true"].sum(axis=1))
+    auc[:, sl.auc.classes] = _weighted_auc(
+        wt, sl.auc, out["true"][:, sl.auc.classes], out["true"].sum(axis=1)
+    )
     out["auc"] = auc
     return out
 
@@ -368,14 +404,27 @@ def _rates(c: dict[str, np.ndarray], task: str) -> dict[str, np.ndarray]:
         "acc": _div(tp.sum(axis=1), n),
         "bacc": _div(np.where(present, recall_c, 0.0).sum(axis=1), present.sum(axis=1)),
         "ece": _div(c["ece"], n),
-        "c_support": true, "c_tpr": recall_c, "c_tnr": _div(tn, neg), "c_fpr": _div(fp, neg),
-        "c_sel": _div(pred, n[:, None]), "c_precision": _div(tp, pred), "c_f1": _div(2 * tp, true + pred),
+        "c_support": true,
+        "c_tpr": recall_c,
+        "c_tnr": _div(tn, neg),
+        "c_fpr": _div(fp, neg),
+        "c_sel": _div(pred, n[:, None]),
+        "c_precision": _div(tp, pred),
+        "c_f1": _div(2 * tp, true + pred),
         "c_auc": c["auc"],
     }
     if task == "binary":
-        r.update(positives=true[:, 1], negatives=true[:, 0], tpr=r["c_tpr"][:, 1], tnr=r["c_tnr"][:, 1],
-                 fpr=r["c_fpr"][:, 1], precision=r["c_precision"][:, 1], f1=r["c_f1"][:, 1],
-                 auc=c["auc"][:, 1], sel=r["c_sel"][:, 1])
+        r.update(
+            positives=true[:, 1],
+            negatives=true[:, 0],
+            tpr=r["c_tpr"][:, 1],
+            tnr=r["c_tnr"][:, 1],
+            fpr=r["c_fpr"][:, 1],
+            precision=r["c_precision"][:, 1],
+            f1=r["c_f1"][:, 1],
+            auc=c["auc"][:, 1],
+            sel=r["c_sel"][:, 1],
+        )
         r["fnr"] = 1.0 - r["tpr"]
         return r
     labels = present | (pred > 0)  # sklearn's macro average runs over unique_labels(y_true, y_pred)
@@ -479,8 +528,14 @@ def _per_class_block(r: dict[str, np.ndarray]) -> dict[str, list]:
     return out
 
 
-def _ci_block(names: Sequence[str], boot: dict[str, np.ndarray], point: dict[str, Any], where: str,
-              flags: _Flags, n_boot: int) -> dict[str, list[float] | None]:
+def _ci_block(
+    names: Sequence[str],
+    boot: dict[str, np.ndarray],
+    point: dict[str, Any],
+    where: str,
+    flags: _Flags,
+    n_boot: int,
+) -> dict[str, list[float] | None]:
     out: dict[str, list[float] | None] = {}
     for name in names:
         if point.get(name) is None:
@@ -488,15 +543,20 @@ def _ci_block(names: Sequence[str], boot: dict[str, np.ndarray], point: dict[str
             continue
         out[name], undefined = _interval(boot[name])
         if undefined:
-            flags.add(where, "undefined_in_resamples",
-                      f"{name} is undefined in {undefined} of {n_boot} bootstrap resamples; "
-                      f"its interval uses the other {n_boot - undefined}" if out[name] else
-                      f"{name} is undefined in every bootstrap resample; no interval")
+            flags.add(
+                where,
+                "undefined_in_resamples",
+                f"{name} is undefined in {undefined} of {n_boot} bootstrap resamples; "
+                f"its interval uses the other {n_boot - undefined}"
+                if out[name]
+                else f"{name} is undefined in every bootstrap resample; no interval",
+            )
     return out
 
 
-def _flag_group(inp: _Inputs, r: dict[str, np.ndarray], where: str, flags: _Flags, min_group_n: int,
-                min_class_n: int) -> None:
+def _flag_group(
+    inp: _Inputs, r: dict[str, np.ndarray], where: str, flags: _Flags, min_group_n: int, min_class_n: int
+) -> None:
     n = int(r["n"][0])
     if n < min_group_n:
         flags.add(where, "small_group", f"n = {n} < {min_group_n}: too few samples to trust")
@@ -509,9 +569,12 @@ def _flag_group(inp: _Inputs, r: dict[str, np.ndarray], where: str, flags: _Flag
         support = r["c_support"][0]
         sparse_classes = int(((support > 0) & (support < min_class_n)).sum())
         if sparse_classes:
-            flags.add(where, "few_class_samples",
-                      f"{sparse_classes} of the {int((support > 0).sum())} classes present have fewer than "
-                      f"{min_class_n} samples")
+            flags.add(
+                where,
+                "few_class_samples",
+                f"{sparse_classes} of the {int((support > 0).sum())} classes present have fewer than "
+                f"{min_class_n} samples",
+            )
     if np.isnan(r["auc"][0]):
         flags.add(where, "single_class", "only one class present: AUC is undefined (None)")
 
@@ -534,24 +597,39 @@ def _mean_k(x: np.ndarray) -> np.ndarray:
 _GAP_FORMULAS = {
     "eopp0": (("tnr",), lambda R, a, b: _mean_k(np.abs(_d(R, "tnr", a, b)))),
     "eopp1": (("tpr",), lambda R, a, b: _mean_k(np.abs(_d(R, "tpr", a, b)))),
-    "eodd": (("tpr", "fpr"), lambda R, a, b: _mean_k((np.abs(_d(R, "tpr", a, b)) + np.abs(_d(R, "fpr", a, b))) / 2)),
-    "eodd_net": (("tpr", "fpr"), lambda R, a, b: _mean_k(np.abs(_d(R, "tpr", a, b) + _d(R, "fpr", a, b)) / 2)),
-    "eodd_fairlearn": (("tpr", "fpr"),
-                       lambda R, a, b: _mean_k(np.maximum(np.abs(_d(R, "tpr", a, b)), np.abs(_d(R, "fpr", a, b))))),
+    "eodd": (
+        ("tpr", "fpr"),
+        lambda R, a, b: _mean_k((np.abs(_d(R, "tpr", a, b)) + np.abs(_d(R, "fpr", a, b))) / 2),
+    ),
+    "eodd_net": (
+        ("tpr", "fpr"),
+        lambda R, a, b: _mean_k(np.abs(_d(R, "tpr", a, b) + _d(R, "fpr", a, b)) / 2),
+    ),
+    "eodd_fairlearn": (
+        ("tpr", "fpr"),
+        lambda R, a, b: _mean_k(np.maximum(np.abs(_d(R, "tpr", a, b)), np.abs(_d(R, "fpr", a, b)))),
+    ),
     "dp_diff": (("sel",), lambda R, a, b: _mean_k(np.abs(_d(R, "sel", a, b)))),
     "gap_acc": (("acc",), lambda R, a, b: np.abs(_d(R, "acc", a, b))),
     "gap_auc": (("auc",), lambda R, a, b: np.abs(_d(R, "auc", a, b))),
     "gap_f1": (("f1",), lambda R, a, b: np.abs(_d(R, "f1", a, b))),
     "gap_fnr": (("fnr",), lambda R, a, b: np.abs(_d(R, "fnr", a, b))),
 }
-_WORST = {"worst_acc": ("acc", "min"), "worst_auc": ("auc", "min"), "worst_f1": ("f1", "min"),
-          "worst_fnr": ("fnr", "max")}
+_WORST = {
+    "worst_acc": ("acc", "min"),
+    "worst_auc": ("auc", "min"),
+    "worst_f1": ("f1", "min"),
+    "worst_fnr": ("fnr", "max"),
+}
 _PER_CLASS_RATES = ("tpr", "tnr", "fpr", "sel")
 
 
 def _stack(task: str, rates: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Group rates side by side: (B, G), and for multi-class tasks per-class (B, G, K) with x/0 := 0."""
-    R = {key: np.stack([r[key] for r in rates], axis=1) for key in ("acc", "auc", "f1", "fnr", "tpr", "tnr", "fpr")}
+    R = {
+        key: np.stack([r[key] for r in rates], axis=1)
+        for key in ("acc", "auc", "f1", "fnr", "tpr", "tnr", "fpr")
+    }
     if task == "binary":
         R["sel"] = np.stack([r["sel"] for r in rates], axis=1)
     else:
@@ -565,13 +643,21 @@ def _pair_values(formula: Any, R: dict[str, np.ndarray], pairs: np.ndarray) -> n
     intermediate (B, chunk, K) stays small even for schemes with many groups."""
     b, k = R["tpr"].shape[0], (R["tpr"].shape[2] if R["tpr"].ndim == 3 else 1)
     step = max(1, _CHUNK_ELEMS // (b * k))
-    return np.concatenate([formula(R, pairs[i:i + step, 0], pairs[i:i + step, 1]) for i in range(0, len(pairs), step)],
-                          axis=1)
+    return np.concatenate(
+        [formula(R, pairs[i : i + step, 0], pairs[i : i + step, 1]) for i in range(0, len(pairs), step)],
+        axis=1,
+    )
 
 
-def _fairness(task: str, names: list[str], point: list[dict[str, np.ndarray]],
-              boot: list[dict[str, np.ndarray]] | None, scheme: str, flags: _Flags, n_boot: int
-              ) -> tuple[dict[str, Any], dict[str, str], dict[str, Any] | None]:
+def _fairness(
+    task: str,
+    names: list[str],
+    point: list[dict[str, np.ndarray]],
+    boot: list[dict[str, np.ndarray]] | None,
+    scheme: str,
+    flags: _Flags,
+    n_boot: int,
+) -> tuple[dict[str, Any], dict[str, str], dict[str, Any] | None]:
     """The fairness block of one scheme, its missing reasons and its intervals."""
     block: dict[str, Any] = {"groups": list(names)}
     missing: dict[str, str] = {}
@@ -587,8 +673,11 @@ def _fairness(task: str, names: list[str], point: list[dict[str, np.ndarray]],
             excluded_from.setdefault(names[g], []).append(gap)
         block[gap], block[f"{gap}_groups"] = None, None
         if len(usable) < 2:
-            missing[gap] = ("fewer than two groups with samples" if len(names) < 2 else
-                            f"fewer than two groups with a defined {' and '.join(needs)}")
+            missing[gap] = (
+                "fewer than two groups with samples"
+                if len(names) < 2
+                else f"fewer than two groups with a defined {' and '.join(needs)}"
+            )
             if ci is not None:
                 ci[gap] = None
             continue
@@ -614,29 +703,39 @@ def _fairness(task: str, names: list[str], point: list[dict[str, np.ndarray]],
         block[f"{worst}_group"] = names[usable[j]]
         if ci is not None:
             samples = Rb[key][:, usable]
-            ci[worst] = _ci_from(samples.min(axis=1) if how == "min" else samples.max(axis=1), worst, scheme,
-                                 flags, n_boot)
+            ci[worst] = _ci_from(
+                samples.min(axis=1) if how == "min" else samples.max(axis=1), worst, scheme, flags, n_boot
+            )
     for group, gaps in excluded_from.items():
-        flags.add(f"{scheme}/{group}", "excluded_from_gaps",
-                  f"left out of {', '.join(gaps)}: a rate it needs is undefined for this group")
+        flags.add(
+            f"{scheme}/{group}",
+            "excluded_from_gaps",
+            f"left out of {', '.join(gaps)}: a rate it needs is undefined for this group",
+        )
     if task == "multiclass" and len(point) >= 2:
         present = np.stack([r["c_support"][0] > 0 for r in point])
         some, none = int((present.any(0) & ~present.all(0)).sum()), int((~present.any(0)).sum())
         if some or none:
-            flags.add(scheme, "zero_filled_class_rates",
-                      f"of {present.shape[1]} classes, {some} are absent from some groups (their TPR there is "
-                      f"taken as 0, x/0 := 0 as in the Notre Dame code, which widens the class-averaged gaps) and "
-                      f"{none} from every group (gap 0 or from false positives only; they still count in the mean "
-                      "over all K classes)")
+            flags.add(
+                scheme,
+                "zero_filled_class_rates",
+                f"of {present.shape[1]} classes, {some} are absent from some groups (their TPR there is "
+                f"taken as 0, x/0 := 0 as in the Notre Dame code, which widens the class-averaged gaps) and "
+                f"{none} from every group (gap 0 or from false positives only; they still count in the mean "
+                "over all K classes)",
+            )
     return block, missing, ci
 
 
 def _ci_from(samples: np.ndarray, name: str, scheme: str, flags: _Flags, n_boot: int) -> list[float] | None:
     interval, undefined = _interval(samples)
     if undefined:
-        flags.add(scheme, "undefined_in_resamples",
-                  f"{name} is undefined in {undefined} of {n_boot} bootstrap resamples" +
-                  (f"; its interval uses the other {n_boot - undefined}" if interval else "; no interval"))
+        flags.add(
+            scheme,
+            "undefined_in_resamples",
+            f"{name} is undefined in {undefined} of {n_boot} bootstrap resamples"
+            + (f"; its interval uses the other {n_boot - undefined}" if interval else "; no interval"),
+        )
     return interval
 
 
@@ -656,13 +755,24 @@ def _scheme_items(groups: Any) -> list[tuple[str, Any]]:
     if isinstance(groups, pd.DataFrame):
         return [(str(col), groups[col]) for col in groups.columns]
     if not isinstance(groups, Mapping):
-        raise MetricInputError(f"groups must map a scheme name to one label per sample; got {type(groups).__name__}")
+        raise MetricInputError(
+            f"groups must map a scheme name to one label per sample; got {type(groups).__name__}"
+        )
     return [(str(k), v) for k, v in groups.items()]
 
 
-def fairness_report(*, y_true: Any, y_prob: Any, groups: Mapping[str, Any] | pd.DataFrame | None,
-                    threshold: float | None = None, n_boot: int = 0, seed: int = 0, min_group_n: int = 30,
-                    min_class_n: int = 5, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+def fairness_report(
+    *,
+    y_true: Any,
+    y_prob: Any,
+    groups: Mapping[str, Any] | pd.DataFrame | None,
+    threshold: float | None = None,
+    n_boot: int = 0,
+    seed: int = 0,
+    min_group_n: int = 30,
+    min_class_n: int = 5,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Per-group metrics, fairness gaps and (n_boot > 0) bootstrap intervals for one test set.
 
     y_true: (n,) integer labels. y_prob: (n,) = P(class 1) or (n, 2) for a binary task, (n, K)
@@ -691,7 +801,12 @@ def fairness_report(*, y_true: Any, y_prob: Any, groups: Mapping[str, Any] | pd.
     flags = _Flags()
     boot_on = n_boot > 0
 
-    report: dict[str, Any] = {"task": inp.task, "n": n, "threshold": inp.threshold, "classes": list(inp.class_names)}
+    report: dict[str, Any] = {
+        "task": inp.task,
+        "n": n,
+        "threshold": inp.threshold,
+        "classes": list(inp.class_names),
+    }
     missing: dict[str, Any] = {"overall": {}, "groups": {}, "fairness": {}}
     ci: dict[str, Any] = {"overall": {}, "groups": {}, "fairness": {}}
     per_class: dict[str, Any] = {"overall": {}, "groups": {}}
@@ -728,8 +843,9 @@ def fairness_report(*, y_true: Any, y_prob: Any, groups: Mapping[str, Any] | pd.
         report["groups"][scheme] = blocks
         if len(names) < 2:
             flags.add(scheme, "too_few_groups", f"{len(names)} group(s) with samples: no gaps")
-        fair, fair_missing, fair_ci = _fairness(inp.task, names, points, boots if boot_on else None, scheme,
-                                                flags, n_boot)
+        fair, fair_missing, fair_ci = _fairness(
+            inp.task, names, points, boots if boot_on else None, scheme, flags, n_boot
+        )
         report["fairness"][scheme] = fair
         missing["fairness"][scheme] = fair_missing
         if boot_on:
@@ -742,9 +858,12 @@ def fairness_report(*, y_true: Any, y_prob: Any, groups: Mapping[str, Any] | pd.
     if boot_on:
         report["ci"] = ci
         report["bootstrap"] = {
-            "n_boot": n_boot, "seed": seed, "level": CI_LEVEL, "method": "percentile",
+            "n_boot": n_boot,
+            "seed": seed,
+            "level": CI_LEVEL,
+            "method": "percentile",
             "resampling": "each group resampled within itself (size kept), independently per group and scheme; "
-                          "overall: all samples",
+            "overall: all samples",
         }
     return report
 
@@ -753,9 +872,17 @@ def fairness_report(*, y_true: Any, y_prob: Any, groups: Mapping[str, Any] | pd.
 # resamples for callers that combine groups their own way (tone_sources: signed gaps)
 
 
-def group_metric_samples(*, y_true: Any, y_prob: Any, rows: np.ndarray, threshold: float | None = None,
-                         n_boot: int, seed: int, key: Sequence[str],
-                         class_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def group_metric_samples(
+    *,
+    y_true: Any,
+    y_prob: Any,
+    rows: np.ndarray,
+    threshold: float | None = None,
+    n_boot: int,
+    seed: int,
+    key: Sequence[str],
+    class_names: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
     """Bootstrap samples, (n_boot,) per metric of METRICS[1:], of the samples `rows`, resampled
     within themselves from the stream spawned_rng(seed, *key). With key (scheme, group) these are
     exactly the resamples fairness_report draws for that group's intervals, so a difference of
@@ -776,9 +903,15 @@ def percentile_interval(samples: np.ndarray) -> tuple[list[float] | None, int]:
 # metrics under given sample weights (the leaderboard's paired bootstrap: one resample, many runs)
 
 
-def weighted_summary(*, y_true: Any, y_prob: Any, groups: Mapping[str, Any], weights: np.ndarray,
-                     threshold: float | None = None, class_names: Sequence[str] | None = None
-                     ) -> dict[str, np.ndarray]:
+def weighted_summary(
+    *,
+    y_true: Any,
+    y_prob: Any,
+    groups: Mapping[str, Any],
+    weights: np.ndarray,
+    threshold: float | None = None,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
     """Overall metrics and every scheme's gaps and worst values, (B,) each, under each column of
     `weights` (n, B): column b is resample b as sample counts. The caller draws the resamples, so
     two runs scored on the same test samples can share them (a paired bootstrap). A column of
@@ -805,7 +938,9 @@ def weighted_summary(*, y_true: Any, y_prob: Any, groups: Mapping[str, Any], wei
             usable = [g for g in range(len(names)) if all(not np.isnan(point[g][key][0]) for key in needs)]
             out[f"fair.{scheme}.{gap}"] = (
                 _pair_values(formula, R, np.array(list(combinations(usable, 2)))).max(axis=1)
-                if len(usable) >= 2 else np.full(weights.shape[1], np.nan))
+                if len(usable) >= 2
+                else np.full(weights.shape[1], np.nan)
+            )
         for worst, (key, how) in _WORST.items():
             usable = [g for g in range(len(names)) if not np.isnan(point[g][key][0])]
             if not usable:

@@ -44,8 +44,9 @@ def parse_rule(rule: Any) -> ThresholdRule:
     if isinstance(rule, (int, float, np.integer, np.floating)):
         return _fixed(float(rule), rule)
     if not isinstance(rule, str):
-        raise ThresholdRuleError(f"threshold rule must be a number or a string, got {type(rule).__name__}; "
-                                 f"use {RULE_HELP}")
+        raise ThresholdRuleError(
+            f"threshold rule must be a number or a string, got {type(rule).__name__}; use {RULE_HELP}"
+        )
     text = rule.strip().lower()
     if text == "youden":
         return ThresholdRule("youden")
@@ -53,7 +54,9 @@ def parse_rule(rule: Any) -> ThresholdRule:
     if match:
         target = float(match.group(1)) / (100.0 if match.group(2) else 1.0)
         if not (0.0 < target <= 1.0):
-            raise ThresholdRuleError(f"threshold rule {rule!r}: the target TPR must lie in (0, 1] (or (0, 100]%)")
+            raise ThresholdRuleError(
+                f"threshold rule {rule!r}: the target TPR must lie in (0, 1] (or (0, 100]%)"
+            )
         return ThresholdRule("tpr", target)
     try:
         value = float(text)
@@ -72,8 +75,10 @@ def _youden(scores: np.ndarray, y: np.ndarray) -> float:
     """argmax over candidate thresholds (the distinct scores) of TPR - FPR; ties go to the highest."""
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     if n_pos == 0 or n_neg == 0:
-        raise MetricInputError(f"threshold rule 'youden' needs both classes in the validation labels; "
-                               f"got {n_pos} positives and {n_neg} negatives")
+        raise MetricInputError(
+            f"threshold rule 'youden' needs both classes in the validation labels; "
+            f"got {n_pos} positives and {n_neg} negatives"
+        )
     order = np.argsort(-scores, kind="stable")
     s, pos = scores[order], y[order]
     last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # last position of each distinct score
@@ -107,8 +112,10 @@ def choose_threshold(*, y_true: Any, y_prob: Any, rule: Any) -> float:
     parsed = parse_rule(rule)
     shape = np.shape(y_prob)
     if len(shape) == 2 and shape[1] > 2:
-        raise MetricInputError(f"thresholds apply to binary tasks only; y_prob has {shape[1]} classes "
-                               "(multi-class predictions are the argmax)")
+        raise MetricInputError(
+            f"thresholds apply to binary tasks only; y_prob has {shape[1]} classes "
+            "(multi-class predictions are the argmax)"
+        )
     inp = prepare_inputs(y_true=y_true, y_prob=y_prob)
     scores, y = inp.prob[:, 1], inp.y
     if parsed.kind == "fixed":

@@ -82,9 +82,18 @@ class ToneViews:
 # --------------------------------------------------------------------------- annotated test sets
 
 
-def signed_gaps(*, y_true: Any, y_prob: Any, groups: np.ndarray, scheme: str, report: dict[str, Any],
-                threshold: float | None, n_boot: int, seed: int,
-                class_names: list[str] | None = None) -> dict[str, Any]:
+def signed_gaps(
+    *,
+    y_true: Any,
+    y_prob: Any,
+    groups: np.ndarray,
+    scheme: str,
+    report: dict[str, Any],
+    threshold: float | None,
+    n_boot: int,
+    seed: int,
+    class_names: list[str] | None = None,
+) -> dict[str, Any]:
     """value(first group) - value(second group) of SIGNED_METRICS for the scheme's SIGNED_PAIRS
     pair, with percentile intervals from the same within-group resamples fairness_report uses.
     A pair group with no samples gives null values and a `reason`."""
@@ -101,22 +110,42 @@ def signed_gaps(*, y_true: Any, y_prob: Any, groups: np.ndarray, scheme: str, re
         a, b = blocks[pair[0]].get(m), blocks[pair[1]].get(m)
         out["values"][m] = None if a is None or b is None else float(a - b)
     if n_boot:
-        samples = [group_metric_samples(y_true=y_true, y_prob=y_prob, rows=np.flatnonzero(groups == g),
-                                        threshold=threshold, n_boot=n_boot, seed=seed, key=(scheme, g),
-                                        class_names=class_names) for g in pair]
-        out["ci"] = {m: (percentile_interval(samples[0][m] - samples[1][m])[0] if out["values"][m] is not None
-                         else None) for m in SIGNED_METRICS}
+        samples = [
+            group_metric_samples(
+                y_true=y_true,
+                y_prob=y_prob,
+                rows=np.flatnonzero(groups == g),
+                threshold=threshold,
+                n_boot=n_boot,
+                seed=seed,
+                key=(scheme, g),
+                class_names=class_names,
+            )
+            for g in pair
+        ]
+        out["ci"] = {
+            m: (
+                percentile_interval(samples[0][m] - samples[1][m])[0]
+                if out["values"][m] is not None
+                else None
+            )
+            for m in SIGNED_METRICS
+        }
     return out
 
 
-def _confusion_counts(reference: np.ndarray, estimate: np.ndarray, groups: tuple[str, ...]) -> list[list[int]]:
+def _confusion_counts(
+    reference: np.ndarray, estimate: np.ndarray, groups: tuple[str, ...]
+) -> list[list[int]]:
     """Counts of the rows with an annotated group: annotated `groups` as rows, estimated `groups`
     and then NO_ESTIMATE as columns."""
     has_ref = np.array([v is not None for v in reference])
     ref, est = reference[has_ref], estimate[has_ref]
     unplaced = np.array([v is None for v in est])
-    return [[int(((ref == t) & (est == e)).sum()) for e in groups] + [int(((ref == t) & unplaced).sum())]
-            for t in groups]
+    return [
+        [int(((ref == t) & (est == e)).sum()) for e in groups] + [int(((ref == t) & unplaced).sum())]
+        for t in groups
+    ]
 
 
 def tone3_agreement(reference: np.ndarray, estimate: np.ndarray) -> dict[str, Any]:
@@ -126,30 +155,71 @@ def tone3_agreement(reference: np.ndarray, estimate: np.ndarray) -> dict[str, An
     ref, est = reference[has_ref], estimate[has_ref]
     placed = np.array([v is not None for v in est])
     accuracy = float((ref[placed] == est[placed]).mean()) if placed.any() else None
-    return {"n": int(has_ref.sum()), "n_no_estimate": int((~placed).sum()), "tone3_accuracy": accuracy,
-            "groups": list(TONE3), "estimates": [*TONE3, NO_ESTIMATE],
-            "counts": _confusion_counts(reference, estimate, TONE3)}
+    return {
+        "n": int(has_ref.sum()),
+        "n_no_estimate": int((~placed).sum()),
+        "tone3_accuracy": accuracy,
+        "groups": list(TONE3),
+        "estimates": [*TONE3, NO_ESTIMATE],
+        "counts": _confusion_counts(reference, estimate, TONE3),
+    }
 
 
-def score_source(*, y_true: Any, y_prob: Any, groups: dict[str, np.ndarray], threshold: float | None,
-                 n_boot: int, seed: int, class_names: list[str] | None = None) -> dict[str, Any]:
+def score_source(
+    *,
+    y_true: Any,
+    y_prob: Any,
+    groups: dict[str, np.ndarray],
+    threshold: float | None,
+    n_boot: int,
+    seed: int,
+    class_names: list[str] | None = None,
+) -> dict[str, Any]:
     """The group metrics, gaps (with intervals) and signed gaps of one tone source's groups."""
-    report = fairness_report(y_true=y_true, y_prob=y_prob, groups=groups, threshold=threshold, n_boot=n_boot,
-                             seed=seed, class_names=class_names)
+    report = fairness_report(
+        y_true=y_true,
+        y_prob=y_prob,
+        groups=groups,
+        threshold=threshold,
+        n_boot=n_boot,
+        seed=seed,
+        class_names=class_names,
+    )
     out: dict[str, Any] = {
         "n_assigned": {s: int(sum(v is not None for v in labels)) for s, labels in groups.items()},
-        "groups": report["groups"], "fairness": report["fairness"],
-        "signed": {s: signed_gaps(y_true=y_true, y_prob=y_prob, groups=labels, scheme=s, report=report,
-                                  threshold=threshold, n_boot=n_boot, seed=seed, class_names=class_names)
-                   for s, labels in groups.items() if s in SIGNED_PAIRS and s in report["groups"]},
+        "groups": report["groups"],
+        "fairness": report["fairness"],
+        "signed": {
+            s: signed_gaps(
+                y_true=y_true,
+                y_prob=y_prob,
+                groups=labels,
+                scheme=s,
+                report=report,
+                threshold=threshold,
+                n_boot=n_boot,
+                seed=seed,
+                class_names=class_names,
+            )
+            for s, labels in groups.items()
+            if s in SIGNED_PAIRS and s in report["groups"]
+        },
     }
     if n_boot:
         out["ci"] = report["ci"]["fairness"]
     return out
 
 
-def score_tone_sources(*, y_true: Any, y_prob: Any, views: ToneViews, threshold: float | None, n_boot: int,
-                       seed: int, class_names: list[str] | None = None) -> dict[str, Any] | None:
+def score_tone_sources(
+    *,
+    y_true: Any,
+    y_prob: Any,
+    views: ToneViews,
+    threshold: float | None,
+    n_boot: int,
+    seed: int,
+    class_names: list[str] | None = None,
+) -> dict[str, Any] | None:
     """Every source's scores of the same predictions on a test set with annotated tones (None for
     a test set without any): {"reference", "sources": {source: scores}, "skipped": {source: why}};
     each estimator's scores carry its `agreement` with the annotated tone3."""
@@ -158,9 +228,18 @@ def score_tone_sources(*, y_true: Any, y_prob: Any, views: ToneViews, threshold:
     reference = views.sources[REFERENCE]["tone3"]
     sources: dict[str, Any] = {}
     for source in [s for s in SOURCES if s in views.sources] + sorted(set(views.sources) - set(SOURCES)):
-        groups = {s: labels for s, labels in views.sources[source].items() if any(v is not None for v in labels)}
-        block = score_source(y_true=y_true, y_prob=y_prob, groups=groups, threshold=threshold, n_boot=n_boot,
-                             seed=seed, class_names=class_names)
+        groups = {
+            s: labels for s, labels in views.sources[source].items() if any(v is not None for v in labels)
+        }
+        block = score_source(
+            y_true=y_true,
+            y_prob=y_prob,
+            groups=groups,
+            threshold=threshold,
+            n_boot=n_boot,
+            seed=seed,
+            class_names=class_names,
+        )
         if source != REFERENCE:
             block["agreement"] = tone3_agreement(reference, views.sources[source]["tone3"])
         sources[source] = block
@@ -187,8 +266,15 @@ def measured_confusion(views: dict[str, ToneViews], scheme: str = "tone3") -> di
             if source == REFERENCE or scheme not in labels:
                 continue
             counts = _confusion_counts(reference, labels[scheme], groups)
-            entry = out.setdefault(source, {"measured_on": [], "n": 0, "groups": list(groups),
-                                            "counts": [[0] * len(groups) for _ in groups]})
+            entry = out.setdefault(
+                source,
+                {
+                    "measured_on": [],
+                    "n": 0,
+                    "groups": list(groups),
+                    "counts": [[0] * len(groups) for _ in groups],
+                },
+            )
             entry["measured_on"].append(name)
             for i, row in enumerate(counts):
                 for j in range(len(groups)):
@@ -201,17 +287,26 @@ def _check_confusion(source: str, counts: Any, scheme: str) -> np.ndarray:
     groups = SCHEME_GROUPS[scheme]
     matrix = np.asarray(counts, dtype=float)
     if matrix.shape != (len(groups), len(groups)) or not np.isfinite(matrix).all() or (matrix < 0).any():
-        raise MetricInputError(f"the {scheme} confusion of {source!r} must be a {len(groups)} x {len(groups)} matrix "
-                               f"of counts >= 0 (rows annotated {', '.join(groups)}; columns estimated); "
-                               f"got {matrix.tolist()}")
+        raise MetricInputError(
+            f"the {scheme} confusion of {source!r} must be a {len(groups)} x {len(groups)} matrix "
+            f"of counts >= 0 (rows annotated {', '.join(groups)}; columns estimated); "
+            f"got {matrix.tolist()}"
+        )
     return matrix
 
 
-def _gap_values(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, threshold: float | None,
-                class_names: list[str] | None, scheme: str) -> dict[str, float]:
+def _gap_values(
+    y: np.ndarray,
+    prob: np.ndarray,
+    groups: np.ndarray,
+    threshold: float | None,
+    class_names: list[str] | None,
+    scheme: str,
+) -> dict[str, float]:
     """PROPAGATED_GAPS and the signed gaps (as "d_<metric>") of one replicate; NaN where undefined."""
-    report = fairness_report(y_true=y, y_prob=prob, groups={scheme: groups}, threshold=threshold,
-                             class_names=class_names)
+    report = fairness_report(
+        y_true=y, y_prob=prob, groups={scheme: groups}, threshold=threshold, class_names=class_names
+    )
     fair = report["fairness"][scheme]
     values = {gap: np.nan if fair[gap] is None else fair[gap] for gap in PROPAGATED_GAPS}
     blocks = report["groups"][scheme]
@@ -223,9 +318,18 @@ def _gap_values(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, threshold: 
     return values
 
 
-def propagate_misassignment(*, y_true: Any, y_prob: Any, views: ToneViews, confusion: dict[str, dict[str, Any]],
-                            threshold: float | None, n_boot: int, seed: int,
-                            class_names: list[str] | None = None, scheme: str = "tone3") -> dict[str, Any]:
+def propagate_misassignment(
+    *,
+    y_true: Any,
+    y_prob: Any,
+    views: ToneViews,
+    confusion: dict[str, dict[str, Any]],
+    threshold: float | None,
+    n_boot: int,
+    seed: int,
+    class_names: list[str] | None = None,
+    scheme: str = "tone3",
+) -> dict[str, Any]:
     """Intervals of the gaps in `scheme` (tone3 or tone2) of a test set whose tones were estimated,
     with and without the estimators' misassignment, `confusion` measured in that scheme.
 
@@ -241,9 +345,15 @@ def propagate_misassignment(*, y_true: Any, y_prob: Any, views: ToneViews, confu
     prob = np.asarray(y_prob)
     n = len(y)
     groups = SCHEME_GROUPS[scheme]
-    out: dict[str, Any] = {"scheme": scheme, "pair": list(SIGNED_PAIRS[scheme]),
-                           "seed": int(seed), "replicates": 0, "redrawn": {}, "kept": 0,
-                           "confusion": {s: confusion[s] for s in sorted(confusion)}}
+    out: dict[str, Any] = {
+        "scheme": scheme,
+        "pair": list(SIGNED_PAIRS[scheme]),
+        "seed": int(seed),
+        "replicates": 0,
+        "redrawn": {},
+        "kept": 0,
+        "confusion": {s: confusion[s] for s in sorted(confusion)},
+    }
     given = views.assigned_in(scheme)
     if given is None:
         out["reason"] = f"the test set's {scheme} groups were not given"
@@ -268,12 +378,18 @@ def propagate_misassignment(*, y_true: Any, y_prob: Any, views: ToneViews, confu
     replicates = min(int(n_boot), MAX_REPLICATES)
     if not redraw.any() or replicates == 0:
         estimated = sorted({str(s) for s in views.row_source if s not in (None, REFERENCE)})
-        out["reason"] = ("no bootstrap replicates (eval.n_boot is 0)" if replicates == 0 and redraw.any() else
-                         "no row's tone was estimated" if not estimated else
-                         f"no measured {scheme} confusion for {', '.join(estimated)}: no test set of this run has "
-                         "annotated tones to measure it on")
+        out["reason"] = (
+            "no bootstrap replicates (eval.n_boot is 0)"
+            if replicates == 0 and redraw.any()
+            else "no row's tone was estimated"
+            if not estimated
+            else f"no measured {scheme} confusion for {', '.join(estimated)}: no test set of this run has "
+            "annotated tones to measure it on"
+        )
         return out
-    rng = spawned_rng(int(seed), "tone misassignment" if scheme == "tone3" else f"tone misassignment {scheme}")
+    rng = spawned_rng(
+        int(seed), "tone misassignment" if scheme == "tone3" else f"tone misassignment {scheme}"
+    )
     names = np.array(groups, dtype=object)
     sampling: list[dict[str, float]] = []
     propagated: list[dict[str, float]] = []
@@ -288,15 +404,24 @@ def propagate_misassignment(*, y_true: Any, y_prob: Any, views: ToneViews, confu
         propagated.append(_gap_values(y[idx], prob[idx], true[idx], threshold, class_names, scheme))
     point = _gap_values(y, prob, assigned, threshold, class_names, scheme)
     out["replicates"] = replicates
-    out["gaps"] = {gap: _propagated_value(point[gap], sampling, propagated, gap, signed=False)
-                   for gap in PROPAGATED_GAPS}
-    out["signed"] = {m: _propagated_value(point[f"d_{m}"], sampling, propagated, f"d_{m}", signed=True)
-                     for m in SIGNED_METRICS}
+    out["gaps"] = {
+        gap: _propagated_value(point[gap], sampling, propagated, gap, signed=False) for gap in PROPAGATED_GAPS
+    }
+    out["signed"] = {
+        m: _propagated_value(point[f"d_{m}"], sampling, propagated, f"d_{m}", signed=True)
+        for m in SIGNED_METRICS
+    }
     return out
 
 
-def _propagated_value(point: float, sampling: list[dict[str, float]], propagated: list[dict[str, float]],
-                      key: str, *, signed: bool) -> dict[str, Any]:
+def _propagated_value(
+    point: float,
+    sampling: list[dict[str, float]],
+    propagated: list[dict[str, float]],
+    key: str,
+    *,
+    signed: bool,
+) -> dict[str, Any]:
     """The point value, both intervals, and for a signed gap the share of replicates of the opposite sign."""
     value = None if np.isnan(point) else float(point)
     out: dict[str, Any] = {"value": value}
@@ -305,5 +430,7 @@ def _propagated_value(point: float, sampling: list[dict[str, float]], propagated
         out[f"ci_{name}"] = percentile_interval(values)[0] if value is not None else None
         if signed and value is not None and value != 0:
             defined = values[~np.isnan(values)]
-            out[f"opposite_sign_{name}"] = float((np.sign(defined) == -np.sign(value)).mean()) if len(defined) else None
+            out[f"opposite_sign_{name}"] = (
+                float((np.sign(defined) == -np.sign(value)).mean()) if len(defined) else None
+            )
     return out

@@ -61,17 +61,25 @@ def curvature_layers(model: nn.Module) -> dict[str, nn.Module]:
         own = [p for p in module.parameters(recurse=False) if p.requires_grad]
         if not own:
             continue
-        if type(module) not in SUPPORTED:  # exact types: a subclass (timm's BatchNormAct2d, StdConv2d) computes otherwise
+        if (
+            type(module) not in SUPPORTED
+        ):  # exact types: a subclass (timm's BatchNormAct2d, StdConv2d) computes otherwise
             raise ConfigError(
                 f"the GGN diagonal supports Linear, Conv2d and BatchNorm2d layers; {name or 'the model'} is a "
                 f"{type(module).__name__} with trainable parameters. Use a CNN backbone (resnet18, vgg11_bn, ...)"
             )
-        if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
-            raise ConfigError(f"the GGN diagonal supports convolutions with explicit zero padding; {name} pads with "
-                              f"{module.padding_mode!r} / padding={module.padding!r}")
+        if isinstance(module, nn.Conv2d) and (
+            module.padding_mode != "zeros" or isinstance(module.padding, str)
+        ):
+            raise ConfigError(
+                f"the GGN diagonal supports convolutions with explicit zero padding; {name} pads with "
+                f"{module.padding_mode!r} / padding={module.padding!r}"
+            )
         if isinstance(module, nn.BatchNorm2d) and not module.track_running_stats:
-            raise ConfigError(f"{name}: BatchNorm without running statistics couples the samples of a batch in "
-                              "eval mode; the per-sample GGN needs independent samples")
+            raise ConfigError(
+                f"{name}: BatchNorm without running statistics couples the samples of a batch in "
+                "eval mode; the per-sample GGN needs independent samples"
+            )
         layers[name] = module
     return layers
 
@@ -82,7 +90,9 @@ def ggn_diagonal(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str,
     model's device. The model's modes and in-place flags are restored afterwards."""
     layers = curvature_layers(model)
     names = {id(p): k for k, p in model.named_parameters()}
-    total = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in model.named_parameters() if p.requires_grad}
+    total = {
+        k: torch.zeros_like(p, dtype=torch.float32) for k, p in model.named_parameters() if p.requires_grad
+    }
     modes = [(m, m.training) for m in model.modules()]
     inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
     model.eval()
@@ -98,8 +108,12 @@ def ggn_diagonal(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str,
             names_out = list(captured)
             outputs = [captured[k][1] for k in names_out]
             for r in range(factor.shape[1]):
-                grads = torch.autograd.grad((logits * factor[:, r]).sum(), outputs, retain_graph=r < factor.shape[1] - 1,
-                                            allow_unused=True)
+                grads = torch.autograd.grad(
+                    (logits * factor[:, r]).sum(),
+                    outputs,
+                    retain_graph=r < factor.shape[1] - 1,
+                    allow_unused=True,
+                )
                 for name, g in zip(names_out, grads):
                     if g is not None:
                         _add_layer(layers[name], captured[name][0], g.float(), total, names)
@@ -116,7 +130,9 @@ def ggn_diagonal(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str,
 def _capture(name: str, store: dict):
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         store[name] = (inputs[0].detach(), output)
-        return output.clone()  # the next layers get a copy: an in-place op after the layer cannot rebase the kept one
+        return (
+            output.clone()
+        )  # the next layers get a copy: an in-place op after the layer cannot rebase the kept one
 
     return hook
 
@@ -140,7 +156,9 @@ def _add_layer(module: nn.Module, a: torch.Tensor, g: torch.Tensor, total: dict,
     elif isinstance(module, nn.Conv2d):
         _add_conv(module, a, g, total, names)
     else:  # BatchNorm2d in eval mode: y = gamma * x_hat + beta with the running statistics
-        x_hat = (a - module.running_mean[None, :, None, None]) / torch.sqrt(module.running_var[None, :, None, None] + module.eps)
+        x_hat = (a - module.running_mean[None, :, None, None]) / torch.sqrt(
+            module.running_var[None, :, None, None] + module.eps
+        )
         _add(total, names, module.weight, ((g * x_hat).sum((2, 3)) ** 2).sum(0))
         _add(total, names, module.bias, (g.sum((2, 3)) ** 2).sum(0))
 
@@ -152,11 +170,22 @@ def _add_conv(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, total: dict, 
     g = g.reshape(n, groups, out_ch // groups, positions)
     weight = torch.zeros(groups, out_ch // groups, in_per_group * kh * kw, device=a.device)
     pairwise = positions <= PAIRWISE_MAX_POSITIONS
-    held = (out_ch + in_per_group * kh * kw * groups) * positions**2 if pairwise else out_ch * in_per_group * kh * kw
-    step = max(1, PER_SAMPLE_BUDGET // max(1, held))  # samples per chunk: bounded memory, few Python iterations
+    held = (
+        (out_ch + in_per_group * kh * kw * groups) * positions**2
+        if pairwise
+        else out_ch * in_per_group * kh * kw
+    )
+    step = max(
+        1, PER_SAMPLE_BUDGET // max(1, held)
+    )  # samples per chunk: bounded memory, few Python iterations
     for start in range(0, n, step):
-        cols = F.unfold(a[start : start + step], (kh, kw), dilation=module.dilation, padding=module.padding,
-                        stride=module.stride)
+        cols = F.unfold(
+            a[start : start + step],
+            (kh, kw),
+            dilation=module.dilation,
+            padding=module.padding,
+            stride=module.stride,
+        )
         cols = cols.reshape(cols.shape[0], groups, in_per_group * kh * kw, positions)
         gs = g[start : start + step]
         m = gs.shape[0]
@@ -165,8 +194,9 @@ def _add_conv(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, total: dict, 
             pairs_a = (cols[..., :, None] * cols[..., None, :]).reshape(m, groups, -1, positions * positions)
             weight += torch.einsum("ngop,ngkp->gok", pairs_g, pairs_a)
         else:
-            per_sample = torch.bmm(gs.reshape(m * groups, -1, positions), cols.reshape(m * groups, -1, positions).transpose(1, 2))
+            per_sample = torch.bmm(
+                gs.reshape(m * groups, -1, positions), cols.reshape(m * groups, -1, positions).transpose(1, 2)
+            )
             weight += per_sample.square_().reshape(m, groups, *per_sample.shape[1:]).sum(0)
     _add(total, names, module.weight, weight)
     _add(total, names, module.bias, (g.sum(3) ** 2).sum(0).reshape(-1))
-

@@ -30,7 +30,10 @@ def freeze(model: nn.Module, name: str, mask: torch.Tensor) -> None:
     masks = dict(frozen(model))
     old = masks.get(name)
     combined = mask.to(param.device, torch.bool) | (old[0] if old is not None else False)
-    masks[name] = (combined, param.detach()[combined].clone())  # only the frozen values: no second copy of the layer
+    masks[name] = (
+        combined,
+        param.detach()[combined].clone(),
+    )  # only the frozen values: no second copy of the layer
     setattr(model, ATTRIBUTE, masks)
 
 

@@ -59,15 +59,20 @@ class SensitiveGroups:
     def as_record(self) -> dict[str, Any]:
         return {
             "scheme": self.scheme,
-            "train_counts": {g: int((self.codes == i).sum()) for i, g in enumerate(self.names) if g in self.present},
+            "train_counts": {
+                g: int((self.codes == i).sum()) for i, g in enumerate(self.names) if g in self.present
+            },
             "unknown_group_excluded": self.unknown,
-            "privileged": self.privileged, "unprivileged": list(self.unprivileged), "privileged_reason": self.reason,
+            "privileged": self.privileged,
+            "unprivileged": list(self.unprivileged),
+            "privileged_reason": self.reason,
             "val_macro_f1": self.val_macro_f1,
         }
 
 
-def sensitive_groups(ctx: RunContext, model, train: Split, val: Split, *, scheme: str,
-                     privileged: str = AUTO) -> SensitiveGroups:
+def sensitive_groups(
+    ctx: RunContext, model, train: Split, val: Split, *, scheme: str, privileged: str = AUTO
+) -> SensitiveGroups:
     """The groups of `scheme` on `train`, with the privileged one chosen on `val` by the trained
     `model`'s macro-F1 per group (or given). Two present groups at least are needed."""
     names = group_names(scheme)
@@ -80,7 +85,9 @@ def sensitive_groups(ctx: RunContext, model, train: Split, val: Split, *, scheme
             "choose another scheme with the method's `groups` setting"
         )
     if privileged != AUTO and privileged not in present:
-        raise unknown_name("privileged group", privileged, present, where=f"scheme {scheme} (groups present in training)")
+        raise unknown_name(
+            "privileged group", privileged, present, where=f"scheme {scheme} (groups present in training)"
+        )
     scores = _val_macro_f1(ctx, model, val, scheme, present, required=privileged == AUTO)
     if privileged == AUTO:
         best = max(present, key=lambda g: (scores[g], -present.index(g)))
@@ -91,8 +98,9 @@ def sensitive_groups(ctx: RunContext, model, train: Split, val: Split, *, scheme
     return SensitiveGroups(scheme, names, codes, best, reason, scores)
 
 
-def _val_macro_f1(ctx: RunContext, model, val: Split, scheme: str, present: list[str], *,
-                  required: bool) -> dict[str, float]:
+def _val_macro_f1(
+    ctx: RunContext, model, val: Split, scheme: str, present: list[str], *, required: bool
+) -> dict[str, float]:
     """Validation macro-F1 per group; a group without validation samples is an error when the
     scores choose the privileged group (`required`), else it is left out (the record shows it)."""
     codes = group_codes(val, scheme)

@@ -65,6 +65,11 @@ def reported(dataset: str, method: str) -> dict[str, Any] | None:
     table = REPORTED.get(dataset)
     if table is None or method not in table:
         return None
-    return {"source": SOURCES[dataset], "convention": "EOdd = our eodd_net; F1 = macro-F1 on the pooled test set",
-            "test_set": dataset, "scheme": PROTOCOLS[dataset]["groups"], "method": table[method],
-            "vanilla": table["vanilla"]}
+    return {
+        "source": SOURCES[dataset],
+        "convention": "EOdd = our eodd_net; F1 = macro-F1 on the pooled test set",
+        "test_set": dataset,
+        "scheme": PROTOCOLS[dataset]["groups"],
+        "method": table[method],
+        "vanilla": table["vanilla"],
+    }

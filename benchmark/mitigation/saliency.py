@@ -54,34 +54,52 @@ def draw(members: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _batches(model: nn.Module, ctx: RunContext, split: Split, index: np.ndarray) -> Iterator[torch.Tensor]:
-    norm = Normaliser(model, ctx.device, channels_last=False, crop=input_crop(ctx, ctx.config.get("train", {})))
+    norm = Normaliser(
+        model, ctx.device, channels_last=False, crop=input_crop(ctx, ctx.config.get("train", {}))
+    )
     for start in range(0, len(index), CHUNK):
         yield norm(split.images[np.sort(index[start : start + CHUNK])])
 
 
-def group_curvature(ctx: RunContext, model: nn.Module, train: Split, groups: SensitiveGroups, *, samples: int,
-                    stream: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+def group_curvature(
+    ctx: RunContext, model: nn.Module, train: Split, groups: SensitiveGroups, *, samples: int, stream: str
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """(h unprivileged, h privileged, facts for the record): the GGN diagonal averaged over
     `samples` training samples of each side, drawn from the run's RNG stream `stream`."""
     rng = ctx.rng(stream)
-    sides = {"unprivileged": groups.members(groups.unprivileged), "privileged": groups.members(groups.privileged)}
+    sides = {
+        "unprivileged": groups.members(groups.unprivileged),
+        "privileged": groups.members(groups.privileged),
+    }
     out, info = {}, {}
     for side, members in sides.items():
         index = draw(members, samples, rng)
         total = ggn_diagonal(model, _batches(model, ctx, train, index))
         out[side] = {k: v / len(index) for k, v in total.items()}
-        info[side] = {"samples": len(index), "distinct": int(len(np.unique(index))), "group_size": int(len(members))}
+        info[side] = {
+            "samples": len(index),
+            "distinct": int(len(np.unique(index))),
+            "group_size": int(len(members)),
+        }
     return out["unprivileged"], out["privileged"], info
 
 
-def scores(delta: dict[str, torch.Tensor], h_unprivileged: dict[str, torch.Tensor],
-           h_privileged: dict[str, torch.Tensor], beta: float) -> dict[str, torch.Tensor]:
+def scores(
+    delta: dict[str, torch.Tensor],
+    h_unprivileged: dict[str, torch.Tensor],
+    h_privileged: dict[str, torch.Tensor],
+    beta: float,
+) -> dict[str, torch.Tensor]:
     """score_i = 1/2 Δθ_i^2 (h_u - beta h_p) for every parameter in `delta`."""
     return {k: 0.5 * d.float() ** 2 * (h_unprivileged[k] - beta * h_privileged[k]) for k, d in delta.items()}
 
 
-def lowest(scores_by_name: dict[str, torch.Tensor], count: int, *, eligible: dict[str, torch.Tensor] | None = None,
-           ) -> dict[str, torch.Tensor]:
+def lowest(
+    scores_by_name: dict[str, torch.Tensor],
+    count: int,
+    *,
+    eligible: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """Masks of the `count` globally lowest scores (ties broken by position, so the count is
     exact), among the `eligible` entries only when given. No sort: the count-th smallest value
     (kthvalue) is the threshold, every score below it is chosen, and ties at it are taken in

@@ -39,16 +39,28 @@ def validation_scores(ctx: RunContext, model, val: Split, *, scheme: str, fair_m
     y = val.labels
     threshold = threshold_from_validation(ctx.config["eval"]["threshold"], y, prob)
     schemes = group_schemes(val.table)
-    report = fairness_report(y_true=y, y_prob=prob[:, 1] if prob.shape[1] == 2 else prob,
-                             groups={scheme: schemes[scheme]} if scheme in schemes else None, threshold=threshold,
-                             n_boot=0, seed=ctx.seed, class_names=list(val.classes))
+    report = fairness_report(
+        y_true=y,
+        y_prob=prob[:, 1] if prob.shape[1] == 2 else prob,
+        groups={scheme: schemes[scheme]} if scheme in schemes else None,
+        threshold=threshold,
+        n_boot=0,
+        seed=ctx.seed,
+        class_names=list(val.classes),
+    )
     fairness = report["fairness"].get(scheme, {})
     gap = fairness.get(fair_metric)
-    return {"metric": validation_score(ctx.config["train"]["select_metric"], y, prob),
-            "gap": None if gap is None else float(gap), "acc": report["overall"].get("acc"), "threshold": threshold}
+    return {
+        "metric": validation_score(ctx.config["train"]["select_metric"], y, prob),
+        "gap": None if gap is None else float(gap),
+        "acc": report["overall"].get("acc"),
+        "threshold": threshold,
+    }
 
 
-def choose(candidates: list[dict[str, Any]], *, reference: float, rule: str, max_drop: float) -> tuple[int, str]:
+def choose(
+    candidates: list[dict[str, Any]], *, reference: float, rule: str, max_drop: float
+) -> tuple[int, str]:
     """(index of the chosen candidate, why) among `candidates` ({"metric", "gap"} each)."""
     if rule not in RULES:
         raise ConfigError(f"select must be one of {', '.join(RULES)}, got {rule!r}")
@@ -59,12 +71,18 @@ def choose(candidates: list[dict[str, Any]], *, reference: float, rule: str, max
     if rule == "best_metric":
         return int(np.argmax(metric)), "best validation metric"
     if np.isinf(gap).all():
-        return int(np.argmax(metric)), ("no candidate has a defined validation gap (a group lacks the samples it "
-                                        "needs in validation): best validation metric, fairness not used")
+        return int(np.argmax(metric)), (
+            "no candidate has a defined validation gap (a group lacks the samples it "
+            "needs in validation): best validation metric, fairness not used"
+        )
     if rule == "tradeoff":
         return int(np.argmax(metric - gap)), "best validation metric minus gap"
     within = np.flatnonzero(metric >= reference - max_drop)
     if len(within) == 0:
-        return int(np.argmax(metric)), f"no candidate within {max_drop} of the starting metric {reference:.4f}: best metric"
+        return int(
+            np.argmax(metric)
+        ), f"no candidate within {max_drop} of the starting metric {reference:.4f}: best metric"
     best = within[np.argmin(gap[within])]
-    return int(best), f"lowest validation gap among candidates within {max_drop} of the starting metric {reference:.4f}"
+    return int(
+        best
+    ), f"lowest validation gap among candidates within {max_drop} of the starting metric {reference:.4f}"

@@ -39,7 +39,9 @@ def setting(config: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def collect_ablation(roots: Sequence[Path], vary: Sequence[str], *, test_set: str, scheme: str) -> pd.DataFrame:
+def collect_ablation(
+    roots: Sequence[Path], vary: Sequence[str], *, test_set: str, scheme: str
+) -> pd.DataFrame:
     """One row per finished run: the varied settings, method, seed and the test set's metrics."""
     rows = []
     for run_dir in scan_runs(roots).finished:
@@ -51,12 +53,21 @@ def collect_ablation(roots: Sequence[Path], vary: Sequence[str], *, test_set: st
         if any(v is None for v in values.values()):
             continue
         fairness = result.fairness.get(scheme)
-        rows.append({"method": record.method, **values, "seed": record.seed,
-                     "acc": result.overall.get("acc"), "auc": result.overall.get("auc"),
-                     **{gap: fairness.value(gap) if fairness is not None else None for gap in GAPS}})
+        rows.append(
+            {
+                "method": record.method,
+                **values,
+                "seed": record.seed,
+                "acc": result.overall.get("acc"),
+                "auc": result.overall.get("auc"),
+                **{gap: fairness.value(gap) if fairness is not None else None for gap in GAPS},
+            }
+        )
     if not rows:
-        raise ConfigError(f"no finished run under {', '.join(map(str, roots))} has test set {test_set!r} and the "
-                          f"settings {', '.join(vary)}")
+        raise ConfigError(
+            f"no finished run under {', '.join(map(str, roots))} has test set {test_set!r} and the "
+            f"settings {', '.join(vary)}"
+        )
     return pd.DataFrame(rows)
 
 
@@ -86,15 +97,19 @@ def seed_note(seeds: Sequence[int], unit: str = "point") -> str:
         return f"one seed per {unit} (no spread)"
     if len(counts) == 1:
         return f"mean ± sd over {counts[0]} seeds per {unit}"
-    return f"mean ± sd over {counts[0]}-{counts[-1]} seeds per {unit}" + (" (no sd where 1)" if counts[0] == 1 else "")
+    return f"mean ± sd over {counts[0]}-{counts[-1]} seeds per {unit}" + (
+        " (no sd where 1)" if counts[0] == 1 else ""
+    )
 
 
-def render(summary: pd.DataFrame, vary: Sequence[str], *, test_set: str, scheme: str, command: str,
-           name: str) -> str:
+def render(
+    summary: pd.DataFrame, vary: Sequence[str], *, test_set: str, scheme: str, command: str, name: str
+) -> str:
     table = summary[["method", *vary, "seed"]].rename(columns={"seed": "seeds"}).astype(str)
     for metric in ("acc", "auc", *GAPS):
         table[f"{metric} ({scheme})" if metric in GAPS else metric] = [
-            _cell(m, s) for m, s in zip(summary[metric], summary[f"{metric}_sd"])]
+            _cell(m, s) for m, s in zip(summary[metric], summary[f"{metric}_sd"])
+        ]
     lines = [
         f"{GENERATED_MARKER} from run records: do not edit by hand -->",
         f"# Ablation: {', '.join(f'`{v}`' for v in vary)} on test set `{test_set}`",
@@ -123,8 +138,9 @@ PAD = 0.12
 _MARKER_PX = 6.0  # half the side of the box a marker occupies, for label placement
 
 
-def axis_range(low: float, high: float, *, min_span: float, floor: float = 0.0, ceil: float = 1.0,
-               pad: float = PAD) -> tuple[float, float]:
+def axis_range(
+    low: float, high: float, *, min_span: float, floor: float = 0.0, ceil: float = 1.0, pad: float = PAD
+) -> tuple[float, float]:
     """Limits around [low, high]: padded by `pad` of the span on each side, widened about the middle to at
     least `min_span`, and shifted (not clipped) to stay inside [floor, ceil]."""
     if not (math.isfinite(low) and math.isfinite(high)):
@@ -167,8 +183,12 @@ def plot_points(summary: pd.DataFrame, vary: Sequence[str]) -> tuple[list[str], 
     lines: list[str] = []
     points: list[Point] = []
     for i, (key, group) in enumerate(summary.groupby(line_keys, sort=True)):
-        lines.append(" ".join(f"{k.rsplit('.', 1)[-1]}={v}" if k != "method" else str(v)
-                              for k, v in zip(line_keys, key if isinstance(key, tuple) else (key,))))
+        lines.append(
+            " ".join(
+                f"{k.rsplit('.', 1)[-1]}={v}" if k != "method" else str(v)
+                for k, v in zip(line_keys, key if isinstance(key, tuple) else (key,))
+            )
+        )
         merged: dict[tuple[float, float], list] = {}
         for _, row in group.sort_values(vary[-1]).iterrows():
             if pd.isna(row["auc"]) or pd.isna(row["eodd"]):
@@ -177,10 +197,20 @@ def plot_points(summary: pd.DataFrame, vary: Sequence[str]) -> tuple[list[str], 
         for rows in merged.values():
             first = rows[0]
             values = ", ".join(str(r[vary[-1]]) for r in rows)
-            label = (f"{lines[-1]}, {short}={values}\nAUC {first['auc']:.3f}, EOdd {first['eodd']:.3f}"
-                     + (f" (the same for these {len(rows)} settings, to 3 decimals)" if len(rows) > 1 else ""))
-            points.append(Point(len(points) + 1, i, float(first["eodd"]), float(first["auc"]),
-                                _nan0(first["eodd_sd"]), _nan0(first["auc_sd"]), label))
+            label = f"{lines[-1]}, {short}={values}\nAUC {first['auc']:.3f}, EOdd {first['eodd']:.3f}" + (
+                f" (the same for these {len(rows)} settings, to 3 decimals)" if len(rows) > 1 else ""
+            )
+            points.append(
+                Point(
+                    len(points) + 1,
+                    i,
+                    float(first["eodd"]),
+                    float(first["auc"]),
+                    _nan0(first["eodd_sd"]),
+                    _nan0(first["auc_sd"]),
+                    label,
+                )
+            )
     return lines, points
 
 
@@ -203,8 +233,10 @@ def _place_labels(ax: Any, points: Sequence[Point], renderer: Any) -> None:
 
     frame = ax.get_window_extent(renderer)
     centres = [ax.transData.transform((p.x, p.y)) for p in points]
-    taken = [Bbox.from_extents(cx - _MARKER_PX, cy - _MARKER_PX, cx + _MARKER_PX, cy + _MARKER_PX)
-             for cx, cy in centres]
+    taken = [
+        Bbox.from_extents(cx - _MARKER_PX, cy - _MARKER_PX, cx + _MARKER_PX, cy + _MARKER_PX)
+        for cx, cy in centres
+    ]
     directions = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
     for point in points:
         best = None
@@ -213,8 +245,17 @@ def _place_labels(ax: Any, points: Sequence[Point], renderer: Any) -> None:
                 offset = (dx * radius, dy * radius)
                 ha = "left" if dx > 0 else "right" if dx < 0 else "center"
                 va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
-                text = ax.annotate(str(point.number), (point.x, point.y), xytext=offset, textcoords="offset points",
-                                   ha=ha, va=va, fontsize=10, fontweight="bold", color=f"C{point.line % 10}")
+                text = ax.annotate(
+                    str(point.number),
+                    (point.x, point.y),
+                    xytext=offset,
+                    textcoords="offset points",
+                    ha=ha,
+                    va=va,
+                    fontsize=10,
+                    fontweight="bold",
+                    color=f"C{point.line % 10}",
+                )
                 box = text.get_window_extent(renderer).expanded(1.1, 1.1)
                 outside = box.x0 < frame.x0 or box.x1 > frame.x1 or box.y0 < frame.y0 or box.y1 > frame.y1
                 cost = sum(_overlap(box, other) for other in taken) + (1e6 if outside else 0.0)
@@ -227,9 +268,18 @@ def _place_labels(ax: Any, points: Sequence[Point], renderer: Any) -> None:
                 break
         _, offset, ha, va, box = best
         far = max(abs(offset[0]), abs(offset[1])) > 10
-        ax.annotate(str(point.number), (point.x, point.y), xytext=offset, textcoords="offset points", ha=ha, va=va,
-                    fontsize=10, fontweight="bold", color=f"C{point.line % 10}",
-                    arrowprops={"arrowstyle": "-", "color": "0.5", "linewidth": 0.6} if far else None)
+        ax.annotate(
+            str(point.number),
+            (point.x, point.y),
+            xytext=offset,
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize=10,
+            fontweight="bold",
+            color=f"C{point.line % 10}",
+            arrowprops={"arrowstyle": "-", "color": "0.5", "linewidth": 0.6} if far else None,
+        )
         taken.append(box)
 
 
@@ -250,18 +300,36 @@ def figure_of(summary: pd.DataFrame, vary: Sequence[str], *, test_set: str, sche
         mine = sorted((p for p in points if p.line == i), key=lambda p: p.number)
         color = f"C{i % 10}"
         ax.plot([p.x for p in mine], [p.y for p in mine], "-", color=color, linewidth=1.2, alpha=0.7)
-        ax.errorbar([p.x for p in mine], [p.y for p in mine],
-                    xerr=[p.xerr for p in mine] if any(p.xerr for p in mine) else None,
-                    yerr=[p.yerr for p in mine] if any(p.yerr for p in mine) else None,
-                    fmt="o", color=color, markersize=7, capsize=3, linewidth=1)
+        ax.errorbar(
+            [p.x for p in mine],
+            [p.y for p in mine],
+            xerr=[p.xerr for p in mine] if any(p.xerr for p in mine) else None,
+            yerr=[p.yerr for p in mine] if any(p.yerr for p in mine) else None,
+            fmt="o",
+            color=color,
+            markersize=7,
+            capsize=3,
+            linewidth=1,
+        )
     x_low = min((p.x - p.xerr for p in points), default=math.nan)
     x_high = max((p.x + p.xerr for p in points), default=math.nan)
     y_low = min((p.y - p.yerr for p in points), default=math.nan)
     y_high = max((p.y + p.yerr for p in points), default=math.nan)
     ax.set_xlim(*axis_range(x_low, x_high, min_span=EODD_MIN_SPAN))
     ax.set_ylim(*axis_range(y_low, y_high, min_span=AUC_MIN_SPAN))
-    handles = [Line2D([], [], color="none", label=p.label, marker=f"${p.number}$", markersize=9,
-                      markeredgewidth=0, markerfacecolor=f"C{p.line % 10}") for p in points]
+    handles = [
+        Line2D(
+            [],
+            [],
+            color="none",
+            label=p.label,
+            marker=f"${p.number}$",
+            markersize=9,
+            markeredgewidth=0,
+            markerfacecolor=f"C{p.line % 10}",
+        )
+        for p in points
+    ]
     low, high = ax.get_ylim()
     if low <= 0.5 <= high:
         ax.axhline(0.5, linestyle=":", color="0.35", linewidth=1.2)
@@ -271,10 +339,20 @@ def figure_of(summary: pd.DataFrame, vary: Sequence[str], *, test_set: str, sche
     ax.tick_params(labelsize=11)
     ax.grid(alpha=0.3)
     _place_labels(ax, points, canvas.get_renderer())
-    figure.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.57, 0.86), fontsize=10, frameon=False,
-                  title=f"points: {', '.join(['method', *vary])}", title_fontsize=10, alignment="left",
-                  handlelength=1.5)
-    figure.suptitle(f"Overall AUC vs EOdd ({scheme}) on {test_set}: {seed_note(summary['seed'])}", fontsize=14)
+    figure.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(0.57, 0.86),
+        fontsize=10,
+        frameon=False,
+        title=f"points: {', '.join(['method', *vary])}",
+        title_fontsize=10,
+        alignment="left",
+        handlelength=1.5,
+    )
+    figure.suptitle(
+        f"Overall AUC vs EOdd ({scheme}) on {test_set}: {seed_note(summary['seed'])}", fontsize=14
+    )
     return figure
 
 
@@ -282,17 +360,28 @@ def plot(summary: pd.DataFrame, vary: Sequence[str], path: Path, *, test_set: st
     """`figure_of` written as a PNG without the matplotlib version in its metadata (deterministic),
     cropped to what is drawn (the legend's width depends on the settings' names)."""
     figure_of(summary, vary, test_set=test_set, scheme=scheme).savefig(
-        path, format="png", metadata={"Software": None}, bbox_inches="tight", pad_inches=0.3)
+        path, format="png", metadata={"Software": None}, bbox_inches="tight", pad_inches=0.3
+    )
 
 
-def ablation(roots: Sequence[Path], vary: Sequence[str], *, test_set: str, scheme: str, out: Path, name: str,
-             check: bool = False) -> tuple[Path, bool]:
+def ablation(
+    roots: Sequence[Path],
+    vary: Sequence[str],
+    *,
+    test_set: str,
+    scheme: str,
+    out: Path,
+    name: str,
+    check: bool = False,
+) -> tuple[Path, bool]:
     """Write (or with `check`, compare) `<out>/<name>.md` and `.png`; returns (markdown path, current)."""
     if not vary:
         raise ConfigError("--vary needs at least one setting, e.g. fairquantize.beta")
     summary = summarise(collect_ablation(roots, vary, test_set=test_set, scheme=scheme), vary)
-    command = (f"dermbench ablation --runs {' '.join(display_path(r) for r in roots)} --vary {' '.join(vary)} "
-               f"--test-set {test_set} --scheme {scheme} --out {display_path(out)} --name {name}")
+    command = (
+        f"dermbench ablation --runs {' '.join(display_path(r) for r in roots)} --vary {' '.join(vary)} "
+        f"--test-set {test_set} --scheme {scheme} --out {display_path(out)} --name {name}"
+    )
     text = render(summary, vary, test_set=test_set, scheme=scheme, command=command, name=name)
     markdown = out / f"{name}.md"
     if check:
@@ -301,6 +390,3 @@ def ablation(roots: Sequence[Path], vary: Sequence[str], *, test_set: str, schem
     markdown.write_text(text, encoding="utf-8")
     plot(summary, vary, out / f"{name}.png", test_set=test_set, scheme=scheme)
     return markdown, True
-
-
-

@@ -62,23 +62,25 @@ def fields(entry: str) -> dict[str, str]:
 
 def _value(text: str, pos: int, *, key: str, name: str) -> tuple[str, int]:
     """One field value starting at `pos` and the position after it."""
-    opener = text[pos:pos + 1]
+    opener = text[pos : pos + 1]
     if opener == '"':
         end = text.find('"', pos + 1)
         if end < 0:
             raise BibtexError(f"entry {key!r}: field {name!r} has no closing quote")
-        return text[pos + 1:end], end + 1
+        return text[pos + 1 : end], end + 1
     if opener == "{":
         depth = 0
         for i in range(pos, len(text)):
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             if depth == 0:
-                return text[pos + 1:i], i + 1
+                return text[pos + 1 : i], i + 1
         raise BibtexError(f"entry {key!r}: field {name!r} has unbalanced braces")
     bare = re.match(r"[0-9]+", text[pos:])
     if bare is None:
-        raise BibtexError(f"entry {key!r}: field {name!r} must be {{...}}, \"...\" or a number "
-                          "(string macros and # are not supported)")
+        raise BibtexError(
+            f'entry {key!r}: field {name!r} must be {{...}}, "..." or a number '
+            "(string macros and # are not supported)"
+        )
     return bare.group(), pos + bare.end()
 
 

@@ -28,8 +28,10 @@ EDGES = np.linspace(0.0, 1.0, ECE_BINS + 1)
 def _confidence(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
     """(confidence, outcome) per row: P(class 1) and y == 1 (binary), top probability and a correct
     argmax (multi-class); None without probability columns."""
-    columns = sorted((c for c in table.columns if str(c).startswith("prob_") and str(c)[5:].isdigit()),
-                     key=lambda c: int(str(c)[5:]))
+    columns = sorted(
+        (c for c in table.columns if str(c).startswith("prob_") and str(c)[5:].isdigit()),
+        key=lambda c: int(str(c)[5:]),
+    )
     if not columns or "label" not in table:
         return None
     prob = table[columns].to_numpy(dtype=np.float64)
@@ -47,12 +49,21 @@ def reliability(conf: np.ndarray, hit: np.ndarray) -> pd.DataFrame:
     for b in range(ECE_BINS):
         inside = bins == b
         n = int(inside.sum())
-        rows.append({"bin": b, "lo": EDGES[b], "hi": EDGES[b + 1], "n": n,
-                     "confidence": float(conf[inside].mean()) if n else np.nan,
-                     "frequency": float(hit[inside].mean()) if n else np.nan})
+        rows.append(
+            {
+                "bin": b,
+                "lo": EDGES[b],
+                "hi": EDGES[b + 1],
+                "n": n,
+                "confidence": float(conf[inside].mean()) if n else np.nan,
+                "frequency": float(hit[inside].mean()) if n else np.nan,
+            }
+        )
     frame = pd.DataFrame(rows)
     used = frame[frame["n"] > 0]
-    frame.attrs["ece"] = float((used["n"] * (used["frequency"] - used["confidence"]).abs()).sum() / max(len(conf), 1))
+    frame.attrs["ece"] = float(
+        (used["n"] * (used["frequency"] - used["confidence"]).abs()).sum() / max(len(conf), 1)
+    )
     return frame
 
 
@@ -79,7 +90,9 @@ def reliability_table(curves: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         cells = {}
         for group, frame in curves.items():
             r = frame.iloc[b]
-            cells[group] = f"{fmt(r['frequency'])} / {fmt(r['confidence'])} ({int(r['n'])})" if r["n"] else MISSING
+            cells[group] = (
+                f"{fmt(r['frequency'])} / {fmt(r['confidence'])} ({int(r['n'])})" if r["n"] else MISSING
+            )
         if any(cell != MISSING for cell in cells.values()):
             rows.append({"bin": f"({EDGES[b]:.2f}, {EDGES[b + 1]:.2f}]", **cells})
     rows.append({"bin": "ECE", **{g: fmt(f.attrs["ece"]) for g, f in curves.items()}})
@@ -103,15 +116,21 @@ def draw_reliability(panels: Mapping[str, Mapping[str, pd.DataFrame]], path: Pat
         for group, frame in panels[name].items():
             used = frame[frame["n"] > 0]
             style = {"color": "black", "lw": 1.2, "ls": ":"} if group == "all" else {"lw": 1.6}
-            ax.plot(used["confidence"], used["frequency"], marker="o", ms=3, label=f"{group} (ECE {fmt(frame.attrs['ece'])})",
-                    **style)
+            ax.plot(
+                used["confidence"],
+                used["frequency"],
+                marker="o",
+                ms=3,
+                label=f"{group} (ECE {fmt(frame.attrs['ece'])})",
+                **style,
+            )
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_title(name)
         ax.set_xlabel("mean confidence")
         ax.set_ylabel("observed frequency")
         ax.legend(fontsize=7, loc="upper left")
-    for ax in axes[len(names):]:
+    for ax in axes[len(names) :]:
         ax.axis("off")
     fig.suptitle(title)
     fig.savefig(path, format="png", metadata={"Software": None})

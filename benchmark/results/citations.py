@@ -60,8 +60,9 @@ def dataset_references(names: Iterable[str], local: tuple[str, ...] = ()) -> Ref
     return out
 
 
-def run_references(*, method: str, datasets: Iterable[str], backbones: Iterable[str],
-                   local: tuple[str, ...] = ()) -> References:
+def run_references(
+    *, method: str, datasets: Iterable[str], backbones: Iterable[str], local: tuple[str, ...] = ()
+) -> References:
     """Everything one run used: dermbench, its methods, its datasets (training and evaluated test
     sets) and its timm backbones (none for a method whose model holds no timm network)."""
     out: References = {"dermbench": [DERMBENCH]}
@@ -81,7 +82,11 @@ def model_backbones(model: object, configured: str) -> list[str]:
     if not callable(modules):
         return [configured]
     found = (getattr(m, "pretrained_cfg", None) for m in modules())
-    return list(dict.fromkeys(cfg["architecture"] for cfg in found if isinstance(cfg, dict) and cfg.get("architecture")))
+    return list(
+        dict.fromkeys(
+            cfg["architecture"] for cfg in found if isinstance(cfg, dict) and cfg.get("architecture")
+        )
+    )
 
 
 def all_references() -> References:
@@ -111,8 +116,10 @@ def unique_entries(refs: Mapping[str, list[str]]) -> list[str]:
 
 def as_bibtex(refs: Mapping[str, list[str]]) -> str:
     """A .bib file: a comment per item saying which entries it needs, then the unique entries."""
-    lines = [f"% {what}: {', '.join(entry_key(e) for e in entries) or '(declares no references)'}"
-             for what, entries in refs.items()]
+    lines = [
+        f"% {what}: {', '.join(entry_key(e) for e in entries) or '(declares no references)'}"
+        for what, entries in refs.items()
+    ]
     return "\n".join(lines) + "\n\n" + "\n\n".join(unique_entries(refs)) + "\n"
 
 

@@ -58,8 +58,12 @@ def check_counterfactual(data: Any, *, where: str) -> dict[str, Any]:
         if not isinstance(entry, dict):
             raise RecordError(f"{where}: $.test_sets.{name}: expected an object")
         flip = entry.get("flip_rate")
-        if flip is not None and (not isinstance(flip, (int, float)) or isinstance(flip, bool) or not 0 <= flip <= 1):
-            raise RecordError(f"{where}: $.test_sets.{name}.flip_rate: expected a share in [0, 1] or null, got {flip!r}")
+        if flip is not None and (
+            not isinstance(flip, (int, float)) or isinstance(flip, bool) or not 0 <= flip <= 1
+        ):
+            raise RecordError(
+                f"{where}: $.test_sets.{name}.flip_rate: expected a share in [0, 1] or null, got {flip!r}"
+            )
         if not isinstance(entry.get("per_tone"), dict):
             raise RecordError(f"{where}: $.test_sets.{name}.per_tone: expected an object")
     return data
@@ -86,7 +90,9 @@ def flip_rates(run_dir: str | Path) -> dict[str, float]:
     data = read_counterfactual(run_dir)
     if data is None:
         return {}
-    return {name: float(e["flip_rate"]) for name, e in data["test_sets"].items() if e.get("flip_rate") is not None}
+    return {
+        name: float(e["flip_rate"]) for name, e in data["test_sets"].items() if e.get("flip_rate") is not None
+    }
 
 
 def _ci_text(value: float | None, ci: Any) -> str:
@@ -113,26 +119,40 @@ def counterfactual_lines(entry: dict[str, Any]) -> list[str]:
         lines.append("flip rate by true label: " + ", ".join(f"{k} {fmt(v)}" for k, v in by_label.items()))
     by_tone = entry.get("flip_rate_by_original_tone3") or {}
     if by_tone:
-        lines.append("flip rate by the lesion's original tone3 group: "
-                     + ", ".join(f"{k} {fmt(v)}" for k, v in by_tone.items()))
+        lines.append(
+            "flip rate by the lesion's original tone3 group: "
+            + ", ".join(f"{k} {fmt(v)}" for k, v in by_tone.items())
+        )
     if entry.get("shift_total") is not None:
-        lines.append(f"{entry.get('score', 'P(class 1)')} from FST I to VI: mean change {fmt(entry['shift_total'])}; "
-                     f"mean range over the six tones per lesion {fmt(entry.get('mean_range'))}")
+        lines.append(
+            f"{entry.get('score', 'P(class 1)')} from FST I to VI: mean change {fmt(entry['shift_total'])}; "
+            f"mean range over the six tones per lesion {fmt(entry.get('mean_range'))}"
+        )
     check = entry.get("check")
     if isinstance(check, dict):
-        lines.append(f"check: the render at each lesion's own FST equals its test image byte for byte "
-                     f"({check.get('identical_images')}); its predictions equal the recorded ones within "
-                     f"{check.get('tolerance')} (largest difference {fmt(check.get('max_abs_diff'), 6)})")
+        lines.append(
+            f"check: the render at each lesion's own FST equals its test image byte for byte "
+            f"({check.get('identical_images')}); its predictions equal the recorded ones within "
+            f"{check.get('tolerance')} (largest difference {fmt(check.get('max_abs_diff'), 6)})"
+        )
     return lines
 
 
 def counterfactual_tables(entry: dict[str, Any]) -> list[tuple[str, pd.DataFrame]]:
     """(title, table) pairs: per tone (AUC, TPR, FPR, positive rate, mean score) and per tone step."""
     tones = entry.get("per_tone") or {}
-    keys = [k for k in ("auc", "tpr", "fpr", "positive_rate", "acc", "mean_score") if any(k in v for v in tones.values())]
+    keys = [
+        k
+        for k in ("auc", "tpr", "fpr", "positive_rate", "acc", "mean_score")
+        if any(k in v for v in tones.values())
+    ]
     per_tone = pd.DataFrame([{"FST": t, **{k: fmt(v.get(k)) for k in keys}} for t, v in tones.items()])
-    steps = pd.DataFrame([{"step": s["step"], "mean change": fmt(s["mean"]), "mean |change|": fmt(s["mean_abs"])}
-                          for s in entry.get("shift_per_step") or []])
+    steps = pd.DataFrame(
+        [
+            {"step": s["step"], "mean change": fmt(s["mean"]), "mean |change|": fmt(s["mean_abs"])}
+            for s in entry.get("shift_per_step") or []
+        ]
+    )
     out = [("per tone on the counterfactual set", per_tone)]
     if len(steps):
         out.append((f"{entry.get('score', 'P(class 1)')} shift per tone step", steps))

@@ -44,8 +44,21 @@ SCORE, GAP, COUNT = "score", "gap", "count"
 KINDS = (SCORE, GAP, COUNT)
 COUNT_METRICS = frozenset({"n", "positives", "negatives"})
 #: the environment.json keys that may explain drift (versions, threads); platform and paths are left out
-ENVIRONMENT_KEYS = ("dermbench", "python", "torch", "cuda", "gpu", "threads", "timm", "numpy", "pandas",
-                    "scikit-learn", "diffusers", "peft", "device")
+ENVIRONMENT_KEYS = (
+    "dermbench",
+    "python",
+    "torch",
+    "cuda",
+    "gpu",
+    "threads",
+    "timm",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "diffusers",
+    "peft",
+    "device",
+)
 TEST_SET_ROW = "(whole test set)"
 
 
@@ -149,8 +162,11 @@ class DriftReport:
         fresh_by_cell: dict[str, list[str]] = {}
         for run_id in self.only_fresh:
             fresh_by_cell.setdefault(run_cell(run_id), []).append(run_id)
-        return {run_id: fresh_by_cell[run_cell(run_id)] for run_id in self.only_committed
-                if run_cell(run_id) in fresh_by_cell}
+        return {
+            run_id: fresh_by_cell[run_cell(run_id)]
+            for run_id in self.only_committed
+            if run_cell(run_id) in fresh_by_cell
+        }
 
     def largest(self) -> dict[str, Difference]:
         """Per kind, the compared value with the largest |difference| (values defined on both sides)."""
@@ -171,10 +187,15 @@ def _records(root: Path, side: str) -> tuple[dict[str, Record], dict[str, Path],
         raise DermbenchError(f"--{side} {root}: not a directory")
     scan = scan_runs([root])
     if not scan.finished:
-        unfinished = f" ({len(scan.unfinished)} unfinished run director(ies) without a `done` marker)" \
-            if scan.unfinished else ""
-        raise DermbenchError(f"--{side} {root}: no finished run record (a run directory with metrics.json and "
-                             f"`done`) under it{unfinished}")
+        unfinished = (
+            f" ({len(scan.unfinished)} unfinished run director(ies) without a `done` marker)"
+            if scan.unfinished
+            else ""
+        )
+        raise DermbenchError(
+            f"--{side} {root}: no finished run record (a run directory with metrics.json and "
+            f"`done`) under it{unfinished}"
+        )
     records: dict[str, Record] = {}
     dirs: dict[str, Path] = {}
     duplicates = []
@@ -188,8 +209,9 @@ def _records(root: Path, side: str) -> tuple[dict[str, Record], dict[str, Path],
     return records, dirs, [display_path(p) for p in scan.unfinished], duplicates
 
 
-def compare_records(committed: Record, fresh: Record, tolerances: dict[str, float]) -> tuple[
-        list[Difference], list[tuple[str, str, str]]]:
+def compare_records(
+    committed: Record, fresh: Record, tolerances: dict[str, float]
+) -> tuple[list[Difference], list[tuple[str, str, str]]]:
     """Every numeric value of every test set both records scored, and the test sets only one scored."""
     differences = []
     one_side = [(committed.run_id, name, "committed") for name in committed.eval if name not in fresh.eval]
@@ -200,8 +222,17 @@ def compare_records(committed: Record, fresh: Record, tolerances: dict[str, floa
         old, new = test_set_values(result), test_set_values(fresh.eval[name])
         for metric in [*old, *(m for m in new if m not in old)]:
             kind = (old.get(metric) or new[metric])[0]
-            differences.append(Difference(committed.run_id, name, metric, kind, _number(old.get(metric)),
-                                          _number(new.get(metric)), tolerances[kind]))
+            differences.append(
+                Difference(
+                    committed.run_id,
+                    name,
+                    metric,
+                    kind,
+                    _number(old.get(metric)),
+                    _number(new.get(metric)),
+                    tolerances[kind],
+                )
+            )
     return differences, one_side
 
 
@@ -224,20 +255,29 @@ def _environment(run_dir: Path) -> dict[str, str]:
     return {key: str(data.get(key)) for key in ENVIRONMENT_KEYS if key in data}
 
 
-def _environment_differences(committed: Iterable[dict[str, str]], fresh: Iterable[dict[str, str]]) -> dict[
-        str, tuple[list[str], list[str]]]:
+def _environment_differences(
+    committed: Iterable[dict[str, str]], fresh: Iterable[dict[str, str]]
+) -> dict[str, tuple[list[str], list[str]]]:
     old: dict[str, set[str]] = {}
     new: dict[str, set[str]] = {}
     for store, envs in ((old, committed), (new, fresh)):
         for env in envs:
             for key, value in env.items():
                 store.setdefault(key, set()).add(value)
-    return {key: (sorted(old.get(key, ())), sorted(new.get(key, ()))) for key in ENVIRONMENT_KEYS
-            if (key in old or key in new) and old.get(key) != new.get(key)}
+    return {
+        key: (sorted(old.get(key, ())), sorted(new.get(key, ())))
+        for key in ENVIRONMENT_KEYS
+        if (key in old or key in new) and old.get(key) != new.get(key)
+    }
 
 
-def compare(committed_root: str | Path, fresh_root: str | Path, *, tolerance: float = DEFAULT_TOLERANCE,
-            gap_tolerance: float = DEFAULT_GAP_TOLERANCE) -> DriftReport:
+def compare(
+    committed_root: str | Path,
+    fresh_root: str | Path,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    gap_tolerance: float = DEFAULT_GAP_TOLERANCE,
+) -> DriftReport:
     """Compare the finished records under `fresh_root` with those under `committed_root`."""
     for name, value in (("--tolerance", tolerance), ("--gap-tolerance", gap_tolerance)):
         if not (value >= 0 and math.isfinite(value)):
@@ -246,8 +286,11 @@ def compare(committed_root: str | Path, fresh_root: str | Path, *, tolerance: fl
     old, old_dirs, old_unfinished, old_duplicates = _records(committed_root, "committed")
     new, new_dirs, new_unfinished, new_duplicates = _records(fresh_root, "fresh")
     tolerances = {SCORE: float(tolerance), GAP: float(gap_tolerance), COUNT: 0.0}
-    report = DriftReport(committed_root=display_path(committed_root), fresh_root=display_path(fresh_root),
-                         tolerances=tolerances)
+    report = DriftReport(
+        committed_root=display_path(committed_root),
+        fresh_root=display_path(fresh_root),
+        tolerances=tolerances,
+    )
     report.matched = sorted(set(old) & set(new))
     report.only_committed = sorted(set(old) - set(new))
     report.only_fresh = sorted(set(new) - set(old))
@@ -257,8 +300,10 @@ def compare(committed_root: str | Path, fresh_root: str | Path, *, tolerance: fl
         differences, one_side = compare_records(old[run_id], new[run_id], tolerances)
         report.differences += differences
         report.test_sets_one_side += one_side
-    report.environment = _environment_differences((_environment(old_dirs[r]) for r in report.matched),
-                                                  (_environment(new_dirs[r]) for r in report.matched))
+    report.environment = _environment_differences(
+        (_environment(old_dirs[r]) for r in report.matched),
+        (_environment(new_dirs[r]) for r in report.matched),
+    )
     return report
 
 
@@ -278,12 +323,30 @@ def _signed(value: float | None, kind: str) -> str:
 
 
 def _drift_rows(report: DriftReport) -> list[list[str]]:
-    rows = [[run_id, test_set, TEST_SET_ROW, "scored" if side == "committed" else "absent",
-             "scored" if side == "fresh" else "absent", "–", "–"]
-            for run_id, test_set, side in report.test_sets_one_side]
-    rows += [[d.run_id, d.test_set, d.metric, _fmt(d.committed, d.kind), _fmt(d.fresh, d.kind), _signed(d.delta, d.kind),
-              f"{d.tolerance:g}"]
-             for d in report.drifted]
+    rows = [
+        [
+            run_id,
+            test_set,
+            TEST_SET_ROW,
+            "scored" if side == "committed" else "absent",
+            "scored" if side == "fresh" else "absent",
+            "–",
+            "–",
+        ]
+        for run_id, test_set, side in report.test_sets_one_side
+    ]
+    rows += [
+        [
+            d.run_id,
+            d.test_set,
+            d.metric,
+            _fmt(d.committed, d.kind),
+            _fmt(d.fresh, d.kind),
+            _signed(d.delta, d.kind),
+            f"{d.tolerance:g}",
+        ]
+        for d in report.drifted
+    ]
     return rows
 
 
@@ -292,42 +355,58 @@ DRIFT_HEADER = ["run id", "test set", "metric", "committed", "fresh", "differenc
 
 def tolerance_line(report: DriftReport) -> str:
     t = report.tolerances
-    return (f"tolerance on |fresh - committed|: {t[SCORE]:g} on scores (AUC, accuracy, rates, worst-group values), "
-            f"{t[GAP]:g} on fairness gaps (EOdd, EOpp, AUC gap ...), exact on counts")
+    return (
+        f"tolerance on |fresh - committed|: {t[SCORE]:g} on scores (AUC, accuracy, rates, worst-group values), "
+        f"{t[GAP]:g} on fairness gaps (EOdd, EOpp, AUC gap ...), exact on counts"
+    )
 
 
 def summary_lines(report: DriftReport) -> list[str]:
     """What both the terminal and the markdown report say first."""
     compared = len(report.differences)
-    lines = [f"committed records: {report.committed_root}; fresh records: {report.fresh_root}",
-             tolerance_line(report),
-             f"{len(report.matched)} run(s) matched by run id; {compared} value(s) compared; "
-             f"{len(report.drifted)} drifted; {len(report.test_sets_one_side)} test set(s) scored on one side only"]
+    lines = [
+        f"committed records: {report.committed_root}; fresh records: {report.fresh_root}",
+        tolerance_line(report),
+        f"{len(report.matched)} run(s) matched by run id; {compared} value(s) compared; "
+        f"{len(report.drifted)} drifted; {len(report.test_sets_one_side)} test set(s) scored on one side only",
+    ]
     if report.only_committed:
-        lines.append(f"{len(report.only_committed)} run id(s) only in the committed records (not reproduced): "
-                     + ", ".join(report.only_committed))
+        lines.append(
+            f"{len(report.only_committed)} run id(s) only in the committed records (not reproduced): "
+            + ", ".join(report.only_committed)
+        )
     if report.only_fresh:
-        lines.append(f"{len(report.only_fresh)} run id(s) only in the fresh records (new settings or data): "
-                     + ", ".join(report.only_fresh))
+        lines.append(
+            f"{len(report.only_fresh)} run id(s) only in the fresh records (new settings or data): "
+            + ", ".join(report.only_fresh)
+        )
     superseded = report.superseded
     if superseded:
-        lines.append(f"{len(superseded)} committed run id(s) have a fresh run of the same method, dataset and seed "
-                     "under another id (their settings or data changed): "
-                     + "; ".join(f"{old} -> {', '.join(new)}" for old, new in superseded.items()))
+        lines.append(
+            f"{len(superseded)} committed run id(s) have a fresh run of the same method, dataset and seed "
+            "under another id (their settings or data changed): "
+            + "; ".join(f"{old} -> {', '.join(new)}" for old, new in superseded.items())
+        )
     for side in ("committed", "fresh"):
         if report.unfinished[side]:
-            lines.append(f"{len(report.unfinished[side])} unfinished run director(ies) in the {side} records "
-                         f"ignored: " + ", ".join(report.unfinished[side]))
+            lines.append(
+                f"{len(report.unfinished[side])} unfinished run director(ies) in the {side} records "
+                f"ignored: " + ", ".join(report.unfinished[side])
+            )
         if report.duplicates[side]:
-            lines.append(f"run id(s) read twice in the {side} records (the first counts): "
-                         + ", ".join(report.duplicates[side]))
+            lines.append(
+                f"run id(s) read twice in the {side} records (the first counts): "
+                + ", ".join(report.duplicates[side])
+            )
     return lines
 
 
 def verdict_line(report: DriftReport) -> str:
     if report.has_drift:
-        return (f"DRIFT: {len(report.drifted)} value(s) and {len(report.test_sets_one_side)} test set(s) out of "
-                "tolerance (table above)")
+        return (
+            f"DRIFT: {len(report.drifted)} value(s) and {len(report.test_sets_one_side)} test set(s) out of "
+            "tolerance (table above)"
+        )
     if not report.matched:
         return "no run id matched: nothing could be compared"
     return f"no drift: every compared value of the {len(report.matched)} matched run(s) is within tolerance"
@@ -335,9 +414,18 @@ def verdict_line(report: DriftReport) -> str:
 
 def _largest_rows(report: DriftReport) -> list[list[str]]:
     largest = report.largest()
-    return [[kind, largest[kind].run_id, largest[kind].test_set, largest[kind].metric,
-             _signed(largest[kind].delta, kind),
-             f"{report.tolerances[kind]:g}"] for kind in KINDS if kind in largest]
+    return [
+        [
+            kind,
+            largest[kind].run_id,
+            largest[kind].test_set,
+            largest[kind].metric,
+            _signed(largest[kind].delta, kind),
+            f"{report.tolerances[kind]:g}",
+        ]
+        for kind in KINDS
+        if kind in largest
+    ]
 
 
 def _plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> Iterator[str]:
@@ -349,8 +437,11 @@ def _plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> Iterat
 
 
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows)]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows),
+    ]
 
 
 def render_text(report: DriftReport) -> str:
@@ -361,16 +452,23 @@ def render_text(report: DriftReport) -> str:
         lines += ["", "drifted values:", *_plain_table(DRIFT_HEADER, drift)]
     largest = _largest_rows(report)
     if largest:
-        lines += ["", "largest difference per kind:",
-                  *_plain_table(["kind", "run id", "test set", "metric", "difference", "tolerance"], largest)]
+        lines += [
+            "",
+            "largest difference per kind:",
+            *_plain_table(["kind", "run id", "test set", "metric", "difference", "tolerance"], largest),
+        ]
     if report.environment:
         lines += ["", "environment of the matched runs where it differs (committed -> fresh):"]
-        lines += [f"  {key}: {', '.join(old) or '–'} -> {', '.join(new) or '–'}"
-                  for key, (old, new) in report.environment.items()]
+        lines += [
+            f"  {key}: {', '.join(old) or '–'} -> {', '.join(new) or '–'}"
+            for key, (old, new) in report.environment.items()
+        ]
     return "\n".join([*lines, "", verdict_line(report)]) + "\n"
 
 
-def render_markdown(report: DriftReport, *, title: str = "Drift of the fresh records against the committed ones") -> str:
+def render_markdown(
+    report: DriftReport, *, title: str = "Drift of the fresh records against the committed ones"
+) -> str:
     """The markdown drift report (the workflow writes it to the job summary and keeps it as an artifact)."""
     lines = [f"# {title}", "", f"**{verdict_line(report)}**", ""]
     lines += [f"- {line}" for line in summary_lines(report)]
@@ -379,13 +477,28 @@ def render_markdown(report: DriftReport, *, title: str = "Drift of the fresh rec
     lines += _markdown_table(DRIFT_HEADER, drift) if drift else ["None."]
     largest = _largest_rows(report)
     if largest:
-        lines += ["", "## Largest difference per kind", "",
-                  *_markdown_table(["kind", "run id", "test set", "metric", "difference", "tolerance"], largest)]
+        lines += [
+            "",
+            "## Largest difference per kind",
+            "",
+            *_markdown_table(["kind", "run id", "test set", "metric", "difference", "tolerance"], largest),
+        ]
     if report.environment:
-        lines += ["", "## Environment of the matched runs where it differs", "",
-                  *_markdown_table(["key", "committed", "fresh"],
-                                   [[key, ", ".join(old) or "–", ", ".join(new) or "–"]
-                                    for key, (old, new) in report.environment.items()])]
-    lines += ["", "Values are matched by run id and compared over every numeric value of `eval` (overall, per "
-              "group, fairness); see docs/leaderboard-workflow.md."]
+        lines += [
+            "",
+            "## Environment of the matched runs where it differs",
+            "",
+            *_markdown_table(
+                ["key", "committed", "fresh"],
+                [
+                    [key, ", ".join(old) or "–", ", ".join(new) or "–"]
+                    for key, (old, new) in report.environment.items()
+                ],
+            ),
+        ]
+    lines += [
+        "",
+        "Values are matched by run id and compared over every numeric value of `eval` (overall, per "
+        "group, fairness); see docs/leaderboard-workflow.md.",
+    ]
     return "\n".join(lines) + "\n"

@@ -58,8 +58,9 @@ def quality_of(methods: Mapping[str, Any] | None) -> dict[str, float] | None:
     return None
 
 
-def quality_table(runs: Sequence[Mapping[str, Any]], rows: Sequence[tuple], labels: Mapping[tuple, str]
-                  ) -> pd.DataFrame:
+def quality_table(
+    runs: Sequence[Mapping[str, Any]], rows: Sequence[tuple], labels: Mapping[tuple, str]
+) -> pd.DataFrame:
     """One line per row with recorded generator quality: mean ± sd over its seeds per column
     (`(k/n)` when only k seeds have a value). Empty when no row has any."""
     table: dict[str, list[str]] = {"method": [], "seeds": []}
@@ -69,7 +70,11 @@ def quality_table(runs: Sequence[Mapping[str, Any]], rows: Sequence[tuple], labe
     means: dict[tuple, dict[str, float]] = {}
     shown: list[tuple] = []
     for row in rows:
-        found = [r["quality"] for r in runs if (r["method"], r["profile"], r["variant"]) == row and r.get("quality")]
+        found = [
+            r["quality"]
+            for r in runs
+            if (r["method"], r["profile"], r["variant"]) == row and r.get("quality")
+        ]
         if not found:
             continue
         shown.append(row)

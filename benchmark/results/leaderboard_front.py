@@ -86,7 +86,9 @@ def verdict_table(board: Board) -> pd.DataFrame:
         for wanted in ("better", "worse"):
             table[f"{ARROWS[wanted]} vs {reference}"] = []
     for row in board.rows:
-        table["method"].append(board.labels.get(row, row[0]) + (f" ({row[1]})" if _profiles(board) > 1 else ""))
+        table["method"].append(
+            board.labels.get(row, row[0]) + (f" ({row[1]})" if _profiles(board) > 1 else "")
+        )
         table["seeds"].append(str(board.seeds[row]))
         if row in board.duplicates:
             for column in list(table)[2:]:
@@ -108,65 +110,100 @@ def headline(board: Board) -> list[str]:
     """The page's verdict in a few sentences, generated from the comparisons."""
     tested = [c for c in board.comparisons if c.verdict != "n/a"]
     if not tested:
-        return ["No verdicts: " + ("; ".join(f"`{t}`: {why}" for t, why in board.skipped.items())
-                                    or "no row has a reference (ERM or resampling) with two or more seeds") + "."]
+        return [
+            "No verdicts: "
+            + (
+                "; ".join(f"`{t}`: {why}" for t, why in board.skipped.items())
+                or "no row has a reference (ERM or resampling) with two or more seeds"
+            )
+            + "."
+        ]
     found = [c for c in tested if c.verdict in ("better", "worse")]
-    lines = [f"**Verdicts.** {len(found)} of the {len(tested)} comparisons on this page show a difference "
-             f"(paired hierarchical bootstrap over seeds and test samples, Holm-corrected over all {len(tested)}, "
-             f"α = {ALPHA}); the others show no evidence of a difference with this many seeds and samples."]
+    lines = [
+        f"**Verdicts.** {len(found)} of the {len(tested)} comparisons on this page show a difference "
+        f"(paired hierarchical bootstrap over seeds and test samples, Holm-corrected over all {len(tested)}, "
+        f"α = {ALPHA}); the others show no evidence of a difference with this many seeds and samples."
+    ]
     for reference in REFERENCES:
         mine = [c for c in tested if c.reference[0] == reference]
         if not mine:
             continue
         better = sorted({board.labels.get(c.row, c.row[0]) for c in mine if c.verdict == "better"})
         worse = sorted({board.labels.get(c.row, c.row[0]) for c in mine if c.verdict == "worse"})
-        lines.append(f"Against {reference}: better on at least one metric: {', '.join(better) or 'no method'}; "
-                     f"worse on at least one: {', '.join(worse) or 'no method'}.")
+        lines.append(
+            f"Against {reference}: better on at least one metric: {', '.join(better) or 'no method'}; "
+            f"worse on at least one: {', '.join(worse) or 'no method'}."
+        )
     return [" ".join(lines)]
 
 
-def front_page(board: Board, header: Sequence[str], stem: str, notes: str | None, notes_file: str,
-               docs_link: str) -> str:
+def front_page(
+    board: Board, header: Sequence[str], stem: str, notes: str | None, notes_file: str, docs_link: str
+) -> str:
     """The protocol's main file: verdicts, trade-off plot, links, then the hand-written notes."""
     numbers = ", ".join(f"{i} = `{t}`" for i, t in enumerate(board.test_sets, 1))
-    lines = [*header, "", *headline(board), "", "## Verdicts", "",
-             f"Test sets: {numbers}. Metrics: {', '.join(f'{m.short} = {m.label}' for m in VERDICT_METRICS)}. "
-             "A cell under ▲ (▼) lists the metrics on which the row is significantly better (worse) than the "
-             "reference, with the test sets in brackets; `none`: no evidence of a difference on any of them; `n/a`: too few seeds "
-             "to test; `–`: not compared (ERM against resampling is resampling's ERM column). Ranks: mean over the test "
-             "sets of the row's rank (1 = best) by tone3 worst-tone AUC and by tone3 EOdd. A row of `″` scored, seed "
-             "for seed, exactly what the row of its method above it scored, and counts once. How it is computed: "
-             f"[{docs_link}#verdicts](../{docs_link}#verdicts).", "", _table(verdict_table(board))]
+    lines = [
+        *header,
+        "",
+        *headline(board),
+        "",
+        "## Verdicts",
+        "",
+        f"Test sets: {numbers}. Metrics: {', '.join(f'{m.short} = {m.label}' for m in VERDICT_METRICS)}. "
+        "A cell under ▲ (▼) lists the metrics on which the row is significantly better (worse) than the "
+        "reference, with the test sets in brackets; `none`: no evidence of a difference on any of them; `n/a`: too few seeds "
+        "to test; `–`: not compared (ERM against resampling is resampling's ERM column). Ranks: mean over the test "
+        "sets of the row's rank (1 = best) by tone3 worst-tone AUC and by tone3 EOdd. A row of `″` scored, seed "
+        "for seed, exactly what the row of its method above it scored, and counts once. How it is computed: "
+        f"[{docs_link}#verdicts](../{docs_link}#verdicts).",
+        "",
+        _table(verdict_table(board)),
+    ]
     sentences = [rank_sentence(s) for s in board.ranks]
     if sentences:
         lines += ["", *[f"- {s}" for s in sentences]]
     for test_set, why in board.skipped.items():
         lines += ["", f"- No verdicts on `{test_set}`: {why}."]
     if len(board.quality):
-        lines += ["", "## Generators behind the generative rows", "",
-                  "A generative row measures its method and its generator together: read its verdicts with how well "
-                  "the generator did what it was asked (mean ± sd over seeds, from each record's "
-                  "`methods.<name>.quality`). FID: the synthetic images against the real training images in the run's "
-                  "ERM features (lower is closer); label: the share the run's ERM model labels as requested (malignant "
-                  "label: of the malignant requests); tone: the share whose ITA falls in the requested tone group "
-                  "(tone C: of the FST V–VI requests). ITA and the ERM "
-                  "model err on real images too, so a perfect generator scores below 1: the `oracle` row (SynthDerm's "
-                  "own renderer, every sample as requested) is the ceiling, and each generative method has fidelity "
-                  "floors relative to it (docs/oracle.md); a row below a floor measures its generator more than its "
-                  "method; `floors` gives its mean and the floor.", "", _table(board.quality)]
+        lines += [
+            "",
+            "## Generators behind the generative rows",
+            "",
+            "A generative row measures its method and its generator together: read its verdicts with how well "
+            "the generator did what it was asked (mean ± sd over seeds, from each record's "
+            "`methods.<name>.quality`). FID: the synthetic images against the real training images in the run's "
+            "ERM features (lower is closer); label: the share the run's ERM model labels as requested (malignant "
+            "label: of the malignant requests); tone: the share whose ITA falls in the requested tone group "
+            "(tone C: of the FST V–VI requests). ITA and the ERM "
+            "model err on real images too, so a perfect generator scores below 1: the `oracle` row (SynthDerm's "
+            "own renderer, every sample as requested) is the ceiling, and each generative method has fidelity "
+            "floors relative to it (docs/oracle.md); a row below a floor measures its generator more than its "
+            "method; `floors` gives its mean and the floor.",
+            "",
+            _table(board.quality),
+        ]
     lines += _fedd_floor(board)
     if board.test_sets:
-        lines += ["", "## Trade-off", "",
-                  f"![worst-tone AUC against EOdd per test set]({stem}.png)", "",
-                  "Worst-tone AUC (tone3, higher is better) against tone3 EOdd (lower is better), one panel per test "
-                  "set; a point is the mean over seeds, whiskers its 95 % interval from the same bootstrap as the "
-                  "verdicts (cut at the metric's range). Up and to the left is better."]
-    lines += ["", "## More", "",
-              f"- [Per-test-set tables]({stem}-details.md): every metric per tone group, the tone-source "
-              "sections, AUC along ITA, and the records behind each row.",
-              f"- [Every comparison]({stem}-verdicts.md): each difference with its 95 % interval and Holm-adjusted "
-              f"p ([CSV]({stem}-verdicts.csv)).",
-              "- [How to read a leaderboard](../docs/leaderboard.md#reading-the-leaderboard)."]
+        lines += [
+            "",
+            "## Trade-off",
+            "",
+            f"![worst-tone AUC against EOdd per test set]({stem}.png)",
+            "",
+            "Worst-tone AUC (tone3, higher is better) against tone3 EOdd (lower is better), one panel per test "
+            "set; a point is the mean over seeds, whiskers its 95 % interval from the same bootstrap as the "
+            "verdicts (cut at the metric's range). Up and to the left is better.",
+        ]
+    lines += [
+        "",
+        "## More",
+        "",
+        f"- [Per-test-set tables]({stem}-details.md): every metric per tone group, the tone-source "
+        "sections, AUC along ITA, and the records behind each row.",
+        f"- [Every comparison]({stem}-verdicts.md): each difference with its 95 % interval and Holm-adjusted "
+        f"p ([CSV]({stem}-verdicts.csv)).",
+        "- [How to read a leaderboard](../docs/leaderboard.md#reading-the-leaderboard).",
+    ]
     if notes:
         lines += ["", "## Notes", "", f"(Written by hand in `{notes_file}`.)", "", notes.strip()]
     return "\n".join(lines) + "\n"
@@ -189,19 +226,26 @@ def _fedd_floor(board: Board) -> list[str]:
         if mine is None or base is None:
             continue
         gap = mine.value - base.value
-        lines.append(f"- `{board.labels.get(row, row[0])}` has no generator; its tiny floor is an overall AUC on "
-                     f"`{test_set}` within {FEDD_FLOOR} of ERM's: {mine.value:.3f} against {base.value:.3f} "
-                     f"({gap:+.3f}), {'met' if gap >= -FEDD_FLOOR else 'below the floor'}.")
+        lines.append(
+            f"- `{board.labels.get(row, row[0])}` has no generator; its tiny floor is an overall AUC on "
+            f"`{test_set}` within {FEDD_FLOOR} of ERM's: {mine.value:.3f} against {base.value:.3f} "
+            f"({gap:+.3f}), {'met' if gap >= -FEDD_FLOOR else 'below the floor'}."
+        )
     return ["", *lines] if lines else []
 
 
 def verdicts_page(board: Board, header: Sequence[str]) -> tuple[str, str]:
     """Every comparison as markdown (one table per test set) and CSV."""
-    lines = [*header, "", *headline(board), "",
-             "Each cell: the difference row − reference (mean over seeds) with its 95 % interval, the Holm-adjusted "
-             "p-value over every comparison on this page, and the verdict (better / worse when that p < "
-             f"{ALPHA}, by the metric's direction). Unadjusted intervals: one that excludes 0 is not a verdict "
-             "by itself."]
+    lines = [
+        *header,
+        "",
+        *headline(board),
+        "",
+        "Each cell: the difference row − reference (mean over seeds) with its 95 % interval, the Holm-adjusted "
+        "p-value over every comparison on this page, and the verdict (better / worse when that p < "
+        f"{ALPHA}, by the metric's direction). Unadjusted intervals: one that excludes 0 is not a verdict "
+        "by itself.",
+    ]
     records = []
     for test_set in board.test_sets:
         mine = [c for c in board.comparisons if c.test_set == test_set]
@@ -209,37 +253,75 @@ def verdicts_page(board: Board, header: Sequence[str]) -> tuple[str, str]:
             continue
         table: dict[str, list[str]] = {"method": [], "metric": []}
         for reference in REFERENCES:
-            table[f"Δ vs {reference} [95% CI]"], table[f"p Holm ({reference})"], table[f"vs {reference}"] = [], [], []
+            table[f"Δ vs {reference} [95% CI]"], table[f"p Holm ({reference})"], table[f"vs {reference}"] = (
+                [],
+                [],
+                [],
+            )
         for row in [r for r in board.rows if any(c.row == r for c in mine)]:
             for metric in VERDICT_METRICS:
                 table["method"].append(board.labels.get(row, row[0]))
                 table["metric"].append(metric.short)
                 for reference in REFERENCES:
-                    c = next((c for c in mine if c.row == row and c.metric == metric and c.reference[0] == reference),
-                             None)
+                    c = next(
+                        (
+                            c
+                            for c in mine
+                            if c.row == row and c.metric == metric and c.reference[0] == reference
+                        ),
+                        None,
+                    )
                     table[f"Δ vs {reference} [95% CI]"].append(format_difference(c.estimate) if c else "–")
                     table[f"p Holm ({reference})"].append(format_p(c.p_holm) if c else "–")
                     table[f"vs {reference}"].append(c.verdict if c else "–")
-        lines += ["", f"## Test set `{test_set}`", "",
-                  f"{board.shared[test_set]} samples, scored by every run, resampled {board.replicates} times.", "",
-                  _table(pd.DataFrame(table))]
+        lines += [
+            "",
+            f"## Test set `{test_set}`",
+            "",
+            f"{board.shared[test_set]} samples, scored by every run, resampled {board.replicates} times.",
+            "",
+            _table(pd.DataFrame(table)),
+        ]
         for c in mine:
             e = c.estimate
-            records.append({
-                "test_set": test_set, "method": c.row[0], "label": board.labels.get(c.row, c.row[0]),
-                "profile": c.row[1], "variant": c.row[2], "reference": c.reference[0],
-                "reference_variant": c.reference[2], "metric": c.metric.key,
-                "better": "higher" if c.metric.better > 0 else "lower",
-                "difference": e.value if e else math.nan, "low": e.low if e else math.nan,
-                "high": e.high if e else math.nan, "se": e.se if e else math.nan, "df": e.df if e else math.nan,
-                "p": e.p if e and e.p is not None else math.nan,
-                "p_holm": c.p_holm if c.p_holm is not None else math.nan, "verdict": c.verdict,
-                "replicates": e.replicates if e else 0})
+            records.append(
+                {
+                    "test_set": test_set,
+                    "method": c.row[0],
+                    "label": board.labels.get(c.row, c.row[0]),
+                    "profile": c.row[1],
+                    "variant": c.row[2],
+                    "reference": c.reference[0],
+                    "reference_variant": c.reference[2],
+                    "metric": c.metric.key,
+                    "better": "higher" if c.metric.better > 0 else "lower",
+                    "difference": e.value if e else math.nan,
+                    "low": e.low if e else math.nan,
+                    "high": e.high if e else math.nan,
+                    "se": e.se if e else math.nan,
+                    "df": e.df if e else math.nan,
+                    "p": e.p if e and e.p is not None else math.nan,
+                    "p_holm": c.p_holm if c.p_holm is not None else math.nan,
+                    "verdict": c.verdict,
+                    "replicates": e.replicates if e else 0,
+                }
+            )
     for summary in board.ranks:
-        lines += ["", f"## Ranks by {summary.metric.label} ({summary.profile})", "",
-                  _table(pd.DataFrame({"method": [board.labels.get(r, r[0]) for r in summary.rows],
-                                       "mean rank": [f"{x:.2f}" for x in summary.test.mean_ranks]})
-                         .sort_values("mean rank", kind="stable")), "", rank_sentence(summary)]
+        lines += [
+            "",
+            f"## Ranks by {summary.metric.label} ({summary.profile})",
+            "",
+            _table(
+                pd.DataFrame(
+                    {
+                        "method": [board.labels.get(r, r[0]) for r in summary.rows],
+                        "mean rank": [f"{x:.2f}" for x in summary.test.mean_ranks],
+                    }
+                ).sort_values("mean rank", kind="stable")
+            ),
+            "",
+            rank_sentence(summary),
+        ]
     csv = pd.DataFrame(records).to_csv(index=False, float_format="%.6f", lineterminator="\n")
     return "\n".join(lines) + "\n", csv
 
@@ -274,14 +356,26 @@ def plot_tradeoff(board: Board, path: Path, title: str) -> None:
             if x is None or y is None:
                 continue
             # whiskers stop at the metrics' range (EOdd >= 0, AUC <= 1): a t interval is symmetric
-            handle = ax.errorbar(x.value, y.value, xerr=[[x.value - max(x.low, 0.0)], [x.high - x.value]],
-                                 yerr=[[y.value - y.low], [min(y.high, 1.0) - y.value]], fmt=MARKERS[i % len(MARKERS)],
-                                 color=f"C{i % 10}", markersize=7, capsize=3, elinewidth=1, alpha=0.9)
+            handle = ax.errorbar(
+                x.value,
+                y.value,
+                xerr=[[x.value - max(x.low, 0.0)], [x.high - x.value]],
+                yerr=[[y.value - y.low], [min(y.high, 1.0) - y.value]],
+                fmt=MARKERS[i % len(MARKERS)],
+                color=f"C{i % 10}",
+                markersize=7,
+                capsize=3,
+                elinewidth=1,
+                alpha=0.9,
+            )
             label = board.labels.get(row, row[0]) + (f" ({row[1]})" if _profiles(board) > 1 else "")
             handles.setdefault(label, handle)
     if handles:
-        figure.legend(list(handles.values()), list(handles), loc="lower center", ncol=3, fontsize=10,
-                      frameon=False)
+        figure.legend(
+            list(handles.values()), list(handles), loc="lower center", ncol=3, fontsize=10, frameon=False
+        )
     figure.suptitle(title, fontsize=12)
-    figure.tight_layout(rect=(0, (0.35 * legend_rows + 0.3) / (4.8 * nrows + 0.35 * legend_rows + 0.6), 1, 0.96))
+    figure.tight_layout(
+        rect=(0, (0.35 * legend_rows + 0.3) / (4.8 * nrows + 0.35 * legend_rows + 0.6), 1, 0.96)
+    )
     figure.savefig(path, format="png", metadata={"Software": None})

@@ -158,7 +158,9 @@ class Fairness(_Struct):
 
 
 #: the numeric fields of Fairness, in record order
-FAIRNESS_VALUES = tuple(f for f in Fairness.__struct_fields__ if f != "groups" and not f.endswith(("_groups", "_group")))
+FAIRNESS_VALUES = tuple(
+    f for f in Fairness.__struct_fields__ if f != "groups" and not f.endswith(("_groups", "_group"))
+)
 
 
 class Flag(_Struct):
@@ -517,8 +519,10 @@ def read_record(path: str | Path, *, verify_seal: bool = True) -> Record:
     if isinstance(found, bool) or not isinstance(found, int) or found < 1:
         raise RecordError(f"{path}: $.schema_version: expected a positive integer, got {found!r}")
     if found > SCHEMA_VERSION:
-        raise RecordError(f"{path}: $.schema_version: record has schema version {found}, newer than the "
-                          f"version {SCHEMA_VERSION} this dermbench ({__version__}) reads; upgrade dermbench")
+        raise RecordError(
+            f"{path}: $.schema_version: record has schema version {found}, newer than the "
+            f"version {SCHEMA_VERSION} this dermbench ({__version__}) reads; upgrade dermbench"
+        )
     try:
         record = msgspec.convert(raw, Record)
     except msgspec.ValidationError as exc:
@@ -530,8 +534,27 @@ def read_record(path: str | Path, *, verify_seal: bool = True) -> Record:
 # --------------------------------------------------------------------------- possible values
 
 #: metrics that are shares or probabilities, in [0, 1]
-RATES = frozenset({"acc", "bacc", "precision", "tpr", "tnr", "fpr", "fnr", "f1", "auc", "ece", "sensitivity",
-                   "specificity", "tone3_accuracy", "fst_exact", "fst_within_one", "accuracy", "balanced_accuracy"})
+RATES = frozenset(
+    {
+        "acc",
+        "bacc",
+        "precision",
+        "tpr",
+        "tnr",
+        "fpr",
+        "fnr",
+        "f1",
+        "auc",
+        "ece",
+        "sensitivity",
+        "specificity",
+        "tone3_accuracy",
+        "fst_exact",
+        "fst_within_one",
+        "accuracy",
+        "balanced_accuracy",
+    }
+)
 #: metrics that count samples: non-negative integers
 COUNTS = frozenset({"n", "positives", "negatives", "support"})
 #: for a binary task, each gap as a function of the two group blocks it names
@@ -547,8 +570,12 @@ _GAP_OF = {
     "gap_fnr": (("tpr",), lambda a, b: abs(a["tpr"] - b["tpr"])),
 }
 #: for a binary task, each worst-group value: (metric, the value of a group block)
-_WORST_OF = {"worst_acc": ("acc", lambda m: m["acc"]), "worst_auc": ("auc", lambda m: m["auc"]),
-             "worst_f1": ("f1", lambda m: m["f1"]), "worst_fnr": ("tpr", lambda m: 1 - m["tpr"])}
+_WORST_OF = {
+    "worst_acc": ("acc", lambda m: m["acc"]),
+    "worst_auc": ("auc", lambda m: m["auc"]),
+    "worst_f1": ("f1", lambda m: m["f1"]),
+    "worst_fnr": ("tpr", lambda m: 1 - m["tpr"]),
+}
 _TOLERANCE = 1e-6
 
 
@@ -582,11 +609,14 @@ def _check_block(where: str, path: str, block: dict[str, Any]) -> None:
         _check_number(where, f"{path}.{name}", name, value)
     n, pos, neg = block.get("n"), block.get("positives"), block.get("negatives")
     if isinstance(n, int) and isinstance(pos, int) and isinstance(neg, int) and pos + neg != n:
-        raise _bad(where, f"{path}.n", f"{n} samples, but positives ({pos}) + negatives ({neg}) = {pos + neg}")
+        raise _bad(
+            where, f"{path}.n", f"{n} samples, but positives ({pos}) + negatives ({neg}) = {pos + neg}"
+        )
 
 
-def _check_fairness(where: str, path: str, fair: Fairness, groups: dict[str, dict[str, Any]] | None,
-                    binary: bool) -> None:
+def _check_fairness(
+    where: str, path: str, fair: Fairness, groups: dict[str, dict[str, Any]] | None, binary: bool
+) -> None:
     """Every gap and worst value in [0, 1]; for a binary task, each the value its named groups give,
     and the largest (smallest) over the scheme's groups."""
     for name in FAIRNESS_VALUES:
@@ -602,20 +632,34 @@ def _check_fairness(where: str, path: str, fair: Fairness, groups: dict[str, dic
             continue
         expected = formula(*blocks)
         if abs(expected - value) > _TOLERANCE:
-            raise _bad(where, f"{path}.{gap}", f"{value!r}, but the {' and '.join(needs)} values of groups "
-                       f"{pair[0]} and {pair[1]} give {expected:.6g}")
+            raise _bad(
+                where,
+                f"{path}.{gap}",
+                f"{value!r}, but the {' and '.join(needs)} values of groups "
+                f"{pair[0]} and {pair[1]} give {expected:.6g}",
+            )
         usable = [g for g in fair.groups if g in groups and all(groups[g].get(k) is not None for k in needs)]
-        largest = max((formula(groups[a], groups[b]) for i, a in enumerate(usable) for b in usable[i + 1:]), default=value)
+        largest = max(
+            (formula(groups[a], groups[b]) for i, a in enumerate(usable) for b in usable[i + 1 :]),
+            default=value,
+        )
         if largest > value + _TOLERANCE:
-            raise _bad(where, f"{path}.{gap}", f"{value!r} is not the largest gap over groups {', '.join(usable)} "
-                       f"({largest:.6g})")
+            raise _bad(
+                where,
+                f"{path}.{gap}",
+                f"{value!r} is not the largest gap over groups {', '.join(usable)} ({largest:.6g})",
+            )
     for worst, (metric, of) in _WORST_OF.items():
         value, named = fair.value(worst), fair.which(worst)
         if value is None or not named or named[0] not in groups or groups[named[0]].get(metric) is None:
             continue
         expected = of(groups[named[0]])
         if abs(expected - value) > _TOLERANCE:
-            raise _bad(where, f"{path}.{worst}", f"{value!r}, but the {metric} of group {named[0]} gives {expected:.6g}")
+            raise _bad(
+                where,
+                f"{path}.{worst}",
+                f"{value!r}, but the {metric} of group {named[0]} gives {expected:.6g}",
+            )
 
 
 def check_values(record: Record, *, where: str) -> None:
@@ -635,18 +679,24 @@ def check_values(record: Record, *, where: str) -> None:
             for group, block in groups.items():
                 _check_block(where, f"{base}.groups.{scheme}.{group}", block)
         for scheme, fair in result.fairness.items():
-            _check_fairness(where, f"{base}.fairness.{scheme}", fair, result.groups.get(scheme),
-                            result.task == "binary")
+            _check_fairness(
+                where, f"{base}.fairness.{scheme}", fair, result.groups.get(scheme), result.task == "binary"
+            )
         _check_counts(where, f"{base}.excluded", result.excluded)
         _check_counts(where, f"{base}.tone_source", result.tone_source)
         if result.per_class is not None:
             rates = [(f"{base}.per_class.overall", result.per_class.overall)]
-            rates += [(f"{base}.per_class.groups.{s}.{g}", r) for s, gs in result.per_class.groups.items()
-                      for g, r in gs.items()]
+            rates += [
+                (f"{base}.per_class.groups.{s}.{g}", r)
+                for s, gs in result.per_class.groups.items()
+                for g, r in gs.items()
+            ]
             for path, block in rates:
                 for metric in ("support", "tpr", "tnr", "fpr", "precision", "f1", "auc"):
                     for i, value in enumerate(getattr(block, metric)):
-                        _check_number(where, f"{path}.{metric}[{i}]", "n" if metric == "support" else "acc", value)
+                        _check_number(
+                            where, f"{path}.{metric}[{i}]", "n" if metric == "support" else "acc", value
+                        )
         sources = (result.tone_sources.sources or {}) if result.tone_sources is not None else {}
         for source, scores in sources.items():
             path = f"{base}.tone_sources.sources.{source}"
@@ -673,7 +723,9 @@ def sealed_files(run_dir: Path) -> list[str]:
     """What a `done` marker seals: metrics.json, every predictions/*.csv and counterfactual.json when
     the run has one (paths relative to the run)."""
     folder = Path(run_dir) / PREDICTIONS_DIR
-    predictions = sorted(p.relative_to(run_dir).as_posix() for p in folder.glob("*.csv")) if folder.is_dir() else []
+    predictions = (
+        sorted(p.relative_to(run_dir).as_posix() for p in folder.glob("*.csv")) if folder.is_dir() else []
+    )
     counterfactual = [COUNTERFACTUAL_FILE] if (Path(run_dir) / COUNTERFACTUAL_FILE).is_file() else []
     return [METRICS_FILE, *predictions, *counterfactual]
 
@@ -704,8 +756,12 @@ def write_done(run_dir: str | Path, *, finished: str | None = None) -> None:
     """Write the sealed `done` marker: the time the run finished and the checksums of what it sealed."""
     run_dir = Path(run_dir)
     files = {name: _file_sha256(run_dir / name) for name in sealed_files(run_dir)}
-    seal = {"format": SEAL_FORMAT, "finished": finished or datetime.now(timezone.utc).isoformat(), "files": files,
-            "fields": field_digests(_read_metrics_json(run_dir / METRICS_FILE))}
+    seal = {
+        "format": SEAL_FORMAT,
+        "finished": finished or datetime.now(timezone.utc).isoformat(),
+        "files": files,
+        "fields": field_digests(_read_metrics_json(run_dir / METRICS_FILE)),
+    }
     write_text(run_dir / DONE, json.dumps(seal, indent=1) + "\n")
 
 
@@ -717,8 +773,12 @@ def read_seal(run_dir: Path) -> dict[str, Any] | None:
         return None
     except OSError as exc:
         raise RecordError(f"{Path(run_dir) / DONE}: cannot read ({exc})") from None
-    if not isinstance(seal, dict) or seal.get("format") != SEAL_FORMAT or not isinstance(seal.get("files"), dict) \
-            or not isinstance(seal.get("fields"), dict):
+    if (
+        not isinstance(seal, dict)
+        or seal.get("format") != SEAL_FORMAT
+        or not isinstance(seal.get("files"), dict)
+        or not isinstance(seal.get("fields"), dict)
+    ):
         return None
     return seal
 
@@ -737,18 +797,24 @@ def check_seal(run_dir: str | Path, *, ignore: str | None = None) -> None:
     done = run_dir / DONE
     seal = read_seal(run_dir)
     if seal is None:
-        raise RecordError(f"{done}: the `{DONE}` marker holds no checksums (it was written before dermbench sealed "
-                          f"finished records), so a change to {METRICS_FILE} or the predictions after the run "
-                          f"finished cannot be detected; check the record and seal it with `{SEAL_COMMAND} {run_dir}`")
+        raise RecordError(
+            f"{done}: the `{DONE}` marker holds no checksums (it was written before dermbench sealed "
+            f"finished records), so a change to {METRICS_FILE} or the predictions after the run "
+            f"finished cannot be detected; check the record and seal it with `{SEAL_COMMAND} {run_dir}`"
+        )
     for name in sealed_files(run_dir):
         if name not in seal["files"] and name != ignore:
             if name == COUNTERFACTUAL_FILE:
-                raise RecordError(f"{run_dir / name}: not covered by the run's `{DONE}` marker (written by a dermbench "
-                                  "that did not seal it, or added by hand), so a change to it cannot be detected; "
-                                  f"check it and seal it with `{SEAL_COMMAND} {run_dir}`, or write it again with "
-                                  f"`dermbench counterfactual {run_dir}`")
-            raise RecordError(f"{run_dir / name}: added after the run finished (its `{DONE}` marker does not list "
-                              f"it); remove it or {_REDO}")
+                raise RecordError(
+                    f"{run_dir / name}: not covered by the run's `{DONE}` marker (written by a dermbench "
+                    "that did not seal it, or added by hand), so a change to it cannot be detected; "
+                    f"check it and seal it with `{SEAL_COMMAND} {run_dir}`, or write it again with "
+                    f"`dermbench counterfactual {run_dir}`"
+                )
+            raise RecordError(
+                f"{run_dir / name}: added after the run finished (its `{DONE}` marker does not list "
+                f"it); remove it or {_REDO}"
+            )
     _verify_listed(run_dir, seal, skip=frozenset({ignore} - {None}))
 
 
@@ -762,17 +828,25 @@ def _verify_listed(run_dir: Path, seal: dict[str, Any], *, skip: frozenset[str] 
         if name in skip:
             continue
         path = run_dir / name
-        redo = (f"write it again with `dermbench counterfactual {run_dir}`" if name == COUNTERFACTUAL_FILE else _REDO)
+        redo = (
+            f"write it again with `dermbench counterfactual {run_dir}`"
+            if name == COUNTERFACTUAL_FILE
+            else _REDO
+        )
         if not path.is_file():
             raise RecordError(f"{path}: missing, but the run's `{DONE}` marker lists it; {redo}")
         if _file_sha256(path) == expected:
             continue
         if name == METRICS_FILE:
             field = _changed_field(seal["fields"], field_digests(_read_metrics_json(path)))
-            raise RecordError(f"{path}: changed after the run finished: {field} no longer matches the checksum in "
-                              f"its `{DONE}` marker; {redo}")
-        raise RecordError(f"{path}: changed after the run finished (it no longer matches the checksum in the run's "
-                          f"`{DONE}` marker); {redo}")
+            raise RecordError(
+                f"{path}: changed after the run finished: {field} no longer matches the checksum in "
+                f"its `{DONE}` marker; {redo}"
+            )
+        raise RecordError(
+            f"{path}: changed after the run finished (it no longer matches the checksum in the run's "
+            f"`{DONE}` marker); {redo}"
+        )
 
 
 def reseal_run(run_dir: str | Path, added: str, write: Callable[[], Any]) -> None:
@@ -782,8 +856,10 @@ def reseal_run(run_dir: str | Path, added: str, write: Callable[[], Any]) -> Non
     run_dir = Path(run_dir)
     seal = read_seal(run_dir)
     if seal is None:
-        raise RecordError(f"{run_dir / DONE}: the `{DONE}` marker holds no checksums; check the record and seal it "
-                          f"with `{SEAL_COMMAND} {run_dir}` first")
+        raise RecordError(
+            f"{run_dir / DONE}: the `{DONE}` marker holds no checksums; check the record and seal it "
+            f"with `{SEAL_COMMAND} {run_dir}` first"
+        )
     _verify_listed(run_dir, seal, skip=frozenset({added}))
     write()
     write_done(run_dir, finished=seal["finished"])
@@ -842,14 +918,20 @@ def _concrete_path(path: str, data: Any) -> str:
         if step.group("field") is not None:
             name = step.group("field")
             out += f".{name}"
-            hints = typing.get_type_hints(kind) if isinstance(kind, type) and issubclass(kind, msgspec.Struct) else {}
+            hints = (
+                typing.get_type_hints(kind)
+                if isinstance(kind, type) and issubclass(kind, msgspec.Struct)
+                else {}
+            )
             kind = hints.get(name, Any)
             node = node.get(name) if isinstance(node, dict) else None
         elif step.group("index") is not None:
             i = int(step.group("index"))
             out += f"[{i}]"
             args = typing.get_args(kind)
-            kind = (args[i] if typing.get_origin(kind) is tuple and i < len(args) else args[0]) if args else Any
+            kind = (
+                (args[i] if typing.get_origin(kind) is tuple and i < len(args) else args[0]) if args else Any
+            )
             node = node[i] if isinstance(node, list) and i < len(node) else None
         else:
             value_kind = typing.get_args(kind)[1] if typing.get_origin(kind) is dict else Any
@@ -960,8 +1042,10 @@ class RunDir:
         try:
             return self.metrics()
         except RecordError as exc:
-            raise RecordError(f"the finished run {self.path} (it has a `{DONE}` marker) has a damaged record: "
-                              f"{exc}. Rerun with --force to redo this run (its folder is replaced)") from None
+            raise RecordError(
+                f"the finished run {self.path} (it has a `{DONE}` marker) has a damaged record: "
+                f"{exc}. Rerun with --force to redo this run (its folder is replaced)"
+            ) from None
 
 
 def _stamp() -> str:

@@ -46,8 +46,22 @@ from dermbench.results.tone_sections import ITA_PLOT, ToneSection, ita_curve_sec
 REPORT_FILE = "report.md"
 GROUP_METRICS = ("n", "acc", "bacc", "tpr", "tnr", "f1", "auc", "ece")
 #: the order fairness rows are shown in (paired gaps and worst values side by side)
-FAIRNESS_ORDER = ("eopp0", "eopp1", "eodd", "eodd_net", "eodd_fairlearn", "dp_diff", "worst_acc", "gap_acc",
-                  "worst_auc", "gap_auc", "worst_f1", "gap_f1", "gap_fnr", "worst_fnr")
+FAIRNESS_ORDER = (
+    "eopp0",
+    "eopp1",
+    "eodd",
+    "eodd_net",
+    "eodd_fairlearn",
+    "dp_diff",
+    "worst_acc",
+    "gap_acc",
+    "worst_auc",
+    "gap_auc",
+    "worst_f1",
+    "gap_f1",
+    "gap_fnr",
+    "worst_fnr",
+)
 TONE_SOURCE_LABELS = {"annotated": "annotated", "ita": "ITA", "detector": "detector"}
 MAX_MATRIX_CLASSES = 10
 ALL = "all"
@@ -136,8 +150,10 @@ def read_predictions(path: Path) -> pd.DataFrame:
             values = pd.to_numeric(table[column], errors="coerce")
             bad = table.index[values.isna() | (values != values.round())]
             if len(bad):
-                raise RecordError(f"{path}: column {column!r} must hold class indices; row {bad[0] + 2} has "
-                                  f"{table[column].iloc[bad[0]]!r}")
+                raise RecordError(
+                    f"{path}: column {column!r} must hold class indices; row {bad[0] + 2} has "
+                    f"{table[column].iloc[bad[0]]!r}"
+                )
             table[column] = values.astype("int64")
     return table
 
@@ -175,8 +191,9 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, class_names: Sequenc
     k = len(class_names)
     counts = np.zeros((k, k), dtype=np.int64)
     np.add.at(counts, (labels, preds), 1)
-    return pd.DataFrame(counts, index=[f"true {c}" for c in class_names],
-                        columns=[f"pred {c}" for c in class_names])
+    return pd.DataFrame(
+        counts, index=[f"true {c}" for c in class_names], columns=[f"pred {c}" for c in class_names]
+    )
 
 
 def binary_counts(matrices: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -184,29 +201,43 @@ def binary_counts(matrices: dict[str, pd.DataFrame]) -> pd.DataFrame:
     rows = []
     for group, matrix in matrices.items():
         (tn, fp), (fn, tp) = matrix.to_numpy().tolist()
-        rows.append({"group": group, "n": str(tn + fp + fn + tp), "TN": str(tn), "FP": str(fp), "FN": str(fn),
-                     "TP": str(tp)})
+        rows.append(
+            {
+                "group": group,
+                "n": str(tn + fp + fn + tp),
+                "TN": str(tn),
+                "FP": str(fp),
+                "FN": str(fn),
+                "TP": str(tp),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def confusion_by_group(table: pd.DataFrame, scheme: str, class_names: Sequence[str],
-                       threshold: float | None = None) -> tuple[dict[str, pd.DataFrame], int]:
+def confusion_by_group(
+    table: pd.DataFrame, scheme: str, class_names: Sequence[str], threshold: float | None = None
+) -> tuple[dict[str, pd.DataFrame], int]:
     """One confusion matrix per group of `scheme`, and how many rows had no group (left out)."""
     labels, preds = _labels_and_preds(table, class_names, threshold)
     groups = group_labels(table, scheme)
     present = sorted({g for g in groups if g is not None})
-    matrices = {group: confusion_matrix(labels[groups == group], preds[groups == group], class_names)
-                for group in ordered_groups(scheme, present)}
+    matrices = {
+        group: confusion_matrix(labels[groups == group], preds[groups == group], class_names)
+        for group in ordered_groups(scheme, present)
+    }
     return matrices, int(sum(g is None for g in groups))
 
 
-def overall_confusion(table: pd.DataFrame, class_names: Sequence[str], threshold: float | None = None) -> pd.DataFrame:
+def overall_confusion(
+    table: pd.DataFrame, class_names: Sequence[str], threshold: float | None = None
+) -> pd.DataFrame:
     """The confusion matrix of every row of the predictions table."""
     return confusion_matrix(*_labels_and_preds(table, class_names, threshold), class_names)
 
 
-def _labels_and_preds(table: pd.DataFrame, class_names: Sequence[str],
-                      threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
+def _labels_and_preds(
+    table: pd.DataFrame, class_names: Sequence[str], threshold: float | None
+) -> tuple[np.ndarray, np.ndarray]:
     """True and predicted class indices, checked against the number of classes."""
     labels = table["label"].to_numpy()
     preds = predicted_classes(table, threshold)
@@ -220,7 +251,9 @@ def class_names_for(test_eval: TestSetEval, table: pd.DataFrame) -> list[str]:
     """The record's class names; a predictions table with another number of classes is an error."""
     prob_columns = [c for c in table.columns if str(c).startswith("prob_")]
     if prob_columns and len(prob_columns) != len(test_eval.classes):
-        raise RecordError(f"{len(prob_columns)} prob_ columns but the record names {len(test_eval.classes)} classes")
+        raise RecordError(
+            f"{len(prob_columns)} prob_ columns but the record names {len(test_eval.classes)} classes"
+        )
     return list(test_eval.classes)
 
 
@@ -232,8 +265,15 @@ def _group_table(test_eval: TestSetEval, scheme: str) -> pd.DataFrame:
     groups = test_eval.groups.get(scheme, {})
     rows = [("group", group, groups[group]) for group in ordered_groups(scheme, groups)]
     rows.append(("group", ALL, test_eval.overall))
-    return pd.DataFrame([{"group": label, **{m: fmt_count(metrics.get(m)) if m == "n" else fmt(metrics.get(m))
-                                             for m in GROUP_METRICS}} for _, label, metrics in rows])
+    return pd.DataFrame(
+        [
+            {
+                "group": label,
+                **{m: fmt_count(metrics.get(m)) if m == "n" else fmt(metrics.get(m)) for m in GROUP_METRICS},
+            }
+            for _, label, metrics in rows
+        ]
+    )
 
 
 def _fairness_table(test_eval: TestSetEval) -> tuple[pd.DataFrame | None, list[str]]:
@@ -241,8 +281,12 @@ def _fairness_table(test_eval: TestSetEval) -> tuple[pd.DataFrame | None, list[s
     schemes = ordered_schemes(list(test_eval.fairness))
     if not schemes:
         return None, []
-    notes = [f"{scheme} groups compared: {', '.join(test_eval.fairness[scheme].groups)}" for scheme in schemes]
-    keys = [k for k in FAIRNESS_ORDER if k in FAIRNESS_VALUES] + [k for k in FAIRNESS_VALUES if k not in FAIRNESS_ORDER]
+    notes = [
+        f"{scheme} groups compared: {', '.join(test_eval.fairness[scheme].groups)}" for scheme in schemes
+    ]
+    keys = [k for k in FAIRNESS_ORDER if k in FAIRNESS_VALUES] + [
+        k for k in FAIRNESS_VALUES if k not in FAIRNESS_ORDER
+    ]
     intervals = test_eval.ci.fairness if test_eval.ci is not None else {}
     rows = []
     for key in keys:
@@ -289,21 +333,30 @@ def tone_estimation_text(estimation: ToneEstimation | None) -> str | None:
     d = estimation.detector
     if estimation.source == "detector" and d is not None:
         f1 = ", ".join(f"{k} {fmt(v)}" for k, v in d.per_tone_f1.items()) if d.per_tone_f1 else MISSING
-        text = (f"tones of {n} samples predicted by the tone detector {d.path} "
-                f"({d.backbone or MISSING}, trained on {d.trained_on or MISSING}); on "
-                f"{d.evaluated_on or MISSING} it scored accuracy {fmt(d.accuracy)}, per-tone F1 {f1}")
+        text = (
+            f"tones of {n} samples predicted by the tone detector {d.path} "
+            f"({d.backbone or MISSING}, trained on {d.trained_on or MISSING}); on "
+            f"{d.evaluated_on or MISSING} it scored accuracy {fmt(d.accuracy)}, per-tone F1 {f1}"
+        )
     else:
         unresolved = estimation.n_unresolved
-        text = (f"tones of {n} samples estimated by ITA ({estimation.method or MISSING}"
-                + (f"; {unresolved} had too little skin to estimate" if unresolved else "") + ")")
+        text = (
+            f"tones of {n} samples estimated by ITA ({estimation.method or MISSING}"
+            + (f"; {unresolved} had too little skin to estimate" if unresolved else "")
+            + ")"
+        )
     agreement = estimation.agreement_on_annotated
     if agreement is not None and agreement.tone3_accuracy is not None:
-        text += (f"; on this set's {agreement.n} annotated samples the estimate matches tone3 "
-                 f"{fmt(agreement.tone3_accuracy)} of the time")
+        text += (
+            f"; on this set's {agreement.n} annotated samples the estimate matches tone3 "
+            f"{fmt(agreement.tone3_accuracy)} of the time"
+        )
     return text
 
 
-def _test_set_report(run_dir: Path, name: str, test_eval: TestSetEval, schema_version: int = 1) -> TestSetReport:
+def _test_set_report(
+    run_dir: Path, name: str, test_eval: TestSetEval, schema_version: int = 1
+) -> TestSetReport:
     """One test set's section: summary, per-group tables, fairness, confusion matrices, exclusions, flags."""
     section = TestSetReport(name)
     threshold = test_eval.threshold
@@ -318,8 +371,11 @@ def _test_set_report(run_dir: Path, name: str, test_eval: TestSetEval, schema_ve
     for scheme in ordered_schemes(list(test_eval.groups)):
         section.group_tables[scheme] = _group_table(test_eval, scheme)
     section.fairness, section.fairness_notes = _fairness_table(test_eval)
-    section.excluded = [f"{key}: {reason}: {count}" for key, reasons in test_eval.excluded.items()
-                        for reason, count in reasons.items()]
+    section.excluded = [
+        f"{key}: {reason}: {count}"
+        for key, reasons in test_eval.excluded.items()
+        for reason, count in reasons.items()
+    ]
     section.flags = [f"{f.where}: {f.message} ({f.code})" for f in test_eval.flags]
     section.missing = _missing_lines(test_eval.missing)
     section.tone_sources = tone_source_section(test_eval, schema_version)
@@ -343,20 +399,25 @@ def _add_confusion(section: TestSetReport, path: Path, test_eval: TestSetEval) -
     try:
         names = class_names_for(test_eval, table)
         if len(names) > MAX_MATRIX_CLASSES:
-            section.confusion_notes.append(f"{len(names)} classes: confusion matrices omitted (more than "
-                                           f"{MAX_MATRIX_CLASSES}); see {path.parent.name}/{path.name}")
+            section.confusion_notes.append(
+                f"{len(names)} classes: confusion matrices omitted (more than "
+                f"{MAX_MATRIX_CLASSES}); see {path.parent.name}/{path.name}"
+            )
             return
         mismatches = threshold_mismatches(table, threshold)
         if mismatches:
-            section.confusion_notes.append(f"warning: {mismatches} row(s) of {path.name} have a `pred` that "
-                                           f"disagrees with prob_1 >= {fmt(threshold, 4)}")
+            section.confusion_notes.append(
+                f"warning: {mismatches} row(s) of {path.name} have a `pred` that "
+                f"disagrees with prob_1 >= {fmt(threshold, 4)}"
+            )
         section.confusion_all = overall_confusion(table, names, threshold)
         for scheme in ordered_schemes([s for s in SCHEMES if s in table]):
             matrices, missing = confusion_by_group(table, scheme, names, threshold)
             section.confusion[scheme] = matrices
             if missing:
-                section.confusion_notes.append(f"{scheme}: {missing} row(s) without a {scheme} group "
-                                               "(counted under all samples only)")
+                section.confusion_notes.append(
+                    f"{scheme}: {missing} row(s) without a {scheme} group (counted under all samples only)"
+                )
     except RecordError as exc:
         raise RecordError(f"{path}: {exc}") from None
 
@@ -373,22 +434,38 @@ def build_report(run_dir: str | Path) -> RunReport:
     for name, reason in record.skipped_test_sets.items():
         notes.append(f"skipped test set {name}: {reason}")
     plugin_text = ", ".join(f"{name} {version}" for name, version in record.plugins.items())
-    header = pd.DataFrame([
-        ("run id", record.run_id), ("method", record.method), ("train dataset", record.dataset),
-        ("task", record.task), ("seed", str(record.seed)), ("profile", record.profile),
-        ("device", record.device), ("plugins", plugin_text or MISSING),
-        ("threshold rule", str(record.threshold_rule)),
-        ("total time", f"{fmt(record.timing.total_s, 1)} s"),
-    ], columns=["field", "value"])
-    sections = [_test_set_report(run_dir, name, test_eval, record.schema_version)
-                for name, test_eval in record.eval.items()]
+    header = pd.DataFrame(
+        [
+            ("run id", record.run_id),
+            ("method", record.method),
+            ("train dataset", record.dataset),
+            ("task", record.task),
+            ("seed", str(record.seed)),
+            ("profile", record.profile),
+            ("device", record.device),
+            ("plugins", plugin_text or MISSING),
+            ("threshold rule", str(record.threshold_rule)),
+            ("total time", f"{fmt(record.timing.total_s, 1)} s"),
+        ],
+        columns=["field", "value"],
+    )
+    sections = [
+        _test_set_report(run_dir, name, test_eval, record.schema_version)
+        for name, test_eval in record.eval.items()
+    ]
     counterfactual = read_counterfactual(run_dir) or {"test_sets": {}}
     for section in sections:
         entry = counterfactual["test_sets"].get(section.name)
         if entry is not None:
-            section.counterfactual = ToneSection(lines=counterfactual_lines(entry), tables=counterfactual_tables(entry))
-    methods = [_method_report(name, values, record, run_dir) for name, values in (record.methods or {}).items()]
-    return RunReport(run_dir, record.run_id, header, notes, sections, excluded=_run_exclusions(record), methods=methods)
+            section.counterfactual = ToneSection(
+                lines=counterfactual_lines(entry), tables=counterfactual_tables(entry)
+            )
+    methods = [
+        _method_report(name, values, record, run_dir) for name, values in (record.methods or {}).items()
+    ]
+    return RunReport(
+        run_dir, record.run_id, header, notes, sections, excluded=_run_exclusions(record), methods=methods
+    )
 
 
 #: a dict with more entries than this is summarised (per-layer shares), not listed
@@ -415,10 +492,16 @@ def _method_report(name: str, values: dict[str, Any], record: Record, run_dir: P
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             flat = [{k: _value_text(v) for k, v in row.items()} for row in value]
             out.tables[key] = pd.DataFrame(flat).fillna(MISSING)
-        elif isinstance(value, dict) and len(value) > MAX_LISTED and all(isinstance(v, (int, float)) for v in value.values()):
+        elif (
+            isinstance(value, dict)
+            and len(value) > MAX_LISTED
+            and all(isinstance(v, (int, float)) for v in value.values())
+        ):
             numbers = list(value.values())
-            out.lines.append(f"{key}: {len(value)} entries, from {fmt(min(numbers))} to {fmt(max(numbers))} "
-                             "(each in metrics.json)")
+            out.lines.append(
+                f"{key}: {len(value)} entries, from {fmt(min(numbers))} to {fmt(max(numbers))} "
+                "(each in metrics.json)"
+            )
         elif isinstance(value, dict) and any(isinstance(v, dict) for v in value.values()):
             out.lines += [f"{key} / {k}: {_value_text(v)}" for k, v in value.items()]
         else:
@@ -456,12 +539,18 @@ def _quality_table(quality: dict[str, Any]) -> pd.DataFrame:
         row = {"": label, "n real": fmt_count(n.get("real")), "n synthetic": fmt_count(n.get("synthetic"))}
         for extractor in fids:
             row[f"FID ({extractor})"] = fmt(_at(fids, extractor, grouping, "values", key), 2)
-        ms_ssim = _at(quality, "ms_ssim", "class", "overall") if grouping == "overall" else _at(
-            quality, "ms_ssim", grouping, "values", key)
+        ms_ssim = (
+            _at(quality, "ms_ssim", "class", "overall")
+            if grouping == "overall"
+            else _at(quality, "ms_ssim", grouping, "values", key)
+        )
         row["MS-SSIM"] = fmt(ms_ssim)
         for kind, own in (("label", "class"), ("tone", "tone3")):
-            block = _at(quality, "fidelity", kind, "overall") if grouping == "overall" else (
-                _at(quality, "fidelity", kind, "values", key) if grouping == own else None)
+            block = (
+                _at(quality, "fidelity", kind, "overall")
+                if grouping == "overall"
+                else (_at(quality, "fidelity", kind, "values", key) if grouping == own else None)
+            )
             row[f"{kind} fidelity"] = _share_text(block)
         out.append(row)
     return pd.DataFrame(out)
@@ -469,9 +558,19 @@ def _quality_table(quality: dict[str, Any]) -> pd.DataFrame:
 
 def _cells_table(cells: dict[str, Any]) -> pd.DataFrame:
     """Synthetic (real) images per tone group (rows) x class (columns)."""
-    return pd.DataFrame([{"tone3": tone, **{label: f"{fmt_count(_at(n, 'synthetic'))} ({fmt_count(_at(n, 'real'))})"
-                                            for label, n in by_class.items()}}
-                         for tone, by_class in cells.items() if isinstance(by_class, dict)])
+    return pd.DataFrame(
+        [
+            {
+                "tone3": tone,
+                **{
+                    label: f"{fmt_count(_at(n, 'synthetic'))} ({fmt_count(_at(n, 'real'))})"
+                    for label, n in by_class.items()
+                },
+            }
+            for tone, by_class in cells.items()
+            if isinstance(by_class, dict)
+        ]
+    )
 
 
 def _extractor_text(info: Any) -> str:
@@ -496,23 +595,36 @@ def _assigner_text(by: Any) -> str:
 def _quality_lines(quality: dict[str, Any]) -> list[str]:
     """How to read the quality table: feature extractors, MS-SSIM settings, who judged the tones,
     and every value left out with its reason."""
-    lines = [f"quality / FID features ({name}): {_extractor_text(info)}"
-             for name, info in (quality.get("features") or {}).items()]
+    lines = [
+        f"quality / FID features ({name}): {_extractor_text(info)}"
+        for name, info in (quality.get("features") or {}).items()
+    ]
     ms = _at(quality, "ms_ssim", "class") or {}
     if ms:
-        lines.append(f"quality / MS-SSIM: mean over random pairs of distinct synthetic images of one class or tone "
-                     f"group (lower = more diverse); {ms.get('scales')} scale(s) for "
-                     f"{'x'.join(str(v) for v in quality.get('image_size') or [])} px images, betas "
-                     f"{', '.join(fmt(b) for b in ms.get('betas') or [])}, window {ms.get('kernel_size')}")
-    lines.append("quality / label fidelity: share of synthetic images the classifier assigns to the requested class")
-    lines.append(f"quality / tone fidelity: share assigned to the requested tone group by "
-                 f"{_assigner_text(_at(quality, 'fidelity', 'tone', 'by'))}")
+        lines.append(
+            f"quality / MS-SSIM: mean over random pairs of distinct synthetic images of one class or tone "
+            f"group (lower = more diverse); {ms.get('scales')} scale(s) for "
+            f"{'x'.join(str(v) for v in quality.get('image_size') or [])} px images, betas "
+            f"{', '.join(fmt(b) for b in ms.get('betas') or [])}, window {ms.get('kernel_size')}"
+        )
+    lines.append(
+        "quality / label fidelity: share of synthetic images the classifier assigns to the requested class"
+    )
+    lines.append(
+        f"quality / tone fidelity: share assigned to the requested tone group by "
+        f"{_assigner_text(_at(quality, 'fidelity', 'tone', 'by'))}"
+    )
     for extractor, groupings in (quality.get("fid") or {}).items():
-        lines += [f"quality / FID ({extractor}) {grouping} {key} skipped: {reason}"
-                  for grouping, result in groupings.items() for key, reason in (_at(result, "skipped") or {}).items()]
-    lines += [f"quality / MS-SSIM {grouping} {key} skipped: {reason}"
-              for grouping, result in (quality.get("ms_ssim") or {}).items()
-              for key, reason in (_at(result, "skipped") or {}).items()]
+        lines += [
+            f"quality / FID ({extractor}) {grouping} {key} skipped: {reason}"
+            for grouping, result in groupings.items()
+            for key, reason in (_at(result, "skipped") or {}).items()
+        ]
+    lines += [
+        f"quality / MS-SSIM {grouping} {key} skipped: {reason}"
+        for grouping, result in (quality.get("ms_ssim") or {}).items()
+        for key, reason in (_at(result, "skipped") or {}).items()
+    ]
     return lines
 
 
@@ -531,8 +643,12 @@ def _add_quality(out: MethodReport, quality: dict[str, Any], run_dir: Path) -> N
 
 
 #: the paper's metric names as this report shows them, in order
-PAPER_METRICS = {"eopp0": "EOpp0", "eopp1": "EOpp1", "eodd_net": "EOdd (their convention: our eodd_net)",
-                 "f1": "avg F1 (macro)"}
+PAPER_METRICS = {
+    "eopp0": "EOpp0",
+    "eopp1": "EOpp1",
+    "eodd_net": "EOdd (their convention: our eodd_net)",
+    "f1": "avg F1 (macro)",
+}
 
 
 def _paper_table(paper: dict[str, Any], record: Record) -> pd.DataFrame:
@@ -546,9 +662,14 @@ def _paper_table(paper: dict[str, Any], record: Record) -> pd.DataFrame:
             ours = test.overall.get("f1")
         elif fairness is not None:
             ours = fairness.value(key)
-        rows.append({"metric": label, f"paper: {record.method}": fmt(paper.get("method", {}).get(key)),
-                     "paper: vanilla": fmt(paper.get("vanilla", {}).get(key)),
-                     f"this run ({paper.get('test_set')}, {paper.get('scheme')})": fmt(ours)})
+        rows.append(
+            {
+                "metric": label,
+                f"paper: {record.method}": fmt(paper.get("method", {}).get(key)),
+                "paper: vanilla": fmt(paper.get("vanilla", {}).get(key)),
+                f"this run ({paper.get('test_set')}, {paper.get('scheme')})": fmt(ours),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -557,8 +678,11 @@ def _run_exclusions(record: Record) -> list[str]:
     rather than "none", since it cannot tell."""
     if record.excluded is None:
         return ["not recorded (a record written before training and validation exclusions were kept)"]
-    return [f"{where}: {reason}: {count}" for where, reasons in record.excluded.items()
-            for reason, count in reasons.items()]
+    return [
+        f"{where}: {reason}: {count}"
+        for where, reasons in record.excluded.items()
+        for reason, count in reasons.items()
+    ]
 
 
 # --------------------------------------------------------------------------- rendering
@@ -576,10 +700,19 @@ def confusion_tables(section: TestSetReport) -> list[tuple[str, pd.DataFrame]]:
     if section.confusion_all.shape == (2, 2):
         positive = str(section.confusion_all.columns[1]).removeprefix("pred ")
         if not section.confusion:
-            return [(f"all samples (positive class: {positive})", binary_counts({ALL: section.confusion_all}))]
-        return [(f"by {scheme} (positive class: {positive})", binary_counts({**matrices, ALL: section.confusion_all}))
-                for scheme, matrices in section.confusion.items()]
-    tables = [("all samples (rows: true class, columns: predicted)", section.confusion_all.reset_index(names=""))]
+            return [
+                (f"all samples (positive class: {positive})", binary_counts({ALL: section.confusion_all}))
+            ]
+        return [
+            (
+                f"by {scheme} (positive class: {positive})",
+                binary_counts({**matrices, ALL: section.confusion_all}),
+            )
+            for scheme, matrices in section.confusion.items()
+        ]
+    tables = [
+        ("all samples (rows: true class, columns: predicted)", section.confusion_all.reset_index(names=""))
+    ]
     for scheme, matrices in section.confusion.items():
         tables += [(f"{scheme} = {group}", m.reset_index(names="")) for group, m in matrices.items()]
     return [(title, table.astype(str)) for title, table in tables]
@@ -590,13 +723,20 @@ def render_markdown(report: RunReport) -> str:
     lines = [f"# Run report: `{report.run_id}`", "", _markdown(report.header)]
     if report.notes:
         lines += ["", *[f"- {n}" for n in report.notes]]
-    lines += ["", "## Excluded from training and validation", ""] + ([f"- {e}" for e in report.excluded] or ["- none"])
+    lines += ["", "## Excluded from training and validation", ""] + (
+        [f"- {e}" for e in report.excluded] or ["- none"]
+    )
     for method in report.methods:
         lines += ["", f"## Method record: `{method.name}`", "", *[f"- {line}" for line in method.lines]]
         for key, table in method.tables.items():
             lines += ["", f"### {key}", "", _markdown(table)]
         if method.paper is not None:
-            lines += ["", f"### The paper's numbers beside this run's ({method.paper_source})", "", _markdown(method.paper)]
+            lines += [
+                "",
+                f"### The paper's numbers beside this run's ({method.paper_source})",
+                "",
+                _markdown(method.paper),
+            ]
         for title, file in method.images:
             lines += ["", f"### {title}", "", f"![samples]({file})"]
     for section in report.test_sets:
@@ -604,29 +744,44 @@ def render_markdown(report: RunReport) -> str:
         for scheme, table in section.group_tables.items():
             lines += ["", f"### Per-group metrics: {scheme}", "", _markdown(table)]
         if section.fairness is not None:
-            lines += ["", "### Fairness gaps (value [low, high] = bootstrap CI when recorded)", "",
-                      _markdown(section.fairness)]
+            lines += [
+                "",
+                "### Fairness gaps (value [low, high] = bootstrap CI when recorded)",
+                "",
+                _markdown(section.fairness),
+            ]
             lines += [""] + [f"- {n}" for n in section.fairness_notes] if section.fairness_notes else []
         lines += ["", "### Confusion matrices"]
         if section.confusion_notes:
             lines += ["", *[f"- {note}" for note in section.confusion_notes]]
         for title, table in confusion_tables(section):
             lines += ["", f"#### {title}", "", _markdown(table)]
-        for title, tone in (("Tone-source sensitivity", section.tone_sources),
-                            ("Fairness along continuous tone (ITA)", section.ita_curve)):
+        for title, tone in (
+            ("Tone-source sensitivity", section.tone_sources),
+            ("Fairness along continuous tone (ITA)", section.ita_curve),
+        ):
             lines += ["", f"### {title}", "", *[f"- {line}" for line in tone.lines]]
             for table_title, table in tone.tables:
                 lines += ["", f"#### {table_title}", "", _markdown(table)]
         if section.ita_plot:
             lines += ["", f"![AUC and TPR along ITA]({section.ita_plot})"]
         if section.calibration is not None:
-            lines += ["", "### Calibration by tone3 group", "",
-                      f"Reliability per bin: observed frequency / mean confidence (samples); the last row is each "
-                      f"group's ECE (the per-group tables' `ece`). Diagram: {RELIABILITY_PLOT}.", "",
-                      _markdown(section.calibration)]
+            lines += [
+                "",
+                "### Calibration by tone3 group",
+                "",
+                f"Reliability per bin: observed frequency / mean confidence (samples); the last row is each "
+                f"group's ECE (the per-group tables' `ece`). Diagram: {RELIABILITY_PLOT}.",
+                "",
+                _markdown(section.calibration),
+            ]
         if section.counterfactual is not None:
-            lines += ["", "### Skin-tone counterfactual (SynthDerm)", "",
-                      *[f"- {line}" for line in section.counterfactual.lines]]
+            lines += [
+                "",
+                "### Skin-tone counterfactual (SynthDerm)",
+                "",
+                *[f"- {line}" for line in section.counterfactual.lines],
+            ]
             for table_title, table in section.counterfactual.tables:
                 lines += ["", f"#### {table_title}", "", _markdown(table)]
         lines += ["", "### Excluded samples", ""] + ([f"- {e}" for e in section.excluded] or ["- none"])
@@ -669,7 +824,11 @@ def print_report(report: RunReport, console: Console) -> None:
         for key, table in method.tables.items():
             console.print(_rich_table(table, title=key))
         if method.paper is not None:
-            console.print(_rich_table(method.paper, title=f"the paper's numbers beside this run's ({method.paper_source})"))
+            console.print(
+                _rich_table(
+                    method.paper, title=f"the paper's numbers beside this run's ({method.paper_source})"
+                )
+            )
         for title, file in method.images:
             _note(console, f"{title}: {report.run_dir / file}")
     for section in report.test_sets:
@@ -679,15 +838,21 @@ def print_report(report: RunReport, console: Console) -> None:
         for scheme, table in section.group_tables.items():
             console.print(_rich_table(table, title=f"per-group metrics: {scheme}"))
         if section.fairness is not None:
-            console.print(_rich_table(section.fairness, title="fairness gaps ([low, high] = bootstrap CI when recorded)"))
+            console.print(
+                _rich_table(
+                    section.fairness, title="fairness gaps ([low, high] = bootstrap CI when recorded)"
+                )
+            )
             for note in section.fairness_notes:
                 _note(console, note)
         for note in section.confusion_notes:
             _note(console, note)
         for title, table in confusion_tables(section):
             console.print(_rich_table(table, title=f"confusion: {title}"))
-        for title, tone in (("tone-source sensitivity", section.tone_sources),
-                            ("fairness along ITA", section.ita_curve)):
+        for title, tone in (
+            ("tone-source sensitivity", section.tone_sources),
+            ("fairness along ITA", section.ita_curve),
+        ):
             for line in tone.lines:
                 _note(console, f"{title}: {line}")
             for table_title, table in tone.tables:
@@ -695,7 +860,9 @@ def print_report(report: RunReport, console: Console) -> None:
         if section.ita_plot:
             _note(console, f"ITA curves: {report.run_dir / section.ita_plot}")
         if section.calibration is not None:
-            console.print(_rich_table(section.calibration, title="calibration by tone3: frequency / confidence (n)"))
+            console.print(
+                _rich_table(section.calibration, title="calibration by tone3: frequency / confidence (n)")
+            )
         if section.counterfactual is not None:
             for line in section.counterfactual.lines:
                 _note(console, f"counterfactual: {line}")
@@ -709,8 +876,9 @@ def print_report(report: RunReport, console: Console) -> None:
             _note(console, "undefined values (–): " + "; ".join(section.missing))
 
 
-def write_report(run_dir: str | Path, output: str | Path | None = None,
-                 console: Console | None = None) -> Path:
+def write_report(
+    run_dir: str | Path, output: str | Path | None = None, console: Console | None = None
+) -> Path:
     """Build the report, print it (when a console is given) and write the markdown; returns its path."""
     report = build_report(run_dir)
     if console is not None:
@@ -726,8 +894,11 @@ def write_ita_plot(run_dir: Path) -> Path | None:
     """Draw the run's AUC and TPR along ITA (one row per test set with a curve) as ITA_PLOT in the run
     folder; None (nothing drawn) for a record without curves."""
     record = read_record(run_dir / METRICS_FILE)
-    panels = {name: [line_of_curve(record.method, e.ita_curve)] for name, e in record.eval.items()
-              if e.ita_curve is not None and e.ita_curve.bins}
+    panels = {
+        name: [line_of_curve(record.method, e.ita_curve)]
+        for name, e in record.eval.items()
+        if e.ita_curve is not None and e.ita_curve.bins
+    }
     if not panels:
         return None
     path = run_dir / ITA_PLOT
@@ -741,5 +912,6 @@ def write_reliability_plot(report: RunReport) -> Path | None:
     panels = {s.name: s.calibration_curves for s in report.test_sets if s.calibration_curves}
     if not panels:
         return None
-    return draw_reliability(panels, report.run_dir / RELIABILITY_PLOT,
-                            f"run {report.run_id}: calibration by tone3 group")
+    return draw_reliability(
+        panels, report.run_dir / RELIABILITY_PLOT, f"run {report.run_id}: calibration by tone3 group"
+    )

@@ -81,8 +81,11 @@ def curves_figure(panels: Mapping[str, Sequence[CurveLine]], title: str, band: s
     keys = line_keys(panels)
     # matplotlib's 10 default colours repeat past 10 lines; tab20 keeps up to 20 apart
     colors = {key: f"C{i}" if len(keys) <= 10 else colormaps["tab20"](i % 20) for i, key in enumerate(keys)}
-    figure = Figure(figsize=(len(PANELS) * PANEL_WIDTH + LEGEND_WIDTH, PANEL_HEIGHT * len(rows) + 0.6), dpi=100,
-                    layout="constrained")
+    figure = Figure(
+        figsize=(len(PANELS) * PANEL_WIDTH + LEGEND_WIDTH, PANEL_HEIGHT * len(rows) + 0.6),
+        dpi=100,
+        layout="constrained",
+    )
     FigureCanvasAgg(figure)
     handles: dict[tuple[str, int], object] = {}
     for r, name in enumerate(rows):
@@ -92,9 +95,18 @@ def curves_figure(panels: Mapping[str, Sequence[CurveLine]], title: str, band: s
             for line in panels[name]:
                 seen[line.label] = seen.get(line.label, -1) + 1
                 key = (line.label, seen[line.label])
-                (drawn,) = ax.plot(line.x, line.y[metric], "o-", color=colors[key], label=line.label, linewidth=1.6,
-                                   markersize=4.5)
-                ax.fill_between(line.x, line.lo[metric], line.hi[metric], color=colors[key], alpha=0.15, linewidth=0)
+                (drawn,) = ax.plot(
+                    line.x,
+                    line.y[metric],
+                    "o-",
+                    color=colors[key],
+                    label=line.label,
+                    linewidth=1.6,
+                    markersize=4.5,
+                )
+                ax.fill_between(
+                    line.x, line.lo[metric], line.hi[metric], color=colors[key], alpha=0.15, linewidth=0
+                )
                 handles.setdefault(key, drawn)
             ax.set_title(f"{name}: {label}", fontsize=13)
             ax.set_xlabel("ITA (degrees; median of each equal-count bin; higher = lighter)", fontsize=11)
@@ -102,7 +114,12 @@ def curves_figure(panels: Mapping[str, Sequence[CurveLine]], title: str, band: s
             ax.tick_params(labelsize=10)
             ax.grid(alpha=0.3)
     if handles:
-        figure.legend([handles[k] for k in keys], [k[0] for k in keys], loc="outside right upper", fontsize=11,
-                      frameon=False)
+        figure.legend(
+            [handles[k] for k in keys],
+            [k[0] for k in keys],
+            loc="outside right upper",
+            fontsize=11,
+            frameon=False,
+        )
     figure.suptitle(f"{title} (band: {band})", fontsize=14)
     return figure

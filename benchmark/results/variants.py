@@ -59,7 +59,9 @@ def row_labels(runs: Sequence[Mapping[str, Any]]) -> dict[Row, str]:
             if not differing:
                 labels[row] = f"{method} [data {row[2]}]"
                 continue
-            shown = [f"{k.removeprefix(method + '.')}={_show(by_row[row].get(k))}" for k in differing[:MAX_SHOWN]]
+            shown = [
+                f"{k.removeprefix(method + '.')}={_show(by_row[row].get(k))}" for k in differing[:MAX_SHOWN]
+            ]
             more = f", … and {len(differing) - MAX_SHOWN} more" if len(differing) > MAX_SHOWN else ""
             labels[row] = f"{method} [{', '.join(shown)}{more}]"
     return labels

@@ -107,7 +107,9 @@ class Comparison:
 def _predictions(run_dir: Path, test_set: str) -> pd.DataFrame:
     path = run_dir / "predictions" / f"{test_set}.csv"
     if not path.is_file():
-        raise RecordError(f"{path}: the run's predictions on {test_set} are missing; verdicts are computed from them")
+        raise RecordError(
+            f"{path}: the run's predictions on {test_set} are missing; verdicts are computed from them"
+        )
     table = pd.read_csv(path, dtype={"sample_id": str})
     missing = [c for c in ("sample_id", "label") if c not in table.columns]
     if missing or not any(c.startswith("prob_") for c in table.columns):
@@ -126,8 +128,13 @@ def _resample_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarr
     return np.hstack([np.ones((n, 1)), counts])
 
 
-def scored_set(runs: Sequence[Mapping[str, Any]], test_set: str, thresholds: Mapping[str, float | None],
-                     n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> ScoredSet:
+def scored_set(
+    runs: Sequence[Mapping[str, Any]],
+    test_set: str,
+    thresholds: Mapping[str, float | None],
+    n_boot: int = N_BOOT,
+    seed: int = BOOT_SEED,
+) -> ScoredSet:
     """Every run's metrics on one test set, point and per resample, grouped by row.
 
     runs: the leaderboard's run dicts (method, profile, variant, seed, run_id, dir) that scored
@@ -146,8 +153,12 @@ def scored_set(runs: Sequence[Mapping[str, Any]], test_set: str, thresholds: Map
         probs = table[sorted((c for c in table.columns if c.startswith("prob_")), key=lambda c: int(c[5:]))]
         groups = {s: table[s].to_numpy(dtype=object) for s in ("tone3", "tone2") if s in table.columns}
         per_run[run["run_id"]] = weighted_summary(
-            y_true=table["label"].to_numpy(), y_prob=probs.to_numpy(dtype=np.float64), groups=groups,
-            weights=weights, threshold=thresholds.get(run["run_id"]))
+            y_true=table["label"].to_numpy(),
+            y_prob=probs.to_numpy(dtype=np.float64),
+            groups=groups,
+            weights=weights,
+            threshold=thresholds.get(run["run_id"]),
+        )
     members: dict[Row, list[Mapping[str, Any]]] = {}
     for run in sorted(runs, key=lambda r: (r["seed"], r["run_id"])):
         members.setdefault((run["method"], run["profile"], run["variant"]), []).append(run)
@@ -191,8 +202,14 @@ def compare_all(samples: Mapping[str, ScoredSet], counted: Sequence[Row]) -> lis
                 paired = a.seeds == b.seeds
                 for metric in VERDICT_METRICS:
                     estimate = seed_level_difference(
-                        a.point[metric.key], a.boot[metric.key], b.point[metric.key], b.boot[metric.key],
-                        tss.draws[len(a.seeds)], tss.other_draws[len(b.seeds)], paired)
+                        a.point[metric.key],
+                        a.boot[metric.key],
+                        b.point[metric.key],
+                        b.boot[metric.key],
+                        tss.draws[len(a.seeds)],
+                        tss.other_draws[len(b.seeds)],
+                        paired,
+                    )
                     out.append(Comparison(test_set, row, ref, metric, estimate))
     tested = [i for i, c in enumerate(out) if c.estimate is not None and c.estimate.p is not None]
     adjusted = holm([out[i].estimate.p for i in tested])  # type: ignore[union-attr]
@@ -208,7 +225,9 @@ def row_intervals(samples: Mapping[str, ScoredSet]) -> dict[tuple[str, Row, str]
     for test_set, tss in samples.items():
         for row, entry in tss.rows.items():
             for metric in VERDICT_METRICS:
-                estimate = row_mean(entry.point[metric.key], entry.boot[metric.key], tss.draws[len(entry.seeds)])
+                estimate = row_mean(
+                    entry.point[metric.key], entry.boot[metric.key], tss.draws[len(entry.seeds)]
+                )
                 if estimate is not None:
                     out[(test_set, row, metric.key)] = estimate
     return out
@@ -225,20 +244,34 @@ class RankSummary:
     test: RankTest
 
 
-def rank_summaries(samples: Mapping[str, ScoredSet], counted: Sequence[Row],
-                   metrics: Sequence[str] = ("fair.tone3.worst_auc", "fair.tone3.eodd")) -> list[RankSummary]:
+def rank_summaries(
+    samples: Mapping[str, ScoredSet],
+    counted: Sequence[Row],
+    metrics: Sequence[str] = ("fair.tone3.worst_auc", "fair.tone3.eodd"),
+) -> list[RankSummary]:
     """Per profile and metric: rank the counted rows that have a value on every test set."""
     out = []
     test_sets = list(samples)
     for profile in sorted({r[1] for r in counted}):
         for key in metrics:
             metric = METRIC_BY_KEY[key]
-            rows = [r for r in counted if r[1] == profile and all(
-                r in samples[t].rows and np.isfinite(samples[t].rows[r].point[key]).all() for t in test_sets)]
+            rows = [
+                r
+                for r in counted
+                if r[1] == profile
+                and all(
+                    r in samples[t].rows and np.isfinite(samples[t].rows[r].point[key]).all()
+                    for t in test_sets
+                )
+            ]
             if len(rows) < 2 or not test_sets:
                 continue
-            values = np.array([[float(samples[t].rows[r].point[key].mean()) for r in rows] for t in test_sets])
-            out.append(RankSummary(profile, metric, rows, test_sets, rank_test(values, metric.better == HIGHER)))
+            values = np.array(
+                [[float(samples[t].rows[r].point[key].mean()) for r in rows] for t in test_sets]
+            )
+            out.append(
+                RankSummary(profile, metric, rows, test_sets, rank_test(values, metric.better == HIGHER))
+            )
     return out
 
 
@@ -249,9 +282,11 @@ def rank_sentence(summary: RankSummary) -> str:
     if test.p is None:
         return f"{what}: too few test sets or rows for a rank test (Friedman needs 2 and 3)."
     verdict = "the rows' ranks differ" if test.p < ALPHA else "no evidence that the rows' ranks differ"
-    return (f"{what}: Friedman χ² = {test.statistic:.2f} (df {len(summary.rows) - 1}), p = {format_p(test.p)}: "
-            f"{verdict}. Two mean ranks differ significantly (Nemenyi, α = {ALPHA}) only when they are more than "
-            f"{test.critical_difference:.2f} apart.")
+    return (
+        f"{what}: Friedman χ² = {test.statistic:.2f} (df {len(summary.rows) - 1}), p = {format_p(test.p)}: "
+        f"{verdict}. Two mean ranks differ significantly (Nemenyi, α = {ALPHA}) only when they are more than "
+        f"{test.critical_difference:.2f} apart."
+    )
 
 
 def format_p(p: float | None) -> str:

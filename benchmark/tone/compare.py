@@ -28,11 +28,28 @@ from dermbench.tone.ita import fst_from_ita, ita_of_split
 
 ITA_NAME = "ITA"
 #: the frame's columns; acc_X is accuracy within true group X (NaN when X has no row)
-COLUMNS = ("eval", "estimator", *(f"acc_{t}" for t in TONE3), *(f"f1_{t}" for t in TONE3), "accuracy",
-           "balanced_accuracy", "n", *(f"n_{t}" for t in TONE3), "no_estimate", "about")
+COLUMNS = (
+    "eval",
+    "estimator",
+    *(f"acc_{t}" for t in TONE3),
+    *(f"f1_{t}" for t in TONE3),
+    "accuracy",
+    "balanced_accuracy",
+    "n",
+    *(f"n_{t}" for t in TONE3),
+    "no_estimate",
+    "about",
+)
 #: headers of the rendered tables, in order, for the frame's columns they show
-HEADERS = {"estimator": "estimator", **{f"acc_{t}": f"acc {t}" for t in TONE3}, **{f"f1_{t}": f"F1 {t}" for t in TONE3},
-           "accuracy": "accuracy", "balanced_accuracy": "bal. acc", "n": "n", "no_estimate": "no estimate"}
+HEADERS = {
+    "estimator": "estimator",
+    **{f"acc_{t}": f"acc {t}" for t in TONE3},
+    **{f"f1_{t}": f"F1 {t}" for t in TONE3},
+    "accuracy": "accuracy",
+    "balanced_accuracy": "bal. acc",
+    "n": "n",
+    "no_estimate": "no estimate",
+}
 
 
 @dataclass(frozen=True)
@@ -71,9 +88,13 @@ def describe_detector(detector: ToneDetector) -> str:
     images are told apart."""
     info = detector.info
     synthetic = info.get("synthetic") or []
-    data = " + ".join([info["trained_on"], *(f"synthetic {Path(s['path']).name} (n={s['n']})" for s in synthetic)])
+    data = " + ".join(
+        [info["trained_on"], *(f"synthetic {Path(s['path']).name} (n={s['n']})" for s in synthetic)]
+    )
     recipe = info.get("training", {}).get("recipe", "default")
-    return f"{detector.path} ({info['backbone']}, {info['image_size']} px, {recipe} recipe; trained on {data})"
+    return (
+        f"{detector.path} ({info['backbone']}, {info['image_size']} px, {recipe} recipe; trained on {data})"
+    )
 
 
 def score(truth: np.ndarray, pred: np.ndarray) -> dict:
@@ -86,8 +107,13 @@ def score(truth: np.ndarray, pred: np.ndarray) -> dict:
         row[f"acc_{t}"] = scores["confusion"][k][k] / n if n else np.nan
     for t in TONE3:
         row[f"f1_{t}"] = np.nan if scores["per_tone_f1"][t] is None else scores["per_tone_f1"][t]
-    row.update(accuracy=scores["accuracy"], balanced_accuracy=scores["balanced_accuracy"], n=scores["n"],
-               **{f"n_{t}": scores["per_tone_n"][t] for t in TONE3}, no_estimate=int((pred < 0).sum()))
+    row.update(
+        accuracy=scores["accuracy"],
+        balanced_accuracy=scores["balanced_accuracy"],
+        n=scores["n"],
+        **{f"n_{t}": scores["per_tone_n"][t] for t in TONE3},
+        no_estimate=int((pred < 0).sum()),
+    )
     return row
 
 
@@ -97,8 +123,12 @@ def score_split(evaluation: Split, estimators: list[Estimator], *, eval_name: st
     for est in estimators:
         pred = np.asarray(est.predict(evaluation))
         if pred.shape != (len(evaluation),):
-            raise DataError(f"tone estimator {est.name!r} gave {pred.shape} predictions for {len(evaluation)} rows")
-        rows.append({"eval": eval_name, "estimator": est.name, **score(evaluation.labels, pred), "about": est.about})
+            raise DataError(
+                f"tone estimator {est.name!r} gave {pred.shape} predictions for {len(evaluation)} rows"
+            )
+        rows.append(
+            {"eval": eval_name, "estimator": est.name, **score(evaluation.labels, pred), "about": est.about}
+        )
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
@@ -106,7 +136,9 @@ def annotated_split(pool: DatasetPool, dataset: str, split: str, image_size: int
     """The rows of `dataset`'s `split` with an annotated tone, labelled with it."""
     out, _ = tone_split(pool.load(dataset, split, image_size=image_size), name=f"{dataset}-{split}")
     if len(out) == 0:
-        raise DataError(f"{dataset} split {split!r} has no sample with an annotated tone to compare estimators on")
+        raise DataError(
+            f"{dataset} split {split!r} has no sample with an annotated tone to compare estimators on"
+        )
     return out
 
 
@@ -121,8 +153,10 @@ def compare(pool: DatasetPool, estimators: list[Estimator], evals: list[tuple[st
         by_size: dict[int | None, list[Estimator]] = {}
         for est in estimators:
             by_size.setdefault(est.image_size, []).append(est)
-        parts = [score_split(annotated_split(pool, dataset, split, size), group, eval_name=f"{dataset}:{split}")
-                 for size, group in by_size.items()]
+        parts = [
+            score_split(annotated_split(pool, dataset, split, size), group, eval_name=f"{dataset}:{split}")
+            for size, group in by_size.items()
+        ]
         frames.append(pd.concat(parts).set_index("estimator").loc[names].reset_index())
     return pd.concat(frames, ignore_index=True)[list(COLUMNS)]
 
@@ -149,7 +183,9 @@ def parse_eval(text: str) -> tuple[str, str]:
     """'DATASET[:SPLIT]' as (dataset, split); the split defaults to test."""
     dataset, _, split = text.partition(":")
     if not dataset:
-        raise ConfigError(f"--eval {text!r}: expected DATASET or DATASET:SPLIT, e.g. ddi or synthderm:test_ddi")
+        raise ConfigError(
+            f"--eval {text!r}: expected DATASET or DATASET:SPLIT, e.g. ddi or synthderm:test_ddi"
+        )
     return dataset, split or "test"
 
 
@@ -166,8 +202,10 @@ def check_held_out(detectors: dict[str, ToneDetector], evals: list[tuple[str, st
         used = {data.get(part, {}).get("split", "").split(" ")[0] for part in ("train", "val")}
         for dataset, split in evals:
             if f"{dataset}:{split}" in used:
-                raise ConfigError(f"detector {name!r} ({detector.path}) was trained or validated on "
-                                  f"{dataset}:{split}; compare on a held-out split")
+                raise ConfigError(
+                    f"detector {name!r} ({detector.path}) was trained or validated on "
+                    f"{dataset}:{split}; compare on a held-out split"
+                )
 
 
 # ---------------------------------------------------------------------------------------
@@ -205,5 +243,7 @@ def markdown(frame: pd.DataFrame) -> str:
     for _, part in frame.groupby("eval", sort=False):
         lines += ["", f"## {title(part)}", "", display_rows(part).to_markdown(index=False)]
     lines += ["", "Estimators:", ""]
-    lines += [f"- **{row.estimator}**: {row.about}" for row in frame.drop_duplicates("estimator").itertuples()]
+    lines += [
+        f"- **{row.estimator}**: {row.about}" for row in frame.drop_duplicates("estimator").itertuples()
+    ]
     return "\n".join(lines) + "\n"

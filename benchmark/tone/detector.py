@@ -41,14 +41,19 @@ def known_fst(table: pd.DataFrame) -> np.ndarray:
 def annotated_tone3(split: Split) -> tuple[np.ndarray, np.ndarray]:
     """(row positions, tone3 index 0/1/2) of the rows whose tone3 a person annotated."""
     table = add_group_columns(split.table)
-    source = table["tone_source"].astype(object) if "tone_source" in table else pd.Series("annotated", index=table.index)
+    source = (
+        table["tone_source"].astype(object)
+        if "tone_source" in table
+        else pd.Series("annotated", index=table.index)
+    )
     ok = table["tone3"].isin(TONE3).to_numpy() & (source == "annotated").to_numpy()
     rows = np.flatnonzero(ok)
     return rows, table["tone3"].iloc[rows].map({t: i for i, t in enumerate(TONE3)}).to_numpy(dtype=np.int64)
 
 
-def tone_split(split: Split, *, name: str | None = None,
-               label_sources: tuple[str, ...] = ("annotated",)) -> tuple[Split, dict[str, int]]:
+def tone_split(
+    split: Split, *, name: str | None = None, label_sources: tuple[str, ...] = ("annotated",)
+) -> tuple[Split, dict[str, int]]:
     """A split for training or scoring the detector: label = tone3 index, classes A/B/C.
 
     Only rows whose `tone_source` is in `label_sources` are kept: by default those a person
@@ -57,7 +62,11 @@ def tone_split(split: Split, *, name: str | None = None,
     The others are counted by reason.
     """
     table = add_group_columns(split.table)
-    source = table["tone_source"].astype(object) if "tone_source" in table else pd.Series("annotated", index=table.index)
+    source = (
+        table["tone_source"].astype(object)
+        if "tone_source" in table
+        else pd.Series("annotated", index=table.index)
+    )
     has_tone = table["tone3"].isin(TONE3).to_numpy()
     labelled = source.isin(label_sources).to_numpy()
     excluded = {}
@@ -70,8 +79,13 @@ def tone_split(split: Split, *, name: str | None = None,
     sub = split if len(keep) == len(split) else split.subset(keep)  # a full memory-mapped set stays on disk
     labels = sub.table["tone3"].map({t: i for i, t in enumerate(TONE3)}).to_numpy(dtype=np.int64)
     tab = sub.table.assign(label=labels)
-    out = replace(sub, name=name or f"{split.name}-tone3", table=tab, classes=TONE3,
-                  meta={**split.meta, "excluded": {**split.meta.get("excluded", {}), **excluded}})
+    out = replace(
+        sub,
+        name=name or f"{split.name}-tone3",
+        table=tab,
+        classes=TONE3,
+        meta={**split.meta, "excluded": {**split.meta.get("excluded", {}), **excluded}},
+    )
     return out, excluded
 
 
@@ -129,7 +143,16 @@ DERMDIFF_SETTINGS = (
 )
 #: `dermbench tone train --recipe NAME`: the settings applied before --backbone, --epochs and --set
 RECIPES = {"default": DETECTOR_SETTINGS, "dermdiff": DERMDIFF_SETTINGS}
-_REQUIRED_INFO = ("backbone", "image_size", "classes", "trained_on", "evaluated_on", "accuracy", "per_tone_f1", "n")
+_REQUIRED_INFO = (
+    "backbone",
+    "image_size",
+    "classes",
+    "trained_on",
+    "evaluated_on",
+    "accuracy",
+    "per_tone_f1",
+    "n",
+)
 
 
 @dataclass
@@ -145,15 +168,30 @@ class ToneDetector:
         images = resize_images(np.asarray(images), int(self.info["image_size"]))
         dev = _device(device)
         self.model.to(dev)
-        ctx = RunContext(config={"seed": 0, "train": {"batch_size": batch_size, "amp": True, "channels_last": True}},
-                         device=dev, work_dir=self.path, cache_dir=self.path)
+        ctx = RunContext(
+            config={"seed": 0, "train": {"batch_size": batch_size, "amp": True, "channels_last": True}},
+            device=dev,
+            work_dir=self.path,
+            cache_dir=self.path,
+        )
         split = Split(name="tone", table=pd.DataFrame(index=range(len(images))), images=images, classes=TONE3)
         return predict_proba(ctx, self.model, split, batch_size=batch_size)
 
     def summary(self) -> dict:
         """What a report needs to judge the detector's tones."""
-        keys = ("backbone", "image_size", "trained_on", "synthetic", "evaluated_on", "n", "accuracy",
-                "balanced_accuracy", "per_tone_f1", "per_tone_n", "created")
+        keys = (
+            "backbone",
+            "image_size",
+            "trained_on",
+            "synthetic",
+            "evaluated_on",
+            "n",
+            "accuracy",
+            "balanced_accuracy",
+            "per_tone_f1",
+            "per_tone_n",
+            "created",
+        )
         return {"path": str(self.path), **{k: self.info.get(k) for k in keys}}
 
 
@@ -175,10 +213,14 @@ def resize_images(images: np.ndarray, size: int, *, out: np.ndarray | None = Non
     if out is None:
         out = np.empty((len(images), size, size, 3), dtype=np.uint8)
     for start in range(0, len(images), RESIZE_CHUNK):
-        chunk = np.array(images[start : start + RESIZE_CHUNK])  # a writable copy: the input may be a read-only memmap
+        chunk = np.array(
+            images[start : start + RESIZE_CHUNK]
+        )  # a writable copy: the input may be a read-only memmap
         x = torch.from_numpy(chunk).permute(0, 3, 1, 2).float()
         y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out[start : start + RESIZE_CHUNK] = y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        out[start : start + RESIZE_CHUNK] = (
+            y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        )
     return out
 
 
@@ -188,7 +230,10 @@ def detector_fingerprint(path: Path | str | None) -> dict:
     and a retrained detector in the same folder is another run."""
     read_detector_info(path)  # a missing or bad folder is an error naming it
     folder = Path(path).expanduser()
-    content = {"kind": "tone detector", **{name: sha256_file(folder / name) for name in (DETECTOR_FILE, WEIGHTS_FILE)}}
+    content = {
+        "kind": "tone detector",
+        **{name: sha256_file(folder / name) for name in (DETECTOR_FILE, WEIGHTS_FILE)},
+    }
     return {**content, "digest": content_digest(content)}
 
 
@@ -201,11 +246,15 @@ def read_detector_info(path: Path | str | None) -> dict:
         )
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise ConfigError(f"tone detector folder {folder} does not exist (train one with `dermbench tone train`)")
+        raise ConfigError(
+            f"tone detector folder {folder} does not exist (train one with `dermbench tone train`)"
+        )
     info_path, weights = folder / DETECTOR_FILE, folder / WEIGHTS_FILE
     for f in (info_path, weights):
         if not f.is_file():
-            raise DataError(f"{folder} is not a tone detector: {f.name} is missing (made by `dermbench tone train`)")
+            raise DataError(
+                f"{folder} is not a tone detector: {f.name} is missing (made by `dermbench tone train`)"
+            )
     info = read_json(info_path)
     if not isinstance(info, dict):
         raise DataError(f"tone detector record {info_path} must hold a JSON object")
@@ -222,14 +271,16 @@ def load_detector(path: Path | str | None) -> ToneDetector:
 
     info = read_detector_info(path)
     folder = Path(path).expanduser()
-    model = create_backbone(info["backbone"], num_classes=len(TONE3), pretrained=False,
-                            image_size=info.get("image_size"))
+    model = create_backbone(
+        info["backbone"], num_classes=len(TONE3), pretrained=False, image_size=info.get("image_size")
+    )
     try:
         state = load_file(str(folder / WEIGHTS_FILE))
         model.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, OSError) as exc:
-        raise DataError(f"tone detector weights {folder / WEIGHTS_FILE} do not fit backbone "
-                        f"{info['backbone']!r}: {exc}") from exc
+        raise DataError(
+            f"tone detector weights {folder / WEIGHTS_FILE} do not fit backbone {info['backbone']!r}: {exc}"
+        ) from exc
     model.eval()
     return ToneDetector(path=folder, info=info, model=model)
 
@@ -272,7 +323,9 @@ def read_synthetic(folder: Path | str, *, classes: tuple[str, ...]) -> Synthetic
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise DataError(f"synthetic set {folder} is not a folder (expected the {IMAGES} and {MANIFEST} of a generation)")
+        raise DataError(
+            f"synthetic set {folder} is not a folder (expected the {IMAGES} and {MANIFEST} of a generation)"
+        )
     images, manifest = read_images(folder), read_manifest(folder)
     _check_requested_tones(manifest, folder / MANIFEST)
     try:
@@ -281,10 +334,17 @@ def read_synthetic(folder: Path | str, *, classes: tuple[str, ...]) -> Synthetic
         raise DataError(f"synthetic set {folder}: {exc}") from exc
     split, excluded = tone_split(generated, name=f"synthetic:{folder.name}", label_sources=("generated",))
     if excluded:
-        raise DataError(f"synthetic set {folder}: rows without a requested tone ({excluded}); "
-                        "every row needs tone3 A/B/C or fst 1-6")
-    entry = {"path": str(folder.resolve()), "n": len(split), "per_tone_n": per_tone_n(split),
-             "manifest_sha256": sha256_file(folder / MANIFEST), "image_size": list(images.shape[1:3])}
+        raise DataError(
+            f"synthetic set {folder}: rows without a requested tone ({excluded}); "
+            "every row needs tone3 A/B/C or fst 1-6"
+        )
+    entry = {
+        "path": str(folder.resolve()),
+        "n": len(split),
+        "per_tone_n": per_tone_n(split),
+        "manifest_sha256": sha256_file(folder / MANIFEST),
+        "image_size": list(images.shape[1:3]),
+    }
     return SyntheticSet(folder=folder, split=split, entry=entry)
 
 
@@ -298,12 +358,16 @@ def _check_requested_tones(manifest: pd.DataFrame, path: Path) -> None:
         raise DataError(f"{path}: tone3 value(s) {bad} are not among {list(TONE3)}")
     bad_fst = fst.notna() & from_fst.isna()
     if bad_fst.any():
-        raise DataError(f"{path}: fst value(s) {sorted(map(str, fst[bad_fst].unique()))} are not Fitzpatrick types 1-6")
+        raise DataError(
+            f"{path}: fst value(s) {sorted(map(str, fst[bad_fst].unique()))} are not Fitzpatrick types 1-6"
+        )
     clash = tone3.notna() & from_fst.notna() & (tone3 != from_fst)
     if clash.any():
         row = int(np.flatnonzero(clash.to_numpy())[0])
-        raise DataError(f"{path}: {int(clash.sum())} row(s) ask for a tone3 that contradicts their fst (first: "
-                        f"sample_id {manifest['sample_id'].iloc[row]}, fst {fst.iloc[row]:g}, tone3 {tone3.iloc[row]})")
+        raise DataError(
+            f"{path}: {int(clash.sum())} row(s) ask for a tone3 that contradicts their fst (first: "
+            f"sample_id {manifest['sample_id'].iloc[row]}, fst {fst.iloc[row]:g}, tone3 {tone3.iloc[row]})"
+        )
 
 
 def _at_size(sets: list[SyntheticSet], size: int, work: Path) -> list[Split]:
@@ -315,7 +379,9 @@ def _at_size(sets: list[SyntheticSet], size: int, work: Path) -> list[Split]:
         if images.shape[1:3] != (size, size):
             target = work / "synthetic" / f"{k}-{synthetic.folder.name}-{size}px.npy"
             target.parent.mkdir(parents=True, exist_ok=True)
-            mapped = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=(len(images), size, size, 3))
+            mapped = np.lib.format.open_memmap(
+                target, mode="w+", dtype=np.uint8, shape=(len(images), size, size, 3)
+            )
             images = resize_images(images, size, out=mapped)
         out.append(replace(synthetic.split, images=images))
     return out
@@ -359,20 +425,27 @@ class DetectorData:
     record: dict
 
 
-def detector_data(ctx: RunContext, pool: DatasetPool, *, eval_dataset: str, eval_split: str,
-                  sets: list[SyntheticSet]) -> DetectorData:
+def detector_data(
+    ctx: RunContext, pool: DatasetPool, *, eval_dataset: str, eval_split: str, sets: list[SyntheticSet]
+) -> DetectorData:
     """Training, validation and evaluation splits of tone3 labels for the detector.
 
     Synthetic samples join the training split only, after validation is carved from the real
     rows, so validation and evaluation stay real and annotated.
     """
     cfg, name = ctx.config, ctx.config["dataset"]
-    evaluation, eval_excluded = tone_split(pool.load(eval_dataset, eval_split), name=f"{eval_dataset}-{eval_split}")
+    evaluation, eval_excluded = tone_split(
+        pool.load(eval_dataset, eval_split), name=f"{eval_dataset}-{eval_split}"
+    )
     if len(evaluation) == 0:
-        raise DataError(f"{eval_dataset} split {eval_split!r} has no sample with an annotated tone to score the detector on")
+        raise DataError(
+            f"{eval_dataset} split {eval_split!r} has no sample with an annotated tone to score the detector on"
+        )
     real, train_excluded = tone_split(pool.load(name, "train"), name=f"{name}-train")
     if len(real) == 0:
-        raise DataError(f"dataset {name!r} has no training sample with an annotated Fitzpatrick type or tone3")
+        raise DataError(
+            f"dataset {name!r} has no training sample with an annotated Fitzpatrick type or tone3"
+        )
     if "val" in set(pool.get(name).table(cfg["task"])["split"]):
         val, val_excluded = tone_split(pool.load(name, "val"), name=f"{name}-val")
         val_from = f"{name}:val"
@@ -380,19 +453,36 @@ def detector_data(ctx: RunContext, pool: DatasetPool, *, eval_dataset: str, eval
         real, val = _carve_val(ctx, real)
         val_excluded, val_from = {}, f"{name}:train (15 % held out, tone-stratified)"
     size = int(cfg["data"]["image_size"])
-    train = Split.concat(f"{name}-train+synthetic", [real, *_at_size(sets, size, ctx.work_dir)]) if sets else real
+    train = (
+        Split.concat(f"{name}-train+synthetic", [real, *_at_size(sets, size, ctx.work_dir)]) if sets else real
+    )
     record = {
-        "train": {"split": f"{name}:train", "n": len(train), "n_real": len(real), "n_synthetic": len(train) - len(real),
-                  "per_tone_n": per_tone_n(train), "excluded": train_excluded},
+        "train": {
+            "split": f"{name}:train",
+            "n": len(train),
+            "n_real": len(real),
+            "n_synthetic": len(train) - len(real),
+            "per_tone_n": per_tone_n(train),
+            "excluded": train_excluded,
+        },
         "val": {"split": val_from, "n": len(val), "excluded": val_excluded},
         "eval": {"split": f"{eval_dataset}:{eval_split}", "n": len(evaluation), "excluded": eval_excluded},
     }
     return DetectorData(train=train, val=val, evaluation=evaluation, record=record)
 
 
-def train_detector(cfg: dict, *, out: Path, eval_dataset: str, eval_split: str = "test",
-                   synthetic: tuple[Path | str, ...] = (), recipe: str = "default", force: bool = False,
-                   local: tuple[str, ...] = (), console=None) -> dict:
+def train_detector(
+    cfg: dict,
+    *,
+    out: Path,
+    eval_dataset: str,
+    eval_split: str = "test",
+    synthetic: tuple[Path | str, ...] = (),
+    recipe: str = "default",
+    force: bool = False,
+    local: tuple[str, ...] = (),
+    console=None,
+) -> dict:
     """Train a tone3 detector on cfg["dataset"] (annotated FST) and score it on `eval_dataset`.
 
     Each folder in `synthetic` is a generated set whose samples join the training split only,
@@ -407,20 +497,34 @@ def train_detector(cfg: dict, *, out: Path, eval_dataset: str, eval_split: str =
     if eval_dataset == name and eval_split in ("train", "val"):
         raise ConfigError(f"the detector cannot be scored on {name}'s {eval_split!r} split: it trains on it")
     if (out / DETECTOR_FILE).exists() and not force:
-        raise DermbenchError(f"{out} already holds a tone detector; pass --force to replace it, or choose --out")
+        raise DermbenchError(
+            f"{out} already holds a tone detector; pass --force to replace it, or choose --out"
+        )
     pool = DatasetPool(cfg, local)
-    sets = _distinct([read_synthetic(folder, classes=pool.get(name).classes(cfg["task"])) for folder in synthetic])
-    _claim_work_dir(out / "work", {"config": cfg, "eval": [eval_dataset, eval_split],
-                                   "synthetic": [s.entry for s in sets]}, force=force)
-    ctx = RunContext(config=cfg, device=choose_device(cfg["device"]), work_dir=out / "work",
-                     cache_dir=out / "work" / "cache", console=console or Console())
+    sets = _distinct(
+        [read_synthetic(folder, classes=pool.get(name).classes(cfg["task"])) for folder in synthetic]
+    )
+    _claim_work_dir(
+        out / "work",
+        {"config": cfg, "eval": [eval_dataset, eval_split], "synthetic": [s.entry for s in sets]},
+        force=force,
+    )
+    ctx = RunContext(
+        config=cfg,
+        device=choose_device(cfg["device"]),
+        work_dir=out / "work",
+        cache_dir=out / "work" / "cache",
+        console=console or Console(),
+    )
     data = detector_data(ctx, pool, eval_dataset=eval_dataset, eval_split=eval_split, sets=sets)
     torch.manual_seed(cfg["seed"])
     trained = data.record["train"]
     added = f" + {trained['n_synthetic']} synthetic" if sets else ""
-    ctx.say(f"training the tone detector ({cfg['model']['backbone']}, {cfg['data']['image_size']} px) on "
-            f"{trained['n_real']} {name} images{added} (per tone {trained['per_tone_n']}); excluded "
-            f"{trained['excluded'] or 'none'}")
+    ctx.say(
+        f"training the tone detector ({cfg['model']['backbone']}, {cfg['data']['image_size']} px) on "
+        f"{trained['n_real']} {name} images{added} (per tone {trained['per_tone_n']}); excluded "
+        f"{trained['excluded'] or 'none'}"
+    )
     model = ctx.create_model(len(TONE3), seed_name="tone-detector-init")
     model = train_model(ctx, model, data.train, data.val, name="tone-detector")
     val_scores = tone_scores(data.val.labels, predict_proba(ctx, model, data.val).argmax(1))
@@ -433,16 +537,27 @@ def train_detector(cfg: dict, *, out: Path, eval_dataset: str, eval_split: str =
         "classes": list(TONE3),
         "trained_on": name,
         "evaluated_on": f"{eval_dataset}:{eval_split}",
-        **{k: scores[k] for k in ("n", "accuracy", "balanced_accuracy", "per_tone_f1", "per_tone_n", "confusion")},
+        **{
+            k: scores[k]
+            for k in ("n", "accuracy", "balanced_accuracy", "per_tone_f1", "per_tone_n", "confusion")
+        },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "validation": {"split": data.record["val"]["split"], **val_scores},
         "synthetic": [s.entry for s in sets],
         "data": data.record,
         "training": {
-            "recipe": recipe, "epochs": t["epochs"], "seed": cfg["seed"], "pretrained": cfg["model"]["pretrained"],
-            "loss": t["loss"], "focal_alpha": t["focal_alpha"], "focal_gamma": t["focal_gamma"],
-            "select_metric": t["select_metric"], "optimizer": t["optimizer"], "lr": t["lr"],
-            "momentum": t["momentum"] if t["optimizer"] == "sgd" else None, "batch_size": t["batch_size"],
+            "recipe": recipe,
+            "epochs": t["epochs"],
+            "seed": cfg["seed"],
+            "pretrained": cfg["model"]["pretrained"],
+            "loss": t["loss"],
+            "focal_alpha": t["focal_alpha"],
+            "focal_gamma": t["focal_gamma"],
+            "select_metric": t["select_metric"],
+            "optimizer": t["optimizer"],
+            "lr": t["lr"],
+            "momentum": t["momentum"] if t["optimizer"] == "sgd" else None,
+            "batch_size": t["batch_size"],
             "history": getattr(model, "train_history", None),
         },
         "dermbench": __version__,
@@ -450,12 +565,12 @@ def train_detector(cfg: dict, *, out: Path, eval_dataset: str, eval_split: str =
     _save_weights(model, out / WEIGHTS_FILE)
     write_json(out / DETECTOR_FILE, info)
     shutil.rmtree(out / "work", ignore_errors=True)
-    ctx.say(f"tone detector saved in {out}: accuracy {scores['accuracy']:.3f} on {info['evaluated_on']} "
-            f"(n={scores['n']}), F1 " + ", ".join(f"{k} {_fmt(v)}" for k, v in scores["per_tone_f1"].items()))
+    ctx.say(
+        f"tone detector saved in {out}: accuracy {scores['accuracy']:.3f} on {info['evaluated_on']} "
+        f"(n={scores['n']}), F1 " + ", ".join(f"{k} {_fmt(v)}" for k, v in scores["per_tone_f1"].items())
+    )
     return info
 
 
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
-
-

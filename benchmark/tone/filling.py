@@ -38,7 +38,9 @@ ITA_MEASURED = "ita_measured"  # ITA in degrees (NaN: not measured, or too littl
 DETECTOR_TONE3 = "tone3_detector"  # the detector's tone3 (None: not run on this row)
 
 
-def fill_missing_tones(split: Split, *, source: str, detector: Path | str | None = None, device=None) -> Split:
+def fill_missing_tones(
+    split: Split, *, source: str, detector: Path | str | None = None, device=None
+) -> Split:
     """A copy of `split` whose rows without fst and without tone3 get an estimated tone.
 
     source "ita": fst from ITA (tone_source "ita"); "detector": tone3 from the detector
@@ -70,7 +72,9 @@ def _check_rows(split: Split, table: pd.DataFrame, missing: np.ndarray) -> np.nd
     return np.setdiff1d(rows, missing)
 
 
-def _fill_by_ita(split: Split, table: pd.DataFrame, missing: np.ndarray, meta: dict) -> tuple[pd.DataFrame, dict]:
+def _fill_by_ita(
+    split: Split, table: pd.DataFrame, missing: np.ndarray, meta: dict
+) -> tuple[pd.DataFrame, dict]:
     check = _check_rows(split, table, missing)
     ita = ita_of_split(split, np.concatenate([missing, check]).astype(np.int64))
     ita_missing, ita_check = ita[: len(missing)], ita[len(missing) :]
@@ -89,9 +93,11 @@ def _fill_by_ita(split: Split, table: pd.DataFrame, missing: np.ndarray, meta: d
     table.loc[rows, "tone_source"] = "ita"
     skin = skin_class_of(split)
     meta.update(
-        n_estimated=int(ok.sum()), n_unresolved=int((~ok).sum()),
+        n_estimated=int(ok.sum()),
+        n_unresolved=int((~ok).sum()),
         method="mask skin class" if skin is not None else f"border frame ({BORDER_FRACTION:.0%} of the side)",
-        thresholds=dict(ITA_CATEGORIES), note=ITA_NOTE,
+        thresholds=dict(ITA_CATEGORIES),
+        note=ITA_NOTE,
     )
     if len(check):
         meta["agreement_on_annotated"] = _ita_agreement(table.iloc[check], ita_check)
@@ -115,10 +121,25 @@ def _ita_agreement(annotated: pd.DataFrame, ita: np.ndarray) -> dict:
     return out
 
 
-def _fill_by_detector(split: Split, table: pd.DataFrame, missing: np.ndarray, meta: dict, path, info: dict,
-                      device) -> tuple[pd.DataFrame, dict]:
-    meta["detector"] = {"path": str(path), **{k: info.get(k) for k in (
-        "backbone", "trained_on", "evaluated_on", "n", "accuracy", "balanced_accuracy", "per_tone_f1", "per_tone_n")}}
+def _fill_by_detector(
+    split: Split, table: pd.DataFrame, missing: np.ndarray, meta: dict, path, info: dict, device
+) -> tuple[pd.DataFrame, dict]:
+    meta["detector"] = {
+        "path": str(path),
+        **{
+            k: info.get(k)
+            for k in (
+                "backbone",
+                "trained_on",
+                "evaluated_on",
+                "n",
+                "accuracy",
+                "balanced_accuracy",
+                "per_tone_f1",
+                "per_tone_n",
+            )
+        },
+    }
     check = _check_rows(split, table, missing)
     rows = np.concatenate([missing, check]).astype(np.int64)
     if not len(rows):
@@ -141,15 +162,19 @@ def _fill_by_detector(split: Split, table: pd.DataFrame, missing: np.ndarray, me
     meta["n_estimated"] = int(n)
     if len(check):
         truth = table["tone3"].to_numpy(dtype=object)[check]
-        meta["agreement_on_annotated"] = {"n": int(len(check)), "tone3_accuracy": float((pred[n:] == truth).mean())}
+        meta["agreement_on_annotated"] = {
+            "n": int(len(check)),
+            "tone3_accuracy": float((pred[n:] == truth).mean()),
+        }
     return table, meta
 
 
 # ---------------------------------------------------------------------------------------
 # Annotating a dataset
 # ---------------------------------------------------------------------------------------
-def annotate_dataset(cfg: dict, detector: ToneDetector, *, splits: list[str] | None = None,
-                     local: tuple[str, ...] = ()) -> pd.DataFrame:
+def annotate_dataset(
+    cfg: dict, detector: ToneDetector, *, splits: list[str] | None = None, local: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """Detector tone3 and ITA for every row of cfg["dataset"] (or of `splits`).
 
     Columns: sample_id, split, tone3 (the detector's), p_A, p_B, p_C, tone_source
@@ -162,7 +187,9 @@ def annotate_dataset(cfg: dict, detector: ToneDetector, *, splits: list[str] | N
     chosen = splits or available
     unknown = [s for s in chosen if s not in available]
     if unknown:
-        raise DataError(f"dataset {name!r} has no split(s) {', '.join(unknown)} (splits: {', '.join(available)})")
+        raise DataError(
+            f"dataset {name!r} has no split(s) {', '.join(unknown)} (splits: {', '.join(available)})"
+        )
     parts = []
     for split_name in chosen:
         split = pool.load(name, split_name)
@@ -172,17 +199,21 @@ def annotate_dataset(cfg: dict, detector: ToneDetector, *, splits: list[str] | N
         rows, truth = annotated_tone3(split)
         annotated = np.full(len(split), None, dtype=object)
         annotated[rows] = np.array(TONE3, dtype=object)[truth]
-        parts.append(pd.DataFrame({
-            "sample_id": split.table["sample_id"].to_numpy(),
-            "split": split_name,
-            "tone3": np.array(TONE3, dtype=object)[prob.argmax(1)],
-            **{f"p_{t}": prob[:, k].round(6) for k, t in enumerate(TONE3)},
-            "tone_source": "detector",
-            "ita": ita.round(3),
-            "fst_ita": fst_ita,
-            "tone3_ita": add_group_columns(pd.DataFrame({"fst": fst_ita}))["tone3"].to_numpy(dtype=object),
-            "tone3_annotated": annotated,
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "sample_id": split.table["sample_id"].to_numpy(),
+                    "split": split_name,
+                    "tone3": np.array(TONE3, dtype=object)[prob.argmax(1)],
+                    **{f"p_{t}": prob[:, k].round(6) for k, t in enumerate(TONE3)},
+                    "tone_source": "detector",
+                    "ita": ita.round(3),
+                    "fst_ita": fst_ita,
+                    "tone3_ita": add_group_columns(pd.DataFrame({"fst": fst_ita}))["tone3"].to_numpy(
+                        dtype=object
+                    ),
+                    "tone3_annotated": annotated,
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)
-
-

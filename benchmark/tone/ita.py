@@ -32,8 +32,11 @@ MIN_B = 2.0
 MIN_SKIN_FRACTION = 0.02
 _CHUNK = 64  # images per Lab conversion, to bound memory (float64 Lab is 24 bytes per pixel)
 #: sRGB uint8 -> linear RGB, skimage's formula (x / 255, then the sRGB curve) as a 256-entry table
-_LINEAR = np.where(np.arange(256) / 255.0 > 0.04045, ((np.arange(256) / 255.0 + 0.055) / 1.055) ** 2.4,
-                   np.arange(256) / 255.0 / 12.92)
+_LINEAR = np.where(
+    np.arange(256) / 255.0 > 0.04045,
+    ((np.arange(256) / 255.0 + 0.055) / 1.055) ** 2.4,
+    np.arange(256) / 255.0 / 12.92,
+)
 #: the Y and Z rows of skimage's sRGB -> XYZ matrix, scaled by the D65 (2 degree) white point
 _WHITE = xyz_tristimulus_values(illuminant="D65", observer="2", dtype=np.float64)
 _Y_ROW = xyz_from_rgb[1] / _WHITE[1]
@@ -162,5 +165,3 @@ def ita_of_split(split: Split, rows: np.ndarray | None = None) -> np.ndarray:
     skin = skin_class_of(split)
     masks = None if skin is None else np.asarray(split.masks[index])
     return ita_of_images(images, masks, skin) if len(index) else np.zeros(0)
-
-

@@ -31,7 +31,9 @@ def measured_ita(split: Split) -> np.ndarray:
     """ITA (degrees) of every row: the filling step's measurement where it made one, else measured now."""
     table = split.table
     ita = table[ITA_MEASURED].to_numpy(dtype=float) if ITA_MEASURED in table else np.full(len(split), np.nan)
-    todo = np.flatnonzero(table[ITA_MEASURED].isna().to_numpy() if ITA_MEASURED in table else np.ones(len(split), bool))
+    todo = np.flatnonzero(
+        table[ITA_MEASURED].isna().to_numpy() if ITA_MEASURED in table else np.ones(len(split), bool)
+    )
     if len(todo):
         ita = ita.copy()
         ita[todo] = ita_of_split(split, todo)
@@ -41,7 +43,9 @@ def measured_ita(split: Split) -> np.ndarray:
 def detector_tone3(split: Split, detector: Path | str, device=None) -> np.ndarray:
     """The detector's tone3 of every row (object array), running it only on rows not yet predicted."""
     table = split.table
-    done = _labels(table[DETECTOR_TONE3]) if DETECTOR_TONE3 in table else np.full(len(split), None, dtype=object)
+    done = (
+        _labels(table[DETECTOR_TONE3]) if DETECTOR_TONE3 in table else np.full(len(split), None, dtype=object)
+    )
     todo = np.flatnonzero(np.array([v is None for v in done]))
     if len(todo):
         prob = load_detector(detector).predict_proba(np.asarray(split.images[todo]), device=device)
@@ -58,12 +62,19 @@ def tone_views(split: Split, *, detector: Path | str | None = None, device=None)
     none), only when a detector folder is given; else listed in `skipped` with the reason.
     """
     table = add_group_columns(split.table)
-    source = table["tone_source"].astype(object) if "tone_source" in table else pd.Series(REFERENCE, index=table.index)
+    source = (
+        table["tone_source"].astype(object)
+        if "tone_source" in table
+        else pd.Series(REFERENCE, index=table.index)
+    )
     annotated = (source == REFERENCE).to_numpy()
     main = group_schemes(table)
     sources: dict[str, dict[str, np.ndarray]] = {
-        REFERENCE: {s: np.where(annotated, main[s], None) if s in main else np.full(len(table), None, dtype=object)
-                    for s in VIEW_SCHEMES}}
+        REFERENCE: {
+            s: np.where(annotated, main[s], None) if s in main else np.full(len(table), None, dtype=object)
+            for s in VIEW_SCHEMES
+        }
+    }
     ita = measured_ita(split)
     fst = fst_from_ita(ita)
     by_ita = add_group_columns(pd.DataFrame({"fst": np.where(fst > 0, fst, np.nan)}))
@@ -71,10 +82,18 @@ def tone_views(split: Split, *, detector: Path | str | None = None, device=None)
     skipped = {}
     if detector:
         tone3 = detector_tone3(split, detector, device)
-        sources["detector"] = {"tone3": tone3, "tone2": _labels(tone2_from_tone3(pd.Series(tone3, dtype=object)))}
+        sources["detector"] = {
+            "tone3": tone3,
+            "tone2": _labels(tone2_from_tone3(pd.Series(tone3, dtype=object))),
+        }
     else:
         skipped["detector"] = "no tone detector configured (data.tone_detector)"
     nothing = np.full(len(table), None, dtype=object)
-    return ToneViews(ita=ita, sources=sources, assigned=main.get("tone3", nothing),
-                     assigned_tone2=main.get("tone2", nothing), row_source=source.to_numpy(dtype=object),
-                     skipped=skipped)
+    return ToneViews(
+        ita=ita,
+        sources=sources,
+        assigned=main.get("tone3", nothing),
+        assigned_tone2=main.get("tone2", nothing),
+        row_source=source.to_numpy(dtype=object),
+        skipped=skipped,
+    )

@@ -40,6 +40,7 @@ CHECKSUM_KIND = "sha256-content-1"
 class CheckpointMismatch(DermbenchError):
     """A checkpoint that loads but does not match the checksum written with it, or has none."""
 
+
 #: the kinds of value a checkpoint may hold besides tensors and containers of them
 PLAIN = (bool, int, float, str, bytes, type(None))
 
@@ -80,8 +81,15 @@ def _tensor_bytes(tensor: torch.Tensor) -> bytes:
     if t.is_sparse:
         t = t.to_dense()
     if t.is_quantized:
-        return repr((t.qscheme(), t.int_repr().tolist(), t.q_per_channel_scales().tolist()
-                     if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric) else t.q_scale())).encode()
+        return repr(
+            (
+                t.qscheme(),
+                t.int_repr().tolist(),
+                t.q_per_channel_scales().tolist()
+                if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+                else t.q_scale(),
+            )
+        ).encode()
     try:
         return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
     except (RuntimeError, TypeError):  # a dtype numpy or a byte view cannot take
@@ -166,15 +174,24 @@ def load_checkpoint(path: Path, *, verify: bool = True) -> dict[str, Any]:
             "delete it to train this model from scratch"
         ) from exc
     if not isinstance(payload, dict) or "state" not in payload:
-        raise DermbenchError(f"checkpoint {path} is not a dermbench training checkpoint; delete it to start over")
+        raise DermbenchError(
+            f"checkpoint {path} is not a dermbench training checkpoint; delete it to start over"
+        )
     if verify:
         stored = payload.get(CHECKSUM)
-        if not isinstance(stored, dict) or stored.get("kind") != CHECKSUM_KIND or not isinstance(stored.get("sha256"), str):
-            raise CheckpointMismatch(f"checkpoint {path} has no checksum (written by an older dermbench), so it "
-                                     "cannot be verified")
+        if (
+            not isinstance(stored, dict)
+            or stored.get("kind") != CHECKSUM_KIND
+            or not isinstance(stored.get("sha256"), str)
+        ):
+            raise CheckpointMismatch(
+                f"checkpoint {path} has no checksum (written by an older dermbench), so it cannot be verified"
+            )
         if content_sha256(payload) != stored["sha256"]:
-            raise CheckpointMismatch(f"checkpoint {path} does not match the checksum written with it (it was "
-                                     "damaged or changed after it was written)")
+            raise CheckpointMismatch(
+                f"checkpoint {path} does not match the checksum written with it (it was "
+                "damaged or changed after it was written)"
+            )
     return payload
 
 
@@ -191,7 +208,9 @@ def set_aside(path: Path, folder: Path) -> Path:
     return aside
 
 
-def read_resume_checkpoint(path: Path, *, aside_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+def read_resume_checkpoint(
+    path: Path, *, aside_dir: Path
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """The newest checkpoint of `path` that verifies (`path`, else `previous_of(path)`), or None to
     train from scratch, and what was set aside on the way: one {"checkpoint", "file", "why",
     "resumed_from"} per file that did not load or verify, moved into `aside_dir`."""
@@ -207,8 +226,14 @@ def read_resume_checkpoint(path: Path, *, aside_dir: Path) -> tuple[dict[str, An
             aside.append({"checkpoint": candidate.name, "file": str(moved), "why": str(exc)})
             continue
         break
-    epoch = payload.get("state", {}).get("epoch") if payload is not None and isinstance(payload.get("state"), dict) else None
-    resumed_from = "scratch" if payload is None else (f"epoch {epoch}" if epoch is not None else previous_of(path).name)
+    epoch = (
+        payload.get("state", {}).get("epoch")
+        if payload is not None and isinstance(payload.get("state"), dict)
+        else None
+    )
+    resumed_from = (
+        "scratch" if payload is None else (f"epoch {epoch}" if epoch is not None else previous_of(path).name)
+    )
     for entry in aside:
         entry["resumed_from"] = resumed_from
     return payload, aside

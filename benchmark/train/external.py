@@ -74,9 +74,15 @@ class ModelSpec:
     sources: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "arch": self.arch, "input_size": self.input_size,
-                "mean": list(self.mean) if self.mean else None, "std": list(self.std) if self.std else None,
-                "output": self.output, "settings_from": dict(self.sources)}
+        return {
+            "kind": self.kind,
+            "arch": self.arch,
+            "input_size": self.input_size,
+            "mean": list(self.mean) if self.mean else None,
+            "std": list(self.std) if self.std else None,
+            "output": self.output,
+            "settings_from": dict(self.sources),
+        }
 
 
 def _floats(value: Any, key: str, where: str) -> tuple[float, ...]:
@@ -91,8 +97,10 @@ def _floats(value: Any, key: str, where: str) -> tuple[float, ...]:
     except (TypeError, ValueError):
         raise ModelFileError(f"{where}: {key} {value!r} is not three numbers") from None
     if len(out) != 3 or not all(np.isfinite(out)) or (key == "std" and min(out) <= 0):
-        raise ModelFileError(f"{where}: {key} must be three finite numbers (RGB){', each > 0' if key == 'std' else ''}, "
-                             f"got {value!r}")
+        raise ModelFileError(
+            f"{where}: {key} must be three finite numbers (RGB){', each > 0' if key == 'std' else ''}, "
+            f"got {value!r}"
+        )
     return out
 
 
@@ -107,7 +115,7 @@ def _size(value: Any, where: str) -> int:
 
 
 def kind_of(path: Path) -> str:
-    """"torchscript" for a TorchScript archive, "timm" for a weights file; by content, not only name."""
+    """ "torchscript" for a TorchScript archive, "timm" for a weights file; by content, not only name."""
     if path.suffix == ".safetensors":
         return "timm"
     try:
@@ -139,11 +147,20 @@ def file_metadata(path: Path, kind: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: its {TORCHSCRIPT_META} metadata is not JSON ({exc})") from None
     except Exception as exc:
-        raise ModelFileError(f"{path}: cannot be read as a {kind} model file ({type(exc).__name__}: {exc})") from None
+        raise ModelFileError(
+            f"{path}: cannot be read as a {kind} model file ({type(exc).__name__}: {exc})"
+        ) from None
 
 
-def resolve_spec(path: str | Path, *, arch: str | None = None, input_size: int | None = None,
-                 mean: Any = None, std: Any = None, output: str | None = None) -> ModelSpec:
+def resolve_spec(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    input_size: int | None = None,
+    mean: Any = None,
+    std: Any = None,
+    output: str | None = None,
+) -> ModelSpec:
     """The model's kind and input settings: options first, then the file's metadata, then (timm) the
     architecture's pretrained config; a ModelFileError or ConfigError names what is missing."""
     path = Path(path)
@@ -166,13 +183,17 @@ def resolve_spec(path: str | Path, *, arch: str | None = None, input_size: int |
     if kind == "timm":
         spec.arch = pick("arch", arch)
         if not spec.arch:
-            raise ConfigError(f"{where}: a weights file needs its timm architecture: pass --arch NAME (e.g. resnet50) "
-                              "or store `arch` in the file's metadata")
+            raise ConfigError(
+                f"{where}: a weights file needs its timm architecture: pass --arch NAME (e.g. resnet50) "
+                "or store `arch` in the file's metadata"
+            )
         spec.arch = str(spec.arch)
         if not timm.is_model(spec.arch):
             raise unknown_name("timm architecture (--arch)", spec.arch, timm.list_models())
     elif arch is not None:
-        raise ConfigError(f"{where} is a TorchScript model, which carries its own architecture: leave out --arch")
+        raise ConfigError(
+            f"{where} is a TorchScript model, which carries its own architecture: leave out --arch"
+        )
     size, m, s = pick("input_size", input_size), pick("mean", mean), pick("std", std)
     chosen = pick("output", output)
     spec.output = str(chosen) if chosen is not None else "logits"
@@ -191,10 +212,14 @@ def resolve_spec(path: str | Path, *, arch: str | None = None, input_size: int |
             s, spec.sources["std"] = cfg.std, "timm pretrained config"
     missing = [opt for opt, v in (("--input-size", size), ("--mean", m), ("--std", s)) if v is None]
     if missing:
-        raise ConfigError(f"{where}: the model's {', '.join(missing)} is unknown: give it as option(s) or store "
-                          f"input_size, mean and std in the file's metadata"
-                          + (f" (TorchScript: the extra file {TORCHSCRIPT_META})" if kind == "torchscript" else ""))
-    return replace(spec, input_size=_size(size, where), mean=_floats(m, "mean", where), std=_floats(s, "std", where))
+        raise ConfigError(
+            f"{where}: the model's {', '.join(missing)} is unknown: give it as option(s) or store "
+            f"input_size, mean and std in the file's metadata"
+            + (f" (TorchScript: the extra file {TORCHSCRIPT_META})" if kind == "torchscript" else "")
+        )
+    return replace(
+        spec, input_size=_size(size, where), mean=_floats(m, "mean", where), std=_floats(s, "std", where)
+    )
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -203,14 +228,18 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelFileError(f"{path}: cannot be read as a weights file ({type(exc).__name__}: {exc})") from None
+        raise ModelFileError(
+            f"{path}: cannot be read as a weights file ({type(exc).__name__}: {exc})"
+        ) from None
     if isinstance(state, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(state.get(key), dict):
                 state = state[key]
                 break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelFileError(f"{path}: holds no state dict of tensors (expected safetensors or a torch state dict)")
+        raise ModelFileError(
+            f"{path}: holds no state dict of tensors (expected safetensors or a torch state dict)"
+        )
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
@@ -222,10 +251,13 @@ def load_model(spec: ModelSpec, num_classes: int) -> nn.Module:
         try:
             model = torch.jit.load(str(spec.path), map_location="cpu")
         except Exception as exc:
-            raise ModelFileError(f"{spec.path}: cannot be loaded as TorchScript ({type(exc).__name__}: {exc})") from None
+            raise ModelFileError(
+                f"{spec.path}: cannot be loaded as TorchScript ({type(exc).__name__}: {exc})"
+            ) from None
         return model.eval()
-    model = create_backbone(str(spec.arch), num_classes=num_classes, pretrained=False,
-                            image_size=spec.input_size)
+    model = create_backbone(
+        str(spec.arch), num_classes=num_classes, pretrained=False, image_size=spec.input_size
+    )
     load_state_strict(model, spec.path, f"timm {spec.arch} with {num_classes} classes")
     return model.eval()
 
@@ -237,11 +269,17 @@ def load_state_strict(model: nn.Module, path: Path, what: str) -> None:
     own = model.state_dict()
     unexpected = [k for k in state if k not in own]
     missing = [k for k in own if k not in state]
-    shapes = [f"{k} {tuple(state[k].shape)} (model {tuple(own[k].shape)})" for k in state
-              if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} (model {tuple(own[k].shape)})"
+        for k in state
+        if k in own and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if unexpected or missing or shapes:
-        parts = [f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}" for label, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("other shape", shapes)) if keys]
+        parts = [
+            f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", shapes))
+            if keys
+        ]
         raise ModelFileError(f"{path}: does not load into {what} ({'; '.join(parts)})")
     model.load_state_dict(state, strict=True)
 
@@ -252,17 +290,28 @@ def probabilities(outputs: torch.Tensor, num_classes: int, output: str, where: s
     if out.ndim == 1:
         out = out[:, None]
     if out.ndim != 2 or out.shape[1] not in (num_classes, 1) or (out.shape[1] == 1 and num_classes != 2):
-        raise ModelFileError(f"{where}: the model gives outputs of shape {tuple(outputs.shape)}; the task has "
-                             f"{num_classes} classes (expected (batch, {num_classes})"
-                             + (" or (batch, 1) for one binary logit)" if num_classes == 2 else ")"))
+        raise ModelFileError(
+            f"{where}: the model gives outputs of shape {tuple(outputs.shape)}; the task has "
+            f"{num_classes} classes (expected (batch, {num_classes})"
+            + (" or (batch, 1) for one binary logit)" if num_classes == 2 else ")")
+        )
     if out.shape[1] == 1:
         p = out[:, 0] if output == "probabilities" else torch.sigmoid(out[:, 0])
         return torch.stack([1 - p, p], dim=1)
     return out if output == "probabilities" else F.softmax(out, dim=1)
 
 
-def predict_images(model: nn.Module, images: Any, spec: ModelSpec, *, num_classes: int, device: torch.device,
-                   batch_size: int = 64, console: Console | None = None, label: str = "predict") -> np.ndarray:
+def predict_images(
+    model: nn.Module,
+    images: Any,
+    spec: ModelSpec,
+    *,
+    num_classes: int,
+    device: torch.device,
+    batch_size: int = 64,
+    console: Console | None = None,
+    label: str = "predict",
+) -> np.ndarray:
     """(n, K) float64 probabilities for uint8 (n, H, W, 3) `images`, in batches with a progress bar."""
     console = console or Console(stderr=True)
     model = model.to(device)
@@ -270,18 +319,28 @@ def predict_images(model: nn.Module, images: Any, spec: ModelSpec, *, num_classe
     std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1) * 255.0
     n = len(images)
     outs = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with torch.no_grad(), Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as bar:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with (
+        torch.no_grad(),
+        Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as bar,
+    ):
         task = bar.add_task(label, total=n)
         for start in range(0, n, batch_size):
-            x = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)
+            x = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
             x = (x.permute(0, 3, 1, 2).float() - mean) / std
             p = probabilities(model(x), num_classes, spec.output, str(spec.path)).cpu()
             outs.append(p)
             bar.advance(task, len(x))
     prob = torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros((0, num_classes))
     if not np.isfinite(prob).all():
-        raise ModelFileError(f"{spec.path}: the model gave non-finite outputs for "
-                             f"{int((~np.isfinite(prob).all(axis=1)).sum())} image(s)")
+        raise ModelFileError(
+            f"{spec.path}: the model gave non-finite outputs for "
+            f"{int((~np.isfinite(prob).all(axis=1)).sum())} image(s)"
+        )
     return prob

@@ -25,7 +25,9 @@ def focal_alpha_vector(alpha: float | Sequence[float] | None, num_classes: int) 
         return torch.tensor([1.0 - float(alpha), float(alpha)])
     values = [float(a) for a in alpha]
     if len(values) != num_classes:
-        raise ConfigError(f"train.focal_alpha has {len(values)} weights but the task has {num_classes} classes")
+        raise ConfigError(
+            f"train.focal_alpha has {len(values)} weights but the task has {num_classes} classes"
+        )
     return torch.tensor(values)
 
 
@@ -54,5 +56,7 @@ def make_loss(train_cfg: dict, num_classes: int) -> nn.Module:
     if kind == "ce":
         return nn.CrossEntropyLoss()
     if kind == "focal":
-        return FocalLoss(gamma=train_cfg["focal_gamma"], alpha=focal_alpha_vector(train_cfg["focal_alpha"], num_classes))
+        return FocalLoss(
+            gamma=train_cfg["focal_gamma"], alpha=focal_alpha_vector(train_cfg["focal_alpha"], num_classes)
+        )
     raise ConfigError(f"train.loss must be 'ce' or 'focal', got {kind!r}")

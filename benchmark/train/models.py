@@ -70,7 +70,9 @@ def vgg16_frozen_head(pretrained: bool = False, num_classes: int = 1000, **kwarg
     frozen 4096-d layers (torchvision's 0.5)."""
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
-    model = timm.create_model(WEIGHTS_OF[FROZEN_VGG16], pretrained=pretrained, num_classes=num_classes, **kwargs)
+    model = timm.create_model(
+        WEIGHTS_OF[FROZEN_VGG16], pretrained=pretrained, num_classes=num_classes, **kwargs
+    )
     return frozen_with_head(model, num_classes=num_classes, hidden=256, dropout=0.4)
 
 
@@ -92,7 +94,7 @@ def fetch_command(name: str) -> str:
     """The commands that put `name`'s ImageNet weights into the local cache (run where the network is)."""
     cfg = _pretrained_cfg(name)
     full = weights_id(name)
-    command = f'python -c "import timm; timm.create_model(\'{full}\', pretrained=True)"'
+    command = f"python -c \"import timm; timm.create_model('{full}', pretrained=True)\""
     hub = getattr(cfg, "hf_hub_id", None)
     return f"{command}   (or: huggingface-cli download {hub})" if hub else command
 
@@ -105,7 +107,7 @@ def pretrained_cached(name: str) -> str | None:
     hub = getattr(cfg, "hf_hub_id", None)
     if hub:
         filename = getattr(cfg, "hf_hub_filename", None)
-        for candidate in ([filename] if filename else ["model.safetensors", "pytorch_model.bin"]):
+        for candidate in [filename] if filename else ["model.safetensors", "pytorch_model.bin"]:
             found = try_to_load_from_cache(hub, candidate, cache_dir=constants.HF_HUB_CACHE)
             if isinstance(found, str):
                 return found
@@ -142,20 +144,30 @@ def check_pretrained_weights(config: dict) -> list[dict[str, str]]:
             raise unknown_name("backbone (timm model)", backbone, timm.list_models())
         path = pretrained_cached(backbone)
         if path is None:
-            missing.append(f"  {where}: {backbone} (weights {weights_id(backbone)}): {fetch_command(backbone)}")
+            missing.append(
+                f"  {where}: {backbone} (weights {weights_id(backbone)}): {fetch_command(backbone)}"
+            )
         else:
-            out.append({"setting": where, "backbone": backbone, "weights": weights_id(backbone), "file": path})
+            out.append(
+                {"setting": where, "backbone": backbone, "weights": weights_id(backbone), "file": path}
+            )
     if missing:
         raise DermbenchError(
             "ImageNet weights are not in the local timm/Hugging Face or torch hub cache and runs never use the "
             "network. Fetch them once on a connected machine (the same cache, or copy it here):\n"
-            + "\n".join(missing) + "\nor set the setting to the path of a weights file (.safetensors/.pth)."
+            + "\n".join(missing)
+            + "\nor set the setting to the path of a weights file (.safetensors/.pth)."
         )
     return out
 
 
 def create_backbone(
-    name: str, *, num_classes: int, pretrained: bool | str = False, drop_rate: float = 0.0, image_size: int | None = None
+    name: str,
+    *,
+    num_classes: int,
+    pretrained: bool | str = False,
+    drop_rate: float = 0.0,
+    image_size: int | None = None,
 ) -> nn.Module:
     """A timm classifier with `num_classes` outputs for `image_size` inputs.
 
@@ -200,7 +212,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
     head = set(_head_keys(model))
     if any(k not in head for k in missing):
         shown = ", ".join([k for k in missing if k not in head][:5])
-        raise ConfigError(f"model.pretrained: {path} lacks {len(missing)} tensor(s) of the backbone, e.g. {shown}")
+        raise ConfigError(
+            f"model.pretrained: {path} lacks {len(missing)} tensor(s) of the backbone, e.g. {shown}"
+        )
     model.load_state_dict(usable, strict=False)
 
 
@@ -219,11 +233,17 @@ def frozen_with_head(model: nn.Module, *, num_classes: int, hidden: int, dropout
     The model is changed in place and returned; only the new head's parameters require gradients."""
     old = model.get_classifier() if hasattr(model, "get_classifier") else None
     if not isinstance(old, nn.Linear):
-        raise ConfigError(f"cannot put a new head on {type(model).__name__}: its classifier is not one Linear layer")
+        raise ConfigError(
+            f"cannot put a new head on {type(model).__name__}: its classifier is not one Linear layer"
+        )
     path = next(n for n, m in model.named_modules() if m is old)
     parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
-    head = nn.Sequential(nn.Linear(old.in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                         nn.Linear(hidden, num_classes))
+    head = nn.Sequential(
+        nn.Linear(old.in_features, hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
     head.to(device=old.weight.device, dtype=old.weight.dtype)
     model.requires_grad_(False)
     setattr(parent, path.rpartition(".")[2], head)

@@ -34,26 +34,45 @@ BRIGHTNESS, SATURATION = 32.0 / 255.0, 0.5
 CUTOUT = 16
 #: AutoAugment's ImageNet policy as their code lists it: (op, probability, magnitude bucket) x 2
 POLICY: tuple[tuple[tuple[str, float, int], tuple[str, float, int]], ...] = (
-    (("Invert", 0.1, 7), ("Contrast", 0.2, 6)), (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
-    (("Sharpness", 0.8, 1), ("Sharpness", 0.9, 3)), (("ShearY", 0.5, 8), ("TranslateY", 0.7, 9)),
-    (("AutoContrast", 0.5, 8), ("Equalize", 0.9, 2)), (("ShearY", 0.2, 7), ("Posterize", 0.3, 7)),
-    (("Color", 0.4, 3), ("Brightness", 0.6, 7)), (("Sharpness", 0.3, 9), ("Brightness", 0.7, 9)),
-    (("Equalize", 0.6, 5), ("Equalize", 0.5, 1)), (("Contrast", 0.6, 7), ("Sharpness", 0.6, 5)),
-    (("Color", 0.7, 7), ("TranslateX", 0.5, 8)), (("Equalize", 0.3, 7), ("AutoContrast", 0.4, 8)),
-    (("TranslateY", 0.4, 3), ("Sharpness", 0.2, 6)), (("Brightness", 0.9, 6), ("Color", 0.2, 8)),
-    (("Solarize", 0.5, 2), ("Invert", 0.0, 0)), (("Equalize", 0.2, 0), ("AutoContrast", 0.6, 0)),
-    (("Equalize", 0.2, 8), ("Equalize", 0.6, 4)), (("Color", 0.9, 9), ("Equalize", 0.6, 6)),
-    (("AutoContrast", 0.8, 4), ("Solarize", 0.2, 8)), (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
-    (("Solarize", 0.4, 5), ("AutoContrast", 0.9, 3)), (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
-    (("AutoContrast", 0.9, 2), ("Solarize", 0.8, 3)), (("Equalize", 0.8, 8), ("Invert", 0.1, 3)),
+    (("Invert", 0.1, 7), ("Contrast", 0.2, 6)),
+    (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
+    (("Sharpness", 0.8, 1), ("Sharpness", 0.9, 3)),
+    (("ShearY", 0.5, 8), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.5, 8), ("Equalize", 0.9, 2)),
+    (("ShearY", 0.2, 7), ("Posterize", 0.3, 7)),
+    (("Color", 0.4, 3), ("Brightness", 0.6, 7)),
+    (("Sharpness", 0.3, 9), ("Brightness", 0.7, 9)),
+    (("Equalize", 0.6, 5), ("Equalize", 0.5, 1)),
+    (("Contrast", 0.6, 7), ("Sharpness", 0.6, 5)),
+    (("Color", 0.7, 7), ("TranslateX", 0.5, 8)),
+    (("Equalize", 0.3, 7), ("AutoContrast", 0.4, 8)),
+    (("TranslateY", 0.4, 3), ("Sharpness", 0.2, 6)),
+    (("Brightness", 0.9, 6), ("Color", 0.2, 8)),
+    (("Solarize", 0.5, 2), ("Invert", 0.0, 0)),
+    (("Equalize", 0.2, 0), ("AutoContrast", 0.6, 0)),
+    (("Equalize", 0.2, 8), ("Equalize", 0.6, 4)),
+    (("Color", 0.9, 9), ("Equalize", 0.6, 6)),
+    (("AutoContrast", 0.8, 4), ("Solarize", 0.2, 8)),
+    (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
+    (("Solarize", 0.4, 5), ("AutoContrast", 0.9, 3)),
+    (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.9, 2), ("Solarize", 0.8, 3)),
+    (("Equalize", 0.8, 8), ("Invert", 0.1, 3)),
     (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, 1)),
 )
 #: each operation's value range; magnitude bucket m draws uniformly from [v_m, v_m+1] of
 #: linspace(low, high, 11), as their code does (so low buckets of the signed ones are negative)
 RANGES: dict[str, tuple[float, float]] = {
-    "ShearX": (-0.3, 0.3), "ShearY": (-0.3, 0.3), "TranslateX": (-150 / 331, 150 / 331),
-    "TranslateY": (-150 / 331, 150 / 331), "Rotate": (-30.0, 30.0), "Solarize": (0.0, 256.0),
-    "Posterize": (4.0, 8.0), "Contrast": (0.1, 1.9), "Color": (0.1, 1.9), "Brightness": (0.1, 1.9),
+    "ShearX": (-0.3, 0.3),
+    "ShearY": (-0.3, 0.3),
+    "TranslateX": (-150 / 331, 150 / 331),
+    "TranslateY": (-150 / 331, 150 / 331),
+    "Rotate": (-30.0, 30.0),
+    "Solarize": (0.0, 256.0),
+    "Posterize": (4.0, 8.0),
+    "Contrast": (0.1, 1.9),
+    "Color": (0.1, 1.9),
+    "Brightness": (0.1, 1.9),
     "Sharpness": (0.1, 1.9),
 }
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
@@ -122,7 +141,7 @@ def colour_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     bright = (1 + BRIGHTNESS * (2 * r[:, 0] - 1)).view(n, 1, 1, 1)
     sat = (1 + SATURATION * (2 * r[:, 1] - 1)).view(n, 1, 1, 1)
     x = (x * bright).clamp(0, 255)
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     return (gray + sat * (x - gray)).clamp(0, 255)
 
 

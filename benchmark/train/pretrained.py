@@ -84,9 +84,15 @@ def split_digest(split: Split) -> str:
 def key_material(ctx: RunContext, train: Split, val: Split) -> dict[str, Any]:
     cfg = ctx.config
     return {
-        "format": FORMAT, "model": cfg["model"], "train": cfg["train"], "task": cfg["task"], "seed": cfg["seed"],
-        "device": ctx.device.type, "classes": list(train.classes),
-        "train_data": split_digest(train), "val_data": split_digest(val),
+        "format": FORMAT,
+        "model": cfg["model"],
+        "train": cfg["train"],
+        "task": cfg["task"],
+        "seed": cfg["seed"],
+        "device": ctx.device.type,
+        "classes": list(train.classes),
+        "train_data": split_digest(train),
+        "val_data": split_digest(val),
     }
 
 
@@ -106,8 +112,10 @@ def pretrained_erm(ctx: RunContext, train: Split, val: Split) -> nn.Module:
     key = cache_key(material)
     entry = erm_cache_root() / key
     info: dict[str, Any] = {"key": key, "path": str(entry)}
-    with exclusive_lock(entry.with_name(f"{key}.lock"),
-                        on_wait=lambda pid: ctx.say(f"waiting for process {pid}, which is training ERM model {key}")):
+    with exclusive_lock(
+        entry.with_name(f"{key}.lock"),
+        on_wait=lambda pid: ctx.say(f"waiting for process {pid}, which is training ERM model {key}"),
+    ):
         problem = _verify(entry, model, material)
         if problem is None:
             ctx.say(f"[green]ERM model found in the cache[/]: {entry}")
@@ -122,9 +130,17 @@ def pretrained_erm(ctx: RunContext, train: Split, val: Split) -> nn.Module:
             # diffusion run trains two (on the real split for its quality metrics, and on real + synthetic)
             model = train_model(ctx, model, train, val, name=ERM_NAME, checkpoint=f"{ERM_NAME}-{key}")
             if getattr(model, "train_history_verified", False) is not True:
-                raise DermbenchError(f"the ERM model {key} was trained from a state that was not verified; "
-                                     "it is not stored in the ERM cache")
-            _store(entry, model, material, getattr(model, "train_history", None), getattr(model, "train_resumes", []))
+                raise DermbenchError(
+                    f"the ERM model {key} was trained from a state that was not verified; "
+                    "it is not stored in the ERM cache"
+                )
+            _store(
+                entry,
+                model,
+                material,
+                getattr(model, "train_history", None),
+                getattr(model, "train_resumes", []),
+            )
             info["hit"] = False
         meta = read_json(entry / ENTRY)  # read under the lock: what was verified or just stored
     info["sha256"] = meta["sha256"]
@@ -145,14 +161,24 @@ def _verify(entry: Path, model: nn.Module, material: dict) -> str | None:
         if meta.get("material") != json.loads(json.dumps(material, default=str)):
             return "its entry.json describes other settings or data"
         if meta.get("history_verified") is not True:
-            return ("its training history is not marked verified (stored before checkpoints carried checksums), "
-                    "so it may have resumed from a damaged checkpoint")
+            return (
+                "its training history is not marked verified (stored before checkpoints carried checksums), "
+                "so it may have resumed from a damaged checkpoint"
+            )
         weights = entry / WEIGHTS
         if sha256_file(weights) != meta.get("sha256"):
             return f"{WEIGHTS} does not match the checksum in {ENTRY}"
         state = load_file(str(weights))
         model.load_state_dict(state, strict=True)
-    except (DermbenchError, OSError, RuntimeError, ValueError, KeyError, AttributeError, SafetensorError) as exc:
+    except (
+        DermbenchError,
+        OSError,
+        RuntimeError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        SafetensorError,
+    ) as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
 
@@ -162,7 +188,14 @@ def _store(entry: Path, model: nn.Module, material: dict, history: Any, resumes:
     with storage_errors(entry.parent):
         make_dirs(temporary)
         save_weights(model, temporary / WEIGHTS)
-        write_json(temporary / ENTRY, {"material": material, "sha256": sha256_file(temporary / WEIGHTS), "history": history,
-                                       "history_verified": True, "resumes": resumes})
+        write_json(
+            temporary / ENTRY,
+            {
+                "material": material,
+                "sha256": sha256_file(temporary / WEIGHTS),
+                "history": history,
+                "history_verified": True,
+                "resumes": resumes,
+            },
+        )
         os.replace(temporary, entry)
-

@@ -106,7 +106,9 @@ class Normaliser:
     `crop`-sized window: a random one when training with that augmentation, the centre one
     otherwise (evaluation, scoring); None, the default, passes the whole image."""
 
-    def __init__(self, model: nn.Module, device: torch.device, channels_last: bool, crop: int | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, device: torch.device, channels_last: bool, crop: int | None = None
+    ) -> None:
         mean, std = input_stats(model)
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
@@ -114,11 +116,19 @@ class Normaliser:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.crop = crop
 
-    def __call__(self, images: np.ndarray, augment: str = "none", gen: torch.Generator | None = None) -> torch.Tensor:
-        x = torch.from_numpy(np.array(images)).to(self.device, non_blocking=True)  # a copy: caches are read-only
+    def __call__(
+        self, images: np.ndarray, augment: str = "none", gen: torch.Generator | None = None
+    ) -> torch.Tensor:
+        x = torch.from_numpy(np.array(images)).to(
+            self.device, non_blocking=True
+        )  # a copy: caches are read-only
         x = x.permute(0, 3, 1, 2).float()
         if self.crop is not None:
-            x = notredame.random_crop(x, self.crop, gen) if augment == "notredame" else notredame.center_crop(x, self.crop)
+            x = (
+                notredame.random_crop(x, self.crop, gen)
+                if augment == "notredame"
+                else notredame.center_crop(x, self.crop)
+            )
         if augment != "none":
             x = augment_batch(x, augment, gen)
         x = (x - self.mean) / self.std
@@ -160,8 +170,14 @@ def epoch_order(train: Split, sampler: str, gen: torch.Generator, scheme: str = 
         codes = group_codes(train, scheme)
         pool = np.flatnonzero(codes >= 0)
         if len(pool) == 0:
-            raise DermbenchError(f"train.sampler={sampler}: no sample of {train.name!r} has a known {scheme} group")
-        keys = codes[pool] if sampler == "sensitive" else train.labels[pool] * len(group_names(scheme)) + codes[pool]
+            raise DermbenchError(
+                f"train.sampler={sampler}: no sample of {train.name!r} has a known {scheme} group"
+            )
+        keys = (
+            codes[pool]
+            if sampler == "sensitive"
+            else train.labels[pool] * len(group_names(scheme)) + codes[pool]
+        )
     else:
         raise ConfigError(f"train.sampler must be none, class, group or sensitive, got {sampler!r}")
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
@@ -174,7 +190,10 @@ def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     kind = cfg["optimizer"]
     if kind == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"] and cfg["momentum"] > 0,
+            params,
+            lr=cfg["lr"],
+            momentum=cfg["momentum"],
+            nesterov=cfg["nesterov"] and cfg["momentum"] > 0,
             weight_decay=cfg["weight_decay"],
         )
     if kind == "adam":
@@ -202,7 +221,9 @@ def _autocast(ctx: RunContext, cfg: dict):
     return torch.autocast(ctx.device.type, enabled=False)
 
 
-def predict_proba(ctx: RunContext, model: nn.Module, split: Split, *, batch_size: int | None = None) -> np.ndarray:
+def predict_proba(
+    ctx: RunContext, model: nn.Module, split: Split, *, batch_size: int | None = None
+) -> np.ndarray:
     """Softmax probabilities (n, K) for every sample of `split`, in order."""
     cfg = ctx.config["train"]
     batch_size = batch_size or max(cfg["batch_size"], 64)
@@ -219,7 +240,11 @@ def predict_proba(ctx: RunContext, model: nn.Module, split: Split, *, batch_size
 def input_crop(ctx: RunContext, cfg: dict) -> int | None:
     """The window the model sees under the `train` settings `cfg` (notredame: 112 of 128 px), or None."""
     augment = cfg.get("augment", "none")
-    return notredame.crop_size(augment, int(ctx.config["data"]["image_size"])) if augment == "notredame" else None
+    return (
+        notredame.crop_size(augment, int(ctx.config["data"]["image_size"]))
+        if augment == "notredame"
+        else None
+    )
 
 
 def _channels_last(ctx: RunContext, cfg: dict) -> bool:
@@ -297,8 +322,10 @@ def train_model(
     task_loss = loss if loss is not None else configured_loss(cfg, train.num_classes, ctx.device)
     optimizer = make_optimizer(model, cfg)
     schedule = make_schedule(optimizer, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.get("amp", True)
-                                  and not torch.cuda.is_bf16_supported())
+    scaler = torch.amp.GradScaler(
+        "cuda",
+        enabled=ctx.device.type == "cuda" and cfg.get("amp", True) and not torch.cuda.is_bf16_supported(),
+    )
     norm = Normaliser(model, ctx.device, _channels_last(ctx, cfg), input_crop(ctx, cfg))
     labels = torch.tensor(train.labels)
     group_ids = torch.tensor(group_codes(train, groups))
@@ -310,25 +337,51 @@ def train_model(
         check_plain(state.state_dict(), f"training {name}: state.state_dict()")
     val_y = val.labels
     ckpt_path = ctx.work_dir / "checkpoints" / f"{claim}.pt"
-    progress = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "best_state": None, "history": [], "resumes": []}
+    progress = {
+        "epoch": 0,
+        "best_score": -math.inf,
+        "best_epoch": -1,
+        "best_state": None,
+        "history": [],
+        "resumes": [],
+    }
     # only a checkpoint that verifies is resumed from; a damaged one is set aside and named in the record
     payload, set_aside = read_resume_checkpoint(ckpt_path, aside_dir=ctx.work_dir / SET_ASIDE)
     for aside in set_aside:
-        ctx.say(f"[yellow]checkpoint set aside[/]: {aside['why']}; it was moved to {aside['file']} and {name} "
-                f"trains again from {aside['resumed_from']}")
+        ctx.say(
+            f"[yellow]checkpoint set aside[/]: {aside['why']}; it was moved to {aside['file']} and {name} "
+            f"trains again from {aside['resumed_from']}"
+        )
     if set_aside:
-        ctx.record(name, {"checkpoints_set_aside": [*ctx.records.get(name, {}).get("checkpoints_set_aside", []),
-                                                    *set_aside]})
+        ctx.record(
+            name,
+            {
+                "checkpoints_set_aside": [
+                    *ctx.records.get(name, {}).get("checkpoints_set_aside", []),
+                    *set_aside,
+                ]
+            },
+        )
     if payload is not None:
         progress = _restore(ckpt_path, payload, model, optimizer, schedule, scaler, state)
-        progress.setdefault("resumes", []).append({"epoch": progress["epoch"], "sha256": payload["checksum"]["sha256"]})
+        progress.setdefault("resumes", []).append(
+            {"epoch": progress["epoch"], "sha256": payload["checksum"]["sha256"]}
+        )
         ctx.say(f"[cyan]resuming[/] {name} from its checkpoint after epoch {progress['epoch']}")
     epochs, bs = int(cfg["epochs"]), int(cfg["batch_size"])
     steps = math.ceil(len(train) / bs)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=ctx.console, transient=False, disable=not ctx.console.is_terminal) as bar:
-        task = bar.add_task(f"train {name}", total=epochs * steps, completed=progress["epoch"] * steps, info="")
+        task = bar.add_task(
+            f"train {name}", total=epochs * steps, completed=progress["epoch"] * steps, info=""
+        )
         for epoch in range(progress["epoch"], epochs):
             gen = torch.Generator().manual_seed(seed_for(ctx.seed, f"{name}-epoch-{epoch}"))
             order = epoch_order(train, cfg["sampler"], gen, groups)
@@ -340,7 +393,9 @@ def train_model(
                     continue
                 batch = Batch(
                     x=norm(train.images[idx], cfg["augment"], gen),
-                    y=labels[idx].to(ctx.device), index=torch.from_numpy(idx), group=group_ids[idx].to(ctx.device),
+                    y=labels[idx].to(ctx.device),
+                    index=torch.from_numpy(idx),
+                    group=group_ids[idx].to(ctx.device),
                     scheme=groups,
                 )
                 with _autocast(ctx, cfg):
@@ -362,20 +417,31 @@ def train_model(
                 if after_step is not None:
                     after_step(model)
                 running += float(value.detach())
-                bar.update(task, advance=1, info=f"epoch {epoch + 1}/{epochs} loss {running / (step + 1):.4f}")
+                bar.update(
+                    task, advance=1, info=f"epoch {epoch + 1}/{epochs} loss {running / (step + 1):.4f}"
+                )
             schedule.step()
             score = validation_score(cfg["select_metric"], val_y, predict_proba(ctx, model, val))
-            progress["history"].append({"epoch": epoch + 1, "loss": running / steps, f"val_{cfg['select_metric']}": score})
+            progress["history"].append(
+                {"epoch": epoch + 1, "loss": running / steps, f"val_{cfg['select_metric']}": score}
+            )
             if score > progress["best_score"]:
-                progress.update(best_score=score, best_epoch=epoch + 1,
-                                best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+                progress.update(
+                    best_score=score,
+                    best_epoch=epoch + 1,
+                    best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                )
             progress["epoch"] = epoch + 1
             bar.update(task, info=f"epoch {epoch + 1}/{epochs} val {cfg['select_metric']} {score:.4f}")
-            ctx.say(f"{name} epoch {epoch + 1}/{epochs}: loss {running / steps:.4f}, val {cfg['select_metric']} {score:.4f}")
+            ctx.say(
+                f"{name} epoch {epoch + 1}/{epochs}: loss {running / steps:.4f}, val {cfg['select_metric']} {score:.4f}"
+            )
             _save(ckpt_path, model, optimizer, schedule, scaler, progress, state, name)
     if progress["best_state"] is not None:
         model.load_state_dict(progress["best_state"])
-    ctx.say(f"{name}: best val {cfg['select_metric']} {progress['best_score']:.4f} at epoch {progress['best_epoch']}")
+    ctx.say(
+        f"{name}: best val {cfg['select_metric']} {progress['best_score']:.4f} at epoch {progress['best_epoch']}"
+    )
     model.train_history = progress["history"]  # type: ignore[attr-defined]
     # every state this training resumed from matched its checksum (the ERM cache stores only such models)
     model.train_resumes = progress["resumes"]  # type: ignore[attr-defined]
@@ -388,7 +454,7 @@ KEYWORDS = ("name", "settings", "loss", "groups", "state", "extra_loss", "after_
 #: keywords it no longer takes, and what replaced them (docs/trainer.md)
 REMOVED_KEYWORDS = {
     "loss_fn": "loss=, a function loss(logits, batch) returning the scalar loss (the labels are batch.y: "
-               "loss=lambda logits, batch: criterion(logits, batch.y))",
+    "loss=lambda logits, batch: criterion(logits, batch.y))",
 }
 
 
@@ -398,7 +464,9 @@ def _keyword_error(given: dict) -> DermbenchError:
         return DermbenchError(f"train_model: the keyword {key}= was removed; use {REMOVED_KEYWORDS[key]}")
     guess = closest(key, KEYWORDS)
     hint = f"; did you mean {guess!r}?" if guess else ""
-    return DermbenchError(f"train_model: unknown keyword {key!r}{hint} Its keywords: {', '.join(KEYWORDS)} (see docs/trainer.md)")
+    return DermbenchError(
+        f"train_model: unknown keyword {key!r}{hint} Its keywords: {', '.join(KEYWORDS)} (see docs/trainer.md)"
+    )
 
 
 #: the folder (under the work dir) that damaged checkpoints are moved to, kept for inspection
@@ -411,24 +479,35 @@ def _check_scalar(value: object, where: str) -> None:
         raise DermbenchError(f"{where} must return a scalar tensor, got {shape}")
 
 
-def _save(path, model, optimizer, schedule, scaler, progress: dict, state: Stateful | None, name: str) -> None:
+def _save(
+    path, model, optimizer, schedule, scaler, progress: dict, state: Stateful | None, name: str
+) -> None:
     method_state = None
     if state is not None:
         method_state = state.state_dict()
         check_plain(method_state, f"training {name}: state.state_dict()")
-    save_checkpoint(path, {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-        "scaler": scaler.state_dict(), "state": progress, "method_state": method_state,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    })
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict(),
+            "state": progress,
+            "method_state": method_state,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
+    )
 
 
 def _restore(path, payload: dict, model, optimizer, schedule, scaler, state: Stateful | None) -> dict:
     """Load a verified checkpoint's `payload` into the training objects; the progress it holds."""
     if state is not None and payload.get("method_state") is None:
-        raise DermbenchError(f"checkpoint {path} holds no method state, but this training keeps one; "
-                             "delete it to train this model from scratch")
+        raise DermbenchError(
+            f"checkpoint {path} holds no method state, but this training keeps one; "
+            "delete it to train this model from scratch"
+        )
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     schedule.load_state_dict(payload["schedule"])

@@ -62,7 +62,9 @@ def fit(ctx: RunContext, model: torch.nn.Module, train: Split, val: Split) -> to
     settings = ctx.hparams("groupdro")
     scheme = settings["groups"]
     weights = GroupWeights(len(group_names(scheme)), float(settings["eta"]))
-    model = ctx.train_model(model, train, val, name="groupdro", loss=weights.loss, groups=scheme, state=weights)
+    model = ctx.train_model(
+        model, train, val, name="groupdro", loss=weights.loss, groups=scheme, state=weights
+    )
     shown = ", ".join(f"{g}={float(q)!r}" for g, q in zip(group_names(scheme), weights.q))
     ctx.say(f"groupdro: final group weights ({scheme}): {shown}")
     return model

@@ -43,13 +43,21 @@ def tiny(tmp_path_factory):
 
 def _requests(n: int = N) -> pd.DataFrame:
     tones, words = "ABC", ("lighter", "brown", "darker")
-    return pd.DataFrame({
-        "sample_id": [f"p-{i}" for i in range(n)], "label": [i % 2 for i in range(n)],
-        "class_name": [("benign", "malignant")[i % 2] for i in range(n)], "fst": "",
-        "tone3": [tones[i % 3] for i in range(n)],
-        "prompt": [f"{('benign', 'malignant')[i % 2]} skin disease on {words[i % 3]} skin tone" for i in range(n)],
-        "seed": list(range(1000, 1000 + n)), "source_id": "", "domain": "clinical",
-    })
+    return pd.DataFrame(
+        {
+            "sample_id": [f"p-{i}" for i in range(n)],
+            "label": [i % 2 for i in range(n)],
+            "class_name": [("benign", "malignant")[i % 2] for i in range(n)],
+            "fst": "",
+            "tone3": [tones[i % 3] for i in range(n)],
+            "prompt": [
+                f"{('benign', 'malignant')[i % 2]} skin disease on {words[i % 3]} skin tone" for i in range(n)
+            ],
+            "seed": list(range(1000, 1000 + n)),
+            "source_id": "",
+            "domain": "clinical",
+        }
+    )
 
 
 def _settings(batch: int) -> dict:
@@ -90,14 +98,25 @@ def test_generation_batched(benchmark, tiny) -> None:
     if one is not None:  # the same images either way: a seed, not a batch, decides an image
         assert np.abs(one.astype(int) - out.astype(int)).max() <= 1
     speedup = _compare("batched", "one")
-    print(f"\ntiny pipeline: {N / _results['batched']:.1f} images/s in batches of {BATCH}, "
-          f"{N / _results['one']:.1f} one at a time ({speedup:.2f}x)")
+    print(
+        f"\ntiny pipeline: {N / _results['batched']:.1f} images/s in batches of {BATCH}, "
+        f"{N / _results['one']:.1f} one at a time ({speedup:.2f}x)"
+    )
     assert speedup > 1.2, f"batches of {BATCH} only {speedup:.2f}x faster than one image at a time"
 
 
 def _generation(c):
-    return cached_generation(c, _requests(), weights="perf-tiny", settings=_settings(BATCH), image_size=SIZE,
-                             device=CPU, console=QUIET, say=lambda _m: None, label="perf")
+    return cached_generation(
+        c,
+        _requests(),
+        weights="perf-tiny",
+        settings=_settings(BATCH),
+        image_size=SIZE,
+        device=CPU,
+        console=QUIET,
+        say=lambda _m: None,
+        label="perf",
+    )
 
 
 @pytest.mark.benchmark(group="cache")

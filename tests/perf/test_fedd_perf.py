@@ -44,9 +44,14 @@ def _rate(name: str, benchmark) -> None:
 
 @pytest.mark.benchmark(group="fedd-features")
 def test_features_computed(benchmark, model, images) -> None:
-    out = benchmark.pedantic(pooled_features, args=(model, images),
-                             kwargs={"t": T, "noise_seed": 0, "dim": 512, "device": CPU, "batch_size": 16},
-                             rounds=3, iterations=1, warmup_rounds=1)
+    out = benchmark.pedantic(
+        pooled_features,
+        args=(model, images),
+        kwargs={"t": T, "noise_seed": 0, "dim": 512, "device": CPU, "batch_size": 16},
+        rounds=3,
+        iterations=1,
+        warmup_rounds=1,
+    )
     assert out.shape == (6, N_IMAGES, 512)
     _rate("computed", benchmark)
 

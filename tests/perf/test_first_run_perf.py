@@ -27,10 +27,14 @@ def _first_run(benchmark, tmp_path, monkeypatch, name: str, sets: tuple[str, ...
         pytest.skip("benchmarks disabled: no timings to compare")
     monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "cache"))  # an empty cache: a first run
     cfg = resolve_config(flags={"device": "cpu", "out": str(tmp_path / "runs")}, sets=list(sets))
-    result = benchmark.pedantic(lambda: run_experiment(cfg, console=Console(quiet=True)), rounds=1, iterations=1)
+    result = benchmark.pedantic(
+        lambda: run_experiment(cfg, console=Console(quiet=True)), rounds=1, iterations=1
+    )
     synthderm = result.metrics["eval"]["synthderm"]
     groups = synthderm["groups"]["tone3"]  # A = FST I-II, C = FST V-VI
-    benchmark.extra_info.update(auc=synthderm["overall"]["auc"], auc_gap=groups["A"]["auc"] - groups["C"]["auc"])
+    benchmark.extra_info.update(
+        auc=synthderm["overall"]["auc"], auc_gap=groups["A"]["auc"] - groups["C"]["auc"]
+    )
     _seconds[name] = benchmark.stats.stats.min
     return benchmark.extra_info
 
@@ -47,6 +51,8 @@ def test_default_run_at_most_two_thirds_of_previous(benchmark, tmp_path, monkeyp
         pytest.skip("the previous-profile baseline did not run in this session")
     ratio = _seconds["default"] / _seconds["previous"]
     benchmark.extra_info["ratio_to_previous"] = ratio
-    assert ratio <= MAX_RATIO, f"default run {_seconds['default']:.0f}s is {ratio:.2f} of the previous profile's"
+    assert ratio <= MAX_RATIO, (
+        f"default run {_seconds['default']:.0f}s is {ratio:.2f} of the previous profile's"
+    )
     assert info["auc"] >= 0.85, f"SynthDerm overall AUC {info['auc']:.3f} fell below 0.85"
     assert info["auc_gap"] > 0, f"the tone gap (AUC I-II minus V-VI) is {info['auc_gap']:.3f}: not visible"

@@ -52,17 +52,29 @@ def _ece(y_true, _y_pred, score) -> float:
 
 def _fairlearn_frame(y, p, g, n_boot: int | None) -> MetricFrame:
     metrics = {
-        "acc": skm.accuracy_score, "bacc": skm.balanced_accuracy_score,
-        "precision": functools.partial(skm.precision_score, zero_division=0), "tpr": true_positive_rate,
-        "tnr": true_negative_rate, "fpr": false_positive_rate, "f1": skm.f1_score, "sel": selection_rate,
-        "auc": lambda y_true, _y_pred, score: skm.roc_auc_score(y_true, score), "ece": _ece,
+        "acc": skm.accuracy_score,
+        "bacc": skm.balanced_accuracy_score,
+        "precision": functools.partial(skm.precision_score, zero_division=0),
+        "tpr": true_positive_rate,
+        "tnr": true_negative_rate,
+        "fpr": false_positive_rate,
+        "f1": skm.f1_score,
+        "sel": selection_rate,
+        "auc": lambda y_true, _y_pred, score: skm.roc_auc_score(y_true, score),
+        "ece": _ece,
     }
     pred = (p >= 0.5).astype(int)
     kwargs = {"n_boot": n_boot, "ci_quantiles": [0.025, 0.975], "random_state": 0} if n_boot else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return MetricFrame(metrics=metrics, y_true=y, y_pred=pred, sensitive_features=g,
-                           sample_params={"auc": {"score": p}, "ece": {"score": p}}, **kwargs)
+        return MetricFrame(
+            metrics=metrics,
+            y_true=y,
+            y_pred=pred,
+            sensitive_features=g,
+            sample_params={"auc": {"score": p}, "ece": {"score": p}},
+            **kwargs,
+        )
 
 
 def _record(name: str, benchmark) -> None:
@@ -83,9 +95,18 @@ def test_fairlearn_point_estimates(benchmark, data) -> None:
         for group in ("A", "B", "C"):
             assert rep["groups"]["tone3"][group][name] == pytest.approx(frame.by_group[name][group], abs=1e-9)
     diff, worst = frame.difference(), frame.group_min()
-    expected = {"eopp0": diff["tnr"], "eopp1": diff["tpr"], "dp_diff": diff["sel"], "gap_acc": diff["acc"],
-                "gap_auc": diff["auc"], "gap_f1": diff["f1"], "eodd_fairlearn": max(diff["tpr"], diff["fpr"]),
-                "worst_acc": worst["acc"], "worst_auc": worst["auc"], "worst_f1": worst["f1"]}
+    expected = {
+        "eopp0": diff["tnr"],
+        "eopp1": diff["tpr"],
+        "dp_diff": diff["sel"],
+        "gap_acc": diff["acc"],
+        "gap_auc": diff["auc"],
+        "gap_f1": diff["f1"],
+        "eodd_fairlearn": max(diff["tpr"], diff["fpr"]),
+        "worst_acc": worst["acc"],
+        "worst_auc": worst["auc"],
+        "worst_f1": worst["f1"],
+    }
     for gap, value in expected.items():
         assert fair[gap] == pytest.approx(value, abs=1e-9), gap
 
@@ -100,9 +121,13 @@ def test_fairlearn_bootstrap(benchmark, data) -> None:
 @pytest.mark.benchmark(group="fairness-report")
 def test_dermbench_full_report(benchmark, data) -> None:
     y, p, g = data
-    rep = benchmark.pedantic(fairness_report, kwargs={"y_true": y, "y_prob": p, "groups": {"tone3": g},
-                                                      "n_boot": N_BOOT, "seed": 0},
-                             rounds=2, iterations=1, warmup_rounds=0)
+    rep = benchmark.pedantic(
+        fairness_report,
+        kwargs={"y_true": y, "y_prob": p, "groups": {"tone3": g}, "n_boot": N_BOOT, "seed": 0},
+        rounds=2,
+        iterations=1,
+        warmup_rounds=0,
+    )
     assert rep["bootstrap"]["n_boot"] == N_BOOT
     assert rep["ci"]["fairness"]["tone3"]["eodd"] is not None
     _record("dermbench", benchmark)
@@ -113,7 +138,9 @@ def test_dermbench_full_report(benchmark, data) -> None:
     per_resample = max(tk - t0, 0.0) / FAIRLEARN_BOOT
     fairlearn_full = t0 + N_BOOT * per_resample
     speedup = fairlearn_full / _results["dermbench"]
-    print(f"\nfairlearn MetricFrame: {t0:.2f} s + {per_resample:.2f} s per resample -> {fairlearn_full:.0f} s for "
-          f"{N_BOOT} resamples (scaled from {FAIRLEARN_BOOT}); dermbench {_results['dermbench']:.2f} s: "
-          f"{speedup:.0f}x faster")
+    print(
+        f"\nfairlearn MetricFrame: {t0:.2f} s + {per_resample:.2f} s per resample -> {fairlearn_full:.0f} s for "
+        f"{N_BOOT} resamples (scaled from {FAIRLEARN_BOOT}); dermbench {_results['dermbench']:.2f} s: "
+        f"{speedup:.0f}x faster"
+    )
     assert speedup >= 10, f"fairness_report only {speedup:.1f}x faster than fairlearn MetricFrame"

@@ -53,16 +53,38 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 def setting(tmp_path_factory) -> tuple[RunContext, Split, SensitiveGroups]:
     """resnet18 at 64 px, 2 classes; SynthDerm's 4,000 training samples, half light, half dark."""
     tmp: Path = tmp_path_factory.mktemp("mitigation-perf")
-    cfg = resolve_config(flags={"device": "cpu", "out": str(tmp)},
-                         sets=["model.backbone=resnet18", f"data.image_size={SIZE}", f"train.batch_size={BATCH}",
-                               "train.epochs=1"])
-    ctx = RunContext(config=cfg, device=torch.device("cpu"), work_dir=tmp / "work", cache_dir=tmp / "cache",
-                     console=Console(quiet=True))
+    cfg = resolve_config(
+        flags={"device": "cpu", "out": str(tmp)},
+        sets=[
+            "model.backbone=resnet18",
+            f"data.image_size={SIZE}",
+            f"train.batch_size={BATCH}",
+            "train.epochs=1",
+        ],
+    )
+    ctx = RunContext(
+        config=cfg,
+        device=torch.device("cpu"),
+        work_dir=tmp / "work",
+        cache_dir=tmp / "cache",
+        console=Console(quiet=True),
+    )
     rng = np.random.default_rng(0)
     fst = np.tile([2, 5], N_TRAIN // 2)  # alternating light (FST II) and dark (FST V)
-    table = pd.DataFrame({"sample_id": [f"s{i}" for i in range(N_TRAIN)], "label": rng.integers(0, 2, N_TRAIN),
-                          "fst": fst, "tone2": np.where(fst <= 3, "light", "dark")})
-    train = Split("train", table, rng.integers(0, 256, (N_TRAIN, SIZE, SIZE, 3), dtype=np.uint8), ("benign", "malignant"))
+    table = pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(N_TRAIN)],
+            "label": rng.integers(0, 2, N_TRAIN),
+            "fst": fst,
+            "tone2": np.where(fst <= 3, "light", "dark"),
+        }
+    )
+    train = Split(
+        "train",
+        table,
+        rng.integers(0, 256, (N_TRAIN, SIZE, SIZE, 3), dtype=np.uint8),
+        ("benign", "malignant"),
+    )
     codes = np.where(fst <= 3, 0, 1)
     groups = SensitiveGroups("tone2", ("light", "dark"), codes, "light", "set for the benchmark", {})
     return ctx, train, groups
@@ -81,7 +103,9 @@ def _epoch(ctx: RunContext, train: Split) -> None:
     labels = torch.tensor(train.labels)
     model.train()
     for start in range(0, len(train), BATCH):
-        loss = F.cross_entropy(model(norm(train.images[start : start + BATCH])), labels[start : start + BATCH])
+        loss = F.cross_entropy(
+            model(norm(train.images[start : start + BATCH])), labels[start : start + BATCH]
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -112,21 +136,31 @@ def test_group_curvature_costs_at_most_one_epoch(benchmark, setting) -> None:
     model = ctx.create_model(2)
     h_u, h_p, info = benchmark.pedantic(_scoring, args=(ctx, model, train, groups), rounds=3, iterations=1)
     assert info["unprivileged"]["samples"] == info["privileged"]["samples"] == N_PER_GROUP
-    assert info["unprivileged"]["distinct"] == info["privileged"]["distinct"] == N_PER_GROUP  # every sample once
+    assert (
+        info["unprivileged"]["distinct"] == info["privileged"]["distinct"] == N_PER_GROUP
+    )  # every sample once
     assert set(h_u) == set(h_p) == {k for k, p in model.named_parameters() if p.requires_grad}
     _record("scoring", benchmark)
     if "epoch" not in _results:
         pytest.skip("run test_training_epoch in the same session to compare")
     ratio = _results["scoring"] / _results["epoch"]
     per_sample = ratio * N_TRAIN / (2 * N_PER_GROUP)
-    benchmark.extra_info.update(samples=2 * N_PER_GROUP, epoch_min_s=_results["epoch"], ratio_to_epoch=ratio,
-                                per_sample_ratio=per_sample)
-    print(f"\nGGN scoring pass {_results['scoring']:.2f} s = {ratio:.2f}x a training epoch of {N_TRAIN} samples "
-          f"({_results['epoch']:.2f} s); per sample {per_sample:.2f}x training")
+    benchmark.extra_info.update(
+        samples=2 * N_PER_GROUP,
+        epoch_min_s=_results["epoch"],
+        ratio_to_epoch=ratio,
+        per_sample_ratio=per_sample,
+    )
+    print(
+        f"\nGGN scoring pass {_results['scoring']:.2f} s = {ratio:.2f}x a training epoch of {N_TRAIN} samples "
+        f"({_results['epoch']:.2f} s); per sample {per_sample:.2f}x training"
+    )
     if ratio > 1.0:
-        pytest.fail(f"the GGN scoring pass of {2 * N_PER_GROUP} samples took {_results['scoring']:.2f} s, "
-                    f"{ratio:.2f}x one training epoch ({_results['epoch']:.2f} s). Where one chunk per side goes:\n"
-                    + _profile_table(ctx, train, groups))
+        pytest.fail(
+            f"the GGN scoring pass of {2 * N_PER_GROUP} samples took {_results['scoring']:.2f} s, "
+            f"{ratio:.2f}x one training epoch ({_results['epoch']:.2f} s). Where one chunk per side goes:\n"
+            + _profile_table(ctx, train, groups)
+        )
 
 
 def _scores(with_eligible: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
@@ -165,8 +199,9 @@ def test_lowest_over_ten_million_scores(benchmark, with_eligible) -> None:
     scores_, eligible = _scores(with_eligible)
     assert sum(v.numel() for v in scores_.values()) == N_SCORES
     count = N_SCORES // 10
-    masks = benchmark.pedantic(lowest, args=(scores_, count), kwargs={"eligible": eligible}, rounds=5, iterations=1,
-                               warmup_rounds=1)
+    masks = benchmark.pedantic(
+        lowest, args=(scores_, count), kwargs={"eligible": eligible}, rounds=5, iterations=1, warmup_rounds=1
+    )
     assert sum(int(m.sum()) for m in masks.values()) == count
     _record(f"lowest-{with_eligible}", benchmark)
     # no Python loop over weights: the lines run grow with the number of tensors, not of weights
@@ -174,5 +209,9 @@ def test_lowest_over_ten_million_scores(benchmark, with_eligible) -> None:
     benchmark.extra_info.update(python_lines=lines)
     assert lines < 20 * N_TENSORS + 100, f"lowest ran {lines} Python lines for {N_TENSORS} tensors"
     best = _results[f"lowest-{with_eligible}"]
-    print(f"\nlowest over {N_SCORES:,} scores in {N_TENSORS} tensors: min {best * 1000:.0f} ms, {lines} Python lines")
-    assert best < 1.0, f"lowest over {N_SCORES:,} scores took {best:.2f} s (min of 5): not well under a second"
+    print(
+        f"\nlowest over {N_SCORES:,} scores in {N_TENSORS} tensors: min {best * 1000:.0f} ms, {lines} Python lines"
+    )
+    assert best < 1.0, (
+        f"lowest over {N_SCORES:,} scores took {best:.2f} s (min of 5): not well under a second"
+    )

@@ -44,20 +44,50 @@ def split():
 
 def _finetune(c, images, prompts) -> None:
     c.unet.requires_grad_(True)
-    train_denoiser(c, images, prompts, params=list(c.unet.parameters()), steps=FINETUNE["steps"],
-                   batch_size=FINETUNE["batch_size"], lr=FINETUNE["lr"], seed=1, device=CPU, console=QUIET,
-                   label="fine-tuning", uncond_prob=0.1)
+    train_denoiser(
+        c,
+        images,
+        prompts,
+        params=list(c.unet.parameters()),
+        steps=FINETUNE["steps"],
+        batch_size=FINETUNE["batch_size"],
+        lr=FINETUNE["lr"],
+        seed=1,
+        device=CPU,
+        console=QUIET,
+        label="fine-tuning",
+        uncond_prob=0.1,
+    )
 
 
 def _per_run_base(images, prompts) -> None:
     with tempfile.TemporaryDirectory() as folder:
         c = tiny_components(SIZE, seed=0, tokenizer_dir=Path(folder) / "tokenizer")
-        train_autoencoder(c, images, steps=PER_RUN_BASE["vae_steps"], batch_size=PER_RUN_BASE["batch_size"],
-                          lr=PER_RUN_BASE["vae_lr"], seed=0, device=CPU, console=QUIET)
+        train_autoencoder(
+            c,
+            images,
+            steps=PER_RUN_BASE["vae_steps"],
+            batch_size=PER_RUN_BASE["batch_size"],
+            lr=PER_RUN_BASE["vae_lr"],
+            seed=0,
+            device=CPU,
+            console=QUIET,
+        )
         c.unet.requires_grad_(True)
-        train_denoiser(c, images, ["an image of skin"] * len(images), params=list(c.unet.parameters()),
-                       steps=PER_RUN_BASE["unet_steps"], batch_size=PER_RUN_BASE["batch_size"],
-                       lr=PER_RUN_BASE["unet_lr"], seed=0, device=CPU, console=QUIET, label="base", uncond_prob=0.1)
+        train_denoiser(
+            c,
+            images,
+            ["an image of skin"] * len(images),
+            params=list(c.unet.parameters()),
+            steps=PER_RUN_BASE["unet_steps"],
+            batch_size=PER_RUN_BASE["batch_size"],
+            lr=PER_RUN_BASE["unet_lr"],
+            seed=0,
+            device=CPU,
+            console=QUIET,
+            label="base",
+            uncond_prob=0.1,
+        )
         _finetune(c, images, prompts)
 
 
@@ -84,6 +114,8 @@ def test_shipped_base_then_finetuning_is_faster(benchmark, split) -> None:
     if "per-run" not in _seconds:
         pytest.skip("run the baseline in the same session to compare")
     ratio = _seconds["per-run"] / _seconds["shipped"]
-    print(f"\nshipped base + fine-tuning {_seconds['shipped']:.1f} s against per-run base training + fine-tuning "
-          f"{_seconds['per-run']:.1f} s ({ratio:.1f}x faster)")
+    print(
+        f"\nshipped base + fine-tuning {_seconds['shipped']:.1f} s against per-run base training + fine-tuning "
+        f"{_seconds['per-run']:.1f} s ({ratio:.1f}x faster)"
+    )
     assert np.isfinite(ratio) and ratio > 1.0

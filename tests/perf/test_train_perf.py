@@ -19,14 +19,21 @@ N_TRAIN, N_VAL = 1024, 64
 
 def _setup(tmp_path: Path):
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = resolve_config(flags={"device": "cpu", "out": str(tmp_path)},
-                         sets=["train.epochs=1", f"data.options={{n_train: {N_TRAIN}, n_val: {N_VAL}}}"])
+    cfg = resolve_config(
+        flags={"device": "cpu", "out": str(tmp_path)},
+        sets=["train.epochs=1", f"data.options={{n_train: {N_TRAIN}, n_val: {N_VAL}}}"],
+    )
     ds = SynthDerm(n_train=N_TRAIN, n_val=N_VAL)
     size = cfg["data"]["image_size"]
     train = ds.load(task="malignant", split="train", image_size=size)
     val = ds.load(task="malignant", split="val", image_size=size)
-    ctx = RunContext(config=cfg, device=torch.device("cpu"), work_dir=tmp_path / "work", cache_dir=tmp_path / "c",
-                     console=Console(quiet=True))
+    ctx = RunContext(
+        config=cfg,
+        device=torch.device("cpu"),
+        work_dir=tmp_path / "work",
+        cache_dir=tmp_path / "c",
+        console=Console(quiet=True),
+    )
     return cfg, ctx, train, val
 
 
@@ -46,7 +53,7 @@ def test_tiny_profile_training_throughput(benchmark, tmp_path):
         images = torch.from_numpy(np.array(train.images)).permute(0, 3, 1, 2).float() / 255.0
         labels = torch.tensor(train.labels)
         for start in range(0, N_TRAIN, bs):
-            loss = F.cross_entropy(model(images[start:start + bs]), labels[start:start + bs])
+            loss = F.cross_entropy(model(images[start : start + bs]), labels[start : start + bs])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -63,7 +70,8 @@ def test_tiny_profile_training_throughput(benchmark, tmp_path):
         bare.append(time.perf_counter() - t)
     benchmark.pedantic(harness_epoch, rounds=3, iterations=1)
     harness = benchmark.stats.stats.min
-    benchmark.extra_info.update(images_per_s=N_TRAIN / harness, bare_images_per_s=N_TRAIN / min(bare),
-                                overhead=harness / min(bare))
+    benchmark.extra_info.update(
+        images_per_s=N_TRAIN / harness, bare_images_per_s=N_TRAIN / min(bare), overhead=harness / min(bare)
+    )
     # the harness may add checkpointing and validation scoring, but not more than a quarter on top
     assert harness <= 1.25 * min(bare), f"harness epoch {harness:.2f}s vs bare loop {min(bare):.2f}s"

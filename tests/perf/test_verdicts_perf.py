@@ -34,7 +34,9 @@ def _verdicts() -> int:
     frame = collect([RECORDS])
     runs = frame.attrs["runs"]
     stats = aggregate(frame).droplevel(["dataset", "task"])
-    duplicates = identical_rows(frame, [c for c in frame.columns if c.startswith(("overall.", "group.", "fair."))])
+    duplicates = identical_rows(
+        frame, [c for c in frame.columns if c.startswith(("overall.", "group.", "fair."))]
+    )
     return len(build_board(runs, stats, row_labels(runs), duplicates).comparisons)
 
 
@@ -51,6 +53,8 @@ def test_verdicts_for_the_whole_board_under_60_s(benchmark):
     assert comparisons == ((len(BUILTIN_METHODS) - 1) + (len(BUILTIN_METHODS) - 2)) * 3 * 5
     seconds = benchmark.stats.stats.mean
     if "tables" in _seconds:
-        print(f"\nverdicts {seconds:.1f} s against the tables' {_seconds['tables']:.1f} s "
-              f"({seconds / _seconds['tables']:.1f}x)")
+        print(
+            f"\nverdicts {seconds:.1f} s against the tables' {_seconds['tables']:.1f} s "
+            f"({seconds / _seconds['tables']:.1f}x)"
+        )
     assert seconds < 60, f"verdicts took {seconds:.1f} s"
