@@ -29,7 +29,7 @@ FITZ_TRAIN = round(16_577 * 0.6)
 FITZ_DARK_TRAIN = round(3_919 * 0.6 / 0.8)
 #: DermDiff's neoplastic Fitzpatrick17k images (its Tab. 1: 2,234 + 2,263), 60 % of them in training
 DERMDIFF_REAL = round(4_497 * 0.6)
-#: majority-to-minority scenario (i): 1,228 light + 291 dark training images (seed 002 Tab. 1, METHODS.md §7)
+#: majority-to-minority scenario (i): 1,228 light + 291 dark training images (the paper's Tab. 1; docs/majority2minority.md)
 M2M_TRAIN = 1_228 + 291
 #: ISIC 2019 (25,331 images): benign 16,858; a 60 % training share (assumed; the split is the dataset's)
 ISIC_BENIGN_TRAIN = round(16_858 * 0.6)

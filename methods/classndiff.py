@@ -3,8 +3,8 @@ on VAE latents) trained jointly with a classifier that reads latents, sampled to
 synthetic set; the classifier is either the ordinary ERM model on real + synthetic images or the
 jointly trained latent classifier itself.
 
-The available paper text is only an abstract (shared/papers/class-n-diff-summary.txt); every
-setting below comes from the authors' code (Munia03/Class-N-Diff, see shared/METHODS.md section 5),
+The available paper text is only an abstract (its abstract; docs/classndiff.md); every
+setting below comes from the authors' code (Munia03/Class-N-Diff, see docs/classndiff.md),
 reimplemented, not copied.
 
 What it does here.

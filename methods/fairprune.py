@@ -41,7 +41,7 @@ Choices, and why:
   unknown group are left out. The privileged group is by default the one on which the trained
   model has the higher validation macro-F1 (on Fitzpatrick17k the dark group), never assumed.
 
-Where the third-party reimplementations differ (there is no official code; ../shared/METHODS.md §1):
+Where the third-party reimplementations differ (there is no official code; docs/fairprune.md):
 - AliGhadirii/FairPrune averages S over 330 pairs of group batches of 2 (the smaller group's
   loader cycled) and prunes 0.35 of the flattened parameter vector per iteration by top-k on -S,
   biases skipped, β = 0.33; it iterates and stops after 5 rounds without improvement of the

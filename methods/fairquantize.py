@@ -13,7 +13,7 @@ each step, so the model's capacity moves away from what only the privileged grou
 - Selection: the globally lowest-scoring weights (the paper's rule, "Q_n N weights"); the code
   ranks per layer, available as `ranking: layer`. The code's selection compares
   argsort(scores) with k, which marks the inverse permutation instead of the lowest scores
-  (METHODS.md §3); that bug is not reproduced. Quantised weights stay quantised.
+  (docs/fairquantize.md, "Paper vs dermbench"); that bug is not reproduced. Quantised weights stay quantised.
 - Schedule (Alg. 1): Q_n = min(target, n q), q = 0.05. After each step the model retrains for
   `retrain.epochs` epochs on batches balanced over the groups (the code zips a light and a dark
   loader: train.sampler "sensitive"), and after every optimiser step the quantised weights are

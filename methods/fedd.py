@@ -2,7 +2,7 @@
 and Malignancy Classification", MICCAI 2023): a frozen unconditional diffusion UNet as the feature
 extractor, and a small MLP probe trained on its pooled decoder features.
 
-What it does here (shared/METHODS.md section 6; docs/fedd.md).
+What it does here (docs/fedd.md).
 1. Backbone: `fedd.model`, a diffusers `UNet2DModel` (pixel space, unconditional) from a local
    folder or hub id, frozen (`dermbench.diffusion.pixel`). The paper's is the ImageNet-256
    unconditional ADM model (Dhariwal & Nichol): the paper profile's `model: adm-imagenet256-uncond`

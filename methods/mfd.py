@@ -43,7 +43,7 @@ student selects its epoch on validation like ERM. `predict` is ERM's: a plain fo
 student; no group is needed at test time.
 
 Where this differs from the official code (DQle38/Fair-Feature-Distillation-for-Visual-Recognition)
-and from the ME repository's derm baseline (shared/METHODS.md section 2):
+and from the ME repository's derm baseline (docs/mfd.md):
 
 - Features: the official code distils the last conv block's map *before* pooling (ResNet layer4,
   flattened); the ME derm baseline and this plugin use the penultimate vector.

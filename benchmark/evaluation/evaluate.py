@@ -49,7 +49,7 @@ def evaluate_split(
     views: ToneViews | None = None,
     confusion: dict[str, dict[str, dict]] | None = None,
 ) -> tuple[dict, pd.DataFrame]:
-    """The `eval` entry for `split` (DESIGN.md §4) and its per-sample predictions.
+    """The `eval` entry for `split` (docs/architecture.md, "The run record") and its per-sample predictions.
 
     With `views` (every source's tones, dermbench.tone.sources.tone_views) the entry also gets
     `tone_sources` (a set with annotated tones scored per source; one without, its tone3 and tone2

@@ -1,6 +1,6 @@
 """Per-group performance, fairness gaps and bootstrap confidence intervals.
 
-`fairness_report` builds the `eval` entry of metrics.json (DESIGN.md §4). Researchers quote
+`fairness_report` builds the `eval` entry of metrics.json (docs/architecture.md, "The run record"). Researchers quote
 these numbers, so every definition is fixed here and in docs/metrics.md, and the tests
 pin each one against scikit-learn, fairlearn or a hand-computed example.
 

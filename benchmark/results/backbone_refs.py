@@ -2,7 +2,7 @@
 
 A run's backbone is any timm model name (`model.backbone`), so the table is keyed by the
 family's name prefix; a model outside the table is cited through timm alone. Bibliographic
-fields come from the reference lists of the method papers in the benchmark (shared/papers/);
+fields come from the reference lists of the method papers in the benchmark (cited in docs/<method>.md);
 fields they do not give (DOIs, most pages) are left out rather than guessed.
 """
 

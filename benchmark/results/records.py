@@ -3,7 +3,7 @@
 A run directory is written file by file, atomically, and the `done` marker comes last, so a
 directory either holds a finished run or one that the same command resumes.
 
-The record's shape is the `Record` struct below (DESIGN.md §4), typed with msgspec so that a
+The record's shape is the `Record` struct below (docs/architecture.md, "The run record"), typed with msgspec so that a
 reader gets the shape the writer wrote or a `RecordError` that names the file and the field
 path (e.g. `$.eval.synthderm.groups.tone3.A.auc`). Open-ended levels (test sets, schemes,
 groups, metric names, exclusion reasons) are `dict[str, ...]` with precise value types; fixed
