@@ -1,4 +1,4 @@
-"""`dermbench cite`, the plugins' REFERENCES, README's Cite section, LICENSE and CITATION.cff."""
+"""`dermbench cite`, the plugins' REFERENCES, the list in docs/cite.md, LICENSE and CITATION.cff."""
 
 from __future__ import annotations
 
@@ -177,12 +177,12 @@ def test_every_builtin_plugin_carries_well_formed_references():
                 assert by_key.setdefault(entry_key(entry), entry) == entry, entry_key(entry)
 
 
-def test_readme_cite_section_is_the_generated_list():
-    text = (ROOT / "README.md").read_text()
+def test_the_docs_cite_list_is_the_generated_list():
+    text = (ROOT / "docs" / "cite.md").read_text()
     match = re.search(r"<!-- cite:start[^\n]*-->\n(.*?)<!-- cite:end -->", text, re.S)
-    assert match, "README lacks the cite:start/cite:end markers"
+    assert match, "docs/cite.md lacks the cite:start/cite:end markers"
     assert match.group(1) == as_markdown(all_references()), (
-        "README's Cite list is stale: paste `dermbench cite --all --markdown`"
+        "docs/cite.md's list is stale: paste `dermbench cite --all --markdown`"
     )
 
 
