@@ -10,7 +10,7 @@ SHA-256 of the scored file; its config's `external` section holds that fingerpri
 settings, so the run id changes with the file's content, not its path.
 
 `counterfactual_for_run` renders every lesion of a run's SynthDerm test sets on FST I..VI with
-everything but the skin tone held fixed (dermbench.datasets.synthderm.retone) and scores the
+everything but the skin tone held fixed (dermbench.datasets.synthderm_render.retone) and scores the
 run's model on them (evaluation.counterfactual), into counterfactual.json and the report. It can
 rebuild only a model that is the run's saved backbone (or an external model file);
 `counterfactual_of_method` (`dermbench run --counterfactual`) runs the same test at the end of a
@@ -38,7 +38,8 @@ from dermbench.context import RunContext, choose_device
 from dermbench.data.groups import add_group_columns
 from dermbench.data.model import Split
 from dermbench.data.pool import DatasetPool
-from dermbench.datasets.synthderm import FST_TYPES, SynthDerm
+from dermbench.datasets.synthderm import SynthDerm
+from dermbench.datasets.synthderm_params import FST_TYPES
 from dermbench.errors import ConfigError, DataError, DermbenchError
 from dermbench.evaluation.counterfactual import counterfactual_scores
 from dermbench.evaluation.evaluate import threshold_from_validation
@@ -50,10 +51,10 @@ from dermbench.plugins import BUILTIN_METHODS
 from dermbench.results.backbone_refs import DERMBENCH, backbone_references
 from dermbench.results.citations import dataset_references
 from dermbench.results.counterfactual import write_counterfactual
+from dermbench.results.record_schema import RecordError
 from dermbench.results.records import (
     COUNTERFACTUAL_FILE,
     METRICS_FILE,
-    RecordError,
     RunDir,
     check_seal,
     environment,

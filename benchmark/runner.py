@@ -41,7 +41,8 @@ from dermbench.files import write_json, write_text
 from dermbench.hookchecks import check_model, check_predict_before_fit, hooks_answered, predict_checked
 from dermbench.plugins import PluginError, dataset_refs, load_target, make_manager
 from dermbench.results.citations import model_backbones, run_references
-from dermbench.results.records import CHECKPOINTS, RecordError, RunDir, environment
+from dermbench.results.record_schema import RecordError
+from dermbench.results.records import CHECKPOINTS, RunDir, environment
 from dermbench.results.report import write_report
 from dermbench.tone import fill_missing_tones
 from dermbench.tone.detector import detector_fingerprint
@@ -429,7 +430,7 @@ def _execute(
             ],
         ),
     }
-    metrics = run.write_record(metrics)  # checked against the record schema (results/records.py)
+    metrics = run.write_record(metrics)  # checked against the record schema (results/record_schema.py)
     if before_done is not None:
         before_done(
             BeforeDone(

@@ -66,17 +66,10 @@ from dermbench.data.requests import (
     translation_plan,
     translation_sources,
 )
-from dermbench.datasets.synthderm import (
-    FITZ17K_TONE_MIX,
-    GENERATOR_VERSION,
-    SPLITS,
-    Scenes,
-    SynthDerm,
-    _sample_skin,
-    render,
-    sample_scenes,
-)
-from dermbench.datasets.synthderm import with_skin as scenes_with_skin
+from dermbench.datasets.synthderm import GENERATOR_VERSION, SPLITS, SynthDerm
+from dermbench.datasets.synthderm_params import FITZ17K_TONE_MIX
+from dermbench.datasets.synthderm_render import Scenes, render, sample_scenes, sample_skin
+from dermbench.datasets.synthderm_render import with_skin as scenes_with_skin
 from dermbench.diffusion.augmenting import measure_quality, synthetic_split
 from dermbench.diffusion.store import cached_entry
 from dermbench.errors import ConfigError, DataError, DermbenchError
@@ -310,7 +303,7 @@ def retoned_scenes(base: Scenes, index: np.ndarray, fst: np.ndarray, *, seed: in
     skin colour changes; artifacts and lighting are the source's. The sensor noise of a render
     comes from `seed` (the returned scenes' seed)."""
     index, fst = np.asarray(index, dtype=np.int64), np.asarray(fst, dtype=np.int64)
-    ita, skin = _sample_skin(seed, fst)
+    ita, skin = sample_skin(seed, fst)
     return with_skin(base, index, fst=fst, ita=ita, skin=skin, seed=seed)
 
 
@@ -318,7 +311,7 @@ def with_skin(
     base: Scenes, index: np.ndarray, *, fst: np.ndarray, ita: np.ndarray, skin: np.ndarray, seed: int
 ) -> Scenes:
     """`base[index]` on the given skin (FST, ITA, CIELAB), the rest kept as `retoned_scenes` says:
-    SynthDerm's own `with_skin` (dermbench.datasets.synthderm), which redraws the lesion and texture
+    SynthDerm's own `with_skin` (dermbench.datasets.synthderm_render), which redraws the lesion and texture
     given the skin with the generator's own streams, so a re-rendered lesion follows the generator's
     model exactly; with a scene's own skin and seed it gives back that scene unchanged
     (tests/test_oracle.py checks both)."""

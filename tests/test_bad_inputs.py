@@ -497,7 +497,8 @@ READERS = {
 @pytest.mark.parametrize("reader", list(READERS))
 def test_impossible_numbers_in_a_record_are_refused_naming_the_field(tmp_path, capsys, finished_run, reader):
     """An overall AUC of 5.0, an accuracy of -2 and n = -7 went onto the leaderboard (issue 27)."""
-    from dermbench.results.records import RecordError, read_record
+    from dermbench.results.record_schema import RecordError
+    from dermbench.results.records import read_record
 
     run = _copy_run(finished_run, tmp_path)
     _edit_record(run, _three_impossible_numbers)
@@ -516,7 +517,8 @@ def test_impossible_numbers_in_a_record_are_refused_naming_the_field(tmp_path, c
 
 
 def test_a_gap_that_does_not_follow_from_its_groups_is_refused(tmp_path, finished_run):
-    from dermbench.results.records import RecordError, read_record
+    from dermbench.results.record_schema import RecordError
+    from dermbench.results.records import read_record
 
     run = _copy_run(finished_run, tmp_path)
     (run / "done").unlink()

@@ -15,10 +15,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dermbench.cli import main
-from dermbench.datasets.synthderm import FST_TYPES, MASK_CLASSES, SynthDerm, render, retone, with_skin
+from dermbench.datasets.synthderm import SynthDerm
+from dermbench.datasets.synthderm_params import FST_TYPES, MASK_CLASSES
+from dermbench.datasets.synthderm_render import render, retone, with_skin
 from dermbench.evaluation.counterfactual import counterfactual_scores
 from dermbench.results.counterfactual import read_counterfactual
-from dermbench.results.leaderboard import build_outputs, collect
+from dermbench.results.leaderboard import collect
+from dermbench.results.leaderboard_render import build_outputs
 from dermbench.tone.ita import fst_from_ita
 
 SIZES = {"n_train": 120, "n_val": 60, "n_test": 60, "n_test_ddi": 36, "n_test_dermoscopic": 30}

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import dermbench.datasets.synthderm as synthderm
+import dermbench.datasets.synthderm_params as synthderm_params
 from dermbench.context import RunContext
 from dermbench.data import cache
 from dermbench.data.lazy import ConcatArray
@@ -58,15 +59,15 @@ def test_synthderm_at_two_sizes_with_masks_renders_each_size_once(tmp_path, coun
     assert small.images.shape == (40, 16, 16, 3) and large.images.shape == (40, 48, 48, 3)
     assert small.masks.shape == (40, 16, 16) and large.masks.shape == (40, 48, 48)
     assert small.masks.dtype == np.uint8 and set(np.unique(large.masks)) <= set(
-        range(len(synthderm.MASK_CLASSES))
+        range(len(synthderm_params.MASK_CLASSES))
     )
-    assert small.meta["mask_classes"] == synthderm.MASK_CLASSES
+    assert small.meta["mask_classes"] == synthderm_params.MASK_CLASSES
     assert small.table["sample_id"].tolist() == large.table["sample_id"].tolist()
     # the masks belong to these images: lesion pixels are darker than skin pixels in every image
     for split in (small, large):
         for img, mask in zip(split.images[:10], split.masks[:10], strict=True):
             lum = img.astype(float).mean(axis=2)
-            assert lum[mask == synthderm.LESION].mean() < lum[mask == synthderm.SKIN].mean()
+            assert lum[mask == synthderm_params.LESION].mean() < lum[mask == synthderm_params.SKIN].mean()
     assert count_renders == [(40, 16), (40, 48)]
     again = ctx.load_split("synthderm", "train", image_size=48, with_masks=True)
     assert count_renders == [(40, 16), (40, 48)]  # a hit: nothing rendered again

@@ -21,8 +21,10 @@ from dermbench.datasets.ddi import DDI
 from dermbench.evaluation.external import PredictionFileError, match_predictions
 from dermbench.evaluation.metrics import fairness_report
 from dermbench.results.calibration import group_reliability
-from dermbench.results.leaderboard import build_outputs, collect
-from dermbench.results.records import as_json_values, read_record
+from dermbench.results.leaderboard import collect
+from dermbench.results.leaderboard_render import build_outputs
+from dermbench.results.record_schema import as_json_values
+from dermbench.results.records import read_record
 
 N_BOOT = 40
 SIZE = 16

@@ -438,7 +438,8 @@ def _edited(record, path, value, delete: bool):
 @fuzz(200)
 @given(edits=st.lists(st.tuples(PATHS, JSON_VALUES, st.integers(0, 9)), min_size=1, max_size=3))
 def test_an_edited_record_gives_a_record_or_a_record_error(edits):
-    from dermbench.results.records import Record, read_record
+    from dermbench.results.record_schema import Record
+    from dermbench.results.records import read_record
 
     record = RECORD
     for path, value, roll in edits:
@@ -475,7 +476,8 @@ def test_any_bytes_give_a_record_or_a_record_error(data):
     ],
 )
 def test_a_malformed_done_marker_is_a_record_error(tmp_path, done):
-    from dermbench.results.records import RecordError, read_record
+    from dermbench.results.record_schema import RecordError
+    from dermbench.results.records import read_record
 
     (tmp_path / "metrics.json").write_text(json.dumps(RECORD))
     (tmp_path / "done").write_bytes(done.encode("utf-8", "surrogateescape"))

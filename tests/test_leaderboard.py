@@ -13,17 +13,11 @@ import pytest
 
 from dermbench.cli import main
 from dermbench.evaluation.metrics import fairness_report
-from dermbench.results.leaderboard import (
-    HIGHER,
-    LOWER,
-    aggregate,
-    best_rows,
-    build_outputs,
-    collect,
-    config_variant,
-    format_cell,
-)
-from dermbench.results.records import Fairness, RecordError, write_done
+from dermbench.results.formatting import HIGHER, LOWER, format_cell
+from dermbench.results.leaderboard import aggregate, collect, config_variant
+from dermbench.results.leaderboard_render import best_rows, build_outputs
+from dermbench.results.record_schema import Fairness, RecordError
+from dermbench.results.records import write_done
 
 TEST_SETS = {"synthderm": 600, "synthderm-ddi": 210, "synthderm-dermoscopic": 300}
 CONFIG = {
@@ -563,7 +557,7 @@ def test_check_flags_a_generated_file_whose_records_are_gone(tmp_path, capsys):
     (out / "README.md").write_text("# hand-written notes\n")
     assert cli(["leaderboard", "--runs", str(root), "--out", str(out), "--check"]) == 1
     output = capsys.readouterr().out
-    assert "fitz17k-malignant.md: generated leaderboard of a protocol with no records left" in output
+    assert "fitz17k-malignant.md: generated leaderboard of a board with no records left" in output
     assert "README.md" not in output
 
 

@@ -14,16 +14,8 @@ import pytest
 from dermbench.config import data_digests, run_id
 from dermbench.evaluation.metrics import fairness_report
 from dermbench.results.leaderboard import config_variant
-from dermbench.results.records import (
-    METRICS_FILE,
-    SCHEMA_VERSION,
-    Record,
-    RecordError,
-    RunDir,
-    encode_record,
-    read_record,
-    write_record,
-)
+from dermbench.results.record_schema import SCHEMA_VERSION, Record, RecordError, encode_record
+from dermbench.results.records import METRICS_FILE, RunDir, read_record, write_record
 
 COMMITTED = Path(__file__).resolve().parents[1] / "leaderboards" / "records"
 COMMITTED_CSV = COMMITTED.parent / "synthderm-malignant.csv"

@@ -17,7 +17,8 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, p
 from dermbench.cli import main
 from dermbench.data.groups import group_schemes
 from dermbench.evaluation.metrics import fairness_report
-from dermbench.results.records import Fairness, RecordError, ToneEstimation, write_done, write_record
+from dermbench.results.record_schema import Fairness, RecordError, ToneEstimation
+from dermbench.results.records import write_done, write_record
 from dermbench.results.report import (
     binary_counts,
     build_report,

@@ -10,15 +10,18 @@ from sklearn.metrics import roc_auc_score
 
 from dermbench.data.model import REQUIRED_COLUMNS, Split
 from dermbench.datasets import synthderm as sd
+from dermbench.datasets import synthderm_params as params
+from dermbench.datasets import synthderm_render as renderer
 from dermbench.errors import ConfigError, DataError
+from dermbench.seeds import split_seed
 from dermbench.tone.ita import fst_from_ita
 
 SMALL = dict(n_train=200, n_val=60, n_test=80, n_test_ddi=60, n_test_dermoscopic=60)
 
 
 @pytest.fixture(scope="module")
-def batch() -> sd.SynthBatch:
-    return sd.generate(240, seed=11, image_size=32)
+def batch() -> renderer.SynthBatch:
+    return renderer.generate(240, seed=11, image_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +33,14 @@ def small() -> sd.SynthDerm:
 
 
 def test_same_seed_gives_identical_bytes(batch):
-    again = sd.generate(240, seed=11, image_size=32)
+    again = renderer.generate(240, seed=11, image_size=32)
     assert again.images.tobytes() == batch.images.tobytes()
     assert again.masks.tobytes() == batch.masks.tobytes()
     pd.testing.assert_frame_equal(again.table, batch.table)
 
 
 def test_different_seed_differs(batch):
-    other = sd.generate(240, seed=12, image_size=32)
+    other = renderer.generate(240, seed=12, image_size=32)
     assert not np.array_equal(other.images, batch.images)
     assert not other.table["ita"].equals(batch.table["ita"])
 
@@ -53,22 +56,22 @@ def test_shapes_and_dtypes(batch):
 
 
 def test_scene_parameters_do_not_depend_on_image_size():
-    a = sd.generate(40, seed=3, image_size=16)
-    b = sd.generate(40, seed=3, image_size=32)
+    a = renderer.generate(40, seed=3, image_size=16)
+    b = renderer.generate(40, seed=3, image_size=32)
     pd.testing.assert_frame_equal(a.table, b.table)
     # the same lesion at both sizes: the 32 px mask pooled 2x2 agrees with the 16 px one almost everywhere
-    pooled = (b.masks == sd.LESION).reshape(40, 16, 2, 16, 2).mean(axis=(2, 4)) >= 0.5
-    assert np.mean(pooled == (a.masks == sd.LESION)) > 0.97
+    pooled = (b.masks == params.LESION).reshape(40, 16, 2, 16, 2).mean(axis=(2, 4)) >= 0.5
+    assert np.mean(pooled == (a.masks == params.LESION)) > 0.97
 
 
 # ----- composition ---------------------------------------------------------------------
 
 
 def test_train_tone_mix_and_malignant_rate():
-    big = sd.generate(5000, seed=0, image_size=16)
+    big = renderer.generate(5000, seed=0, image_size=16)
     fst = big.table["fst"].to_numpy()
     share = np.bincount(fst, minlength=7)[1:] / len(fst)
-    assert np.allclose(share, sd.FITZ17K_TONE_MIX, atol=0.02)
+    assert np.allclose(share, params.FITZ17K_TONE_MIX, atol=0.02)
     assert set(np.unique(fst)) == {1, 2, 3, 4, 5, 6}
     label = big.table["label"].to_numpy()
     assert abs(label.mean() - 0.15) < 0.01
@@ -85,7 +88,7 @@ def test_skin_colour_follows_the_ita_thresholds(batch):
 
 
 def test_lesion_features_differ_by_label_but_overlap():
-    table = sd.sample_scenes(3000, seed=5).table
+    table = renderer.sample_scenes(3000, seed=5).table
     benign, malignant = table[table.label == 0], table[table.label == 1]
     for col in ("severity", "asymmetry", "border", "variegation", "diameter"):
         assert malignant[col].mean() > benign[col].mean()
@@ -100,18 +103,18 @@ def test_lesion_features_differ_by_label_but_overlap():
 
 def test_masks_hold_documented_classes(batch):
     masks, table = batch.masks, batch.table
-    assert set(np.unique(masks)) <= set(range(len(sd.MASK_CLASSES)))
-    assert sd.MASK_CLASSES == ("background", "skin", "lesion", "marker", "ruler")
-    assert (masks == sd.LESION).any(axis=(1, 2)).all()
-    assert (masks == sd.SKIN).any(axis=(1, 2)).all()
-    has = {c: (masks == getattr(sd, c.upper())).any(axis=(1, 2)) for c in ("marker", "ruler")}
+    assert set(np.unique(masks)) <= set(range(len(params.MASK_CLASSES)))
+    assert params.MASK_CLASSES == ("background", "skin", "lesion", "marker", "ruler")
+    assert (masks == params.LESION).any(axis=(1, 2)).all()
+    assert (masks == params.SKIN).any(axis=(1, 2)).all()
+    has = {c: (masks == getattr(params, c.upper())).any(axis=(1, 2)) for c in ("marker", "ruler")}
     ruler = table["has_ruler"].to_numpy()
     marker = table["has_marker"].to_numpy()
     assert ruler.any() and marker.any()
     assert np.array_equal(has["ruler"], ruler)
     assert not has["marker"][~marker].any() and has["marker"][marker].mean() > 0.9
     backdrop = table["has_backdrop"].to_numpy()
-    assert not (masks[~backdrop] == sd.BACKGROUND).any()
+    assert not (masks[~backdrop] == params.BACKGROUND).any()
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
@@ -124,22 +127,22 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
 
 
 def test_lesion_mask_is_where_the_lesion_changes_the_pixels():
-    scenes = sd.sample_scenes(150, seed=4)
-    with_lesion, masks = sd.render(scenes, image_size=32, artifacts=False)
-    skin_only, skin_masks = sd.render(scenes, image_size=32, lesion=False, artifacts=False)
-    assert set(np.unique(skin_masks)) == {sd.SKIN}
-    lesion = masks == sd.LESION
+    scenes = renderer.sample_scenes(150, seed=4)
+    with_lesion, masks = renderer.render(scenes, image_size=32, artifacts=False)
+    skin_only, skin_masks = renderer.render(scenes, image_size=32, lesion=False, artifacts=False)
+    assert set(np.unique(skin_masks)) == {params.SKIN}
+    lesion = masks == params.LESION
     diff = np.abs(with_lesion.astype(int) - skin_only.astype(int)).max(axis=-1)
     assert (diff[lesion] >= 1).mean() > 0.99  # every lesion pixel is changed, also on dark skin
     assert _dilate(lesion)[diff >= 3].mean() > 0.999  # visible changes are in the lesion (or its soft edge)
 
 
 def test_hair_keeps_the_class_underneath():
-    scenes = sd.sample_scenes(150, seed=8)
-    _, plain = sd.render(scenes, image_size=32, artifacts=False)
-    images, full = sd.render(scenes, image_size=32)
+    scenes = renderer.sample_scenes(150, seed=8)
+    _, plain = renderer.render(scenes, image_size=32, artifacts=False)
+    images, full = renderer.render(scenes, image_size=32)
     changed = plain != full
-    assert set(np.unique(full[changed])) <= {sd.MARKER, sd.RULER, sd.BACKGROUND}
+    assert set(np.unique(full[changed])) <= {params.MARKER, params.RULER, params.BACKGROUND}
     hairy = (
         scenes.table["has_hair"].to_numpy()
         & ~scenes.table[["has_marker", "has_ruler", "has_backdrop"]].any(axis=1).to_numpy()
@@ -149,11 +152,11 @@ def test_hair_keeps_the_class_underneath():
 
 
 def test_lesion_contrast_is_lower_on_dark_skin():
-    b = sd.generate(600, seed=21, image_size=32, tone_mix=sd.BALANCED_TONE_MIX)
+    b = renderer.generate(600, seed=21, image_size=32, tone_mix=params.BALANCED_TONE_MIX)
     fst = b.table["fst"].to_numpy()
     diffs = np.full(len(fst), np.nan)
     for i in range(len(fst)):
-        lesion, skin = b.masks[i] == sd.LESION, b.masks[i] == sd.SKIN
+        lesion, skin = b.masks[i] == params.LESION, b.masks[i] == params.SKIN
         if lesion.sum() >= 4 and skin.sum() >= 4:
             img = b.images[i].astype(float)
             diffs[i] = np.linalg.norm(img[lesion].mean(0) - img[skin].mean(0))
@@ -171,7 +174,7 @@ def _corr(a: pd.Series, b: pd.Series) -> float:
 
 
 def test_spurious_cue_only_on_light_skin():
-    table = sd.sample_scenes(6000, seed=9, spurious=0.8).table
+    table = renderer.sample_scenes(6000, seed=9, spurious=0.8).table
     light, dark = table[table.fst <= 3], table[table.fst >= 4]
     assert _corr(light.has_marker, light.label) > 0.5
     assert abs(_corr(dark.has_marker, dark.label)) < 0.1
@@ -179,7 +182,7 @@ def test_spurious_cue_only_on_light_skin():
 
 
 def test_no_spurious_cue_by_default():
-    table = sd.sample_scenes(6000, seed=9).table
+    table = renderer.sample_scenes(6000, seed=9).table
     light = table[table.fst <= 3]
     assert abs(_corr(light.has_marker, light.label)) < 0.1
     assert 0.05 < table.has_marker.mean() < 0.15
@@ -202,17 +205,17 @@ def test_ddi_split_is_tone_balanced(small):
     ddi = table[table.split == "test_ddi"]
     counts = np.bincount(ddi.fst, minlength=7)[1:]
     assert counts.max() - counts.min() <= 1
-    assert abs(ddi.label.mean() - sd.DDI_MALIGNANT_RATE) < 0.05
+    assert abs(ddi.label.mean() - params.DDI_MALIGNANT_RATE) < 0.05
 
 
 def test_dermoscopic_images_have_a_black_surround():
-    b = sd.generate(40, seed=2, image_size=32, dermoscopic=True)
+    b = renderer.generate(40, seed=2, image_size=32, dermoscopic=True)
     corners = b.masks[:, [0, 0, -1, -1], [0, -1, 0, -1]]
-    assert (corners == sd.BACKGROUND).all()
+    assert (corners == params.BACKGROUND).all()
     assert b.images[:, [0, 0, -1, -1], [0, -1, 0, -1]].max() < 12
     centre = b.masks[:, 16, 16]
-    assert (centre != sd.BACKGROUND).all()
-    clinical = sd.generate(40, seed=2, image_size=32)
+    assert (centre != params.BACKGROUND).all()
+    clinical = renderer.generate(40, seed=2, image_size=32)
     assert (b.table["diameter"] > clinical.table["diameter"]).mean() > 0.9  # zoomed in
     assert set(b.table["domain"]) == {"dermoscopic"} and set(clinical.table["domain"]) == {"clinical"}
 
@@ -225,10 +228,10 @@ def test_dataset_load_gives_a_split_with_masks(small):
     assert isinstance(split, Split)
     assert split.images.shape == (200, 32, 32, 3) and split.masks.shape == (200, 32, 32)
     assert split.classes == ("benign", "malignant")
-    assert split.meta["mask_classes"] == sd.MASK_CLASSES
+    assert split.meta["mask_classes"] == params.MASK_CLASSES
     assert split.table["sample_id"].iloc[12] == "train-000012"
     assert split.table["image"].iloc[12] == "synthderm://train/12"
-    direct = sd.generate(200, seed=sd.split_seed(0, "train"), image_size=32)
+    direct = renderer.generate(200, seed=split_seed(0, "train"), image_size=32)
     assert np.array_equal(split.images, direct.images) and np.array_equal(split.masks, direct.masks)
     assert np.array_equal(split.labels, direct.table["label"].to_numpy())
 
@@ -336,7 +339,7 @@ def test_unknown_option_names_the_closest():
 def test_bad_generate_arguments(kwargs, match):
     args = {"n": 4, "seed": 0, "image_size": 16, **kwargs}
     with pytest.raises(DataError, match=match):
-        sd.generate(args.pop("n"), **args)
+        renderer.generate(args.pop("n"), **args)
 
 
 def test_bad_image_reference(small):
@@ -349,5 +352,5 @@ def test_bad_image_reference(small):
 
 
 def test_zero_images():
-    b = sd.generate(0, seed=0, image_size=16)
+    b = renderer.generate(0, seed=0, image_size=16)
     assert b.images.shape == (0, 16, 16, 3) and len(b.table) == 0

@@ -12,7 +12,9 @@ from scipy.stats import spearmanr
 from sklearn.metrics import f1_score
 
 from dermbench.cli import main
-from dermbench.datasets.synthderm import BALANCED_TONE_MIX, MASK_CLASSES, SynthDerm, generate
+from dermbench.datasets.synthderm import SynthDerm
+from dermbench.datasets.synthderm_params import BALANCED_TONE_MIX, MASK_CLASSES
+from dermbench.datasets.synthderm_render import generate
 from dermbench.errors import ConfigError, DataError, DermbenchError
 from dermbench.tone import fill_missing_tones
 from dermbench.tone.detector import load_detector, tone_split

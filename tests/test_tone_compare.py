@@ -12,7 +12,8 @@ from dermbench.cli import main
 from dermbench.data.generated import MANIFEST_COLUMNS
 from dermbench.data.model import Split
 from dermbench.data.pool import DatasetPool
-from dermbench.datasets.synthderm import BALANCED_TONE_MIX, generate
+from dermbench.datasets.synthderm_params import BALANCED_TONE_MIX
+from dermbench.datasets.synthderm_render import generate
 from dermbench.errors import ConfigError
 from dermbench.runner import resolve_config
 from dermbench.tone.compare import (

@@ -22,8 +22,10 @@ from dermbench.evaluation.tone_sources import (
     propagate_misassignment,
     score_tone_sources,
 )
-from dermbench.results.leaderboard import build_outputs, check_outputs, collect, ita_plot_name, write_outputs
-from dermbench.results.records import SCHEMA_VERSION, read_record, write_done
+from dermbench.results.leaderboard import collect
+from dermbench.results.leaderboard_render import build_outputs, check_outputs, ita_plot_name, write_outputs
+from dermbench.results.record_schema import SCHEMA_VERSION
+from dermbench.results.records import read_record, write_done
 from dermbench.results.report import build_report, print_report, render_markdown, write_report
 from dermbench.results.tone_sections import ITA_PLOT
 

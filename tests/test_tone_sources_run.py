@@ -4,7 +4,7 @@ trees, where Fitzpatrick17k and DDI are annotated and Derm7pt's tones come from 
 import json
 
 from dermbench.cli import main
-from dermbench.results.records import SCHEMA_VERSION
+from dermbench.results.record_schema import SCHEMA_VERSION
 from dermbench.results.tone_sections import ITA_PLOT
 
 SETTINGS = [

@@ -16,7 +16,8 @@ from dermbench.cli.tone import train_config
 from dermbench.context import RunContext
 from dermbench.data.generated import MANIFEST_COLUMNS, read_generated
 from dermbench.data.pool import DatasetPool
-from dermbench.datasets.synthderm import BALANCED_TONE_MIX, generate
+from dermbench.datasets.synthderm_params import BALANCED_TONE_MIX
+from dermbench.datasets.synthderm_render import generate
 from dermbench.errors import DataError
 from dermbench.runner import resolve_config
 from dermbench.tone.detector import DETECTOR_SETTINGS, detector_data, read_synthetic, tone_split

@@ -24,7 +24,8 @@ from dermbench.cli import main
 from dermbench.evaluation.comparison import holm, rank_test, seed_level_difference
 from dermbench.evaluation.metrics import fairness_report, weighted_summary
 from dermbench.plugins import BUILTIN_METHODS
-from dermbench.results.leaderboard import build_outputs, collect
+from dermbench.results.leaderboard import collect
+from dermbench.results.leaderboard_render import build_outputs
 from dermbench.results.variants import identical_rows, row_labels
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,16 +7,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dermbench.results.leaderboard import (
+from dermbench.results.leaderboard import DEFAULT_RUNS, collect, display_path, scan_runs
+from dermbench.results.leaderboard_render import (
     DEFAULT_OUT,
-    DEFAULT_RUNS,
     build_outputs,
     check_outputs,
-    collect,
-    display_path,
     generated_markdown,
     regenerate_command,
-    scan_runs,
     write_outputs,
 )
 
@@ -53,7 +50,7 @@ def run_leaderboard(args: argparse.Namespace) -> int:
                 f"regenerate with `{regenerate_command(root_names, display_path(out_dir))}`"
             )
             return 1
-        print(f"leaderboard is current ({len(outputs)} protocol(s); markdown and CSV compared, PNG not)")
+        print(f"leaderboard is current ({len(outputs)} board(s); markdown and CSV compared, PNG not)")
         return 0
     for path in write_outputs(outputs, out_dir):
         print(f"wrote {display_path(path)}")
@@ -81,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "leaderboard",
         help="aggregate run records into leaderboards (markdown, CSV, plot)",
         description="Aggregate finished run records (mean ± sd over seeds) into one markdown table, CSV and "
-        "AUC-vs-EOdd plot per protocol (train dataset + task).",
+        "AUC-vs-EOdd plot per board (train dataset + task).",
     )
     parser.add_argument(
         "--runs",

@@ -21,7 +21,8 @@ from pathlib import Path
 from dermbench.errors import DermbenchError
 from dermbench.results.counterfactual import read_counterfactual
 from dermbench.results.leaderboard import display_path, scan_runs
-from dermbench.results.records import COUNTERFACTUAL_FILE, RecordError, check_seal, read_record, seal_run
+from dermbench.results.record_schema import RecordError
+from dermbench.results.records import COUNTERFACTUAL_FILE, check_seal, read_record, seal_run
 
 
 def _finished(roots: list[Path]) -> list[Path]:

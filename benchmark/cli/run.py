@@ -17,7 +17,8 @@ from dermbench.config.catalog import protocol_names, protocol_path
 from dermbench.errors import ConfigError, DermbenchError
 from dermbench.results.counterfactual import read_counterfactual
 from dermbench.results.formatting import fmt
-from dermbench.results.records import METRICS_FILE, Record, as_json_values, read_record
+from dermbench.results.record_schema import Record, as_json_values
+from dermbench.results.records import METRICS_FILE, read_record
 from dermbench.runner import RunResult, dry_run, resolve_config, run_experiment
 
 

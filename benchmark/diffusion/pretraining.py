@@ -37,7 +37,9 @@ import torch
 from rich.console import Console
 
 from dermbench.data.metadata import sha256_file
-from dermbench.datasets.synthderm import BALANCED_TONE_MIX, SPLITS, render, sample_scenes
+from dermbench.datasets.synthderm import SPLITS
+from dermbench.datasets.synthderm_params import BALANCED_TONE_MIX
+from dermbench.datasets.synthderm_render import render, sample_scenes
 from dermbench.diffusion.components import save_components, tiny_components
 from dermbench.diffusion.pixel import default_scheduler, tiny_unet, train_pixel_ddpm
 from dermbench.diffusion.shipped import CHECKSUMS, LATENT, PIXEL, files

@@ -24,7 +24,8 @@ import pandas as pd
 
 from dermbench.errors import ConfigError
 from dermbench.results.formatting import MISSING
-from dermbench.results.leaderboard import GENERATED_MARKER, display_path, scan_runs
+from dermbench.results.leaderboard import display_path, scan_runs
+from dermbench.results.leaderboard_render import GENERATED_MARKER
 from dermbench.results.records import METRICS_FILE, read_record
 
 GAPS = ("eodd", "eodd_net", "eopp1")

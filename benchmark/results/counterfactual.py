@@ -2,7 +2,7 @@
 
 Written by `dermbench counterfactual RUN_DIR` and `dermbench evaluate --counterfactual`
 (docs/counterfactual.md); read by the run report and the leaderboard (its flip-rate column). A
-separate file, not a metrics.json field, so the record's schema (results/records.py) is unchanged
+separate file, not a metrics.json field, so the record's schema (results/record_schema.py) is unchanged
 and a finished run gains the test without being rewritten. Shape:
 
     {"schema_version": 1, "model": {how the predictions were made}, "renderer": {...},
@@ -25,7 +25,8 @@ import pandas as pd
 
 from dermbench.files import write_json
 from dermbench.results.formatting import MISSING, fmt
-from dermbench.results.records import COUNTERFACTUAL_FILE, DONE, RecordError, check_seal, reseal_run
+from dermbench.results.record_schema import RecordError
+from dermbench.results.records import COUNTERFACTUAL_FILE, DONE, check_seal, reseal_run
 
 SCHEMA_VERSION = 1
 

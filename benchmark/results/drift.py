@@ -34,7 +34,8 @@ from pathlib import Path
 
 from dermbench.errors import DermbenchError
 from dermbench.results.leaderboard import display_path, scan_runs
-from dermbench.results.records import FAIRNESS_VALUES, METRICS_FILE, Record, TestSetEval, read_record
+from dermbench.results.record_schema import FAIRNESS_VALUES, Record, TestSetEval
+from dermbench.results.records import METRICS_FILE, read_record
 
 DEFAULT_TOLERANCE = 0.02
 DEFAULT_GAP_TOLERANCE = 0.05

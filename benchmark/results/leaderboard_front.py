@@ -33,7 +33,7 @@ WORST_KEY, EODD_KEY = "fair.tone3.worst_auc", "fair.tone3.eodd"
 
 @dataclass
 class Board:
-    """What the front page, the verdicts page and the plot of one protocol are made from."""
+    """What the front page, the verdicts page and the plot of one board (train dataset + task) are made from."""
 
     rows: list[Row]  # display order
     labels: Mapping[Row, str]
@@ -140,7 +140,7 @@ def headline(board: Board) -> list[str]:
 def front_page(
     board: Board, header: Sequence[str], stem: str, notes: str | None, notes_file: str, docs_link: str
 ) -> str:
-    """The protocol's main file: verdicts, trade-off plot, links, then the hand-written notes."""
+    """The board's main file: verdicts, trade-off plot, links, then the hand-written notes."""
     numbers = ", ".join(f"{i} = `{t}`" for i, t in enumerate(board.test_sets, 1))
     lines = [
         *header,

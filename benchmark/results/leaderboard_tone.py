@@ -3,7 +3,7 @@
 Per test set: with annotated tones, each method's tone3 EOdd and signed gaps under every tone
 source, how often the direction of a gap holds across seeds, and Kendall's tau between the
 methods' rankings by EOdd under the annotation and under each estimator; without annotated
-tones, the gaps' intervals with and without the estimators' misassignment. A protocol whose
+tones, the gaps' intervals with and without the estimators' misassignment. A board whose
 records predate schema 2 gets neither section, so its committed leaderboard does not change.
 """
 
@@ -18,7 +18,7 @@ import pandas as pd
 from scipy.stats import kendalltau
 
 from dermbench.results.formatting import MISSING, fmt, format_cell
-from dermbench.results.records import TestSetEval
+from dermbench.results.record_schema import TestSetEval
 from dermbench.results.tone_plots import CurveLine
 from dermbench.results.tone_sections import SHOWN_GAPS, SIGNED_LABELS, sign_verdict, source_label
 

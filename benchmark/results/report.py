@@ -29,17 +29,15 @@ from dermbench.results.calibration import (
 )
 from dermbench.results.counterfactual import counterfactual_lines, counterfactual_tables, read_counterfactual
 from dermbench.results.formatting import MISSING, fmt, fmt_count
-from dermbench.results.records import (
-    DONE,
+from dermbench.results.record_schema import (
     FAIRNESS_VALUES,
-    METRICS_FILE,
     Missing,
     Record,
     RecordError,
     TestSetEval,
     ToneEstimation,
-    read_record,
 )
+from dermbench.results.records import DONE, METRICS_FILE, read_record
 from dermbench.results.tone_plots import draw_curves, line_of_curve
 from dermbench.results.tone_sections import ITA_PLOT, ToneSection, ita_curve_section, tone_source_section
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dermbench.results.records import ItaCurve
+from dermbench.results.record_schema import ItaCurve
 
 PANELS = (("auc", "AUC"), ("tpr", "TPR at the run's threshold"))
 

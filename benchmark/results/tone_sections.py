@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from dermbench.results.formatting import MISSING, fmt
-from dermbench.results.records import (
+from dermbench.results.record_schema import (
     Interval,
     ItaCurve,
     Misassignment,

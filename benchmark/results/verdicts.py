@@ -28,7 +28,7 @@ from dermbench.evaluation.comparison import (
 )
 from dermbench.evaluation.metrics import weighted_summary
 from dermbench.results.formatting import HIGHER, LOWER
-from dermbench.results.records import RecordError
+from dermbench.results.record_schema import RecordError
 from dermbench.seeds import spawned_rng
 
 #: the references every method is compared with, in page order

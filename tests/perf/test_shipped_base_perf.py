@@ -19,7 +19,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from dermbench.datasets.synthderm import generate
+from dermbench.datasets.synthderm_render import generate
 from dermbench.diffusion.base import tiny_base
 from dermbench.diffusion.components import tiny_components
 from dermbench.diffusion.training import train_autoencoder, train_denoiser

@@ -19,7 +19,7 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from dermbench.data.images import decode_image
-from dermbench.datasets.synthderm import generate
+from dermbench.datasets.synthderm_render import generate
 
 N_IMAGES, SIZE = 1000, 64
 TARGET_PER_S = 2000

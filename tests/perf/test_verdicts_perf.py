@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from dermbench.plugins import BUILTIN_METHODS
-from dermbench.results.leaderboard import aggregate, build_board, collect, render_details
+from dermbench.results.leaderboard import aggregate, build_board, collect
+from dermbench.results.leaderboard_render import render_details
 from dermbench.results.variants import identical_rows, row_labels
 
 RECORDS = Path(__file__).resolve().parents[2] / "leaderboards" / "records"
