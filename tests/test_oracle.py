@@ -21,7 +21,8 @@ from dermbench.context import RunContext
 from dermbench.data.generated import read_manifest
 from dermbench.data.pool import DatasetPool
 from dermbench.data.requests import DERMDIFF_PER_CELL
-from dermbench.datasets.synthderm import SPLITS, SynthDerm, generate, render
+from dermbench.datasets.synthderm import SPLITS, SynthDerm
+from dermbench.datasets.synthderm_render import generate, render
 from dermbench.errors import ConfigError
 from dermbench.methods.dermdiff import TONE_WORDS, balanced_requests
 from dermbench.methods.majority2minority import SKIN_WORDS, concepts, sources, translation_requests
