@@ -181,8 +181,8 @@ def _denoiser_step(
     encoder, the UNet's noise prediction under bf16 autocast, AdamW, gradient clipping."""
     from diffusers import DDPMScheduler  # noqa: PLC0415
 
-    from dermbench.diffusion.adapters import add_lora  # noqa: PLC0415
     from dermbench.diffusion.training import autocast  # noqa: PLC0415
+    from dermbench.methods.majority2minority.adapters import add_lora  # noqa: PLC0415
 
     unet, text, vae = _sd_parts(source, device)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
@@ -335,8 +335,8 @@ def _classndiff_sample(device: torch.device):
 
 def _fedd(device: torch.device):
     from dermbench.diffusion import architectures as arch  # noqa: PLC0415
-    from dermbench.diffusion.features import DecoderTaps, pool_to  # noqa: PLC0415
     from dermbench.diffusion.training import autocast  # noqa: PLC0415
+    from dermbench.methods.fedd.features import DecoderTaps, pool_to  # noqa: PLC0415
 
     cfg = _paper_config("fedd", "ddi")
     hp = cfg["fedd"]

@@ -62,3 +62,17 @@ def dermbench_check_settings(config: dict, fetch: bool) -> list[dict] | None:
     and the command in `status`; a bad setting still raises); True in a real run, where an absent
     prerequisite raises and an absent hub model may be checked for reachability (an
     implementation may take `config` alone)."""
+
+
+@hookspec
+def dermbench_add_commands(subparsers) -> None:
+    """Add the method's own `dermbench` commands: call `subparsers.add_parser(NAME, help=...)` (an
+    argparse sub-parsers object) for each, and give every parser a `func(args) -> int` default,
+    as the built-in commands do (e.g. the fedd plugin adds `dermbench fedd curve|ablate|convert-adm`).
+    Every implementation is called (not firstresult); what it returns is ignored.
+
+    The CLI asks for plugin commands only when the command word is not a built-in command: first
+    the method named like the word (so `dermbench fedd ...` imports FEDD alone), then, when that
+    one adds no such command, every other installed method. A name already taken is an argparse
+    error; a method that cannot be imported adds nothing. `dermbench --help` imports no plugin, so
+    it lists plugin commands in one generic line."""

@@ -36,7 +36,14 @@ from dermbench.errors import DermbenchError, unknown_name
 
 METHOD_GROUP = "dermbench.methods"
 DATASET_GROUP = "dermbench.datasets"
-HOOK_NAMES = ("dermbench_method_defaults", "dermbench_check_settings", "augment", "fit", "predict")
+HOOK_NAMES = (
+    "dermbench_method_defaults",
+    "dermbench_check_settings",
+    "augment",
+    "fit",
+    "predict",
+    "dermbench_add_commands",
+)
 #: hooks where pluggy takes the first non-None answer: None from a plain implementation is refused
 FIRSTRESULT_HOOKS = ("fit", "predict")
 
@@ -47,9 +54,9 @@ BUILTIN_METHODS: dict[str, str] = {
     "fairquantize": "dermbench.methods.fairquantize",
     "mfd": "dermbench.methods.mfd",
     "dermdiff": "dermbench.methods.dermdiff",
-    "majority2minority": "dermbench.methods.majority2minority",
+    "majority2minority": "dermbench.methods.majority2minority.plugin",
     "classndiff": "dermbench.methods.classndiff",
-    "fedd": "dermbench.methods.fedd",
+    "fedd": "dermbench.methods.fedd.plugin",
     "oracle": "dermbench.methods.oracle",
 }
 BUILTIN_DATASETS: dict[str, str] = {
@@ -495,6 +502,26 @@ def make_manager(method: str, local: tuple[str, ...] = ()) -> tuple[Manager, lis
     pm.check_pending()
     _trace_hooks(pm)
     return pm, loaded
+
+
+def add_plugin_commands(subparsers, command: str | None) -> None:
+    """Let the method plugins add their CLI commands to `subparsers` (hook `dermbench_add_commands`):
+    the method named `command` first, the others only when it adds no command of that name, so
+    `dermbench fedd ...` imports FEDD alone. A method that cannot be imported adds nothing here
+    (`dermbench list methods --hooks` names its error). No run uses this manager."""
+    refs = method_refs()
+    first = [command] if command in refs else []
+    for group in (first, [name for name in refs if name not in first]):
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        for name in group:
+            try:
+                pm.register(_instantiate(load_target(refs[name].target)), name=name)
+            except DermbenchError:
+                continue
+        pm.hook.dermbench_add_commands(subparsers=subparsers)
+        if command in subparsers.choices:
+            return
 
 
 def make_dataset(name: str, *, root, options: dict, local: tuple[str, ...] = ()):

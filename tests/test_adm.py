@@ -232,7 +232,7 @@ def inputs(seed: int = 1):
 
 
 def decoder_of(unet, x, t):
-    from dermbench.diffusion.features import DecoderTaps
+    from dermbench.methods.fedd.features import DecoderTaps
 
     taps = DecoderTaps(
         unet, list(range(len(unet.up_blocks) * (unet.config.layers_per_block + 1))), lambda y: y
@@ -397,7 +397,7 @@ def test_unknown_missing_and_misshapen_keys_are_named(tmp_path, capsys):
 def test_the_paper_profile_without_the_backbone_names_download_and_convert(tmp_path, monkeypatch, capsys):
     from dermbench.cli import main
     from dermbench.errors import ConfigError
-    from dermbench.methods import fedd
+    from dermbench.methods.fedd import model as fedd
 
     monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -452,7 +452,7 @@ def test_the_paper_profile_without_the_backbone_names_download_and_convert(tmp_p
 
 
 def test_the_paper_profile_finds_the_converted_backbone(tmp_path, monkeypatch):
-    from dermbench.methods import fedd
+    from dermbench.methods.fedd import model as fedd
 
     monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "cache"))
     ckpt = write(Ref(**SMALL).state, tmp_path / "small.pt")

@@ -14,15 +14,6 @@ from rich.console import Console
 from dermbench.data.generated import IMAGES, MANIFEST_COLUMNS, read_generated
 from dermbench.diffusion import components as components_module
 from dermbench.diffusion import generation, training
-from dermbench.diffusion.adapters import (
-    add_concept_tokens,
-    add_lora,
-    load_concepts,
-    load_lora,
-    save_concepts,
-    save_lora,
-    train_textual_inversion,
-)
 from dermbench.diffusion.components import (
     checkpoint_folder,
     folder_digest,
@@ -40,6 +31,15 @@ from dermbench.diffusion.generation import (
 from dermbench.diffusion.store import cached_entry, diffusion_cache_root
 from dermbench.diffusion.training import encode_prompts, train_denoiser
 from dermbench.errors import ConfigError, DermbenchError
+from dermbench.methods.majority2minority.adapters import (
+    add_concept_tokens,
+    add_lora,
+    load_concepts,
+    load_lora,
+    save_concepts,
+    save_lora,
+    train_textual_inversion,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

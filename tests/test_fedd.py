@@ -1,5 +1,5 @@
-"""FEDD (methods/fedd.py, dermbench.diffusion.features and .pixel): the forward hooks capture the
-intended decoder block (shapes against the UNet config), the fixed noise seed makes features
+"""FEDD (methods/fedd/, dermbench.methods.fedd.features and dermbench.diffusion.pixel): the forward
+hooks capture the intended decoder block (shapes against the UNet config), the fixed noise seed makes features
 deterministic and batch-independent, cached features equal fresh ones, the probe, and a whole
 `dermbench run --method fedd` on tiny SynthDerm."""
 
@@ -16,8 +16,12 @@ from rich.console import Console
 
 from dermbench.cli import main
 from dermbench.conformance import TINY_SETTINGS
-from dermbench.diffusion import features as features_module
-from dermbench.diffusion.features import (
+from dermbench.diffusion.pixel import PixelModel, default_scheduler, tiny_unet, train_pixel_ddpm
+from dermbench.errors import ConfigError
+from dermbench.methods.fedd import features as features_module
+from dermbench.methods.fedd import model as fedd_model
+from dermbench.methods.fedd import plugin as fedd
+from dermbench.methods.fedd.features import (
     DecoderTaps,
     block_outputs,
     cached_features,
@@ -26,9 +30,6 @@ from dermbench.diffusion.features import (
     pool_to,
     pooled_features,
 )
-from dermbench.diffusion.pixel import PixelModel, default_scheduler, tiny_unet, train_pixel_ddpm
-from dermbench.errors import ConfigError
-from dermbench.methods import fedd
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -166,16 +167,16 @@ def test_the_probe_trains_full_batch_with_early_stopping():
     x = (rng.normal(size=(80, 512)) + y[:, None] * 1.5).astype(np.float32)
     vy = np.repeat([0, 1], 20)
     vx = (rng.normal(size=(40, 512)) + vy[:, None] * 1.5).astype(np.float32)
-    settings = {**fedd.TINY, "max_epochs": 300, "patience": 10}
-    probe, summary = fedd.train_probe(x, y, vx, vy, settings=settings, seed=0)
+    settings = {**fedd_model.TINY, "max_epochs": 300, "patience": 10}
+    probe, summary = fedd_model.train_probe(x, y, vx, vy, settings=settings, seed=0)
     assert summary["epochs_run"] <= 300 and summary["best_val_loss"] < 0.5
     # features that say nothing about the label: the validation loss stops improving, training stops
     noise = rng.normal(size=(80, 512)).astype(np.float32)
-    _, stopped = fedd.train_probe(
+    _, stopped = fedd_model.train_probe(
         noise, y, rng.normal(size=(40, 512)).astype(np.float32), vy, settings=settings, seed=0
     )
     assert stopped["epochs_run"] < 300 and stopped["epochs_run"] - stopped["best_epoch"] == 10
-    prob = fedd.probe_probabilities(probe, vx)
+    prob = fedd_model.probe_probabilities(probe, vx)
     assert prob.shape == (40, 2) and np.allclose(prob.sum(1), 1)
     assert ((prob[:, 1] > 0.5) == vy).mean() > 0.9
     layers = [type(m).__name__ for m in probe.net]
@@ -196,15 +197,17 @@ def test_the_probe_trains_full_batch_with_early_stopping():
 
 def test_settings_are_checked():
     with pytest.raises(ConfigError, match="did you mean fedd.block"):
-        fedd.check_settings({"blocks": 3})
+        fedd_model.check_settings({"blocks": 3})
     with pytest.raises(ConfigError, match="fedd.model is not set"):
-        fedd.check_settings({"model": None})
-    assert fedd.resolve_block("auto", {"dataset": "ddi", "data": {"options": {"fedd_fraction": 15}}}) == 12
-    assert fedd.resolve_block("auto", {"dataset": "ddi", "data": {"options": {}}}) == 6
+        fedd_model.check_settings({"model": None})
+    assert (
+        fedd_model.resolve_block("auto", {"dataset": "ddi", "data": {"options": {"fedd_fraction": 15}}}) == 12
+    )
+    assert fedd_model.resolve_block("auto", {"dataset": "ddi", "data": {"options": {}}}) == 6
     assert fedd.dermbench_method_defaults(profile="paper")["fedd"]["image_size"] == 256
     # the per-run stand-in's settings are gone: the tiny backbone is the shipped pretrained DDPM
     with pytest.raises(ConfigError, match="unknown setting fedd.tiny"):
-        fedd.check_settings({"tiny": {"data": "synthderm:train"}})
+        fedd_model.check_settings({"tiny": {"data": "synthderm:train"}})
 
 
 FEDD_TINY = [*TINY_SETTINGS, "fedd.max_epochs=60", "seed=1313"]
@@ -259,7 +262,7 @@ def test_a_multiclass_task_is_refused(tmp_path, capsys):
 
         @staticmethod
         def hparams(_name):
-            return dict(fedd.TINY)
+            return dict(fedd_model.TINY)
 
     class Three:
         num_classes = 3

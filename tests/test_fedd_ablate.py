@@ -1,4 +1,4 @@
-"""`dermbench fedd ablate` (benchmark/cli/fedd.py): a probe per decoder block x t, the markdown
+"""`dermbench fedd ablate` (methods/fedd/commands.py): a probe per decoder block x t, the markdown
 table, JSON and heat map, the t grid, and the feature cache shared with `dermbench run`."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import json
 import pytest
 
 from dermbench.cli import main
-from dermbench.cli.fedd import grid
 from dermbench.conformance import TINY_SETTINGS
+from dermbench.methods.fedd.commands import grid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

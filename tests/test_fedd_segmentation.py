@@ -1,4 +1,4 @@
-"""FEDD's segmentation probes (methods/fedd.py): IoU against a hand computation, the pixel
+"""FEDD's segmentation probes (methods/fedd/segmentation.py): IoU against a hand computation, the pixel
 features' shape, the ensemble, and a run with segmentation on tiny SynthDerm whose IoU per class
 and per tone group lands in metrics.json and report.md."""
 
@@ -13,7 +13,7 @@ import torch
 from dermbench.cli import main
 from dermbench.conformance import TINY_SETTINGS
 from dermbench.diffusion.pixel import PixelModel, default_scheduler, tiny_unet
-from dermbench.methods import fedd
+from dermbench.methods.fedd import segmentation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -23,7 +23,7 @@ CLASSES = ("background", "skin", "lesion", "marker", "ruler")
 def test_iou_matches_a_hand_computation():
     truth = np.array([[[1, 1, 2], [1, 2, 2], [0, 0, 0]]], dtype=np.uint8)
     pred = np.array([[[1, 2, 2], [1, 1, 2], [0, 0, 1]]], dtype=np.uint8)
-    scores = fedd.iou_scores(pred, truth, CLASSES)
+    scores = segmentation.iou_scores(pred, truth, CLASSES)
     # background: pred {6,7}, truth {6,7,8}: 2 / 3; skin: pred {0,3,4,8}, truth {0,1,3}: 2 / 5;
     # lesion: pred {1,2,5}, truth {2,4,5}: 2 / 4; marker and ruler in neither: undefined
     assert scores["iou"] == {
@@ -36,7 +36,7 @@ def test_iou_matches_a_hand_computation():
     assert scores["lesion"] == pytest.approx(0.5)
     assert scores["miou"] == pytest.approx((2 / 3 + 2 / 5 + 1 / 2) / 3)
     # over a set, IoU pools the pixels of every image (not a mean of per-image IoUs)
-    two = fedd.iou_scores(np.concatenate([pred, truth]), np.concatenate([truth, truth]), CLASSES)
+    two = segmentation.iou_scores(np.concatenate([pred, truth]), np.concatenate([truth, truth]), CLASSES)
     assert two["iou"]["lesion"] == pytest.approx((2 + 3) / (4 + 3))
 
 
@@ -50,16 +50,16 @@ def test_pixel_features_and_the_ensemble_learn_a_pixel_rule():
         r, c = rng.integers(2, 9, size=2)
         images[i, r : r + 5, c : c + 5] = 40
         masks[i, r : r + 5, c : c + 5] = 2
-    feats = fedd.pixel_features(
+    feats = segmentation.pixel_features(
         model, images, blocks=[2, 5], t=10, noise_seed=0, device=torch.device("cpu"), batch_size=4
     )
     assert feats.shape == (8, 16 + 8, 16, 16) and feats.dtype == torch.float16
-    settings = {**fedd.SEGMENTATION_TINY, "ensemble": 2, "epochs": 30, "batch_size": 256}
-    members = fedd.train_pixel_ensemble(feats[:6], masks[:6], classes=5, settings=settings, seed=0)
+    settings = {**segmentation.SEGMENTATION_TINY, "ensemble": 2, "epochs": 30, "batch_size": 256}
+    members = segmentation.train_pixel_ensemble(feats[:6], masks[:6], classes=5, settings=settings, seed=0)
     assert len(members) == 2
-    pred = fedd.segment(members, feats[6:])
+    pred = segmentation.segment(members, feats[6:])
     assert pred.shape == (2, 16, 16)
-    assert fedd.iou_scores(pred, masks[6:], CLASSES)["lesion"] > 0.5
+    assert segmentation.iou_scores(pred, masks[6:], CLASSES)["lesion"] > 0.5
 
 
 @pytest.mark.slow
@@ -113,10 +113,10 @@ def test_a_segmentation_run_records_iou_per_class_and_tone(tmp_path):
 def test_iou_leaves_out_pixels_that_are_not_annotated():
     truth = np.array([[[2, 2, 255], [1, 1, 255]]], dtype=np.uint8)
     pred = np.array([[[2, 1, 2], [1, 1, 2]]], dtype=np.uint8)
-    scores = fedd.iou_scores(pred, truth, CLASSES)
+    scores = segmentation.iou_scores(pred, truth, CLASSES)
     # the 255 column is ignored: lesion pred {0}, truth {0,1}: 1 / 2; skin pred {1,3,4}, truth {3,4}: 2 / 3
     assert scores["iou"]["lesion"] == pytest.approx(1 / 2) and scores["iou"]["skin"] == pytest.approx(2 / 3)
-    blank = fedd.iou_scores(pred, np.full_like(truth, 255), CLASSES)
+    blank = segmentation.iou_scores(pred, np.full_like(truth, 255), CLASSES)
     assert blank["n"] == 0 and blank["miou"] is None
 
 
@@ -154,10 +154,12 @@ def test_unannotated_pixels_are_not_trained_on():
     feats = torch.randn(2, 4, 3, 3, dtype=torch.float32).half()
     masks = np.full((2, 3, 3), 255, dtype=np.uint8)
     masks[0, 0, :2] = (1, 2)
-    settings = {**fedd.SEGMENTATION_TINY, "ensemble": 1, "epochs": 1, "batch_size": 8}
-    assert len(fedd.train_pixel_ensemble(feats, masks, classes=5, settings=settings, seed=0)) == 1
+    settings = {**segmentation.SEGMENTATION_TINY, "ensemble": 1, "epochs": 1, "batch_size": 8}
+    assert len(segmentation.train_pixel_ensemble(feats, masks, classes=5, settings=settings, seed=0)) == 1
     with pytest.raises(Exception, match="no annotated pixel"):
-        fedd.train_pixel_ensemble(feats, np.full_like(masks, 255), classes=5, settings=settings, seed=0)
+        segmentation.train_pixel_ensemble(
+            feats, np.full_like(masks, 255), classes=5, settings=settings, seed=0
+        )
 
 
 @pytest.mark.slow

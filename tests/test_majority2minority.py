@@ -17,7 +17,7 @@ from dermbench.cli import main
 from dermbench.data.generated import read_manifest
 from dermbench.data.model import Split
 from dermbench.errors import ConfigError
-from dermbench.methods.majority2minority import (
+from dermbench.methods.majority2minority.plugin import (
     SKIN_WORDS,
     TINY,
     concept_token,
@@ -156,7 +156,7 @@ def test_profiles_carry_the_papers_settings():
 def test_textual_inversion_runs_once_per_concept_on_its_own_images_as_the_authors_did(
     monkeypatch, per_concept
 ):
-    from dermbench.methods import majority2minority as m2m
+    from dermbench.methods.majority2minority import plugin as m2m
 
     calls = []
     monkeypatch.setattr(
@@ -253,7 +253,7 @@ def test_img2img_with_ti_and_lora_end_to_end_and_a_rerun_reuses_the_adapted_mode
     assert (run / "sample_grid.png").is_file() and "](sample_grid.png)" in (run / "report.md").read_text()
 
     import dermbench.diffusion.generation as generation
-    import dermbench.methods.majority2minority as m2m
+    import dermbench.methods.majority2minority.plugin as m2m
 
     monkeypatch.setattr(m2m, "train_textual_inversion", _fail("textual inversion"))
     monkeypatch.setattr(m2m, "train_denoiser", _fail("LoRA training"))
@@ -286,7 +286,7 @@ def test_txt2img_mode_runs_and_records_no_strength(tmp_path):
 
 @pytest.mark.slow
 def test_vanilla_model_with_both_stages_off_names_the_conditions_in_plain_words(tmp_path, monkeypatch):
-    import dermbench.methods.majority2minority as m2m
+    import dermbench.methods.majority2minority.plugin as m2m
 
     monkeypatch.setattr(m2m, "train_textual_inversion", _fail("textual inversion (switched off)"))
     monkeypatch.setattr(m2m, "add_lora", _fail("LoRA (switched off)"))

@@ -37,7 +37,9 @@ def nothing_loads_or_trains(monkeypatch):
 
     monkeypatch.setattr(runner, "DatasetPool", reached("the data (DatasetPool)"))
     import dermbench.diffusion.training as training  # noqa: PLC0415
-    from dermbench.methods import classndiff, dermdiff, fedd, majority2minority  # noqa: PLC0415
+    from dermbench.methods import classndiff, dermdiff  # noqa: PLC0415
+    from dermbench.methods.fedd import model as fedd  # noqa: PLC0415
+    from dermbench.methods.majority2minority import plugin as majority2minority  # noqa: PLC0415
 
     for module in (training, dermdiff, majority2minority):
         monkeypatch.setattr(module, "train_denoiser", reached("diffusion training"))

@@ -224,7 +224,7 @@ def test_third_party_plugin_through_the_cli(tmp_path):
     _fake_distribution(site, "acme", "1.2.3", "acme_plugin")
     env = {"PYTHONPATH": str(site), "PATH": "", "COLUMNS": "200"}
     listing = subprocess.run(
-        [sys.executable, "-m", "dermbench.cli", "list", "methods"],
+        [sys.executable, "-m", "dermbench.cli", "list", "methods", "--hooks"],
         capture_output=True,
         text=True,
         env=env,

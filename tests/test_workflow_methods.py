@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,14 @@ def test_a_chosen_method_list_and_bad_inputs(tmp_path):
 def test_every_mode_plans(tmp_path, mode):
     rc, cells, planned = plan(tmp_path, mode=mode)
     assert rc == 0 and planned == mode and cells
+
+
+def test_the_workflow_writes_no_method_list_of_its_own():
+    """BUILTIN_METHODS is the one list of built-in methods: no run of three or more method names
+    (a hand-written list, as in `for m in erm resampling fairprune`) appears in the workflow."""
+    names = "|".join(sorted(BUILTIN_METHODS, key=len, reverse=True))
+    text = WORKFLOW.read_text(encoding="utf-8")
+    lists = re.findall(rf"\b(?:{names})\b(?:[\s,'\"|+]+\b(?:{names})\b){{2,}}", text)
+    assert not lists, (
+        f"{WORKFLOW.name} lists methods by hand: {lists}; read dermbench.plugins.BUILTIN_METHODS"
+    )

@@ -33,9 +33,8 @@ from dermbench.data.metadata import sha256_file
 from dermbench.data.model import Dataset, data_root, validate_table
 from dermbench.data.splits import find_split_file, write_split
 from dermbench.data.tables import USABLE_STATUS, TableDataset
-from dermbench.datasets.fitz17k import Fitz17k
 from dermbench.errors import ConfigError, DataError, unknown_name
-from dermbench.plugins import dataset_refs, load_target
+from dermbench.plugins import dataset_refs, load_target, make_dataset
 
 console = Console()
 #: how many problem files `data check` lists per kind (all are counted)
@@ -322,8 +321,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     root = resolve_root(args.name, args.root)
     if root is None:
         raise DataError("pass --root DIR (the folder holding fitzpatrick17k.csv) or set DERMBENCH_DATA")
-    folder = Fitz17k(root=root).root
-    csv_path = folder / Fitz17k.metadata
+    fitz17k = make_dataset(args.name, root=root, options={})  # through the plugins, as every dataset
+    folder = fitz17k.root
+    csv_path = folder / fitz17k.metadata
     if not csv_path.is_file():
         raise DataError(
             f"{csv_path} not found: download fitzpatrick17k.csv from https://github.com/mattgroh/fitzpatrick17k "

@@ -25,7 +25,7 @@ forward pass written from ADM's description with explicit tensor ops):
   same order; learned variance: 6 output channels (`learn_sigma`).
 
 Keeping the diffusers layout means the converted folder is an ordinary `fedd.model` folder
-(`dermbench.diffusion.pixel` loads it, `dermbench.diffusion.features` numbers its decoder blocks
+(`dermbench.diffusion.pixel` loads it, `dermbench.methods.fedd.features` numbers its decoder blocks
 0..17 as ADM's `output_blocks`), with no second UNet implementation to maintain. The conversion
 is a renaming (plus the qkv split and 1D-to-linear reshapes); `convert` refuses a checkpoint with
 a key it does not map, a key it expects but does not find, or a tensor of another shape, naming

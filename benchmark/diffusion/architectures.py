@@ -180,7 +180,8 @@ def classifier(backbone: str, num_classes: int, drop_rate: float = 0.0) -> nn.Mo
 
 
 def fedd_probe(dim: int, hidden: list[int], dropout: list[float]) -> nn.Module:
-    """FEDD's probe (methods/fedd.py `Probe`): Linear-BatchNorm-ReLU-Dropout per hidden layer, then Linear(-> 1)."""
+    """FEDD's probe (methods/fedd/model.py `Probe`): Linear-BatchNorm-ReLU-Dropout per hidden layer,
+    then Linear(-> 1)."""
     layers: list[nn.Module] = []
     width = dim
     for h, p in zip(hidden, dropout):

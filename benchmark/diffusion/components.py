@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
@@ -157,12 +158,12 @@ def checkpoint_folder(source: str, *, revision: str | None = None) -> tuple[Path
             )
         _check_layout(local)
         return local, f"folder:{local.resolve()}@{folder_digest(local)}"
-    from huggingface_hub import snapshot_download  # noqa: PLC0415 (hub access only for hub ids)
-
     patterns = ["model_index.json", *(f"{sub}/*" for sub in SUBFOLDERS)]
     try:
         folder = Path(
-            snapshot_download(source, revision=revision, allow_patterns=patterns, local_files_only=True)
+            huggingface_hub.snapshot_download(
+                source, revision=revision, allow_patterns=patterns, local_files_only=True
+            )
         )
     except Exception:  # noqa: BLE001 (not in the local cache: any hub error means the same thing here)
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
@@ -170,7 +171,9 @@ def checkpoint_folder(source: str, *, revision: str | None = None) -> tuple[Path
                 source, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
             ) from None
         try:
-            folder = Path(snapshot_download(source, revision=revision, allow_patterns=patterns))
+            folder = Path(
+                huggingface_hub.snapshot_download(source, revision=revision, allow_patterns=patterns)
+            )
         except Exception as exc:  # noqa: BLE001 (offline, unknown id, gated model: say which and how to fix)
             raise _absent(
                 source, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

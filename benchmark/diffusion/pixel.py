@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -170,12 +171,12 @@ def load_pixel_model(source: str, *, revision: str | None = None) -> PixelModel:
                 "identity": f"folder:{local.resolve()}@{folder_digest(local)}",
             },
         )
-    from huggingface_hub import snapshot_download  # noqa: PLC0415 (hub access only for hub ids)
-
     patterns = ["*.json", "*.safetensors", "*.bin", "unet/*", "scheduler/*"]
     try:
         folder = Path(
-            snapshot_download(source, revision=revision, allow_patterns=patterns, local_files_only=True)
+            huggingface_hub.snapshot_download(
+                source, revision=revision, allow_patterns=patterns, local_files_only=True
+            )
         )
     except Exception:  # noqa: BLE001 (not in the local cache)
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
@@ -183,7 +184,9 @@ def load_pixel_model(source: str, *, revision: str | None = None) -> PixelModel:
                 source, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
             ) from None
         try:
-            folder = Path(snapshot_download(source, revision=revision, allow_patterns=patterns))
+            folder = Path(
+                huggingface_hub.snapshot_download(source, revision=revision, allow_patterns=patterns)
+            )
         except Exception as exc:  # noqa: BLE001
             raise _absent(
                 source, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

@@ -2,7 +2,7 @@
 
 Images per second of the pooled decoder features of a tiny pixel UNet (64 px, CPU, one torch
 thread), computed afresh (one noised forward pass per image) and read back from the feature cache
-(`dermbench.diffusion.features.cached_features`: a verified entry, memory-mapped). Both rates go
+(`dermbench.methods.fedd.features.cached_features`: a verified entry, memory-mapped). Both rates go
 into the benchmark's extra_info; the cache must be at least 5x faster than computing.
 """
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from rich.console import Console
 
-from dermbench.diffusion.features import cached_features, pooled_features
 from dermbench.diffusion.pixel import PixelModel, default_scheduler, tiny_unet
+from dermbench.methods.fedd.features import cached_features, pooled_features
 
 N_IMAGES, SIZE, T = 64, 64, 50
 CPU = torch.device("cpu")

@@ -55,15 +55,6 @@ from dermbench.config.checks import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, che
 from dermbench.data.model import content_digest
 from dermbench.data.requests import DARK, LIGHT, TRANSLATION, check_targets, translation_plan
 from dermbench.data.requests import translation_sources as sources
-from dermbench.diffusion.adapters import (
-    add_concept_tokens,
-    add_lora,
-    load_concepts,
-    load_lora,
-    save_concepts,
-    save_lora,
-    train_textual_inversion,
-)
 from dermbench.diffusion.augmenting import measure_quality, split_at, synthetic_split
 from dermbench.diffusion.base import TINY as TINY_MODEL
 from dermbench.diffusion.base import base_components
@@ -74,6 +65,15 @@ from dermbench.diffusion.store import cached_entry
 from dermbench.diffusion.training import train_denoiser
 from dermbench.errors import ConfigError, DataError
 from dermbench.hookspecs import hookimpl
+from dermbench.methods.majority2minority.adapters import (
+    add_concept_tokens,
+    add_lora,
+    load_concepts,
+    load_lora,
+    save_concepts,
+    save_lora,
+    train_textual_inversion,
+)
 from dermbench.seeds import seed_for
 from dermbench.train.models import FROZEN_VGG16
 from dermbench.train.pretrained import split_digest

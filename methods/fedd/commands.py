@@ -1,4 +1,7 @@
-"""`dermbench fedd ablate`: FEDD's decoder block x diffusion step sweep (the paper's Fig. 6).
+"""`dermbench fedd ...`, the commands the fedd plugin adds to the CLI (its `dermbench_add_commands`
+hook).
+
+`dermbench fedd ablate`: FEDD's decoder block x diffusion step sweep (the paper's Fig. 6).
 
 For a FEDD config (the same flags and --set as `dermbench run --method fedd`), every decoder block
 at every t of the grid gets its own probe, trained as the method trains it (early stopping on the
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 
 from dermbench.config import settings_digest
@@ -30,7 +34,9 @@ from dermbench.context import RunContext, choose_device
 from dermbench.data.pool import DatasetPool
 from dermbench.diffusion import adm
 from dermbench.errors import ConfigError
-from dermbench.methods import fedd
+from dermbench.methods.fedd.model import PAPER_AUC, ablate, backbone, check_settings
+from dermbench.results.leaderboard import scan_runs
+from dermbench.results.records import METRICS_FILE, read_record
 from dermbench.runner import resolve_config, test_sets
 from dermbench.seeds import seed_for
 
@@ -164,9 +170,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     cfg = ablation_config(args)
     if args.check:
         return check_ablation(args, cfg)
-    fedd.check_settings(
-        cfg.get("fedd") or {}
-    )  # a bad setting or an absent paper backbone stops before any data
+    check_settings(cfg.get("fedd") or {})  # a bad setting or an absent paper backbone stops before any data
     console = Console()
     device = choose_device(cfg["device"])
     cfg = {**cfg, "device": device.type}
@@ -182,12 +186,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     test = datasets.load(test_set.dataset, test_set.split, as_name=test_set.name)
     if train.num_classes != 2:
         raise ConfigError("dermbench fedd ablate: FEDD is a binary probe; use task malignant")
-    settings = fedd.check_settings(ctx.hparams("fedd"))
+    settings = check_settings(ctx.hparams("fedd"))
     steps = 1000 if settings["model"] == "tiny" else None
     if steps is None:
-        steps = int(fedd.backbone(ctx, settings, train)[0].scheduler.config.num_train_timesteps)
+        steps = int(backbone(ctx, settings, train)[0].scheduler.config.num_train_timesteps)
     ts = grid(args, steps)
-    rows, source = fedd.ablate(
+    rows, source = ablate(
         ctx,
         settings,
         train,
@@ -279,7 +283,7 @@ def check_ablation(args: argparse.Namespace, cfg: dict) -> int:
         ours, theirs = _flat(cfg), _flat(recorded)
         keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         problems.append(f"{json_path} was made with other settings ({', '.join(keys)})")
-    settings = fedd.check_settings(cfg.get("fedd") or {})
+    settings = check_settings(cfg.get("fedd") or {})
     if args.ts:
         ts = [int(t) for t in args.ts]
     elif settings["model"] == "tiny":
@@ -320,9 +324,6 @@ def check_ablation(args: argparse.Namespace, cfg: dict) -> int:
 def curve_rows(roots: list[Path]) -> list[dict[str, Any]]:
     """One row per finished FEDD run on the data-efficiency protocol and test set: dataset, fraction,
     seed, test set, AUC and accuracy overall and per tone3 group."""
-    from dermbench.results.leaderboard import scan_runs  # noqa: PLC0415
-    from dermbench.results.records import METRICS_FILE, read_record  # noqa: PLC0415
-
     rows = []
     for run_dir in scan_runs(roots).finished:
         record = read_record(run_dir / METRICS_FILE)
@@ -373,7 +374,7 @@ def curve_tables(frame, runs: list[str], out_arg: str) -> list[tuple[Path, str, 
                 "",
                 "FEDD's reported ROC-AUC (supplementary Fig. 2, as read from the author's thesis chapter; "
                 "the main text gives no number): "
-                + ", ".join(f"{f} %: {v}" for f, v in fedd.PAPER_AUC.items())
+                + ", ".join(f"{f} %: {v}" for f, v in PAPER_AUC.items())
                 + "; 81 % accuracy at 10 % (abstract).",
             ]
         path = (out / f"fedd-curve-{dataset}-{test_set}").with_suffix(".md")
@@ -384,8 +385,6 @@ def curve_tables(frame, runs: list[str], out_arg: str) -> list[tuple[Path, str, 
 def cmd_curve(args: argparse.Namespace) -> int:
     """AUC against the training fraction (FEDD's data-efficiency curve) from finished run records;
     with --check, compare the committed tables with the records instead (the plots are not compared)."""
-    import pandas as pd  # noqa: PLC0415
-
     rows = curve_rows([Path(r) for r in args.runs])
     if not rows:
         raise ConfigError(
@@ -396,7 +395,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
         return check_curve(
             tables, Path(args.out), f"dermbench fedd curve --runs {' '.join(args.runs)} --out {args.out}"
         )
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # noqa: PLC0415 (plotting only here)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -417,8 +416,8 @@ def cmd_curve(args: argparse.Namespace) -> int:
             )
         if dataset == "ddi" and test_set == "ddi":
             ax.plot(
-                list(fedd.PAPER_AUC),
-                list(fedd.PAPER_AUC.values()),
+                list(PAPER_AUC),
+                list(PAPER_AUC.values()),
                 "k--",
                 marker="s",
                 label="FEDD paper (supp. Fig. 2)",

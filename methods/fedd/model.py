@@ -1,39 +1,7 @@
-"""FEDD (Carrion & Norouzi, "FEDD - Fair, Efficient, and Diverse Diffusion-based Lesion Segmentation
-and Malignancy Classification", MICCAI 2023): a frozen unconditional diffusion UNet as the feature
-extractor, and a small MLP probe trained on its pooled decoder features.
-
-What it does here (docs/fedd.md).
-1. Backbone: `fedd.model`, a diffusers `UNet2DModel` (pixel space, unconditional) from a local
-   folder or hub id, frozen (`dermbench.diffusion.pixel`). The paper's is the ImageNet-256
-   unconditional ADM model (Dhariwal & Nichol): the paper profile's `model: adm-imagenet256-uncond`
-   is the folder `dermbench fedd convert-adm` writes (`dermbench.diffusion.adm`, under
-   $DERMBENCH_CACHE/models); without it the run stops naming the download and convert commands
-   (docs/fedd.md, "The paper backbone: ADM"). `model: tiny`
-   (the tiny profile) is the small unconditional pixel DDPM shipped in the package, pretrained
-   outside every protocol split on SynthDerm scenes (`dermbench diffusion pretrain-base`), so the
-   features come from a diffusion model that has learned skin images, as ADM learned ImageNet,
-   and never saw a protocol image; the record's `methods.fedd.backbone.kind` says which.
-2. Features (`dermbench.diffusion.features`): the image noised to step `t` with q(x_t|x_0) and a
-   fixed noise image (`noise_seed`), one forward pass, the output of decoder block `block` (ADM's
-   output-block numbering) captured by a forward hook, max-pooled to a `dim` (512) vector (spatial
-   max-pool to a small grid, then 1D channel max-pool). Pooled features of every block at `t` are
-   cached per (model, t, noise seed, images), so sweeps and reruns reuse them.
-3. Probe: Linear(dim, 64) - BatchNorm - ReLU - Dropout(0.5) - Linear(64, 32) - BatchNorm - ReLU -
-   Dropout(0.25) - Linear(32, 1), sigmoid output; BCE; Adam (lr 1e-3, weight decay 1e-5); one
-   full-batch step per epoch (the paper's batch = the whole training subset) for at most
-   `max_epochs` epochs, early stopping on the validation loss with `patience`; the weights of the
-   best validation epoch are kept. The ReLU and the Adam learning rate are not stated in the paper
-   (Keras defaults assumed).
-4. `predict`: features of the split (cached) then the probe; (n, 2) probabilities.
-
-Binary tasks only (the paper's malignancy task); others are a ConfigError. No fairness loss: the
-paper's fairness comes from tone-balanced training subsets, the DDI data-efficiency protocol
-(`data.options.fedd_fraction` on `ddi` and on `synthderm`, see datasets/fedd_protocol.py).
-
-Block and t: the paper picks one pair per data fraction from a sweep (blocks 4 / 6 / 12 / 14 at
-5 / 10 / 15 / 20 % DDI; small t, exact values only in its Fig. 6). `block: auto` (paper profile)
-takes that block for the run's `fedd_fraction` (6 without one) and `t: 50` (our reading of
-"small t"). `dermbench fedd ablate` runs the sweep.
+"""FEDD's model: its settings, the frozen diffusion backbone, the features of one decoder block
+at one step `t`, the MLP probe trained on them, and the block x t ablation (`dermbench fedd
+ablate`). The method's hooks (methods/fedd/plugin.py) train and apply it; docs/fedd.md describes
+it against the paper.
 """
 
 from __future__ import annotations
@@ -46,45 +14,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from dermbench.data.model import Split
 from dermbench.diffusion import adm
-from dermbench.diffusion.features import cached_features, decoder_layers
 from dermbench.diffusion.pixel import PixelModel, pixel_model
 from dermbench.diffusion.prerequisites import model_source
 from dermbench.diffusion.shipped import PIXEL, SHIPPED
 from dermbench.errors import ConfigError, DermbenchError, closest
-from dermbench.hookspecs import hookimpl
-from dermbench.seeds import seed_for
+from dermbench.methods.fedd.features import cached_features, decoder_layers
+from dermbench.methods.fedd.segmentation import SEGMENTATION_PAPER, SEGMENTATION_TINY
 
+#: the method's name: its settings section, its record section and its messages
 name = "fedd"
-#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
-REFERENCES: tuple[str, ...] = (
-    r"""@inproceedings{carrion2023fedd,
-  author = {Carri{\'o}n, H{\'e}ctor and Norouzi, Narges},
-  title = {{FEDD} -- Fair, Efficient, and Diverse Diffusion-based Lesion Segmentation and Malignancy Classification},
-  booktitle = {Medical Image Computing and Computer Assisted Intervention -- MICCAI 2023},
-  year = {2023},
-}""",
-    # the frozen diffusion backbone (ADM) and the feature method FEDD builds on
-    r"""@inproceedings{dhariwal2021diffusion,
-  author = {Dhariwal, P. and Nichol, A.},
-  title = {Diffusion Models Beat {GANs} on Image Synthesis},
-  booktitle = {Advances in Neural Information Processing Systems},
-  volume = {34},
-  pages = {8780--8794},
-  year = {2021},
-}""",
-    r"""@inproceedings{baranchuk2022label,
-  author = {Baranchuk, D. and Rubachev, I. and Voynov, A. and Khrulkov, V. and Babenko, A.},
-  title = {Label-Efficient Semantic Segmentation with Diffusion Models},
-  booktitle = {International Conference on Learning Representations (ICLR)},
-  year = {2022},
-}""",
-)
-#: predict uses the probe fit trains, never the harness's untrained backbone
-predict_needs_fit = True
+
 
 #: the tiny block and t are the best validation AUC of the block x t sweep on SynthDerm seed 0 with the
 #: shipped pixel DDPM (leaderboards/fedd/fedd-ablation-synthderm.md), chosen as the paper chose its own
@@ -114,12 +58,8 @@ PAPER_BLOCKS = {5: 4, 10: 6, 15: 12, 20: 14}
 #: FEDD's reported ROC-AUC per DDI fraction: supplementary Fig. 2 (read from the thesis chapter)
 PAPER_AUC = {5: 0.78, 10: 0.80, 15: 0.81, 20: 0.91}
 
-
-@hookimpl
-def dermbench_method_defaults(profile: str) -> dict:
-    if profile == "paper":
-        return {name: copy.deepcopy(PAPER), "data": {"image_size": 256}}
-    return {name: copy.deepcopy(TINY)}
+TINY["segmentation"] = dict(SEGMENTATION_TINY)
+PAPER["segmentation"] = dict(SEGMENTATION_PAPER)
 
 
 def check_settings(settings: dict, *, need_backbone: bool = True) -> dict[str, Any]:
@@ -233,11 +173,6 @@ def check_run_settings(config: dict, *, fetch: bool = False) -> list[dict]:
                 f"{blocks}), got {s['block']}" + (f" (auto: {block})" if s["block"] == "auto" else "")
             )
     return found
-
-
-@hookimpl
-def dermbench_check_settings(config: dict, fetch: bool) -> list[dict]:
-    return check_run_settings(config, fetch=fetch)
 
 
 def paper_backbone(model: Any) -> str | None:
@@ -419,92 +354,10 @@ def backbone(ctx, settings: dict, train: Split) -> tuple[PixelModel, int]:
     return model, size
 
 
-@hookimpl
-def fit(ctx, model, train: Split, val: Split) -> FeddModel:
-    settings = check_settings(ctx.hparams(name))
-    if train.num_classes != 2:
-        raise ConfigError(
-            f"{name} is a binary (malignancy) probe; task {ctx.config.get('task')!r} has "
-            f"{train.num_classes} classes (use task malignant)"
-        )
-    unet, size = backbone(ctx, settings, train)
-    layers = decoder_layers(unet.unet)
-    block = resolve_block(settings["block"], ctx.config)
-    if not 0 <= block < len(layers):
-        raise ConfigError(f"{name}.block={block}: this UNet has decoder blocks 0..{len(layers) - 1}")
-    extractor = Extractor(
-        unet,
-        block=block,
-        t=int(settings["t"]),
-        noise_seed=int(settings["noise_seed"]),
-        dim=int(settings["dim"]),
-        image_size=size,
-        batch_size=int(settings["feature_batch_size"]),
-    )
-    train_x, train_entry = split_features(ctx, extractor, train)
-    val_x, val_entry = split_features(ctx, extractor, val)
-    probe, summary = train_probe(
-        train_x, train.labels, val_x, val.labels, settings=settings, seed=seed_for(ctx.seed, f"{name}-probe")
-    )
-    ctx.say(
-        f"{name}: probe on decoder block {block} ({layers[block][0]}) at t={extractor.t}: best validation loss "
-        f"{summary['best_val_loss']:.4f} at epoch {summary['best_epoch']} of {summary['epochs_run']}"
-    )
-    fitted = FeddModel(probe, extractor)
-    fitted.feature_entries = {"train": train_entry, "val": val_entry}
-    record: dict[str, Any] = {
-        "backbone": unet.source,
-        "block": block,
-        "layer": layers[block][0],
-        "decoder_blocks": len(layers),
-        "t": extractor.t,
-        "noise_seed": extractor.noise_seed,
-        "feature_dim": extractor.dim,
-        "image_size": size,
-        "settings": settings,
-        "probe": summary,
-        "train_cells": {
-            f"{tone}/{label}": int(n)
-            for (tone, label), n in train.table.groupby(["tone3", "label"]).size().items()
-        }
-        if "tone3" in train.table
-        else None,
-        "features": dict(fitted.feature_entries),
-    }
-    fraction = fraction_of(ctx.config)
-    if fraction is not None:
-        record["fedd_fraction"] = fraction
-        if ctx.config.get("dataset") == "ddi" and fraction in PAPER_AUC:
-            record["published"] = {
-                "roc_auc": PAPER_AUC[fraction],
-                "test_set": "ddi (30 images; our reading: the paper's "
-                "accuracies on the remaining images are its Table 3)",
-                "source": "FEDD supplementary Fig. 2 (as read from the author's thesis chapter; "
-                "the main text gives no number)",
-            }
-    if settings["segmentation"].get("enabled"):
-        record.update(segmentation(ctx, settings, unet, size, seed_for(ctx.seed, f"{name}-segmentation")))
-    ctx.record(name, record)
-    return fitted
-
-
-@hookimpl
-def predict(ctx, model, split: Split) -> np.ndarray:
-    if not isinstance(model, FeddModel):
-        raise DermbenchError(
-            f"{name}: predict needs the model fit returned (a FeddModel), got {type(model).__name__}"
-        )
-    features, entry = split_features(ctx, model.extractor, split)
-    model.feature_entries[split.name] = entry
-    ctx.record(name, {"features": dict(model.feature_entries)})
-    return probe_probabilities(model.probe, features)
-
-
 def group_scores(
     prob: np.ndarray, labels: np.ndarray, groups: np.ndarray | None
 ) -> dict[str, dict[str, float]]:
     """{"overall" and each group: {"n", "acc" (at probability 0.5), "auc" (None with one class)}}."""
-    from sklearn.metrics import roc_auc_score  # noqa: PLC0415 (only the ablation needs it)
 
     def scores(mask: np.ndarray) -> dict[str, float]:
         y, p = labels[mask], prob[mask]
@@ -573,220 +426,3 @@ def ablate(
             rows.append(row)
         ctx.say(f"{name} ablation: t={t} done ({len(blocks)} blocks)")
     return rows, model.source
-
-
-# --------------------------------------------------------------------------- segmentation probes
-#: FEDD's segmentation probe (paper section 3.1; Baranchuk et al.'s pixel classifier): blocks 6 and 8
-#: at t = 100, bilinear upsampling to the image size, concatenation, an ensemble of 5 per-pixel MLPs
-SEGMENTATION_TINY: dict[str, Any] = {
-    "enabled": False,
-    "blocks": [2, 4],
-    "t": 100,
-    "ensemble": 5,
-    "hidden": [64, 32],
-    "epochs": 4,
-    "batch_size": 1024,
-    "lr": 1e-3,
-    "pixels_per_image": None,
-}
-SEGMENTATION_PAPER: dict[str, Any] = {
-    **SEGMENTATION_TINY,
-    "blocks": [6, 8],
-    "hidden": [256, 128],
-    "epochs": 8,
-    "pixels_per_image": 4096,
-}
-TINY["segmentation"] = dict(SEGMENTATION_TINY)
-PAPER["segmentation"] = dict(SEGMENTATION_PAPER)
-
-
-def pixel_features(
-    model: PixelModel,
-    images: np.ndarray,
-    *,
-    blocks: list[int],
-    t: int,
-    noise_seed: int,
-    device: torch.device,
-    batch_size: int,
-) -> torch.Tensor:
-    """(n, C, H, W) float16: the `blocks`' outputs upsampled (bilinear) to the image size, concatenated."""
-    from dermbench.diffusion.features import block_outputs  # noqa: PLC0415
-
-    size = images.shape[1]
-
-    def up(x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).half()
-
-    outputs = block_outputs(
-        model,
-        images,
-        t=t,
-        noise_seed=noise_seed,
-        blocks=blocks,
-        device=device,
-        transform=up,
-        batch_size=batch_size,
-    )
-    return torch.cat([outputs[b] for b in blocks], dim=1)
-
-
-class PixelMLP(nn.Module):
-    """Per-pixel classifier: Linear - ReLU - BatchNorm per hidden layer, then the class logits."""
-
-    def __init__(self, channels: int, hidden: list[int], classes: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = channels
-        for h in hidden:
-            layers += [nn.Linear(width, int(h)), nn.ReLU(), nn.BatchNorm1d(int(h))]
-            width = int(h)
-        layers.append(nn.Linear(width, classes))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-def train_pixel_ensemble(
-    features: torch.Tensor, masks: np.ndarray, *, classes: int, settings: dict, seed: int
-) -> list[PixelMLP]:
-    """`ensemble` pixel MLPs, each from its own seed, on the pixels of `features` (n, C, H, W) with
-    labels `masks` (n, H, W); `pixels_per_image` random pixels per image (None: all)."""
-    n, channels = features.shape[:2]
-    x = features.permute(0, 2, 3, 1).reshape(n, -1, channels)
-    y = torch.from_numpy(np.ascontiguousarray(masks)).reshape(n, -1).long()
-    per_image = settings["pixels_per_image"]
-    if per_image is not None and per_image < x.shape[1]:
-        pick = torch.stack(
-            [
-                torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(seed + i))[:per_image]
-                for i in range(n)
-            ]
-        )
-        x, y = torch.gather(x, 1, pick.unsqueeze(-1).expand(-1, -1, channels)), torch.gather(y, 1, pick)
-    x, y = x.reshape(-1, channels), y.reshape(-1)
-    labelled = y < classes  # 255: not annotated (real masks)
-    x, y = x[labelled], y[labelled]
-    if len(y) < 2:
-        raise DermbenchError(
-            f"{name}: the training masks have no annotated pixel to train the segmentation probes on"
-        )
-    members = []
-    for k in range(int(settings["ensemble"])):
-        generator = torch.Generator().manual_seed(seed_for(seed, f"pixel-mlp-{k}"))
-        torch.manual_seed(seed_for(seed, f"pixel-mlp-init-{k}"))
-        mlp = PixelMLP(channels, list(settings["hidden"]), classes)
-        optimizer = torch.optim.Adam(mlp.parameters(), lr=float(settings["lr"]))
-        mlp.train()
-        for _ in range(int(settings["epochs"])):
-            order = torch.randperm(len(x), generator=generator)
-            for start in range(0, len(x), int(settings["batch_size"])):
-                index = order[start : start + int(settings["batch_size"])]
-                if len(index) < 2:
-                    continue
-                loss = F.cross_entropy(mlp(x[index].float()), y[index])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        members.append(mlp.eval())
-    return members
-
-
-@torch.no_grad()
-def segment(members: list[PixelMLP], features: torch.Tensor, *, chunk: int = 65536) -> np.ndarray:
-    """(n, H, W) class ids: the argmax of the ensemble's mean softmax per pixel."""
-    n, channels, h, w = features.shape
-    x = features.permute(0, 2, 3, 1).reshape(-1, channels)
-    out = []
-    for start in range(0, len(x), chunk):
-        part = x[start : start + chunk].float()
-        prob = torch.stack([F.softmax(m(part), dim=1) for m in members]).mean(0)
-        out.append(prob.argmax(1))
-    return torch.cat(out).reshape(n, h, w).numpy().astype(np.uint8)
-
-
-def iou_scores(pred: np.ndarray, truth: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
-    """IoU of every class over all pixels of the set (intersection / union of the set's pixels; None
-    where a class is in neither), their mean over the classes with a union ("miou"), and "lesion".
-    Pixels whose truth is not a class id (255: not annotated) are left out; "n" counts the images
-    with at least one annotated pixel."""
-    iou: dict[str, float | None] = {}
-    annotated = truth < len(classes)
-    for c, cls in enumerate(classes):
-        p, t = (pred == c) & annotated, truth == c
-        union = int((p | t).sum())
-        iou[cls] = None if union == 0 else float((p & t).sum()) / union
-    defined = [v for v in iou.values() if v is not None]
-    return {
-        "miou": float(np.mean(defined)) if defined else None,
-        "lesion": iou.get("lesion"),
-        "iou": iou,
-        "n": int(annotated.reshape(len(truth), -1).any(axis=1).sum()),
-    }
-
-
-def segmentation(ctx, settings: dict, model: PixelModel, size: int, probe_seed: int) -> dict[str, Any]:
-    """Train the segmentation ensemble on the training split's masks and score it on the training
-    dataset's own test sets (IoU per class, overall and lesion-only, per tone3 group)."""
-    dataset = ctx.config["dataset"]
-    seg = {**SEGMENTATION_TINY, **settings["segmentation"]}
-    blocks = [int(b) for b in seg["blocks"]]
-    train = ctx.load_split(dataset, "train", image_size=size, with_masks=True)
-    classes = tuple(train.meta.get("mask_classes", ()))
-    if not classes:
-        raise DermbenchError(
-            f"{name}: dataset {dataset!r} gives masks without class names (meta['mask_classes'])"
-        )
-
-    def feats(split: Split) -> torch.Tensor:
-        return pixel_features(
-            model,
-            np.asarray(split.images),
-            blocks=blocks,
-            t=int(seg["t"]),
-            noise_seed=int(settings["noise_seed"]),
-            device=ctx.device,
-            batch_size=int(settings["feature_batch_size"]),
-        )
-
-    ctx.say(f"{name}: segmentation probes on blocks {blocks} at t={seg['t']} ({seg['ensemble']} pixel MLPs)")
-    members = train_pixel_ensemble(
-        feats(train), np.asarray(train.masks), classes=len(classes), settings=seg, seed=probe_seed
-    )
-    out: dict[str, Any] = {
-        "blocks": blocks,
-        "t": int(seg["t"]),
-        "ensemble": int(seg["ensemble"]),
-        "classes": list(classes),
-        "test_sets": {},
-    }
-    rows = []
-    for test in ctx.datasets.get(dataset).protocol or ():
-        if test.dataset != dataset:
-            continue
-        split = ctx.load_split(dataset, test.split, image_size=size, with_masks=True)
-        pred, truth = segment(members, feats(split)), np.asarray(split.masks)
-        tone = (
-            split.table["tone3"].to_numpy(dtype=object)
-            if "tone3" in split.table
-            else np.full(len(split), None)
-        )
-        scores = {"overall": iou_scores(pred, truth, classes), "tone3": {}}
-        for g in ("A", "B", "C"):
-            mask = tone == g
-            if mask.any():
-                scores["tone3"][g] = iou_scores(pred[mask], truth[mask], classes)
-        out["test_sets"][test.name] = scores
-        for group, s in [("all", scores["overall"]), *scores["tone3"].items()]:
-            rows.append(
-                {
-                    "test set": test.name,
-                    "group": group,
-                    "n": s["n"],
-                    "mIoU": s["miou"],
-                    "lesion IoU": s["lesion"],
-                    **{f"IoU {c}": s["iou"][c] for c in classes},
-                }
-            )
-    return {"segmentation": out, "segmentation_iou": rows}
