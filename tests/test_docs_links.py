@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from dermbench.plugins import BUILTIN_METHODS
+
 ROOT = Path(__file__).resolve().parents[1]
 THIS = Path(__file__).resolve()
 
@@ -105,3 +107,18 @@ def test_every_module_path_named_exists(page):
         {p for p in MODULE_PATH.findall(page.read_text(encoding="utf-8")) if not (ROOT / p).is_file()}
     )
     assert not missing, f"{page.relative_to(ROOT)} names modules that are not there: {missing}"
+
+
+def test_the_docs_index_lists_every_page():
+    index = ROOT / "docs" / "README.md"
+    linked = {(index.parent / target.partition("#")[0]).resolve() for target in _links(index)}
+    pages = {p.resolve() for p in (ROOT / "docs").glob("*.md") if p != index}
+    unlisted = sorted(p.name for p in pages - linked)
+    assert not unlisted, f"docs/README.md does not list {unlisted}"
+
+
+def test_readme_links_the_docs_index_and_every_method_page():
+    targets = set(_links(ROOT / "README.md"))
+    assert "docs/README.md" in targets
+    unlinked = [m for m in BUILTIN_METHODS if f"docs/{m}.md" not in targets]
+    assert not unlinked, f"README's table of methods lacks the pages of {unlinked}"
