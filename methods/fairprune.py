@@ -73,9 +73,9 @@ from torch import nn
 from dermbench.data.model import Split
 from dermbench.errors import ConfigError, DataError
 from dermbench.hookspecs import hookimpl
+from dermbench.mitigation.fairquantize_paper import paper_defaults, reported
 from dermbench.mitigation.frozen import freeze, frozen, layer_shares, save_masks
 from dermbench.mitigation.groups import AUTO, check_scheme, sensitive_groups
-from dermbench.mitigation.protocols import paper_protocol, reported
 from dermbench.mitigation.saliency import editable_weights, group_curvature, lowest, scores
 from dermbench.mitigation.selection import FAIR_METRICS, RULES, choose, validation_scores
 from dermbench.train.trainer import group_codes, group_names
@@ -115,10 +115,10 @@ MASK_FILE = "pruning_mask.safetensors"
 
 @hookimpl
 def dermbench_method_defaults(profile: str, dataset: str) -> dict:
-    if profile == "paper":  # the paper protocol's task, split, backbone and group scheme on its datasets
+    if profile == "paper":  # the FairQuantize paper's task, split, backbone and group scheme on its datasets
         settings = {k: v for k, v in DEFAULTS.items() if k != "groups"}
         # the EOdd its reported tables use (the Notre Dame |dTPR + dFPR| / 2, our eodd_net), as FairQuantize selects on
-        return paper_protocol(dataset, name, {**settings, "fair_metric": "eodd_net"})
+        return paper_defaults(dataset, name, {**settings, "fair_metric": "eodd_net"})
     return {name: {**DEFAULTS, **TINY} if profile == "tiny" else dict(DEFAULTS)}
 
 

@@ -50,9 +50,9 @@ from torch import nn
 
 from dermbench.errors import ConfigError
 from dermbench.hookspecs import hookimpl
+from dermbench.mitigation.fairquantize_paper import paper_defaults, reported
 from dermbench.mitigation.frozen import freeze, frozen, layer_shares, restore, save_masks, set_frozen
 from dermbench.mitigation.groups import check_scheme, sensitive_groups
-from dermbench.mitigation.protocols import paper_protocol, reported
 from dermbench.mitigation.saliency import editable_weights, group_curvature, lowest, scores
 from dermbench.mitigation.selection import choose, validation_scores
 
@@ -122,7 +122,7 @@ def dermbench_method_defaults(profile: str, dataset: str) -> dict:
         "fair_metric": PAPER_FAIR_METRIC,
         **PAPER_SETTINGS.get(dataset, {}),
     }
-    return paper_protocol(dataset, name, settings)
+    return paper_defaults(dataset, name, settings)
 
 
 def quantize(theta: torch.Tensor) -> torch.Tensor:

@@ -77,7 +77,7 @@ and from the ME repository's derm baseline (docs/mfd.md):
   penultimate features.
 
 Profiles. `tiny`: the defaults above, with the profile's training recipe. `paper`: the FairQuantize
-paper's protocol for the dataset (`dermbench.mitigation.protocols.paper_protocol`: Fitzpatrick17k
+paper's settings for the dataset (`dermbench.mitigation.fairquantize_paper.paper_defaults`: Fitzpatrick17k
 with 114 conditions, VGG-11-BN, tone2; ISIC 2019 with 8 diagnoses, ResNet-18, sex) and the ME
 repo's student recipe in `mfd.student` (train settings for the student only): SGD with nesterov
 momentum 0.9, lr 0.01, weight decay 1e-5, StepLR(step 100, gamma 0.1), 200 epochs, batch 128.
@@ -108,8 +108,8 @@ from torch import nn
 from dermbench.data.model import Split
 from dermbench.errors import ConfigError, DataError, DermbenchError, closest
 from dermbench.hookspecs import hookimpl
+from dermbench.mitigation.fairquantize_paper import paper_defaults, reported
 from dermbench.mitigation.groups import check_scheme
-from dermbench.mitigation.protocols import paper_protocol, reported
 from dermbench.seeds import seed_for
 from dermbench.train.models import create_backbone
 from dermbench.train.trainer import Batch, group_codes, group_names
@@ -158,7 +158,7 @@ def dermbench_method_defaults(profile: str, dataset: str) -> dict:
     own = {k: v for k, v in DEFAULTS.items() if k != "groups"}
     if profile == "paper":
         student_model = {"backbone": PAPER_STUDENT.get(dataset, PAPER_STUDENT["fitz17k"]), "pretrained": True}
-        return paper_protocol(
+        return paper_defaults(
             dataset,
             name,
             {**own, "student": {**PAPER_TRAIN, "sampler": "none"}, "student_model": student_model},

@@ -129,7 +129,7 @@ def dermbench_calls(flow: dict, job_name: str, context: dict, tmp: Path) -> list
 
 
 def config_of(argv: list[str]) -> dict:
-    """The config `dermbench run ARGV` resolves (cmd_run's flags, --protocol file and --set)."""
+    """The config `dermbench run ARGV` resolves (cmd_run's flags, --experiment file and --set)."""
     assert argv[0] == "run", argv
     args = build_parser(argv).parse_args(argv)
     flags = {

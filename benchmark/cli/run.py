@@ -13,7 +13,7 @@ from rich.text import Text
 
 from dermbench import config as configuration
 from dermbench.audit import counterfactual_for_run, counterfactual_of_method
-from dermbench.config.catalog import protocol_names, protocol_path
+from dermbench.config.catalog import experiment_names, experiment_path
 from dermbench.errors import ConfigError, DermbenchError
 from dermbench.results.counterfactual import read_counterfactual
 from dermbench.results.formatting import fmt
@@ -101,15 +101,15 @@ def json_summary(result: RunResult, record: Record) -> dict:
 
 
 def config_file(args: argparse.Namespace) -> Path | None:
-    """The settings file of the run: --config, or the packaged file of --protocol (one of them,
-    since a config file is one layer; copy the protocol's file to change it as a whole)."""
-    if args.protocol is None:
+    """The settings file of the run: --config, or the packaged file of --experiment (one of them,
+    since a config file is one layer; copy the experiment's file to change it as a whole)."""
+    if args.experiment is None:
         return args.config
-    path = protocol_path(args.protocol)
+    path = experiment_path(args.experiment)
     if args.config is not None:
         raise ConfigError(
-            f"--protocol {args.protocol} and --config {args.config} cannot be combined: change single settings "
-            f"with --set, or copy {path} and pass the copy to --config"
+            f"--experiment {args.experiment} and --config {args.config} cannot be combined: change single "
+            f"settings with --set, or copy {path} and pass the copy to --config"
         )
     return path
 
@@ -221,14 +221,14 @@ def _counterfactual_of_reused(result: RunResult, console: Console) -> None:
 def register(sub) -> None:
     p = sub.add_parser("run", help="train and evaluate one method on one dataset (default: erm on synthderm)")
     p.add_argument("--method", help="method name, or several joined by + (e.g. dermdiff+fairquantize)")
-    p.add_argument("--dataset", help="training dataset (its protocol decides the test sets)")
+    p.add_argument("--dataset", help="training dataset (it names the test sets)")
     p.add_argument("--task", help="task of the dataset (default malignant)")
     p.add_argument("--config", type=Path, help="YAML file of settings")
     p.add_argument(
-        "--protocol",
+        "--experiment",
         metavar="NAME",
-        help="a packaged protocol config (a paper's dataset, task, data options and test sets; "
-        "docs/protocols.md), combinable with --set, --seed, --method: " + ", ".join(protocol_names()),
+        help="a packaged experiment config (a paper's dataset, task, data options and test sets; "
+        "docs/protocols.md), combinable with --set, --seed, --method: " + ", ".join(experiment_names()),
     )
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=0.01"

@@ -5,8 +5,8 @@ Precedence, lowest first: profiles/base.yaml < profiles/<profile>.yaml < the sel
 CLI flags (--seed, --device, ...). Only keys that exist in the merged defaults may be set; a
 typo names the closest valid key. YAML is read with yaml.safe_load only.
 
-Owns settings resolution, the packaged profiles (profiles/*.yaml), the packaged protocol
-configs (protocols/*.yaml, found by `catalog`) and the run id. Imports only `dermbench.errors`.
+Owns settings resolution, the packaged profiles (profiles/*.yaml), the packaged experiment
+configs (experiments/*.yaml, found by `catalog`) and the run id. Imports only `dermbench.errors`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""The papers' protocols for the `paper` profile of FairPrune, FairQuantize and MFD, and the
-numbers the FairQuantize paper reports (Guo et al., MICCAI 2024: Table 1, Fitzpatrick17k with
-VGG-11; Table 2, ISIC 2019 with ResNet-18), printed beside ours in a paper-profile run's report.
+"""The FairQuantize paper's settings and numbers (Guo et al., MICCAI 2024: Table 1, Fitzpatrick17k
+with VGG-11; Table 2, ISIC 2019 with ResNet-18). Its settings per dataset are the `paper` profile's
+defaults of FairPrune, FairQuantize and MFD (its tables compare all three); the numbers it reports
+are printed beside ours in a paper-profile run's report.
 
 Their EOdd is the Notre Dame convention, |ΔTPR + ΔFPR| / 2 averaged over classes: our
 `eodd_net`; EOpp0 and EOpp1 are our `eopp0` and `eopp1`; "avg F1" is macro-F1 on the pooled
-test set. Every method on a dataset without a listed protocol keeps the dataset's own task and
+test set. Every method on a dataset the paper does not use keeps the dataset's own task and
 split, with the Fitzpatrick17k recipe's hyperparameters.
 """
 
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-#: the shared part of each paper protocol: task, split rule, backbone, sensitive groups.
+#: the paper's settings per dataset, shared by the three methods: task, split rule, backbone,
+#: sensitive groups.
 #: The training recipe is the `paper` profile's (FairQuantize's pre_train.py), in profiles/paper.yaml.
-PROTOCOLS: dict[str, dict[str, Any]] = {
+DATASET_SETTINGS: dict[str, dict[str, Any]] = {
     "fitz17k": {
         "task": "condition",
         "data": {"options": {"fitz17k": {"split_rule": "fairquantize"}}},
@@ -49,14 +51,14 @@ REPORTED: dict[str, dict[str, dict[str, float]]] = {
 SOURCES = {"fitz17k": _T1, "isic2019": _T2}
 
 
-def paper_protocol(dataset: str, method: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """A method's `paper` defaults on `dataset`: the protocol's task, split and backbone, and
-    under the method's own name its `settings` with the protocol's group scheme (which wins)."""
-    protocol = PROTOCOLS.get(dataset)
-    if protocol is None:
+def paper_defaults(dataset: str, method: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """A method's `paper` defaults on `dataset`: the paper's task, split and backbone there, and
+    under the method's own name its `settings` with the paper's group scheme (which wins)."""
+    paper = DATASET_SETTINGS.get(dataset)
+    if paper is None:
         return {method: {"groups": "tone2", **settings}}
-    shared = {k: v for k, v in protocol.items() if k != "groups"}
-    return {**shared, method: {**settings, "groups": protocol["groups"]}}
+    shared = {k: v for k, v in paper.items() if k != "groups"}
+    return {**shared, method: {**settings, "groups": paper["groups"]}}
 
 
 def reported(dataset: str, method: str) -> dict[str, Any] | None:
@@ -69,7 +71,7 @@ def reported(dataset: str, method: str) -> dict[str, Any] | None:
         "source": SOURCES[dataset],
         "convention": "EOdd = our eodd_net; F1 = macro-F1 on the pooled test set",
         "test_set": dataset,
-        "scheme": PROTOCOLS[dataset]["groups"],
+        "scheme": DATASET_SETTINGS[dataset]["groups"],
         "method": table[method],
         "vanilla": table["vanilla"],
     }

@@ -1,5 +1,5 @@
 """The majority-to-minority scenarios: Fitzpatrick17k's `m2m` split rule and task `m2m7`,
-SynthDerm's `m2m_scenario`, and the packaged protocol configs behind `dermbench run --protocol`.
+SynthDerm's `m2m_scenario`, and the packaged experiment configs behind `dermbench run --experiment`.
 
 The Fitzpatrick17k CSV is generated here in the published format: each of the 7 conditions
 has ROWS_PER_FST rows per FST (one condition has fewer dark rows than a flexible subset takes),
@@ -22,7 +22,7 @@ from PIL import Image
 
 from dermbench.cli import main
 from dermbench.config import load_yaml
-from dermbench.config.catalog import protocol_names, protocol_path
+from dermbench.config.catalog import experiment_names, experiment_path
 from dermbench.datasets import m2m
 from dermbench.datasets.fitz17k import M2M_CONDITIONS, Fitz17k
 from dermbench.datasets.synthderm import SynthDerm
@@ -325,11 +325,11 @@ def test_synthderm_m2m_options_are_checked_and_unset_ones_leave_the_fingerprint(
         SynthDerm(m2m_scenario="v")
 
 
-# ----- protocol configs and --protocol ---------------------------------------------------------
+# ----- experiment configs and --experiment ---------------------------------------------------------
 
 
-def test_every_packaged_protocol_is_a_config_file():
-    names = protocol_names()
+def test_every_packaged_experiment_is_a_config_file():
+    names = experiment_names()
     assert {
         "majority2minority-i",
         "majority2minority-ii",
@@ -341,9 +341,9 @@ def test_every_packaged_protocol_is_a_config_file():
     ablations = [n for n in names if n.startswith("majority2minority-ablation-")]
     settings = {
         (
-            load_yaml(protocol_path(n))["majority2minority"]["mode"],
-            load_yaml(protocol_path(n))["majority2minority"]["textual_inversion"],
-            load_yaml(protocol_path(n))["majority2minority"]["lora"],
+            load_yaml(experiment_path(n))["majority2minority"]["mode"],
+            load_yaml(experiment_path(n))["majority2minority"]["textual_inversion"],
+            load_yaml(experiment_path(n))["majority2minority"]["lora"],
         )
         for n in ablations
     }
@@ -356,57 +356,59 @@ def test_every_packaged_protocol_is_a_config_file():
         ("img2img", True, True),
     }
     for name in ablations:
-        config = load_yaml(protocol_path(name))
+        config = load_yaml(experiment_path(name))
         assert config["augment"] == {"mix": "syn"} and "model" not in config  # the profile's classifier
         assert config["data"]["options"]["m2m_scenario"] == "ablation"
 
 
-def test_the_ablation_protocols_train_the_papers_classifier_under_the_paper_profile():
+def test_the_ablation_experiments_train_the_papers_classifier_under_the_paper_profile():
     """Table 5's classifier is the paper's (issue 26): the frozen ImageNet VGG-16 under the authors'
     head, as the paper profile sets it, not a trainable timm vgg16 from random weights."""
-    for name in [n for n in protocol_names() if n.startswith("majority2minority-ablation-")]:
-        cfg = resolve_config(file=protocol_path(name), flags={"profile": "paper"})
+    for name in [n for n in experiment_names() if n.startswith("majority2minority-ablation-")]:
+        cfg = resolve_config(file=experiment_path(name), flags={"profile": "paper"})
         assert cfg["model"]["backbone"] == "vgg16_frozen_head"
         assert cfg["model"]["pretrained"] is True and cfg["model"]["drop_rate"] == 0.5
 
 
 @pytest.mark.parametrize("name", ["majority2minority-i", "majority2minority-ii", "majority2minority-iii"])
-def test_a_fitz17k_protocol_resolves_and_set_changes_one_option(name):
-    cfg = resolve_config(file=protocol_path(name), sets=["data.options.m2m_subset=3"], flags={"seed": 2})
+def test_a_fitz17k_experiment_resolves_and_set_changes_one_option(name):
+    cfg = resolve_config(file=experiment_path(name), sets=["data.options.m2m_subset=3"], flags={"seed": 2})
     scenario = name.rsplit("-", 1)[1]
     assert (cfg["dataset"], cfg["task"], cfg["seed"]) == ("fitz17k", "m2m7", 2)
     assert cfg["data"]["options"] == {"split_rule": "m2m", "m2m_scenario": scenario, "m2m_subset": 3}
     assert cfg["data"]["test_sets"] == ["fitz17k"]
 
 
-@pytest.mark.parametrize("name", [n for n in protocol_names() if n.startswith("majority2minority-ablation-")])
-def test_an_ablation_protocol_resolves_once_its_method_exists(name):
+@pytest.mark.parametrize(
+    "name", [n for n in experiment_names() if n.startswith("majority2minority-ablation-")]
+)
+def test_an_ablation_experiment_resolves_once_its_method_exists(name):
     if "majority2minority" not in method_refs():
         pytest.skip("the majority2minority method plugin is not there yet")
-    cfg = resolve_config(file=protocol_path(name))
+    cfg = resolve_config(file=experiment_path(name))
     assert cfg["method"] == "majority2minority" and cfg["augment"]["mix"] == "syn"
     assert cfg["majority2minority"] == {
         **cfg["majority2minority"],
-        **load_yaml(protocol_path(name))["majority2minority"],
+        **load_yaml(experiment_path(name))["majority2minority"],
     }
 
 
-def test_unknown_protocol_suggests_the_closest(capsys):
+def test_unknown_experiment_suggests_the_closest(capsys):
     with pytest.raises(UnknownNameError, match=r"Did you mean 'majority2minority-ii'\?"):
-        protocol_path("majority2minorty-ii")
-    assert main(["run", "--protocol", "synthderm-m2m-2"]) == 2
+        experiment_path("majority2minorty-ii")
+    assert main(["run", "--experiment", "synthderm-m2m-2"]) == 2
     assert "Did you mean 'synthderm-m2m-i'?" in " ".join(capsys.readouterr().err.split())  # rich wraps lines
 
 
-def test_protocol_and_config_together_are_refused(tmp_path, capsys):
+def test_experiment_and_config_together_are_refused(tmp_path, capsys):
     own = tmp_path / "own.yaml"
     own.write_text(yaml.safe_dump({"seed": 1}))
-    assert main(["run", "--protocol", "synthderm-m2m-i", "--config", str(own)]) == 2
+    assert main(["run", "--experiment", "synthderm-m2m-i", "--config", str(own)]) == 2
     assert "cannot be combined" in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.slow
-def test_a_fitz17k_protocol_runs_end_to_end(fitz, tmp_path):
+def test_a_fitz17k_experiment_runs_end_to_end(fitz, tmp_path):
     """majority2minority-ii on the generated tree: the 7-class task, the scenario's dark test rows
     as the only test set, and the excluded rows in the record."""
     root, _ = fitz
@@ -421,7 +423,7 @@ def test_a_fitz17k_protocol_runs_end_to_end(fitz, tmp_path):
     code = main(
         [
             "run",
-            "--protocol",
+            "--experiment",
             "majority2minority-ii",
             "--data-root",
             str(root.parent),
