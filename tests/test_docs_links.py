@@ -31,8 +31,9 @@ TEXT_SUFFIXES = {".md", ".py", ".yaml", ".yml", ".toml", ".txt", ".cfg", ".ini",
 DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
-#: a repository path to a module, as the docs write it in backticks
-MODULE_PATH = re.compile(r"`((?:benchmark|methods|datasets|tests)/[\w./-]*\.py)(?:::\w+)?`")
+#: a repository path to a module as the docs write it, in backticks or not (a link's target, after
+#: "../", is the link check's)
+MODULE_PATH = re.compile(r"(?<![\w/.-])((?:benchmark|methods|datasets|tests)/[\w./-]*?\.py)\b")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 
 
