@@ -28,7 +28,7 @@ DATA_LOCATION = "../shared/data"
 SEARCHED = ["README.md", "CONTRIBUTING.md", "docs", "benchmark", "methods", "datasets", "tests"]
 TEXT_SUFFIXES = {".md", ".py", ".yaml", ".yml", ".toml", ".txt", ".cfg", ".ini", ".json"}
 
-DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOC_PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 #: a repository path to a module as the docs write it, in backticks or not (a link's target, after
