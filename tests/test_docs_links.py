@@ -123,3 +123,13 @@ def test_readme_links_the_docs_index_and_every_method_page():
     assert "docs/README.md" in targets
     unlinked = [m for m in BUILTIN_METHODS if f"docs/{m}.md" not in targets]
     assert not unlinked, f"README's table of methods lacks the pages of {unlinked}"
+
+
+def _minimal_plugin(page: Path) -> str:
+    text = page.read_text(encoding="utf-8").split("A complete minimal plugin, `groupbalanced.py`:", 1)[1]
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_plugin_guide_shows_readmes_tested_example():
+    """tests/test_bad_inputs.py runs README's example; the guide's copy must be the same code."""
+    assert _minimal_plugin(ROOT / "docs" / "plugins.md") == _minimal_plugin(ROOT / "README.md")
