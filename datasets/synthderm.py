@@ -254,7 +254,8 @@ class SynthDerm(Dataset):
             split, i = match.group(1), int(match.group(2))
             if i >= self.options[SPLITS[split].option]:
                 raise DataError(
-                    f"synthderm: {ref!r} is out of range (split {split!r} has {self.options[SPLITS[split].option]} images)"
+                    f"synthderm: {ref!r} is out of range "
+                    f"(split {split!r} has {self.options[SPLITS[split].option]} images)"
                 )
             out.append((split, i))
         return out

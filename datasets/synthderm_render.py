@@ -231,7 +231,8 @@ def _darkness(ita: np.ndarray) -> np.ndarray:
 
 
 def _tone_attenuation(ita: np.ndarray) -> np.ndarray:
-    """Lesion pigment / variegation multiplier: 1 on light skin down to DARK_SKIN_ATTENUATION on the darkest."""
+    """Lesion pigment / variegation multiplier: 1 on light skin down to DARK_SKIN_ATTENUATION on the
+    darkest."""
     return 1.0 - (1.0 - DARK_SKIN_ATTENUATION) * _darkness(ita)
 
 

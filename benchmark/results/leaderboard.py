@@ -311,7 +311,8 @@ def build_board(
     duplicates: Mapping[tuple, tuple],
     n_boot: int = N_BOOT,
 ) -> Board:
-    """Verdicts, ranks and plot intervals of one board (train dataset + task), from its runs' predictions. A test set whose
+    """Verdicts, ranks and plot intervals of one board (train dataset + task), from its runs'
+    predictions. A test set whose
     predictions cannot be read (records without them) is named with the reason, not dropped silently."""
     rows = row_order(pd.Index(sorted({(r["method"], r["profile"], r["variant"]) for r in runs})))
     test_sets = order_test_sets(stats.index.get_level_values("test_set")) if len(stats) else []

@@ -1,12 +1,12 @@
 """The run record's schema, `metrics.json`: its typed shape, its possible values and its versions.
 
-The record's shape is the `Record` struct below (docs/architecture.md, "The run record"), typed with msgspec so that a
-reader gets the shape the writer wrote or a `RecordError` that names the file and the field
-path (e.g. `$.eval.synthderm.groups.tone3.A.auc`). Open-ended levels (test sets, schemes,
-groups, metric names, exclusion reasons) are `dict[str, ...]` with precise value types; fixed
-blocks (fairness gaps with their `<gap>_groups` pair, flags, CIs, bootstrap settings, tone
-estimation) are structs. Reading and writing the file in a run folder, and sealing it, is
-results/records.py's job.
+The record's shape is the `Record` struct below (docs/architecture.md, "The run record"), typed
+with msgspec so that a reader gets the shape the writer wrote or a `RecordError` that names the
+file and the field path (e.g. `$.eval.synthderm.groups.tone3.A.auc`). Open-ended levels (test
+sets, schemes, groups, metric names, exclusion reasons) are `dict[str, ...]` with precise value
+types; fixed blocks (fairness gaps with their `<gap>_groups` pair, flags, CIs, bootstrap
+settings, tone estimation) are structs. Reading and writing the file in a run folder, and
+sealing it, is results/records.py's job.
 
 Schema versions:
     1   the shape written since the record existed. Records written before the
