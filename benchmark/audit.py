@@ -1,7 +1,7 @@
 """Auditing a model dermbench did not train: `dermbench evaluate` and `dermbench counterfactual`.
 
 `evaluate_external` scores a user's predictions file, or their own model (a timm checkpoint or a
-TorchScript file), on the test sets of a dataset's protocol exactly as `dermbench run` scores a
+TorchScript file), on a dataset's test sets exactly as `dermbench run` scores a
 method: the same test-set loading and tone filling (runner.load_test_sets), the same `eval` entry
 per test set (evaluation.evaluate.evaluate_split, with every fairness metric, bootstrap interval,
 tone-source section and ITA curve), the same run folder, record writer, report and plots. The
@@ -232,7 +232,7 @@ def evaluate_external(
     counterfactual: bool = False,
     console: Console | None = None,
 ) -> RunResult:
-    """Score `source` on the test sets of `cfg`'s protocol and write a run folder like `dermbench run`'s.
+    """Score `source` on `cfg`'s test sets and write a run folder like `dermbench run`'s.
 
     `cfg` is a resolved config (its `method` is replaced by the user's name); a finished run of the
     same settings and file content is reused unless `force`."""
@@ -285,7 +285,7 @@ def evaluate_external(
         tests, skipped = load_test_sets(cfg, datasets, train_dataset, ctx)
         scorer = _Scorer(source, datasets, device, console)
         threshold, rule = _threshold(cfg, source, scorer, datasets, ctx)
-        protocol = {t.name: t for t in test_sets(cfg, train_dataset)}
+        tests_by_name = {t.name: t for t in test_sets(cfg, train_dataset)}
         by_set = scorer.table is not None and "test_set" in scorer.table.columns
         if scorer.table is not None and not by_set and len(tests) > 1:
             raise ConfigError(
@@ -295,7 +295,10 @@ def evaluate_external(
             )
         probs = {
             name: scorer.split(
-                split, protocol[name].dataset, protocol[name].split, test_set=name if by_set else None
+                split,
+                tests_by_name[name].dataset,
+                tests_by_name[name].split,
+                test_set=name if by_set else None,
             )
             for name, split in tests.items()
         }  # every file problem before anything is written
@@ -321,7 +324,7 @@ def evaluate_external(
         backbones = [source.model.arch] if source.model is not None and source.model.arch else []
         references = {
             "dermbench": [DERMBENCH],
-            **dataset_references([cfg["dataset"], *(protocol[t].dataset for t in evaluations)]),
+            **dataset_references([cfg["dataset"], *(tests_by_name[t].dataset for t in evaluations)]),
             **{f"backbone {b}": list(backbone_references(b)) for b in backbones},
         }
         metrics = {
@@ -349,7 +352,7 @@ def evaluate_external(
                 cfg,
                 datasets,
                 tests,
-                protocol,
+                tests_by_name,
                 read_record(run.path / METRICS_FILE),
                 predict=lambda split: scorer.images(split.images, split.num_classes, split.name),
                 size=int(source.model.input_size),
@@ -397,7 +400,7 @@ def counterfactual_data(
     cfg: dict,
     datasets: DatasetPool,
     tests: dict[str, Split],
-    protocol: dict,
+    tests_by_name: dict,
     record,
     *,
     predict: Predict,
@@ -415,7 +418,7 @@ def counterfactual_data(
     scored here is the one the record scored (`mismatch` says why they might not, when they do not)."""
     out: dict[str, Any] = {}
     for name, split in tests.items():
-        test = protocol.get(name)
+        test = tests_by_name.get(name)
         dataset = datasets.get(test.dataset) if test is not None else None
         if not isinstance(dataset, SynthDerm):
             continue
@@ -541,7 +544,7 @@ def counterfactual_for_run(
         datasets=datasets,
     )
     train_dataset = datasets.get(cfg["dataset"])
-    protocol = {t.name: t for t in test_sets(cfg, train_dataset)}
+    tests_by_name = {t.name: t for t in test_sets(cfg, train_dataset)}
     chosen = {
         **cfg,
         "data": {
@@ -549,7 +552,7 @@ def counterfactual_for_run(
             "test_sets": [
                 t
                 for t in record.eval
-                if t in protocol and isinstance(datasets.get(protocol[t].dataset), SynthDerm)
+                if t in tests_by_name and isinstance(datasets.get(tests_by_name[t].dataset), SynthDerm)
             ],
         },
     }
@@ -575,7 +578,7 @@ def counterfactual_for_run(
         cfg,
         datasets,
         tests,
-        protocol,
+        tests_by_name,
         record,
         predict=predict,
         size=size,
@@ -598,13 +601,13 @@ def counterfactual_of_method(done: BeforeDone) -> Path:
     predictions just recorded; counterfactual.json is then sealed by the `done` marker. A run without
     a SynthDerm test set is an error naming its test sets."""
     run, cfg, ctx = done.run, done.cfg, done.ctx
-    protocol = {t.name: t for t in test_sets(cfg, done.train_dataset)}
+    tests_by_name = {t.name: t for t in test_sets(cfg, done.train_dataset)}
     record = read_record(run.path / METRICS_FILE)  # just written; no `done` yet, so nothing to verify
     data = counterfactual_data(
         cfg,
         done.datasets,
         done.tests,
-        protocol,
+        tests_by_name,
         record,
         predict=lambda split: predict_checked(done.pm, ctx, done.model, split),
         size=int(cfg["data"]["image_size"]),

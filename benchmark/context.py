@@ -130,17 +130,17 @@ class RunContext:
         *,
         image_size: int,
         with_masks: bool = False,
-        outside_protocol: bool = False,
+        without_subsets: bool = False,
     ) -> Split:
         """`dataset`'s `split` at `image_size` px through the shared image cache (a diffusion
         model trains at 256-512 px while the classifier sees 64-224 px): each size is decoded
         once, later calls map the cached pixels. With `with_masks`, the lesion masks too, at
         the same size (a DataError naming the dataset and split when it has none). With
-        `outside_protocol`, the dataset without the options that choose a protocol's subsets
+        `without_subsets`, the dataset without the options that choose an experiment's subsets
         (FEDD's data fraction, a majority-to-minority scenario): the data a model pretrained
-        before the protocol would have seen."""
+        without them would have seen."""
         if self.datasets is None:
             raise DermbenchError("this context has no datasets attached (it was not made by the runner)")
         return self.datasets.load(
-            dataset, split, image_size=image_size, with_masks=with_masks, outside_protocol=outside_protocol
+            dataset, split, image_size=image_size, with_masks=with_masks, without_subsets=without_subsets
         )

@@ -1,5 +1,5 @@
 """`dermbench run`: resolve the config, train through the plugin hooks, evaluate every test set
-of the protocol, and write the run record.
+of the training dataset, and write the run record.
 
 How a record is sealed: the run folder's files are written atomically, and the `done` marker comes
 last (`RunDir.mark_done`). It is not an empty flag but the seal: JSON holding the time the run
@@ -157,22 +157,22 @@ def check_run(cfg: dict, local: tuple[str, ...] = (), *, fetch: bool = True) -> 
 
 
 def data_sizes(cfg: dict, local: tuple[str, ...] = ()) -> dict[str, dict[str, int] | str]:
-    """{dataset: {split: rows}} of the training dataset and the protocol's test sets, from what is
+    """{dataset: {split: rows}} of the training dataset and its test sets, from what is
     known without reading any data: a generated dataset's options (SynthDerm's n_train, ...), or a
     committed split file's rows (before the dataset's own exclusions, e.g. neoplastic_only); else
     a line saying when it is known. Nothing is read but the committed split files."""
     refs = dataset_refs(local)
     try:
         cls = load_target(refs[cfg["dataset"]].target)
-        protocol = list(cls.protocol) or [TestSet(cfg["dataset"], cfg["dataset"], "test")]
+        default = list(cls.protocol) or [TestSet(cfg["dataset"], cfg["dataset"], "test")]
     except (DermbenchError, KeyError) as exc:
         return {cfg["dataset"]: f"unknown ({exc})"}
     chosen = cfg["data"]["test_sets"]
     tests = (
-        protocol
+        default
         if chosen is None
-        else [t for t in protocol if t.name in chosen]
-        + [TestSet(n, n, "test") for n in chosen if n not in {t.name for t in protocol}]
+        else [t for t in default if t.name in chosen]
+        + [TestSet(n, n, "test") for n in chosen if n not in {t.name for t in default}]
     )
     out: dict[str, dict[str, int] | str] = {}
     for name in dict.fromkeys([cfg["dataset"], *(t.dataset for t in tests)]):
@@ -224,11 +224,11 @@ def dry_run(cfg: dict, local: tuple[str, ...] = ()) -> dict:
 
 
 def test_sets(cfg: dict, train_dataset) -> list[TestSet]:
-    protocol = list(train_dataset.protocol) or [TestSet(train_dataset.name, train_dataset.name, "test")]
+    default = list(train_dataset.protocol) or [TestSet(train_dataset.name, train_dataset.name, "test")]
     chosen = cfg["data"]["test_sets"]
     if chosen is None:
-        return protocol
-    by_name = {t.name: t for t in protocol}
+        return default
+    by_name = {t.name: t for t in default}
     out = []
     for name in chosen:
         out.append(by_name.get(name, TestSet(name, name, "test")))
@@ -245,7 +245,7 @@ def data_fingerprints(cfg: dict, datasets: DatasetPool) -> dict[str, dict | None
     """{dataset: content fingerprint} for the training dataset and every test set's dataset, and
     for the tone detector when one is configured (it assigns tones, or scores tone-source sensitivity).
     The training dataset and test sets named in data.test_sets must be readable (their error
-    stops the run); an unreadable protocol default is None, and is skipped later with its reason."""
+    stops the run); an unreadable default test set is None, and is skipped later with its reason."""
     train_dataset = datasets.get(cfg["dataset"])
     used = [cfg["dataset"], *(t.dataset for t in test_sets(cfg, train_dataset))]
     named = set(used) if cfg["data"]["test_sets"] is not None else {cfg["dataset"]}
@@ -524,8 +524,8 @@ def _reuse(run: RunDir, metrics: dict, console: Console) -> RunResult:
 def load_test_sets(
     cfg: dict, datasets: DatasetPool, train_dataset, ctx: RunContext
 ) -> tuple[dict[str, Split], dict]:
-    """The protocol's test splits, with tones filled where the dataset has none, and the ones
-    skipped with the reason: an external protocol default that is absent or lacks the run's task
+    """The run's test splits, with tones filled where the dataset has none, and the ones
+    skipped with the reason: an external default test set that is absent or lacks the run's task
     is listed, never silently dropped. A problem with the training dataset's own test split, or
     with a test set the user named in data.test_sets, stops the run with its reason."""
     loaded, skipped = {}, {}

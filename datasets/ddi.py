@@ -67,7 +67,7 @@ class DDI(TableDataset):
     aliases = ("ddidiversedermatologyimages", "DDI")
     layout = "ddi_metadata.csv with the images 000001.png, ... beside it"
     option_defaults: ClassVar[dict] = {**fedd_protocol.OPTIONS, "masks_dir": None}
-    protocol_options = tuple(fedd_protocol.OPTIONS)
+    subset_options = tuple(fedd_protocol.OPTIONS)
 
     def __init__(self, root=None, **options: Any) -> None:
         super().__init__(root, **options)

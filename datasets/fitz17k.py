@@ -134,7 +134,7 @@ def m2m_rule(scenario: str, subset: int) -> M2MRule:
 
 
 class Fitz17k(TableDataset):
-    """Train/validate/test on Fitzpatrick 17k; the standard protocol adds the external test sets."""
+    """Train/validate/test on Fitzpatrick 17k; its test sets add the external ones."""
 
     name = "fitz17k"
     #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
@@ -319,7 +319,7 @@ class Fitz17k(TableDataset):
     def _encode_m2m7(self, records: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...]]:
         """The paper's 7-class task, a task of its own rather than `condition` restricted to the
         labels present: its classes are fixed (label codes do not move when a CSV lacks one),
-        leaderboards key protocols by dataset and task (a 7-class run must not sit in the
+        leaderboards key boards by dataset and task (a 7-class run must not sit in the
         114-class table), and it refuses rows that the m2m rule did not select."""
         if self.options["split_rule"] != "m2m":
             raise ConfigError(

@@ -144,7 +144,7 @@ class SynthDerm(Dataset):
         TestSet("synthderm-ddi", "synthderm", "test_ddi"),
         TestSet("synthderm-dermoscopic", "synthderm", "test_dermoscopic"),
     )
-    protocol_options = (*FEDD_OPTIONS, *M2M_OPTIONS)
+    subset_options = (*FEDD_OPTIONS, *M2M_OPTIONS)
 
     def __init__(self, root=None, **options) -> None:
         merged = select_options(self.name, options, DEFAULT_OPTIONS)

@@ -234,7 +234,7 @@ def test_a_fedd_run_on_ddi(tmp_path, make_ddi):
     assert metrics["methods"]["fedd"]["published"]["roc_auc"] == 0.78
 
 
-def test_a_split_outside_the_protocol_is_the_dataset_without_its_protocol_options():
+def test_a_split_without_subsets_is_the_dataset_without_its_subset_options():
     from dermbench.data.pool import DatasetPool
 
     cfg = {
@@ -248,20 +248,19 @@ def test_a_split_outside_the_protocol_is_the_dataset_without_its_protocol_option
     }
     pool = DatasetPool(cfg, local=())
     inside = pool.get("synthderm").table("malignant")
-    outside = pool.get("synthderm", outside_protocol=True).table("malignant")
+    outside = pool.get("synthderm", without_subsets=True).table("malignant")
     assert (inside.loc[inside["split"] == "train", "image"].str.startswith("synthderm://test_ddi/")).all()
     clinical = outside[outside["split"] == "train"]
     assert (
         len(clinical) == OPTIONS["n_train"] and clinical["image"].str.startswith("synthderm://train/").all()
     )
     assert set(clinical["sample_id"]).isdisjoint(inside.loc[inside["split"] != "train", "sample_id"])
-    loaded = pool.load("synthderm", "train", outside_protocol=True)
+    loaded = pool.load("synthderm", "train", without_subsets=True)
     assert len(loaded) == OPTIONS["n_train"] and loaded.images.shape[1:] == (16, 16, 3)
-    assert pool.get("synthderm", outside_protocol=True) is pool.get("synthderm", outside_protocol=True)
+    assert pool.get("synthderm", without_subsets=True) is pool.get("synthderm", without_subsets=True)
     plain = DatasetPool({**cfg, "data": {**cfg["data"], "options": OPTIONS}}, local=())
-    assert plain.get("synthderm", outside_protocol=True) is plain.get(
-        "synthderm"
-    )  # no protocol: one instance
+    # no subset option set: the same instance
+    assert plain.get("synthderm", without_subsets=True) is plain.get("synthderm")
 
 
 @pytest.mark.slow

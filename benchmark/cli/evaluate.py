@@ -98,7 +98,7 @@ def register(sub) -> None:
         "intervals, report), as an external row of the leaderboard",
         description="Score a predictions file (CSV or parquet: sample_id, one probability column per class such as "
         "prob_0, prob_1, and test_set when it covers several test sets) or a model (a timm weights file "
-        "with --arch, or a TorchScript file) on the test sets of a dataset's protocol, and write the "
+        "with --arch, or a TorchScript file) on a dataset's test sets, and write the "
         "same run folder, record and report as `dermbench run`, marked external.",
     )
     p.add_argument(
@@ -126,12 +126,12 @@ def register(sub) -> None:
         action="store_true",
         help="with --model: run it on the dataset's validation split to choose the threshold",
     )
-    p.add_argument("--dataset", help="whose protocol (test sets) to score on (default synthderm)")
+    p.add_argument("--dataset", help="whose test sets to score on (default synthderm)")
     p.add_argument(
         "--test-set",
         action="append",
         metavar="NAME",
-        help="score only this test set (repeatable; default: the dataset's protocol)",
+        help="score only this test set (repeatable; default: the dataset's test sets)",
     )
     p.add_argument("--task", help="task (default malignant)")
     p.add_argument(

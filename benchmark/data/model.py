@@ -64,7 +64,7 @@ def image_list(root: Path | None, images: Iterable[str]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TestSet:
-    """One test set of a protocol: `dataset`'s rows whose split is `split`, reported as `name`."""
+    """One of a dataset's test sets: `dataset`'s rows whose split is `split`, reported as `name`."""
 
     name: str
     dataset: str
@@ -199,10 +199,10 @@ class Dataset(ABC):
     requires_root: ClassVar[bool] = True
     #: test sets evaluated when a run trains on this dataset
     protocol: ClassVar[tuple[TestSet, ...]] = ()
-    #: options that carve a protocol's subsets out of the dataset (FEDD's data fraction, a
-    #: majority-to-minority scenario); a model pretrained outside the protocol, such as FEDD's
-    #: tiny stand-in backbone, loads the dataset without them
-    protocol_options: ClassVar[tuple[str, ...]] = ()
+    #: options that carve an experiment's subsets out of the dataset (FEDD's data fraction, a
+    #: majority-to-minority scenario); a model pretrained without them, such as FEDD's tiny
+    #: stand-in backbone, loads the dataset without them
+    subset_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, root: Path | None = None, **options) -> None:
         if self.requires_root and root is None:

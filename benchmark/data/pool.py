@@ -28,17 +28,17 @@ class DatasetPool:
         self.cfg, self.local = cfg, local
         self._made: dict[tuple[str, bool], Dataset] = {}
 
-    def get(self, name: str, *, outside_protocol: bool = False) -> Dataset:
-        """Dataset `name` with the run's options; with `outside_protocol`, without the options
-        that carve a protocol's subsets out of it (`Dataset.protocol_options`)."""
-        key = (name, outside_protocol)
+    def get(self, name: str, *, without_subsets: bool = False) -> Dataset:
+        """Dataset `name` with the run's options; with `without_subsets`, without the options
+        that carve an experiment's subsets out of it (`Dataset.subset_options`)."""
+        key = (name, without_subsets)
         if key not in self._made:
             data = self.cfg["data"]
             options = {**data["options"], "on_error": data["on_error"]}
-            if outside_protocol:
+            if without_subsets:
                 inside = self.get(name)
-                reduced = without_options(options, name, type(inside).protocol_options)
-                if reduced == options:  # no protocol option set: the same data, one instance
+                reduced = without_options(options, name, type(inside).subset_options)
+                if reduced == options:  # no subset option set: the same data, one instance
                     self._made[key] = inside
                     return inside
                 options = reduced
@@ -78,19 +78,19 @@ class DatasetPool:
         image_size: int | None = None,
         with_masks: bool = False,
         as_name: str | None = None,
-        outside_protocol: bool = False,
+        without_subsets: bool = False,
     ) -> Split:
         """`name`'s `split` at `image_size` px (default: the run's `data.image_size`).
 
         With `with_masks`, the split's lesion masks come too, at the same size as the images;
-        a dataset without masks is a DataError naming it and the split. With `outside_protocol`,
-        the split of the dataset without its protocol options (see `get`).
+        a dataset without masks is a DataError naming it and the split. With `without_subsets`,
+        the split of the dataset without its subset options (see `get`).
         """
         size = self.cfg["data"]["image_size"] if image_size is None else image_size
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise ConfigError(f"image size must be a positive integer, got {size!r}")
         size = int(size)
-        loaded = self.get(name, outside_protocol=outside_protocol).load(
+        loaded = self.get(name, without_subsets=without_subsets).load(
             task=self.cfg["task"], split=split, image_size=size, name=as_name
         )
         if not with_masks:
