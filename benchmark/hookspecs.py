@@ -18,8 +18,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def dermbench_method_defaults(profile: str, dataset: str) -> dict:
     """The method's settings for `profile` ("tiny" or "paper") on training dataset `dataset`, as
     a nested dict merged into the run config (an implementation may take `profile` alone: a
-    paper's protocol can differ per dataset, e.g. FairQuantize on Fitzpatrick17k and ISIC 2019). A method's own hyperparameters go under a key with its name, e.g.
-    {"fairquantize": {"beta": 1.0}}; it may also set shared sections such as "train"."""
+    paper's protocol can differ per dataset, e.g. FairQuantize on Fitzpatrick17k and ISIC 2019). A
+    method's own hyperparameters go under a key with its name, e.g. {"fairquantize": {"beta": 1.0}};
+    it may also set shared sections such as "train"."""
 
 
 @hookspec

@@ -104,7 +104,8 @@ def _refs(group: str, builtins: dict[str, str], local: tuple[str, ...]) -> dict[
             if ep.name in builtins:
                 raise DermbenchError(
                     f"the installed package {dist.name if dist else '?'} registers a {group} plugin named "
-                    f"{ep.name!r}, which is a built-in name; rename it (or set DERMBENCH_DISABLE_PLUGIN_AUTOLOAD=1)"
+                    f"{ep.name!r}, which is a built-in name; rename it (or set "
+                    "DERMBENCH_DISABLE_PLUGIN_AUTOLOAD=1)"
                 )
             refs[ep.name] = PluginRef(
                 ep.name, ep.value, "entry point", dist.name if dist else "?", dist.version if dist else "?"

@@ -18,8 +18,8 @@ subsets only; balancing validation and test too is our choice.
 
 Determinism: rows are ordered by sample id, then one numpy generator seeded by `fedd_seed` shuffles
 the malignant and the benign rows of A, then B, then C. The assignment depends on the ids, labels
-and tone groups only, never on file order. A tone with fewer than 61 images (20 + 40 + one remaining) is an error;
-rows without a tone3 group are `unused`.
+and tone groups only, never on file order. A tone with fewer than 61 images (20 + 40 + one
+remaining) is an error; rows without a tone3 group are `unused`.
 """
 
 from __future__ import annotations
@@ -100,10 +100,8 @@ def assign(sample_ids, tone3, labels, *, fraction: int, seed: int, dataset: str 
 
 def excluded_counts(splits: np.ndarray, fraction: int) -> dict[str, int]:
     n = int((splits == UNUSED).sum())
-    return (
-        {
-            f"FEDD protocol ({fraction} %): in the 20 % training pool but not this fraction's subset, or no tone3 group": n
-        }
-        if n
-        else {}
+    reason = (
+        f"FEDD protocol ({fraction} %): in the 20 % training pool but not this fraction's subset, "
+        "or no tone3 group"
     )
+    return {reason: n} if n else {}

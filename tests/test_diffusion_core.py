@@ -88,7 +88,8 @@ def requests(n: int, *, img2img: bool = False, seed0: int = 100) -> pd.DataFrame
             "fst": [5 if img2img else "" for _ in range(n)],
             "tone3": [tones[i % 3] for i in range(n)],
             "prompt": [
-                f"{('benign', 'malignant')[i % 2]} skin disease on {('lighter', 'brown', 'darker')[i % 3]} skin tone"
+                f"{('benign', 'malignant')[i % 2]} skin disease on {('lighter', 'brown', 'darker')[i % 3]} "
+                "skin tone"
                 for i in range(n)
             ],
             "seed": [seed0 + i for i in range(n)],

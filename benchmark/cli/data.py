@@ -245,7 +245,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     case = [f"{listed} -> {actual}" for listed, actual in zip(fixed["_listed"], fixed["image"])]
     usable = records.loc[status.isin(USABLE_STATUS), "image"].tolist()
     console.print(
-        f"metadata rows: {len(records) + sum(dataset.problems.values()) + sum(dataset.policy_excluded.values())}, "
+        "metadata rows: "
+        f"{len(records) + sum(dataset.problems.values()) + sum(dataset.policy_excluded.values())}, "
         f"with an image file: {len(usable)}",
         highlight=False,
     )
@@ -314,7 +315,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     """Download Fitzpatrick17k's images from the URLs in its CSV; lists every failure."""
     if args.name != "fitz17k":
         raise DataError(
-            f"only fitz17k can be fetched (its CSV lists image URLs); get {args.name!r} from its official page "
+            f"only fitz17k can be fetched (its CSV lists image URLs); get {args.name!r} from its official "
+            "page "
             "as described in the Datasets section of README.md"
         )
 
@@ -326,7 +328,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     csv_path = folder / fitz17k.metadata
     if not csv_path.is_file():
         raise DataError(
-            f"{csv_path} not found: download fitzpatrick17k.csv from https://github.com/mattgroh/fitzpatrick17k "
+            f"{csv_path} not found: download fitzpatrick17k.csv from "
+            "https://github.com/mattgroh/fitzpatrick17k "
             f"into {folder} first"
         )
     result = fetch_fitz17k(
@@ -381,7 +384,8 @@ def cmd_split(args: argparse.Namespace) -> int:
             )
             return 0
         raise DataError(
-            f"{existing.csv} was made from different metadata (sha256 {existing.sha256[:12]}... != {sha[:12]}...); "
+            f"{existing.csv} was made from different metadata (sha256 {existing.sha256[:12]}... != "
+            f"{sha[:12]}...); "
             "pass --force to replace it"
         )
     assignment = rule.apply(records)

@@ -186,7 +186,8 @@ def _absent(source: str, why: str) -> DermbenchError:
     return DermbenchError(
         f"cannot load the diffusion model {source!r}: {why}. On a machine with network access run "
         f"`huggingface-cli download {source}` (then copy ~/.cache/huggingface or set HF_HOME), or set the "
-        "method's `model` setting to a local folder in the diffusers layout (unet/, vae/, text_encoder/, tokenizer/, "
+        "method's `model` setting to a local folder in the diffusers layout (unet/, vae/, text_encoder/, "
+        "tokenizer/, "
         "scheduler/); `--profile tiny` needs no checkpoint"
     )
 

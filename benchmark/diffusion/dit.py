@@ -507,8 +507,10 @@ def load_vae(source: str, *, revision: str | None = None) -> tuple[AutoencoderKL
             identity = f"hub:{source}@{revision or 'main'}"
     except (OSError, ValueError) as exc:
         raise DermbenchError(
-            f"cannot load the VAE {source!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
-            f"On a machine with network access run `huggingface-cli download {source}` (then copy the Hugging Face "
+            f"cannot load the VAE {source!r}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}. "
+            f"On a machine with network access run `huggingface-cli download {source}` (then copy the "
+            "Hugging Face "
             "cache), or set classndiff.vae to a local folder; `--profile tiny` needs no download"
         ) from exc
     vae.requires_grad_(False)

@@ -199,7 +199,8 @@ def load_pixel_model(source: str, *, revision: str | None = None) -> PixelModel:
 def _absent(source: str, why: str) -> DermbenchError:
     return DermbenchError(
         f"cannot load the pixel diffusion model {source!r}: {why}. On a machine with network access run "
-        f"`huggingface-cli download {source}`, or set fedd.model to a local folder holding a diffusers UNet2DModel "
+        f"`huggingface-cli download {source}`, or set fedd.model to a local folder holding a diffusers "
+        "UNet2DModel "
         "(docs/fedd.md); `--profile tiny` needs no checkpoint"
     )
 

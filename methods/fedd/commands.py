@@ -66,7 +66,8 @@ def markdown(
         f"# {title}",
         "",
         f"Backbone: {source.get('kind')} ({source.get('identity')}). Test set: {test_name}. "
-        "Accuracy at probability 0.5; AUC is ROC-AUC; per tone3 group on the test set. Best validation AUC in "
+        "Accuracy at probability 0.5; AUC is ROC-AUC; per tone3 group on the test set. Best validation "
+        "AUC in "
         "bold.",
         "",
         f"Command: `{command}`",
@@ -233,7 +234,8 @@ def chosen_test_set(args: argparse.Namespace, cfg: dict, datasets: DatasetPool):
     chosen = [t for t in protocol if args.test_set in (None, t.name)]
     if not chosen:
         raise ConfigError(
-            f"--test-set {args.test_set!r} is not a test set of this run ({', '.join(t.name for t in protocol)})"
+            f"--test-set {args.test_set!r} is not a test set of this run "
+            f"({', '.join(t.name for t in protocol)})"
         )
     return chosen[0]
 
@@ -502,7 +504,8 @@ def cmd_convert_adm(args: argparse.Namespace) -> int:
     )
     info = adm.convert_checkpoint(Path(args.checkpoint), out, config, state=state)
     print(
-        f"converted {args.checkpoint} ({info['parameters'] / 1e6:.1f} M parameters, {info['tensors']} tensors, "
+        f"converted {args.checkpoint} ({info['parameters'] / 1e6:.1f} M parameters, {info['tensors']} "
+        "tensors, "
         f"{info['decoder_blocks']} decoder blocks) to {out}"
     )
     if out.resolve() == adm.default_folder().resolve():
@@ -565,7 +568,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--check",
         action="store_true",
-        help="write nothing; exit 1 when a committed curve table differs from the records (plots not compared)",
+        help="write nothing; exit 1 when a committed curve table differs from the records (plots not "
+        "compared)",
     )
     c.set_defaults(func=cmd_curve)
     a = sub.add_parser(

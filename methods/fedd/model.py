@@ -76,8 +76,10 @@ def check_settings(settings: dict, *, need_backbone: bool = True) -> dict[str, A
     s = {**TINY, **settings}
     if s["model"] is None:
         raise ConfigError(
-            f"{name}.model is not set: give a local folder or hub id of an unconditional pixel-space diffusers "
-            "UNet2DModel (the paper uses the ImageNet-256 unconditional ADM model; docs/fedd.md says how to provide "
+            f"{name}.model is not set: give a local folder or hub id of an unconditional pixel-space "
+            "diffusers "
+            "UNet2DModel (the paper uses the ImageNet-256 unconditional ADM model; docs/fedd.md says how "
+            "to provide "
             f"it), or use {name}.model=tiny"
         )
     if need_backbone:
@@ -183,7 +185,8 @@ def paper_backbone(model: Any) -> str | None:
     folder = adm.default_folder()
     if not (folder / "unet" / "config.json").is_file():
         raise ConfigError(
-            f"{name}.model={PAPER_MODEL}: FEDD's paper backbone (guided-diffusion's ImageNet 256x256 unconditional "
+            f"{name}.model={PAPER_MODEL}: FEDD's paper backbone (guided-diffusion's ImageNet 256x256 "
+            "unconditional "
             f"ADM) is not in {folder}. Download and convert it (about 2.1 GB):\n  "
             + adm.fetch_commands(folder).replace("\n", "\n  ")
             + f"\nor set {name}.model to another converted folder, or use --profile tiny (no checkpoint)"

@@ -74,7 +74,7 @@ REFERENCES: tuple[str, ...] = (
   title = {{FEDD} -- Fair, Efficient, and Diverse Diffusion-based Lesion Segmentation and Malignancy Classification},
   booktitle = {Medical Image Computing and Computer Assisted Intervention -- MICCAI 2023},
   year = {2023},
-}""",
+}""",  # noqa: E501 (a BibTeX title stays on one line)
     # the frozen diffusion backbone (ADM) and the feature method FEDD builds on
     r"""@inproceedings{dhariwal2021diffusion,
   author = {Dhariwal, P. and Nichol, A.},
@@ -135,7 +135,8 @@ def fit(ctx, model, train: Split, val: Split) -> FeddModel:
         train_x, train.labels, val_x, val.labels, settings=settings, seed=seed_for(ctx.seed, f"{name}-probe")
     )
     ctx.say(
-        f"{name}: probe on decoder block {block} ({layers[block][0]}) at t={extractor.t}: best validation loss "
+        f"{name}: probe on decoder block {block} ({layers[block][0]}) at t={extractor.t}: best validation "
+        "loss "
         f"{summary['best_val_loss']:.4f} at epoch {summary['best_epoch']} of {summary['epochs_run']}"
     )
     fitted = FeddModel(probe, extractor)

@@ -37,13 +37,14 @@ torchvision's weights, read from the local cache) with every pretrained weight f
 classifier up to its 4096-d layer (with its two dropouts of 0.5: `model.drop_rate: 0.5`), under a
 new trainable head Linear(4096 -> 256) -> ReLU -> Dropout(0.4) -> Linear(256 -> classes). The
 authors end the head with LogSoftmax and NLL loss; here the head gives logits to the cross-entropy
-loss, the same objective. The tiny profile trains the whole shared backbone (ERM's fit). Tiny profile: the shipped pretrained tiny base
-(`dermbench.diffusion.base`), a few hundred steps, `max_sources` source images drawn at random, 2 outputs each,
-translated at strength 0.9 with guidance 7.5 where the paper uses 0.5 and 2.0 (the paper profile keeps those). At
-the paper's values the tiny base kept the source's skin: ITA found 23 % of the translations in FST V-VI, below the
-fidelity floor, and still 21 % at strength 0.75 and 45 % at 0.75 with guidance 7.5; at 0.9 with 7.5, 87 % (seed 0;
-leaderboards/notes/synthderm-malignant.md). The authors' own notebook notes that strength 0.75 or more is needed
-to change skin colour visibly.
+loss, the same objective. The tiny profile trains the whole shared backbone (ERM's fit). Tiny
+profile: the shipped pretrained tiny base (`dermbench.diffusion.base`), a few hundred steps,
+`max_sources` source images drawn at random, 2 outputs each, translated at strength 0.9 with
+guidance 7.5 where the paper uses 0.5 and 2.0 (the paper profile keeps those). At the paper's values
+the tiny base kept the source's skin: ITA found 23 % of the translations in FST V-VI, below the
+fidelity floor, and still 21 % at strength 0.75 and 45 % at 0.75 with guidance 7.5; at 0.9 with 7.5,
+87 % (seed 0; leaderboards/notes/synthderm-malignant.md). The authors' own notebook notes that
+strength 0.75 or more is needed to change skin colour visibly.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ REFERENCES: tuple[str, ...] = (
   title = {From Majority to Minority: A Diffusion-based Augmentation for Underrepresented Groups in Skin Lesion Analysis},
   booktitle = {ISIC Workshop at MICCAI 2024},
   year = {2024},
-}""",
+}""",  # noqa: E501 (a BibTeX title stays on one line)
 )
 
 SKIN_WORDS = {1: "a very light-skinned", 2: "a light-skinned", 5: "a dark-skinned", 6: "a very dark-skinned"}
