@@ -25,8 +25,8 @@ from dermbench.datasets.synthderm import SPLITS, SynthDerm
 from dermbench.datasets.synthderm_render import generate, render
 from dermbench.errors import ConfigError
 from dermbench.methods.dermdiff import TONE_WORDS, balanced_requests
-from dermbench.methods.majority2minority import SKIN_WORDS, concepts, sources, translation_requests
-from dermbench.methods.majority2minority import TINY as M2M_TINY
+from dermbench.methods.majority2minority.plugin import SKIN_WORDS, concepts, sources, translation_requests
+from dermbench.methods.majority2minority.plugin import TINY as M2M_TINY
 from dermbench.runner import resolve_config
 from dermbench.seeds import split_seed
 from dermbench.tone.ita import fst_from_ita
