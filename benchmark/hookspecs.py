@@ -74,6 +74,6 @@ def dermbench_add_commands(subparsers) -> None:
 
     The CLI asks for plugin commands only when the command word is not a built-in command: first
     the method named like the word (so `dermbench fedd ...` imports FEDD alone), then, when that
-    one adds no such command, every other installed method. A name already taken is an argparse
-    error; a method that cannot be imported adds nothing. `dermbench --help` imports no plugin, so
-    it lists plugin commands in one generic line."""
+    one adds no such command, every other installed method. A command named like a built-in one is
+    never reached (the built-in answers first); a method that cannot be imported adds nothing.
+    `dermbench --help` imports no plugin, so it names plugin commands in one generic line."""
