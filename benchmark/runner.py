@@ -164,7 +164,7 @@ def data_sizes(cfg: dict, local: tuple[str, ...] = ()) -> dict[str, dict[str, in
     refs = dataset_refs(local)
     try:
         cls = load_target(refs[cfg["dataset"]].target)
-        default = list(cls.protocol) or [TestSet(cfg["dataset"], cfg["dataset"], "test")]
+        default = list(cls.test_sets) or [TestSet(cfg["dataset"], cfg["dataset"], "test")]
     except (DermbenchError, KeyError) as exc:
         return {cfg["dataset"]: f"unknown ({exc})"}
     chosen = cfg["data"]["test_sets"]
@@ -224,7 +224,7 @@ def dry_run(cfg: dict, local: tuple[str, ...] = ()) -> dict:
 
 
 def test_sets(cfg: dict, train_dataset) -> list[TestSet]:
-    default = list(train_dataset.protocol) or [TestSet(train_dataset.name, train_dataset.name, "test")]
+    default = list(train_dataset.test_sets) or [TestSet(train_dataset.name, train_dataset.name, "test")]
     chosen = cfg["data"]["test_sets"]
     if chosen is None:
         return default

@@ -10,7 +10,7 @@ boundary of tone2, so those samples have no tone2 group: counted in attrs["exclu
 under a "tone2:" reason, never guessed. Every row is a test sample.
 
 Option `fedd_fraction` (5, 10, 15 or 20; with `fedd_seed`) turns DDI into a training dataset for
-FEDD's data-efficiency protocol (datasets/fedd_protocol.py): tone-balanced nested training subsets
+FEDD's data-efficiency protocol (datasets/fedd_data_efficiency.py): tone-balanced nested training subsets
 of 10/20/30/40 images per tone, validation and test of 10 per tone, and the remaining images as
 the test set `ddi-rest`; the protocol's test sets are then `ddi` (30 images) and `ddi-rest`.
 
@@ -34,7 +34,7 @@ from PIL import Image
 from dermbench.data.metadata import read_csv
 from dermbench.data.model import Split, TestSet, content_digest
 from dermbench.data.tables import MALIGNANT_CLASSES, TableDataset, parse_bool, parse_int, require_unique
-from dermbench.datasets import fedd_protocol
+from dermbench.datasets import fedd_data_efficiency
 from dermbench.errors import DataError
 
 COLUMNS = ("DDI_ID", "DDI_file", "skin_tone", "malignant", "disease")
@@ -66,17 +66,20 @@ class DDI(TableDataset):
     metadata = "ddi_metadata.csv"
     aliases = ("ddidiversedermatologyimages", "DDI")
     layout = "ddi_metadata.csv with the images 000001.png, ... beside it"
-    option_defaults: ClassVar[dict] = {**fedd_protocol.OPTIONS, "masks_dir": None}
-    subset_options = tuple(fedd_protocol.OPTIONS)
+    option_defaults: ClassVar[dict] = {**fedd_data_efficiency.OPTIONS, "masks_dir": None}
+    subset_options = tuple(fedd_data_efficiency.OPTIONS)
 
     def __init__(self, root=None, **options: Any) -> None:
         super().__init__(root, **options)
         #: (fraction, seed) of FEDD's data-efficiency protocol, or None
-        self.fedd_setting = fedd_protocol.check_options(
+        self.fedd_setting = fedd_data_efficiency.check_options(
             self.name, self.options["fedd_fraction"], self.options["fedd_seed"]
         )
         if self.fedd_setting is not None:
-            self.protocol = (TestSet("ddi", "ddi", "test"), TestSet("ddi-rest", "ddi", fedd_protocol.REST))
+            self.test_sets = (
+                TestSet("ddi", "ddi", "test"),
+                TestSet("ddi-rest", "ddi", fedd_data_efficiency.REST),
+            )
 
     def load(self, *, task: str, split: str, image_size: int, name: str | None = None) -> Split:
         out = super().load(task=task, split=split, image_size=image_size, name=name)
@@ -94,6 +97,7 @@ class DDI(TableDataset):
             return base
         content = {k: v for k, v in base.items() if k != "digest"}
         if self.fedd_setting is not None:
+            # the key predates the module's name (fedd_data_efficiency); renaming it would change run ids
             content["fedd_protocol"] = {"fraction": self.fedd_setting[0], "seed": self.fedd_setting[1]}
         if self.options["masks_dir"] is not None:
             folder = Path(self.options["masks_dir"]).expanduser()
@@ -147,7 +151,7 @@ class DDI(TableDataset):
         records = records[check.keep].reset_index(drop=True)
         if self.fedd_setting is not None:
             fraction, seed = self.fedd_setting
-            split = fedd_protocol.assign(
+            split = fedd_data_efficiency.assign(
                 records["sample_id"],
                 records["tone3"],
                 records["malignant"],
@@ -156,7 +160,7 @@ class DDI(TableDataset):
                 dataset=self.name,
             )
             records["split"] = split
-            self.policy_excluded.update(fedd_protocol.excluded_counts(split, fraction))
+            self.policy_excluded.update(fedd_data_efficiency.excluded_counts(split, fraction))
         return records
 
     def encode(self, records: pd.DataFrame, task: str) -> tuple[np.ndarray, tuple[str, ...]]:

@@ -165,7 +165,7 @@ class Fitz17k(TableDataset):
         "m2m": m2m_rule("i", 0),
     }
     default_split_rule = "standard"
-    protocol = (
+    test_sets = (
         TestSet("fitz17k", "fitz17k", "test"),
         TestSet("ddi", "ddi", "test"),
         TestSet("derm7pt-derm", "derm7pt-derm", "test"),

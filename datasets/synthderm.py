@@ -14,7 +14,7 @@ train, val and test generations into one pool for the majority-to-minority paper
 scenario reassigns the pool's rows to train / val / test; test_ddi and test_dermoscopic stay.
 
 Option `fedd_fraction` (5, 10, 15 or 20; with `fedd_seed`) runs FEDD's DDI data-efficiency
-protocol on the DDI-like set (datasets/fedd_protocol.py): the test_ddi rows become train (10/20/30/40
+protocol on the DDI-like set (datasets/fedd_data_efficiency.py): the test_ddi rows become train (10/20/30/40
 per tone3 group, nested), val and test (10 per group) and test_rest (the remaining images); the
 clinical-mix train / val / test generations are left out and counted; test_dermoscopic stays. The
 protocol needs at least 61 test_ddi images per tone group (n_test_ddi >= 366 with the balanced mix).
@@ -30,7 +30,7 @@ import pandas as pd
 
 from dermbench.data.model import KNOWN_OPTIONS, Dataset, Split, TestSet, content_digest, select_options
 from dermbench.data.tables import ON_ERROR, check_choice
-from dermbench.datasets import fedd_protocol, m2m
+from dermbench.datasets import fedd_data_efficiency, m2m
 from dermbench.datasets.ddi import DDI
 from dermbench.datasets.fitz17k import Fitz17k
 from dermbench.datasets.synthderm_params import (
@@ -88,10 +88,10 @@ DEFAULT_OPTIONS = {
     "m2m_scenario": None,
     "m2m_subset": None,
     "m2m_flex": None,
-    **fedd_protocol.OPTIONS,
+    **fedd_data_efficiency.OPTIONS,
 }
 #: options of FEDD's data-efficiency protocol on the DDI-like set; unset they are no part of the data
-FEDD_OPTIONS = tuple(fedd_protocol.OPTIONS)
+FEDD_OPTIONS = tuple(fedd_data_efficiency.OPTIONS)
 FEDD_UNUSED = "FEDD protocol: the clinical-mix train/val/test generations (the protocol uses test_ddi)"
 #: options of the majority-to-minority scenarios; unset (None) they are no part of the data
 M2M_OPTIONS = ("m2m_scenario", "m2m_subset", "m2m_flex")
@@ -139,7 +139,7 @@ class SynthDerm(Dataset):
     )
     tasks = ("malignant",)
     requires_root = False
-    protocol = (
+    test_sets = (
         TestSet("synthderm", "synthderm", "test"),
         TestSet("synthderm-ddi", "synthderm", "test_ddi"),
         TestSet("synthderm-dermoscopic", "synthderm", "test_dermoscopic"),
@@ -156,7 +156,7 @@ class SynthDerm(Dataset):
         #: (scenario, subset, per class) of the majority-to-minority scenario, or None
         self.m2m_setting = _m2m_settings(merged)
         #: (fraction, seed) of FEDD's data-efficiency protocol on the DDI-like set, or None
-        self.fedd_setting = fedd_protocol.check_options(
+        self.fedd_setting = fedd_data_efficiency.check_options(
             self.name, merged["fedd_fraction"], merged["fedd_seed"]
         )
         if self.fedd_setting is not None and self.m2m_setting is not None:
@@ -164,9 +164,9 @@ class SynthDerm(Dataset):
         if self.fedd_setting is None:
             merged["fedd_seed"] = None  # no part of the data without a fraction
         else:
-            self.protocol = (
+            self.test_sets = (
                 TestSet("synthderm-ddi", "synthderm", "test"),
-                TestSet("synthderm-ddi-rest", "synthderm", fedd_protocol.REST),
+                TestSet("synthderm-ddi-rest", "synthderm", fedd_data_efficiency.REST),
                 TestSet("synthderm-dermoscopic", "synthderm", "test_dermoscopic"),
             )
         super().__init__(root=root, **merged)
@@ -351,22 +351,25 @@ def _m2m_table(table: pd.DataFrame, scenario: str, subset: int, per_class: int) 
 
 
 def _fedd_table(table: pd.DataFrame, fraction: int, seed: int) -> pd.DataFrame:
-    """`table` with the test_ddi rows assigned by FEDD's protocol (datasets/fedd_protocol.py); the
+    """`table` with the test_ddi rows assigned by FEDD's protocol (datasets/fedd_data_efficiency.py); the
     clinical-mix train/val/test rows and the protocol's unused rows are left out and counted."""
     ddi = (table["split"] == "test_ddi").to_numpy()
     fst = table["fst"].to_numpy(dtype=float)
     tone3 = np.where(fst <= 2, "A", np.where(fst <= 4, "B", "C")).astype(object)
     rows = table[ddi]
-    assigned = fedd_protocol.assign(
+    assigned = fedd_data_efficiency.assign(
         rows["sample_id"], tone3[ddi], rows["label"], fraction=fraction, seed=seed, dataset="synthderm"
     )
     split = table["split"].to_numpy(dtype=object).copy()
     split[ddi] = assigned
     standard = np.isin(split, ("train", "val", "test")) & ~ddi
     out = table.assign(split=split)
-    keep = ~standard & (split != fedd_protocol.UNUSED)
+    keep = ~standard & (split != fedd_data_efficiency.UNUSED)
     out = out[keep].reset_index(drop=True)
     out.attrs = {
-        "excluded": {FEDD_UNUSED: int(standard.sum()), **fedd_protocol.excluded_counts(assigned, fraction)}
+        "excluded": {
+            FEDD_UNUSED: int(standard.sum()),
+            **fedd_data_efficiency.excluded_counts(assigned, fraction),
+        }
     }
     return out

@@ -108,8 +108,8 @@ def test_unknown_task_is_refused(make_fitz17k):
         Fitz17k(make_fitz17k().root).table("condition10")
 
 
-def test_protocol_lists_fitz17k_test_and_the_external_sets():
-    assert [(t.name, t.dataset, t.split) for t in Fitz17k.protocol] == [
+def test_the_test_sets_are_fitz17k_test_and_the_external_sets():
+    assert [(t.name, t.dataset, t.split) for t in Fitz17k.test_sets] == [
         (name, name, "test")
         for name in (
             "fitz17k",

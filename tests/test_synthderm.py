@@ -261,7 +261,7 @@ def test_dataset_table_columns_and_splits(small):
     assert set(table.loc[table.split == "test_dermoscopic", "domain"]) == {"dermoscopic"}
     assert set(table.loc[table.split != "test_dermoscopic", "domain"]) == {"clinical"}
     assert small.classes("malignant") == ("benign", "malignant")
-    assert [t.split for t in small.protocol] == ["test", "test_ddi", "test_dermoscopic"]
+    assert [t.split for t in small.test_sets] == ["test", "test_ddi", "test_dermoscopic"]
     assert sd.SynthDerm.requires_root is False and sd.SynthDerm.name == "synthderm"
 
 

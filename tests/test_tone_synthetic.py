@@ -204,7 +204,8 @@ def test_a_missing_folder_and_a_set_given_twice_are_refused(tmp_path, capsys):
 # Recipes
 # ---------------------------------------------------------------------------------------
 def train_args(*extra: str):
-    return build_parser().parse_args(["tone", "train", "--device", "cpu", *extra])
+    argv = ["tone", "train", "--device", "cpu", *extra]
+    return build_parser(argv).parse_args(argv)
 
 
 def test_dermdiff_recipe_resolves_to_the_paper_settings():

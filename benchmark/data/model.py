@@ -198,7 +198,7 @@ class Dataset(ABC):
     tasks: ClassVar[tuple[str, ...]] = ("malignant",)
     requires_root: ClassVar[bool] = True
     #: test sets evaluated when a run trains on this dataset
-    protocol: ClassVar[tuple[TestSet, ...]] = ()
+    test_sets: ClassVar[tuple[TestSet, ...]] = ()
     #: options that carve an experiment's subsets out of the dataset (FEDD's data fraction, a
     #: majority-to-minority scenario); a model pretrained without them, such as FEDD's tiny
     #: stand-in backbone, loads the dataset without them

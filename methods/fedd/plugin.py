@@ -28,7 +28,7 @@ What it does here (docs/fedd.md).
 
 Binary tasks only (the paper's malignancy task); others are a ConfigError. No fairness loss: the
 paper's fairness comes from tone-balanced training subsets, the DDI data-efficiency protocol
-(`data.options.fedd_fraction` on `ddi` and on `synthderm`, see datasets/fedd_protocol.py).
+(`data.options.fedd_fraction` on `ddi` and on `synthderm`, see datasets/fedd_data_efficiency.py).
 
 Block and t: the paper picks one pair per data fraction from a sweep (blocks 4 / 6 / 12 / 14 at
 5 / 10 / 15 / 20 % DDI; small t, exact values only in its Fig. 6). `block: auto` (paper profile)

@@ -202,7 +202,7 @@ def segmentation(ctx, settings: dict, model: PixelModel, size: int, probe_seed: 
         "test_sets": {},
     }
     rows = []
-    for test in ctx.datasets.get(dataset).protocol or ():
+    for test in ctx.datasets.get(dataset).test_sets or ():
         if test.dataset != dataset:
             continue
         split = ctx.load_split(dataset, test.split, image_size=size, with_masks=True)

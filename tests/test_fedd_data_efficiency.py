@@ -1,4 +1,4 @@
-"""FEDD's DDI data-efficiency protocol (datasets/fedd_protocol.py) on DDI and on SynthDerm's DDI-like
+"""FEDD's DDI data-efficiency protocol (datasets/fedd_data_efficiency.py) on DDI and on SynthDerm's DDI-like
 set: nested tone-balanced training subsets, validation and test disjoint from them and fixed across
 fractions, the "all remaining images" set, determinism, errors, and a run on the protocol."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dermbench.datasets import fedd_protocol
+from dermbench.datasets import fedd_data_efficiency
 from dermbench.datasets.ddi import DDI
 from dermbench.datasets.synthderm import SynthDerm
 from dermbench.errors import ConfigError, DataError
@@ -30,7 +30,7 @@ def ddi_like(n_per_tone: int = 120, malignant_rate: float = 0.26, seed: int = 0)
 
 
 def splits_for(frame: pd.DataFrame, fraction: int, seed: int = 0) -> pd.Series:
-    out = fedd_protocol.assign(
+    out = fedd_data_efficiency.assign(
         frame["sample_id"], frame["tone3"], frame["label"], fraction=fraction, seed=seed
     )
     return pd.Series(out, index=frame["sample_id"].to_numpy())
@@ -45,7 +45,7 @@ def check_protocol(frame: pd.DataFrame, assigned: dict[int, pd.Series]) -> None:
     }
     for f in FRACTIONS:
         m = members[f]
-        per_tone = fedd_protocol.FRACTIONS[f]
+        per_tone = fedd_data_efficiency.FRACTIONS[f]
         # sizes and balance per tone: 10/20/30/40 training images, 10 validation, 10 test, half malignant
         for part, size in (("train", per_tone), ("val", 10), ("test", 10)):
             for t in "ABC":
@@ -62,7 +62,7 @@ def check_protocol(frame: pd.DataFrame, assigned: dict[int, pd.Series]) -> None:
         for part in ("val", "test", "test_rest"):
             assert members[small][part] == members[large][part]
     assert len(members[20]["test_rest"]) == len(frame) - 120 - 60
-    unused = set(assigned[5].index[assigned[5] == fedd_protocol.UNUSED])
+    unused = set(assigned[5].index[assigned[5] == fedd_data_efficiency.UNUSED])
     assert unused == members[20]["train"] - members[5]["train"]
 
 
@@ -96,9 +96,9 @@ def test_a_tone_with_few_malignant_images_fills_with_benign_ones():
 
 def test_errors_name_the_option_or_the_tone():
     with pytest.raises(ConfigError, match="fedd_fraction=25"):
-        fedd_protocol.check_options("ddi", 25, 0)
+        fedd_data_efficiency.check_options("ddi", 25, 0)
     with pytest.raises(ConfigError, match="fedd_seed"):
-        fedd_protocol.check_options("ddi", 5, -1)
+        fedd_data_efficiency.check_options("ddi", 5, -1)
     small = ddi_like(n_per_tone=60)
     with pytest.raises(DataError, match="at least 61 images of tone group A"):
         splits_for(small, 5)
@@ -110,7 +110,9 @@ def test_ddi_option_makes_train_val_test_and_rest(make_ddi):
     for f, table in tables.items():
         counts = table["split"].value_counts().to_dict()
         assert (
-            counts["train"] == 3 * fedd_protocol.FRACTIONS[f] and counts["val"] == 30 and counts["test"] == 30
+            counts["train"] == 3 * fedd_data_efficiency.FRACTIONS[f]
+            and counts["val"] == 30
+            and counts["test"] == 30
         )
         assert counts["test_rest"] == 240 - 120 - 60
     assigned = {f: t.set_index("sample_id")["split"] for f, t in tables.items()}
@@ -122,8 +124,8 @@ def test_ddi_option_makes_train_val_test_and_rest(make_ddi):
         )
     assert len(frame) == 240
     ddi = DDI(tree.root, fedd_fraction=10)
-    assert [t.name for t in ddi.protocol] == ["ddi", "ddi-rest"]
-    assert DDI(tree.root).protocol == () and set(DDI(tree.root).table("malignant")["split"]) == {"test"}
+    assert [t.name for t in ddi.test_sets] == ["ddi", "ddi-rest"]
+    assert DDI(tree.root).test_sets == () and set(DDI(tree.root).table("malignant")["split"]) == {"test"}
     assert ddi.fingerprint()["digest"] != DDI(tree.root).fingerprint()["digest"]
     assert ddi.fingerprint()["digest"] != DDI(tree.root, fedd_fraction=15).fingerprint()["digest"]
 
@@ -163,7 +165,7 @@ def test_synthderm_ddi_like_set_follows_the_protocol():
     assigned = {f: splits_for(ddi, f) for f in FRACTIONS}
     for f in FRACTIONS:
         table = tables[f].set_index("sample_id")["split"]
-        expected = assigned[f][assigned[f] != fedd_protocol.UNUSED]
+        expected = assigned[f][assigned[f] != fedd_data_efficiency.UNUSED]
         assert (
             table.reindex(expected.index).equals(expected.rename(None))
             or (table.reindex(expected.index).to_numpy() == expected.to_numpy()).all()
@@ -174,7 +176,7 @@ def test_synthderm_ddi_like_set_follows_the_protocol():
         "fedd_seed" not in plain.fingerprint()["options"]
         and "fedd_fraction" not in plain.fingerprint()["options"]
     )
-    assert [t.name for t in SynthDerm(fedd_fraction=5, **OPTIONS).protocol] == [
+    assert [t.name for t in SynthDerm(fedd_fraction=5, **OPTIONS).test_sets] == [
         "synthderm-ddi",
         "synthderm-ddi-rest",
         "synthderm-dermoscopic",
