@@ -69,7 +69,6 @@ from dermbench.runner import (
     load_test_sets,
     record_head,
     score_test_sets,
-    test_sets,
 )
 from dermbench.train.external import ModelSpec, load_model, load_state_strict, predict_images, resolve_spec
 from dermbench.train.models import create_backbone
@@ -281,11 +280,10 @@ def evaluate_external(
             f"evaluating external model [bold]{source.name}[/] ({source.kind}) as run [bold]{run_id}[/]: dataset "
             f"{cfg['dataset']}, task {cfg['task']}, profile {cfg['profile']}"
         )
-        train_dataset = datasets.get(cfg["dataset"])
-        tests, skipped = load_test_sets(cfg, datasets, train_dataset, ctx)
+        tests, skipped = load_test_sets(cfg, datasets.test_sets, datasets, ctx)
         scorer = _Scorer(source, datasets, device, console)
         threshold, rule = _threshold(cfg, source, scorer, datasets, ctx)
-        tests_by_name = {t.name: t for t in test_sets(cfg, train_dataset)}
+        tests_by_name = {t.name: t for t in datasets.test_sets}
         by_set = scorer.table is not None and "test_set" in scorer.table.columns
         if scorer.table is not None and not by_set and len(tests) > 1:
             raise ConfigError(
@@ -543,8 +541,7 @@ def counterfactual_for_run(
         log=None,
         datasets=datasets,
     )
-    train_dataset = datasets.get(cfg["dataset"])
-    tests_by_name = {t.name: t for t in test_sets(cfg, train_dataset)}
+    tests_by_name = {t.name: t for t in datasets.test_sets}
     chosen = {
         **cfg,
         "data": {
@@ -561,7 +558,7 @@ def counterfactual_for_run(
             f"{run_dir}: the counterfactual test renders SynthDerm lesions on other skin tones; this run "
             f"has no SynthDerm test set (test sets: {', '.join(record.eval)})"
         )
-    tests, _ = load_test_sets(chosen, datasets, train_dataset, ctx)
+    tests, _ = load_test_sets(chosen, [tests_by_name[n] for n in chosen["data"]["test_sets"]], datasets, ctx)
     external = cfg.get("external")
     if isinstance(external, dict):
         predict, size, described = _external_predictor(
@@ -601,7 +598,7 @@ def counterfactual_of_method(done: BeforeDone) -> Path:
     predictions just recorded; counterfactual.json is then sealed by the `done` marker. A run without
     a SynthDerm test set is an error naming its test sets."""
     run, cfg, ctx = done.run, done.cfg, done.ctx
-    tests_by_name = {t.name: t for t in test_sets(cfg, done.train_dataset)}
+    tests_by_name = {t.name: t for t in done.datasets.test_sets}
     record = read_record(run.path / METRICS_FILE)  # just written; no `done` yet, so nothing to verify
     data = counterfactual_data(
         cfg,

@@ -13,7 +13,7 @@ from dermbench.errors import DermbenchError
 from dermbench.plugins import make_manager
 from dermbench.results.bibtex import BibtexError
 from dermbench.results.citations import method_references
-from dermbench.runner import resolve_config, run_experiment
+from dermbench.runner import prepare_run, run_experiment
 
 #: a run small enough for a unit test: SynthDerm at 16 px, a few hundred images, one epoch
 TINY_SETTINGS = [
@@ -42,12 +42,12 @@ def check_method(method: str, *, out: Path, plugins: tuple[str, ...] = (), sets:
                 raise DermbenchError(
                     f"{method}: dermbench_method_defaults({profile!r}) returned {type(defaults).__name__}, not a dict"
                 )
-    cfg = resolve_config(
+    cfg, run_plugins = prepare_run(
         sets=[*TINY_SETTINGS, *sets],
         flags={"method": method, "device": "cpu", "out": str(out)},
         local=plugins,
     )
-    result = run_experiment(cfg, local=plugins, console=Console(quiet=True))
+    result = run_experiment(cfg, plugins=run_plugins, local=plugins, console=Console(quiet=True))
     metrics = result.metrics
     if not result.run_dir.done:
         raise DermbenchError(f"{method}: the run finished without its done marker")

@@ -39,7 +39,7 @@ from dermbench.evaluation.thresholds import parse_rule
 from dermbench.evaluation.tone_sources import PROPAGATION_SCHEMES, measured_confusion
 from dermbench.files import write_json, write_text
 from dermbench.hookchecks import check_model, check_predict_before_fit, hooks_answered, predict_checked
-from dermbench.plugins import PluginError, dataset_refs, load_target, make_manager
+from dermbench.plugins import LoadedPlugin, Manager, PluginError, dataset_refs, load_target, make_manager
 from dermbench.results.citations import model_backbones, run_references
 from dermbench.results.record_schema import RecordError
 from dermbench.results.records import CHECKPOINTS, RunDir, environment
@@ -67,36 +67,43 @@ class BeforeDone:
     run: RunDir
     cfg: dict
     datasets: DatasetPool
-    train_dataset: Any
     tests: dict[str, Split]
     pm: Any
     ctx: RunContext
     model: Any
 
 
-def method_defaults_from_plugins(local: tuple[str, ...]):
-    """The callback config.resolve uses to ask the selected methods for their defaults."""
+#: a run's plugin manager and the plugins it loaded (`plugins.make_manager`): made once per run
+Plugins = tuple[Manager, list[LoadedPlugin]]
 
-    def defaults(method: str, profile: str, dataset: str) -> list[tuple[str, dict]]:
-        pm, _ = make_manager(method, local)
-        impls = pm.hook.dermbench_method_defaults.get_hookimpls()  # registration order: ERM first
-        given = {"profile": profile, "dataset": dataset}
-        return [
-            (impl.plugin_name, d)
-            for impl in impls
-            if (d := impl.function(**{a: given[a] for a in impl.argnames}))
-        ]
 
-    return defaults
+def method_defaults(pm: Manager, profile: str, dataset: str) -> list[tuple[str, dict]]:
+    """The selected methods' `dermbench_method_defaults`, as (plugin name, dict) in registration
+    order (ERM first): what config.resolve merges under the user's settings."""
+    given = {"profile": profile, "dataset": dataset}
+    return [
+        (impl.plugin_name, d)
+        for impl in pm.hook.dermbench_method_defaults.get_hookimpls()
+        if (d := impl.function(**{a: given[a] for a in impl.argnames}))
+    ]
+
+
+def prepare_run(*, file=None, sets=(), flags=None, local: tuple[str, ...] = ()) -> tuple[dict, Plugins]:
+    """The resolved config and the run's plugin manager: the plugins are discovered once, here,
+    and the same manager answers the methods' defaults, the checks and the run's hooks."""
+    head = configuration.requested(file=file, sets=sets, flags=flags)
+    plugins = make_manager(head["method"], local)
+    defaults = method_defaults(plugins[0], head["profile"], head["dataset"])
+    return configuration.resolve(file=file, sets=sets, flags=flags, method_defaults=defaults), plugins
 
 
 def resolve_config(*, file=None, sets=(), flags=None, local: tuple[str, ...] = ()) -> dict:
-    return configuration.resolve(
-        file=file, sets=list(sets), flags=flags, method_defaults=method_defaults_from_plugins(local)
-    )
+    """The resolved config alone, for what does not run it (citations, sweeps' planning, the tone
+    detector's recipe)."""
+    return prepare_run(file=file, sets=sets, flags=flags, local=local)[0]
 
 
-def check_run(cfg: dict, local: tuple[str, ...] = (), *, fetch: bool = True) -> list[dict]:
+def check_run(cfg: dict, pm: Manager, *, fetch: bool = True) -> list[dict]:
     """Every check that needs no data, before any data loads or anything trains: the threshold rule,
     each selected method's own settings and prerequisites (its `dermbench_check_settings` hook:
     generation counts, strengths, timesteps, blocks, diffusion models present or fetchable) and the
@@ -106,7 +113,6 @@ def check_run(cfg: dict, local: tuple[str, ...] = (), *, fetch: bool = True) -> 
     `--dry-run`; `fetch` False (the dry run) looks at local files only and reports an absent
     prerequisite (`"missing": True`) instead of stopping; a bad setting stops it all the same."""
     parse_rule(cfg["eval"]["threshold"])
-    pm, _ = make_manager(cfg["method"], local)
     given = {"config": cfg, "fetch": fetch}
     found: list[dict] = []
     for impl in pm.hook.dermbench_check_settings.get_hookimpls():  # registration order: ERM first
@@ -199,7 +205,7 @@ def data_sizes(cfg: dict, local: tuple[str, ...] = ()) -> dict[str, dict[str, in
     return out
 
 
-def dry_run(cfg: dict, local: tuple[str, ...] = ()) -> dict:
+def dry_run(cfg: dict, pm: Manager, local: tuple[str, ...] = ()) -> dict:
     """What `dermbench run --dry-run` shows, computed without reading images or weights or training:
     every check of a run (`check_run`, local files only), the models built on the meta device with
     their parameter counts and weight sources (`dermbench.diffusion.architectures`), and the data
@@ -207,7 +213,7 @@ def dry_run(cfg: dict, local: tuple[str, ...] = ()) -> dict:
     from dermbench.diffusion.architectures import run_models  # noqa: PLC0415 (diffusers only for --dry-run)
 
     device = choose_device(cfg["device"])
-    prerequisites = check_run(cfg, local, fetch=False)
+    prerequisites = check_run(cfg, pm, fetch=False)
     cfg = {**cfg, "device": device.type}
     return {
         "method": cfg["method"],
@@ -223,18 +229,6 @@ def dry_run(cfg: dict, local: tuple[str, ...] = ()) -> dict:
     }
 
 
-def test_sets(cfg: dict, train_dataset) -> list[TestSet]:
-    default = list(train_dataset.test_sets) or [TestSet(train_dataset.name, train_dataset.name, "test")]
-    chosen = cfg["data"]["test_sets"]
-    if chosen is None:
-        return default
-    by_name = {t.name: t for t in default}
-    out = []
-    for name in chosen:
-        out.append(by_name.get(name, TestSet(name, name, "test")))
-    return out
-
-
 #: per-sample predictions of each test set, one CSV each, in the run folder
 PREDICTIONS = "predictions"
 #: the fingerprint entry of the tone detector (a space, so no dataset can be named so)
@@ -246,8 +240,7 @@ def data_fingerprints(cfg: dict, datasets: DatasetPool) -> dict[str, dict | None
     for the tone detector when one is configured (it assigns tones, or scores tone-source sensitivity).
     The training dataset and test sets named in data.test_sets must be readable (their error
     stops the run); an unreadable default test set is None, and is skipped later with its reason."""
-    train_dataset = datasets.get(cfg["dataset"])
-    used = [cfg["dataset"], *(t.dataset for t in test_sets(cfg, train_dataset))]
+    used = [cfg["dataset"], *(t.dataset for t in datasets.test_sets)]
     named = set(used) if cfg["data"]["test_sets"] is not None else {cfg["dataset"]}
     fingerprints = datasets.fingerprints(used, required=named)
     # it assigns the test rows' tone groups (data.tone detector) or the tone-source sensitivity
@@ -260,12 +253,16 @@ def data_fingerprints(cfg: dict, datasets: DatasetPool) -> dict[str, dict | None
 def run_experiment(
     cfg: dict,
     *,
+    plugins: Plugins | None = None,
     local: tuple[str, ...] = (),
     force: bool = False,
     console: Console | None = None,
     before_done: Callable[[BeforeDone], Any] | None = None,
 ) -> RunResult:
     """Train and evaluate one config; a finished run with the same id is reused unless `force`.
+
+    `plugins` is the run's manager when the caller resolved the config with it (`prepare_run`);
+    otherwise the run makes its own, once, for its checks and its hooks.
 
     `before_done` is an extra step of a run that trains (not of a reused one), after its record
     and before `done` (`dermbench run --counterfactual`: audit.counterfactual_of_method). It is
@@ -287,7 +284,8 @@ def run_experiment(
     console = console or Console()
     started = time.perf_counter()
     device = choose_device(cfg["device"])
-    check_run(cfg, local)  # a bad setting or an absent model stops now, before any data or training
+    plugins = plugins or make_manager(cfg["method"], local)
+    check_run(cfg, plugins[0])  # a bad setting or an absent model stops now, before any data or training
     cfg = {**cfg, "device": device.type}  # results depend on it (AMP, channels-last): part of the run id
     datasets = DatasetPool(cfg, local)
     fingerprint = data_fingerprints(cfg, datasets)  # the data is part of the run id: read before the id
@@ -312,6 +310,7 @@ def run_experiment(
             cfg,
             datasets,
             fingerprint,
+            plugins=plugins,
             device=device,
             local=local,
             force=force,
@@ -327,6 +326,7 @@ def _execute(
     datasets: DatasetPool,
     fingerprint: dict,
     *,
+    plugins: Plugins,
     device: torch.device,
     local: tuple[str, ...],
     force: bool,
@@ -340,7 +340,7 @@ def _execute(
         run.reset()
     run.remove_temporaries()  # left by a process killed mid-write; nobody else writes here now
     resuming = (run.path / CHECKPOINTS).exists()
-    pm, loaded = make_manager(cfg["method"], local)
+    pm, loaded = plugins
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"] % (2**32))
     run.create()
@@ -368,7 +368,6 @@ def _execute(
         f"{cfg['dataset']}, task {cfg['task']}, seed {cfg['seed']}, profile {cfg['profile']}, device {device}"
     )
 
-    train_dataset = datasets.get(cfg["dataset"])
     train = datasets.load(cfg["dataset"], "train")
     val = datasets.load(cfg["dataset"], "val")
     excluded = split_exclusions({"train": train, "val": val})  # test sets count theirs in `eval`
@@ -376,7 +375,7 @@ def _execute(
         for reason, count in reasons.items():
             ctx.say(f"[yellow]excluded from {where}[/]: {count} sample(s), {reason}")
     tests, skipped = load_test_sets(
-        cfg, datasets, train_dataset, ctx
+        cfg, datasets.test_sets, datasets, ctx
     )  # before training, so problems show early
     train, synthetic = datasets.augment(pm, ctx, train)  # checked per plugin; counted per tone3 x label
     model = ctx.create_model(train.num_classes)
@@ -426,7 +425,7 @@ def _execute(
             local=local,
             datasets=[
                 cfg["dataset"],
-                *(t.dataset for t in test_sets(cfg, train_dataset) if t.name in evaluations),
+                *(t.dataset for t in datasets.test_sets if t.name in evaluations),
             ],
         ),
     }
@@ -437,7 +436,6 @@ def _execute(
                 run=run,
                 cfg=cfg,
                 datasets=datasets,
-                train_dataset=train_dataset,
                 tests=tests,
                 pm=pm,
                 ctx=ctx,
@@ -522,7 +520,7 @@ def _reuse(run: RunDir, metrics: dict, console: Console) -> RunResult:
 
 
 def load_test_sets(
-    cfg: dict, datasets: DatasetPool, train_dataset, ctx: RunContext
+    cfg: dict, tests: list[TestSet], datasets: DatasetPool, ctx: RunContext
 ) -> tuple[dict[str, Split], dict]:
     """The run's test splits, with tones filled where the dataset has none, and the ones
     skipped with the reason: an external default test set that is absent or lacks the run's task
@@ -530,7 +528,7 @@ def load_test_sets(
     with a test set the user named in data.test_sets, stops the run with its reason."""
     loaded, skipped = {}, {}
     named = cfg["data"]["test_sets"] is not None
-    for test in test_sets(cfg, train_dataset):
+    for test in tests:
         own = test.dataset == cfg["dataset"]
         try:
             dataset = datasets.get(test.dataset)

@@ -6,21 +6,33 @@ from dermbench import config as c
 from dermbench.errors import ConfigError
 
 
-def method_defaults(method, profile, dataset):
+def method_defaults(profile):
+    """A method's defaults as the runner hands them to resolve: (plugin name, dict) pairs."""
     return [("mymethod", {"mymethod": {"beta": 1.0 if profile == "tiny" else 0.33}, "train": {"epochs": 3}})]
 
 
 def test_precedence_profile_method_file_set_flags(tmp_path):
     f = tmp_path / "cfg.yaml"
     f.write_text("train:\n  lr: 0.5\n  epochs: 4\nmymethod:\n  beta: 2.0\n")
-    cfg = c.resolve(file=f, sets=["train.lr=0.25"], flags={"seed": 7}, method_defaults=method_defaults)
+    cfg = c.resolve(
+        file=f, sets=["train.lr=0.25"], flags={"seed": 7}, method_defaults=method_defaults("tiny")
+    )
     assert cfg["train"]["lr"] == 0.25  # --set beats the file
     assert cfg["train"]["epochs"] == 4  # the file beats method defaults (3)
     assert cfg["mymethod"]["beta"] == 2.0
     assert cfg["seed"] == 7
-    paper = c.resolve(flags={"profile": "paper"}, method_defaults=method_defaults)
+    paper = c.resolve(flags={"profile": "paper"}, method_defaults=method_defaults("paper"))
     assert paper["mymethod"]["beta"] == 0.33 and paper["model"]["backbone"] == "vgg11_bn"
     assert paper["train"]["epochs"] == 3  # method defaults beat the profile
+
+
+def test_requested_reads_the_method_profile_and_dataset_before_any_key_is_checked(tmp_path):
+    f = tmp_path / "cfg.yaml"
+    f.write_text("method: fairprune\nfairprune:\n  betta: 1\n")  # a typo resolve names later
+    head = c.requested(file=f, sets=["dataset=ddi"], flags={"profile": "paper"})
+    assert (head["method"], head["dataset"], head["profile"]) == ("fairprune", "ddi", "paper")
+    with pytest.raises(ConfigError, match="unknown profile 'papr'; .*did you mean 'paper'"):
+        c.requested(flags={"profile": "papr"})
 
 
 @pytest.mark.parametrize(
@@ -36,7 +48,7 @@ def test_precedence_profile_method_file_set_flags(tmp_path):
 )
 def test_bad_settings_name_the_key(item, message):
     with pytest.raises(ConfigError, match=message):
-        c.resolve(sets=[item], method_defaults=method_defaults)
+        c.resolve(sets=[item], method_defaults=method_defaults("tiny"))
 
 
 def test_yaml_typo_names_the_file(tmp_path):
@@ -118,13 +130,9 @@ def test_numbers_are_read_as_numbers_and_integers_stay_integers():
 )
 def test_method_defaults_merge_strictly_into_shared_sections(defaults, message):
     with pytest.raises(ConfigError, match=message):
-        c.resolve(method_defaults=lambda method, profile, dataset: [("mymethod", defaults)])
+        c.resolve(method_defaults=[("mymethod", defaults)])
 
 
 def test_a_methods_own_section_is_free():
-    cfg = c.resolve(
-        method_defaults=lambda method, profile, dataset: [
-            ("mymethod", {"mymethod": {"any": {"nested": [1, 2]}}})
-        ]
-    )
+    cfg = c.resolve(method_defaults=[("mymethod", {"mymethod": {"any": {"nested": [1, 2]}}})])
     assert cfg["mymethod"] == {"any": {"nested": [1, 2]}}

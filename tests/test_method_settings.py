@@ -16,7 +16,7 @@ from dermbench import runner
 from dermbench.cli import main
 from dermbench.diffusion import adm
 from dermbench.errors import ConfigError, DermbenchError
-from dermbench.runner import check_run, resolve_config, run_experiment
+from dermbench.runner import check_run, prepare_run, resolve_config, run_experiment
 
 FAST = ["--device", "cpu", "--set", "data.image_size=16", "--set", "model.backbone=test_resnet"]
 
@@ -51,6 +51,14 @@ def config(method: str, *sets: str, profile: str = "tiny", dataset: str = "synth
     return resolve_config(
         sets=list(sets), flags={"method": method, "profile": profile, "dataset": dataset, "device": "cpu"}
     )
+
+
+def planned(method: str, *sets: str, profile: str = "tiny") -> tuple[dict, object]:
+    """The config and the run's plugin manager, as `dermbench run` hands them to check_run."""
+    cfg, (pm, _) = prepare_run(
+        sets=list(sets), flags={"method": method, "profile": profile, "dataset": "synthderm", "device": "cpu"}
+    )
+    return cfg, pm
 
 
 # the cases of issue 27 ("Generation counts of zero or below ..."), each with the message it now gives
@@ -136,7 +144,7 @@ def test_good_tiny_settings_pass_and_need_nothing(tmp_path):
         "resampling",
         "dermdiff+fairquantize",
     ):
-        assert check_run(config(method), fetch=False) == []
+        assert check_run(*planned(method), fetch=False) == []
 
 
 def test_dermdiff_paper_offline_stops_with_the_download_command_before_any_data(
@@ -190,10 +198,10 @@ def test_fedd_t_and_block_are_checked_against_a_converted_backbone(tmp_path, mon
     (folder / "unet" / "config.json").write_text(
         '{"block_out_channels": [256, 256, 512, 512, 1024, 1024], "layers_per_block": 2}'
     )
-    found = check_run(config("fedd", "fedd.block=17", profile="paper"), fetch=False)
+    found = check_run(*planned("fedd", "fedd.block=17", profile="paper"), fetch=False)
     assert any(f["setting"] == "fedd.model" and str(folder) in f["status"] for f in found)
     with pytest.raises(ConfigError, match=r"'fedd.block' must be a decoder block in 0..17 .*got 18"):
-        check_run(config("fedd", "fedd.block=18", profile="paper"), fetch=False)
+        check_run(*planned("fedd", "fedd.block=18", profile="paper"), fetch=False)
 
 
 def test_a_plugin_whose_check_raises_is_named(monkeypatch):
@@ -206,4 +214,4 @@ def test_a_plugin_whose_check_raises_is_named(monkeypatch):
     with pytest.raises(
         DermbenchError, match=r"plugin 'dermdiff' failed in dermbench_check_settings: ZeroDivisionError"
     ):
-        check_run(config("dermdiff"), fetch=False)
+        check_run(*planned("dermdiff"), fetch=False)

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 import dermbench.train.trainer as train_module
+from dermbench import runner
 from dermbench.cli import main
 from dermbench.conformance import TINY_SETTINGS
+from dermbench.data.pool import DatasetPool
 from dermbench.errors import DermbenchError
 from dermbench.runner import resolve_config, run_experiment
 
@@ -53,6 +55,22 @@ def test_record_has_every_file_and_the_documented_shape(tmp_path):
     for gap in ("eopp0", "eopp1", "eodd"):
         assert gap in ev["fairness"]["tone3"] and gap in ev["fairness"]["tone2"]
     assert ev["tone_source"] == {"annotated": 80}
+
+
+def test_a_run_discovers_its_plugins_and_lists_its_test_sets_once(tmp_path, monkeypatch):
+    """`dermbench run` makes one plugin manager (defaults, checks and hooks all ask it) and lists the
+    training dataset's test sets once (DatasetPool.test_sets)."""
+    managers, listings = [], []
+    make_manager, listed = runner.make_manager, DatasetPool.test_sets.fget
+    monkeypatch.setattr(runner, "make_manager", lambda *a: managers.append(a) or make_manager(*a))
+    monkeypatch.setattr(
+        DatasetPool, "test_sets", property(lambda pool: listings.append(pool._test_sets) or listed(pool))
+    )
+    sets = sum([["--set", s] for s in TINY], [])
+    assert main(["run", "--out", str(tmp_path), "--device", "cpu", *sets]) == 0
+    assert managers == [("erm", ())]
+    assert len(listings) > 1 and listings[0] is None  # read more than once, computed once:
+    assert all(cached is listings[1] for cached in listings[1:])
 
 
 def test_repeated_command_reuses_the_finished_run(tmp_path, capsys):

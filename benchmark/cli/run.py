@@ -19,7 +19,7 @@ from dermbench.results.counterfactual import read_counterfactual
 from dermbench.results.formatting import fmt
 from dermbench.results.record_schema import Record, as_json_values
 from dermbench.results.records import METRICS_FILE, read_record
-from dermbench.runner import RunResult, dry_run, resolve_config, run_experiment
+from dermbench.runner import RunResult, dry_run, prepare_run, run_experiment
 
 
 def summary_table(record: Record, *, scheme: str = "tone3") -> list[Table]:
@@ -184,11 +184,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             *(args.set or []),
             f"data.root={json.dumps(args.data_root)}",
         ]  # JSON is YAML: quoted as is
-    cfg = resolve_config(file=config_file(args), sets=args.set or (), flags=flags, local=local)
+    cfg, plugins = prepare_run(file=config_file(args), sets=args.set or (), flags=flags, local=local)
     if args.dry_run:
-        return print_dry_run(dry_run(cfg, local), console=console, as_json=args.json)
+        return print_dry_run(dry_run(cfg, plugins[0], local), console=console, as_json=args.json)
     result = run_experiment(
         cfg,
+        plugins=plugins,
         local=local,
         force=args.force,
         console=console,

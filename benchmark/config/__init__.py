@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -149,25 +149,13 @@ def parse_set(item: str) -> dict:
     return nested
 
 
-def resolve(
-    *,
-    file: Path | None = None,
-    sets: list[str] = (),
-    flags: dict | None = None,
-    method_defaults=None,
-) -> dict:
-    """The fully resolved config.
-
-    `method_defaults(method, profile, dataset) -> list[(plugin name, dict)]` supplies the selected
-    methods' defaults (the harness passes a function that asks the plugin manager), so
-    validation knows every key a method adds.
-    """
-    base = _packaged_profile("base")
-    user = load_yaml(file) if file else {}
-    overrides = [parse_set(s) for s in sets]
-    head = merge(base, user, strict=False, where="")
-    for o in overrides:
-        head = merge(head, o, strict=False, where="")
+def requested(*, file: Path | None = None, sets: Sequence[str] = (), flags: dict | None = None) -> dict:
+    """The settings as the user gave them over profiles/base.yaml, merged loosely (no key checked
+    yet): enough to know the method, profile and dataset whose defaults `resolve` needs. An unknown
+    profile stops here, naming the closest."""
+    head = merge(_packaged_profile("base"), load_yaml(file) if file else {}, strict=False, where="")
+    for item in sets:
+        head = merge(head, parse_set(item), strict=False, where="")
     head.update({k: v for k, v in (flags or {}).items() if v is not None})
     profile = head.get("profile")
     if profile not in PROFILES:
@@ -176,15 +164,33 @@ def resolve(
             f"unknown profile {profile!r}; known: {', '.join(PROFILES)}"
             + (f"; did you mean {guess!r}?" if guess else "")
         )
+    return head
 
-    config = merge(base, _packaged_profile(profile), strict=True, where=f"profile {profile!r}")
-    if method_defaults is not None:
-        for method, defaults in method_defaults(head["method"], profile, head["dataset"]):
-            config = merge_method_defaults(config, defaults, method=method)
+
+def resolve(
+    *,
+    file: Path | None = None,
+    sets: Sequence[str] = (),
+    flags: dict | None = None,
+    method_defaults: Sequence[tuple[str, dict]] = (),
+) -> dict:
+    """The fully resolved config.
+
+    `method_defaults` are the selected methods' defaults for the `requested` method, profile and
+    dataset, as (plugin name, dict) pairs in registration order (the runner asks its plugin manager
+    for them), so validation knows every key a method adds.
+    """
+    profile = requested(file=file, sets=sets, flags=flags)["profile"]
+    user = load_yaml(file) if file else {}
+    config = merge(
+        _packaged_profile("base"), _packaged_profile(profile), strict=True, where=f"profile {profile!r}"
+    )
+    for method, defaults in method_defaults:
+        config = merge_method_defaults(config, defaults, method=method)
     if user:
         config = merge(config, user, strict=True, where=f"config file {file}")
-    for item, o in zip(sets, overrides):
-        config = merge(config, o, strict=True, where=f"--set {item}")
+    for item in sets:
+        config = merge(config, parse_set(item), strict=True, where=f"--set {item}")
     config = merge(
         config, {k: v for k, v in (flags or {}).items() if v is not None}, strict=True, where="command line"
     )

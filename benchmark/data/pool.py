@@ -16,7 +16,7 @@ import numpy as np
 import pluggy
 
 from dermbench.data.augment import augment_splits, describe_synthetic, synthetic_counts, thin
-from dermbench.data.model import Dataset, ImageArray, Split, data_root
+from dermbench.data.model import Dataset, ImageArray, Split, TestSet, data_root
 from dermbench.errors import ConfigError, DataError
 from dermbench.plugins import make_dataset
 
@@ -27,6 +27,22 @@ class DatasetPool:
     def __init__(self, cfg: dict, local: tuple[str, ...]) -> None:
         self.cfg, self.local = cfg, local
         self._made: dict[tuple[str, bool], Dataset] = {}
+        self._test_sets: list[TestSet] | None = None
+
+    @property
+    def test_sets(self) -> list[TestSet]:
+        """The run's test sets, listed once: the training dataset's own (`Dataset.test_sets`, else
+        its test split), or those named in data.test_sets (a name the training dataset does not list
+        is that dataset's test split)."""
+        if self._test_sets is None:
+            name = self.cfg["dataset"]
+            own = list(self.get(name).test_sets) or [TestSet(name, name, "test")]
+            chosen = self.cfg["data"]["test_sets"]
+            by_name = {t.name: t for t in own}
+            self._test_sets = (
+                own if chosen is None else [by_name.get(n, TestSet(n, n, "test")) for n in chosen]
+            )
+        return self._test_sets
 
     def get(self, name: str, *, without_subsets: bool = False) -> Dataset:
         """Dataset `name` with the run's options; with `without_subsets`, without the options

@@ -37,7 +37,7 @@ from dermbench.errors import ConfigError
 from dermbench.methods.fedd.model import PAPER_AUC, ablate, backbone, check_settings
 from dermbench.results.leaderboard import scan_runs
 from dermbench.results.records import METRICS_FILE, read_record
-from dermbench.runner import resolve_config, test_sets
+from dermbench.runner import resolve_config
 from dermbench.seeds import seed_for
 
 PANELS = (("val", "acc"), ("val", "auc"), ("test", "acc"), ("test", "auc"))
@@ -229,13 +229,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def chosen_test_set(args: argparse.Namespace, cfg: dict, datasets: DatasetPool):
-    """--test-set, or the protocol's first test set."""
-    protocol = test_sets(cfg, datasets.get(cfg["dataset"]))
-    chosen = [t for t in protocol if args.test_set in (None, t.name)]
+    """--test-set, or the run's first test set."""
+    chosen = [t for t in datasets.test_sets if args.test_set in (None, t.name)]
     if not chosen:
         raise ConfigError(
             f"--test-set {args.test_set!r} is not a test set of this run "
-            f"({', '.join(t.name for t in protocol)})"
+            f"({', '.join(t.name for t in datasets.test_sets)})"
         )
     return chosen[0]
 
