@@ -4,14 +4,23 @@ back through the project's record writer after a value is moved)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from dermbench.cli import main
 from dermbench.results.drift import COUNT, GAP, SCORE, compare, kind_of, render_markdown
-from dermbench.results.records import COUNTERFACTUAL_FILE, METRICS_FILE, read_record, write_done, write_record
+from dermbench.results.records import (
+    COUNTERFACTUAL_FILE,
+    METRICS_FILE,
+    environment,
+    read_record,
+    write_done,
+    write_record,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "leaderboards" / "records"
@@ -189,6 +198,22 @@ def test_environment_differences_are_listed(trees, capsys):
     assert compare(committed, fresh).environment == {"torch": (["2.14.1+cu130"], ["9.9.9+cpu"])}
     assert drift("--committed", committed, "--fresh", fresh) == 0
     assert "torch: 2.14.1+cu130 -> 9.9.9+cpu" in capsys.readouterr().out
+
+
+def test_the_cpu_is_recorded_and_a_different_one_is_listed(trees, capsys):
+    """CPU results are deterministic per machine, not across machines: a fresh record names its CPU
+    and the instruction set torch's CPU kernels use, and drift lists a change of either."""
+    committed, fresh = trees
+    mine = environment()
+    assert mine["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and "cpu" in mine
+    for root, cpu in ((committed, "Intel Xeon A"), (fresh, "AMD EPYC B")):
+        path = root / ERM / "environment.json"
+        path.write_text(
+            json.dumps({**json.loads(path.read_text(encoding="utf-8")), "cpu": cpu}), encoding="utf-8"
+        )
+    assert compare(committed, fresh).environment == {"cpu": (["Intel Xeon A"], ["AMD EPYC B"])}
+    assert drift("--committed", committed, "--fresh", fresh) == 0
+    assert "cpu: Intel Xeon A -> AMD EPYC B" in capsys.readouterr().out
 
 
 def test_missing_or_empty_directories_are_errors_naming_them(trees, tmp_path, capsys):

@@ -44,10 +44,13 @@ FLOAT_SLACK = 1e-9
 SCORE, GAP, COUNT = "score", "gap", "count"
 KINDS = (SCORE, GAP, COUNT)
 COUNT_METRICS = frozenset({"n", "positives", "negatives"})
-#: the environment.json keys that may explain drift (versions, threads); platform and paths are left out
+#: the environment.json keys that may explain drift (versions, threads, the CPU and the instruction set
+#: torch's CPU kernels use); platform and paths are left out
 ENVIRONMENT_KEYS = (
     "dermbench",
     "python",
+    "cpu",
+    "cpu_capability",
     "torch",
     "cuda",
     "gpu",
@@ -357,8 +360,8 @@ DRIFT_HEADER = ["run id", "test set", "metric", "committed", "fresh", "differenc
 def tolerance_line(report: DriftReport) -> str:
     t = report.tolerances
     return (
-        f"tolerance on |fresh - committed|: {t[SCORE]:g} on scores (AUC, accuracy, rates, worst-group values), "
-        f"{t[GAP]:g} on fairness gaps (EOdd, EOpp, AUC gap ...), exact on counts"
+        f"tolerance on |fresh - committed|: {t[SCORE]:g} on scores (AUC, accuracy, rates, worst-group "
+        f"values), {t[GAP]:g} on fairness gaps (EOdd, EOpp, AUC gap ...), exact on counts"
     )
 
 
@@ -369,7 +372,8 @@ def summary_lines(report: DriftReport) -> list[str]:
         f"committed records: {report.committed_root}; fresh records: {report.fresh_root}",
         tolerance_line(report),
         f"{len(report.matched)} run(s) matched by run id; {compared} value(s) compared; "
-        f"{len(report.drifted)} drifted; {len(report.test_sets_one_side)} test set(s) scored on one side only",
+        f"{len(report.drifted)} drifted; "
+        f"{len(report.test_sets_one_side)} test set(s) scored on one side only",
     ]
     if report.only_committed:
         lines.append(
