@@ -277,8 +277,8 @@ def evaluate_external(
             datasets=datasets,
         )
         ctx.say(
-            f"evaluating external model [bold]{source.name}[/] ({source.kind}) as run [bold]{run_id}[/]: dataset "
-            f"{cfg['dataset']}, task {cfg['task']}, profile {cfg['profile']}"
+            f"evaluating external model [bold]{source.name}[/] ({source.kind}) as run [bold]{run_id}[/]: "
+            f"dataset {cfg['dataset']}, task {cfg['task']}, profile {cfg['profile']}"
         )
         tests, skipped = load_test_sets(cfg, datasets.test_sets, datasets, ctx)
         scorer = _Scorer(source, datasets, device, console)
@@ -377,8 +377,9 @@ def _threshold(
         if len(classes) != 2:
             return None, None
         ctx.say(
-            f"[yellow]threshold fixed at {FIXED_THRESHOLD}[/]: no validation predictions were given "
-            "(--val-predictions FILE, or --val-split with a model, chooses it on validation as `dermbench run` does)"
+            f"[yellow]threshold fixed at {FIXED_THRESHOLD}[/]: no validation "
+            "predictions were given (--val-predictions FILE, or --val-split "
+            "with a model, chooses it on validation as `dermbench run` does)"
         )
         return FIXED_THRESHOLD, None
     val = datasets.load(cfg["dataset"], "val")
@@ -568,8 +569,8 @@ def counterfactual_for_run(
     else:
         predict, size, described = _run_predictor(run_dir, cfg, ctx, tests)
         mismatch = (
-            f"method {cfg['method']!r} predicts otherwise than its saved backbone does on the harness inputs: "
-            f"{rerun_with_the_test(run_dir)}"
+            f"method {cfg['method']!r} predicts otherwise than its saved backbone does on the harness "
+            f"inputs: {rerun_with_the_test(run_dir)}"
         )
     data = counterfactual_data(
         cfg,
@@ -611,17 +612,23 @@ def counterfactual_of_method(done: BeforeDone) -> Path:
         recorded=run.path / PREDICTIONS,
         tolerance=TOLERANCE.get(ctx.device.type, 1e-4),
         console=ctx.console,
-        mismatch=f"method {cfg['method']!r}'s predict gives other probabilities for the same images on a second call",
+        mismatch=(
+            f"method {cfg['method']!r}'s predict gives other "
+            "probabilities for the same images on a second call"
+        ),
     )
     described = {
         "run": run.run_id,
         "method": cfg["method"],
         "predict": done.pm.trace.calls["predict"].answer,
-        "scored": "the model fit returned, through the method's predict hook (dermbench run --counterfactual)",
+        "scored": (
+            "the model fit returned, through the method's predict hook (dermbench run --counterfactual)"
+        ),
     }
     path = write_counterfactual(run.path, {"model": described, **data})
     ctx.say(
-        f"counterfactual test: {', '.join(data['test_sets'])} rendered on FST I-VI and scored; {path.name} written"
+        f"counterfactual test: {', '.join(data['test_sets'])} "
+        f"rendered on FST I-VI and scored; {path.name} written"
     )
     return path
 

@@ -40,7 +40,8 @@ def check_method(method: str, *, out: Path, plugins: tuple[str, ...] = (), sets:
         for defaults in pm.hook.dermbench_method_defaults(profile=profile, dataset="synthderm"):
             if not isinstance(defaults, dict):
                 raise DermbenchError(
-                    f"{method}: dermbench_method_defaults({profile!r}) returned {type(defaults).__name__}, not a dict"
+                    f"{method}: dermbench_method_defaults({profile!r}) "
+                    f"returned {type(defaults).__name__}, not a dict"
                 )
     cfg, run_plugins = prepare_run(
         sets=[*TINY_SETTINGS, *sets],

@@ -29,7 +29,8 @@ FITZ_TRAIN = round(16_577 * 0.6)
 FITZ_DARK_TRAIN = round(3_919 * 0.6 / 0.8)
 #: DermDiff's neoplastic Fitzpatrick17k images (its Tab. 1: 2,234 + 2,263), 60 % of them in training
 DERMDIFF_REAL = round(4_497 * 0.6)
-#: majority-to-minority scenario (i): 1,228 light + 291 dark training images (the paper's Tab. 1; docs/majority2minority.md)
+#: majority-to-minority scenario (i): 1,228 light + 291 dark training images (the paper's Tab. 1;
+#: docs/majority2minority.md)
 M2M_TRAIN = 1_228 + 291
 #: ISIC 2019 (25,331 images): benign 16,858; a 60 % training share (assumed; the split is the dataset's)
 ISIC_BENIGN_TRAIN = round(16_858 * 0.6)
@@ -78,14 +79,15 @@ PROTOCOLS: dict[str, list[Part]] = {
             "fairquantize.score",
             4 * 2 * FITZ_DARK_TRAIN,
             "sample",
-            f"4 steps of 5 % to 20 % x 2 groups x {FITZ_DARK_TRAIN:,} scoring samples (all of the smaller group)",
+            f"4 steps of 5 % to 20 % x 2 groups x {FITZ_DARK_TRAIN:,} "
+            "scoring samples (all of the smaller group)",
         ),
         Part(
             "erm.train",
             4 * 20 * FITZ_TRAIN,
             "sample",
-            f"4 steps x 20 retraining epochs x {FITZ_TRAIN:,} samples (batch 4: per-sample time at batch 128, "
-            "a lower bound)",
+            f"4 steps x 20 retraining epochs x {FITZ_TRAIN:,} samples "
+            "(batch 4: per-sample time at batch 128, a lower bound)",
         ),
     ],
     "mfd": [
@@ -134,8 +136,8 @@ PROTOCOLS: dict[str, list[Part]] = {
             "classndiff.sample",
             _steps(2 * ISIC_BENIGN_TRAIN, 64) * 250,
             "step",
-            f"per_class = the largest class (~{ISIC_BENIGN_TRAIN:,} ISIC 2019 benign training images, assumed "
-            "60 % split) x 2 classes, batches of 64 x 250 DDPM steps",
+            f"per_class = the largest class (~{ISIC_BENIGN_TRAIN:,} ISIC 2019 benign training images, "
+            "assumed 60 % split) x 2 classes, batches of 64 x 250 DDPM steps",
         ),
         Part("classndiff.decode", _steps(2 * ISIC_BENIGN_TRAIN, 64), "step", "the VAE decode of each batch"),
         Part(
@@ -197,8 +199,8 @@ def render(timings: dict[str, Any]) -> str:
     lines = [
         "# GPU costs of the paper profiles",
         "",
-        f"Measured by `{COMMAND}` on {timings.get('device', '?')} (torch {timings.get('torch', '?')}, "
-        f"bf16 {'yes' if timings.get('bf16') else 'no'}; median of {timings.get('iters', '?')} timed iterations "
+        f"Measured by `{COMMAND}` on {timings.get('device', '?')} (torch {timings.get('torch', '?')}, bf16 "
+        f"{'yes' if timings.get('bf16') else 'no'}; median of {timings.get('iters', '?')} timed iterations "
         "after a warm-up, random weights at full architecture). Regenerate with the same command.",
         "",
         "| method | projected GPU-hours (one seed) | peak memory of its steps (GiB) |",
@@ -252,16 +254,16 @@ def placeholder() -> str:
             [
                 "# GPU costs of the paper profiles",
                 "",
-                "**The GPU check has not run yet**: no paper profile has been timed on a GPU, so this page has no "
-                "measured numbers. On a machine with one CUDA GPU run",
+                "**The GPU check has not run yet**: no paper profile has been timed on a GPU, so this page "
+                "has no measured numbers. On a machine with one CUDA GPU run",
                 "",
                 "```bash",
                 COMMAND,
                 "```",
                 "",
-                "(under 8 minutes): it trains and samples every method's paper-profile models at full size with random "
-                "weights for a few iterations, records each step's time and peak memory, and rewrites this page with "
-                "the projected GPU-hours of each method's full paper protocol.",
+                "(under 8 minutes): it trains and samples every method's paper-profile models at full size "
+                "with random weights for a few iterations, records each step's time and peak memory, and "
+                "rewrites this page with the projected GPU-hours of each method's full paper protocol.",
                 *_how(),
             ]
         )

@@ -62,8 +62,9 @@ def check_probabilities(raw, *, plugin: str, split: Split, when: str = "") -> np
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise PluginError(
-                f"{where} returned rows that are not probabilities: {what} in {int(bad.sum())} of {len(prob)} "
-                f"row(s), e.g. row {row}: {np.array2string(prob[row], precision=4)} (sum {prob[row].sum():.4g}). "
+                f"{where} returned rows that are not probabilities: {what} in {int(bad.sum())} "
+                f"of {len(prob)} row(s), e.g. row {row}: "
+                f"{np.array2string(prob[row], precision=4)} (sum {prob[row].sum():.4g}). "
                 "predict must return class probabilities (e.g. a softmax), one row per sample",
                 plugin=plugin,
                 hook="predict",
@@ -117,8 +118,8 @@ def check_model(pm: Manager, model, call: HookCall) -> None:
         return
     culprit = others[0] if others else (producers[-1] if producers else "?")
     raise PluginError(
-        f"method plugin {culprit!r}: its fit returned {type(model).__name__}, not a torch nn.Module; a method "
-        "whose fit returns another kind of model must implement predict too, to use it",
+        f"method plugin {culprit!r}: its fit returned {type(model).__name__}, not a torch nn.Module; a "
+        "method whose fit returns another kind of model must implement predict too, to use it",
         plugin=culprit,
         hook="fit",
     )

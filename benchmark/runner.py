@@ -5,12 +5,13 @@ How a record is sealed: the run folder's files are written atomically, and the `
 last (`RunDir.mark_done`). It is not an empty flag but the seal: JSON holding the time the run
 finished and the SHA-256 of metrics.json, of every predictions/*.csv and of counterfactual.json
 (`--counterfactual`, or written later by `dermbench counterfactual`, which seals the marker again),
-plus a short digest of each field of metrics.json (`dermbench.results.records.write_done`). Every reader (the runner reusing a
-finished run, `dermbench report`, `dermbench leaderboard` and its `--check`) verifies the seal and
-refuses a file changed after the run finished, naming the file and, for metrics.json, the field.
-`dermbench records check DIR` verifies every finished record under DIR; `dermbench records seal DIR`
-seals records whose marker predates sealing, after checking their values, and never rewrites a
-seal. The report is derived from the record, so it is written after `done` and is not sealed.
+plus a short digest of each field of metrics.json (`dermbench.results.records.write_done`). Every
+reader (the runner reusing a finished run, `dermbench report`, `dermbench leaderboard` and its
+`--check`) verifies the seal and refuses a file changed after the run finished, naming the file and,
+for metrics.json, the field. `dermbench records check DIR` verifies every finished record under DIR;
+`dermbench records seal DIR` seals records whose marker predates sealing, after checking their
+values, and never rewrites a seal. The report is derived from the record, so it is written after
+`done` and is not sealed.
 """
 
 from __future__ import annotations
@@ -536,7 +537,8 @@ def load_test_sets(
                 if own:
                     dataset.check_task(cfg["task"])
                 raise DataError(
-                    f"dataset {test.dataset!r} has no task {cfg['task']!r} (tasks: {', '.join(dataset.tasks)})"
+                    f"dataset {test.dataset!r} has no task "
+                    f"{cfg['task']!r} (tasks: {', '.join(dataset.tasks)})"
                 )
             split = datasets.load(test.dataset, test.split, as_name=test.name)
         except DataError as exc:

@@ -66,7 +66,10 @@ class SweepSummary:
         return self.count(FAILED)
 
     def line(self) -> str:
-        return f"{len(self.outcomes)} run{'' if len(self.outcomes) == 1 else 's'}: {self.ran} ran, {self.reused} reused, {self.failed} failed"
+        return (
+            f"{len(self.outcomes)} run{'' if len(self.outcomes) == 1 else 's'}: {self.ran} ran, "
+            f"{self.reused} reused, {self.failed} failed"
+        )
 
 
 def sweep_configs(

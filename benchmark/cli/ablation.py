@@ -29,9 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "ablation",
         help="table and plot of test metrics against settings that runs vary",
-        description="Group finished runs by the values of the --vary settings (seeds pooled) and write a markdown "
-        "table and a plot of overall AUC against EOdd (numbered points, the seeds per point in its title) for "
-        "one test set and group scheme.",
+        description="Group finished runs by the values of the --vary settings (seeds pooled) and write a "
+        "markdown table and a plot of overall AUC against EOdd (numbered points, the seeds per point in its "
+        "title) for one test set and group scheme.",
     )
     parser.add_argument(
         "--runs", nargs="+", required=True, metavar="DIR", help="directories holding run records"

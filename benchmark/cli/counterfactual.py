@@ -30,8 +30,8 @@ def register(sub) -> None:
         "counterfactual",
         help="flip rate and per-tone scores of a run's model on its SynthDerm test lesions "
         "re-rendered on FST I-VI",
-        description="Re-render every lesion of a finished run's SynthDerm test sets once per Fitzpatrick type with "
-        "everything but the skin tone held fixed, score the run's model (model.safetensors, or an "
+        description="Re-render every lesion of a finished run's SynthDerm test sets once per Fitzpatrick "
+        "type with everything but the skin tone held fixed, score the run's model (model.safetensors, or an "
         "external run's model file) on them, and write counterfactual.json and the report.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a finished run directory")

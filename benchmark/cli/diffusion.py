@@ -30,8 +30,8 @@ def cmd_pretrain_base(args: argparse.Namespace) -> int:
     out = Path(args.out)
     checksums = pretrain_bases(out, overrides=overrides, console=Console(stderr=True))
     print(
-        f"wrote the tiny bases ({len(checksums)} files, {sum((out / f).stat().st_size for f in checksums) / 1e6:.1f} MB) "
-        f"to {out}"
+        f"wrote the tiny bases ({len(checksums)} files, "
+        f"{sum((out / f).stat().st_size for f in checksums) / 1e6:.1f} MB) to {out}"
     )
     if args.compare:
         shipped = json.loads((SHIPPED / CHECKSUMS).read_text(encoding="utf-8"))
@@ -53,10 +53,10 @@ def register(sub) -> None:
     pre = commands.add_parser(
         "pretrain-base",
         help="pretrain the tiny text-to-image and pixel diffusion bases (CPU, about 30 min)",
-        description="Render SynthDerm scenes from seeds outside every protocol split, caption them with skin tone "
-        "and lesion look (no diagnosis), and train the tiny latent text-to-image model and the tiny pixel "
-        "DDPM on them, deterministically on one CPU thread. To replace the shipped bases, build into a "
-        "new folder and move it to benchmark/diffusion/tiny_base.",
+        description="Render SynthDerm scenes from seeds outside every protocol split, caption them with "
+        "skin tone and lesion look (no diagnosis), and train the tiny latent text-to-image model and the "
+        "tiny pixel DDPM on them, deterministically on one CPU thread. To replace the shipped bases, build "
+        "into a new folder and move it to benchmark/diffusion/tiny_base.",
     )
     pre.add_argument(
         "--out", required=True, metavar="DIR", help="an empty or new folder to write the bases into"

@@ -52,8 +52,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "drift",
         help="compare recomputed run records with the committed ones (exit 1 when a value drifted)",
-        description="Match the finished run records of two directories by run id and compare every numeric value "
-        "of their evaluations (overall, per group, fairness gaps); print the values out of tolerance "
+        description="Match the finished run records of two directories by run id and compare every numeric "
+        "value of their evaluations (overall, per group, fairness gaps); print the values out of tolerance "
         "and exit 1 if there are any. Run ids found on one side only are listed.",
     )
     p.add_argument(

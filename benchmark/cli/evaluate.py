@@ -96,10 +96,10 @@ def register(sub) -> None:
         "evaluate",
         help="score your own predictions file or model on a dataset's test sets (per-tone metrics, "
         "intervals, report), as an external row of the leaderboard",
-        description="Score a predictions file (CSV or parquet: sample_id, one probability column per class such as "
-        "prob_0, prob_1, and test_set when it covers several test sets) or a model (a timm weights file "
-        "with --arch, or a TorchScript file) on a dataset's test sets, and write the "
-        "same run folder, record and report as `dermbench run`, marked external.",
+        description="Score a predictions file (CSV or parquet: sample_id, one probability column per class "
+        "such as prob_0, prob_1, and test_set when it covers several test sets) or a model (a timm weights "
+        "file with --arch, or a TorchScript file) on a dataset's test sets, and write the same run folder, "
+        "record and report as `dermbench run`, marked external.",
     )
     p.add_argument(
         "--name", required=True, help="your model's name: the leaderboard row and the run folder's prefix"

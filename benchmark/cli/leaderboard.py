@@ -34,7 +34,8 @@ def run_leaderboard(args: argparse.Namespace) -> int:
             " ..." if len(frame.attrs["unfinished"]) > 5 else ""
         )
         print(
-            f"ignored {len(frame.attrs['unfinished'])} unfinished run director(ies) (no `done` marker): {shown}"
+            f"ignored {len(frame.attrs['unfinished'])} unfinished "
+            f"run director(ies) (no `done` marker): {shown}"
         )
     if frame.attrs["duplicates"]:
         print(

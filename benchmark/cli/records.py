@@ -4,13 +4,14 @@
     dermbench records check DIR [DIR ...]   verify every finished record under the folders
 
 A finished run's `done` marker holds the SHA-256 of its metrics.json and predictions (sealed when
-the run finishes) and of counterfactual.json when it has one (re-sealed when that is written); every reader (leaderboard, report, --check) refuses a record changed after it
-finished, and one whose marker holds no checksums, which a run written before dermbench sealed its
-records has. `seal` is the deliberate step for those: it checks each record's shape and values
-(rates in [0, 1], counts non-negative integers, gaps consistent with their groups) and only then
-writes the checksums; a marker already sealed is verified, never rewritten, except to add a
-counterfactual.json that an older dermbench wrote without sealing it (checked, and only when every
-file the marker lists still matches).
+the run finishes) and of counterfactual.json when it has one (re-sealed when that is written); every
+reader (leaderboard, report, --check) refuses a record changed after it finished, and one whose
+marker holds no checksums, which a run written before dermbench sealed its records has. `seal` is
+the deliberate step for those: it checks each record's shape and values (rates in [0, 1], counts
+non-negative integers, gaps consistent with their groups) and only then writes the checksums; a
+marker already sealed is verified, never rewritten, except to add a counterfactual.json that an
+older dermbench wrote without sealing it (checked, and only when every file the marker lists still
+matches).
 """
 
 from __future__ import annotations

@@ -158,8 +158,9 @@ def print_dry_run(plan: dict, *, console: Console, as_json: bool) -> int:
     missing = [p for p in plan["prerequisites"] if p.get("missing")]
     if missing:
         console.print(
-            f"[yellow]{len(missing)} prerequisite(s) missing[/] ({', '.join(p['setting'] for p in missing)}): "
-            "the run would stop before any data until they are fetched (commands above)"
+            f"[yellow]{len(missing)} prerequisite(s) missing[/] "
+            f"({', '.join(p['setting'] for p in missing)}): the run would "
+            "stop before any data until they are fetched (commands above)"
         )
     settings = Text(configuration.dump(plan["config"]))
     console.print("[bold]resolved settings[/]")
@@ -200,7 +201,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     record = read_record(result.run_dir.path / METRICS_FILE)
     print_record(record, console)
     console.print(
-        f"{'reused' if result.reused else 'ran'} {result.run_dir.path} — run time {record.timing.total_s:.1f} s"
+        f"{'reused' if result.reused else 'ran'} {result.run_dir.path} "
+        f"— run time {record.timing.total_s:.1f} s"
     )
     if args.json:
         sys.stdout.write(json.dumps(json_summary(result, record), indent=2) + "\n")

@@ -30,7 +30,8 @@ def _config(args: argparse.Namespace, extra_sets: list[str]) -> dict:
 
 
 def train_config(args: argparse.Namespace) -> dict:
-    """The resolved settings of `tone train`: the recipe, then --backbone/--epochs/--image-size, then --set."""
+    """The resolved settings of `tone train`: the recipe, then --backbone/--epochs/--image-size,
+    then --set."""
     sets = list(RECIPES[args.recipe])
     if args.backbone:
         sets.append(f"model.backbone={args.backbone}")
@@ -80,7 +81,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         agree = (frame.loc[has, "tone3"] == frame.loc[has, "tone3_annotated"]).mean()
         agree_ita = (frame.loc[has, "tone3_ita"] == frame.loc[has, "tone3_annotated"]).mean()
         console.print(
-            f"on the {int(has.sum())} rows with an annotated tone: detector agrees {agree:.3f}, ITA {agree_ita:.3f}"
+            f"on the {int(has.sum())} rows with an annotated tone: "
+            f"detector agrees {agree:.3f}, ITA {agree_ita:.3f}"
         )
     return 0
 

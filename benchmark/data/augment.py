@@ -56,8 +56,8 @@ def _checked(plugin: str, result: object, train: Split) -> Split:
         )
     if tuple(result.images.shape[1:]) != tuple(train.images.shape[1:]):
         raise DermbenchError(
-            f"{where} returned images of shape {tuple(result.images.shape[1:])}, expected the training split's "
-            f"{tuple(train.images.shape[1:])} (data.image_size is {train.images.shape[1]})"
+            f"{where} returned images of shape {tuple(result.images.shape[1:])}, expected the training "
+            f"split's {tuple(train.images.shape[1:])} (data.image_size is {train.images.shape[1]})"
         )
     labels = pd.to_numeric(result.table["label"], errors="coerce") if "label" in result.table else None
     if (

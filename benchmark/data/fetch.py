@@ -58,7 +58,10 @@ class FetchResult:
         return not self.failed
 
     def summary(self) -> str:
-        return f"{self.downloaded} downloaded, {self.skipped_existing} already present, {len(self.failed)} failed"
+        return (
+            f"{self.downloaded} downloaded, {self.skipped_existing} "
+            f"already present, {len(self.failed)} failed"
+        )
 
     def write_failures(self, path: Path) -> None:
         """Save the failures as a CSV (md5hash, url, reason) for a later look or retry."""

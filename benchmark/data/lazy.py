@@ -37,7 +37,8 @@ class ConcatArray:
         for part in flat[1:]:
             if part.dtype != first.dtype or tuple(part.shape[1:]) != tuple(first.shape[1:]):
                 raise DataError(
-                    f"cannot concatenate arrays of {part.dtype} {tuple(part.shape)} and {first.dtype} {tuple(first.shape)}"
+                    f"cannot concatenate arrays of {part.dtype} "
+                    f"{tuple(part.shape)} and {first.dtype} {tuple(first.shape)}"
                 )
         self.parts: tuple[Any, ...] = tuple(flat)
         self.offsets = np.cumsum([0, *(len(p) for p in flat)])  # part k holds rows offsets[k]:offsets[k+1]
@@ -115,7 +116,8 @@ class ConcatArray:
             index = index.astype(np.int64)
         if not np.issubdtype(index.dtype, np.integer) or index.ndim != 1:
             raise IndexError(
-                f"ConcatArray rows take an integer, a slice, a 1-d integer array or a boolean mask, got {key!r}"
+                "ConcatArray rows take an integer, a slice, a "
+                f"1-d integer array or a boolean mask, got {key!r}"
             )
         if index.size and (index.min() < -n or index.max() >= n):
             raise IndexError(f"index out of bounds for a ConcatArray of {n} rows")

@@ -3,8 +3,8 @@
 `read_csv` keeps every value as a stripped string and raises a `DataError` naming the file
 for a missing, empty, non-UTF-8 or malformed file, for a column name that appears twice in the
 header (pandas would rename the copy `name.1` and a reader would silently take the first), and
-for missing columns (naming the delimiter when the header holds them joined by another one). `sha256_file` pins
-split files and run ids to the exact metadata they were made from.
+for missing columns (naming the delimiter when the header holds them joined by another one).
+`sha256_file` pins split files and run ids to the exact metadata they were made from.
 """
 
 from __future__ import annotations

@@ -93,7 +93,8 @@ class Split:
             )
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
             raise DataError(
-                f"split {self.name!r}: images must be uint8 (n, H, W, 3), got {self.images.dtype} {self.images.shape}"
+                f"split {self.name!r}: images must be uint8 (n, H, W, 3), "
+                f"got {self.images.dtype} {self.images.shape}"
             )
         if self.masks is not None and tuple(self.masks.shape) != tuple(self.images.shape[:3]):
             raise DataError(
@@ -274,8 +275,8 @@ class Dataset(ABC):
                 first = sorted(failures.items())[:5]
                 detail = "; ".join(f"{rows['image'].iloc[i]}: {why}" for i, why in first)
                 raise DataError(
-                    f"dataset {self.name!r}: {len(failures)} unreadable image(s) under {self.root} ({detail}). "
-                    "Fix or remove them, or set data.on_error=skip to drop and count them."
+                    f"dataset {self.name!r}: {len(failures)} unreadable image(s) under {self.root} "
+                    f"({detail}). Fix or remove them, or set data.on_error=skip to drop and count them."
                 )
             for why in failures.values():
                 key = f"unreadable image: {why.split(':')[0]}"

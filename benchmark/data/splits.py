@@ -192,7 +192,8 @@ class SplitFile:
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
-                f"{self.csv}: line {i + 2}: split {frame['split'].iloc[i]!r} is not one of {', '.join(SPLITS)}"
+                f"{self.csv}: line {i + 2}: split {frame['split'].iloc[i]!r} "
+                f"is not one of {', '.join(SPLITS)}"
             )
         dup = frame["sample_id"][frame["sample_id"].duplicated()]
         if len(dup):
@@ -238,7 +239,8 @@ def write_split(
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(
-            f"cannot create the split folder {directory} ({exc}); set the dataset option split_dir to a writable folder"
+            f"cannot create the split folder {directory} ({exc}); "
+            "set the dataset option split_dir to a writable folder"
         ) from exc
     csv, meta_path = split_paths(directory, dataset, rule.name)
     frame = pd.DataFrame({"sample_id": sample_ids.astype(str).to_numpy(), "split": assignment.to_numpy()})
@@ -275,8 +277,9 @@ def _align(found: SplitFile, records: pd.DataFrame) -> pd.Series:
     lacking = records["sample_id"][mapped.isna()]
     if len(lacking):
         raise DataError(
-            f"{found.csv} has no split for {len(lacking)} sample id(s) (e.g. {', '.join(lacking.astype(str)[:3])}) "
-            "although its checksum matches the metadata; remake it with `dermbench data split ... --force`"
+            f"{found.csv} has no split for {len(lacking)} sample id(s) (e.g. "
+            f"{', '.join(lacking.astype(str)[:3])}) although its checksum matches the metadata; remake it "
+            "with `dermbench data split ... --force`"
         )
     return pd.Series(mapped.to_numpy(dtype=object), index=records.index, name="split")
 
@@ -339,18 +342,18 @@ def resolve_split(
         )
         if on_mismatch != "resplit":
             raise DataError(
-                message
-                + f". Restore the original metadata file, or set the dataset option split_mismatch=resplit "
-                f"to make a fresh split in {user_dir} (results are then not comparable with the standard split)."
+                message + ". Restore the original metadata file, or set the dataset option "
+                f"split_mismatch=resplit to make a fresh split in {user_dir} "
+                "(results are then not comparable with the standard split)."
             )
         announce(
             f"[yellow]warning:[/] {message}; making a fresh split in {user_dir} (not the standard split)"
         )
     if refuse_create:
         raise DataError(
-            f"dataset {dataset!r}: no split file for rule {rule.name!r} matches {metadata_path.name} yet, and "
-            f"{refuse_create}. A split made now would depend on that; make it once from the whole metadata with "
-            f"on_error=stop: `dermbench data split {dataset}`"
+            f"dataset {dataset!r}: no split file for rule {rule.name!r} matches {metadata_path.name} yet, "
+            f"and {refuse_create}. A split made now would depend on that; make it once from the whole "
+            f"metadata with on_error=stop: `dermbench data split {dataset}`"
         )
     assignment = rule.apply(records)
     path = write_split(
@@ -382,8 +385,8 @@ def describe_split(*, dataset: str, rule: SplitRule, metadata_path: Path, user_d
         stale.append(f"{label} {found.csv}")
     if stale:
         return (
-            f"rule {rule.name!r}: CHECKSUM MISMATCH with {', '.join(stale)}: the metadata changed since the split "
-            "was made (set split_mismatch=resplit to make a fresh one)"
+            f"rule {rule.name!r}: CHECKSUM MISMATCH with {', '.join(stale)}: the metadata changed since the "
+            "split was made (set split_mismatch=resplit to make a fresh one)"
         )
     return (
         f"rule {rule.name!r}: no split file yet; the first run creates one in {user_dir} "

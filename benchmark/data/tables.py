@@ -247,8 +247,8 @@ class TableDataset(Dataset):
         subs = ", ".join(f"{s}/" for s in (self.name, *self.aliases))
         raise DataError(
             f"dataset {self.name!r}: metadata file not found: no {looked} in {self.root} or its sub-folders "
-            f"{subs}. Expected layout: "
-            f"{self.layout}. See the Datasets section of README.md, and run `dermbench data check {self.name} --root DIR`."
+            f"{subs}. Expected layout: {self.layout}. See the Datasets section of README.md, and run "
+            f"`dermbench data check {self.name} --root DIR`."
         )
 
     def present(self) -> bool:
@@ -297,7 +297,8 @@ class TableDataset(Dataset):
             for other in self.other_files:
                 if not (self.root / other).is_file():
                     raise DataError(
-                        f"dataset {self.name!r}: {self.root / other} not found. Expected layout: {self.layout}"
+                        f"dataset {self.name!r}: {self.root / other} "
+                        f"not found. Expected layout: {self.layout}"
                     )
             records = self.read().reset_index(drop=True)
             if records.empty:
@@ -451,8 +452,8 @@ class TableDataset(Dataset):
             more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
             raise DataError(
                 f"dataset {self.name!r}: {len(bad)} row(s) of {self.metadata_path()} have no usable image "
-                f"under {self.root}: {shown}{more}. Run `dermbench data check {self.name}` for the full list, "
-                "or set data.on_error=skip to drop and count them."
+                f"under {self.root}: {shown}{more}. Run `dermbench data check {self.name}` for the full "
+                "list, or set data.on_error=skip to drop and count them."
             )
         for reason, count in bad["_status"].value_counts().items():
             excluded[str(reason)] = excluded.get(str(reason), 0) + int(count)

@@ -67,7 +67,8 @@ def models_root() -> Path:
 
 
 def default_folder() -> Path:
-    """Where `convert-adm` puts the paper backbone by default and `fedd.model: adm-imagenet256-uncond` looks."""
+    """Where `convert-adm` puts the paper backbone by default and
+    `fedd.model: adm-imagenet256-uncond` looks."""
     return models_root() / PAPER_MODEL
 
 

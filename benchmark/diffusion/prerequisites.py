@@ -73,8 +73,8 @@ def model_source(
     if cached is not None:
         return {**out, "status": f"in the local Hugging Face cache ({cached})", "folder": cached}
     fix = (
-        f"On a machine with network access run `{command}` (then copy ~/.cache/huggingface here or set HF_HOME), "
-        f"or set {setting} to a local folder; `--profile tiny` needs no checkpoint"
+        f"On a machine with network access run `{command}` (then copy ~/.cache/huggingface here or set "
+        f"HF_HOME), or set {setting} to a local folder; `--profile tiny` needs no checkpoint"
     )
     if not fetch:  # --dry-run: report, never enforce or touch the network
         if hub_offline():

@@ -19,8 +19,8 @@ the lesion in general terms (size, symmetry, border, colours, artifacts) and nev
   frozen feature extractor.
 
 `checksums.json` holds the SHA-256 of every file; `shipped.verify` checks them before either model
-is loaded and refuses a changed, missing or extra file. The build is deterministic on CPU (fixed seeds, one thread):
-`dermbench diffusion pretrain-base --out DIR` rebuilds the same bytes.
+is loaded and refuses a changed, missing or extra file. The build is deterministic on CPU (fixed
+seeds, one thread): `dermbench diffusion pretrain-base --out DIR` rebuilds the same bytes.
 """
 
 from __future__ import annotations

@@ -21,7 +21,10 @@ SHIPPED = Path(__file__).with_name("tiny_base")
 CHECKSUMS = "checksums.json"
 #: the text-to-image latent model (diffusers layout) and the unconditional pixel DDPM (unet/, scheduler/)
 LATENT, PIXEL = "latent", "pixel"
-_HOW = "reinstall dermbench, or rebuild the bases with `dermbench diffusion pretrain-base --out DIR` (docs/diffusion.md)"
+_HOW = (
+    "reinstall dermbench, or rebuild the bases with `dermbench "
+    "diffusion pretrain-base --out DIR` (docs/diffusion.md)"
+)
 
 
 def files(folder: Path) -> Iterable[Path]:

@@ -11,8 +11,8 @@ the `counterfactual.json` entry of one test set (docs/counterfactual.md):
 - `per_tone`: per tone, AUC, TPR, FPR, positive rate and mean P(class 1) on the renders;
 - `shift_per_step`: per step of one type (I->II, ..., V->VI), the mean (signed) and mean absolute
   change of P(class 1), `shift_total` (VI minus I, mean over lesions) and `mean_range` (each
-  lesion's largest minus smallest P(class 1) over the tones, averaged). Multi-class tasks: the probability of each
-  lesion's true class instead of P(class 1).
+  lesion's largest minus smallest P(class 1) over the tones, averaged). Multi-class tasks: the
+  probability of each lesion's true class instead of P(class 1).
 
 Imports numpy, scikit-learn and dermbench.seeds only.
 """

@@ -1,11 +1,12 @@
 """A user's predictions file, matched to a test split's own sample ids (`dermbench evaluate`).
 
 The file is CSV or parquet (by its suffix: .csv, .csv.gz, .tsv, .parquet, .pq; parquet needs
-pyarrow, the optional extra `dermbench[parquet]`) with one row per sample: the id column (`sample_id` unless told otherwise), an optional `test_set` column (needed
-when one file covers several test sets), and one probability column per class, named by the
-class index or name: `prob_0`, `prob_1`, ... or `prob_<class>` or `<class>` (e.g. `benign`,
-`malignant`). A binary file may give only P(class 1) (`prob_1`, `prob_<class 1>` or
-`<class 1>`); P(class 0) is then 1 - P(class 1).
+pyarrow, the optional extra `dermbench[parquet]`) with one row per sample: the id column
+(`sample_id` unless told otherwise), an optional `test_set` column (needed when one file covers
+several test sets), and one probability column per class, named by the class index or name:
+`prob_0`, `prob_1`, ... or `prob_<class>` or `<class>` (e.g. `benign`, `malignant`). A binary file
+may give only P(class 1) (`prob_1`, `prob_<class 1>` or `<class 1>`); P(class 0) is then
+1 - P(class 1).
 
 Matching never joins partially: every row of the split needs exactly one row of the file, every
 row of the file must name a sample of the split, and every probability must be finite, in

@@ -1,8 +1,8 @@
 """Per-group performance, fairness gaps and bootstrap confidence intervals.
 
-`fairness_report` builds the `eval` entry of metrics.json (docs/architecture.md, "The run record"). Researchers quote
-these numbers, so every definition is fixed here and in docs/metrics.md, and the tests
-pin each one against scikit-learn, fairlearn or a hand-computed example.
+`fairness_report` builds the `eval` entry of metrics.json (docs/architecture.md, "The run record").
+Researchers quote these numbers, so every definition is fixed here and in docs/metrics.md, and the
+tests pin each one against scikit-learn, fairlearn or a hand-computed example.
 
 Predictions
     binary: class 1 when P(class 1) >= threshold (0.5 when None); multi-class: argmax (first
@@ -862,8 +862,8 @@ def fairness_report(
             "seed": seed,
             "level": CI_LEVEL,
             "method": "percentile",
-            "resampling": "each group resampled within itself (size kept), independently per group and scheme; "
-            "overall: all samples",
+            "resampling": "each group resampled within itself (size kept), "
+            "independently per group and scheme; overall: all samples",
         }
     return report
 

@@ -65,8 +65,9 @@ def curvature_layers(model: nn.Module) -> dict[str, nn.Module]:
             type(module) not in SUPPORTED
         ):  # exact types: a subclass (timm's BatchNormAct2d, StdConv2d) computes otherwise
             raise ConfigError(
-                f"the GGN diagonal supports Linear, Conv2d and BatchNorm2d layers; {name or 'the model'} is a "
-                f"{type(module).__name__} with trainable parameters. Use a CNN backbone (resnet18, vgg11_bn, ...)"
+                "the GGN diagonal supports Linear, Conv2d and BatchNorm2d layers; "
+                f"{name or 'the model'} is a {type(module).__name__} with trainable "
+                "parameters. Use a CNN backbone (resnet18, vgg11_bn, ...)"
             )
         if isinstance(module, nn.Conv2d) and (
             module.padding_mode != "zeros" or isinstance(module.padding, str)

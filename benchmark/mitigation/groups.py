@@ -114,8 +114,8 @@ def _val_macro_f1(
             if not required:
                 continue
             raise DataError(
-                f"the validation split {val.name!r} has no {scheme} group {g!r} sample, so the privileged group cannot "
-                "be chosen on validation; set the method's `privileged` setting"
+                f"the validation split {val.name!r} has no {scheme} group {g!r} sample, so the privileged "
+                "group cannot be chosen on validation; set the method's `privileged` setting"
             )
         scores[g] = float(f1_score(y[members], pred[members], average="macro", zero_division=0))
     return scores

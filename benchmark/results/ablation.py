@@ -115,14 +115,15 @@ def render(
         f"{GENERATED_MARKER} from run records: do not edit by hand -->",
         f"# Ablation: {', '.join(f'`{v}`' for v in vary)} on test set `{test_set}`",
         "",
-        f"Regenerate with `{command}`. Cells: {seed_note(summary['seed'], 'row')}; gaps are for the `{scheme}` groups "
-        "(lower is better); `eodd_net` is the FairPrune/FairQuantize papers' EOdd convention.",
+        f"Regenerate with `{command}`. Cells: {seed_note(summary['seed'], 'row')}; "
+        f"gaps are for the `{scheme}` groups (lower is better); `eodd_net` is the "
+        "FairPrune/FairQuantize papers' EOdd convention.",
         "",
         table.to_markdown(index=False, disable_numparse=True, stralign="left"),
         "",
-        f"The plot: overall AUC against EOdd (`{scheme}`), a numbered point per row (rows of one line that agree "
-        "to 3 decimals share a point); AUC rather than accuracy, so that a collapsed model (AUC near or below "
-        "chance, 0.5) shows as one.",
+        f"The plot: overall AUC against EOdd (`{scheme}`), a numbered point per row (rows "
+        "of one line that agree to 3 decimals share a point); AUC rather than accuracy, "
+        "so that a collapsed model (AUC near or below chance, 0.5) shows as one.",
         "",
         f"![overall AUC against EOdd ({scheme}) on {test_set}]({name}.png)",
     ]

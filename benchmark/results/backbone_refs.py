@@ -57,7 +57,7 @@ _VIT = """@inproceedings{dosovitskiy2021image,
   title = {An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale},
   booktitle = {International Conference on Learning Representations (ICLR)},
   year = {2021},
-}"""
+}"""  # noqa: E501 (a BibTeX field stays on one line)
 
 _DENSENET = """@misc{huang2016densely,
   author = {Huang, G. and Liu, Z. and Weinberger, K. Q.},

@@ -33,7 +33,8 @@ WORST_KEY, EODD_KEY = "fair.tone3.worst_auc", "fair.tone3.eodd"
 
 @dataclass
 class Board:
-    """What the front page, the verdicts page and the plot of one board (train dataset + task) are made from."""
+    """What the front page, the verdicts page and the plot of one board (train dataset + task) are
+    made from."""
 
     rows: list[Row]  # display order
     labels: Mapping[Row, str]
@@ -149,13 +150,13 @@ def front_page(
         "",
         "## Verdicts",
         "",
-        f"Test sets: {numbers}. Metrics: {', '.join(f'{m.short} = {m.label}' for m in VERDICT_METRICS)}. "
-        "A cell under ▲ (▼) lists the metrics on which the row is significantly better (worse) than the "
-        "reference, with the test sets in brackets; `none`: no evidence of a difference on any of them; `n/a`: too few seeds "
-        "to test; `–`: not compared (ERM against resampling is resampling's ERM column). Ranks: mean over the test "
-        "sets of the row's rank (1 = best) by tone3 worst-tone AUC and by tone3 EOdd. A row of `″` scored, seed "
-        "for seed, exactly what the row of its method above it scored, and counts once. How it is computed: "
-        f"[{docs_link}#verdicts](../{docs_link}#verdicts).",
+        f"Test sets: {numbers}. Metrics: {', '.join(f'{m.short} = {m.label}' for m in VERDICT_METRICS)}. A "
+        "cell under ▲ (▼) lists the metrics on which the row is significantly better (worse) than the "
+        "reference, with the test sets in brackets; `none`: no evidence of a difference on any of them; "
+        "`n/a`: too few seeds to test; `–`: not compared (ERM against resampling is resampling's ERM "
+        "column). Ranks: mean over the test sets of the row's rank (1 = best) by tone3 worst-tone AUC and "
+        "by tone3 EOdd. A row of `″` scored, seed for seed, exactly what the row of its method above it "
+        f"scored, and counts once. How it is computed: [{docs_link}#verdicts](../{docs_link}#verdicts).",
         "",
         _table(verdict_table(board)),
     ]
@@ -169,16 +170,16 @@ def front_page(
             "",
             "## Generators behind the generative rows",
             "",
-            "A generative row measures its method and its generator together: read its verdicts with how well "
-            "the generator did what it was asked (mean ± sd over seeds, from each record's "
-            "`methods.<name>.quality`). FID: the synthetic images against the real training images in the run's "
-            "ERM features (lower is closer); label: the share the run's ERM model labels as requested (malignant "
-            "label: of the malignant requests); tone: the share whose ITA falls in the requested tone group "
-            "(tone C: of the FST V–VI requests). ITA and the ERM "
-            "model err on real images too, so a perfect generator scores below 1: the `oracle` row (SynthDerm's "
-            "own renderer, every sample as requested) is the ceiling, and each generative method has fidelity "
-            "floors relative to it (docs/oracle.md); a row below a floor measures its generator more than its "
-            "method; `floors` gives its mean and the floor.",
+            "A generative row measures its method and its generator together: read its verdicts with how "
+            "well the generator did what it was asked (mean ± sd over seeds, from each record's "
+            "`methods.<name>.quality`). FID: the synthetic images against the real training images in the "
+            "run's ERM features (lower is closer); label: the share the run's ERM model labels as requested "
+            "(malignant label: of the malignant requests); tone: the share whose ITA falls in the requested "
+            "tone group (tone C: of the FST V–VI requests). ITA and the ERM model err on real images too, "
+            "so a perfect generator scores below 1: the `oracle` row (SynthDerm's own renderer, every "
+            "sample as requested) is the ceiling, and each generative method has fidelity floors relative "
+            "to it (docs/oracle.md); a row below a floor measures its generator more than its method; "
+            "`floors` gives its mean and the floor.",
             "",
             _table(board.quality),
         ]
@@ -190,9 +191,9 @@ def front_page(
             "",
             f"![worst-tone AUC against EOdd per test set]({stem}.png)",
             "",
-            "Worst-tone AUC (tone3, higher is better) against tone3 EOdd (lower is better), one panel per test "
-            "set; a point is the mean over seeds, whiskers its 95 % interval from the same bootstrap as the "
-            "verdicts (cut at the metric's range). Up and to the left is better.",
+            "Worst-tone AUC (tone3, higher is better) against tone3 EOdd (lower is better), one panel per "
+            "test set; a point is the mean over seeds, whiskers its 95 % interval from the same bootstrap "
+            "as the verdicts (cut at the metric's range). Up and to the left is better.",
         ]
     lines += [
         "",
@@ -215,7 +216,8 @@ FEDD_FLOOR = 0.03
 
 
 def _fedd_floor(board: Board) -> list[str]:
-    """A line per FEDD row saying whether its overall AUC on the first test set is within FEDD_FLOOR of ERM's."""
+    """A line per FEDD row saying whether its overall AUC on the first test set is within FEDD_FLOOR of
+    ERM's."""
     if not board.test_sets:
         return []
     test_set = board.test_sets[0]
@@ -241,10 +243,10 @@ def verdicts_page(board: Board, header: Sequence[str]) -> tuple[str, str]:
         "",
         *headline(board),
         "",
-        "Each cell: the difference row − reference (mean over seeds) with its 95 % interval, the Holm-adjusted "
-        "p-value over every comparison on this page, and the verdict (better / worse when that p < "
-        f"{ALPHA}, by the metric's direction). Unadjusted intervals: one that excludes 0 is not a verdict "
-        "by itself.",
+        "Each cell: the difference row − reference (mean over seeds) with its 95 % "
+        "interval, the Holm-adjusted p-value over every comparison on this page, and "
+        f"the verdict (better / worse when that p < {ALPHA}, by the metric's direction). "
+        "Unadjusted intervals: one that excludes 0 is not a verdict by itself.",
     ]
     records = []
     for test_set in board.test_sets:

@@ -170,16 +170,16 @@ def kendall_line(
     label = source_label(source) + (f", `{profile}` rows" if profile else "")
     if len(pairs) < MIN_RANKED:
         return (
-            f"Ranking by {SCHEME} EOdd, annotated vs {label}: needs at least {MIN_RANKED} rows with both values "
-            f"({len(pairs)} here)."
+            f"Ranking by {SCHEME} EOdd, annotated vs {label}: needs at "
+            f"least {MIN_RANKED} rows with both values ({len(pairs)} here)."
         )
     result = kendalltau([p[0] for p in pairs], [p[1] for p in pairs])
     tau, p_value = float(result.statistic), float(result.pvalue)
     if math.isnan(tau):
         return f"Ranking by {SCHEME} EOdd, annotated vs {label}: undefined (all values tied)."
     return (
-        f"Ranking by {SCHEME} EOdd, annotated vs {label}: Kendall's tau = {fmt(tau, 2)} over {len(pairs)} rows "
-        f"(p = {fmt(p_value, 3)}; 1 = the same order, −1 = reversed)."
+        f"Ranking by {SCHEME} EOdd, annotated vs {label}: Kendall's tau = {fmt(tau, 2)} over {len(pairs)} "
+        f"rows (p = {fmt(p_value, 3)}; 1 = the same order, −1 = reversed)."
     )
 
 
@@ -259,10 +259,11 @@ def _annotated_section(stats, sub_frame, rows, keys, labels, stat_of, columns, r
         "",
         f"### Tone-source sensitivity ({SCHEME})",
         "",
-        "The same predictions scored with the tone groups of each source: the annotation, ITA, and the tone "
-        "detector when the runs had one. Cells are mean ± sd over seeds, then `[lo, hi]`: the runs' 95% "
-        "bootstrap intervals, averaged over seeds. `A−C` gaps are signed (FST I–II minus V–VI); `direction "
-        "holds` counts the (seed, TPR/FPR/AUC gap) pairs whose sign under the estimator is the annotated one.",
+        "The same predictions scored with the tone groups of each source: the annotation, "
+        "ITA, and the tone detector when the runs had one. Cells are mean ± sd over "
+        "seeds, then `[lo, hi]`: the runs' 95% bootstrap intervals, averaged over seeds. "
+        "`A−C` gaps are signed (FST I–II minus V–VI); `direction holds` counts the (seed, "
+        "TPR/FPR/AUC gap) pairs whose sign under the estimator is the annotated one.",
         "",
         pd.DataFrame(table).to_markdown(index=False, disable_numparse=True, stralign="left"),
         "",
@@ -298,10 +299,10 @@ def _misassignment_section(stats, rows, labels, stat_of) -> list[str]:
         "",
         f"### Tone misassignment ({SCHEME})",
         "",
-        "This test set has no annotated tones; its groups are estimates. Each run redrew every estimated row's "
-        "group from the estimator's confusion measured on the run's annotated test sets, in each bootstrap "
-        "replicate: the second interval shows how far tone misassignment alone could move the gap. Intervals "
-        "are averaged over seeds.",
+        "This test set has no annotated tones; its groups are estimates. Each run redrew "
+        "every estimated row's group from the estimator's confusion measured on the run's "
+        "annotated test sets, in each bootstrap replicate: the second interval shows how far "
+        "tone misassignment alone could move the gap. Intervals are averaged over seeds.",
         "",
         pd.DataFrame(table).to_markdown(index=False, disable_numparse=True, stralign="left"),
     ]

@@ -129,7 +129,7 @@ def ordered_schemes(schemes: Sequence[str]) -> list[str]:
     return [s for s in SCHEMES if s in schemes] + sorted(s for s in schemes if s not in SCHEMES)
 
 
-# --------------------------------------------------------------------------- predictions and confusion matrices
+# ------------------------------------------------------------------------- predictions and confusion matrices
 
 
 def read_predictions(path: Path) -> pd.DataFrame:
@@ -575,7 +575,10 @@ def _extractor_text(info: Any) -> str:
     if not isinstance(info, dict):
         return _value_text(info)
     if info.get("kind") == "classifier":
-        return f"the classifier's {info.get('layer', 'penultimate')} features ({info.get('model')}, {info.get('num_features')}-d)"
+        return (
+            f"the classifier's {info.get('layer', 'penultimate')} "
+            f"features ({info.get('model')}, {info.get('num_features')}-d)"
+        )
     if info.get("kind") == "inception_v3":
         return f"Inception v3 pool features ({info.get('num_features')}-d) from {info.get('weights')}"
     return _value_text(info)

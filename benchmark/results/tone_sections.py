@@ -126,8 +126,9 @@ def _agreement_line(source: str, scores: SourceScores) -> str | None:
         for g, row in zip(a.groups, a.counts)
     )
     return (
-        f"{source_label(source)} tone3 matches the annotation on {fmt(a.tone3_accuracy)} of the {a.n - a.n_no_estimate} "
-        f"rows it placed ({a.n_no_estimate} without an estimate); counts by estimated group: {matrix}"
+        f"{source_label(source)} tone3 matches the annotation on "
+        f"{fmt(a.tone3_accuracy)} of the {a.n - a.n_no_estimate} rows it placed "
+        f"({a.n_no_estimate} without an estimate); counts by estimated group: {matrix}"
     )
 
 

@@ -439,7 +439,8 @@ def detector_data(
     )
     if len(evaluation) == 0:
         raise DataError(
-            f"{eval_dataset} split {eval_split!r} has no sample with an annotated tone to score the detector on"
+            f"{eval_dataset} split {eval_split!r} has no sample "
+            "with an annotated tone to score the detector on"
         )
     real, train_excluded = tone_split(pool.load(name, "train"), name=f"{name}-train")
     if len(real) == 0:

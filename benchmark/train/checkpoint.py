@@ -71,8 +71,8 @@ def check_plain(value: Any, where: str) -> None:
             check_plain(item, f"{where}[{i}]")
         return
     raise DermbenchError(
-        f"{where} is a {type(value).__name__}; a checkpoint holds only tensors, dicts, lists, tuples, numbers, "
-        "strings and None (convert numpy arrays with torch.from_numpy, objects to dicts)"
+        f"{where} is a {type(value).__name__}; a checkpoint holds only tensors, dicts, lists, tuples, "
+        "numbers, strings and None (convert numpy arrays with torch.from_numpy, objects to dicts)"
     )
 
 
@@ -166,12 +166,13 @@ def load_checkpoint(path: Path, *, verify: bool = True) -> dict[str, Any]:
         global_line = next((ln.strip().rstrip(".") for ln in str(exc).splitlines() if "GLOBAL" in ln), None)
         if global_line is not None:
             raise DermbenchError(
-                f"checkpoint {path} holds objects other than tensors and plain data, so it was not loaded "
-                f"(unpickling them could run code: {global_line}). Delete it to train this model from scratch."
+                f"checkpoint {path} holds objects other than tensors and plain "
+                "data, so it was not loaded (unpickling them could run code: "
+                f"{global_line}). Delete it to train this model from scratch."
             ) from exc
         raise DermbenchError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: it is damaged or not a torch checkpoint); "
-            "delete it to train this model from scratch"
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: it is damaged or not a torch "
+            "checkpoint); delete it to train this model from scratch"
         ) from exc
     if not isinstance(payload, dict) or "state" not in payload:
         raise DermbenchError(

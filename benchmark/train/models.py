@@ -153,8 +153,8 @@ def check_pretrained_weights(config: dict) -> list[dict[str, str]]:
             )
     if missing:
         raise DermbenchError(
-            "ImageNet weights are not in the local timm/Hugging Face or torch hub cache and runs never use the "
-            "network. Fetch them once on a connected machine (the same cache, or copy it here):\n"
+            "ImageNet weights are not in the local timm/Hugging Face or torch hub cache and runs never use "
+            "the network. Fetch them once on a connected machine (the same cache, or copy it here):\n"
             + "\n".join(missing)
             + "\nor set the setting to the path of a weights file (.safetensors/.pth)."
         )
@@ -184,9 +184,10 @@ def create_backbone(
                 return _create(name, pretrained=True, image_size=image_size, **kwargs)
         except Exception as exc:  # timm raises several kinds on a cache miss
             raise DermbenchError(
-                f"pretrained weights for {name!r} are not in the local timm/Hugging Face cache and the run is offline "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Fetch them once on a "
-                f"connected machine: {fetch_command(name)}; or set model.pretrained to the path of a weights file."
+                f"pretrained weights for {name!r} are not in the local timm/Hugging Face cache and the "
+                f"run is offline ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}). Fetch them once on a connected "
+                f"machine: {fetch_command(name)}; or set model.pretrained to the path of a weights file."
             ) from exc
     model = _create(name, pretrained=False, image_size=image_size, **kwargs)
     if pretrained in (False, None, "", "false"):

@@ -434,13 +434,15 @@ def train_model(
             progress["epoch"] = epoch + 1
             bar.update(task, info=f"epoch {epoch + 1}/{epochs} val {cfg['select_metric']} {score:.4f}")
             ctx.say(
-                f"{name} epoch {epoch + 1}/{epochs}: loss {running / steps:.4f}, val {cfg['select_metric']} {score:.4f}"
+                f"{name} epoch {epoch + 1}/{epochs}: loss "
+                f"{running / steps:.4f}, val {cfg['select_metric']} {score:.4f}"
             )
             _save(ckpt_path, model, optimizer, schedule, scaler, progress, state, name)
     if progress["best_state"] is not None:
         model.load_state_dict(progress["best_state"])
     ctx.say(
-        f"{name}: best val {cfg['select_metric']} {progress['best_score']:.4f} at epoch {progress['best_epoch']}"
+        f"{name}: best val {cfg['select_metric']} "
+        f"{progress['best_score']:.4f} at epoch {progress['best_epoch']}"
     )
     model.train_history = progress["history"]  # type: ignore[attr-defined]
     # every state this training resumed from matched its checksum (the ERM cache stores only such models)
@@ -465,7 +467,8 @@ def _keyword_error(given: dict) -> DermbenchError:
     guess = closest(key, KEYWORDS)
     hint = f"; did you mean {guess!r}?" if guess else ""
     return DermbenchError(
-        f"train_model: unknown keyword {key!r}{hint} Its keywords: {', '.join(KEYWORDS)} (see docs/trainer.md)"
+        f"train_model: unknown keyword {key!r}{hint} Its "
+        f"keywords: {', '.join(KEYWORDS)} (see docs/trainer.md)"
     )
 
 
