@@ -40,7 +40,8 @@ from dermbench.errors import DataError
 COLUMNS = ("DDI_ID", "DDI_file", "skin_tone", "malignant", "disease")
 TONE3 = {12: "A", 34: "B", 56: "C"}
 TONE2_EXCLUDED = "tone2: skin_tone 34 (FST III-IV) has no light/dark group"
-#: segmentation classes of `masks_dir` label maps (SynthDerm's order); NOT_ANNOTATED marks pixels without a label
+#: segmentation classes of `masks_dir` label maps (SynthDerm's order); NOT_ANNOTATED marks pixels
+#: without a label
 MASK_CLASSES = ("background", "skin", "lesion", "marker", "ruler")
 NOT_ANNOTATED = 255
 
@@ -59,7 +60,7 @@ class DDI(TableDataset):
   number = {31},
   pages = {eabq6147},
   year = {2022},
-}""",
+}""",  # noqa: E501 (a BibTeX field stays on one line)
     )
     tasks = ("malignant",)
     domain = "clinical"

@@ -126,9 +126,10 @@ def m2m_rule(scenario: str, subset: int) -> M2MRule:
         stratify=("label", "tone group"),
         method="m2m",
         description=(
-            f"majority-to-minority scenario {scenario}, flexible subset {subset} ({m2m.PER_CLASS} per condition per "
-            "tone group, pandas groupby-sample with random_state = subset); the scenario's training part split "
-            f"{1 - m2m.VAL_FRACTION:.0%}/{m2m.VAL_FRACTION:.0%} into train/val, stratified by condition x tone group"
+            f"majority-to-minority scenario {scenario}, flexible subset {subset} ({m2m.PER_CLASS} "
+            "per condition per tone group, pandas groupby-sample with random_state = subset); the "
+            f"scenario's training part split {1 - m2m.VAL_FRACTION:.0%}/{m2m.VAL_FRACTION:.0%} "
+            "into train/val, stratified by condition x tone group"
         ),
     )
 
@@ -145,7 +146,7 @@ class Fitz17k(TableDataset):
   booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR) Workshops},
   pages = {1820--1828},
   year = {2021},
-}""",
+}""",  # noqa: E501 (a BibTeX field stays on one line)
     )
     domain = "clinical"
     metadata = "fitzpatrick17k.csv"

@@ -73,7 +73,7 @@ HAM10000 = r"""@article{tschandl2018ham10000,
   volume = {5},
   pages = {180161},
   year = {2018},
-}"""
+}"""  # noqa: E501 (a BibTeX field stays on one line)
 
 
 class _ISIC(TableDataset):
@@ -117,7 +117,7 @@ class ISIC2018(_ISIC):
   year = {2019},
   eprint = {1902.03368},
   archivePrefix = {arXiv},
-}""",
+}""",  # noqa: E501 (a BibTeX field stays on one line)
     )
     metadata = "ISIC2018_Task3_Test_GroundTruth.csv"
     metadata_alternatives = ("ISIC2018_Task3_Test_GroundTruth/ISIC2018_Task3_Test_GroundTruth.csv",)
@@ -161,8 +161,8 @@ FAIRQUANTIZE_RULE = SplitRule(
     stratify=("class_id",),
     method="sklearn",
     description=(
-        "FairQuantize ISIC 2019: rows with a sex only, 60/20/20 stratified by class_id (one-hot column position, "
-        "MEL=0 ... SCC=7), random_state 4242"
+        "FairQuantize ISIC 2019: rows with a sex only, 60/20/20 stratified by class_id (one-hot column "
+        "position, MEL=0 ... SCC=7), random_state 4242"
     ),
 )
 STANDARD_RULE = SplitRule(
@@ -194,14 +194,14 @@ class ISIC2019(_ISIC):
   pages = {168--172},
   publisher = {IEEE},
   year = {2018},
-}""",
+}""",  # noqa: E501 (a BibTeX field stays on one line)
         r"""@misc{combalia2019bcn20000,
   author = {Combalia, M. and Codella, N. C. and Rotemberg, V. and Helba, B. and Vilaplana, V. and Reiter, O. and Carrera, C. and Barreiro, A. and Halpern, A. C. and Puig, S. and others},
   title = {{BCN20000}: Dermoscopic Lesions in the Wild},
   year = {2019},
   eprint = {1908.02288},
   archivePrefix = {arXiv},
-}""",
+}""",  # noqa: E501 (a BibTeX field stays on one line)
     )
     metadata = "ISIC_2019_Training_GroundTruth.csv"
     other_files = ("ISIC_2019_Training_Metadata.csv",)
@@ -223,7 +223,8 @@ class ISIC2019(_ISIC):
         column = next((c for c in SEX_COLUMNS if c in frame.columns), None)
         if column is None:
             raise DataError(
-                f"{path}: missing column sex (or gender, as some copies name it) (found: {', '.join(frame.columns)})"
+                f"{path}: missing column sex (or gender, as some "
+                f"copies name it) (found: {', '.join(frame.columns)})"
             )
         require_unique(frame["image"], path=path, column="image")
         check = self.checker(path, frame)

@@ -63,7 +63,8 @@ def check_scenario(dataset: str, scenario: object, subset: object) -> tuple[str,
     subset = 0 if subset is None else subset
     if isinstance(subset, bool) or not isinstance(subset, int) or subset < 0:
         raise ConfigError(
-            f"dataset {dataset!r}: option m2m_subset={subset!r} must be a non-negative integer (the paper uses 0-4)"
+            f"dataset {dataset!r}: option m2m_subset={subset!r} "
+            "must be a non-negative integer (the paper uses 0-4)"
         )
     return str(scenario), subset
 

@@ -41,7 +41,7 @@ class _MClass(TableDataset):
   volume = {111},
   pages = {30--37},
   year = {2019},
-}""",
+}""",  # noqa: E501 (a BibTeX field stays on one line)
     )
 
     def read(self) -> pd.DataFrame:

@@ -50,7 +50,7 @@ class PadUfes20(TableDataset):
   title = {{PAD-UFES-20}: A Skin Lesion Dataset Composed of Patient Data and Clinical Images Collected from Smartphones},
   journal = {Data in Brief},
   year = {2020},
-}""",
+}""",  # noqa: E501 (a BibTeX field stays on one line)
     )
     tasks = ("malignant", "diagnosis")
     domain = "clinical"

@@ -230,7 +230,8 @@ def augment(ctx, train):
         pd.Series(history, name="loss").to_csv(folder / "loss.csv", index_label="step")
 
     ctx.say(
-        f"{name}: fine-tuning on {len(tuned)} captioned images ({int((~known).sum())} without a tone left out)"
+        f"{name}: fine-tuning on {len(tuned)} captioned images "
+        f"({int((~known).sum())} without a tone left out)"
     )
     tuned_entry = cached_entry("finetuned", {"method": name, **material}, finetune, say=ctx.say)
     c.unet = (

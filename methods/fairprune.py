@@ -117,7 +117,8 @@ MASK_FILE = "pruning_mask.safetensors"
 def dermbench_method_defaults(profile: str, dataset: str) -> dict:
     if profile == "paper":  # the FairQuantize paper's task, split, backbone and group scheme on its datasets
         settings = {k: v for k, v in DEFAULTS.items() if k != "groups"}
-        # the EOdd its reported tables use (the Notre Dame |dTPR + dFPR| / 2, our eodd_net), as FairQuantize selects on
+        # the EOdd its reported tables use (the Notre Dame |dTPR + dFPR| / 2, our eodd_net), as
+        # FairQuantize selects on
         return paper_defaults(dataset, name, {**settings, "fair_metric": "eodd_net"})
     return {name: {**DEFAULTS, **TINY} if profile == "tiny" else dict(DEFAULTS)}
 
@@ -200,9 +201,9 @@ def _check_groups_present(train: Split, scheme: str) -> None:
     present = [g for i, g in enumerate(group_names(scheme)) if (codes == i).any()]
     if len(present) < 2:
         raise DataError(
-            f"{name}.groups={scheme}: FairPrune needs two {scheme} groups in the training split {train.name!r}, "
-            f"found {present or 'none'} ({int((codes < 0).sum())} of {len(train)} samples have no {scheme} group); "
-            f"choose a scheme the data has with --set {name}.groups=..."
+            f"{name}.groups={scheme}: FairPrune needs two {scheme} groups in the training split "
+            f"{train.name!r}, found {present or 'none'} ({int((codes < 0).sum())} of {len(train)} samples "
+            f"have no {scheme} group); choose a scheme the data has with --set {name}.groups=..."
         )
 
 
@@ -301,8 +302,8 @@ def prune(ctx, model: nn.Module, train: Split, val: Split, settings: dict[str, A
             }
         )
         ctx.say(
-            f"{name}: round {r}: {share:.2%} of {total} weights pruned; validation metric {result['metric']:.4f}, "
-            f"{settings['fair_metric']} {_shown(result['gap'])}"
+            f"{name}: round {r}: {share:.2%} of {total} weights pruned; validation metric "
+            f"{result['metric']:.4f}, {settings['fair_metric']} {_shown(result['gap'])}"
         )
     index, why = choose(
         [{"metric": c["val_metric"], "gap": c["val_gap"]} for c in rounds],
@@ -336,7 +337,8 @@ def prune(ctx, model: nn.Module, train: Split, val: Split, settings: dict[str, A
             record["paper"] = anchors
     ctx.record(name, record)
     ctx.say(
-        f"{name}: chosen round {chosen} ({why}): {record['pruned_share']:.2%} of the weights pruned, mask in {MASK_FILE}"
+        f"{name}: chosen round {chosen} ({why}): {record['pruned_share']:.2%} "
+        f"of the weights pruned, mask in {MASK_FILE}"
     )
     return model
 

@@ -64,7 +64,7 @@ REFERENCES: tuple[str, ...] = (
   title = {{FairQuantize}: Achieving Fairness Through Weight Quantization for Dermatological Disease Diagnosis},
   booktitle = {Medical Image Computing and Computer Assisted Intervention -- MICCAI 2024},
   year = {2024},
-}""",
+}""",  # noqa: E501 (a BibTeX field stays on one line)
 )
 
 RANKINGS = ("global", "layer")

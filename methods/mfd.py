@@ -305,8 +305,9 @@ def classifier_head(model: nn.Module, role: str) -> nn.Module:
     head = getter() if callable(getter) else None
     if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
         raise DermbenchError(
-            f"{name}: the {role} ({type(model).__name__}) has no classifier head module (timm's get_classifier()), "
-            "so its penultimate features cannot be taken; MFD needs a timm classifier backbone"
+            f"{name}: the {role} ({type(model).__name__}) has no classifier "
+            "head module (timm's get_classifier()), so its penultimate "
+            "features cannot be taken; MFD needs a timm classifier backbone"
         )
     return head
 
@@ -367,10 +368,10 @@ def _not_finite(
         t, s = _as_float(teacher), _as_float(student)
         sigma_bar = float(squared_distances(t, s).mean()) if t.numel() and s.numel() else float("nan")
     return DermbenchError(
-        f"{name}: the MMD term became {float(term.detach())} at student training step {step} of this process (teacher "
-        f"features: {finite(teacher)}; student features: {finite(student)}; bandwidth sigma_bar {sigma_bar:.4g}). "
-        f"The student diverged or its input is broken: lower train.lr or the distillation weight "
-        f"({name}.outer * {name}.lam / 2 = {weight:.4g}), or check the inputs"
+        f"{name}: the MMD term became {float(term.detach())} at student training step {step} of this process "
+        f"(teacher features: {finite(teacher)}; student features: {finite(student)}; bandwidth sigma_bar "
+        f"{sigma_bar:.4g}). The student diverged or its input is broken: lower train.lr or the distillation "
+        f"weight ({name}.outer * {name}.lam / 2 = {weight:.4g}), or check the inputs"
     )
 
 
@@ -400,8 +401,9 @@ def fit(ctx, model: nn.Module, train: Split, val: Split) -> nn.Module:
     present = [g for g in names if any(counts[g] for counts in cells.values())]
     if len(present) < 2:
         raise DataError(
-            f"MFD needs two {scheme} groups in the training split {train.name!r}, found {present or 'none'} "
-            f"({unknown} of {len(train)} samples have no {scheme} group); choose another scheme with {name}.groups"
+            f"MFD needs two {scheme} groups in the training split {train.name!r}, "
+            f"found {present or 'none'} ({unknown} of {len(train)} samples have "
+            f"no {scheme} group); choose another scheme with {name}.groups"
         )
     weight = settings["outer"] * settings["lam"] / 2.0
     record: dict[str, Any] = {

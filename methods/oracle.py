@@ -160,9 +160,10 @@ def synthderm_of(ctx) -> SynthDerm:
 
 def no_renderer(dataset: str) -> str:
     return (
-        f"method {name!r} renders its synthetic samples with SynthDerm's procedural generator, and dataset "
-        f"{dataset!r} has no renderer (its images are files, with no model to draw new ones from); run {name} "
-        f"with --dataset synthderm, or a generative method (dermdiff, majority2minority) on {dataset!r}"
+        f"method {name!r} renders its synthetic samples with SynthDerm's procedural "
+        f"generator, and dataset {dataset!r} has no renderer (its images are files, "
+        f"with no model to draw new ones from); run {name} with --dataset synthderm, "
+        f"or a generative method (dermdiff, majority2minority) on {dataset!r}"
     )
 
 
