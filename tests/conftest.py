@@ -191,7 +191,8 @@ def build_fitz17k(
             label, nine = FITZ_CONDITIONS[partition][0]
         md5 = hashlib.md5(f"fitz17k-{seed}-{i}".encode()).hexdigest()
         if i % 2:
-            url = f"https://www.dermaamin.com/site/images/clinical-pic/{label[0]}/{label.replace(' ', '-')}/{label.replace(' ', '-')}{i}.jpg"
+            slug = label.replace(" ", "-")
+            url = f"https://www.dermaamin.com/site/images/clinical-pic/{label[0]}/{slug}/{slug}{i}.jpg"
         else:
             url = f"http://atlasdermatologico.com.br/img?imageId={1000 + i}"
         centaur = -1 if fst == -1 else (fst if i % 5 else min(6, fst + 1))

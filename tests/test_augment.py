@@ -150,11 +150,13 @@ def _ctx_and_train(tmp_path) -> tuple[RunContext, Split]:
         ),
         (
             "wrong-classes",
-            r"method plugin 'synthaug': augment returned classes \('nevus', 'melanoma'\), expected .*'benign'",
+            r"method plugin 'synthaug': augment returned classes "
+            r"\('nevus', 'melanoma'\), expected .*'benign'",
         ),
         (
             "wrong-size",
-            r"method plugin 'synthaug': augment returned images of shape \(32, 32, 3\), expected .*\(16, 16, 3\)",
+            r"method plugin 'synthaug': augment returned images "
+            r"of shape \(32, 32, 3\), expected .*\(16, 16, 3\)",
         ),
     ],
 )

@@ -69,8 +69,8 @@ class Mix:
     @hookimpl(wrapper=True)
     def fit(self, ctx, model, train, val):
         generated_rows = train.table["tone_source"] == "generated"
-        SEEN.append((len(train), int(generated_rows.sum()), int((val.table["tone_source"] == "generated").sum()),
-                     train.table["sample_id"].tolist()))
+        generated_val = int((val.table["tone_source"] == "generated").sum())
+        SEEN.append((len(train), int(generated_rows.sum()), generated_val, train.table["sample_id"].tolist()))
         return (yield)
 """
 LOCAL = ("mixplug:Mix",)

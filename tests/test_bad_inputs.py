@@ -73,7 +73,7 @@ def test_a_config_file_that_is_not_utf8_is_named(tmp_path, capsys):
     assert f"config file {config} is not UTF-8 text" in out.replace("\n", "") and "byte 0xe9" in out
 
 
-# --------------------------------------------------------------------------- plugins that break the hook contract
+# ----------------------------------------------------------------------- plugins that break the hook contract
 
 BAD_PLUGINS = '''
 import numpy as np
@@ -215,7 +215,8 @@ def test_a_plugin_whose_fit_returns_none_is_refused_not_replaced_by_erm(tmp_path
         ("nonepredict", r"method plugin 'nonepredict': its predict returned None"),
         (
             "unnormalised",
-            r"method plugin 'unnormalised': predict on '[^']*val[^']*'.* a sum other than 1 \(tolerance 0.001\) in 4 of 4 row\(s\)",
+            r"method plugin 'unnormalised': predict on '[^']*val[^']*'.* "
+            r"a sum other than 1 \(tolerance 0.001\) in 4 of 4 row\(s\)",
         ),
         (
             "nanpredict",
@@ -432,7 +433,7 @@ def test_checking_predict_before_fit_leaves_the_model_and_rng_as_they_were():
     assert torch.equal(rng, torch.get_rng_state()) and model.training
 
 
-# --------------------------------------------------------------------------- records changed after they finished (issue 27)
+# ------------------------------------------------------------- records changed after they finished (issue 27)
 
 
 @pytest.fixture(scope="module")
@@ -590,11 +591,12 @@ def test_an_unsealed_done_marker_names_the_seal_command_which_seals_only_a_sound
     assert (run / "done").read_text() == "2026-12-01T01:45:09.829936+00:00\n"
 
 
-# --------------------------------------------------------------------------- ambiguous metadata CSVs (issue 27)
+# ------------------------------------------------------------------------- ambiguous metadata CSVs (issue 27)
 
 
 def _duplicate_column(path: Path, column: str) -> None:
-    """Append a second copy of `column` (all benign / another partition) to a metadata CSV's header and rows."""
+    """Append a second copy of `column` (all benign / another partition) to a metadata CSV's header
+    and rows."""
     import csv as csvmodule
     import io
 
@@ -655,7 +657,7 @@ def test_read_csv_refuses_a_column_repeated_after_stripping(tmp_path):
         read_csv(path, required=("id",))
 
 
-# --------------------------------------------------------------------------- loading a local plugin (issue 27)
+# -------------------------------------------------------------------------- loading a local plugin (issue 27)
 
 
 def _readme_plugin() -> tuple[str, str]:
@@ -744,7 +746,7 @@ def test_a_plugin_that_cannot_be_imported_says_how_to_make_it_importable(tmp_pat
     assert "No module named 'nosuchdependency'" in err and "needsdep.py imports it" in err
 
 
-# --------------------------------------------------------------------------- messages that say what to do (issue 27)
+# -------------------------------------------------------------------- messages that say what to do (issue 27)
 
 
 def test_the_image_cache_space_message_gives_sizes_in_sensible_units(tmp_path, monkeypatch):
@@ -817,7 +819,7 @@ def test_an_unknown_privileged_group_reads_as_a_sentence():
     )
 
 
-# --------------------------------------------------------------------------- found by the fuzz tests (tests/test_fuzz.py)
+# --------------------------------------------------------------- found by the fuzz tests (tests/test_fuzz.py)
 
 
 def test_a_bare_carriage_return_in_a_malformed_csv_is_a_data_error(tmp_path):

@@ -129,7 +129,8 @@ def test_committed_ids_look_like_the_datasets_ids():
     assert fitz["sample_id"].str.fullmatch(r"[0-9a-f]{32}").all()  # md5hash
     isic = pd.concat([committed("isic2019", r)[0] for r in ("standard", "fairquantize")])
     assert isic["sample_id"].str.fullmatch(r"ISIC_\d{7}(_downsampled)?").all()
-    # both rules of a dataset were made from the same metadata file; fairquantize leaves rows out on isic2019 only
+    # both rules of a dataset were made from the same metadata file; fairquantize leaves rows out on
+    # isic2019 only
     for dataset in DATASETS:
         (standard, meta_s), (fairquantize, meta_f) = (
             committed(dataset, "standard"),
@@ -214,8 +215,8 @@ def test_a_loader_whose_metadata_differs_from_a_committed_split_is_refused(
     _, meta = committed(dataset, rule)
     message = (
         rf"{cls.metadata} \(sha256 [0-9a-f]{{12}}\.\.\.\) does not match the split file "
-        rf"{re.escape(str(SPLITS_DIR / f'{dataset}-{rule}.csv'))} \(made from sha256 {meta['sha256'][:12]}\.\.\.\)"
-        r".*split_mismatch=resplit"
+        rf"{re.escape(str(SPLITS_DIR / f'{dataset}-{rule}.csv'))} \(made from sha256 "
+        rf"{meta['sha256'][:12]}\.\.\.\).*split_mismatch=resplit"
     )
     with pytest.raises(DataError, match=message):
         cls(tree.root, split_rule=rule).table("malignant")

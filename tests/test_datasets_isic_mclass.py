@@ -85,7 +85,10 @@ def test_isic2018_not_one_hot_row_is_named(make_isic2018):
     frame.to_csv(csv, index=False)
     with pytest.raises(
         DataError,
-        match=r"GroundTruth\.csv: column 'MEL,NV,BCC,AKIEC,BKL,DF,VASC'.*line 7: '0\.0,1\.0,0\.0,0\.0,0\.0,1\.0,0\.0'",
+        match=(
+            r"GroundTruth\.csv: column 'MEL,NV,BCC,AKIEC,BKL,DF,VASC'.*"
+            r"line 7: '0\.0,1\.0,0\.0,0\.0,0\.0,1\.0,0\.0'"
+        ),
     ):
         ISIC2018(tree.root).table("diagnosis")
     assert len(ISIC2018(tree.root, on_error="skip").table("diagnosis")) == 13

@@ -115,7 +115,8 @@ def test_a_predictions_file_gives_exactly_the_metrics_fairness_report_gives(tmp_
     predictions = pd.read_csv(run / "predictions" / "ddi.csv", dtype={"sample_id": str})
     assert np.allclose(predictions["prob_1"], p1)
     assert (run / "report.md").is_file() and "Calibration by tone3 group" in (run / "report.md").read_text()
-    # calibration by tone: the reliability bins recomputed from the predictions give the record's ECE per group
+    # calibration by tone: the reliability bins recomputed from the predictions give the record's ECE
+    # per group
     curves = group_reliability(predictions, "tone3")
     assert set(curves) == {"A", "B", "C", "all"} and (run / "reliability.png").is_file()
     for group in ("A", "B", "C"):

@@ -590,7 +590,8 @@ def test_csv_is_written_and_matches_the_table(tmp_path):
 
 
 def test_records_made_by_the_metrics_module_aggregate(tmp_path):
-    """collect reads the eval entries dermbench.evaluation.metrics.fairness_report writes (CIs, pairs, dict flags)."""
+    """collect reads the eval entries dermbench.evaluation.metrics.fairness_report writes (CIs, pairs,
+    dict flags)."""
     rng = np.random.default_rng(0)
     eodds = []
     for seed in (0, 1):

@@ -47,7 +47,8 @@ PARTITION = {
     "prurigo nodularis": ("benign epidermal", "benign"),
     "acne vulgaris": ("inflammatory", "non-neoplastic"),
 }
-#: rows per FST of each of the 7 conditions: light 9 + 10, dark 9 + 6 (>= 8 per group), middle 2 + 2, unknown 1
+#: rows per FST of each of the 7 conditions: light 9 + 10, dark 9 + 6 (>= 8 per group), middle 2 + 2,
+#: unknown 1
 ROWS_PER_FST = {1: 9, 2: 10, 3: 2, 4: 2, 5: 9, 6: 6, -1: 1}
 #: a condition with only 5 dark rows: its flexible subset takes all of them
 SHORT = "nematode infection"

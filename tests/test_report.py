@@ -480,7 +480,8 @@ def test_multiclass_report_shows_full_matrices(tmp_path):
 
 
 def test_report_of_a_record_made_by_the_metrics_module(tmp_path):
-    """The report reads what dermbench.evaluation.metrics.fairness_report writes (CIs, group pairs, dict flags)."""
+    """The report reads what dermbench.evaluation.metrics.fairness_report writes (CIs, group pairs,
+    dict flags)."""
     table = predictions(n_per_group=40, seed=1)
     test_eval = fairness_report(
         y_true=table["label"].to_numpy(),

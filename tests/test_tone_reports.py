@@ -50,7 +50,8 @@ def _tone2(tone3: np.ndarray) -> np.ndarray:
 
 
 def _simulated(skill: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Labels, P(malignant), true tone3, ITA, and ITA's tone3 (which calls some B rows C and some C rows B)."""
+    """Labels, P(malignant), true tone3, ITA, and ITA's tone3 (which calls some B rows C and some C
+    rows B)."""
     rng = np.random.default_rng(seed)
     tone3 = np.array(["A", "B", "C"], dtype=object)[np.arange(N) % 3]
     y = (rng.random(N) < 0.4).astype(int)

@@ -101,7 +101,8 @@ def test_the_wheel_installs_into_a_fresh_environment_and_runs(tmp_path):
                 "'datasets': dermbench.datasets.__file__, 'version': dermbench.__version__, "
                 "'readme': d.joinpath('README.md').is_file(), "
                 "'splits': sorted(p.name for p in d.joinpath('splits').iterdir()), "
-                "'profiles': sorted(p.name for p in files('dermbench.config').joinpath('profiles').iterdir()), "
+                "'profiles': sorted("
+                "p.name for p in files('dermbench.config').joinpath('profiles').iterdir()), "
                 "'tiny_base': __import__('dermbench.diffusion.shipped', fromlist=['verify']).verify()}))"
             ),
             cwd=tmp_path,

@@ -37,7 +37,10 @@ WORKFLOW = ROOT / ".github" / "workflows" / "leaderboard.yml"
 CELLS = (len(BUILTIN_METHODS) + 1) * 3
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}", re.S)
 #: `dermbench` inside a step: record the arguments, one JSON list per call
-STUB = 'dermbench() { "$STUB_PYTHON" -c \'import json, sys; print(json.dumps(sys.argv[1:]))\' "$@" >> "$DERMBENCH_CALLS"; }\n'
+STUB = (
+    'dermbench() { "$STUB_PYTHON" -c \'import json, sys; '
+    'print(json.dumps(sys.argv[1:]))\' "$@" >> "$DERMBENCH_CALLS"; }\n'
+)
 
 
 def load_workflow() -> dict:

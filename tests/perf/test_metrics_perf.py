@@ -43,7 +43,8 @@ def data():
 
 
 def _ece(y_true, _y_pred, score) -> float:
-    """The same ECE as dermbench (15 right-closed bins on P(class 1)), vectorised for fairness to the baseline."""
+    """The same ECE as dermbench (15 right-closed bins on P(class 1)), vectorised for fairness to
+    the baseline."""
     score, y_true = np.asarray(score, dtype=float), np.asarray(y_true, dtype=float)
     bins = np.digitize(score, np.linspace(0, 1, ECE_BINS + 1)[1:-1], right=True)
     diff = np.bincount(bins, weights=score - y_true, minlength=ECE_BINS)
@@ -139,8 +140,8 @@ def test_dermbench_full_report(benchmark, data) -> None:
     fairlearn_full = t0 + N_BOOT * per_resample
     speedup = fairlearn_full / _results["dermbench"]
     print(
-        f"\nfairlearn MetricFrame: {t0:.2f} s + {per_resample:.2f} s per resample -> {fairlearn_full:.0f} s for "
-        f"{N_BOOT} resamples (scaled from {FAIRLEARN_BOOT}); dermbench {_results['dermbench']:.2f} s: "
-        f"{speedup:.0f}x faster"
+        f"\nfairlearn MetricFrame: {t0:.2f} s + {per_resample:.2f} s per resample -> "
+        f"{fairlearn_full:.0f} s for {N_BOOT} resamples (scaled from {FAIRLEARN_BOOT}); "
+        f"dermbench {_results['dermbench']:.2f} s: {speedup:.0f}x faster"
     )
     assert speedup >= 10, f"fairness_report only {speedup:.1f}x faster than fairlearn MetricFrame"

@@ -9,10 +9,11 @@
   and step over the samples in batches of 64, each batch normalised from uint8 by the harness's
   Normaliser as the scoring pass does. Per sample, the scoring costs more than training (about
   1.7x here: a forward pass, one backward pass for the input gradients, and per-sample weight
-  gradients in closed form, squared); the test prints that ratio too, unasserted. Both are measured in this session, one after the other, on one torch
-  thread (on a shared machine the thread pool's spinning measures the neighbours, not the code);
-  the assertion compares the minimum of the rounds. When it fails, the message carries a
-  torch.profiler table of the scoring pass on one chunk per side.
+  gradients in closed form, squared); the test prints that ratio too, unasserted. Both are measured
+  in this session, one after the other, on one torch thread (on a shared machine the thread pool's
+  spinning measures the neighbours, not the code); the assertion compares the minimum of the rounds.
+  When it fails, the message carries a torch.profiler table of the scoring pass on one chunk per
+  side.
 - `lowest` over 10M scores in 20 tensors: the issue's absolute bound, "well under a second",
   asserted as min < 1 s (no baseline); and no Python loop over weights, checked by counting the
   Python lines executed inside it (bounded by the number of tensors, not of weights).
@@ -152,8 +153,8 @@ def test_group_curvature_costs_at_most_one_epoch(benchmark, setting) -> None:
         per_sample_ratio=per_sample,
     )
     print(
-        f"\nGGN scoring pass {_results['scoring']:.2f} s = {ratio:.2f}x a training epoch of {N_TRAIN} samples "
-        f"({_results['epoch']:.2f} s); per sample {per_sample:.2f}x training"
+        f"\nGGN scoring pass {_results['scoring']:.2f} s = {ratio:.2f}x a training epoch of {N_TRAIN} "
+        f"samples ({_results['epoch']:.2f} s); per sample {per_sample:.2f}x training"
     )
     if ratio > 1.0:
         pytest.fail(
@@ -210,7 +211,8 @@ def test_lowest_over_ten_million_scores(benchmark, with_eligible) -> None:
     assert lines < 20 * N_TENSORS + 100, f"lowest ran {lines} Python lines for {N_TENSORS} tensors"
     best = _results[f"lowest-{with_eligible}"]
     print(
-        f"\nlowest over {N_SCORES:,} scores in {N_TENSORS} tensors: min {best * 1000:.0f} ms, {lines} Python lines"
+        f"\nlowest over {N_SCORES:,} scores in {N_TENSORS} "
+        f"tensors: min {best * 1000:.0f} ms, {lines} Python lines"
     )
     assert best < 1.0, (
         f"lowest over {N_SCORES:,} scores took {best:.2f} s (min of 5): not well under a second"

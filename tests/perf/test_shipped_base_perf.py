@@ -115,7 +115,7 @@ def test_shipped_base_then_finetuning_is_faster(benchmark, split) -> None:
         pytest.skip("run the baseline in the same session to compare")
     ratio = _seconds["per-run"] / _seconds["shipped"]
     print(
-        f"\nshipped base + fine-tuning {_seconds['shipped']:.1f} s against per-run base training + fine-tuning "
-        f"{_seconds['per-run']:.1f} s ({ratio:.1f}x faster)"
+        f"\nshipped base + fine-tuning {_seconds['shipped']:.1f} s against per-run base training + "
+        f"fine-tuning {_seconds['per-run']:.1f} s ({ratio:.1f}x faster)"
     )
     assert np.isfinite(ratio) and ratio > 1.0
