@@ -401,6 +401,11 @@ def test_unknown_experiment_suggests_the_closest(capsys):
     assert "Did you mean 'synthderm-m2m-i'?" in " ".join(capsys.readouterr().err.split())  # rich wraps lines
 
 
+def test_the_old_protocol_flag_names_its_new_name(capsys):
+    assert main(["run", "--protocol", "synthderm-m2m-i"]) == 2
+    assert "use --experiment synthderm-m2m-i" in " ".join(capsys.readouterr().err.split())
+
+
 def test_experiment_and_config_together_are_refused(tmp_path, capsys):
     own = tmp_path / "own.yaml"
     own.write_text(yaml.safe_dump({"seed": 1}))

@@ -103,6 +103,11 @@ def json_summary(result: RunResult, record: Record) -> dict:
 def config_file(args: argparse.Namespace) -> Path | None:
     """The settings file of the run: --config, or the packaged file of --experiment (one of them,
     since a config file is one layer; copy the experiment's file to change it as a whole)."""
+    if args.protocol is not None:
+        raise ConfigError(
+            f"--protocol {args.protocol}: the packaged configs are experiments since 2026-12; "
+            f"use --experiment {args.protocol}"
+        )
     if args.experiment is None:
         return args.config
     path = experiment_path(args.experiment)
@@ -233,6 +238,7 @@ def register(sub) -> None:
         help="a packaged experiment config (a paper's dataset, task, data options and test sets; "
         "docs/protocols.md), combinable with --set, --seed, --method: " + ", ".join(experiment_names()),
     )
+    p.add_argument("--protocol", help=argparse.SUPPRESS)  # the old name of --experiment: an error saying so
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=0.01"
     )
