@@ -61,8 +61,8 @@ def _classifier_step(
 ) -> tuple[Callable[[], Any], int, str]:
     """The trainer's step (dermbench.train.trainer.train_model) on random images: the Normaliser
     with the profile's augmentation and crop, autocast, GradScaler, channels-last, the optimiser."""
-    from dermbench.diffusion.architectures import classifier  # noqa: PLC0415
     from dermbench.train import trainer  # noqa: PLC0415
+    from dermbench.train.meta_models import classifier  # noqa: PLC0415
 
     train = cfg["train"]
     ctx = SimpleNamespace(device=device, config=cfg)
@@ -104,8 +104,8 @@ def _erm(device: torch.device):
 
 def _curvature(device: torch.device, method: str):
     """One scoring batch of the GGN diagonal (dermbench.mitigation.curvature) on the paper model."""
-    from dermbench.diffusion.architectures import classifier  # noqa: PLC0415
     from dermbench.mitigation.curvature import ggn_diagonal  # noqa: PLC0415
+    from dermbench.train.meta_models import classifier  # noqa: PLC0415
 
     cfg = _paper_config(method, "fitz17k")
     net = classifier(cfg["model"]["backbone"], 114).to(device).eval()
@@ -116,8 +116,8 @@ def _curvature(device: torch.device, method: str):
 
 
 def _mfd(device: torch.device):
-    from dermbench.diffusion.architectures import classifier  # noqa: PLC0415
     from dermbench.methods.mfd import class_group_mmd  # noqa: PLC0415
+    from dermbench.train.meta_models import classifier  # noqa: PLC0415
 
     cfg = _paper_config("mfd", "fitz17k")
     student_cfg = {**cfg, "train": {**cfg["train"], **cfg["mfd"]["student"]}}  # mfd.student_train_settings
@@ -253,7 +253,13 @@ def _decode(device: torch.device, size: int, batch: int):
 def _classndiff_joint(device: torch.device):
     from diffusers import DDPMScheduler  # noqa: PLC0415
 
-    from dermbench.diffusion.dit import LatentClassifier, StepDraws, joint_step, make_dit, make_optimizers  # noqa: PLC0415
+    from dermbench.methods.classndiff.dit import (  # noqa: PLC0415
+        LatentClassifier,
+        StepDraws,
+        joint_step,
+        make_dit,
+        make_optimizers,
+    )
 
     cfg = _paper_config("classndiff", "isic2019")
     hp = cfg["classndiff"]
@@ -305,8 +311,8 @@ def _classndiff_joint(device: torch.device):
 
 
 def _classndiff_sample(device: torch.device):
-    from dermbench.diffusion.dit import make_dit  # noqa: PLC0415
     from dermbench.diffusion.training import autocast  # noqa: PLC0415
+    from dermbench.methods.classndiff.dit import make_dit  # noqa: PLC0415
 
     cfg = _paper_config("classndiff", "isic2019")
     hp = cfg["classndiff"]

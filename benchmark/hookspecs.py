@@ -13,6 +13,9 @@ PROJECT = "dermbench"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+#: what `dermbench_classifier_role` answers when the method's own model replaces the harness's classifier
+CLASSIFIER_REPLACED = ""
+
 
 @hookspec
 def dermbench_method_defaults(profile: str, dataset: str) -> dict:
@@ -77,3 +80,25 @@ def dermbench_add_commands(subparsers) -> None:
     one adds no such command, every other installed method. A command named like a built-in one is
     never reached (the built-in answers first); a method that cannot be imported adds nothing.
     `dermbench --help` imports no plugin, so it names plugin commands in one generic line."""
+
+
+@hookspec
+def dermbench_models(config: dict, num_classes: int, note: str) -> list | None:
+    """The models the method itself builds in a run of the resolved `config`, for `dermbench run
+    --dry-run`: a list of `dermbench.train.meta_models.BuiltModel` rows, each built on torch's meta
+    device (`meta_models.built`; the diffusion parts with `dermbench.diffusion.architectures`), so
+    nothing is read, downloaded or allocated. `num_classes` is the task's class count (2 when the data
+    decides it, and `note` then says so: give it to the rows whose head depends on it). The harness
+    lists its classifier first (see `dermbench_classifier_role`), then every method's rows in the
+    order the methods were registered (ERM first, then as `--method` names them); a method that
+    builds nothing of its own does not implement it (an implementation may take `config` alone)."""
+
+
+@hookspec
+def dermbench_classifier_role(config: dict) -> str | None:
+    """What the harness's classifier (`model.backbone`) is in a run of the resolved `config` under
+    this method, as `dermbench run --dry-run` lists it: None (or no implementation) keeps the role
+    "classifier"; a label renames it (MFD: "classifier (MFD's teacher)"); `CLASSIFIER_REPLACED` says
+    the method's own model, listed by its `dermbench_models`, replaces it (FEDD's probe,
+    Class-N-Diff's latent classifier with `classifier: latent`), so no classifier row is listed. A
+    replacement wins over a label; of several labels, the first registered method's is shown."""

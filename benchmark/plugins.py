@@ -43,6 +43,8 @@ HOOK_NAMES = (
     "fit",
     "predict",
     "dermbench_add_commands",
+    "dermbench_models",
+    "dermbench_classifier_role",
 )
 #: hooks where pluggy takes the first non-None answer: None from a plain implementation is refused
 FIRSTRESULT_HOOKS = ("fit", "predict")
@@ -55,7 +57,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "mfd": "dermbench.methods.mfd",
     "dermdiff": "dermbench.methods.dermdiff",
     "majority2minority": "dermbench.methods.majority2minority.plugin",
-    "classndiff": "dermbench.methods.classndiff",
+    "classndiff": "dermbench.methods.classndiff.plugin",
     "fedd": "dermbench.methods.fedd.plugin",
     "oracle": "dermbench.methods.oracle",
 }

@@ -48,6 +48,7 @@ from dermbench.results.report import write_report
 from dermbench.tone import fill_missing_tones
 from dermbench.tone.detector import detector_fingerprint
 from dermbench.tone.sources import tone_views
+from dermbench.train.meta_models import run_models
 from dermbench.train.models import check_pretrained_weights, fetch_command, pretrained_requests, weights_id
 from dermbench.train.weights import save_weights
 
@@ -209,10 +210,9 @@ def data_sizes(cfg: dict, local: tuple[str, ...] = ()) -> dict[str, dict[str, in
 def dry_run(cfg: dict, pm: Manager, local: tuple[str, ...] = ()) -> dict:
     """What `dermbench run --dry-run` shows, computed without reading images or weights or training:
     every check of a run (`check_run`, local files only), the models built on the meta device with
-    their parameter counts and weight sources (`dermbench.diffusion.architectures`), and the data
-    sizes known up front (`data_sizes`). A failing check raises, as the run would."""
-    from dermbench.diffusion.architectures import run_models  # noqa: PLC0415 (diffusers only for --dry-run)
-
+    their parameter counts and weight sources (`dermbench.train.meta_models`: the classifier, then
+    each method's own through its `dermbench_models` hook), and the data sizes known up front
+    (`data_sizes`). A failing check raises, as the run would."""
     device = choose_device(cfg["device"])
     prerequisites = check_run(cfg, pm, fetch=False)
     cfg = {**cfg, "device": device.type}
@@ -225,7 +225,7 @@ def dry_run(cfg: dict, pm: Manager, local: tuple[str, ...] = ()) -> dict:
         "device": device.type,
         "config": cfg,
         "prerequisites": prerequisites,
-        "models": [m.row() for m in run_models(cfg)],
+        "models": [m.row() for m in run_models(cfg, pm)],
         "data": data_sizes(cfg, local),
     }
 

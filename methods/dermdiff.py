@@ -46,6 +46,7 @@ from dermbench.config.checks import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, 
 from dermbench.data.groups import TONE3
 from dermbench.data.model import content_digest
 from dermbench.data.requests import DERMDIFF_PER_CELL, balanced_requests, cell_count
+from dermbench.diffusion.architectures import sd_parts
 from dermbench.diffusion.augmenting import measure_quality, split_at, synthetic_split
 from dermbench.diffusion.base import TINY as TINY_MODEL
 from dermbench.diffusion.base import base_components
@@ -58,6 +59,7 @@ from dermbench.diffusion.training import train_denoiser
 from dermbench.errors import ConfigError, DataError
 from dermbench.hookspecs import hookimpl
 from dermbench.seeds import seed_for
+from dermbench.train.meta_models import BuiltModel
 from dermbench.train.pretrained import split_digest
 
 name = "dermdiff"
@@ -169,6 +171,12 @@ def check_settings(hp: dict, *, fetch: bool = False) -> list[dict]:
 @hookimpl
 def dermbench_check_settings(config: dict, fetch: bool) -> list[dict]:
     return check_settings(config.get(name) or {}, fetch=fetch)
+
+
+@hookimpl
+def dermbench_models(config: dict) -> list[BuiltModel]:
+    """The Stable Diffusion parts `model` names, for the dry run."""
+    return sd_parts(name, str((config.get(name) or {}).get("model")))
 
 
 def captions(table: pd.DataFrame, classes: tuple[str, ...], *, template: str, tone_words: dict) -> pd.Series:

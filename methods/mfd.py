@@ -111,6 +111,7 @@ from dermbench.hookspecs import hookimpl
 from dermbench.mitigation.fairquantize_paper import paper_defaults, reported
 from dermbench.mitigation.groups import check_scheme
 from dermbench.seeds import seed_for
+from dermbench.train.meta_models import BuiltModel, built, classifier, timm_weights
 from dermbench.train.models import create_backbone
 from dermbench.train.trainer import Batch, group_codes, group_names
 
@@ -390,6 +391,28 @@ def check_run_settings(config: dict) -> dict[str, Any]:
 @hookimpl
 def dermbench_check_settings(config: dict) -> None:
     check_run_settings(config)
+
+
+@hookimpl
+def dermbench_classifier_role() -> str:
+    return "classifier (MFD's teacher)"
+
+
+@hookimpl
+def dermbench_models(config: dict, num_classes: int, note: str) -> list[BuiltModel]:
+    """The student, for the dry run (the teacher is the harness's classifier)."""
+    model = config["model"]
+    student = (config.get(name) or {}).get("student_model") or {}
+    backbone = str(student.get("backbone", model["backbone"]))
+    return [
+        built(
+            "mfd: student",
+            f"timm {backbone}",
+            timm_weights(student.get("pretrained", model.get("pretrained")), backbone),
+            lambda: classifier(backbone, num_classes),
+            note,
+        )
+    ]
 
 
 @hookimpl

@@ -1,5 +1,5 @@
-"""Class-N-Diff's joint DiT + latent-classifier training and its guided sampling (dermbench.diffusion.dit),
-on a tiny DiT over 4 x 4 latents (CPU, no download)."""
+"""Class-N-Diff's joint DiT + latent-classifier training and its guided sampling
+(dermbench.methods.classndiff.dit), on a tiny DiT over 4 x 4 latents (CPU, no download)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from dermbench.diffusion.dit import (
+from dermbench.methods.classndiff.dit import (
     LatentClassifier,
     StepDraws,
     diffusion_loss,

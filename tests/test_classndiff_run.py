@@ -14,8 +14,8 @@ from rich.console import Console
 
 from dermbench.conformance import TINY_SETTINGS
 from dermbench.data.generated import read_manifest
-from dermbench.diffusion.dit import LatentClassifier
-from dermbench.methods.classndiff import LatentModel, balanced_requests, conditions
+from dermbench.methods.classndiff.dit import LatentClassifier
+from dermbench.methods.classndiff.plugin import LatentModel, balanced_requests, conditions
 from dermbench.runner import resolve_config, run_experiment
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -125,7 +125,7 @@ def test_conditions_and_requests_cover_every_class_and_tone_cell():
 
 def test_profiles_and_setting_checks():
     from dermbench.errors import ConfigError
-    from dermbench.methods.classndiff import check_settings
+    from dermbench.methods.classndiff.plugin import check_settings
 
     paper = resolve_config(
         sets=[], flags={"method": "classndiff", "profile": "paper", "device": "cpu", "out": "x"}
@@ -154,8 +154,8 @@ def test_profiles_and_setting_checks():
 
 
 def test_a_paper_vae_not_at_hand_offline_says_how_to_provide_it(tmp_path, monkeypatch):
-    from dermbench.diffusion.dit import load_vae
     from dermbench.errors import ConfigError, DermbenchError
+    from dermbench.methods.classndiff.dit import load_vae
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

@@ -37,7 +37,8 @@ def nothing_loads_or_trains(monkeypatch):
 
     monkeypatch.setattr(runner, "DatasetPool", reached("the data (DatasetPool)"))
     import dermbench.diffusion.training as training  # noqa: PLC0415
-    from dermbench.methods import classndiff, dermdiff  # noqa: PLC0415
+    from dermbench.methods import dermdiff  # noqa: PLC0415
+    from dermbench.methods.classndiff import plugin as classndiff  # noqa: PLC0415
     from dermbench.methods.fedd import model as fedd  # noqa: PLC0415
     from dermbench.methods.majority2minority import plugin as majority2minority  # noqa: PLC0415
 

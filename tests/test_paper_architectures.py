@@ -30,8 +30,9 @@ import torch
 from diffusers import DiTTransformer2DModel
 
 from dermbench.diffusion import architectures as arch
-from dermbench.diffusion.dit import DIT_SIZES
-from dermbench.runner import resolve_config
+from dermbench.methods.classndiff.dit import DIT_SIZES
+from dermbench.runner import prepare_run
+from dermbench.train import meta_models
 from dermbench.train.models import FROZEN_VGG16
 
 META = torch.device("meta")
@@ -50,16 +51,13 @@ ADM_256_UNCOND = 552_814_086
 DIT_XL_2, DIT_L_4 = 675_129_632, 458_053_760  # DiT Table 4: 675M, 458M
 
 
-def paper(method: str, dataset: str = "fitz17k") -> dict:
-    return resolve_config(flags={"method": method, "profile": "paper", "dataset": dataset})
-
-
 def count(module) -> int:
-    return arch.counts(module)[0]
+    return meta_models.counts(module)[0]
 
 
-def models_of(method: str, dataset: str = "fitz17k") -> dict[str, arch.BuiltModel]:
-    return {m.role: m for m in arch.run_models(paper(method, dataset))}
+def models_of(method: str, dataset: str = "fitz17k") -> dict[str, meta_models.BuiltModel]:
+    cfg, (pm, _) = prepare_run(flags={"method": method, "profile": "paper", "dataset": dataset})
+    return {m.role: m for m in meta_models.run_models(cfg, pm)}
 
 
 def meta(*shape: int, dtype=torch.float32) -> torch.Tensor:
@@ -71,20 +69,20 @@ def meta(*shape: int, dtype=torch.float32) -> torch.Tensor:
 
 @pytest.mark.parametrize(("name", "published"), TORCHVISION.items())
 def test_imagenet_classifiers_have_torchvisions_counts(name, published):
-    assert count(arch.on_meta(lambda: arch.classifier(name, 1000))) == published
+    assert count(meta_models.on_meta(lambda: meta_models.classifier(name, 1000))) == published
 
 
 def test_stable_diffusion_parts_have_the_published_counts():
-    assert count(arch.on_meta(lambda: arch.sd_unet(arch.SD14_UNET))) == SD14_UNET
-    assert count(arch.on_meta(lambda: arch.sd_unet(arch.SD21_UNET))) == SD21_UNET
-    assert count(arch.on_meta(arch.sd_vae)) == SD_VAE
-    assert count(arch.on_meta(lambda: arch.text_encoder(arch.SD14_TEXT))) == CLIP_L_TEXT
-    assert count(arch.on_meta(lambda: arch.text_encoder(arch.SD21_TEXT))) == OPENCLIP_H_TEXT
+    assert count(meta_models.on_meta(lambda: arch.sd_unet(arch.SD14_UNET))) == SD14_UNET
+    assert count(meta_models.on_meta(lambda: arch.sd_unet(arch.SD21_UNET))) == SD21_UNET
+    assert count(meta_models.on_meta(arch.sd_vae)) == SD_VAE
+    assert count(meta_models.on_meta(lambda: arch.text_encoder(arch.SD14_TEXT))) == CLIP_L_TEXT
+    assert count(meta_models.on_meta(lambda: arch.text_encoder(arch.SD21_TEXT))) == OPENCLIP_H_TEXT
 
 
 def dit_paper_count(spec: dict, patch: int) -> int:
     """DiT's own parameter count of the ImageNet model of `spec`/`patch` (see the module doc)."""
-    model = arch.on_meta(
+    model = meta_models.on_meta(
         lambda: DiTTransformer2DModel(
             num_attention_heads=spec["heads"],
             attention_head_dim=spec["hidden"] // spec["heads"],
@@ -109,7 +107,7 @@ def test_dit_sizes_have_the_dit_papers_counts():
 
 
 def test_adm_has_the_checkpoints_count():
-    assert count(arch.on_meta(arch.adm_unet)) == ADM_256_UNCOND
+    assert count(meta_models.on_meta(arch.adm_unet)) == ADM_256_UNCOND
 
 
 # ----- each paper profile builds exactly its paper's models --------------------------------------
@@ -118,7 +116,7 @@ def test_adm_has_the_checkpoints_count():
 def test_every_paper_profile_builds_its_papers_models():
     dermdiff = models_of("dermdiff")
     assert {r: m.params for r, m in dermdiff.items()} == {
-        "classifier": count(arch.on_meta(lambda: arch.classifier("resnext101_32x8d", 2))),
+        "classifier": count(meta_models.on_meta(lambda: meta_models.classifier("resnext101_32x8d", 2))),
         "dermdiff: UNet": SD14_UNET,
         "dermdiff: VAE": SD_VAE,
         "dermdiff: text encoder": CLIP_L_TEXT,
@@ -207,7 +205,7 @@ def test_forward_steps_on_meta_tensors_have_the_expected_shapes():
         256,
         256,
     )
-    assert fedd["fedd: probe"].module.eval()(meta(4, 512)).shape == (4, 1)
+    assert fedd["fedd: probe"].module.eval()(meta(4, 512)).shape == (4,)  # Probe: a logit per image
 
     student = models_of("mfd")["mfd: student"].module
     assert student(meta(2, 3, 112, 112)).shape == (2, 114)  # Fitzpatrick17k's 114 conditions

@@ -44,8 +44,10 @@ from typing import Any
 import numpy as np
 
 from dermbench.data.model import Split
+from dermbench.diffusion import adm
+from dermbench.diffusion.architectures import adm_unet
 from dermbench.errors import ConfigError, DermbenchError
-from dermbench.hookspecs import hookimpl
+from dermbench.hookspecs import CLASSIFIER_REPLACED, hookimpl
 from dermbench.methods.fedd import commands
 from dermbench.methods.fedd.features import decoder_layers
 from dermbench.methods.fedd.model import (
@@ -54,6 +56,7 @@ from dermbench.methods.fedd.model import (
     TINY,
     Extractor,
     FeddModel,
+    Probe,
     backbone,
     check_run_settings,
     check_settings,
@@ -66,6 +69,7 @@ from dermbench.methods.fedd.model import (
 )
 from dermbench.methods.fedd.segmentation import segmentation
 from dermbench.seeds import seed_for
+from dermbench.train.meta_models import BuiltModel, built
 
 #: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
 REFERENCES: tuple[str, ...] = (
@@ -105,6 +109,43 @@ def dermbench_method_defaults(profile: str) -> dict:
 @hookimpl
 def dermbench_check_settings(config: dict, fetch: bool) -> list[dict]:
     return check_run_settings(config, fetch=fetch)
+
+
+@hookimpl
+def dermbench_classifier_role() -> str:
+    """The probe is the run's classifier."""
+    return CLASSIFIER_REPLACED
+
+
+@hookimpl
+def dermbench_models(config: dict) -> list[BuiltModel]:
+    """The frozen backbone and the probe, for the dry run."""
+    hp = config.get(name) or {}
+    source = str(hp.get("model"))
+    if source == adm.PAPER_MODEL:
+        backbone_row = built(
+            "fedd: backbone",
+            "ADM ImageNet-256 unconditional as a diffusers UNet2DModel",
+            f"converted {adm.CHECKPOINT} ({adm.default_folder()})",
+            adm_unet,
+            note="frozen",
+        )
+    else:
+        backbone_row = BuiltModel(
+            "fedd: backbone",
+            source,
+            "the tiny pixel base shipped in the package" if source == "tiny" else source,
+            note="built when the run starts; frozen",
+        )
+    probe = built(
+        "fedd: probe",
+        "MLP",
+        "random init",
+        lambda: Probe(
+            int(hp.get("dim", 512)), list(hp.get("hidden", [64, 32])), list(hp.get("dropout", [0.5, 0.25]))
+        ),
+    )
+    return [backbone_row, probe]
 
 
 @hookimpl

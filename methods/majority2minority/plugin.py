@@ -56,6 +56,7 @@ from dermbench.config.checks import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, che
 from dermbench.data.model import content_digest
 from dermbench.data.requests import DARK, LIGHT, TRANSLATION, check_targets, translation_plan
 from dermbench.data.requests import translation_sources as sources
+from dermbench.diffusion.architectures import sd_parts
 from dermbench.diffusion.augmenting import measure_quality, split_at, synthetic_split
 from dermbench.diffusion.base import TINY as TINY_MODEL
 from dermbench.diffusion.base import base_components
@@ -76,6 +77,7 @@ from dermbench.methods.majority2minority.adapters import (
     train_textual_inversion,
 )
 from dermbench.seeds import seed_for
+from dermbench.train.meta_models import BuiltModel
 from dermbench.train.models import FROZEN_VGG16
 from dermbench.train.pretrained import split_digest
 
@@ -205,6 +207,12 @@ def check_settings(hp: dict, *, fetch: bool = False) -> list[dict]:
 @hookimpl
 def dermbench_check_settings(config: dict, fetch: bool) -> list[dict]:
     return check_settings(config.get(name) or {}, fetch=fetch)
+
+
+@hookimpl
+def dermbench_models(config: dict) -> list[BuiltModel]:
+    """The Stable Diffusion parts `model` names, for the dry run."""
+    return sd_parts(name, str((config.get(name) or {}).get("model")))
 
 
 def concept_token(class_name: str) -> str:

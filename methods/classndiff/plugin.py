@@ -11,7 +11,7 @@ What it does here.
 1. Latents: the training images are encoded by a VAE: the tiny profile's is the VAE of the
    pretrained tiny base shipped in the package (`dermbench.diffusion.base`, shared with DermDiff); the
    paper profile's is SD's `stabilityai/sd-vae-ft-ema` at 256 px (4 x 32 x 32 latents).
-2. Joint training (`dermbench.diffusion.dit.joint_step`): diffusers' `DiTTransformer2DModel`
+2. Joint training (`dit.joint_step`): diffusers' `DiTTransformer2DModel`
    (paper DiT-L/4; tiny: 2 layers, width 64, patch 2), conditioned on the class (and, with
    `tone_conditioning`, on class x tone3 group: our extension, the authors' model ignores tone),
    with 10 % of conditions dropped to the null id for classifier-free guidance. Each step the
@@ -56,9 +56,16 @@ from dermbench.config.checks import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, 
 from dermbench.data.generated import IMAGES, MANIFEST, MANIFEST_COLUMNS
 from dermbench.data.groups import TONE3
 from dermbench.data.model import Split, content_digest
+from dermbench.diffusion.architectures import sd_parts
 from dermbench.diffusion.augmenting import measure_quality, split_at, synthetic_split
 from dermbench.diffusion.base import TINY, tiny_base
-from dermbench.diffusion.dit import (
+from dermbench.diffusion.generation import requests_digest
+from dermbench.diffusion.prerequisites import model_source
+from dermbench.diffusion.store import cached_entry
+from dermbench.diffusion.training import to_pixels
+from dermbench.errors import ConfigError, DataError
+from dermbench.hookspecs import CLASSIFIER_REPLACED, hookimpl
+from dermbench.methods.classndiff.dit import (
     DIT_SIZES,
     LatentClassifier,
     dit_scheduler,
@@ -69,14 +76,9 @@ from dermbench.diffusion.dit import (
     no_internal_label_dropout,
     train_joint,
 )
-from dermbench.diffusion.dit import SAMPLERS as DIT_SAMPLERS
-from dermbench.diffusion.generation import requests_digest
-from dermbench.diffusion.prerequisites import model_source
-from dermbench.diffusion.store import cached_entry
-from dermbench.diffusion.training import to_pixels
-from dermbench.errors import ConfigError, DataError
-from dermbench.hookspecs import hookimpl
+from dermbench.methods.classndiff.dit import SAMPLERS as DIT_SAMPLERS
 from dermbench.seeds import seed_for
+from dermbench.train.meta_models import BuiltModel, built, timm_weights
 from dermbench.train.pretrained import split_digest
 
 name = "classndiff"
@@ -280,6 +282,57 @@ def dermbench_check_settings(config: dict, fetch: bool) -> list[dict]:
     hp = config.get(name) or {}
     check_settings(hp)
     return prerequisites(hp, fetch=fetch)
+
+
+@hookimpl
+def dermbench_classifier_role(config: dict) -> str | None:
+    """With `classifier: latent` the latent classifier is the run's classifier."""
+    return CLASSIFIER_REPLACED if (config.get(name) or {}).get("classifier") == "latent" else None
+
+
+@hookimpl
+def dermbench_models(config: dict, num_classes: int, note: str) -> list[BuiltModel]:
+    """The VAE, the DiT and the latent classifier, for the dry run."""
+    hp = config.get(name) or {}
+    vae_source = str(hp.get("vae"))
+    out = [m for m in sd_parts(name, vae_source) if "VAE" in m.role or "diffusion model" in m.role]
+    latent = int(hp.get("image_size") or 256) // 8
+    dit = hp.get("dit") or {}
+    conditions = num_classes * (3 if hp.get("tone_conditioning") else 1)
+    out.append(
+        built(
+            "classndiff: DiT",
+            f"DiT-{dit.get('size')}/{dit.get('patch')} on {latent}x{latent}x4 latents",
+            "random init",
+            lambda: make_dit(
+                size=str(dit.get("size")),
+                patch=int(dit.get("patch", 2)),
+                latent_size=latent,
+                latent_channels=4,
+                num_conditions=conditions,
+                seed=0,
+            ),
+            note=f"{conditions} conditions + the null id; diffusers keeps a copy of the condition "
+            "embedding in every block",
+        )
+    )
+    lc = hp.get("latent_classifier") or {}
+    backbone = str(lc.get("backbone"))
+    out.append(
+        built(
+            "classndiff: latent classifier",
+            f"stem + timm {backbone} + MLP head",
+            timm_weights(lc.get("pretrained"), backbone),
+            lambda: LatentClassifier(
+                backbone=backbone,
+                num_classes=num_classes,
+                hidden=int(lc.get("hidden", 64)),
+                dropout=float(lc.get("dropout", 0.5)),
+            ),
+            note,
+        )
+    )
+    return out
 
 
 def joint_model(ctx, train: Split) -> JointModel:
