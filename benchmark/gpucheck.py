@@ -340,14 +340,14 @@ def _classndiff_sample(device: torch.device):
 
 
 def _fedd(device: torch.device):
-    from dermbench.diffusion import architectures as arch  # noqa: PLC0415
     from dermbench.diffusion.training import autocast  # noqa: PLC0415
     from dermbench.methods.fedd.features import DecoderTaps, pool_to  # noqa: PLC0415
+    from dermbench.methods.fedd.model import adm_unet  # noqa: PLC0415
 
     cfg = _paper_config("fedd", "ddi")
     hp = cfg["fedd"]
     with torch.device(device):
-        unet = arch.adm_unet().eval()
+        unet = adm_unet().eval()
     taps = DecoderTaps(unet, [4, 6, 12, 14], lambda x: pool_to(x, int(hp["dim"])))
     batch = int(hp["feature_batch_size"])
     x = torch.rand(batch, 3, 256, 256, device=device) * 2 - 1

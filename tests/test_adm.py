@@ -1,4 +1,4 @@
-"""The ADM converter (dermbench.diffusion.adm, `dermbench fedd convert-adm`) on synthetic checkpoints.
+"""The ADM converter (dermbench.methods.fedd.adm, `dermbench fedd convert-adm`) on synthetic checkpoints.
 
 The checkpoints are built here by an independent reference of guided-diffusion's UNetModel
 (written from its architecture description: input_blocks / middle_block / output_blocks of
@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dermbench.diffusion import adm
+from dermbench.methods.fedd import adm
 
 SMALL = dict(
     image_size=32,

@@ -14,8 +14,8 @@ import pytest
 
 from dermbench import runner
 from dermbench.cli import main
-from dermbench.diffusion import adm
 from dermbench.errors import ConfigError, DermbenchError
+from dermbench.methods.fedd import adm
 from dermbench.runner import check_run, prepare_run, resolve_config, run_experiment
 
 FAST = ["--device", "cpu", "--set", "data.image_size=16", "--set", "model.backbone=test_resnet"]

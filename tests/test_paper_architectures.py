@@ -19,7 +19,7 @@ Every count below was computed (sum of `numel` over the parameters) and matches 
   compared after that bookkeeping (`dit_paper_count`).
 - ADM (guided-diffusion, `256x256_diffusion_uncond.pt`, README's MODEL_FLAGS for the ImageNet
   256x256 unconditional model): 552,814,086 values, the 2.21 GB of its fp32 state dict / 4 bytes;
-  the converter (dermbench.diffusion.adm, tests/test_adm.py) maps every key and shape one to one,
+  the converter (dermbench.methods.fedd.adm, tests/test_adm.py) maps every key and shape one to one,
   so the diffusers UNet2DModel has exactly the checkpoint's count.
 """
 
@@ -31,6 +31,7 @@ from diffusers import DiTTransformer2DModel
 
 from dermbench.diffusion import architectures as arch
 from dermbench.methods.classndiff.dit import DIT_SIZES
+from dermbench.methods.fedd.model import adm_unet
 from dermbench.runner import prepare_run
 from dermbench.train import meta_models
 from dermbench.train.models import FROZEN_VGG16
@@ -107,7 +108,7 @@ def test_dit_sizes_have_the_dit_papers_counts():
 
 
 def test_adm_has_the_checkpoints_count():
-    assert count(meta_models.on_meta(arch.adm_unet)) == ADM_256_UNCOND
+    assert count(meta_models.on_meta(adm_unet)) == ADM_256_UNCOND
 
 
 # ----- each paper profile builds exactly its paper's models --------------------------------------

@@ -14,11 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from dermbench.diffusion import adm
 from dermbench.train.meta_models import BuiltModel, built
 
 # ------------------------------------------------------------------ published configs (config.json)
@@ -111,10 +110,6 @@ def sd_vae(config: dict[str, Any] = SD_VAE) -> nn.Module:
 
 def text_encoder(config: dict[str, Any]) -> nn.Module:
     return CLIPTextModel(CLIPTextConfig(**config))
-
-
-def adm_unet(config: adm.ADMConfig = adm.PAPER_ADM) -> nn.Module:
-    return UNet2DModel(**adm.diffusers_config(config))
 
 
 def _part_configs(source: str) -> dict[str, dict[str, Any]] | None:

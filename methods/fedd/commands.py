@@ -12,7 +12,7 @@ later `dermbench run --method fedd` at one of the pairs, does not run the UNet a
 
 `dermbench fedd convert-adm CKPT OUT`: a guided-diffusion ADM checkpoint (the paper's
 `256x256_diffusion_uncond.pt`) to a diffusers UNet2DModel folder that `fedd.model` loads
-(`dermbench.diffusion.adm`); OUT defaults to where `--profile paper` looks for it.
+(`dermbench.methods.fedd.adm`); OUT defaults to where `--profile paper` looks for it.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from rich.console import Console
 from dermbench.config import settings_digest
 from dermbench.context import RunContext, choose_device
 from dermbench.data.pool import DatasetPool
-from dermbench.diffusion import adm
 from dermbench.errors import ConfigError
+from dermbench.methods.fedd import adm
 from dermbench.methods.fedd.model import PAPER_AUC, ablate, backbone, check_settings
 from dermbench.results.leaderboard import scan_runs
 from dermbench.results.records import METRICS_FILE, read_record

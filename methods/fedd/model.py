@@ -14,15 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import UNet2DModel
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from dermbench.data.model import Split
-from dermbench.diffusion import adm
 from dermbench.diffusion.pixel import PixelModel, pixel_model
 from dermbench.diffusion.prerequisites import model_source
 from dermbench.diffusion.shipped import PIXEL, SHIPPED
 from dermbench.errors import ConfigError, DermbenchError, closest
+from dermbench.methods.fedd import adm
 from dermbench.methods.fedd.features import cached_features, decoder_layers
 from dermbench.methods.fedd.segmentation import SEGMENTATION_PAPER, SEGMENTATION_TINY
 
@@ -206,6 +207,12 @@ def resolve_block(block: Any, config: dict) -> int:
     if block != "auto":
         return int(block)
     return PAPER_BLOCKS.get(fraction_of(config) or 10, 6)
+
+
+def adm_unet(config: adm.ADMConfig = adm.PAPER_ADM) -> nn.Module:
+    """The paper backbone's architecture (ADM ImageNet-256 unconditional) as a diffusers UNet2DModel,
+    randomly initialised: for the dry run and the GPU check, which need its shapes, not its weights."""
+    return UNet2DModel(**adm.diffusers_config(config))
 
 
 class Probe(nn.Module):

@@ -6,7 +6,7 @@ What it does here (docs/fedd.md).
 1. Backbone: `fedd.model`, a diffusers `UNet2DModel` (pixel space, unconditional) from a local
    folder or hub id, frozen (`dermbench.diffusion.pixel`). The paper's is the ImageNet-256
    unconditional ADM model (Dhariwal & Nichol): the paper profile's `model: adm-imagenet256-uncond`
-   is the folder `dermbench fedd convert-adm` writes (`dermbench.diffusion.adm`, under
+   is the folder `dermbench fedd convert-adm` writes (`dermbench.methods.fedd.adm`, under
    $DERMBENCH_CACHE/models); without it the run stops naming the download and convert commands
    (docs/fedd.md, "The paper backbone: ADM"). `model: tiny`
    (the tiny profile) is the small unconditional pixel DDPM shipped in the package, pretrained
@@ -44,11 +44,9 @@ from typing import Any
 import numpy as np
 
 from dermbench.data.model import Split
-from dermbench.diffusion import adm
-from dermbench.diffusion.architectures import adm_unet
 from dermbench.errors import ConfigError, DermbenchError
 from dermbench.hookspecs import CLASSIFIER_REPLACED, hookimpl
-from dermbench.methods.fedd import commands
+from dermbench.methods.fedd import adm, commands
 from dermbench.methods.fedd.features import decoder_layers
 from dermbench.methods.fedd.model import (
     PAPER,
@@ -57,6 +55,7 @@ from dermbench.methods.fedd.model import (
     Extractor,
     FeddModel,
     Probe,
+    adm_unet,
     backbone,
     check_run_settings,
     check_settings,
