@@ -37,6 +37,7 @@ MOVED_AWAY = {
     "dermbench.records",
     "dermbench.report",
     "dermbench.leaderboard",
+    "dermbench.diffusion.adm",  # now dermbench.methods.fedd.adm (issue 29: a room per method)
 }
 
 
