@@ -50,7 +50,7 @@ class DDI(TableDataset):
     """DDI as an external test set (all rows in split "test")."""
 
     name = "ddi"
-    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
+    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; docs/cite.md)
     REFERENCES = (
         r"""@article{daneshjou2022disparities,
   author = {Daneshjou, R. and Vodrahalli, K. and Novoa, R. A. and Jenkins, M. and Liang, W. and Rotemberg, V. and Ko, J. and Swetter, S. M. and Bailey, E. E. and Gevaert, O. and Mukherjee, P. and Phung, M. and Yekrang, K. and Fong, B. and Sahasrabudhe, R. and Allerup, J. A. C. and Okata-Karigane, U. and Zou, J. and Chiou, A. S.},

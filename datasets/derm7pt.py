@@ -66,7 +66,7 @@ class _Derm7pt(TableDataset):
     metadata = META
     other_files = tuple(INDEX_FILES.values())
     aliases = ("derm7pt", "release_v0", "derm7pt/release_v0")
-    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
+    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; docs/cite.md)
     REFERENCES = (
         r"""@article{kawahara2018seven,
   author = {Kawahara, J. and Daneshvar, S. and Argenziano, G. and Hamarneh, G.},

@@ -138,7 +138,7 @@ class Fitz17k(TableDataset):
     """Train/validate/test on Fitzpatrick 17k; its test sets add the external ones."""
 
     name = "fitz17k"
-    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
+    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; docs/cite.md)
     REFERENCES = (
         r"""@inproceedings{groh2021evaluating,
   author = {Groh, M. and Harris, C. and Soenksen, L. and Lau, F. and Han, R. and Kim, A. and Koochek, A. and Badri, O.},

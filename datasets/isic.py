@@ -108,7 +108,7 @@ class ISIC2018(_ISIC):
     """The ISIC 2018 Task 3 test set (1,512 dermoscopic images, 7 diagnoses)."""
 
     name = "isic2018"
-    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
+    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; docs/cite.md)
     REFERENCES = (
         HAM10000,
         r"""@misc{codella2019skin,
@@ -184,7 +184,7 @@ class ISIC2019(_ISIC):
     """
 
     name = "isic2019"
-    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
+    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; docs/cite.md)
     REFERENCES = (
         HAM10000,
         r"""@inproceedings{codella2018skin,

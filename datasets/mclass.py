@@ -2,7 +2,7 @@
 100 dermoscopic (MClass-D) and 100 clinical (MClass-ND) images, 20 melanomas and 80 nevi each.
 
 The benchmark is distributed as images plus a ground-truth list, so dermbench expects this
-layout (documented in the Datasets section of README.md):
+layout (documented in docs/datasets.md):
 
     <root>/MClassD/labels.csv     columns image,label; label melanoma or nevus
     <root>/MClassD/<image files>  the 100 dermoscopic images
@@ -32,7 +32,7 @@ class _MClass(TableDataset):
     folder: ClassVar[str]
     tasks = ("malignant",)
     aliases = ("mclass", "MClass")
-    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
+    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; docs/cite.md)
     REFERENCES = (
         r"""@article{brinker2019comparing,
   author = {Brinker, T. J. and Hekler, A. and Hauschild, A. and Berking, C. and Schilling, B. and Enk, A. H. and Haferkamp, S. and Karoglan, A. and von Kalle, C. and Weichenthal, M. and others},

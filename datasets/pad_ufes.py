@@ -43,7 +43,7 @@ class PadUfes20(TableDataset):
     """PAD-UFES-20: clinical smartphone images with annotated Fitzpatrick type."""
 
     name = "pad-ufes-20"
-    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; README's Cite section)
+    #: the paper(s) to cite for this dataset, as BibTeX (`dermbench cite`; docs/cite.md)
     REFERENCES = (
         r"""@article{pacheco2020padufes20,
   author = {Pacheco, A. G. C. and others},

@@ -63,7 +63,7 @@ from dermbench.train.meta_models import BuiltModel
 from dermbench.train.pretrained import split_digest
 
 name = "dermdiff"
-#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; docs/cite.md)
 REFERENCES: tuple[str, ...] = (
     r"""@misc{munia2025dermdiff,
   author = {Munia, Nusrat and Imran, Abdullah-Al-Zubaer},

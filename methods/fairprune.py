@@ -81,7 +81,7 @@ from dermbench.mitigation.selection import FAIR_METRICS, RULES, choose, validati
 from dermbench.train.trainer import group_codes, group_names
 
 name = "fairprune"
-#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; docs/cite.md)
 REFERENCES: tuple[str, ...] = (
     r"""@inproceedings{wu2022fairprune,
   author = {Wu, Y. and Zeng, D. and Xu, X. and Shi, Y. and Hu, J.},

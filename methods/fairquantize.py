@@ -57,7 +57,7 @@ from dermbench.mitigation.saliency import editable_weights, group_curvature, low
 from dermbench.mitigation.selection import choose, validation_scores
 
 name = "fairquantize"
-#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; docs/cite.md)
 REFERENCES: tuple[str, ...] = (
     r"""@inproceedings{guo2024fairquantize,
   author = {Guo, Yuanbo and Jia, Zhenge and Hu, Jingtong and Shi, Yiyu},

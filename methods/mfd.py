@@ -116,7 +116,7 @@ from dermbench.train.models import create_backbone
 from dermbench.train.trainer import Batch, group_codes, group_names
 
 name = "mfd"
-#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; docs/cite.md)
 REFERENCES: tuple[str, ...] = (
     r"""@inproceedings{jung2021fair,
   author = {Jung, S. and Lee, D. and Park, T. and Moon, T.},

@@ -21,7 +21,7 @@ from dermbench.hookspecs import hookimpl
 from dermbench.mitigation.groups import check_scheme
 
 name = "resampling"
-#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; docs/cite.md)
 REFERENCES: tuple[str, ...] = (
     r"""@inproceedings{idrissi2022simple,
   author = {Idrissi, Badr Youbi and Arjovsky, Martin and Pezeshki, Mohammad and Lopez-Paz, David},

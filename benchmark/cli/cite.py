@@ -2,7 +2,7 @@
 
     dermbench cite RUN_DIR                          the references stored in the run's record
     dermbench cite --method M --dataset D [...]      what such a run would cite (backbone from the profile)
-    dermbench cite --all [--markdown]               everything dermbench ships (README's Cite section)
+    dermbench cite --all [--markdown]               everything dermbench ships (docs/cite.md)
 
 The output is a .bib file on stdout (comments say which entries each part of the run needs), or
 with --markdown the list README embeds.
@@ -105,8 +105,6 @@ def register(sub) -> None:
     p.add_argument(
         "--all", action="store_true", help="every built-in method and dataset, the backbones, dermbench"
     )
-    p.add_argument(
-        "--markdown", action="store_true", help="a markdown list (README's Cite section) instead of BibTeX"
-    )
+    p.add_argument("--markdown", action="store_true", help="a markdown list (docs/cite.md) instead of BibTeX")
     p.add_argument("--plugin", action="append", metavar="MODULE:OBJECT", help="also load this plugin")
     p.set_defaults(func=cmd_cite)

@@ -317,7 +317,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         raise DataError(
             f"only fitz17k can be fetched (its CSV lists image URLs); get {args.name!r} from its official "
             "page "
-            "as described in the Datasets section of README.md"
+            "as described in docs/datasets.md"
         )
 
     root = resolve_root(args.name, args.root)

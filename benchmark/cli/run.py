@@ -236,7 +236,7 @@ def register(sub) -> None:
         "--experiment",
         metavar="NAME",
         help="a packaged experiment config (a paper's dataset, task, data options and test sets; "
-        "docs/protocols.md), combinable with --set, --seed, --method: " + ", ".join(experiment_names()),
+        "docs/experiments.md), combinable with --set, --seed, --method: " + ", ".join(experiment_names()),
     )
     p.add_argument("--protocol", help=argparse.SUPPRESS)  # the old name of --experiment: an error saying so
     p.add_argument(

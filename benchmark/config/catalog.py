@@ -2,7 +2,7 @@
 
 An experiment config is an ordinary config file (read like `--config`) that fixes a paper's
 dataset, task, data options and test sets, e.g. the majority-to-minority scenarios
-(docs/protocols.md). `dermbench run --experiment NAME` uses it; the method, profile, seed and
+(docs/experiments.md). `dermbench run --experiment NAME` uses it; the method, profile, seed and
 classifier stay the user's to choose unless the experiment is an ablation that fixes them.
 """
 

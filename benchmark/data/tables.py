@@ -247,7 +247,7 @@ class TableDataset(Dataset):
         subs = ", ".join(f"{s}/" for s in (self.name, *self.aliases))
         raise DataError(
             f"dataset {self.name!r}: metadata file not found: no {looked} in {self.root} or its sub-folders "
-            f"{subs}. Expected layout: {self.layout}. See the Datasets section of README.md, and run "
+            f"{subs}. Expected layout: {self.layout}. See docs/datasets.md, and run "
             f"`dermbench data check {self.name} --root DIR`."
         )
 

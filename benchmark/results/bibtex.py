@@ -1,5 +1,5 @@
 """Just enough BibTeX reading for the references plugins carry: an entry's key and its fields,
-and a one-line rendering for README's Cite section.
+and a one-line rendering for docs/cite.md.
 
 Plugins write their references as BibTeX text (what a researcher pastes into a paper), so
 this module only has to split that text, never to produce it. Values are `{...}` or `"..."`

@@ -2,8 +2,8 @@
 
 A method plugin module (or object) and a dataset plugin class carry `REFERENCES`, a tuple of
 BibTeX entries; backbones and dermbench itself are in `backbone_refs`. The runner stores a
-run's references in its record (`references`), `dermbench cite` prints them, and README's Cite
-section is `dermbench cite --all --markdown` (a test keeps the two equal).
+run's references in its record (`references`), `dermbench cite` prints them, and docs/cite.md's
+list is `dermbench cite --all --markdown` (a test keeps the two equal).
 
 References are keyed by what they are for: "dermbench", "method NAME", "dataset NAME",
 "backbone NAME". A plugin without `REFERENCES` (a third-party one) is listed with no entries,
@@ -91,7 +91,7 @@ def model_backbones(model: object, configured: str) -> list[str]:
 
 def all_references() -> References:
     """Every built-in method and dataset in name order, then each backbone family ("backbone
-    vgg*") and timm (README's Cite section). Entry-point plugins are left out: README lists what
+    vgg*") and timm (docs/cite.md). Entry-point plugins are left out: README lists what
     dermbench ships."""
     out: References = {"dermbench": [DERMBENCH]}
     out.update(method_references("+".join(sorted(BUILTIN_METHODS))))

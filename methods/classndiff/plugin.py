@@ -82,7 +82,7 @@ from dermbench.train.meta_models import BuiltModel, built, timm_weights
 from dermbench.train.pretrained import split_digest
 
 name = "classndiff"
-#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; docs/cite.md)
 REFERENCES: tuple[str, ...] = (
     r"""@misc{munia2025classndiff,
   author = {Munia, Nusrat and Imran, Abdullah-Al-Zubaer},

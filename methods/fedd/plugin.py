@@ -70,7 +70,7 @@ from dermbench.methods.fedd.segmentation import segmentation
 from dermbench.seeds import seed_for
 from dermbench.train.meta_models import BuiltModel, built
 
-#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; docs/cite.md)
 REFERENCES: tuple[str, ...] = (
     r"""@inproceedings{carrion2023fedd,
   author = {Carri{\'o}n, H{\'e}ctor and Norouzi, Narges},

@@ -82,7 +82,7 @@ from dermbench.train.models import FROZEN_VGG16
 from dermbench.train.pretrained import split_digest
 
 name = "majority2minority"
-#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; README's Cite section)
+#: the paper(s) to cite for this method, as BibTeX (`dermbench cite`; docs/cite.md)
 REFERENCES: tuple[str, ...] = (
     r"""@inproceedings{wang2024majority,
   author = {Wang, Janet and Chung, Yunsung and Ding, Zhengming and Hamm, Jihun},
