@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from dermbench.cli import main
+from dermbench.cli import build_parser, main
 from dermbench.data.groups import group_schemes
 from dermbench.datasets.ddi import DDI
 from dermbench.evaluation.external import PredictionFileError, match_predictions
@@ -376,3 +376,19 @@ def test_a_torchscript_model_gives_its_own_predictions(tmp_path, make_ddi):
         got.loc[table["sample_id"].astype(str), ["prob_0", "prob_1"]].to_numpy(), expected, atol=1e-6
     )
     assert read_record(run).methods["scripted"]["kind"] == "torchscript"
+
+
+def test_readme_shows_both_evaluate_forms_and_they_parse():
+    """README's two `dermbench evaluate` commands (a predictions file, a model) are real command
+    lines: each parses, its optional parts included, with the CLI's own parser."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    commands = [
+        " ".join(line.split()).replace("[", "").replace("]", "")
+        for line in readme.replace("\\\n", " ").splitlines()
+        if line.startswith("dermbench evaluate ")
+    ]
+    assert len(commands) == 2 and "--predictions" in commands[0] and "--model" in commands[1]
+    for command in commands:
+        argv = command.split()[1:]
+        args = build_parser(argv).parse_args(argv)
+        assert args.name in ("mymodel", "mynet")
