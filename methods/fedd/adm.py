@@ -48,8 +48,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import UNet2DModel
 
 from dermbench.data.metadata import sha256_file
+from dermbench.diffusion.pixel import default_scheduler
 from dermbench.errors import ConfigError, DermbenchError
 
 #: the name `fedd.model` takes for the converted paper backbone (resolved to DEFAULT_FOLDER)
@@ -392,8 +394,6 @@ def describe(config: ADMConfig) -> str:
 
 def to_unet(state: dict[str, torch.Tensor], config: ADMConfig, *, source: str = "ADM state dict"):
     """A diffusers `UNet2DModel` holding the ADM weights (strict load: every key on both sides)."""
-    from diffusers import UNet2DModel  # noqa: PLC0415 (heavy import, only when converting)
-
     converted = convert_state(state, config, source=source)
     unet = UNet2DModel(**diffusers_config(config))
     missing, unexpected = unet.load_state_dict(converted, strict=False)
@@ -420,8 +420,6 @@ def convert_checkpoint(
 ) -> dict[str, Any]:
     """Read, check and convert `checkpoint`; write OUT/unet, OUT/scheduler and OUT/adm.json.
     `config` None: the paper model's settings with the widths read from the tensors."""
-    from dermbench.diffusion.pixel import default_scheduler  # noqa: PLC0415
-
     checkpoint, out = Path(checkpoint), Path(out)
     check_out(out)
     state = read_checkpoint(checkpoint) if state is None else state
