@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from dermbench.evaluation.comparison import holm, rank_test, seed_level_differen
 from dermbench.evaluation.metrics import fairness_report, weighted_summary
 from dermbench.plugins import BUILTIN_METHODS
 from dermbench.results.leaderboard import collect
+from dermbench.results.leaderboard_front import _fedd_floor
 from dermbench.results.leaderboard_render import build_outputs
 from dermbench.results.variants import identical_rows, row_labels
 
@@ -313,6 +315,19 @@ def test_check_fails_when_the_verdicts_page_is_stale(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--check"]) == 1
     assert "synthderm-malignant-verdicts.md" in capsys.readouterr().out
+
+
+def test_fedd_below_its_floor_is_said_so(board_outputs):
+    """FEDD's tiny floor line says `met` on the committed board (0.853 against 0.873); with FEDD's
+    AUC moved to 0.031 under ERM's it says `below the floor`."""
+    board = next(o for o in board_outputs if o.stem == "synthderm-malignant").board
+    fedd = next(r for r in board.rows if r[0] == "fedd" and r not in board.duplicates)
+    erm = next(r for r in board.rows if r[0] == "erm" and r[1] == fedd[1])
+    key, base = ("synthderm", fedd, "overall.auc"), board.intervals[("synthderm", erm, "overall.auc")]
+    assert _fedd_floor(board)[-1].endswith(", met.")
+    lowered = {**board.intervals, key: replace(board.intervals[key], value=base.value - 0.031)}
+    (line,) = [x for x in _fedd_floor(replace(board, intervals=lowered)) if x]
+    assert line.endswith("(-0.031), below the floor.")
 
 
 def test_generator_quality_sits_beside_the_generative_rows(board_outputs):
