@@ -153,10 +153,20 @@ def requested(*, file: Path | None = None, sets: Sequence[str] = (), flags: dict
     """The settings as the user gave them over profiles/base.yaml, merged loosely (no key checked
     yet): enough to know the method, profile and dataset whose defaults `resolve` needs. An unknown
     profile stops here, naming the closest."""
-    head = merge(_packaged_profile("base"), load_yaml(file) if file else {}, strict=False, where="")
-    for item in sets:
-        head = merge(head, parse_set(item), strict=False, where="")
-    head.update({k: v for k, v in (flags or {}).items() if v is not None})
+    return _head(load_yaml(file) if file else {}, [parse_set(item) for item in sets], _given(flags))
+
+
+def _given(flags: dict | None) -> dict:
+    """The command-line flags the user set (None: not given)."""
+    return {k: v for k, v in (flags or {}).items() if v is not None}
+
+
+def _head(user: dict, overrides: list[dict], given: dict) -> dict:
+    """`requested` from the already read file and parsed --set items."""
+    head = merge(_packaged_profile("base"), user, strict=False, where="")
+    for override in overrides:
+        head = merge(head, override, strict=False, where="")
+    head.update(given)
     profile = head.get("profile")
     if profile not in PROFILES:
         guess = closest(str(profile), PROFILES)
@@ -180,8 +190,10 @@ def resolve(
     dataset, as (plugin name, dict) pairs in registration order (the runner asks its plugin manager
     for them), so validation knows every key a method adds.
     """
-    profile = requested(file=file, sets=sets, flags=flags)["profile"]
     user = load_yaml(file) if file else {}
+    overrides = [parse_set(item) for item in sets]
+    given = _given(flags)
+    profile = _head(user, overrides, given)["profile"]
     config = merge(
         _packaged_profile("base"), _packaged_profile(profile), strict=True, where=f"profile {profile!r}"
     )
@@ -189,11 +201,9 @@ def resolve(
         config = merge_method_defaults(config, defaults, method=method)
     if user:
         config = merge(config, user, strict=True, where=f"config file {file}")
-    for item in sets:
-        config = merge(config, parse_set(item), strict=True, where=f"--set {item}")
-    config = merge(
-        config, {k: v for k, v in (flags or {}).items() if v is not None}, strict=True, where="command line"
-    )
+    for item, override in zip(sets, overrides):
+        config = merge(config, override, strict=True, where=f"--set {item}")
+    config = merge(config, given, strict=True, where="command line")
     check_values(config)
     return config
 
